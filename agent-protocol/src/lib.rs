@@ -1,0 +1,361 @@
+//! The Upkeep agent protocol, version 1: the wire spec between `upkeep-server` and the agents
+//! that run on managed computers.
+//!
+//! Transport: JSON over HTTP(S). Every request body carries `"protocolVersion": 1`
+//! ([`PROTOCOL_VERSION`]); the server refuses other versions with 400 and an [`ErrorBody`].
+//! Field names are camelCase on the wire. Unknown fields are ignored in both directions, so a
+//! newer peer may add optional fields without breaking an older one.
+//!
+//! Routes (all `POST`, bodies at most 1 MiB):
+//! - `/agent/v1/enroll`: [`EnrollRequest`] → [`EnrollResponse`]. The only call without an agent
+//!   token; it is authorised by the enrollment key in the body.
+//! - `/agent/v1/poll`: [`PollRequest`] → [`PollResponse`], with `Authorization: Bearer <agentToken>`.
+//! - `/agent/v1/jobs/{jobId}/result`: [`JobResult`] → [`ResultAck`], with the agent token.
+//!
+//! Errors answer 4xx with an [`ErrorBody`]: 401 for a missing or unknown agent token (checked
+//! before the body is read), 401/403 for a wrong or revoked enrollment key, 413 for a body over
+//! 1 MiB, 400/422 for a body that is not a valid message, 429 when a client is throttled.
+//!
+//! See `docs/agent-protocol.md` for an example of every message.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The protocol version this crate describes. Sent as `protocolVersion` in every request.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest long-poll the server grants, in seconds; a larger `waitSeconds` is capped to it.
+pub const MAX_WAIT_SECONDS: u32 = 60;
+
+/// Most bytes of stdout and of stderr an agent reports per script run; longer output is cut and
+/// flagged with [`ScriptOutcome::truncated`].
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Largest request body the server accepts on agent routes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Exit code by which an install, upgrade, uninstall or set script says "succeeded, a reboot is
+/// needed" (the Windows Installer convention).
+pub const EXIT_REBOOT_REQUIRED: i32 = 3010;
+
+/// `POST /agent/v1/enroll`: a new or re-installed agent asks to join a tenant.
+///
+/// The server finds an existing computer of the key's tenant by `machineId` (a re-enrollment
+/// after a re-install keeps the computer and its history) or creates one. Every enrollment
+/// issues a fresh agent token and invalidates the computer's previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollRequest {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The tenant's enrollment key secret, as shown once by `createEnrollmentKey`.
+    pub enrollment_key: String,
+    /// The computer's host name; becomes `Computer.hostname` (and its initial `name`).
+    pub hostname: String,
+    /// A stable identity of the machine (`/etc/machine-id` on Linux, or `--machine-id`).
+    pub machine_id: String,
+    /// Human-readable OS name and version, e.g. `Debian GNU/Linux 12 (bookworm)`.
+    pub os: String,
+    /// The agent's own version, e.g. `0.1.0`.
+    pub agent_version: String,
+}
+
+/// Answer to [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollResponse {
+    /// The computer's id in Upkeep.
+    pub computer_id: String,
+    /// The bearer token for every later call. 256 random bits, base64url; the server keeps only
+    /// its hash, so it cannot be shown again. The agent stores it with mode 0600.
+    pub agent_token: String,
+    /// How long the agent should ask the server to hold an empty poll, in seconds.
+    pub poll_wait_seconds: u32,
+}
+
+/// Facts about the computer the agent reports now and then (on start and when they change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// Current host name.
+    pub hostname: String,
+    /// OS name and version (from `/etc/os-release` `PRETTY_NAME` on Linux).
+    pub os: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The machine identity the agent enrolled with.
+    pub machine_id: String,
+    /// The user logged on at the console, if any (used to find the computer's primary person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logged_on_user: Option<String>,
+}
+
+/// `POST /agent/v1/poll`: "I am alive; give me work".
+///
+/// A poll also marks the computer online. When there is no work the server holds the request
+/// open up to `waitSeconds` and answers at once when a job appears for this computer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollRequest {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// How long the server may hold the poll open without work: 0 answers at once; values above
+    /// [`MAX_WAIT_SECONDS`] are capped.
+    #[serde(default)]
+    pub wait_seconds: u32,
+    /// Fresh inventory, when the agent has some to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+}
+
+/// Answer to [`PollRequest`]: jobs to run now, in order. Often empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollResponse {
+    /// Jobs leased to this agent. Each must be answered with a [`JobResult`] before its
+    /// `leaseSeconds` run out, or the server applies its lease rule (see [`Job::lease_seconds`]).
+    pub jobs: Vec<Job>,
+}
+
+/// One unit of work for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    /// Unique id; results are keyed by it and are idempotent: the first result counts, repeats
+    /// are acknowledged and ignored. An agent that already ran a job with this id must not run it
+    /// again, only re-send its result.
+    pub id: String,
+    /// The session this job belongs to, for the agent's logs.
+    pub session_id: String,
+    /// How long the server waits for the result after handing the job out. When the lease runs
+    /// out, a `probe` job (read-only) is offered again, up to three times in all; a `step` or
+    /// `reboot` job is failed ("agent did not report back"), since running it twice could change
+    /// the computer twice.
+    pub lease_seconds: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub kind: JobKind,
+}
+
+/// The kinds of work. Tagged by `"kind"` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum JobKind {
+    /// Run read-only probes (software detection scripts, task test scripts) and report each.
+    /// Probes run one after another, in order; one failing does not stop the others.
+    Probe {
+        /// The probes, each with an id echoed in its result.
+        probes: Vec<Probe>,
+    },
+    /// Run one script that may change the computer (install, upgrade, uninstall, task set).
+    Step {
+        /// What the step is, for logs.
+        label: String,
+        /// The script.
+        script: Script,
+        /// Parameters, exported as `UPKEEP_PARAM_<NAME>` (name upper-cased).
+        #[serde(default)]
+        parameters: BTreeMap<String, String>,
+    },
+    /// Reboot the computer with the agent's configured reboot command. The agent reports the
+    /// result once the command was started (or failed to start), before the machine goes down.
+    Reboot {},
+}
+
+/// One read-only script to run as part of a [`JobKind::Probe`] job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// Echoed back in [`ProbeResult::probe_id`].
+    pub probe_id: String,
+    /// The script.
+    pub script: Script,
+    /// Parameters, exported as `UPKEEP_PARAM_<NAME>` (name upper-cased).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A script and the interpreter to run it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Script {
+    /// `shell` runs with `sh`, `python` with `python3`, `powershell` with `pwsh`.
+    pub language: ScriptLanguage,
+    /// The script text.
+    pub body: String,
+    /// Time limit; on expiry the agent kills the whole process group and reports
+    /// [`ScriptOutcome::timed_out`].
+    pub timeout_seconds: u32,
+}
+
+/// Interpreters an agent may be asked to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ScriptLanguage {
+    /// POSIX `sh`.
+    Shell,
+    /// `pwsh` (PowerShell 7). An agent without it reports an error outcome.
+    Powershell,
+    /// `python3`.
+    Python,
+}
+
+/// `POST /agent/v1/jobs/{jobId}/result`: what became of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The outcome, matching the job's kind.
+    #[serde(flatten)]
+    pub outcome: JobOutcome,
+}
+
+/// The outcome of a job, tagged by `"kind"` like [`JobKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum JobOutcome {
+    /// One result per probe, in the order of the job.
+    Probe {
+        /// The probe results.
+        results: Vec<ProbeResult>,
+    },
+    /// The result of a step script.
+    Step {
+        /// The script's outcome.
+        outcome: ScriptOutcome,
+    },
+    /// Whether the reboot command was started.
+    Reboot {
+        /// True when the command was started.
+        started: bool,
+        /// Why not, when it was not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The agent could not run the job at all (it restarted while the job ran, or could not
+    /// understand it).
+    Failed {
+        /// Why, for a person.
+        error: String,
+    },
+}
+
+/// A probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// The [`Probe::probe_id`] this answers.
+    pub probe_id: String,
+    /// The script's outcome.
+    pub outcome: ScriptOutcome,
+}
+
+/// What running one script produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScriptOutcome {
+    /// The exit code; `None` when the script could not start, was killed by a signal or timed
+    /// out.
+    pub exit_code: Option<i32>,
+    /// Captured stdout, at most [`MAX_OUTPUT_BYTES`] (lossy UTF-8).
+    pub stdout: String,
+    /// Captured stderr, at most [`MAX_OUTPUT_BYTES`] (lossy UTF-8).
+    pub stderr: String,
+    /// Wall-clock run time.
+    pub duration_ms: u64,
+    /// True when the time limit ran out and the process group was killed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// True when stdout or stderr was cut at [`MAX_OUTPUT_BYTES`].
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why the script could not run (interpreter missing, spawn failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer to a [`JobResult`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultAck {
+    /// True when this result was the first for its job and was recorded; false when the job had
+    /// a result already (a repeat) or was no longer expected (cancelled or failed by its lease).
+    /// Either way the agent may forget the result.
+    pub accepted: bool,
+}
+
+/// Body of every 4xx/5xx answer on agent routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `UNAUTHENTICATED`, `BAD_REQUEST`, `PAYLOAD_TOO_LARGE`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub error: String,
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary; returns whether it cut.
+pub fn truncate_utf8(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_round_trips_with_flattened_kind() {
+        let job = Job {
+            id: "j1".into(),
+            session_id: "s1".into(),
+            lease_seconds: 60,
+            kind: JobKind::Step {
+                label: "install".into(),
+                script: Script {
+                    language: ScriptLanguage::Shell,
+                    body: "true".into(),
+                    timeout_seconds: 5,
+                },
+                parameters: BTreeMap::new(),
+            },
+        };
+        let json = serde_json::to_value(&job).unwrap();
+        assert_eq!(json["kind"], "step");
+        assert_eq!(json["script"]["language"], "shell");
+        assert_eq!(serde_json::from_value::<Job>(json).unwrap(), job);
+    }
+
+    #[test]
+    fn result_kind_tag_is_on_the_top_level() {
+        let r: JobResult = serde_json::from_str(
+            r#"{"protocolVersion":1,"kind":"step","outcome":{"exitCode":0,"stdout":"","stderr":"","durationMs":3}}"#,
+        )
+        .unwrap();
+        assert!(matches!(r.outcome, JobOutcome::Step { .. }));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut s = "aé".repeat(10);
+        assert!(truncate_utf8(&mut s, 4));
+        assert_eq!(s, "aéa");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<JobResult>(&bytes);
+            let _ = serde_json::from_slice::<PollRequest>(&bytes);
+            let _ = serde_json::from_slice::<EnrollRequest>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! What the agent is told at start: the command line (each flag also an environment variable)
+//! and the [`AgentConfig`] that embedders such as the end-to-end tests build directly.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// What a reboot job runs unless `--reboot-command` says otherwise.
+pub const DEFAULT_REBOOT_COMMAND: &str = "shutdown -r now";
+
+/// How long an empty poll is held open unless `--poll-wait-seconds` says otherwise. Below the
+/// idle timeout of common proxies (30 s), so a long poll is not cut by the network.
+pub const DEFAULT_POLL_WAIT_SECONDS: u32 = 25;
+
+/// Everything [`crate::run`] needs. Built from the command line by [`Cli`], or directly by
+/// embedders (the end-to-end tests run agents as tokio tasks).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Base URL of the Upkeep server, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    /// Needed for the first enrollment, and to re-enroll when the server no longer knows the
+    /// agent token; not needed while stored credentials work.
+    pub enrollment_key: Option<String>,
+    /// Where credentials, the job spool and script files live. Created (mode 0700) if missing.
+    pub state_dir: PathBuf,
+    /// Overrides `/etc/machine-id`: cloned machines share one, and tests run several agents on
+    /// one host.
+    pub machine_id: Option<String>,
+    /// Overrides the host name read from the kernel.
+    pub hostname: Option<String>,
+    /// Run with `sh -c` for a reboot job.
+    pub reboot_command: String,
+    /// How long the server may hold an empty poll; the smaller of this and the server's own
+    /// hint at enrollment is used, capped at the protocol maximum.
+    pub poll_wait_seconds: u32,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults of the command line for everything optional.
+    pub fn new(server: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            server: server.into(),
+            enrollment_key: None,
+            state_dir: state_dir.into(),
+            machine_id: None,
+            hostname: None,
+            reboot_command: DEFAULT_REBOOT_COMMAND.to_owned(),
+            poll_wait_seconds: DEFAULT_POLL_WAIT_SECONDS,
+        }
+    }
+}
+
+/// The `upkeep-agent` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "upkeep-agent",
+    version,
+    about = "Upkeep agent: enrolls, polls, runs scripts, reports"
+)]
+pub struct Cli {
+    /// Base URL of the Upkeep server.
+    #[arg(long, env = "UPKEEP_SERVER", value_name = "URL")]
+    pub server: String,
+    /// Tenant enrollment key; needed only until the agent has enrolled.
+    #[arg(
+        long,
+        env = "UPKEEP_ENROLLMENT_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub enrollment_key: Option<String>,
+    /// Directory for credentials (mode 0600), the job spool and script files.
+    #[arg(long, env = "UPKEEP_STATE_DIR", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Machine identity; defaults to /etc/machine-id.
+    #[arg(long, env = "UPKEEP_MACHINE_ID", value_name = "ID")]
+    pub machine_id: Option<String>,
+    /// Command run with `sh -c` for a reboot job.
+    #[arg(long, env = "UPKEEP_REBOOT_COMMAND", value_name = "CMD", default_value = DEFAULT_REBOOT_COMMAND)]
+    pub reboot_command: String,
+    /// How long the server may hold an empty poll open, in seconds.
+    #[arg(long, env = "UPKEEP_POLL_WAIT_SECONDS", value_name = "N", default_value_t = DEFAULT_POLL_WAIT_SECONDS)]
+    pub poll_wait_seconds: u32,
+    /// Host name to report; defaults to the kernel's.
+    #[arg(long, env = "UPKEEP_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+impl From<Cli> for AgentConfig {
+    fn from(cli: Cli) -> Self {
+        Self {
+            server: cli.server,
+            enrollment_key: cli.enrollment_key,
+            state_dir: cli.state_dir,
+            machine_id: cli.machine_id,
+            hostname: cli.hostname,
+            reboot_command: cli.reboot_command,
+            poll_wait_seconds: cli.poll_wait_seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_defaults_match_the_library_defaults() -> Result<(), clap::Error> {
+        let cli =
+            Cli::try_parse_from(["upkeep-agent", "--server", "http://s", "--state-dir", "/x"])?;
+        let config = AgentConfig::from(cli);
+        assert_eq!(config.reboot_command, DEFAULT_REBOOT_COMMAND);
+        assert_eq!(config.poll_wait_seconds, DEFAULT_POLL_WAIT_SECONDS);
+        assert_eq!(config.enrollment_key, None);
+        Ok(())
+    }
+}

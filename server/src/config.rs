@@ -1,0 +1,121 @@
+//! Server configuration: every flag is also an environment variable (CONTRACT §2).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "upkeep-server", version, about = "Upkeep maintenance-session server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify the store: every index entry points at a record and back, no session in an
+    /// impossible state. Exits non-zero on damage.
+    Check {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+    },
+    /// Write the GraphQL schema (SDL) to stdout.
+    Schema,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to bind; port 0 picks a free port.
+    #[arg(long, env = "UPKEEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the sled store and generated secrets live.
+    #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+    pub data_dir: PathBuf,
+    /// Base of links in e-mails (default: http://<listen address>).
+    #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = parse_url)]
+    pub public_url: Option<String>,
+    /// SMTP server, e.g. smtp://127.0.0.1:2525 or smtps://user:pass@host. Without it, mail is
+    /// written as .eml files to <data-dir>/outbox-files/.
+    #[arg(long, env = "UPKEEP_SMTP_URL", value_parser = parse_smtp_url)]
+    pub smtp_url: Option<String>,
+    /// Default sender when a tenant sets none.
+    #[arg(long, env = "UPKEEP_MAIL_FROM", default_value = "upkeep@localhost", value_parser = parse_mailbox)]
+    pub mail_from: String,
+    /// Directory whose templates override the built-in ones.
+    #[arg(long, env = "UPKEEP_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+    /// On a store with no users, create this MSP admin.
+    #[arg(long, env = "UPKEEP_ADMIN_EMAIL", requires = "admin_password")]
+    pub admin_email: Option<String>,
+    #[arg(long, env = "UPKEEP_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// HMAC key for API and postpone tokens (default: generated once into the data dir).
+    #[arg(long, env = "UPKEEP_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma-separated browser origins allowed to call /graphql.
+    #[arg(long, env = "UPKEEP_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Allow webhook URLs on loopback and private addresses.
+    #[arg(long, env = "UPKEEP_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+    /// Sessions running at once; more wait PENDING ("queued").
+    #[arg(long, env = "UPKEEP_MAX_CONCURRENT_SESSIONS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_sessions: u32,
+    /// Testing only: start the server's clock at this RFC 3339 instant and let tests move it
+    /// with `POST /debug/clock` (never use in production).
+    #[arg(long, env = "UPKEEP_TEST_CLOCK", hide = true)]
+    pub test_clock: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds after the last poll when a computer counts as offline.
+    #[arg(long, env = "UPKEEP_OFFLINE_AFTER_SECONDS", default_value_t = 75)]
+    pub offline_after_seconds: u32,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://")) && s.len() > 8;
+    if ok && !s.contains(char::is_whitespace) {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("'{s}' is not an http:// or https:// URL"))
+    }
+}
+
+fn parse_smtp_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("smtp://") || s.starts_with("smtps://")) && s.len() > 8 {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not an smtp:// or smtps:// URL"))
+    }
+}
+
+fn parse_mailbox(s: &str) -> Result<String, String> {
+    s.parse::<lettre::message::Mailbox>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("'{s}' is not a mail address: {e}"))
+}
+
+impl ServeConfig {
+    pub fn for_tests(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            data_dir,
+            public_url: None,
+            smtp_url: None,
+            mail_from: "upkeep@localhost".into(),
+            templates_dir: None,
+            admin_email: None,
+            admin_password: None,
+            jwt_secret: None,
+            cors_origins: vec![],
+            allow_private_webhooks: false,
+            max_concurrent_sessions: 500,
+            test_clock: None,
+            offline_after_seconds: 75,
+            log_format: "text".into(),
+        }
+    }
+}

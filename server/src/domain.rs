@@ -1,0 +1,471 @@
+//! The domain model: what Upkeep stores and reasons about. Plain data, no I/O.
+//!
+//! These types are what the store persists (JSON behind a format-version byte) and what the
+//! engine and GraphQL layer read. Enums here are the contract's enums (CONTRACT §5); GraphQL
+//! derives its enums from them so the two can never drift apart.
+
+use async_graphql::Enum;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub type Time = DateTime<Utc>;
+
+/// A sortable identifier (UUIDv7): its bytes order by creation time, so store keys and
+/// pagination cursors are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Id(pub Uuid);
+
+impl Id {
+    pub fn new() -> Self {
+        Id(Uuid::now_v7())
+    }
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+    pub fn from_slice(b: &[u8]) -> Option<Id> {
+        Uuid::from_slice(b).ok().map(Id)
+    }
+}
+
+impl Default for Id {
+    fn default() -> Self {
+        Id::new()
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Id {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserRole {
+    MspAdmin,
+    MspTechnician,
+    TenantAdmin,
+    TenantViewer,
+}
+
+impl UserRole {
+    pub fn is_msp(self) -> bool {
+        matches!(self, UserRole::MspAdmin | UserRole::MspTechnician)
+    }
+    /// Higher is more powerful; a key or user may only be created with a rank at most the
+    /// creator's (and within the creator's tenant).
+    pub fn rank(self) -> u8 {
+        match self {
+            UserRole::MspAdmin => 4,
+            UserRole::MspTechnician => 3,
+            UserRole::TenantAdmin => 2,
+            UserRole::TenantViewer => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: Id,
+    pub email: String,
+    pub password_hash: String,
+    pub role: UserRole,
+    pub tenant_id: Option<Id>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+impl Weekday {
+    pub fn from_chrono(d: chrono::Weekday) -> Self {
+        use chrono::Weekday as W;
+        match d {
+            W::Mon => Weekday::Monday,
+            W::Tue => Weekday::Tuesday,
+            W::Wed => Weekday::Wednesday,
+            W::Thu => Weekday::Thursday,
+            W::Fri => Weekday::Friday,
+            W::Sat => Weekday::Saturday,
+            W::Sun => Weekday::Sunday,
+        }
+    }
+}
+
+/// Working hours of a tenant, in the tenant's time zone. `start`/`end` are minutes after
+/// midnight; `end > start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessHours {
+    pub days: Vec<Weekday>,
+    pub start_minute: u32,
+    pub end_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: Id,
+    pub name: String,
+    pub company_name: Option<String>,
+    pub time_zone: String,
+    pub mail_from: Option<String>,
+    pub logo_url: Option<String>,
+    pub primary_color: Option<String>,
+    pub auto_onboarding: bool,
+    #[serde(default)]
+    pub excluded_from_maintenance: bool,
+    #[serde(default)]
+    pub business_hours: Option<BusinessHours>,
+    #[serde(default)]
+    pub mail_bcc: Vec<String>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Person {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub usernames: Vec<String>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Compliance {
+    Compliant,
+    NonCompliant,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Computer {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub name: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub tags: Vec<String>,
+    pub primary_person_id: Option<Id>,
+    pub os: String,
+    pub agent_version: String,
+    pub last_seen_at: Option<Time>,
+    /// SHA-256 of the current agent token; `None` once revoked.
+    pub agent_token_hash: Option<String>,
+    pub enrolled_at: Time,
+    #[serde(default)]
+    pub excluded_from_maintenance: bool,
+    /// From the last finished (non-cancelled) session.
+    #[serde(default)]
+    pub compliance: Option<Compliance>,
+    #[serde(default)]
+    pub logged_on_user: Option<String>,
+    /// True once any session has run; the first session of a new computer is its onboarding.
+    #[serde(default)]
+    pub onboarded: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScriptLanguage {
+    Shell,
+    Powershell,
+    Python,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub language: ScriptLanguage,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoftwareVersion {
+    pub version: String,
+    pub install_script: Script,
+    pub upgrade_script: Option<Script>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Software {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub detection_script: Script,
+    pub versions: Vec<SoftwareVersion>,
+    pub uninstall_script: Option<Script>,
+    pub configuration_task_id: Option<Id>,
+    pub created_at: Time,
+}
+
+impl Software {
+    /// The highest version, compared numerically field by field.
+    pub fn latest(&self) -> Option<&SoftwareVersion> {
+        self.versions
+            .iter()
+            .max_by(|a, b| crate::version::compare(&a.version, &b.version))
+    }
+    pub fn version(&self, v: &str) -> Option<&SoftwareVersion> {
+        self.versions
+            .iter()
+            .find(|x| crate::version::compare(&x.version, v).is_eq())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceTask {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub test_script: Script,
+    pub set_script: Option<Script>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TargetKind {
+    AllComputers,
+    Computer,
+    Tag,
+    Person,
+}
+
+impl TargetKind {
+    /// Specificity for the "most specific deployment wins" rule.
+    pub fn specificity(self) -> u8 {
+        match self {
+            TargetKind::Computer => 4,
+            TargetKind::Person => 3,
+            TargetKind::Tag => 2,
+            TargetKind::AllComputers => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub value: Option<String>,
+}
+
+impl Target {
+    pub fn matches(&self, computer: &Computer) -> bool {
+        let v = self.value.as_deref().unwrap_or("");
+        match self.kind {
+            TargetKind::AllComputers => true,
+            TargetKind::Computer => v == computer.id.to_string(),
+            TargetKind::Tag => computer.tags.iter().any(|t| t.eq_ignore_ascii_case(v)),
+            TargetKind::Person => computer
+                .primary_person_id
+                .is_some_and(|p| p.to_string() == v),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DesiredSoftwareState {
+    InstalledLatest,
+    InstalledVersion,
+    InstalledAtLeast,
+    InstalledAny,
+    UpdateIfFound,
+    Uninstalled,
+    /// Exception: leave this software alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskMode {
+    Enforce,
+    Audit,
+    /// Exception: leave this task alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Enforcement {
+    Required,
+    Onboarding,
+    AdHoc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentOrder {
+    Beginning,
+    Unordered,
+    End,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub target: Target,
+    pub software_id: Option<Id>,
+    pub desired_state: Option<DesiredSoftwareState>,
+    pub version: Option<String>,
+    pub maintenance_task_id: Option<Id>,
+    pub task_mode: TaskMode,
+    pub parameters: BTreeMap<String, String>,
+    pub enforcement: Enforcement,
+    pub order: DeploymentOrder,
+    pub position: i32,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub created_at: Time,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a deployment is about: the thing that "most specific wins" is decided per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Software(Id),
+    Task(Id),
+}
+
+impl Deployment {
+    pub fn subject(&self) -> Subject {
+        match (self.software_id, self.maintenance_task_id) {
+            (Some(s), _) => Subject::Software(s),
+            (None, Some(t)) => Subject::Task(t),
+            // Validation guarantees one of both; fall back to a subject nothing else shares.
+            (None, None) => Subject::Task(self.id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RebootPreference {
+    Normal,
+    Suppress,
+    Force,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OfflineBehavior {
+    Skip,
+    ApplyOnConnect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceOptions {
+    pub notify_before: bool,
+    pub notify_after: bool,
+    pub notify_when_compliant: bool,
+    pub show_actions_in_email: bool,
+    pub allow_postpone: bool,
+    pub max_postpones: u32,
+    pub postpone_hours: u32,
+    pub allow_update_now: bool,
+    pub reboot_preference: RebootPreference,
+    pub offline_behavior: OfflineBehavior,
+    pub offline_grace_minutes: u32,
+    #[serde(default)]
+    pub allow_reboot_during_business_hours: bool,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        MaintenanceOptions {
+            notify_before: false,
+            notify_after: false,
+            notify_when_compliant: false,
+            show_actions_in_email: true,
+            allow_postpone: true,
+            max_postpones: 3,
+            postpone_hours: 24,
+            allow_update_now: true,
+            reboot_preference: RebootPreference::Normal,
+            offline_behavior: OfflineBehavior::ApplyOnConnect,
+            offline_grace_minutes: 30,
+            allow_reboot_during_business_hours: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: Id,
+    /// `None`: cross-tenant (every tenant not excluded).
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub target: Target,
+    pub cron: String,
+    /// `None`: each tenant's own zone (cross-tenant schedules only).
+    pub time_zone: Option<String>,
+    pub detection_lead_minutes: u32,
+    pub window_minutes: u32,
+    pub options: MaintenanceOptions,
+    pub enabled: bool,
+    pub detection_only: bool,
+    pub last_run_at: Option<Time>,
+    /// Per tenant (or `None` key for single-zone schedules encoded as nil id): the next
+    /// occurrence not yet fired. Persisted so a restart neither repeats nor loses one.
+    #[serde(default)]
+    pub next_fire: BTreeMap<String, Time>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentKey {
+    pub id: Id,
+    pub tenant_id: Id,
+    /// SHA-256 (hex) of the secret.
+    pub key_hash: String,
+    pub label: Option<String>,
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub primary_person_id: Option<Id>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: Id,
+    pub name: String,
+    pub role: UserRole,
+    pub tenant_id: Option<Id>,
+    pub secret_hash: String,
+    pub created_by: Id,
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
+    pub last_used_at: Option<Time>,
+    pub revoked: bool,
+}

@@ -1,0 +1,754 @@
+//! The session engine: a pure state machine. `step(session, env, event)` changes the session
+//! and returns effects (jobs to hand out, events to publish, mails to queue); the runtime
+//! persists the session and its effects in one transaction and only then publishes or sends.
+//! No I/O, no clock: `now` and the facts the engine needs come in through [`Env`].
+
+pub mod plan;
+
+use crate::domain::*;
+use crate::session::*;
+use chrono::Duration;
+use upkeep_agent_protocol::{self as proto, JobKind, JobOutcome, Probe};
+
+/// Probe scripts (detection, tests) may run this long.
+pub const PROBE_TIMEOUT_SECONDS: u32 = 300;
+/// Change scripts (install, upgrade, uninstall, set) may run this long.
+pub const STEP_TIMEOUT_SECONDS: u32 = 1800;
+/// Lease slack beyond a job's own time limits (transfer, queueing on the agent).
+pub const LEASE_SLACK_SECONDS: u32 = 120;
+/// How long a rebooted computer may take to come back.
+pub const REBOOT_RETURN_MINUTES: i64 = 30;
+/// The postpone link is offered only when execution is at least this far after the mail.
+pub const MIN_POSTPONE_LEAD_MINUTES: i64 = 15;
+
+/// What the engine needs to know about the world at this step.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub now: Time,
+    /// The computer's agent is polling.
+    pub online: bool,
+    /// A running slot is free for this session (or it already holds one).
+    pub slot_available: bool,
+    /// When a reboot is not allowed now (business hours), the instant it becomes allowed.
+    pub reboot_held_until: Option<Time>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Re-evaluate: timers, agent presence, free slots. Also the first event of a new session.
+    Tick,
+    JobDone { job: Id, outcome: JobOutcome },
+    /// The agent did not report back within the lease (after the gateway's retries).
+    JobLost { job: Id, reason: String },
+    Cancel { by: String },
+    /// `token`: the postpone link's unique id, usable once.
+    Postpone { hours: Option<u32>, by: String, token: Option<String> },
+    UpdateNow { by: String, token: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Hand a job to the computer's agent.
+    Dispatch { job: Id, kind: JobKind, lease_seconds: u32 },
+    /// The job is no longer wanted (its result will be acknowledged and ignored).
+    Abandon { job: Id },
+    /// Append to the session's event stream.
+    Emit { action: Option<(Id, ActionStatus)>, log: Option<String>, status: SessionStatus },
+    /// Queue a session mail.
+    Mail(crate::mail::MailKind),
+    /// The session reached a terminal status.
+    Finished,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+/// Applies one event. On `Err` the session is unchanged.
+pub fn step(session: &mut Session, env: &Env, event: Event) -> Result<Vec<Effect>, EngineError> {
+    let mut m = Machine { s: session.clone(), env, out: Vec::new() };
+    m.handle(event)?;
+    *session = m.s;
+    Ok(m.out)
+}
+
+struct Machine<'a> {
+    s: Session,
+    env: &'a Env,
+    out: Vec<Effect>,
+}
+
+impl Machine<'_> {
+    fn now(&self) -> Time {
+        self.env.now
+    }
+
+    fn log(&mut self, line: impl Into<String>) {
+        self.out.push(Effect::Emit { action: None, log: Some(line.into()), status: self.s.status });
+    }
+
+    fn set_status(&mut self, status: SessionStatus, reason: Option<String>) {
+        if self.s.status == status && self.s.status_reason == reason {
+            return;
+        }
+        let changed = self.s.status != status;
+        self.s.status = status;
+        self.s.status_reason = reason.clone();
+        if changed {
+            let name = status_name(status);
+            let line = match &reason {
+                Some(r) => format!("{name} – {r}"),
+                None => name.to_string(),
+            };
+            self.out.push(Effect::Emit { action: None, log: Some(line), status });
+        }
+    }
+
+    fn action_changed(&mut self, i: usize, log: Option<String>) {
+        let a = &self.s.actions[i];
+        self.out.push(Effect::Emit { action: Some((a.id, a.status)), log, status: self.s.status });
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), EngineError> {
+        if self.s.status.is_terminal() {
+            return match event {
+                Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. } => {
+                    Err(EngineError::Conflict(format!("the session already ended {:?}", self.s.status)))
+                }
+                // Late results and ticks of a finished session change nothing.
+                _ => Ok(()),
+            };
+        }
+        match event {
+            Event::Tick => {}
+            Event::JobDone { job, outcome } => {
+                if let Some(p) = self.take_pending(job) {
+                    self.on_result(p, outcome);
+                }
+            }
+            Event::JobLost { job, reason } => {
+                if let Some(p) = self.take_pending(job) {
+                    self.on_result(p, JobOutcome::Failed { error: reason });
+                }
+            }
+            Event::Cancel { by } => {
+                self.cancel(format!("cancelled by {by}"));
+                return Ok(());
+            }
+            Event::Postpone { hours, by, token } => {
+                self.use_token(token)?;
+                self.postpone(hours, &by)?;
+            }
+            Event::UpdateNow { by, token } => {
+                self.use_token(token)?;
+                if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
+                    return Err(EngineError::Conflict("the session is not waiting to execute".into()));
+                }
+                if !self.s.options.allow_update_now {
+                    return Err(EngineError::NotAllowed("updating now is not allowed for this session".into()));
+                }
+                self.s.execute_at = Some(self.now());
+                self.s.window_end = None;
+                self.log(format!("{by} asked to update now"));
+            }
+        }
+        self.advance();
+        Ok(())
+    }
+
+    fn use_token(&mut self, token: Option<String>) -> Result<(), EngineError> {
+        if let Some(t) = token {
+            if self.s.used_tokens.contains(&t) {
+                return Err(EngineError::NotAllowed("this link was already used".into()));
+            }
+            self.s.used_tokens.push(t);
+        }
+        Ok(())
+    }
+
+    fn take_pending(&mut self, job: Id) -> Option<JobPurpose> {
+        match &self.s.pending_job {
+            Some(p) if p.id == job => {
+                let purpose = p.purpose.clone();
+                self.s.pending_job = None;
+                Some(purpose)
+            }
+            _ => None,
+        }
+    }
+
+    fn dispatch(&mut self, purpose: JobPurpose, kind: JobKind) {
+        let job = Id::new();
+        let lease_seconds = match &kind {
+            JobKind::Probe { probes } => {
+                probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + LEASE_SLACK_SECONDS
+            }
+            JobKind::Step { script, .. } => script.timeout_seconds + LEASE_SLACK_SECONDS,
+            JobKind::Reboot {} => LEASE_SLACK_SECONDS,
+        };
+        self.s.pending_job = Some(PendingJob { id: job, purpose });
+        self.out.push(Effect::Dispatch { job, kind, lease_seconds });
+    }
+
+    /// Moves the session as far as it can go now.
+    fn advance(&mut self) {
+        self.s.wake_at = None;
+        if let (Stage::Verifying, Some(at)) = (&self.s.stage, self.s.rebooted_at)
+            && matches!(self.s.pending_job, Some(PendingJob { purpose: JobPurpose::Verify, .. }))
+        {
+            let deadline = at + Duration::minutes(REBOOT_RETURN_MINUTES);
+            if self.now() >= deadline {
+                let job = self.s.pending_job.take().map(|p| p.id);
+                if let Some(job) = job {
+                    self.out.push(Effect::Abandon { job });
+                }
+                self.on_verified(JobOutcome::Failed {
+                    error: format!("the computer did not come back within {REBOOT_RETURN_MINUTES} minutes after the reboot"),
+                });
+                return;
+            }
+            self.s.wake_at = Some(deadline);
+        }
+        loop {
+            if self.s.status.is_terminal() || self.s.pending_job.is_some() {
+                return;
+            }
+            match self.s.stage.clone() {
+                Stage::AwaitDetect => {
+                    if !self.ready_for_agent() {
+                        return;
+                    }
+                    self.s.started_at.get_or_insert(self.env.now);
+                    self.s.stage = Stage::Detecting;
+                    self.set_status(SessionStatus::Detecting, None);
+                    let probes = self.detection_probes();
+                    self.log(format!("Detecting the state of {} item(s)", self.s.items.len()));
+                    self.dispatch(JobPurpose::Detect, JobKind::Probe { probes });
+                }
+                Stage::Detecting | Stage::Verifying => return, // a job is pending or results are being applied
+                Stage::AwaitExecute => {
+                    if let Some(at) = self.s.execute_at
+                        && at > self.now()
+                    {
+                        if !matches!(self.s.status, SessionStatus::Scheduled | SessionStatus::Postponed) {
+                            self.set_status(SessionStatus::Scheduled, Some(format!("executes at {}", at.format("%Y-%m-%d %H:%M UTC"))));
+                        }
+                        self.s.wake_at = Some(at);
+                        return;
+                    }
+                    if let Some(end) = self.s.window_end
+                        && self.now() >= end
+                        && self.s.offline_since.is_none()
+                    {
+                        self.cancel("the maintenance window ended before execution could start".into());
+                        return;
+                    }
+                    if !self.ready_for_agent() {
+                        return;
+                    }
+                    self.s.stage = Stage::Executing;
+                    self.set_status(SessionStatus::Executing, None);
+                }
+                Stage::Executing => {
+                    if let Some((ai, si)) = self.next_step() {
+                        self.run_step(ai, si);
+                        continue;
+                    }
+                    let wants_reboot = match self.s.options.reboot_preference {
+                        RebootPreference::Force => true,
+                        RebootPreference::Normal => self.s.reboot_required,
+                        RebootPreference::Suppress => {
+                            if self.s.reboot_required {
+                                self.log("A reboot is required but suppressed by the session's options");
+                            }
+                            false
+                        }
+                    };
+                    if wants_reboot && self.s.rebooted_at.is_none() {
+                        self.s.stage = Stage::RebootHeld;
+                        continue;
+                    }
+                    self.start_verify();
+                }
+                Stage::RebootHeld => {
+                    if let Some(until) = self.env.reboot_held_until
+                        && !self.s.options.allow_reboot_during_business_hours
+                    {
+                        let reason = format!("reboot held until {} (business hours)", until.format("%Y-%m-%d %H:%M UTC"));
+                        if self.s.status_reason.as_deref() != Some(reason.as_str()) {
+                            self.s.status_reason = Some(reason.clone());
+                            self.log(reason);
+                        }
+                        self.s.wake_at = Some(until);
+                        return;
+                    }
+                    if !self.env.online {
+                        self.s.wake_at = None;
+                        return;
+                    }
+                    self.s.status_reason = Some("rebooting".into());
+                    self.log("Rebooting the computer");
+                    self.s.stage = Stage::Rebooting { sent_at: self.now() };
+                    self.dispatch(JobPurpose::Reboot, JobKind::Reboot {});
+                }
+                Stage::Rebooting { .. } => return,
+                Stage::Done => return,
+            }
+        }
+    }
+
+    /// True when the agent is there and a slot is free; otherwise records why the session
+    /// waits (and ends it when `SKIP` ran out of grace).
+    fn ready_for_agent(&mut self) -> bool {
+        if !self.env.slot_available {
+            if !self.s.queued {
+                self.s.queued = true;
+            }
+            self.set_status(SessionStatus::Pending, Some("queued".into()));
+            return false;
+        }
+        self.s.queued = false;
+        if self.env.online {
+            if self.s.offline_since.take().is_some() {
+                self.log("The computer is online");
+            }
+            return true;
+        }
+        let since = *self.s.offline_since.get_or_insert(self.env.now);
+        match self.s.options.offline_behavior {
+            OfflineBehavior::Skip => {
+                let grace = since + Duration::minutes(i64::from(self.s.options.offline_grace_minutes));
+                let deadline = match self.s.window_end {
+                    Some(end) if end < grace && end > since => end,
+                    _ => grace,
+                };
+                if self.now() >= deadline {
+                    let reason = if self.s.window_end == Some(deadline) {
+                        "computer offline through the window".to_string()
+                    } else {
+                        format!("computer offline for {} minutes", self.s.options.offline_grace_minutes)
+                    };
+                    self.cancel(reason);
+                    return false;
+                }
+                self.set_status(SessionStatus::Pending, Some(format!("waiting for the computer to come online (until {})", deadline.format("%H:%M UTC"))));
+                self.s.wake_at = Some(deadline);
+            }
+            OfflineBehavior::ApplyOnConnect => {
+                self.set_status(SessionStatus::Pending, Some("waiting for the computer to come online".into()));
+            }
+        }
+        false
+    }
+
+    fn detection_probes(&self) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for (i, item) in self.s.items.iter().enumerate() {
+            let (d, c, t) = plan::probe_ids(i);
+            let params = item.parameters.clone();
+            match &item.what {
+                ItemWhat::Software { software, .. } => {
+                    probes.push(probe(d, &software.detection_script, &params));
+                    if let Some(task) = &software.configuration_task {
+                        probes.push(probe(c, &task.test_script, &params));
+                    }
+                }
+                ItemWhat::Task { task, .. } => probes.push(probe(t, &task.test_script, &params)),
+            }
+        }
+        probes
+    }
+
+    fn on_result(&mut self, purpose: JobPurpose, outcome: JobOutcome) {
+        match purpose {
+            JobPurpose::Detect => self.on_detected(outcome),
+            JobPurpose::Step { action, step } => self.on_step(action, step, outcome),
+            JobPurpose::StepTest { action, step } => self.on_step_test(action, step, outcome),
+            JobPurpose::Reboot => {
+                match outcome {
+                    JobOutcome::Reboot { started: true, .. } => {
+                        self.s.rebooted_at = Some(self.now());
+                        self.log("Reboot started");
+                    }
+                    JobOutcome::Reboot { error, .. } => {
+                        self.log(format!("Reboot failed: {}", error.unwrap_or_default()));
+                    }
+                    JobOutcome::Failed { error } => self.log(format!("Reboot failed: {error}")),
+                    other => self.log(format!("Unexpected reboot result: {other:?}")),
+                }
+                // The rebooted computer answers the verification job when it is back.
+                self.start_verify();
+            }
+            JobPurpose::Verify => self.on_verified(outcome),
+        }
+    }
+
+    fn on_detected(&mut self, outcome: JobOutcome) {
+        let results = match outcome {
+            JobOutcome::Probe { results } => plan::results_map(&results),
+            JobOutcome::Failed { error } => {
+                self.finish(SessionStatus::Failed, format!("detection failed: {error}"));
+                return;
+            }
+            other => {
+                self.finish(SessionStatus::Failed, format!("detection failed: unexpected result {}", kind_name(&other)));
+                return;
+            }
+        };
+        self.s.actions = self
+            .s
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| plan::plan(i, item, &plan::found(i, &results)))
+            .collect();
+        for i in 0..self.s.actions.len() {
+            let a = &self.s.actions[i];
+            let line = format!("{}: {} ({})", self.s.item_name(a.item), kind_words(a.kind), a.reason);
+            self.action_changed(i, Some(line));
+        }
+        let compliance = self.s.compliance_of_actions();
+        self.s.compliance = Some(compliance);
+        if self.s.detection_only {
+            self.finish(SessionStatus::Passed, format!("detection only: {}", compliance_words(compliance, &self.s)));
+            return;
+        }
+        let work = self.s.actions.iter().any(|a| plan::needs_execution(a) || a.step_failed);
+        if !work {
+            for i in 0..self.s.actions.len() {
+                let a = &mut self.s.actions[i];
+                if a.compliance == Compliance::Compliant || plan::is_audit(&self.s.items[a.item]) {
+                    a.status = ActionStatus::Succeeded;
+                    a.result_message.get_or_insert_with(|| "already compliant".into());
+                } else {
+                    a.status = ActionStatus::Failed;
+                }
+                a.finished_at = Some(self.env.now);
+                self.action_changed(i, None);
+            }
+            if self.s.options.notify_before && self.s.options.notify_when_compliant && !self.s.before_mail_sent {
+                self.s.before_mail_sent = true;
+                self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+            }
+            let failed = self.s.actions.iter().filter(|a| a.status == ActionStatus::Failed).count();
+            if failed > 0 {
+                let n = self.s.actions.len();
+                self.finish(SessionStatus::Failed, format!("{failed} of {n} actions failed"));
+            } else {
+                self.finish(SessionStatus::Passed, "already compliant: nothing to do".into());
+            }
+            return;
+        }
+        self.s.stage = Stage::AwaitExecute;
+        if self.s.options.notify_before && !self.s.before_mail_sent {
+            self.s.before_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
+    }
+
+    /// The first (action, step) still to run, in plan order.
+    fn next_step(&self) -> Option<(usize, usize)> {
+        self.s.actions.iter().enumerate().find_map(|(i, a)| {
+            (a.status != ActionStatus::Cancelled && !a.step_failed && a.next_step < a.steps.len()).then_some((i, a.next_step))
+        })
+    }
+
+    fn run_step(&mut self, ai: usize, si: usize) {
+        let params = self.s.items[self.s.actions[ai].item].parameters.clone();
+        if self.s.actions[ai].status == ActionStatus::Pending {
+            self.s.actions[ai].status = ActionStatus::Running;
+            self.s.actions[ai].started_at = Some(self.now());
+            let name = self.s.item_name(self.s.actions[ai].item).to_string();
+            self.action_changed(ai, Some(format!("{name}: {}", kind_words(self.s.actions[ai].kind))));
+        }
+        match self.s.actions[ai].steps[si].clone() {
+            Step::Script { label, script } => {
+                self.log(format!("Running: {label}"));
+                self.dispatch(
+                    JobPurpose::Step { action: ai, step: si },
+                    JobKind::Step { label, script: proto_script(&script, STEP_TIMEOUT_SECONDS), parameters: params },
+                );
+            }
+            Step::TestThenSet { task } => {
+                self.log(format!("Testing: {}", task.name));
+                let probes = vec![probe(format!("c{}", self.s.actions[ai].item), &task.test_script, &params)];
+                self.dispatch(JobPurpose::StepTest { action: ai, step: si }, JobKind::Probe { probes });
+            }
+        }
+    }
+
+    fn on_step(&mut self, ai: usize, si: usize, outcome: JobOutcome) {
+        let label = match &self.s.actions[ai].steps.get(si) {
+            Some(Step::Script { label, .. }) => label.clone(),
+            Some(Step::TestThenSet { task }) => format!("run {}", task.name),
+            None => return,
+        };
+        match outcome {
+            JobOutcome::Step { outcome } => match outcome.exit_code {
+                Some(0) => self.log(format!("Done: {label}")),
+                Some(proto::EXIT_REBOOT_REQUIRED) => {
+                    self.s.actions[ai].reboot_required = true;
+                    self.s.reboot_required = true;
+                    self.log(format!("Done: {label} (reboot required)"));
+                }
+                _ => self.fail_step(ai, plan::describe_failure(&label, &outcome)),
+            },
+            JobOutcome::Failed { error } => self.fail_step(ai, format!("{label}: {error}")),
+            other => self.fail_step(ai, format!("{label}: unexpected result {}", kind_name(&other))),
+        }
+        self.s.actions[ai].next_step = si + 1;
+    }
+
+    fn on_step_test(&mut self, ai: usize, si: usize, outcome: JobOutcome) {
+        let Some(Step::TestThenSet { task }) = self.s.actions[ai].steps.get(si).cloned() else {
+            return;
+        };
+        let code = match &outcome {
+            JobOutcome::Probe { results } => results.first().map(|r| (r.outcome.exit_code, r.outcome.clone())),
+            _ => None,
+        };
+        match code {
+            Some((Some(0), _)) => {
+                self.log(format!("{}: compliant", task.name));
+                self.s.actions[ai].next_step = si + 1;
+            }
+            Some((Some(1), _)) => match &task.set_script {
+                Some(set) => {
+                    // Replace the test step by the set script; verification tests again.
+                    self.s.actions[ai].steps[si] = Step::Script { label: format!("run {}", task.name), script: set.clone() };
+                }
+                None => {
+                    self.fail_step(ai, format!("{} is not compliant and has no set script", task.name));
+                    self.s.actions[ai].next_step = si + 1;
+                }
+            },
+            Some((_, o)) => {
+                self.fail_step(ai, plan::describe_failure(&format!("{} test", task.name), &o));
+                self.s.actions[ai].next_step = si + 1;
+            }
+            None => {
+                let why = match outcome {
+                    JobOutcome::Failed { error } => error,
+                    other => format!("unexpected result {}", kind_name(&other)),
+                };
+                self.fail_step(ai, format!("{} test: {why}", task.name));
+                self.s.actions[ai].next_step = si + 1;
+            }
+        }
+    }
+
+    fn fail_step(&mut self, ai: usize, message: String) {
+        let a = &mut self.s.actions[ai];
+        a.step_failed = true;
+        a.result_message = Some(message.clone());
+        self.log(format!("Failed: {message}"));
+    }
+
+    fn start_verify(&mut self) {
+        self.s.stage = Stage::Verifying;
+        self.set_status(SessionStatus::Verifying, None);
+        let probes = self.detection_probes();
+        self.dispatch(JobPurpose::Verify, JobKind::Probe { probes });
+    }
+
+    fn on_verified(&mut self, outcome: JobOutcome) {
+        let results = match outcome {
+            JobOutcome::Probe { results } => Some(plan::results_map(&results)),
+            JobOutcome::Failed { error } => {
+                self.log(format!("Verification failed: {error}"));
+                None
+            }
+            other => {
+                self.log(format!("Verification failed: unexpected result {}", kind_name(&other)));
+                None
+            }
+        };
+        let now = self.now();
+        for i in 0..self.s.actions.len() {
+            let item = self.s.items[self.s.actions[i].item].clone();
+            let a = &mut self.s.actions[i];
+            if a.status == ActionStatus::Cancelled {
+                continue;
+            }
+            match &results {
+                Some(r) => {
+                    let f = plan::found(a.item, r);
+                    a.compliance = plan::compliance(&item, &f);
+                    if let ItemWhat::Software { .. } = item.what {
+                        a.detected_version = f.version.clone();
+                    }
+                }
+                None => a.compliance = Compliance::Unknown,
+            }
+            let audit = plan::is_audit(&item);
+            a.status = if a.step_failed {
+                ActionStatus::Failed
+            } else if audit || a.compliance == Compliance::Compliant {
+                ActionStatus::Succeeded
+            } else {
+                a.result_message.get_or_insert_with(|| match a.compliance {
+                    Compliance::Unknown => "could not verify: detection did not run".to_string(),
+                    _ => "still not compliant after execution".to_string(),
+                });
+                ActionStatus::Failed
+            };
+            if a.status == ActionStatus::Succeeded && a.result_message.is_none() {
+                a.result_message = Some(match a.kind {
+                    ActionKind::NoAction => "already compliant".into(),
+                    _ if audit => format!("audit: {}", if a.compliance == Compliance::Compliant { "compliant" } else { "not compliant" }),
+                    _ => "done and verified".into(),
+                });
+            }
+            a.finished_at = Some(now);
+            a.started_at.get_or_insert(now);
+            self.action_changed(i, None);
+        }
+        self.s.compliance = Some(self.s.compliance_of_actions());
+        let n = self.s.actions.len();
+        let failed = self.s.actions.iter().filter(|a| a.status == ActionStatus::Failed).count();
+        if failed > 0 {
+            self.finish(SessionStatus::Failed, format!("{failed} of {n} actions failed"));
+        } else {
+            self.finish(SessionStatus::Passed, format!("{n} of {n} actions succeeded"));
+        }
+    }
+
+    fn postpone(&mut self, hours: Option<u32>, by: &str) -> Result<(), EngineError> {
+        if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
+            return Err(EngineError::Conflict("only a session waiting to execute can be postponed".into()));
+        }
+        if !self.s.options.allow_postpone {
+            return Err(EngineError::NotAllowed("postponing is not allowed for this session".into()));
+        }
+        if self.s.postpone_count >= self.s.options.max_postpones {
+            return Err(EngineError::NotAllowed(format!("the session was already postponed {} time(s), the limit", self.s.postpone_count)));
+        }
+        let hours = hours.unwrap_or(self.s.options.postpone_hours);
+        let base = self.s.execute_at.unwrap_or(self.now()).max(self.now());
+        let at = base + Duration::hours(i64::from(hours));
+        self.s.execute_at = Some(at);
+        self.s.window_end = None;
+        self.s.postpone_count += 1;
+        self.set_status(SessionStatus::Postponed, Some(format!("postponed by {by} to {}", at.format("%Y-%m-%d %H:%M UTC"))));
+        Ok(())
+    }
+
+    fn cancel(&mut self, reason: String) {
+        if let Some(p) = self.s.pending_job.take() {
+            self.out.push(Effect::Abandon { job: p.id });
+        }
+        let now = self.now();
+        for i in 0..self.s.actions.len() {
+            let a = &mut self.s.actions[i];
+            if matches!(a.status, ActionStatus::Pending | ActionStatus::Running) {
+                a.status = ActionStatus::Cancelled;
+                a.finished_at = Some(now);
+                self.action_changed(i, None);
+            }
+        }
+        self.finish(SessionStatus::Cancelled, reason);
+    }
+
+    fn finish(&mut self, status: SessionStatus, reason: String) {
+        if let Some(p) = self.s.pending_job.take() {
+            self.out.push(Effect::Abandon { job: p.id });
+        }
+        self.s.stage = Stage::Done;
+        self.s.finished_at = Some(self.now());
+        self.s.wake_at = None;
+        self.s.queued = false;
+        self.set_status(status, Some(reason));
+        let any_change = self.s.actions.iter().any(|a| a.kind != ActionKind::NoAction);
+        if self.s.options.notify_after
+            && !self.s.after_mail_sent
+            && !self.s.detection_only
+            && status != SessionStatus::Cancelled
+            && (any_change || self.s.options.notify_when_compliant)
+        {
+            self.s.after_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::After));
+        }
+        self.out.push(Effect::Finished);
+    }
+}
+
+/// Ticks that matter for a waiting session: the engine asked to be woken at `wake_at`.
+pub fn due(s: &Session, now: Time) -> bool {
+    s.wake_at.is_some_and(|w| w <= now)
+}
+
+/// Stages that hold one of the `--max-concurrent-sessions` slots.
+pub fn holds_slot(s: &Session) -> bool {
+    matches!(s.stage, Stage::Detecting | Stage::Executing | Stage::RebootHeld | Stage::Rebooting { .. } | Stage::Verifying)
+}
+
+/// Stages in which the session needs its agent; used to decide which sessions to wake when a
+/// computer comes online.
+pub fn waits_for_agent(s: &Session) -> bool {
+    !s.status.is_terminal() && (s.offline_since.is_some() || s.stage == Stage::RebootHeld)
+}
+
+fn probe(id: String, script: &Script, params: &std::collections::BTreeMap<String, String>) -> Probe {
+    Probe { probe_id: id, script: proto_script(script, PROBE_TIMEOUT_SECONDS), parameters: params.clone() }
+}
+
+pub fn proto_script(s: &Script, timeout_seconds: u32) -> proto::Script {
+    proto::Script {
+        language: match s.language {
+            ScriptLanguage::Shell => proto::ScriptLanguage::Shell,
+            ScriptLanguage::Powershell => proto::ScriptLanguage::Powershell,
+            ScriptLanguage::Python => proto::ScriptLanguage::Python,
+        },
+        body: s.body.clone(),
+        timeout_seconds,
+    }
+}
+
+fn kind_name(o: &JobOutcome) -> &'static str {
+    match o {
+        JobOutcome::Probe { .. } => "probe",
+        JobOutcome::Step { .. } => "step",
+        JobOutcome::Reboot { .. } => "reboot",
+        JobOutcome::Failed { .. } => "failed",
+    }
+}
+
+pub fn kind_words(k: ActionKind) -> &'static str {
+    match k {
+        ActionKind::Install => "install",
+        ActionKind::Upgrade => "upgrade",
+        ActionKind::Uninstall => "uninstall",
+        ActionKind::RunTask => "run task",
+        ActionKind::NoAction => "no action",
+    }
+}
+
+fn compliance_words(c: Compliance, s: &Session) -> String {
+    let non = s.actions.iter().filter(|a| a.compliance == Compliance::NonCompliant).count();
+    match c {
+        Compliance::Compliant => "compliant".into(),
+        Compliance::NonCompliant => format!("{non} of {} items not compliant", s.actions.len()),
+        Compliance::Unknown => "compliance unknown for some items".into(),
+    }
+}
+
+pub fn status_name(s: SessionStatus) -> &'static str {
+    match s {
+        SessionStatus::Pending => "PENDING",
+        SessionStatus::Detecting => "DETECTING",
+        SessionStatus::Scheduled => "SCHEDULED",
+        SessionStatus::Postponed => "POSTPONED",
+        SessionStatus::Executing => "EXECUTING",
+        SessionStatus::Verifying => "VERIFYING",
+        SessionStatus::Passed => "PASSED",
+        SessionStatus::Failed => "FAILED",
+        SessionStatus::Cancelled => "CANCELLED",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The GraphQL API: schema, limits, and the HTTP/WebSocket handlers that establish who calls.
+
+pub mod connection;
+pub mod ctx;
+mod inputs;
+mod mutation;
+mod query;
+mod subscription;
+pub mod types;
+
+use crate::app::App;
+use crate::auth::{Actor, Principal};
+use crate::domain::*;
+use crate::error::ApiError;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::{Data, ID, Schema};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::Subscription;
+
+pub type UpkeepSchema = Schema<Query, Mutation, Subscription>;
+
+/// Depth and complexity limits: the standard introspection query (depth ~13) passes; bombs do
+/// not.
+pub const MAX_DEPTH: usize = 32;
+pub const MAX_COMPLEXITY: usize = 5000;
+
+pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
+    let mut b = Schema::build(Query, Mutation, Subscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(64)
+        .extension(LimitCodes);
+    if let Some(app) = app {
+        b = b.data(app);
+    }
+    b.finish()
+}
+
+/// The SDL portals build against (what `schema/schema.graphql` holds).
+pub fn sdl() -> String {
+    schema(None).sdl()
+}
+
+pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
+    id.parse::<Id>().map_err(|_| ApiError::bad(field, format!("'{}' is not an id", id.as_str())))
+}
+
+/// Turns async-graphql's own validation errors (depth, complexity, parse) into
+/// `BAD_USER_INPUT`, so every error carries an `extensions.code`.
+struct LimitCodes;
+
+impl async_graphql::extensions::ExtensionFactory for LimitCodes {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(LimitCodesExt)
+    }
+}
+
+struct LimitCodesExt;
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for LimitCodesExt {
+    async fn request(&self, ctx: &async_graphql::extensions::ExtensionContext<'_>, next: async_graphql::extensions::NextRequest<'_>) -> async_graphql::Response {
+        let mut resp = next.run(ctx).await;
+        crate::error::add_codes(&mut resp);
+        resp
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        stream: futures_util::stream::BoxStream<'s, async_graphql::Response>,
+        next: async_graphql::extensions::NextSubscribe<'_>,
+    ) -> futures_util::stream::BoxStream<'s, async_graphql::Response> {
+        use futures_util::StreamExt;
+        next.run(ctx, stream)
+            .map(|mut r| {
+                crate::error::add_codes(&mut r);
+                r
+            })
+            .boxed()
+    }
+}
+
+/// Resolves the `Authorization` value (a JWT or an API key) to an actor.
+pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.starts_with("upk_") {
+        return app.authenticate_api_key(token).map(Some);
+    }
+    let claims = app.keys.verify_api_token(token, app.clock.now())?;
+    let id = claims.sub.parse::<Id>().map_err(|_| ApiError::Unauthenticated("the token is invalid".into()))?;
+    // The user must still exist with the same role: deleting a user ends their tokens.
+    let user = app.store.get::<User>(&id)?.ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+    Ok(Some(Actor { principal: Principal::User { id: user.id, email: user.email }, role: user.role, tenant_id: user.tenant_id }))
+}
+
+pub async fn graphql_handler(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, req: GraphQLRequest) -> Response {
+    let schema = app_schema(&app);
+    let mut req = req.into_inner().data(ClientAddr(peer));
+    let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
+    match authenticate(&app, auth) {
+        Ok(Some(actor)) => req = req.data(actor),
+        Ok(None) => {}
+        Err(e) => {
+            let err: async_graphql::Error = e.into();
+            let mut resp = async_graphql::Response::from_errors(vec![err.into_server_error(async_graphql::Pos::default())]);
+            crate::error::add_codes(&mut resp);
+            return GraphQLResponse::from(resp).into_response();
+        }
+    }
+    GraphQLResponse::from(schema.execute(req).await).into_response()
+}
+
+fn app_schema(app: &Arc<App>) -> &'static UpkeepSchema {
+    static SCHEMA: std::sync::OnceLock<std::sync::Mutex<Vec<(usize, &'static UpkeepSchema)>>> = std::sync::OnceLock::new();
+    let key = Arc::as_ptr(app) as usize;
+    let cache = SCHEMA.get_or_init(Default::default);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = c.iter().find(|(k, _)| *k == key) {
+        return s;
+    }
+    // One schema per App for the life of the process (tests start several servers).
+    let s: &'static UpkeepSchema = Box::leak(Box::new(schema(Some(app.clone()))));
+    c.push((key, s));
+    s
+}
+
+/// The caller's address, for login throttling.
+#[derive(Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+pub async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("Upkeep GraphiQL").finish())
+}
+
+/// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
+/// offered one that the server supports (see STACK.md P3).
+pub async fn ws_handler(State(app): State<Arc<App>>, headers: HeaderMap, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+    let schema = app_schema(&app).clone();
+    // The same choice GraphQLProtocol made: the client's first offered protocol we speak.
+    let name = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').find_map(|p| p.trim().parse::<async_graphql::http::WebSocketProtocols>().ok()))
+        .map(|p| p.sec_websocket_protocol())
+        .unwrap_or(ALL_WEBSOCKET_PROTOCOLS[0]);
+    upgrade
+        .protocols([name])
+        .on_upgrade(move |socket| {
+            let app2 = app.clone();
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let auth = payload
+                        .get("Authorization")
+                        .or_else(|| payload.get("authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(String::from);
+                    let mut data = Data::default();
+                    match authenticate(&app2, auth.as_deref()) {
+                        Ok(Some(actor)) => data.insert(actor),
+                        Ok(None) => return Err(async_graphql::Error::new("UNAUTHENTICATED: connection_init must carry Authorization: Bearer <token or API key>")),
+                        Err(e) => return Err(async_graphql::Error::new(format!("UNAUTHENTICATED: {e}"))),
+                    }
+                    Ok(data)
+                })
+                .serve()
+        })
+        .into_response()
+}

@@ -1,0 +1,739 @@
+//! GraphQL views of the domain records. Relations are resolved through [`Ctx`], which applies
+//! tenant isolation, so a field can never reach into a tenant the caller may not see.
+
+use super::ctx::Ctx;
+use crate::domain::*;
+use crate::resolve;
+use crate::session::*;
+use async_graphql::{ComplexObject, Context, ID, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+
+fn id(i: Id) -> ID {
+    ID(i.to_string())
+}
+
+#[Object]
+impl Tenant {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn company_name(&self) -> Option<&str> {
+        self.company_name.as_deref()
+    }
+    async fn time_zone(&self) -> &str {
+        &self.time_zone
+    }
+    async fn mail_from(&self) -> Option<&str> {
+        self.mail_from.as_deref()
+    }
+    async fn logo_url(&self) -> Option<&str> {
+        self.logo_url.as_deref()
+    }
+    async fn primary_color(&self) -> Option<&str> {
+        self.primary_color.as_deref()
+    }
+    async fn auto_onboarding(&self) -> bool {
+        self.auto_onboarding
+    }
+    async fn excluded_from_maintenance(&self) -> bool {
+        self.excluded_from_maintenance
+    }
+    async fn business_hours(&self) -> Option<BusinessHoursView> {
+        self.business_hours.as_ref().map(BusinessHoursView::from)
+    }
+    async fn mail_bcc(&self) -> &[String] {
+        &self.mail_bcc
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "BusinessHours")]
+pub struct BusinessHoursView {
+    pub days: Vec<Weekday>,
+    pub start: String,
+    pub end: String,
+}
+
+impl From<&BusinessHours> for BusinessHoursView {
+    fn from(b: &BusinessHours) -> Self {
+        let f = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+        BusinessHoursView { days: b.days.clone(), start: f(b.start_minute), end: f(b.end_minute) }
+    }
+}
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn email(&self) -> &str {
+        &self.email
+    }
+    async fn role(&self) -> UserRole {
+        self.role
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+fn opt_tenant(ctx: &Context<'_>, t: Option<Id>) -> Result<Option<Tenant>> {
+    match t {
+        Some(t) => Ok(Ctx::new(ctx)?.find::<Tenant>(t)?),
+        None => Ok(None),
+    }
+}
+
+fn tenant(ctx: &Context<'_>, t: Id) -> Result<Tenant> {
+    Ok(Ctx::new(ctx)?.load::<Tenant>(t)?)
+}
+
+#[Object]
+impl Person {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn email(&self) -> &str {
+        &self.email
+    }
+    async fn usernames(&self) -> &[String] {
+        &self.usernames
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Tenant> {
+        tenant(ctx, self.tenant_id)
+    }
+}
+
+#[Object]
+impl Computer {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    async fn machine_id(&self) -> &str {
+        &self.machine_id
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Tenant> {
+        tenant(ctx, self.tenant_id)
+    }
+    async fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<Person>> {
+        match self.primary_person_id {
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?),
+            None => Ok(None),
+        }
+    }
+    /// True while the agent polls; false a little over a minute after it stopped.
+    async fn online(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
+    }
+    /// When the agent last polled (kept in memory between periodic store writes).
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+        Ok(Ctx::new(ctx)?.app.agents.last_seen(self.id).or(self.last_seen_at))
+    }
+    async fn os(&self) -> &str {
+        &self.os
+    }
+    async fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+    async fn logged_on_user(&self) -> Option<&str> {
+        self.logged_on_user.as_deref()
+    }
+    async fn enrolled_at(&self) -> DateTime<Utc> {
+        self.enrolled_at
+    }
+    /// From the last finished session; null before any.
+    async fn compliance(&self) -> Option<Compliance> {
+        self.compliance
+    }
+    async fn excluded_from_maintenance(&self) -> bool {
+        self.excluded_from_maintenance
+    }
+    /// True once the agent token was revoked (the agent must re-enroll).
+    async fn agent_revoked(&self) -> bool {
+        self.agent_token_hash.is_none()
+    }
+    /// Per software or task: which deployment wins on this computer, which it shadows, and why.
+    async fn deployment_resolution(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentResolution>> {
+        let c = Ctx::new(ctx)?;
+        let deployments = c.app.catalogue_deployments_for(self.tenant_id)?;
+        let res = resolve::resolve(self, &deployments);
+        let mut out = Vec::new();
+        for r in res {
+            let (software, task) = match r.subject {
+                Subject::Software(s) => (c.app.store.get::<Software>(&s)?, None),
+                Subject::Task(t) => (None, c.app.store.get::<MaintenanceTask>(&t)?),
+            };
+            out.push(DeploymentResolution {
+                software,
+                maintenance_task: task,
+                winner: r.winner.clone(),
+                shadowed: r.shadowed.clone(),
+                rule: r.rule.clone(),
+            });
+        }
+        Ok(out)
+    }
+    /// This computer's sessions, newest first.
+    async fn sessions(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Session>> {
+        let c = Ctx::new(ctx)?;
+        let n = super::connection::page_size(first)?;
+        Ok(c.app.sessions_of_computer(self.id, n)?)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct DeploymentResolution {
+    pub software: Option<Software>,
+    pub maintenance_task: Option<MaintenanceTask>,
+    pub winner: Deployment,
+    pub shadowed: Vec<Deployment>,
+    pub rule: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Script")]
+pub struct ScriptView {
+    pub language: ScriptLanguage,
+    pub body: String,
+}
+
+impl From<&Script> for ScriptView {
+    fn from(s: &Script) -> Self {
+        ScriptView { language: s.language, body: s.body.clone() }
+    }
+}
+
+#[Object]
+impl SoftwareVersion {
+    async fn version(&self) -> &str {
+        &self.version
+    }
+    async fn install_script(&self) -> ScriptView {
+        (&self.install_script).into()
+    }
+    async fn upgrade_script(&self) -> Option<ScriptView> {
+        self.upgrade_script.as_ref().map(Into::into)
+    }
+}
+
+#[Object]
+impl Software {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn detection_script(&self) -> ScriptView {
+        (&self.detection_script).into()
+    }
+    async fn versions(&self) -> &[SoftwareVersion] {
+        &self.versions
+    }
+    async fn latest_version(&self) -> Option<&str> {
+        self.latest().map(|v| v.version.as_str())
+    }
+    async fn uninstall_script(&self) -> Option<ScriptView> {
+        self.uninstall_script.as_ref().map(Into::into)
+    }
+    async fn configuration_task(&self, ctx: &Context<'_>) -> Result<Option<MaintenanceTask>> {
+        match self.configuration_task_id {
+            Some(t) => Ok(Ctx::new(ctx)?.find_catalogue::<MaintenanceTask>(t)?),
+            None => Ok(None),
+        }
+    }
+}
+
+#[Object]
+impl MaintenanceTask {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn test_script(&self) -> ScriptView {
+        (&self.test_script).into()
+    }
+    async fn set_script(&self) -> Option<ScriptView> {
+        self.set_script.as_ref().map(Into::into)
+    }
+}
+
+#[Object]
+impl Target {
+    async fn kind(&self) -> TargetKind {
+        self.kind
+    }
+    async fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+#[Object]
+impl Deployment {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn target(&self) -> &Target {
+        &self.target
+    }
+    async fn software(&self, ctx: &Context<'_>) -> Result<Option<Software>> {
+        match self.software_id {
+            Some(s) => Ok(Ctx::new(ctx)?.find_catalogue::<Software>(s)?),
+            None => Ok(None),
+        }
+    }
+    async fn desired_state(&self) -> Option<DesiredSoftwareState> {
+        self.desired_state
+    }
+    async fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+    async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<MaintenanceTask>> {
+        match self.maintenance_task_id {
+            Some(t) => Ok(Ctx::new(ctx)?.find_catalogue::<MaintenanceTask>(t)?),
+            None => Ok(None),
+        }
+    }
+    async fn task_mode(&self) -> Option<TaskMode> {
+        self.maintenance_task_id.map(|_| self.task_mode)
+    }
+    async fn parameters(&self) -> async_graphql::Json<&std::collections::BTreeMap<String, String>> {
+        async_graphql::Json(&self.parameters)
+    }
+    async fn enforcement(&self) -> Enforcement {
+        self.enforcement
+    }
+    async fn order(&self) -> DeploymentOrder {
+        self.order
+    }
+    async fn position(&self) -> i32 {
+        self.position
+    }
+    async fn enabled(&self) -> bool {
+        self.enabled
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "MaintenanceOptions")]
+pub struct OptionsView {
+    pub notify_before: bool,
+    pub notify_after: bool,
+    pub notify_when_compliant: bool,
+    pub show_actions_in_email: bool,
+    pub allow_postpone: bool,
+    pub max_postpones: u32,
+    pub postpone_hours: u32,
+    pub allow_update_now: bool,
+    pub reboot_preference: RebootPreference,
+    pub offline_behavior: OfflineBehavior,
+    pub offline_grace_minutes: u32,
+    pub allow_reboot_during_business_hours: bool,
+}
+
+impl From<&MaintenanceOptions> for OptionsView {
+    fn from(o: &MaintenanceOptions) -> Self {
+        OptionsView {
+            notify_before: o.notify_before,
+            notify_after: o.notify_after,
+            notify_when_compliant: o.notify_when_compliant,
+            show_actions_in_email: o.show_actions_in_email,
+            allow_postpone: o.allow_postpone,
+            max_postpones: o.max_postpones,
+            postpone_hours: o.postpone_hours,
+            allow_update_now: o.allow_update_now,
+            reboot_preference: o.reboot_preference,
+            offline_behavior: o.offline_behavior,
+            offline_grace_minutes: o.offline_grace_minutes,
+            allow_reboot_during_business_hours: o.allow_reboot_during_business_hours,
+        }
+    }
+}
+
+#[Object]
+impl Schedule {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn target(&self) -> &Target {
+        &self.target
+    }
+    async fn cron(&self) -> &str {
+        &self.cron
+    }
+    /// The schedule's zone; null for a cross-tenant schedule that uses each tenant's own.
+    async fn time_zone(&self) -> Option<&str> {
+        self.time_zone.as_deref()
+    }
+    async fn detection_lead_minutes(&self) -> u32 {
+        self.detection_lead_minutes
+    }
+    async fn window_minutes(&self) -> u32 {
+        self.window_minutes
+    }
+    async fn options(&self) -> OptionsView {
+        (&self.options).into()
+    }
+    async fn enabled(&self) -> bool {
+        self.enabled
+    }
+    async fn detection_only(&self) -> bool {
+        self.detection_only
+    }
+    async fn last_run_at(&self) -> Option<DateTime<Utc>> {
+        self.last_run_at
+    }
+    /// The next occurrences strictly after `after` (default: now), enabled or not. For a
+    /// cross-tenant schedule without its own zone, `tenantId` picks whose zone (default UTC).
+    async fn next_runs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 5)] count: i32,
+        after: Option<DateTime<Utc>>,
+        tenant_id: Option<ID>,
+    ) -> Result<Vec<DateTime<Utc>>> {
+        let c = Ctx::new(ctx)?;
+        if !(0..=1000).contains(&count) {
+            return Err(crate::error::ApiError::bad("count", "must be between 0 and 1000").into());
+        }
+        let tenant = match tenant_id {
+            Some(t) => Some(c.load::<Tenant>(super::parse_id("tenantId", &t)?)?),
+            None => None,
+        };
+        let tz = crate::scheduler::zone_for(self, tenant.as_ref())?;
+        let cron = crate::scheduler::cron::CronExpr::parse(&self.cron)
+            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+        Ok(cron.upcoming(tz, after.unwrap_or_else(|| c.app.clock.now()), count as usize))
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(complex, name = "EnrollmentKey")]
+pub struct EnrollmentKeyView {
+    #[graphql(skip)]
+    pub key: EnrollmentKey,
+    /// The secret: only in the answer of `createEnrollmentKey`, null afterwards.
+    #[graphql(name = "key")]
+    pub secret: Option<String>,
+}
+
+#[ComplexObject]
+impl EnrollmentKeyView {
+    async fn id(&self) -> ID {
+        id(self.key.id)
+    }
+    async fn label(&self) -> Option<&str> {
+        self.key.label.as_deref()
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Tenant> {
+        tenant(ctx, self.key.tenant_id)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.key.created_at
+    }
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.key.expires_at
+    }
+    async fn max_uses(&self) -> Option<u32> {
+        self.key.max_uses
+    }
+    async fn uses(&self) -> u32 {
+        self.key.uses
+    }
+    async fn revoked(&self) -> bool {
+        self.key.revoked
+    }
+    async fn tags(&self) -> &[String] {
+        &self.key.tags
+    }
+    async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<Person>> {
+        match self.key.primary_person_id {
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?),
+            None => Ok(None),
+        }
+    }
+}
+
+#[Object(name = "MaintenanceSession")]
+impl Session {
+    #[graphql(name = "id")]
+    async fn gql_id(&self) -> ID {
+        id(self.id)
+    }
+    async fn status(&self) -> SessionStatus {
+        self.status
+    }
+    async fn status_reason(&self) -> Option<&str> {
+        self.status_reason.as_deref()
+    }
+    async fn compliance(&self) -> Option<Compliance> {
+        self.compliance
+    }
+    async fn trigger(&self) -> SessionTrigger {
+        self.trigger
+    }
+    async fn detection_only(&self) -> bool {
+        self.detection_only
+    }
+    async fn computer(&self, ctx: &Context<'_>) -> Result<Option<Computer>> {
+        Ok(Ctx::new(ctx)?.find::<Computer>(self.computer_id)?)
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Tenant> {
+        tenant(ctx, self.tenant_id)
+    }
+    async fn schedule(&self, ctx: &Context<'_>) -> Result<Option<Schedule>> {
+        match self.schedule_id {
+            Some(s) => Ok(Ctx::new(ctx)?.app.store.get::<Schedule>(&s)?),
+            None => Ok(None),
+        }
+    }
+    async fn options(&self) -> OptionsView {
+        (&self.options).into()
+    }
+    async fn created_by(&self) -> &str {
+        &self.created_by
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.finished_at
+    }
+    async fn execute_at(&self) -> Option<DateTime<Utc>> {
+        self.execute_at
+    }
+    async fn window_end(&self) -> Option<DateTime<Utc>> {
+        self.window_end
+    }
+    async fn postpone_count(&self) -> u32 {
+        self.postpone_count
+    }
+    async fn reboot_required(&self) -> bool {
+        self.reboot_required
+    }
+    async fn rebooted_at(&self) -> Option<DateTime<Utc>> {
+        self.rebooted_at
+    }
+    async fn actions(&self) -> Vec<ActionView> {
+        let items = std::sync::Arc::new(self.items.clone());
+        self.actions.iter().map(|a| ActionView { session: items.clone(), action: a.clone() }).collect()
+    }
+    /// The session's log, oldest first; `afterSequence` pages on.
+    async fn logs(&self, ctx: &Context<'_>, after_sequence: Option<i64>, first: Option<i32>) -> Result<Vec<LogLine>> {
+        let c = Ctx::new(ctx)?;
+        let n = first.map(|f| f.clamp(0, 5000) as usize).unwrap_or(1000);
+        let after = after_sequence.unwrap_or(0).max(0) as u64;
+        Ok(c.app
+            .events_after(self.id, after)
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.log_line.clone().map(|l| LogLine { sequence: e.sequence as i64, at: e.at, message: l }))
+            .take(n)
+            .collect())
+    }
+    /// The last event sequence written for this session (subscribe with `afterSequence` = this).
+    async fn last_sequence(&self) -> i64 {
+        self.last_sequence as i64
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct LogLine {
+    pub sequence: i64,
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+pub struct ActionView {
+    pub session: std::sync::Arc<Vec<PlanItem>>,
+    pub action: Action,
+}
+
+#[Object(name = "MaintenanceAction")]
+impl ActionView {
+    async fn id(&self) -> ID {
+        id(self.action.id)
+    }
+    async fn kind(&self) -> ActionKind {
+        self.action.kind
+    }
+    async fn status(&self) -> ActionStatus {
+        self.action.status
+    }
+    async fn compliance(&self) -> Compliance {
+        self.action.compliance
+    }
+    async fn software(&self, ctx: &Context<'_>) -> Result<Option<Software>> {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => Ok(Ctx::new(ctx)?.app.store.get::<Software>(&software.id)?),
+            _ => Ok(None),
+        }
+    }
+    async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<MaintenanceTask>> {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Task { task, .. }) => Ok(Ctx::new(ctx)?.app.store.get::<MaintenanceTask>(&task.id)?),
+            _ => Ok(None),
+        }
+    }
+    /// The software's or task's name as it was when the session started.
+    async fn name(&self) -> String {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => software.name.clone(),
+            Some(ItemWhat::Task { task, .. }) => task.name.clone(),
+            None => String::new(),
+        }
+    }
+    async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<Deployment>> {
+        match self.session.get(self.action.item) {
+            Some(i) => Ok(Ctx::new(ctx)?.app.store.get::<Deployment>(&i.deployment_id)?),
+            None => Ok(None),
+        }
+    }
+    async fn desired_version(&self) -> Option<&str> {
+        self.action.desired_version.as_deref()
+    }
+    async fn detected_version(&self) -> Option<&str> {
+        self.action.detected_version.as_deref()
+    }
+    async fn result_message(&self) -> Option<&str> {
+        self.action.result_message.as_deref()
+    }
+    /// Why the action was planned, e.g. "1.9.2 installed, latest is 1.10.0".
+    async fn reason(&self) -> &str {
+        &self.action.reason
+    }
+    async fn reboot_required(&self) -> bool {
+        self.action.reboot_required
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.action.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.action.finished_at
+    }
+}
+
+#[Object]
+impl ApiKey {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn role(&self) -> UserRole {
+        self.role
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+    /// Kept in memory and written at most once a minute.
+    async fn last_used_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+        Ok(Ctx::new(ctx)?.app.api_key_last_used(self).or(self.last_used_at))
+    }
+    async fn revoked(&self) -> bool {
+        self.revoked
+    }
+}
+
+#[Object]
+impl crate::webhooks::Webhook {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
+        opt_tenant(ctx, self.tenant_id)
+    }
+    async fn url(&self) -> &str {
+        &self.url
+    }
+    async fn events(&self) -> &[crate::webhooks::WebhookEvent] {
+        &self.events
+    }
+    async fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+#[Object(name = "WebhookDelivery")]
+impl crate::webhooks::Delivery {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn event(&self) -> crate::webhooks::WebhookEvent {
+        self.event
+    }
+    async fn status(&self) -> crate::webhooks::DeliveryStatus {
+        self.status
+    }
+    async fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    async fn last_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.last_attempt_at
+    }
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.is_pending().then_some(self.next_attempt_at)
+    }
+    async fn response_status(&self) -> Option<i32> {
+        self.response_status.map(i32::from)
+    }
+    async fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}

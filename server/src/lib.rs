@@ -1,0 +1,32 @@
+//! Upkeep: a maintenance-session server for MSPs. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod agents;
+pub mod app;
+pub mod auth;
+pub mod check;
+pub mod clock;
+pub mod config;
+pub mod console;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod mail;
+pub mod metrics;
+pub mod postpone;
+pub mod resolve;
+pub mod runtime;
+pub mod scheduler;
+pub mod session;
+pub mod store;
+pub mod users;
+pub mod version;
+pub mod webhooks;
+
+/// Sets up logging once (text or JSON lines), honouring `RUST_LOG`.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { b.json().try_init() } else { b.try_init() };
+}

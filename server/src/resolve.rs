@@ -1,0 +1,192 @@
+//! Deployment resolution: which deployments apply to a computer, and per software or task which
+//! one wins. The most specific target wins (`COMPUTER` > `PERSON` > `TAG` > `ALL_COMPUTERS`),
+//! then a tenant's own deployment beats a cross-tenant one, then the newest beats older ones.
+//! Pure and deterministic.
+
+use crate::domain::*;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub subject: Subject,
+    pub winner: Deployment,
+    /// Other matching deployments of the same software or task, best first.
+    pub shadowed: Vec<Deployment>,
+    /// Why the winner won, e.g. "TAG beats ALL_COMPUTERS".
+    pub rule: String,
+}
+
+impl Resolution {
+    /// An exception (`IGNORE`) wins: the subject is left alone.
+    pub fn is_exception(&self) -> bool {
+        self.winner.desired_state == Some(DesiredSoftwareState::Ignore) || (self.winner.software_id.is_none() && self.winner.task_mode == TaskMode::Ignore)
+    }
+}
+
+/// Rank: higher wins.
+fn rank(d: &Deployment) -> (u8, bool, Id) {
+    (d.target.kind.specificity(), d.tenant_id.is_some(), d.id)
+}
+
+fn target_name(k: TargetKind) -> &'static str {
+    match k {
+        TargetKind::AllComputers => "ALL_COMPUTERS",
+        TargetKind::Computer => "COMPUTER",
+        TargetKind::Tag => "TAG",
+        TargetKind::Person => "PERSON",
+    }
+}
+
+/// Resolves `deployments` (any tenant's; others are ignored) for `computer`, one entry per
+/// software or task that some enabled deployment targets at it, ordered by subject.
+pub fn resolve(computer: &Computer, deployments: &[Deployment]) -> Vec<Resolution> {
+    let mut by_subject: BTreeMap<Subject, Vec<&Deployment>> = BTreeMap::new();
+    for d in deployments {
+        let in_scope = d.tenant_id.is_none_or(|t| t == computer.tenant_id);
+        if in_scope && d.enabled && d.target.matches(computer) {
+            by_subject.entry(d.subject()).or_default().push(d);
+        }
+    }
+    by_subject
+        .into_iter()
+        .map(|(subject, mut ds)| {
+            ds.sort_by_key(|d| std::cmp::Reverse(rank(d)));
+            let winner = ds[0].clone();
+            let rule = match ds.get(1) {
+                None => format!("only matching deployment ({})", target_name(winner.target.kind)),
+                Some(second) => {
+                    let (w, s) = (rank(&winner), rank(second));
+                    if w.0 != s.0 {
+                        format!("{} beats {}", target_name(winner.target.kind), target_name(second.target.kind))
+                    } else if w.1 != s.1 {
+                        format!("tenant deployment beats cross-tenant ({} each)", target_name(winner.target.kind))
+                    } else {
+                        format!("newest of equally specific deployments ({})", target_name(winner.target.kind))
+                    }
+                }
+            };
+            Resolution { subject, winner, shadowed: ds[1..].iter().map(|d| (*d).clone()).collect(), rule }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    fn computer() -> Computer {
+        Computer {
+            id: Id::new(),
+            tenant_id: Id::new(),
+            name: "pc".into(),
+            hostname: "pc".into(),
+            machine_id: "m".into(),
+            tags: vec!["Office".into()],
+            primary_person_id: Some(Id::new()),
+            os: String::new(),
+            agent_version: String::new(),
+            last_seen_at: None,
+            agent_token_hash: None,
+            enrolled_at: Utc::now(),
+            excluded_from_maintenance: false,
+            compliance: None,
+            logged_on_user: None,
+            onboarded: false,
+        }
+    }
+
+    fn dep(c: &Computer, kind: TargetKind, tenant: bool, sw: Id) -> Deployment {
+        let value = match kind {
+            TargetKind::AllComputers => None,
+            TargetKind::Computer => Some(c.id.to_string()),
+            TargetKind::Tag => Some("office".into()),
+            TargetKind::Person => c.primary_person_id.map(|p| p.to_string()),
+        };
+        Deployment {
+            id: Id::new(),
+            tenant_id: tenant.then_some(c.tenant_id),
+            target: Target { kind, value },
+            software_id: Some(sw),
+            desired_state: Some(DesiredSoftwareState::InstalledLatest),
+            version: None,
+            maintenance_task_id: None,
+            task_mode: TaskMode::Enforce,
+            parameters: Default::default(),
+            enforcement: Enforcement::Required,
+            order: DeploymentOrder::Unordered,
+            position: 0,
+            enabled: true,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn tag_beats_all_computers() {
+        let c = computer();
+        let sw = Id::new();
+        let all = dep(&c, TargetKind::AllComputers, true, sw);
+        let tag = dep(&c, TargetKind::Tag, true, sw);
+        let r = resolve(&c, &[all.clone(), tag.clone()]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].winner.id, tag.id);
+        assert_eq!(r[0].shadowed[0].id, all.id);
+        assert_eq!(r[0].rule, "TAG beats ALL_COMPUTERS");
+    }
+
+    #[test]
+    fn tenant_beats_cross_tenant_and_other_tenants_are_ignored() {
+        let c = computer();
+        let sw = Id::new();
+        let cross = dep(&c, TargetKind::Computer, false, sw);
+        let own = dep(&c, TargetKind::Computer, true, sw);
+        let mut foreign = dep(&c, TargetKind::Computer, true, sw);
+        foreign.tenant_id = Some(Id::new());
+        let r = resolve(&c, &[own.clone(), cross, foreign]);
+        assert_eq!(r[0].winner.id, own.id);
+        assert_eq!(r[0].shadowed.len(), 1);
+        assert!(r[0].rule.starts_with("tenant deployment beats cross-tenant"));
+    }
+
+    #[test]
+    fn disabled_and_non_matching_deployments_do_nothing() {
+        let c = computer();
+        let mut d = dep(&c, TargetKind::AllComputers, true, Id::new());
+        d.enabled = false;
+        let mut t = dep(&c, TargetKind::Tag, true, Id::new());
+        t.target.value = Some("other".into());
+        assert!(resolve(&c, &[d, t]).is_empty());
+    }
+
+    #[test]
+    fn ignore_winner_is_an_exception() {
+        let c = computer();
+        let sw = Id::new();
+        let all = dep(&c, TargetKind::AllComputers, false, sw);
+        let mut ex = dep(&c, TargetKind::Tag, true, sw);
+        ex.desired_state = Some(DesiredSoftwareState::Ignore);
+        let r = resolve(&c, &[all, ex]);
+        assert!(r[0].is_exception());
+    }
+
+    proptest! {
+        /// The winner always has the highest (specificity, tenant-owned) of the matches, and
+        /// the result does not depend on input order.
+        #[test]
+        fn winner_is_most_specific(kinds in proptest::collection::vec((0u8..4, any::<bool>()), 1..8), seed in any::<u64>()) {
+            let c = computer();
+            let sw = Id::new();
+            let all = [TargetKind::AllComputers, TargetKind::Tag, TargetKind::Person, TargetKind::Computer];
+            let mut ds: Vec<Deployment> = kinds.iter().map(|(k, t)| dep(&c, all[*k as usize], *t, sw)).collect();
+            let r1 = resolve(&c, &ds);
+            let n = ds.len();
+            ds.rotate_left((seed % n as u64) as usize);
+            let r2 = resolve(&c, &ds);
+            prop_assert_eq!(r1[0].winner.id, r2[0].winner.id);
+            let best = ds.iter().map(|d| (d.target.kind.specificity(), d.tenant_id.is_some())).max().unwrap();
+            prop_assert_eq!((r1[0].winner.target.kind.specificity(), r1[0].winner.tenant_id.is_some()), best);
+            prop_assert_eq!(r1[0].shadowed.len(), n - 1);
+        }
+    }
+}

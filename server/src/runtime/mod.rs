@@ -1,0 +1,400 @@
+//! The runtime applies the engine's effects: it persists each step (session, events, jobs,
+//! mails) in one store transaction, flushes, and only then hands jobs to agents, publishes
+//! events and wakes the mailer. Per-session locks serialise steps of one session; sessions of
+//! different computers step in parallel. No task per idle session: waiting sessions are a
+//! timer entry and an index entry.
+
+pub mod mailer;
+mod start;
+
+pub use start::StartRequest;
+
+use crate::app::App;
+use crate::domain::*;
+use crate::engine::{self, Effect, EngineError, Env, Event};
+use crate::error::{ApiError, ApiResult};
+use crate::session::*;
+use crate::store::records::ACTIVE_SESSIONS;
+use crate::store::{IndexKey, TxError};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const LOCK_STRIPES: usize = 256;
+
+pub struct SessionRuntime {
+    locks: Vec<tokio::sync::Mutex<()>>,
+    state: Mutex<RuntimeState>,
+    max_running: usize,
+    /// Serialises session creation so "one unfinished session per computer" holds.
+    pub(crate) create_lock: tokio::sync::Mutex<()>,
+    idempotency_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct RuntimeState {
+    /// (wake time, session) for sessions that asked for a `Tick`.
+    timers: BTreeSet<(Time, Id)>,
+    wake_of: HashMap<Id, Time>,
+    /// The unfinished session of each computer (at most one).
+    active_by_computer: HashMap<Id, Id>,
+    /// Sessions holding a running slot.
+    running: HashSet<Id>,
+    /// Sessions waiting for a slot, in start order.
+    queue: BTreeSet<(u8, Time, Id)>,
+    queued_key: HashMap<Id, (u8, Time, Id)>,
+}
+
+impl SessionRuntime {
+    pub fn new(max_running: usize) -> SessionRuntime {
+        SessionRuntime {
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            state: Mutex::new(RuntimeState::default()),
+            max_running,
+            create_lock: tokio::sync::Mutex::new(()),
+            idempotency_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock_for(&self, id: Id) -> &tokio::sync::Mutex<()> {
+        let b = id.as_bytes();
+        let h = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        &self.locks[(h % LOCK_STRIPES as u64) as usize]
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serialises idempotent starts, so two concurrent calls with one key start one set.
+    pub async fn create_lock_for_idempotency(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.idempotency_lock.lock().await
+    }
+
+    pub fn active_session_of(&self, computer: Id) -> Option<Id> {
+        self.st().active_by_computer.get(&computer).copied()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.st().active_by_computer.len()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.st().running.len()
+    }
+
+    pub fn queued_count(&self) -> usize {
+        self.st().queue.len()
+    }
+
+    /// Reserves a running slot for `id` if it holds one, or one is free and no session queued
+    /// ahead of it waits.
+    fn try_slot(&self, id: Id) -> bool {
+        let mut st = self.st();
+        if st.running.contains(&id) {
+            return true;
+        }
+        let head_ok = match st.queue.first() {
+            None => true,
+            Some(first) => first.2 == id,
+        };
+        if st.running.len() < self.max_running && head_ok {
+            st.running.insert(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records the session's new state in the in-memory indexes; returns queued sessions to
+    /// tick because a slot is free.
+    fn note(&self, s: &Session) -> Vec<Id> {
+        let mut st = self.st();
+        if let Some(old) = st.wake_of.remove(&s.id) {
+            st.timers.remove(&(old, s.id));
+        }
+        if let Some(k) = st.queued_key.remove(&s.id) {
+            st.queue.remove(&k);
+        }
+        if s.status.is_terminal() {
+            if st.active_by_computer.get(&s.computer_id) == Some(&s.id) {
+                st.active_by_computer.remove(&s.computer_id);
+            }
+        } else {
+            st.active_by_computer.insert(s.computer_id, s.id);
+            if let Some(w) = s.wake_at {
+                st.timers.insert((w, s.id));
+                st.wake_of.insert(s.id, w);
+            }
+            if s.queued {
+                let k = (s.trigger.priority(), s.created_at, s.id);
+                st.queue.insert(k);
+                st.queued_key.insert(s.id, k);
+            }
+        }
+        if !engine::holds_slot(s) {
+            st.running.remove(&s.id);
+        }
+        let free = self.max_running.saturating_sub(st.running.len());
+        st.queue.iter().take(free).map(|k| k.2).filter(|q| *q != s.id).collect()
+    }
+
+    fn due_timers(&self, now: Time) -> Vec<Id> {
+        let st = self.st();
+        st.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect()
+    }
+}
+
+impl App {
+    /// Loads every unfinished session into the in-memory indexes, re-queues its open jobs,
+    /// and ticks it: after a crash or restart each continues where it stood.
+    pub async fn recover_sessions(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let idx = IndexKey::new(ACTIVE_SESSIONS, []);
+        let mut ids = Vec::new();
+        for s in self.store.by_index::<Session>(&idx, None) {
+            let s = s?;
+            if engine::holds_slot(&s) {
+                self.runtime.st().running.insert(s.id);
+            }
+            self.runtime.note(&s);
+            ids.push(s.id);
+        }
+        self.agents.requeue_open_jobs(&self.store)?;
+        for id in &ids {
+            self.tick(*id).await;
+        }
+        Ok(ids.len())
+    }
+
+    /// Applies `event` to session `id`: engine step, persist, flush, then publish. Returns the
+    /// new session. Engine refusals come back as API errors.
+    pub async fn apply(self: &Arc<Self>, id: Id, event: Event) -> ApiResult<Session> {
+        let _guard = self.runtime.lock_for(id).lock().await;
+        let Some(mut s) = self.store.get::<Session>(&id)? else {
+            return Err(ApiError::not_found("maintenance session", id));
+        };
+        let before_status = s.status;
+        let settle = match &event {
+            Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
+            _ => None,
+        };
+        let slot_needed = !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
+        let env = Env {
+            now: self.clock.now(),
+            online: self.agents.is_online(s.computer_id),
+            slot_available: if slot_needed { self.runtime.try_slot(id) } else { true },
+            reboot_held_until: self.reboot_hold(&s)?,
+        };
+        let effects = match engine::step(&mut s, &env, event) {
+            Ok(e) => e,
+            Err(e) => {
+                // Give back a slot reserved for a step that did not happen.
+                let _ = self.runtime.note(&s);
+                return Err(match e {
+                    EngineError::Conflict(m) => ApiError::Conflict(m),
+                    EngineError::NotAllowed(m) => ApiError::BadInput { field: "id".into(), message: m },
+                });
+            }
+        };
+        if effects.is_empty() && s.status == before_status && settle.is_none() {
+            // Nothing happened (a tick while waiting); keep the wake time current.
+            // Persisted without a flush: nothing was acknowledged or published.
+            self.store.write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))?;
+            let wake = self.runtime.note(&s);
+            self.spawn_ticks(wake);
+            return Ok(s);
+        }
+        let committed = self.commit(&mut s, &effects, before_status, settle).await?;
+        let wake = self.runtime.note(&s);
+        self.after_commit(&s, committed);
+        self.spawn_ticks(wake);
+        Ok(s)
+    }
+
+    fn spawn_ticks(self: &Arc<Self>, ids: Vec<Id>) {
+        for w in ids {
+            let app = self.clone();
+            tokio::spawn(async move { app.tick(w).await });
+        }
+    }
+
+    /// `apply(Tick)`, logging instead of returning errors (background callers).
+    pub async fn tick(self: &Arc<Self>, id: Id) {
+        if let Err(e) = self.apply(id, Event::Tick).await {
+            tracing::warn!(session = %id, error = %e, "session tick failed");
+        }
+    }
+
+    /// Persists the session with everything its effects create, in one transaction.
+    async fn commit(self: &Arc<Self>, s: &mut Session, effects: &[Effect], before: SessionStatus, settle: Option<Id>) -> ApiResult<Committed> {
+        let now = self.clock.now();
+        let mut c = Committed::default();
+        c.abandoned.extend(settle);
+        let mut notes = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Dispatch { job, kind, lease_seconds } => c.jobs.push(JobRecord {
+                    id: *job,
+                    session_id: s.id,
+                    computer_id: s.computer_id,
+                    job: kind.clone(),
+                    lease_seconds: *lease_seconds,
+                    created_at: now,
+                    state: JobState::Queued,
+                    attempts: 0,
+                }),
+                Effect::Abandon { job } => c.abandoned.push(*job),
+                Effect::Emit { action, log, status } => {
+                    c.events.push(new_event(s, now, *status, *action, log.clone()));
+                }
+                Effect::Mail(kind) => match self.compose_session_mail(s, *kind) {
+                    Ok(Ok(m)) => {
+                        notes.push(format!("{} mail queued for {}", mail_word(*kind), m.to.join(", ")));
+                        c.mails.push(m);
+                    }
+                    Ok(Err(why)) => notes.push(format!("{} mail not sent: {why}", mail_word(*kind))),
+                    Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
+                },
+                Effect::Finished => c.finished = true,
+            }
+        }
+        for n in notes {
+            c.events.push(new_event(s, now, s.status, None, Some(n)));
+        }
+        if c.finished || s.status != before {
+            c.deliveries = self.webhook_deliveries_for(s, before, c.finished)?;
+        }
+        let s_ref = &*s;
+        let cref = &c;
+        self.store.write(|tx| {
+            tx.put(s_ref)?;
+            for e in &cref.events {
+                tx.put(e)?;
+            }
+            for j in &cref.jobs {
+                tx.put(j)?;
+            }
+            for id in &cref.abandoned {
+                if let Some(mut j) = tx.get::<JobRecord, ApiError>(id)?
+                    && !matches!(j.state, JobState::Done { .. })
+                {
+                    j.state = JobState::Done { at: now };
+                    tx.put(&j)?;
+                }
+            }
+            for m in &cref.mails {
+                tx.put(m)?;
+            }
+            for d in &cref.deliveries {
+                tx.put(d)?;
+            }
+            if cref.finished
+                && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
+            {
+                if s_ref.status != SessionStatus::Cancelled {
+                    comp.compliance = s_ref.compliance.or(comp.compliance);
+                }
+                comp.onboarded = true;
+                tx.put(&comp)?;
+            }
+            Ok::<_, TxError<ApiError>>(())
+        })?;
+        self.store.flush().await?;
+        Ok(c)
+    }
+
+    fn after_commit(&self, s: &Session, c: Committed) {
+        for id in &c.abandoned {
+            self.agents.forget_job(*id);
+        }
+        for j in &c.jobs {
+            self.agents.enqueue(j);
+        }
+        for e in c.events {
+            self.metrics.session_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.events.send(Arc::new(e));
+        }
+        if !c.mails.is_empty() {
+            self.mail_wakeup.notify_one();
+        }
+        if !c.deliveries.is_empty() {
+            self.webhook_wakeup.notify_one();
+        }
+        if c.finished {
+            self.metrics.sessions_finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(session = %s.id, computer = %s.computer_id, status = ?s.status, reason = ?s.status_reason, "session finished");
+        }
+    }
+
+    /// When a reboot may not start now, the instant it may (the end of the tenant's business
+    /// hours).
+    fn reboot_hold(&self, s: &Session) -> ApiResult<Option<Time>> {
+        if s.options.allow_reboot_during_business_hours || !matches!(s.stage, Stage::RebootHeld | Stage::Executing) {
+            return Ok(None);
+        }
+        let Some(t) = self.store.get::<Tenant>(&s.tenant_id)? else { return Ok(None) };
+        let Some(bh) = &t.business_hours else { return Ok(None) };
+        let tz = crate::scheduler::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
+        Ok(crate::scheduler::business_hours_end(bh, tz, self.clock.now()))
+    }
+
+    /// Background loop: ticks sessions whose timers are due (every second, and at once when a
+    /// test moves the clock).
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut moved = self.clock.subscribe_moves();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                _ = moved.changed() => {}
+                _ = self.shutdown.wait() => return,
+            }
+            for id in self.runtime.due_timers(self.clock.now()) {
+                self.tick(id).await;
+            }
+        }
+    }
+
+    /// Called by the agent gateway when a computer starts polling again.
+    pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
+        if let Some(id) = self.runtime.active_session_of(computer) {
+            self.spawn_ticks(vec![id]);
+        }
+    }
+
+    /// Cancels a session (CONTRACT: a running step finishes; the rest is CANCELLED).
+    pub async fn cancel_session(self: &Arc<Self>, id: Id, by: &str) -> ApiResult<Session> {
+        self.apply(id, Event::Cancel { by: by.to_string() }).await
+    }
+}
+
+fn new_event(s: &mut Session, now: Time, status: SessionStatus, action: Option<(Id, ActionStatus)>, log: Option<String>) -> SessionEvent {
+    s.last_sequence += 1;
+    SessionEvent {
+        session_id: s.id,
+        tenant_id: s.tenant_id,
+        sequence: s.last_sequence,
+        at: now,
+        status,
+        action_id: action.map(|a| a.0),
+        action_status: action.map(|a| a.1),
+        log_line: log,
+    }
+}
+
+fn mail_word(k: crate::mail::MailKind) -> &'static str {
+    match k {
+        crate::mail::MailKind::Before => "Before-maintenance",
+        crate::mail::MailKind::After => "After-maintenance",
+        crate::mail::MailKind::Test => "Test",
+    }
+}
+
+#[derive(Default)]
+struct Committed {
+    jobs: Vec<JobRecord>,
+    abandoned: Vec<Id>,
+    events: Vec<SessionEvent>,
+    mails: Vec<crate::mail::OutboxMail>,
+    deliveries: Vec<crate::webhooks::Delivery>,
+    finished: bool,
+}

@@ -1,0 +1,295 @@
+//! Maintenance sessions as stored: the session record is the engine's state.
+
+use crate::domain::*;
+use async_graphql::Enum;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "MaintenanceSessionStatus")]
+pub enum SessionStatus {
+    Pending,
+    Detecting,
+    Scheduled,
+    Postponed,
+    Executing,
+    Verifying,
+    Passed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 9] = [
+        SessionStatus::Pending,
+        SessionStatus::Detecting,
+        SessionStatus::Scheduled,
+        SessionStatus::Postponed,
+        SessionStatus::Executing,
+        SessionStatus::Verifying,
+        SessionStatus::Passed,
+        SessionStatus::Failed,
+        SessionStatus::Cancelled,
+    ];
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SessionStatus::Passed | SessionStatus::Failed | SessionStatus::Cancelled)
+    }
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "MaintenanceSessionTrigger")]
+pub enum SessionTrigger {
+    Manual,
+    Schedule,
+    Onboarding,
+    Api,
+}
+
+impl SessionTrigger {
+    /// Queue priority under the concurrency ceiling: lower starts first.
+    pub fn priority(self) -> u8 {
+        match self {
+            SessionTrigger::Manual | SessionTrigger::Api => 0,
+            SessionTrigger::Onboarding => 1,
+            SessionTrigger::Schedule => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "MaintenanceActionKind")]
+pub enum ActionKind {
+    Install,
+    Upgrade,
+    Uninstall,
+    RunTask,
+    NoAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "MaintenanceActionStatus")]
+pub enum ActionStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// A deployment frozen into the session when it starts, with every script it needs, so the
+/// session runs what was decided even if the catalogue changes meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanItem {
+    pub deployment_id: Id,
+    pub order: DeploymentOrder,
+    pub position: i32,
+    pub enforcement: Enforcement,
+    pub parameters: BTreeMap<String, String>,
+    pub what: ItemWhat,
+    /// Why this deployment applies (the resolution rule), for `reason`.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ItemWhat {
+    Software {
+        software: SoftwareSnapshot,
+        desired: DesiredSoftwareState,
+        version: Option<String>,
+    },
+    Task {
+        task: TaskSnapshot,
+        mode: TaskMode,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoftwareSnapshot {
+    pub id: Id,
+    pub name: String,
+    pub detection_script: Script,
+    pub versions: Vec<SoftwareVersion>,
+    pub uninstall_script: Option<Script>,
+    pub configuration_task: Option<TaskSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskSnapshot {
+    pub id: Id,
+    pub name: String,
+    pub test_script: Script,
+    pub set_script: Option<Script>,
+}
+
+/// One thing the session does (or found nothing to do) for one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Action {
+    pub id: Id,
+    /// Index into `Session::items`.
+    pub item: usize,
+    pub kind: ActionKind,
+    pub status: ActionStatus,
+    pub compliance: Compliance,
+    pub desired_version: Option<String>,
+    pub detected_version: Option<String>,
+    pub result_message: Option<String>,
+    pub reason: String,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    /// What execution runs, in order; filled by planning.
+    pub steps: Vec<Step>,
+    /// Next step to run.
+    pub next_step: usize,
+    /// A step's script failed (the action fails whatever verification finds).
+    pub step_failed: bool,
+    pub reboot_required: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Step {
+    /// Run a script that changes the computer.
+    Script { label: String, script: Script },
+    /// Run a task's test; when it says "not compliant", run its set script.
+    TestThenSet { task: TaskSnapshot },
+}
+
+/// Where the engine stands inside the session, finer than the public status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Stage {
+    /// Created; waits for its agent (and a free slot) to detect.
+    AwaitDetect,
+    Detecting,
+    /// Detected and planned; waits for `execute_at`, the window and the agent.
+    AwaitExecute,
+    Executing,
+    /// The reboot is due but held (business hours) until `wake_at`.
+    RebootHeld,
+    /// A reboot job was sent; waits for the agent to come back.
+    Rebooting { sent_at: Time },
+    Verifying,
+    Done,
+}
+
+/// The job the session is waiting on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingJob {
+    pub id: Id,
+    pub purpose: JobPurpose,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum JobPurpose {
+    Detect,
+    /// Step `step` of action `action`.
+    Step { action: usize, step: usize },
+    /// The test half of a `TestThenSet` step.
+    StepTest { action: usize, step: usize },
+    Reboot,
+    Verify,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub computer_id: Id,
+    pub schedule_id: Option<Id>,
+    pub status: SessionStatus,
+    pub status_reason: Option<String>,
+    pub trigger: SessionTrigger,
+    pub detection_only: bool,
+    pub options: MaintenanceOptions,
+    pub created_by: String,
+    pub created_at: Time,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    pub execute_at: Option<Time>,
+    /// End of the maintenance window (scheduled sessions): execution starts only before it.
+    pub window_end: Option<Time>,
+    pub postpone_count: u32,
+    pub reboot_required: bool,
+    pub rebooted_at: Option<Time>,
+    pub compliance: Option<Compliance>,
+    pub items: Vec<PlanItem>,
+    pub actions: Vec<Action>,
+    pub stage: Stage,
+    pub pending_job: Option<PendingJob>,
+    /// The next time the engine wants a `Tick`.
+    pub wake_at: Option<Time>,
+    /// Since when the session has been waiting for its offline computer.
+    pub offline_since: Option<Time>,
+    /// Sequence number of the last event written for this session.
+    pub last_sequence: u64,
+    pub before_mail_sent: bool,
+    pub after_mail_sent: bool,
+    /// Deployments named by the starter (`AD_HOC` ones only run when named).
+    pub deployment_ids: Option<Vec<Id>>,
+    /// Postpone-link token ids already used (each link works once).
+    #[serde(default)]
+    pub used_tokens: Vec<String>,
+    /// True while the session waits for a slot under the concurrency ceiling.
+    #[serde(default)]
+    pub queued: bool,
+}
+
+impl Session {
+    pub fn compliance_of_actions(&self) -> Compliance {
+        if self.actions.iter().all(|a| a.compliance == Compliance::Compliant) {
+            Compliance::Compliant
+        } else if self.actions.iter().any(|a| a.compliance == Compliance::NonCompliant) {
+            Compliance::NonCompliant
+        } else {
+            Compliance::Unknown
+        }
+    }
+
+    pub fn item_name(&self, item: usize) -> &str {
+        match self.items.get(item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => &software.name,
+            Some(ItemWhat::Task { task, .. }) => &task.name,
+            None => "?",
+        }
+    }
+}
+
+/// One entry of a session's live stream and log, stored under (session, sequence).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub session_id: Id,
+    pub tenant_id: Id,
+    pub sequence: u64,
+    pub at: Time,
+    pub status: SessionStatus,
+    /// The action this event is about, if any (its id and new status).
+    pub action_id: Option<Id>,
+    pub action_status: Option<ActionStatus>,
+    pub log_line: Option<String>,
+}
+
+/// A job handed to an agent, kept until its result arrives (results are idempotent by id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: Id,
+    pub session_id: Id,
+    pub computer_id: Id,
+    pub job: upkeep_agent_protocol::JobKind,
+    pub lease_seconds: u32,
+    pub created_at: Time,
+    pub state: JobState,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum JobState {
+    Queued,
+    Leased { until: Time },
+    Done { at: Time },
+}

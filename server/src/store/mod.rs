@@ -1,0 +1,570 @@
+//! The store: the only module that opens sled.
+//!
+//! Layout: one sled tree per record kind (`Kind`), keyed by the record's id bytes (UUIDv7, so
+//! keys sort by creation time and double as stable pagination cursors), plus one shared `index`
+//! tree of secondary-index entries. Values are `[FORMAT_VERSION] ++ JSON`.
+//!
+//! Every write goes through [`Store::write`], one sled transaction over all trees: a record and
+//! its index entries change together or not at all, and so do several records changed by one
+//! step (a session, its events and its jobs). The closure may run more than once (sled
+//! transactions are optimistic), so it must not do I/O.
+//!
+//! Durability: [`Store::write`] applies in memory; callers that acknowledge something to the
+//! outside (a mutation answer, an agent's result ack, a mail queued) await [`Store::flush`]
+//! first. sled flushes in the background every 500 ms as well.
+
+mod codec;
+mod index;
+
+pub use codec::FORMAT_VERSION;
+pub use index::IndexKey;
+
+use crate::domain::Id;
+use serde::{Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The store's schema version. Bump it and add a step to [`migrate`] when a stored shape
+/// changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the data directory was written by a newer Upkeep (store schema {found}, this build knows {known})")]
+    TooNew { found: u64, known: u64 },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Kinds of records, one sled tree each. The discriminant is stable: it names the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    User = 0,
+    Tenant,
+    Person,
+    Computer,
+    Software,
+    Task,
+    Deployment,
+    Schedule,
+    EnrollmentKey,
+    Session,
+    Event,
+    Job,
+    Mail,
+    ApiKey,
+    Webhook,
+    Delivery,
+    Idempotency,
+}
+
+const KINDS: [Kind; 17] = [
+    Kind::User,
+    Kind::Tenant,
+    Kind::Person,
+    Kind::Computer,
+    Kind::Software,
+    Kind::Task,
+    Kind::Deployment,
+    Kind::Schedule,
+    Kind::EnrollmentKey,
+    Kind::Session,
+    Kind::Event,
+    Kind::Job,
+    Kind::Mail,
+    Kind::ApiKey,
+    Kind::Webhook,
+    Kind::Delivery,
+    Kind::Idempotency,
+];
+
+impl Kind {
+    fn tree_name(self) -> &'static str {
+        match self {
+            Kind::User => "users",
+            Kind::Tenant => "tenants",
+            Kind::Person => "persons",
+            Kind::Computer => "computers",
+            Kind::Software => "software",
+            Kind::Task => "tasks",
+            Kind::Deployment => "deployments",
+            Kind::Schedule => "schedules",
+            Kind::EnrollmentKey => "enrollment_keys",
+            Kind::Session => "sessions",
+            Kind::Event => "session_events",
+            Kind::Job => "jobs",
+            Kind::Mail => "outbox",
+            Kind::ApiKey => "api_keys",
+            Kind::Webhook => "webhooks",
+            Kind::Delivery => "webhook_deliveries",
+            Kind::Idempotency => "idempotency",
+        }
+    }
+}
+
+/// A record type the store can keep.
+pub trait Record: Serialize + DeserializeOwned {
+    const KIND: Kind;
+    /// The primary key (usually the id's 16 bytes).
+    fn key(&self) -> Vec<u8>;
+    /// Secondary-index entries this record should have. The store keeps them in step with the
+    /// record on every put and delete.
+    fn index_keys(&self) -> Vec<IndexKey> {
+        Vec::new()
+    }
+}
+
+/// The one handle to the sled database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    index: sled::Tree,
+    meta: sled::Tree,
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, runs migrations and returns the handle. One
+    /// process may hold a directory at a time (sled takes a lock).
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .flush_every_ms(Some(200))
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        let trees = KINDS
+            .iter()
+            .map(|k| db.open_tree(k.tree_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let index = db.open_tree("index")?;
+        let meta = db.open_tree("meta")?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                index,
+                meta,
+                writes: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let found = match self.inner.meta.get("schema_version")? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("schema_version".into()))?,
+            ),
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found, known: SCHEMA_VERSION });
+        }
+        migrate(self, found)?;
+        self.inner
+            .meta
+            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        self.inner.meta.flush()?;
+        Ok(())
+    }
+
+    fn tree(&self, kind: Kind) -> &sled::Tree {
+        &self.inner.trees[kind as usize]
+    }
+
+    /// Number of store writes and reads since start (for `/metrics`, and for the test that
+    /// shows agent polls never touch the store).
+    pub fn op_counts(&self) -> (u64, u64) {
+        (
+            self.inner.writes.load(Ordering::Relaxed),
+            self.inner.reads.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn get<T: Record>(&self, id: &Id) -> Result<Option<T>> {
+        self.get_by_key(id.as_bytes())
+    }
+
+    pub fn get_by_key<T: Record>(&self, key: &[u8]) -> Result<Option<T>> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        match self.tree(T::KIND).get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a kind, in key order, starting strictly after `after`.
+    pub fn scan<'s, T: Record>(
+        &'s self,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<T>> + use<'s, T> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let tree = self.tree(T::KIND);
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        iter.map(|r| {
+            let (_, v) = r?;
+            codec::decode(&v)
+        })
+    }
+
+    /// Records of a kind whose key starts with `prefix`, in key order, starting strictly after
+    /// `after` (a full key).
+    pub fn scan_prefix<'s, T: Record>(
+        &'s self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<T>> + use<'s, T> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let tree = self.tree(T::KIND);
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_vec()),
+            None => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        let prefix = prefix.to_vec();
+        tree.range((start, std::ops::Bound::Unbounded))
+            .take_while(move |r| match r {
+                Ok((k, _)) => k.starts_with(&prefix),
+                Err(_) => true,
+            })
+            .map(|r| {
+                let (_, v) = r?;
+                codec::decode(&v)
+            })
+    }
+
+    pub fn count<T: Record>(&self) -> usize {
+        self.tree(T::KIND).len()
+    }
+
+    /// Primary keys listed under an index value, in key order, strictly after `after`.
+    pub fn index_scan<'s>(
+        &'s self,
+        index: &IndexKey,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<Vec<u8>>> + use<'s> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let prefix = index.prefix();
+        let start = match after {
+            Some(a) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(a);
+                std::ops::Bound::Excluded(k)
+            }
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let plen = prefix.len();
+        self.inner
+            .index
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(move |r| match r {
+                Ok((k, _)) => k.starts_with(&prefix),
+                Err(_) => true,
+            })
+            .map(move |r| Ok(r?.0[plen..].to_vec()))
+    }
+
+    /// Records listed under an index value, in key order, strictly after `after`.
+    pub fn by_index<'s, T: Record>(
+        &'s self,
+        index: &IndexKey,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<T>> + use<'s, T> {
+        self.index_scan(index, after).filter_map(move |k| match k {
+            Ok(k) => self.get_by_key::<T>(&k).transpose(),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// Primary keys under an index value, newest (highest key) first, strictly before `before`.
+    pub fn index_scan_rev<'s>(
+        &'s self,
+        index: &IndexKey,
+        before: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<Vec<u8>>> + use<'s> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let prefix = index.prefix();
+        let plen = prefix.len();
+        let end = match before {
+            Some(b) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(b);
+                std::ops::Bound::Excluded(k)
+            }
+            None => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&[0xff; 17]);
+                std::ops::Bound::Excluded(k)
+            }
+        };
+        self.inner
+            .index
+            .range((std::ops::Bound::Included(prefix.clone()), end))
+            .rev()
+            .map(move |r| Ok(r?.0[plen..].to_vec()))
+    }
+
+    /// Every record of a kind, newest first, strictly before `before`.
+    pub fn scan_rev<'s, T: Record>(&'s self, before: Option<&[u8]>) -> impl Iterator<Item = Result<T>> + use<'s, T> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let tree = self.tree(T::KIND);
+        let iter = match before {
+            Some(b) => tree.range::<&[u8], _>(..b),
+            None => tree.iter(),
+        };
+        iter.rev().map(|r| {
+            let (_, v) = r?;
+            codec::decode(&v)
+        })
+    }
+
+    pub fn index_count(&self, index: &IndexKey) -> usize {
+        self.inner.index.scan_prefix(index.prefix()).count()
+    }
+
+    /// The record that claimed a unique index value (see [`Tx::claim_unique`]).
+    pub fn unique<T: Record>(&self, index: &IndexKey) -> Result<Option<T>> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        match self.inner.index.get(index.unique_marker())? {
+            Some(k) => self.get_by_key(&k),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `f` as one atomic transaction over every tree. `f` may run several times; it must
+    /// not do I/O. Returns what `f` returns, or its abort error.
+    pub fn write<A, E>(&self, f: impl Fn(&mut Tx<'_>) -> Result<A, TxError<E>>) -> Result<A, WriteError<E>> {
+        self.inner.writes.fetch_add(1, Ordering::Relaxed);
+        let mut all: Vec<&sled::Tree> = self.inner.trees.iter().collect();
+        all.push(&self.inner.index);
+        let r = all.as_slice().transaction(|trees: &Vec<TransactionalTree>| {
+            let mut tx = Tx { trees };
+            f(&mut tx).map_err(|e| match e {
+                TxError::Abort(e) => ConflictableTransactionError::Abort(WriteError::Abort(e)),
+                TxError::Store(StoreError::Sled(e)) => ConflictableTransactionError::Storage(e),
+                TxError::Store(e) => ConflictableTransactionError::Abort(WriteError::Store(e)),
+                TxError::Conflict => ConflictableTransactionError::Conflict,
+            })
+        });
+        match r {
+            Ok(a) => Ok(a),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(WriteError::Store(StoreError::Sled(e))),
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Small named values (secrets' presence, scheduler cursors).
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.inner.meta.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Consistent copy of every tree, for backups.
+    pub fn export(&self) -> Vec<(Vec<u8>, Vec<u8>, impl Iterator<Item = Vec<Vec<u8>>> + use<>)> {
+        self.inner.db.export()
+    }
+
+    /// Loads an export into an empty store.
+    pub fn import(&self, export: Vec<(Vec<u8>, Vec<u8>, impl Iterator<Item = Vec<Vec<u8>>>)>) {
+        self.inner.db.import(export)
+    }
+
+    /// Checks every index entry points at a record that lists it, and every record's index
+    /// entries exist. Returns a description of each problem found.
+    pub fn check_indexes(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut expected = std::collections::BTreeSet::new();
+        for kind in KINDS {
+            for r in self.tree(kind).iter() {
+                let (k, v) = r?;
+                match index::entries_of(kind, &k, &v) {
+                    Ok(entries) => expected.extend(entries),
+                    Err(e) => problems.push(format!("{}: record {}: {e}", kind.tree_name(), hex::encode(&k))),
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in self.inner.index.iter() {
+            let (k, _) = r?;
+            if k.first() == Some(&1) {
+                continue; // unique markers are checked by their owners' lookups
+            }
+            if !expected.contains(k.as_ref()) {
+                problems.push(format!("index entry {} points at no record that lists it", hex::encode(&k)));
+            }
+            seen.insert(k.to_vec());
+        }
+        for e in expected.difference(&seen) {
+            problems.push(format!("index entry {} is missing", hex::encode(e)));
+        }
+        Ok(problems)
+    }
+}
+
+/// Errors a transaction closure returns: its own abort value, a store error, or a request to
+/// retry.
+pub enum TxError<E> {
+    Abort(E),
+    Store(StoreError),
+    Conflict,
+}
+
+impl<E> From<StoreError> for TxError<E> {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+impl<E> From<sled::transaction::UnabortableTransactionError> for TxError<E> {
+    fn from(e: sled::transaction::UnabortableTransactionError) -> Self {
+        match e {
+            sled::transaction::UnabortableTransactionError::Conflict => TxError::Conflict,
+            sled::transaction::UnabortableTransactionError::Storage(e) => {
+                TxError::Store(StoreError::Sled(e))
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    #[error("{0}")]
+    Abort(E),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// The view of every tree inside a transaction.
+pub struct Tx<'a> {
+    trees: &'a Vec<TransactionalTree>,
+}
+
+impl Tx<'_> {
+    fn tree(&self, kind: Kind) -> &TransactionalTree {
+        &self.trees[kind as usize]
+    }
+    fn index(&self) -> &TransactionalTree {
+        &self.trees[KINDS.len()]
+    }
+
+    pub fn get<T: Record, E>(&self, id: &Id) -> Result<Option<T>, TxError<E>> {
+        self.get_by_key(id.as_bytes())
+    }
+
+    pub fn get_by_key<T: Record, E>(&self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
+        match self.tree(T::KIND).get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Inserts or replaces a record and brings its index entries in step.
+    pub fn put<T: Record, E>(&mut self, record: &T) -> Result<(), TxError<E>> {
+        let key = record.key();
+        let bytes = codec::encode(record)?;
+        let old = self.tree(T::KIND).insert(key.as_slice(), bytes)?;
+        let new_entries: Vec<Vec<u8>> = record.index_keys().iter().map(|i| i.entry(&key)).collect();
+        if let Some(old) = old {
+            let old: T = codec::decode(&old)?;
+            for i in old.index_keys() {
+                let e = i.entry(&key);
+                if !new_entries.contains(&e) {
+                    self.index().remove(e)?;
+                }
+            }
+        }
+        for e in new_entries {
+            self.index().insert(e, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Removes a record and its index entries; returns it if it existed.
+    pub fn delete<T: Record, E>(&mut self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
+        match self.tree(T::KIND).remove(key)? {
+            Some(old) => {
+                let old: T = codec::decode(&old)?;
+                for i in old.index_keys() {
+                    self.index().remove(i.entry(key))?;
+                }
+                Ok(Some(old))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// True when some record is listed under this index value (for uniqueness checks).
+    pub fn index_has<E>(&self, index: &IndexKey) -> Result<Option<Vec<u8>>, TxError<E>> {
+        // Unique indexes store the owner's key as the value of a marker entry.
+        match self.index().get(index.unique_marker())? {
+            Some(v) => Ok(Some(v.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Claims a unique index value for `key`; aborts with `Conflict` if another key holds it.
+    pub fn claim_unique<E>(&mut self, index: &IndexKey, key: &[u8]) -> Result<bool, TxError<E>> {
+        if let Some(owner) = self.index_has(index)?
+            && owner != key
+        {
+            return Ok(false);
+        }
+        self.index().insert(index.unique_marker(), key)?;
+        Ok(true)
+    }
+
+    pub fn release_unique<E>(&mut self, index: &IndexKey) -> Result<(), TxError<E>> {
+        self.index().remove(index.unique_marker())?;
+        Ok(())
+    }
+}
+
+/// Steps from an older store schema to [`SCHEMA_VERSION`]. Version 0 is an empty store.
+fn migrate(_store: &Store, from: u64) -> Result<()> {
+    match from {
+        0 | SCHEMA_VERSION => Ok(()),
+        other => Err(StoreError::Corrupt(format!("no migration from store schema {other}"))),
+    }
+}
+
+pub mod records;

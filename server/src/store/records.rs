@@ -1,0 +1,280 @@
+//! How each record kind is keyed and indexed. The index ids below are stored on disk: never
+//! reuse or renumber one.
+
+use super::{IndexKey, Kind, Record, StoreError, codec};
+use crate::domain::*;
+use crate::mail::OutboxMail;
+use crate::session::{JobRecord, JobState, Session, SessionEvent};
+use crate::webhooks::{Delivery, Webhook};
+
+pub const USER_EMAIL: u8 = 1;
+pub const TENANT_PERSONS: u8 = 2;
+pub const TENANT_COMPUTERS: u8 = 3;
+pub const TAG_COMPUTERS: u8 = 4;
+pub const MACHINE_ID: u8 = 5;
+pub const AGENT_TOKEN: u8 = 6;
+pub const TENANT_SOFTWARE: u8 = 7;
+pub const TENANT_TASKS: u8 = 8;
+pub const TENANT_DEPLOYMENTS: u8 = 9;
+pub const TENANT_SCHEDULES: u8 = 10;
+pub const TENANT_ENROLLMENT_KEYS: u8 = 11;
+pub const ENROLLMENT_KEY_HASH: u8 = 12;
+pub const COMPUTER_SESSIONS: u8 = 13;
+pub const STATUS_SESSIONS: u8 = 14;
+pub const TENANT_SESSIONS: u8 = 15;
+pub const OPEN_JOBS: u8 = 16;
+pub const PENDING_MAIL: u8 = 17;
+pub const API_KEY_HASH: u8 = 18;
+pub const TENANT_API_KEYS: u8 = 19;
+pub const TENANT_WEBHOOKS: u8 = 20;
+pub const WEBHOOK_DELIVERIES: u8 = 21;
+pub const SCHEDULE_SESSIONS: u8 = 22;
+pub const TENANT_USERS: u8 = 23;
+pub const PENDING_DELIVERIES: u8 = 24;
+pub const ACTIVE_SESSIONS: u8 = 25;
+
+/// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
+pub const NO_TENANT: [u8; 16] = [0; 16];
+
+pub fn tenant_key(t: Option<Id>) -> Vec<u8> {
+    t.map(|t| t.as_bytes().to_vec()).unwrap_or_else(|| NO_TENANT.to_vec())
+}
+
+pub fn tag_value(tenant: Id, tag: &str) -> Vec<u8> {
+    let mut v = tenant.as_bytes().to_vec();
+    v.extend_from_slice(tag.to_lowercase().as_bytes());
+    v
+}
+
+pub fn machine_value(tenant: Id, machine_id: &str) -> Vec<u8> {
+    let mut v = tenant.as_bytes().to_vec();
+    v.extend_from_slice(machine_id.as_bytes());
+    v
+}
+
+impl Record for User {
+    const KIND: Kind = Kind::User;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_USERS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Tenant {
+    const KIND: Kind = Kind::Tenant;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+impl Record for Person {
+    const KIND: Kind = Kind::Person;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_PERSONS, self.tenant_id.as_bytes())]
+    }
+}
+
+impl Record for Computer {
+    const KIND: Kind = Kind::Computer;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(TENANT_COMPUTERS, self.tenant_id.as_bytes())];
+        for t in &self.tags {
+            v.push(IndexKey::new(TAG_COMPUTERS, tag_value(self.tenant_id, t)));
+        }
+        v
+    }
+}
+
+impl Record for Software {
+    const KIND: Kind = Kind::Software;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_SOFTWARE, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for MaintenanceTask {
+    const KIND: Kind = Kind::Task;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_TASKS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Deployment {
+    const KIND: Kind = Kind::Deployment;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_DEPLOYMENTS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Schedule {
+    const KIND: Kind = Kind::Schedule;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_SCHEDULES, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for EnrollmentKey {
+    const KIND: Kind = Kind::EnrollmentKey;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_ENROLLMENT_KEYS, self.tenant_id.as_bytes())]
+    }
+}
+
+impl Record for ApiKey {
+    const KIND: Kind = Kind::ApiKey;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_API_KEYS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Session {
+    const KIND: Kind = Kind::Session;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![
+            IndexKey::new(COMPUTER_SESSIONS, self.computer_id.as_bytes()),
+            IndexKey::new(STATUS_SESSIONS, [self.status.code()]),
+            IndexKey::new(TENANT_SESSIONS, self.tenant_id.as_bytes()),
+        ];
+        if let Some(s) = self.schedule_id {
+            v.push(IndexKey::new(SCHEDULE_SESSIONS, s.as_bytes()));
+        }
+        if !self.status.is_terminal() {
+            v.push(IndexKey::new(ACTIVE_SESSIONS, []));
+        }
+        v
+    }
+}
+
+/// Events are keyed (session id, sequence) so a session's log is one ordered prefix scan.
+pub fn event_key(session: Id, sequence: u64) -> Vec<u8> {
+    let mut k = session.as_bytes().to_vec();
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+impl Record for SessionEvent {
+    const KIND: Kind = Kind::Event;
+    fn key(&self) -> Vec<u8> {
+        event_key(self.session_id, self.sequence)
+    }
+}
+
+impl Record for JobRecord {
+    const KIND: Kind = Kind::Job;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        match self.state {
+            JobState::Done { .. } => vec![],
+            _ => vec![IndexKey::new(OPEN_JOBS, self.computer_id.as_bytes())],
+        }
+    }
+}
+
+impl Record for OutboxMail {
+    const KIND: Kind = Kind::Mail;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        if self.is_pending() {
+            vec![IndexKey::new(PENDING_MAIL, [])]
+        } else {
+            vec![]
+        }
+    }
+}
+
+impl Record for Webhook {
+    const KIND: Kind = Kind::Webhook;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_WEBHOOKS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Delivery {
+    const KIND: Kind = Kind::Delivery;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(WEBHOOK_DELIVERIES, self.webhook_id.as_bytes())];
+        if self.is_pending() {
+            v.push(IndexKey::new(PENDING_DELIVERIES, []));
+        }
+        v
+    }
+}
+
+/// A remembered idempotent call: (caller, key) → the result's ids.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub created_at: Time,
+    pub session_ids: Vec<Id>,
+}
+
+impl Record for IdempotencyRecord {
+    const KIND: Kind = Kind::Idempotency;
+    fn key(&self) -> Vec<u8> {
+        self.key.as_bytes().to_vec()
+    }
+}
+
+pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+    fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        Ok(codec::decode::<T>(v)?.index_keys())
+    }
+    match kind {
+        Kind::User => of::<User>(value),
+        Kind::Tenant => of::<Tenant>(value),
+        Kind::Person => of::<Person>(value),
+        Kind::Computer => of::<Computer>(value),
+        Kind::Software => of::<Software>(value),
+        Kind::Task => of::<MaintenanceTask>(value),
+        Kind::Deployment => of::<Deployment>(value),
+        Kind::Schedule => of::<Schedule>(value),
+        Kind::EnrollmentKey => of::<EnrollmentKey>(value),
+        Kind::Session => of::<Session>(value),
+        Kind::Event => of::<SessionEvent>(value),
+        Kind::Job => of::<JobRecord>(value),
+        Kind::Mail => of::<OutboxMail>(value),
+        Kind::ApiKey => of::<ApiKey>(value),
+        Kind::Webhook => of::<Webhook>(value),
+        Kind::Delivery => of::<Delivery>(value),
+        Kind::Idempotency => of::<IdempotencyRecord>(value),
+    }
+}
