@@ -70,6 +70,13 @@ pub struct ServeConfig {
     /// Seconds after the last poll when a computer counts as offline.
     #[arg(long, env = "UPKEEP_OFFLINE_AFTER_SECONDS", default_value_t = 75)]
     pub offline_after_seconds: u32,
+    /// Time limit of every agent script, in seconds (default: 300 for detection, 1800 for
+    /// changes).
+    #[arg(long, env = "UPKEEP_JOB_TIMEOUT_SECONDS", hide = true)]
+    pub job_timeout_seconds: Option<u32>,
+    /// Extra seconds a job lease allows beyond its scripts' time limits.
+    #[arg(long, env = "UPKEEP_LEASE_SLACK_SECONDS", default_value_t = 120, hide = true)]
+    pub lease_slack_seconds: u32,
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -115,7 +122,20 @@ impl ServeConfig {
             max_concurrent_sessions: 500,
             test_clock: None,
             offline_after_seconds: 75,
+            job_timeout_seconds: None,
+            lease_slack_seconds: 120,
             log_format: "text".into(),
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn limits(&self) -> crate::engine::Limits {
+        let d = crate::engine::Limits::default();
+        crate::engine::Limits {
+            probe_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.probe_timeout_seconds),
+            step_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.step_timeout_seconds),
+            lease_slack_seconds: self.lease_slack_seconds,
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod check;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;

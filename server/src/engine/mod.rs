@@ -31,6 +31,25 @@ pub struct Env {
     pub slot_available: bool,
     /// When a reboot is not allowed now (business hours), the instant it becomes allowed.
     pub reboot_held_until: Option<Time>,
+    pub limits: Limits,
+}
+
+/// Script time limits and lease slack (configurable so tests can use short ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub probe_timeout_seconds: u32,
+    pub step_timeout_seconds: u32,
+    pub lease_slack_seconds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            probe_timeout_seconds: PROBE_TIMEOUT_SECONDS,
+            step_timeout_seconds: STEP_TIMEOUT_SECONDS,
+            lease_slack_seconds: LEASE_SLACK_SECONDS,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -183,12 +202,11 @@ impl Machine<'_> {
 
     fn dispatch(&mut self, purpose: JobPurpose, kind: JobKind) {
         let job = Id::new();
+        let slack = self.env.limits.lease_slack_seconds;
         let lease_seconds = match &kind {
-            JobKind::Probe { probes } => {
-                probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + LEASE_SLACK_SECONDS
-            }
-            JobKind::Step { script, .. } => script.timeout_seconds + LEASE_SLACK_SECONDS,
-            JobKind::Reboot {} => LEASE_SLACK_SECONDS,
+            JobKind::Probe { probes } => probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + slack,
+            JobKind::Step { script, .. } => script.timeout_seconds + slack,
+            JobKind::Reboot {} => slack,
         };
         self.s.pending_job = Some(PendingJob { id: job, purpose });
         self.out.push(Effect::Dispatch { job, kind, lease_seconds });
@@ -346,18 +364,19 @@ impl Machine<'_> {
     }
 
     fn detection_probes(&self) -> Vec<Probe> {
+        let timeout = self.env.limits.probe_timeout_seconds;
         let mut probes = Vec::new();
         for (i, item) in self.s.items.iter().enumerate() {
             let (d, c, t) = plan::probe_ids(i);
             let params = item.parameters.clone();
             match &item.what {
                 ItemWhat::Software { software, .. } => {
-                    probes.push(probe(d, &software.detection_script, &params));
+                    probes.push(probe(d, &software.detection_script, &params, timeout));
                     if let Some(task) = &software.configuration_task {
-                        probes.push(probe(c, &task.test_script, &params));
+                        probes.push(probe(c, &task.test_script, &params, timeout));
                     }
                 }
-                ItemWhat::Task { task, .. } => probes.push(probe(t, &task.test_script, &params)),
+                ItemWhat::Task { task, .. } => probes.push(probe(t, &task.test_script, &params, timeout)),
             }
         }
         probes
@@ -470,12 +489,12 @@ impl Machine<'_> {
                 self.log(format!("Running: {label}"));
                 self.dispatch(
                     JobPurpose::Step { action: ai, step: si },
-                    JobKind::Step { label, script: proto_script(&script, STEP_TIMEOUT_SECONDS), parameters: params },
+                    JobKind::Step { label, script: proto_script(&script, self.env.limits.step_timeout_seconds), parameters: params },
                 );
             }
             Step::TestThenSet { task } => {
                 self.log(format!("Testing: {}", task.name));
-                let probes = vec![probe(format!("c{}", self.s.actions[ai].item), &task.test_script, &params)];
+                let probes = vec![probe(format!("c{}", self.s.actions[ai].item), &task.test_script, &params, self.env.limits.probe_timeout_seconds)];
                 self.dispatch(JobPurpose::StepTest { action: ai, step: si }, JobKind::Probe { probes });
             }
         }
@@ -692,8 +711,8 @@ pub fn waits_for_agent(s: &Session) -> bool {
     !s.status.is_terminal() && (s.offline_since.is_some() || s.stage == Stage::RebootHeld)
 }
 
-fn probe(id: String, script: &Script, params: &std::collections::BTreeMap<String, String>) -> Probe {
-    Probe { probe_id: id, script: proto_script(script, PROBE_TIMEOUT_SECONDS), parameters: params.clone() }
+fn probe(id: String, script: &Script, params: &std::collections::BTreeMap<String, String>, timeout: u32) -> Probe {
+    Probe { probe_id: id, script: proto_script(script, timeout), parameters: params.clone() }
 }
 
 pub fn proto_script(s: &Script, timeout_seconds: u32) -> proto::Script {

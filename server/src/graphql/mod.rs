@@ -107,8 +107,8 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
 }
 
 pub async fn graphql_handler(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, req: GraphQLRequest) -> Response {
-    let schema = app_schema(&app);
-    let mut req = req.into_inner().data(ClientAddr(peer));
+    let schema = shared_schema();
+    let mut req = req.into_inner().data(ClientAddr(peer)).data(app.clone());
     let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
     match authenticate(&app, auth) {
         Ok(Some(actor)) => req = req.data(actor),
@@ -123,18 +123,11 @@ pub async fn graphql_handler(State(app): State<Arc<App>>, ConnectInfo(peer): Con
     GraphQLResponse::from(schema.execute(req).await).into_response()
 }
 
-fn app_schema(app: &Arc<App>) -> &'static UpkeepSchema {
-    static SCHEMA: std::sync::OnceLock<std::sync::Mutex<Vec<(usize, &'static UpkeepSchema)>>> = std::sync::OnceLock::new();
-    let key = Arc::as_ptr(app) as usize;
-    let cache = SCHEMA.get_or_init(Default::default);
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, s)) = c.iter().find(|(k, _)| *k == key) {
-        return s;
-    }
-    // One schema per App for the life of the process (tests start several servers).
-    let s: &'static UpkeepSchema = Box::leak(Box::new(schema(Some(app.clone()))));
-    c.push((key, s));
-    s
+/// One schema for the process; the application state travels with each request (so a stopped
+/// server's state is freed, and tests can run several servers in one process).
+fn shared_schema() -> &'static UpkeepSchema {
+    static SCHEMA: std::sync::OnceLock<UpkeepSchema> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| schema(None))
 }
 
 /// The caller's address, for login throttling.
@@ -148,7 +141,7 @@ pub async fn graphiql() -> Html<String> {
 /// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
 /// offered one that the server supports (see STACK.md P3).
 pub async fn ws_handler(State(app): State<Arc<App>>, headers: HeaderMap, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
-    let schema = app_schema(&app).clone();
+    let schema = shared_schema().clone();
     // The same choice GraphQLProtocol made: the client's first offered protocol we speak.
     let name = headers
         .get("sec-websocket-protocol")
@@ -168,6 +161,7 @@ pub async fn ws_handler(State(app): State<Arc<App>>, headers: HeaderMap, protoco
                         .and_then(|v| v.as_str())
                         .map(String::from);
                     let mut data = Data::default();
+                    data.insert(app2.clone());
                     match authenticate(&app2, auth.as_deref()) {
                         Ok(Some(actor)) => data.insert(actor),
                         Ok(None) => return Err(async_graphql::Error::new("UNAUTHENTICATED: connection_init must carry Authorization: Bearer <token or API key>")),

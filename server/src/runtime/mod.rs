@@ -184,6 +184,7 @@ impl App {
             online: self.agents.is_online(s.computer_id),
             slot_available: if slot_needed { self.runtime.try_slot(id) } else { true },
             reboot_held_until: self.reboot_hold(&s)?,
+            limits: self.config.limits(),
         };
         let effects = match engine::step(&mut s, &env, event) {
             Ok(e) => e,

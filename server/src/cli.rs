@@ -1,0 +1,77 @@
+//! The `upkeep-server` command line.
+
+use crate::config::{Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Entry point of the binary (also used by the end-to-end tests' copy of it).
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version go to stdout with success; bad flags print one line and fail.
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("upkeep-server: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Schema) => {
+            print!("{}", crate::graphql::sdl());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check { data_dir }) => crate::check::run(&data_dir),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(config: crate::config::ServeConfig) -> ExitCode {
+    crate::init_logging(&config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("upkeep-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match crate::http::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("upkeep-server: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,140 @@
+//! A minimal SMTP server on loopback that records what it receives, for tests. Real TCP, real
+//! SMTP dialogue (EHLO/MAIL/RCPT/DATA with dot-unstuffing), so lettre talks to it as to any MTA.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub from: String,
+    pub rcpt: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Clone)]
+pub struct SmtpSink {
+    pub addr: std::net::SocketAddr,
+    pub mails: Arc<Mutex<Vec<ReceivedMail>>>,
+    /// While true, every transaction is refused with 451 (a temporary failure).
+    pub failing: Arc<AtomicBool>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> anyhow::Result<SmtpSink> {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> anyhow::Result<SmtpSink> {
+        let listener = TcpListener::bind(addr).await?;
+        let sink = SmtpSink {
+            addr: listener.local_addr()?,
+            mails: Default::default(),
+            failing: Default::default(),
+            stop: Default::default(),
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = s.stop.notified() => return,
+                    r = listener.accept() => {
+                        let Ok((sock, _)) = r else { return };
+                        let s = s.clone();
+                        tokio::spawn(async move { let _ = s.session(sock).await; });
+                    }
+                }
+            }
+        });
+        Ok(sink)
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<ReceivedMail> {
+        self.mails.lock().expect("lock").clone()
+    }
+
+    pub fn stop(&self) {
+        self.stop.notify_waiters();
+    }
+
+    async fn session(&self, sock: tokio::net::TcpStream) -> anyhow::Result<()> {
+        let (r, mut w) = sock.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 sink ESMTP\r\n").await?;
+        let mut from = String::new();
+        let mut rcpt = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let cmd = line.trim_end().to_string();
+            let upper = cmd.to_ascii_uppercase();
+            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                w.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?;
+            } else if upper.starts_with("MAIL FROM:") {
+                if self.failing.load(Ordering::SeqCst) {
+                    w.write_all(b"451 4.3.0 try again later\r\n").await?;
+                    continue;
+                }
+                from = cmd[10..].trim().trim_matches(['<', '>']).split(' ').next().unwrap_or("").trim_matches(['<', '>']).to_string();
+                rcpt.clear();
+                w.write_all(b"250 OK\r\n").await?;
+            } else if upper.starts_with("RCPT TO:") {
+                rcpt.push(cmd[8..].trim().trim_matches(['<', '>']).to_string());
+                w.write_all(b"250 OK\r\n").await?;
+            } else if upper == "DATA" {
+                w.write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" || line == ".\n" {
+                        break;
+                    }
+                    let l = line.strip_prefix('.').unwrap_or(&line);
+                    data.push_str(l);
+                }
+                self.mails.lock().expect("lock").push(ReceivedMail { from: from.clone(), rcpt: rcpt.clone(), data });
+                w.write_all(b"250 OK queued\r\n").await?;
+            } else if upper == "QUIT" {
+                w.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            } else if upper == "RSET" || upper == "NOOP" {
+                w.write_all(b"250 OK\r\n").await?;
+            } else {
+                w.write_all(b"502 not implemented\r\n").await?;
+            }
+        }
+    }
+}
+
+/// Decodes a quoted-printable or base64 MIME part body well enough for assertions: returns the
+/// raw message with soft line breaks removed and `=XX` decoded.
+pub fn decode_qp(s: &str) -> String {
+    let joined = s.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real server over HTTP and WebSocket, real agents running real shell
+//! scripts, a real SMTP listener. One module per capability; one test binary (one link).
+
+mod agents;
+mod foundation;
+mod sessions;
