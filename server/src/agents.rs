@@ -116,7 +116,11 @@ impl Agents {
     fn computer_for_token(&self, token: &str) -> Option<Id> {
         // The map is keyed by the token's SHA-256: looking it up compares digests, not the
         // secret, so timing reveals nothing about valid tokens.
-        self.tokens.read().unwrap_or_else(|e| e.into_inner()).get(&secret_hash(token)).copied()
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&secret_hash(token))
+            .copied()
     }
 
     fn set_token(&self, old: Option<&str>, new: Option<&str>, computer: Id) {
@@ -130,12 +134,16 @@ impl Agents {
     }
 
     pub fn is_online(&self, computer: Id) -> bool {
-        self.presence().get(&computer).is_some_and(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+        self.presence()
+            .get(&computer)
+            .is_some_and(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
     }
 
     pub fn online_count(&self) -> usize {
         let p = self.presence();
-        p.values().filter(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after).count()
+        p.values()
+            .filter(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            .count()
     }
 
     pub fn last_seen(&self, computer: Id) -> Option<Time> {
@@ -144,8 +152,20 @@ impl Agents {
 
     /// Queues a job for its computer and wakes a held poll.
     pub fn enqueue(&self, j: &JobRecord) {
-        let job = proto::Job { id: j.id.to_string(), session_id: j.session_id.to_string(), lease_seconds: j.lease_seconds, kind: j.job.clone() };
-        self.queues().queued.entry(j.computer_id).or_default().push_back(QueuedJob { job, attempts: j.attempts });
+        let job = proto::Job {
+            id: j.id.to_string(),
+            session_id: j.session_id.to_string(),
+            lease_seconds: j.lease_seconds,
+            kind: j.job.clone(),
+        };
+        self.queues()
+            .queued
+            .entry(j.computer_id)
+            .or_default()
+            .push_back(QueuedJob {
+                job,
+                attempts: j.attempts,
+            });
         if let Some(p) = self.presence().get(&j.computer_id) {
             p.notify.notify_one();
         }
@@ -165,17 +185,28 @@ impl Agents {
 
     fn take_jobs(&self, computer: Id) -> Vec<proto::Job> {
         let mut q = self.queues();
-        let Some(list) = q.queued.get_mut(&computer) else { return vec![] };
+        let Some(list) = q.queued.get_mut(&computer) else {
+            return vec![];
+        };
         let jobs: Vec<QueuedJob> = list.drain(..).collect();
         let now = Instant::now();
         let mut out = Vec::with_capacity(jobs.len());
         for mut j in jobs {
             j.attempts += 1;
             let until = now + Duration::from_secs(u64::from(j.job.lease_seconds));
-            let Ok(id) = j.job.id.parse::<Id>() else { continue };
+            let Ok(id) = j.job.id.parse::<Id>() else {
+                continue;
+            };
             out.push(j.job.clone());
             q.lease_order.insert((until, id));
-            q.leased.insert(id, LeasedJob { computer, queued: j, until });
+            q.leased.insert(
+                id,
+                LeasedJob {
+                    computer,
+                    queued: j,
+                    until,
+                },
+            );
         }
         out
     }
@@ -192,7 +223,11 @@ impl Agents {
     /// Re-queues every unfinished job from the store (start-up).
     pub fn requeue_open_jobs(&self, store: &Store) -> crate::store::Result<usize> {
         let mut n = 0;
-        let computers: Vec<Id> = store.scan::<Computer>(None).filter_map(|c| c.ok()).map(|c| c.id).collect();
+        let computers: Vec<Id> = store
+            .scan::<Computer>(None)
+            .filter_map(|c| c.ok())
+            .map(|c| c.id)
+            .collect();
         for c in computers {
             for j in store.by_index::<JobRecord>(&IndexKey::new(OPEN_JOBS, c.as_bytes()), None) {
                 self.enqueue(&j?);
@@ -206,7 +241,12 @@ impl Agents {
     fn expire_leases(&self) -> Vec<(Id, bool)> {
         let now = Instant::now();
         let mut q = self.queues();
-        let expired: Vec<(Instant, Id)> = q.lease_order.iter().take_while(|(t, _)| *t <= now).copied().collect();
+        let expired: Vec<(Instant, Id)> = q
+            .lease_order
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
         let mut out = Vec::new();
         for (t, id) in expired {
             q.lease_order.remove(&(t, id));
@@ -226,10 +266,23 @@ impl Agents {
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { code: code.into(), error: msg.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            code: code.into(),
+            error: msg.into(),
+        }),
+    )
+        .into_response()
 }
 
-fn reject(status: StatusCode, code: &str, msg: impl Into<String>, peer: Option<SocketAddr>, route: &str) -> Response {
+fn reject(
+    status: StatusCode,
+    code: &str,
+    msg: impl Into<String>,
+    peer: Option<SocketAddr>,
+    route: &str,
+) -> Response {
     let msg = msg.into();
     tracing::info!(route, status = status.as_u16(), peer = ?peer, reason = %msg, "agent request rejected");
     error(status, code, msg)
@@ -243,27 +296,77 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// Reads a JSON body of at most 1 MiB, after authentication.
-async fn read_json<T: serde::de::DeserializeOwned>(body: Body, route: &str, peer: Option<SocketAddr>) -> Result<T, Response> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    route: &str,
+    peer: Option<SocketAddr>,
+) -> Result<T, Response> {
     let bytes = match axum::body::to_bytes(body, proto::MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => return Err(reject(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the body is larger than 1 MiB", peer, route)),
+        Err(_) => {
+            return Err(reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "the body is larger than 1 MiB",
+                peer,
+                route,
+            ));
+        }
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("the body is not JSON: {e}"), peer, route))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            format!("the body is not JSON: {e}"),
+            peer,
+            route,
+        )
+    })?;
     match v.get("protocolVersion").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(proto::PROTOCOL_VERSION) => {}
-        Some(v) => return Err(reject(StatusCode::BAD_REQUEST, "UNSUPPORTED_PROTOCOL", format!("protocolVersion {v} is not supported; this server speaks 1"), peer, route)),
-        None => return Err(reject(StatusCode::BAD_REQUEST, "BAD_REQUEST", "protocolVersion is missing", peer, route)),
+        Some(v) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED_PROTOCOL",
+                format!("protocolVersion {v} is not supported; this server speaks 1"),
+                peer,
+                route,
+            ));
+        }
+        None => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "protocolVersion is missing",
+                peer,
+                route,
+            ));
+        }
     }
-    serde_json::from_value(v).map_err(|e| reject(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_MESSAGE", format!("the body is not a valid message: {e}"), peer, route))
+    serde_json::from_value(v).map_err(|e| {
+        reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MESSAGE",
+            format!("the body is not a valid message: {e}"),
+            peer,
+            route,
+        )
+    })
 }
 
 fn peer_of(req: &Request<Body>) -> Option<SocketAddr> {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
@@ -271,14 +374,26 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     let peer = peer_of(&req);
     let ip = ip_key(peer.map(|p| p.ip()));
     if let Err(wait) = app.enroll_by_ip.check(&ip) {
-        return reject(StatusCode::TOO_MANY_REQUESTS, "THROTTLED", format!("too many failed enrollments; retry in {wait} s"), peer, ROUTE);
+        return reject(
+            StatusCode::TOO_MANY_REQUESTS,
+            "THROTTLED",
+            format!("too many failed enrollments; retry in {wait} s"),
+            peer,
+            ROUTE,
+        );
     }
     let r: proto::EnrollRequest = match read_json(req.into_body(), ROUTE, peer).await {
         Ok(r) => r,
         Err(e) => return e,
     };
     if r.machine_id.trim().is_empty() || r.machine_id.len() > 256 || r.hostname.len() > 256 {
-        return reject(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_MESSAGE", "machineId must be 1–256 characters and hostname at most 256", peer, ROUTE);
+        return reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MESSAGE",
+            "machineId must be 1–256 characters and hostname at most 256",
+            peer,
+            ROUTE,
+        );
     }
     match app.enroll(&r).await {
         Ok(resp) => {
@@ -297,27 +412,55 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
 type EnrollError = (StatusCode, &'static str, String);
 
 impl App {
-    async fn enroll(self: &Arc<Self>, r: &proto::EnrollRequest) -> Result<proto::EnrollResponse, EnrollError> {
+    async fn enroll(
+        self: &Arc<Self>,
+        r: &proto::EnrollRequest,
+    ) -> Result<proto::EnrollResponse, EnrollError> {
         let internal = |e: ApiError| (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string());
         let key_hash = secret_hash(r.enrollment_key.trim());
-        let key: Option<EnrollmentKey> = self.store.unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash)).map_err(|e| internal(e.into()))?;
+        let key: Option<EnrollmentKey> = self
+            .store
+            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))
+            .map_err(|e| internal(e.into()))?;
         let Some(key) = key else {
-            return Err((StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "unknown enrollment key".into()));
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "unknown enrollment key".into(),
+            ));
         };
         let now = self.clock.now();
         if key.revoked {
-            return Err((StatusCode::FORBIDDEN, "FORBIDDEN", "the enrollment key was revoked".into()));
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key was revoked".into(),
+            ));
         }
         if key.expires_at.is_some_and(|e| e <= now) {
-            return Err((StatusCode::FORBIDDEN, "FORBIDDEN", "the enrollment key has expired".into()));
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key has expired".into(),
+            ));
         }
         let token = new_secret("uat_");
         let token_hash = secret_hash(&token);
-        let machine = IndexKey::new(MACHINE_ID, machine_value(key.tenant_id, r.machine_id.trim()));
-        let existing: Option<Computer> = self.store.unique(&machine).map_err(|e| internal(e.into()))?;
+        let machine = IndexKey::new(
+            MACHINE_ID,
+            machine_value(key.tenant_id, r.machine_id.trim()),
+        );
+        let existing: Option<Computer> = self
+            .store
+            .unique(&machine)
+            .map_err(|e| internal(e.into()))?;
         let is_new = existing.is_none();
         if is_new && key.max_uses.is_some_and(|m| key.uses >= m) {
-            return Err((StatusCode::FORBIDDEN, "FORBIDDEN", "the enrollment key has reached its maximum uses".into()));
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key has reached its maximum uses".into(),
+            ));
         }
         let old_hash = existing.as_ref().and_then(|c| c.agent_token_hash.clone());
         let computer = match existing {
@@ -365,10 +508,15 @@ impl App {
             if let Some(old) = &old_hash {
                 tx.release_unique(&IndexKey::new(AGENT_TOKEN, old))?;
             }
-            tx.claim_unique(&IndexKey::new(AGENT_TOKEN, &token_hash), &computer.key_bytes())?;
+            tx.claim_unique(
+                &IndexKey::new(AGENT_TOKEN, &token_hash),
+                &computer.key_bytes(),
+            )?;
             tx.put(&computer)?;
             if is_new {
-                let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or(TxError::Abort("the enrollment key vanished"))?;
+                let mut k: EnrollmentKey = tx
+                    .get(&key.id)?
+                    .ok_or(TxError::Abort("the enrollment key vanished"))?;
                 k.uses += 1;
                 tx.put(&k)?;
             }
@@ -381,7 +529,8 @@ impl App {
             return Err((StatusCode::CONFLICT, "CONFLICT", e.to_string()));
         }
         self.store.flush().await.map_err(|e| internal(e.into()))?;
-        self.agents.set_token(old_hash.as_deref(), Some(&token_hash), computer.id);
+        self.agents
+            .set_token(old_hash.as_deref(), Some(&token_hash), computer.id);
         if !deliveries.is_empty() {
             self.webhook_wakeup.notify_one();
         }
@@ -409,13 +558,19 @@ impl App {
                 });
             }
         }
-        Ok(proto::EnrollResponse { computer_id: computer.id.to_string(), agent_token: token, poll_wait_seconds: POLL_WAIT_SECONDS })
+        Ok(proto::EnrollResponse {
+            computer_id: computer.id.to_string(),
+            agent_token: token,
+            poll_wait_seconds: POLL_WAIT_SECONDS,
+        })
     }
 
     /// Revokes a computer's agent token: its polls answer 401 at once.
     pub async fn revoke_agent(&self, computer: Id) -> Result<(), ApiError> {
         let old = self.store.write(|tx| {
-            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else { return Ok(None) };
+            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                return Ok(None);
+            };
             let old = c.agent_token_hash.take();
             if let Some(o) = &old {
                 tx.release_unique(&IndexKey::new(AGENT_TOKEN, o))?;
@@ -447,7 +602,10 @@ impl App {
                 }
                 tracing::warn!(job = %job, "lease ran out; job failed");
                 let app = self.clone();
-                tokio::spawn(async move { app.job_lost(job, "the agent did not report back within the job's lease").await });
+                tokio::spawn(async move {
+                    app.job_lost(job, "the agent did not report back within the job's lease")
+                        .await
+                });
             }
             if last_flush.elapsed() >= Duration::from_secs(30) {
                 self.write_last_seen();
@@ -459,10 +617,13 @@ impl App {
     fn write_last_seen(&self) {
         let dirty: Vec<(Id, Time)> = {
             let mut p = self.agents.presence();
-            p.iter_mut().filter(|(_, v)| v.dirty).map(|(k, v)| {
-                v.dirty = false;
-                (*k, v.last_seen)
-            }).collect()
+            p.iter_mut()
+                .filter(|(_, v)| v.dirty)
+                .map(|(k, v)| {
+                    v.dirty = false;
+                    (*k, v.last_seen)
+                })
+                .collect()
         };
         if dirty.is_empty() {
             return;
@@ -489,29 +650,50 @@ impl App {
         if matches!(rec.state, JobState::Done { .. }) {
             return;
         }
-        if let Err(e) = self.apply(rec.session_id, Event::JobLost { job, reason: reason.to_string() }).await {
+        if let Err(e) = self
+            .apply(
+                rec.session_id,
+                Event::JobLost {
+                    job,
+                    reason: reason.to_string(),
+                },
+            )
+            .await
+        {
             tracing::warn!(job = %job, error = %e, "lost job not applied");
         }
     }
 
     /// Applies an agent's result once: the job record flips to done in the same step as the
     /// session consumes it (`apply` persists both before we acknowledge).
-    async fn job_result(self: &Arc<Self>, computer: Id, job: Id, outcome: proto::JobOutcome) -> Result<bool, ApiError> {
-        let Some(rec) = self.store.get::<JobRecord>(&job)? else { return Ok(false) };
+    async fn job_result(
+        self: &Arc<Self>,
+        computer: Id,
+        job: Id,
+        outcome: proto::JobOutcome,
+    ) -> Result<bool, ApiError> {
+        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+            return Ok(false);
+        };
         if rec.computer_id != computer {
             return Err(ApiError::NotFound(format!("job {job}")));
         }
         let _g = self.runtime_result_lock(job).lock().await;
-        let Some(rec) = self.store.get::<JobRecord>(&job)? else { return Ok(false) };
+        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+            return Ok(false);
+        };
         if matches!(rec.state, JobState::Done { .. }) {
             self.agents.settle(job);
             return Ok(false);
         }
         self.agents.settle(job);
-        self.metrics.job_results.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .job_results
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // `apply` marks the job done in the same transaction as the session's step, and
         // flushes before we acknowledge.
-        self.apply(rec.session_id, Event::JobDone { job, outcome }).await?;
+        self.apply(rec.session_id, Event::JobDone { job, outcome })
+            .await?;
         Ok(true)
     }
 
@@ -525,7 +707,9 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             let r = app.store.write(|tx| {
-                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else { return Ok(()) };
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(());
+                };
                 c.hostname = inv.hostname.clone();
                 c.os = inv.os.clone();
                 c.agent_version = inv.agent_version.clone();
@@ -545,7 +729,9 @@ impl App {
 
     /// Gives a computer without a primary person the person whose usernames include `user`.
     async fn match_person(&self, computer: Id, user: &str) {
-        let Ok(Some(c)) = self.store.get::<Computer>(&computer) else { return };
+        let Ok(Some(c)) = self.store.get::<Computer>(&computer) else {
+            return;
+        };
         if c.primary_person_id.is_some() {
             return;
         }
@@ -555,10 +741,16 @@ impl App {
             .store
             .by_index::<Person>(&idx, None)
             .filter_map(|p| p.ok())
-            .find(|p| p.usernames.iter().any(|u| u.eq_ignore_ascii_case(user) || u.eq_ignore_ascii_case(short)));
+            .find(|p| {
+                p.usernames
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(user) || u.eq_ignore_ascii_case(short))
+            });
         if let Some(p) = found {
             let r = self.store.write(|tx| {
-                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else { return Ok(()) };
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(());
+                };
                 if c.primary_person_id.is_none() {
                     c.primary_person_id = Some(p.id);
                     tx.put(&c)?;
@@ -583,13 +775,31 @@ impl KeyBytes for Computer {
 }
 
 /// Authenticates an agent call from its header alone (before the body is read).
-fn authenticate(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>, route: &str) -> Result<Id, Response> {
+#[allow(clippy::result_large_err)] // the error is the finished 401 answer
+fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    route: &str,
+) -> Result<Id, Response> {
     let Some(token) = bearer(headers) else {
-        return Err(reject(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "missing Authorization: Bearer <agentToken>", peer, route));
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "missing Authorization: Bearer <agentToken>",
+            peer,
+            route,
+        ));
     };
-    app.agents
-        .computer_for_token(token)
-        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "unknown or revoked agent token; enroll again", peer, route))
+    app.agents.computer_for_token(token).ok_or_else(|| {
+        reject(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "unknown or revoked agent token; enroll again",
+            peer,
+            route,
+        )
+    })
 }
 
 async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
@@ -603,7 +813,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Ok(r) => r,
         Err(e) => return e,
     };
-    app.agents.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.agents
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = app.clock.now();
     // Presence, rate limit and inventory change detection, all in memory.
     let (notify, came_online, inventory_changed) = {
@@ -622,7 +834,13 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         let refill = (tokens + at.elapsed().as_secs_f64() * 20.0).min(40.0);
         if refill < 1.0 {
             drop(p);
-            return reject(StatusCode::TOO_MANY_REQUESTS, "THROTTLED", "polling too fast; at most 20 polls per second", peer, ROUTE);
+            return reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "THROTTLED",
+                "polling too fast; at most 20 polls per second",
+                peer,
+                ROUTE,
+            );
         }
         entry.bucket = (refill - 1.0, Instant::now());
         let came_online = entry.holding == 0 && entry.last_poll.elapsed() >= offline_after;
@@ -658,7 +876,10 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 _ = app.shutdown.wait() => {}
             }
             jobs = app.agents.take_jobs(computer);
-            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline || app.shutdown.is_triggered() {
+            if !jobs.is_empty()
+                || tokio::time::Instant::now() >= deadline
+                || app.shutdown.is_triggered()
+            {
                 break;
             }
         }
@@ -678,7 +899,11 @@ fn set_holding(app: &App, computer: Id, delta: i32) {
     }
 }
 
-async fn result(State(app): State<Arc<App>>, Path(job_id): Path<String>, req: Request<Body>) -> Response {
+async fn result(
+    State(app): State<Arc<App>>,
+    Path(job_id): Path<String>,
+    req: Request<Body>,
+) -> Response {
     const ROUTE: &str = "/agent/v1/jobs/{jobId}/result";
     let peer = peer_of(&req);
     let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
@@ -690,14 +915,24 @@ async fn result(State(app): State<Arc<App>>, Path(job_id): Path<String>, req: Re
         Err(e) => return e,
     };
     let Ok(job) = job_id.parse::<Id>() else {
-        return reject(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no job {job_id}"), peer, ROUTE);
+        return reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no job {job_id}"),
+            peer,
+            ROUTE,
+        );
     };
     match app.job_result(computer, job, r.outcome).await {
         Ok(accepted) => Json(proto::ResultAck { accepted }).into_response(),
         Err(ApiError::NotFound(m)) => reject(StatusCode::NOT_FOUND, "NOT_FOUND", m, peer, ROUTE),
         Err(e) => {
             tracing::error!(job = %job, error = %e, "result not recorded");
-            error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the result could not be recorded; retry")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the result could not be recorded; retry",
+            )
         }
     }
 }

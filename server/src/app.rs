@@ -65,7 +65,14 @@ pub mod tokio_util_shutdown {
 }
 
 impl App {
-    pub fn new(store: Store, config: ServeConfig, clock: Clock, keys: Keys, templates: Templates, public_url: String) -> App {
+    pub fn new(
+        store: Store,
+        config: ServeConfig,
+        clock: Clock,
+        keys: Keys,
+        templates: Templates,
+        public_url: String,
+    ) -> App {
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
         App {
@@ -94,7 +101,10 @@ impl App {
     pub fn catalogue_deployments_for(&self, tenant: Id) -> ApiResult<Vec<Deployment>> {
         let mut out = Vec::new();
         for key in [tenant_key(Some(tenant)), tenant_key(None)] {
-            for d in self.store.by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, key), None) {
+            for d in self
+                .store
+                .by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, key), None)
+            {
                 out.push(d?);
             }
         }
@@ -104,7 +114,10 @@ impl App {
     /// Sessions of a computer, newest first.
     pub fn sessions_of_computer(&self, computer: Id, limit: usize) -> ApiResult<Vec<Session>> {
         let idx = IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes());
-        let mut keys: Vec<Vec<u8>> = self.store.index_scan(&idx, None).collect::<Result<_, _>>()?;
+        let mut keys: Vec<Vec<u8>> = self
+            .store
+            .index_scan(&idx, None)
+            .collect::<Result<_, _>>()?;
         keys.reverse();
         let mut out = Vec::new();
         for k in keys.into_iter().take(limit) {
@@ -116,8 +129,13 @@ impl App {
     }
 
     /// A session's stored events with `sequence > after`, in order.
-    pub fn events_after(&self, session: Id, after: u64) -> impl Iterator<Item = crate::store::Result<SessionEvent>> + '_ {
+    pub fn events_after(
+        &self,
+        session: Id,
+        after: u64,
+    ) -> impl Iterator<Item = crate::store::Result<SessionEvent>> + '_ {
         let start = event_key(session, after);
-        self.store.scan_prefix::<SessionEvent>(session.as_bytes(), Some(&start))
+        self.store
+            .scan_prefix::<SessionEvent>(session.as_bytes(), Some(&start))
     }
 }

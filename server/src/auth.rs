@@ -3,8 +3,10 @@
 
 use crate::domain::{Id, Time, UserRole};
 use crate::error::ApiError;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,7 +30,11 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -50,7 +56,10 @@ pub fn secret_hash(secret: &str) -> String {
 pub fn new_secret(prefix: &str) -> String {
     use base64::Engine;
     let bytes: [u8; 32] = rand::random();
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,10 +93,20 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(secret: &[u8]) -> Keys {
-        Keys { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret) }
+        Keys {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+        }
     }
 
-    pub fn issue_api_token(&self, user_id: Id, email: &str, role: UserRole, tenant: Option<Id>, now: Time) -> Result<String, ApiError> {
+    pub fn issue_api_token(
+        &self,
+        user_id: Id,
+        email: &str,
+        role: UserRole,
+        tenant: Option<Id>,
+        now: Time,
+    ) -> Result<String, ApiError> {
         let claims = ApiClaims {
             sub: user_id.to_string(),
             role,
@@ -104,7 +123,9 @@ impl Keys {
     pub fn verify_api_token(&self, token: &str, now: Time) -> Result<ApiClaims, ApiError> {
         let claims: ApiClaims = self.verify(token, API_AUDIENCE)?;
         if claims.exp <= now.timestamp() {
-            return Err(ApiError::Unauthenticated("the token has expired; log in again".into()));
+            return Err(ApiError::Unauthenticated(
+                "the token has expired; log in again".into(),
+            ));
         }
         Ok(claims)
     }
@@ -120,7 +141,11 @@ impl Keys {
         self.verify(token, POSTPONE_AUDIENCE)
     }
 
-    fn verify<T: serde::de::DeserializeOwned>(&self, token: &str, aud: &str) -> Result<T, ApiError> {
+    fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        aud: &str,
+    ) -> Result<T, ApiError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&[aud]);
         // Expiry is compared with the server's clock by the callers (tests move that clock).
@@ -143,8 +168,15 @@ pub struct Actor {
 
 #[derive(Debug, Clone)]
 pub enum Principal {
-    User { id: Id, email: String },
-    ApiKey { id: Id, name: String, created_by: Id },
+    User {
+        id: Id,
+        email: String,
+    },
+    ApiKey {
+        id: Id,
+        name: String,
+        created_by: Id,
+    },
 }
 
 impl Actor {
@@ -206,7 +238,9 @@ impl Actor {
     pub fn require_write_in(&self, tenant: Option<Id>) -> Result<(), ApiError> {
         self.require_write()?;
         if tenant.is_none() && !self.role.is_msp() {
-            return Err(ApiError::Forbidden("only MSP roles may change cross-tenant items".into()));
+            return Err(ApiError::Forbidden(
+                "only MSP roles may change cross-tenant items".into(),
+            ));
         }
         Ok(())
     }
@@ -223,7 +257,10 @@ impl Actor {
         match self.role {
             UserRole::MspAdmin => Ok(()),
             UserRole::TenantAdmin if tenant.is_some() && tenant == self.tenant_id => Ok(()),
-            _ => Err(ApiError::Forbidden(format!("your role ({:?}) may not {what}", self.role))),
+            _ => Err(ApiError::Forbidden(format!(
+                "your role ({:?}) may not {what}",
+                self.role
+            ))),
         }
     }
 }
@@ -237,7 +274,11 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(limit: u32, window: Duration) -> Throttle {
-        Throttle { limit, window, state: Mutex::new(HashMap::new()) }
+        Throttle {
+            limit,
+            window,
+            state: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Err(seconds to wait)` when the key is throttled.
@@ -265,10 +306,14 @@ impl Throttle {
     }
 
     pub fn succeed(&self, key: &str) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
 pub fn ip_key(ip: Option<IpAddr>) -> String {
-    ip.map(|i| format!("ip:{i}")).unwrap_or_else(|| "ip:unknown".into())
+    ip.map(|i| format!("ip:{i}"))
+        .unwrap_or_else(|| "ip:unknown".into())
 }

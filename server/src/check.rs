@@ -12,7 +12,10 @@ pub fn problems(store: &Store) -> crate::store::Result<Vec<String>> {
         let s = s?;
         let terminal = s.status.is_terminal();
         if terminal != (s.stage == Stage::Done) {
-            out.push(format!("session {}: status {:?} with stage {:?}", s.id, s.status, s.stage));
+            out.push(format!(
+                "session {}: status {:?} with stage {:?}",
+                s.id, s.status, s.stage
+            ));
         }
         if terminal && s.pending_job.is_some() {
             out.push(format!("session {}: finished but waits for a job", s.id));
@@ -21,7 +24,10 @@ pub fn problems(store: &Store) -> crate::store::Result<Vec<String>> {
             out.push(format!("session {}: finished without finishedAt", s.id));
         }
         if s.actions.iter().any(|a| a.item >= s.items.len()) {
-            out.push(format!("session {}: an action points at no plan item", s.id));
+            out.push(format!(
+                "session {}: an action points at no plan item",
+                s.id
+            ));
         }
     }
     Ok(out)
@@ -31,7 +37,10 @@ pub fn run(data_dir: &Path) -> ExitCode {
     let store = match Store::open(data_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("upkeep-server check: cannot open {}: {e}", data_dir.display());
+            eprintln!(
+                "upkeep-server check: cannot open {}: {e}",
+                data_dir.display()
+            );
             return ExitCode::from(2);
         }
     };

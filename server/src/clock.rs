@@ -19,11 +19,18 @@ pub struct Clock {
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock { offset_ms: Arc::new(AtomicI64::new(0)), moved: watch::channel(0).0, settable: false }
+        Clock {
+            offset_ms: Arc::new(AtomicI64::new(0)),
+            moved: watch::channel(0).0,
+            settable: false,
+        }
     }
 
     pub fn starting_at(t: Time) -> Clock {
-        let c = Clock { settable: true, ..Clock::system() };
+        let c = Clock {
+            settable: true,
+            ..Clock::system()
+        };
         c.set(t);
         c
     }

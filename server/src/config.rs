@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "upkeep-server", version, about = "Upkeep maintenance-session server")]
+#[command(
+    name = "upkeep-server",
+    version,
+    about = "Upkeep maintenance-session server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -75,7 +79,12 @@ pub struct ServeConfig {
     #[arg(long, env = "UPKEEP_JOB_TIMEOUT_SECONDS", hide = true)]
     pub job_timeout_seconds: Option<u32>,
     /// Extra seconds a job lease allows beyond its scripts' time limits.
-    #[arg(long, env = "UPKEEP_LEASE_SLACK_SECONDS", default_value_t = 120, hide = true)]
+    #[arg(
+        long,
+        env = "UPKEEP_LEASE_SLACK_SECONDS",
+        default_value_t = 120,
+        hide = true
+    )]
     pub lease_slack_seconds: u32,
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]

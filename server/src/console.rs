@@ -9,12 +9,18 @@ use std::sync::Arc;
 const INDEX: &str = include_str!("../console/index.html");
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/console", get(index)).route("/", get(|| async { axum::response::Redirect::to("/console") }))
+    Router::new().route("/console", get(index)).route(
+        "/",
+        get(|| async { axum::response::Redirect::to("/console") }),
+    )
 }
 
 async fn index() -> impl IntoResponse {
     (
-        [("content-security-policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:")],
+        [(
+            "content-security-policy",
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+        )],
         Html(INDEX),
     )
 }

@@ -86,7 +86,9 @@ pub struct User {
     pub created_at: Time,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Weekday {
     Monday,
@@ -244,7 +246,9 @@ pub struct MaintenanceTask {
     pub created_at: Time,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TargetKind {
     AllComputers,
@@ -315,7 +319,9 @@ pub enum Enforcement {
     AdHoc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeploymentOrder {
     Beginning,
@@ -435,6 +441,10 @@ pub struct Schedule {
     /// occurrence not yet fired. Persisted so a restart neither repeats nor loses one.
     #[serde(default)]
     pub next_fire: BTreeMap<String, Time>,
+    /// When the timing was last set (creation or a change of cron, zone or lead): the first
+    /// occurrence considered is the first whose detection starts after it.
+    #[serde(default)]
+    pub timing_since: Option<Time>,
     pub created_at: Time,
 }
 

@@ -31,7 +31,10 @@ impl ApiError {
     }
 
     pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::BadInput { field: field.to_string(), message: message.into() }
+        ApiError::BadInput {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
@@ -60,7 +63,16 @@ impl From<WriteError<ApiError>> for ApiError {
 /// library's own parse, validation and limit errors.
 pub fn add_codes(resp: &mut async_graphql::Response) {
     for e in &mut resp.errors {
-        let api = e.source::<ApiError>().map(|a| (a.code(), if let ApiError::BadInput { field, .. } = a { Some(field.clone()) } else { None }));
+        let api = e.source::<ApiError>().map(|a| {
+            (
+                a.code(),
+                if let ApiError::BadInput { field, .. } = a {
+                    Some(field.clone())
+                } else {
+                    None
+                },
+            )
+        });
         let ext = e.extensions.get_or_insert_with(Default::default);
         match api {
             Some((code, field)) => {

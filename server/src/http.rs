@@ -19,15 +19,26 @@ use std::sync::Arc;
 
 pub fn router(app: Arc<App>) -> Router {
     let mut gql = Router::new()
-        .route("/graphql", get(graphql::graphiql).post(graphql::graphql_handler))
+        .route(
+            "/graphql",
+            get(graphql::graphiql).post(graphql::graphql_handler),
+        )
         .layer(DefaultBodyLimit::max(1024 * 1024));
     if !app.config.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = app.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
+        let origins: Vec<HeaderValue> = app
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+            .collect();
         gql = gql.layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(origins)
                 .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                ])
                 .max_age(std::time::Duration::from_secs(600)),
         );
     }
@@ -42,9 +53,14 @@ pub fn router(app: Arc<App>) -> Router {
     if app.clock.settable {
         r = r.route("/debug/clock", post(set_clock));
     }
-    r.fallback(|| async { crate::agents::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::track))
-        .with_state(app)
+    r.fallback(|| async {
+        crate::agents::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::metrics::track,
+    ))
+    .with_state(app)
 }
 
 #[derive(serde::Deserialize)]
@@ -83,13 +99,22 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
     let path = config.data_dir.join("jwt-secret");
     match std::fs::read(&path) {
         Ok(b) if b.len() >= 32 => Ok(b),
-        Ok(_) => anyhow::bail!("{} is too short; delete it to generate a new one", path.display()),
+        Ok(_) => anyhow::bail!(
+            "{} is too short; delete it to generate a new one",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let secret = crate::auth::new_secret("").into_bytes();
             let tmp = config.data_dir.join("jwt-secret.tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             f.write_all(&secret)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -102,21 +127,37 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let probe = config.data_dir.join(".write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("data dir {} is not writable", config.data_dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data dir {} is not writable", config.data_dir.display()))?;
     let _ = std::fs::remove_file(&probe);
-    let templates = Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let templates =
+        Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = jwt_secret(&config)?;
-    let store = Store::open(&config.data_dir).with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let clock = match config.test_clock {
         Some(t) => Clock::starting_at(t),
         None => Clock::system(),
     };
-    let app = Arc::new(App::new(store, config.clone(), clock, Keys::new(&secret), templates, public_url));
+    let app = Arc::new(App::new(
+        store,
+        config.clone(),
+        clock,
+        Keys::new(&secret),
+        templates,
+        public_url,
+    ));
     bootstrap_admin(&app).await?;
     let tokens = app.agents.load_tokens(&app.store)?;
     let recovered = app.recover_sessions().await?;
@@ -140,7 +181,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let router = router(app.clone());
     let shutdown = app.shutdown.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move { shutdown.wait().await });
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.wait().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "server stopped");
         }
@@ -150,13 +195,22 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 }
 
 async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
-    let (Some(email), Some(password)) = (&app.config.admin_email, &app.config.admin_password) else { return Ok(()) };
+    let (Some(email), Some(password)) = (&app.config.admin_email, &app.config.admin_password)
+    else {
+        return Ok(());
+    };
     if app.store.count::<User>() > 0 {
         return Ok(());
     }
     let email = email.trim().to_lowercase();
-    anyhow::ensure!(email.parse::<lettre::Address>().is_ok(), "--admin-email '{email}' is not an e-mail address");
-    anyhow::ensure!(password.chars().count() >= 10, "--admin-password must be at least 10 characters");
+    anyhow::ensure!(
+        email.parse::<lettre::Address>().is_ok(),
+        "--admin-email '{email}' is not an e-mail address"
+    );
+    anyhow::ensure!(
+        password.chars().count() >= 10,
+        "--admin-password must be at least 10 characters"
+    );
     let user = User {
         id: Id::new(),
         email: email.clone(),
@@ -165,7 +219,9 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         tenant_id: None,
         created_at: app.clock.now(),
     };
-    app.create_user(user).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    app.create_user(user)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(email, "created the first MSP admin");
     Ok(())
 }

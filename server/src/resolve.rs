@@ -19,7 +19,8 @@ pub struct Resolution {
 impl Resolution {
     /// An exception (`IGNORE`) wins: the subject is left alone.
     pub fn is_exception(&self) -> bool {
-        self.winner.desired_state == Some(DesiredSoftwareState::Ignore) || (self.winner.software_id.is_none() && self.winner.task_mode == TaskMode::Ignore)
+        self.winner.desired_state == Some(DesiredSoftwareState::Ignore)
+            || (self.winner.software_id.is_none() && self.winner.task_mode == TaskMode::Ignore)
     }
 }
 
@@ -53,19 +54,37 @@ pub fn resolve(computer: &Computer, deployments: &[Deployment]) -> Vec<Resolutio
             ds.sort_by_key(|d| std::cmp::Reverse(rank(d)));
             let winner = ds[0].clone();
             let rule = match ds.get(1) {
-                None => format!("only matching deployment ({})", target_name(winner.target.kind)),
+                None => format!(
+                    "only matching deployment ({})",
+                    target_name(winner.target.kind)
+                ),
                 Some(second) => {
                     let (w, s) = (rank(&winner), rank(second));
                     if w.0 != s.0 {
-                        format!("{} beats {}", target_name(winner.target.kind), target_name(second.target.kind))
+                        format!(
+                            "{} beats {}",
+                            target_name(winner.target.kind),
+                            target_name(second.target.kind)
+                        )
                     } else if w.1 != s.1 {
-                        format!("tenant deployment beats cross-tenant ({} each)", target_name(winner.target.kind))
+                        format!(
+                            "tenant deployment beats cross-tenant ({} each)",
+                            target_name(winner.target.kind)
+                        )
                     } else {
-                        format!("newest of equally specific deployments ({})", target_name(winner.target.kind))
+                        format!(
+                            "newest of equally specific deployments ({})",
+                            target_name(winner.target.kind)
+                        )
                     }
                 }
             };
-            Resolution { subject, winner, shadowed: ds[1..].iter().map(|d| (*d).clone()).collect(), rule }
+            Resolution {
+                subject,
+                winner,
+                shadowed: ds[1..].iter().map(|d| (*d).clone()).collect(),
+                rule,
+            }
         })
         .collect()
 }
@@ -146,7 +165,10 @@ mod tests {
         let r = resolve(&c, &[own.clone(), cross, foreign]);
         assert_eq!(r[0].winner.id, own.id);
         assert_eq!(r[0].shadowed.len(), 1);
-        assert!(r[0].rule.starts_with("tenant deployment beats cross-tenant"));
+        assert!(
+            r[0].rule
+                .starts_with("tenant deployment beats cross-tenant")
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ impl SessionStatus {
         SessionStatus::Cancelled,
     ];
     pub fn is_terminal(self) -> bool {
-        matches!(self, SessionStatus::Passed | SessionStatus::Failed | SessionStatus::Cancelled)
+        matches!(
+            self,
+            SessionStatus::Passed | SessionStatus::Failed | SessionStatus::Cancelled
+        )
     }
     pub fn code(self) -> u8 {
         self as u8
@@ -173,7 +176,9 @@ pub enum Stage {
     /// The reboot is due but held (business hours) until `wake_at`.
     RebootHeld,
     /// A reboot job was sent; waits for the agent to come back.
-    Rebooting { sent_at: Time },
+    Rebooting {
+        sent_at: Time,
+    },
     Verifying,
     Done,
 }
@@ -189,9 +194,15 @@ pub struct PendingJob {
 pub enum JobPurpose {
     Detect,
     /// Step `step` of action `action`.
-    Step { action: usize, step: usize },
+    Step {
+        action: usize,
+        step: usize,
+    },
     /// The test half of a `TestThenSet` step.
-    StepTest { action: usize, step: usize },
+    StepTest {
+        action: usize,
+        step: usize,
+    },
     Reboot,
     Verify,
 }
@@ -242,9 +253,17 @@ pub struct Session {
 
 impl Session {
     pub fn compliance_of_actions(&self) -> Compliance {
-        if self.actions.iter().all(|a| a.compliance == Compliance::Compliant) {
+        if self
+            .actions
+            .iter()
+            .all(|a| a.compliance == Compliance::Compliant)
+        {
             Compliance::Compliant
-        } else if self.actions.iter().any(|a| a.compliance == Compliance::NonCompliant) {
+        } else if self
+            .actions
+            .iter()
+            .any(|a| a.compliance == Compliance::NonCompliant)
+        {
             Compliance::NonCompliant
         } else {
             Compliance::Unknown

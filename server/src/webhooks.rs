@@ -76,7 +76,8 @@ pub fn backoff(attempt: u32) -> chrono::Duration {
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
 pub fn signature(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(format!("{t}.{body}").as_bytes());
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -85,7 +86,10 @@ impl App {
     fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
         let mut out = Vec::new();
         for key in [tenant_key(Some(tenant)), tenant_key(None)] {
-            for w in self.store.by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None) {
+            for w in self
+                .store
+                .by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None)
+            {
                 let w = w?;
                 if w.events.contains(&event) {
                     out.push(w);
@@ -95,7 +99,12 @@ impl App {
         Ok(out)
     }
 
-    pub fn deliveries(&self, tenant: Id, event: WebhookEvent, data: serde_json::Value) -> ApiResult<Vec<Delivery>> {
+    pub fn deliveries(
+        &self,
+        tenant: Id,
+        event: WebhookEvent,
+        data: serde_json::Value,
+    ) -> ApiResult<Vec<Delivery>> {
         let now = self.clock.now();
         Ok(self
             .hooks_for(tenant, event)?
@@ -131,13 +140,26 @@ impl App {
         self.deliveries(s.tenant_id, WebhookEvent::SessionCreated, session_data(s))
     }
 
-    pub fn webhook_deliveries_for(&self, s: &Session, before: SessionStatus, finished: bool) -> ApiResult<Vec<Delivery>> {
+    pub fn webhook_deliveries_for(
+        &self,
+        s: &Session,
+        before: SessionStatus,
+        finished: bool,
+    ) -> ApiResult<Vec<Delivery>> {
         let mut out = Vec::new();
         if s.status != before {
-            out.extend(self.deliveries(s.tenant_id, WebhookEvent::SessionStatusChanged, session_data(s))?);
+            out.extend(self.deliveries(
+                s.tenant_id,
+                WebhookEvent::SessionStatusChanged,
+                session_data(s),
+            )?);
         }
         if finished {
-            out.extend(self.deliveries(s.tenant_id, WebhookEvent::SessionFinished, session_data(s))?);
+            out.extend(self.deliveries(
+                s.tenant_id,
+                WebhookEvent::SessionFinished,
+                session_data(s),
+            )?);
         }
         Ok(out)
     }
@@ -145,7 +167,11 @@ impl App {
     /// Background loop: sends due deliveries, a few at a time, each with a time limit, so a
     /// slow receiver never holds up anything else.
     pub async fn run_webhooks(self: Arc<Self>) {
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none()).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhook client");
@@ -162,16 +188,24 @@ impl App {
             let now = self.clock.now();
             let mut next_due: Option<Time> = None;
             let idx = IndexKey::new(PENDING_DELIVERIES, []);
-            let pending: Vec<Delivery> = self.store.by_index::<Delivery>(&idx, None).filter_map(|d| d.ok()).collect();
+            let pending: Vec<Delivery> = self
+                .store
+                .by_index::<Delivery>(&idx, None)
+                .filter_map(|d| d.ok())
+                .collect();
             for d in pending {
                 if in_flight.contains(&d.id) {
                     continue;
                 }
                 if d.next_attempt_at > now {
-                    next_due = Some(next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)));
+                    next_due = Some(
+                        next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)),
+                    );
                     continue;
                 }
-                let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
                 in_flight.insert(d.id);
                 let app = self.clone();
                 let client = client.clone();
@@ -204,7 +238,10 @@ impl App {
         };
         let now = self.clock.now();
         let t = now.timestamp();
-        let event_name = serde_json::to_value(d.event).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let event_name = serde_json::to_value(d.event)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         let result = client
             .post(&hook.url)
             .header("content-type", "application/json")
@@ -239,7 +276,9 @@ impl App {
                 d.next_attempt_at = now + backoff(d.attempts);
             }
         }
-        self.metrics.webhook_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .webhook_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.save_delivery(&d).await;
     }
 
@@ -267,8 +306,12 @@ pub fn session_data(s: &Session) -> serde_json::Value {
             .iter()
             .map(|a| {
                 let (software, task) = match s.items.get(a.item).map(|i| &i.what) {
-                    Some(crate::session::ItemWhat::Software { software, .. }) => (Some(software.name.clone()), None),
-                    Some(crate::session::ItemWhat::Task { task, .. }) => (None, Some(task.name.clone())),
+                    Some(crate::session::ItemWhat::Software { software, .. }) => {
+                        (Some(software.name.clone()), None)
+                    }
+                    Some(crate::session::ItemWhat::Task { task, .. }) => {
+                        (None, Some(task.name.clone()))
+                    }
                     None => (None, None),
                 };
                 serde_json::json!({
@@ -281,7 +324,12 @@ pub fn session_data(s: &Session) -> serde_json::Value {
                 })
             })
             .collect();
-        data["failedActions"] = serde_json::json!(s.actions.iter().filter(|a| a.status == ActionStatus::Failed).count());
+        data["failedActions"] = serde_json::json!(
+            s.actions
+                .iter()
+                .filter(|a| a.status == ActionStatus::Failed)
+                .count()
+        );
     }
     data
 }
@@ -300,23 +348,51 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<(), crate::erro
     let authority = authority.rsplit_once('@').map(|x| x.1).unwrap_or(authority);
     let (host, port) = if let Some(h) = authority.strip_prefix('[') {
         let (h, p) = h.split_once(']').unwrap_or((h, ""));
-        (h.to_string(), p.trim_start_matches(':').parse().unwrap_or(443))
+        (
+            h.to_string(),
+            p.trim_start_matches(':').parse().unwrap_or(443),
+        )
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().unwrap_or(443)),
-            None => (authority.to_string(), if url.starts_with("https") { 443 } else { 80 }),
+            None => (
+                authority.to_string(),
+                if url.starts_with("https") { 443 } else { 80 },
+            ),
         }
     };
     let private = |ip: IpAddr| match ip {
-        IpAddr::V4(v) => v.is_loopback() || v.is_private() || v.is_link_local() || v.is_unspecified() || v.is_broadcast() || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64,
-        IpAddr::V6(v) => v.is_loopback() || v.is_unspecified() || (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80 || v.to_ipv4_mapped().is_some_and(|m| m.is_loopback() || m.is_private()),
+        IpAddr::V4(v) => {
+            v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v) => {
+            v.is_loopback()
+                || v.is_unspecified()
+                || (v.segments()[0] & 0xfe00) == 0xfc00
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped()
+                    .is_some_and(|m| m.is_loopback() || m.is_private())
+        }
     };
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| ApiError::bad("url", format!("cannot resolve {host}: {e}")))?
         .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| private(a.ip())) || host.eq_ignore_ascii_case("localhost") {
-        return Err(ApiError::bad("url", format!("{host} is a loopback or private address; start the server with --allow-private-webhooks to allow it")));
+    if addrs.is_empty()
+        || addrs.iter().any(|a| private(a.ip()))
+        || host.eq_ignore_ascii_case("localhost")
+    {
+        return Err(ApiError::bad(
+            "url",
+            format!(
+                "{host} is a loopback or private address; start the server with --allow-private-webhooks to allow it"
+            ),
+        ));
     }
     Ok(())
 }

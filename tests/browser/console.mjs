@@ -1,6 +1,6 @@
 // Drives the operator console (GET /console) in a real headless Chromium.
 //
-//   cd tests/browser && npm ci && \
+//   cd tests/browser && npm install && \
 //   UPKEEP_URL=http://127.0.0.1:8080 UPKEEP_EMAIL=admin@msp.example UPKEEP_PASSWORD=... \
 //   SCREENSHOT_DIR=/tmp/shots node console.mjs
 //
@@ -142,6 +142,7 @@ try {
     const logLines = await page.locator(`${tid("session-log")} li[data-sequence]`).count();
     step(`detail shows PASSED with ${logLines} log lines`);
     if (logLines === 0) throw new Error("the session's log is empty");
+    await page.waitForTimeout(1000); // let the row pick up its final statusReason
     await shot("console-session-passed.png");
   }
 

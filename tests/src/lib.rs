@@ -105,7 +105,12 @@ impl TestServer {
             async move {
                 match upkeep_server::http::start(c).await {
                     Ok(r) => Ok(Some(r)),
-                    Err(e) if format!("{e:#}").contains("lock") || format!("{e:#}").contains("listen") => Ok(None),
+                    Err(e)
+                        if format!("{e:#}").contains("lock")
+                            || format!("{e:#}").contains("listen") =>
+                    {
+                        Ok(None)
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -123,20 +128,36 @@ impl TestServer {
 
     /// Moves the server's clock (servers started with `test_clock`).
     pub async fn set_clock(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
-        let r = self.http.post(format!("{}/debug/clock", self.url)).json(&json!({ "now": now })).send().await?;
+        let r = self
+            .http
+            .post(format!("{}/debug/clock", self.url))
+            .json(&json!({ "now": now }))
+            .send()
+            .await?;
         anyhow::ensure!(r.status().is_success(), "clock not set: {}", r.status());
         Ok(())
     }
 
     /// Runs a GraphQL operation and returns the whole response.
-    pub async fn gql_raw(&self, token: Option<&str>, query: &str, variables: Value) -> Result<Value> {
-        let mut req = self.http.post(format!("{}/graphql", self.url)).json(&json!({ "query": query, "variables": variables }));
+    pub async fn gql_raw(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({ "query": query, "variables": variables }));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await?;
         let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("non-JSON answer ({status})"))?;
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("non-JSON answer ({status})"))?;
         Ok(body)
     }
 
@@ -150,17 +171,34 @@ impl TestServer {
     }
 
     /// Runs an operation that must fail; returns the first error's `extensions.code`.
-    pub async fn gql_err(&self, token: Option<&str>, query: &str, variables: Value) -> Result<String> {
+    pub async fn gql_err(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Result<String> {
         let body = self.gql_raw(token, query, variables).await?;
-        let Some(err) = body["errors"].get(0) else { bail!("expected an error, got {body}") };
-        Ok(err["extensions"]["code"].as_str().unwrap_or("<no code>").to_string())
+        let Some(err) = body["errors"].get(0) else {
+            bail!("expected an error, got {body}")
+        };
+        Ok(err["extensions"]["code"]
+            .as_str()
+            .unwrap_or("<no code>")
+            .to_string())
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<String> {
         let d = self
-            .gql_raw(None, "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }", json!({"e": email, "p": password}))
+            .gql_raw(
+                None,
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({"e": email, "p": password}),
+            )
             .await?;
-        d["data"]["login"]["token"].as_str().map(String::from).with_context(|| format!("login failed: {d}"))
+        d["data"]["login"]["token"]
+            .as_str()
+            .map(String::from)
+            .with_context(|| format!("login failed: {d}"))
     }
 
     pub async fn admin(&self) -> Result<String> {
@@ -171,14 +209,24 @@ impl TestServer {
         let d = self
             .gql(token, "mutation($n: String!) { createTenant(input: {name: $n, timeZone: \"Europe/Berlin\"}) { id } }", json!({"n": name}))
             .await?;
-        Ok(d["createTenant"]["id"].as_str().context("tenant id")?.to_string())
+        Ok(d["createTenant"]["id"]
+            .as_str()
+            .context("tenant id")?
+            .to_string())
     }
 
     pub async fn enrollment_key(&self, token: &str, tenant: &str) -> Result<String> {
         let d = self
-            .gql(token, "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { id key } }", json!({"t": tenant}))
+            .gql(
+                token,
+                "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { id key } }",
+                json!({"t": tenant}),
+            )
             .await?;
-        Ok(d["createEnrollmentKey"]["key"].as_str().context("key")?.to_string())
+        Ok(d["createEnrollmentKey"]["key"]
+            .as_str()
+            .context("key")?
+            .to_string())
     }
 
     /// A session as GraphQL shows it.
@@ -196,17 +244,29 @@ impl TestServer {
     }
 
     /// Waits until the session reaches one of `statuses`; returns it.
-    pub async fn wait_status(&self, token: &str, id: &str, statuses: &[&str], timeout: Duration) -> Result<Value> {
+    pub async fn wait_status(
+        &self,
+        token: &str,
+        id: &str,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> Result<Value> {
         let last = std::sync::Mutex::new(Value::Null);
-        let r = wait_for(&format!("session {id} to reach {statuses:?}"), timeout, || {
-            let fut = self.session(token, id);
-            let last = &last;
-            async move {
-                let s = fut.await?;
-                *last.lock().expect("lock") = s.clone();
-                Ok(statuses.contains(&s["status"].as_str().unwrap_or("")).then_some(s))
-            }
-        })
+        let r = wait_for(
+            &format!("session {id} to reach {statuses:?}"),
+            timeout,
+            || {
+                let fut = self.session(token, id);
+                let last = &last;
+                async move {
+                    let s = fut.await?;
+                    *last.lock().expect("lock") = s.clone();
+                    Ok(statuses
+                        .contains(&s["status"].as_str().unwrap_or(""))
+                        .then_some(s))
+                }
+            },
+        )
         .await;
         r.with_context(|| format!("last seen: {:#}", last.lock().expect("lock")))
     }
@@ -221,7 +281,10 @@ impl TestServer {
         let d = self
             .gql(token, "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }", json!({"i": input}))
             .await?;
-        Ok(d["startMaintenanceSession"][0]["id"].as_str().context("session id")?.to_string())
+        Ok(d["startMaintenanceSession"][0]["id"]
+            .as_str()
+            .context("session id")?
+            .to_string())
     }
 
     /// Waits for a computer with this hostname to exist in the tenant; returns its id.
@@ -236,14 +299,29 @@ impl TestServer {
     /// Waits until the computer is online.
     pub async fn wait_online(&self, token: &str, id: &str) -> Result<()> {
         wait_for("computer online", Duration::from_secs(20), || async {
-            let d = self.gql(token, "query($id: ID!) { computer(id: $id) { online } }", json!({"id": id})).await?;
-            Ok(d["computer"]["online"].as_bool().unwrap_or(false).then_some(()))
+            let d = self
+                .gql(
+                    token,
+                    "query($id: ID!) { computer(id: $id) { online } }",
+                    json!({"id": id}),
+                )
+                .await?;
+            Ok(d["computer"]["online"]
+                .as_bool()
+                .unwrap_or(false)
+                .then_some(()))
         })
         .await
     }
 
     pub async fn metric(&self, name: &str) -> Result<f64> {
-        let text = self.http.get(format!("{}/metrics", self.url)).send().await?.text().await?;
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
@@ -277,8 +355,14 @@ impl TestAgent {
         Ok(a)
     }
 
-    pub fn start_in(server_url: &str, key: Option<&str>, state_dir: &Path, hostname: &str) -> Result<TestAgent> {
-        let mut config = upkeep_agent::AgentConfig::new(server_url.to_string(), state_dir.to_path_buf());
+    pub fn start_in(
+        server_url: &str,
+        key: Option<&str>,
+        state_dir: &Path,
+        hostname: &str,
+    ) -> Result<TestAgent> {
+        let mut config =
+            upkeep_agent::AgentConfig::new(server_url.to_string(), state_dir.to_path_buf());
         config.enrollment_key = key.map(String::from);
         config.machine_id = Some(format!("machine-{hostname}"));
         config.hostname = Some(hostname.to_string());
@@ -291,7 +375,12 @@ impl TestAgent {
             })
             .await
         });
-        Ok(TestAgent { state_dir: state_dir.to_path_buf(), stop: Some(tx), task: Some(task), _dir: None })
+        Ok(TestAgent {
+            state_dir: state_dir.to_path_buf(),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        })
     }
 
     pub async fn stop(&mut self) {
@@ -317,7 +406,14 @@ impl Drop for TestAgent {
 
 /// Creates a software entry whose scripts keep state in `dir/<name>.version` (install writes
 /// the version; detection prints it).
-pub async fn create_file_software(s: &TestServer, token: &str, tenant: Option<&str>, name: &str, dir: &Path, versions: &[&str]) -> Result<String> {
+pub async fn create_file_software(
+    s: &TestServer,
+    token: &str,
+    tenant: Option<&str>,
+    name: &str,
+    dir: &Path,
+    versions: &[&str],
+) -> Result<String> {
     let file = dir.join(format!("{name}.version"));
     let f = file.display();
     let versions: Vec<Value> = versions
@@ -337,12 +433,24 @@ pub async fn create_file_software(s: &TestServer, token: &str, tenant: Option<&s
             }}),
         )
         .await?;
-    Ok(d["createSoftware"]["id"].as_str().context("software id")?.to_string())
+    Ok(d["createSoftware"]["id"]
+        .as_str()
+        .context("software id")?
+        .to_string())
 }
 
 pub async fn create_deployment(s: &TestServer, token: &str, input: Value) -> Result<String> {
-    let d = s.gql(token, "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }", json!({"i": input})).await?;
-    Ok(d["createDeployment"]["id"].as_str().context("deployment id")?.to_string())
+    let d = s
+        .gql(
+            token,
+            "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }",
+            json!({"i": input}),
+        )
+        .await?;
+    Ok(d["createDeployment"]["id"]
+        .as_str()
+        .context("deployment id")?
+        .to_string())
 }
 
 /// Path of a built binary of this package (`upkeep-server-under-test`, `upkeep-agent-under-test`).

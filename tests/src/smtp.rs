@@ -84,7 +84,14 @@ impl SmtpSink {
                     w.write_all(b"451 4.3.0 try again later\r\n").await?;
                     continue;
                 }
-                from = cmd[10..].trim().trim_matches(['<', '>']).split(' ').next().unwrap_or("").trim_matches(['<', '>']).to_string();
+                from = cmd[10..]
+                    .trim()
+                    .trim_matches(['<', '>'])
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['<', '>'])
+                    .to_string();
                 rcpt.clear();
                 w.write_all(b"250 OK\r\n").await?;
             } else if upper.starts_with("RCPT TO:") {
@@ -104,7 +111,11 @@ impl SmtpSink {
                     let l = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(l);
                 }
-                self.mails.lock().expect("lock").push(ReceivedMail { from: from.clone(), rcpt: rcpt.clone(), data });
+                self.mails.lock().expect("lock").push(ReceivedMail {
+                    from: from.clone(),
+                    rcpt: rcpt.clone(),
+                    data,
+                });
                 w.write_all(b"250 OK queued\r\n").await?;
             } else if upper == "QUIT" {
                 w.write_all(b"221 bye\r\n").await?;
@@ -137,4 +148,113 @@ pub fn decode_qp(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A received mail taken apart: headers of the top level, and the decoded text and HTML parts.
+#[derive(Debug, Clone)]
+pub struct ParsedMail {
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+    pub html: String,
+    pub content_type: String,
+}
+
+impl ParsedMail {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn split_headers(raw: &str) -> (Vec<(String, String)>, &str) {
+    let raw_norm = raw;
+    let (head, body) = match raw_norm.find("\r\n\r\n") {
+        Some(i) => (&raw_norm[..i], &raw_norm[i + 4..]),
+        None => match raw_norm.find("\n\n") {
+            Some(i) => (&raw_norm[..i], &raw_norm[i + 2..]),
+            None => (raw_norm, ""),
+        },
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    (headers, body)
+}
+
+fn decode_body(headers: &[(String, String)], body: &str) -> String {
+    let enc = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-transfer-encoding"))
+        .map(|(_, v)| v.to_ascii_lowercase())
+        .unwrap_or_default();
+    match enc.as_str() {
+        "base64" => {
+            use base64::Engine;
+            let clean: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(clean)
+                    .unwrap_or_default(),
+            )
+            .into_owned()
+        }
+        "quoted-printable" => decode_qp(body),
+        _ => body.to_string(),
+    }
+}
+
+/// Parses a multipart/alternative mail as lettre writes it.
+pub fn parse(raw: &str) -> ParsedMail {
+    let (headers, body) = split_headers(raw);
+    let ct = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut text = String::new();
+    let mut html = String::new();
+    if let Some(b) = ct.split("boundary=").nth(1) {
+        let boundary = b
+            .trim_matches('"')
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim_matches('"');
+        for part in body.split(&format!("--{boundary}")) {
+            let part = part.trim_start_matches(['\r', '\n']);
+            if part.starts_with("--") || part.trim().is_empty() {
+                continue;
+            }
+            let (ph, pb) = split_headers(part);
+            let pct = ph
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.to_ascii_lowercase())
+                .unwrap_or_default();
+            let decoded = decode_body(&ph, pb);
+            if pct.starts_with("text/plain") {
+                text = decoded;
+            } else if pct.starts_with("text/html") {
+                html = decoded;
+            }
+        }
+    } else {
+        text = decode_body(&headers, body);
+    }
+    ParsedMail {
+        headers,
+        text,
+        html,
+        content_type: ct,
+    }
 }

@@ -9,14 +9,22 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub struct Subscription {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     pub protocol: String,
 }
 
 impl Subscription {
     /// Connects offering `protocols` (in order), sends `connection_init` with the token, waits
     /// for the ack, and subscribes to `query`.
-    pub async fn start(base_url: &str, protocols: &str, token: &str, query: &str, variables: Value) -> Result<Subscription> {
+    pub async fn start(
+        base_url: &str,
+        protocols: &str,
+        token: &str,
+        query: &str,
+        variables: Value,
+    ) -> Result<Subscription> {
         let mut s = Self::connect(base_url, protocols, token).await?;
         s.subscribe("1", query, variables).await?;
         Ok(s)
@@ -25,9 +33,17 @@ impl Subscription {
     pub async fn connect(base_url: &str, protocols: &str, token: &str) -> Result<Subscription> {
         let url = format!("{}/graphql/ws", base_url.replacen("http", "ws", 1));
         let mut req = url.into_client_request()?;
-        req.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse()?);
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await.context("websocket connect")?;
-        let protocol = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse()?);
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .context("websocket connect")?;
+        let protocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let mut s = Subscription { ws, protocol };
         s.send(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})).await?;
         loop {
@@ -42,8 +58,15 @@ impl Subscription {
     }
 
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) -> Result<()> {
-        let ty = if self.protocol == "graphql-ws" { "start" } else { "subscribe" };
-        self.send(json!({"id": id, "type": ty, "payload": {"query": query, "variables": variables}})).await
+        let ty = if self.protocol == "graphql-ws" {
+            "start"
+        } else {
+            "subscribe"
+        };
+        self.send(
+            json!({"id": id, "type": ty, "payload": {"query": query, "variables": variables}}),
+        )
+        .await
     }
 
     async fn send(&mut self, v: Value) -> Result<()> {
@@ -54,7 +77,9 @@ impl Subscription {
     /// The next protocol message (any type).
     pub async fn next_raw(&mut self, timeout: Duration) -> Result<Value> {
         loop {
-            let m = tokio::time::timeout(timeout, self.ws.next()).await.context("timed out waiting for a websocket message")?;
+            let m = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .context("timed out waiting for a websocket message")?;
             match m {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
                 Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),

@@ -56,23 +56,46 @@ impl Default for Limits {
 pub enum Event {
     /// Re-evaluate: timers, agent presence, free slots. Also the first event of a new session.
     Tick,
-    JobDone { job: Id, outcome: JobOutcome },
+    JobDone {
+        job: Id,
+        outcome: JobOutcome,
+    },
     /// The agent did not report back within the lease (after the gateway's retries).
-    JobLost { job: Id, reason: String },
-    Cancel { by: String },
+    JobLost {
+        job: Id,
+        reason: String,
+    },
+    Cancel {
+        by: String,
+    },
     /// `token`: the postpone link's unique id, usable once.
-    Postpone { hours: Option<u32>, by: String, token: Option<String> },
-    UpdateNow { by: String, token: Option<String> },
+    Postpone {
+        hours: Option<u32>,
+        by: String,
+        token: Option<String>,
+    },
+    UpdateNow {
+        by: String,
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Hand a job to the computer's agent.
-    Dispatch { job: Id, kind: JobKind, lease_seconds: u32 },
+    Dispatch {
+        job: Id,
+        kind: JobKind,
+        lease_seconds: u32,
+    },
     /// The job is no longer wanted (its result will be acknowledged and ignored).
     Abandon { job: Id },
     /// Append to the session's event stream.
-    Emit { action: Option<(Id, ActionStatus)>, log: Option<String>, status: SessionStatus },
+    Emit {
+        action: Option<(Id, ActionStatus)>,
+        log: Option<String>,
+        status: SessionStatus,
+    },
     /// Queue a session mail.
     Mail(crate::mail::MailKind),
     /// The session reached a terminal status.
@@ -89,7 +112,11 @@ pub enum EngineError {
 
 /// Applies one event. On `Err` the session is unchanged.
 pub fn step(session: &mut Session, env: &Env, event: Event) -> Result<Vec<Effect>, EngineError> {
-    let mut m = Machine { s: session.clone(), env, out: Vec::new() };
+    let mut m = Machine {
+        s: session.clone(),
+        env,
+        out: Vec::new(),
+    };
     m.handle(event)?;
     *session = m.s;
     Ok(m.out)
@@ -107,7 +134,11 @@ impl Machine<'_> {
     }
 
     fn log(&mut self, line: impl Into<String>) {
-        self.out.push(Effect::Emit { action: None, log: Some(line.into()), status: self.s.status });
+        self.out.push(Effect::Emit {
+            action: None,
+            log: Some(line.into()),
+            status: self.s.status,
+        });
     }
 
     fn set_status(&mut self, status: SessionStatus, reason: Option<String>) {
@@ -123,21 +154,29 @@ impl Machine<'_> {
                 Some(r) => format!("{name} – {r}"),
                 None => name.to_string(),
             };
-            self.out.push(Effect::Emit { action: None, log: Some(line), status });
+            self.out.push(Effect::Emit {
+                action: None,
+                log: Some(line),
+                status,
+            });
         }
     }
 
     fn action_changed(&mut self, i: usize, log: Option<String>) {
         let a = &self.s.actions[i];
-        self.out.push(Effect::Emit { action: Some((a.id, a.status)), log, status: self.s.status });
+        self.out.push(Effect::Emit {
+            action: Some((a.id, a.status)),
+            log,
+            status: self.s.status,
+        });
     }
 
     fn handle(&mut self, event: Event) -> Result<(), EngineError> {
         if self.s.status.is_terminal() {
             return match event {
-                Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. } => {
-                    Err(EngineError::Conflict(format!("the session already ended {:?}", self.s.status)))
-                }
+                Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. } => Err(
+                    EngineError::Conflict(format!("the session already ended {:?}", self.s.status)),
+                ),
                 // Late results and ticks of a finished session change nothing.
                 _ => Ok(()),
             };
@@ -165,10 +204,14 @@ impl Machine<'_> {
             Event::UpdateNow { by, token } => {
                 self.use_token(token)?;
                 if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
-                    return Err(EngineError::Conflict("the session is not waiting to execute".into()));
+                    return Err(EngineError::Conflict(
+                        "the session is not waiting to execute".into(),
+                    ));
                 }
                 if !self.s.options.allow_update_now {
-                    return Err(EngineError::NotAllowed("updating now is not allowed for this session".into()));
+                    return Err(EngineError::NotAllowed(
+                        "updating now is not allowed for this session".into(),
+                    ));
                 }
                 self.s.execute_at = Some(self.now());
                 self.s.window_end = None;
@@ -204,19 +247,31 @@ impl Machine<'_> {
         let job = Id::new();
         let slack = self.env.limits.lease_slack_seconds;
         let lease_seconds = match &kind {
-            JobKind::Probe { probes } => probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + slack,
+            JobKind::Probe { probes } => {
+                probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + slack
+            }
             JobKind::Step { script, .. } => script.timeout_seconds + slack,
             JobKind::Reboot {} => slack,
         };
         self.s.pending_job = Some(PendingJob { id: job, purpose });
-        self.out.push(Effect::Dispatch { job, kind, lease_seconds });
+        self.out.push(Effect::Dispatch {
+            job,
+            kind,
+            lease_seconds,
+        });
     }
 
     /// Moves the session as far as it can go now.
     fn advance(&mut self) {
         self.s.wake_at = None;
         if let (Stage::Verifying, Some(at)) = (&self.s.stage, self.s.rebooted_at)
-            && matches!(self.s.pending_job, Some(PendingJob { purpose: JobPurpose::Verify, .. }))
+            && matches!(
+                self.s.pending_job,
+                Some(PendingJob {
+                    purpose: JobPurpose::Verify,
+                    ..
+                })
+            )
         {
             let deadline = at + Duration::minutes(REBOOT_RETURN_MINUTES);
             if self.now() >= deadline {
@@ -244,7 +299,10 @@ impl Machine<'_> {
                     self.s.stage = Stage::Detecting;
                     self.set_status(SessionStatus::Detecting, None);
                     let probes = self.detection_probes();
-                    self.log(format!("Detecting the state of {} item(s)", self.s.items.len()));
+                    self.log(format!(
+                        "Detecting the state of {} item(s)",
+                        self.s.items.len()
+                    ));
                     self.dispatch(JobPurpose::Detect, JobKind::Probe { probes });
                 }
                 Stage::Detecting | Stage::Verifying => return, // a job is pending or results are being applied
@@ -252,8 +310,14 @@ impl Machine<'_> {
                     if let Some(at) = self.s.execute_at
                         && at > self.now()
                     {
-                        if !matches!(self.s.status, SessionStatus::Scheduled | SessionStatus::Postponed) {
-                            self.set_status(SessionStatus::Scheduled, Some(format!("executes at {}", at.format("%Y-%m-%d %H:%M UTC"))));
+                        if !matches!(
+                            self.s.status,
+                            SessionStatus::Scheduled | SessionStatus::Postponed
+                        ) {
+                            self.set_status(
+                                SessionStatus::Scheduled,
+                                Some(format!("executes at {}", at.format("%Y-%m-%d %H:%M UTC"))),
+                            );
                         }
                         self.s.wake_at = Some(at);
                         return;
@@ -262,7 +326,9 @@ impl Machine<'_> {
                         && self.now() >= end
                         && self.s.offline_since.is_none()
                     {
-                        self.cancel("the maintenance window ended before execution could start".into());
+                        self.cancel(
+                            "the maintenance window ended before execution could start".into(),
+                        );
                         return;
                     }
                     if !self.ready_for_agent() {
@@ -281,7 +347,9 @@ impl Machine<'_> {
                         RebootPreference::Normal => self.s.reboot_required,
                         RebootPreference::Suppress => {
                             if self.s.reboot_required {
-                                self.log("A reboot is required but suppressed by the session's options");
+                                self.log(
+                                    "A reboot is required but suppressed by the session's options",
+                                );
                             }
                             false
                         }
@@ -296,7 +364,10 @@ impl Machine<'_> {
                     if let Some(until) = self.env.reboot_held_until
                         && !self.s.options.allow_reboot_during_business_hours
                     {
-                        let reason = format!("reboot held until {} (business hours)", until.format("%Y-%m-%d %H:%M UTC"));
+                        let reason = format!(
+                            "reboot held until {} (business hours)",
+                            until.format("%Y-%m-%d %H:%M UTC")
+                        );
                         if self.s.status_reason.as_deref() != Some(reason.as_str()) {
                             self.s.status_reason = Some(reason.clone());
                             self.log(reason);
@@ -310,7 +381,9 @@ impl Machine<'_> {
                     }
                     self.s.status_reason = Some("rebooting".into());
                     self.log("Rebooting the computer");
-                    self.s.stage = Stage::Rebooting { sent_at: self.now() };
+                    self.s.stage = Stage::Rebooting {
+                        sent_at: self.now(),
+                    };
                     self.dispatch(JobPurpose::Reboot, JobKind::Reboot {});
                 }
                 Stage::Rebooting { .. } => return,
@@ -339,7 +412,8 @@ impl Machine<'_> {
         let since = *self.s.offline_since.get_or_insert(self.env.now);
         match self.s.options.offline_behavior {
             OfflineBehavior::Skip => {
-                let grace = since + Duration::minutes(i64::from(self.s.options.offline_grace_minutes));
+                let grace =
+                    since + Duration::minutes(i64::from(self.s.options.offline_grace_minutes));
                 let deadline = match self.s.window_end {
                     Some(end) if end < grace && end > since => end,
                     _ => grace,
@@ -348,16 +422,28 @@ impl Machine<'_> {
                     let reason = if self.s.window_end == Some(deadline) {
                         "computer offline through the window".to_string()
                     } else {
-                        format!("computer offline for {} minutes", self.s.options.offline_grace_minutes)
+                        format!(
+                            "computer offline for {} minutes",
+                            self.s.options.offline_grace_minutes
+                        )
                     };
                     self.cancel(reason);
                     return false;
                 }
-                self.set_status(SessionStatus::Pending, Some(format!("waiting for the computer to come online (until {})", deadline.format("%H:%M UTC"))));
+                self.set_status(
+                    SessionStatus::Pending,
+                    Some(format!(
+                        "waiting for the computer to come online (until {})",
+                        deadline.format("%H:%M UTC")
+                    )),
+                );
                 self.s.wake_at = Some(deadline);
             }
             OfflineBehavior::ApplyOnConnect => {
-                self.set_status(SessionStatus::Pending, Some("waiting for the computer to come online".into()));
+                self.set_status(
+                    SessionStatus::Pending,
+                    Some("waiting for the computer to come online".into()),
+                );
             }
         }
         false
@@ -376,7 +462,9 @@ impl Machine<'_> {
                         probes.push(probe(c, &task.test_script, &params, timeout));
                     }
                 }
-                ItemWhat::Task { task, .. } => probes.push(probe(t, &task.test_script, &params, timeout)),
+                ItemWhat::Task { task, .. } => {
+                    probes.push(probe(t, &task.test_script, &params, timeout))
+                }
             }
         }
         probes
@@ -414,7 +502,10 @@ impl Machine<'_> {
                 return;
             }
             other => {
-                self.finish(SessionStatus::Failed, format!("detection failed: unexpected result {}", kind_name(&other)));
+                self.finish(
+                    SessionStatus::Failed,
+                    format!("detection failed: unexpected result {}", kind_name(&other)),
+                );
                 return;
             }
         };
@@ -427,38 +518,70 @@ impl Machine<'_> {
             .collect();
         for i in 0..self.s.actions.len() {
             let a = &self.s.actions[i];
-            let line = format!("{}: {} ({})", self.s.item_name(a.item), kind_words(a.kind), a.reason);
+            let line = format!(
+                "{}: {} ({})",
+                self.s.item_name(a.item),
+                kind_words(a.kind),
+                a.reason
+            );
             self.action_changed(i, Some(line));
         }
         let compliance = self.s.compliance_of_actions();
         self.s.compliance = Some(compliance);
         if self.s.detection_only {
-            self.finish(SessionStatus::Passed, format!("detection only: {}", compliance_words(compliance, &self.s)));
+            self.finish(
+                SessionStatus::Passed,
+                format!("detection only: {}", compliance_words(compliance, &self.s)),
+            );
             return;
         }
-        let work = self.s.actions.iter().any(|a| plan::needs_execution(a) || a.step_failed);
+        let work = self
+            .s
+            .actions
+            .iter()
+            .any(|a| plan::needs_execution(a) || a.step_failed);
         if !work {
             for i in 0..self.s.actions.len() {
                 let a = &mut self.s.actions[i];
                 if a.compliance == Compliance::Compliant || plan::is_audit(&self.s.items[a.item]) {
                     a.status = ActionStatus::Succeeded;
-                    a.result_message.get_or_insert_with(|| "already compliant".into());
+                    // A non-compliant audit is reported as such, not as "already compliant".
+                    let message = if a.compliance == Compliance::Compliant {
+                        "already compliant"
+                    } else {
+                        "audit: not compliant"
+                    };
+                    a.result_message.get_or_insert_with(|| message.into());
                 } else {
                     a.status = ActionStatus::Failed;
                 }
                 a.finished_at = Some(self.env.now);
                 self.action_changed(i, None);
             }
-            if self.s.options.notify_before && self.s.options.notify_when_compliant && !self.s.before_mail_sent {
+            if self.s.options.notify_before
+                && self.s.options.notify_when_compliant
+                && !self.s.before_mail_sent
+            {
                 self.s.before_mail_sent = true;
                 self.out.push(Effect::Mail(crate::mail::MailKind::Before));
             }
-            let failed = self.s.actions.iter().filter(|a| a.status == ActionStatus::Failed).count();
+            let failed = self
+                .s
+                .actions
+                .iter()
+                .filter(|a| a.status == ActionStatus::Failed)
+                .count();
             if failed > 0 {
                 let n = self.s.actions.len();
-                self.finish(SessionStatus::Failed, format!("{failed} of {n} actions failed"));
+                self.finish(
+                    SessionStatus::Failed,
+                    format!("{failed} of {n} actions failed"),
+                );
             } else {
-                self.finish(SessionStatus::Passed, "already compliant: nothing to do".into());
+                self.finish(
+                    SessionStatus::Passed,
+                    "already compliant: nothing to do".into(),
+                );
             }
             return;
         }
@@ -472,7 +595,8 @@ impl Machine<'_> {
     /// The first (action, step) still to run, in plan order.
     fn next_step(&self) -> Option<(usize, usize)> {
         self.s.actions.iter().enumerate().find_map(|(i, a)| {
-            (a.status != ActionStatus::Cancelled && !a.step_failed && a.next_step < a.steps.len()).then_some((i, a.next_step))
+            (a.status != ActionStatus::Cancelled && !a.step_failed && a.next_step < a.steps.len())
+                .then_some((i, a.next_step))
         })
     }
 
@@ -482,20 +606,41 @@ impl Machine<'_> {
             self.s.actions[ai].status = ActionStatus::Running;
             self.s.actions[ai].started_at = Some(self.now());
             let name = self.s.item_name(self.s.actions[ai].item).to_string();
-            self.action_changed(ai, Some(format!("{name}: {}", kind_words(self.s.actions[ai].kind))));
+            self.action_changed(
+                ai,
+                Some(format!("{name}: {}", kind_words(self.s.actions[ai].kind))),
+            );
         }
         match self.s.actions[ai].steps[si].clone() {
             Step::Script { label, script } => {
                 self.log(format!("Running: {label}"));
                 self.dispatch(
-                    JobPurpose::Step { action: ai, step: si },
-                    JobKind::Step { label, script: proto_script(&script, self.env.limits.step_timeout_seconds), parameters: params },
+                    JobPurpose::Step {
+                        action: ai,
+                        step: si,
+                    },
+                    JobKind::Step {
+                        label,
+                        script: proto_script(&script, self.env.limits.step_timeout_seconds),
+                        parameters: params,
+                    },
                 );
             }
             Step::TestThenSet { task } => {
                 self.log(format!("Testing: {}", task.name));
-                let probes = vec![probe(format!("c{}", self.s.actions[ai].item), &task.test_script, &params, self.env.limits.probe_timeout_seconds)];
-                self.dispatch(JobPurpose::StepTest { action: ai, step: si }, JobKind::Probe { probes });
+                let probes = vec![probe(
+                    format!("c{}", self.s.actions[ai].item),
+                    &task.test_script,
+                    &params,
+                    self.env.limits.probe_timeout_seconds,
+                )];
+                self.dispatch(
+                    JobPurpose::StepTest {
+                        action: ai,
+                        step: si,
+                    },
+                    JobKind::Probe { probes },
+                );
             }
         }
     }
@@ -517,7 +662,10 @@ impl Machine<'_> {
                 _ => self.fail_step(ai, plan::describe_failure(&label, &outcome)),
             },
             JobOutcome::Failed { error } => self.fail_step(ai, format!("{label}: {error}")),
-            other => self.fail_step(ai, format!("{label}: unexpected result {}", kind_name(&other))),
+            other => self.fail_step(
+                ai,
+                format!("{label}: unexpected result {}", kind_name(&other)),
+            ),
         }
         self.s.actions[ai].next_step = si + 1;
     }
@@ -527,7 +675,9 @@ impl Machine<'_> {
             return;
         };
         let code = match &outcome {
-            JobOutcome::Probe { results } => results.first().map(|r| (r.outcome.exit_code, r.outcome.clone())),
+            JobOutcome::Probe { results } => results
+                .first()
+                .map(|r| (r.outcome.exit_code, r.outcome.clone())),
             _ => None,
         };
         match code {
@@ -538,15 +688,24 @@ impl Machine<'_> {
             Some((Some(1), _)) => match &task.set_script {
                 Some(set) => {
                     // Replace the test step by the set script; verification tests again.
-                    self.s.actions[ai].steps[si] = Step::Script { label: format!("run {}", task.name), script: set.clone() };
+                    self.s.actions[ai].steps[si] = Step::Script {
+                        label: format!("run {}", task.name),
+                        script: set.clone(),
+                    };
                 }
                 None => {
-                    self.fail_step(ai, format!("{} is not compliant and has no set script", task.name));
+                    self.fail_step(
+                        ai,
+                        format!("{} is not compliant and has no set script", task.name),
+                    );
                     self.s.actions[ai].next_step = si + 1;
                 }
             },
             Some((_, o)) => {
-                self.fail_step(ai, plan::describe_failure(&format!("{} test", task.name), &o));
+                self.fail_step(
+                    ai,
+                    plan::describe_failure(&format!("{} test", task.name), &o),
+                );
                 self.s.actions[ai].next_step = si + 1;
             }
             None => {
@@ -582,7 +741,10 @@ impl Machine<'_> {
                 None
             }
             other => {
-                self.log(format!("Verification failed: unexpected result {}", kind_name(&other)));
+                self.log(format!(
+                    "Verification failed: unexpected result {}",
+                    kind_name(&other)
+                ));
                 None
             }
         };
@@ -616,9 +778,18 @@ impl Machine<'_> {
                 ActionStatus::Failed
             };
             if a.status == ActionStatus::Succeeded && a.result_message.is_none() {
+                // Audit actions are NO_ACTION too: test `audit` first, or a non-compliant audit
+                // would read "already compliant".
                 a.result_message = Some(match a.kind {
+                    _ if audit => format!(
+                        "audit: {}",
+                        if a.compliance == Compliance::Compliant {
+                            "compliant"
+                        } else {
+                            "not compliant"
+                        }
+                    ),
                     ActionKind::NoAction => "already compliant".into(),
-                    _ if audit => format!("audit: {}", if a.compliance == Compliance::Compliant { "compliant" } else { "not compliant" }),
                     _ => "done and verified".into(),
                 });
             }
@@ -628,23 +799,41 @@ impl Machine<'_> {
         }
         self.s.compliance = Some(self.s.compliance_of_actions());
         let n = self.s.actions.len();
-        let failed = self.s.actions.iter().filter(|a| a.status == ActionStatus::Failed).count();
+        let failed = self
+            .s
+            .actions
+            .iter()
+            .filter(|a| a.status == ActionStatus::Failed)
+            .count();
         if failed > 0 {
-            self.finish(SessionStatus::Failed, format!("{failed} of {n} actions failed"));
+            self.finish(
+                SessionStatus::Failed,
+                format!("{failed} of {n} actions failed"),
+            );
         } else {
-            self.finish(SessionStatus::Passed, format!("{n} of {n} actions succeeded"));
+            self.finish(
+                SessionStatus::Passed,
+                format!("{n} of {n} actions succeeded"),
+            );
         }
     }
 
     fn postpone(&mut self, hours: Option<u32>, by: &str) -> Result<(), EngineError> {
         if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
-            return Err(EngineError::Conflict("only a session waiting to execute can be postponed".into()));
+            return Err(EngineError::Conflict(
+                "only a session waiting to execute can be postponed".into(),
+            ));
         }
         if !self.s.options.allow_postpone {
-            return Err(EngineError::NotAllowed("postponing is not allowed for this session".into()));
+            return Err(EngineError::NotAllowed(
+                "postponing is not allowed for this session".into(),
+            ));
         }
         if self.s.postpone_count >= self.s.options.max_postpones {
-            return Err(EngineError::NotAllowed(format!("the session was already postponed {} time(s), the limit", self.s.postpone_count)));
+            return Err(EngineError::NotAllowed(format!(
+                "the session was already postponed {} time(s), the limit",
+                self.s.postpone_count
+            )));
         }
         let hours = hours.unwrap_or(self.s.options.postpone_hours);
         let base = self.s.execute_at.unwrap_or(self.now()).max(self.now());
@@ -652,7 +841,18 @@ impl Machine<'_> {
         self.s.execute_at = Some(at);
         self.s.window_end = None;
         self.s.postpone_count += 1;
-        self.set_status(SessionStatus::Postponed, Some(format!("postponed by {by} to {}", at.format("%Y-%m-%d %H:%M UTC"))));
+        // Until its new time the session waits for neither a slot nor its computer: it leaves
+        // the queue (the runtime serves the queue's head only, so staying would block every
+        // other session), and an offline computer gets its full grace again from the new time.
+        self.s.queued = false;
+        self.s.offline_since = None;
+        self.set_status(
+            SessionStatus::Postponed,
+            Some(format!(
+                "postponed by {by} to {}",
+                at.format("%Y-%m-%d %H:%M UTC")
+            )),
+        );
         Ok(())
     }
 
@@ -681,7 +881,11 @@ impl Machine<'_> {
         self.s.wake_at = None;
         self.s.queued = false;
         self.set_status(status, Some(reason));
-        let any_change = self.s.actions.iter().any(|a| a.kind != ActionKind::NoAction);
+        let any_change = self
+            .s
+            .actions
+            .iter()
+            .any(|a| a.kind != ActionKind::NoAction);
         if self.s.options.notify_after
             && !self.s.after_mail_sent
             && !self.s.detection_only
@@ -702,7 +906,14 @@ pub fn due(s: &Session, now: Time) -> bool {
 
 /// Stages that hold one of the `--max-concurrent-sessions` slots.
 pub fn holds_slot(s: &Session) -> bool {
-    matches!(s.stage, Stage::Detecting | Stage::Executing | Stage::RebootHeld | Stage::Rebooting { .. } | Stage::Verifying)
+    matches!(
+        s.stage,
+        Stage::Detecting
+            | Stage::Executing
+            | Stage::RebootHeld
+            | Stage::Rebooting { .. }
+            | Stage::Verifying
+    )
 }
 
 /// Stages in which the session needs its agent; used to decide which sessions to wake when a
@@ -711,8 +922,17 @@ pub fn waits_for_agent(s: &Session) -> bool {
     !s.status.is_terminal() && (s.offline_since.is_some() || s.stage == Stage::RebootHeld)
 }
 
-fn probe(id: String, script: &Script, params: &std::collections::BTreeMap<String, String>, timeout: u32) -> Probe {
-    Probe { probe_id: id, script: proto_script(script, timeout), parameters: params.clone() }
+fn probe(
+    id: String,
+    script: &Script,
+    params: &std::collections::BTreeMap<String, String>,
+    timeout: u32,
+) -> Probe {
+    Probe {
+        probe_id: id,
+        script: proto_script(script, timeout),
+        parameters: params.clone(),
+    }
 }
 
 pub fn proto_script(s: &Script, timeout_seconds: u32) -> proto::Script {
@@ -747,7 +967,11 @@ pub fn kind_words(k: ActionKind) -> &'static str {
 }
 
 fn compliance_words(c: Compliance, s: &Session) -> String {
-    let non = s.actions.iter().filter(|a| a.compliance == Compliance::NonCompliant).count();
+    let non = s
+        .actions
+        .iter()
+        .filter(|a| a.compliance == Compliance::NonCompliant)
+        .count();
     match c {
         Compliance::Compliant => "compliant".into(),
         Compliance::NonCompliant => format!("{non} of {} items not compliant", s.actions.len()),

@@ -32,10 +32,21 @@ pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
         // Detection: first line of stdout is the version; empty output or non-zero exit means
         // not installed.
         if o.exit_code == Some(0) {
-            f.version = o.stdout.lines().next().map(str::trim).filter(|l| !l.is_empty()).map(String::from);
+            f.version = o
+                .stdout
+                .lines()
+                .next()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from);
         } else if o.exit_code.is_none() {
             f.detection_error = Some(describe_failure("detection script", o));
         }
+    } else if !results.contains_key(&t) {
+        // Neither a detection nor a task test result: the agent left this item out. That is
+        // "could not detect", never "not installed" (which would install over it, or verify an
+        // uninstall that did not happen).
+        f.detection_error = Some("the agent sent no result for it".into());
     }
     for key in [&c, &t] {
         if let Some(o) = results.get(key) {
@@ -50,7 +61,10 @@ pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
 }
 
 pub fn results_map(results: &[ProbeResult]) -> BTreeMap<String, ScriptOutcome> {
-    results.iter().map(|r| (r.probe_id.clone(), r.outcome.clone())).collect()
+    results
+        .iter()
+        .map(|r| (r.probe_id.clone(), r.outcome.clone()))
+        .collect()
 }
 
 pub fn describe_failure(what: &str, o: &ScriptOutcome) -> String {
@@ -71,11 +85,20 @@ pub fn describe_failure(what: &str, o: &ScriptOutcome) -> String {
 }
 
 fn last_line(s: &str) -> Option<String> {
-    s.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(|l| l.chars().take(300).collect())
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(300).collect())
 }
 
 /// Is the software in its desired state given the installed version?
-fn software_state_ok(sw: &SoftwareSnapshot, desired: DesiredSoftwareState, version: Option<&str>, installed: Option<&str>) -> bool {
+fn software_state_ok(
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    installed: Option<&str>,
+) -> bool {
     let latest = latest(sw);
     match desired {
         DesiredSoftwareState::InstalledLatest => match (installed, latest) {
@@ -103,7 +126,10 @@ fn software_state_ok(sw: &SoftwareSnapshot, desired: DesiredSoftwareState, versi
 }
 
 pub fn latest(sw: &SoftwareSnapshot) -> Option<&str> {
-    sw.versions.iter().map(|v| v.version.as_str()).max_by(|a, b| compare(a, b))
+    sw.versions
+        .iter()
+        .map(|v| v.version.as_str())
+        .max_by(|a, b| compare(a, b))
 }
 
 fn version_entry<'a>(sw: &'a SoftwareSnapshot, v: &str) -> Option<&'a SoftwareVersion> {
@@ -118,11 +144,18 @@ pub fn compliance(item: &PlanItem, f: &Found) -> Compliance {
         return Compliance::Unknown;
     }
     match &item.what {
-        ItemWhat::Software { software, desired, version } => {
+        ItemWhat::Software {
+            software,
+            desired,
+            version,
+        } => {
             if !software_state_ok(software, *desired, version.as_deref(), f.version.as_deref()) {
                 return Compliance::NonCompliant;
             }
-            if f.version.is_some() && software.configuration_task.is_some() && *desired != DesiredSoftwareState::Uninstalled {
+            if f.version.is_some()
+                && software.configuration_task.is_some()
+                && *desired != DesiredSoftwareState::Uninstalled
+            {
                 return match (f.test, &f.test_error) {
                     (Some(true), _) => Compliance::Compliant,
                     (Some(false), _) => Compliance::NonCompliant,
@@ -165,13 +198,23 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found) -> Action {
         return a;
     }
     match &item.what {
-        ItemWhat::Software { software, desired, version } => plan_software(&mut a, software, *desired, version.as_deref(), f),
+        ItemWhat::Software {
+            software,
+            desired,
+            version,
+        } => plan_software(&mut a, software, *desired, version.as_deref(), f),
         ItemWhat::Task { task, mode } => plan_task(&mut a, task, *mode, f),
     }
     a
 }
 
-fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftwareState, version: Option<&str>, f: &Found) {
+fn plan_software(
+    a: &mut Action,
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    f: &Found,
+) {
     let installed = f.version.as_deref();
     let latest = latest(sw).map(String::from);
     let target: Option<String> = match desired {
@@ -185,22 +228,35 @@ fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftware
     if ok {
         a.reason = match (desired, installed) {
             (DesiredSoftwareState::Uninstalled, _) => "not installed, as desired".into(),
-            (DesiredSoftwareState::UpdateIfFound, None) => "not installed; only updated where found".into(),
-            (DesiredSoftwareState::InstalledAtLeast, Some(v)) => format!("{v} installed, at least {} wanted", version.unwrap_or("any")),
-            (DesiredSoftwareState::InstalledAny, Some(v)) => format!("{v} installed; any version will do"),
-            (DesiredSoftwareState::InstalledVersion, Some(v)) => format!("{v} installed, as desired"),
+            (DesiredSoftwareState::UpdateIfFound, None) => {
+                "not installed; only updated where found".into()
+            }
+            (DesiredSoftwareState::InstalledAtLeast, Some(v)) => format!(
+                "{v} installed, at least {} wanted",
+                version.unwrap_or("any")
+            ),
+            (DesiredSoftwareState::InstalledAny, Some(v)) => {
+                format!("{v} installed; any version will do")
+            }
+            (DesiredSoftwareState::InstalledVersion, Some(v)) => {
+                format!("{v} installed, as desired")
+            }
             (_, Some(v)) => format!("{v} installed, latest is {latest_s}"),
             (_, None) => "nothing to do".into(),
         };
-        if installed.is_some() && desired != DesiredSoftwareState::Uninstalled {
-            if let Some(task) = &sw.configuration_task {
-                match f.test {
-                    Some(true) => a.reason.push_str(&format!("; {} is compliant", task.name)),
-                    _ => {
-                        a.kind = ActionKind::RunTask;
-                        a.reason.push_str(&format!("; configuration task {} is not compliant", task.name));
-                        a.steps.push(Step::TestThenSet { task: task.clone() });
-                    }
+        if installed.is_some()
+            && desired != DesiredSoftwareState::Uninstalled
+            && let Some(task) = &sw.configuration_task
+        {
+            match f.test {
+                Some(true) => a.reason.push_str(&format!("; {} is compliant", task.name)),
+                _ => {
+                    a.kind = ActionKind::RunTask;
+                    a.reason.push_str(&format!(
+                        "; configuration task {} is not compliant",
+                        task.name
+                    ));
+                    a.steps.push(Step::TestThenSet { task: task.clone() });
                 }
             }
         }
@@ -212,7 +268,10 @@ fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftware
             a.kind = ActionKind::Uninstall;
             a.reason = format!("{v} installed; should not be");
             match &sw.uninstall_script {
-                Some(s) => a.steps.push(Step::Script { label: format!("uninstall {}", sw.name), script: s.clone() }),
+                Some(s) => a.steps.push(Step::Script {
+                    label: format!("uninstall {}", sw.name),
+                    script: s.clone(),
+                }),
                 None => {
                     a.result_message = Some(format!("{} has no uninstall script", sw.name));
                     a.step_failed = true;
@@ -223,18 +282,32 @@ fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftware
         (_, None) => {
             a.kind = ActionKind::Install;
             a.reason = match desired {
-                DesiredSoftwareState::InstalledVersion => format!("not installed; {} wanted", v_target.unwrap_or("?")),
+                DesiredSoftwareState::InstalledVersion => {
+                    format!("not installed; {} wanted", v_target.unwrap_or("?"))
+                }
                 _ => format!("not installed; latest is {latest_s}"),
             };
             push_install(a, sw, v_target);
         }
-        (DesiredSoftwareState::InstalledVersion, Some(v)) if v_target.is_some_and(|t| compare(v, t).is_gt()) => {
+        (DesiredSoftwareState::InstalledVersion, Some(v))
+            if v_target.is_some_and(|t| compare(v, t).is_gt()) =>
+        {
             a.kind = ActionKind::Install;
-            a.reason = format!("{v} installed, newer than the wanted {}: uninstall, then install", v_target.unwrap_or("?"));
+            a.reason = format!(
+                "{v} installed, newer than the wanted {}: uninstall, then install",
+                v_target.unwrap_or("?")
+            );
             match &sw.uninstall_script {
-                Some(s) => a.steps.push(Step::Script { label: format!("uninstall {} {v}", sw.name), script: s.clone() }),
+                Some(s) => a.steps.push(Step::Script {
+                    label: format!("uninstall {} {v}", sw.name),
+                    script: s.clone(),
+                }),
                 None => {
-                    a.result_message = Some(format!("{} has no uninstall script to go back to {}", sw.name, v_target.unwrap_or("?")));
+                    a.result_message = Some(format!(
+                        "{} has no uninstall script to go back to {}",
+                        sw.name,
+                        v_target.unwrap_or("?")
+                    ));
                     a.step_failed = true;
                     return;
                 }
@@ -244,18 +317,33 @@ fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftware
         (_, Some(v)) => {
             a.kind = ActionKind::Upgrade;
             a.reason = match desired {
-                DesiredSoftwareState::InstalledVersion => format!("{v} installed, {} wanted", v_target.unwrap_or("?")),
-                DesiredSoftwareState::InstalledAtLeast => format!("{v} installed, below the minimum {}; latest is {latest_s}", version.unwrap_or("?")),
+                DesiredSoftwareState::InstalledVersion => {
+                    format!("{v} installed, {} wanted", v_target.unwrap_or("?"))
+                }
+                DesiredSoftwareState::InstalledAtLeast => format!(
+                    "{v} installed, below the minimum {}; latest is {latest_s}",
+                    version.unwrap_or("?")
+                ),
                 _ => format!("{v} installed, latest is {latest_s}"),
             };
             let entry = v_target.and_then(|t| version_entry(sw, t));
             match entry {
                 Some(e) => {
-                    let script = e.upgrade_script.clone().unwrap_or_else(|| e.install_script.clone());
-                    a.steps.push(Step::Script { label: format!("upgrade {} to {}", sw.name, e.version), script });
+                    let script = e
+                        .upgrade_script
+                        .clone()
+                        .unwrap_or_else(|| e.install_script.clone());
+                    a.steps.push(Step::Script {
+                        label: format!("upgrade {} to {}", sw.name, e.version),
+                        script,
+                    });
                 }
                 None => {
-                    a.result_message = Some(format!("{} has no version {}", sw.name, v_target.unwrap_or("?")));
+                    a.result_message = Some(format!(
+                        "{} has no version {}",
+                        sw.name,
+                        v_target.unwrap_or("?")
+                    ));
                     a.step_failed = true;
                     return;
                 }
@@ -269,9 +357,16 @@ fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, desired: DesiredSoftware
 
 fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
     match target.and_then(|t| version_entry(sw, t)) {
-        Some(e) => a.steps.push(Step::Script { label: format!("install {} {}", sw.name, e.version), script: e.install_script.clone() }),
+        Some(e) => a.steps.push(Step::Script {
+            label: format!("install {} {}", sw.name, e.version),
+            script: e.install_script.clone(),
+        }),
         None => {
-            a.result_message = Some(format!("{} has no version {} to install", sw.name, target.unwrap_or("(none defined)")));
+            a.result_message = Some(format!(
+                "{} has no version {} to install",
+                sw.name,
+                target.unwrap_or("(none defined)")
+            ));
             a.step_failed = true;
         }
     }
@@ -280,9 +375,14 @@ fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
 fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
     match (mode, f.test) {
         (TaskMode::Audit, Some(true)) => a.reason = "audit: test passed".into(),
-        (TaskMode::Audit, Some(false)) => a.reason = "audit: test failed; audit only reports".into(),
+        (TaskMode::Audit, Some(false)) => {
+            a.reason = "audit: test failed; audit only reports".into()
+        }
         (TaskMode::Audit, None) | (TaskMode::Enforce, None) => {
-            a.reason = format!("test could not decide: {}", f.test_error.as_deref().unwrap_or("no result"));
+            a.reason = format!(
+                "test could not decide: {}",
+                f.test_error.as_deref().unwrap_or("no result")
+            );
             a.result_message = Some(a.reason.clone());
             if mode == TaskMode::Enforce {
                 a.step_failed = true;
@@ -293,9 +393,15 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
             a.kind = ActionKind::RunTask;
             a.reason = "test failed: the set script will run".into();
             match &task.set_script {
-                Some(s) => a.steps.push(Step::Script { label: format!("run {}", task.name), script: s.clone() }),
+                Some(s) => a.steps.push(Step::Script {
+                    label: format!("run {}", task.name),
+                    script: s.clone(),
+                }),
                 None => {
-                    a.result_message = Some(format!("{} is not compliant and has no set script", task.name));
+                    a.result_message = Some(format!(
+                        "{} is not compliant and has no set script",
+                        task.name
+                    ));
                     a.step_failed = true;
                 }
             }
@@ -311,5 +417,11 @@ pub fn needs_execution(a: &Action) -> bool {
 
 /// Is this item an audit-only task (never a failure)?
 pub fn is_audit(item: &PlanItem) -> bool {
-    matches!(item.what, ItemWhat::Task { mode: TaskMode::Audit, .. })
+    matches!(
+        item.what,
+        ItemWhat::Task {
+            mode: TaskMode::Audit,
+            ..
+        }
+    )
 }

@@ -27,7 +27,10 @@ pub fn page_size(first: Option<i32>) -> ApiResult<usize> {
 
 pub fn parse_cursor(after: Option<&str>) -> ApiResult<Option<Id>> {
     after
-        .map(|a| a.parse::<Id>().map_err(|_| ApiError::bad("after", "is not a cursor from this API")))
+        .map(|a| {
+            a.parse::<Id>()
+                .map_err(|_| ApiError::bad("after", "is not a cursor from this API"))
+        })
         .transpose()
 }
 
@@ -50,19 +53,39 @@ pub fn build<T: OutputType>(
         }
         nodes.push(item);
     }
-    let mut c = Connection::with_additional_fields(has_previous, has_next, Total { total_count: total });
-    c.edges.extend(nodes.into_iter().map(|n| Edge::new(id_of(&n).to_string(), n)));
+    let mut c =
+        Connection::with_additional_fields(has_previous, has_next, Total { total_count: total });
+    c.edges.extend(
+        nodes
+            .into_iter()
+            .map(|n| Edge::new(id_of(&n).to_string(), n)),
+    );
     Ok(c)
 }
 
 /// Pages a fully materialised, already ordered list (small lists: tenants, catalogue).
-pub fn from_vec<T: OutputType>(all: Vec<T>, id_of: impl Fn(&T) -> Id, first: Option<i32>, after: Option<String>) -> ApiResult<Page<T>> {
+pub fn from_vec<T: OutputType>(
+    all: Vec<T>,
+    id_of: impl Fn(&T) -> Id,
+    first: Option<i32>,
+    after: Option<String>,
+) -> ApiResult<Page<T>> {
     let first = page_size(first)?;
     let after = parse_cursor(after.as_deref())?;
     let total = all.len();
     let start = match after {
-        Some(a) => all.iter().position(|x| id_of(x) == a).map(|p| p + 1).unwrap_or(all.len()),
+        Some(a) => all
+            .iter()
+            .position(|x| id_of(x) == a)
+            .map(|p| p + 1)
+            .unwrap_or(all.len()),
         None => 0,
     };
-    build(all.into_iter().skip(start).map(Ok), id_of, first, total, start > 0)
+    build(
+        all.into_iter().skip(start).map(Ok),
+        id_of,
+        first,
+        total,
+        start > 0,
+    )
 }

@@ -57,9 +57,11 @@ impl<'a> Ctx<'a> {
         let app = ctx
             .data::<Arc<App>>()
             .map_err(|_| ApiError::Internal("application state missing".into()))?;
-        let actor = ctx
-            .data_opt::<Actor>()
-            .ok_or_else(|| ApiError::Unauthenticated("sign in: send Authorization: Bearer <token or API key>".into()))?;
+        let actor = ctx.data_opt::<Actor>().ok_or_else(|| {
+            ApiError::Unauthenticated(
+                "sign in: send Authorization: Bearer <token or API key>".into(),
+            )
+        })?;
         Ok(Ctx { app, actor })
     }
 
@@ -82,7 +84,8 @@ impl<'a> Ctx<'a> {
 
     /// The record, or NOT_FOUND (also when it belongs to a tenant the caller may not see).
     pub fn load<T: Owned>(&self, id: Id) -> ApiResult<T> {
-        self.find(id)?.ok_or_else(|| ApiError::not_found(T::NAME, id))
+        self.find(id)?
+            .ok_or_else(|| ApiError::not_found(T::NAME, id))
     }
 
     /// The record, for a change: NOT_FOUND when invisible, FORBIDDEN when visible but the role

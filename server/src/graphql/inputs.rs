@@ -17,9 +17,15 @@ pub struct BusinessHoursInput {
 impl BusinessHoursInput {
     pub fn validate(&self) -> ApiResult<BusinessHours> {
         let parse = |f: &str, s: &str| -> ApiResult<u32> {
-            let (h, m) = s.split_once(':').ok_or_else(|| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
-            let h: u32 = h.parse().map_err(|_| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
-            let m: u32 = m.parse().map_err(|_| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
+            let (h, m) = s
+                .split_once(':')
+                .ok_or_else(|| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
+            let h: u32 = h
+                .parse()
+                .map_err(|_| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
+            let m: u32 = m
+                .parse()
+                .map_err(|_| ApiError::bad(f, "use HH:MM, e.g. 08:00"))?;
             if h > 24 || m > 59 || (h == 24 && m > 0) {
                 return Err(ApiError::bad(f, "is not a time of day"));
             }
@@ -30,7 +36,11 @@ impl BusinessHoursInput {
         if end <= start {
             return Err(ApiError::bad("businessHours.end", "must be after start"));
         }
-        Ok(BusinessHours { days: self.days.clone(), start_minute: start, end_minute: end })
+        Ok(BusinessHours {
+            days: self.days.clone(),
+            start_minute: start,
+            end_minute: end,
+        })
     }
 }
 
@@ -80,7 +90,10 @@ pub fn email(field: &str, s: &str) -> ApiResult<String> {
     let t = s.trim();
     let ok = t.len() <= 254 && t.parse::<lettre::Address>().is_ok();
     if !ok {
-        return Err(ApiError::bad(field, format!("'{t}' is not an e-mail address")));
+        return Err(ApiError::bad(
+            field,
+            format!("'{t}' is not an e-mail address"),
+        ));
     }
     Ok(t.to_string())
 }
@@ -88,13 +101,18 @@ pub fn email(field: &str, s: &str) -> ApiResult<String> {
 pub fn mailbox(field: &str, s: &str) -> ApiResult<String> {
     let t = s.trim();
     if t.chars().any(char::is_control) || t.parse::<lettre::message::Mailbox>().is_err() {
-        return Err(ApiError::bad(field, format!("'{t}' is not a mail address (e.g. IT <it@example.com>)")));
+        return Err(ApiError::bad(
+            field,
+            format!("'{t}' is not a mail address (e.g. IT <it@example.com>)"),
+        ));
     }
     Ok(t.to_string())
 }
 
 pub fn time_zone(field: &str, s: &str) -> ApiResult<String> {
-    crate::scheduler::cron::parse_time_zone(s.trim()).map(|tz| tz.name().to_string()).map_err(|e| ApiError::bad(field, e.0))
+    crate::scheduler::cron::parse_time_zone(s.trim())
+        .map(|tz| tz.name().to_string())
+        .map_err(|e| ApiError::bad(field, e.0))
 }
 
 pub fn color(field: &str, s: &str) -> ApiResult<String> {
@@ -108,7 +126,11 @@ pub fn color(field: &str, s: &str) -> ApiResult<String> {
 
 pub fn url(field: &str, s: &str) -> ApiResult<String> {
     let t = s.trim();
-    let ok = (t.starts_with("https://") || t.starts_with("http://")) && t.len() < 2000 && !t.chars().any(|c| c.is_whitespace() || c == '"' || c == '<' || c == '>');
+    let ok = (t.starts_with("https://") || t.starts_with("http://"))
+        && t.len() < 2000
+        && !t
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '<' || c == '>');
     if !ok {
         return Err(ApiError::bad(field, "must be an http(s) URL"));
     }
@@ -141,7 +163,11 @@ impl CreateTenantInput {
             primary_color: opt(self.primary_color.as_deref(), |s| color("primaryColor", s))?,
             auto_onboarding: self.auto_onboarding.unwrap_or(false),
             excluded_from_maintenance: self.excluded_from_maintenance.unwrap_or(false),
-            business_hours: self.business_hours.as_ref().map(|b| b.validate()).transpose()?,
+            business_hours: self
+                .business_hours
+                .as_ref()
+                .map(|b| b.validate())
+                .transpose()?,
             mail_bcc: bcc_list(self.mail_bcc.as_deref().unwrap_or_default())?,
             created_at: now,
         })
@@ -175,7 +201,11 @@ impl UpdateTenantInput {
             t.excluded_from_maintenance = v;
         }
         if let Some(b) = &self.business_hours {
-            t.business_hours = if b.days.is_empty() { None } else { Some(b.validate()?) };
+            t.business_hours = if b.days.is_empty() {
+                None
+            } else {
+                Some(b.validate()?)
+            };
         }
         if let Some(b) = &self.mail_bcc {
             t.mail_bcc = bcc_list(b)?;
@@ -253,7 +283,10 @@ impl ScriptInput {
         if self.body.len() > 256 * 1024 {
             return Err(ApiError::bad(field, "script body must be at most 256 KiB"));
         }
-        Ok(Script { language: self.language, body: self.body.clone() })
+        Ok(Script {
+            language: self.language,
+            body: self.body.clone(),
+        })
     }
 }
 
@@ -268,16 +301,35 @@ pub fn versions(v: &[SoftwareVersionInput]) -> ApiResult<Vec<SoftwareVersion>> {
     let mut out: Vec<SoftwareVersion> = Vec::new();
     for (i, x) in v.iter().enumerate() {
         let ver = x.version.trim();
-        if ver.is_empty() || ver.len() > 64 || !ver.chars().any(|c| c.is_ascii_digit()) || ver.chars().any(char::is_whitespace) {
-            return Err(ApiError::bad(&format!("versions[{i}].version"), format!("'{ver}' is not a version like 1.10.0")));
+        if ver.is_empty()
+            || ver.len() > 64
+            || !ver.chars().any(|c| c.is_ascii_digit())
+            || ver.chars().any(char::is_whitespace)
+        {
+            return Err(ApiError::bad(
+                &format!("versions[{i}].version"),
+                format!("'{ver}' is not a version like 1.10.0"),
+            ));
         }
-        if out.iter().any(|o| crate::version::compare(&o.version, ver).is_eq()) {
-            return Err(ApiError::bad(&format!("versions[{i}].version"), format!("version {ver} is listed twice")));
+        if out
+            .iter()
+            .any(|o| crate::version::compare(&o.version, ver).is_eq())
+        {
+            return Err(ApiError::bad(
+                &format!("versions[{i}].version"),
+                format!("version {ver} is listed twice"),
+            ));
         }
         out.push(SoftwareVersion {
             version: ver.to_string(),
-            install_script: x.install_script.validate(&format!("versions[{i}].installScript"))?,
-            upgrade_script: x.upgrade_script.as_ref().map(|s| s.validate(&format!("versions[{i}].upgradeScript"))).transpose()?,
+            install_script: x
+                .install_script
+                .validate(&format!("versions[{i}].installScript"))?,
+            upgrade_script: x
+                .upgrade_script
+                .as_ref()
+                .map(|s| s.validate(&format!("versions[{i}].upgradeScript")))
+                .transpose()?,
         });
     }
     Ok(out)
@@ -349,22 +401,37 @@ pub struct UpdateDeploymentInput {
 
 /// Parameters are a JSON object of scalars; names become `UPKEEP_PARAM_<NAME>`.
 pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap<String, String>> {
-    let obj = v.as_object().ok_or_else(|| ApiError::bad("parameters", "must be a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad("parameters", "must be a JSON object"))?;
     let mut out = std::collections::BTreeMap::new();
     for (k, val) in obj {
-        let ok = !k.is_empty() && k.len() <= 64 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok = !k.is_empty()
+            && k.len() <= 64
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            return Err(ApiError::bad("parameters", format!("'{k}' is not a parameter name (letters, digits, _)")));
+            return Err(ApiError::bad(
+                "parameters",
+                format!("'{k}' is not a parameter name (letters, digits, _)"),
+            ));
         }
         let s = match val {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Null => String::new(),
-            _ => return Err(ApiError::bad("parameters", format!("'{k}' must be a string, number or boolean"))),
+            _ => {
+                return Err(ApiError::bad(
+                    "parameters",
+                    format!("'{k}' must be a string, number or boolean"),
+                ));
+            }
         };
         if s.len() > 8192 || s.contains('\0') {
-            return Err(ApiError::bad("parameters", format!("'{k}' is too long or contains NUL")));
+            return Err(ApiError::bad(
+                "parameters",
+                format!("'{k}' is too long or contains NUL"),
+            ));
         }
         out.insert(k.clone(), s);
     }
@@ -469,13 +536,18 @@ pub struct UpdateScheduleInput {
 
 pub fn minutes(field: &str, v: i32, lo: i32, hi: i32) -> ApiResult<u32> {
     if v < lo || v > hi {
-        return Err(ApiError::bad(field, format!("must be between {lo} and {hi} minutes")));
+        return Err(ApiError::bad(
+            field,
+            format!("must be between {lo} and {hi} minutes"),
+        ));
     }
     Ok(v as u32)
 }
 
 pub fn cron(field: &str, s: &str) -> ApiResult<String> {
-    crate::scheduler::cron::CronExpr::parse(s).map(|c| c.source().to_string()).map_err(|e| ApiError::bad(field, e.0))
+    crate::scheduler::cron::CronExpr::parse(s)
+        .map(|c| c.source().to_string())
+        .map_err(|e| ApiError::bad(field, e.0))
 }
 
 #[derive(InputObject, Default)]

@@ -50,7 +50,8 @@ pub fn sdl() -> String {
 }
 
 pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
-    id.parse::<Id>().map_err(|_| ApiError::bad(field, format!("'{}' is not an id", id.as_str())))
+    id.parse::<Id>()
+        .map_err(|_| ApiError::bad(field, format!("'{}' is not an id", id.as_str())))
 }
 
 /// Turns async-graphql's own validation errors (depth, complexity, parse) into
@@ -67,7 +68,11 @@ struct LimitCodesExt;
 
 #[async_trait::async_trait]
 impl async_graphql::extensions::Extension for LimitCodesExt {
-    async fn request(&self, ctx: &async_graphql::extensions::ExtensionContext<'_>, next: async_graphql::extensions::NextRequest<'_>) -> async_graphql::Response {
+    async fn request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        next: async_graphql::extensions::NextRequest<'_>,
+    ) -> async_graphql::Response {
         let mut resp = next.run(ctx).await;
         crate::error::add_codes(&mut resp);
         resp
@@ -92,7 +97,11 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
 /// Resolves the `Authorization` value (a JWT or an API key) to an actor.
 pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
     let Some(v) = value else { return Ok(None) };
-    let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .unwrap_or(v)
+        .trim();
     if token.is_empty() {
         return Ok(None);
     }
@@ -100,13 +109,31 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
         return app.authenticate_api_key(token).map(Some);
     }
     let claims = app.keys.verify_api_token(token, app.clock.now())?;
-    let id = claims.sub.parse::<Id>().map_err(|_| ApiError::Unauthenticated("the token is invalid".into()))?;
+    let id = claims
+        .sub
+        .parse::<Id>()
+        .map_err(|_| ApiError::Unauthenticated("the token is invalid".into()))?;
     // The user must still exist with the same role: deleting a user ends their tokens.
-    let user = app.store.get::<User>(&id)?.ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
-    Ok(Some(Actor { principal: Principal::User { id: user.id, email: user.email }, role: user.role, tenant_id: user.tenant_id }))
+    let user = app
+        .store
+        .get::<User>(&id)?
+        .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+    Ok(Some(Actor {
+        principal: Principal::User {
+            id: user.id,
+            email: user.email,
+        },
+        role: user.role,
+        tenant_id: user.tenant_id,
+    }))
 }
 
-pub async fn graphql_handler(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, req: GraphQLRequest) -> Response {
+pub async fn graphql_handler(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    req: GraphQLRequest,
+) -> Response {
     let schema = shared_schema();
     let mut req = req.into_inner().data(ClientAddr(peer)).data(app.clone());
     let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
@@ -115,7 +142,9 @@ pub async fn graphql_handler(State(app): State<Arc<App>>, ConnectInfo(peer): Con
         Ok(None) => {}
         Err(e) => {
             let err: async_graphql::Error = e.into();
-            let mut resp = async_graphql::Response::from_errors(vec![err.into_server_error(async_graphql::Pos::default())]);
+            let mut resp = async_graphql::Response::from_errors(vec![
+                err.into_server_error(async_graphql::Pos::default()),
+            ]);
             crate::error::add_codes(&mut resp);
             return GraphQLResponse::from(resp).into_response();
         }
@@ -135,18 +164,35 @@ fn shared_schema() -> &'static UpkeepSchema {
 pub struct ClientAddr(pub SocketAddr);
 
 pub async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("Upkeep GraphiQL").finish())
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Upkeep GraphiQL")
+            .finish(),
+    )
 }
 
 /// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
 /// offered one that the server supports (see STACK.md P3).
-pub async fn ws_handler(State(app): State<Arc<App>>, headers: HeaderMap, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+pub async fn ws_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let schema = shared_schema().clone();
     // The same choice GraphQLProtocol made: the client's first offered protocol we speak.
     let name = headers
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|p| p.trim().parse::<async_graphql::http::WebSocketProtocols>().ok()))
+        .and_then(|v| {
+            v.split(',').find_map(|p| {
+                p.trim()
+                    .parse::<async_graphql::http::WebSocketProtocols>()
+                    .ok()
+            })
+        })
         .map(|p| p.sec_websocket_protocol())
         .unwrap_or(ALL_WEBSOCKET_PROTOCOLS[0]);
     upgrade

@@ -1,11 +1,11 @@
 //! Mutations. Each changes one thing through the store in a transaction, flushes, and returns
 //! the changed object.
 
+use super::ClientAddr;
 use super::ctx::Ctx;
 use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
-use super::ClientAddr;
 use crate::auth::{self, ip_key};
 use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
@@ -42,7 +42,9 @@ pub struct CreatedWebhook {
 impl<'a> Ctx<'a> {
     /// Writes one record (and nothing else) durably.
     async fn save<T: Record>(&self, r: &T) -> ApiResult<()> {
-        self.app.store.write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))?;
+        self.app
+            .store
+            .write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))?;
         self.app.store.flush().await?;
         Ok(())
     }
@@ -61,60 +63,127 @@ impl<'a> Ctx<'a> {
 }
 
 fn target(c: &Ctx<'_>, t: &TargetInput, tenant: Option<Id>) -> ApiResult<Target> {
-    let value = t.value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+    let value = t
+        .value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from);
     match t.kind {
-        TargetKind::AllComputers => Ok(Target { kind: t.kind, value: None }),
+        TargetKind::AllComputers => Ok(Target {
+            kind: t.kind,
+            value: None,
+        }),
         TargetKind::Tag => {
-            let v = value.ok_or_else(|| ApiError::bad("target.value", "a TAG target needs the tag"))?;
-            Ok(Target { kind: t.kind, value: Some(name("target.value", &v)?) })
+            let v =
+                value.ok_or_else(|| ApiError::bad("target.value", "a TAG target needs the tag"))?;
+            Ok(Target {
+                kind: t.kind,
+                value: Some(name("target.value", &v)?),
+            })
         }
         TargetKind::Computer => {
-            let v = value.ok_or_else(|| ApiError::bad("target.value", "a COMPUTER target needs the computer id"))?;
-            let id = v.parse::<Id>().map_err(|_| ApiError::bad("target.value", "is not a computer id"))?;
-            let comp: Computer = c.find(id)?.ok_or_else(|| ApiError::bad("target.value", format!("computer {id} not found")))?;
+            let v = value.ok_or_else(|| {
+                ApiError::bad("target.value", "a COMPUTER target needs the computer id")
+            })?;
+            let id = v
+                .parse::<Id>()
+                .map_err(|_| ApiError::bad("target.value", "is not a computer id"))?;
+            let comp: Computer = c
+                .find(id)?
+                .ok_or_else(|| ApiError::bad("target.value", format!("computer {id} not found")))?;
             if tenant.is_some_and(|t| t != comp.tenant_id) {
-                return Err(ApiError::bad("target.value", "the computer belongs to another tenant than the deployment"));
+                return Err(ApiError::bad(
+                    "target.value",
+                    "the computer belongs to another tenant than the deployment",
+                ));
             }
-            Ok(Target { kind: t.kind, value: Some(id.to_string()) })
+            Ok(Target {
+                kind: t.kind,
+                value: Some(id.to_string()),
+            })
         }
         TargetKind::Person => {
-            let v = value.ok_or_else(|| ApiError::bad("target.value", "a PERSON target needs the person id"))?;
-            let id = v.parse::<Id>().map_err(|_| ApiError::bad("target.value", "is not a person id"))?;
-            let p: Person = c.find(id)?.ok_or_else(|| ApiError::bad("target.value", format!("person {id} not found")))?;
+            let v = value.ok_or_else(|| {
+                ApiError::bad("target.value", "a PERSON target needs the person id")
+            })?;
+            let id = v
+                .parse::<Id>()
+                .map_err(|_| ApiError::bad("target.value", "is not a person id"))?;
+            let p: Person = c
+                .find(id)?
+                .ok_or_else(|| ApiError::bad("target.value", format!("person {id} not found")))?;
             if tenant.is_some_and(|t| t != p.tenant_id) {
-                return Err(ApiError::bad("target.value", "the person belongs to another tenant than the deployment"));
+                return Err(ApiError::bad(
+                    "target.value",
+                    "the person belongs to another tenant than the deployment",
+                ));
             }
-            Ok(Target { kind: t.kind, value: Some(id.to_string()) })
+            Ok(Target {
+                kind: t.kind,
+                value: Some(id.to_string()),
+            })
         }
     }
 }
 
 /// A referenced catalogue entry the record's tenant may use.
-fn catalogue_ref<T: super::ctx::Owned>(c: &Ctx<'_>, field: &str, id: &ID, owner: Option<Id>) -> ApiResult<T> {
+fn catalogue_ref<T: super::ctx::Owned>(
+    c: &Ctx<'_>,
+    field: &str,
+    id: &ID,
+    owner: Option<Id>,
+) -> ApiResult<T> {
     let id = parse_id(field, id)?;
-    let r: T = c.find(id)?.ok_or_else(|| ApiError::bad(field, format!("{} {id} not found", T::NAME)))?;
+    let r: T = c
+        .find(id)?
+        .ok_or_else(|| ApiError::bad(field, format!("{} {id} not found", T::NAME)))?;
     if r.owner().is_some() && r.owner() != owner {
-        return Err(ApiError::bad(field, format!("{} {id} belongs to another tenant", T::NAME)));
+        return Err(ApiError::bad(
+            field,
+            format!("{} {id} belongs to another tenant", T::NAME),
+        ));
     }
     Ok(r)
 }
 
 fn validate_deployment(d: &Deployment) -> ApiResult<()> {
     match (d.software_id, d.maintenance_task_id) {
-        (Some(_), Some(_)) => return Err(ApiError::bad("softwareId", "give either softwareId or maintenanceTaskId, not both")),
-        (None, None) => return Err(ApiError::bad("softwareId", "give softwareId or maintenanceTaskId")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "softwareId",
+                "give either softwareId or maintenanceTaskId, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad(
+                "softwareId",
+                "give softwareId or maintenanceTaskId",
+            ));
+        }
         (Some(_), None) => {
             let Some(state) = d.desired_state else {
                 return Err(ApiError::bad("desiredState", "is required with softwareId"));
             };
-            let needs_version = matches!(state, DesiredSoftwareState::InstalledVersion | DesiredSoftwareState::InstalledAtLeast);
+            let needs_version = matches!(
+                state,
+                DesiredSoftwareState::InstalledVersion | DesiredSoftwareState::InstalledAtLeast
+            );
             if needs_version && d.version.is_none() {
-                return Err(ApiError::bad("version", format!("is required with {state:?}").replace("InstalledVersion", "INSTALLED_VERSION").replace("InstalledAtLeast", "INSTALLED_AT_LEAST")));
+                return Err(ApiError::bad(
+                    "version",
+                    format!("is required with {state:?}")
+                        .replace("InstalledVersion", "INSTALLED_VERSION")
+                        .replace("InstalledAtLeast", "INSTALLED_AT_LEAST"),
+                ));
             }
         }
         (None, Some(_)) => {
             if d.desired_state.is_some() {
-                return Err(ApiError::bad("desiredState", "applies to software, not to tasks"));
+                return Err(ApiError::bad(
+                    "desiredState",
+                    "applies to software, not to tasks",
+                ));
             }
         }
     }
@@ -125,17 +194,31 @@ fn validate_deployment(d: &Deployment) -> ApiResult<()> {
 impl Mutation {
     /// Signs in; the token goes in `Authorization: Bearer <token>`. Failed attempts are
     /// throttled per e-mail and per client address.
-    async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> Result<LoginResult> {
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> Result<LoginResult> {
         let app = ctx.data::<std::sync::Arc<crate::app::App>>()?;
         let ip = ip_key(ctx.data_opt::<ClientAddr>().map(|a| a.0.ip()));
         let email_key = format!("email:{}", email.trim().to_lowercase());
         for key in [&email_key, &ip] {
-            let throttle = if key.starts_with("ip:") { &app.login_by_ip } else { &app.login_by_email };
+            let throttle = if key.starts_with("ip:") {
+                &app.login_by_ip
+            } else {
+                &app.login_by_email
+            };
             if let Err(wait) = throttle.check(key) {
-                return Err(ApiError::Unauthenticated(format!("too many failed logins; try again in {wait} seconds")).into());
+                return Err(ApiError::Unauthenticated(format!(
+                    "too many failed logins; try again in {wait} seconds"
+                ))
+                .into());
             }
         }
-        let user: Option<User> = app.store.unique(&IndexKey::new(USER_EMAIL, email.trim().to_lowercase()))?;
+        let user: Option<User> = app
+            .store
+            .unique(&IndexKey::new(USER_EMAIL, email.trim().to_lowercase()))?;
         let ok = match &user {
             Some(u) => auth::verify_password(&password, &u.password_hash),
             None => {
@@ -151,16 +234,30 @@ impl Mutation {
         };
         app.login_by_email.succeed(&email_key);
         let now = app.clock.now();
-        let token = app.keys.issue_api_token(user.id, &user.email, user.role, user.tenant_id, now)?;
-        Ok(LoginResult { token, expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS), user })
+        let token =
+            app.keys
+                .issue_api_token(user.id, &user.email, user.role, user.tenant_id, now)?;
+        Ok(LoginResult {
+            token,
+            expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS),
+            user,
+        })
     }
 
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<User> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         match (input.role.is_msp(), tenant) {
-            (true, Some(_)) => return Err(ApiError::bad("tenantId", "MSP roles belong to no tenant").into()),
-            (false, None) => return Err(ApiError::bad("tenantId", "TENANT_ADMIN and TENANT_VIEWER need a tenant").into()),
+            (true, Some(_)) => {
+                return Err(ApiError::bad("tenantId", "MSP roles belong to no tenant").into());
+            }
+            (false, None) => {
+                return Err(ApiError::bad(
+                    "tenantId",
+                    "TENANT_ADMIN and TENANT_VIEWER need a tenant",
+                )
+                .into());
+            }
             _ => {}
         }
         if let Some(t) = tenant {
@@ -168,7 +265,10 @@ impl Mutation {
         }
         c.actor.require_admin_of(tenant, "manage users")?;
         if input.role.rank() > c.actor.role.rank() {
-            return Err(ApiError::Forbidden("you cannot create a user with more rights than your own".into()).into());
+            return Err(ApiError::Forbidden(
+                "you cannot create a user with more rights than your own".into(),
+            )
+            .into());
         }
         let email_addr = email("email", &input.email)?.to_lowercase();
         if input.password.chars().count() < 10 {
@@ -198,7 +298,12 @@ impl Mutation {
         Ok(t)
     }
 
-    async fn update_tenant(&self, ctx: &Context<'_>, id: ID, input: UpdateTenantInput) -> Result<Tenant> {
+    async fn update_tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateTenantInput,
+    ) -> Result<Tenant> {
         let c = Ctx::new(ctx)?;
         let mut t: Tenant = c.load(parse_id("id", &id)?)?;
         if !c.actor.role.is_msp() && c.actor.role != UserRole::TenantAdmin {
@@ -218,14 +323,24 @@ impl Mutation {
             tenant_id: tenant,
             name: name("name", &input.name)?,
             email: email("email", &input.email)?,
-            usernames: input.usernames.as_deref().map(tags).transpose()?.unwrap_or_default(),
+            usernames: input
+                .usernames
+                .as_deref()
+                .map(tags)
+                .transpose()?
+                .unwrap_or_default(),
             created_at: c.app.clock.now(),
         };
         c.save(&p).await?;
         Ok(p)
     }
 
-    async fn update_person(&self, ctx: &Context<'_>, id: ID, input: UpdatePersonInput) -> Result<Person> {
+    async fn update_person(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdatePersonInput,
+    ) -> Result<Person> {
         let c = Ctx::new(ctx)?;
         let mut p: Person = c.load_for_write(parse_id("id", &id)?)?;
         if let Some(n) = &input.name {
@@ -242,7 +357,12 @@ impl Mutation {
     }
 
     /// Creates an enrollment key; its `key` secret is readable only in this answer.
-    async fn create_enrollment_key(&self, ctx: &Context<'_>, tenant_id: ID, input: Option<CreateEnrollmentKeyInput>) -> Result<EnrollmentKeyView> {
+    async fn create_enrollment_key(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        input: Option<CreateEnrollmentKeyInput>,
+    ) -> Result<EnrollmentKeyView> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &tenant_id)?;
         c.tenant_for_write(Some(tenant))?;
@@ -266,13 +386,22 @@ impl Mutation {
             id: Id::new(),
             tenant_id: tenant,
             key_hash: auth::secret_hash(&secret),
-            label: input.label.as_deref().map(|l| name("input.label", l)).transpose()?,
+            label: input
+                .label
+                .as_deref()
+                .map(|l| name("input.label", l))
+                .transpose()?,
             created_at: now,
             expires_at: input.expires_at,
             max_uses: input.max_uses.map(|m| m as u32),
             uses: 0,
             revoked: false,
-            tags: input.tags.as_deref().map(tags).transpose()?.unwrap_or_default(),
+            tags: input
+                .tags
+                .as_deref()
+                .map(tags)
+                .transpose()?
+                .unwrap_or_default(),
             primary_person_id: person,
         };
         let hash_idx = IndexKey::new(ENROLLMENT_KEY_HASH, &key.key_hash);
@@ -282,7 +411,10 @@ impl Mutation {
             Ok::<_, TxError<ApiError>>(())
         })?;
         c.app.store.flush().await?;
-        Ok(EnrollmentKeyView { key, secret: Some(secret) })
+        Ok(EnrollmentKeyView {
+            key,
+            secret: Some(secret),
+        })
     }
 
     async fn revoke_enrollment_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
@@ -293,22 +425,34 @@ impl Mutation {
         Ok(true)
     }
 
-    async fn update_computer(&self, ctx: &Context<'_>, id: ID, input: UpdateComputerInput) -> Result<Computer> {
+    async fn update_computer(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateComputerInput,
+    ) -> Result<Computer> {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
         let current: Computer = c.load_for_write(id)?;
         let person = match &input.primary_person_id {
             Some(p) if p.is_empty() => Some(None),
             Some(p) => {
-                let p: Person = catalogue_ref(&c, "input.primaryPersonId", p, Some(current.tenant_id))?;
+                let p: Person =
+                    catalogue_ref(&c, "input.primaryPersonId", p, Some(current.tenant_id))?;
                 Some(Some(p.id))
             }
             None => None,
         };
-        let new_name = input.name.as_deref().map(|n| name("input.name", n)).transpose()?;
+        let new_name = input
+            .name
+            .as_deref()
+            .map(|n| name("input.name", n))
+            .transpose()?;
         let new_tags = input.tags.as_deref().map(tags).transpose()?;
         let comp = c.app.store.write(|tx| {
-            let mut x: Computer = tx.get(&id)?.ok_or_else(|| TxError::Abort(ApiError::not_found("computer", id)))?;
+            let mut x: Computer = tx
+                .get(&id)?
+                .ok_or_else(|| TxError::Abort(ApiError::not_found("computer", id)))?;
             if let Some(n) = &new_name {
                 x.name = n.clone();
             }
@@ -336,16 +480,26 @@ impl Mutation {
         Ok(true)
     }
 
-    async fn create_software(&self, ctx: &Context<'_>, input: CreateSoftwareInput) -> Result<Software> {
+    async fn create_software(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateSoftwareInput,
+    ) -> Result<Software> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
         let config_task = match &input.configuration_task_id {
-            Some(t) => Some(catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, owner)?.id),
+            Some(t) => {
+                Some(catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, owner)?.id)
+            }
             None => None,
         };
         let versions = versions(&input.versions)?;
         if versions.is_empty() {
-            return Err(ApiError::bad("versions", "give at least one version with its install script").into());
+            return Err(ApiError::bad(
+                "versions",
+                "give at least one version with its install script",
+            )
+            .into());
         }
         let s = Software {
             id: Id::new(),
@@ -353,7 +507,11 @@ impl Mutation {
             name: name("name", &input.name)?,
             detection_script: input.detection_script.validate("detectionScript")?,
             versions,
-            uninstall_script: input.uninstall_script.as_ref().map(|s| s.validate("uninstallScript")).transpose()?,
+            uninstall_script: input
+                .uninstall_script
+                .as_ref()
+                .map(|s| s.validate("uninstallScript"))
+                .transpose()?,
             configuration_task_id: config_task,
             created_at: c.app.clock.now(),
         };
@@ -361,7 +519,12 @@ impl Mutation {
         Ok(s)
     }
 
-    async fn update_software(&self, ctx: &Context<'_>, id: ID, input: UpdateSoftwareInput) -> Result<Software> {
+    async fn update_software(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateSoftwareInput,
+    ) -> Result<Software> {
         let c = Ctx::new(ctx)?;
         let mut s: Software = c.load_for_write(parse_id("id", &id)?)?;
         if let Some(n) = &input.name {
@@ -381,13 +544,23 @@ impl Mutation {
             s.uninstall_script = Some(u.validate("uninstallScript")?);
         }
         if let Some(t) = &input.configuration_task_id {
-            s.configuration_task_id = if t.is_empty() { None } else { Some(catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, s.tenant_id)?.id) };
+            s.configuration_task_id = if t.is_empty() {
+                None
+            } else {
+                Some(
+                    catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, s.tenant_id)?.id,
+                )
+            };
         }
         c.save(&s).await?;
         Ok(s)
     }
 
-    async fn create_maintenance_task(&self, ctx: &Context<'_>, input: CreateMaintenanceTaskInput) -> Result<MaintenanceTask> {
+    async fn create_maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateMaintenanceTaskInput,
+    ) -> Result<MaintenanceTask> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
         let t = MaintenanceTask {
@@ -395,29 +568,48 @@ impl Mutation {
             tenant_id: owner,
             name: name("name", &input.name)?,
             test_script: input.test_script.validate("testScript")?,
-            set_script: input.set_script.as_ref().map(|s| s.validate("setScript")).transpose()?,
+            set_script: input
+                .set_script
+                .as_ref()
+                .map(|s| s.validate("setScript"))
+                .transpose()?,
             created_at: c.app.clock.now(),
         };
         c.save(&t).await?;
         Ok(t)
     }
 
-    async fn create_deployment(&self, ctx: &Context<'_>, input: CreateDeploymentInput) -> Result<Deployment> {
+    async fn create_deployment(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateDeploymentInput,
+    ) -> Result<Deployment> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
         if owner.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden("only MSP_ADMIN may manage cross-tenant deployments".into()).into());
+            return Err(ApiError::Forbidden(
+                "only MSP_ADMIN may manage cross-tenant deployments".into(),
+            )
+            .into());
         }
         let software_id = match &input.software_id {
             Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner)?),
             None => None,
         };
         let task_id = match &input.maintenance_task_id {
-            Some(t) => Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)?.id),
+            Some(t) => {
+                Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)?.id)
+            }
             None => None,
         };
-        let version = input.version.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(String::from);
-        if let (Some(sw), Some(v), Some(DesiredSoftwareState::InstalledVersion)) = (&software_id, &version, input.desired_state)
+        let version = input
+            .version
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(String::from);
+        if let (Some(sw), Some(v), Some(DesiredSoftwareState::InstalledVersion)) =
+            (&software_id, &version, input.desired_state)
             && sw.version(v).is_none()
         {
             return Err(ApiError::bad("version", format!("{} has no version {v}", sw.name)).into());
@@ -431,7 +623,12 @@ impl Mutation {
             version,
             maintenance_task_id: task_id,
             task_mode: input.task_mode.unwrap_or(TaskMode::Enforce),
-            parameters: input.parameters.as_ref().map(|p| parameters(&p.0)).transpose()?.unwrap_or_default(),
+            parameters: input
+                .parameters
+                .as_ref()
+                .map(|p| parameters(&p.0))
+                .transpose()?
+                .unwrap_or_default(),
             enforcement: input.enforcement.unwrap_or(Enforcement::Required),
             order: input.order.unwrap_or(DeploymentOrder::Unordered),
             position: input.position.unwrap_or(0),
@@ -443,11 +640,19 @@ impl Mutation {
         Ok(d)
     }
 
-    async fn update_deployment(&self, ctx: &Context<'_>, id: ID, input: UpdateDeploymentInput) -> Result<Deployment> {
+    async fn update_deployment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateDeploymentInput,
+    ) -> Result<Deployment> {
         let c = Ctx::new(ctx)?;
         let mut d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
         if d.tenant_id.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden("only MSP_ADMIN may manage cross-tenant deployments".into()).into());
+            return Err(ApiError::Forbidden(
+                "only MSP_ADMIN may manage cross-tenant deployments".into(),
+            )
+            .into());
         }
         if let Some(t) = &input.target {
             d.target = target(&c, t, d.tenant_id)?;
@@ -485,14 +690,24 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
         if d.tenant_id.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden("only MSP_ADMIN may manage cross-tenant deployments".into()).into());
+            return Err(ApiError::Forbidden(
+                "only MSP_ADMIN may manage cross-tenant deployments".into(),
+            )
+            .into());
         }
-        c.app.store.write(|tx| tx.delete::<Deployment, ApiError>(d.id.as_bytes()).map(|_| ()))?;
+        c.app.store.write(|tx| {
+            tx.delete::<Deployment, ApiError>(d.id.as_bytes())
+                .map(|_| ())
+        })?;
         c.app.store.flush().await?;
         Ok(true)
     }
 
-    async fn create_schedule(&self, ctx: &Context<'_>, input: CreateScheduleInput) -> Result<Schedule> {
+    async fn create_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateScheduleInput,
+    ) -> Result<Schedule> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         if let Some(t) = tenant {
@@ -502,7 +717,13 @@ impl Mutation {
         let time_zone = match (&input.time_zone, tenant) {
             (Some(z), _) => Some(time_zone("timeZone", z)?),
             (None, None) => None,
-            (None, Some(_)) => return Err(ApiError::bad("timeZone", "is required for a tenant's schedule (an IANA name such as Europe/Berlin)").into()),
+            (None, Some(_)) => {
+                return Err(ApiError::bad(
+                    "timeZone",
+                    "is required for a tenant's schedule (an IANA name such as Europe/Berlin)",
+                )
+                .into());
+            }
         };
         let s = Schedule {
             id: Id::new(),
@@ -511,20 +732,36 @@ impl Mutation {
             target: target(&c, &input.target, tenant)?,
             cron: cron("cron", &input.cron)?,
             time_zone,
-            detection_lead_minutes: minutes("detectionLeadMinutes", input.detection_lead_minutes.unwrap_or(0), 0, 7 * 24 * 60)?,
-            window_minutes: minutes("windowMinutes", input.window_minutes.unwrap_or(120), 1, 7 * 24 * 60)?,
+            detection_lead_minutes: minutes(
+                "detectionLeadMinutes",
+                input.detection_lead_minutes.unwrap_or(0),
+                0,
+                7 * 24 * 60,
+            )?,
+            window_minutes: minutes(
+                "windowMinutes",
+                input.window_minutes.unwrap_or(120),
+                1,
+                7 * 24 * 60,
+            )?,
             options: input.options.unwrap_or_default().validate()?,
             enabled: input.enabled.unwrap_or(true),
             detection_only: input.detection_only.unwrap_or(false),
             last_run_at: None,
             next_fire: Default::default(),
+            timing_since: Some(c.app.clock.now()),
             created_at: c.app.clock.now(),
         };
         c.save(&s).await?;
         Ok(s)
     }
 
-    async fn update_schedule(&self, ctx: &Context<'_>, id: ID, input: UpdateScheduleInput) -> Result<Schedule> {
+    async fn update_schedule(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateScheduleInput,
+    ) -> Result<Schedule> {
         let c = Ctx::new(ctx)?;
         let mut s: Schedule = c.load(parse_id("id", &id)?)?;
         c.actor.require_admin_of(s.tenant_id, "manage schedules")?;
@@ -540,7 +777,11 @@ impl Mutation {
             timing_changed = true;
         }
         if let Some(z) = &input.time_zone {
-            s.time_zone = if z.is_empty() && s.tenant_id.is_none() { None } else { Some(time_zone("timeZone", z)?) };
+            s.time_zone = if z.is_empty() && s.tenant_id.is_none() {
+                None
+            } else {
+                Some(time_zone("timeZone", z)?)
+            };
             timing_changed = true;
         }
         if let Some(m) = input.detection_lead_minutes {
@@ -564,6 +805,7 @@ impl Mutation {
         }
         if timing_changed {
             s.next_fire.clear();
+            s.timing_since = Some(c.app.clock.now());
         }
         c.save(&s).await?;
         Ok(s)
@@ -573,7 +815,9 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?)?;
         c.actor.require_admin_of(s.tenant_id, "manage schedules")?;
-        c.app.store.write(|tx| tx.delete::<Schedule, ApiError>(s.id.as_bytes()).map(|_| ()))?;
+        c.app
+            .store
+            .write(|tx| tx.delete::<Schedule, ApiError>(s.id.as_bytes()).map(|_| ()))?;
         c.app.store.flush().await?;
         Ok(true)
     }
@@ -585,18 +829,34 @@ impl Mutation {
         c.actor.require_write()?;
         let tenants: Vec<Tenant> = match s.tenant_id {
             Some(t) => vec![c.load(t)?],
-            None => c.app.store.scan::<Tenant>(None).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?.into_iter().filter(|t| !t.excluded_from_maintenance).collect(),
+            None => c
+                .app
+                .store
+                .scan::<Tenant>(None)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::from)?
+                .into_iter()
+                .filter(|t| !t.excluded_from_maintenance)
+                .collect(),
         };
         let mut out = Vec::new();
         let now = c.app.clock.now();
         for t in tenants {
-            out.extend(c.app.fire_schedule(&s, &t, now, &format!("{} (run now)", c.actor.display())).await?);
+            out.extend(
+                c.app
+                    .fire_schedule(&s, &t, now, &format!("{} (run now)", c.actor.display()))
+                    .await?,
+            );
         }
         Ok(out)
     }
 
     /// Starts one session per computer, in input order.
-    async fn start_maintenance_session(&self, ctx: &Context<'_>, input: StartMaintenanceSessionInput) -> Result<Vec<Session>> {
+    async fn start_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        input: StartMaintenanceSessionInput,
+    ) -> Result<Vec<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_write()?;
         if input.computer_ids.is_empty() {
@@ -606,7 +866,9 @@ impl Mutation {
             return Err(ApiError::bad("computerIds", "at most 10000 computers per call").into());
         }
         let idem_key = match &input.idempotency_key {
-            Some(k) if k.is_empty() || k.len() > 200 => return Err(ApiError::bad("idempotencyKey", "must be 1–200 characters").into()),
+            Some(k) if k.is_empty() || k.len() > 200 => {
+                return Err(ApiError::bad("idempotencyKey", "must be 1–200 characters").into());
+            }
             Some(k) => Some(format!("{}\u{0}{k}", c.actor.user_id())),
             None => None,
         };
@@ -636,7 +898,11 @@ impl Mutation {
                     let id = parse_id(&format!("deploymentIds[{i}]"), d)?;
                     let dep: Option<Deployment> = c.find(id)?;
                     if dep.is_none() {
-                        return Err(ApiError::bad(&format!("deploymentIds[{i}]"), format!("deployment {id} not found")).into());
+                        return Err(ApiError::bad(
+                            &format!("deploymentIds[{i}]"),
+                            format!("deployment {id} not found"),
+                        )
+                        .into());
                     }
                     v.push(id);
                 }
@@ -650,14 +916,26 @@ impl Mutation {
             let id = parse_id(&format!("computerIds[{i}]"), cid)?;
             let comp: Computer = c.load(id)?;
             if comp.excluded_from_maintenance {
-                return Err(ApiError::bad(&format!("computerIds[{i}]"), format!("computer {} is excluded from maintenance", comp.name)).into());
+                return Err(ApiError::bad(
+                    &format!("computerIds[{i}]"),
+                    format!("computer {} is excluded from maintenance", comp.name),
+                )
+                .into());
             }
             let tenant: Tenant = c.load(comp.tenant_id)?;
             if tenant.excluded_from_maintenance {
-                return Err(ApiError::bad(&format!("computerIds[{i}]"), format!("tenant {} is excluded from maintenance", tenant.name)).into());
+                return Err(ApiError::bad(
+                    &format!("computerIds[{i}]"),
+                    format!("tenant {} is excluded from maintenance", tenant.name),
+                )
+                .into());
             }
             if let Some(active) = c.app.runtime.active_session_of(comp.id) {
-                return Err(ApiError::Conflict(format!("computer {} already has an unfinished maintenance session {active}", comp.name)).into());
+                return Err(ApiError::Conflict(format!(
+                    "computer {} already has an unfinished maintenance session {active}",
+                    comp.name
+                ))
+                .into());
             }
             computers.push(comp);
         }
@@ -681,7 +959,11 @@ impl Mutation {
             out.push(c.app.start_session(req).await?);
         }
         if let Some(k) = idem_key {
-            let rec = IdempotencyRecord { key: k, created_at: c.app.clock.now(), session_ids: out.iter().map(|s| s.id).collect() };
+            let rec = IdempotencyRecord {
+                key: k,
+                created_at: c.app.clock.now(),
+                session_ids: out.iter().map(|s| s.id).collect(),
+            };
             c.save(&rec).await?;
         }
         Ok(out)
@@ -695,7 +977,11 @@ impl Mutation {
     }
 
     /// Cancels every unfinished matching session; returns how many.
-    async fn cancel_maintenance_sessions(&self, ctx: &Context<'_>, filter: CancelSessionsFilter) -> Result<i32> {
+    async fn cancel_maintenance_sessions(
+        &self,
+        ctx: &Context<'_>,
+        filter: CancelSessionsFilter,
+    ) -> Result<i32> {
         let c = Ctx::new(ctx)?;
         c.actor.require_write()?;
         let asked = opt_id("filter.tenantId", &filter.tenant_id)?;
@@ -712,7 +998,12 @@ impl Mutation {
             .filter(|s| c.actor.sees(Some(s.tenant_id)))
             .filter(|s| scope.is_none_or(|t| s.tenant_id == t))
             .filter(|s| schedule.is_none_or(|x| s.schedule_id == Some(x)))
-            .filter(|s| filter.status.as_ref().is_none_or(|v| v.is_empty() || v.contains(&s.status)))
+            .filter(|s| {
+                filter
+                    .status
+                    .as_ref()
+                    .is_none_or(|v| v.is_empty() || v.contains(&s.status))
+            })
             .collect();
         let mut n = 0;
         for s in ids {
@@ -730,9 +1021,17 @@ impl Mutation {
         let s: Session = c.load(parse_id("id", &id)?)?;
         let comp: Computer = c.load(s.computer_id)?;
         if comp.excluded_from_maintenance {
-            return Err(ApiError::bad("id", format!("computer {} is excluded from maintenance", comp.name)).into());
+            return Err(ApiError::bad(
+                "id",
+                format!("computer {} is excluded from maintenance", comp.name),
+            )
+            .into());
         }
-        let trigger = if s.trigger == SessionTrigger::Onboarding { SessionTrigger::Manual } else { s.trigger };
+        let trigger = if s.trigger == SessionTrigger::Onboarding {
+            SessionTrigger::Manual
+        } else {
+            s.trigger
+        };
         let req = StartRequest {
             computer: comp,
             trigger,
@@ -749,16 +1048,32 @@ impl Mutation {
 
     /// Postpones a waiting session by `hours` (default: its `postponeHours`), within its
     /// `maxPostpones`.
-    async fn postpone_maintenance_session(&self, ctx: &Context<'_>, id: ID, hours: Option<i32>) -> Result<Session> {
+    async fn postpone_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        hours: Option<i32>,
+    ) -> Result<Session> {
         let c = Ctx::new(ctx)?;
         c.actor.require_write()?;
         let s: Session = c.load(parse_id("id", &id)?)?;
         let hours = match hours {
-            Some(h) if !(1..=24 * 30).contains(&h) => return Err(ApiError::bad("hours", "must be between 1 and 720").into()),
+            Some(h) if !(1..=24 * 30).contains(&h) => {
+                return Err(ApiError::bad("hours", "must be between 1 and 720").into());
+            }
             Some(h) => Some(h as u32),
             None => None,
         };
-        Ok(c.app.apply(s.id, crate::engine::Event::Postpone { hours, by: c.actor.display(), token: None }).await?)
+        Ok(c.app
+            .apply(
+                s.id,
+                crate::engine::Event::Postpone {
+                    hours,
+                    by: c.actor.display(),
+                    token: None,
+                },
+            )
+            .await?)
     }
 
     /// Sends a branded test mail to `to` through the outbox.
@@ -767,28 +1082,53 @@ impl Mutation {
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?)?;
         c.actor.require_write()?;
         let to = email("to", &to)?;
-        let view = crate::mail::render::TestMailView { brand: c.app.brand(&tenant), recipient: to.clone() };
-        let r = c.app.templates.render_test_mail(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let m = c.app.outbox_mail(Some(&tenant), None, crate::mail::MailKind::Test, vec![to], r);
+        let view = crate::mail::render::TestMailView {
+            brand: c.app.brand(&tenant),
+            recipient: to.clone(),
+        };
+        let r = c
+            .app
+            .templates
+            .render_test_mail(&view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let m = c.app.outbox_mail(
+            Some(&tenant),
+            None,
+            crate::mail::MailKind::Test,
+            vec![to],
+            r,
+        );
         c.app.queue_mail(m).await?;
         Ok(true)
     }
 
-    async fn create_api_key(&self, ctx: &Context<'_>, input: CreateApiKeyInput) -> Result<CreatedApiKey> {
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateApiKeyInput,
+    ) -> Result<CreatedApiKey> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         match (input.role.is_msp(), tenant) {
-            (true, Some(_)) => return Err(ApiError::bad("tenantId", "MSP roles belong to no tenant").into()),
-            (false, None) => return Err(ApiError::bad("tenantId", "tenant roles need a tenant").into()),
+            (true, Some(_)) => {
+                return Err(ApiError::bad("tenantId", "MSP roles belong to no tenant").into());
+            }
+            (false, None) => {
+                return Err(ApiError::bad("tenantId", "tenant roles need a tenant").into());
+            }
             _ => {}
         }
         if let Some(t) = tenant {
             c.load::<Tenant>(t)?;
         }
         c.actor.require_write()?;
-        let may = input.role.rank() <= c.actor.role.rank() && (c.actor.role.is_msp() || tenant == c.actor.tenant_id);
+        let may = input.role.rank() <= c.actor.role.rank()
+            && (c.actor.role.is_msp() || tenant == c.actor.tenant_id);
         if !may || matches!(c.actor.role, UserRole::TenantViewer) {
-            return Err(ApiError::Forbidden("an API key cannot hold more rights than the user who makes it".into()).into());
+            return Err(ApiError::Forbidden(
+                "an API key cannot hold more rights than the user who makes it".into(),
+            )
+            .into());
         }
         let now = c.app.clock.now();
         if input.expires_at.is_some_and(|e| e <= now) {
@@ -814,14 +1154,20 @@ impl Mutation {
             Ok::<_, TxError<ApiError>>(())
         })?;
         c.app.store.flush().await?;
-        Ok(CreatedApiKey { api_key: key, secret })
+        Ok(CreatedApiKey {
+            api_key: key,
+            secret,
+        })
     }
 
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let mut k: ApiKey = c.load(parse_id("id", &id)?)?;
         c.actor.require_write()?;
-        if !c.actor.role.is_msp() && c.actor.role != UserRole::TenantAdmin && k.created_by != c.actor.user_id() {
+        if !c.actor.role.is_msp()
+            && c.actor.role != UserRole::TenantAdmin
+            && k.created_by != c.actor.user_id()
+        {
             return Err(ApiError::Forbidden("you may not revoke this key".into()).into());
         }
         k.revoked = true;
@@ -830,10 +1176,22 @@ impl Mutation {
         Ok(true)
     }
 
-    async fn create_webhook(&self, ctx: &Context<'_>, input: CreateWebhookInput) -> Result<CreatedWebhook> {
+    async fn create_webhook(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebhookInput,
+    ) -> Result<CreatedWebhook> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
-        c.actor.require_admin_of(owner, "manage webhooks").or_else(|e| if owner.is_none() && c.actor.role == UserRole::MspAdmin { Ok(()) } else { Err(e) })?;
+        c.actor
+            .require_admin_of(owner, "manage webhooks")
+            .or_else(|e| {
+                if owner.is_none() && c.actor.role == UserRole::MspAdmin {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
         if input.events.is_empty() {
             return Err(ApiError::bad("events", "subscribe to at least one event").into());
         }
@@ -845,7 +1203,11 @@ impl Mutation {
             tenant_id: owner,
             url,
             events: input.events,
-            description: input.description.as_deref().map(|d| name("description", d)).transpose()?,
+            description: input
+                .description
+                .as_deref()
+                .map(|d| name("description", d))
+                .transpose()?,
             secret: secret.clone(),
             created_at: c.app.clock.now(),
         };
@@ -856,8 +1218,18 @@ impl Mutation {
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("id", &id)?)?;
-        c.actor.require_admin_of(w.tenant_id, "manage webhooks").or_else(|e| if w.tenant_id.is_none() && c.actor.role == UserRole::MspAdmin { Ok(()) } else { Err(e) })?;
-        c.app.store.write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))?;
+        c.actor
+            .require_admin_of(w.tenant_id, "manage webhooks")
+            .or_else(|e| {
+                if w.tenant_id.is_none() && c.actor.role == UserRole::MspAdmin {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        c.app
+            .store
+            .write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))?;
         c.app.store.flush().await?;
         Ok(true)
     }

@@ -9,8 +9,8 @@ use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::MailKind;
 use crate::session::*;
-use crate::store::records::*;
 use crate::store::IndexKey;
+use crate::store::records::*;
 use crate::webhooks::{Delivery, Webhook};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
@@ -20,7 +20,12 @@ pub struct Query;
 
 /// Lists a tenant-indexed kind: one tenant's (plus cross-tenant ones when `with_cross`), or for
 /// MSP roles without a tenant, everything.
-fn list_tenant_kind<T: Owned>(c: &Ctx<'_>, index: u8, tenant: Option<&ID>, with_cross: bool) -> ApiResult<Vec<T>> {
+fn list_tenant_kind<T: Owned>(
+    c: &Ctx<'_>,
+    index: u8,
+    tenant: Option<&ID>,
+    with_cross: bool,
+) -> ApiResult<Vec<T>> {
     let asked = tenant.map(|t| parse_id("tenantId", t)).transpose()?;
     let scope = c.actor.list_scope(asked)?;
     let mut out = Vec::new();
@@ -45,7 +50,13 @@ fn list_tenant_kind<T: Owned>(c: &Ctx<'_>, index: u8, tenant: Option<&ID>, with_
     }
     let visible = out
         .into_iter()
-        .filter(|r| if T::CATALOGUE { c.actor.sees_catalogue(r.owner()) } else { c.actor.sees(r.owner()) })
+        .filter(|r| {
+            if T::CATALOGUE {
+                c.actor.sees_catalogue(r.owner())
+            } else {
+                c.actor.sees(r.owner())
+            }
+        })
         .collect();
     Ok(visible)
 }
@@ -80,14 +91,27 @@ impl Query {
     /// The signed-in user (or the user behind the API key).
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
         let c = Ctx::new(ctx)?;
-        Ok(c.app.store.get::<User>(&c.actor.user_id())?.ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?)
+        Ok(c.app
+            .store
+            .get::<User>(&c.actor.user_id())?
+            .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?)
     }
 
-    async fn tenants(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<Page<Tenant>> {
+    async fn tenants(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Tenant>> {
         let c = Ctx::new(ctx)?;
         let all: Vec<Tenant> = match c.actor.tenant_id {
             Some(t) if !c.actor.role.is_msp() => c.find::<Tenant>(t)?.into_iter().collect(),
-            _ => c.app.store.scan::<Tenant>(None).collect::<Result<_, _>>().map_err(ApiError::from)?,
+            _ => c
+                .app
+                .store
+                .scan::<Tenant>(None)
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::from)?,
         };
         Ok(connection::from_vec(all, |t| t.id, first, after)?)
     }
@@ -97,13 +121,25 @@ impl Query {
         Ok(c.load(parse_id("id", &id)?)?)
     }
 
-    async fn users(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<User>> {
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<User>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |u| u.id, first, after)?)
     }
 
-    async fn persons(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<Person>> {
+    async fn persons(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Person>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |p| p.id, first, after)?)
@@ -128,10 +164,15 @@ impl Query {
         let needle = search.as_deref().map(str::to_lowercase);
         let filtered: Vec<Computer> = all
             .into_iter()
-            .filter(|x| tag.as_deref().is_none_or(|t| x.tags.iter().any(|y| y.eq_ignore_ascii_case(t))))
+            .filter(|x| {
+                tag.as_deref()
+                    .is_none_or(|t| x.tags.iter().any(|y| y.eq_ignore_ascii_case(t)))
+            })
             .filter(|x| {
                 needle.as_deref().is_none_or(|n| {
-                    x.name.to_lowercase().contains(n) || x.hostname.to_lowercase().contains(n) || x.tags.iter().any(|t| t.to_lowercase().contains(n))
+                    x.name.to_lowercase().contains(n)
+                        || x.hostname.to_lowercase().contains(n)
+                        || x.tags.iter().any(|t| t.to_lowercase().contains(n))
                 })
             })
             .collect();
@@ -143,7 +184,13 @@ impl Query {
     }
 
     /// The software catalogue: cross-tenant entries and the tenant's own.
-    async fn software(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<Software>> {
+    async fn software(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Software>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
@@ -153,7 +200,13 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
-    async fn maintenance_tasks(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<MaintenanceTask>> {
+    async fn maintenance_tasks(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<MaintenanceTask>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
@@ -163,9 +216,16 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
-    async fn deployments(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<Deployment>> {
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Deployment>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)?;
+        let all =
+            list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
@@ -173,7 +233,13 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
-    async fn schedules(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<Schedule>> {
+    async fn schedules(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Schedule>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
@@ -184,10 +250,24 @@ impl Query {
     }
 
     /// Enrollment keys, without their secrets.
-    async fn enrollment_keys(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<EnrollmentKeyView>> {
+    async fn enrollment_keys(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<EnrollmentKeyView>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<EnrollmentKey>(&c, TENANT_ENROLLMENT_KEYS, tenant_id.as_ref(), false)?;
-        let views = all.into_iter().map(|key| EnrollmentKeyView { key, secret: None }).collect();
+        let all = list_tenant_kind::<EnrollmentKey>(
+            &c,
+            TENANT_ENROLLMENT_KEYS,
+            tenant_id.as_ref(),
+            false,
+        )?;
+        let views = all
+            .into_iter()
+            .map(|key| EnrollmentKeyView { key, secret: None })
+            .collect();
         Ok(connection::from_vec(views, |v| v.key.id, first, after)?)
     }
 
@@ -219,7 +299,10 @@ impl Query {
         let q2 = q.clone();
         let total = SessionTotal {
             count: Box::new(move || {
-                let c = Ctx { app: &app, actor: &actor };
+                let c = Ctx {
+                    app: &app,
+                    actor: &actor,
+                };
                 let mut n = 0;
                 for s in q2.iter(&c, None) {
                     s?;
@@ -229,7 +312,8 @@ impl Query {
             }),
         };
         let mut conn = Connection::with_additional_fields(after.is_some(), has_next, total);
-        conn.edges.extend(nodes.into_iter().map(|s| Edge::new(s.id.to_string(), s)));
+        conn.edges
+            .extend(nodes.into_iter().map(|s| Edge::new(s.id.to_string(), s)));
         Ok(conn)
     }
 
@@ -238,9 +322,17 @@ impl Query {
     }
 
     /// Sessions per status, for dashboards (created since `since`, when given).
-    async fn maintenance_session_status_counts(&self, ctx: &Context<'_>, tenant_id: Option<ID>, since: Option<DateTime<Utc>>) -> Result<Vec<StatusCount>> {
+    async fn maintenance_session_status_counts(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StatusCount>> {
         let c = Ctx::new(ctx)?;
-        let asked = tenant_id.as_ref().map(|t| parse_id("tenantId", t)).transpose()?;
+        let asked = tenant_id
+            .as_ref()
+            .map(|t| parse_id("tenantId", t))
+            .transpose()?;
         let scope = c.actor.list_scope(asked)?;
         let mut out = Vec::new();
         for status in SessionStatus::ALL {
@@ -252,17 +344,27 @@ impl Query {
                     .store
                     .by_index::<Session>(&idx, None)
                     .filter_map(|s| s.ok())
-                    .filter(|s| scope.is_none_or(|t| s.tenant_id == t) && since.is_none_or(|t| s.created_at >= t))
+                    .filter(|s| {
+                        scope.is_none_or(|t| s.tenant_id == t)
+                            && since.is_none_or(|t| s.created_at >= t)
+                    })
                     .count()
             };
-            out.push(StatusCount { status, count: count as i64 });
+            out.push(StatusCount {
+                status,
+                count: count as i64,
+            });
         }
         Ok(out)
     }
 
     /// The plan a session would make now, from the last detection of each item (items never
     /// detected say so in their `reason`).
-    async fn preview_maintenance(&self, ctx: &Context<'_>, computer_id: ID) -> Result<Vec<super::types::ActionView>> {
+    async fn preview_maintenance(
+        &self,
+        ctx: &Context<'_>,
+        computer_id: ID,
+    ) -> Result<Vec<super::types::ActionView>> {
         let c = Ctx::new(ctx)?;
         let computer: Computer = c.load(parse_id("computerId", &computer_id)?)?;
         let items = c.app.plan_items(&computer, SessionTrigger::Manual, None)?;
@@ -271,7 +373,14 @@ impl Query {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let last = history.iter().find_map(|s| {
-                s.actions.iter().find(|a| s.items.get(a.item).is_some_and(|it| it.deployment_id == item.deployment_id)).map(|a| (s, a))
+                s.actions
+                    .iter()
+                    .find(|a| {
+                        s.items
+                            .get(a.item)
+                            .is_some_and(|it| it.deployment_id == item.deployment_id)
+                    })
+                    .map(|a| (s, a))
             });
             let mut action = match last {
                 Some((_, a)) => {
@@ -280,7 +389,11 @@ impl Query {
                         detection_error: None,
                         test: match a.compliance {
                             Compliance::Compliant => Some(true),
-                            Compliance::NonCompliant if matches!(item.what, ItemWhat::Task { .. }) => Some(false),
+                            Compliance::NonCompliant
+                                if matches!(item.what, ItemWhat::Task { .. }) =>
+                            {
+                                Some(false)
+                            }
                             _ => None,
                         },
                         test_error: None,
@@ -295,13 +408,21 @@ impl Query {
                 }
             };
             action.status = ActionStatus::Pending;
-            out.push(super::types::ActionView { session: items_arc.clone(), action });
+            out.push(super::types::ActionView {
+                session: items_arc.clone(),
+                action,
+            });
         }
         Ok(out)
     }
 
     /// Renders a session's before- or after-mail without sending it.
-    async fn email_preview(&self, ctx: &Context<'_>, session_id: ID, kind: MailKind) -> Result<EmailPreview> {
+    async fn email_preview(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        kind: MailKind,
+    ) -> Result<EmailPreview> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("sessionId", &session_id)?)?;
         let tenant: Tenant = c.load(s.tenant_id)?;
@@ -311,13 +432,25 @@ impl Query {
             None => None,
         };
         let link = match kind {
-            MailKind::Before => c.app.postpone_link(&s, person.as_ref().map(|p| p.email.as_str()).unwrap_or("preview"))?.map(|_| format!("{}/postpone/PREVIEW", c.app.public_url)),
+            MailKind::Before => c
+                .app
+                .postpone_link(
+                    &s,
+                    person
+                        .as_ref()
+                        .map(|p| p.email.as_str())
+                        .unwrap_or("preview"),
+                )?
+                .map(|_| format!("{}/postpone/PREVIEW", c.app.public_url)),
             _ => None,
         };
         let view = c.app.session_view(
             &s,
             &tenant,
-            computer.as_ref().map(|c| c.name.as_str()).unwrap_or("(deleted computer)"),
+            computer
+                .as_ref()
+                .map(|c| c.name.as_str())
+                .unwrap_or("(deleted computer)"),
             person.as_ref().map(|p| p.name.as_str()).unwrap_or("there"),
             link,
         );
@@ -325,26 +458,57 @@ impl Query {
             MailKind::After => crate::mail::render::MailTemplate::After,
             _ => crate::mail::render::MailTemplate::Before,
         };
-        let r = c.app.templates.render_session_mail(template, &view).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(EmailPreview { subject: r.subject, html: r.html, text: r.text })
+        let r = c
+            .app
+            .templates
+            .render_session_mail(template, &view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(EmailPreview {
+            subject: r.subject,
+            html: r.html,
+            text: r.text,
+        })
     }
 
-    async fn api_keys(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<ApiKey>> {
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<ApiKey>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
-    async fn webhooks(&self, ctx: &Context<'_>, tenant_id: Option<ID>, first: Option<i32>, after: Option<String>) -> Result<Page<Webhook>> {
+    async fn webhooks(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Webhook>> {
         let c = Ctx::new(ctx)?;
         let all = list_tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false)?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
-    async fn webhook_deliveries(&self, ctx: &Context<'_>, webhook_id: ID, first: Option<i32>, after: Option<String>) -> Result<Page<Delivery>> {
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        webhook_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<Delivery>> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?)?;
-        let mut all: Vec<Delivery> = c.app.store.by_index::<Delivery>(&IndexKey::new(WEBHOOK_DELIVERIES, w.id.as_bytes()), None).collect::<Result<_, _>>().map_err(ApiError::from)?;
+        let mut all: Vec<Delivery> = c
+            .app
+            .store
+            .by_index::<Delivery>(&IndexKey::new(WEBHOOK_DELIVERIES, w.id.as_bytes()), None)
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::from)?;
         all.reverse();
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
@@ -377,7 +541,11 @@ impl SessionQuery {
             Some(IndexKey::new(TENANT_SESSIONS, t.as_bytes()))
         } else if let Some([one]) = f.status.as_deref() {
             Some(IndexKey::new(STATUS_SESSIONS, [one.code()]))
-        } else if f.status.as_ref().is_some_and(|s| s.iter().all(|x| !x.is_terminal())) {
+        } else if f
+            .status
+            .as_ref()
+            .is_some_and(|s| s.iter().all(|x| !x.is_terminal()))
+        {
             Some(IndexKey::new(ACTIVE_SESSIONS, []))
         } else {
             None
@@ -399,20 +567,29 @@ impl SessionQuery {
             && self.tenant.is_none_or(|t| s.tenant_id == t)
             && self.computer.is_none_or(|x| s.computer_id == x)
             && self.schedule.is_none_or(|x| s.schedule_id == Some(x))
-            && self.statuses.as_ref().is_none_or(|v| v.is_empty() || v.contains(&s.status))
+            && self
+                .statuses
+                .as_ref()
+                .is_none_or(|v| v.is_empty() || v.contains(&s.status))
             && self.trigger.is_none_or(|t| s.trigger == t)
             && self.after.is_none_or(|t| s.created_at >= t)
             && self.before.is_none_or(|t| s.created_at < t)
     }
 
-    fn iter<'a>(&'a self, c: &'a Ctx<'a>, after: Option<Id>) -> Box<dyn Iterator<Item = ApiResult<Session>> + 'a> {
+    fn iter<'a>(
+        &'a self,
+        c: &'a Ctx<'a>,
+        after: Option<Id>,
+    ) -> Box<dyn Iterator<Item = ApiResult<Session>> + 'a> {
         let before = after.map(|a| a.as_bytes().to_vec());
         let store = &c.app.store;
         let it: Box<dyn Iterator<Item = crate::store::Result<Session>> + 'a> = match &self.index {
-            Some(idx) => Box::new(store.index_scan_rev(idx, before.as_deref()).filter_map(move |k| match k {
-                Ok(k) => store.get_by_key::<Session>(&k).transpose(),
-                Err(e) => Some(Err(e)),
-            })),
+            Some(idx) => Box::new(store.index_scan_rev(idx, before.as_deref()).filter_map(
+                move |k| match k {
+                    Ok(k) => store.get_by_key::<Session>(&k).transpose(),
+                    Err(e) => Some(Err(e)),
+                },
+            )),
             None => Box::new(store.scan_rev::<Session>(before.as_deref())),
         };
         Box::new(it.filter_map(move |r| match r {

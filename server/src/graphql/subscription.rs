@@ -37,7 +37,10 @@ impl EventView {
     /// The action this event is about, with its new status.
     async fn action(&self) -> Option<ActionChange> {
         match (self.0.action_id, self.0.action_status) {
-            (Some(id), Some(status)) => Some(ActionChange { id: ID(id.to_string()), status }),
+            (Some(id), Some(status)) => Some(ActionChange {
+                id: ID(id.to_string()),
+                status,
+            }),
             _ => None,
         }
     }
@@ -76,7 +79,10 @@ impl Subscription {
             None => None,
         };
         let tenant: Option<Id> = match &tenant_id {
-            Some(t) => Some(c.load::<crate::domain::Tenant>(parse_id("tenantId", t)?)?.id),
+            Some(t) => Some(
+                c.load::<crate::domain::Tenant>(parse_id("tenantId", t)?)?
+                    .id,
+            ),
             None => None,
         };
         if after_sequence.is_some() && session.is_none() {
@@ -85,7 +91,11 @@ impl Subscription {
         // Subscribe first, then read the store: nothing published in between is lost.
         let mut rx = app.events.subscribe();
         let replay: Vec<Arc<SessionEvent>> = match (session, after_sequence) {
-            (Some(s), Some(n)) => app.events_after(s, n.max(0) as u64).map(|e| e.map(Arc::new)).collect::<Result<_, _>>().map_err(ApiError::from)?,
+            (Some(s), Some(n)) => app
+                .events_after(s, n.max(0) as u64)
+                .map(|e| e.map(Arc::new))
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::from)?,
             _ => vec![],
         };
         let stream = async_stream(move |yielder| async move {
@@ -99,7 +109,10 @@ impl Subscription {
             loop {
                 match rx.recv().await {
                     Ok(e) => {
-                        if session.is_some_and(|s| s != e.session_id) || tenant.is_some_and(|t| t != e.tenant_id) || !actor.sees(Some(e.tenant_id)) {
+                        if session.is_some_and(|s| s != e.session_id)
+                            || tenant.is_some_and(|t| t != e.tenant_id)
+                            || !actor.sees(Some(e.tenant_id))
+                        {
                             continue;
                         }
                         if last.get(&e.session_id).is_some_and(|l| e.sequence <= *l) {
@@ -111,7 +124,9 @@ impl Subscription {
                         }
                     }
                     Err(RecvError::Lagged(n)) => {
-                        let err = ApiError::Conflict(format!("subscriber fell {n} events behind; resubscribe with afterSequence"));
+                        let err = ApiError::Conflict(format!(
+                            "subscriber fell {n} events behind; resubscribe with afterSequence"
+                        ));
                         let _ = yielder.send(Err(err.into())).await;
                         return;
                     }

@@ -63,7 +63,11 @@ pub struct BusinessHoursView {
 impl From<&BusinessHours> for BusinessHoursView {
     fn from(b: &BusinessHours) -> Self {
         let f = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
-        BusinessHoursView { days: b.days.clone(), start: f(b.start_minute), end: f(b.end_minute) }
+        BusinessHoursView {
+            days: b.days.clone(),
+            start: f(b.start_minute),
+            end: f(b.end_minute),
+        }
     }
 }
 
@@ -148,7 +152,11 @@ impl Computer {
     }
     /// When the agent last polled (kept in memory between periodic store writes).
     async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
-        Ok(Ctx::new(ctx)?.app.agents.last_seen(self.id).or(self.last_seen_at))
+        Ok(Ctx::new(ctx)?
+            .app
+            .agents
+            .last_seen(self.id)
+            .or(self.last_seen_at))
     }
     async fn os(&self) -> &str {
         &self.os
@@ -220,7 +228,10 @@ pub struct ScriptView {
 
 impl From<&Script> for ScriptView {
     fn from(s: &Script) -> Self {
-        ScriptView { language: s.language, body: s.body.clone() }
+        ScriptView {
+            language: s.language,
+            body: s.body.clone(),
+        }
     }
 }
 
@@ -444,7 +455,11 @@ impl Schedule {
         let tz = crate::scheduler::zone_for(self, tenant.as_ref())?;
         let cron = crate::scheduler::cron::CronExpr::parse(&self.cron)
             .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
-        Ok(cron.upcoming(tz, after.unwrap_or_else(|| c.app.clock.now()), count as usize))
+        Ok(cron.upcoming(
+            tz,
+            after.unwrap_or_else(|| c.app.clock.now()),
+            count as usize,
+        ))
     }
 }
 
@@ -560,17 +575,34 @@ impl Session {
     }
     async fn actions(&self) -> Vec<ActionView> {
         let items = std::sync::Arc::new(self.items.clone());
-        self.actions.iter().map(|a| ActionView { session: items.clone(), action: a.clone() }).collect()
+        self.actions
+            .iter()
+            .map(|a| ActionView {
+                session: items.clone(),
+                action: a.clone(),
+            })
+            .collect()
     }
     /// The session's log, oldest first; `afterSequence` pages on.
-    async fn logs(&self, ctx: &Context<'_>, after_sequence: Option<i64>, first: Option<i32>) -> Result<Vec<LogLine>> {
+    async fn logs(
+        &self,
+        ctx: &Context<'_>,
+        after_sequence: Option<i64>,
+        first: Option<i32>,
+    ) -> Result<Vec<LogLine>> {
         let c = Ctx::new(ctx)?;
         let n = first.map(|f| f.clamp(0, 5000) as usize).unwrap_or(1000);
         let after = after_sequence.unwrap_or(0).max(0) as u64;
         Ok(c.app
             .events_after(self.id, after)
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.log_line.clone().map(|l| LogLine { sequence: e.sequence as i64, at: e.at, message: l }))
+            .filter_map(|e| {
+                e.log_line.clone().map(|l| LogLine {
+                    sequence: e.sequence as i64,
+                    at: e.at,
+                    message: l,
+                })
+            })
             .take(n)
             .collect())
     }
@@ -608,13 +640,17 @@ impl ActionView {
     }
     async fn software(&self, ctx: &Context<'_>) -> Result<Option<Software>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
-            Some(ItemWhat::Software { software, .. }) => Ok(Ctx::new(ctx)?.app.store.get::<Software>(&software.id)?),
+            Some(ItemWhat::Software { software, .. }) => {
+                Ok(Ctx::new(ctx)?.app.store.get::<Software>(&software.id)?)
+            }
             _ => Ok(None),
         }
     }
     async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<MaintenanceTask>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
-            Some(ItemWhat::Task { task, .. }) => Ok(Ctx::new(ctx)?.app.store.get::<MaintenanceTask>(&task.id)?),
+            Some(ItemWhat::Task { task, .. }) => {
+                Ok(Ctx::new(ctx)?.app.store.get::<MaintenanceTask>(&task.id)?)
+            }
             _ => Ok(None),
         }
     }
@@ -628,7 +664,10 @@ impl ActionView {
     }
     async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<Deployment>> {
         match self.session.get(self.action.item) {
-            Some(i) => Ok(Ctx::new(ctx)?.app.store.get::<Deployment>(&i.deployment_id)?),
+            Some(i) => Ok(Ctx::new(ctx)?
+                .app
+                .store
+                .get::<Deployment>(&i.deployment_id)?),
             None => Ok(None),
         }
     }
@@ -678,7 +717,10 @@ impl ApiKey {
     }
     /// Kept in memory and written at most once a minute.
     async fn last_used_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
-        Ok(Ctx::new(ctx)?.app.api_key_last_used(self).or(self.last_used_at))
+        Ok(Ctx::new(ctx)?
+            .app
+            .api_key_last_used(self)
+            .or(self.last_used_at))
     }
     async fn revoked(&self) -> bool {
         self.revoked

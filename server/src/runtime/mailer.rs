@@ -5,7 +5,9 @@ use crate::auth::PostponeClaims;
 use crate::domain::*;
 use crate::engine::{MIN_POSTPONE_LEAD_MINUTES, kind_words};
 use crate::error::{ApiError, ApiResult};
-use crate::mail::render::{self, ActionView, Brand, MailTemplate, RebootExpectation, SessionMailView};
+use crate::mail::render::{
+    self, ActionView, Brand, MailTemplate, RebootExpectation, SessionMailView,
+};
 use crate::mail::{MailKind, MailStatus, OutboxMail};
 use crate::session::*;
 use crate::store::records::PENDING_MAIL;
@@ -27,7 +29,10 @@ impl App {
     pub fn brand(&self, t: &Tenant) -> Brand {
         Brand {
             company_name: t.company_name.clone().unwrap_or_else(|| t.name.clone()),
-            logo_url: t.logo_url.clone().filter(|u| u.starts_with("https://") || u.starts_with("http://")),
+            logo_url: t
+                .logo_url
+                .clone()
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://")),
             primary_color: t.primary_color.clone().unwrap_or_default(),
             msp_name: "Upkeep".into(),
         }
@@ -41,7 +46,9 @@ impl App {
     /// not used up, and execution at least 15 minutes away.
     pub fn postpone_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
         let now = self.clock.now();
-        let Some(at) = s.execute_at else { return Ok(None) };
+        let Some(at) = s.execute_at else {
+            return Ok(None);
+        };
         let postponable = s.options.allow_postpone
             && s.postpone_count < s.options.max_postpones
             && at >= now + chrono::Duration::minutes(MIN_POSTPONE_LEAD_MINUTES);
@@ -59,9 +66,19 @@ impl App {
     }
 
     /// The view a session mail or the postpone page renders.
-    pub fn session_view(&self, s: &Session, tenant: &Tenant, computer_name: &str, recipient_name: &str, postpone_url: Option<String>) -> SessionMailView {
+    pub fn session_view(
+        &self,
+        s: &Session,
+        tenant: &Tenant,
+        computer_name: &str,
+        recipient_name: &str,
+        postpone_url: Option<String>,
+    ) -> SessionMailView {
         let tz = Self::tenant_zone(tenant);
-        let when_t = s.execute_at.or(s.finished_at).unwrap_or_else(|| self.clock.now());
+        let when_t = s
+            .execute_at
+            .or(s.finished_at)
+            .unwrap_or_else(|| self.clock.now());
         let actions = s
             .actions
             .iter()
@@ -75,7 +92,13 @@ impl App {
                     (ActionKind::NoAction, _, _) => "No change needed".into(),
                     (k, _, _) => kind_words(k).to_string(),
                 };
-                let done = matches!(a.status, ActionStatus::Succeeded | ActionStatus::Failed | ActionStatus::Cancelled | ActionStatus::Skipped);
+                let done = matches!(
+                    a.status,
+                    ActionStatus::Succeeded
+                        | ActionStatus::Failed
+                        | ActionStatus::Cancelled
+                        | ActionStatus::Skipped
+                );
                 ActionView {
                     name,
                     kind_label: kind_words(a.kind).to_string(),
@@ -89,8 +112,14 @@ impl App {
         let reboot = match s.options.reboot_preference {
             RebootPreference::Force => RebootExpectation::Will,
             RebootPreference::Suppress => RebootExpectation::None,
-            RebootPreference::Normal if s.reboot_required || s.rebooted_at.is_some() => RebootExpectation::Will,
-            RebootPreference::Normal if s.actions.iter().any(|a| a.kind != ActionKind::NoAction) => RebootExpectation::May,
+            RebootPreference::Normal if s.reboot_required || s.rebooted_at.is_some() => {
+                RebootExpectation::Will
+            }
+            RebootPreference::Normal
+                if s.actions.iter().any(|a| a.kind != ActionKind::NoAction) =>
+            {
+                RebootExpectation::May
+            }
             RebootPreference::Normal => RebootExpectation::None,
         };
         SessionMailView {
@@ -102,35 +131,83 @@ impl App {
             actions,
             show_actions: s.options.show_actions_in_email,
             reboot,
-            update_now_url: postpone_url.as_ref().filter(|_| s.options.allow_update_now).cloned(),
+            update_now_url: postpone_url
+                .as_ref()
+                .filter(|_| s.options.allow_update_now)
+                .cloned(),
             postpone_url,
             postpones_left: s.options.max_postpones.saturating_sub(s.postpone_count),
-            result_summary: s.status.is_terminal().then(|| s.status_reason.clone().unwrap_or_default()),
+            result_summary: s
+                .status
+                .is_terminal()
+                .then(|| s.status_reason.clone().unwrap_or_default()),
             compliant: s.compliance == Some(Compliance::Compliant),
         }
     }
 
     /// Renders a session mail for the computer's primary person. `Ok(Err(why))` when there is
     /// nobody to mail.
-    pub fn compose_session_mail(&self, s: &Session, kind: MailKind) -> ApiResult<Result<OutboxMail, String>> {
-        let tenant = self.store.get::<Tenant>(&s.tenant_id)?.ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
-        let computer = self.store.get::<Computer>(&s.computer_id)?.ok_or_else(|| ApiError::Internal("computer missing".into()))?;
+    pub fn compose_session_mail(
+        &self,
+        s: &Session,
+        kind: MailKind,
+    ) -> ApiResult<Result<OutboxMail, String>> {
+        let tenant = self
+            .store
+            .get::<Tenant>(&s.tenant_id)?
+            .ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
+        let computer = self
+            .store
+            .get::<Computer>(&s.computer_id)?
+            .ok_or_else(|| ApiError::Internal("computer missing".into()))?;
         let Some(pid) = computer.primary_person_id else {
             return Ok(Err("the computer has no primary person".into()));
         };
         let Some(person) = self.store.get::<Person>(&pid)? else {
             return Ok(Err("the computer's primary person no longer exists".into()));
         };
-        let link = if kind == MailKind::Before { self.postpone_link(s, &person.email)? } else { None };
+        let link = if kind == MailKind::Before {
+            self.postpone_link(s, &person.email)?
+        } else {
+            None
+        };
         let view = self.session_view(s, &tenant, &computer.name, &person.name, link);
-        let template = if kind == MailKind::Before { MailTemplate::Before } else { MailTemplate::After };
-        let r = self.templates.render_session_mail(template, &view).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Ok(self.outbox_mail(Some(&tenant), Some(s.id), kind, vec![person.email], r)))
+        let template = if kind == MailKind::Before {
+            MailTemplate::Before
+        } else {
+            MailTemplate::After
+        };
+        let r = self
+            .templates
+            .render_session_mail(template, &view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Ok(self.outbox_mail(
+            Some(&tenant),
+            Some(s.id),
+            kind,
+            vec![person.email],
+            r,
+        )))
     }
 
-    pub fn outbox_mail(&self, tenant: Option<&Tenant>, session: Option<Id>, kind: MailKind, to: Vec<String>, r: render::RenderedMail) -> OutboxMail {
+    pub fn outbox_mail(
+        &self,
+        tenant: Option<&Tenant>,
+        session: Option<Id>,
+        kind: MailKind,
+        to: Vec<String>,
+        r: render::RenderedMail,
+    ) -> OutboxMail {
         let id = Id::new();
-        let host = self.public_url.split("://").nth(1).unwrap_or("localhost").split(['/', ':']).next().unwrap_or("localhost").to_string();
+        let host = self
+            .public_url
+            .split("://")
+            .nth(1)
+            .unwrap_or("localhost")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("localhost")
+            .to_string();
         let now = self.clock.now();
         OutboxMail {
             id,
@@ -138,9 +215,15 @@ impl App {
             tenant_id: tenant.map(|t| t.id),
             session_id: session,
             kind,
-            from: tenant.and_then(|t| t.mail_from.clone()).unwrap_or_else(|| self.config.mail_from.clone()),
+            from: tenant
+                .and_then(|t| t.mail_from.clone())
+                .unwrap_or_else(|| self.config.mail_from.clone()),
             to,
-            bcc: if kind == MailKind::Test { vec![] } else { tenant.map(|t| t.mail_bcc.clone()).unwrap_or_default() },
+            bcc: if kind == MailKind::Test {
+                vec![]
+            } else {
+                tenant.map(|t| t.mail_bcc.clone()).unwrap_or_default()
+            },
             subject: r.subject,
             text: r.text,
             html: r.html,
@@ -154,7 +237,8 @@ impl App {
 
     /// Queues a mail outside a session step (test mails).
     pub async fn queue_mail(&self, m: OutboxMail) -> ApiResult<()> {
-        self.store.write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))?;
+        self.store
+            .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))?;
         self.store.flush().await?;
         self.mail_wakeup.notify_one();
         Ok(())
@@ -179,15 +263,24 @@ impl App {
         loop {
             let now = self.clock.now();
             let mut next_due: Option<Time> = None;
-            let pending: Vec<OutboxMail> = self.store.by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None).filter_map(|m| m.ok()).collect();
+            let pending: Vec<OutboxMail> = self
+                .store
+                .by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None)
+                .filter_map(|m| m.ok())
+                .collect();
             for m in pending {
                 if m.next_attempt_at > now {
-                    next_due = Some(next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)));
+                    next_due = Some(
+                        next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)),
+                    );
                     continue;
                 }
                 self.send_one(transport.as_ref(), m).await;
             }
-            let wait = next_due.map(|t| (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO)).unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(5));
+            let wait = next_due
+                .map(|t| (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(30))
+                .min(Duration::from_secs(5));
             tokio::select! {
                 _ = self.mail_wakeup.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -196,7 +289,11 @@ impl App {
         }
     }
 
-    async fn send_one(&self, transport: Option<&AsyncSmtpTransport<Tokio1Executor>>, mut m: OutboxMail) {
+    async fn send_one(
+        &self,
+        transport: Option<&AsyncSmtpTransport<Tokio1Executor>>,
+        mut m: OutboxMail,
+    ) {
         let now = self.clock.now();
         let result = match build_message(&m) {
             Ok(msg) => match transport {
@@ -215,14 +312,20 @@ impl App {
             Ok(()) => {
                 m.status = MailStatus::Sent { at: now };
                 m.last_error = None;
-                self.metrics.mails_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .mails_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(mail = %m.id, message_id = %m.message_id, to = ?m.to, "mail sent");
             }
             Err(e) => {
-                self.metrics.mail_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .mail_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(mail = %m.id, attempt = m.attempts, error = %e, "mail not sent");
                 m.last_error = Some(e);
-                if now - m.created_at > chrono::Duration::hours(GIVE_UP_AFTER_HOURS) || m.attempts >= u32::MAX / 2 {
+                if now - m.created_at > chrono::Duration::hours(GIVE_UP_AFTER_HOURS)
+                    || m.attempts >= u32::MAX / 2
+                {
                     m.status = MailStatus::Failed { at: now };
                     failed_for_good = true;
                 } else {
@@ -254,10 +357,16 @@ impl App {
 
     async fn write_eml(&self, m: &OutboxMail, msg: &Message) -> Result<(), String> {
         let dir = self.config.data_dir.join("outbox-files");
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
         let tmp = dir.join(format!("{}.eml.tmp", m.id));
-        tokio::fs::write(&tmp, msg.formatted()).await.map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, dir.join(format!("{}.eml", m.id))).await.map_err(|e| e.to_string())
+        tokio::fs::write(&tmp, msg.formatted())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::fs::rename(&tmp, dir.join(format!("{}.eml", m.id)))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -265,13 +374,23 @@ impl App {
 /// encode them; the subject was already stripped of control characters by the renderer, so no
 /// header can be injected through a name.
 pub fn build_message(m: &OutboxMail) -> Result<Message, String> {
-    let from: Mailbox = m.from.parse().map_err(|e| format!("sender {}: {e}", m.from))?;
-    let mut b = Message::builder().from(from).subject(m.subject.replace(['\r', '\n'], " ")).message_id(Some(m.message_id.clone()));
+    let from: Mailbox = m
+        .from
+        .parse()
+        .map_err(|e| format!("sender {}: {e}", m.from))?;
+    let mut b = Message::builder()
+        .from(from)
+        .subject(m.subject.replace(['\r', '\n'], " "))
+        .message_id(Some(m.message_id.clone()));
     for t in &m.to {
         b = b.to(t.parse().map_err(|e| format!("recipient {t}: {e}"))?);
     }
     for t in &m.bcc {
         b = b.bcc(t.parse().map_err(|e| format!("bcc {t}: {e}"))?);
     }
-    b.multipart(MultiPart::alternative_plain_html(m.text.clone(), m.html.clone())).map_err(|e| e.to_string())
+    b.multipart(MultiPart::alternative_plain_html(
+        m.text.clone(),
+        m.html.clone(),
+    ))
+    .map_err(|e| e.to_string())
 }

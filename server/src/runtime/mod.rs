@@ -48,7 +48,9 @@ struct RuntimeState {
 impl SessionRuntime {
     pub fn new(max_running: usize) -> SessionRuntime {
         SessionRuntime {
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             state: Mutex::new(RuntimeState::default()),
             max_running,
             create_lock: tokio::sync::Mutex::new(()),
@@ -136,12 +138,21 @@ impl SessionRuntime {
             st.running.remove(&s.id);
         }
         let free = self.max_running.saturating_sub(st.running.len());
-        st.queue.iter().take(free).map(|k| k.2).filter(|q| *q != s.id).collect()
+        st.queue
+            .iter()
+            .take(free)
+            .map(|k| k.2)
+            .filter(|q| *q != s.id)
+            .collect()
     }
 
     fn due_timers(&self, now: Time) -> Vec<Id> {
         let st = self.st();
-        st.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect()
+        st.timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .collect()
     }
 }
 
@@ -178,11 +189,16 @@ impl App {
             Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
             _ => None,
         };
-        let slot_needed = !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
+        let slot_needed =
+            !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let env = Env {
             now: self.clock.now(),
             online: self.agents.is_online(s.computer_id),
-            slot_available: if slot_needed { self.runtime.try_slot(id) } else { true },
+            slot_available: if slot_needed {
+                self.runtime.try_slot(id)
+            } else {
+                true
+            },
             reboot_held_until: self.reboot_hold(&s)?,
             limits: self.config.limits(),
         };
@@ -193,14 +209,18 @@ impl App {
                 let _ = self.runtime.note(&s);
                 return Err(match e {
                     EngineError::Conflict(m) => ApiError::Conflict(m),
-                    EngineError::NotAllowed(m) => ApiError::BadInput { field: "id".into(), message: m },
+                    EngineError::NotAllowed(m) => ApiError::BadInput {
+                        field: "id".into(),
+                        message: m,
+                    },
                 });
             }
         };
         if effects.is_empty() && s.status == before_status && settle.is_none() {
             // Nothing happened (a tick while waiting); keep the wake time current.
             // Persisted without a flush: nothing was acknowledged or published.
-            self.store.write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))?;
+            self.store
+                .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))?;
             let wake = self.runtime.note(&s);
             self.spawn_ticks(wake);
             return Ok(s);
@@ -227,14 +247,24 @@ impl App {
     }
 
     /// Persists the session with everything its effects create, in one transaction.
-    async fn commit(self: &Arc<Self>, s: &mut Session, effects: &[Effect], before: SessionStatus, settle: Option<Id>) -> ApiResult<Committed> {
+    async fn commit(
+        self: &Arc<Self>,
+        s: &mut Session,
+        effects: &[Effect],
+        before: SessionStatus,
+        settle: Option<Id>,
+    ) -> ApiResult<Committed> {
         let now = self.clock.now();
         let mut c = Committed::default();
         c.abandoned.extend(settle);
         let mut notes = Vec::new();
         for e in effects {
             match e {
-                Effect::Dispatch { job, kind, lease_seconds } => c.jobs.push(JobRecord {
+                Effect::Dispatch {
+                    job,
+                    kind,
+                    lease_seconds,
+                } => c.jobs.push(JobRecord {
                     id: *job,
                     session_id: s.id,
                     computer_id: s.computer_id,
@@ -245,15 +275,26 @@ impl App {
                     attempts: 0,
                 }),
                 Effect::Abandon { job } => c.abandoned.push(*job),
-                Effect::Emit { action, log, status } => {
-                    c.events.push(new_event(s, now, *status, *action, log.clone()));
+                Effect::Emit {
+                    action,
+                    log,
+                    status,
+                } => {
+                    c.events
+                        .push(new_event(s, now, *status, *action, log.clone()));
                 }
                 Effect::Mail(kind) => match self.compose_session_mail(s, *kind) {
                     Ok(Ok(m)) => {
-                        notes.push(format!("{} mail queued for {}", mail_word(*kind), m.to.join(", ")));
+                        notes.push(format!(
+                            "{} mail queued for {}",
+                            mail_word(*kind),
+                            m.to.join(", ")
+                        ));
                         c.mails.push(m);
                     }
-                    Ok(Err(why)) => notes.push(format!("{} mail not sent: {why}", mail_word(*kind))),
+                    Ok(Err(why)) => {
+                        notes.push(format!("{} mail not sent: {why}", mail_word(*kind)))
+                    }
                     Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
                 },
                 Effect::Finished => c.finished = true,
@@ -312,7 +353,9 @@ impl App {
             self.agents.enqueue(j);
         }
         for e in c.events {
-            self.metrics.session_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .session_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = self.events.send(Arc::new(e));
         }
         if !c.mails.is_empty() {
@@ -322,7 +365,9 @@ impl App {
             self.webhook_wakeup.notify_one();
         }
         if c.finished {
-            self.metrics.sessions_finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .sessions_finished
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(session = %s.id, computer = %s.computer_id, status = ?s.status, reason = ?s.status_reason, "session finished");
         }
     }
@@ -330,13 +375,23 @@ impl App {
     /// When a reboot may not start now, the instant it may (the end of the tenant's business
     /// hours).
     fn reboot_hold(&self, s: &Session) -> ApiResult<Option<Time>> {
-        if s.options.allow_reboot_during_business_hours || !matches!(s.stage, Stage::RebootHeld | Stage::Executing) {
+        if s.options.allow_reboot_during_business_hours
+            || !matches!(s.stage, Stage::RebootHeld | Stage::Executing)
+        {
             return Ok(None);
         }
-        let Some(t) = self.store.get::<Tenant>(&s.tenant_id)? else { return Ok(None) };
-        let Some(bh) = &t.business_hours else { return Ok(None) };
+        let Some(t) = self.store.get::<Tenant>(&s.tenant_id)? else {
+            return Ok(None);
+        };
+        let Some(bh) = &t.business_hours else {
+            return Ok(None);
+        };
         let tz = crate::scheduler::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
-        Ok(crate::scheduler::business_hours_end(bh, tz, self.clock.now()))
+        Ok(crate::scheduler::business_hours_end(
+            bh,
+            tz,
+            self.clock.now(),
+        ))
     }
 
     /// Background loop: ticks sessions whose timers are due (every second, and at once when a
@@ -368,7 +423,13 @@ impl App {
     }
 }
 
-fn new_event(s: &mut Session, now: Time, status: SessionStatus, action: Option<(Id, ActionStatus)>, log: Option<String>) -> SessionEvent {
+fn new_event(
+    s: &mut Session,
+    now: Time,
+    status: SessionStatus,
+    action: Option<(Id, ActionStatus)>,
+    log: Option<String>,
+) -> SessionEvent {
     s.last_sequence += 1;
     SessionEvent {
         session_id: s.id,

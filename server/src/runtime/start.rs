@@ -26,7 +26,12 @@ impl App {
     /// The plan items for a session: enabled deployments matching the computer, filtered by
     /// enforcement (`ONBOARDING` only in onboarding sessions, `AD_HOC` only when named), resolved
     /// per software or task, exceptions dropped, in run order.
-    pub fn plan_items(&self, computer: &Computer, trigger: SessionTrigger, named: Option<&[Id]>) -> ApiResult<Vec<PlanItem>> {
+    pub fn plan_items(
+        &self,
+        computer: &Computer,
+        trigger: SessionTrigger,
+        named: Option<&[Id]>,
+    ) -> ApiResult<Vec<PlanItem>> {
         let all = self.catalogue_deployments_for(computer.tenant_id)?;
         let applicable: Vec<Deployment> = all
             .into_iter()
@@ -47,7 +52,9 @@ impl App {
             let d = &r.winner;
             let what = match r.subject {
                 Subject::Software(sid) => {
-                    let Some(sw) = self.store.get::<Software>(&sid)? else { continue };
+                    let Some(sw) = self.store.get::<Software>(&sid)? else {
+                        continue;
+                    };
                     let configuration_task = match sw.configuration_task_id {
                         Some(t) => self.store.get::<MaintenanceTask>(&t)?.map(task_snapshot),
                         None => None,
@@ -61,13 +68,20 @@ impl App {
                             uninstall_script: sw.uninstall_script,
                             configuration_task,
                         },
-                        desired: d.desired_state.unwrap_or(DesiredSoftwareState::InstalledLatest),
+                        desired: d
+                            .desired_state
+                            .unwrap_or(DesiredSoftwareState::InstalledLatest),
                         version: d.version.clone(),
                     }
                 }
                 Subject::Task(tid) => {
-                    let Some(t) = self.store.get::<MaintenanceTask>(&tid)? else { continue };
-                    ItemWhat::Task { task: task_snapshot(t), mode: d.task_mode }
+                    let Some(t) = self.store.get::<MaintenanceTask>(&tid)? else {
+                        continue;
+                    };
+                    ItemWhat::Task {
+                        task: task_snapshot(t),
+                        mode: d.task_mode,
+                    }
                 }
             };
             items.push(PlanItem {
@@ -82,7 +96,18 @@ impl App {
         }
         // Onboarding deployments first, then BEGINNING by position, the unordered middle, END by
         // position; ties keep deployment creation order.
-        items.sort_by_key(|i| (i.enforcement != Enforcement::Onboarding, i.order, if i.order == DeploymentOrder::Unordered { 0 } else { i.position }, i.deployment_id));
+        items.sort_by_key(|i| {
+            (
+                i.enforcement != Enforcement::Onboarding,
+                i.order,
+                if i.order == DeploymentOrder::Unordered {
+                    0
+                } else {
+                    i.position
+                },
+                i.deployment_id,
+            )
+        });
         Ok(items)
     }
 
@@ -176,5 +201,10 @@ impl App {
 }
 
 fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
-    TaskSnapshot { id: t.id, name: t.name, test_script: t.test_script, set_script: t.set_script }
+    TaskSnapshot {
+        id: t.id,
+        name: t.name,
+        test_script: t.test_script,
+        set_script: t.set_script,
+    }
 }

@@ -53,7 +53,9 @@ pub fn business_hours_end(bh: &BusinessHours, tz: Tz, now: Time) -> Option<Time>
     }
     let end = NaiveTime::from_hms_opt(bh.end_minute / 60, bh.end_minute % 60, 0)?;
     let naive = local.date_naive().and_time(end);
-    tz.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&chrono::Utc))
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 trait HourMin {
@@ -85,7 +87,10 @@ impl App {
 
     /// One pass over every enabled schedule.
     pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
-        let schedules: Vec<Schedule> = self.store.scan::<Schedule>(None).collect::<Result<_, _>>()?;
+        let schedules: Vec<Schedule> = self
+            .store
+            .scan::<Schedule>(None)
+            .collect::<Result<_, _>>()?;
         for s in schedules.into_iter().filter(|s| s.enabled) {
             let tenants: Vec<Tenant> = match s.tenant_id {
                 Some(t) => self.store.get::<Tenant>(&t)?.into_iter().collect(),
@@ -107,14 +112,23 @@ impl App {
         let now = self.clock.now();
         let tz = zone_for(s, Some(tenant))?;
         let expr = cron::CronExpr::parse(&s.cron).map_err(|e| ApiError::bad("cron", e.0))?;
-        let key = if s.tenant_id.is_some() && s.time_zone.is_some() { OWN_ZONE.to_string() } else { tenant.id.to_string() };
+        let key = if s.tenant_id.is_some() && s.time_zone.is_some() {
+            OWN_ZONE.to_string()
+        } else {
+            tenant.id.to_string()
+        };
         let lead = Duration::minutes(i64::from(s.detection_lead_minutes));
         let window = Duration::minutes(i64::from(s.window_minutes));
         let next = match s.next_fire.get(&key) {
             Some(n) => *n,
             None => {
-                // First look at this schedule: the first occurrence whose detection is still ahead.
-                let first = expr.next_after(tz, now + lead - Duration::seconds(1));
+                // First look (for this zone): the first occurrence whose detection starts after
+                // the timing was set, or after the tenant joined.
+                let since = s
+                    .timing_since
+                    .unwrap_or(s.created_at)
+                    .max(tenant.created_at);
+                let first = expr.next_after(tz, since + lead - Duration::seconds(1));
                 match first {
                     Some(f) => {
                         self.save_cursor(s.id, &key, f, None)?;
@@ -128,7 +142,9 @@ impl App {
             return Ok(());
         }
         // The occurrence is due. Find the one after it (skipping any whose window closed).
-        let following = expr.next_after(tz, next).unwrap_or(next + Duration::days(36500));
+        let following = expr
+            .next_after(tz, next)
+            .unwrap_or(next + Duration::days(36500));
         if now >= next + window {
             tracing::warn!(schedule = %s.id, tenant = %tenant.id, occurrence = %next, "occurrence missed: its window closed while the server was not running; skipped");
             let mut n = following;
@@ -151,7 +167,9 @@ impl App {
 
     fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
         self.store.write(|tx| {
-            let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else { return Ok(()) };
+            let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else {
+                return Ok(());
+            };
             s.next_fire.insert(key.to_string(), next);
             if ran.is_some() {
                 s.last_run_at = ran;
@@ -164,7 +182,13 @@ impl App {
 
     /// Starts the sessions of one occurrence `o` of `s` for `tenant`'s computers. With
     /// `spread`, executions are spread over the first half of the window.
-    pub async fn fire_schedule(self: &Arc<Self>, s: &Schedule, tenant: &Tenant, occurrence: Time, by: &str) -> ApiResult<Vec<crate::session::Session>> {
+    pub async fn fire_schedule(
+        self: &Arc<Self>,
+        s: &Schedule,
+        tenant: &Tenant,
+        occurrence: Time,
+        by: &str,
+    ) -> ApiResult<Vec<crate::session::Session>> {
         let now = self.clock.now();
         let computers = self.schedule_targets(s, tenant)?;
         let n = computers.len().max(1) as i64;
@@ -177,9 +201,14 @@ impl App {
                 continue;
             }
             if let Some(active) = self.runtime.active_session_of(c.id) {
-                let same_schedule = self.store.get::<crate::session::Session>(&active)?.is_some_and(|x| x.schedule_id == Some(s.id));
+                let same_schedule = self
+                    .store
+                    .get::<crate::session::Session>(&active)?
+                    .is_some_and(|x| x.schedule_id == Some(s.id));
                 if same_schedule && !immediate {
-                    let _ = self.cancel_session(active, "a newer occurrence of its schedule (superseded)").await;
+                    let _ = self
+                        .cancel_session(active, "a newer occurrence of its schedule (superseded)")
+                        .await;
                 } else {
                     tracing::info!(schedule = %s.id, computer = %c.id, session = %active, "computer has an unfinished session; skipped");
                     continue;
@@ -190,7 +219,10 @@ impl App {
             } else {
                 let offset = Duration::milliseconds(half_window_ms * i as i64 / n);
                 let at = occurrence + offset;
-                (if at > now { Some(at) } else { None }, Some(occurrence + Duration::minutes(i64::from(s.window_minutes))))
+                (
+                    if at > now { Some(at) } else { None },
+                    Some(occurrence + Duration::minutes(i64::from(s.window_minutes))),
+                )
             };
             let req = StartRequest {
                 computer: c.clone(),
@@ -205,7 +237,9 @@ impl App {
             };
             match self.start_session(req).await {
                 Ok(sess) => out.push(sess),
-                Err(e) => tracing::info!(schedule = %s.id, computer = %c.id, error = %e, "session not started"),
+                Err(e) => {
+                    tracing::info!(schedule = %s.id, computer = %c.id, error = %e, "session not started")
+                }
             }
         }
         Ok(out)
@@ -214,7 +248,10 @@ impl App {
     /// The computers a schedule targets in `tenant`, resolved now.
     pub fn schedule_targets(&self, s: &Schedule, tenant: &Tenant) -> ApiResult<Vec<Computer>> {
         let idx = match s.target.kind {
-            TargetKind::Tag => IndexKey::new(TAG_COMPUTERS, tag_value(tenant.id, s.target.value.as_deref().unwrap_or(""))),
+            TargetKind::Tag => IndexKey::new(
+                TAG_COMPUTERS,
+                tag_value(tenant.id, s.target.value.as_deref().unwrap_or("")),
+            ),
             _ => IndexKey::new(TENANT_COMPUTERS, tenant.id.as_bytes()),
         };
         let mut out = Vec::new();

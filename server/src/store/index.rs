@@ -15,7 +15,10 @@ pub struct IndexKey {
 
 impl IndexKey {
     pub fn new(index: u8, value: impl AsRef<[u8]>) -> Self {
-        IndexKey { index, value: value.as_ref().to_vec() }
+        IndexKey {
+            index,
+            value: value.as_ref().to_vec(),
+        }
     }
 
     pub fn prefix(&self) -> Vec<u8> {

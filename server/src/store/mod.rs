@@ -37,7 +37,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
-    #[error("the data directory was written by a newer Upkeep (store schema {found}, this build knows {known})")]
+    #[error(
+        "the data directory was written by a newer Upkeep (store schema {found}, this build knows {known})"
+    )]
     TooNew { found: u64, known: u64 },
     #[error("{0}")]
     Conflict(String),
@@ -178,7 +180,10 @@ impl Store {
             None => 0,
         };
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { found, known: SCHEMA_VERSION });
+            return Err(StoreError::TooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
         }
         migrate(self, found)?;
         self.inner
@@ -221,10 +226,9 @@ impl Store {
         self.inner.reads.fetch_add(1, Ordering::Relaxed);
         let tree = self.tree(T::KIND);
         let iter = match after {
-            Some(a) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(a),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
             None => tree.iter(),
         };
         iter.map(|r| {
@@ -330,7 +334,10 @@ impl Store {
     }
 
     /// Every record of a kind, newest first, strictly before `before`.
-    pub fn scan_rev<'s, T: Record>(&'s self, before: Option<&[u8]>) -> impl Iterator<Item = Result<T>> + use<'s, T> {
+    pub fn scan_rev<'s, T: Record>(
+        &'s self,
+        before: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<T>> + use<'s, T> {
         self.inner.reads.fetch_add(1, Ordering::Relaxed);
         let tree = self.tree(T::KIND);
         let iter = match before {
@@ -358,19 +365,24 @@ impl Store {
 
     /// Runs `f` as one atomic transaction over every tree. `f` may run several times; it must
     /// not do I/O. Returns what `f` returns, or its abort error.
-    pub fn write<A, E>(&self, f: impl Fn(&mut Tx<'_>) -> Result<A, TxError<E>>) -> Result<A, WriteError<E>> {
+    pub fn write<A, E>(
+        &self,
+        f: impl Fn(&mut Tx<'_>) -> Result<A, TxError<E>>,
+    ) -> Result<A, WriteError<E>> {
         self.inner.writes.fetch_add(1, Ordering::Relaxed);
         let mut all: Vec<&sled::Tree> = self.inner.trees.iter().collect();
         all.push(&self.inner.index);
-        let r = all.as_slice().transaction(|trees: &Vec<TransactionalTree>| {
-            let mut tx = Tx { trees };
-            f(&mut tx).map_err(|e| match e {
-                TxError::Abort(e) => ConflictableTransactionError::Abort(WriteError::Abort(e)),
-                TxError::Store(StoreError::Sled(e)) => ConflictableTransactionError::Storage(e),
-                TxError::Store(e) => ConflictableTransactionError::Abort(WriteError::Store(e)),
-                TxError::Conflict => ConflictableTransactionError::Conflict,
-            })
-        });
+        let r = all
+            .as_slice()
+            .transaction(|trees: &Vec<TransactionalTree>| {
+                let mut tx = Tx { trees };
+                f(&mut tx).map_err(|e| match e {
+                    TxError::Abort(e) => ConflictableTransactionError::Abort(WriteError::Abort(e)),
+                    TxError::Store(StoreError::Sled(e)) => ConflictableTransactionError::Storage(e),
+                    TxError::Store(e) => ConflictableTransactionError::Abort(WriteError::Store(e)),
+                    TxError::Conflict => ConflictableTransactionError::Conflict,
+                })
+            });
         match r {
             Ok(a) => Ok(a),
             Err(TransactionError::Abort(e)) => Err(e),
@@ -399,16 +411,6 @@ impl Store {
         Ok(())
     }
 
-    /// Consistent copy of every tree, for backups.
-    pub fn export(&self) -> Vec<(Vec<u8>, Vec<u8>, impl Iterator<Item = Vec<Vec<u8>>> + use<>)> {
-        self.inner.db.export()
-    }
-
-    /// Loads an export into an empty store.
-    pub fn import(&self, export: Vec<(Vec<u8>, Vec<u8>, impl Iterator<Item = Vec<Vec<u8>>>)>) {
-        self.inner.db.import(export)
-    }
-
     /// Checks every index entry points at a record that lists it, and every record's index
     /// entries exist. Returns a description of each problem found.
     pub fn check_indexes(&self) -> Result<Vec<String>> {
@@ -419,7 +421,11 @@ impl Store {
                 let (k, v) = r?;
                 match index::entries_of(kind, &k, &v) {
                     Ok(entries) => expected.extend(entries),
-                    Err(e) => problems.push(format!("{}: record {}: {e}", kind.tree_name(), hex::encode(&k))),
+                    Err(e) => problems.push(format!(
+                        "{}: record {}: {e}",
+                        kind.tree_name(),
+                        hex::encode(&k)
+                    )),
                 }
             }
         }
@@ -430,7 +436,10 @@ impl Store {
                 continue; // unique markers are checked by their owners' lookups
             }
             if !expected.contains(k.as_ref()) {
-                problems.push(format!("index entry {} points at no record that lists it", hex::encode(&k)));
+                problems.push(format!(
+                    "index entry {} points at no record that lists it",
+                    hex::encode(&k)
+                ));
             }
             seen.insert(k.to_vec());
         }
@@ -563,7 +572,9 @@ impl Tx<'_> {
 fn migrate(_store: &Store, from: u64) -> Result<()> {
     match from {
         0 | SCHEMA_VERSION => Ok(()),
-        other => Err(StoreError::Corrupt(format!("no migration from store schema {other}"))),
+        other => Err(StoreError::Corrupt(format!(
+            "no migration from store schema {other}"
+        ))),
     }
 }
 

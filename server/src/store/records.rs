@@ -37,7 +37,8 @@ pub const ACTIVE_SESSIONS: u8 = 25;
 pub const NO_TENANT: [u8; 16] = [0; 16];
 
 pub fn tenant_key(t: Option<Id>) -> Vec<u8> {
-    t.map(|t| t.as_bytes().to_vec()).unwrap_or_else(|| NO_TENANT.to_vec())
+    t.map(|t| t.as_bytes().to_vec())
+        .unwrap_or_else(|| NO_TENANT.to_vec())
 }
 
 pub fn tag_value(tenant: Id, tag: &str) -> Vec<u8> {
@@ -119,7 +120,10 @@ impl Record for Deployment {
         self.id.as_bytes().to_vec()
     }
     fn index_keys(&self) -> Vec<IndexKey> {
-        vec![IndexKey::new(TENANT_DEPLOYMENTS, tenant_key(self.tenant_id))]
+        vec![IndexKey::new(
+            TENANT_DEPLOYMENTS,
+            tenant_key(self.tenant_id),
+        )]
     }
 }
 
@@ -139,7 +143,10 @@ impl Record for EnrollmentKey {
         self.id.as_bytes().to_vec()
     }
     fn index_keys(&self) -> Vec<IndexKey> {
-        vec![IndexKey::new(TENANT_ENROLLMENT_KEYS, self.tenant_id.as_bytes())]
+        vec![IndexKey::new(
+            TENANT_ENROLLMENT_KEYS,
+            self.tenant_id.as_bytes(),
+        )]
     }
 }
 
@@ -231,7 +238,10 @@ impl Record for Delivery {
         self.id.as_bytes().to_vec()
     }
     fn index_keys(&self) -> Vec<IndexKey> {
-        let mut v = vec![IndexKey::new(WEBHOOK_DELIVERIES, self.webhook_id.as_bytes())];
+        let mut v = vec![IndexKey::new(
+            WEBHOOK_DELIVERIES,
+            self.webhook_id.as_bytes(),
+        )];
         if self.is_pending() {
             v.push(IndexKey::new(PENDING_DELIVERIES, []));
         }

@@ -16,7 +16,11 @@ async fn enrollment_restart_and_refused_keys() -> anyhow::Result<()> {
     s.wait_online(&admin, &id).await?;
     let creds = std::fs::metadata(state.path().join("credentials.json"))?;
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(creds.permissions().mode() & 0o777, 0o600, "credentials are private");
+    assert_eq!(
+        creds.permissions().mode() & 0o777,
+        0o600,
+        "credentials are private"
+    );
     // Restart the agent: same state dir, no key needed, no second computer.
     a.stop().await;
     let _a = TestAgent::start_in(&s.url, None, state.path(), "pc-1")?;
@@ -24,7 +28,14 @@ async fn enrollment_restart_and_refused_keys() -> anyhow::Result<()> {
     // Re-enrolling the same machine (a re-install) finds the computer again.
     let other_state = tempfile::tempdir()?;
     let _b = TestAgent::start_in(&s.url, Some(&key), other_state.path(), "pc-1")?;
-    wait_for("re-enrollment", Duration::from_secs(10), || async { Ok(other_state.path().join("credentials.json").exists().then_some(())) }).await?;
+    wait_for("re-enrollment", Duration::from_secs(10), || async {
+        Ok(other_state
+            .path()
+            .join("credentials.json")
+            .exists()
+            .then_some(()))
+    })
+    .await?;
     let n = s.gql(&admin, "query($t: ID) { computers(tenantId: $t) { totalCount edges { node { hostname os agentVersion } } } }", json!({"t": t})).await?;
     assert_eq!(n["computers"]["totalCount"], 1, "{n}");
     let enroll = |k: &str| {
@@ -32,11 +43,28 @@ async fn enrollment_restart_and_refused_keys() -> anyhow::Result<()> {
     };
     let wrong = enroll("uek_wrong").await?;
     assert_eq!(wrong.status(), 401);
-    assert_eq!(wrong.json::<serde_json::Value>().await?["code"], "UNAUTHENTICATED");
-    let keys = s.gql(&admin, "query($t: ID) { enrollmentKeys(tenantId: $t) { edges { node { id uses } } } }", json!({"t": t})).await?;
-    assert_eq!(keys["enrollmentKeys"]["edges"][0]["node"]["uses"], 1, "a re-enrollment is not a new use");
+    assert_eq!(
+        wrong.json::<serde_json::Value>().await?["code"],
+        "UNAUTHENTICATED"
+    );
+    let keys = s
+        .gql(
+            &admin,
+            "query($t: ID) { enrollmentKeys(tenantId: $t) { edges { node { id uses } } } }",
+            json!({"t": t}),
+        )
+        .await?;
+    assert_eq!(
+        keys["enrollmentKeys"]["edges"][0]["node"]["uses"], 1,
+        "a re-enrollment is not a new use"
+    );
     let kid = keys["enrollmentKeys"]["edges"][0]["node"]["id"].clone();
-    s.gql(&admin, "mutation($id: ID!) { revokeEnrollmentKey(id: $id) }", json!({"id": kid})).await?;
+    s.gql(
+        &admin,
+        "mutation($id: ID!) { revokeEnrollmentKey(id: $id) }",
+        json!({"id": kid}),
+    )
+    .await?;
     assert_eq!(enroll(&key).await?.status(), 403);
     Ok(())
 }
@@ -60,13 +88,54 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
     let url = |p: &str| format!("{}{p}", s.url);
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
         (s.http.post(url("/agent/v1/poll")).body("{}"), 401),
-        (s.http.post(url("/agent/v1/poll")).bearer_auth("nope").body(big.clone()), 401),
-        (s.http.post(url("/agent/v1/jobs/abc/result")).body("garbage"), 401),
-        (s.http.post(url("/agent/v1/poll")).bearer_auth(&token).body(big.clone()), 413),
-        (s.http.post(url("/agent/v1/poll")).bearer_auth(&token).body("not json"), 400),
-        (s.http.post(url("/agent/v1/poll")).bearer_auth(&token).body("{\"protocolVersion\": 7}"), 400),
-        (s.http.post(url("/agent/v1/poll")).bearer_auth(&token).body("{\"protocolVersion\": 1, \"waitSeconds\": \"soon\"}"), 422),
-        (s.http.post(url("/agent/v1/jobs/nope/result")).bearer_auth(&token).body("{\"protocolVersion\": 1, \"kind\": \"failed\", \"error\": \"x\"}"), 404),
+        (
+            s.http
+                .post(url("/agent/v1/poll"))
+                .bearer_auth("nope")
+                .body(big.clone()),
+            401,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/jobs/abc/result"))
+                .body("garbage"),
+            401,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/poll"))
+                .bearer_auth(&token)
+                .body(big.clone()),
+            413,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/poll"))
+                .bearer_auth(&token)
+                .body("not json"),
+            400,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/poll"))
+                .bearer_auth(&token)
+                .body("{\"protocolVersion\": 7}"),
+            400,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/poll"))
+                .bearer_auth(&token)
+                .body("{\"protocolVersion\": 1, \"waitSeconds\": \"soon\"}"),
+            422,
+        ),
+        (
+            s.http
+                .post(url("/agent/v1/jobs/nope/result"))
+                .bearer_auth(&token)
+                .body("{\"protocolVersion\": 1, \"kind\": \"failed\", \"error\": \"x\"}"),
+            404,
+        ),
         (s.http.post(url("/agent/v1/enroll")).body("[1,2"), 400),
     ];
     for (req, want) in cases {
@@ -74,7 +143,10 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
         let status = r.status().as_u16();
         let body: serde_json::Value = r.json().await?;
         assert_eq!(status, want, "{body}");
-        assert!(body["error"].is_string() && body["code"].is_string(), "{body}");
+        assert!(
+            body["error"].is_string() && body["code"].is_string(),
+            "{body}"
+        );
     }
     Ok(())
 }
@@ -94,7 +166,13 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
         .json()
         .await?;
     let token = r["agentToken"].as_str().unwrap().to_string();
-    let poll = || s.http.post(format!("{}/agent/v1/poll", s.url)).bearer_auth(&token).json(&json!({"protocolVersion": 1, "waitSeconds": 0})).send();
+    let poll = || {
+        s.http
+            .post(format!("{}/agent/v1/poll", s.url))
+            .bearer_auth(&token)
+            .json(&json!({"protocolVersion": 1, "waitSeconds": 0}))
+            .send()
+    };
     poll().await?;
     let (w0, r0) = s.app().store.op_counts();
     for _ in 0..300 {
@@ -106,13 +184,24 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
     let (w1, r1) = s.app().store.op_counts();
     // Background loops read a little every second; 300 polls reading or writing even once each
     // would show as hundreds.
-    assert!(w1 - w0 < 20 && r1 - r0 < 60, "polls touched the store: {} writes, {} reads", w1 - w0, r1 - r0);
+    assert!(
+        w1 - w0 < 20 && r1 - r0 < 60,
+        "polls touched the store: {} writes, {} reads",
+        w1 - w0,
+        r1 - r0
+    );
     assert!(s.metric("upkeep_agent_polls_total").await? >= 300.0);
     let id = r["computerId"].as_str().unwrap().to_string();
     s.wait_online(&admin, &id).await?;
     // No more polls: offline after `offline_after_seconds` (3 s in tests).
     wait_for("computer offline", Duration::from_secs(15), || async {
-        let d = s.gql(&admin, "query($id: ID!) { computer(id: $id) { online lastSeenAt } }", json!({"id": id})).await?;
+        let d = s
+            .gql(
+                &admin,
+                "query($id: ID!) { computer(id: $id) { online lastSeenAt } }",
+                json!({"id": id}),
+            )
+            .await?;
         Ok((!d["computer"]["online"].as_bool().unwrap_or(true)).then_some(()))
     })
     .await?;
@@ -150,7 +239,10 @@ async fn lease_rule_for_vanished_agents() -> anyhow::Result<()> {
     let c = s.computer_id(&admin, "pc").await?;
     s.wait_online(&admin, &c).await?;
     let id = s.start_session(&admin, &c, json!({})).await?;
-    wait_for("install to start", Duration::from_secs(20), || async { Ok(marker.exists().then_some(())) }).await?;
+    wait_for("install to start", Duration::from_secs(20), || async {
+        Ok(marker.exists().then_some(()))
+    })
+    .await?;
     // The agent vanishes mid-step (no result, no goodbye).
     if let Some(task) = a.task.take() {
         task.abort();
@@ -158,13 +250,18 @@ async fn lease_rule_for_vanished_agents() -> anyhow::Result<()> {
     // The step's lease (3 s script limit + 2 s slack) runs out: the step is failed, not rerun.
     wait_for("the lease to run out", Duration::from_secs(30), || async {
         let x = s.session(&admin, &id).await?;
-        Ok(x["actions"][0]["resultMessage"].as_str().is_some_and(|m| m.contains("did not report back")).then_some(()))
+        Ok(x["actions"][0]["resultMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not report back"))
+            .then_some(()))
     })
     .await?;
     a.stop().await;
     // The agent comes back: the verification probe, still queued, is offered to it.
     let _back = TestAgent::start_in(&s.url, None, state.path(), "pc")?;
-    let done = s.wait_status(&admin, &id, &["FAILED", "PASSED"], Duration::from_secs(30)).await?;
+    let done = s
+        .wait_status(&admin, &id, &["FAILED", "PASSED"], Duration::from_secs(30))
+        .await?;
     assert_eq!(done["status"], "FAILED", "{done:#}");
     assert_eq!(done["actions"][0]["status"], "FAILED");
     Ok(())
@@ -182,7 +279,12 @@ async fn result_survives_a_server_outage() -> anyhow::Result<()> {
     let started = dir.path().join("started");
     let count = dir.path().join("count");
     let state = dir.path().join("state");
-    let body = format!("touch '{s}'; sleep 2; echo ran >> '{c}'; echo 2.0 > '{v}'", s = started.display(), c = count.display(), v = dir.path().join("v").display());
+    let body = format!(
+        "touch '{s}'; sleep 2; echo ran >> '{c}'; echo 2.0 > '{v}'",
+        s = started.display(),
+        c = count.display(),
+        v = dir.path().join("v").display()
+    );
     let sw = s
         .gql(
             &admin,
@@ -199,13 +301,25 @@ async fn result_survives_a_server_outage() -> anyhow::Result<()> {
     let c = s.computer_id(&admin, "pc").await?;
     s.wait_online(&admin, &c).await?;
     let id = s.start_session(&admin, &c, json!({})).await?;
-    wait_for("the install to start", Duration::from_secs(20), || async { Ok(started.exists().then_some(())) }).await?;
+    wait_for("the install to start", Duration::from_secs(20), || async {
+        Ok(started.exists().then_some(()))
+    })
+    .await?;
     s.stop().await;
-    wait_for("the install to finish", Duration::from_secs(20), || async { Ok(count.exists().then_some(())) }).await?;
+    wait_for("the install to finish", Duration::from_secs(20), || async {
+        Ok(count.exists().then_some(()))
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     s.start_again().await?;
-    let done = s.wait_status(&admin, &id, &["PASSED", "FAILED"], Duration::from_secs(40)).await?;
+    let done = s
+        .wait_status(&admin, &id, &["PASSED", "FAILED"], Duration::from_secs(40))
+        .await?;
     assert_eq!(done["status"], "PASSED", "{done:#}");
-    assert_eq!(std::fs::read_to_string(&count)?.lines().count(), 1, "the step ran exactly once");
+    assert_eq!(
+        std::fs::read_to_string(&count)?.lines().count(),
+        1,
+        "the step ran exactly once"
+    );
     Ok(())
 }

@@ -3,4 +3,6 @@
 
 mod agents;
 mod foundation;
+mod mail;
+mod schedules;
 mod sessions;

@@ -25,11 +25,21 @@ async fn fixture() -> anyhow::Result<Fixture> {
     let agent = TestAgent::start(&s.url, &key, "ws-1").await?;
     let computer = s.computer_id(&admin, "ws-1").await?;
     s.wait_online(&admin, &computer).await?;
-    Ok(Fixture { s, admin, tenant, dir: tempfile::tempdir()?, computer, _agent: agent })
+    Ok(Fixture {
+        s,
+        admin,
+        tenant,
+        dir: tempfile::tempdir()?,
+        computer,
+        _agent: agent,
+    })
 }
 
 fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default().trim().to_string()
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// A configuration task whose set script writes `$UPKEEP_PARAM_LEVEL` to a file and whose test
@@ -46,26 +56,61 @@ async fn level_task(f: &Fixture) -> anyhow::Result<String> {
                 "setScript": {"language": "SHELL", "body": format!("echo \"$UPKEEP_PARAM_LEVEL\" > '{0}'", file.display())}}}),
         )
         .await?;
-    Ok(d["createMaintenanceTask"]["id"].as_str().unwrap().to_string())
+    Ok(d["createMaintenanceTask"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detection_only_plans_and_changes_nothing() -> anyhow::Result<()> {
     let f = fixture().await?;
-    let sw = create_file_software(&f.s, &f.admin, Some(&f.tenant), "editor", f.dir.path(), &["1.9.2", "1.10.0"]).await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "editor",
+        f.dir.path(),
+        &["1.9.2", "1.10.0"],
+    )
+    .await?;
     std::fs::write(f.dir.path().join("editor.version"), "1.9.2\n")?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
-    let id = f.s.start_session(&f.admin, &f.computer, json!({"detectionOnly": true})).await?;
-    let s = f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T).await?;
+    let id =
+        f.s.start_session(&f.admin, &f.computer, json!({"detectionOnly": true}))
+            .await?;
+    let s =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
     assert_eq!(s["status"], "PASSED", "{s:#}");
     assert_eq!(s["compliance"], "NON_COMPLIANT");
     let a = &s["actions"][0];
-    assert_eq!((a["kind"].as_str(), a["status"].as_str(), a["detectedVersion"].as_str(), a["desiredVersion"].as_str()), (Some("UPGRADE"), Some("PENDING"), Some("1.9.2"), Some("1.10.0")));
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["status"].as_str(),
+            a["detectedVersion"].as_str(),
+            a["desiredVersion"].as_str()
+        ),
+        (
+            Some("UPGRADE"),
+            Some("PENDING"),
+            Some("1.9.2"),
+            Some("1.10.0")
+        )
+    );
     assert_eq!(a["reason"], "1.9.2 installed, latest is 1.10.0");
-    assert_eq!(read(&f.dir.path().join("editor.version")), "1.9.2", "nothing changed");
+    assert_eq!(
+        read(&f.dir.path().join("editor.version")),
+        "1.9.2",
+        "nothing changed"
+    );
     // previewMaintenance shows the same plan from that detection, without running anything.
     let p = f.s.gql(&f.admin, "query($c: ID!) { previewMaintenance(computerId: $c) { kind detectedVersion desiredVersion } }", json!({"c": f.computer})).await?;
-    assert_eq!(p["previewMaintenance"][0], json!({"kind": "UPGRADE", "detectedVersion": "1.9.2", "desiredVersion": "1.10.0"}));
+    assert_eq!(
+        p["previewMaintenance"][0],
+        json!({"kind": "UPGRADE", "detectedVersion": "1.9.2", "desiredVersion": "1.10.0"})
+    );
     Ok(())
 }
 
@@ -73,33 +118,89 @@ async fn detection_only_plans_and_changes_nothing() -> anyhow::Result<()> {
 async fn full_session_installs_latest_and_configures_then_rerun_is_a_no_op() -> anyhow::Result<()> {
     let f = fixture().await?;
     let task = level_task(&f).await?;
-    let sw = create_file_software(&f.s, &f.admin, Some(&f.tenant), "agent-x", f.dir.path(), &["1.9.2", "1.10.0", "1.2"]).await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "agent-x",
+        f.dir.path(),
+        &["1.9.2", "1.10.0", "1.2"],
+    )
+    .await?;
     f.s.gql(&f.admin, "mutation($id: ID!, $t: ID!) { updateSoftware(id: $id, input: {configurationTaskId: $t}) { id } }", json!({"id": sw, "t": task})).await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"LEVEL": "high"}})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
-    let s = f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T).await?;
+    let s =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
     assert_eq!(s["status"], "PASSED", "{s:#}");
     assert_eq!(s["compliance"], "COMPLIANT");
-    assert_eq!(read(&f.dir.path().join("agent-x.version")), "1.10.0", "the latest version, compared numerically");
-    assert_eq!(read(&f.dir.path().join("level.conf")), "high", "the configuration task ran with its parameter");
+    assert_eq!(
+        read(&f.dir.path().join("agent-x.version")),
+        "1.10.0",
+        "the latest version, compared numerically"
+    );
+    assert_eq!(
+        read(&f.dir.path().join("level.conf")),
+        "high",
+        "the configuration task ran with its parameter"
+    );
     let a = &s["actions"][0];
-    assert_eq!((a["kind"].as_str(), a["status"].as_str(), a["compliance"].as_str()), (Some("INSTALL"), Some("SUCCEEDED"), Some("COMPLIANT")));
-    let c = f.s.gql(&f.admin, "query($c: ID!) { computer(id: $c) { compliance } }", json!({"c": f.computer})).await?;
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["status"].as_str(),
+            a["compliance"].as_str()
+        ),
+        (Some("INSTALL"), Some("SUCCEEDED"), Some("COMPLIANT"))
+    );
+    let c =
+        f.s.gql(
+            &f.admin,
+            "query($c: ID!) { computer(id: $c) { compliance } }",
+            json!({"c": f.computer}),
+        )
+        .await?;
     assert_eq!(c["computer"]["compliance"], "COMPLIANT");
     // Rerun: already compliant, nothing runs.
-    let r = f.s.gql(&f.admin, "mutation($id: ID!) { rerunMaintenanceSession(id: $id) { id } }", json!({"id": id})).await?;
-    let rid = r["rerunMaintenanceSession"]["id"].as_str().unwrap().to_string();
-    let rs = f.s.wait_status(&f.admin, &rid, &["PASSED", "FAILED"], T).await?;
+    let r =
+        f.s.gql(
+            &f.admin,
+            "mutation($id: ID!) { rerunMaintenanceSession(id: $id) { id } }",
+            json!({"id": id}),
+        )
+        .await?;
+    let rid = r["rerunMaintenanceSession"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rs =
+        f.s.wait_status(&f.admin, &rid, &["PASSED", "FAILED"], T)
+            .await?;
     assert_eq!(rs["status"], "PASSED", "{rs:#}");
     assert_eq!(rs["actions"][0]["kind"], "NO_ACTION");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn specific_deployment_wins_and_a_failed_install_does_not_stop_the_rest() -> anyhow::Result<()> {
+async fn specific_deployment_wins_and_a_failed_install_does_not_stop_the_rest() -> anyhow::Result<()>
+{
     let f = fixture().await?;
-    f.s.gql(&f.admin, "mutation($c: ID!) { updateComputer(id: $c, input: {tags: [\"pinned\"]}) { tags } }", json!({"c": f.computer})).await?;
-    let sw = create_file_software(&f.s, &f.admin, Some(&f.tenant), "runtime", f.dir.path(), &["1.0", "2.0"]).await?;
+    f.s.gql(
+        &f.admin,
+        "mutation($c: ID!) { updateComputer(id: $c, input: {tags: [\"pinned\"]}) { tags } }",
+        json!({"c": f.computer}),
+    )
+    .await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "runtime",
+        f.dir.path(),
+        &["1.0", "2.0"],
+    )
+    .await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "TAG", "value": "pinned"}, "softwareId": sw, "desiredState": "INSTALLED_VERSION", "version": "1.0"})).await?;
     // A second software whose install fails, and a task that still runs after it.
@@ -119,17 +220,33 @@ async fn specific_deployment_wins_and_a_failed_install_does_not_stop_the_rest() 
     let task = level_task(&f).await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "parameters": {"LEVEL": "low"}, "order": "END"})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
-    let s = f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T).await?;
+    let s =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
     assert_eq!(s["status"], "FAILED", "{s:#}");
     assert_eq!(s["statusReason"], "1 of 3 actions failed");
     let actions: Vec<&Value> = s["actions"].as_array().unwrap().iter().collect();
     assert_eq!(actions[0]["name"], "broken", "BEGINNING runs first");
     assert_eq!(actions[0]["status"], "FAILED");
-    assert!(actions[0]["resultMessage"].as_str().unwrap().contains("disk full"), "{s:#}");
+    assert!(
+        actions[0]["resultMessage"]
+            .as_str()
+            .unwrap()
+            .contains("disk full"),
+        "{s:#}"
+    );
     assert_eq!(actions[2]["name"], "Set level", "END runs last");
     assert_eq!(actions[2]["status"], "SUCCEEDED");
-    assert_eq!(read(&f.dir.path().join("runtime.version")), "1.0", "the TAG deployment beat ALL_COMPUTERS");
-    assert_eq!(read(&f.dir.path().join("level.conf")), "low", "later actions still ran");
+    assert_eq!(
+        read(&f.dir.path().join("runtime.version")),
+        "1.0",
+        "the TAG deployment beat ALL_COMPUTERS"
+    );
+    assert_eq!(
+        read(&f.dir.path().join("level.conf")),
+        "low",
+        "later actions still ran"
+    );
     Ok(())
 }
 
@@ -149,35 +266,86 @@ async fn one_unfinished_session_per_computer_and_cancel() -> anyhow::Result<()> 
         .as_str()
         .unwrap()
         .to_string();
-    let other = create_file_software(&f.s, &f.admin, Some(&f.tenant), "after", f.dir.path(), &["1.0"]).await?;
+    let other = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "after",
+        f.dir.path(),
+        &["1.0"],
+    )
+    .await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": other, "desiredState": "INSTALLED_ANY", "order": "END"})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
-    let body = f.s.gql_raw(Some(&f.admin), "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c]}) { id } }", json!({"c": f.computer})).await?;
+    let body =
+        f.s.gql_raw(
+            Some(&f.admin),
+            "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c]}) { id } }",
+            json!({"c": f.computer}),
+        )
+        .await?;
     assert_eq!(body["errors"][0]["extensions"]["code"], "CONFLICT");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains(&id), "names the active session: {body}");
-    wait_for("the slow step", T, || async { Ok(marker.exists().then_some(())) }).await?;
+    assert!(
+        body["errors"][0]["message"].as_str().unwrap().contains(&id),
+        "names the active session: {body}"
+    );
+    wait_for("the slow step", T, || async {
+        Ok(marker.exists().then_some(()))
+    })
+    .await?;
     let c = f.s.gql(&f.admin, "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { status statusReason actions { status } } }", json!({"id": id})).await?;
     assert_eq!(c["cancelMaintenanceSession"]["status"], "CANCELLED");
-    assert_eq!(c["cancelMaintenanceSession"]["statusReason"], format!("cancelled by {ADMIN_EMAIL}"));
-    assert_eq!(c["cancelMaintenanceSession"]["actions"], json!([{"status": "CANCELLED"}, {"status": "CANCELLED"}]));
+    assert_eq!(
+        c["cancelMaintenanceSession"]["statusReason"],
+        format!("cancelled by {ADMIN_EMAIL}")
+    );
+    assert_eq!(
+        c["cancelMaintenanceSession"]["actions"],
+        json!([{"status": "CANCELLED"}, {"status": "CANCELLED"}])
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!f.dir.path().join("after.version").exists(), "nothing ran after the cancel");
-    let again = f.s.gql_err(Some(&f.admin), "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }", json!({"id": id})).await?;
+    assert!(
+        !f.dir.path().join("after.version").exists(),
+        "nothing ran after the cancel"
+    );
+    let again =
+        f.s.gql_err(
+            Some(&f.admin),
+            "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }",
+            json!({"id": id}),
+        )
+        .await?;
     assert_eq!(again, "CONFLICT");
     // The computer is free for a new session.
-    f.s.start_session(&f.admin, &f.computer, json!({"detectionOnly": true})).await?;
+    f.s.start_session(&f.admin, &f.computer, json!({"detectionOnly": true}))
+        .await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::Result<()> {
     let f = fixture().await?;
-    let sw = create_file_software(&f.s, &f.admin, Some(&f.tenant), "viewer", f.dir.path(), &["3.1"]).await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "viewer",
+        f.dir.path(),
+        &["3.1"],
+    )
+    .await?;
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let q = "subscription($t: ID) { maintenanceSessionUpdates(tenantId: $t) { sessionId sequence status logLine action { id status } } }";
     // Common clients offer graphql-ws first: the server must answer, and speak, that one.
-    let mut sub = Subscription::start(&f.s.url, "graphql-ws, graphql-transport-ws", &f.admin, q, json!({"t": f.tenant})).await?;
+    let mut sub = Subscription::start(
+        &f.s.url,
+        "graphql-ws, graphql-transport-ws",
+        &f.admin,
+        q,
+        json!({"t": f.tenant}),
+    )
+    .await?;
     assert_eq!(sub.protocol, "graphql-ws");
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
     let mut seen = Vec::new();
@@ -190,15 +358,32 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
             break;
         }
     }
-    let seqs: Vec<i64> = seen.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless, in order, from 1");
+    let seqs: Vec<i64> = seen
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gapless, in order, from 1"
+    );
     let mut statuses: Vec<&str> = seen.iter().map(|e| e["status"].as_str().unwrap()).collect();
     statuses.dedup();
-    assert_eq!(statuses, ["PENDING", "DETECTING", "EXECUTING", "VERIFYING", "PASSED"]);
+    assert_eq!(
+        statuses,
+        ["PENDING", "DETECTING", "EXECUTING", "VERIFYING", "PASSED"]
+    );
     sub.close().await;
     // Reconnect (graphql-transport-ws this time) asking for everything after sequence 3.
     let q2 = "subscription($s: ID, $n: Int) { maintenanceSessionUpdates(sessionId: $s, afterSequence: $n) { sequence status } }";
-    let mut sub2 = Subscription::start(&f.s.url, "graphql-transport-ws", &f.admin, q2, json!({"s": id, "n": 3})).await?;
+    let mut sub2 = Subscription::start(
+        &f.s.url,
+        "graphql-transport-ws",
+        &f.admin,
+        q2,
+        json!({"s": id, "n": 3}),
+    )
+    .await?;
     assert_eq!(sub2.protocol, "graphql-transport-ws");
     for want in 4..=seqs.len() as i64 {
         let d = sub2.next_data(T).await?;
@@ -214,7 +399,10 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
 async fn websocket_refuses_missing_credentials() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
     let r = Subscription::connect(&s.url, "graphql-transport-ws", "not-a-token").await;
-    assert!(r.is_err(), "connection_init without a valid token must be refused");
+    assert!(
+        r.is_err(),
+        "connection_init without a valid token must be refused"
+    );
     Ok(())
 }
 
@@ -227,7 +415,16 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     let port = free_port()?;
     let spawn = || {
         std::process::Command::new(bin("upkeep-server-under-test"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir", data.to_str().unwrap(), "--admin-email", ADMIN_EMAIL, "--admin-password", ADMIN_PASSWORD])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--admin-email",
+                ADMIN_EMAIL,
+                "--admin-password",
+                ADMIN_PASSWORD,
+            ])
             .env("UPKEEP_OFFLINE_AFTER_SECONDS", "3")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -238,12 +435,35 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     let client = Remote::new(&url);
     client.wait_up().await?;
     let admin = client.login().await?;
-    let tenant = client.gql(&admin, "mutation { createTenant(input: {name: \"K\"}) { id } }", json!({})).await?["createTenant"]["id"].as_str().unwrap().to_string();
-    let key = client.gql(&admin, "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { key } }", json!({"t": tenant})).await?["createEnrollmentKey"]["key"].as_str().unwrap().to_string();
+    let tenant = client
+        .gql(
+            &admin,
+            "mutation { createTenant(input: {name: \"K\"}) { id } }",
+            json!({}),
+        )
+        .await?["createTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = client
+        .gql(
+            &admin,
+            "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { key } }",
+            json!({"t": tenant}),
+        )
+        .await?["createEnrollmentKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let started = dir.path().join("started");
     let count = dir.path().join("count");
     let v = dir.path().join("v");
-    let body = format!("touch '{}'; sleep 3; echo ran >> '{}'; echo 1.0 > '{}'", started.display(), count.display(), v.display());
+    let body = format!(
+        "touch '{}'; sleep 3; echo ran >> '{}'; echo 1.0 > '{}'",
+        started.display(),
+        count.display(),
+        v.display()
+    );
     let sw = client
         .gql(
             &admin,
@@ -258,33 +478,82 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     client.gql(&admin, "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }", json!({"i": {"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}})).await?;
     let _agent = TestAgent::start(&url, &key, "k-pc").await?;
     let computer = wait_for("computer", T, || async {
-        let d = client.gql(&admin, "{ computers { edges { node { id online } } } }", json!({})).await?;
-        Ok(d["computers"]["edges"][0]["node"]["online"].as_bool().unwrap_or(false).then(|| d["computers"]["edges"][0]["node"]["id"].as_str().unwrap().to_string()))
+        let d = client
+            .gql(
+                &admin,
+                "{ computers { edges { node { id online } } } }",
+                json!({}),
+            )
+            .await?;
+        Ok(d["computers"]["edges"][0]["node"]["online"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| {
+                d["computers"]["edges"][0]["node"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }))
     })
     .await?;
-    let id = client.gql(&admin, "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c]}) { id } }", json!({"c": computer})).await?["startMaintenanceSession"][0]["id"].as_str().unwrap().to_string();
-    wait_for("the step to start", T, || async { Ok(started.exists().then_some(())) }).await?;
+    let id = client
+        .gql(
+            &admin,
+            "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c]}) { id } }",
+            json!({"c": computer}),
+        )
+        .await?["startMaintenanceSession"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the step to start", T, || async {
+        Ok(started.exists().then_some(()))
+    })
+    .await?;
     child.kill()?; // SIGKILL
     child.wait()?;
     let mut child = spawn()?;
     client.wait_up().await?;
     let s = wait_for("session to finish", T, || async {
-        let d = client.gql(&admin, "query($id: ID!) { maintenanceSession(id: $id) { status statusReason } }", json!({"id": id})).await?;
-        let st = d["maintenanceSession"]["status"].as_str().unwrap_or("").to_string();
-        Ok(["PASSED", "FAILED", "CANCELLED"].contains(&st.as_str()).then_some(d))
+        let d = client
+            .gql(
+                &admin,
+                "query($id: ID!) { maintenanceSession(id: $id) { status statusReason } }",
+                json!({"id": id}),
+            )
+            .await?;
+        let st = d["maintenanceSession"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        Ok(["PASSED", "FAILED", "CANCELLED"]
+            .contains(&st.as_str())
+            .then_some(d))
     })
     .await?;
     assert_eq!(s["maintenanceSession"]["status"], "PASSED", "{s}");
-    assert_eq!(std::fs::read_to_string(&count)?.lines().count(), 1, "the step ran exactly once");
+    assert_eq!(
+        std::fs::read_to_string(&count)?.lines().count(),
+        1,
+        "the step ran exactly once"
+    );
     child.kill()?;
     child.wait()?;
-    let check = std::process::Command::new(bin("upkeep-server-under-test")).args(["check", "--data-dir", data.to_str().unwrap()]).output()?;
-    assert!(check.status.success(), "store check: {}", String::from_utf8_lossy(&check.stdout));
+    let check = std::process::Command::new(bin("upkeep-server-under-test"))
+        .args(["check", "--data-dir", data.to_str().unwrap()])
+        .output()?;
+    assert!(
+        check.status.success(),
+        "store check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A GraphQL client for a server in another process.
@@ -295,25 +564,51 @@ struct Remote {
 
 impl Remote {
     fn new(url: &str) -> Remote {
-        Remote { url: url.to_string(), http: reqwest::Client::new() }
+        Remote {
+            url: url.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn wait_up(&self) -> anyhow::Result<()> {
-        wait_for("server up", T, || async { Ok(self.http.get(format!("{}/healthz", self.url)).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }).await
+        wait_for("server up", T, || async {
+            Ok(self
+                .http
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        })
+        .await
     }
 
     async fn login(&self) -> anyhow::Result<String> {
-        let d = self.gql("", "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }", json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD})).await?;
+        let d = self
+            .gql(
+                "",
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}),
+            )
+            .await?;
         Ok(d["login"]["token"].as_str().unwrap().to_string())
     }
 
     async fn gql(&self, token: &str, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let mut req = self.http.post(format!("{}/graphql", self.url)).json(&json!({"query": query, "variables": variables}));
+        let mut req = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({"query": query, "variables": variables}));
         if !token.is_empty() {
             req = req.bearer_auth(token);
         }
         let body: Value = req.send().await?.json().await?;
-        anyhow::ensure!(body["errors"].is_null(), "GraphQL errors: {}", body["errors"]);
+        anyhow::ensure!(
+            body["errors"].is_null(),
+            "GraphQL errors: {}",
+            body["errors"]
+        );
         Ok(body["data"].clone())
     }
 }
