@@ -188,7 +188,7 @@ async fn run_with(
     let (stderr, stderr_cut) = stderr.into_string();
     let (exit_code, error) = match status {
         Ok(_) if timed_out => (None, None),
-        Ok(status) => (status.code(), None),
+        Ok(status) => (status.code().map(widen_exit_code), None),
         Err(e) => (None, Some(format!("could not wait for the script: {e}"))),
     };
     ScriptOutcome {
@@ -432,6 +432,16 @@ impl Drop for ScriptFile {
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Unix exit codes are 8 bits, so `exit 3010` arrives as 194 (3010 mod 256). The agent reports
+/// it as 3010 ("succeeded, reboot needed"), the convention scripts written for Windows use.
+fn widen_exit_code(code: i32) -> i32 {
+    if code == upkeep_agent_protocol::EXIT_REBOOT_REQUIRED % 256 {
+        upkeep_agent_protocol::EXIT_REBOOT_REQUIRED
+    } else {
+        code
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ pub struct ServeConfig {
     /// Default sender when a tenant sets none.
     #[arg(long, env = "UPKEEP_MAIL_FROM", default_value = "upkeep@localhost", value_parser = parse_mailbox)]
     pub mail_from: String,
+    /// The MSP's name as end users see it in mails and pages ("Maintenance is provided by …").
+    #[arg(long, env = "UPKEEP_MSP_NAME", default_value = "your IT provider")]
+    pub msp_name: String,
     /// Directory whose templates override the built-in ones.
     #[arg(long, env = "UPKEEP_TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,
@@ -123,6 +126,7 @@ impl ServeConfig {
             smtp_url: None,
             mail_from: "upkeep@localhost".into(),
             templates_dir: None,
+            msp_name: "your IT provider".into(),
             admin_email: None,
             admin_password: None,
             jwt_secret: None,

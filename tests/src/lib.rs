@@ -2,6 +2,7 @@
 //! GraphQL client, real agents running real `sh` scripts, an SMTP sink on loopback and a
 //! subscription client. Modelled on zero2prod's `spawn_app`.
 
+pub mod hook;
 pub mod smtp;
 pub mod ws;
 

@@ -3,10 +3,11 @@
 use crate::app::App;
 use crate::auth::PostponeClaims;
 use crate::domain::*;
-use crate::engine::{MIN_POSTPONE_LEAD_MINUTES, kind_words};
+use crate::engine::MIN_POSTPONE_LEAD_MINUTES;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::render::{
-    self, ActionView, Brand, MailTemplate, RebootExpectation, SessionMailView,
+    self, ActionOutcome, ActionView, Brand, MailTemplate, PlannedChange, RebootExpectation,
+    SessionMailView,
 };
 use crate::mail::{MailKind, MailStatus, OutboxMail};
 use crate::session::*;
@@ -34,7 +35,7 @@ impl App {
                 .clone()
                 .filter(|u| u.starts_with("https://") || u.starts_with("http://")),
             primary_color: t.primary_color.clone().unwrap_or_default(),
-            msp_name: "Upkeep".into(),
+            msp_name: self.config.msp_name.clone(),
         }
     }
 
@@ -84,28 +85,25 @@ impl App {
             .iter()
             .map(|a| {
                 let name = s.item_name(a.item).to_string();
-                let detail = match (a.kind, &a.detected_version, &a.desired_version) {
-                    (ActionKind::Install, _, Some(v)) => format!("Install {v}"),
-                    (ActionKind::Upgrade, Some(f), Some(t)) => format!("Upgrade {f} → {t}"),
-                    (ActionKind::Uninstall, _, _) => "Uninstall".into(),
-                    (ActionKind::RunTask, _, _) => "Run task".into(),
-                    (ActionKind::NoAction, _, _) => "No change needed".into(),
-                    (k, _, _) => kind_words(k).to_string(),
+                let (dv, wv) = (a.detected_version.as_deref(), a.desired_version.as_deref());
+                let change = match a.kind {
+                    ActionKind::Install => PlannedChange::Install { version: wv },
+                    ActionKind::Upgrade => PlannedChange::Upgrade { from: dv, to: wv },
+                    ActionKind::Uninstall => PlannedChange::Uninstall { version: dv },
+                    ActionKind::RunTask => PlannedChange::RunTask,
+                    ActionKind::NoAction => PlannedChange::NoChange,
                 };
-                let done = matches!(
-                    a.status,
-                    ActionStatus::Succeeded
-                        | ActionStatus::Failed
-                        | ActionStatus::Cancelled
-                        | ActionStatus::Skipped
-                );
-                ActionView {
-                    name,
-                    kind_label: kind_words(a.kind).to_string(),
-                    detail,
-                    outcome: done.then(|| format!("{:?}", a.status)),
-                    succeeded: done.then_some(a.status == ActionStatus::Succeeded),
-                    message: a.result_message.clone(),
+                let view = ActionView::planned(name, change);
+                let outcome = match a.status {
+                    ActionStatus::Succeeded => Some(ActionOutcome::Succeeded),
+                    ActionStatus::Failed => Some(ActionOutcome::Failed),
+                    ActionStatus::Skipped => Some(ActionOutcome::Skipped),
+                    ActionStatus::Cancelled => Some(ActionOutcome::Cancelled),
+                    ActionStatus::Pending | ActionStatus::Running => None,
+                };
+                match outcome {
+                    Some(o) => view.with_outcome(o, a.result_message.as_deref()),
+                    None => view,
                 }
             })
             .collect();

@@ -2,7 +2,9 @@
 //! scripts, a real SMTP listener. One module per capability; one test binary (one link).
 
 mod agents;
+mod control;
 mod foundation;
+mod integrations;
 mod mail;
 mod schedules;
 mod sessions;

@@ -338,7 +338,7 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let q = "subscription($t: ID) { maintenanceSessionUpdates(tenantId: $t) { sessionId sequence status logLine action { id status } } }";
     // Common clients offer graphql-ws first: the server must answer, and speak, that one.
-    let mut sub = Subscription::start(
+    let mut tenant_sub = Subscription::start(
         &f.s.url,
         "graphql-ws, graphql-transport-ws",
         &f.admin,
@@ -346,8 +346,19 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
         json!({"t": f.tenant}),
     )
     .await?;
-    assert_eq!(sub.protocol, "graphql-ws");
+    assert_eq!(tenant_sub.protocol, "graphql-ws");
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    // The portal pattern: subscribe to the session from sequence 0 — stored events first, then
+    // live, with no gap and no repeat however fast the session runs.
+    let qs = "subscription($s: ID, $n: Int) { maintenanceSessionUpdates(sessionId: $s, afterSequence: $n) { sessionId sequence status logLine } }";
+    let mut sub = Subscription::start(
+        &f.s.url,
+        "graphql-transport-ws",
+        &f.admin,
+        qs,
+        json!({"s": id, "n": 0}),
+    )
+    .await?;
     let mut seen = Vec::new();
     loop {
         let d = sub.next_data(T).await?;
@@ -358,6 +369,23 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
             break;
         }
     }
+    sub.close().await;
+    // The tenant-wide subscriber sees the same session live, in order, to its end.
+    let mut last = 0;
+    loop {
+        let d = tenant_sub.next_data(T).await?;
+        let e = &d["maintenanceSessionUpdates"];
+        let n = e["sequence"].as_i64().unwrap();
+        assert!(
+            last == 0 || n == last + 1,
+            "gapless after the first: {last} then {n}"
+        );
+        last = n;
+        if e["status"] == "PASSED" {
+            break;
+        }
+    }
+    tenant_sub.close().await;
     let seqs: Vec<i64> = seen
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap())
@@ -373,8 +401,7 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
         statuses,
         ["PENDING", "DETECTING", "EXECUTING", "VERIFYING", "PASSED"]
     );
-    sub.close().await;
-    // Reconnect (graphql-transport-ws this time) asking for everything after sequence 3.
+    // Reconnect asking for everything after sequence 3.
     let q2 = "subscription($s: ID, $n: Int) { maintenanceSessionUpdates(sessionId: $s, afterSequence: $n) { sequence status } }";
     let mut sub2 = Subscription::start(
         &f.s.url,

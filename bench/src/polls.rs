@@ -1,0 +1,241 @@
+//! `polls`: a registered fleet polling with `waitSeconds: 0` over 64 keep-alive connections,
+//! against a bare axum handler measured in the same run with the same client; and the server's
+//! memory per registered agent.
+//!
+//! Agents are registered through `/agent/v1/enroll` (the real path: store write, flush, token
+//! map) and then poll once each, so every one has its in-memory presence entry — an idle,
+//! registered agent. RSS is read before and after; the client's token table is allocated and
+//! touched before the first reading, so the difference is the server's (plus the allocator's
+//! slack).
+
+use crate::report::{Figure, Latencies, note, rss_bytes};
+use crate::server::{Server, http_client};
+use anyhow::{Result, bail};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use upkeep_agent_protocol as proto;
+
+const S: &str = "polls";
+pub const CONNECTIONS: usize = 64;
+/// `uat_` + 43 base64url characters.
+const TOKEN_LEN: usize = 47;
+const POLL_BODY: &str = r#"{"protocolVersion":1,"waitSeconds":0}"#;
+
+pub struct Size {
+    pub agents: usize,
+    /// Measuring time per target (split over two interleaved rounds).
+    pub measure: Duration,
+}
+
+impl Size {
+    pub fn new(quick: bool) -> Size {
+        if quick {
+            Size {
+                agents: 10_000,
+                measure: Duration::from_secs(4),
+            }
+        } else {
+            Size {
+                agents: 100_000,
+                measure: Duration::from_secs(20),
+            }
+        }
+    }
+}
+
+/// Agent tokens packed into one buffer allocated before the memory baseline.
+struct Tokens {
+    bytes: Vec<u8>,
+    n: usize,
+}
+
+impl Tokens {
+    fn get(&self, i: usize) -> &str {
+        let i = i % self.n;
+        std::str::from_utf8(&self.bytes[i * TOKEN_LEN..(i + 1) * TOKEN_LEN]).unwrap_or("")
+    }
+}
+
+pub async fn run(quick: bool) -> Result<Vec<Figure>> {
+    let size = Size::new(quick);
+    let server = Server::start(|_| {}).await?;
+    let admin = server.login().await?;
+    let tenant = server.create_tenant(&admin, "Polls").await?;
+    let key = server.enrollment_key(&admin, &tenant).await?;
+
+    // Written with a non-zero byte so every page is resident before the first reading.
+    let table = Arc::new(Mutex::new(vec![b'x'; size.agents * TOKEN_LEN]));
+    let rss_before = rss_bytes()?;
+    note(S, format!("enrolling {} agents", size.agents));
+    let t = table.clone();
+    let took = server
+        .enroll(&key, size.agents, 32, move |i, r| {
+            if r.agent_token.len() == TOKEN_LEN
+                && let Ok(mut t) = t.lock()
+            {
+                t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
+            }
+        })
+        .await?;
+    let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let tokens = Arc::new(Tokens {
+        bytes,
+        n: size.agents,
+    });
+    if tokens.get(0).len() != TOKEN_LEN || tokens.get(0).starts_with('x') {
+        bail!("agent tokens are not {TOKEN_LEN} characters");
+    }
+    // One poll each: every agent now has its presence entry, as an idle fleet does.
+    let client = http_client()?;
+    let url = format!("{}/agent/v1/poll", server.url);
+    let (once, _) = drive(&client, &url, &tokens, CONNECTIONS, Pass::Each).await?;
+    if once.errors > 0 {
+        bail!("{} of the first polls failed", once.errors);
+    }
+    let rss_after = rss_bytes()?;
+    let per_agent = rss_after.saturating_sub(rss_before) as f64 / size.agents as f64;
+
+    let bare = spawn_bare_server().await?;
+    let bare_url = format!("http://{bare}/agent/v1/poll");
+    // Warm both (connections, caches), then two interleaved rounds each.
+    let warm = Duration::from_millis(500);
+    drive(&client, &bare_url, &tokens, CONNECTIONS, Pass::For(warm)).await?;
+    drive(&client, &url, &tokens, CONNECTIONS, Pass::For(warm)).await?;
+    let mut base = Run::default();
+    let mut real = Run::default();
+    let half = size.measure / 2;
+    for round in 0..2 {
+        note(S, format!("round {}: bare handler, then upkeep", round + 1));
+        base.add(drive(&client, &bare_url, &tokens, CONNECTIONS, Pass::For(half)).await?);
+        real.add(drive(&client, &url, &tokens, CONNECTIONS, Pass::For(half)).await?);
+    }
+    if base.errors + real.errors > 0 {
+        bail!(
+            "{} bare and {} upkeep polls failed",
+            base.errors,
+            real.errors
+        );
+    }
+    server.stop().await;
+
+    Ok(vec![
+        Figure::new(S, "registered_agents", size.agents as f64, "agents"),
+        Figure::new(S, "enrollments_per_s", size.agents as f64 / took.as_secs_f64(), "1/s"),
+        Figure::new(S, "rss_per_agent", per_agent, "bytes"),
+        Figure::new(S, "connections", CONNECTIONS as f64, "connections"),
+        Figure::new(S, "polls_per_s", real.rate(), "1/s").against(base.rate()),
+        Figure::new(S, "p50_ms", real.lat.quantile_ms(0.50), "ms")
+            .against(base.lat.quantile_ms(0.50)),
+        Figure::new(S, "p99_ms", real.lat.quantile_ms(0.99), "ms")
+            .against(base.lat.quantile_ms(0.99)),
+    ])
+}
+
+#[derive(Default)]
+struct Run {
+    count: u64,
+    errors: u64,
+    elapsed: Duration,
+    lat: Latencies,
+}
+
+impl Run {
+    fn add(&mut self, (r, elapsed): (Run, Duration)) {
+        self.count += r.count;
+        self.errors += r.errors;
+        self.elapsed += elapsed;
+        self.lat.merge(r.lat);
+    }
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+enum Pass {
+    /// Poll every agent once.
+    Each,
+    /// Poll round-robin for this long.
+    For(Duration),
+}
+
+/// `conns` workers, each one keep-alive connection, polling one agent after another.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    tokens: &Arc<Tokens>,
+    conns: usize,
+    pass: Pass,
+) -> Result<(Run, Duration)> {
+    let started = Instant::now();
+    let (deadline, limit) = match pass {
+        Pass::Each => (None, tokens.n),
+        Pass::For(d) => (Some(started + d), usize::MAX),
+    };
+    let mut workers = Vec::new();
+    for w in 0..conns {
+        let client = client.clone();
+        let url = url.to_string();
+        let tokens = tokens.clone();
+        workers.push(tokio::spawn(async move {
+            let mut run = Run::default();
+            let mut i = w;
+            while i < limit && deadline.is_none_or(|d| Instant::now() < d) {
+                let sent = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(tokens.get(i))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(POLL_BODY)
+                    .send()
+                    .await?;
+                let ok = resp.status() == reqwest::StatusCode::OK;
+                let _ = resp.bytes().await?;
+                run.lat.record(sent.elapsed());
+                if ok {
+                    run.count += 1;
+                } else {
+                    run.errors += 1;
+                }
+                i += conns;
+            }
+            Ok::<_, anyhow::Error>(run)
+        }));
+    }
+    let mut total = Run::default();
+    for w in workers {
+        let r = w.await??;
+        total.count += r.count;
+        total.errors += r.errors;
+        total.lat.merge(r.lat);
+    }
+    Ok((total, started.elapsed()))
+}
+
+/// The reference: the least an axum handler for this route does — check the bearer header,
+/// parse the poll, answer "no work".
+async fn bare_poll(headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "));
+    if !authorized {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match serde_json::from_slice::<proto::PollRequest>(&body) {
+        Ok(_) => axum::Json(proto::PollResponse::default()).into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+/// Serves the bare handler on another loopback port in this process (until the process ends).
+async fn spawn_bare_server() -> Result<std::net::SocketAddr> {
+    let app = axum::Router::new().route("/agent/v1/poll", axum::routing::post(bare_poll));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}

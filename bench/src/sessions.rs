@@ -1,0 +1,185 @@
+//! `sessions`: N computers × 10 deployments, simulated agents that answer every job at once.
+//! Sessions are started through GraphQL `startMaintenanceSession` and the clock runs until
+//! `maintenanceSessionStatusCounts` shows all of them PASSED.
+//!
+//! Each session is 12 agent round trips: one detection probe job (10 probes), ten install
+//! steps one after another, one verification probe job; each result is persisted and flushed
+//! before the server acknowledges it.
+
+use crate::agent::{self, AgentOptions, FleetStats};
+use crate::report::{Figure, note};
+use crate::server::Server;
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const S: &str = "sessions";
+pub const DEPLOYMENTS: usize = 10;
+/// Computers per `startMaintenanceSession` call; the calls go out concurrently.
+const START_BATCH: usize = 100;
+
+/// A tenant with enrolled, polling simulated agents and its deployments.
+pub struct Fleet {
+    pub server: Server,
+    pub admin: String,
+    pub tenant: String,
+    pub computers: Vec<String>,
+    pub stats: Arc<FleetStats>,
+    agents: Vec<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Fleet {
+    /// Starts a server, enrolls `n` agents (HTTP), deploys `DEPLOYMENTS` software entries to
+    /// all of them and waits until every agent has polled.
+    pub async fn start(scenario: &str, n: usize, opts: AgentOptions) -> Result<Fleet> {
+        // Default configuration, concurrency ceiling (500 running sessions) included: sessions
+        // beyond it wait "queued", as they would on a real box.
+        let server = Server::start(|_| {}).await?;
+        let admin = server.login().await?;
+        let tenant = server.create_tenant(&admin, "Fleet").await?;
+        let key = server.enrollment_key(&admin, &tenant).await?;
+        server.deploy_software(&admin, &tenant, DEPLOYMENTS).await?;
+        note(scenario, format!("enrolling {n} agents"));
+        let enrolled = Arc::new(std::sync::Mutex::new(vec![
+            (String::new(), String::new());
+            n
+        ]));
+        let e = enrolled.clone();
+        server
+            .enroll(&key, n, 16, move |i, r| {
+                if let Ok(mut e) = e.lock() {
+                    e[i] = (r.computer_id, r.agent_token);
+                }
+            })
+            .await?;
+        let enrolled = std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        let stats = Arc::new(FleetStats::default());
+        let http = crate::server::http_client()?;
+        let mut agents = Vec::new();
+        let mut computers = Vec::new();
+        for (i, (computer, token)) in enrolled.into_iter().enumerate() {
+            computers.push(computer);
+            agents.push(tokio::spawn(agent::run(
+                http.clone(),
+                server.url.clone(),
+                token,
+                opts.clone(),
+                i as u64,
+                stats.clone(),
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stats.ready.load(Ordering::Relaxed) < n as u64 {
+            if Instant::now() > deadline {
+                bail!("only {} of {n} agents polled", stats.ready.load(Ordering::Relaxed));
+            }
+            if let Some(a) = agents.iter().find(|a| a.is_finished()) {
+                bail!("an agent stopped: {:?}", a);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Fleet {
+            server,
+            admin,
+            tenant,
+            computers,
+            stats,
+            agents,
+        })
+    }
+
+    /// Starts sessions for `computers` in batches of `START_BATCH`, all batches at once.
+    pub async fn start_sessions(&self, computers: &[String]) -> Result<()> {
+        let mut calls = Vec::new();
+        for batch in computers.chunks(START_BATCH) {
+            let http = self.server.http.clone();
+            let url = self.server.url.clone();
+            let admin = self.admin.clone();
+            let ids = batch.to_vec();
+            calls.push(tokio::spawn(async move {
+                let d = crate::server::gql(
+                    &http,
+                    &url,
+                    Some(&admin),
+                    "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }",
+                    json!({"i": {"computerIds": ids}}),
+                )
+                .await?;
+                let started = d["startMaintenanceSession"]
+                    .as_array()
+                    .context("no sessions")?
+                    .len();
+                anyhow::ensure!(started == ids.len(), "{started} of {} sessions started", ids.len());
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for c in calls {
+            c.await??;
+        }
+        Ok(())
+    }
+
+    /// Fails if an agent stopped with an error.
+    pub fn check_agents(&self) -> Result<()> {
+        for a in &self.agents {
+            if a.is_finished() {
+                bail!("a simulated agent stopped early");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        for a in &self.agents {
+            a.abort();
+        }
+        self.server.stop().await;
+    }
+}
+
+pub async fn run(quick: bool) -> Result<Vec<Figure>> {
+    let n = if quick { 100 } else { 1000 };
+    let fleet = Fleet::start(
+        S,
+        n,
+        AgentOptions {
+            think: Duration::ZERO,
+            wait_seconds: 25,
+        },
+    )
+    .await?;
+    note(S, format!("starting {n} sessions of {DEPLOYMENTS} deployments"));
+    let results_before = fleet.stats.results.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    fleet.start_sessions(&fleet.computers).await?;
+    let started = t0.elapsed();
+    let timeout = Duration::from_secs(if quick { 60 } else { 600 });
+    let waited = fleet.server.wait_passed(&fleet.admin, n as u64, timeout).await;
+    let elapsed = t0.elapsed();
+    fleet.check_agents()?;
+    waited?;
+    let results = fleet.stats.results.load(Ordering::Relaxed) - results_before;
+    let mut lat = std::mem::take(
+        &mut *fleet
+            .stats
+            .result_latency
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let throttled = fleet.stats.throttled.load(Ordering::Relaxed);
+    fleet.stop().await;
+    let secs = elapsed.as_secs_f64();
+    Ok(vec![
+        Figure::new(S, "computers", n as f64, "computers"),
+        Figure::new(S, "sessions_per_s", n as f64 / secs, "1/s"),
+        Figure::new(S, "actions_per_s", (n * DEPLOYMENTS) as f64 / secs, "1/s"),
+        Figure::new(S, "elapsed_s", secs, "s"),
+        Figure::new(S, "start_calls_s", started.as_secs_f64(), "s"),
+        Figure::new(S, "job_results_per_s", results as f64 / secs, "1/s"),
+        Figure::new(S, "result_p50_ms", lat.quantile_ms(0.50), "ms"),
+        Figure::new(S, "result_p99_ms", lat.quantile_ms(0.99), "ms"),
+        Figure::new(S, "polls_throttled", throttled as f64, "polls"),
+    ])
+}

@@ -1,0 +1,320 @@
+//! PSA integrations and portals: API keys, signed webhooks, idempotent starts, CORS, counts.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use upkeep_tests::hook::HookReceiver;
+use upkeep_tests::ws::Subscription;
+use upkeep_tests::*;
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_act_in_their_tenant_and_die_when_revoked() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let a = s.create_tenant(&admin, "A").await?;
+    let b = s.create_tenant(&admin, "B").await?;
+    let k = s.gql(&admin, "mutation($t: ID) { createApiKey(input: {name: \"psa\", role: TENANT_ADMIN, tenantId: $t}) { apiKey { id role } secret } }", json!({"t": a})).await?;
+    let secret = k["createApiKey"]["secret"].as_str().unwrap().to_string();
+    let key_id = k["createApiKey"]["apiKey"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("upk_") && secret.len() >= 47, "{secret}");
+    let p = s.gql(&secret, "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Via key\", email: \"k@a.example\"}) { id } }", json!({"t": a})).await?;
+    assert!(p["createPerson"]["id"].is_string());
+    let l = s
+        .gql(
+            &secret,
+            "{ persons { totalCount } tenants { totalCount } }",
+            json!({}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            l["persons"]["totalCount"].as_i64(),
+            l["tenants"]["totalCount"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        s.gql_err(
+            Some(&secret),
+            "query($t: ID!) { tenant(id: $t) { id } }",
+            json!({"t": b})
+        )
+        .await?,
+        "NOT_FOUND"
+    );
+    assert_eq!(s.gql_err(Some(&secret), "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"x\", email: \"x@b.example\"}) { id } }", json!({"t": b})).await?, "NOT_FOUND");
+    // Never more rights than its maker: a tenant admin cannot mint an MSP key.
+    s.gql(&admin, "mutation($t: ID!) { createUser(input: {email: \"ta@a.example\", password: \"tenant-admin-pw\", role: TENANT_ADMIN, tenantId: $t}) { id } }", json!({"t": a})).await?;
+    let ta = s.login("ta@a.example", "tenant-admin-pw").await?;
+    assert_eq!(
+        s.gql_err(
+            Some(&ta),
+            "mutation { createApiKey(input: {name: \"x\", role: MSP_ADMIN}) { secret } }",
+            json!({})
+        )
+        .await?,
+        "FORBIDDEN"
+    );
+    // Listed without the secret; usable on the WebSocket.
+    let list = s.gql(&admin, "query($t: ID) { apiKeys(tenantId: $t) { totalCount edges { node { name revoked } } } }", json!({"t": a})).await?;
+    assert_eq!(list["apiKeys"]["totalCount"], 1);
+    let sub = Subscription::connect(&s.url, "graphql-transport-ws", &secret).await?;
+    sub.close().await;
+    s.gql(
+        &admin,
+        "mutation($id: ID!) { revokeApiKey(id: $id) }",
+        json!({"id": key_id}),
+    )
+    .await?;
+    assert_eq!(
+        s.gql_err(Some(&secret), "{ persons { totalCount } }", json!({}))
+            .await?,
+        "UNAUTHENTICATED"
+    );
+    assert!(
+        Subscription::connect(&s.url, "graphql-transport-ws", &secret)
+            .await
+            .is_err(),
+        "revoked on the WebSocket too"
+    );
+    Ok(())
+}
+
+struct Hooked {
+    s: TestServer,
+    admin: String,
+    tenant: String,
+    computer: String,
+    _agent: TestAgent,
+    _dir: tempfile::TempDir,
+}
+
+async fn hooked(s: TestServer) -> anyhow::Result<Hooked> {
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Hooked").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let agent = TestAgent::start(&s.url, &key, "h-1").await?;
+    let computer = s.computer_id(&admin, "h-1").await?;
+    s.wait_online(&admin, &computer).await?;
+    let dir = tempfile::tempdir()?;
+    let sw =
+        create_file_software(&s, &admin, Some(&tenant), "Notepad", dir.path(), &["8.6"]).await?;
+    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    Ok(Hooked {
+        s,
+        admin,
+        tenant,
+        computer,
+        _agent: agent,
+        _dir: dir,
+    })
+}
+
+async fn create_hook(h: &Hooked, url: &str) -> anyhow::Result<(String, String)> {
+    let w = h
+        .s
+        .gql(&h.admin, "mutation($t: ID, $u: String!) { createWebhook(input: {tenantId: $t, url: $u, events: [SESSION_FINISHED]}) { webhook { id } secret } }", json!({"t": h.tenant, "u": url}))
+        .await?;
+    Ok((
+        w["createWebhook"]["webhook"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        w["createWebhook"]["secret"].as_str().unwrap().to_string(),
+    ))
+}
+
+/// What a receiver does: recompute the HMAC over "<t>.<body>" with the secret.
+fn verify(secret: &str, sig: &str, body: &str) -> bool {
+    let Some((t, v1)) = sig.split_once(",v1=") else {
+        return false;
+    };
+    let t: i64 = t.trim_start_matches("t=").parse().unwrap_or(0);
+    upkeep_server::webhooks::signature(secret, t, body) == format!("t={t},v1={v1}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_delivers_a_signed_outcome_and_retries_with_the_same_id() -> anyhow::Result<()> {
+    let h = hooked(TestServer::start().await?).await?;
+    let rx = HookReceiver::start(&[500]).await?;
+    let (hook_id, secret) = create_hook(&h, &rx.url()).await?;
+    let id = h.s.start_session(&h.admin, &h.computer, json!({})).await?;
+    h.s.wait_status(&h.admin, &id, &["PASSED"], T).await?;
+    // First answer 500, then 200: the same delivery twice, counted once.
+    let got = wait_for("two attempts", Duration::from_secs(40), || async {
+        Ok((rx.all().len() >= 2).then(|| rx.all()))
+    })
+    .await?;
+    assert_eq!(got[0].answered, 500);
+    assert_eq!(got[1].answered, 200);
+    assert_eq!(
+        got[0].header("Upkeep-Delivery"),
+        got[1].header("Upkeep-Delivery")
+    );
+    assert_eq!(got[1].header("Upkeep-Event"), Some("SESSION_FINISHED"));
+    assert!(
+        verify(
+            &secret,
+            got[1].header("Upkeep-Signature").unwrap(),
+            &got[1].body
+        ),
+        "signature verifies"
+    );
+    assert!(!verify(
+        "wrong-secret",
+        got[1].header("Upkeep-Signature").unwrap(),
+        &got[1].body
+    ));
+    let body: Value = serde_json::from_str(&got[1].body)?;
+    assert_eq!(body["event"], "SESSION_FINISHED");
+    assert_eq!(body["data"]["id"], id.as_str());
+    assert_eq!(body["data"]["status"], "PASSED");
+    assert_eq!(body["data"]["computerId"], h.computer.as_str());
+    assert_eq!(body["data"]["actions"][0]["software"], "Notepad");
+    assert_eq!(body["id"].as_str(), got[1].header("Upkeep-Delivery"));
+    let unique: std::collections::HashSet<_> = rx
+        .all()
+        .iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| r.header("Upkeep-Delivery").map(String::from))
+        .collect();
+    assert_eq!(unique.len(), 1, "counted once");
+    let d = h.s.gql(&h.admin, "query($w: ID!) { webhookDeliveries(webhookId: $w) { totalCount edges { node { event status attempts responseStatus } } } }", json!({"w": hook_id})).await?;
+    assert_eq!(
+        d["webhookDeliveries"]["edges"][0]["node"],
+        json!({"event": "SESSION_FINISHED", "status": "DELIVERED", "attempts": 2, "responseStatus": 200})
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_across_a_restart_still_gets_the_event_once() -> anyhow::Result<()> {
+    let mut h = hooked(TestServer::start().await?).await?;
+    // Reserve a port for the receiver, and leave it closed for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    create_hook(&h, &url).await?;
+    let id = h.s.start_session(&h.admin, &h.computer, json!({})).await?;
+    h.s.wait_status(&h.admin, &id, &["PASSED"], T).await?;
+    wait_for("a failed attempt", T, || async {
+        Ok((h.s.metric("upkeep_webhook_attempts_total").await? >= 1.0).then_some(()))
+    })
+    .await?;
+    h.s.restart().await?;
+    let rx = HookReceiver::start_on(&format!("127.0.0.1:{port}"), &[]).await?;
+    wait_for("the delivery", Duration::from_secs(45), || async {
+        Ok((!rx.all().is_empty()).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.all().len(), 1, "once");
+    let body: Value = serde_json::from_str(&rx.all()[0].body)?;
+    assert_eq!(body["data"]["id"], id.as_str());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_webhook_urls_are_refused_by_default() -> anyhow::Result<()> {
+    let s = TestServer::start_with(|c| c.allow_private_webhooks = false).await?;
+    let admin = s.admin().await?;
+    let body = s.gql_raw(Some(&admin), "mutation { createWebhook(input: {url: \"http://127.0.0.1:9/x\", events: [SESSION_FINISHED]}) { secret } }", json!({})).await?;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-private-webhooks")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_starts_and_status_counts() -> anyhow::Result<()> {
+    let h = hooked(TestServer::start().await?).await?;
+    let q = "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c], detectionOnly: true, idempotencyKey: \"ticket-4711\"}) { id } }";
+    let first = h.s.gql(&h.admin, q, json!({"c": h.computer})).await?;
+    let second = h.s.gql(&h.admin, q, json!({"c": h.computer})).await?;
+    assert_eq!(
+        first, second,
+        "the repeat returns the first call's sessions"
+    );
+    let id = first["startMaintenanceSession"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.s.wait_status(&h.admin, &id, &["PASSED"], T).await?;
+    let again = h.s.gql(&h.admin, q, json!({"c": h.computer})).await?;
+    assert_eq!(again, first, "even after it finished: nothing new starts");
+    let counts =
+        h.s.gql(
+            &h.admin,
+            "query($t: ID) { maintenanceSessionStatusCounts(tenantId: $t) { status count } }",
+            json!({"t": h.tenant}),
+        )
+        .await?;
+    let passed = counts["maintenanceSessionStatusCounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "PASSED")
+        .unwrap()["count"]
+        .clone();
+    assert_eq!(passed, 1, "one session started: {counts}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_only_for_allowed_origins() -> anyhow::Result<()> {
+    let s =
+        TestServer::start_with(|c| c.cors_origins = vec!["https://portal.example".into()]).await?;
+    let pre = |origin: &str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, format!("{}/graphql", s.url))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = pre("https://portal.example").await?;
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://portal.example")
+    );
+    let no = pre("https://evil.example").await?;
+    assert!(no.headers().get("access-control-allow-origin").is_none());
+    let post = s
+        .http
+        .post(format!("{}/graphql", s.url))
+        .header("Origin", "https://evil.example")
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await?;
+    assert!(post.headers().get("access-control-allow-origin").is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_is_served_without_external_scripts() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let r = s.http.get(format!("{}/console", s.url)).send().await?;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-security-policy").is_some());
+    let html = r.text().await?;
+    assert!(html.contains("graphql-transport-ws"));
+    assert!(!html.contains("src=\"http"), "no external scripts");
+    Ok(())
+}
