@@ -177,7 +177,10 @@ mod tests {
     fn detection_says_missing_then_installed_per_session() {
         let mut probed = HashSet::new();
         assert_eq!(stdout_of(&answer_job(&probe_job("s1"), &mut probed)), "");
-        assert_eq!(stdout_of(&answer_job(&probe_job("s1"), &mut probed)), "1.0\n");
+        assert_eq!(
+            stdout_of(&answer_job(&probe_job("s1"), &mut probed)),
+            "1.0\n"
+        );
         assert_eq!(stdout_of(&answer_job(&probe_job("s2"), &mut probed)), "");
     }
 }

@@ -179,7 +179,12 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "events", events as f64, "events"),
         Figure::new(S, "events_per_s", events as f64 / span, "1/s"),
         Figure::new(S, "deliveries_per_s", receipts as f64 / span, "1/s"),
-        Figure::new(S, "missed_deliveries", (expected - receipts.min(expected)) as f64, "deliveries"),
+        Figure::new(
+            S,
+            "missed_deliveries",
+            (expected - receipts.min(expected)) as f64,
+            "deliveries",
+        ),
         Figure::new(S, "subscription_errors", errors as f64, "errors"),
         Figure::new(S, "latency_p50_ms", latency.quantile_ms(0.50), "ms"),
         Figure::new(S, "latency_p99_ms", latency.quantile_ms(0.99), "ms"),
@@ -209,8 +214,10 @@ async fn subscriber(
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let send = |v: Value| Message::Text(v.to_string().into());
-    ws.send(send(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})))
-        .await?;
+    ws.send(send(
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    ))
+    .await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {

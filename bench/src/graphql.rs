@@ -24,7 +24,8 @@ const S: &str = "graphql";
 /// Deployments (plan items and actions) per preloaded session.
 pub const ITEMS: usize = 5;
 const BATCH: usize = 2_000;
-const QUERY: &str = "{ maintenanceSessions(first: 50) { edges { node { id status actions { kind status } } } } }";
+const QUERY: &str =
+    "{ maintenanceSessions(first: 50) { edges { node { id status actions { kind status } } } } }";
 
 struct Size {
     sessions: usize,
@@ -55,9 +56,7 @@ impl Size {
 
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let size = Size::new(quick);
-    let dir = tempfile::Builder::new()
-        .prefix("upkeep-bench-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("upkeep-bench-").tempdir()?;
     let config = server::config(dir.path());
     note(S, format!("preloading {} sessions", size.sessions));
     let t = Instant::now();
@@ -65,12 +64,14 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         let path = dir.path().to_path_buf();
         let sessions = size.sessions;
         let (tenants, computers) = (size.tenants, size.computers);
-        tokio::task::spawn_blocking(move || preload(&path, sessions, tenants, computers))
-            .await??
+        tokio::task::spawn_blocking(move || preload(&path, sessions, tenants, computers)).await??
     };
     let preload_s = t.elapsed().as_secs_f64();
     let disk = dir_size(dir.path());
-    note(S, format!("preloaded in {preload_s:.1} s; starting the server"));
+    note(
+        S,
+        format!("preloaded in {preload_s:.1} s; starting the server"),
+    );
 
     // sled lets go of its lock when its last handle is gone; retry until it has.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -129,7 +130,12 @@ async fn check_page(srv: &Server, token: &str) -> Result<()> {
 
 /// `conns` clients sending the query back to back for `measure`; returns queries/s and
 /// latencies.
-async fn drive(srv: &Server, token: &str, conns: usize, measure: Duration) -> Result<(f64, Latencies)> {
+async fn drive(
+    srv: &Server,
+    token: &str,
+    conns: usize,
+    measure: Duration,
+) -> Result<(f64, Latencies)> {
     let client = http_client()?;
     let url = format!("{}/graphql", srv.url);
     let body = json!({"query": QUERY}).to_string();
@@ -141,7 +147,8 @@ async fn drive(srv: &Server, token: &str, conns: usize, measure: Duration) -> Re
     let deadline = started + measure;
     let mut workers = Vec::new();
     for _ in 0..conns {
-        let (client, url, token, body) = (client.clone(), url.clone(), token.to_string(), body.clone());
+        let (client, url, token, body) =
+            (client.clone(), url.clone(), token.to_string(), body.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Latencies::default();
             while Instant::now() < deadline {
@@ -195,7 +202,12 @@ fn script(body: String) -> Script {
 }
 
 /// Writes the fixture; returns the average encoded session size in bytes.
-fn preload(dir: &std::path::Path, sessions: usize, tenants: usize, computers: usize) -> Result<f64> {
+fn preload(
+    dir: &std::path::Path,
+    sessions: usize,
+    tenants: usize,
+    computers: usize,
+) -> Result<f64> {
     let store = Store::open(dir)?;
     let now = Utc::now();
     let write = |f: &dyn Fn(&mut upkeep_server::store::Tx<'_>) -> Result<(), TxError<String>>| {

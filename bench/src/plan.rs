@@ -250,10 +250,20 @@ pub fn run() -> Result<Vec<Figure>> {
     std::hint::black_box(steps);
     Ok(vec![
         Figure::new(S, "computers", COMPUTERS as f64, "computers"),
-        Figure::new(S, "deployments", cat.deployments.len() as f64, "deployments"),
+        Figure::new(
+            S,
+            "deployments",
+            cat.deployments.len() as f64,
+            "deployments",
+        ),
         Figure::new(S, "actions_planned", resolved as f64, "actions"),
         Figure::new(S, "resolve_ms", resolve_time.as_secs_f64() * 1000.0, "ms"),
-        Figure::new(S, "plan_ms", (total - resolve_time).as_secs_f64() * 1000.0, "ms"),
+        Figure::new(
+            S,
+            "plan_ms",
+            (total - resolve_time).as_secs_f64() * 1000.0,
+            "ms",
+        ),
         Figure::new(S, "total_ms", total.as_secs_f64() * 1000.0, "ms"),
     ])
 }

@@ -122,7 +122,12 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
 
     Ok(vec![
         Figure::new(S, "registered_agents", size.agents as f64, "agents"),
-        Figure::new(S, "enrollments_per_s", size.agents as f64 / took.as_secs_f64(), "1/s"),
+        Figure::new(
+            S,
+            "enrollments_per_s",
+            size.agents as f64 / took.as_secs_f64(),
+            "1/s",
+        ),
         Figure::new(S, "rss_per_agent", per_agent, "bytes"),
         Figure::new(S, "connections", CONNECTIONS as f64, "connections"),
         Figure::new(S, "polls_per_s", real.rate(), "1/s").against(base.rate()),

@@ -15,7 +15,12 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(scenario: &'static str, metric: &'static str, value: f64, unit: &'static str) -> Self {
+    pub fn new(
+        scenario: &'static str,
+        metric: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
         Figure {
             scenario,
             metric,
@@ -70,7 +75,8 @@ pub struct Latencies(Vec<u64>);
 
 impl Latencies {
     pub fn record(&mut self, d: Duration) {
-        self.0.push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.0
+            .push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn push_micros(&mut self, us: u64) {

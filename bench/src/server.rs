@@ -42,9 +42,7 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh temp data dir.
     pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Result<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix("upkeep-bench-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("upkeep-bench-").tempdir()?;
         let mut c = config(dir.path());
         tweak(&mut c);
         let mut s = Self::start_config(c).await?;
@@ -200,7 +198,10 @@ impl Server {
     }
 
     /// Counts of sessions per status (all tenants).
-    pub async fn status_counts(&self, token: &str) -> Result<std::collections::HashMap<String, u64>> {
+    pub async fn status_counts(
+        &self,
+        token: &str,
+    ) -> Result<std::collections::HashMap<String, u64>> {
         let d = self
             .gql(
                 Some(token),

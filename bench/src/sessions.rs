@@ -54,7 +54,8 @@ impl Fleet {
                 }
             })
             .await?;
-        let enrolled = std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        let enrolled =
+            std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         let stats = Arc::new(FleetStats::default());
         let http = crate::server::http_client()?;
         let mut agents = Vec::new();
@@ -73,7 +74,10 @@ impl Fleet {
         let deadline = Instant::now() + Duration::from_secs(60);
         while stats.ready.load(Ordering::Relaxed) < n as u64 {
             if Instant::now() > deadline {
-                bail!("only {} of {n} agents polled", stats.ready.load(Ordering::Relaxed));
+                bail!(
+                    "only {} of {n} agents polled",
+                    stats.ready.load(Ordering::Relaxed)
+                );
             }
             if let Some(a) = agents.iter().find(|a| a.is_finished()) {
                 bail!("an agent stopped: {:?}", a);
@@ -150,13 +154,19 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         },
     )
     .await?;
-    note(S, format!("starting {n} sessions of {DEPLOYMENTS} deployments"));
+    note(
+        S,
+        format!("starting {n} sessions of {DEPLOYMENTS} deployments"),
+    );
     let results_before = fleet.stats.results.load(Ordering::Relaxed);
     let t0 = Instant::now();
     fleet.start_sessions(&fleet.computers).await?;
     let started = t0.elapsed();
     let timeout = Duration::from_secs(if quick { 60 } else { 600 });
-    let waited = fleet.server.wait_passed(&fleet.admin, n as u64, timeout).await;
+    let waited = fleet
+        .server
+        .wait_passed(&fleet.admin, n as u64, timeout)
+        .await;
     let elapsed = t0.elapsed();
     fleet.check_agents()?;
     waited?;

@@ -33,6 +33,32 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Check { data_dir }) => crate::check::run(&data_dir),
+        Some(Command::Backup { data_dir, out }) => match crate::backup::backup(&data_dir, &out) {
+            Ok(n) => {
+                println!(
+                    "backup of {} written to {} ({n} bytes)",
+                    data_dir.display(),
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("upkeep-server backup: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Restore { data_dir, input }) => {
+            match crate::backup::restore(&data_dir, &input) {
+                Ok(n) => {
+                    println!("restored {n} entries into {}", data_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("upkeep-server restore: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => serve(cli.serve),
     }
 }

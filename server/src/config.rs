@@ -27,6 +27,20 @@ pub enum Command {
     },
     /// Write the GraphQL schema (SDL) to stdout.
     Schema,
+    /// Write a consistent backup of the store (asks the running server, if any).
+    Backup {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new, empty data dir (the server must not be running on it).
+    Restore {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -167,6 +167,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     tokio::spawn(app.clone().run_scheduler());
     tokio::spawn(app.clone().run_mailer());
     tokio::spawn(app.clone().run_webhooks());
+    tokio::spawn(crate::backup::serve_socket(app.clone()));
     {
         let app = app.clone();
         tokio::spawn(async move {

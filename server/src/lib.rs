@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod clock;

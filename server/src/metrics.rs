@@ -197,6 +197,21 @@ pub async fn render(State(app): State<Arc<App>>) -> ([(&'static str, &'static st
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_sessions_by_status Sessions in the store by status.\n# TYPE upkeep_sessions_by_status gauge"
+    );
+    for st in crate::session::SessionStatus::ALL {
+        let n = app.store.index_count(&crate::store::IndexKey::new(
+            crate::store::records::STATUS_SESSIONS,
+            [st.code()],
+        ));
+        let _ = writeln!(
+            out,
+            "upkeep_sessions_by_status{{status=\"{}\"}} {n}",
+            crate::engine::status_name(st)
+        );
+    }
     let depth = app.outbox_depth();
     let _ = writeln!(
         out,

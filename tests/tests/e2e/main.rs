@@ -6,5 +6,6 @@ mod control;
 mod foundation;
 mod integrations;
 mod mail;
+mod ops;
 mod schedules;
 mod sessions;
