@@ -16,7 +16,7 @@ const MAGIC: &[u8] = b"UPKEEP-BACKUP 1\n";
 const END: u32 = u32::MAX;
 pub const SOCKET: &str = "admin.sock";
 
-type Trees = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+type Trees = crate::store::Snapshot;
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());

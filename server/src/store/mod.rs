@@ -454,10 +454,13 @@ impl Store {
     }
 }
 
+/// Every tree's name and `(key, value)` pairs.
+pub type Snapshot = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
 impl Store {
     /// Every tree's name and contents, while writers are held off: a consistent snapshot for
     /// backups (`backup.rs`). Returns `(tree name, [(key, value)])` in a stable order.
-    pub fn snapshot(&self) -> Result<Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>> {
+    pub fn snapshot(&self) -> Result<Snapshot> {
         let _exclusive = self.inner.pause.write().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         let mut trees: Vec<(&str, &sled::Tree)> = KINDS
@@ -483,7 +486,7 @@ impl Store {
     }
 
     /// Loads a snapshot into this (empty) store.
-    pub fn load_snapshot(&self, trees: &[(String, Vec<(Vec<u8>, Vec<u8>)>)]) -> Result<()> {
+    pub fn load_snapshot(&self, trees: &Snapshot) -> Result<()> {
         for (name, entries) in trees {
             let tree = if name == "index" {
                 self.inner.index.clone()
