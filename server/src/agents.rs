@@ -867,7 +867,8 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
     if jobs.is_empty() && wait > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
-        set_holding(&app, computer, 1);
+        // Released on drop: hyper drops this future when the agent hangs up mid-poll.
+        let _hold = Holding::new(&app, computer);
         loop {
             let notified = notify.notified();
             tokio::select! {
@@ -889,6 +890,25 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         tracing::info!(computer = %computer, jobs = jobs.len(), "jobs handed out");
     }
     Json(proto::PollResponse { jobs }).into_response()
+}
+
+/// A long-poll held open: the computer counts as online while any is.
+struct Holding<'a> {
+    app: &'a App,
+    computer: Id,
+}
+
+impl<'a> Holding<'a> {
+    fn new(app: &'a App, computer: Id) -> Holding<'a> {
+        set_holding(app, computer, 1);
+        Holding { app, computer }
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        set_holding(self.app, self.computer, -1);
+    }
 }
 
 fn set_holding(app: &App, computer: Id, delta: i32) {

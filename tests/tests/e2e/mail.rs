@@ -318,3 +318,50 @@ async fn mail_survives_an_smtp_outage_and_a_restart_once() -> anyhow::Result<()>
     drop(f.dir);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_dir_overrides_and_a_broken_template_stops_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("test.subject.hbs"),
+        "Custom test for {{brand.companyName}}",
+    )?;
+    let smtp = SmtpSink::start().await?;
+    let url = smtp.url();
+    let tdir = dir.path().to_path_buf();
+    let s = TestServer::start_with(move |c| {
+        c.smtp_url = Some(url);
+        c.templates_dir = Some(tdir);
+    })
+    .await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Tpl").await?;
+    s.gql(
+        &admin,
+        "mutation($t: ID!) { sendTestEmail(tenantId: $t, to: \"x@tpl.example\") }",
+        json!({"t": t}),
+    )
+    .await?;
+    let mails = wait_mails(&smtp, 1).await?;
+    assert!(
+        parse(&mails[0].data)
+            .header("Subject")
+            .unwrap()
+            .contains("Custom test for Tpl")
+    );
+    drop(s);
+    std::fs::write(
+        dir.path().join("maintenance-before.html.hbs"),
+        "{{#if}}broken",
+    )?;
+    let tdir = dir.path().to_path_buf();
+    let err = TestServer::start_with(move |c| c.templates_dir = Some(tdir))
+        .await
+        .err()
+        .expect("a broken template stops start-up");
+    assert!(
+        format!("{err:#}").contains("maintenance-before.html.hbs"),
+        "{err:#}"
+    );
+    Ok(())
+}

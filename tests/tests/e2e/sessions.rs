@@ -639,3 +639,117 @@ impl Remote {
         Ok(body["data"].clone())
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_runs_first_and_ad_hoc_only_when_named() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s
+        .gql(
+            &admin,
+            "mutation { createTenant(input: {name: \"New\", autoOnboarding: true}) { id } }",
+            json!({}),
+        )
+        .await?["createTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir()?;
+    let base = create_file_software(&s, &admin, Some(&t), "base", dir.path(), &["1"]).await?;
+    let welcome = create_file_software(&s, &admin, Some(&t), "welcome", dir.path(), &["1"]).await?;
+    let extra = create_file_software(&s, &admin, Some(&t), "extra", dir.path(), &["1"]).await?;
+    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
+    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": welcome, "desiredState": "INSTALLED_ANY", "enforcement": "ONBOARDING"})).await?;
+    let adhoc = create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": extra, "desiredState": "INSTALLED_ANY", "enforcement": "AD_HOC"})).await?;
+    let key = s.enrollment_key(&admin, &t).await?;
+    let _a = TestAgent::start(&s.url, &key, "fresh-1").await?;
+    let c = s.computer_id(&admin, "fresh-1").await?;
+    // Enrollment started an ONBOARDING session by itself.
+    let id = wait_for("the onboarding session", T, || async {
+        let d = s.gql(&admin, "query($c: ID) { maintenanceSessions(filter: {computerId: $c}) { edges { node { id trigger } } } }", json!({"c": c})).await?;
+        Ok(d["maintenanceSessions"]["edges"][0]["node"]["id"].as_str().map(String::from))
+    })
+    .await?;
+    let done = s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    assert_eq!(done["trigger"], "ONBOARDING");
+    let names: Vec<&str> = done["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["welcome", "base"],
+        "onboarding deployments first, AD_HOC not at all"
+    );
+    assert!(!dir.path().join("extra.version").exists());
+    // A later full session: no onboarding deployment; the AD_HOC one only when named.
+    std::fs::remove_file(dir.path().join("welcome.version"))?;
+    let id2 = s.start_session(&admin, &c, json!({})).await?;
+    let d2 = s
+        .wait_status(&admin, &id2, &["PASSED", "FAILED"], T)
+        .await?;
+    let names: Vec<&str> = d2["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base"]);
+    let id3 = s
+        .start_session(&admin, &c, json!({"deploymentIds": [adhoc]}))
+        .await?;
+    let d3 = s
+        .wait_status(&admin, &id3, &["PASSED", "FAILED"], T)
+        .await?;
+    assert_eq!(d3["actions"][0]["name"], "extra");
+    assert!(dir.path().join("extra.version").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_computers_wait_or_skip() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Off").await?;
+    let key = s.enrollment_key(&admin, &t).await?;
+    let state = tempfile::tempdir()?;
+    let mut a = TestAgent::start_in(&s.url, Some(&key), state.path(), "roamer")?;
+    let c = s.computer_id(&admin, "roamer").await?;
+    s.wait_online(&admin, &c).await?;
+    a.stop().await;
+    wait_for("offline", T, || async {
+        let d = s
+            .gql(
+                &admin,
+                "query($c: ID!) { computer(id: $c) { online } }",
+                json!({"c": c}),
+            )
+            .await?;
+        Ok((d["computer"]["online"] == false).then_some(()))
+    })
+    .await?;
+    // SKIP with no grace: cancelled at once.
+    let skip = s
+        .start_session(
+            &admin,
+            &c,
+            json!({"options": {"offlineBehavior": "SKIP", "offlineGraceMinutes": 0}}),
+        )
+        .await?;
+    let x = s.wait_status(&admin, &skip, &["CANCELLED"], T).await?;
+    assert!(
+        x["statusReason"].as_str().unwrap().contains("offline"),
+        "{x:#}"
+    );
+    // APPLY_ON_CONNECT (the default): waits PENDING, runs when the agent polls again.
+    let wait = s
+        .start_session(&admin, &c, json!({"detectionOnly": true}))
+        .await?;
+    let p = s.wait_status(&admin, &wait, &["PENDING"], T).await?;
+    assert_eq!(p["statusReason"], "waiting for the computer to come online");
+    let _back = TestAgent::start_in(&s.url, None, state.path(), "roamer")?;
+    s.wait_status(&admin, &wait, &["PASSED"], T).await?;
+    Ok(())
+}
