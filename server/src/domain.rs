@@ -385,7 +385,7 @@ pub enum OfflineBehavior {
     ApplyOnConnect,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, async_graphql::SimpleObject)]
 pub struct MaintenanceOptions {
     pub notify_before: bool,
     pub notify_after: bool,

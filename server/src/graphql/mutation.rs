@@ -82,49 +82,43 @@ fn target(c: &Ctx<'_>, t: &TargetInput, tenant: Option<Id>) -> ApiResult<Target>
                 value: Some(name("target.value", &v)?),
             })
         }
-        TargetKind::Computer => {
-            let v = value.ok_or_else(|| {
-                ApiError::bad("target.value", "a COMPUTER target needs the computer id")
-            })?;
-            let id = v
-                .parse::<Id>()
-                .map_err(|_| ApiError::bad("target.value", "is not a computer id"))?;
-            let comp: Computer = c
-                .find(id)?
-                .ok_or_else(|| ApiError::bad("target.value", format!("computer {id} not found")))?;
-            if tenant.is_some_and(|t| t != comp.tenant_id) {
-                return Err(ApiError::bad(
-                    "target.value",
-                    "the computer belongs to another tenant than the deployment",
-                ));
-            }
-            Ok(Target {
-                kind: t.kind,
-                value: Some(id.to_string()),
-            })
-        }
-        TargetKind::Person => {
-            let v = value.ok_or_else(|| {
-                ApiError::bad("target.value", "a PERSON target needs the person id")
-            })?;
-            let id = v
-                .parse::<Id>()
-                .map_err(|_| ApiError::bad("target.value", "is not a person id"))?;
-            let p: Person = c
-                .find(id)?
-                .ok_or_else(|| ApiError::bad("target.value", format!("person {id} not found")))?;
-            if tenant.is_some_and(|t| t != p.tenant_id) {
-                return Err(ApiError::bad(
-                    "target.value",
-                    "the person belongs to another tenant than the deployment",
-                ));
-            }
-            Ok(Target {
-                kind: t.kind,
-                value: Some(id.to_string()),
-            })
-        }
+        TargetKind::Computer => Ok(Target {
+            kind: t.kind,
+            value: Some(target_ref::<Computer>(c, value, tenant)?),
+        }),
+        TargetKind::Person => Ok(Target {
+            kind: t.kind,
+            value: Some(target_ref::<Person>(c, value, tenant)?),
+        }),
     }
+}
+
+/// The id of the computer or person a target names: it must exist, be visible, and belong to
+/// the deployment's or schedule's tenant.
+fn target_ref<T: super::ctx::Owned>(
+    c: &Ctx<'_>,
+    value: Option<String>,
+    tenant: Option<Id>,
+) -> ApiResult<String> {
+    let v = value.ok_or_else(|| {
+        ApiError::bad(
+            "target.value",
+            format!("this target needs the {} id", T::NAME),
+        )
+    })?;
+    let id = v
+        .parse::<Id>()
+        .map_err(|_| ApiError::bad("target.value", format!("is not a {} id", T::NAME)))?;
+    let r: T = c
+        .find(id)?
+        .ok_or_else(|| ApiError::bad("target.value", format!("{} {id} not found", T::NAME)))?;
+    if tenant.is_some() && r.owner() != tenant {
+        return Err(ApiError::bad(
+            "target.value",
+            format!("the {} belongs to another tenant", T::NAME),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// A referenced catalogue entry the record's tenant may use.

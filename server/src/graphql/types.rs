@@ -360,42 +360,6 @@ impl Deployment {
     }
 }
 
-#[derive(SimpleObject)]
-#[graphql(name = "MaintenanceOptions")]
-pub struct OptionsView {
-    pub notify_before: bool,
-    pub notify_after: bool,
-    pub notify_when_compliant: bool,
-    pub show_actions_in_email: bool,
-    pub allow_postpone: bool,
-    pub max_postpones: u32,
-    pub postpone_hours: u32,
-    pub allow_update_now: bool,
-    pub reboot_preference: RebootPreference,
-    pub offline_behavior: OfflineBehavior,
-    pub offline_grace_minutes: u32,
-    pub allow_reboot_during_business_hours: bool,
-}
-
-impl From<&MaintenanceOptions> for OptionsView {
-    fn from(o: &MaintenanceOptions) -> Self {
-        OptionsView {
-            notify_before: o.notify_before,
-            notify_after: o.notify_after,
-            notify_when_compliant: o.notify_when_compliant,
-            show_actions_in_email: o.show_actions_in_email,
-            allow_postpone: o.allow_postpone,
-            max_postpones: o.max_postpones,
-            postpone_hours: o.postpone_hours,
-            allow_update_now: o.allow_update_now,
-            reboot_preference: o.reboot_preference,
-            offline_behavior: o.offline_behavior,
-            offline_grace_minutes: o.offline_grace_minutes,
-            allow_reboot_during_business_hours: o.allow_reboot_during_business_hours,
-        }
-    }
-}
-
 #[Object]
 impl Schedule {
     async fn id(&self) -> ID {
@@ -423,8 +387,8 @@ impl Schedule {
     async fn window_minutes(&self) -> u32 {
         self.window_minutes
     }
-    async fn options(&self) -> OptionsView {
-        (&self.options).into()
+    async fn options(&self) -> &MaintenanceOptions {
+        &self.options
     }
     async fn enabled(&self) -> bool {
         self.enabled
@@ -543,8 +507,8 @@ impl Session {
             None => Ok(None),
         }
     }
-    async fn options(&self) -> OptionsView {
-        (&self.options).into()
+    async fn options(&self) -> &MaintenanceOptions {
+        &self.options
     }
     async fn created_by(&self) -> &str {
         &self.created_by
