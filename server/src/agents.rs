@@ -386,11 +386,23 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Ok(r) => r,
         Err(e) => return e,
     };
-    if r.machine_id.trim().is_empty() || r.machine_id.len() > 256 || r.hostname.len() > 256 {
+    // What agents say about themselves ends up in names, mails and logs: control characters
+    // become spaces rather than refusing the machine.
+    let r = proto::EnrollRequest {
+        hostname: clean_text(&r.hostname),
+        os: clean_text(&r.os),
+        agent_version: clean_text(&r.agent_version),
+        ..r
+    };
+    if r.machine_id.trim().is_empty()
+        || [&r.machine_id, &r.hostname, &r.os, &r.agent_version]
+            .iter()
+            .any(|s| s.len() > 256)
+    {
         return reject(
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_MESSAGE",
-            "machineId must be 1–256 characters and hostname at most 256",
+            "machineId (not empty), hostname, os and agentVersion must be at most 256 bytes",
             peer,
             ROUTE,
         );
@@ -410,6 +422,16 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
 }
 
 type EnrollError = (StatusCode, &'static str, String);
+
+/// What agents report about themselves ends up in names, mails and logs: control characters
+/// become spaces.
+fn clean_text(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
 
 impl App {
     async fn enroll(
@@ -710,10 +732,10 @@ impl App {
                 let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
                     return Ok(());
                 };
-                c.hostname = inv.hostname.clone();
-                c.os = inv.os.clone();
-                c.agent_version = inv.agent_version.clone();
-                c.logged_on_user = inv.logged_on_user.clone();
+                c.hostname = clean_text(&inv.hostname);
+                c.os = clean_text(&inv.os);
+                c.agent_version = clean_text(&inv.agent_version);
+                c.logged_on_user = inv.logged_on_user.as_deref().map(clean_text);
                 tx.put(&c)?;
                 Ok(())
             });
@@ -809,6 +831,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let token = bearer(req.headers()).unwrap_or_default().to_string();
     let r: proto::PollRequest = match read_json(req.into_body(), ROUTE, peer).await {
         Ok(r) => r,
         Err(e) => return e,
@@ -876,6 +899,16 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = app.shutdown.wait() => {}
             }
+            // A token revoked while its poll was held gets no work through that poll.
+            if app.agents.computer_for_token(&token) != Some(computer) {
+                return reject(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHENTICATED",
+                    "unknown or revoked agent token; enroll again",
+                    peer,
+                    ROUTE,
+                );
+            }
             jobs = app.agents.take_jobs(computer);
             if !jobs.is_empty()
                 || tokio::time::Instant::now() >= deadline
@@ -884,7 +917,6 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 break;
             }
         }
-        set_holding(&app, computer, -1);
     }
     if !jobs.is_empty() {
         tracing::info!(computer = %computer, jobs = jobs.len(), "jobs handed out");
@@ -921,7 +953,9 @@ fn set_holding(app: &App, computer: Id, delta: i32) {
 
 async fn result(
     State(app): State<Arc<App>>,
-    Path(job_id): Path<String>,
+    // A job id that is not even UTF-8 is just another unknown job: answered after
+    // authentication, as JSON, like every agent error (axum's own rejection is plain text).
+    job_id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     req: Request<Body>,
 ) -> Response {
     const ROUTE: &str = "/agent/v1/jobs/{jobId}/result";
@@ -934,6 +968,7 @@ async fn result(
         Ok(r) => r,
         Err(e) => return e,
     };
+    let job_id = job_id.map(|Path(j)| j).unwrap_or_default();
     let Ok(job) = job_id.parse::<Id>() else {
         return reject(
             StatusCode::NOT_FOUND,

@@ -23,7 +23,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/graphql",
             get(graphql::graphiql).post(graphql::graphql_handler),
         )
-        .layer(DefaultBodyLimit::max(1024 * 1024));
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
+        // body stream itself, so without this a request body of any size was buffered.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024));
     if !app.config.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = app
             .config

@@ -68,6 +68,29 @@ struct LimitCodesExt;
 
 #[async_trait::async_trait]
 impl async_graphql::extensions::Extension for LimitCodesExt {
+    /// Refuses documents whose selections, with every fragment spread expanded, exceed
+    /// `MAX_EXPANDED_FIELDS`: async-graphql's own complexity check skips `__typename` and walks
+    /// fragments again at every spread, so a small document with doubling fragments would cost
+    /// exponential time before any resolver runs.
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        match expanded_size(&doc) {
+            Some(n) if n <= MAX_EXPANDED_FIELDS => Ok(doc),
+            _ => Err(async_graphql::ServerError::new(
+                format!(
+                    "the query selects more than {MAX_EXPANDED_FIELDS} fields once its fragments are expanded (or its fragments form a cycle)"
+                ),
+                None,
+            )),
+        }
+    }
+
     async fn request(
         &self,
         ctx: &async_graphql::extensions::ExtensionContext<'_>,
@@ -92,6 +115,64 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
             })
             .boxed()
     }
+}
+
+/// Most selections a document may make with its fragments expanded (the standard introspection
+/// query makes a few hundred).
+pub const MAX_EXPANDED_FIELDS: u64 = 5000;
+
+/// Number of field selections of the whole document with fragment spreads expanded, computed
+/// with one memo per fragment (linear in the document); `None` for a fragment cycle.
+fn expanded_size(doc: &async_graphql::parser::types::ExecutableDocument) -> Option<u64> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    use std::collections::HashMap;
+    fn set(
+        s: &SelectionSet,
+        doc: &async_graphql::parser::types::ExecutableDocument,
+        memo: &mut HashMap<String, Option<u64>>,
+        depth: u32,
+    ) -> Option<u64> {
+        if depth > 200 {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for item in &s.items {
+            let add = match &item.node {
+                Selection::Field(f) => {
+                    1u64.saturating_add(set(&f.node.selection_set.node, doc, memo, depth + 1)?)
+                }
+                Selection::InlineFragment(f) => {
+                    set(&f.node.selection_set.node, doc, memo, depth + 1)?
+                }
+                Selection::FragmentSpread(sp) => {
+                    let name = sp.node.fragment_name.node.to_string();
+                    match memo.get(&name) {
+                        Some(Some(v)) => *v,
+                        Some(None) => return None, // on the stack: a cycle
+                        None => {
+                            memo.insert(name.clone(), None);
+                            let v = match doc.fragments.get(&sp.node.fragment_name.node) {
+                                Some(frag) => {
+                                    set(&frag.node.selection_set.node, doc, memo, depth + 1)?
+                                }
+                                None => 0,
+                            };
+                            memo.insert(name, Some(v));
+                            v
+                        }
+                    }
+                }
+            };
+            n = n.saturating_add(add);
+        }
+        Some(n)
+    }
+    let mut memo = HashMap::new();
+    let mut total: u64 = 0;
+    for (_, op) in doc.operations.iter() {
+        total = total.saturating_add(set(&op.node.selection_set.node, doc, &mut memo, 0)?);
+    }
+    Some(total)
 }
 
 /// Resolves the `Authorization` value (a JWT or an API key) to an actor.

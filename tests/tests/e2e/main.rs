@@ -3,7 +3,9 @@
 
 mod agents;
 mod control;
+mod crash;
 mod foundation;
+mod hostile;
 mod integrations;
 mod mail;
 mod ops;
