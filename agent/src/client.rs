@@ -70,6 +70,8 @@ impl Client {
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             anyhow::bail!("--server {server:?} must be an http:// or https:// URL");
         }
+        // HTTPS to the server goes through rustls with ring (installing it is idempotent).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(u64::from(max_wait_seconds)) + POLL_SLACK)
             .connect_timeout(Duration::from_secs(10))

@@ -130,6 +130,7 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    crate::install_tls_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let probe = config.data_dir.join(".write-test");

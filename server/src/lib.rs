@@ -39,3 +39,9 @@ pub fn init_logging(format: &str) {
         b.try_init()
     };
 }
+
+/// Makes ring the process's TLS provider (outgoing HTTPS: webhooks). Idempotent; every binary
+/// and test harness calls it before building an HTTP client.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -16,6 +16,12 @@ use upkeep_server::config::ServeConfig;
 pub const ADMIN_EMAIL: &str = "admin@msp.example";
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
+/// An HTTP client for tests (installs the TLS provider reqwest needs first).
+pub fn http_client() -> reqwest::Client {
+    upkeep_server::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
 where
@@ -77,7 +83,7 @@ impl TestServer {
             addr,
             data_dir: config.data_dir.clone(),
             running: Some(running),
-            http: reqwest::Client::new(),
+            http: http_client(),
             config,
             _dir: None,
         })

@@ -322,6 +322,7 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() -> Result<()> {
 async fn run(server: &mut ServerProcess, smtp: &SmtpSink, dir: &Path, seed: u64) -> Result<()> {
     let started = Instant::now();
     let mut rng = Rng(seed);
+    upkeep_server::install_tls_provider();
     let mut remote = Remote {
         url: format!("http://127.0.0.1:{}", server.port),
         http: reqwest::Client::builder()

@@ -593,7 +593,7 @@ impl Remote {
     fn new(url: &str) -> Remote {
         Remote {
             url: url.to_string(),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
