@@ -12,14 +12,36 @@ use std::time::{Duration, Instant};
 use upkeep_agent_protocol as proto;
 
 /// What the fleet did, shared by every simulated agent.
-#[derive(Default)]
 pub struct FleetStats {
+    /// Limits calls that make the server flush (results, session starts); see
+    /// `server::FLUSH_GATE`.
+    gate: Option<tokio::sync::Semaphore>,
     /// Agents that polled once and count as online.
     pub ready: AtomicU64,
     pub results: AtomicU64,
     pub throttled: AtomicU64,
     /// Round-trip time of result calls (the server persists and flushes before it answers).
     pub result_latency: Mutex<Latencies>,
+}
+
+impl FleetStats {
+    pub fn new(gate: Option<usize>) -> FleetStats {
+        FleetStats {
+            gate: gate.map(tokio::sync::Semaphore::new),
+            ready: Default::default(),
+            results: Default::default(),
+            throttled: Default::default(),
+            result_latency: Default::default(),
+        }
+    }
+
+    /// Waits for a place under the flush gate (none needed when the gate is lifted).
+    pub async fn enter_flushing_call(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>> {
+        match &self.gate {
+            Some(g) => Ok(Some(g.acquire().await?)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -83,6 +105,7 @@ pub async fn run(
                 protocol_version: proto::PROTOCOL_VERSION,
                 outcome,
             };
+            let permit = stats.enter_flushing_call().await?;
             let sent = Instant::now();
             let resp = http
                 .post(&url)
@@ -90,6 +113,7 @@ pub async fn run(
                 .json(&result)
                 .send()
                 .await?;
+            drop(permit);
             if !resp.status().is_success() {
                 bail!("result of job {} answered {}", job.id, resp.status());
             }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 const S: &str = "fanout";
 const QUERY: &str = "subscription($t: ID!) { maintenanceSessionUpdates(tenantId: $t) { sessionId sequence status at } }";
@@ -212,7 +213,10 @@ async fn subscriber(
         "Sec-WebSocket-Protocol",
         "graphql-transport-ws".parse().context("header")?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    // A small read buffer: tungstenite zero-fills the whole buffer (128 KiB by default) before
+    // every read, which would make this client, not the server, the cost of the run.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
     let send = |v: Value| Message::Text(v.to_string().into());
     ws.send(send(
         json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),

@@ -329,7 +329,7 @@ fn preload(
             Ok(())
         })?;
         n += batch.len();
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             note(S, format!("{n} sessions written"));
         }
     }

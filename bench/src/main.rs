@@ -22,22 +22,42 @@ use anyhow::{Result, bail};
 use report::Figure;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 5] = ["plan", "polls", "sessions", "fanout", "graphql"];
+const SCENARIOS: [&str; 5] = ["polls", "sessions", "graphql", "fanout", "plan"];
 
 fn usage() -> String {
     format!(
-        "usage: upkeep-bench <{}|all> [--quick]",
+        "usage: upkeep-bench <{}|all> [--quick] [--no-gate] [--default-ceiling]",
         SCENARIOS.join("|")
     )
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The server gets its own runtime, one worker per core like the real binary; the client
+    // (this bench) another. See `server.rs`.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("upkeep-server")
+        .enable_all()
+        .build()?;
+    server::set_server_runtime(server_rt.handle().clone());
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let result = client_rt.block_on(bench());
+    // A server that got stuck must not hold the process: drop both without waiting.
+    client_rt.shutdown_background();
+    server_rt.shutdown_background();
+    result
+}
+
+async fn bench() -> Result<()> {
     let mut quick = false;
     let mut scenario = None;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--quick" => quick = true,
+            "--no-gate" => server::lift_gate(),
+            "--default-ceiling" => server::keep_default_ceiling(),
             "-h" | "--help" => {
                 println!("{}", usage());
                 return Ok(());
@@ -60,18 +80,33 @@ async fn main() -> Result<()> {
         vec![scenario.as_str()]
     };
     let started = Instant::now();
+    let mut failed = Vec::new();
     for s in chosen {
         let t = Instant::now();
-        let figures = run(s, quick).await?;
-        for f in &figures {
-            f.print();
+        match run(s, quick).await {
+            Ok(figures) => {
+                for f in &figures {
+                    f.print();
+                }
+                report::note(s, format!("done in {:.1} s", t.elapsed().as_secs_f64()));
+            }
+            // One scenario failing (a stuck server, say) must not hide the others' figures.
+            Err(e) => {
+                report::note(
+                    s,
+                    format!("FAILED after {:.1} s: {e:#}", t.elapsed().as_secs_f64()),
+                );
+                failed.push(s);
+            }
         }
-        report::note(s, format!("done in {:.1} s", t.elapsed().as_secs_f64()));
     }
     report::note(
         "bench",
         format!("all done in {:.1} s", started.elapsed().as_secs_f64()),
     );
+    if !failed.is_empty() {
+        bail!("scenario(s) failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 

@@ -44,7 +44,11 @@ fn deployment(tenant: Id, target: Target, subject: Subject, i: usize) -> Deploym
     };
     Deployment {
         id: Id::new(),
-        tenant_id: if i % 4 == 0 { None } else { Some(tenant) },
+        tenant_id: if i.is_multiple_of(4) {
+            None
+        } else {
+            Some(tenant)
+        },
         target,
         software_id,
         desired_state: software_id.map(|_| match i % 3 {

@@ -19,6 +19,8 @@ use upkeep_agent_protocol as proto;
 
 const S: &str = "polls";
 pub const CONNECTIONS: usize = 64;
+/// "Hundreds of connections": a second, shorter measurement.
+pub const MANY_CONNECTIONS: usize = 256;
 /// `uat_` + 43 base64url characters.
 const TOKEN_LEN: usize = 47;
 const POLL_BODY: &str = r#"{"protocolVersion":1,"waitSeconds":0}"#;
@@ -71,7 +73,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     note(S, format!("enrolling {} agents", size.agents));
     let t = table.clone();
     let took = server
-        .enroll(&key, size.agents, 32, move |i, r| {
+        .enroll(&key, size.agents, move |i, r| {
             if r.agent_token.len() == TOKEN_LEN
                 && let Ok(mut t) = t.lock()
             {
@@ -111,12 +113,26 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         base.add(drive(&client, &bare_url, &tokens, CONNECTIONS, Pass::For(half)).await?);
         real.add(drive(&client, &url, &tokens, CONNECTIONS, Pass::For(half)).await?);
     }
-    if base.errors + real.errors > 0 {
-        bail!(
-            "{} bare and {} upkeep polls failed",
-            base.errors,
-            real.errors
-        );
+    note(
+        S,
+        format!("{MANY_CONNECTIONS} connections: bare handler, then upkeep"),
+    );
+    let mut many_base = Run::default();
+    let mut many_real = Run::default();
+    many_base.add(
+        drive(
+            &client,
+            &bare_url,
+            &tokens,
+            MANY_CONNECTIONS,
+            Pass::For(half),
+        )
+        .await?,
+    );
+    many_real.add(drive(&client, &url, &tokens, MANY_CONNECTIONS, Pass::For(half)).await?);
+    let errors = base.errors + real.errors + many_base.errors + many_real.errors;
+    if errors > 0 {
+        bail!("{errors} polls failed");
     }
     server.stop().await;
 
@@ -135,6 +151,9 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
             .against(base.lat.quantile_ms(0.50)),
         Figure::new(S, "p99_ms", real.lat.quantile_ms(0.99), "ms")
             .against(base.lat.quantile_ms(0.99)),
+        Figure::new(S, "polls_per_s_256conns", many_real.rate(), "1/s").against(many_base.rate()),
+        Figure::new(S, "p99_ms_256conns", many_real.lat.quantile_ms(0.99), "ms")
+            .against(many_base.lat.quantile_ms(0.99)),
     ])
 }
 
@@ -234,13 +253,17 @@ async fn bare_poll(headers: HeaderMap, body: axum::body::Bytes) -> axum::respons
     }
 }
 
-/// Serves the bare handler on another loopback port in this process (until the process ends).
+/// Serves the bare handler on another loopback port, on the server runtime (until the process
+/// ends).
 async fn spawn_bare_server() -> Result<std::net::SocketAddr> {
     let app = axum::Router::new().route("/agent/v1/poll", axum::routing::post(bare_poll));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    crate::server::server_runtime().spawn(async move {
+        if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+            let _ = axum::serve(l, app).await;
+        }
     });
     Ok(addr)
 }

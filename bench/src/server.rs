@@ -1,11 +1,16 @@
 //! The server under measurement: the real `upkeep_server::http::start` on `127.0.0.1:0` with a
 //! temp data dir, in this process, and the client side every scenario shares (GraphQL calls,
 //! agent enrollment). Everything measured goes over loopback HTTP or WebSocket.
+//!
+//! The server runs on its own multi-threaded tokio runtime (one worker per core, as
+//! `upkeep-server`'s `#[tokio::main]` has), the client on the bench's: the two compete for the
+//! cores as two processes would, and a server that stops answering cannot also freeze the
+//! client that has to report it.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use upkeep_agent_protocol as proto;
@@ -14,6 +19,53 @@ use upkeep_server::http::Running;
 
 pub const ADMIN_EMAIL: &str = "bench@msp.example";
 pub const ADMIN_PASSWORD: &str = "bench password 0123";
+
+/// How many calls that make the server flush its store (enrollments, job results, session
+/// starts) the bench keeps in flight at once. With 8 or more, upkeep-server (sled 0.34.7's
+/// `flush_async`) deadlocks for good — see docs/PERFORMANCE.md, "Next steps". `--no-gate`
+/// lifts the limit to show it.
+pub const FLUSH_GATE: usize = 4;
+
+static NO_GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn lift_gate() {
+    NO_GATE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+static DEFAULT_CEILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--default-ceiling`: `sessions` keeps the server's default `--max-concurrent-sessions`.
+pub fn keep_default_ceiling() {
+    DEFAULT_CEILING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn default_ceiling() -> bool {
+    DEFAULT_CEILING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The limit on flushing calls in flight; `None` when `--no-gate` lifted it.
+pub fn flush_gate() -> Option<usize> {
+    (!NO_GATE.load(std::sync::atomic::Ordering::Relaxed)).then_some(FLUSH_GATE)
+}
+
+/// Client calls give up after this long: a server that does not answer within it is stuck.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SERVER_RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Makes `rt` the runtime servers run on (`main` does this once, before any scenario).
+pub fn set_server_runtime(rt: tokio::runtime::Handle) {
+    let _ = SERVER_RUNTIME.set(rt);
+}
+
+/// The runtime every server of this process (and the bare baseline) runs on; the caller's own
+/// when none was set.
+pub fn server_runtime() -> tokio::runtime::Handle {
+    SERVER_RUNTIME
+        .get()
+        .cloned()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+}
 
 /// The configuration every scenario starts from.
 pub fn config(data_dir: &Path) -> ServeConfig {
@@ -26,9 +78,10 @@ pub fn config(data_dir: &Path) -> ServeConfig {
 /// An HTTP client as an agent fleet or a portal would use it: keep-alive connections, no
 /// proxy (a proxy in the environment must not sit between the bench and loopback).
 pub fn http_client() -> Result<reqwest::Client> {
+    upkeep_server::install_tls_provider();
     Ok(reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(120))
+        .timeout(CLIENT_TIMEOUT)
         .build()?)
 }
 
@@ -53,7 +106,9 @@ impl Server {
     /// Starts a server on `config` (an existing data dir); `dir` is removed when the server is
     /// stopped.
     pub async fn start_config(config: ServeConfig) -> Result<Server> {
-        let running = upkeep_server::http::start(config).await?;
+        let running = server_runtime()
+            .spawn(upkeep_server::http::start(config))
+            .await??;
         let url = format!("http://{}", running.addr);
         Ok(Server {
             running,
@@ -69,7 +124,7 @@ impl Server {
 
     /// Graceful stop, then the data dir goes.
     pub async fn stop(self) {
-        self.running.stop().await;
+        let _ = server_runtime().spawn(self.running.stop()).await;
         drop(self.dir);
     }
 
@@ -152,15 +207,15 @@ impl Server {
         Ok(())
     }
 
-    /// Enrolls `count` agents over `/agent/v1/enroll` (`concurrency` at a time) and hands each
-    /// answer to `keep`, in enrollment order per worker.
+    /// Enrolls `count` agents over `/agent/v1/enroll` (`flush_gate()` at a time, else 32) and
+    /// hands each answer to `keep`.
     pub async fn enroll(
         &self,
         key: &str,
         count: usize,
-        concurrency: usize,
         keep: impl Fn(usize, proto::EnrollResponse) + Send + Sync + 'static,
     ) -> Result<Duration> {
+        let concurrency = flush_gate().unwrap_or(32);
         let keep = Arc::new(keep);
         let started = Instant::now();
         let mut workers = Vec::new();

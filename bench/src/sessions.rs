@@ -34,9 +34,20 @@ impl Fleet {
     /// Starts a server, enrolls `n` agents (HTTP), deploys `DEPLOYMENTS` software entries to
     /// all of them and waits until every agent has polled.
     pub async fn start(scenario: &str, n: usize, opts: AgentOptions) -> Result<Fleet> {
-        // Default configuration, concurrency ceiling (500 running sessions) included: sessions
-        // beyond it wait "queued", as they would on a real box.
-        let server = Server::start(|_| {}).await?;
+        // Room for every session at once: with the default ceiling (500) and more sessions than
+        // that, upkeep-server falls into a tick storm and never finishes (docs/PERFORMANCE.md,
+        // "Next steps"); `--default-ceiling` keeps the default to show it.
+        let ceiling = if crate::server::default_ceiling() {
+            None
+        } else {
+            Some(u32::try_from(n).unwrap_or(u32::MAX).max(500))
+        };
+        let server = Server::start(|c| {
+            if let Some(m) = ceiling {
+                c.max_concurrent_sessions = m;
+            }
+        })
+        .await?;
         let admin = server.login().await?;
         let tenant = server.create_tenant(&admin, "Fleet").await?;
         let key = server.enrollment_key(&admin, &tenant).await?;
@@ -48,7 +59,7 @@ impl Fleet {
         ]));
         let e = enrolled.clone();
         server
-            .enroll(&key, n, 16, move |i, r| {
+            .enroll(&key, n, move |i, r| {
                 if let Ok(mut e) = e.lock() {
                     e[i] = (r.computer_id, r.agent_token);
                 }
@@ -56,7 +67,7 @@ impl Fleet {
             .await?;
         let enrolled =
             std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-        let stats = Arc::new(FleetStats::default());
+        let stats = Arc::new(FleetStats::new(crate::server::flush_gate()));
         let http = crate::server::http_client()?;
         let mut agents = Vec::new();
         let mut computers = Vec::new();
@@ -94,15 +105,20 @@ impl Fleet {
         })
     }
 
-    /// Starts sessions for `computers` in batches of `START_BATCH`, all batches at once.
+    /// Starts sessions for `computers` in calls of `START_BATCH` computers. Under the flush
+    /// gate the calls go one after another (the server starts a call's sessions one by one
+    /// anyway, flushing after each); with `--no-gate` all at once.
     pub async fn start_sessions(&self, computers: &[String]) -> Result<()> {
         let mut calls = Vec::new();
+        let serial = crate::server::flush_gate().is_some();
         for batch in computers.chunks(START_BATCH) {
             let http = self.server.http.clone();
             let url = self.server.url.clone();
             let admin = self.admin.clone();
             let ids = batch.to_vec();
-            calls.push(tokio::spawn(async move {
+            let stats = self.stats.clone();
+            let call = tokio::spawn(async move {
+                let _permit = stats.enter_flushing_call().await?;
                 let d = crate::server::gql(
                     &http,
                     &url,
@@ -115,9 +131,18 @@ impl Fleet {
                     .as_array()
                     .context("no sessions")?
                     .len();
-                anyhow::ensure!(started == ids.len(), "{started} of {} sessions started", ids.len());
+                anyhow::ensure!(
+                    started == ids.len(),
+                    "{started} of {} sessions started",
+                    ids.len()
+                );
                 Ok::<_, anyhow::Error>(())
-            }));
+            });
+            if serial {
+                call.await??;
+            } else {
+                calls.push(call);
+            }
         }
         for c in calls {
             c.await??;
