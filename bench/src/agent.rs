@@ -16,6 +16,8 @@ pub struct FleetStats {
     /// Limits calls that make the server flush (results, session starts); see
     /// `server::FLUSH_GATE`.
     gate: Option<tokio::sync::Semaphore>,
+    /// While true, agents hold their results back (they still take jobs).
+    hold: tokio::sync::watch::Sender<bool>,
     /// Agents that polled once and count as online.
     pub ready: AtomicU64,
     pub results: AtomicU64,
@@ -28,11 +30,17 @@ impl FleetStats {
     pub fn new(gate: Option<usize>) -> FleetStats {
         FleetStats {
             gate: gate.map(tokio::sync::Semaphore::new),
+            hold: tokio::sync::watch::Sender::new(false),
             ready: Default::default(),
             results: Default::default(),
             throttled: Default::default(),
             result_latency: Default::default(),
         }
+    }
+
+    /// Makes agents hold their results back (`true`) or send them (`false`).
+    pub fn hold_results(&self, hold: bool) {
+        self.hold.send_replace(hold);
     }
 
     /// Waits for a place under the flush gate (none needed when the gate is lifted).
@@ -105,6 +113,7 @@ pub async fn run(
                 protocol_version: proto::PROTOCOL_VERSION,
                 outcome,
             };
+            stats.hold.subscribe().wait_for(|h| !*h).await?;
             let permit = stats.enter_flushing_call().await?;
             let sent = Instant::now();
             let resp = http

@@ -9,7 +9,7 @@
 //! slack).
 
 use crate::report::{Figure, Latencies, note, rss_bytes};
-use crate::server::{Server, http_client};
+use crate::server::{Server, flush_gate, http_client};
 use anyhow::{Result, bail};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -73,14 +73,20 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     note(S, format!("enrolling {} agents", size.agents));
     let t = table.clone();
     let took = server
-        .enroll(&key, size.agents, move |i, r| {
-            if r.agent_token.len() == TOKEN_LEN
-                && let Ok(mut t) = t.lock()
-            {
-                t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
-            }
-        })
+        .enroll(
+            &key,
+            size.agents,
+            flush_gate().unwrap_or(32),
+            move |i, r| {
+                if r.agent_token.len() == TOKEN_LEN
+                    && let Ok(mut t) = t.lock()
+                {
+                    t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
+                }
+            },
+        )
         .await?;
+    let rss_enrolled = rss_bytes()?;
     let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let tokens = Arc::new(Tokens {
         bytes,
@@ -97,7 +103,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         bail!("{} of the first polls failed", once.errors);
     }
     let rss_after = rss_bytes()?;
-    let per_agent = rss_after.saturating_sub(rss_before) as f64 / size.agents as f64;
+    let per_agent = |from: u64, to: u64| to.saturating_sub(from) as f64 / size.agents as f64;
 
     let bare = spawn_bare_server().await?;
     let bare_url = format!("http://{bare}/agent/v1/poll");
@@ -144,7 +150,26 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
             size.agents as f64 / took.as_secs_f64(),
             "1/s",
         ),
-        Figure::new(S, "rss_per_agent", per_agent, "bytes"),
+        Figure::new(
+            S,
+            "rss_per_agent",
+            per_agent(rss_before, rss_after),
+            "bytes",
+        ),
+        // Of which: enrollment (token map, the computer's records in sled's cache) and the
+        // in-memory presence entry its first poll creates.
+        Figure::new(
+            S,
+            "rss_enrolled_per_agent",
+            per_agent(rss_before, rss_enrolled),
+            "bytes",
+        ),
+        Figure::new(
+            S,
+            "rss_presence_per_agent",
+            per_agent(rss_enrolled, rss_after),
+            "bytes",
+        ),
         Figure::new(S, "connections", CONNECTIONS as f64, "connections"),
         Figure::new(S, "polls_per_s", real.rate(), "1/s").against(base.rate()),
         Figure::new(S, "p50_ms", real.lat.quantile_ms(0.50), "ms")

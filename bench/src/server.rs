@@ -103,8 +103,7 @@ impl Server {
         Ok(s)
     }
 
-    /// Starts a server on `config` (an existing data dir); `dir` is removed when the server is
-    /// stopped.
+    /// Starts a server on `config` (an existing data dir, which the caller owns).
     pub async fn start_config(config: ServeConfig) -> Result<Server> {
         let running = server_runtime()
             .spawn(upkeep_server::http::start(config))
@@ -116,10 +115,6 @@ impl Server {
             http: http_client()?,
             dir: None,
         })
-    }
-
-    pub fn keep_dir(&mut self, dir: TempDir) {
-        self.dir = Some(dir);
     }
 
     /// Graceful stop, then the data dir goes.
@@ -207,15 +202,15 @@ impl Server {
         Ok(())
     }
 
-    /// Enrolls `count` agents over `/agent/v1/enroll` (`flush_gate()` at a time, else 32) and
-    /// hands each answer to `keep`.
+    /// Enrolls `count` agents over `/agent/v1/enroll`, `concurrency` at a time, and hands each
+    /// answer to `keep`.
     pub async fn enroll(
         &self,
         key: &str,
         count: usize,
+        concurrency: usize,
         keep: impl Fn(usize, proto::EnrollResponse) + Send + Sync + 'static,
     ) -> Result<Duration> {
-        let concurrency = flush_gate().unwrap_or(32);
         let keep = Arc::new(keep);
         let started = Instant::now();
         let mut workers = Vec::new();
