@@ -72,7 +72,7 @@ struct Counters {
 
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let size = Size::new(quick);
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         S,
         size.sessions,
         AgentOptions {
@@ -127,8 +127,9 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         .server
         .wait_passed(&fleet.admin, size.sessions as u64, Duration::from_secs(300))
         .await;
-    fleet.check_agents()?;
+    let agents = fleet.check_agents();
     waited?;
+    agents?;
     // Let the last events reach every subscriber: until no receipt arrives for half a second.
     let mut last = counters.receipts.load(Ordering::Relaxed);
     let drain_deadline = Instant::now() + Duration::from_secs(120);

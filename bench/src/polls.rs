@@ -29,6 +29,8 @@ pub struct Size {
     pub agents: usize,
     /// Measuring time per target (split over two interleaved rounds).
     pub measure: Duration,
+    /// Further poll-everyone-then-write-back rounds before the steady-state memory reading.
+    pub more_writebacks: usize,
 }
 
 impl Size {
@@ -37,11 +39,13 @@ impl Size {
             Size {
                 agents: 10_000,
                 measure: Duration::from_secs(4),
+                more_writebacks: 0,
             }
         } else {
             Size {
                 agents: 100_000,
                 measure: Duration::from_secs(20),
+                more_writebacks: 2,
             }
         }
     }
@@ -103,6 +107,19 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         bail!("{} of the first polls failed", once.errors);
     }
     let rss_after = rss_bytes()?;
+    // The server writes `lastSeenAt` back for every agent that polled, every 30 s, in one
+    // transaction; an idle server has done so.
+    note(S, "waiting for the lastSeenAt write-back");
+    wait_for_writeback(&server).await?;
+    let rss_settled = rss_bytes()?;
+    // An idle fleet keeps polling, so every write-back rewrites every computer: a few more
+    // rounds show where memory settles.
+    for round in 0..size.more_writebacks {
+        note(S, format!("poll round and write-back {}", round + 2));
+        drive(&client, &url, &tokens, CONNECTIONS, Pass::Each).await?;
+        wait_for_writeback(&server).await?;
+    }
+    let rss_steady = rss_bytes()?;
     let per_agent = |from: u64, to: u64| to.saturating_sub(from) as f64 / size.agents as f64;
 
     let bare = spawn_bare_server().await?;
@@ -142,7 +159,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     }
     server.stop().await;
 
-    Ok(vec![
+    let mut figures = vec![
         Figure::new(S, "registered_agents", size.agents as f64, "agents"),
         Figure::new(
             S,
@@ -153,7 +170,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(
             S,
             "rss_per_agent",
-            per_agent(rss_before, rss_after),
+            per_agent(rss_before, rss_settled),
             "bytes",
         ),
         // Of which: enrollment (token map, the computer's records in sled's cache) and the
@@ -170,6 +187,22 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
             per_agent(rss_enrolled, rss_after),
             "bytes",
         ),
+        Figure::new(
+            S,
+            "rss_writeback_per_agent",
+            per_agent(rss_after, rss_settled),
+            "bytes",
+        ),
+    ];
+    if size.more_writebacks > 0 {
+        figures.push(Figure::new(
+            S,
+            "rss_per_agent_steady",
+            per_agent(rss_before, rss_steady),
+            "bytes",
+        ));
+    }
+    figures.extend([
         Figure::new(S, "connections", CONNECTIONS as f64, "connections"),
         Figure::new(S, "polls_per_s", real.rate(), "1/s").against(base.rate()),
         Figure::new(S, "p50_ms", real.lat.quantile_ms(0.50), "ms")
@@ -179,7 +212,32 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "polls_per_s_256conns", many_real.rate(), "1/s").against(many_base.rate()),
         Figure::new(S, "p99_ms_256conns", many_real.lat.quantile_ms(0.99), "ms")
             .against(many_base.lat.quantile_ms(0.99)),
-    ])
+    ]);
+    Ok(figures)
+}
+
+/// Waits for the server's next store write. Polls write nothing and nothing else runs here,
+/// so that is the `lastSeenAt` write-back (every 30 s).
+async fn wait_for_writeback(server: &Server) -> Result<()> {
+    let writes = server.metric("upkeep_store_writes_total").await?;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while server.metric("upkeep_store_writes_total").await? <= writes {
+        if Instant::now() > deadline {
+            bail!("lastSeenAt was not written back within 45 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The counter moves when the transaction starts; it is done when memory stops growing
+    // (two half-second readings within 1 MiB).
+    let mut last = rss_bytes()?;
+    let mut calm = 0;
+    while calm < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_bytes()?;
+        calm = if now <= last + (1 << 20) { calm + 1 } else { 0 };
+        last = now;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -247,6 +247,21 @@ impl Server {
         Ok(started.elapsed())
     }
 
+    /// One value of `/metrics` (a metric without labels).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no metric {name}"))
+    }
+
     /// Counts of sessions per status (all tenants).
     pub async fn status_counts(
         &self,

@@ -152,11 +152,17 @@ impl Fleet {
         Ok(())
     }
 
-    /// Fails if an agent stopped with an error.
-    pub fn check_agents(&self) -> Result<()> {
-        for a in &self.agents {
+    /// Fails with the first error of an agent that stopped.
+    pub fn check_agents(&mut self) -> Result<()> {
+        use futures_util::FutureExt;
+        for a in &mut self.agents {
             if a.is_finished() {
-                bail!("a simulated agent stopped early");
+                let why = match a.now_or_never() {
+                    Some(Ok(Err(e))) => format!("{e:#}"),
+                    Some(Err(e)) => e.to_string(),
+                    _ => "it ended".into(),
+                };
+                bail!("a simulated agent stopped: {why}");
             }
         }
         Ok(())
@@ -172,7 +178,7 @@ impl Fleet {
 
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let n = if quick { 100 } else { 1000 };
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         S,
         n,
         AgentOptions {
@@ -202,8 +208,9 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         .wait_passed(&fleet.admin, n as u64, timeout)
         .await;
     let elapsed = t0.elapsed();
-    fleet.check_agents()?;
+    let agents = fleet.check_agents();
     waited?;
+    agents?;
     let results = fleet.stats.results.load(Ordering::Relaxed) - results_before;
     let mut lat = std::mem::take(
         &mut *fleet
