@@ -321,6 +321,27 @@ impl TestServer {
         .await
     }
 
+    /// Enrolls a machine with a raw protocol call (no agent): returns `(agentToken, computerId)`.
+    pub async fn enroll_raw(
+        &self,
+        key: &str,
+        hostname: &str,
+        machine_id: &str,
+    ) -> Result<(String, String)> {
+        let r: Value = self
+            .http
+            .post(format!("{}/agent/v1/enroll", self.url))
+            .json(&json!({"protocolVersion": 1, "enrollmentKey": key, "hostname": hostname, "machineId": machine_id, "os": "Linux", "agentVersion": "0"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok((
+            r["agentToken"].as_str().context("agentToken")?.to_string(),
+            r["computerId"].as_str().context("computerId")?.to_string(),
+        ))
+    }
+
     pub async fn metric(&self, name: &str) -> Result<f64> {
         let text = self
             .http

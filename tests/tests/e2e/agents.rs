@@ -75,15 +75,7 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
     let admin = s.admin().await?;
     let t = s.create_tenant(&admin, "A").await?;
     let key = s.enrollment_key(&admin, &t).await?;
-    let r: serde_json::Value = s
-        .http
-        .post(format!("{}/agent/v1/enroll", s.url))
-        .json(&json!({"protocolVersion": 1, "enrollmentKey": key, "hostname": "h", "machineId": "m-1", "os": "Linux", "agentVersion": "0"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = r["agentToken"].as_str().unwrap().to_string();
+    let (token, _) = s.enroll_raw(&key, "h", "m-1").await?;
     let big = vec![b'x'; 2 * 1024 * 1024];
     let url = |p: &str| format!("{}{p}", s.url);
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
@@ -157,15 +149,7 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
     let admin = s.admin().await?;
     let t = s.create_tenant(&admin, "A").await?;
     let key = s.enrollment_key(&admin, &t).await?;
-    let r: serde_json::Value = s
-        .http
-        .post(format!("{}/agent/v1/enroll", s.url))
-        .json(&json!({"protocolVersion": 1, "enrollmentKey": key, "hostname": "h", "machineId": "m-1", "os": "Linux", "agentVersion": "0"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = r["agentToken"].as_str().unwrap().to_string();
+    let (token, computer_id) = s.enroll_raw(&key, "h", "m-1").await?;
     let poll = || {
         s.http
             .post(format!("{}/agent/v1/poll", s.url))
@@ -191,7 +175,7 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
         r1 - r0
     );
     assert!(s.metric("upkeep_agent_polls_total").await? >= 300.0);
-    let id = r["computerId"].as_str().unwrap().to_string();
+    let id = computer_id;
     s.wait_online(&admin, &id).await?;
     // No more polls: offline after `offline_after_seconds` (3 s in tests).
     wait_for("computer offline", Duration::from_secs(15), || async {
