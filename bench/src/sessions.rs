@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 const S: &str = "sessions";
 pub const DEPLOYMENTS: usize = 10;
-/// Computers per `startMaintenanceSession` call; the calls go out concurrently.
+/// Computers per `startMaintenanceSession` call (one call after another under the flush gate).
 const START_BATCH: usize = 100;
 
 /// A tenant with enrolled, polling simulated agents and its deployments.
