@@ -214,20 +214,6 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Enrolls over plain HTTP (no agent process); returns (agent token, computer id).
-async fn enroll(s: &TestServer, key: &str, machine: &str) -> Result<(String, String)> {
-    let r: Value = s
-        .http
-        .post(format!("{}/agent/v1/enroll", s.url))
-        .json(&json!({"protocolVersion": 1, "enrollmentKey": key, "hostname": machine, "machineId": machine, "os": "Linux", "agentVersion": "0"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok((
-        r["agentToken"].as_str().context("agentToken")?.to_string(),
-        r["computerId"].as_str().context("computerId")?.to_string(),
-    ))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> {
@@ -235,7 +221,7 @@ async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> 
     let admin = s.admin().await?;
     let tenant = s.create_tenant(&admin, "Fuzz").await?;
     let key = s.enrollment_key(&admin, &tenant).await?;
-    let (agent_token, _) = enroll(&s, &key, "fuzz-pc").await?;
+    let (agent_token, _) = s.enroll_raw(&key, "fuzz-pc", "fuzz-pc").await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;
@@ -1107,7 +1093,7 @@ async fn a_revoked_agent_is_refused_at_once() -> Result<()> {
         .context("software")?
         .to_string();
     create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
-    let (token, computer) = enroll(&s, &key, "stolen-laptop").await?;
+    let (token, computer) = s.enroll_raw(&key, "stolen-laptop", "stolen-laptop").await?;
     let poll = |wait: u32| {
         s.http
             .post(format!("{}/agent/v1/poll", s.url))
