@@ -26,7 +26,8 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(1024 * 1024))
         // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
         // body stream itself, so without this a request body of any size was buffered.
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024));
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(axum::middleware::map_response(graphql::errors_as_graphql));
     if !app.config.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = app
             .config

@@ -487,3 +487,80 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
     dir.join(name)
 }
+
+/// Posts `body` over a raw TCP connection and returns the status and JSON body of the answer.
+///
+/// A server may answer (401, 413) before it has read an oversized body and then close the
+/// connection; an HTTP client that writes the whole body first then sees a broken pipe instead
+/// of the answer. Here the body is written beside the read, and write errors are ignored, so the
+/// test sees what a tolerant client sees: the server's answer.
+pub async fn raw_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(t) = bearer {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    wr.write_all(head.as_bytes()).await?;
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&body).await;
+        let _ = wr.shutdown().await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                // A reset after the answer arrived is the early close described above.
+                Err(_) if !answer.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    writer.abort();
+    read.context("no answer within 20 s")??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no complete response head in {text:?}"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    let json =
+        serde_json::from_str(&body).with_context(|| format!("body is not JSON: {body:?}"))?;
+    Ok((status, json))
+}

@@ -300,3 +300,37 @@ pub async fn ws_handler(
         })
         .into_response()
 }
+
+/// Rewrites the transport-level refusals of `POST /graphql` (body too large, not a GraphQL
+/// request) that the body-limit layer and async-graphql-axum answer in plain text into the
+/// GraphQL error shape, so that clients always read `errors[0].extensions.code`.
+pub async fn errors_as_graphql(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status.as_u16() {
+        413 => (
+            "PAYLOAD_TOO_LARGE",
+            "the request body is larger than 1 MiB".to_string(),
+        ),
+        415 => (
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("unsupported content type: {text}"),
+        ),
+        _ => ("BAD_REQUEST", format!("not a GraphQL request: {text}")),
+    };
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    (status, axum::Json(body)).into_response()
+}

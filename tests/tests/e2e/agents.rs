@@ -82,23 +82,9 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
         (s.http.post(url("/agent/v1/poll")).body("{}"), 401),
         (
             s.http
-                .post(url("/agent/v1/poll"))
-                .bearer_auth("nope")
-                .body(big.clone()),
-            401,
-        ),
-        (
-            s.http
                 .post(url("/agent/v1/jobs/abc/result"))
                 .body("garbage"),
             401,
-        ),
-        (
-            s.http
-                .post(url("/agent/v1/poll"))
-                .bearer_auth(&token)
-                .body(big.clone()),
-            413,
         ),
         (
             s.http
@@ -130,6 +116,20 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
         ),
         (s.http.post(url("/agent/v1/enroll")).body("[1,2"), 400),
     ];
+    // Oversized bodies go over a raw connection: the server answers before reading them.
+    for (bearer, want) in [
+        (Some("nope"), 401),
+        (Some(token.as_str()), 413),
+        (None, 401),
+    ] {
+        let (status, body) =
+            upkeep_tests::raw_post(s.addr, "/agent/v1/poll", bearer, big.clone()).await?;
+        assert_eq!(status, want, "{body}");
+        assert!(
+            body["error"].is_string() && body["code"].is_string(),
+            "{body}"
+        );
+    }
     for (req, want) in cases {
         let r = req.send().await?;
         let status = r.status().as_u16();

@@ -426,6 +426,17 @@ async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> 
         {
             problems.push(format!("{what}: {status} instead of 413"));
         }
+        // GraphQL refusals keep the GraphQL error shape, even those made before parsing.
+        if path == "/graphql"
+            && method == reqwest::Method::POST
+            && status >= 400
+            && serde_json::from_str::<Value>(&text)
+                .map_or(true, |v| !v["errors"][0]["extensions"]["code"].is_string())
+        {
+            problems.push(format!(
+                "{what}: {status} is not a GraphQL error: {text:?} ({ctype})"
+            ));
+        }
         // Agent routes answer errors as JSON (CONTRACT §3).
         if path.starts_with("/agent/")
             && method == reqwest::Method::POST
@@ -442,17 +453,17 @@ async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> 
     // A well-formed request over 1 MiB is refused too, not buffered and run.
     let padded =
         json!({"query": "{ __typename }", "variables": {"pad": "x".repeat(2 * 1024 * 1024)}});
-    // The server may answer 413 before the upload ends; the client then sees a broken pipe.
-    if let Ok(r) = http
-        .post(format!("{}/graphql", s.url))
-        .json(&padded)
-        .send()
-        .await
-        && r.status() != 413
-    {
+    // The server answers 413 before the upload ends; a raw connection reads that answer.
+    let (status, body) = upkeep_tests::raw_post(
+        s.addr,
+        "/graphql",
+        Some(&admin),
+        padded.to_string().into_bytes(),
+    )
+    .await?;
+    if status != 413 || body["errors"][0]["extensions"]["code"] != "PAYLOAD_TOO_LARGE" {
         problems.push(format!(
-            "POST /graphql with a valid 2 MiB body: {} instead of 413",
-            r.status()
+            "POST /graphql with a valid 2 MiB body: {status} {body} instead of 413"
         ));
     }
     // Still healthy and still serving.
