@@ -60,11 +60,72 @@ pub fn router(app: Arc<App>) -> Router {
     r.fallback(|| async {
         crate::agents::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
     })
+    .layer(axum::middleware::from_fn(close_if_body_unread))
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
         crate::metrics::track,
     ))
     .with_state(app)
+}
+
+/// When a handler answers without reading the whole request body (a refusal before the body,
+/// a body-less route sent a body), the connection still holds the unread rest: it is closed
+/// after the answer and the answer says `Connection: close`, so a client does not reuse it and
+/// see its next request fail.
+async fn close_if_body_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() || req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(TrackEnd {
+        inner: body,
+        ended: ended.clone(),
+    });
+    let mut resp = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !ended.load(std::sync::atomic::Ordering::Acquire) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// A request body that records whether it was read to its end.
+struct TrackEnd {
+    inner: axum::body::Body,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for TrackEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -137,13 +137,19 @@ impl SessionRuntime {
         if !engine::holds_slot(s) {
             st.running.remove(&s.id);
         }
-        let free = self.max_running.saturating_sub(st.running.len());
-        st.queue
-            .iter()
-            .take(free)
-            .map(|k| k.2)
-            .filter(|q| *q != s.id)
-            .collect()
+        // Only the head of the queue may take a slot (`try_slot`), so only it is woken; when it
+        // takes the slot its own note wakes the next. Waking more made every queued session
+        // tick and re-wake the others, endlessly, once the queue was longer than the free slots.
+        if st.running.len() < self.max_running {
+            st.queue
+                .first()
+                .map(|k| k.2)
+                .filter(|q| *q != s.id)
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        }
     }
 
     fn due_timers(&self, now: Time) -> Vec<Id> {

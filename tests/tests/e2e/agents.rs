@@ -140,6 +140,26 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
             "{body}"
         );
     }
+    // Refused before its body was read, the connection is not offered for reuse (a client
+    // reusing it would see its next request fail); a request read in full keeps it alive.
+    let refused = s
+        .http
+        .post(url("/agent/v1/poll"))
+        .bearer_auth("nope")
+        .body("{\"protocolVersion\": 1}")
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["connection"], "close");
+    let read = s
+        .http
+        .post(url("/agent/v1/poll"))
+        .bearer_auth(&token)
+        .body("{\"protocolVersion\": 1, \"waitSeconds\": 0}")
+        .send()
+        .await?;
+    assert_eq!(read.status(), 200);
+    assert!(read.headers().get("connection").is_none());
     Ok(())
 }
 

@@ -396,7 +396,7 @@ async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> 
                 continue;
             }
             Err(e) => {
-                problems.push(format!("{what}: no answer: {e}"));
+                problems.push(format!("{what}: no answer: {e:?}"));
                 continue;
             }
         };
