@@ -13,9 +13,6 @@ use upkeep_agent_protocol as proto;
 
 /// What the fleet did, shared by every simulated agent.
 pub struct FleetStats {
-    /// Limits calls that make the server flush (results, session starts); see
-    /// `server::FLUSH_GATE`.
-    gate: Option<tokio::sync::Semaphore>,
     /// While true, agents hold their results back (they still take jobs).
     hold: tokio::sync::watch::Sender<bool>,
     /// Agents that polled once and count as online.
@@ -27,9 +24,8 @@ pub struct FleetStats {
 }
 
 impl FleetStats {
-    pub fn new(gate: Option<usize>) -> FleetStats {
+    pub fn new() -> FleetStats {
         FleetStats {
-            gate: gate.map(tokio::sync::Semaphore::new),
             hold: tokio::sync::watch::Sender::new(false),
             ready: Default::default(),
             results: Default::default(),
@@ -41,14 +37,6 @@ impl FleetStats {
     /// Makes agents hold their results back (`true`) or send them (`false`).
     pub fn hold_results(&self, hold: bool) {
         self.hold.send_replace(hold);
-    }
-
-    /// Waits for a place under the flush gate (none needed when the gate is lifted).
-    pub async fn enter_flushing_call(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>> {
-        match &self.gate {
-            Some(g) => Ok(Some(g.acquire().await?)),
-            None => Ok(None),
-        }
     }
 }
 
@@ -114,7 +102,6 @@ pub async fn run(
                 outcome,
             };
             stats.hold.subscribe().wait_for(|h| !*h).await?;
-            let permit = stats.enter_flushing_call().await?;
             let sent = Instant::now();
             let resp = http
                 .post(&url)
@@ -122,7 +109,6 @@ pub async fn run(
                 .json(&result)
                 .send()
                 .await?;
-            drop(permit);
             if !resp.status().is_success() {
                 bail!("result of job {} answered {}", job.id, resp.status());
             }

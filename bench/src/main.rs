@@ -2,13 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|all> [--quick]
-//!     [--no-gate] [--default-ceiling]
 //! ```
-//!
-//! `--no-gate` lets enrollments, job results and session starts go out all at once instead of
-//! at most `server::FLUSH_GATE` at a time; `--default-ceiling` keeps the server's default
-//! `--max-concurrent-sessions` in `sessions`. Both reproduce server problems described in
-//! `docs/PERFORMANCE.md` (the first wedges the server, the second makes it storm).
 //!
 //! Each scenario starts the real server in this process (`upkeep_server::http::start`, temp
 //! data dir, loopback listener) and measures it over HTTP and WebSocket only; fixtures may be
@@ -33,7 +27,7 @@ const SCENARIOS: [&str; 5] = ["polls", "sessions", "fanout", "plan", "graphql"];
 
 fn usage() -> String {
     format!(
-        "usage: upkeep-bench <{}|all> [--quick] [--no-gate] [--default-ceiling]",
+        "usage: upkeep-bench <{}|all> [--quick]",
         SCENARIOS.join("|")
     )
 }
@@ -63,8 +57,6 @@ async fn bench() -> Result<()> {
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--quick" => quick = true,
-            "--no-gate" => server::lift_gate(),
-            "--default-ceiling" => server::keep_default_ceiling(),
             "-h" | "--help" => {
                 println!("{}", usage());
                 return Ok(());

@@ -9,7 +9,7 @@
 //! slack).
 
 use crate::report::{Figure, Latencies, note, rss_bytes};
-use crate::server::{Server, flush_gate, http_client};
+use crate::server::{ENROLL_CONCURRENCY, Server, http_client};
 use anyhow::{Result, bail};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -77,18 +77,13 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     note(S, format!("enrolling {} agents", size.agents));
     let t = table.clone();
     let took = server
-        .enroll(
-            &key,
-            size.agents,
-            flush_gate().unwrap_or(32),
-            move |i, r| {
-                if r.agent_token.len() == TOKEN_LEN
-                    && let Ok(mut t) = t.lock()
-                {
-                    t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
-                }
-            },
-        )
+        .enroll(&key, size.agents, ENROLL_CONCURRENCY, move |i, r| {
+            if r.agent_token.len() == TOKEN_LEN
+                && let Ok(mut t) = t.lock()
+            {
+                t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
+            }
+        })
         .await?;
     let rss_enrolled = rss_bytes()?;
     let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);

@@ -20,33 +20,8 @@ use upkeep_server::http::Running;
 pub const ADMIN_EMAIL: &str = "bench@msp.example";
 pub const ADMIN_PASSWORD: &str = "bench password 0123";
 
-/// How many calls that make the server flush its store (enrollments, job results, session
-/// starts) the bench keeps in flight at once. With 8 or more, upkeep-server (sled 0.34.7's
-/// `flush_async`) deadlocks for good — see docs/PERFORMANCE.md, "Next steps". `--no-gate`
-/// lifts the limit to show it.
-pub const FLUSH_GATE: usize = 4;
-
-static NO_GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn lift_gate() {
-    NO_GATE.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-static DEFAULT_CEILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// `--default-ceiling`: `sessions` keeps the server's default `--max-concurrent-sessions`.
-pub fn keep_default_ceiling() {
-    DEFAULT_CEILING.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn default_ceiling() -> bool {
-    DEFAULT_CEILING.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The limit on flushing calls in flight; `None` when `--no-gate` lifted it.
-pub fn flush_gate() -> Option<usize> {
-    (!NO_GATE.load(std::sync::atomic::Ordering::Relaxed)).then_some(FLUSH_GATE)
-}
+/// Enrollment calls the bench keeps in flight at once while building a fleet.
+pub const ENROLL_CONCURRENCY: usize = 64;
 
 /// Client calls give up after this long: a server that does not answer within it is stuck.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -302,7 +277,30 @@ impl Server {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                bail!("only {passed} of {n} sessions passed within {timeout:?}: {counts:?}");
+                let metrics = self
+                    .http
+                    .get(format!("{}/metrics", self.url))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let runtime: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("upkeep_sessions_") || l.starts_with("upkeep_jobs"))
+                    .collect();
+                let stuck = self
+                    .gql(
+                        Some(token),
+                        "{ maintenanceSessions(first: 2, filter: {status: [EXECUTING, DETECTING]}) { edges { node { id status logs { sequence at message } } } } }",
+                        json!({}),
+                    )
+                    .await
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                bail!(
+                    "only {passed} of {n} sessions passed within {timeout:?}: {counts:?}\n{}\n{stuck}",
+                    runtime.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -9,7 +9,7 @@ use super::types::EnrollmentKeyView;
 use crate::auth::{self, ip_key};
 use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::StartRequest;
+use crate::runtime::{Busy, StartRequest};
 use crate::session::*;
 use crate::store::records::*;
 use crate::store::{IndexKey, Record, TxError};
@@ -905,6 +905,16 @@ impl Mutation {
             None => None,
         };
         // Validate every computer before starting any.
+        let mut named_ids = std::collections::HashSet::new();
+        for (i, cid) in input.computer_ids.iter().enumerate() {
+            if !named_ids.insert(parse_id(&format!("computerIds[{i}]"), cid)?) {
+                return Err(ApiError::bad(
+                    &format!("computerIds[{i}]"),
+                    "this computer is named twice",
+                )
+                .into());
+            }
+        }
         let mut computers = Vec::new();
         for (i, cid) in input.computer_ids.iter().enumerate() {
             let id = parse_id(&format!("computerIds[{i}]"), cid)?;
@@ -937,9 +947,9 @@ impl Mutation {
             crate::auth::Principal::ApiKey { .. } => SessionTrigger::Api,
             crate::auth::Principal::User { .. } => SessionTrigger::Manual,
         };
-        let mut out = Vec::new();
-        for comp in computers {
-            let req = StartRequest {
+        let reqs = computers
+            .into_iter()
+            .map(|comp| StartRequest {
                 computer: comp,
                 trigger,
                 detection_only: input.detection_only.unwrap_or(false),
@@ -949,18 +959,9 @@ impl Mutation {
                 options: options.clone(),
                 schedule_id: None,
                 created_by: c.actor.display(),
-            };
-            out.push(c.app.start_session(req).await?);
-        }
-        if let Some(k) = idem_key {
-            let rec = IdempotencyRecord {
-                key: k,
-                created_at: c.app.clock.now(),
-                session_ids: out.iter().map(|s| s.id).collect(),
-            };
-            c.save(&rec).await?;
-        }
-        Ok(out)
+            })
+            .collect();
+        Ok(c.app.start_sessions(reqs, Busy::Fail, idem_key).await?)
     }
 
     async fn cancel_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {

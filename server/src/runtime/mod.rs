@@ -7,7 +7,7 @@
 pub mod mailer;
 mod start;
 
-pub use start::StartRequest;
+pub use start::{Busy, StartRequest};
 
 use crate::app::App;
 use crate::domain::*;
@@ -43,6 +43,8 @@ struct RuntimeState {
     /// Sessions waiting for a slot, in start order.
     queue: BTreeSet<(u8, Time, Id)>,
     queued_key: HashMap<Id, (u8, Time, Id)>,
+    /// Queue heads woken for a free slot whose step has not begun yet.
+    head_woken: HashSet<Id>,
 }
 
 impl SessionRuntime {
@@ -140,15 +142,26 @@ impl SessionRuntime {
         // Only the head of the queue may take a slot (`try_slot`), so only it is woken; when it
         // takes the slot its own note wakes the next. Waking more made every queued session
         // tick and re-wake the others, endlessly, once the queue was longer than the free slots.
-        if st.running.len() < self.max_running {
-            st.queue
-                .first()
-                .map(|k| k.2)
-                .filter(|q| *q != s.id)
-                .into_iter()
-                .collect()
+        // The head is woken even when it is `s` itself: a slot may have freed while `s` was
+        // being refused one and committed, and the note of the session that freed it found
+        // `s` not yet queued.
+        // One wake-up at a time: every step of every session notes, and a head woken by each
+        // of them piled thousands of ticks on its lock, each a full step, before its own.
+        if st.running.len() < self.max_running
+            && let Some(head) = st.queue.first().map(|k| k.2)
+            && st.head_woken.insert(head)
+        {
+            vec![head]
         } else {
             Vec::new()
+        }
+    }
+
+    /// A step of `id` is about to read its state: a later slot may wake it again.
+    fn stepping(&self, id: Id) {
+        let mut st = self.st();
+        if !st.head_woken.is_empty() {
+            st.head_woken.remove(&id);
         }
     }
 
@@ -187,6 +200,7 @@ impl App {
     /// new session. Engine refusals come back as API errors.
     pub async fn apply(self: &Arc<Self>, id: Id, event: Event) -> ApiResult<Session> {
         let _guard = self.runtime.lock_for(id).lock().await;
+        self.runtime.stepping(id);
         let Some(mut s) = self.store.get::<Session>(&id)? else {
             return Err(ApiError::not_found("maintenance session", id));
         };
@@ -197,6 +211,8 @@ impl App {
         };
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
+        let reboot_held_until = self.reboot_hold(&s)?;
+        // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
             online: self.agents.is_online(s.computer_id),
@@ -205,7 +221,7 @@ impl App {
             } else {
                 true
             },
-            reboot_held_until: self.reboot_hold(&s)?,
+            reboot_held_until,
             limits: self.config.limits(),
         };
         let effects = match engine::step(&mut s, &env, event) {
@@ -225,17 +241,37 @@ impl App {
         if effects.is_empty() && s.status == before_status && settle.is_none() {
             // Nothing happened (a tick while waiting); keep the wake time current.
             // Persisted without a flush: nothing was acknowledged or published.
-            self.store
-                .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))?;
+            if let Err(e) = self
+                .store
+                .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))
+            {
+                self.renote_stored(id);
+                return Err(e.into());
+            }
             let wake = self.runtime.note(&s);
             self.spawn_ticks(wake);
             return Ok(s);
         }
-        let committed = self.commit(&mut s, &effects, before_status, settle).await?;
+        let committed = match self.commit(&mut s, &effects, before_status, settle).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.renote_stored(id);
+                return Err(e);
+            }
+        };
         let wake = self.runtime.note(&s);
         self.after_commit(&s, committed);
         self.spawn_ticks(wake);
         Ok(s)
+    }
+
+    /// After a failed step: the in-memory indexes go back to what the store holds (giving back
+    /// a slot reserved for the step), and the session is woken again later.
+    fn renote_stored(self: &Arc<Self>, id: Id) {
+        if let Ok(Some(stored)) = self.store.get::<Session>(&id) {
+            let wake = self.runtime.note(&stored);
+            self.spawn_ticks(wake);
+        }
     }
 
     fn spawn_ticks(self: &Arc<Self>, ids: Vec<Id>) {

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::resolve;
 use crate::session::*;
 use crate::store::TxError;
+use crate::store::records::IdempotencyRecord;
 use std::sync::Arc;
 
 /// Everything a new session is made from (the API, schedules and onboarding all come here).
@@ -114,89 +115,199 @@ impl App {
     /// Creates a session and takes its first step. `CONFLICT` when the computer already has an
     /// unfinished one.
     pub async fn start_session(self: &Arc<Self>, req: StartRequest) -> ApiResult<Session> {
-        let items = self.plan_items(&req.computer, req.trigger, req.deployment_ids.as_deref())?;
+        let mut started = self.start_sessions(vec![req], Busy::Fail, None).await?;
+        started
+            .pop()
+            .ok_or_else(|| ApiError::Internal("no session was started".into()))
+    }
+
+    /// Creates sessions for several computers and takes their first steps.
+    ///
+    /// The sessions, their `created` events and the idempotency record (when `idempotency_key`
+    /// is given) are written in one transaction per [`START_CHUNK`] sessions and flushed once
+    /// before anything is published; the first steps then run side by side, so their flushes
+    /// share fsyncs. A computer that already has an unfinished session (or appears twice)
+    /// fails the whole call with `CONFLICT` before anything is written (`Busy::Fail`), or is
+    /// left out (`Busy::Skip`, for schedules).
+    pub async fn start_sessions(
+        self: &Arc<Self>,
+        reqs: Vec<StartRequest>,
+        busy: Busy,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Vec<Session>> {
+        let mut planned = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let items =
+                self.plan_items(&req.computer, req.trigger, req.deployment_ids.as_deref())?;
+            planned.push((req, items));
+        }
         let now = self.clock.now();
-        let session = {
+        let sessions = {
             let _g = self.runtime.create_lock.lock().await;
-            if let Some(active) = self.runtime.active_session_of(req.computer.id) {
-                return Err(ApiError::Conflict(format!(
-                    "computer {} already has an unfinished maintenance session {active}",
-                    req.computer.name
-                )));
-            }
-            let s = Session {
-                id: Id::new(),
-                tenant_id: req.computer.tenant_id,
-                computer_id: req.computer.id,
-                schedule_id: req.schedule_id,
-                status: SessionStatus::Pending,
-                status_reason: None,
-                trigger: req.trigger,
-                detection_only: req.detection_only,
-                options: req.options,
-                created_by: req.created_by,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-                execute_at: req.execute_at,
-                window_end: req.window_end,
-                postpone_count: 0,
-                reboot_required: false,
-                rebooted_at: None,
-                compliance: None,
-                items,
-                actions: vec![],
-                stage: Stage::AwaitDetect,
-                pending_job: None,
-                wake_at: None,
-                offline_since: None,
-                last_sequence: 1,
-                before_mail_sent: false,
-                after_mail_sent: false,
-                deployment_ids: req.deployment_ids,
-                queued: false,
-                used_tokens: vec![],
-            };
-            let created = SessionEvent {
-                session_id: s.id,
-                tenant_id: s.tenant_id,
-                sequence: 1,
-                at: now,
-                status: SessionStatus::Pending,
-                action_id: None,
-                action_status: None,
-                log_line: Some(format!(
-                    "Session created ({:?}) by {} for {} with {} deployment(s)",
-                    s.trigger,
-                    s.created_by,
-                    req.computer.name,
-                    s.items.len()
-                )),
-            };
-            let deliveries = self.webhook_created(&s)?;
-            self.store.write(|tx| {
-                tx.put(&s)?;
-                tx.put(&created)?;
-                for d in &deliveries {
-                    tx.put(d)?;
+            let mut seen = std::collections::HashSet::new();
+            let mut new = Vec::with_capacity(planned.len());
+            for (req, items) in planned {
+                let active = self.runtime.active_session_of(req.computer.id);
+                if active.is_some() || !seen.insert(req.computer.id) {
+                    let msg = match active {
+                        Some(a) => format!(
+                            "computer {} already has an unfinished maintenance session {a}",
+                            req.computer.name
+                        ),
+                        None => format!("computer {} is named twice", req.computer.name),
+                    };
+                    match busy {
+                        Busy::Fail => return Err(ApiError::Conflict(msg)),
+                        Busy::Skip => {
+                            tracing::info!(computer = %req.computer.id, "session not started: {msg}");
+                            continue;
+                        }
+                    }
                 }
-                Ok::<_, TxError<ApiError>>(())
-            })?;
-            self.runtime.note(&s);
-            let _ = self.events.send(Arc::new(created));
-            if !deliveries.is_empty() {
+                let s = new_session(req, items, now);
+                let created = SessionEvent {
+                    session_id: s.id,
+                    tenant_id: s.tenant_id,
+                    sequence: 1,
+                    at: now,
+                    status: SessionStatus::Pending,
+                    action_id: None,
+                    action_status: None,
+                    log_line: Some(format!(
+                        "Session created ({:?}) by {} for {} with {} deployment(s)",
+                        s.trigger,
+                        s.created_by,
+                        s.computer_name,
+                        s.items.len()
+                    )),
+                };
+                let deliveries = self.webhook_created(&s.session)?;
+                new.push((s.session, created, deliveries));
+            }
+            let record = idempotency_key.map(|key| IdempotencyRecord {
+                key,
+                created_at: now,
+                session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+            });
+            let chunks: Vec<_> = new.chunks(START_CHUNK).collect();
+            let last = chunks.len().saturating_sub(1);
+            for (i, chunk) in chunks.iter().enumerate() {
+                // The idempotency record lands with the last sessions it names: a retry after a
+                // crash either finds it (and every session) or starts afresh.
+                let record = if i == last { record.as_ref() } else { None };
+                self.store.write(|tx| {
+                    for (s, created, deliveries) in chunk.iter() {
+                        tx.put(s)?;
+                        tx.put(created)?;
+                        for d in deliveries {
+                            tx.put(d)?;
+                        }
+                    }
+                    if let Some(r) = record {
+                        tx.put(r)?;
+                    }
+                    Ok::<_, TxError<ApiError>>(())
+                })?;
+            }
+            if chunks.is_empty()
+                && let Some(r) = &record
+            {
+                self.store
+                    .write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))?;
+            }
+            self.store.flush().await?;
+            let mut webhooks = false;
+            let mut sessions = Vec::with_capacity(new.len());
+            for (s, created, deliveries) in new {
+                self.runtime.note(&s);
+                let _ = self.events.send(Arc::new(created));
+                webhooks |= !deliveries.is_empty();
+                sessions.push(s);
+            }
+            if webhooks {
                 self.webhook_wakeup.notify_one();
             }
-            s
+            sessions
         };
-        let id = session.id;
-        match self.apply(id, crate::engine::Event::Tick).await {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                tracing::warn!(session = %id, error = %e, "first step failed");
-                Ok(session)
-            }
-        }
+        use futures_util::StreamExt;
+        let stepped = futures_util::stream::iter(sessions)
+            .map(|s| async move {
+                let id = s.id;
+                match self.apply(id, crate::engine::Event::Tick).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "first step failed");
+                        s
+                    }
+                }
+            })
+            .buffered(FIRST_STEPS_AT_ONCE)
+            .collect()
+            .await;
+        Ok(stepped)
+    }
+}
+
+/// What [`App::start_sessions`] does with a computer that already has an unfinished session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    Fail,
+    Skip,
+}
+
+/// Sessions written per transaction when many start at once.
+const START_CHUNK: usize = 500;
+/// First steps taken side by side when many sessions start at once.
+const FIRST_STEPS_AT_ONCE: usize = 64;
+
+struct NewSession {
+    session: Session,
+    computer_name: String,
+}
+
+impl std::ops::Deref for NewSession {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> NewSession {
+    NewSession {
+        computer_name: req.computer.name,
+        session: Session {
+            id: Id::new(),
+            tenant_id: req.computer.tenant_id,
+            computer_id: req.computer.id,
+            schedule_id: req.schedule_id,
+            status: SessionStatus::Pending,
+            status_reason: None,
+            trigger: req.trigger,
+            detection_only: req.detection_only,
+            options: req.options,
+            created_by: req.created_by,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            execute_at: req.execute_at,
+            window_end: req.window_end,
+            postpone_count: 0,
+            reboot_required: false,
+            rebooted_at: None,
+            compliance: None,
+            items,
+            actions: vec![],
+            stage: Stage::AwaitDetect,
+            pending_job: None,
+            wake_at: None,
+            offline_since: None,
+            last_sequence: 1,
+            before_mail_sent: false,
+            after_mail_sent: false,
+            deployment_ids: req.deployment_ids,
+            queued: false,
+            used_tokens: vec![],
+        },
     }
 }
 

@@ -194,7 +194,7 @@ impl App {
         let n = computers.len().max(1) as i64;
         let half_window_ms = i64::from(s.window_minutes) * 60_000 / 2;
         let immediate = by != "schedule";
-        let mut out = Vec::new();
+        let mut reqs = Vec::new();
         for (i, c) in computers.into_iter().enumerate() {
             if c.excluded_from_maintenance {
                 tracing::info!(schedule = %s.id, computer = %c.id, "computer excluded from maintenance; skipped");
@@ -235,14 +235,11 @@ impl App {
                 schedule_id: Some(s.id),
                 created_by: format!("{by} {}", s.name),
             };
-            match self.start_session(req).await {
-                Ok(sess) => out.push(sess),
-                Err(e) => {
-                    tracing::info!(schedule = %s.id, computer = %c.id, error = %e, "session not started")
-                }
-            }
+            reqs.push(req);
         }
-        Ok(out)
+        // One batch: written together, flushed once, first steps side by side.
+        self.start_sessions(reqs, crate::runtime::Busy::Skip, None)
+            .await
     }
 
     /// The computers a schedule targets in `tenant`, resolved now.

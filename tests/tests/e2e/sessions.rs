@@ -290,6 +290,26 @@ async fn one_unfinished_session_per_computer_and_cancel() -> anyhow::Result<()> 
         body["errors"][0]["message"].as_str().unwrap().contains(&id),
         "names the active session: {body}"
     );
+    let twice =
+        f.s.gql_raw(
+            Some(&f.admin),
+            "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c, $c]}) { id } }",
+            json!({"c": f.computer}),
+        )
+        .await?;
+    assert_eq!(twice["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(twice["errors"][0]["extensions"]["field"], "computerIds[1]");
+    let count =
+        f.s.gql(
+            &f.admin,
+            "{ maintenanceSessions(first: 5) { totalCount } }",
+            json!({}),
+        )
+        .await?;
+    assert_eq!(
+        count["maintenanceSessions"]["totalCount"], 1,
+        "refused calls start nothing"
+    );
     wait_for("the slow step", T, || async {
         Ok(marker.exists().then_some(()))
     })
