@@ -19,6 +19,9 @@ mod server;
 mod sessions;
 
 use anyhow::{Result, bail};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use report::Figure;
 use std::time::Instant;
 

@@ -197,6 +197,11 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
             .map_err(|_| anyhow::anyhow!("poisoned"))?,
     );
     let throttled = fleet.stats.throttled.load(Ordering::Relaxed);
+    let flushes = fleet.server.metric("upkeep_store_flushes_total").await?;
+    let flush_s = fleet
+        .server
+        .metric("upkeep_store_flush_seconds_total")
+        .await?;
     fleet.stop().await;
     let secs = elapsed.as_secs_f64();
     Ok(vec![
@@ -209,5 +214,17 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "result_p50_ms", lat.quantile_ms(0.50), "ms"),
         Figure::new(S, "result_p99_ms", lat.quantile_ms(0.99), "ms"),
         Figure::new(S, "polls_throttled", throttled as f64, "polls"),
+        // Over the whole run, enrollment included: how well fsyncs are shared.
+        Figure::new(S, "store_flushes", flushes, "fsyncs"),
+        Figure::new(
+            S,
+            "store_flush_mean_ms",
+            if flushes > 0.0 {
+                flush_s * 1000.0 / flushes
+            } else {
+                0.0
+            },
+            "ms",
+        ),
     ])
 }

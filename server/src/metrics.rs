@@ -197,6 +197,11 @@ pub async fn render(State(app): State<Arc<App>>) -> ([(&'static str, &'static st
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let (flushes, flush_seconds) = app.store.flush_counts();
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_store_flushes_total Group-commit flushes (fsyncs) of the store.\n# TYPE upkeep_store_flushes_total counter\nupkeep_store_flushes_total {flushes}\n# HELP upkeep_store_flush_seconds_total Time spent in store flushes.\n# TYPE upkeep_store_flush_seconds_total counter\nupkeep_store_flush_seconds_total {flush_seconds}"
+    );
     let _ = writeln!(
         out,
         "# HELP upkeep_sessions_by_status Sessions in the store by status.\n# TYPE upkeep_sessions_by_status gauge"

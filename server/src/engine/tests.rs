@@ -2563,3 +2563,31 @@ proptest! {
         play(s, vec![], answers);
     }
 }
+
+/// The store reads back only the indexed fields of a stored session to retire its old index
+/// entries; that view must give exactly what the full record gives.
+#[test]
+fn stored_index_view_of_a_session_matches_the_record() {
+    use crate::store::{FORMAT_VERSION, Record};
+    let all = [
+        SessionStatus::Pending,
+        SessionStatus::Detecting,
+        SessionStatus::Executing,
+        SessionStatus::Passed,
+        SessionStatus::Failed,
+        SessionStatus::Cancelled,
+    ];
+    for status in all {
+        for schedule in [None, Some(Id::new())] {
+            let mut s = session(
+                vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+                MaintenanceOptions::default(),
+            );
+            s.status = status;
+            s.schedule_id = schedule;
+            let mut bytes = vec![FORMAT_VERSION];
+            bytes.extend(serde_json::to_vec(&s).unwrap());
+            assert_eq!(Session::stored_index_keys(&bytes).unwrap(), s.index_keys());
+        }
+    }
+}

@@ -128,6 +128,14 @@ pub trait Record: Serialize + DeserializeOwned {
     fn index_keys(&self) -> Vec<IndexKey> {
         Vec::new()
     }
+    /// The index entries of a stored value (the one a put replaces or a delete removes). The
+    /// default decodes the whole record; large records read just the indexed fields instead.
+    fn stored_index_keys(bytes: &[u8]) -> Result<Vec<IndexKey>>
+    where
+        Self: Sized,
+    {
+        Ok(codec::decode::<Self>(bytes)?.index_keys())
+    }
 }
 
 /// The one handle to the sled database. Cheap to clone.
@@ -167,6 +175,8 @@ impl Store {
             state: std::sync::Mutex::new(FlushState::default()),
             wake: std::sync::Condvar::new(),
             done: tokio::sync::watch::Sender::new((0, None)),
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
         });
         let store = Store {
             inner: Arc::new(Inner {
@@ -214,6 +224,15 @@ impl Store {
 
     fn tree(&self, kind: Kind) -> &sled::Tree {
         &self.inner.trees[kind as usize]
+    }
+
+    /// Group-commit flushes made since start and the seconds they took.
+    pub fn flush_counts(&self) -> (u64, f64) {
+        let f = &self.inner.flusher;
+        (
+            f.count.load(Ordering::Relaxed),
+            f.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
 
     /// Number of store writes and reads since start (for `/metrics`, and for the test that
@@ -579,6 +598,9 @@ struct Flusher {
     wake: std::sync::Condvar,
     /// (highest request generation made durable, error of the last flush if it failed).
     done: tokio::sync::watch::Sender<(u64, Option<String>)>,
+    /// fsyncs made, and the time they took in microseconds (for `/metrics`).
+    count: AtomicU64,
+    micros: AtomicU64,
 }
 
 #[derive(Default)]
@@ -606,8 +628,12 @@ impl Flusher {
             };
             // Every request up to `target` was made after its writes, so this flush covers them.
             let Some(inner) = store.upgrade() else { return };
+            let t0 = std::time::Instant::now();
             let r = inner.db.flush();
             drop(inner);
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.micros
+                .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
             flushed = target;
             if let Err(e) = &r {
                 tracing::error!(error = %e, "store flush failed");
@@ -660,8 +686,7 @@ impl Tx<'_> {
         let old = self.tree(T::KIND).insert(key.as_slice(), bytes)?;
         let new_entries: Vec<Vec<u8>> = record.index_keys().iter().map(|i| i.entry(&key)).collect();
         if let Some(old) = old {
-            let old: T = codec::decode(&old)?;
-            for i in old.index_keys() {
+            for i in T::stored_index_keys(&old)? {
                 let e = i.entry(&key);
                 if !new_entries.contains(&e) {
                     self.index().remove(e)?;

@@ -166,19 +166,51 @@ impl Record for Session {
         self.id.as_bytes().to_vec()
     }
     fn index_keys(&self) -> Vec<IndexKey> {
-        let mut v = vec![
-            IndexKey::new(COMPUTER_SESSIONS, self.computer_id.as_bytes()),
-            IndexKey::new(STATUS_SESSIONS, [self.status.code()]),
-            IndexKey::new(TENANT_SESSIONS, self.tenant_id.as_bytes()),
-        ];
-        if let Some(s) = self.schedule_id {
-            v.push(IndexKey::new(SCHEDULE_SESSIONS, s.as_bytes()));
-        }
-        if !self.status.is_terminal() {
-            v.push(IndexKey::new(ACTIVE_SESSIONS, []));
-        }
-        v
+        session_index_keys(
+            self.computer_id,
+            self.status,
+            self.tenant_id,
+            self.schedule_id,
+        )
     }
+    /// Every step rewrites its session: reading back only the indexed fields of the old value
+    /// (not its plan, scripts and actions) halves the decoding a step costs.
+    fn stored_index_keys(bytes: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Indexed {
+            tenant_id: Id,
+            computer_id: Id,
+            schedule_id: Option<Id>,
+            status: crate::session::SessionStatus,
+        }
+        let v: Indexed = codec::decode(bytes)?;
+        Ok(session_index_keys(
+            v.computer_id,
+            v.status,
+            v.tenant_id,
+            v.schedule_id,
+        ))
+    }
+}
+
+fn session_index_keys(
+    computer: Id,
+    status: crate::session::SessionStatus,
+    tenant: Id,
+    schedule: Option<Id>,
+) -> Vec<IndexKey> {
+    let mut v = vec![
+        IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes()),
+        IndexKey::new(STATUS_SESSIONS, [status.code()]),
+        IndexKey::new(TENANT_SESSIONS, tenant.as_bytes()),
+    ];
+    if let Some(s) = schedule {
+        v.push(IndexKey::new(SCHEDULE_SESSIONS, s.as_bytes()));
+    }
+    if !status.is_terminal() {
+        v.push(IndexKey::new(ACTIVE_SESSIONS, []));
+    }
+    v
 }
 
 /// Events are keyed (session id, sequence) so a session's log is one ordered prefix scan.
@@ -201,10 +233,23 @@ impl Record for JobRecord {
         self.id.as_bytes().to_vec()
     }
     fn index_keys(&self) -> Vec<IndexKey> {
-        match self.state {
-            JobState::Done { .. } => vec![],
-            _ => vec![IndexKey::new(OPEN_JOBS, self.computer_id.as_bytes())],
+        job_index_keys(self.computer_id, &self.state)
+    }
+    fn stored_index_keys(bytes: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Indexed {
+            computer_id: Id,
+            state: JobState,
         }
+        let v: Indexed = codec::decode(bytes)?;
+        Ok(job_index_keys(v.computer_id, &v.state))
+    }
+}
+
+fn job_index_keys(computer: Id, state: &JobState) -> Vec<IndexKey> {
+    match state {
+        JobState::Done { .. } => vec![],
+        _ => vec![IndexKey::new(OPEN_JOBS, computer.as_bytes())],
     }
 }
 
