@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 use upkeep_server::domain::*;
 use upkeep_server::engine::plan::{Found, plan};
-use upkeep_server::resolve::resolve;
 use upkeep_server::session::*;
 
 const S: &str = "plan";
@@ -161,47 +160,16 @@ fn found(c: usize, i: usize) -> Found {
     }
 }
 
-/// The server's `plan_items` without the store: resolved deployments frozen into plan items, in
-/// run order.
+/// The server's own planning (`engine::plan::freeze_items`), with the catalogue in memory
+/// instead of the store.
 fn plan_items(cat: &Catalogue, computer: &Computer) -> Vec<PlanItem> {
-    let mut items: Vec<PlanItem> = resolve(computer, &cat.deployments)
-        .into_iter()
-        .filter(|r| !r.is_exception())
-        .filter_map(|r| {
-            let d = &r.winner;
-            let what = match r.subject {
-                Subject::Software(s) => ItemWhat::Software {
-                    software: cat.software.get(&s)?.clone(),
-                    desired: d
-                        .desired_state
-                        .unwrap_or(DesiredSoftwareState::InstalledLatest),
-                    version: d.version.clone(),
-                },
-                Subject::Task(t) => ItemWhat::Task {
-                    task: cat.tasks.get(&t)?.clone(),
-                    mode: d.task_mode,
-                },
-            };
-            Some(PlanItem {
-                deployment_id: d.id,
-                order: d.order,
-                position: d.position,
-                enforcement: d.enforcement,
-                parameters: d.parameters.clone(),
-                what,
-                rule: r.rule,
-            })
-        })
-        .collect();
-    items.sort_by_key(|i| {
-        (
-            i.enforcement != Enforcement::Onboarding,
-            i.order,
-            i.position,
-            i.deployment_id,
-        )
-    });
-    items
+    upkeep_server::engine::plan::freeze_items::<std::convert::Infallible>(
+        computer,
+        &cat.deployments,
+        |s| Ok(cat.software.get(&s).cloned()),
+        |t| Ok(cat.tasks.get(&t).cloned()),
+    )
+    .unwrap_or_else(|e| match e {})
 }
 
 pub fn run() -> Result<Vec<Figure>> {

@@ -7,16 +7,16 @@ use crate::domain::*;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
-pub struct Resolution {
+pub struct Resolution<'a> {
     pub subject: Subject,
-    pub winner: Deployment,
+    pub winner: &'a Deployment,
     /// Other matching deployments of the same software or task, best first.
-    pub shadowed: Vec<Deployment>,
+    pub shadowed: Vec<&'a Deployment>,
     /// Why the winner won, e.g. "TAG beats ALL_COMPUTERS".
     pub rule: String,
 }
 
-impl Resolution {
+impl Resolution<'_> {
     /// An exception (`IGNORE`) wins: the subject is left alone.
     pub fn is_exception(&self) -> bool {
         self.winner.desired_state == Some(DesiredSoftwareState::Ignore)
@@ -40,7 +40,7 @@ fn target_name(k: TargetKind) -> &'static str {
 
 /// Resolves `deployments` (any tenant's; others are ignored) for `computer`, one entry per
 /// software or task that some enabled deployment targets at it, ordered by subject.
-pub fn resolve(computer: &Computer, deployments: &[Deployment]) -> Vec<Resolution> {
+pub fn resolve<'a>(computer: &Computer, deployments: &'a [Deployment]) -> Vec<Resolution<'a>> {
     let mut by_subject: BTreeMap<Subject, Vec<&Deployment>> = BTreeMap::new();
     for d in deployments {
         let in_scope = d.tenant_id.is_none_or(|t| t == computer.tenant_id);
@@ -52,14 +52,14 @@ pub fn resolve(computer: &Computer, deployments: &[Deployment]) -> Vec<Resolutio
         .into_iter()
         .map(|(subject, mut ds)| {
             ds.sort_by_key(|d| std::cmp::Reverse(rank(d)));
-            let winner = ds[0].clone();
+            let winner = ds[0];
             let rule = match ds.get(1) {
                 None => format!(
                     "only matching deployment ({})",
                     target_name(winner.target.kind)
                 ),
                 Some(second) => {
-                    let (w, s) = (rank(&winner), rank(second));
+                    let (w, s) = (rank(winner), rank(second));
                     if w.0 != s.0 {
                         format!(
                             "{} beats {}",
@@ -82,7 +82,7 @@ pub fn resolve(computer: &Computer, deployments: &[Deployment]) -> Vec<Resolutio
             Resolution {
                 subject,
                 winner,
-                shadowed: ds[1..].iter().map(|d| (*d).clone()).collect(),
+                shadowed: ds[1..].to_vec(),
                 rule,
             }
         })
@@ -147,7 +147,8 @@ mod tests {
         let sw = Id::new();
         let all = dep(&c, TargetKind::AllComputers, true, sw);
         let tag = dep(&c, TargetKind::Tag, true, sw);
-        let r = resolve(&c, &[all.clone(), tag.clone()]);
+        let ds = [all.clone(), tag.clone()];
+        let r = resolve(&c, &ds);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].winner.id, tag.id);
         assert_eq!(r[0].shadowed[0].id, all.id);
@@ -162,7 +163,8 @@ mod tests {
         let own = dep(&c, TargetKind::Computer, true, sw);
         let mut foreign = dep(&c, TargetKind::Computer, true, sw);
         foreign.tenant_id = Some(Id::new());
-        let r = resolve(&c, &[own.clone(), cross, foreign]);
+        let ds = [own.clone(), cross, foreign];
+        let r = resolve(&c, &ds);
         assert_eq!(r[0].winner.id, own.id);
         assert_eq!(r[0].shadowed.len(), 1);
         assert!(
@@ -188,7 +190,8 @@ mod tests {
         let all = dep(&c, TargetKind::AllComputers, false, sw);
         let mut ex = dep(&c, TargetKind::Tag, true, sw);
         ex.desired_state = Some(DesiredSoftwareState::Ignore);
-        let r = resolve(&c, &[all, ex]);
+        let ds = [all, ex];
+        let r = resolve(&c, &ds);
         assert!(r[0].is_exception());
     }
 
@@ -201,7 +204,8 @@ mod tests {
             let sw = Id::new();
             let all = [TargetKind::AllComputers, TargetKind::Tag, TargetKind::Person, TargetKind::Computer];
             let mut ds: Vec<Deployment> = kinds.iter().map(|(k, t)| dep(&c, all[*k as usize], *t, sw)).collect();
-            let r1 = resolve(&c, &ds);
+            let original = ds.clone();
+            let r1 = resolve(&c, &original);
             let n = ds.len();
             ds.rotate_left((seed % n as u64) as usize);
             let r2 = resolve(&c, &ds);

@@ -6,40 +6,44 @@ use std::cmp::Ordering;
 /// numeric fields compare as numbers, others as text, a number sorts before text, and a missing
 /// field counts as 0 (`1.2` == `1.2.0`). Total and consistent with equality of the parts.
 pub fn compare(a: &str, b: &str) -> Ordering {
-    let pa = parts(a);
-    let pb = parts(b);
-    let n = pa.len().max(pb.len());
-    for i in 0..n {
-        let x = pa.get(i).cloned().unwrap_or(Part::Num(0));
-        let y = pb.get(i).cloned().unwrap_or(Part::Num(0));
-        let o = match (&x, &y) {
-            (Part::Num(p), Part::Num(q)) => p.cmp(q),
+    // Without allocating: planning compares versions for every item of every computer.
+    let mut pa = fields(a);
+    let mut pb = fields(b);
+    loop {
+        let (x, y) = match (pa.next(), pb.next()) {
+            (None, None) => return Ordering::Equal,
+            (x, y) => (x.unwrap_or(Part::Num(0)), y.unwrap_or(Part::Num(0))),
+        };
+        let o = match (x, y) {
+            (Part::Num(p), Part::Num(q)) => p.cmp(&q),
             (Part::Num(_), Part::Text(_)) => Ordering::Less,
             (Part::Text(_), Part::Num(_)) => Ordering::Greater,
-            (Part::Text(p), Part::Text(q)) => p.cmp(q),
+            (Part::Text(p), Part::Text(q)) => p
+                .bytes()
+                .map(|c| c.to_ascii_lowercase())
+                .cmp(q.bytes().map(|c| c.to_ascii_lowercase())),
         };
         if o != Ordering::Equal {
             return o;
         }
     }
-    Ordering::Equal
 }
 
-#[derive(Clone, Debug)]
-enum Part {
+#[derive(Clone, Copy, Debug)]
+enum Part<'a> {
     Num(u128),
-    Text(String),
+    /// Compared ASCII-case-insensitively.
+    Text(&'a str),
 }
 
-fn parts(v: &str) -> Vec<Part> {
+fn fields(v: &str) -> impl Iterator<Item = Part<'_>> {
     v.trim()
         .trim_start_matches(['v', 'V'])
         .split(['.', '-', '+', '_'])
         .map(|p| match p.parse::<u128>() {
             Ok(n) => Part::Num(n),
-            Err(_) => Part::Text(p.to_ascii_lowercase()),
+            Err(_) => Part::Text(p),
         })
-        .collect()
 }
 
 #[cfg(test)]

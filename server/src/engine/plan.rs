@@ -7,6 +7,71 @@ use crate::version::compare;
 use std::collections::BTreeMap;
 use upkeep_agent_protocol::{ProbeResult, ScriptOutcome};
 
+/// The plan items of a session: `applicable` deployments resolved for `computer` (exceptions
+/// dropped), each frozen with the snapshot of its software or task (`software` and `task` look
+/// them up; an item whose subject is gone is left out), in run order: onboarding deployments
+/// first, then BEGINNING by position, the unordered middle, END by position; ties keep
+/// deployment creation order.
+pub fn freeze_items<E>(
+    computer: &Computer,
+    applicable: &[Deployment],
+    mut software: impl FnMut(Id) -> Result<Option<SoftwareSnapshot>, E>,
+    mut task: impl FnMut(Id) -> Result<Option<TaskSnapshot>, E>,
+) -> Result<Vec<PlanItem>, E> {
+    let mut items = Vec::new();
+    for r in crate::resolve::resolve(computer, applicable) {
+        if r.is_exception() {
+            continue;
+        }
+        let d = &r.winner;
+        let what = match r.subject {
+            Subject::Software(sid) => {
+                let Some(software) = software(sid)? else {
+                    continue;
+                };
+                ItemWhat::Software {
+                    software,
+                    desired: d
+                        .desired_state
+                        .unwrap_or(DesiredSoftwareState::InstalledLatest),
+                    version: d.version.clone(),
+                }
+            }
+            Subject::Task(tid) => {
+                let Some(task) = task(tid)? else {
+                    continue;
+                };
+                ItemWhat::Task {
+                    task,
+                    mode: d.task_mode,
+                }
+            }
+        };
+        items.push(PlanItem {
+            deployment_id: d.id,
+            order: d.order,
+            position: d.position,
+            enforcement: d.enforcement,
+            parameters: d.parameters.clone(),
+            what,
+            rule: r.rule.clone(),
+        });
+    }
+    items.sort_by_key(|i| {
+        (
+            i.enforcement != Enforcement::Onboarding,
+            i.order,
+            if i.order == DeploymentOrder::Unordered {
+                0
+            } else {
+                i.position
+            },
+            i.deployment_id,
+        )
+    });
+    Ok(items)
+}
+
 /// What detection found for one plan item.
 #[derive(Debug, Clone, Default)]
 pub struct Found {

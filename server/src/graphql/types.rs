@@ -196,7 +196,7 @@ impl Computer {
                 software,
                 maintenance_task: task,
                 winner: r.winner.clone(),
-                shadowed: r.shadowed.clone(),
+                shadowed: r.shadowed.iter().map(|d| (*d).clone()).collect(),
                 rule: r.rule.clone(),
             });
         }

@@ -3,7 +3,6 @@
 use crate::app::App;
 use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
-use crate::resolve;
 use crate::session::*;
 use crate::store::TxError;
 use crate::store::records::IdempotencyRecord;
@@ -45,71 +44,28 @@ impl App {
                 },
             })
             .collect();
-        let mut items = Vec::new();
-        for r in resolve::resolve(computer, &applicable) {
-            if r.is_exception() {
-                continue;
-            }
-            let d = &r.winner;
-            let what = match r.subject {
-                Subject::Software(sid) => {
-                    let Some(sw) = self.store.get::<Software>(&sid)? else {
-                        continue;
-                    };
-                    let configuration_task = match sw.configuration_task_id {
-                        Some(t) => self.store.get::<MaintenanceTask>(&t)?.map(task_snapshot),
-                        None => None,
-                    };
-                    ItemWhat::Software {
-                        software: SoftwareSnapshot {
-                            id: sw.id,
-                            name: sw.name,
-                            detection_script: sw.detection_script,
-                            versions: sw.versions,
-                            uninstall_script: sw.uninstall_script,
-                            configuration_task,
-                        },
-                        desired: d
-                            .desired_state
-                            .unwrap_or(DesiredSoftwareState::InstalledLatest),
-                        version: d.version.clone(),
-                    }
-                }
-                Subject::Task(tid) => {
-                    let Some(t) = self.store.get::<MaintenanceTask>(&tid)? else {
-                        continue;
-                    };
-                    ItemWhat::Task {
-                        task: task_snapshot(t),
-                        mode: d.task_mode,
-                    }
-                }
-            };
-            items.push(PlanItem {
-                deployment_id: d.id,
-                order: d.order,
-                position: d.position,
-                enforcement: d.enforcement,
-                parameters: d.parameters.clone(),
-                what,
-                rule: r.rule.clone(),
-            });
-        }
-        // Onboarding deployments first, then BEGINNING by position, the unordered middle, END by
-        // position; ties keep deployment creation order.
-        items.sort_by_key(|i| {
-            (
-                i.enforcement != Enforcement::Onboarding,
-                i.order,
-                if i.order == DeploymentOrder::Unordered {
-                    0
-                } else {
-                    i.position
-                },
-                i.deployment_id,
-            )
-        });
-        Ok(items)
+        crate::engine::plan::freeze_items(
+            computer,
+            &applicable,
+            |sid| {
+                let Some(sw) = self.store.get::<Software>(&sid)? else {
+                    return Ok(None);
+                };
+                let configuration_task = match sw.configuration_task_id {
+                    Some(t) => self.store.get::<MaintenanceTask>(&t)?.map(task_snapshot),
+                    None => None,
+                };
+                Ok(Some(SoftwareSnapshot {
+                    id: sw.id,
+                    name: sw.name,
+                    detection_script: sw.detection_script,
+                    versions: sw.versions,
+                    uninstall_script: sw.uninstall_script,
+                    configuration_task,
+                }))
+            },
+            |tid| Ok(self.store.get::<MaintenanceTask>(&tid)?.map(task_snapshot)),
+        )
     }
 
     /// Creates a session and takes its first step. `CONFLICT` when the computer already has an
