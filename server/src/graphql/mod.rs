@@ -278,6 +278,10 @@ pub async fn ws_handler(
         .unwrap_or(ALL_WEBSOCKET_PROTOCOLS[0]);
     upgrade
         .protocols([name])
+        // tungstenite zero-fills its read buffer (128 KiB by default) on reads: with a thousand
+        // subscribers that memset was a fifth of the server's CPU. Clients send little (init,
+        // subscribe, pings); larger messages are still read, in more chunks.
+        .read_buffer_size(4096)
         .on_upgrade(move |socket| {
             let app2 = app.clone();
             GraphQLWebSocket::new(socket, schema, protocol)
