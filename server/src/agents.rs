@@ -650,17 +650,8 @@ impl App {
         if dirty.is_empty() {
             return;
         }
-        let r = self.store.write(|tx| {
-            for (id, t) in &dirty {
-                if let Some(mut c) = tx.get::<Computer, ()>(id)? {
-                    c.last_seen_at = Some(*t);
-                    tx.put(&c)?;
-                }
-            }
-            Ok(())
-        });
-        if r.is_err() {
-            tracing::warn!("could not write lastSeenAt");
+        if let Err(e) = self.store.put_last_seen(&dirty) {
+            tracing::warn!(error = %e, "could not write lastSeenAt");
         }
     }
 

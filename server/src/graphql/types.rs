@@ -150,13 +150,13 @@ impl Computer {
     async fn online(&self, ctx: &Context<'_>) -> Result<bool> {
         Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
     }
-    /// When the agent last polled (kept in memory between periodic store writes).
+    /// When the agent last polled (kept in memory, written back every 30 s).
     async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
-        Ok(Ctx::new(ctx)?
-            .app
-            .agents
-            .last_seen(self.id)
-            .or(self.last_seen_at))
+        let app = &Ctx::new(ctx)?.app;
+        if let Some(t) = app.agents.last_seen(self.id) {
+            return Ok(Some(t));
+        }
+        Ok(app.store.last_seen(&self.id)?.or(self.last_seen_at))
     }
     async fn os(&self) -> &str {
         &self.os

@@ -150,6 +150,10 @@ struct Inner {
     trees: Vec<sled::Tree>,
     index: sled::Tree,
     meta: sled::Tree,
+    /// Computer id → when its agent last polled (i64 milliseconds, big-endian). Written in
+    /// batches by the presence loop; kept apart from the computer records so that a write-back
+    /// for a whole fleet does not rewrite (and cache again) every computer record.
+    last_seen: sled::Tree,
     writes: AtomicU64,
     reads: AtomicU64,
     /// Writers hold it shared; a backup holds it exclusively so its copy is consistent.
@@ -171,6 +175,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let index = db.open_tree("index")?;
         let meta = db.open_tree("meta")?;
+        let last_seen = db.open_tree("last_seen")?;
         let flusher = Arc::new(Flusher {
             state: std::sync::Mutex::new(FlushState::default()),
             wake: std::sync::Condvar::new(),
@@ -185,6 +190,7 @@ impl Store {
                 trees,
                 index,
                 meta,
+                last_seen,
                 writes: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 pause: std::sync::RwLock::new(()),
@@ -454,6 +460,33 @@ impl Store {
         Ok(())
     }
 
+    /// Records when agents last polled, in one batch (not a transaction over the record
+    /// trees: a lost write-back only makes `lastSeenAt` older).
+    pub fn put_last_seen(&self, seen: &[(Id, crate::domain::Time)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, t) in seen {
+            batch.insert(
+                id.as_bytes().as_slice(),
+                t.timestamp_millis().to_be_bytes().as_slice(),
+            );
+        }
+        self.inner.writes.fetch_add(1, Ordering::Relaxed);
+        let _shared = self.inner.pause.read().unwrap_or_else(|e| e.into_inner());
+        self.inner.last_seen.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// When the agent of `computer` last polled, as last written back.
+    pub fn last_seen(&self, computer: &Id) -> Result<Option<crate::domain::Time>> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .inner
+            .last_seen
+            .get(computer.as_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .and_then(|b| chrono::DateTime::from_timestamp_millis(i64::from_be_bytes(b))))
+    }
+
     /// Small named values (secrets' presence, scheduler cursors).
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.inner.meta.get(key)?.map(|v| v.to_vec()))
@@ -518,6 +551,7 @@ impl Store {
             .collect();
         trees.push(("index", &self.inner.index));
         trees.push(("meta", &self.inner.meta));
+        trees.push(("last_seen", &self.inner.last_seen));
         for (name, tree) in trees {
             let mut entries = Vec::new();
             for r in tree.iter() {
@@ -541,6 +575,8 @@ impl Store {
                 self.inner.index.clone()
             } else if name == "meta" {
                 self.inner.meta.clone()
+            } else if name == "last_seen" {
+                self.inner.last_seen.clone()
             } else if let Some(k) = KINDS.iter().find(|k| k.tree_name() == name) {
                 self.tree(*k).clone()
             } else {

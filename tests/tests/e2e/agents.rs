@@ -165,7 +165,7 @@ async fn garbage_and_unauthenticated_calls_get_json_4xx() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Result<()> {
-    let s = TestServer::start().await?;
+    let mut s = TestServer::start().await?;
     let admin = s.admin().await?;
     let t = s.create_tenant(&admin, "A").await?;
     let key = s.enrollment_key(&admin, &t).await?;
@@ -209,6 +209,32 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
         Ok((!d["computer"]["online"].as_bool().unwrap_or(true)).then_some(()))
     })
     .await?;
+    // `lastSeenAt` is written back (at shutdown at the latest) and survives a restart.
+    let seen = |s: &TestServer| {
+        let (admin, id) = (admin.clone(), id.clone());
+        let http = s.http.clone();
+        let url = s.url.clone();
+        async move {
+            let r: serde_json::Value = http
+                .post(format!("{url}/graphql"))
+                .bearer_auth(&admin)
+                .json(&json!({"query": "query($id: ID!) { computer(id: $id) { lastSeenAt } }", "variables": {"id": id}}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(
+                r["data"]["computer"]["lastSeenAt"]
+                    .as_str()
+                    .map(String::from),
+            )
+        }
+    };
+    let before = seen(&s).await?.expect("lastSeenAt after polls");
+    s.restart().await?;
+    let after = seen(&s).await?.expect("lastSeenAt after a restart");
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp_millis());
+    assert_eq!(parse(&before)?, parse(&after)?, "{before} vs {after}");
     Ok(())
 }
 
