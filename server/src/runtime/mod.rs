@@ -15,7 +15,7 @@ use crate::engine::{self, Effect, EngineError, Env, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::session::*;
 use crate::store::records::ACTIVE_SESSIONS;
-use crate::store::{IndexKey, TxError};
+use crate::store::{Encoded, IndexKey, TxError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -350,21 +350,30 @@ impl App {
         }
         let s_ref = &*s;
         let cref = &c;
+        // Encoded before the transaction (see `store::Encoded`). The settled jobs are read here
+        // too: only a step of this session, which holds its lock, changes them.
+        let session = Encoded::new(s_ref)?;
+        let events = encode_all(&c.events)?;
+        let jobs = encode_all(&c.jobs)?;
+        let mut settled = Vec::new();
+        for id in &c.abandoned {
+            if let Some(mut j) = self.store.get::<JobRecord>(id)?
+                && !matches!(j.state, JobState::Done { .. })
+            {
+                j.state = JobState::Done { at: now };
+                settled.push(Encoded::new(&j)?);
+            }
+        }
         self.store.write(|tx| {
-            tx.put(s_ref)?;
-            for e in &cref.events {
-                tx.put(e)?;
+            tx.put_encoded(&session)?;
+            for e in &events {
+                tx.put_encoded(e)?;
             }
-            for j in &cref.jobs {
-                tx.put(j)?;
+            for e in &jobs {
+                tx.put_encoded(e)?;
             }
-            for id in &cref.abandoned {
-                if let Some(mut j) = tx.get::<JobRecord, ApiError>(id)?
-                    && !matches!(j.state, JobState::Done { .. })
-                {
-                    j.state = JobState::Done { at: now };
-                    tx.put(&j)?;
-                }
+            for j in &settled {
+                tx.put_encoded(j)?;
             }
             for m in &cref.mails {
                 tx.put(m)?;
@@ -463,6 +472,12 @@ impl App {
     pub async fn cancel_session(self: &Arc<Self>, id: Id, by: &str) -> ApiResult<Session> {
         self.apply(id, Event::Cancel { by: by.to_string() }).await
     }
+}
+
+fn encode_all<T: crate::store::Record>(
+    records: &[T],
+) -> Result<Vec<Encoded<T>>, crate::store::StoreError> {
+    records.iter().map(Encoded::new).collect()
 }
 
 fn new_event(

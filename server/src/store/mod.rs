@@ -628,6 +628,29 @@ pub enum WriteError<E> {
     Store(StoreError),
 }
 
+/// A record encoded ahead of a transaction. sled 0.34 runs a transaction's closure under its
+/// process-wide write lock, so work done inside it (JSON encoding of a 7–14 KB session) holds
+/// up every other writer; encode first, then put the bytes.
+pub struct Encoded<T> {
+    key: Vec<u8>,
+    bytes: Vec<u8>,
+    entries: Vec<Vec<u8>>,
+    _kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Encoded<T> {
+    pub fn new(record: &T) -> Result<Encoded<T>> {
+        let key = record.key();
+        let entries = record.index_keys().iter().map(|i| i.entry(&key)).collect();
+        Ok(Encoded {
+            bytes: codec::encode(record)?,
+            key,
+            entries,
+            _kind: std::marker::PhantomData,
+        })
+    }
+}
+
 /// The group-commit flusher shared by a store and its thread.
 struct Flusher {
     state: std::sync::Mutex<FlushState>,
@@ -717,20 +740,23 @@ impl Tx<'_> {
 
     /// Inserts or replaces a record and brings its index entries in step.
     pub fn put<T: Record, E>(&mut self, record: &T) -> Result<(), TxError<E>> {
-        let key = record.key();
-        let bytes = codec::encode(record)?;
-        let old = self.tree(T::KIND).insert(key.as_slice(), bytes)?;
-        let new_entries: Vec<Vec<u8>> = record.index_keys().iter().map(|i| i.entry(&key)).collect();
+        self.put_encoded(&Encoded::new(record)?)
+    }
+
+    /// Puts a record encoded before the transaction began (see [`Encoded`]).
+    pub fn put_encoded<T: Record, E>(&mut self, e: &Encoded<T>) -> Result<(), TxError<E>> {
+        let key = e.key.as_slice();
+        let old = self.tree(T::KIND).insert(key, e.bytes.as_slice())?;
         if let Some(old) = old {
             for i in T::stored_index_keys(&old)? {
-                let e = i.entry(&key);
-                if !new_entries.contains(&e) {
-                    self.index().remove(e)?;
+                let entry = i.entry(key);
+                if !e.entries.contains(&entry) {
+                    self.index().remove(entry)?;
                 }
             }
         }
-        for e in new_entries {
-            self.index().insert(e, &[])?;
+        for entry in &e.entries {
+            self.index().insert(entry.as_slice(), &[])?;
         }
         Ok(())
     }
