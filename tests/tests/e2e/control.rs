@@ -317,6 +317,69 @@ async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()>
     Ok(())
 }
 
+/// `rebootPreference`: SUPPRESS finishes without the reboot an install asked for (and says so);
+/// FORCE reboots after the steps although none asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_preference_suppress_and_force() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "A").await?;
+    let (_a, c) = agent_in(&s, &admin, &t, "pc-1").await?;
+    let dir = tempfile::tempdir()?;
+    let mut deployments = Vec::new();
+    for (name, exit) in [("needs-reboot", 3010), ("plain", 0)] {
+        let f = dir.path().join(name);
+        let sw = s
+            .gql(
+                &admin,
+                "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+                json!({"i": {"name": name, "tenantId": t, "detectionScript": {"language": "SHELL", "body": format!("cat '{}' 2>/dev/null; exit 0", f.display())},
+                    "versions": [{"version": "1.0", "installScript": {"language": "SHELL", "body": format!("echo 1.0 > '{}'; exit {exit}", f.display())}}]}}),
+            )
+            .await?["createSoftware"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        deployments.push(create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?);
+    }
+    let full = "query($id: ID!) { maintenanceSession(id: $id) { status rebootRequired rebootedAt actions { status } logs { message } } }";
+    // SUPPRESS: the install exits 3010, yet no reboot.
+    let id = s
+        .start_session(
+            &admin,
+            &c,
+            json!({"deploymentIds": [deployments[0]], "options": {"rebootPreference": "SUPPRESS"}}),
+        )
+        .await?;
+    s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    let x = s.gql(&admin, full, json!({"id": id})).await?["maintenanceSession"].clone();
+    assert_eq!(x["status"], "PASSED", "{x:#}");
+    assert_eq!(x["rebootRequired"], true, "{x:#}");
+    assert!(x["rebootedAt"].is_null(), "no reboot: {x:#}");
+    assert!(
+        x["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().contains("suppressed")),
+        "the log says the reboot was suppressed: {x:#}"
+    );
+    // FORCE: the install exits 0, and the computer is rebooted all the same.
+    let id = s
+        .start_session(
+            &admin,
+            &c,
+            json!({"deploymentIds": [deployments[1]], "options": {"rebootPreference": "FORCE"}}),
+        )
+        .await?;
+    s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    let x = s.gql(&admin, full, json!({"id": id})).await?["maintenanceSession"].clone();
+    assert_eq!(x["status"], "PASSED", "{x:#}");
+    assert_eq!(x["rebootRequired"], false, "{x:#}");
+    assert!(x["rebootedAt"].is_string(), "rebooted: {x:#}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_ceiling_of_two_the_third_session_queues() -> anyhow::Result<()> {
     let s = TestServer::start_with(|c| c.max_concurrent_sessions = 2).await?;
