@@ -222,16 +222,22 @@ impl Server {
         Ok(started.elapsed())
     }
 
-    /// One value of `/metrics` (a metric without labels).
-    pub async fn metric(&self, name: &str) -> Result<f64> {
-        let text = self
+    /// The `/metrics` page.
+    async fn metrics_text(&self) -> Result<String> {
+        Ok(self
             .http
             .get(format!("{}/metrics", self.url))
             .send()
             .await?
             .text()
-            .await?;
-        text.lines()
+            .await?)
+    }
+
+    /// One value of `/metrics` (a metric without labels).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        self.metrics_text()
+            .await?
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
             .with_context(|| format!("no metric {name}"))
@@ -277,13 +283,7 @@ impl Server {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                let metrics = self
-                    .http
-                    .get(format!("{}/metrics", self.url))
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
+                let metrics = self.metrics_text().await?;
                 let runtime: Vec<&str> = metrics
                     .lines()
                     .filter(|l| l.starts_with("upkeep_sessions_") || l.starts_with("upkeep_jobs"))

@@ -139,14 +139,11 @@ impl SessionRuntime {
         if !engine::holds_slot(s) {
             st.running.remove(&s.id);
         }
-        // Only the head of the queue may take a slot (`try_slot`), so only it is woken; when it
-        // takes the slot its own note wakes the next. Waking more made every queued session
-        // tick and re-wake the others, endlessly, once the queue was longer than the free slots.
-        // The head is woken even when it is `s` itself: a slot may have freed while `s` was
-        // being refused one and committed, and the note of the session that freed it found
-        // `s` not yet queued.
-        // One wake-up at a time: every step of every session notes, and a head woken by each
-        // of them piled thousands of ticks on its lock, each a full step, before its own.
+        // Only the head of the queue may take a slot (`try_slot`), so only it is woken, and only
+        // once until its step begins (every step of every session notes; waking the head from
+        // each piled thousands of ticks on its lock). When it takes the slot, its own note wakes
+        // the next. The head is woken even when it is `s` itself: a slot may have freed while
+        // `s` was being refused one, and the note that freed it found `s` not yet queued.
         if st.running.len() < self.max_running
             && let Some(head) = st.queue.first().map(|k| k.2)
             && st.head_woken.insert(head)

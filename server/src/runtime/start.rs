@@ -120,39 +120,28 @@ impl App {
                         }
                     }
                 }
-                let s = new_session(req, items, now);
-                let created = SessionEvent {
-                    session_id: s.id,
-                    tenant_id: s.tenant_id,
-                    sequence: 1,
-                    at: now,
-                    status: SessionStatus::Pending,
-                    action_id: None,
-                    action_status: None,
-                    log_line: Some(format!(
-                        "Session created ({:?}) by {} for {} with {} deployment(s)",
-                        s.trigger,
-                        s.created_by,
-                        s.computer_name,
-                        s.items.len()
-                    )),
-                };
-                let deliveries = self.webhook_created(&s.session)?;
-                new.push((s.session, created, deliveries));
+                let (s, created) = new_session(req, items, now);
+                let deliveries = self.webhook_created(&s)?;
+                new.push((s, created, deliveries));
             }
             let record = idempotency_key.map(|key| IdempotencyRecord {
                 key,
                 created_at: now,
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
             });
-            let chunks: Vec<_> = new.chunks(START_CHUNK).collect();
-            let last = chunks.len().saturating_sub(1);
-            for (i, chunk) in chunks.iter().enumerate() {
+            // No sessions still writes the idempotency record (a call that started nothing).
+            let chunks: Vec<&[_]> = if new.is_empty() {
+                vec![&[]]
+            } else {
+                new.chunks(START_CHUNK).collect()
+            };
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.into_iter().enumerate() {
                 // The idempotency record lands with the last sessions it names: a retry after a
                 // crash either finds it (and every session) or starts afresh.
                 let record = if i == last { record.as_ref() } else { None };
                 self.store.write(|tx| {
-                    for (s, created, deliveries) in chunk.iter() {
+                    for (s, created, deliveries) in chunk {
                         tx.put(s)?;
                         tx.put(created)?;
                         for d in deliveries {
@@ -164,12 +153,6 @@ impl App {
                     }
                     Ok::<_, TxError<ApiError>>(())
                 })?;
-            }
-            if chunks.is_empty()
-                && let Some(r) = &record
-            {
-                self.store
-                    .write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))?;
             }
             self.store.flush().await?;
             let mut webhooks = false;
@@ -216,55 +199,58 @@ const START_CHUNK: usize = 500;
 /// First steps taken side by side when many sessions start at once.
 const FIRST_STEPS_AT_ONCE: usize = 64;
 
-struct NewSession {
-    session: Session,
-    computer_name: String,
-}
-
-impl std::ops::Deref for NewSession {
-    type Target = Session;
-    fn deref(&self) -> &Session {
-        &self.session
-    }
-}
-
-fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> NewSession {
-    NewSession {
-        computer_name: req.computer.name,
-        session: Session {
-            id: Id::new(),
-            tenant_id: req.computer.tenant_id,
-            computer_id: req.computer.id,
-            schedule_id: req.schedule_id,
-            status: SessionStatus::Pending,
-            status_reason: None,
-            trigger: req.trigger,
-            detection_only: req.detection_only,
-            options: req.options,
-            created_by: req.created_by,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            execute_at: req.execute_at,
-            window_end: req.window_end,
-            postpone_count: 0,
-            reboot_required: false,
-            rebooted_at: None,
-            compliance: None,
-            items,
-            actions: vec![],
-            stage: Stage::AwaitDetect,
-            pending_job: None,
-            wake_at: None,
-            offline_since: None,
-            last_sequence: 1,
-            before_mail_sent: false,
-            after_mail_sent: false,
-            deployment_ids: req.deployment_ids,
-            queued: false,
-            used_tokens: vec![],
-        },
-    }
+/// A new session for `req` and its first event.
+fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, SessionEvent) {
+    let s = Session {
+        id: Id::new(),
+        tenant_id: req.computer.tenant_id,
+        computer_id: req.computer.id,
+        schedule_id: req.schedule_id,
+        status: SessionStatus::Pending,
+        status_reason: None,
+        trigger: req.trigger,
+        detection_only: req.detection_only,
+        options: req.options,
+        created_by: req.created_by,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        execute_at: req.execute_at,
+        window_end: req.window_end,
+        postpone_count: 0,
+        reboot_required: false,
+        rebooted_at: None,
+        compliance: None,
+        items,
+        actions: vec![],
+        stage: Stage::AwaitDetect,
+        pending_job: None,
+        wake_at: None,
+        offline_since: None,
+        last_sequence: 1,
+        before_mail_sent: false,
+        after_mail_sent: false,
+        deployment_ids: req.deployment_ids,
+        queued: false,
+        used_tokens: vec![],
+    };
+    let created = SessionEvent {
+        session_id: s.id,
+        tenant_id: s.tenant_id,
+        sequence: 1,
+        at: now,
+        status: SessionStatus::Pending,
+        action_id: None,
+        action_status: None,
+        log_line: Some(format!(
+            "Session created ({:?}) by {} for {} with {} deployment(s)",
+            s.trigger,
+            s.created_by,
+            req.computer.name,
+            s.items.len()
+        )),
+    };
+    (s, created)
 }
 
 fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
