@@ -477,7 +477,9 @@ impl App {
             .unique(&machine)
             .map_err(|e| internal(e.into()))?;
         let is_new = existing.is_none();
-        if is_new && key.max_uses.is_some_and(|m| key.uses >= m) {
+        // Re-enrolling a known machine takes over its agent token and jobs: it needs a key that
+        // could enroll a new computer, and uses it up like one (CONTRACT §11).
+        if key.max_uses.is_some_and(|m| key.uses >= m) {
             return Err((
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",
@@ -513,19 +515,25 @@ impl App {
                 onboarded: false,
             },
         };
-        let deliveries = if is_new {
-            self.deliveries(
-                computer.tenant_id,
-                crate::webhooks::WebhookEvent::ComputerEnrolled,
-                serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname}),
-            )
-            .map_err(internal)?
+        let event = if is_new {
+            crate::webhooks::WebhookEvent::ComputerEnrolled
         } else {
-            vec![]
+            crate::webhooks::WebhookEvent::ComputerReenrolled
         };
+        let deliveries = self
+            .deliveries(
+                computer.tenant_id,
+                event,
+                serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
+            )
+            .map_err(internal)?;
         let res = self.store.write(|tx| {
             if !tx.claim_unique(&machine, &computer.key_bytes())? {
-                return Err(TxError::Abort("another computer claimed this machine id"));
+                return Err(TxError::Abort((
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    "another computer claimed this machine id",
+                )));
             }
             if let Some(old) = &old_hash {
                 tx.release_unique(&IndexKey::new(AGENT_TOKEN, old))?;
@@ -535,20 +543,33 @@ impl App {
                 &computer.key_bytes(),
             )?;
             tx.put(&computer)?;
-            if is_new {
-                let mut k: EnrollmentKey = tx
-                    .get(&key.id)?
-                    .ok_or(TxError::Abort("the enrollment key vanished"))?;
-                k.uses += 1;
-                tx.put(&k)?;
+            let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or(TxError::Abort((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key was deleted",
+            )))?;
+            // Checked again inside the transaction: two enrollments racing for the last use
+            // cannot both have it.
+            if k.revoked || k.max_uses.is_some_and(|m| k.uses >= m) {
+                return Err(TxError::Abort((
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    "the enrollment key has reached its maximum uses",
+                )));
             }
+            k.uses += 1;
+            tx.put(&k)?;
             for d in &deliveries {
                 tx.put(d)?;
             }
             Ok(())
         });
-        if let Err(e) = res {
-            return Err((StatusCode::CONFLICT, "CONFLICT", e.to_string()));
+        match res {
+            Ok(()) => {}
+            Err(crate::store::WriteError::Abort((status, code, message))) => {
+                return Err((status, code, message.to_string()));
+            }
+            Err(crate::store::WriteError::Store(e)) => return Err(internal(e.into())),
         }
         self.store.flush().await.map_err(|e| internal(e.into()))?;
         self.agents
@@ -556,7 +577,11 @@ impl App {
         if !deliveries.is_empty() {
             self.webhook_wakeup.notify_one();
         }
-        tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %computer.hostname, new = is_new, "agent enrolled");
+        if is_new {
+            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %computer.hostname, key = %key.id, "agent enrolled");
+        } else {
+            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %computer.hostname, key = %key.id, "computer re-enrolled: its previous agent token no longer works");
+        }
         if is_new {
             let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
             if tenant.is_some_and(|t| t.auto_onboarding && !t.excluded_from_maintenance) {

@@ -38,6 +38,9 @@ pub struct App {
     pub public_url: String,
     pub api_keys: crate::users::ApiKeyCache,
     pub shutdown: tokio_util_shutdown::Shutdown,
+    /// Bumped whenever a credential may have ended (a key revoked, a user deleted, disabled or
+    /// given a new password, the clock moved): open WebSockets check theirs again at once.
+    pub credentials_changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A tiny shutdown signal shared by background loops.
@@ -87,6 +90,7 @@ impl App {
             webhook_wakeup: Notify::new(),
             shutdown: Default::default(),
             api_keys: Default::default(),
+            credentials_changed: tokio::sync::watch::channel(0).0,
             store,
             config,
             clock,
@@ -94,6 +98,12 @@ impl App {
             templates,
             public_url,
         }
+    }
+
+    /// Tells open connections that a credential may have ended (see `credentials_changed`).
+    pub fn credentials_may_have_ended(&self) {
+        self.credentials_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Enabled deployments that may apply to computers of `tenant`: the tenant's own and the

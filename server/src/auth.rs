@@ -3,6 +3,7 @@
 
 use crate::domain::{Id, Time, UserRole};
 use crate::error::ApiError;
+use crate::permissions::{self, Action};
 use argon2::Argon2;
 use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
@@ -226,42 +227,64 @@ impl Actor {
         }
     }
 
-    pub fn require_write(&self) -> Result<(), ApiError> {
-        if self.role == UserRole::TenantViewer {
-            return Err(ApiError::Forbidden("TENANT_VIEWER is read-only".into()));
+    /// May this actor do `action` at all (its scope is decided by what it can see)? The one
+    /// question answered by the permission matrix ([`permissions::permits`]).
+    pub fn require_role(&self, action: Action) -> Result<(), ApiError> {
+        if permissions::permits(self.role, action) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "your role ({}) may not {}",
+                self.role.as_str(),
+                action.describe()
+            )))
+        }
+    }
+
+    /// May this actor do `action` to something of `tenant` (`None`: cross-tenant)? Tenant
+    /// roles act only in their own tenant and never on cross-tenant items.
+    pub fn require(&self, action: Action, tenant: Option<Id>) -> Result<(), ApiError> {
+        self.require_role(action)?;
+        if !self.role.is_msp() && (tenant.is_none() || tenant != self.tenant_id) {
+            return Err(ApiError::Forbidden(match tenant {
+                None => format!("only MSP roles may {} across tenants", action.describe()),
+                Some(_) => format!("you may {} only in your own tenant", action.describe()),
+            }));
         }
         Ok(())
     }
 
-    /// For changes to something of `tenant` (`None`: cross-tenant). Answers NOT_FOUND-free:
-    /// callers have already established the actor sees it.
+    /// May this actor hand on a credential (an API key, a user) with `role` in `tenant`? Only
+    /// within its own rights and scope ([`permissions::within`]).
+    pub fn require_delegation(&self, role: UserRole, tenant: Option<Id>) -> Result<(), ApiError> {
+        let scope_ok = self.role.is_msp() || (tenant.is_some() && tenant == self.tenant_id);
+        if !scope_ok || !permissions::within(role, self.role) {
+            return Err(ApiError::Forbidden(format!(
+                "{} may do what your role ({}) may not: nobody hands on more rights than their own",
+                role.as_str(),
+                self.role.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// For changes to configuration of `tenant` (`None`: the cross-tenant catalogue) through
+    /// the generic loaders: people, computers, enrollment keys, software, tasks, deployments.
     pub fn require_write_in(&self, tenant: Option<Id>) -> Result<(), ApiError> {
-        self.require_write()?;
+        if !permissions::permits(self.role, Action::ManageComputers)
+            && !permissions::permits(self.role, Action::ManageCatalogue)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{} is read-only",
+                self.role.as_str()
+            )));
+        }
         if tenant.is_none() && !self.role.is_msp() {
             return Err(ApiError::Forbidden(
                 "only MSP roles may change cross-tenant items".into(),
             ));
         }
         Ok(())
-    }
-
-    pub fn require_msp_admin(&self, what: &str) -> Result<(), ApiError> {
-        if self.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden(format!("only MSP_ADMIN may {what}")));
-        }
-        Ok(())
-    }
-
-    /// Managing users, schedules and API keys: MSP_ADMIN anywhere, TENANT_ADMIN in its tenant.
-    pub fn require_admin_of(&self, tenant: Option<Id>, what: &str) -> Result<(), ApiError> {
-        match self.role {
-            UserRole::MspAdmin => Ok(()),
-            UserRole::TenantAdmin if tenant.is_some() && tenant == self.tenant_id => Ok(()),
-            _ => Err(ApiError::Forbidden(format!(
-                "your role ({:?}) may not {what}",
-                self.role
-            ))),
-        }
     }
 }
 

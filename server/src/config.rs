@@ -103,6 +103,14 @@ pub struct ServeConfig {
         hide = true
     )]
     pub lease_slack_seconds: u32,
+    /// Seconds a WebSocket may take to send `connection_init` before it is closed (4408).
+    #[arg(
+        long,
+        env = "UPKEEP_WS_INIT_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        hide = true
+    )]
+    pub ws_init_timeout_seconds: u32,
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -151,12 +159,17 @@ impl ServeConfig {
             offline_after_seconds: 75,
             job_timeout_seconds: None,
             lease_slack_seconds: 120,
+            ws_init_timeout_seconds: 10,
             log_format: "text".into(),
         }
     }
 }
 
 impl ServeConfig {
+    pub fn ws_init_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.ws_init_timeout_seconds))
+    }
+
     pub fn limits(&self) -> crate::engine::Limits {
         let d = crate::engine::Limits::default();
         crate::engine::Limits {

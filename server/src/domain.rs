@@ -66,6 +66,16 @@ impl UserRole {
     }
     /// Higher is more powerful; a key or user may only be created with a rank at most the
     /// creator's (and within the creator's tenant).
+    /// The name clients know (`MSP_ADMIN`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::MspAdmin => "MSP_ADMIN",
+            UserRole::MspTechnician => "MSP_TECHNICIAN",
+            UserRole::TenantAdmin => "TENANT_ADMIN",
+            UserRole::TenantViewer => "TENANT_VIEWER",
+        }
+    }
+
     pub fn rank(self) -> u8 {
         match self {
             UserRole::MspAdmin => 4,

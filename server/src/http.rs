@@ -136,6 +136,7 @@ struct ClockBody {
 /// Test clocks only: moves the server's clock (`{"now": "2026-03-08T06:00:00Z"}`).
 async fn set_clock(State(app): State<Arc<App>>, Json(b): Json<ClockBody>) -> impl IntoResponse {
     app.clock.set(b.now);
+    app.credentials_may_have_ended();
     Json(serde_json::json!({ "now": app.clock.now() }))
 }
 

@@ -22,6 +22,9 @@ pub enum WebhookEvent {
     SessionFinished,
     ComputerEnrolled,
     MailFailed,
+    /// A known machine enrolled again (a re-image, or someone taking over its agent): its old
+    /// agent token stopped working.
+    ComputerReenrolled,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

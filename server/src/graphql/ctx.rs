@@ -65,7 +65,8 @@ impl<'a> Ctx<'a> {
         Ok(Ctx { app, actor })
     }
 
-    fn visible<T: Owned>(&self, r: &T) -> bool {
+    /// May the caller read this record? The rule every loader and nested field applies.
+    pub fn visible<T: Owned>(&self, r: &T) -> bool {
         if T::CATALOGUE {
             self.actor.sees_catalogue(r.owner())
         } else {

@@ -7,8 +7,12 @@ use crate::webhooks::WebhookEvent;
 use async_graphql::{ID, InputObject, Json};
 use chrono::{DateTime, Utc};
 
+// List inputs carry `max_items` bounds, checked by the schema before any resolver runs
+// (documented in docs/SECURITY.md); each list's own checks are linear in its length.
+
 #[derive(InputObject)]
 pub struct BusinessHoursInput {
+    #[graphql(validator(max_items = 7))]
     pub days: Vec<Weekday>,
     pub start: String,
     pub end: String,
@@ -55,6 +59,7 @@ pub struct CreateTenantInput {
     pub auto_onboarding: Option<bool>,
     pub excluded_from_maintenance: Option<bool>,
     pub business_hours: Option<BusinessHoursInput>,
+    #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
 }
 
@@ -69,6 +74,7 @@ pub struct UpdateTenantInput {
     pub auto_onboarding: Option<bool>,
     pub excluded_from_maintenance: Option<bool>,
     pub business_hours: Option<BusinessHoursInput>,
+    #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
 }
 
@@ -227,6 +233,7 @@ pub struct CreatePersonInput {
     pub tenant_id: ID,
     pub name: String,
     pub email: String,
+    #[graphql(validator(max_items = 50))]
     pub usernames: Option<Vec<String>>,
 }
 
@@ -234,6 +241,7 @@ pub struct CreatePersonInput {
 pub struct UpdatePersonInput {
     pub name: Option<String>,
     pub email: Option<String>,
+    #[graphql(validator(max_items = 50))]
     pub usernames: Option<Vec<String>>,
 }
 
@@ -242,6 +250,7 @@ pub struct CreateEnrollmentKeyInput {
     pub label: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub max_uses: Option<i32>,
+    #[graphql(validator(max_items = 100))]
     pub tags: Option<Vec<String>>,
     pub primary_person_id: Option<ID>,
 }
@@ -249,20 +258,24 @@ pub struct CreateEnrollmentKeyInput {
 #[derive(InputObject)]
 pub struct UpdateComputerInput {
     pub name: Option<String>,
+    #[graphql(validator(max_items = 100))]
     pub tags: Option<Vec<String>>,
     /// Empty string clears the primary person.
     pub primary_person_id: Option<ID>,
     pub excluded_from_maintenance: Option<bool>,
 }
 
+/// Tags (and person usernames): trimmed, at most 64 characters each, duplicates that differ
+/// only in case dropped (first spelling kept). Linear in the list.
 pub fn tags(v: &[String]) -> ApiResult<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    let mut out: Vec<String> = Vec::with_capacity(v.len());
     for t in v {
         let t = name("tags", t)?;
         if t.len() > 64 {
             return Err(ApiError::bad("tags", "a tag is at most 64 characters"));
         }
-        if !out.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
+        if seen.insert(t.to_ascii_lowercase()) {
             out.push(t);
         }
     }
@@ -340,6 +353,7 @@ pub struct CreateSoftwareInput {
     pub name: String,
     pub tenant_id: Option<ID>,
     pub detection_script: ScriptInput,
+    #[graphql(validator(max_items = 200))]
     pub versions: Vec<SoftwareVersionInput>,
     pub uninstall_script: Option<ScriptInput>,
     pub configuration_task_id: Option<ID>,
@@ -350,6 +364,7 @@ pub struct UpdateSoftwareInput {
     pub name: Option<String>,
     pub detection_script: Option<ScriptInput>,
     /// Replaces the whole version list.
+    #[graphql(validator(max_items = 200))]
     pub versions: Option<Vec<SoftwareVersionInput>>,
     pub uninstall_script: Option<ScriptInput>,
     /// Empty string clears it.
@@ -497,9 +512,11 @@ impl MaintenanceOptionsInput {
 
 #[derive(InputObject)]
 pub struct StartMaintenanceSessionInput {
+    #[graphql(validator(max_items = 10000))]
     pub computer_ids: Vec<ID>,
     pub detection_only: Option<bool>,
     pub execute_at: Option<DateTime<Utc>>,
+    #[graphql(validator(max_items = 1000))]
     pub deployment_ids: Option<Vec<ID>>,
     pub options: Option<MaintenanceOptionsInput>,
     /// A repeat with the same key from the same caller within 24 hours returns the first
@@ -555,6 +572,7 @@ pub struct MaintenanceSessionFilter {
     pub tenant_id: Option<ID>,
     pub computer_id: Option<ID>,
     pub schedule_id: Option<ID>,
+    #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<crate::session::SessionStatus>>,
     pub trigger: Option<crate::session::SessionTrigger>,
     pub created_after: Option<DateTime<Utc>>,
@@ -565,6 +583,7 @@ pub struct MaintenanceSessionFilter {
 pub struct CancelSessionsFilter {
     pub tenant_id: Option<ID>,
     pub schedule_id: Option<ID>,
+    #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<crate::session::SessionStatus>>,
 }
 
@@ -580,6 +599,7 @@ pub struct CreateApiKeyInput {
 pub struct CreateWebhookInput {
     pub tenant_id: Option<ID>,
     pub url: String,
+    #[graphql(validator(max_items = 32))]
     pub events: Vec<WebhookEvent>,
     pub description: Option<String>,
 }

@@ -7,14 +7,15 @@ mod mutation;
 mod query;
 mod subscription;
 pub mod types;
+pub mod ws;
 
 use crate::app::App;
 use crate::auth::{Actor, Principal};
 use crate::domain::*;
 use crate::error::ApiError;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql::{Data, ID, Schema};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{ID, Schema};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
@@ -54,6 +55,23 @@ pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
         .map_err(|_| ApiError::bad(field, format!("'{}' is not an id", id.as_str())))
 }
 
+/// What a list field adds to a query's complexity: one scan ([`LIST_BASE_COST`]) plus its
+/// selection once for every ten items it may return (`first`, clamped as the resolver clamps
+/// it). A page of 500 small nodes stays well inside [`MAX_COMPLEXITY`]; hundreds of aliased
+/// lists, each a scan, do not.
+pub fn list_cost(first: Option<i32>, default: usize, max: usize, child: usize) -> usize {
+    let n = first.map_or(default, |f| (f.max(0) as usize).min(max));
+    LIST_BASE_COST.saturating_add(child.saturating_mul(n) / 10)
+}
+
+/// [`list_cost`] of a Relay connection page.
+pub fn page_cost(first: Option<i32>, child: usize) -> usize {
+    list_cost(first, connection::DEFAULT_PAGE, connection::MAX_PAGE, child)
+}
+
+/// What any list field costs before its items: it reads an index or a table.
+pub const LIST_BASE_COST: usize = 50;
+
 /// Turns async-graphql's own validation errors (depth, complexity, parse) into
 /// `BAD_USER_INPUT`, so every error carries an `extensions.code`.
 struct LimitCodes;
@@ -72,16 +90,26 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
     /// `MAX_EXPANDED_FIELDS`: async-graphql's own complexity check skips `__typename` and walks
     /// fragments again at every spread, so a small document with doubling fragments would cost
     /// exponential time before any resolver runs.
-    async fn parse_query(
+    ///
+    /// This runs in `prepare_request`, before async-graphql parses the document itself: its
+    /// recursive-depth check (which runs inside parsing) walks every fragment spread again
+    /// without memoisation, so the measure must come first. The parsed document is handed on,
+    /// so nothing is parsed twice. Operations over HTTP and WebSocket both pass here.
+    async fn prepare_request(
         &self,
         ctx: &async_graphql::extensions::ExtensionContext<'_>,
-        query: &str,
-        variables: &async_graphql::Variables,
-        next: async_graphql::extensions::NextParseQuery<'_>,
-    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        match expanded_size(&doc) {
-            Some(n) if n <= MAX_EXPANDED_FIELDS => Ok(doc),
+        mut request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        let doc = request.parsed_query()?;
+        if doc.operations.iter().count() > MAX_OPERATIONS {
+            return Err(async_graphql::ServerError::new(
+                format!("a document may hold at most {MAX_OPERATIONS} operations"),
+                None,
+            ));
+        }
+        match expanded_size(doc) {
+            Some(n) if n <= MAX_EXPANDED_FIELDS => next.run(ctx, request).await,
             _ => Err(async_graphql::ServerError::new(
                 format!(
                     "the query selects more than {MAX_EXPANDED_FIELDS} fields once its fragments are expanded (or its fragments form a cycle)"
@@ -120,6 +148,9 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
 /// Most selections a document may make with its fragments expanded (the standard introspection
 /// query makes a few hundred).
 pub const MAX_EXPANDED_FIELDS: u64 = 5000;
+
+/// Most operations one document may define (only one runs; the rest are parsed and validated).
+pub const MAX_OPERATIONS: usize = 100;
 
 /// Number of field selections of the whole document with fragment spreads expanded, computed
 /// with one memo per fragment (linear in the document); `None` for a fragment cycle.
@@ -235,7 +266,7 @@ pub async fn graphql_handler(
 
 /// One schema for the process; the application state travels with each request (so a stopped
 /// server's state is freed, and tests can run several servers in one process).
-fn shared_schema() -> &'static UpkeepSchema {
+pub(crate) fn shared_schema() -> &'static UpkeepSchema {
     static SCHEMA: std::sync::OnceLock<UpkeepSchema> = std::sync::OnceLock::new();
     SCHEMA.get_or_init(|| schema(None))
 }
@@ -255,16 +286,17 @@ pub async fn graphiql() -> Html<String> {
 }
 
 /// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
-/// offered one that the server supports (see STACK.md P3).
+/// offered one that the server supports (see STACK.md P3); the connection itself is
+/// [`ws::serve`]'s.
 pub async fn ws_handler(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    protocol: GraphQLProtocol,
+    _offered: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let schema = shared_schema().clone();
-    // The same choice GraphQLProtocol made: the client's first offered protocol we speak.
-    let name = headers
+    // The same choice GraphQLProtocol made (it refused the upgrade when there was none): the
+    // client's first offered protocol we speak.
+    let protocol = headers
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -274,34 +306,16 @@ pub async fn ws_handler(
                     .ok()
             })
         })
-        .map(|p| p.sec_websocket_protocol())
-        .unwrap_or(ALL_WEBSOCKET_PROTOCOLS[0]);
+        .unwrap_or(async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS);
     upgrade
-        .protocols([name])
+        .protocols([protocol.sec_websocket_protocol()])
         // tungstenite zero-fills its read buffer (128 KiB by default) on reads: with a thousand
         // subscribers that memset was a fifth of the server's CPU. Clients send little (init,
         // subscribe, pings); larger messages are still read, in more chunks.
         .read_buffer_size(4096)
-        .on_upgrade(move |socket| {
-            let app2 = app.clone();
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let auth = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str())
-                        .map(String::from);
-                    let mut data = Data::default();
-                    data.insert(app2.clone());
-                    match authenticate(&app2, auth.as_deref()) {
-                        Ok(Some(actor)) => data.insert(actor),
-                        Ok(None) => return Err(async_graphql::Error::new("UNAUTHENTICATED: connection_init must carry Authorization: Bearer <token or API key>")),
-                        Err(e) => return Err(async_graphql::Error::new(format!("UNAUTHENTICATED: {e}"))),
-                    }
-                    Ok(data)
-                })
-                .serve()
-        })
+        .max_message_size(ws::MAX_MESSAGE_BYTES)
+        .max_frame_size(ws::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| ws::serve(app, socket, protocol))
         .into_response()
 }
 

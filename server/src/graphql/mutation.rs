@@ -9,6 +9,7 @@ use super::types::EnrollmentKeyView;
 use crate::auth::{self, ip_key};
 use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
+use crate::permissions::Action;
 use crate::runtime::{Busy, StartRequest};
 use crate::session::*;
 use crate::store::records::*;
@@ -257,13 +258,8 @@ impl Mutation {
         if let Some(t) = tenant {
             c.load::<Tenant>(t)?;
         }
-        c.actor.require_admin_of(tenant, "manage users")?;
-        if input.role.rank() > c.actor.role.rank() {
-            return Err(ApiError::Forbidden(
-                "you cannot create a user with more rights than your own".into(),
-            )
-            .into());
-        }
+        c.actor.require(Action::ManageUsers, tenant)?;
+        c.actor.require_delegation(input.role, tenant)?;
         let email_addr = email("email", &input.email)?.to_lowercase();
         if input.password.chars().count() < 10 {
             return Err(ApiError::bad("password", "must be at least 10 characters").into());
@@ -284,9 +280,7 @@ impl Mutation {
 
     async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> Result<Tenant> {
         let c = Ctx::new(ctx)?;
-        if !c.actor.role.is_msp() {
-            return Err(ApiError::Forbidden("only MSP roles may create tenants".into()).into());
-        }
+        c.actor.require_role(Action::CreateTenants)?;
         let t = input.into_tenant(c.app.clock.now())?;
         c.save(&t).await?;
         Ok(t)
@@ -300,9 +294,7 @@ impl Mutation {
     ) -> Result<Tenant> {
         let c = Ctx::new(ctx)?;
         let mut t: Tenant = c.load(parse_id("id", &id)?)?;
-        if !c.actor.role.is_msp() && c.actor.role != UserRole::TenantAdmin {
-            return Err(ApiError::Forbidden("your role may not change tenants".into()).into());
-        }
+        c.actor.require(Action::ConfigureTenant, Some(t.id))?;
         input.apply(&mut t)?;
         c.save(&t).await?;
         Ok(t)
@@ -580,11 +572,9 @@ impl Mutation {
     ) -> Result<Deployment> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
-        if owner.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden(
-                "only MSP_ADMIN may manage cross-tenant deployments".into(),
-            )
-            .into());
+        if owner.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
         }
         let software_id = match &input.software_id {
             Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner)?),
@@ -642,11 +632,9 @@ impl Mutation {
     ) -> Result<Deployment> {
         let c = Ctx::new(ctx)?;
         let mut d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
-        if d.tenant_id.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden(
-                "only MSP_ADMIN may manage cross-tenant deployments".into(),
-            )
-            .into());
+        if d.tenant_id.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
         }
         if let Some(t) = &input.target {
             d.target = target(&c, t, d.tenant_id)?;
@@ -683,11 +671,9 @@ impl Mutation {
     async fn delete_deployment(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
-        if d.tenant_id.is_none() && c.actor.role != UserRole::MspAdmin {
-            return Err(ApiError::Forbidden(
-                "only MSP_ADMIN may manage cross-tenant deployments".into(),
-            )
-            .into());
+        if d.tenant_id.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
         }
         c.app.store.write(|tx| {
             tx.delete::<Deployment, ApiError>(d.id.as_bytes())
@@ -707,7 +693,7 @@ impl Mutation {
         if let Some(t) = tenant {
             c.load::<Tenant>(t)?;
         }
-        c.actor.require_admin_of(tenant, "manage schedules")?;
+        c.actor.require(Action::ManageSchedules, tenant)?;
         let time_zone = match (&input.time_zone, tenant) {
             (Some(z), _) => Some(time_zone("timeZone", z)?),
             (None, None) => None,
@@ -758,7 +744,7 @@ impl Mutation {
     ) -> Result<Schedule> {
         let c = Ctx::new(ctx)?;
         let mut s: Schedule = c.load(parse_id("id", &id)?)?;
-        c.actor.require_admin_of(s.tenant_id, "manage schedules")?;
+        c.actor.require(Action::ManageSchedules, s.tenant_id)?;
         let mut timing_changed = false;
         if let Some(n) = &input.name {
             s.name = name("name", n)?;
@@ -808,7 +794,7 @@ impl Mutation {
     async fn delete_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?)?;
-        c.actor.require_admin_of(s.tenant_id, "manage schedules")?;
+        c.actor.require(Action::ManageSchedules, s.tenant_id)?;
         c.app
             .store
             .write(|tx| tx.delete::<Schedule, ApiError>(s.id.as_bytes()).map(|_| ()))?;
@@ -820,7 +806,7 @@ impl Mutation {
     async fn run_schedule_now(&self, ctx: &Context<'_>, id: ID) -> Result<Vec<Session>> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         let tenants: Vec<Tenant> = match s.tenant_id {
             Some(t) => vec![c.load(t)?],
             None => c
@@ -852,7 +838,7 @@ impl Mutation {
         input: StartMaintenanceSessionInput,
     ) -> Result<Vec<Session>> {
         let c = Ctx::new(ctx)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         if input.computer_ids.is_empty() {
             return Err(ApiError::bad("computerIds", "name at least one computer").into());
         }
@@ -967,7 +953,7 @@ impl Mutation {
     async fn cancel_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("id", &id)?)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         Ok(c.app.cancel_session(s.id, &c.actor.display()).await?)
     }
 
@@ -978,7 +964,7 @@ impl Mutation {
         filter: CancelSessionsFilter,
     ) -> Result<i32> {
         let c = Ctx::new(ctx)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         let asked = opt_id("filter.tenantId", &filter.tenant_id)?;
         if let Some(t) = asked {
             c.load::<Tenant>(t)?;
@@ -1012,7 +998,7 @@ impl Mutation {
     /// Starts a new session like a finished one (same computer, options and deployments).
     async fn rerun_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {
         let c = Ctx::new(ctx)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         let s: Session = c.load(parse_id("id", &id)?)?;
         let comp: Computer = c.load(s.computer_id)?;
         if comp.excluded_from_maintenance {
@@ -1050,7 +1036,7 @@ impl Mutation {
         hours: Option<i32>,
     ) -> Result<Session> {
         let c = Ctx::new(ctx)?;
-        c.actor.require_write()?;
+        c.actor.require_role(Action::RunSessions)?;
         let s: Session = c.load(parse_id("id", &id)?)?;
         let hours = match hours {
             Some(h) if !(1..=24 * 30).contains(&h) => {
@@ -1075,7 +1061,7 @@ impl Mutation {
     async fn send_test_email(&self, ctx: &Context<'_>, tenant_id: ID, to: String) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?)?;
-        c.actor.require_write()?;
+        c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;
         let to = email("to", &to)?;
         let view = crate::mail::render::TestMailView {
             brand: c.app.brand(&tenant),
@@ -1116,15 +1102,8 @@ impl Mutation {
         if let Some(t) = tenant {
             c.load::<Tenant>(t)?;
         }
-        c.actor.require_write()?;
-        let may = input.role.rank() <= c.actor.role.rank()
-            && (c.actor.role.is_msp() || tenant == c.actor.tenant_id);
-        if !may || matches!(c.actor.role, UserRole::TenantViewer) {
-            return Err(ApiError::Forbidden(
-                "an API key cannot hold more rights than the user who makes it".into(),
-            )
-            .into());
-        }
+        c.actor.require_role(Action::ManageApiKeys)?;
+        c.actor.require_delegation(input.role, tenant)?;
         let now = c.app.clock.now();
         if input.expires_at.is_some_and(|e| e <= now) {
             return Err(ApiError::bad("expiresAt", "must be in the future").into());
@@ -1158,16 +1137,16 @@ impl Mutation {
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let mut k: ApiKey = c.load(parse_id("id", &id)?)?;
-        c.actor.require_write()?;
-        if !c.actor.role.is_msp()
-            && c.actor.role != UserRole::TenantAdmin
-            && k.created_by != c.actor.user_id()
-        {
-            return Err(ApiError::Forbidden("you may not revoke this key".into()).into());
+        c.actor.require_role(Action::ManageApiKeys)?;
+        if k.created_by != c.actor.user_id() {
+            // Revoking someone else's key is handing on in reverse: only over keys whose
+            // rights lie within one's own.
+            c.actor.require_delegation(k.role, k.tenant_id)?;
         }
         k.revoked = true;
         c.save(&k).await?;
         c.app.forget_api_key(&k.secret_hash);
+        c.app.credentials_may_have_ended();
         Ok(true)
     }
 
@@ -1178,15 +1157,7 @@ impl Mutation {
     ) -> Result<CreatedWebhook> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id)?;
-        c.actor
-            .require_admin_of(owner, "manage webhooks")
-            .or_else(|e| {
-                if owner.is_none() && c.actor.role == UserRole::MspAdmin {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+        c.actor.require(Action::ManageWebhooks, owner)?;
         if input.events.is_empty() {
             return Err(ApiError::bad("events", "subscribe to at least one event").into());
         }
@@ -1213,15 +1184,7 @@ impl Mutation {
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("id", &id)?)?;
-        c.actor
-            .require_admin_of(w.tenant_id, "manage webhooks")
-            .or_else(|e| {
-                if w.tenant_id.is_none() && c.actor.role == UserRole::MspAdmin {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+        c.actor.require(Action::ManageWebhooks, w.tenant_id)?;
         c.app
             .store
             .write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))?;

@@ -97,6 +97,7 @@ impl Query {
             .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn tenants(
         &self,
         ctx: &Context<'_>,
@@ -121,6 +122,7 @@ impl Query {
         Ok(c.load(parse_id("id", &id)?)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,
@@ -133,6 +135,7 @@ impl Query {
         Ok(connection::from_vec(all, |u| u.id, first, after)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn persons(
         &self,
         ctx: &Context<'_>,
@@ -150,6 +153,7 @@ impl Query {
     }
 
     /// Computers, filtered by tag and by a search over name, hostname and tags.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn computers(
         &self,
         ctx: &Context<'_>,
@@ -184,6 +188,7 @@ impl Query {
     }
 
     /// The software catalogue: cross-tenant entries and the tenant's own.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn software(
         &self,
         ctx: &Context<'_>,
@@ -200,6 +205,7 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn maintenance_tasks(
         &self,
         ctx: &Context<'_>,
@@ -216,6 +222,7 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn deployments(
         &self,
         ctx: &Context<'_>,
@@ -233,6 +240,7 @@ impl Query {
         Ok(Ctx::new(ctx)?.load(parse_id("id", &id)?)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn schedules(
         &self,
         ctx: &Context<'_>,
@@ -250,6 +258,7 @@ impl Query {
     }
 
     /// Enrollment keys, without their secrets.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn enrollment_keys(
         &self,
         ctx: &Context<'_>,
@@ -272,6 +281,7 @@ impl Query {
     }
 
     /// Sessions, newest first, filtered.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn maintenance_sessions(
         &self,
         ctx: &Context<'_>,
@@ -470,6 +480,7 @@ impl Query {
         })
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn api_keys(
         &self,
         ctx: &Context<'_>,
@@ -482,6 +493,7 @@ impl Query {
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn webhooks(
         &self,
         ctx: &Context<'_>,
@@ -494,6 +506,7 @@ impl Query {
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
@@ -503,6 +516,8 @@ impl Query {
     ) -> Result<Page<Delivery>> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?)?;
+        c.actor
+            .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)?;
         let mut all: Vec<Delivery> = c
             .app
             .store

@@ -189,20 +189,28 @@ impl Computer {
         let mut out = Vec::new();
         for r in res {
             let (software, task) = match r.subject {
-                Subject::Software(s) => (c.app.store.get::<Software>(&s)?, None),
-                Subject::Task(t) => (None, c.app.store.get::<MaintenanceTask>(&t)?),
+                Subject::Software(s) => (c.find_catalogue::<Software>(s)?, None),
+                Subject::Task(t) => (None, c.find_catalogue::<MaintenanceTask>(t)?),
             };
+            // Deployments reached from here obey the same rule as a direct load: a tenant
+            // role does not read MSP-level deployments (their parameters hold licence keys).
             out.push(DeploymentResolution {
                 software,
                 maintenance_task: task,
-                winner: r.winner.clone(),
-                shadowed: r.shadowed.iter().map(|d| (*d).clone()).collect(),
+                winner: Some(r.winner.clone()).filter(|d| c.visible(d)),
+                shadowed: r
+                    .shadowed
+                    .iter()
+                    .filter(|d| c.visible(**d))
+                    .map(|d| (*d).clone())
+                    .collect(),
                 rule: r.rule.clone(),
             });
         }
         Ok(out)
     }
     /// This computer's sessions, newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn sessions(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Session>> {
         let c = Ctx::new(ctx)?;
         let n = super::connection::page_size(first)?;
@@ -214,7 +222,10 @@ impl Computer {
 pub struct DeploymentResolution {
     pub software: Option<Software>,
     pub maintenance_task: Option<MaintenanceTask>,
-    pub winner: Deployment,
+    /// `null` when the winner is a deployment the caller may not read (an MSP-level one, for
+    /// tenant roles).
+    pub winner: Option<Deployment>,
+    /// Only those the caller may read.
     pub shadowed: Vec<Deployment>,
     pub rule: String,
 }
@@ -401,6 +412,7 @@ impl Schedule {
     }
     /// The next occurrences strictly after `after` (default: now), enabled or not. For a
     /// cross-tenant schedule without its own zone, `tenantId` picks whose zone (default UTC).
+    #[graphql(complexity = "1 + count.clamp(0, 1000) as usize")]
     async fn next_runs(
         &self,
         ctx: &Context<'_>,
@@ -503,7 +515,7 @@ impl Session {
     }
     async fn schedule(&self, ctx: &Context<'_>) -> Result<Option<Schedule>> {
         match self.schedule_id {
-            Some(s) => Ok(Ctx::new(ctx)?.app.store.get::<Schedule>(&s)?),
+            Some(s) => Ok(Ctx::new(ctx)?.find::<Schedule>(s)?),
             None => Ok(None),
         }
     }
@@ -548,6 +560,7 @@ impl Session {
             .collect()
     }
     /// The session's log, oldest first; `afterSequence` pages on.
+    #[graphql(complexity = "super::list_cost(first, 1000, 5000, child_complexity)")]
     async fn logs(
         &self,
         ctx: &Context<'_>,
@@ -605,7 +618,7 @@ impl ActionView {
     async fn software(&self, ctx: &Context<'_>) -> Result<Option<Software>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Software { software, .. }) => {
-                Ok(Ctx::new(ctx)?.app.store.get::<Software>(&software.id)?)
+                Ok(Ctx::new(ctx)?.find_catalogue::<Software>(software.id)?)
             }
             _ => Ok(None),
         }
@@ -613,7 +626,7 @@ impl ActionView {
     async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<MaintenanceTask>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Task { task, .. }) => {
-                Ok(Ctx::new(ctx)?.app.store.get::<MaintenanceTask>(&task.id)?)
+                Ok(Ctx::new(ctx)?.find_catalogue::<MaintenanceTask>(task.id)?)
             }
             _ => Ok(None),
         }
@@ -628,10 +641,7 @@ impl ActionView {
     }
     async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<Deployment>> {
         match self.session.get(self.action.item) {
-            Some(i) => Ok(Ctx::new(ctx)?
-                .app
-                .store
-                .get::<Deployment>(&i.deployment_id)?),
+            Some(i) => Ok(Ctx::new(ctx)?.find::<Deployment>(i.deployment_id)?),
             None => Ok(None),
         }
     }
@@ -699,8 +709,15 @@ impl crate::webhooks::Webhook {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<Tenant>> {
         opt_tenant(ctx, self.tenant_id)
     }
-    async fn url(&self) -> &str {
-        &self.url
+    /// The target URL: only for those who may manage this webhook (URLs often carry a PSA's
+    /// token); `null` for everyone else.
+    async fn url(&self, ctx: &Context<'_>) -> Result<Option<&str>> {
+        let c = Ctx::new(ctx)?;
+        let may = c
+            .actor
+            .require(crate::permissions::Action::ManageWebhooks, self.tenant_id)
+            .is_ok();
+        Ok(may.then_some(self.url.as_str()))
     }
     async fn events(&self) -> &[crate::webhooks::WebhookEvent] {
         &self.events

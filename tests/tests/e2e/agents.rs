@@ -55,8 +55,8 @@ async fn enrollment_restart_and_refused_keys() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(
-        keys["enrollmentKeys"]["edges"][0]["node"]["uses"], 1,
-        "a re-enrollment is not a new use"
+        keys["enrollmentKeys"]["edges"][0]["node"]["uses"], 2,
+        "a re-enrollment uses the key like a new computer (CONTRACT §11)"
     );
     let kid = keys["enrollmentKeys"]["edges"][0]["node"]["id"].clone();
     s.gql(

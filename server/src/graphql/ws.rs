@@ -1,0 +1,317 @@
+//! One GraphQL WebSocket connection (`graphql-transport-ws` and legacy `graphql-ws`), with the
+//! bounds an internet-facing server needs around async-graphql's protocol machine:
+//!
+//! - a client that sends no `connection_init` within [`WsLimits::init_timeout`] is closed
+//!   (`4408`); frames before it are small ([`PRE_AUTH_MAX_BYTES`]);
+//! - a bad credential at `connection_init` closes with `4401`;
+//! - the credential is checked again for every operation and whenever credentials change
+//!   anywhere (a revoked key, a deleted or disabled user, a password change, a moved test
+//!   clock) and every [`RECHECK_EVERY`] (expiry): once it no longer holds, the socket closes
+//!   with `4403` and its live subscriptions end with it;
+//! - at most [`MAX_SUBSCRIPTIONS`] operations run at once on one socket.
+//!
+//! Every operation runs with the actor that the credential resolves to *now* (a role change
+//! applies to the next operation).
+
+use super::{authenticate, shared_schema};
+use crate::app::App;
+use crate::auth::Actor;
+use crate::error::ApiError;
+use async_graphql::Data;
+use async_graphql::http::{ClientMessage, WebSocketProtocols, WsMessage};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Largest frame a client may send before it has authenticated.
+pub const PRE_AUTH_MAX_BYTES: usize = 64 * 1024;
+/// Largest frame an authenticated client may send (the HTTP body limit).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Operations one socket may run at once.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// How often a connection's credential is checked again without any other cause (expiry).
+pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// Client messages waiting for the protocol machine; a client that floods past it is closed.
+const QUEUE: usize = 64;
+
+/// Close codes of graphql-transport-ws (CONTRACT §11).
+pub mod close {
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const INIT_TIMEOUT: u16 = 4408;
+    pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    pub const TOO_BIG: u16 = 1009;
+    pub const POLICY: u16 = 1008;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// What the gate decided about one client frame (short-lived: the size of a forwarded
+/// request is no reason to box it).
+#[allow(clippy::large_enum_variant)]
+enum Gate {
+    Forward(ClientMessage),
+    Reply(String),
+    Close(u16, String),
+    Ignore,
+}
+
+/// The credential a connection authenticated with, and what it resolves to.
+struct Conn {
+    protocol: WebSocketProtocols,
+    credential: Option<String>,
+    /// The actor handed to async-graphql's `on_connection_init` (it runs after the gate).
+    init_actor: Arc<Mutex<Option<Actor>>>,
+    active: HashSet<String>,
+}
+
+/// Serves one upgraded socket until either side ends it.
+pub async fn serve(app: Arc<App>, socket: WebSocket, protocol: WebSocketProtocols) {
+    let (mut sink, mut source) = socket.split();
+    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Result<ClientMessage>>(QUEUE);
+    let init_actor: Arc<Mutex<Option<Actor>>> = Arc::default();
+    let mut conn = Conn {
+        protocol,
+        credential: None,
+        init_actor: init_actor.clone(),
+        active: HashSet::new(),
+    };
+    let init_app = app.clone();
+    let mut machine = async_graphql::http::WebSocket::from_message_stream(
+        shared_schema().clone(),
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        protocol,
+    )
+    .on_connection_init(move |_payload| async move {
+        // The gate authenticated the credential before it let `connection_init` through.
+        let actor = init_actor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| async_graphql::Error::new("UNAUTHENTICATED"))?;
+        let mut data = Data::default();
+        data.insert(init_app);
+        data.insert(actor);
+        Ok(data)
+    });
+    let init_deadline = tokio::time::sleep(app.config.ws_init_timeout());
+    tokio::pin!(init_deadline);
+    let mut credentials = app.credentials_changed.subscribe();
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end: Option<(u16, String)> = loop {
+        tokio::select! {
+            frame = source.next() => {
+                let Some(Ok(frame)) = frame else { break None };
+                match gate(&app, &mut conn, frame) {
+                    Gate::Forward(m) => {
+                        if tx.try_send(Ok(m)).is_err() {
+                            break Some((close::POLICY, "too many messages in flight".into()));
+                        }
+                    }
+                    Gate::Reply(text) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Gate::Close(code, reason) => break Some((code, reason)),
+                    Gate::Ignore => {}
+                }
+            }
+            out = machine.next() => match out {
+                None => break None,
+                Some(WsMessage::Text(text)) => {
+                    conn.note_server_message(&text);
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
+            },
+            _ = &mut init_deadline, if conn.credential.is_none() => {
+                break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            changed = credentials.changed(), if conn.credential.is_some() => {
+                if changed.is_err() {
+                    break Some((close::GOING_AWAY, "server shutting down".into()));
+                }
+                if let Err(end) = conn.recheck(&app) {
+                    break Some(end);
+                }
+            }
+            _ = recheck.tick(), if conn.credential.is_some() => {
+                if let Err(end) = conn.recheck(&app) {
+                    break Some(end);
+                }
+            }
+            _ = app.shutdown.wait() => break Some((close::GOING_AWAY, "server shutting down".into())),
+        }
+    };
+    if let Some((code, reason)) = end {
+        // A close reason is at most 123 bytes on the wire.
+        let mut reason = reason;
+        if reason.len() > 120 {
+            let mut cut = 120;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+}
+
+/// The credential of a `connection_init` payload: `{"Authorization": "Bearer …"}` or
+/// `{"headers": {"Authorization": "Bearer …"}}` (either spelling of the key).
+fn init_credential(payload: Option<&serde_json::Value>) -> Option<String> {
+    let p = payload?;
+    let pick = |v: &serde_json::Value| {
+        v.get("Authorization")
+            .or_else(|| v.get("authorization"))
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    };
+    pick(p).or_else(|| p.get("headers").and_then(pick))
+}
+
+fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
+    let bytes: &[u8] = match &frame {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        Message::Close(_) => return Gate::Close(1000, String::new()),
+        Message::Ping(_) | Message::Pong(_) => return Gate::Ignore,
+    };
+    if conn.credential.is_none() && bytes.len() > PRE_AUTH_MAX_BYTES {
+        return Gate::Close(
+            close::TOO_BIG,
+            format!("messages before connection_init are at most {PRE_AUTH_MAX_BYTES} bytes"),
+        );
+    }
+    let message = match ClientMessage::from_bytes(bytes) {
+        Ok(m) => m,
+        // The protocol machine closes on it with the parse error.
+        Err(_) => return Gate::Close(4400, "invalid message".into()),
+    };
+    match message {
+        ClientMessage::ConnectionInit { payload } => {
+            if conn.credential.is_some() {
+                return Gate::Close(4429, "Too many initialisation requests".into());
+            }
+            let credential = init_credential(payload.as_ref()).unwrap_or_default();
+            match authenticate(app, Some(&credential)) {
+                Ok(Some(actor)) => {
+                    *conn.init_actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+                    conn.credential = Some(credential);
+                    Gate::Forward(ClientMessage::ConnectionInit { payload: None })
+                }
+                Ok(None) => Gate::Close(
+                    close::UNAUTHORIZED,
+                    "connection_init must carry Authorization: Bearer <token or API key>".into(),
+                ),
+                Err(e) => Gate::Close(close::UNAUTHORIZED, e.to_string()),
+            }
+        }
+        ClientMessage::Start { id, payload } => {
+            let Some(credential) = conn.credential.as_deref() else {
+                return Gate::Close(close::UNAUTHORIZED, "Unauthorized".into());
+            };
+            let actor = match authenticate(app, Some(credential)) {
+                Ok(Some(actor)) => actor,
+                Ok(None) => return Gate::Close(close::FORBIDDEN, "the credential ended".into()),
+                Err(e) => return ended(e),
+            };
+            if conn.active.contains(&id) {
+                return Gate::Close(
+                    close::SUBSCRIBER_EXISTS,
+                    format!("Subscriber for {id} already exists"),
+                );
+            }
+            if conn.active.len() >= MAX_SUBSCRIPTIONS {
+                return Gate::Reply(conn.error_message(
+                    &id,
+                    &format!("at most {MAX_SUBSCRIPTIONS} operations may run on one connection"),
+                ));
+            }
+            conn.active.insert(id.clone());
+            Gate::Forward(ClientMessage::Start {
+                id,
+                payload: payload.data(actor),
+            })
+        }
+        ClientMessage::Stop { id } => {
+            conn.active.remove(&id);
+            Gate::Forward(ClientMessage::Stop { id })
+        }
+        other => Gate::Forward(other),
+    }
+}
+
+/// The close that ends a connection whose credential no longer holds.
+fn ended(e: ApiError) -> Gate {
+    match e {
+        ApiError::Unauthenticated(m) => Gate::Close(close::FORBIDDEN, m),
+        _ => Gate::Close(close::INTERNAL, "internal error".into()),
+    }
+}
+
+impl Conn {
+    fn recheck(&self, app: &App) -> Result<(), (u16, String)> {
+        let Some(credential) = self.credential.as_deref() else {
+            return Ok(());
+        };
+        match authenticate(app, Some(credential)) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err((close::FORBIDDEN, "the credential ended".into())),
+            Err(e) => match ended(e) {
+                Gate::Close(code, reason) => Err((code, reason)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Forgets operations the server completed (or failed), so they no longer count.
+    fn note_server_message(&mut self, text: &str) {
+        if !(text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#)) {
+            return;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+            && let Some(id) = v.get("id").and_then(|i| i.as_str())
+        {
+            self.active.remove(id);
+        }
+    }
+
+    fn error_message(&self, id: &str, message: &str) -> String {
+        let error =
+            serde_json::json!({ "message": message, "extensions": { "code": "BAD_USER_INPUT" } });
+        let payload = match self.protocol {
+            WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+            WebSocketProtocols::SubscriptionsTransportWS => error,
+        };
+        serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::init_credential;
+    use serde_json::json;
+
+    #[test]
+    fn credential_from_either_payload_shape() {
+        let flat = json!({"Authorization": "Bearer a"});
+        let nested = json!({"headers": {"authorization": "Bearer b"}});
+        assert_eq!(init_credential(Some(&flat)).as_deref(), Some("Bearer a"));
+        assert_eq!(init_credential(Some(&nested)).as_deref(), Some("Bearer b"));
+        assert_eq!(init_credential(Some(&json!({}))), None);
+        assert_eq!(init_credential(None), None);
+    }
+}
