@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod check;

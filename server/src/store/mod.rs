@@ -72,9 +72,10 @@ pub enum Kind {
     Webhook,
     Delivery,
     Idempotency,
+    Audit,
 }
 
-const KINDS: [Kind; 17] = [
+const KINDS: [Kind; 18] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -92,6 +93,7 @@ const KINDS: [Kind; 17] = [
     Kind::Webhook,
     Kind::Delivery,
     Kind::Idempotency,
+    Kind::Audit,
 ];
 
 impl Kind {
@@ -114,6 +116,7 @@ impl Kind {
             Kind::Webhook => "webhooks",
             Kind::Delivery => "webhook_deliveries",
             Kind::Idempotency => "idempotency",
+            Kind::Audit => "audit",
         }
     }
 }

@@ -32,6 +32,8 @@ pub const SCHEDULE_SESSIONS: u8 = 22;
 pub const TENANT_USERS: u8 = 23;
 pub const PENDING_DELIVERIES: u8 = 24;
 pub const ACTIVE_SESSIONS: u8 = 25;
+pub const TENANT_AUDIT: u8 = 26;
+pub const ACTOR_AUDIT: u8 = 27;
 
 /// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
 pub const NO_TENANT: [u8; 16] = [0; 16];
@@ -309,6 +311,20 @@ impl Record for IdempotencyRecord {
     }
 }
 
+impl Record for crate::audit::AuditEvent {
+    const KIND: Kind = Kind::Audit;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(TENANT_AUDIT, tenant_key(self.tenant_id))];
+        if let Some(a) = self.actor_id {
+            v.push(IndexKey::new(ACTOR_AUDIT, a.as_bytes()));
+        }
+        v
+    }
+}
+
 pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
     fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
         Ok(codec::decode::<T>(v)?.index_keys())
@@ -331,5 +347,6 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Webhook => of::<Webhook>(value),
         Kind::Delivery => of::<Delivery>(value),
         Kind::Idempotency => of::<IdempotencyRecord>(value),
+        Kind::Audit => of::<crate::audit::AuditEvent>(value),
     }
 }
