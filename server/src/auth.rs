@@ -1,7 +1,7 @@
 //! Authentication and authorisation: password hashes, API tokens, API keys, throttling, and the
 //! one place tenant isolation is decided ([`Actor::sees`]).
 
-use crate::domain::{Id, Time, UserRole};
+use crate::domain::{Id, Time, User, UserRole};
 use crate::error::ApiError;
 use argon2::Argon2;
 use argon2::password_hash::{
@@ -71,6 +71,10 @@ pub struct ApiClaims {
     pub exp: i64,
     pub iat: i64,
     pub aud: String,
+    /// The user's `token_generation` when the token was issued (absent in tokens from before
+    /// generations existed: 0).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,22 +103,17 @@ impl Keys {
         }
     }
 
-    pub fn issue_api_token(
-        &self,
-        user_id: Id,
-        email: &str,
-        role: UserRole,
-        tenant: Option<Id>,
-        now: Time,
-    ) -> Result<String, ApiError> {
+    /// A login token for `user`, valid until its generation changes or it expires.
+    pub fn issue_api_token(&self, user: &User, now: Time) -> Result<String, ApiError> {
         let claims = ApiClaims {
-            sub: user_id.to_string(),
-            role,
-            tenant: tenant.map(|t| t.to_string()),
-            email: email.to_string(),
+            sub: user.id.to_string(),
+            role: user.role,
+            tenant: user.tenant_id.map(|t| t.to_string()),
+            email: user.email.clone(),
             iat: now.timestamp(),
             exp: (now + chrono::Duration::hours(API_TOKEN_HOURS)).timestamp(),
             aud: API_AUDIENCE.into(),
+            generation: user.token_generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::Internal(format!("signing token: {e}")))
@@ -164,6 +163,9 @@ pub struct Actor {
     pub principal: Principal,
     pub role: UserRole,
     pub tenant_id: Option<Id>,
+    /// The user must enroll TOTP before doing anything but that (`--require-mfa-for-msp-roles`);
+    /// enforced once, in `graphql::ctx::Ctx::new`.
+    pub mfa_pending: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +250,16 @@ impl Actor {
     pub fn require_msp_admin(&self, what: &str) -> Result<(), ApiError> {
         if self.role != UserRole::MspAdmin {
             return Err(ApiError::Forbidden(format!("only MSP_ADMIN may {what}")));
+        }
+        Ok(())
+    }
+
+    /// Nobody may give a user (or key) a role with more rights than their own.
+    pub fn require_may_grant(&self, role: UserRole) -> Result<(), ApiError> {
+        if role.rank() > self.role.rank() {
+            return Err(ApiError::Forbidden(
+                "you cannot give a role with more rights than your own".into(),
+            ));
         }
         Ok(())
     }

@@ -84,6 +84,38 @@ pub struct User {
     pub role: UserRole,
     pub tenant_id: Option<Id>,
     pub created_at: Time,
+    /// A disabled user cannot log in and their tokens and API keys stop working.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Bumped whenever the user's existing credentials must end (password change, disable,
+    /// re-enable, role or tenant change). Tokens carry the generation they were issued at and
+    /// are refused once it differs: exact, unlike comparing second-precision timestamps.
+    #[serde(default)]
+    pub token_generation: u32,
+    /// The second factor; the secret never leaves the server except through `enrollTotp`.
+    #[serde(default)]
+    pub totp: UserTotp,
+}
+
+/// A user's TOTP (RFC 6238) state. Secrets are base32 (RFC 4648, no padding), as shown to
+/// authenticator apps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserTotp {
+    /// The confirmed secret: logins need a code when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Issued by `enrollTotp`, waiting for `confirmTotp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// The time step of the last accepted code: a code is good once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
+}
+
+impl User {
+    pub fn totp_on(&self) -> bool {
+        self.totp.secret.is_some()
+    }
 }
 
 #[derive(
