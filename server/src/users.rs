@@ -284,3 +284,28 @@ fn require_another_msp_admin(
         user.email
     ))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Users stored before accounts could be disabled or have a second factor read as enabled,
+    /// generation 0 (so their existing tokens stay good), without TOTP.
+    #[test]
+    fn users_written_before_the_security_fields_still_load() {
+        let old = r#"{"id":"01900000-0000-7000-8000-000000000001","email":"a@msp.example",
+            "password_hash":"$argon2id$x","role":"MSP_ADMIN","tenant_id":null,
+            "created_at":"2025-01-01T00:00:00Z"}"#;
+        let u: User = serde_json::from_str(old).expect("old user record");
+        assert!(!u.disabled);
+        assert_eq!(u.token_generation, 0);
+        assert!(!u.totp_on() && u.totp.pending.is_none() && u.totp.last_step.is_none());
+        // And tokens issued before generations existed carry none: 0.
+        let claims: crate::auth::ApiClaims = serde_json::from_str(
+            r#"{"sub":"x","role":"MSP_ADMIN","tenant":null,"email":"a@msp.example",
+                "exp":2,"iat":1,"aud":"upkeep-api"}"#,
+        )
+        .expect("old claims");
+        assert_eq!(claims.generation, 0);
+    }
+}
