@@ -232,6 +232,9 @@ fn preload(
         role: UserRole::MspAdmin,
         tenant_id: None,
         created_at: now,
+        disabled: false,
+        token_generation: 0,
+        totp: Default::default(),
     };
     let tenant_ids: Vec<Id> = (0..tenants).map(|_| Id::new()).collect();
     let computer_list: Vec<(Id, Id)> = (0..computers)

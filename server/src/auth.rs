@@ -1,7 +1,7 @@
 //! Authentication and authorisation: password hashes, API tokens, API keys, throttling, and the
 //! one place tenant isolation is decided ([`Actor::sees`]).
 
-use crate::domain::{Id, Time, UserRole};
+use crate::domain::{Id, Time, User, UserRole};
 use crate::error::ApiError;
 use crate::permissions::{self, Action};
 use argon2::Argon2;
@@ -72,6 +72,10 @@ pub struct ApiClaims {
     pub exp: i64,
     pub iat: i64,
     pub aud: String,
+    /// The user's `token_generation` when the token was issued (absent in tokens from before
+    /// generations existed: 0).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,22 +104,17 @@ impl Keys {
         }
     }
 
-    pub fn issue_api_token(
-        &self,
-        user_id: Id,
-        email: &str,
-        role: UserRole,
-        tenant: Option<Id>,
-        now: Time,
-    ) -> Result<String, ApiError> {
+    /// A login token for `user`, valid until its generation changes or it expires.
+    pub fn issue_api_token(&self, user: &User, now: Time) -> Result<String, ApiError> {
         let claims = ApiClaims {
-            sub: user_id.to_string(),
-            role,
-            tenant: tenant.map(|t| t.to_string()),
-            email: email.to_string(),
+            sub: user.id.to_string(),
+            role: user.role,
+            tenant: user.tenant_id.map(|t| t.to_string()),
+            email: user.email.clone(),
             iat: now.timestamp(),
             exp: (now + chrono::Duration::hours(API_TOKEN_HOURS)).timestamp(),
             aud: API_AUDIENCE.into(),
+            generation: user.token_generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::Internal(format!("signing token: {e}")))
@@ -165,6 +164,9 @@ pub struct Actor {
     pub principal: Principal,
     pub role: UserRole,
     pub tenant_id: Option<Id>,
+    /// The user must enroll TOTP before doing anything but that (`--require-mfa-for-msp-roles`);
+    /// enforced once, in `graphql::ctx::Ctx::new`.
+    pub mfa_pending: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -111,6 +111,10 @@ pub struct ServeConfig {
         hide = true
     )]
     pub ws_init_timeout_seconds: u32,
+    /// MSP_ADMIN and MSP_TECHNICIAN users must turn on TOTP: until they do, their login only
+    /// allows `me`, `enrollTotp`, `confirmTotp` and `changePassword`.
+    #[arg(long, env = "UPKEEP_REQUIRE_MFA_FOR_MSP_ROLES")]
+    pub require_mfa_for_msp_roles: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -160,6 +164,7 @@ impl ServeConfig {
             job_timeout_seconds: None,
             lease_slack_seconds: 120,
             ws_init_timeout_seconds: 10,
+            require_mfa_for_msp_roles: false,
             log_format: "text".into(),
         }
     }

@@ -64,8 +64,6 @@ impl UserRole {
     pub fn is_msp(self) -> bool {
         matches!(self, UserRole::MspAdmin | UserRole::MspTechnician)
     }
-    /// Higher is more powerful; a key or user may only be created with a rank at most the
-    /// creator's (and within the creator's tenant).
     /// The name clients know (`MSP_ADMIN`, …).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,15 +71,6 @@ impl UserRole {
             UserRole::MspTechnician => "MSP_TECHNICIAN",
             UserRole::TenantAdmin => "TENANT_ADMIN",
             UserRole::TenantViewer => "TENANT_VIEWER",
-        }
-    }
-
-    pub fn rank(self) -> u8 {
-        match self {
-            UserRole::MspAdmin => 4,
-            UserRole::MspTechnician => 3,
-            UserRole::TenantAdmin => 2,
-            UserRole::TenantViewer => 1,
         }
     }
 }
@@ -94,6 +83,38 @@ pub struct User {
     pub role: UserRole,
     pub tenant_id: Option<Id>,
     pub created_at: Time,
+    /// A disabled user cannot log in and their tokens and API keys stop working.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Bumped whenever the user's existing credentials must end (password change, disable,
+    /// re-enable, role or tenant change). Tokens carry the generation they were issued at and
+    /// are refused once it differs: exact, unlike comparing second-precision timestamps.
+    #[serde(default)]
+    pub token_generation: u32,
+    /// The second factor; the secret never leaves the server except through `enrollTotp`.
+    #[serde(default)]
+    pub totp: UserTotp,
+}
+
+/// A user's TOTP (RFC 6238) state. Secrets are base32 (RFC 4648, no padding), as shown to
+/// authenticator apps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserTotp {
+    /// The confirmed secret: logins need a code when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Issued by `enrollTotp`, waiting for `confirmTotp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// The time step of the last accepted code: a code is good once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
+}
+
+impl User {
+    pub fn totp_on(&self) -> bool {
+        self.totp.secret.is_some()
+    }
 }
 
 #[derive(

@@ -6,6 +6,10 @@ use crate::store::{StoreError, WriteError};
 pub enum ApiError {
     #[error("{0}")]
     Unauthenticated(String),
+    /// The password was right (or not checked yet) but the TOTP code is missing or wrong:
+    /// `UNAUTHENTICATED` with `extensions.mfaRequired: true`, so a client knows to ask for it.
+    #[error("{0}")]
+    MfaRequired(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -21,7 +25,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Unauthenticated(_) | ApiError::MfaRequired(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::BadInput { .. } => "BAD_USER_INPUT",
@@ -71,14 +75,18 @@ pub fn add_codes(resp: &mut async_graphql::Response) {
                 } else {
                     None
                 },
+                matches!(a, ApiError::MfaRequired(_)),
             )
         });
         let ext = e.extensions.get_or_insert_with(Default::default);
         match api {
-            Some((code, field)) => {
+            Some((code, field, mfa_required)) => {
                 ext.set("code", code);
                 if let Some(f) = field {
                     ext.set("field", f);
+                }
+                if mfa_required {
+                    ext.set("mfaRequired", true);
                 }
             }
             None if ext.get("code").is_none() => ext.set("code", "BAD_USER_INPUT"),

@@ -286,6 +286,9 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         role: UserRole::MspAdmin,
         tenant_id: None,
         created_at: app.clock.now(),
+        disabled: false,
+        token_generation: 0,
+        totp: Default::default(),
     };
     app.create_user(user)
         .await

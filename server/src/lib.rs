@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod store;
+pub mod totp;
 pub mod users;
 pub mod version;
 pub mod webhooks;

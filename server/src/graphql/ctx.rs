@@ -53,7 +53,22 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The context of a signed-in caller. Every resolver starts here, so this is also where a
+    /// caller who must still enroll TOTP is stopped.
     pub fn new(ctx: &'a Context<'_>) -> ApiResult<Ctx<'a>> {
+        let c = Self::own_account(ctx)?;
+        if c.actor.mfa_pending {
+            return Err(ApiError::Forbidden(
+                "this server requires MSP roles to use a second factor: enroll TOTP first (enrollTotp, then confirmTotp)".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Like [`new`](Self::new), but also for a caller who must still enroll TOTP: only for
+    /// operations on the caller's own account (`me`, `enrollTotp`, `confirmTotp`,
+    /// `changePassword`).
+    pub fn own_account(ctx: &'a Context<'_>) -> ApiResult<Ctx<'a>> {
         let app = ctx
             .data::<Arc<App>>()
             .map_err(|_| ApiError::Internal("application state missing".into()))?;

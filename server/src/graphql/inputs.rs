@@ -228,6 +228,38 @@ pub struct CreateUserInput {
     pub tenant_id: Option<ID>,
 }
 
+/// Only the fields given change. Moving a user to an MSP role takes them out of their tenant.
+#[derive(InputObject)]
+pub struct UpdateUserInput {
+    pub role: Option<UserRole>,
+    pub tenant_id: Option<ID>,
+    /// A disabled user cannot log in; their tokens and API keys stop working at once.
+    pub disabled: Option<bool>,
+}
+
+/// MSP roles belong to no tenant; tenant roles to exactly one.
+pub fn role_tenant(role: UserRole, tenant: Option<Id>) -> ApiResult<()> {
+    match (role.is_msp(), tenant) {
+        (true, Some(_)) => Err(ApiError::bad("tenantId", "MSP roles belong to no tenant")),
+        (false, None) => Err(ApiError::bad(
+            "tenantId",
+            "TENANT_ADMIN and TENANT_VIEWER need a tenant",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a password must be (createUser, changePassword).
+pub fn valid_password(field: &str, p: &str) -> ApiResult<()> {
+    if p.chars().count() < 10 {
+        return Err(ApiError::bad(field, "must be at least 10 characters"));
+    }
+    if p.len() > 1024 {
+        return Err(ApiError::bad(field, "must be at most 1024 bytes"));
+    }
+    Ok(())
+}
+
 #[derive(InputObject)]
 pub struct CreatePersonInput {
     pub tenant_id: ID,

@@ -206,7 +206,9 @@ fn expanded_size(doc: &async_graphql::parser::types::ExecutableDocument) -> Opti
     Some(total)
 }
 
-/// Resolves the `Authorization` value (a JWT or an API key) to an actor.
+/// Resolves the `Authorization` value (a JWT or an API key) to an actor. The one place that
+/// decides whether a credential is still good: HTTP requests and WebSocket operations call it
+/// each time, so a deletion, disablement or password change ends a user's tokens at once.
 pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
     let Some(v) = value else { return Ok(None) };
     let token = v
@@ -225,11 +227,20 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
         .sub
         .parse::<Id>()
         .map_err(|_| ApiError::Unauthenticated("the token is invalid".into()))?;
-    // The user must still exist with the same role: deleting a user ends their tokens.
+    // The user is read per request (a sled point read): their current record decides.
     let user = app
         .store
         .get::<User>(&id)?
         .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+    if user.disabled {
+        return Err(ApiError::Unauthenticated("the account is disabled".into()));
+    }
+    if claims.generation != user.token_generation {
+        return Err(ApiError::Unauthenticated(
+            "the token ended when the account's password or access changed; log in again".into(),
+        ));
+    }
+    let mfa_pending = app.config.require_mfa_for_msp_roles && user.role.is_msp() && !user.totp_on();
     Ok(Some(Actor {
         principal: Principal::User {
             id: user.id,
@@ -237,6 +248,7 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
         },
         role: user.role,
         tenant_id: user.tenant_id,
+        mfa_pending,
     }))
 }
 

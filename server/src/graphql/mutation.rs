@@ -26,6 +26,15 @@ pub struct LoginResult {
     pub user: User,
 }
 
+/// A new TOTP secret, to be put into an authenticator app (`otpauthUrl` as a QR code).
+#[derive(SimpleObject)]
+pub struct TotpEnrollment {
+    /// Base32 (RFC 4648, no padding).
+    pub secret: String,
+    /// `otpauth://totp/Upkeep:<email>?secret=…&issuer=Upkeep`
+    pub otpauth_url: String,
+}
+
 #[derive(SimpleObject)]
 pub struct CreatedApiKey {
     pub api_key: ApiKey,
@@ -188,12 +197,14 @@ fn validate_deployment(d: &Deployment) -> ApiResult<()> {
 #[Object]
 impl Mutation {
     /// Signs in; the token goes in `Authorization: Bearer <token>`. Failed attempts are
-    /// throttled per e-mail and per client address.
+    /// throttled per e-mail and per client address. A user with TOTP on also gives
+    /// `totpCode`; without it, or with a wrong one, the error has `extensions.mfaRequired`.
     async fn login(
         &self,
         ctx: &Context<'_>,
         email: String,
         password: String,
+        totp_code: Option<String>,
     ) -> Result<LoginResult> {
         let app = ctx.data::<std::sync::Arc<crate::app::App>>()?;
         let ip = ip_key(ctx.data_opt::<ClientAddr>().map(|a| a.0.ip()));
@@ -221,17 +232,24 @@ impl Mutation {
                 false
             }
         };
-        let Some(user) = user.filter(|_| ok) else {
+        // A disabled user is answered exactly like a wrong password.
+        let Some(user) = user.filter(|u| ok && !u.disabled) else {
             app.login_by_email.fail(&email_key);
             app.login_by_ip.fail(&ip);
             tracing::info!(email = %email.trim(), "failed login");
             return Err(ApiError::Unauthenticated("wrong e-mail or password".into()).into());
         };
+        if user.totp_on()
+            && let Err(e) = app.use_totp_code(user.id, totp_code.as_deref()).await
+        {
+            app.login_by_email.fail(&email_key);
+            app.login_by_ip.fail(&ip);
+            tracing::info!(email = %email.trim(), "failed login (second factor)");
+            return Err(e.into());
+        }
         app.login_by_email.succeed(&email_key);
         let now = app.clock.now();
-        let token =
-            app.keys
-                .issue_api_token(user.id, &user.email, user.role, user.tenant_id, now)?;
+        let token = app.keys.issue_api_token(&user, now)?;
         Ok(LoginResult {
             token,
             expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS),
@@ -242,31 +260,14 @@ impl Mutation {
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<User> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
-        match (input.role.is_msp(), tenant) {
-            (true, Some(_)) => {
-                return Err(ApiError::bad("tenantId", "MSP roles belong to no tenant").into());
-            }
-            (false, None) => {
-                return Err(ApiError::bad(
-                    "tenantId",
-                    "TENANT_ADMIN and TENANT_VIEWER need a tenant",
-                )
-                .into());
-            }
-            _ => {}
-        }
+        role_tenant(input.role, tenant)?;
         if let Some(t) = tenant {
             c.load::<Tenant>(t)?;
         }
         c.actor.require(Action::ManageUsers, tenant)?;
         c.actor.require_delegation(input.role, tenant)?;
         let email_addr = email("email", &input.email)?.to_lowercase();
-        if input.password.chars().count() < 10 {
-            return Err(ApiError::bad("password", "must be at least 10 characters").into());
-        }
-        if input.password.len() > 1024 {
-            return Err(ApiError::bad("password", "must be at most 1024 bytes").into());
-        }
+        valid_password("password", &input.password)?;
         let user = User {
             id: Id::new(),
             email: email_addr.clone(),
@@ -274,6 +275,9 @@ impl Mutation {
             role: input.role,
             tenant_id: tenant,
             created_at: c.app.clock.now(),
+            disabled: false,
+            token_generation: 0,
+            totp: Default::default(),
         };
         c.app.create_user(user).await.map_err(Into::into)
     }
@@ -1190,5 +1194,195 @@ impl Mutation {
             .write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))?;
         c.app.store.flush().await?;
         Ok(true)
+    }
+
+    /// Changes a user's role, tenant or disabled flag (only the fields given). Managing users is
+    /// MSP_ADMIN anywhere, TENANT_ADMIN in its tenant; nobody grants more rights than their
+    /// own, disables themselves, or leaves the server without an enabled MSP_ADMIN
+    /// (`CONFLICT`). A change of role, tenant or disabled flag ends the user's tokens.
+    async fn update_user(&self, ctx: &Context<'_>, id: ID, input: UpdateUserInput) -> Result<User> {
+        let c = Ctx::new(ctx)?;
+        let id = parse_id("id", &id)?;
+        // Another tenant's user (and, for tenant roles, any MSP user) reads as absent.
+        c.load::<User>(id)?;
+        let tenant = opt_id("tenantId", &input.tenant_id)?;
+        if let Some(t) = tenant {
+            c.load::<Tenant>(t)?;
+        }
+        let actor = c.actor;
+        let user = c
+            .app
+            .change_user(id, |u| {
+                actor.require(Action::ManageUsers, u.tenant_id)?;
+                actor.require_delegation(u.role, u.tenant_id)?;
+                if input.disabled == Some(true) && u.id == actor.user_id() {
+                    return Err(ApiError::bad("disabled", "you cannot disable yourself"));
+                }
+                if let Some(role) = input.role {
+                    u.role = role;
+                }
+                u.tenant_id = match tenant {
+                    Some(t) => Some(t),
+                    None if u.role.is_msp() => None,
+                    None => u.tenant_id,
+                };
+                role_tenant(u.role, u.tenant_id)?;
+                actor.require(Action::ManageUsers, u.tenant_id)?;
+                actor.require_delegation(u.role, u.tenant_id)?;
+                if let Some(d) = input.disabled {
+                    u.disabled = d;
+                }
+                Ok(())
+            })
+            .await?;
+        c.app.credentials_may_have_ended();
+        Ok(user)
+    }
+
+    /// Deletes a user and frees their e-mail; their tokens and API keys stop working at once.
+    /// Nobody deletes themselves or the last enabled MSP_ADMIN (`CONFLICT`).
+    async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let id = parse_id("id", &id)?;
+        c.load::<User>(id)?;
+        let actor = c.actor;
+        c.app
+            .delete_user(id, |u| {
+                actor.require(Action::ManageUsers, u.tenant_id)?;
+                actor.require_delegation(u.role, u.tenant_id)?;
+                if u.id == actor.user_id() {
+                    return Err(ApiError::bad("id", "you cannot delete yourself"));
+                }
+                Ok(())
+            })
+            .await?;
+        c.app.credentials_may_have_ended();
+        Ok(true)
+    }
+
+    /// Changes the caller's own password. A wrong `currentPassword` is `BAD_USER_INPUT` on that
+    /// field (the caller stays signed in) and counts as a failed login. Every token of the user,
+    /// the caller's included, ends: log in again with the new password.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> Result<bool> {
+        let c = Ctx::own_account(ctx)?;
+        let id = own_user(&c)?;
+        let user: User = c.load(id)?;
+        let ip = ip_key(ctx.data_opt::<ClientAddr>().map(|a| a.0.ip()));
+        let email_key = format!("email:{}", user.email);
+        for (throttle, key) in [
+            (&c.app.login_by_email, &email_key),
+            (&c.app.login_by_ip, &ip),
+        ] {
+            if let Err(wait) = throttle.check(key) {
+                return Err(ApiError::bad(
+                    "currentPassword",
+                    format!("too many failed attempts; try again in {wait} seconds"),
+                )
+                .into());
+            }
+        }
+        if !auth::verify_password(&current_password, &user.password_hash) {
+            c.app.login_by_email.fail(&email_key);
+            c.app.login_by_ip.fail(&ip);
+            return Err(ApiError::bad("currentPassword", "is wrong").into());
+        }
+        valid_password("newPassword", &new_password)?;
+        let hash = auth::hash_password(&new_password)?;
+        c.app
+            .change_user(id, |u| {
+                u.password_hash = hash.clone();
+                Ok(())
+            })
+            .await?;
+        c.app.credentials_may_have_ended();
+        Ok(true)
+    }
+
+    /// Starts turning on TOTP for the caller: a new secret for their authenticator app. TOTP is
+    /// on once `confirmTotp` gets a code from it. The secret is shown only here.
+    async fn enroll_totp(&self, ctx: &Context<'_>) -> Result<TotpEnrollment> {
+        let c = Ctx::own_account(ctx)?;
+        let id = own_user(&c)?;
+        let secret = crate::totp::new_secret();
+        let user = c
+            .app
+            .change_user(id, |u| {
+                if u.totp_on() {
+                    return Err(ApiError::Conflict(
+                        "TOTP is already on; turn it off with disableTotp first".into(),
+                    ));
+                }
+                u.totp.pending = Some(secret.clone());
+                Ok(())
+            })
+            .await?;
+        Ok(TotpEnrollment {
+            otpauth_url: crate::totp::otpauth_url(&user.email, &secret),
+            secret,
+        })
+    }
+
+    /// Turns TOTP on with a code from the secret `enrollTotp` gave; from then on `login` needs
+    /// `totpCode`.
+    async fn confirm_totp(&self, ctx: &Context<'_>, code: String) -> Result<bool> {
+        let c = Ctx::own_account(ctx)?;
+        let id = own_user(&c)?;
+        let now = c.app.clock.now();
+        c.app
+            .change_user(id, |u| {
+                let pending = u.totp.pending.clone().ok_or_else(|| {
+                    ApiError::bad(
+                        "code",
+                        "no TOTP enrollment is pending; call enrollTotp first",
+                    )
+                })?;
+                let step = crate::totp::verify(&pending, &code, now, None)
+                    .ok_or_else(|| ApiError::bad("code", "is not the current code"))?;
+                u.totp = UserTotp {
+                    secret: Some(pending),
+                    pending: None,
+                    last_step: Some(step),
+                };
+                Ok(())
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// Turns TOTP off; needs a current code.
+    async fn disable_totp(&self, ctx: &Context<'_>, code: String) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let id = own_user(&c)?;
+        let now = c.app.clock.now();
+        c.app
+            .change_user(id, |u| {
+                let secret = u
+                    .totp
+                    .secret
+                    .as_deref()
+                    .ok_or_else(|| ApiError::bad("code", "TOTP is not on"))?;
+                crate::totp::verify(secret, &code, now, u.totp.last_step)
+                    .ok_or_else(|| ApiError::bad("code", "is not the current code"))?;
+                u.totp = UserTotp::default();
+                Ok(())
+            })
+            .await?;
+        Ok(true)
+    }
+}
+
+/// The signed-in user's id; API keys have no password or second factor of their own.
+fn own_user(c: &Ctx<'_>) -> ApiResult<Id> {
+    match &c.actor.principal {
+        auth::Principal::User { id, .. } => Ok(*id),
+        auth::Principal::ApiKey { .. } => Err(ApiError::Forbidden(
+            "an API key cannot change its creator's password or second factor; sign in as the user"
+                .into(),
+        )),
     }
 }

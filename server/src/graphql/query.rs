@@ -90,7 +90,7 @@ impl SessionTotal {
 impl Query {
     /// The signed-in user (or the user behind the API key).
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
-        let c = Ctx::new(ctx)?;
+        let c = Ctx::own_account(ctx)?;
         Ok(c.app
             .store
             .get::<User>(&c.actor.user_id())?

@@ -88,6 +88,14 @@ impl User {
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
     }
+    /// A disabled user cannot log in; their tokens and API keys do not work.
+    async fn disabled(&self) -> bool {
+        self.disabled
+    }
+    /// TOTP is on: logging in needs a code.
+    async fn mfa_enabled(&self) -> bool {
+        self.totp_on()
+    }
 }
 
 fn opt_tenant(ctx: &Context<'_>, t: Option<Id>) -> Result<Option<Tenant>> {

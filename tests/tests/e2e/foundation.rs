@@ -401,27 +401,17 @@ async fn bad_credentials_and_tokens_are_unauthenticated() -> anyhow::Result<()> 
     let parts: Vec<&str> = token.split('.').collect();
     let tampered = format!("{}.{}x.{}", parts[0], parts[1], parts[2]);
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
-    let other_key = upkeep_server::auth::Keys::new(b"another-secret-that-is-long-enough!!");
-    let forged = other_key.issue_api_token(
-        upkeep_server::domain::Id::new(),
-        ADMIN_EMAIL,
-        upkeep_server::domain::UserRole::MspAdmin,
-        None,
-        chrono::Utc::now(),
-    )?;
     let app = s.app();
     let me: upkeep_server::domain::User = app
         .store
         .scan::<upkeep_server::domain::User>(None)
         .next()
         .unwrap()?;
-    let expired = app.keys.issue_api_token(
-        me.id,
-        &me.email,
-        me.role,
-        None,
-        chrono::Utc::now() - chrono::Duration::hours(13),
-    )?;
+    let other_key = upkeep_server::auth::Keys::new(b"another-secret-that-is-long-enough!!");
+    let forged = other_key.issue_api_token(&me, chrono::Utc::now())?;
+    let expired = app
+        .keys
+        .issue_api_token(&me, chrono::Utc::now() - chrono::Duration::hours(13))?;
     for bad in [tampered, none, forged, expired, "garbage".to_string()] {
         assert_eq!(
             s.gql_err(Some(&bad), "{ me { email } }", json!({})).await?,

@@ -11,4 +11,5 @@ mod mail;
 mod ops;
 mod schedules;
 mod security;
+mod security_people;
 mod sessions;

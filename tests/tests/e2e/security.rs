@@ -440,12 +440,29 @@ async fn roles_nest_and_keys_never_climb() -> Result<()> {
         .await?,
         "<no code>"
     );
+    let tkey = s
+        .gql(
+            &tadmin,
+            create_key,
+            json!({"i": {"name": "k", "role": "TENANT_ADMIN", "tenantId": t}}),
+        )
+        .await?;
+    let tkey = tkey["createApiKey"]["secret"].as_str().context("secret")?;
+    s.gql(tkey, "{ me { email } tenants { totalCount } }", json!({}))
+        .await?;
+    // A key holds no more than its maker may hand on now: demoting the maker stops it.
+    let me = s.gql(&tadmin, "{ me { id } }", json!({})).await?;
     s.gql(
-        &tadmin,
-        create_key,
-        json!({"i": {"name": "k", "role": "TENANT_ADMIN", "tenantId": t}}),
+        &admin,
+        "mutation($id: ID!) { updateUser(id: $id, input: {role: TENANT_VIEWER}) { role } }",
+        json!({"id": me["me"]["id"]}),
     )
     .await?;
+    assert_eq!(
+        s.gql_err(Some(tkey), "{ tenants { totalCount } }", json!({}))
+            .await?,
+        "UNAUTHENTICATED"
+    );
     Ok(())
 }
 
