@@ -1013,7 +1013,11 @@ fn detection_without_a_version_is_unknown_and_never_compliant_with_a_requirement
             DesiredSoftwareState::InstalledVersion => version.unwrap_or("?"),
             _ => "1.10.0",
         };
-        assert_eq!(run.step_job().1, format!("install App {want}"), "{desired:?}");
+        assert_eq!(
+            run.step_job().1,
+            format!("install App {want}"),
+            "{desired:?}"
+        );
     }
     // Any version will do: an unknown one is still installed.
     let any = detected(
