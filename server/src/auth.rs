@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a login token is valid.
@@ -327,9 +327,9 @@ pub struct Throttle {
 
 #[derive(Default)]
 struct Windows {
-    by_key: HashMap<String, Window>,
+    by_key: HashMap<Arc<str>, Window>,
     /// Every key by the start of its window, oldest first: eviction without a scan.
-    by_start: std::collections::BTreeSet<(Instant, u64, String)>,
+    by_start: std::collections::BTreeSet<(Instant, u64, Arc<str>)>,
     next_seq: u64,
 }
 
@@ -339,7 +339,8 @@ struct Window {
     seq: u64,
 }
 
-/// How many keys a throttle holds at most unless told otherwise (a few tens of MB at worst).
+/// How many keys a throttle holds at most unless told otherwise: with 340-byte keys (the
+/// longest login e-mail with its address) about 50 MB at worst, a few MB in practice.
 pub const THROTTLE_CAPACITY: usize = 100_000;
 
 impl Throttle {
@@ -414,8 +415,8 @@ impl Throttle {
     /// Forgets the key's failures (a success that proves the caller is who it says).
     pub fn succeed(&self, key: &str) {
         let mut s = self.lock();
-        if let Some(w) = s.by_key.remove(key) {
-            s.by_start.remove(&(w.start, w.seq, key.to_string()));
+        if let Some((k, w)) = s.by_key.remove_entry(key) {
+            s.by_start.remove(&(w.start, w.seq, k));
         }
     }
 
@@ -433,8 +434,8 @@ impl Windows {
     /// Starts a new window with one attempt for `key`, replacing an expired one and making room
     /// first when full.
     fn open(&mut self, key: &str, now: Instant, window: Duration, capacity: usize) {
-        if let Some(old) = self.by_key.remove(key) {
-            self.by_start.remove(&(old.start, old.seq, key.to_string()));
+        if let Some((k, old)) = self.by_key.remove_entry(key) {
+            self.by_start.remove(&(old.start, old.seq, k));
         }
         // Expired windows are the oldest, so both rules take from the front.
         while let Some((start, _, _)) = self.by_start.first()
@@ -446,9 +447,10 @@ impl Windows {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_start.insert((now, seq, key.to_string()));
+        let key: Arc<str> = Arc::from(key);
+        self.by_start.insert((now, seq, key.clone()));
         self.by_key.insert(
-            key.to_string(),
+            key,
             Window {
                 count: 1,
                 start: now,
@@ -546,7 +548,7 @@ mod tests {
         assert_eq!(t.len(), 4);
         // The oldest went first: the newest four are still counted.
         let s = t.lock();
-        let mut keys: Vec<&str> = s.by_key.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
         keys.sort();
         assert_eq!(keys, ["k46", "k47", "k48", "k49"]);
         assert_eq!(s.by_start.len(), 4);
@@ -562,12 +564,12 @@ mod tests {
         s.open("b", t0 + Duration::from_secs(55), window, 3);
         // At 70 s "old" has expired; "a" and "b" have not and stay.
         s.open("c", t0 + Duration::from_secs(70), window, 3);
-        let mut keys: Vec<&str> = s.by_key.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
         keys.sort();
         assert_eq!(keys, ["a", "b", "c"]);
         // Still full and nothing expired: the oldest open window ("a") makes room.
         s.open("d", t0 + Duration::from_secs(71), window, 3);
-        let mut keys: Vec<&str> = s.by_key.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
         keys.sort();
         assert_eq!(keys, ["b", "c", "d"]);
         assert_eq!(s.by_start.len(), 3);

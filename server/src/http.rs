@@ -198,7 +198,13 @@ pub fn tighten_permissions(dir: &std::path::Path) -> std::io::Result<usize> {
     let mut loose = 0;
     let mut todo = vec![dir.to_path_buf()];
     while let Some(path) = todo.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
+        // The data dir itself may be a link to where the data lives; links inside are not
+        // followed.
+        let meta = if path == dir {
+            std::fs::metadata(&path)?
+        } else {
+            std::fs::symlink_metadata(&path)?
+        };
         let want = if meta.is_dir() {
             for entry in std::fs::read_dir(&path)? {
                 todo.push(entry?.path());
