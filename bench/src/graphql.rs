@@ -227,7 +227,7 @@ fn preload(
     let admin = User {
         id: Id::new(),
         email: server::ADMIN_EMAIL.into(),
-        password_hash: upkeep_server::auth::hash_password(server::ADMIN_PASSWORD)
+        password_hash: upkeep_server::auth::hash_password_blocking(server::ADMIN_PASSWORD)
             .map_err(|e| anyhow!("{e}"))?,
         role: UserRole::MspAdmin,
         tenant_id: None,

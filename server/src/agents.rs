@@ -17,6 +17,7 @@ use crate::auth::{ip_key, new_secret, secret_hash};
 use crate::domain::*;
 use crate::engine::Event;
 use crate::error::ApiError;
+use crate::logsafe::log_value;
 use crate::session::{JobRecord, JobState, SessionTrigger};
 use crate::store::records::*;
 use crate::store::{IndexKey, Store, TxError};
@@ -284,7 +285,7 @@ fn reject(
     route: &str,
 ) -> Response {
     let msg = msg.into();
-    tracing::info!(route, status = status.as_u16(), peer = ?peer, reason = %msg, "agent request rejected");
+    tracing::info!(route, status = status.as_u16(), peer = ?peer, reason = %log_value(&msg), "agent request rejected");
     error(status, code, msg)
 }
 
@@ -373,7 +374,16 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     const ROUTE: &str = "/agent/v1/enroll";
     let peer = peer_of(&req);
     let ip = ip_key(peer.map(|p| p.ip()));
-    if let Err(wait) = app.enroll_by_ip.check(&ip) {
+    let r: proto::EnrollRequest = match read_json(req.into_body(), ROUTE, peer).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    // A valid key is never throttled (CONTRACT §3): keys are secrets with their own expiry
+    // and use limits, and an office that mistyped a key must still enroll with the right one.
+    // A throttled address only learns that an unknown key is refused.
+    if let Err(wait) = app.enroll_by_ip.check(&ip)
+        && !app.enrollment_key_known(&r.enrollment_key)
+    {
         return reject(
             StatusCode::TOO_MANY_REQUESTS,
             "THROTTLED",
@@ -382,10 +392,6 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             ROUTE,
         );
     }
-    let r: proto::EnrollRequest = match read_json(req.into_body(), ROUTE, peer).await {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
     // What agents say about themselves ends up in names, mails and logs: control characters
     // become spaces rather than refusing the machine.
     let r = proto::EnrollRequest {
@@ -434,6 +440,17 @@ fn clean_text(s: &str) -> String {
 }
 
 impl App {
+    /// Whether `key` is an enrollment key of some tenant (valid or not: revoked and expired
+    /// keys get their own answer from [`enroll`](Self::enroll)).
+    fn enrollment_key_known(&self, key: &str) -> bool {
+        let hash = secret_hash(key.trim());
+        matches!(
+            self.store
+                .unique::<EnrollmentKey>(&IndexKey::new(ENROLLMENT_KEY_HASH, &hash)),
+            Ok(Some(_))
+        )
+    }
+
     async fn enroll(
         self: &Arc<Self>,
         r: &proto::EnrollRequest,
@@ -578,9 +595,9 @@ impl App {
             self.webhook_wakeup.notify_one();
         }
         if is_new {
-            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %computer.hostname, key = %key.id, "agent enrolled");
+            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "agent enrolled");
         } else {
-            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %computer.hostname, key = %key.id, "computer re-enrolled: its previous agent token no longer works");
+            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "computer re-enrolled: its previous agent token no longer works");
         }
         if is_new {
             let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
@@ -796,7 +813,7 @@ impl App {
                 Ok(())
             });
             if r.is_ok() {
-                tracing::info!(computer = %computer, person = %p.id, user, "primary person set from logged-on user");
+                tracing::info!(computer = %computer, person = %p.id, user = %log_value(user), "primary person set from logged-on user");
             }
         }
     }

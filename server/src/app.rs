@@ -2,7 +2,7 @@
 //! resolvers and background loops as `Arc<App>`.
 
 use crate::agents::Agents;
-use crate::auth::{Keys, Throttle};
+use crate::auth::{Keys, LoginThrottle, Throttle};
 use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::domain::*;
@@ -28,9 +28,11 @@ pub struct App {
     pub metrics: Metrics,
     /// Every session event, after it was persisted.
     pub events: broadcast::Sender<Arc<SessionEvent>>,
-    pub login_by_email: Throttle,
-    pub login_by_ip: Throttle,
+    pub logins: LoginThrottle,
     pub enroll_by_ip: Throttle,
+    /// `sendTestEmail` per tenant and per actor: it sends mail to any address.
+    pub test_mails_by_tenant: Throttle,
+    pub test_mails_by_actor: Throttle,
     /// Wakes the outbox worker when a mail was queued.
     pub mail_wakeup: Notify,
     /// Wakes the webhook worker when a delivery was queued.
@@ -83,9 +85,10 @@ impl App {
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
             events: broadcast::channel(8192).0,
-            login_by_email: Throttle::new(5, Duration::from_secs(300)),
-            login_by_ip: Throttle::new(30, Duration::from_secs(300)),
+            logins: LoginThrottle::default(),
             enroll_by_ip: Throttle::new(20, Duration::from_secs(300)),
+            test_mails_by_tenant: Throttle::new(10, Duration::from_secs(3600)),
+            test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
             mail_wakeup: Notify::new(),
             webhook_wakeup: Notify::new(),
             shutdown: Default::default(),

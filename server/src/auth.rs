@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a login token is valid.
@@ -21,7 +21,39 @@ pub const API_TOKEN_HOURS: i64 = 12;
 const API_AUDIENCE: &str = "upkeep-api";
 pub const POSTPONE_AUDIENCE: &str = "upkeep-postpone";
 
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
+/// How many argon2 runs may go at once. Each takes ~19 MiB and a core for tens of
+/// milliseconds; without a bound a login flood would fill tokio's blocking pool (512 threads)
+/// and the memory with them. Waiting callers queue here, not in the blocking pool.
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(2 * cores)
+    })
+}
+
+/// Runs one argon2 job off the async workers, at most [`argon2_permits`] at a time.
+async fn run_argon2<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = argon2_permits()
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("password hashing is shut down".into()))?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| ApiError::Internal(format!("password hashing: {e}")))
+}
+
+/// Hashes a password (argon2id) off the async workers.
+pub async fn hash_password(password: &str) -> Result<String, ApiError> {
+    let password = password.to_owned();
+    run_argon2(move || hash_password_blocking(&password)).await?
+}
+
+/// Blocks the calling thread for the whole hash: for tools and fixtures, never on an async
+/// worker (use [`hash_password`]).
+pub fn hash_password_blocking(password: &str) -> Result<String, ApiError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -29,7 +61,16 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(format!("hashing password: {e}")))
 }
 
-pub fn verify_password(password: &str, hash: &str) -> bool {
+/// Checks a password against its stored hash off the async workers. A hash that does not
+/// parse, or a failure to run the check, counts as a wrong password.
+pub async fn verify_password(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_owned(), hash.to_owned());
+    run_argon2(move || verify_blocking(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+fn verify_blocking(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| {
             Argon2::default()
@@ -40,10 +81,16 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 /// Runs the hash once on a dummy so that unknown e-mails take as long as wrong passwords.
-pub fn burn_password_time(password: &str) {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let h = DUMMY.get_or_init(|| hash_password("not-a-real-password").unwrap_or_default());
-    let _ = verify_password(password, h);
+pub async fn burn_password_time(password: &str) {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let h = DUMMY
+        .get_or_init(|| async {
+            hash_password("not-a-real-password")
+                .await
+                .unwrap_or_default()
+        })
+        .await;
+    let _ = verify_password(password, h).await;
 }
 
 /// SHA-256 hex digest: how secrets (agent tokens, enrollment and API keys) are stored. They are
@@ -290,55 +337,301 @@ impl Actor {
     }
 }
 
-/// Counts failures per key in a sliding window; refuses once a key has too many.
+/// Counts attempts per key in a fixed window; refuses once a key has `limit` of them.
+///
+/// Bounded in memory by construction: it never holds more than `capacity` keys. A new key
+/// when full first drops keys whose window has passed, then the oldest window still open
+/// (an attacker who can fill the map from many addresses can make it forget a count; it
+/// cannot make the server run out of memory).
 pub struct Throttle {
     limit: u32,
     window: Duration,
-    state: Mutex<HashMap<String, (u32, Instant)>>,
+    capacity: usize,
+    state: Mutex<Windows>,
 }
+
+#[derive(Default)]
+struct Windows {
+    by_key: HashMap<Arc<str>, Window>,
+    /// Every key by the start of its window, oldest first: eviction without a scan.
+    by_start: std::collections::BTreeSet<(Instant, u64, Arc<str>)>,
+    next_seq: u64,
+}
+
+struct Window {
+    count: u32,
+    start: Instant,
+    seq: u64,
+}
+
+/// How many keys a throttle holds at most unless told otherwise: with 340-byte keys (the
+/// longest login e-mail with its address) about 50 MB at worst, a few MB in practice.
+pub const THROTTLE_CAPACITY: usize = 100_000;
 
 impl Throttle {
     pub fn new(limit: u32, window: Duration) -> Throttle {
+        Throttle::with_capacity(limit, window, THROTTLE_CAPACITY)
+    }
+
+    pub fn with_capacity(limit: u32, window: Duration, capacity: usize) -> Throttle {
         Throttle {
             limit,
             window,
-            state: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            state: Mutex::new(Windows::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Err(seconds to wait)` when the key is throttled.
     pub fn check(&self, key: &str) -> Result<(), u64> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.get(key) {
-            Some((n, since)) if *n >= self.limit && since.elapsed() < self.window => {
-                Err((self.window - since.elapsed()).as_secs().max(1))
+        let now = Instant::now();
+        match self.lock().by_key.get(key) {
+            Some(w) if w.count >= self.limit && now < w.start + self.window => {
+                Err((w.start + self.window - now).as_secs().max(1))
             }
             _ => Ok(()),
         }
     }
 
-    pub fn fail(&self, key: &str) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.len() > 100_000 {
-            let window = self.window;
-            state.retain(|_, (_, since)| since.elapsed() < window);
+    /// Counts an attempt *before* it is checked, so that parallel attempts cannot all pass
+    /// [`check`](Self::check) and then all fail: `Err(seconds to wait)` (and nothing counted)
+    /// when the key has no attempt left. Give it back with [`refund`](Self::refund) when the
+    /// attempt succeeds.
+    pub fn reserve(&self, key: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(w) = s.by_key.get(key)
+            && now < w.start + self.window
+        {
+            if w.count >= self.limit {
+                return Err((w.start + self.window - now).as_secs().max(1));
+            }
+            if let Some(w) = s.by_key.get_mut(key) {
+                w.count += 1;
+            }
+            return Ok(());
         }
-        let e = state.entry(key.to_string()).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= self.window {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
+        s.open(key, now, self.window, self.capacity);
+        Ok(())
     }
 
+    /// Records a failure that was not reserved.
+    pub fn fail(&self, key: &str) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        match s.by_key.get_mut(key) {
+            Some(w) if now < w.start + self.window => w.count = w.count.saturating_add(1),
+            _ => s.open(key, now, self.window, self.capacity),
+        }
+    }
+
+    /// Gives back one [`reserve`](Self::reserve)d attempt that succeeded.
+    pub fn refund(&self, key: &str) {
+        let mut s = self.lock();
+        if let Some(w) = s.by_key.get_mut(key) {
+            w.count = w.count.saturating_sub(1);
+        }
+    }
+
+    /// Forgets the key's failures (a success that proves the caller is who it says).
     pub fn succeed(&self, key: &str) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let mut s = self.lock();
+        if let Some((k, w)) = s.by_key.remove_entry(key) {
+            s.by_start.remove(&(w.start, w.seq, k));
+        }
+    }
+
+    /// Keys held now (tests: the bound).
+    pub fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Windows {
+    /// Starts a new window with one attempt for `key`, replacing an expired one and making room
+    /// first when full.
+    fn open(&mut self, key: &str, now: Instant, window: Duration, capacity: usize) {
+        if let Some((k, old)) = self.by_key.remove_entry(key) {
+            self.by_start.remove(&(old.start, old.seq, k));
+        }
+        // Expired windows are the oldest, so both rules take from the front.
+        while let Some((start, _, _)) = self.by_start.first()
+            && (self.by_key.len() >= capacity || now >= *start + window)
+        {
+            if let Some((_, _, k)) = self.by_start.pop_first() {
+                self.by_key.remove(&k);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key: Arc<str> = Arc::from(key);
+        self.by_start.insert((now, seq, key.clone()));
+        self.by_key.insert(
+            key,
+            Window {
+                count: 1,
+                start: now,
+                seq,
+            },
+        );
+    }
+}
+
+/// The failed-login limits. A lockout per address alone would lock every account behind one
+/// proxy, so the tight limit is per account *and* address; a slower one per account catches
+/// guessing from many addresses, and a loose one per address catches one address trying many
+/// accounts without getting in the way of an office behind NAT.
+pub struct LoginThrottle {
+    pair: Throttle,
+    account: Throttle,
+    address: Throttle,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        LoginThrottle {
+            pair: Throttle::new(5, Duration::from_secs(5 * 60)),
+            account: Throttle::new(20, Duration::from_secs(15 * 60)),
+            address: Throttle::new(100, Duration::from_secs(5 * 60)),
+        }
+    }
+}
+
+/// A login attempt counted as failed until [`succeeded`](LoginAttempt::succeeded) says
+/// otherwise: dropping it leaves the failure counted.
+#[must_use = "call succeeded() when the credentials were right"]
+pub struct LoginAttempt<'a> {
+    limits: &'a LoginThrottle,
+    pair: String,
+    account: String,
+    address: String,
+}
+
+impl LoginThrottle {
+    /// Reserves one failure under every limit before the password is checked, so that N
+    /// parallel guesses cannot all pass the check; `Err(seconds to wait)` (and nothing counted)
+    /// when a limit is reached. `email` is the normalised login e-mail.
+    pub fn reserve(&self, email: &str, ip: Option<IpAddr>) -> Result<LoginAttempt<'_>, u64> {
+        let address = ip_key(ip);
+        let attempt = LoginAttempt {
+            limits: self,
+            pair: format!("{address} email:{email}"),
+            account: format!("email:{email}"),
+            address,
+        };
+        let rules = [
+            (&self.pair, &attempt.pair),
+            (&self.account, &attempt.account),
+            (&self.address, &attempt.address),
+        ];
+        for (i, (t, key)) in rules.iter().enumerate() {
+            if let Err(wait) = t.reserve(key) {
+                for (t, key) in &rules[..i] {
+                    t.refund(key);
+                }
+                return Err(wait);
+            }
+        }
+        Ok(attempt)
+    }
+}
+
+impl LoginAttempt<'_> {
+    /// The credentials were right: the account and address get their attempt back, and the
+    /// pair's earlier failures are forgotten.
+    pub fn succeeded(self) {
+        self.limits.pair.succeed(&self.pair);
+        self.limits.account.refund(&self.account);
+        self.limits.address.refund(&self.address);
     }
 }
 
 pub fn ip_key(ip: Option<IpAddr>) -> String {
     ip.map(|i| format!("ip:{i}"))
         .unwrap_or_else(|| "ip:unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_never_holds_more_than_its_capacity() {
+        let t = Throttle::with_capacity(3, Duration::from_secs(3600), 4);
+        for i in 0..50 {
+            t.fail(&format!("k{i}"));
+            assert!(t.len() <= 4);
+        }
+        assert_eq!(t.len(), 4);
+        // The oldest went first: the newest four are still counted.
+        let s = t.lock();
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
+        keys.sort();
+        assert_eq!(keys, ["k46", "k47", "k48", "k49"]);
+        assert_eq!(s.by_start.len(), 4);
+    }
+
+    #[test]
+    fn full_throttle_drops_expired_windows_before_open_ones() {
+        let window = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut s = Windows::default();
+        s.open("old", t0, window, 3);
+        s.open("a", t0 + Duration::from_secs(50), window, 3);
+        s.open("b", t0 + Duration::from_secs(55), window, 3);
+        // At 70 s "old" has expired; "a" and "b" have not and stay.
+        s.open("c", t0 + Duration::from_secs(70), window, 3);
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "c"]);
+        // Still full and nothing expired: the oldest open window ("a") makes room.
+        s.open("d", t0 + Duration::from_secs(71), window, 3);
+        let mut keys: Vec<&str> = s.by_key.keys().map(|k| &**k).collect();
+        keys.sort();
+        assert_eq!(keys, ["b", "c", "d"]);
+        assert_eq!(s.by_start.len(), 3);
+    }
+
+    #[test]
+    fn reserve_counts_before_the_check_and_refund_gives_it_back() {
+        let t = Throttle::new(2, Duration::from_secs(60));
+        assert!(t.reserve("k").is_ok());
+        assert!(t.reserve("k").is_ok());
+        assert!(t.reserve("k").is_err());
+        assert!(t.check("k").is_err());
+        t.refund("k");
+        assert!(t.check("k").is_ok());
+        assert!(t.reserve("k").is_ok());
+        assert!(t.reserve("k").is_err());
+        t.succeed("k");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn one_account_failing_does_not_lock_another_from_the_same_address() {
+        let l = LoginThrottle::default();
+        let ip = Some("192.0.2.1".parse().expect("literal"));
+        for _ in 0..5 {
+            drop(l.reserve("a@x.example", ip).expect("under the limit"));
+        }
+        assert!(l.reserve("a@x.example", ip).is_err());
+        // Refused attempts are not counted against the address.
+        for _ in 0..50 {
+            assert!(l.reserve("a@x.example", ip).is_err());
+        }
+        l.reserve("b@x.example", ip)
+            .expect("another account from the same address")
+            .succeeded();
+        // From another address, a's account limit is not reached yet.
+        let other = Some("192.0.2.2".parse().expect("literal"));
+        assert!(l.reserve("a@x.example", other).is_ok());
+    }
 }

@@ -161,8 +161,22 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
             encode(&trees, secret.as_deref())
         }
     };
+    // A backup holds everything the data dir does (password hashes, the JWT key): 0600.
     let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, out)?;
     Ok(bytes.len())
 }
@@ -172,8 +186,10 @@ pub fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let (trees, secret) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
+    crate::http::tighten_permissions(data_dir)?;
     let store = Store::open(data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    crate::http::tighten_permissions(data_dir)?;
     if !store.is_empty() {
         bail!(
             "{} already holds data; restore into a new, empty data dir",

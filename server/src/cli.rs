@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 /// Entry point of the binary (also used by the end-to-end tests' copy of it).
 pub fn main() -> ExitCode {
+    // Everything the server writes (the store, secrets, outbox files, backups) is for its own
+    // user only, whatever umask it was started with: sled creates its files with the default
+    // mode, and keeps creating them while it runs. `http::start` also tightens what exists.
+    // SAFETY: umask only sets this process's file-mode mask; no other thread runs yet.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

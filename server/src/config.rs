@@ -118,6 +118,28 @@ pub struct ServeConfig {
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Comma-separated domains a tenant's mailFrom may use (default: any).
+    #[arg(long, env = "UPKEEP_MAIL_FROM_DOMAINS", value_delimiter = ',', value_parser = parse_domain)]
+    pub mail_from_domains: Vec<String>,
+    /// When set, /metrics answers only requests with `Authorization: Bearer <this>`.
+    #[arg(long, env = "UPKEEP_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!("'{s}' is not a domain name like msp.example"))
+    }
 }
 
 fn parse_url(s: &str) -> Result<String, String> {
@@ -166,6 +188,8 @@ impl ServeConfig {
             ws_init_timeout_seconds: 10,
             require_mfa_for_msp_roles: false,
             log_format: "text".into(),
+            mail_from_domains: vec![],
+            metrics_token: None,
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use crate::app::App;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -78,7 +79,37 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub async fn render(State(app): State<Arc<App>>) -> ([(&'static str, &'static str); 1], String) {
+/// Whether the request may read `/metrics`: with `--metrics-token`, only with
+/// `Authorization: Bearer <token>`. Compared in constant time over SHA-256 digests, so
+/// neither the token's bytes nor its length leak through timing.
+fn authorised(app: &App, headers: &HeaderMap) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(token) = &app.config.metrics_token else {
+        return true;
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(token.as_bytes()))
+        .into()
+}
+
+pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorised(&app, &headers) {
+        let mut r = crate::agents::error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "/metrics needs Authorization: Bearer <the --metrics-token>",
+        );
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     let m = &app.metrics;
     let mut out = String::new();
     let _ = writeln!(
@@ -227,5 +258,5 @@ pub async fn render(State(app): State<Arc<App>>) -> ([(&'static str, &'static st
         "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
         m.webhook_attempts.load(Ordering::Relaxed)
     );
-    ([("content-type", "text/plain; version=0.0.4")], out)
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -157,7 +157,9 @@ fn last_line(s: &str) -> Option<String> {
         .map(|l| l.chars().take(300).collect())
 }
 
-/// Is the software in its desired state given the installed version?
+/// Is the software in its desired state given the installed version? An installed version
+/// that detection printed without a version in it (`version::detected` is `None`) is unknown:
+/// it meets no version requirement, so an install or upgrade is planned.
 fn software_state_ok(
     sw: &SoftwareSnapshot,
     desired: DesiredSoftwareState,
@@ -165,6 +167,20 @@ fn software_state_ok(
     installed: Option<&str>,
 ) -> bool {
     let latest = latest(sw);
+    let unknown = installed.is_some_and(|v| crate::version::detected(v).is_none());
+    let needs_version = match desired {
+        DesiredSoftwareState::InstalledLatest | DesiredSoftwareState::UpdateIfFound => {
+            latest.is_some()
+        }
+        DesiredSoftwareState::InstalledVersion => true,
+        DesiredSoftwareState::InstalledAtLeast => version.is_some(),
+        DesiredSoftwareState::InstalledAny
+        | DesiredSoftwareState::Uninstalled
+        | DesiredSoftwareState::Ignore => false,
+    };
+    if unknown && needs_version {
+        return false;
+    }
     match desired {
         DesiredSoftwareState::InstalledLatest => match (installed, latest) {
             (Some(v), Some(l)) => compare(v, l).is_ge(),
@@ -379,6 +395,18 @@ fn plan_software(
             }
             push_install(a, sw, v_target);
         }
+        (_, Some(v)) if crate::version::detected(v).is_none() => {
+            a.kind = ActionKind::Upgrade;
+            a.reason = format!(
+                "installed, but detection printed no version ('{}'); {} wanted",
+                v.chars().take(60).collect::<String>(),
+                v_target.unwrap_or("?")
+            );
+            push_upgrade(a, sw, v_target);
+            if a.step_failed {
+                return;
+            }
+        }
         (_, Some(v)) => {
             a.kind = ActionKind::Upgrade;
             a.reason = match desired {
@@ -391,32 +419,37 @@ fn plan_software(
                 ),
                 _ => format!("{v} installed, latest is {latest_s}"),
             };
-            let entry = v_target.and_then(|t| version_entry(sw, t));
-            match entry {
-                Some(e) => {
-                    let script = e
-                        .upgrade_script
-                        .clone()
-                        .unwrap_or_else(|| e.install_script.clone());
-                    a.steps.push(Step::Script {
-                        label: format!("upgrade {} to {}", sw.name, e.version),
-                        script,
-                    });
-                }
-                None => {
-                    a.result_message = Some(format!(
-                        "{} has no version {}",
-                        sw.name,
-                        v_target.unwrap_or("?")
-                    ));
-                    a.step_failed = true;
-                    return;
-                }
+            push_upgrade(a, sw, v_target);
+            if a.step_failed {
+                return;
             }
         }
     }
     if let Some(task) = &sw.configuration_task {
         a.steps.push(Step::TestThenSet { task: task.clone() });
+    }
+}
+
+fn push_upgrade(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
+    match target.and_then(|t| version_entry(sw, t)) {
+        Some(e) => {
+            let script = e
+                .upgrade_script
+                .clone()
+                .unwrap_or_else(|| e.install_script.clone());
+            a.steps.push(Step::Script {
+                label: format!("upgrade {} to {}", sw.name, e.version),
+                script,
+            });
+        }
+        None => {
+            a.result_message = Some(format!(
+                "{} has no version {}",
+                sw.name,
+                target.unwrap_or("?")
+            ));
+            a.step_failed = true;
+        }
     }
 }
 

@@ -972,6 +972,62 @@ fn installed_any() {
 }
 
 #[test]
+fn chatty_detection_output_counts_by_its_version_token() {
+    let run = detected(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+        &[("d0", installed("Chatty version 1.9.2"))],
+    );
+    assert_eq!(run.action(0).kind, ActionKind::Upgrade);
+    assert_eq!(run.step_job().1, "install App 1.10.0");
+
+    let current = detected(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+        &[("d0", installed("<b>1.10.0</b>"))],
+    );
+    assert_eq!(current.action(0).kind, ActionKind::NoAction);
+    assert_eq!(current.s.status, SessionStatus::Passed);
+}
+
+#[test]
+fn detection_without_a_version_is_unknown_and_never_compliant_with_a_requirement() {
+    for (desired, version) in [
+        (DesiredSoftwareState::InstalledLatest, None),
+        (DesiredSoftwareState::InstalledVersion, Some("1.9.2")),
+        (DesiredSoftwareState::InstalledAtLeast, Some("1.5")),
+        (DesiredSoftwareState::UpdateIfFound, None),
+    ] {
+        let run = detected(
+            vec![sw_item(app(), desired, version)],
+            &[("d0", installed("<b>Chatty</b>"))],
+        );
+        let a = run.action(0);
+        assert_eq!(a.kind, ActionKind::Upgrade, "{desired:?}");
+        assert_eq!(a.compliance, Compliance::NonCompliant, "{desired:?}");
+        assert!(
+            a.reason.contains("detection printed no version"),
+            "{desired:?}: {}",
+            a.reason
+        );
+        // The exact version wanted, or else the latest.
+        let want = match desired {
+            DesiredSoftwareState::InstalledVersion => version.unwrap_or("?"),
+            _ => "1.10.0",
+        };
+        assert_eq!(
+            run.step_job().1,
+            format!("install App {want}"),
+            "{desired:?}"
+        );
+    }
+    // Any version will do: an unknown one is still installed.
+    let any = detected(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledAny, None)],
+        &[("d0", installed("<b>Chatty</b>"))],
+    );
+    assert_eq!(any.action(0).kind, ActionKind::NoAction);
+}
+
+#[test]
 fn update_if_found_leaves_absent_software_alone_and_updates_found_software() {
     let absent_run = detected(
         vec![sw_item(app(), DesiredSoftwareState::UpdateIfFound, None)],

@@ -115,6 +115,30 @@ pub fn mailbox(field: &str, s: &str) -> ApiResult<String> {
     Ok(t.to_string())
 }
 
+/// A tenant's sender: a mailbox on one of the domains the MSP allows (`--mail-from-domains`;
+/// empty: any). Only exact domains count, not their subdomains: a tenant must not send as
+/// the MSP's other customers, and the MSP's SPF/DKIM cover only what it named.
+pub fn mail_from(s: &str, allowed: &[String]) -> ApiResult<String> {
+    let t = mailbox("mailFrom", s)?;
+    if allowed.is_empty() {
+        return Ok(t);
+    }
+    let domain = t
+        .parse::<lettre::message::Mailbox>()
+        .map(|m| m.email.domain().trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default();
+    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&domain)) {
+        return Err(ApiError::bad(
+            "mailFrom",
+            format!(
+                "'{domain}' is not a domain this server may send from; use one of: {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(t)
+}
+
 pub fn time_zone(field: &str, s: &str) -> ApiResult<String> {
     crate::scheduler::cron::parse_time_zone(s.trim())
         .map(|tz| tz.name().to_string())
@@ -155,7 +179,8 @@ pub fn bcc_list(v: &[String]) -> ApiResult<Vec<String>> {
 }
 
 impl CreateTenantInput {
-    pub fn into_tenant(self, now: Time) -> ApiResult<Tenant> {
+    /// `mail_from_domains`: the configured `--mail-from-domains`.
+    pub fn into_tenant(self, now: Time, mail_from_domains: &[String]) -> ApiResult<Tenant> {
         Ok(Tenant {
             id: Id::new(),
             name: name("name", &self.name)?,
@@ -164,7 +189,9 @@ impl CreateTenantInput {
                 Some(z) => time_zone("timeZone", z)?,
                 None => "UTC".into(),
             },
-            mail_from: opt(self.mail_from.as_deref(), |s| mailbox("mailFrom", s))?,
+            mail_from: opt(self.mail_from.as_deref(), |s| {
+                mail_from(s, mail_from_domains)
+            })?,
             logo_url: opt(self.logo_url.as_deref(), |s| url("logoUrl", s))?,
             primary_color: opt(self.primary_color.as_deref(), |s| color("primaryColor", s))?,
             auto_onboarding: self.auto_onboarding.unwrap_or(false),
@@ -181,7 +208,8 @@ impl CreateTenantInput {
 }
 
 impl UpdateTenantInput {
-    pub fn apply(self, t: &mut Tenant) -> ApiResult<()> {
+    /// `mail_from_domains`: the configured `--mail-from-domains`.
+    pub fn apply(self, t: &mut Tenant, mail_from_domains: &[String]) -> ApiResult<()> {
         if let Some(n) = &self.name {
             t.name = name("name", n)?;
         }
@@ -192,7 +220,7 @@ impl UpdateTenantInput {
             t.time_zone = time_zone("timeZone", v)?;
         }
         if let Some(v) = &self.mail_from {
-            t.mail_from = opt(Some(v), |s| mailbox("mailFrom", s))?;
+            t.mail_from = opt(Some(v), |s| mail_from(s, mail_from_domains))?;
         }
         if let Some(v) = &self.logo_url {
             t.logo_url = opt(Some(v), |s| url("logoUrl", s))?;

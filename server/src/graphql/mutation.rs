@@ -6,9 +6,10 @@ use super::ctx::Ctx;
 use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
-use crate::auth::{self, ip_key};
+use crate::auth;
 use crate::domain::*;
 use crate::error::{ApiError, ApiResult};
+use crate::logsafe::log_value;
 use crate::permissions::Action;
 use crate::runtime::{Busy, StartRequest};
 use crate::session::*;
@@ -207,47 +208,44 @@ impl Mutation {
         totp_code: Option<String>,
     ) -> Result<LoginResult> {
         let app = ctx.data::<std::sync::Arc<crate::app::App>>()?;
-        let ip = ip_key(ctx.data_opt::<ClientAddr>().map(|a| a.0.ip()));
-        let email_key = format!("email:{}", email.trim().to_lowercase());
-        for key in [&email_key, &ip] {
-            let throttle = if key.starts_with("ip:") {
-                &app.login_by_ip
-            } else {
-                &app.login_by_email
-            };
-            if let Err(wait) = throttle.check(key) {
-                return Err(ApiError::Unauthenticated(format!(
-                    "too many failed logins; try again in {wait} seconds"
-                ))
-                .into());
-            }
+        // Refused before any work: no argon2 run, no store read, no throttle entry.
+        if email.chars().count() > 320 {
+            return Err(ApiError::bad("email", "must be at most 320 characters").into());
         }
+        if password.len() > 1024 {
+            return Err(ApiError::bad("password", "must be at most 1024 bytes").into());
+        }
+        let email_norm = email.trim().to_lowercase();
+        let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        let attempt = app.logins.reserve(&email_norm, ip).map_err(|wait| {
+            ApiError::Unauthenticated(format!(
+                "too many failed logins; try again in {wait} seconds"
+            ))
+        })?;
         let user: Option<User> = app
             .store
-            .unique(&IndexKey::new(USER_EMAIL, email.trim().to_lowercase()))?;
+            .unique(&IndexKey::new(USER_EMAIL, email_norm.as_str()))?;
         let ok = match &user {
-            Some(u) => auth::verify_password(&password, &u.password_hash),
+            Some(u) => auth::verify_password(&password, &u.password_hash).await,
             None => {
-                auth::burn_password_time(&password);
+                auth::burn_password_time(&password).await;
                 false
             }
         };
         // A disabled user is answered exactly like a wrong password.
         let Some(user) = user.filter(|u| ok && !u.disabled) else {
-            app.login_by_email.fail(&email_key);
-            app.login_by_ip.fail(&ip);
-            tracing::info!(email = %email.trim(), "failed login");
+            // The attempt stays counted as a failure.
+            tracing::info!(email = %log_value(&email_norm), "failed login");
             return Err(ApiError::Unauthenticated("wrong e-mail or password".into()).into());
         };
         if user.totp_on()
             && let Err(e) = app.use_totp_code(user.id, totp_code.as_deref()).await
         {
-            app.login_by_email.fail(&email_key);
-            app.login_by_ip.fail(&ip);
-            tracing::info!(email = %email.trim(), "failed login (second factor)");
+            // Dropping the attempt leaves it counted as a failure.
+            tracing::info!(email = %log_value(&email_norm), "failed login (second factor)");
             return Err(e.into());
         }
-        app.login_by_email.succeed(&email_key);
+        attempt.succeeded();
         let now = app.clock.now();
         let token = app.keys.issue_api_token(&user, now)?;
         Ok(LoginResult {
@@ -271,7 +269,7 @@ impl Mutation {
         let user = User {
             id: Id::new(),
             email: email_addr.clone(),
-            password_hash: auth::hash_password(&input.password)?,
+            password_hash: auth::hash_password(&input.password).await?,
             role: input.role,
             tenant_id: tenant,
             created_at: c.app.clock.now(),
@@ -285,7 +283,7 @@ impl Mutation {
     async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> Result<Tenant> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::CreateTenants)?;
-        let t = input.into_tenant(c.app.clock.now())?;
+        let t = input.into_tenant(c.app.clock.now(), &c.app.config.mail_from_domains)?;
         c.save(&t).await?;
         Ok(t)
     }
@@ -299,7 +297,7 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let mut t: Tenant = c.load(parse_id("id", &id)?)?;
         c.actor.require(Action::ConfigureTenant, Some(t.id))?;
-        input.apply(&mut t)?;
+        input.apply(&mut t, &c.app.config.mail_from_domains)?;
         c.save(&t).await?;
         Ok(t)
     }
@@ -1067,6 +1065,29 @@ impl Mutation {
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?)?;
         c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;
         let to = email("to", &to)?;
+        // It sends mail to any address under the tenant's name: limited per tenant and per
+        // person (API keys count as the user who made them).
+        let tenant_key = format!("tenant:{}", tenant.id);
+        let actor_key = format!("user:{}", c.actor.user_id());
+        let limits = [
+            (&c.app.test_mails_by_tenant, &tenant_key, "this tenant"),
+            (&c.app.test_mails_by_actor, &actor_key, "you"),
+        ];
+        for (i, (t, key, who)) in limits.iter().enumerate() {
+            if let Err(wait) = t.reserve(key) {
+                for (t, key, _) in &limits[..i] {
+                    t.refund(key);
+                }
+                return Err(ApiError::bad(
+                    "tenantId",
+                    format!(
+                        "too many test mails for {who}; try again in {} minutes",
+                        wait.div_ceil(60)
+                    ),
+                )
+                .into());
+            }
+        }
         let view = crate::mail::render::TestMailView {
             brand: c.app.brand(&tenant),
             recipient: to.clone(),
@@ -1272,27 +1293,20 @@ impl Mutation {
         let c = Ctx::own_account(ctx)?;
         let id = own_user(&c)?;
         let user: User = c.load(id)?;
-        let ip = ip_key(ctx.data_opt::<ClientAddr>().map(|a| a.0.ip()));
-        let email_key = format!("email:{}", user.email);
-        for (throttle, key) in [
-            (&c.app.login_by_email, &email_key),
-            (&c.app.login_by_ip, &ip),
-        ] {
-            if let Err(wait) = throttle.check(key) {
-                return Err(ApiError::bad(
-                    "currentPassword",
-                    format!("too many failed attempts; try again in {wait} seconds"),
-                )
-                .into());
-            }
-        }
-        if !auth::verify_password(&current_password, &user.password_hash) {
-            c.app.login_by_email.fail(&email_key);
-            c.app.login_by_ip.fail(&ip);
+        let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        // A wrong current password counts as a failed login (reserved before the check).
+        let attempt = c.app.logins.reserve(&user.email, ip).map_err(|wait| {
+            ApiError::bad(
+                "currentPassword",
+                format!("too many failed attempts; try again in {wait} seconds"),
+            )
+        })?;
+        if !auth::verify_password(&current_password, &user.password_hash).await {
             return Err(ApiError::bad("currentPassword", "is wrong").into());
         }
+        attempt.succeeded();
         valid_password("newPassword", &new_password)?;
-        let hash = auth::hash_password(&new_password)?;
+        let hash = auth::hash_password(&new_password).await?;
         c.app
             .change_user(id, |u| {
                 u.password_hash = hash.clone();

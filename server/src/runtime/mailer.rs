@@ -354,14 +354,28 @@ impl App {
     }
 
     async fn write_eml(&self, m: &OutboxMail, msg: &Message) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        // Mails hold live postpone links: readable by the server's user only.
         let dir = self.config.data_dir.join("outbox-files");
-        tokio::fs::create_dir_all(&dir)
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .await
             .map_err(|e| e.to_string())?;
         let tmp = dir.join(format!("{}.eml.tmp", m.id));
-        tokio::fs::write(&tmp, msg.formatted())
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .await
             .map_err(|e| e.to_string())?;
+        f.write_all(&msg.formatted())
+            .await
+            .map_err(|e| e.to_string())?;
+        f.flush().await.map_err(|e| e.to_string())?;
         tokio::fs::rename(&tmp, dir.join(format!("{}.eml", m.id)))
             .await
             .map_err(|e| e.to_string())

@@ -12,4 +12,5 @@ mod ops;
 mod schedules;
 mod security;
 mod security_people;
+mod security_small;
 mod sessions;
