@@ -16,6 +16,7 @@ pub mod graphql;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod postpone;
 pub mod resolve;
 pub mod runtime;
