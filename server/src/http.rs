@@ -162,7 +162,10 @@ async fn body_deadline(
     let mut resp = crate::agents::error(
         StatusCode::REQUEST_TIMEOUT,
         "REQUEST_TIMEOUT",
-        format!("the request body did not arrive within {} s", limit.as_secs()),
+        format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        ),
     );
     resp.headers_mut().insert(
         axum::http::header::CONNECTION,
@@ -501,9 +504,8 @@ struct ConnService {
 impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnService {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = <Router as tower_service::Service<
-        axum::http::Request<hyper::body::Incoming>,
-    >>::Future;
+    type Future =
+        <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
 
     fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         req.extensions_mut()

@@ -65,22 +65,20 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
     }
     if in_v6(ip, [0x2002, 0, 0, 0, 0, 0, 0, 0], 16) {
         // 6to4: the IPv4 address is bits 16..48.
-        return is_global_v4(Ipv4Addr::from(
-            ((u32::from(s[1])) << 16) | u32::from(s[2]),
-        ));
+        return is_global_v4(Ipv4Addr::from(((u32::from(s[1])) << 16) | u32::from(s[2])));
     }
     const NOT_GLOBAL: &[([u16; 8], u32)] = &[
         // Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on a local prefix
         // length we cannot know, and the range is not globally reachable anyway.
         ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
-        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64), // discard-only
-        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), // Teredo (tunnels to anywhere, IPv4 included)
-        ([0x2001, 2, 0, 0, 0, 0, 0, 0], 48), // benchmarking
+        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 32),     // Teredo (tunnels to anywhere, IPv4 included)
+        ([0x2001, 2, 0, 0, 0, 0, 0, 0], 48),     // benchmarking
         ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
-        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), // unique local
-        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link-local
-        ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // site-local (deprecated)
-        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), // multicast
+        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
+        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),     // link-local
+        ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),     // site-local (deprecated)
+        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
     ];
     !NOT_GLOBAL.iter().any(|&(net, len)| in_v6(ip, net, len))
 }
@@ -179,12 +177,22 @@ mod tests {
         // Every /8 and a few addresses inside it: the IPv6 forms carrying an IPv4 address are
         // judged exactly like the address itself.
         for a in 0..=255u8 {
-            for rest in [[0, 0, 1], [64, 0, 1], [99, 1, 1], [168, 1, 1], [254, 169, 254]] {
+            for rest in [
+                [0, 0, 1],
+                [64, 0, 1],
+                [99, 1, 1],
+                [168, 1, 1],
+                [254, 169, 254],
+            ] {
                 let v4 = Ipv4Addr::new(a, rest[0], rest[1], rest[2]);
                 let want = is_global(IpAddr::V4(v4));
                 let mapped = v4.to_ipv6_mapped();
-                let nat64 = Ipv6Addr::from(u128::from(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)) | u128::from(u32::from(v4)));
-                let sixtofour = Ipv6Addr::from((0x2002u128 << 112) | (u128::from(u32::from(v4)) << 80));
+                let nat64 = Ipv6Addr::from(
+                    u128::from(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0))
+                        | u128::from(u32::from(v4)),
+                );
+                let sixtofour =
+                    Ipv6Addr::from((0x2002u128 << 112) | (u128::from(u32::from(v4)) << 80));
                 assert_eq!(is_global(IpAddr::V6(mapped)), want, "{mapped}");
                 assert_eq!(is_global(IpAddr::V6(nat64)), want, "{nat64}");
                 assert_eq!(is_global(IpAddr::V6(sixtofour)), want, "{sixtofour}");

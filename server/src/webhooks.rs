@@ -408,9 +408,8 @@ impl reqwest::dns::Resolve for GlobalOnlyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if let Some(a) = addrs.iter().find(|a| !crate::net::is_global(a.ip())) {
                 return Err(Box::new(NotGlobal { host, ip: a.ip() }) as _);
             }
@@ -508,7 +507,9 @@ mod tests {
             Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
             Err(e) => e,
         };
-        let refused = err.downcast_ref::<NotGlobal>().expect("a NotGlobal refusal");
+        let refused = err
+            .downcast_ref::<NotGlobal>()
+            .expect("a NotGlobal refusal");
         assert_eq!(refused.host, "localhost");
         assert!(refused.ip.is_loopback(), "{refused}");
         assert!(

@@ -10,4 +10,5 @@ mod integrations;
 mod mail;
 mod ops;
 mod schedules;
+mod security_net;
 mod sessions;
