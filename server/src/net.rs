@@ -54,18 +54,18 @@ fn low_v4(ip: Ipv6Addr) -> Ipv4Addr {
 }
 
 fn is_global_v6(ip: Ipv6Addr) -> bool {
-    let s = ip.segments();
-    // Addresses that lead to an IPv4 address: judged by it.
-    if in_v6(ip, [0, 0, 0, 0, 0, 0xffff, 0, 0], 96) // IPv4-mapped
-        || in_v6(ip, [0; 8], 96) // IPv4-compatible (also :: and ::1)
-        || in_v6(ip, [0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96)
-    // NAT64, well-known prefix
-    {
+    // Addresses that lead to an IPv4 address in their low 32 bits: judged by it.
+    const CARRY_V4: &[([u16; 8], u32)] = &[
+        ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),    // IPv4-mapped
+        ([0, 0, 0, 0, 0, 0, 0, 0], 96),         // IPv4-compatible (:: and ::1 included)
+        ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), // NAT64, well-known prefix
+    ];
+    if CARRY_V4.iter().any(|&(net, len)| in_v6(ip, net, len)) {
         return is_global_v4(low_v4(ip));
     }
     if in_v6(ip, [0x2002, 0, 0, 0, 0, 0, 0, 0], 16) {
         // 6to4: the IPv4 address is bits 16..48.
-        return is_global_v4(Ipv4Addr::from(((u32::from(s[1])) << 16) | u32::from(s[2])));
+        return is_global_v4(Ipv4Addr::from((u128::from(ip) >> 80) as u32));
     }
     const NOT_GLOBAL: &[([u16; 8], u32)] = &[
         // Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on a local prefix
