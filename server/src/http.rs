@@ -422,13 +422,14 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn note(&mut self, max: usize) {
+    /// Counts one refusal; true when it logged the warning.
+    fn note(&mut self, max: usize) -> bool {
         self.since_warning += 1;
         if self
             .warned_at
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
         {
-            return;
+            return false;
         }
         tracing::warn!(
             max_connections = max,
@@ -437,6 +438,7 @@ impl Refusals {
         );
         self.since_warning = 0;
         self.warned_at = Some(std::time::Instant::now());
+        true
     }
 }
 
@@ -545,4 +547,18 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(email, "created the first MSP admin");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusals;
+
+    #[test]
+    fn a_full_house_warns_once_then_counts_quietly() {
+        let mut r = Refusals::default();
+        assert!(r.note(5), "the first refusal is logged");
+        assert!(!r.note(5), "the next ones within a minute are not");
+        assert!(!r.note(5));
+        assert_eq!(r.since_warning, 2, "and are counted for the next warning");
+    }
 }
