@@ -115,6 +115,16 @@ pub struct ServeConfig {
     /// allows `me`, `enrollTotp`, `confirmTotp` and `changePassword`.
     #[arg(long, env = "UPKEEP_REQUIRE_MFA_FOR_MSP_ROLES")]
     pub require_mfa_for_msp_roles: bool,
+    /// Open client connections at most; more are closed at once (and a warning is logged).
+    #[arg(long, env = "UPKEEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// starts waiting for a request: also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "UPKEEP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    pub header_read_timeout_seconds: u32,
+    /// Seconds a client has to send a request's body after its headers (408 otherwise).
+    #[arg(long, env = "UPKEEP_BODY_READ_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    pub body_read_timeout_seconds: u32,
     /// Log format: `text` or `json`.
     #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -190,6 +200,9 @@ impl ServeConfig {
             log_format: "text".into(),
             mail_from_domains: vec![],
             metrics_token: None,
+            max_connections: 10_000,
+            header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: 60,
         }
     }
 }

@@ -63,6 +63,10 @@ pub fn router(app: Arc<App>) -> Router {
     .layer(axum::middleware::from_fn(close_if_body_unread))
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
+        body_deadline,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
         crate::metrics::track,
     ))
     .with_state(app)
@@ -115,6 +119,83 @@ impl http_body::Body for TrackEnd {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
             self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body must arrive within `--body-read-timeout-seconds` of its headers; one that
+/// trickles in slower is cut: the handler sees its body fail, and the client is answered 408
+/// and the connection closed. Only the client's sending is timed: once the body is read, a
+/// handler may take as long as it needs (agents' long polls are held for many seconds).
+async fn body_deadline(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() || req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limit = std::time::Duration::from_secs(app.config.body_read_timeout_seconds.into());
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(Deadline {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(limit)),
+        timed_out: timed_out.clone(),
+    });
+    let resp = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !timed_out.load(std::sync::atomic::Ordering::Acquire) {
+        return resp;
+    }
+    let mut resp = crate::agents::error(
+        StatusCode::REQUEST_TIMEOUT,
+        "REQUEST_TIMEOUT",
+        format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        ),
+    );
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+/// A request body that fails once its time is up while it is still waiting for data.
+struct Deadline {
+    inner: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if r.is_pending() && self.sleep.as_mut().poll(cx).is_ready() {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::Release);
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(
+                "the request body did not arrive in time",
+            ))));
         }
         r
     }
@@ -294,19 +375,194 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         });
     }
     let router = router(app.clone());
-    let shutdown = app.shutdown.clone();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.wait().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, router, app.clone()));
     tracing::info!("listening on http://{addr}");
     Ok(Running { addr, app, task })
+}
+
+/// The accept loop: every connection is HTTP/1 with a header-read timeout (which also ends
+/// keep-alive connections idle that long: hyper starts the timer as soon as a connection waits
+/// for its next request), WebSocket upgrades, and a slot out of `--max-connections` held for
+/// the connection's whole life (an upgraded WebSocket included). When no slot is free a new
+/// connection is closed at once. On shutdown the listener closes, idle connections close,
+/// and requests in flight finish before this returns.
+async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>) {
+    let max = app.config.max_connections as usize;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(
+            app.config.header_read_timeout_seconds.into(),
+        ))
+        .keep_alive(true);
+    // Every connection task holds a sender; when all are gone, every connection has ended.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut refusals = Refusals::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_failed(&e, &app.shutdown).await;
+                    continue;
+                }
+            },
+            _ = app.shutdown.wait() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            refusals.note(max);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(Counted {
+            stream,
+            _slot: slot,
+        });
+        let service = ConnService {
+            router: router.clone(),
+            peer,
+        };
+        let conn = http1.serve_connection(io, service).with_upgrades();
+        let shutdown = app.shutdown.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
+}
+
+/// Errors from `accept` that concern one connection are skipped; others (out of file
+/// descriptors) are logged and retried after a pause rather than spinning.
+async fn accept_failed(e: &std::io::Error, shutdown: &crate::app::tokio_util_shutdown::Shutdown) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections");
+    tokio::select! {
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+/// Connections closed because `--max-connections` were open: one warning a minute at most,
+/// with how many were refused since the last one.
+#[derive(Default)]
+struct Refusals {
+    since_warning: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    /// Counts one refusal; true when it logged the warning.
+    fn note(&mut self, max: usize) -> bool {
+        self.since_warning += 1;
+        if self
+            .warned_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
+        {
+            return false;
+        }
+        tracing::warn!(
+            max_connections = max,
+            refused = self.since_warning,
+            "connection limit reached: new connections are closed at once (raise --max-connections if this is legitimate load)"
+        );
+        self.since_warning = 0;
+        self.warned_at = Some(std::time::Instant::now());
+        true
+    }
+}
+
+/// A client's TCP stream with its connection slot, which is given back when the stream is
+/// dropped: after the last response, or when an upgraded WebSocket closes.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router as one connection's hyper service: each request carries the peer address as
+/// `ConnectInfo` (login throttling and enrollment read it).
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
+
+    fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        // `Router` is always ready; `poll_ready` need not be called first.
+        tower_service::Service::call(&mut self.router.clone(), req)
+    }
 }
 
 async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
@@ -344,4 +600,18 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(email, "created the first MSP admin");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusals;
+
+    #[test]
+    fn a_full_house_warns_once_then_counts_quietly() {
+        let mut r = Refusals::default();
+        assert!(r.note(5), "the first refusal is logged");
+        assert!(!r.note(5), "the next ones within a minute are not");
+        assert!(!r.note(5));
+        assert_eq!(r.since_warning, 2, "and are counted for the next warning");
+    }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod logsafe;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod permissions;
 pub mod postpone;
 pub mod resolve;

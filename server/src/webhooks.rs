@@ -11,6 +11,7 @@ use crate::store::{IndexKey, TxError};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,11 +171,7 @@ impl App {
     /// Background loop: sends due deliveries, a few at a time, each with a time limit, so a
     /// slow receiver never holds up anything else.
     pub async fn run_webhooks(self: Arc<Self>) {
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        let client = match webhook_client(self.config.allow_private_webhooks) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhook client");
@@ -245,16 +242,20 @@ impl App {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let result = client
-            .post(&hook.url)
-            .header("content-type", "application/json")
-            .header("user-agent", concat!("upkeep/", env!("CARGO_PKG_VERSION")))
-            .header("Upkeep-Event", event_name)
-            .header("Upkeep-Delivery", d.id.to_string())
-            .header("Upkeep-Signature", signature(&hook.secret, t, &d.body))
-            .body(d.body.clone())
-            .send()
-            .await;
+        let result = match self.refused_target(&hook.url) {
+            Some(reason) => Err(reason),
+            None => client
+                .post(&hook.url)
+                .header("content-type", "application/json")
+                .header("user-agent", concat!("upkeep/", env!("CARGO_PKG_VERSION")))
+                .header("Upkeep-Event", event_name)
+                .header("Upkeep-Delivery", d.id.to_string())
+                .header("Upkeep-Signature", signature(&hook.secret, t, &d.body))
+                .body(d.body.clone())
+                .send()
+                .await
+                .map_err(|e| delivery_error(&e)),
+        };
         d.attempts += 1;
         d.last_attempt_at = Some(now);
         match result {
@@ -267,9 +268,9 @@ impl App {
                 d.response_status = Some(r.status().as_u16());
                 d.last_error = Some(format!("receiver answered {}", r.status()));
             }
-            Err(e) => {
+            Err(reason) => {
                 d.response_status = None;
-                d.last_error = Some(format!("could not reach receiver: {e}"));
+                d.last_error = Some(reason);
             }
         }
         if d.status == DeliveryStatus::Pending {
@@ -283,6 +284,28 @@ impl App {
             .webhook_attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.save_delivery(&d).await;
+    }
+
+    /// Why a stored URL must not be connected to, judged before each attempt. Host names are
+    /// judged by the client's resolver on the addresses it connects to ([`GlobalOnlyResolver`]);
+    /// IP literals never reach a resolver (hyper-util's `HttpConnector` connects to them
+    /// directly), so they are judged here, by the same rule.
+    fn refused_target(&self, url: &str) -> Option<String> {
+        let parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return Some(format!("the URL cannot be parsed: {e}")),
+        };
+        if self.config.allow_private_webhooks {
+            return None;
+        }
+        let ip = literal_ip(&parsed)?;
+        (!crate::net::is_global(ip)).then(|| {
+            let refused = NotGlobal {
+                host: ip.to_string(),
+                ip,
+            };
+            format!("refused to connect: {refused}")
+        })
     }
 
     async fn save_delivery(&self, d: &Delivery) {
@@ -337,65 +360,207 @@ pub fn session_data(s: &Session) -> serde_json::Value {
     data
 }
 
-/// Refuses webhook URLs that resolve to loopback, private, link-local or otherwise internal
-/// addresses unless `--allow-private-webhooks` (an MSP-wide key must not become a way to probe
-/// the server's own network).
-pub async fn check_url(url: &str, allow_private: bool) -> Result<(), crate::error::ApiError> {
-    use crate::error::ApiError;
-    use std::net::IpAddr;
+/// The client deliveries are sent with: a time limit, redirects never followed (a redirect
+/// would lead past every check here), no proxy (through a proxy the resolver would judge the
+/// proxy, not the receiver), and, unless `--allow-private-webhooks`, the resolver that refuses
+/// names resolving to anything not globally routable.
+fn webhook_client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
     if allow_private {
-        return Ok(());
-    }
-    let rest = url.split_once("://").map(|x| x.1).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit_once('@').map(|x| x.1).unwrap_or(authority);
-    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-        let (h, p) = h.split_once(']').unwrap_or((h, ""));
-        (
-            h.to_string(),
-            p.trim_start_matches(':').parse().unwrap_or(443),
-        )
+        builder.build()
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(443)),
-            None => (
-                authority.to_string(),
-                if url.starts_with("https") { 443 } else { 80 },
-            ),
+        builder.dns_resolver(GlobalOnlyResolver).build()
+    }
+}
+
+/// A webhook target whose address is not globally routable (`crate::net::is_global`).
+#[derive(Debug)]
+pub struct NotGlobal {
+    pub host: String,
+    pub ip: IpAddr,
+}
+
+impl std::fmt::Display for NotGlobal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = self.ip;
+        if self.host == ip.to_string() {
+            write!(f, "{ip} is")?;
+        } else {
+            write!(f, "{} resolves to {ip}, which is", self.host)?;
         }
-    };
-    let private = |ip: IpAddr| match ip {
-        IpAddr::V4(v) => {
-            v.is_loopback()
-                || v.is_private()
-                || v.is_link_local()
-                || v.is_unspecified()
-                || v.is_broadcast()
-                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64
+        write!(
+            f,
+            " a loopback, private or otherwise not globally routable address; start the server with --allow-private-webhooks to allow it"
+        )
+    }
+}
+
+impl std::error::Error for NotGlobal {}
+
+/// Resolves webhook host names at connect time and refuses the whole answer when any address
+/// in it is not globally routable, so a name that resolves (or is re-pointed later: DNS
+/// rebinding) to an inside address is never connected to; the addresses checked are the ones
+/// the client connects to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GlobalOnlyResolver;
+
+impl reqwest::dns::Resolve for GlobalOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| !crate::net::is_global(a.ip())) {
+                return Err(Box::new(NotGlobal { host, ip: a.ip() }) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What a failed send is recorded as: a refusal by the resolver says so plainly, anything
+/// else names the whole cause chain (reqwest's own message alone hides it).
+fn delivery_error(e: &reqwest::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut chain = Vec::new();
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<NotGlobal>() {
+            return format!("refused to connect: {refused}");
         }
-        IpAddr::V6(v) => {
-            v.is_loopback()
-                || v.is_unspecified()
-                || (v.segments()[0] & 0xfe00) == 0xfc00
-                || (v.segments()[0] & 0xffc0) == 0xfe80
-                || v.to_ipv4_mapped()
-                    .is_some_and(|m| m.is_loopback() || m.is_private())
-        }
-    };
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| ApiError::bad("url", format!("cannot resolve {host}: {e}")))?
-        .collect();
-    if addrs.is_empty()
-        || addrs.iter().any(|a| private(a.ip()))
-        || host.eq_ignore_ascii_case("localhost")
-    {
+        chain.push(c.to_string());
+        cause = c.source();
+    }
+    format!("could not reach receiver: {}", chain.join(": "))
+}
+
+/// The host of `url` when it is an IP address literal (the url crate has already read every
+/// spelling of one: `0x7f.1`, `2130706433`, `[::ffff:7f00:1]`).
+fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v) => Some(IpAddr::V4(v)),
+        url::Host::Ipv6(v) => Some(IpAddr::V6(v)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Checks a new webhook URL and returns it as it will be used (the WHATWG serialisation, the
+/// way the HTTP client reads it: `\` is `/`, every IPv4 spelling is normalised). Refuses
+/// user names and passwords (a classic confusion vector; tokens belong in the path or query)
+/// and, unless `--allow-private-webhooks`, any target whose address is not globally routable
+/// (an MSP-wide key must not become a way to probe the server's own network). Connect time
+/// checks again ([`GlobalOnlyResolver`], `App::refused_target`).
+pub async fn check_url(url: &str, allow_private: bool) -> Result<String, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ApiError::bad("url", format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::bad("url", "must be an http:// or https:// URL"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(ApiError::bad(
             "url",
-            format!(
-                "{host} is a loopback or private address; start the server with --allow-private-webhooks to allow it"
-            ),
+            "must not contain a user name or password; put a token in the path or query instead",
         ));
     }
-    Ok(())
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        return Err(ApiError::bad("url", "has no host"));
+    };
+    if !allow_private {
+        let refused = if let Some(ip) = literal_ip(&parsed) {
+            (!crate::net::is_global(ip)).then(|| NotGlobal {
+                host: ip.to_string(),
+                ip,
+            })
+        } else {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ApiError::bad("url", format!("cannot resolve {host}: {e}")))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(ApiError::bad("url", format!("{host} has no address")));
+            }
+            addrs
+                .iter()
+                .find(|a| !crate::net::is_global(a.ip()))
+                .map(|a| NotGlobal {
+                    host: host.to_string(),
+                    ip: a.ip(),
+                })
+        };
+        if let Some(refused) = refused {
+            return Err(ApiError::bad("url", refused.to_string()));
+        }
+    }
+    Ok(parsed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve as _;
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_inside() {
+        let name: reqwest::dns::Name = "localhost".parse().expect("a host name");
+        let err = match GlobalOnlyResolver.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e,
+        };
+        let refused = err
+            .downcast_ref::<NotGlobal>()
+            .expect("a NotGlobal refusal");
+        assert_eq!(refused.host, "localhost");
+        assert!(refused.ip.is_loopback(), "{refused}");
+        assert!(
+            refused.to_string().contains("localhost resolves to"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn creation_refuses_inside_targets_userinfo_and_other_schemes() {
+        for url in [
+            "http://127.0.0.1:9\\@8.8.8.8/",
+            "http://[::ffff:0.0.0.0]:9/",
+            "http://[::ffff:169.254.169.254]/latest/meta-data/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[2001::1]/",
+            "http://0x7f.1/",
+            "http://2130706433/",
+            "http://0/",
+            "http://localhost:9/",
+            "http://user@8.8.8.8/",
+            "http://:pass@8.8.8.8/",
+            "ftp://8.8.8.8/",
+            "file:///etc/passwd",
+        ] {
+            let err = check_url(url, false).await.expect_err(url);
+            assert!(
+                matches!(&err, crate::error::ApiError::BadInput { field, .. } if field == "url"),
+                "{url}: {err:?}"
+            );
+        }
+        assert!(
+            check_url("http://user@127.0.0.1/", true).await.is_err(),
+            "userinfo is refused even with --allow-private-webhooks"
+        );
+    }
+
+    #[tokio::test]
+    async fn creation_keeps_the_url_as_the_client_reads_it() {
+        assert_eq!(
+            check_url("HTTP://8.8.8.8:80/a\\b?x=1", false).await.ok(),
+            Some("http://8.8.8.8/a/b?x=1".to_string())
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:9\\@x/", true).await.ok(),
+            Some("http://127.0.0.1:9/@x/".to_string())
+        );
+    }
 }

@@ -1186,8 +1186,11 @@ impl Mutation {
         if input.events.is_empty() {
             return Err(ApiError::bad("events", "subscribe to at least one event").into());
         }
-        let url = url("url", &input.url)?;
-        crate::webhooks::check_url(&url, c.app.config.allow_private_webhooks).await?;
+        let url = crate::webhooks::check_url(
+            &url("url", &input.url)?,
+            c.app.config.allow_private_webhooks,
+        )
+        .await?;
         let secret = auth::new_secret("whsec_");
         let w = Webhook {
             id: Id::new(),

@@ -11,6 +11,7 @@ mod mail;
 mod ops;
 mod schedules;
 mod security;
+mod security_net;
 mod security_people;
 mod security_small;
 mod sessions;
