@@ -413,7 +413,7 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             ROUTE,
         );
     }
-    match app.enroll(&r).await {
+    match app.enroll(&r, peer.map(|p| p.ip())).await {
         Ok(resp) => {
             app.enroll_by_ip.succeed(&ip);
             Json(resp).into_response()
@@ -454,6 +454,7 @@ impl App {
     async fn enroll(
         self: &Arc<Self>,
         r: &proto::EnrollRequest,
+        address: Option<std::net::IpAddr>,
     ) -> Result<proto::EnrollResponse, EnrollError> {
         let internal = |e: ApiError| (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string());
         let key_hash = secret_hash(r.enrollment_key.trim());
@@ -544,7 +545,9 @@ impl App {
                 serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
             )
             .map_err(internal)?;
+        let audit = crate::audit::AuditEvent::enrollment(&computer, &key, !is_new, address, now);
         let res = self.store.write(|tx| {
+            tx.put(&audit)?;
             if !tx.claim_unique(&machine, &computer.key_bytes())? {
                 return Err(TxError::Abort((
                     StatusCode::CONFLICT,

@@ -103,6 +103,18 @@ impl App {
         }
     }
 
+    /// Writes an audit record that describes no other change (a sign-in). A failure is logged,
+    /// not raised: the audit trail must not become a way to lock people out.
+    pub async fn record_audit(&self, event: crate::audit::AuditEvent) {
+        let r = self
+            .store
+            .write(|tx| tx.put::<_, ()>(&event))
+            .map_err(|_| ());
+        if r.is_err() || self.store.flush().await.is_err() {
+            tracing::error!(action = %event.action, "could not write an audit record");
+        }
+    }
+
     /// Tells open connections that a credential may have ended (see `credentials_changed`).
     pub fn credentials_may_have_ended(&self) {
         self.credentials_changed

@@ -667,3 +667,17 @@ pub struct CreateWebhookInput {
 pub fn opt_id(field: &str, v: &Option<ID>) -> ApiResult<Option<Id>> {
     v.as_ref().map(|i| parse_id(field, i)).transpose()
 }
+
+/// Which audit records to list (all given conditions hold).
+#[derive(InputObject, Default)]
+pub struct AuditEventFilter {
+    pub tenant_id: Option<ID>,
+    /// A user's or API key's id.
+    pub actor_id: Option<ID>,
+    /// The action, e.g. `createDeployment` or `loginFailed`.
+    pub action: Option<String>,
+    /// At or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Before this instant.
+    pub until: Option<DateTime<Utc>>,
+}

@@ -119,6 +119,25 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
         }
     }
 
+    /// Every mutation (but `login`, which records its own) runs with an audit record waiting for
+    /// its first change: the store writes it in that change's transaction.
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        info: async_graphql::extensions::ResolveInfo<'_>,
+        next: async_graphql::extensions::NextResolve<'_>,
+    ) -> async_graphql::ServerResult<Option<async_graphql::Value>> {
+        if info.parent_type != "Mutation" || info.name == "login" {
+            return next.run(ctx, info).await;
+        }
+        let (Some(actor), Some(app)) = (ctx.data_opt::<Actor>(), ctx.data_opt::<Arc<App>>()) else {
+            return next.run(ctx, info).await;
+        };
+        let address = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        let event = crate::audit::AuditEvent::by_actor(actor, info.name, address, app.clock.now());
+        crate::store::Store::audited(event, next.run(ctx, info)).await
+    }
+
     async fn request(
         &self,
         ctx: &async_graphql::extensions::ExtensionContext<'_>,
@@ -302,6 +321,7 @@ pub async fn graphiql() -> Html<String> {
 /// [`ws::serve`]'s.
 pub async fn ws_handler(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     _offered: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
@@ -327,7 +347,7 @@ pub async fn ws_handler(
         .read_buffer_size(4096)
         .max_message_size(ws::MAX_MESSAGE_BYTES)
         .max_frame_size(ws::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| ws::serve(app, socket, protocol))
+        .on_upgrade(move |socket| ws::serve(app, socket, protocol, peer))
         .into_response()
 }
 

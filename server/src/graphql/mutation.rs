@@ -233,9 +233,14 @@ impl Mutation {
             }
         };
         // A disabled user is answered exactly like a wrong password.
+        let failed = |user: Option<(Id, Option<Id>)>| {
+            crate::audit::AuditEvent::login(user, &email_norm, "loginFailed", ip, app.clock.now())
+        };
+        let named = user.as_ref().map(|u| (u.id, u.tenant_id));
         let Some(user) = user.filter(|u| ok && !u.disabled) else {
             // The attempt stays counted as a failure.
             tracing::info!(email = %log_value(&email_norm), "failed login");
+            app.record_audit(failed(named)).await;
             return Err(ApiError::Unauthenticated("wrong e-mail or password".into()).into());
         };
         if user.totp_on()
@@ -243,10 +248,20 @@ impl Mutation {
         {
             // Dropping the attempt leaves it counted as a failure.
             tracing::info!(email = %log_value(&email_norm), "failed login (second factor)");
+            app.record_audit(failed(Some((user.id, user.tenant_id))))
+                .await;
             return Err(e.into());
         }
         attempt.succeeded();
         let now = app.clock.now();
+        app.record_audit(crate::audit::AuditEvent::login(
+            Some((user.id, user.tenant_id)),
+            &email_norm,
+            "login",
+            ip,
+            now,
+        ))
+        .await;
         let token = app.keys.issue_api_token(&user, now)?;
         Ok(LoginResult {
             token,

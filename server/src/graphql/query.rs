@@ -280,6 +280,93 @@ impl Query {
         Ok(connection::from_vec(views, |v| v.key.id, first, after)?)
     }
 
+    /// The audit trail, newest first: every change to configuration or access, logins and
+    /// enrollments. MSP admins read all of it; tenant admins their tenant's.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditEventFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<crate::audit::AuditEvent>> {
+        let c = Ctx::new(ctx)?;
+        c.actor
+            .require_role(crate::permissions::Action::ViewAudit)?;
+        let f = filter.unwrap_or_default();
+        let asked = opt_id("filter.tenantId", &f.tenant_id)?;
+        let tenant = if c.actor.role.is_msp() {
+            asked
+        } else {
+            match (asked, c.actor.tenant_id) {
+                (Some(a), Some(own)) if a != own => {
+                    return Ok(connection::build(
+                        std::iter::empty(),
+                        |e: &crate::audit::AuditEvent| e.id,
+                        0,
+                        0,
+                        false,
+                    )?);
+                }
+                (_, own) => own,
+            }
+        };
+        let actor = opt_id("filter.actorId", &f.actor_id)?;
+        let n = connection::page_size(first)?;
+        let after = connection::parse_cursor(after.as_deref())?;
+        let keep = |e: &crate::audit::AuditEvent| {
+            tenant.is_none_or(|t| e.tenant_id == Some(t))
+                && actor.is_none_or(|a| e.actor_id == Some(a))
+                && f.action.as_deref().is_none_or(|a| e.action == a)
+                && f.since.is_none_or(|s| e.at >= s)
+                && f.until.is_none_or(|u| e.at < u)
+        };
+        let scan = |before: Option<Id>| -> Box<
+            dyn Iterator<Item = crate::store::Result<crate::audit::AuditEvent>> + '_,
+        > {
+            let before = before.map(|b| b.as_bytes().to_vec());
+            match tenant {
+                Some(t) => Box::new(
+                    c.app
+                        .store
+                        .index_scan_rev(
+                            &IndexKey::new(TENANT_AUDIT, tenant_key(Some(t))),
+                            before.as_deref(),
+                        )
+                        .filter_map(|k| match k {
+                            Ok(k) => c
+                                .app
+                                .store
+                                .get_by_key::<crate::audit::AuditEvent>(&k)
+                                .transpose(),
+                            Err(e) => Some(Err(e)),
+                        }),
+                ),
+                None => Box::new(
+                    c.app
+                        .store
+                        .scan_rev::<crate::audit::AuditEvent>(before.as_deref()),
+                ),
+            }
+        };
+        let mut total = 0usize;
+        for e in scan(None) {
+            if keep(&e?) {
+                total += 1;
+            }
+        }
+        let items = scan(after)
+            .filter(|r| r.as_ref().map_or(true, keep))
+            .map(|r| r.map_err(ApiError::from));
+        Ok(connection::build(
+            items,
+            |e| e.id,
+            n,
+            total,
+            after.is_some(),
+        )?)
+    }
+
     /// Sessions, newest first, filtered.
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn maintenance_sessions(

@@ -768,3 +768,45 @@ impl crate::webhooks::Delivery {
         self.created_at
     }
 }
+
+#[Object(name = "AuditEvent")]
+impl crate::audit::AuditEvent {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+    /// The mutation's name (`createDeployment`, `revokeApiKey`, …) or `enrollComputer`,
+    /// `reenrollComputer`, `login`, `loginFailed`.
+    async fn action(&self) -> &str {
+        &self.action
+    }
+    async fn actor_kind(&self) -> crate::audit::ActorKind {
+        self.actor_kind
+    }
+    /// The user's, API key's or computer's id.
+    async fn actor_id(&self) -> Option<ID> {
+        self.actor_id.map(id)
+    }
+    async fn actor_name(&self) -> &str {
+        &self.actor_name
+    }
+    /// The caller's IP address.
+    async fn address(&self) -> Option<&str> {
+        self.address.as_deref()
+    }
+    async fn tenant_id(&self) -> Option<ID> {
+        self.tenant_id.map(id)
+    }
+    async fn target_type(&self) -> &str {
+        &self.target_type
+    }
+    async fn target_id(&self) -> Option<&str> {
+        self.target_id.as_deref()
+    }
+    /// A short diff or description; secrets never appear in it.
+    async fn summary(&self) -> &str {
+        &self.summary
+    }
+}

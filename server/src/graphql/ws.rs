@@ -68,7 +68,12 @@ struct Conn {
 }
 
 /// Serves one upgraded socket until either side ends it.
-pub async fn serve(app: Arc<App>, socket: WebSocket, protocol: WebSocketProtocols) {
+pub async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    protocol: WebSocketProtocols,
+    peer: std::net::SocketAddr,
+) {
     let (mut sink, mut source) = socket.split();
     let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Result<ClientMessage>>(QUEUE);
     let init_actor: Arc<Mutex<Option<Actor>>> = Arc::default();
@@ -94,6 +99,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, protocol: WebSocketProtocol
         let mut data = Data::default();
         data.insert(init_app);
         data.insert(actor);
+        data.insert(super::ClientAddr(peer));
         Ok(data)
     });
     let init_deadline = tokio::time::sleep(app.config.ws_init_timeout());

@@ -97,6 +97,30 @@ const KINDS: [Kind; 18] = [
 ];
 
 impl Kind {
+    /// How audit records name a record of this kind.
+    pub fn target_name(self) -> &'static str {
+        match self {
+            Kind::User => "User",
+            Kind::Tenant => "Tenant",
+            Kind::Person => "Person",
+            Kind::Computer => "Computer",
+            Kind::Software => "Software",
+            Kind::Task => "MaintenanceTask",
+            Kind::Deployment => "Deployment",
+            Kind::Schedule => "Schedule",
+            Kind::EnrollmentKey => "EnrollmentKey",
+            Kind::Session => "MaintenanceSession",
+            Kind::Event => "MaintenanceSessionEvent",
+            Kind::Job => "Job",
+            Kind::Mail => "Mail",
+            Kind::ApiKey => "ApiKey",
+            Kind::Webhook => "Webhook",
+            Kind::Delivery => "WebhookDelivery",
+            Kind::Idempotency => "Idempotency",
+            Kind::Audit => "AuditEvent",
+        }
+    }
+
     fn tree_name(self) -> &'static str {
         match self {
             Kind::User => "users",
@@ -412,30 +436,68 @@ impl Store {
 
     /// Runs `f` as one atomic transaction over every tree. `f` may run several times; it must
     /// not do I/O. Returns what `f` returns, or its abort error.
+    ///
+    /// Inside [`Store::audited`], the waiting audit record is completed from the first record
+    /// `f` puts or deletes and written in the same transaction.
     pub fn write<A, E>(
         &self,
         f: impl Fn(&mut Tx<'_>) -> Result<A, TxError<E>>,
     ) -> Result<A, WriteError<E>> {
         self.inner.writes.fetch_add(1, Ordering::Relaxed);
         let _shared = self.inner.pause.read().unwrap_or_else(|e| e.into_inner());
+        let pending = PENDING_AUDIT
+            .try_with(|p| p.borrow_mut().take())
+            .ok()
+            .flatten();
+        let consumed = std::cell::Cell::new(false);
         let mut all: Vec<&sled::Tree> = self.inner.trees.iter().collect();
         all.push(&self.inner.index);
         let r = all
             .as_slice()
             .transaction(|trees: &Vec<TransactionalTree>| {
-                let mut tx = Tx { trees };
-                f(&mut tx).map_err(|e| match e {
+                let mut tx = Tx {
+                    trees,
+                    first: None,
+                    auditing: pending.is_some(),
+                };
+                let run = |tx: &mut Tx<'_>| {
+                    let a = f(tx)?;
+                    consumed.set(false);
+                    if let (Some(ev), Some(change)) = (&pending, tx.first.take()) {
+                        tx.put(&complete_audit(ev.clone(), &change))?;
+                        consumed.set(true);
+                    }
+                    Ok(a)
+                };
+                run(&mut tx).map_err(|e| match e {
                     TxError::Abort(e) => ConflictableTransactionError::Abort(WriteError::Abort(e)),
                     TxError::Store(StoreError::Sled(e)) => ConflictableTransactionError::Storage(e),
                     TxError::Store(e) => ConflictableTransactionError::Abort(WriteError::Store(e)),
                     TxError::Conflict => ConflictableTransactionError::Conflict,
                 })
             });
+        if r.is_err() || !consumed.get() {
+            // Nothing was changed: the record waits for the mutation's next write, if any.
+            let _ = PENDING_AUDIT.try_with(|p| *p.borrow_mut() = pending);
+        }
         match r {
             Ok(a) => Ok(a),
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(WriteError::Store(StoreError::Sled(e))),
         }
+    }
+
+    /// Runs `f` with `event` waiting for the first change `f` makes through any store write in
+    /// this task: that write carries the event, completed with the changed record's kind, id,
+    /// tenant and a diff (unless the event already says them). Work that `f` hands to other
+    /// tasks is not covered; a change made there is not audited by this event.
+    pub async fn audited<F: std::future::Future>(
+        event: crate::audit::AuditEvent,
+        f: F,
+    ) -> F::Output {
+        PENDING_AUDIT
+            .scope(std::cell::RefCell::new(Some(event)), f)
+            .await
     }
 
     /// Makes everything written so far durable (a group commit: see the module docs).
@@ -717,12 +779,72 @@ impl Drop for Inner {
     }
 }
 
+tokio::task_local! {
+    /// The audit record of the mutation running in this task, until its first change.
+    static PENDING_AUDIT: std::cell::RefCell<Option<crate::audit::AuditEvent>>;
+}
+
+/// The first change of a transaction (what its audit record describes).
+struct Change {
+    kind: Kind,
+    key: Vec<u8>,
+    old: Option<Vec<u8>>,
+    new: Option<Vec<u8>>,
+}
+
+/// Fills in what an audit record does not say yet from the change it describes.
+fn complete_audit(mut ev: crate::audit::AuditEvent, c: &Change) -> crate::audit::AuditEvent {
+    let json = |b: &Option<Vec<u8>>| {
+        b.as_deref()
+            .and_then(|b| b.split_first())
+            .and_then(|(_, rest)| serde_json::from_slice::<serde_json::Value>(rest).ok())
+    };
+    let (old, new) = (json(&c.old), json(&c.new));
+    let id = Id::from_slice(&c.key);
+    if ev.target_type.is_empty() {
+        ev.target_type = c.kind.target_name().to_string();
+    }
+    if ev.target_id.is_none() {
+        ev.target_id = id.map(|i| i.to_string());
+    }
+    if ev.tenant_id.is_none() {
+        ev.tenant_id = if c.kind == Kind::Tenant {
+            id
+        } else {
+            new.as_ref()
+                .or(old.as_ref())
+                .and_then(|r| r.get("tenant_id"))
+                .and_then(|t| t.as_str())
+                .and_then(|t| t.parse().ok())
+        };
+    }
+    if ev.summary.is_empty() {
+        ev.summary = crate::audit::diff(old.as_ref(), new.as_ref());
+    }
+    ev
+}
+
 /// The view of every tree inside a transaction.
 pub struct Tx<'a> {
     trees: &'a Vec<TransactionalTree>,
+    first: Option<Change>,
+    /// Whether to note the first change (only while an audit record waits: the hot paths of
+    /// sessions and polls pay nothing).
+    auditing: bool,
 }
 
 impl Tx<'_> {
+    fn note_change(&mut self, kind: Kind, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        if self.auditing && self.first.is_none() && !matches!(kind, Kind::Audit | Kind::Event) {
+            self.first = Some(Change {
+                kind,
+                key: key.to_vec(),
+                old: old.map(<[u8]>::to_vec),
+                new: new.map(<[u8]>::to_vec),
+            });
+        }
+    }
+
     fn tree(&self, kind: Kind) -> &TransactionalTree {
         &self.trees[kind as usize]
     }
@@ -750,6 +872,7 @@ impl Tx<'_> {
     pub fn put_encoded<T: Record, E>(&mut self, e: &Encoded<T>) -> Result<(), TxError<E>> {
         let key = e.key.as_slice();
         let old = self.tree(T::KIND).insert(key, e.bytes.as_slice())?;
+        self.note_change(T::KIND, key, old.as_deref(), Some(&e.bytes));
         if let Some(old) = old {
             for i in T::stored_index_keys(&old)? {
                 let entry = i.entry(key);
@@ -768,6 +891,7 @@ impl Tx<'_> {
     pub fn delete<T: Record, E>(&mut self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
         match self.tree(T::KIND).remove(key)? {
             Some(old) => {
+                self.note_change(T::KIND, key, Some(&old), None);
                 let old: T = codec::decode(&old)?;
                 for i in old.index_keys() {
                     self.index().remove(i.entry(key))?;

@@ -73,6 +73,15 @@ async fn backup_while_running_and_restore_round_trip() -> anyhow::Result<()> {
         .await?;
     assert_eq!(d["tenant"]["name"], "Backed up");
     assert_eq!(d["persons"]["totalCount"], 1);
+    // The audit trail came along.
+    let audit = r
+        .gql(
+            &admin,
+            "query($t: ID) { auditEvents(filter: {tenantId: $t, action: \"createPerson\"}) { totalCount } }",
+            json!({"t": t}),
+        )
+        .await?;
+    assert_eq!(audit["auditEvents"]["totalCount"], 1, "{audit}");
     // A damaged file is refused.
     let mut bytes = std::fs::read(&file)?;
     let n = bytes.len() / 2;

@@ -640,3 +640,176 @@ async fn nested_fields_obey_tenant_isolation() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_leaves_an_audit_record() -> Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    // A refused sign-in is recorded too.
+    s.gql_err(
+        None,
+        "mutation { login(email: \"admin@msp.example\", password: \"wrong password!\") { token } }",
+        json!({}),
+    )
+    .await?;
+    let t = s.create_tenant(&admin, "A").await?;
+    s.gql(
+        &admin,
+        "mutation($t: ID!) { updateTenant(id: $t, input: {name: \"Renamed\"}) { id } }",
+        json!({"t": t}),
+    )
+    .await?;
+    // A refused change writes nothing.
+    assert_eq!(
+        s.gql_err(
+            Some(&admin),
+            "mutation($t: ID!) { updateTenant(id: $t, input: {timeZone: \"Mars/Olympus\"}) { id } }",
+            json!({"t": t})
+        )
+        .await?,
+        "BAD_USER_INPUT"
+    );
+    let dir = tempfile::tempdir()?;
+    let sw = create_file_software(&s, &admin, Some(&t), "Tool", dir.path(), &["1.0"]).await?;
+    let dep = create_deployment(
+        &s,
+        &admin,
+        json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"licenceKey": "SECRET-123"}}),
+    )
+    .await?;
+    s.gql(
+        &admin,
+        "mutation($id: ID!) { updateDeployment(id: $id, input: {parameters: {licenceKey: \"SECRET-456\"}}) { id } }",
+        json!({"id": dep}),
+    )
+    .await?;
+    let key = s.enrollment_key(&admin, &t).await?;
+    let (_, computer) = s.enroll_raw(&key, "pc-1", "m-1").await?;
+    let k = s
+        .gql(
+            &admin,
+            "mutation { createApiKey(input: {name: \"psa\", role: MSP_TECHNICIAN}) { apiKey { id } secret } }",
+            json!({}),
+        )
+        .await?;
+    let api_key = k["createApiKey"]["secret"].as_str().context("secret")?;
+    let api_key_id = k["createApiKey"]["apiKey"]["id"].clone();
+    // A change made through an API key names the key.
+    let started = s
+        .gql(
+            api_key,
+            "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c], detectionOnly: true}) { id } }",
+            json!({"c": computer}),
+        )
+        .await?;
+    let session = started["startMaintenanceSession"][0]["id"].clone();
+    s.gql(
+        &admin,
+        "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { status } }",
+        json!({"id": session}),
+    )
+    .await?;
+    let all = s
+        .gql(
+            &admin,
+            "{ auditEvents(first: 100) { totalCount edges { node { action actorKind actorId actorName address tenantId targetType targetId summary } } } }",
+            json!({}),
+        )
+        .await?;
+    let text = all.to_string();
+    assert!(
+        !text.contains("SECRET-"),
+        "secrets never reach the trail: {text}"
+    );
+    let events: Vec<&Value> = all["auditEvents"]["edges"]
+        .as_array()
+        .context("edges")?
+        .iter()
+        .map(|e| &e["node"])
+        .collect();
+    let find = |action: &str| {
+        events
+            .iter()
+            .find(|e| e["action"] == action)
+            .copied()
+            .with_context(|| format!("no {action} record in {text}"))
+    };
+    assert_eq!(find("loginFailed")?["actorName"], "admin@msp.example");
+    assert_eq!(find("login")?["address"], "127.0.0.1");
+    let rename = find("updateTenant")?;
+    assert_eq!(rename["targetId"], t.as_str());
+    assert_eq!(rename["tenantId"], t.as_str());
+    assert_eq!(rename["actorKind"], "USER");
+    assert_eq!(rename["actorName"], ADMIN_EMAIL);
+    assert!(
+        rename["summary"].as_str().unwrap_or("").contains("Renamed"),
+        "{rename}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "updateTenant")
+            .count(),
+        1,
+        "the refused update left no record"
+    );
+    assert_eq!(find("createDeployment")?["targetId"], dep.as_str());
+    assert_eq!(find("createDeployment")?["targetType"], "Deployment");
+    assert!(
+        find("updateDeployment")?["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("parameters: <changed>"),
+        "{text}"
+    );
+    let enrolled = find("enrollComputer")?;
+    assert_eq!(enrolled["actorKind"], "AGENT");
+    assert_eq!(enrolled["targetId"], computer.as_str());
+    let start = find("startMaintenanceSession")?;
+    assert_eq!(start["actorKind"], "API_KEY");
+    assert_eq!(start["actorId"], api_key_id);
+    assert_eq!(start["targetId"], session);
+    assert_eq!(find("cancelMaintenanceSession")?["targetId"], session);
+    for action in [
+        "createTenant",
+        "createSoftware",
+        "createEnrollmentKey",
+        "createApiKey",
+    ] {
+        find(action)?;
+    }
+    // Newest first.
+    assert_eq!(events[0]["action"], "cancelMaintenanceSession", "{text}");
+
+    // A tenant admin reads their tenant's records only; viewers and technicians none.
+    let tadmin = user(&s, &admin, "TENANT_ADMIN", Some(&t)).await?;
+    let mine = s
+        .gql(
+            &tadmin,
+            "{ auditEvents(first: 100) { edges { node { action tenantId } } } }",
+            json!({}),
+        )
+        .await?;
+    let mine = mine["auditEvents"]["edges"].as_array().context("edges")?;
+    assert!(!mine.is_empty());
+    assert!(
+        mine.iter().all(|e| e["node"]["tenantId"] == t.as_str()),
+        "{mine:?}"
+    );
+    let viewer = user(&s, &admin, "TENANT_VIEWER", Some(&t)).await?;
+    assert_eq!(
+        s.gql_err(Some(&viewer), "{ auditEvents { totalCount } }", json!({}))
+            .await?,
+        "FORBIDDEN"
+    );
+    // Filters: by action and by actor.
+    let by_key = s
+        .gql(
+            &admin,
+            "query($a: ID) { auditEvents(filter: {actorId: $a}) { totalCount edges { node { action } } } }",
+            json!({"a": api_key_id}),
+        )
+        .await?;
+    assert_eq!(by_key["auditEvents"]["totalCount"], 1, "{by_key}");
+    Ok(())
+}
