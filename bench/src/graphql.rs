@@ -411,6 +411,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         after_mail_sent: false,
         deployment_ids: None,
         used_tokens: vec![],
+        offline_in_window: false,
         queued: false,
     }
 }

@@ -1,0 +1,291 @@
+//! In the field: offline computers and their windows, the end user's postpone and update-now
+//! links all the way to the limit, technicians running a waiting session now, and onboarding
+//! on demand.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use upkeep_server::mail::OutboxMail;
+use upkeep_tests::smtp::SmtpSink;
+use upkeep_tests::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// A tenant with one enrolled computer (agent state kept in `state`, so the agent can be
+/// stopped and started again) and a file-backed software deployed to every computer.
+struct Field {
+    s: TestServer,
+    admin: String,
+    tenant: String,
+    computer: String,
+    state: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    agent: Option<TestAgent>,
+}
+
+async fn field(clock: DateTime<Utc>, smtp: Option<&SmtpSink>) -> anyhow::Result<Field> {
+    let smtp_url = smtp.map(|m| m.url());
+    let s = TestServer::start_with(move |c| {
+        c.test_clock = Some(clock);
+        c.smtp_url = smtp_url;
+    })
+    .await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Field").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let state = tempfile::tempdir()?;
+    let agent = TestAgent::start_in(&s.url, Some(&key), state.path(), "laptop")?;
+    let computer = s.computer_id(&admin, "laptop").await?;
+    s.wait_online(&admin, &computer).await?;
+    let p = s
+        .gql(
+            &admin,
+            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Eve\", email: \"eve@field.example\"}) { id } }",
+            json!({"t": tenant}),
+        )
+        .await?;
+    s.gql(
+        &admin,
+        "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p}) { id } }",
+        json!({"c": computer, "p": p["createPerson"]["id"]}),
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let sw = create_file_software(&s, &admin, Some(&tenant), "tool", dir.path(), &["2.0"]).await?;
+    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    Ok(Field {
+        s,
+        admin,
+        tenant,
+        computer,
+        state,
+        dir,
+        agent: Some(agent),
+    })
+}
+
+impl Field {
+    /// Stops the agent and waits until the server sees the computer offline.
+    async fn go_offline(&mut self) -> anyhow::Result<()> {
+        if let Some(mut a) = self.agent.take() {
+            a.stop().await;
+        }
+        wait_for("computer offline", T, || async {
+            let d = self
+                .s
+                .gql(
+                    &self.admin,
+                    "query($c: ID!) { computer(id: $c) { online } }",
+                    json!({"c": self.computer}),
+                )
+                .await?;
+            Ok((d["computer"]["online"] == false).then_some(()))
+        })
+        .await
+    }
+
+    fn come_back(&mut self) -> anyhow::Result<()> {
+        self.agent = Some(TestAgent::start_in(
+            &self.s.url,
+            None,
+            self.state.path(),
+            "laptop",
+        )?);
+        Ok(())
+    }
+
+    /// Moves the clock and logs in again (a jump of hours outlives the old token).
+    async fn clock(&mut self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        self.s.set_clock(now).await?;
+        self.admin = self.s.admin().await?;
+        Ok(())
+    }
+
+    async fn schedule(&self, input: Value) -> anyhow::Result<()> {
+        let mut i = json!({"tenantId": self.tenant, "name": "Nightly", "target": {"kind": "ALL_COMPUTERS"}, "timeZone": "UTC"});
+        for (k, v) in input.as_object().unwrap() {
+            i[k] = v.clone();
+        }
+        self.s
+            .gql(
+                &self.admin,
+                "mutation($i: CreateScheduleInput!) { createSchedule(input: $i) { id } }",
+                json!({"i": i}),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The one session of the computer, once the schedule made it.
+    async fn only_session(&self) -> anyhow::Result<String> {
+        wait_for("the schedule's session", T, || async {
+            let d = self
+                .s
+                .gql(
+                    &self.admin,
+                    "{ maintenanceSessions { edges { node { id } } } }",
+                    json!({}),
+                )
+                .await?;
+            Ok(d["maintenanceSessions"]["edges"][0]["node"]["id"]
+                .as_str()
+                .map(String::from))
+        })
+        .await
+    }
+
+    fn installed(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("tool.version"))
+            .ok()
+            .map(|v| v.trim().to_string())
+    }
+}
+
+fn logs(s: &Value) -> Vec<String> {
+    s["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Mails of the outbox (sent or not) that belong to `session`.
+fn outbox_of(s: &TestServer, session: &str) -> Vec<OutboxMail> {
+    s.app()
+        .store
+        .scan::<OutboxMail>(None)
+        .filter_map(|m| m.ok())
+        .filter(|m| m.session_id.is_some_and(|id| id.to_string() == session))
+        .collect()
+}
+
+/// APPLY_ON_CONNECT: offline when the schedule detects, back only after the window — the
+/// session detects and runs then, instead of ending "the maintenance window ended".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_on_connect_runs_when_the_laptop_comes_back_after_the_window() -> anyhow::Result<()> {
+    let mut f = field(at("2026-06-01T10:00:00Z"), None).await?;
+    f.schedule(json!({"cron": "0 12 * * *", "detectionLeadMinutes": 60, "windowMinutes": 30}))
+        .await?;
+    f.go_offline().await?;
+    f.clock(at("2026-06-01T11:00:05Z")).await?;
+    let id = f.only_session().await?;
+    let p = f.s.wait_status(&f.admin, &id, &["PENDING"], T).await?;
+    assert_eq!(p["statusReason"], "waiting for the computer to come online");
+    // The window passes while the laptop is away.
+    f.clock(at("2026-06-01T13:30:00Z")).await?;
+    f.s.app().tick(id.parse()?).await;
+    let p = f.s.session(&f.admin, &id).await?;
+    assert_eq!(p["status"], "PENDING", "{p:#}");
+    f.come_back()?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(f.installed().as_deref(), Some("2.0"));
+    assert!(
+        logs(&done)
+            .iter()
+            .any(|l| l.contains("offline during the maintenance window")),
+        "{done:#}"
+    );
+    Ok(())
+}
+
+/// SKIP: the grace counts from the window's start, not from detection — a laptop offline at
+/// the 14:00 detection still gets its 22:00 run when it is back by 22:30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_grace_counts_from_the_start_of_execution() -> anyhow::Result<()> {
+    let mut f = field(at("2026-06-01T13:00:00Z"), None).await?;
+    f.schedule(
+        json!({"cron": "0 22 * * *", "detectionLeadMinutes": 480, "windowMinutes": 120,
+        "options": {"offlineBehavior": "SKIP", "offlineGraceMinutes": 30}}),
+    )
+    .await?;
+    f.go_offline().await?;
+    f.clock(at("2026-06-01T14:00:05Z")).await?;
+    let id = f.only_session().await?;
+    let p =
+        f.s.wait_status(&f.admin, &id, &["PENDING", "CANCELLED"], T)
+            .await?;
+    assert_eq!(
+        p["statusReason"], "waiting for the computer to come online (until 22:30 UTC)",
+        "{p:#}"
+    );
+    // Half an hour after detection: still waiting (the session's own timer is driven here).
+    f.clock(at("2026-06-01T14:31:00Z")).await?;
+    f.s.app().tick(id.parse()?).await;
+    let p = f.s.session(&f.admin, &id).await?;
+    assert_eq!(p["status"], "PENDING", "{p:#}");
+    // Back ten minutes into the window: it detects and runs.
+    f.clock(at("2026-06-01T22:10:00Z")).await?;
+    f.come_back()?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(f.installed().as_deref(), Some("2.0"));
+    Ok(())
+}
+
+/// A detection that finishes only after the window ends: the session is CANCELLED and no
+/// before-mail announces the time already past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_before_mail_for_a_session_cancelled_by_its_window() -> anyhow::Result<()> {
+    let smtp = SmtpSink::start().await?;
+    let mut f = field(at("2026-06-01T10:00:00Z"), Some(&smtp)).await?;
+    // A second software whose detection waits for a go file: the test decides when it ends.
+    let go = f.dir.path().join("go");
+    slow_software(&f, &go).await?;
+    f.schedule(
+        json!({"cron": "0 12 * * *", "detectionLeadMinutes": 60, "windowMinutes": 30,
+        "options": {"notifyBefore": true}}),
+    )
+    .await?;
+    f.clock(at("2026-06-01T11:00:05Z")).await?;
+    let id = f.only_session().await?;
+    f.s.wait_status(&f.admin, &id, &["DETECTING"], T).await?;
+    f.clock(at("2026-06-01T12:45:00Z")).await?;
+    std::fs::write(&go, "")?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "CANCELLED", "{done:#}");
+    assert!(
+        done["statusReason"].as_str().unwrap().contains("window"),
+        "{done:#}"
+    );
+    // The outbox is written in the same transaction as the cancelled session.
+    assert!(outbox_of(&f.s, &id).is_empty(), "no before-mail was queued");
+    assert!(
+        !logs(&done).iter().any(|l| l.contains("mail queued")),
+        "{done:#}"
+    );
+    assert!(smtp.received().is_empty());
+    Ok(())
+}
+
+async fn slow_software(f: &Field, go: &Path) -> anyhow::Result<()> {
+    let g = go.display();
+    let d = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+            json!({"i": {
+                "name": "slow",
+                "tenantId": f.tenant,
+                "detectionScript": {"language": "SHELL", "body": format!("while [ ! -f '{g}' ]; do sleep 0.1; done; exit 0")},
+                "versions": [{"version": "1.0", "installScript": {"language": "SHELL", "body": "true"}}],
+            }}),
+        )
+        .await?;
+    let sw = d["createSoftware"]["id"].as_str().unwrap();
+    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    Ok(())
+}
