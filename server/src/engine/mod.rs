@@ -78,6 +78,11 @@ pub enum Event {
         by: String,
         token: Option<String>,
     },
+    /// A technician runs a `SCHEDULED` or `POSTPONED` session now (ImmyBot's "resume"): no
+    /// end-user option applies and no postpone is used up.
+    RunNow {
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,9 +179,13 @@ impl Machine<'_> {
     fn handle(&mut self, event: Event) -> Result<(), EngineError> {
         if self.s.status.is_terminal() {
             return match event {
-                Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. } => Err(
-                    EngineError::Conflict(format!("the session already ended {:?}", self.s.status)),
-                ),
+                Event::Cancel { .. }
+                | Event::Postpone { .. }
+                | Event::UpdateNow { .. }
+                | Event::RunNow { .. } => Err(EngineError::Conflict(format!(
+                    "the session already ended {:?}",
+                    self.s.status
+                ))),
                 // Late results and ticks of a finished session change nothing.
                 _ => Ok(()),
             };
@@ -216,6 +225,21 @@ impl Machine<'_> {
                 self.s.execute_at = Some(self.now());
                 self.s.window_end = None;
                 self.log(format!("{by} asked to update now"));
+            }
+            Event::RunNow { by } => {
+                if !matches!(
+                    self.s.status,
+                    SessionStatus::Scheduled | SessionStatus::Postponed
+                ) || self.s.stage != Stage::AwaitExecute
+                {
+                    return Err(EngineError::Conflict(format!(
+                        "only a SCHEDULED or POSTPONED session can run now; this one is {}",
+                        status_name(self.s.status)
+                    )));
+                }
+                self.s.execute_at = Some(self.now());
+                self.s.window_end = None;
+                self.log(format!("{by} started the maintenance now"));
             }
         }
         self.advance();
@@ -878,6 +902,13 @@ impl Machine<'_> {
                 at.format("%Y-%m-%d %H:%M UTC")
             )),
         );
+        // The end user hears of the new time in a fresh before-mail, whose links (issued for
+        // this postpone count) replace the earlier mail's: that is how a second postpone, up to
+        // `maxPostpones`, is reached.
+        if self.s.options.notify_before {
+            self.s.before_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
         Ok(())
     }
 

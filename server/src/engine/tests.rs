@@ -364,7 +364,10 @@ impl Run {
         let before = self.s.clone();
         let may_refuse = matches!(
             event,
-            Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. }
+            Event::Cancel { .. }
+                | Event::Postpone { .. }
+                | Event::UpdateNow { .. }
+                | Event::RunNow { .. }
         );
         let settled = match &event {
             Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
@@ -2063,6 +2066,44 @@ fn the_before_mail_is_queued_right_after_detection() {
     let effects = run.probes(&[("d0", absent())]);
     assert!(effects.contains(&Effect::Mail(crate::mail::MailKind::Before)));
     assert!(run.s.before_mail_sent);
+}
+
+#[test]
+fn a_postpone_mails_the_new_time_when_the_user_is_notified() {
+    let notify = MaintenanceOptions {
+        notify_before: true,
+        ..Default::default()
+    };
+    let mut run = scheduled_at(120, notify);
+    let effects = run.ok(postpone("user@customer.example", Some("link-1")));
+    assert!(effects.contains(&Effect::Mail(crate::mail::MailKind::Before)));
+    let mut quiet = scheduled_at(120, MaintenanceOptions::default());
+    let effects = quiet.ok(postpone("user@customer.example", Some("link-1")));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Mail(_))));
+}
+
+#[test]
+fn run_now_executes_a_waiting_session_without_using_a_postpone() {
+    let options = MaintenanceOptions {
+        allow_update_now: false,
+        ..Default::default()
+    };
+    let mut run = scheduled_at(120, options);
+    run.ok(postpone("user@customer.example", None));
+    assert_eq!(run.s.status, SessionStatus::Postponed);
+    run.ok(Event::RunNow {
+        by: "tech@msp.example".into(),
+    });
+    assert_eq!(run.s.status, SessionStatus::Executing);
+    assert_eq!(run.s.postpone_count, 1);
+    // Not waiting any more: a conflict, and nothing changes.
+    let refused = run.apply(
+        &run.env(),
+        Event::RunNow {
+            by: "tech@msp.example".into(),
+        },
+    );
+    assert!(matches!(refused, Err(EngineError::Conflict(_))), "{refused:?}");
 }
 
 #[test]

@@ -1391,6 +1391,23 @@ impl Mutation {
             .await?;
         Ok(true)
     }
+
+    /// Runs a `SCHEDULED` or `POSTPONED` session now (technicians; ImmyBot's "resume"). The
+    /// end user's postpones are not used up and `allowUpdateNow` does not apply. Any other
+    /// status is `CONFLICT`.
+    async fn run_maintenance_session_now(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {
+        let c = Ctx::new(ctx)?;
+        let s: Session = c.load(parse_id("id", &id)?)?;
+        c.actor.require_role(Action::RunSessions)?;
+        Ok(c.app
+            .apply(
+                s.id,
+                crate::engine::Event::RunNow {
+                    by: c.actor.display(),
+                },
+            )
+            .await?)
+    }
 }
 
 /// The signed-in user's id; API keys have no password or second factor of their own.

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 use upkeep_server::mail::OutboxMail;
-use upkeep_tests::smtp::SmtpSink;
+use upkeep_tests::smtp::{SmtpSink, parse};
 use upkeep_tests::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -287,5 +287,191 @@ async fn slow_software(f: &Field, go: &Path) -> anyhow::Result<()> {
         .await?;
     let sw = d["createSoftware"]["id"].as_str().unwrap();
     create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    Ok(())
+}
+
+async fn wait_mails(smtp: &SmtpSink, n: usize) -> anyhow::Result<Vec<smtp::ParsedMail>> {
+    wait_for(&format!("{n} mail(s)"), T, || async {
+        let got = smtp.received();
+        Ok((got.len() >= n).then(|| got.iter().map(|m| parse(&m.data)).collect()))
+    })
+    .await
+}
+
+/// The postpone-page links of a mail's text part, in order (postpone first, then update now).
+fn links(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .filter(|w| w.starts_with("http://") && w.contains("/postpone/"))
+        .map(String::from)
+        .collect()
+}
+
+async fn post(s: &TestServer, url: &str, action: &str) -> anyhow::Result<(u16, String)> {
+    let r = s.http.post(url).form(&[("action", action)]).send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+async fn get(s: &TestServer, url: &str) -> anyhow::Result<(u16, String)> {
+    let r = s.http.get(url).send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// `maxPostpones: 2` is reachable: each postpone sends a fresh before-mail with fresh links for
+/// the new time (the earlier mail's links stop working); after the second, the mail offers only
+/// "update now", whose own link runs the maintenance. Mail and page say how long a postpone is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_postpones_mail_by_mail_up_to_the_limit_then_updates_now() -> anyhow::Result<()> {
+    let smtp = SmtpSink::start().await?;
+    let f = field(at("2026-06-01T08:00:00Z"), Some(&smtp)).await?;
+    let first = at("2026-06-01T11:00:00Z");
+    let id = f
+        .s
+        .start_session(&f.admin, &f.computer, json!({"executeAt": first, "options": {"notifyBefore": true, "maxPostpones": 2, "postponeHours": 4}}))
+        .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+
+    // Mail 1: postpone by 4 hours, 2 more times; a postpone link and an update-now link.
+    let m1 = wait_mails(&smtp, 1).await?.remove(0);
+    assert!(
+        m1.text
+            .contains("postpone the maintenance by 4 hours, 2 more times"),
+        "{}",
+        m1.text
+    );
+    let l1 = links(&m1.text);
+    assert_eq!(l1.len(), 2, "postpone and update-now links: {}", m1.text);
+    assert_ne!(l1[0], l1[1], "update now has a token of its own");
+    let (code, page) = get(&f.s, &l1[0]).await?;
+    assert_eq!(code, 200);
+    assert!(page.contains("by 4 hours"), "{page}");
+    assert_eq!(post(&f.s, &l1[0], "postpone").await?.0, 200);
+    let s = f.s.session(&f.admin, &id).await?;
+    assert_eq!(
+        (s["status"].as_str(), s["postponeCount"].as_i64()),
+        (Some("POSTPONED"), Some(1))
+    );
+    assert_eq!(s["executeAt"], "2026-06-01T15:00:00+00:00");
+
+    // Mail 2: the new time, fresh links; mail 1's links are spent or replaced.
+    let m2 = wait_mails(&smtp, 2).await?.remove(1);
+    assert!(m2.text.contains("1 more time"), "{}", m2.text);
+    let l2 = links(&m2.text);
+    assert_eq!(l2.len(), 2, "{}", m2.text);
+    assert_eq!(post(&f.s, &l1[0], "postpone").await?.0, 410);
+    let (code, page) = get(&f.s, &l1[1]).await?;
+    assert_eq!(code, 410, "the earlier mail's update-now link was replaced");
+    assert!(page.contains("newest e-mail"), "{page}");
+    assert_eq!(post(&f.s, &l2[0], "postpone").await?.0, 200);
+    let s = f.s.session(&f.admin, &id).await?;
+    assert_eq!(s["postponeCount"], 2);
+    assert_eq!(s["executeAt"], "2026-06-01T19:00:00+00:00");
+
+    // Mail 3: the limit is reached — no postpone, only update now.
+    let m3 = wait_mails(&smtp, 3).await?.remove(2);
+    assert!(!m3.text.contains("postpone the maintenance"), "{}", m3.text);
+    let l3 = links(&m3.text);
+    assert_eq!(l3.len(), 1, "{}", m3.text);
+    let (code, page) = get(&f.s, &l3[0]).await?;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("value=\"update-now\"") && !page.contains("value=\"postpone\""),
+        "{page}"
+    );
+    assert_eq!(post(&f.s, &l3[0], "postpone").await?.0, 400);
+    assert_eq!(
+        f.s.gql_err(
+            Some(&f.admin),
+            "mutation($id: ID!) { postponeMaintenanceSession(id: $id) { id } }",
+            json!({"id": id})
+        )
+        .await?,
+        "BAD_USER_INPUT",
+        "over the limit"
+    );
+    assert_eq!(post(&f.s, &l3[0], "update-now").await?.0, 200);
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(f.installed().as_deref(), Some("2.0"));
+    Ok(())
+}
+
+/// `allowPostpone: false, allowUpdateNow: true`: the mail still carries an update-now link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_now_without_postpone_has_its_own_link() -> anyhow::Result<()> {
+    let smtp = SmtpSink::start().await?;
+    let f = field(at("2026-06-01T08:00:00Z"), Some(&smtp)).await?;
+    let id = f
+        .s
+        .start_session(&f.admin, &f.computer, json!({"executeAt": at("2026-06-01T11:00:00Z"), "options": {"notifyBefore": true, "allowPostpone": false, "allowUpdateNow": true}}))
+        .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    let m = wait_mails(&smtp, 1).await?.remove(0);
+    assert!(!m.text.contains("postpone the maintenance"), "{}", m.text);
+    let l = links(&m.text);
+    assert_eq!(l.len(), 1, "an update-now link: {}", m.text);
+    assert_eq!(post(&f.s, &l[0], "update-now").await?.0, 200);
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(get(&f.s, &l[0]).await?.0, 410, "used once");
+    Ok(())
+}
+
+/// Technicians run a SCHEDULED or POSTPONED session now; the user's postpones stay as they
+/// were, and `allowUpdateNow: false` (an end-user option) does not stop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technicians_run_a_waiting_session_now() -> anyhow::Result<()> {
+    let f = field(at("2026-06-01T08:00:00Z"), None).await?;
+    let run_now =
+        "mutation($id: ID!) { runMaintenanceSessionNow(id: $id) { id status postponeCount } }";
+    let opts = json!({"executeAt": at("2026-06-01T11:00:00Z"), "options": {"allowUpdateNow": false, "maxPostpones": 1}});
+    let id =
+        f.s.start_session(&f.admin, &f.computer, opts.clone())
+            .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    f.s.gql(&f.admin, run_now, json!({"id": id})).await?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(done["postponeCount"], 0);
+    assert!(
+        logs(&done)
+            .iter()
+            .any(|l| l.contains("started the maintenance now")),
+        "{done:#}"
+    );
+    // A finished session: CONFLICT.
+    assert_eq!(
+        f.s.gql_err(Some(&f.admin), run_now, json!({"id": id}))
+            .await?,
+        "CONFLICT"
+    );
+    // A postponed one runs too, and keeps its postpone count.
+    std::fs::remove_file(f.dir.path().join("tool.version"))?;
+    let id = f.s.start_session(&f.admin, &f.computer, opts).await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    f.s.gql(
+        &f.admin,
+        "mutation($id: ID!) { postponeMaintenanceSession(id: $id) { id } }",
+        json!({"id": id}),
+    )
+    .await?;
+    f.s.wait_status(&f.admin, &id, &["POSTPONED"], T).await?;
+    f.s.gql(&f.admin, run_now, json!({"id": id})).await?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(done["postponeCount"], 1);
+    // Unknown ids and bad input get clear errors.
+    assert_eq!(
+        f.s.gql_err(Some(&f.admin), run_now, json!({"id": "nope"}))
+            .await?,
+        "BAD_USER_INPUT"
+    );
     Ok(())
 }
