@@ -287,6 +287,7 @@ fn preload(
                     compliance: Some(Compliance::Compliant),
                     logged_on_user: None,
                     onboarded: true,
+                    onboarding: None,
                 })?;
             }
             Ok(())

@@ -2103,7 +2103,10 @@ fn run_now_executes_a_waiting_session_without_using_a_postpone() {
             by: "tech@msp.example".into(),
         },
     );
-    assert!(matches!(refused, Err(EngineError::Conflict(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(EngineError::Conflict(_))),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -1010,11 +1010,8 @@ impl Mutation {
             )
             .into());
         }
-        let trigger = if s.trigger == SessionTrigger::Onboarding {
-            SessionTrigger::Manual
-        } else {
-            s.trigger
-        };
+        // The trigger is kept: a rerun onboarding session runs the onboarding deployments again.
+        let trigger = s.trigger;
         let req = StartRequest {
             computer: comp,
             trigger,
@@ -1407,6 +1404,46 @@ impl Mutation {
                 },
             )
             .await?)
+    }
+
+    /// Runs the computer's onboarding deployments (and the required ones) now, as a session
+    /// with trigger `ONBOARDING`: for tenants without auto-onboarding, or after a re-image.
+    /// `CONFLICT` when the computer has an unfinished session.
+    async fn start_onboarding_session(
+        &self,
+        ctx: &Context<'_>,
+        computer_id: ID,
+    ) -> Result<Session> {
+        let c = Ctx::new(ctx)?;
+        let comp: Computer = c.load(parse_id("computerId", &computer_id)?)?;
+        c.actor.require_role(Action::RunSessions)?;
+        if comp.excluded_from_maintenance {
+            return Err(ApiError::bad(
+                "computerId",
+                format!("computer {} is excluded from maintenance", comp.name),
+            )
+            .into());
+        }
+        let tenant: Tenant = c.load(comp.tenant_id)?;
+        if tenant.excluded_from_maintenance {
+            return Err(ApiError::bad(
+                "computerId",
+                format!("tenant {} is excluded from maintenance", tenant.name),
+            )
+            .into());
+        }
+        let req = StartRequest {
+            computer: comp,
+            trigger: SessionTrigger::Onboarding,
+            detection_only: false,
+            execute_at: None,
+            window_end: None,
+            deployment_ids: None,
+            options: MaintenanceOptions::default(),
+            schedule_id: None,
+            created_by: c.actor.display(),
+        };
+        Ok(c.app.start_session(req).await?)
     }
 }
 

@@ -475,3 +475,125 @@ async fn technicians_run_a_waiting_session_now() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+async fn onboarding_status(f: &Field) -> anyhow::Result<String> {
+    let d =
+        f.s.gql(
+            &f.admin,
+            "query($c: ID!) { computer(id: $c) { onboardingStatus } }",
+            json!({"c": f.computer}),
+        )
+        .await?;
+    Ok(d["computer"]["onboardingStatus"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Onboarding on demand (a tenant without auto-onboarding, a re-imaged computer): the
+/// ONBOARDING deployments run, `onboardingStatus` follows, and a rerun stays an onboarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
+    let mut f = field(at("2026-06-01T08:00:00Z"), None).await?;
+    let base = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "base",
+        f.dir.path(),
+        &["1.0"],
+    )
+    .await?;
+    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
+    assert_eq!(onboarding_status(&f).await?, "PENDING");
+    let start =
+        "mutation($c: ID!) { startOnboardingSession(computerId: $c) { id trigger status } }";
+
+    // Offline: the onboarding session waits, and the computer shows it in progress.
+    f.go_offline().await?;
+    let d = f.s.gql(&f.admin, start, json!({"c": f.computer})).await?;
+    assert_eq!(d["startOnboardingSession"]["trigger"], "ONBOARDING");
+    let id = d["startOnboardingSession"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.s.wait_status(&f.admin, &id, &["PENDING"], T).await?;
+    assert_eq!(onboarding_status(&f).await?, "IN_PROGRESS");
+    assert_eq!(
+        f.s.gql_err(Some(&f.admin), start, json!({"c": f.computer}))
+            .await?,
+        "CONFLICT",
+        "one unfinished session per computer"
+    );
+    f.come_back()?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    let mut names: Vec<&str> = done["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["base", "tool"],
+        "onboarding and required deployments"
+    );
+    assert!(f.dir.path().join("base.version").exists());
+    assert_eq!(onboarding_status(&f).await?, "COMPLETED");
+
+    // Re-imaged: the rerun is an onboarding session again and installs `base` again.
+    std::fs::remove_file(f.dir.path().join("base.version"))?;
+    let d =
+        f.s.gql(
+            &f.admin,
+            "mutation($id: ID!) { rerunMaintenanceSession(id: $id) { id trigger } }",
+            json!({"id": id}),
+        )
+        .await?;
+    assert_eq!(d["rerunMaintenanceSession"]["trigger"], "ONBOARDING");
+    let rerun = d["rerunMaintenanceSession"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done =
+        f.s.wait_status(&f.admin, &rerun, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert!(
+        f.dir.path().join("base.version").exists(),
+        "the onboarding deployment ran again"
+    );
+
+    // An onboarding deployment that fails: FAILED.
+    let broken = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+            json!({"i": {"name": "broken", "tenantId": f.tenant,
+                "detectionScript": {"language": "SHELL", "body": "exit 0"},
+                "versions": [{"version": "1.0", "installScript": {"language": "SHELL", "body": "exit 3"}}]}}),
+        )
+        .await?;
+    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": broken["createSoftware"]["id"], "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
+    let d = f.s.gql(&f.admin, start, json!({"c": f.computer})).await?;
+    let id = d["startOnboardingSession"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    assert_eq!(onboarding_status(&f).await?, "FAILED");
+    assert_eq!(
+        f.s.gql_err(Some(&f.admin), start, json!({"c": "nope"}))
+            .await?,
+        "BAD_USER_INPUT"
+    );
+    Ok(())
+}
