@@ -287,6 +287,7 @@ fn preload(
                     compliance: Some(Compliance::Compliant),
                     logged_on_user: None,
                     onboarded: true,
+                    onboarding: None,
                 })?;
             }
             Ok(())
@@ -411,6 +412,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         after_mail_sent: false,
         deployment_ids: None,
         used_tokens: vec![],
+        offline_in_window: false,
         queued: false,
     }
 }

@@ -531,6 +531,7 @@ impl App {
                 compliance: None,
                 logged_on_user: None,
                 onboarded: false,
+                onboarding: None,
             },
         };
         let event = if is_new {

@@ -135,7 +135,18 @@ pub struct PostponeClaims {
     pub jti: String,
     pub exp: i64,
     pub aud: String,
+    /// The session's `postponeCount` when the link was mailed: a postpone sends a fresh mail,
+    /// and the earlier mail's links stop working (absent in links from before: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// What the link may do: absent, the postpone page (postpone or update now);
+    /// [`LINK_UPDATE_NOW`], update now only (mailed when postponing is not offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<String>,
 }
+
+/// `PostponeClaims::act` of a link that only starts the maintenance now.
+pub const LINK_UPDATE_NOW: &str = "update-now";
 
 #[derive(Clone)]
 pub struct Keys {

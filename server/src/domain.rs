@@ -218,6 +218,22 @@ pub struct Computer {
     /// True once any session has run; the first session of a new computer is its onboarding.
     #[serde(default)]
     pub onboarded: bool,
+    /// How the last finished onboarding session ended (`COMPLETED` or `FAILED`; a cancelled
+    /// one changes nothing). `IN_PROGRESS` is not stored: it is the computer's unfinished
+    /// session when that is an onboarding one.
+    #[serde(default)]
+    pub onboarding: Option<OnboardingStatus>,
+}
+
+/// Where a computer stands with its onboarding deployments (`Computer.onboardingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OnboardingStatus {
+    /// No onboarding session has finished yet.
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]

@@ -1,5 +1,12 @@
 //! The end user's postpone page. `GET` only shows (mail scanners prefetch links); `POST`
 //! applies `postpone` or `update-now` once per token.
+//!
+//! Links are single-use and belong to one mail: a postpone (by the user or a technician) sends
+//! a fresh before-mail with fresh links for the new time, and the earlier mail's links stop
+//! working ("use the link in the newest e-mail"). So the user reaches `maxPostpones` mail by
+//! mail; the mail after the last postpone offers no postpone, only "update now" when allowed.
+//! The update-now link is a token of its own (`act: update-now`), so it is offered also when
+//! postponing is not.
 
 use crate::app::App;
 use crate::domain::*;
@@ -30,6 +37,8 @@ struct Loaded {
     computer_name: String,
     jti: String,
     rcpt: String,
+    /// The mail's update-now link: it may only start the maintenance now.
+    update_now_only: bool,
 }
 
 impl App {
@@ -53,7 +62,13 @@ impl App {
                     actions: sv.actions,
                     show_actions: sv.show_actions,
                     reboot: sv.reboot,
-                    postpones_left: sv.postpones_left,
+                    // An update-now link offers no postpone.
+                    postpones_left: if l.update_now_only {
+                        0
+                    } else {
+                        sv.postpones_left
+                    },
+                    postpone_hours: sv.postpone_hours,
                     allow_update_now: l.session.options.allow_update_now,
                     message,
                 }
@@ -68,6 +83,7 @@ impl App {
                 show_actions: false,
                 reboot: Default::default(),
                 postpones_left: 0,
+                postpone_hours: 0,
                 allow_update_now: false,
                 message,
             },
@@ -135,6 +151,7 @@ impl App {
             computer_name,
             jti: claims.jti,
             rcpt: claims.rcpt,
+            update_now_only: claims.act.as_deref() == Some(crate::auth::LINK_UPDATE_NOW),
         };
         if l.session.used_tokens.contains(&l.jti) {
             return Err(self.page(
@@ -142,6 +159,22 @@ impl App {
                 PostponeState::Used,
                 Some(&l),
                 Some("This link was already used.".into()),
+                None,
+            ));
+        }
+        // Each postpone sends a fresh mail with fresh links; the earlier mail's links end.
+        if claims
+            .generation
+            .is_some_and(|g| g != l.session.postpone_count)
+        {
+            return Err(self.page(
+                StatusCode::GONE,
+                PostponeState::Used,
+                Some(&l),
+                Some(
+                    "The maintenance was postponed since this e-mail was sent; use the link in the newest e-mail."
+                        .into(),
+                ),
                 None,
             ));
         }
@@ -172,8 +205,9 @@ async fn show(State(app): State<Arc<App>>, Path(token): Path<String>) -> Respons
             None,
         );
     }
-    if l.session.postpone_count >= l.session.options.max_postpones
-        || !l.session.options.allow_postpone
+    if !l.update_now_only
+        && (l.session.postpone_count >= l.session.options.max_postpones
+            || !l.session.options.allow_postpone)
     {
         return app.page(
             StatusCode::OK,
@@ -200,6 +234,15 @@ async fn apply(
         .and_then(|f| f.0.action)
         .unwrap_or_else(|| "postpone".into());
     let by = format!("{} (e-mail link)", l.rcpt);
+    if l.update_now_only && action != "update-now" {
+        return app.page(
+            StatusCode::BAD_REQUEST,
+            PostponeState::Invalid,
+            Some(&l),
+            Some("This link can only start the maintenance now.".into()),
+            None,
+        );
+    }
     let event = match action.as_str() {
         "postpone" => Event::Postpone {
             hours: None,

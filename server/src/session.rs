@@ -249,6 +249,10 @@ pub struct Session {
     /// True while the session waits for a slot under the concurrency ceiling.
     #[serde(default)]
     pub queued: bool,
+    /// The computer was offline during the maintenance window (it came back after the window
+    /// began): with `APPLY_ON_CONNECT` the session still runs after the window has ended.
+    #[serde(default)]
+    pub offline_in_window: bool,
 }
 
 impl Session {

@@ -78,6 +78,11 @@ pub enum Event {
         by: String,
         token: Option<String>,
     },
+    /// A technician runs a `SCHEDULED` or `POSTPONED` session now (ImmyBot's "resume"): no
+    /// end-user option applies and no postpone is used up.
+    RunNow {
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,9 +179,13 @@ impl Machine<'_> {
     fn handle(&mut self, event: Event) -> Result<(), EngineError> {
         if self.s.status.is_terminal() {
             return match event {
-                Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. } => Err(
-                    EngineError::Conflict(format!("the session already ended {:?}", self.s.status)),
-                ),
+                Event::Cancel { .. }
+                | Event::Postpone { .. }
+                | Event::UpdateNow { .. }
+                | Event::RunNow { .. } => Err(EngineError::Conflict(format!(
+                    "the session already ended {:?}",
+                    self.s.status
+                ))),
                 // Late results and ticks of a finished session change nothing.
                 _ => Ok(()),
             };
@@ -216,6 +225,21 @@ impl Machine<'_> {
                 self.s.execute_at = Some(self.now());
                 self.s.window_end = None;
                 self.log(format!("{by} asked to update now"));
+            }
+            Event::RunNow { by } => {
+                if !matches!(
+                    self.s.status,
+                    SessionStatus::Scheduled | SessionStatus::Postponed
+                ) || self.s.stage != Stage::AwaitExecute
+                {
+                    return Err(EngineError::Conflict(format!(
+                        "only a SCHEDULED or POSTPONED session can run now; this one is {}",
+                        status_name(self.s.status)
+                    )));
+                }
+                self.s.execute_at = Some(self.now());
+                self.s.window_end = None;
+                self.log(format!("{by} started the maintenance now"));
             }
         }
         self.advance();
@@ -326,10 +350,19 @@ impl Machine<'_> {
                         && self.now() >= end
                         && self.s.offline_since.is_none()
                     {
-                        self.cancel(
-                            "the maintenance window ended before execution could start".into(),
+                        if !self.runs_after_window() {
+                            self.cancel(
+                                "the maintenance window ended before execution could start".into(),
+                            );
+                            return;
+                        }
+                        // The computer missed its window offline: it runs now, and says so (a
+                        // before-mail of this step then announces now, not a time long past).
+                        self.s.execute_at = Some(self.now());
+                        self.s.window_end = None;
+                        self.log(
+                            "The computer was offline during the maintenance window: running now that it is back",
                         );
-                        return;
                     }
                     if !self.ready_for_agent() {
                         return;
@@ -404,16 +437,27 @@ impl Machine<'_> {
         }
         self.s.queued = false;
         if self.env.online {
-            if self.s.offline_since.take().is_some() {
+            if let Some(since) = self.s.offline_since.take() {
                 self.log("The computer is online");
+                // Offline at some point inside the window (it began before the computer came
+                // back): remembered, because the reconnect clears `offline_since` before the
+                // window check runs (detection comes first).
+                if self.s.execute_at.is_none_or(|start| start < self.now())
+                    && self.s.window_end.is_some_and(|end| since < end)
+                {
+                    self.s.offline_in_window = true;
+                }
             }
             return true;
         }
         let since = *self.s.offline_since.get_or_insert(self.env.now);
         match self.s.options.offline_behavior {
             OfflineBehavior::Skip => {
+                // The grace counts from the start of execution, not from detection: a laptop
+                // offline at a 14:00 detection still gets its 22:00 run.
+                let start = self.s.execute_at.map_or(since, |at| at.max(since));
                 let grace =
-                    since + Duration::minutes(i64::from(self.s.options.offline_grace_minutes));
+                    start + Duration::minutes(i64::from(self.s.options.offline_grace_minutes));
                 let deadline = match self.s.window_end {
                     Some(end) if end < grace && end > since => end,
                     _ => grace,
@@ -421,6 +465,11 @@ impl Machine<'_> {
                 if self.now() >= deadline {
                     let reason = if self.s.window_end == Some(deadline) {
                         "computer offline through the window".to_string()
+                    } else if start > since {
+                        format!(
+                            "computer offline for {} minutes after the planned start",
+                            self.s.options.offline_grace_minutes
+                        )
                     } else {
                         format!(
                             "computer offline for {} minutes",
@@ -853,10 +902,33 @@ impl Machine<'_> {
                 at.format("%Y-%m-%d %H:%M UTC")
             )),
         );
+        // The end user hears of the new time in a fresh before-mail, whose links (issued for
+        // this postpone count) replace the earlier mail's: that is how a second postpone, up to
+        // `maxPostpones`, is reached.
+        if self.s.options.notify_before {
+            self.s.before_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
         Ok(())
     }
 
+    /// A session whose window ended before it could execute runs all the same only under
+    /// `APPLY_ON_CONNECT`, and only when its computer was offline during the window (CONTRACT
+    /// §5: it runs when the agent next polls, even after the window).
+    fn runs_after_window(&self) -> bool {
+        self.s.options.offline_behavior == OfflineBehavior::ApplyOnConnect
+            && self.s.offline_in_window
+    }
+
     fn cancel(&mut self, reason: String) {
+        // No mail about maintenance that will not happen: a before-mail planned earlier in
+        // this very step (detection that finished after the window) is dropped.
+        let before = self.out.len();
+        self.out
+            .retain(|e| *e != Effect::Mail(crate::mail::MailKind::Before));
+        if self.out.len() != before {
+            self.s.before_mail_sent = false;
+        }
         if let Some(p) = self.s.pending_job.take() {
             self.out.push(Effect::Abandon { job: p.id });
         }

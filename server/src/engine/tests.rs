@@ -139,6 +139,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         after_mail_sent: false,
         deployment_ids: None,
         used_tokens: vec![],
+        offline_in_window: false,
         queued: false,
     }
 }
@@ -363,7 +364,10 @@ impl Run {
         let before = self.s.clone();
         let may_refuse = matches!(
             event,
-            Event::Cancel { .. } | Event::Postpone { .. } | Event::UpdateNow { .. }
+            Event::Cancel { .. }
+                | Event::Postpone { .. }
+                | Event::UpdateNow { .. }
+                | Event::RunNow { .. }
         );
         let settled = match &event {
             Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
@@ -1856,6 +1860,116 @@ fn a_window_that_ends_before_execution_cancels() {
     );
 }
 
+/// A scheduled session: detection at `t0`, execution at `exec` minutes, window until `end`.
+fn windowed(exec: i64, end: i64, options: MaintenanceOptions) -> Run {
+    let mut s = session(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+        options,
+    );
+    s.execute_at = Some(mins(exec));
+    s.window_end = Some(mins(end));
+    Run::new(s)
+}
+
+#[test]
+fn apply_on_connect_runs_a_computer_that_was_offline_through_detection_and_window() {
+    let notify = MaintenanceOptions {
+        notify_before: true,
+        ..Default::default()
+    };
+    let mut run = windowed(60, 180, notify);
+    run.tick_with(offline_at(t0()));
+    assert_eq!(run.s.status, SessionStatus::Pending);
+    // Back long after the window: detection, then execution — not "the window ended".
+    let effects = run.tick_with(env_at(mins(300)));
+    assert_eq!(dispatched(&effects).len(), 1);
+    let effects = run.probes(&[("d0", absent())]);
+    assert_eq!(
+        run.s.status,
+        SessionStatus::Executing,
+        "{:?}",
+        run.s.status_reason
+    );
+    assert_eq!(run.purpose(), JobPurpose::Step { action: 0, step: 0 });
+    // The before-mail announces now, not the time long past.
+    assert!(effects.contains(&Effect::Mail(crate::mail::MailKind::Before)));
+    assert_eq!(run.s.execute_at, Some(mins(300)));
+}
+
+#[test]
+fn skip_does_not_run_after_the_window() {
+    let skip = MaintenanceOptions {
+        offline_behavior: OfflineBehavior::Skip,
+        offline_grace_minutes: 600,
+        ..Default::default()
+    };
+    let mut run = windowed(60, 180, skip);
+    run.tick_with(offline_at(t0()));
+    run.tick_with(offline_at(mins(181)));
+    assert_eq!(run.s.status, SessionStatus::Cancelled);
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("computer offline through the window")
+    );
+}
+
+#[test]
+fn skip_counts_the_grace_from_the_planned_start_not_from_detection() {
+    let skip = MaintenanceOptions {
+        offline_behavior: OfflineBehavior::Skip,
+        ..Default::default()
+    };
+    // Detection at 20:00, execution at 04:00, window of two hours.
+    let mut run = windowed(8 * 60, 10 * 60, skip);
+    run.tick_with(offline_at(t0()));
+    assert_eq!(run.s.status, SessionStatus::Pending);
+    assert_eq!(run.s.wake_at, Some(mins(8 * 60 + 30)));
+    run.tick_with(offline_at(mins(31)));
+    assert_eq!(
+        run.s.status,
+        SessionStatus::Pending,
+        "not cancelled 30 minutes after detection"
+    );
+    // Back inside the grace after the planned start: it runs.
+    run.tick_with(env_at(mins(8 * 60 + 10)));
+    assert_eq!(run.s.status, SessionStatus::Detecting);
+    run.probes(&[("d0", absent())]);
+    assert_eq!(run.s.status, SessionStatus::Executing);
+
+    let skip = MaintenanceOptions {
+        offline_behavior: OfflineBehavior::Skip,
+        ..Default::default()
+    };
+    let mut run = windowed(8 * 60, 10 * 60, skip);
+    run.tick_with(offline_at(t0()));
+    run.tick_with(offline_at(mins(8 * 60 + 31)));
+    assert_eq!(run.s.status, SessionStatus::Cancelled);
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("computer offline for 30 minutes after the planned start")
+    );
+}
+
+#[test]
+fn no_before_mail_for_a_session_cancelled_in_the_same_step() {
+    // Online all along, but detection finished only after the window: cancelled, and the
+    // before-mail that detection planned is not sent.
+    let notify = MaintenanceOptions {
+        notify_before: true,
+        ..Default::default()
+    };
+    let mut run = windowed(60, 180, notify);
+    run.tick();
+    let answer = probe_answer(&run.pending().2, &[("d0", absent())]);
+    let effects = run.answer_with(env_at(mins(200)), answer);
+    assert_eq!(run.s.status, SessionStatus::Cancelled);
+    assert!(
+        !effects.contains(&Effect::Mail(crate::mail::MailKind::Before)),
+        "{effects:?}"
+    );
+    assert!(!run.s.before_mail_sent);
+}
+
 #[test]
 fn postponing_a_queued_session_takes_it_out_of_the_queue() {
     // The runtime hands slots to the head of the queue only: a postponed session left
@@ -1952,6 +2066,47 @@ fn the_before_mail_is_queued_right_after_detection() {
     let effects = run.probes(&[("d0", absent())]);
     assert!(effects.contains(&Effect::Mail(crate::mail::MailKind::Before)));
     assert!(run.s.before_mail_sent);
+}
+
+#[test]
+fn a_postpone_mails_the_new_time_when_the_user_is_notified() {
+    let notify = MaintenanceOptions {
+        notify_before: true,
+        ..Default::default()
+    };
+    let mut run = scheduled_at(120, notify);
+    let effects = run.ok(postpone("user@customer.example", Some("link-1")));
+    assert!(effects.contains(&Effect::Mail(crate::mail::MailKind::Before)));
+    let mut quiet = scheduled_at(120, MaintenanceOptions::default());
+    let effects = quiet.ok(postpone("user@customer.example", Some("link-1")));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Mail(_))));
+}
+
+#[test]
+fn run_now_executes_a_waiting_session_without_using_a_postpone() {
+    let options = MaintenanceOptions {
+        allow_update_now: false,
+        ..Default::default()
+    };
+    let mut run = scheduled_at(120, options);
+    run.ok(postpone("user@customer.example", None));
+    assert_eq!(run.s.status, SessionStatus::Postponed);
+    run.ok(Event::RunNow {
+        by: "tech@msp.example".into(),
+    });
+    assert_eq!(run.s.status, SessionStatus::Executing);
+    assert_eq!(run.s.postpone_count, 1);
+    // Not waiting any more: a conflict, and nothing changes.
+    let refused = run.apply(
+        &run.env(),
+        Event::RunNow {
+            by: "tech@msp.example".into(),
+        },
+    );
+    assert!(
+        matches!(refused, Err(EngineError::Conflict(_))),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -1025,11 +1025,8 @@ impl Mutation {
             )
             .into());
         }
-        let trigger = if s.trigger == SessionTrigger::Onboarding {
-            SessionTrigger::Manual
-        } else {
-            s.trigger
-        };
+        // The trigger is kept: a rerun onboarding session runs the onboarding deployments again.
+        let trigger = s.trigger;
         let req = StartRequest {
             computer: comp,
             trigger,
@@ -1405,6 +1402,63 @@ impl Mutation {
             })
             .await?;
         Ok(true)
+    }
+
+    /// Runs a `SCHEDULED` or `POSTPONED` session now (technicians; ImmyBot's "resume"). The
+    /// end user's postpones are not used up and `allowUpdateNow` does not apply. Any other
+    /// status is `CONFLICT`.
+    async fn run_maintenance_session_now(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {
+        let c = Ctx::new(ctx)?;
+        let s: Session = c.load(parse_id("id", &id)?)?;
+        c.actor.require_role(Action::RunSessions)?;
+        Ok(c.app
+            .apply(
+                s.id,
+                crate::engine::Event::RunNow {
+                    by: c.actor.display(),
+                },
+            )
+            .await?)
+    }
+
+    /// Runs the computer's onboarding deployments (and the required ones) now, as a session
+    /// with trigger `ONBOARDING`: for tenants without auto-onboarding, or after a re-image.
+    /// `CONFLICT` when the computer has an unfinished session.
+    async fn start_onboarding_session(
+        &self,
+        ctx: &Context<'_>,
+        computer_id: ID,
+    ) -> Result<Session> {
+        let c = Ctx::new(ctx)?;
+        let comp: Computer = c.load(parse_id("computerId", &computer_id)?)?;
+        c.actor.require_role(Action::RunSessions)?;
+        if comp.excluded_from_maintenance {
+            return Err(ApiError::bad(
+                "computerId",
+                format!("computer {} is excluded from maintenance", comp.name),
+            )
+            .into());
+        }
+        let tenant: Tenant = c.load(comp.tenant_id)?;
+        if tenant.excluded_from_maintenance {
+            return Err(ApiError::bad(
+                "computerId",
+                format!("tenant {} is excluded from maintenance", tenant.name),
+            )
+            .into());
+        }
+        let req = StartRequest {
+            computer: comp,
+            trigger: SessionTrigger::Onboarding,
+            detection_only: false,
+            execute_at: None,
+            window_end: None,
+            deployment_ids: None,
+            options: MaintenanceOptions::default(),
+            schedule_id: None,
+            created_by: c.actor.display(),
+        };
+        Ok(c.app.start_session(req).await?)
     }
 }
 

@@ -541,7 +541,7 @@ impl Query {
                 .map(|_| format!("{}/postpone/PREVIEW", c.app.public_url)),
             _ => None,
         };
-        let view = c.app.session_view(
+        let mut view = c.app.session_view(
             &s,
             &tenant,
             computer
@@ -551,6 +551,13 @@ impl Query {
             person.as_ref().map(|p| p.name.as_str()).unwrap_or("there"),
             link,
         );
+        if kind == MailKind::Before {
+            // As the mail has it: update now is a link of its own.
+            view.update_now_url = c
+                .app
+                .update_now_link(&s, "preview")?
+                .map(|_| format!("{}/postpone/PREVIEW-UPDATE-NOW", c.app.public_url));
+        }
         let template = match kind {
             MailKind::After => crate::mail::render::MailTemplate::After,
             _ => crate::mail::render::MailTemplate::Before,

@@ -217,6 +217,20 @@ impl Computer {
         }
         Ok(out)
     }
+    /// Its onboarding deployments: `IN_PROGRESS` while an onboarding session is unfinished,
+    /// else how the last finished one ended (`COMPLETED`, `FAILED`), `PENDING` before any.
+    async fn onboarding_status(&self, ctx: &Context<'_>) -> Result<OnboardingStatus> {
+        let app = &Ctx::new(ctx)?.app;
+        if let Some(active) = app.runtime.active_session_of(self.id)
+            && app
+                .store
+                .get::<Session>(&active)?
+                .is_some_and(|s| s.trigger == SessionTrigger::Onboarding)
+        {
+            return Ok(OnboardingStatus::InProgress);
+        }
+        Ok(self.onboarding.unwrap_or(OnboardingStatus::Pending))
+    }
     /// This computer's sessions, newest first.
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn sessions(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Session>> {

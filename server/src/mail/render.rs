@@ -348,6 +348,8 @@ pub struct SessionMailView {
     /// (mail scanners follow links).
     pub update_now_url: Option<String>,
     pub postpones_left: u32,
+    /// How long one postpone lasts (the session's `postponeHours`).
+    pub postpone_hours: u32,
     /// After-mail: the overall result line, e.g. "2 of 7 actions failed".
     pub result_summary: Option<String>,
     /// Before: nothing needs to change; after: every action is compliant.
@@ -432,6 +434,8 @@ pub struct PostponePageView {
     pub show_actions: bool,
     pub reboot: RebootExpectation,
     pub postpones_left: u32,
+    /// How long one postpone lasts (the session's `postponeHours`).
+    pub postpone_hours: u32,
     pub allow_update_now: bool,
     /// An extra line under the state's own text.
     pub message: Option<String>,
@@ -863,6 +867,7 @@ fn sample_session_views() -> Vec<SessionMailView> {
         postpone_url: Some("https://upkeep.example/postpone/x".to_owned()),
         update_now_url: Some("https://upkeep.example/postpone/x?action=update-now".to_owned()),
         postpones_left: 2,
+        postpone_hours: 24,
         result_summary: Some("1 of 3 actions failed".to_owned()),
         compliant: false,
     };
@@ -900,6 +905,7 @@ fn sample_page_views() -> Vec<PostponePageView> {
         show_actions: true,
         reboot: RebootExpectation::May,
         postpones_left: 2,
+        postpone_hours: 24,
         allow_update_now: true,
         message: Some("Sample message".to_owned()),
     };
@@ -923,6 +929,7 @@ fn sample_page_views() -> Vec<PostponePageView> {
             show_actions: false,
             reboot: RebootExpectation::Will,
             postpones_left: 0,
+            postpone_hours: 24,
             allow_update_now: false,
             message: None,
         });
@@ -966,6 +973,7 @@ mod tests {
             postpone_url: Some("https://upkeep.example/postpone/tok123".to_owned()),
             update_now_url: Some("https://upkeep.example/postpone/tok123?now=1".to_owned()),
             postpones_left: 3,
+            postpone_hours: 24,
             result_summary: None,
             compliant: false,
         }
@@ -982,6 +990,7 @@ mod tests {
             show_actions: true,
             reboot: RebootExpectation::None,
             postpones_left: 1,
+            postpone_hours: 24,
             allow_update_now: true,
             message: None,
         }

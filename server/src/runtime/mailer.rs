@@ -56,14 +56,41 @@ impl App {
         if !postponable {
             return Ok(None);
         }
+        self.session_link(s, rcpt, at, None).map(Some)
+    }
+
+    /// The update-now link of a before-mail, a token of its own (so it works when postponing
+    /// is not offered): when updating now is allowed and execution is still ahead.
+    pub fn update_now_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
+        let Some(at) = s.execute_at else {
+            return Ok(None);
+        };
+        if !s.options.allow_update_now || s.detection_only || at <= self.clock.now() {
+            return Ok(None);
+        }
+        self.session_link(s, rcpt, at, Some(crate::auth::LINK_UPDATE_NOW))
+            .map(Some)
+    }
+
+    /// A signed, single-use link to the postpone page, valid until `until` and until the
+    /// session is postponed again.
+    fn session_link(
+        &self,
+        s: &Session,
+        rcpt: &str,
+        until: Time,
+        act: Option<&str>,
+    ) -> ApiResult<String> {
         let token = self.keys.issue_postpone_token(&PostponeClaims {
             sid: s.id.to_string(),
             rcpt: rcpt.to_string(),
             jti: Id::new().to_string(),
-            exp: at.timestamp(),
+            exp: until.timestamp(),
             aud: crate::auth::POSTPONE_AUDIENCE.into(),
+            generation: Some(s.postpone_count),
+            act: act.map(String::from),
         })?;
-        Ok(Some(format!("{}/postpone/{token}", self.public_url)))
+        Ok(format!("{}/postpone/{token}", self.public_url))
     }
 
     /// The view a session mail or the postpone page renders.
@@ -135,6 +162,7 @@ impl App {
                 .cloned(),
             postpone_url,
             postpones_left: s.options.max_postpones.saturating_sub(s.postpone_count),
+            postpone_hours: s.options.postpone_hours,
             result_summary: s
                 .status
                 .is_terminal()
@@ -169,7 +197,10 @@ impl App {
         } else {
             None
         };
-        let view = self.session_view(s, &tenant, &computer.name, &person.name, link);
+        let mut view = self.session_view(s, &tenant, &computer.name, &person.name, link);
+        if kind == MailKind::Before {
+            view.update_now_url = self.update_now_link(s, &person.email)?;
+        }
         let template = if kind == MailKind::Before {
             MailTemplate::Before
         } else {

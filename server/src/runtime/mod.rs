@@ -385,6 +385,16 @@ impl App {
                     comp.compliance = s_ref.compliance.or(comp.compliance);
                 }
                 comp.onboarded = true;
+                if s_ref.trigger == SessionTrigger::Onboarding {
+                    match s_ref.status {
+                        SessionStatus::Passed => {
+                            comp.onboarding = Some(OnboardingStatus::Completed)
+                        }
+                        SessionStatus::Failed => comp.onboarding = Some(OnboardingStatus::Failed),
+                        // A cancelled onboarding leaves the computer where it stood.
+                        _ => {}
+                    }
+                }
                 tx.put(&comp)?;
             }
             Ok::<_, TxError<ApiError>>(())

@@ -233,6 +233,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         deployment_ids: req.deployment_ids,
         queued: false,
         used_tokens: vec![],
+        offline_in_window: false,
     };
     let created = SessionEvent {
         session_id: s.id,

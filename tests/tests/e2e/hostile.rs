@@ -1020,6 +1020,8 @@ async fn a_postpone_token_acts_on_its_own_session_only() -> Result<()> {
             jti: upkeep_server::domain::Id::new().to_string(),
             exp: exp.timestamp(),
             aud: aud.to_string(),
+            generation: None,
+            act: None,
         })
         .map_err(|e| anyhow::anyhow!("{e}"))
     };

@@ -201,8 +201,9 @@ async fn before_mail_postpone_page_and_after_mail() -> anyhow::Result<()> {
         f.s.wait_status(&admin, &id, &["PASSED", "FAILED"], T)
             .await?;
     assert_eq!(done["status"], "PASSED", "{done:#}");
-    let mails = wait_mails(&f.smtp, 2).await?;
-    let after = parse(&mails[1].data);
+    // The postpone sent a fresh before-mail for the new time; then the after-mail.
+    let mails = wait_mails(&f.smtp, 3).await?;
+    let after = parse(&mails[2].data);
     assert!(
         after.text.contains("Browser") && after.text.to_lowercase().contains("succeeded"),
         "{}",
@@ -223,7 +224,7 @@ async fn before_mail_postpone_page_and_after_mail() -> anyhow::Result<()> {
             .unwrap()
             .contains("Browser")
     );
-    assert_eq!(f.smtp.received().len(), 2, "previews send nothing");
+    assert_eq!(f.smtp.received().len(), 3, "previews send nothing");
     Ok(())
 }
 
