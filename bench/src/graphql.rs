@@ -364,6 +364,8 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
             compliance: Compliance::Compliant,
             desired_version: Some("1.0".into()),
             detected_version: Some("1.0".into()),
+            detected_version_before: Some("1.0".into()),
+            detected_version_after: None,
             result_message: Some("done and verified".into()),
             reason: "not installed, latest is 1.0".into(),
             started_at: Some(created),
@@ -412,6 +414,8 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         deployment_ids: None,
         used_tokens: vec![],
         queued: false,
+        time_zone: "UTC".into(),
+        mail_group: None,
     }
 }
 

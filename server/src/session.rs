@@ -85,6 +85,9 @@ pub enum ActionStatus {
     Failed,
     Skipped,
     Cancelled,
+    /// The detection or test script failed (non-zero exit with output on stderr, or a
+    /// timeout): compliance is unknown and nothing is run for the action.
+    DetectionFailed,
 }
 
 /// A deployment frozen into the session when it starts, with every script it needs, so the
@@ -142,7 +145,15 @@ pub struct Action {
     pub status: ActionStatus,
     pub compliance: Compliance,
     pub desired_version: Option<String>,
+    /// The latest detection's version (after verification, what verification found).
     pub detected_version: Option<String>,
+    /// What detection found before execution; never overwritten by verification, so a mail
+    /// can say "1.9 → 2.0" after the fact.
+    #[serde(default)]
+    pub detected_version_before: Option<String>,
+    /// What verification found after execution (`None` until it ran, or when absent).
+    #[serde(default)]
+    pub detected_version_after: Option<String>,
     pub result_message: Option<String>,
     pub reason: String,
     pub started_at: Option<Time>,
@@ -249,6 +260,18 @@ pub struct Session {
     /// True while the session waits for a slot under the concurrency ceiling.
     #[serde(default)]
     pub queued: bool,
+    /// The tenant's IANA time zone when the session started: times in `status_reason` are
+    /// written in it (the API's instants stay UTC).
+    #[serde(default = "utc_name")]
+    pub time_zone: String,
+    /// Sessions of one start call or one schedule occurrence share this id; their end users
+    /// get one before- and one after-mail per recipient and execution time.
+    #[serde(default)]
+    pub mail_group: Option<Id>,
+}
+
+fn utc_name() -> String {
+    "UTC".into()
 }
 
 impl Session {

@@ -659,6 +659,14 @@ impl ActionView {
     async fn detected_version(&self) -> Option<&str> {
         self.action.detected_version.as_deref()
     }
+    /// What detection found before execution (kept when verification detects again).
+    async fn detected_version_before(&self) -> Option<&str> {
+        self.action.detected_version_before.as_deref()
+    }
+    /// What verification found after execution; null until it ran or when not installed.
+    async fn detected_version_after(&self) -> Option<&str> {
+        self.action.detected_version_after.as_deref()
+    }
     async fn result_message(&self) -> Option<&str> {
         self.action.result_message.as_deref()
     }

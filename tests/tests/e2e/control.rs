@@ -299,7 +299,7 @@ async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()>
         held["statusReason"]
             .as_str()
             .unwrap()
-            .contains("2026-02-02 16:00 UTC"),
+            .contains("2026-02-02 17:00 CET"),
         "says until when: {held:#}"
     );
     assert!(held["rebootedAt"].is_null());
