@@ -301,3 +301,141 @@ async fn a_task_without_a_set_script_is_audit_only() -> anyhow::Result<()> {
     assert_eq!(s["status"], "PASSED", "an audit only reports: {s:#}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Mail content that is true (and 9: the tenant's local time)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_and_after_mail_tell_the_truth() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let pc = f.computer("pc-mail").await?;
+    let dir = f.dir.path().to_path_buf();
+    std::fs::write(dir.join("Browser.version"), "1.9.2\n")?;
+    std::fs::write(dir.join("OldTool.version"), "2.0\n")?;
+    let browser = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "Browser",
+        &dir,
+        &["1.9.2", "1.10.0"],
+    )
+    .await?;
+    let old =
+        create_file_software(&f.s, &f.admin, Some(&f.tenant), "OldTool", &dir, &["2.0"]).await?;
+    let audit = f.task("Bitlocker", "exit 1", Some("true")).await?;
+    let fine = f.task("Firewall", "exit 0", Some("true")).await?;
+    f.deploy(json!({"softwareId": browser, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    f.deploy(json!({"softwareId": old, "desiredState": "UNINSTALLED"}))
+        .await?;
+    f.deploy(json!({"maintenanceTaskId": audit, "taskMode": "AUDIT"}))
+        .await?;
+    f.deploy(json!({"maintenanceTaskId": fine})).await?;
+
+    let at = noon() + chrono::Duration::hours(9); // 21:00 UTC = 22:00 CET
+    let id =
+        f.s.start_session(
+            &f.admin,
+            &pc,
+            json!({"executeAt": at, "options": {"notifyBefore": true, "notifyAfter": true}}),
+        )
+        .await?;
+    let s = f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    assert_eq!(
+        s["statusReason"], "executes at 2026-11-30 22:00 CET",
+        "people read the tenant's local time"
+    );
+    let before = wait_mails(&f.smtp, 1).await?.remove(0);
+    let text = &before.text;
+    assert!(text.contains("22:00 CET"), "{text}");
+    assert!(!text.contains("Europe/Berlin"), "{text}");
+    assert!(text.contains("Browser: Upgrade 1.9.2 → 1.10.0"), "{text}");
+    assert!(text.contains("OldTool: Uninstall 2.0"), "{text}");
+    for absent in ["Bitlocker", "Firewall", "No change needed"] {
+        assert!(
+            !text.contains(absent) && !before.html.contains(absent),
+            "{absent} needs no change and is no planned change: {text}"
+        );
+    }
+
+    // Finished ten minutes after the planned time.
+    f.s.set_clock(at + chrono::Duration::minutes(10)).await?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    let s = f.session_full(&id).await?;
+    let b = action(&s, "Browser");
+    assert_eq!(
+        (
+            b["detectedVersionBefore"].as_str(),
+            b["detectedVersionAfter"].as_str()
+        ),
+        (Some("1.9.2"), Some("1.10.0")),
+        "{b:#}"
+    );
+    let o = action(&s, "OldTool");
+    assert_eq!(o["detectedVersionBefore"], "2.0");
+    assert!(o["detectedVersionAfter"].is_null(), "{o:#}");
+    assert_eq!(action(&s, "Bitlocker")["compliance"], "NON_COMPLIANT");
+
+    let after = wait_mails(&f.smtp, 2).await?.remove(1);
+    let text = &after.text;
+    assert!(
+        text.contains("finished on Monday, 30 November 2026 at 22:10 CET"),
+        "the finish time, not the planned one: {text}"
+    );
+    assert!(
+        text.contains("Browser: Upgrade 1.9.2 → 1.10.0 ... Succeeded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OldTool: Uninstall 2.0 ... Succeeded"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Not everything could be completed"),
+        "an audit finding is for technicians: {text}"
+    );
+    assert!(text.contains("Your computer is up to date"), "{text}");
+    assert!(!text.contains("restart"), "nothing restarted: {text}");
+    assert!(!text.contains("Bitlocker"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_restart_warning_when_nothing_may_restart() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let pc = f.computer("pc-task").await?;
+    let marker = f.file("firewall-on");
+    let task = f
+        .task(
+            "Firewall",
+            &format!("test -f '{marker}'"),
+            Some(&format!("touch '{marker}'")),
+        )
+        .await?;
+    f.deploy(json!({"maintenanceTaskId": task})).await?;
+    let at = noon() + chrono::Duration::hours(3);
+    let id =
+        f.s.start_session(
+            &f.admin,
+            &pc,
+            json!({"executeAt": at, "options": {"notifyBefore": true}}),
+        )
+        .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    let before = wait_mails(&f.smtp, 1).await?.remove(0);
+    assert!(
+        before.text.contains("Firewall: Run task"),
+        "{}",
+        before.text
+    );
+    assert!(
+        !before.text.contains("restart") && !before.html.contains("restart"),
+        "running a task restarts nothing: {}",
+        before.text
+    );
+    Ok(())
+}
