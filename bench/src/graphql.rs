@@ -287,6 +287,7 @@ fn preload(
                     compliance: Some(Compliance::Compliant),
                     logged_on_user: None,
                     onboarded: true,
+                    held_reboot: None,
                 })?;
             }
             Ok(())
@@ -416,6 +417,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         queued: false,
         time_zone: "UTC".into(),
         mail_group: None,
+        reboot_held_until: None,
     }
 }
 

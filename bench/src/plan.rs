@@ -192,6 +192,7 @@ pub fn run() -> Result<Vec<Figure>> {
             compliance: None,
             logged_on_user: None,
             onboarded: true,
+            held_reboot: None,
         })
         .collect();
     let cat = catalogue(&computers);

@@ -530,6 +530,7 @@ impl App {
                 compliance: None,
                 logged_on_user: None,
                 onboarded: false,
+                held_reboot: None,
             },
         };
         let event = if is_new {
@@ -705,6 +706,11 @@ impl App {
         if matches!(rec.state, JobState::Done { .. }) {
             return;
         }
+        match self.held_reboot_result(&rec, None).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %job, error = %e, "lost held reboot not applied"),
+        }
         if let Err(e) = self
             .apply(
                 rec.session_id,
@@ -745,6 +751,9 @@ impl App {
         self.metrics
             .job_results
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.held_reboot_result(&rec, Some(&outcome)).await? {
+            return Ok(true);
+        }
         // `apply` marks the job done in the same transaction as the session's step, and
         // flushes before we acknowledge.
         self.apply(rec.session_id, Event::JobDone { job, outcome })

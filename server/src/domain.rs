@@ -218,6 +218,21 @@ pub struct Computer {
     /// True once any session has run; the first session of a new computer is its onboarding.
     #[serde(default)]
     pub onboarded: bool,
+    /// A reboot a finished session needed but business hours held (`Computer.rebootPending`).
+    #[serde(default)]
+    pub held_reboot: Option<HeldReboot>,
+}
+
+/// A reboot held by business hours. The session that needed it has ended; the reboot runs as
+/// its own job when the hours end, so it neither keeps the session open nor blocks new ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReboot {
+    /// The session that asked for it (the job is filed under it).
+    pub session_id: Id,
+    /// When the reboot may run (the end of business hours).
+    pub due_at: Time,
+    /// The reboot job once sent; `None` while it waits for `due_at`.
+    pub job_id: Option<Id>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]

@@ -113,6 +113,7 @@ mod tests {
             compliance: None,
             logged_on_user: None,
             onboarded: false,
+            held_reboot: None,
         }
     }
 

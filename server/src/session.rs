@@ -268,6 +268,10 @@ pub struct Session {
     /// get one before- and one after-mail per recipient and execution time.
     #[serde(default)]
     pub mail_group: Option<Id>,
+    /// The reboot this session needed was held by business hours until then: the session ended
+    /// without it and the computer keeps it pending (`Computer.held_reboot`).
+    #[serde(default)]
+    pub reboot_held_until: Option<Time>,
 }
 
 fn utc_name() -> String {

@@ -155,14 +155,22 @@ impl Machine<'_> {
             .filter(|a| a.status == ActionStatus::DetectionFailed)
             .map(|a| self.s.item_name(a.item).to_string())
             .collect();
+        let held = self.s.reboot_held_until.map(|until| {
+            format!(
+                "; reboot pending, held until {}",
+                crate::localtime::clock(until, crate::localtime::zone(&self.s.time_zone))
+            )
+        });
         if failed + undetected.len() == 0 {
-            self.finish(SessionStatus::Passed, passed_reason);
+            let reason = passed_reason + held.as_deref().unwrap_or("");
+            self.finish(SessionStatus::Passed, reason);
             return;
         }
         let mut reason = format!("{} of {n} actions failed", failed + undetected.len());
         if !undetected.is_empty() {
             reason.push_str(&format!(" (detection failed: {})", undetected.join(", ")));
         }
+        reason.push_str(held.as_deref().unwrap_or(""));
         self.finish(SessionStatus::Failed, reason);
     }
 
@@ -417,13 +425,15 @@ impl Machine<'_> {
                     if let Some(until) = self.env.reboot_held_until
                         && !self.s.options.allow_reboot_during_business_hours
                     {
-                        let reason =
-                            format!("reboot held until {} (business hours)", self.local(until));
-                        if self.s.status_reason.as_deref() != Some(reason.as_str()) {
-                            self.s.status_reason = Some(reason.clone());
-                            self.log(reason);
-                        }
-                        self.s.wake_at = Some(until);
+                        // The session does not wait for the hours to end (that kept it open
+                        // and the computer locked for hours): it verifies and ends, and the
+                        // reboot runs as its own job at `until` (`Computer.rebootPending`).
+                        self.s.reboot_held_until = Some(until);
+                        self.log(format!(
+                            "Reboot held until {} (business hours): it runs on its own then",
+                            self.local(until)
+                        ));
+                        self.start_verify();
                         return;
                     }
                     if !self.env.online {

@@ -142,6 +142,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         queued: false,
         time_zone: "UTC".into(),
         mail_group: None,
+        reboot_held_until: None,
     }
 }
 
@@ -1525,7 +1526,7 @@ fn forced_reboot_happens_without_a_3010() {
 }
 
 #[test]
-fn reboot_is_held_through_business_hours_and_released_on_a_later_tick() {
+fn a_reboot_held_by_business_hours_ends_the_session_with_the_reboot_pending() {
     let mut run = detected(
         vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
         &[("d0", absent())],
@@ -1538,34 +1539,20 @@ fn reboot_is_held_through_business_hours_and_released_on_a_later_tick() {
         },
         step_result(proto::EXIT_REBOOT_REQUIRED),
     );
-    assert!(dispatched(&effects).is_empty());
-    assert_eq!(run.s.stage, Stage::RebootHeld);
-    assert_eq!(run.s.status, SessionStatus::Executing);
-    assert_eq!(run.s.wake_at, Some(held_until));
-    let reason = run.s.status_reason.clone().unwrap();
     assert!(
-        reason.contains("business hours") && reason.contains("2025-06-03 06:00"),
-        "{reason}"
+        matches!(dispatched(&effects)[..], [JobKind::Probe { .. }]),
+        "no reboot: straight to verification"
     );
-
-    // Still held a bit later.
-    let effects = run.tick_with(Env {
-        reboot_held_until: Some(held_until),
-        ..env_at(mins(300))
-    });
-    assert!(dispatched(&effects).is_empty());
-    assert_eq!(run.s.stage, Stage::RebootHeld);
-
-    // Business hours over.
-    let effects = run.tick_with(env_at(held_until));
-    assert_eq!(dispatched(&effects), [&JobKind::Reboot {}]);
-    assert_eq!(run.s.status_reason.as_deref(), Some("rebooting"));
-    run.answer(JobOutcome::Reboot {
-        started: true,
-        error: None,
-    });
+    assert_eq!(run.purpose(), JobPurpose::Verify);
+    assert_eq!(run.s.reboot_held_until, Some(held_until));
     run.probes(&[("d0", installed("1.10.0"))]);
     assert_eq!(run.s.status, SessionStatus::Passed);
+    assert!(run.s.reboot_required && run.s.rebooted_at.is_none());
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("1 of 1 actions succeeded; reboot pending, held until 06:00 UTC")
+    );
+    assert!(!run.jobs.values().any(|k| matches!(k, JobKind::Reboot {})));
 }
 
 #[test]

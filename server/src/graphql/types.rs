@@ -182,6 +182,10 @@ impl Computer {
     async fn compliance(&self) -> Option<Compliance> {
         self.compliance
     }
+    /// A session needed a reboot that business hours held: true until that reboot ran.
+    async fn reboot_pending(&self) -> bool {
+        self.held_reboot.is_some()
+    }
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance
     }

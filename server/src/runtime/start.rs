@@ -255,6 +255,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         used_tokens: vec![],
         time_zone: "UTC".into(),
         mail_group: None,
+        reboot_held_until: None,
     };
     let created = SessionEvent {
         session_id: s.id,

@@ -439,3 +439,67 @@ async fn no_restart_warning_when_nothing_may_restart() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reboot_ends_the_session_and_does_not_block_the_next() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    // Noon UTC is 13:00 in Berlin: inside 08:00–20:00 business hours.
+    f.s.gql(
+        &f.admin,
+        "mutation($t: ID!) { updateTenant(id: $t, input: {businessHours: {days: [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY], start: \"08:00\", end: \"20:00\"}}) { id } }",
+        json!({"t": f.tenant}),
+    )
+    .await?;
+    let pc = f.computer("pc-reboot").await?;
+    let file = f.file("driver");
+    let sw = f
+        .software(
+            "Driver",
+            &format!("cat '{file}' 2>/dev/null; exit 0"),
+            &format!("echo 1.0 > '{file}'; exit 3010"),
+        )
+        .await?;
+    f.deploy(json!({"softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    let id = f.s.start_session(&f.admin, &pc, json!({})).await?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(done["rebootRequired"], true);
+    assert!(done["rebootedAt"].is_null());
+    assert_eq!(
+        done["statusReason"], "1 of 1 actions succeeded; reboot pending, held until 20:00 CET",
+        "{done:#}"
+    );
+    let pending = || async {
+        let d =
+            f.s.gql(
+                &f.admin,
+                "query($c: ID!) { computer(id: $c) { rebootPending } }",
+                json!({"c": pc}),
+            )
+            .await?;
+        anyhow::Ok(d["computer"]["rebootPending"].as_bool())
+    };
+    assert_eq!(pending().await?, Some(true));
+
+    // The computer is not locked: the next session runs at once (and the reboot stays
+    // pending: it is still business hours).
+    let next = f.s.start_session(&f.admin, &pc, json!({})).await?;
+    let next =
+        f.s.wait_status(&f.admin, &next, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(next["status"], "PASSED", "{next:#}");
+    assert_eq!(pending().await?, Some(true));
+
+    // 20:00 CET: the held reboot runs on its own.
+    f.s.set_clock(Utc.with_ymd_and_hms(2026, 11, 30, 19, 0, 30).unwrap())
+        .await?;
+    // (The admin's token lasts 12 hours: still good.)
+    wait_for("the held reboot to run", T, || async {
+        Ok((pending().await? == Some(false)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
