@@ -288,6 +288,7 @@ fn preload(
                     logged_on_user: None,
                     onboarded: true,
                     onboarding: None,
+                    held_reboot: None,
                 })?;
             }
             Ok(())
@@ -365,6 +366,8 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
             compliance: Compliance::Compliant,
             desired_version: Some("1.0".into()),
             detected_version: Some("1.0".into()),
+            detected_version_before: Some("1.0".into()),
+            detected_version_after: None,
             result_message: Some("done and verified".into()),
             reason: "not installed, latest is 1.0".into(),
             started_at: Some(created),
@@ -414,6 +417,9 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         used_tokens: vec![],
         offline_in_window: false,
         queued: false,
+        time_zone: "UTC".into(),
+        mail_group: None,
+        reboot_held_until: None,
     }
 }
 

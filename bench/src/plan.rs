@@ -193,6 +193,7 @@ pub fn run() -> Result<Vec<Figure>> {
             logged_on_user: None,
             onboarded: true,
             onboarding: None,
+            held_reboot: None,
         })
         .collect();
     let cat = catalogue(&computers);

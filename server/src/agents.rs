@@ -532,6 +532,7 @@ impl App {
                 logged_on_user: None,
                 onboarded: false,
                 onboarding: None,
+                held_reboot: None,
             },
         };
         let event = if is_new {
@@ -709,6 +710,11 @@ impl App {
         if matches!(rec.state, JobState::Done { .. }) {
             return;
         }
+        match self.held_reboot_result(&rec, None).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %job, error = %e, "lost held reboot not applied"),
+        }
         if let Err(e) = self
             .apply(
                 rec.session_id,
@@ -749,6 +755,9 @@ impl App {
         self.metrics
             .job_results
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.held_reboot_result(&rec, Some(&outcome)).await? {
+            return Ok(true);
+        }
         // `apply` marks the job done in the same transaction as the session's step, and
         // flushes before we acknowledge.
         self.apply(rec.session_id, Event::JobDone { job, outcome })

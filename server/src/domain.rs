@@ -223,6 +223,9 @@ pub struct Computer {
     /// session when that is an onboarding one.
     #[serde(default)]
     pub onboarding: Option<OnboardingStatus>,
+    /// A reboot a finished session needed but business hours held (`Computer.rebootPending`).
+    #[serde(default)]
+    pub held_reboot: Option<HeldReboot>,
 }
 
 /// Where a computer stands with its onboarding deployments (`Computer.onboardingStatus`).
@@ -234,6 +237,18 @@ pub enum OnboardingStatus {
     InProgress,
     Completed,
     Failed,
+}
+
+/// A reboot held by business hours. The session that needed it has ended; the reboot runs as
+/// its own job when the hours end, so it neither keeps the session open nor blocks new ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReboot {
+    /// The session that asked for it (the job is filed under it).
+    pub session_id: Id,
+    /// When the reboot may run (the end of business hours).
+    pub due_at: Time,
+    /// The reboot job once sent; `None` while it waits for `due_at`.
+    pub job_id: Option<Id>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]

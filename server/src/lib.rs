@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod localtime;
 pub mod logsafe;
 pub mod mail;
 pub mod metrics;

@@ -114,6 +114,7 @@ mod tests {
             logged_on_user: None,
             onboarded: false,
             onboarding: None,
+            held_reboot: None,
         }
     }
 

@@ -85,6 +85,9 @@ pub enum ActionStatus {
     Failed,
     Skipped,
     Cancelled,
+    /// The detection or test script failed (non-zero exit with output on stderr, or a
+    /// timeout): compliance is unknown and nothing is run for the action.
+    DetectionFailed,
 }
 
 /// A deployment frozen into the session when it starts, with every script it needs, so the
@@ -142,7 +145,15 @@ pub struct Action {
     pub status: ActionStatus,
     pub compliance: Compliance,
     pub desired_version: Option<String>,
+    /// The latest detection's version (after verification, what verification found).
     pub detected_version: Option<String>,
+    /// What detection found before execution; never overwritten by verification, so a mail
+    /// can say "1.9 → 2.0" after the fact.
+    #[serde(default)]
+    pub detected_version_before: Option<String>,
+    /// What verification found after execution (`None` until it ran, or when absent).
+    #[serde(default)]
+    pub detected_version_after: Option<String>,
     pub result_message: Option<String>,
     pub reason: String,
     pub started_at: Option<Time>,
@@ -253,6 +264,22 @@ pub struct Session {
     /// began): with `APPLY_ON_CONNECT` the session still runs after the window has ended.
     #[serde(default)]
     pub offline_in_window: bool,
+    /// The tenant's IANA time zone when the session started: times in `status_reason` are
+    /// written in it (the API's instants stay UTC).
+    #[serde(default = "utc_name")]
+    pub time_zone: String,
+    /// Sessions of one start call or one schedule occurrence share this id; their end users
+    /// get one before- and one after-mail per recipient and execution time.
+    #[serde(default)]
+    pub mail_group: Option<Id>,
+    /// The reboot this session needed was held by business hours until then: the session ended
+    /// without it and the computer keeps it pending (`Computer.held_reboot`).
+    #[serde(default)]
+    pub reboot_held_until: Option<Time>,
+}
+
+fn utc_name() -> String {
+    "UTC".into()
 }
 
 impl Session {

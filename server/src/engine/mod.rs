@@ -138,6 +138,66 @@ impl Machine<'_> {
         self.env.now
     }
 
+    /// An instant as people read it: the tenant's local time with its abbreviation.
+    fn local(&self, t: Time) -> String {
+        crate::localtime::short(t, crate::localtime::zone(&self.s.time_zone))
+    }
+
+    /// The end of a full session that ran (or found nothing to run): `FAILED` when an action
+    /// failed or its detection did (named in the reason), else `PASSED`.
+    fn finish_counted(&mut self, passed_reason: String) {
+        let n = self.s.actions.len();
+        let failed = self
+            .s
+            .actions
+            .iter()
+            .filter(|a| a.status == ActionStatus::Failed)
+            .count();
+        let undetected: Vec<String> = self
+            .s
+            .actions
+            .iter()
+            .filter(|a| a.status == ActionStatus::DetectionFailed)
+            .map(|a| self.s.item_name(a.item).to_string())
+            .collect();
+        let held = self.s.reboot_held_until.map(|until| {
+            format!(
+                "; reboot pending, held until {}",
+                crate::localtime::clock(until, crate::localtime::zone(&self.s.time_zone))
+            )
+        });
+        if failed + undetected.len() == 0 {
+            let reason = passed_reason + held.as_deref().unwrap_or("");
+            self.finish(SessionStatus::Passed, reason);
+            return;
+        }
+        let mut reason = format!("{} of {n} actions failed", failed + undetected.len());
+        if !undetected.is_empty() {
+            reason.push_str(&format!(" (detection failed: {})", undetected.join(", ")));
+        }
+        reason.push_str(held.as_deref().unwrap_or(""));
+        self.finish(SessionStatus::Failed, reason);
+    }
+
+    /// After a step job: an action whose steps are all done is no longer RUNNING (it shows
+    /// its outcome so far; verification may still fail it), and a cancel keeps that outcome.
+    fn settle_action(&mut self, ai: usize) {
+        let now = self.now();
+        let a = &mut self.s.actions[ai];
+        if a.status != ActionStatus::Running {
+            return;
+        }
+        if a.step_failed {
+            a.status = ActionStatus::Failed;
+        } else if a.next_step >= a.steps.len() {
+            a.status = ActionStatus::Succeeded;
+        } else {
+            return;
+        }
+        a.finished_at = Some(now);
+        self.action_changed(ai, None);
+    }
+
     fn log(&mut self, line: impl Into<String>) {
         self.out.push(Effect::Emit {
             action: None,
@@ -338,9 +398,10 @@ impl Machine<'_> {
                             self.s.status,
                             SessionStatus::Scheduled | SessionStatus::Postponed
                         ) {
+                            let when = self.local(at);
                             self.set_status(
                                 SessionStatus::Scheduled,
-                                Some(format!("executes at {}", at.format("%Y-%m-%d %H:%M UTC"))),
+                                Some(format!("executes at {when}")),
                             );
                         }
                         self.s.wake_at = Some(at);
@@ -397,15 +458,15 @@ impl Machine<'_> {
                     if let Some(until) = self.env.reboot_held_until
                         && !self.s.options.allow_reboot_during_business_hours
                     {
-                        let reason = format!(
-                            "reboot held until {} (business hours)",
-                            until.format("%Y-%m-%d %H:%M UTC")
-                        );
-                        if self.s.status_reason.as_deref() != Some(reason.as_str()) {
-                            self.s.status_reason = Some(reason.clone());
-                            self.log(reason);
-                        }
-                        self.s.wake_at = Some(until);
+                        // The session does not wait for the hours to end (that kept it open
+                        // and the computer locked for hours): it verifies and ends, and the
+                        // reboot runs as its own job at `until` (`Computer.rebootPending`).
+                        self.s.reboot_held_until = Some(until);
+                        self.log(format!(
+                            "Reboot held until {} (business hours): it runs on its own then",
+                            self.local(until)
+                        ));
+                        self.start_verify();
                         return;
                     }
                     if !self.env.online {
@@ -483,7 +544,10 @@ impl Machine<'_> {
                     SessionStatus::Pending,
                     Some(format!(
                         "waiting for the computer to come online (until {})",
-                        deadline.format("%H:%M UTC")
+                        crate::localtime::clock(
+                            deadline,
+                            crate::localtime::zone(&self.s.time_zone)
+                        )
                     )),
                 );
                 self.s.wake_at = Some(deadline);
@@ -566,11 +630,18 @@ impl Machine<'_> {
             .map(|(i, item)| plan::plan(i, item, &plan::found(i, &results)))
             .collect();
         for i in 0..self.s.actions.len() {
+            if self.s.actions[i].status == ActionStatus::DetectionFailed {
+                self.s.actions[i].finished_at = Some(self.env.now);
+            }
             let a = &self.s.actions[i];
             let line = format!(
                 "{}: {} ({})",
                 self.s.item_name(a.item),
-                kind_words(a.kind),
+                if a.status == ActionStatus::DetectionFailed {
+                    "detection failed"
+                } else {
+                    kind_words(a.kind)
+                },
                 a.reason
             );
             self.action_changed(i, Some(line));
@@ -578,10 +649,24 @@ impl Machine<'_> {
         let compliance = self.s.compliance_of_actions();
         self.s.compliance = Some(compliance);
         if self.s.detection_only {
-            self.finish(
-                SessionStatus::Passed,
-                format!("detection only: {}", compliance_words(compliance, &self.s)),
-            );
+            let undetected: Vec<String> = self
+                .s
+                .actions
+                .iter()
+                .filter(|a| a.status == ActionStatus::DetectionFailed)
+                .map(|a| self.s.item_name(a.item).to_string())
+                .collect();
+            if undetected.is_empty() {
+                self.finish(
+                    SessionStatus::Passed,
+                    format!("detection only: {}", compliance_words(compliance, &self.s)),
+                );
+            } else {
+                self.finish(
+                    SessionStatus::Failed,
+                    format!("detection failed: {}", undetected.join(", ")),
+                );
+            }
             return;
         }
         let work = self
@@ -592,6 +677,9 @@ impl Machine<'_> {
         if !work {
             for i in 0..self.s.actions.len() {
                 let a = &mut self.s.actions[i];
+                if a.status == ActionStatus::DetectionFailed {
+                    continue;
+                }
                 if a.compliance == Compliance::Compliant || plan::is_audit(&self.s.items[a.item]) {
                     a.status = ActionStatus::Succeeded;
                     // A non-compliant audit is reported as such, not as "already compliant".
@@ -614,24 +702,7 @@ impl Machine<'_> {
                 self.s.before_mail_sent = true;
                 self.out.push(Effect::Mail(crate::mail::MailKind::Before));
             }
-            let failed = self
-                .s
-                .actions
-                .iter()
-                .filter(|a| a.status == ActionStatus::Failed)
-                .count();
-            if failed > 0 {
-                let n = self.s.actions.len();
-                self.finish(
-                    SessionStatus::Failed,
-                    format!("{failed} of {n} actions failed"),
-                );
-            } else {
-                self.finish(
-                    SessionStatus::Passed,
-                    "already compliant: nothing to do".into(),
-                );
-            }
+            self.finish_counted("already compliant: nothing to do".into());
             return;
         }
         self.s.stage = Stage::AwaitExecute;
@@ -717,9 +788,15 @@ impl Machine<'_> {
             ),
         }
         self.s.actions[ai].next_step = si + 1;
+        self.settle_action(ai);
     }
 
     fn on_step_test(&mut self, ai: usize, si: usize, outcome: JobOutcome) {
+        self.on_step_test_result(ai, si, outcome);
+        self.settle_action(ai);
+    }
+
+    fn on_step_test_result(&mut self, ai: usize, si: usize, outcome: JobOutcome) {
         let Some(Step::TestThenSet { task }) = self.s.actions[ai].steps.get(si).cloned() else {
             return;
         };
@@ -801,7 +878,10 @@ impl Machine<'_> {
         for i in 0..self.s.actions.len() {
             let item = self.s.items[self.s.actions[i].item].clone();
             let a = &mut self.s.actions[i];
-            if a.status == ActionStatus::Cancelled {
+            if matches!(
+                a.status,
+                ActionStatus::Cancelled | ActionStatus::DetectionFailed
+            ) {
                 continue;
             }
             match &results {
@@ -810,6 +890,7 @@ impl Machine<'_> {
                     a.compliance = plan::compliance(&item, &f);
                     if let ItemWhat::Software { .. } = item.what {
                         a.detected_version = f.version.clone();
+                        a.detected_version_after = f.version.clone();
                     }
                 }
                 None => a.compliance = Compliance::Unknown,
@@ -848,23 +929,7 @@ impl Machine<'_> {
         }
         self.s.compliance = Some(self.s.compliance_of_actions());
         let n = self.s.actions.len();
-        let failed = self
-            .s
-            .actions
-            .iter()
-            .filter(|a| a.status == ActionStatus::Failed)
-            .count();
-        if failed > 0 {
-            self.finish(
-                SessionStatus::Failed,
-                format!("{failed} of {n} actions failed"),
-            );
-        } else {
-            self.finish(
-                SessionStatus::Passed,
-                format!("{n} of {n} actions succeeded"),
-            );
-        }
+        self.finish_counted(format!("{n} of {n} actions succeeded"));
     }
 
     fn postpone(&mut self, hours: Option<u32>, by: &str) -> Result<(), EngineError> {
@@ -897,10 +962,7 @@ impl Machine<'_> {
         self.s.offline_since = None;
         self.set_status(
             SessionStatus::Postponed,
-            Some(format!(
-                "postponed by {by} to {}",
-                at.format("%Y-%m-%d %H:%M UTC")
-            )),
+            Some(format!("postponed by {by} to {}", self.local(at))),
         );
         // The end user hears of the new time in a fresh before-mail, whose links (issued for
         // this postpone count) replace the earlier mail's: that is how a second postpone, up to

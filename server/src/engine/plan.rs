@@ -94,9 +94,11 @@ pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
     let (d, c, t) = probe_ids(item);
     let mut f = Found::default();
     if let Some(o) = results.get(&d) {
-        // Detection: first line of stdout is the version; empty output or non-zero exit means
-        // not installed.
-        if o.exit_code == Some(0) {
+        // Detection: first line of stdout is the version; empty output, or a non-zero exit
+        // with nothing on stderr, means not installed. A non-zero exit that says something on
+        // stderr, or a timeout, is a failed detection: nothing may be installed or removed on
+        // its word (CONTRACT §12, `DETECTION_FAILED`).
+        if o.exit_code == Some(0) && !o.timed_out {
             f.version = o
                 .stdout
                 .lines()
@@ -104,7 +106,7 @@ pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .map(String::from);
-        } else if o.exit_code.is_none() {
+        } else if o.exit_code.is_none() || o.timed_out || !o.stderr.trim().is_empty() {
             f.detection_error = Some(describe_failure("detection script", o));
         }
     } else if !results.contains_key(&t) {
@@ -264,6 +266,8 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found) -> Action {
         compliance: compliance(item, f),
         desired_version: None,
         detected_version: f.version.clone(),
+        detected_version_before: f.version.clone(),
+        detected_version_after: None,
         result_message: None,
         reason: String::new(),
         started_at: None,
@@ -276,6 +280,17 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found) -> Action {
     if let Some(e) = &f.detection_error {
         a.reason = format!("detection could not run: {e}");
         a.result_message = Some(a.reason.clone());
+        a.status = ActionStatus::DetectionFailed;
+        return a;
+    }
+    // A task whose test could not decide (it timed out, or exited other than 0 or 1) failed
+    // its detection the same way.
+    if let (ItemWhat::Task { mode, .. }, None, Some(e)) = (&item.what, f.test, &f.test_error)
+        && *mode != TaskMode::Ignore
+    {
+        a.reason = format!("test could not decide: {e}");
+        a.result_message = Some(a.reason.clone());
+        a.status = ActionStatus::DetectionFailed;
         return a;
     }
     match &item.what {
@@ -487,23 +502,18 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
             }
         }
         (TaskMode::Enforce, Some(true)) => a.reason = "test passed: already compliant".into(),
-        (TaskMode::Enforce, Some(false)) => {
-            a.kind = ActionKind::RunTask;
-            a.reason = "test failed: the set script will run".into();
-            match &task.set_script {
-                Some(s) => a.steps.push(Step::Script {
+        (TaskMode::Enforce, Some(false)) => match &task.set_script {
+            Some(s) => {
+                a.kind = ActionKind::RunTask;
+                a.reason = "test failed: the set script will run".into();
+                a.steps.push(Step::Script {
                     label: format!("run {}", task.name),
                     script: s.clone(),
-                }),
-                None => {
-                    a.result_message = Some(format!(
-                        "{} is not compliant and has no set script",
-                        task.name
-                    ));
-                    a.step_failed = true;
-                }
+                });
             }
-        }
+            // Nothing could change it: the task only reports, like an audit.
+            None => a.reason = "test failed; no set script, so audit only".into(),
+        },
         (TaskMode::Ignore, _) => a.reason = "ignored by an exception".into(),
     }
 }
@@ -513,13 +523,13 @@ pub fn needs_execution(a: &Action) -> bool {
     !a.steps.is_empty()
 }
 
-/// Is this item an audit-only task (never a failure)?
+/// Is this item an audit-only task (never a failure)? An `AUDIT` task, or an enforced one
+/// without a set script (it can only report).
 pub fn is_audit(item: &PlanItem) -> bool {
-    matches!(
-        item.what,
-        ItemWhat::Task {
-            mode: TaskMode::Audit,
-            ..
+    match &item.what {
+        ItemWhat::Task { mode, task } => {
+            *mode == TaskMode::Audit || (*mode == TaskMode::Enforce && task.set_script.is_none())
         }
-    )
+        ItemWhat::Software { .. } => false,
+    }
 }

@@ -141,6 +141,9 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         used_tokens: vec![],
         offline_in_window: false,
         queued: false,
+        time_zone: "UTC".into(),
+        mail_group: None,
+        reboot_held_until: None,
     }
 }
 
@@ -292,12 +295,17 @@ fn assert_consistent(s: &Session) {
         ),
         _ if s.detection_only => {
             assert!(
-                statuses.iter().all(|a| *a == ActionStatus::Pending),
+                statuses
+                    .iter()
+                    .all(|a| matches!(a, ActionStatus::Pending | ActionStatus::DetectionFailed)),
                 "detection only runs nothing"
             );
+            if statuses.contains(&ActionStatus::DetectionFailed) {
+                assert_eq!(s.status, S::Failed, "a failed detection fails the session");
+            }
             if s.status == S::Failed {
                 assert!(
-                    s.actions.is_empty(),
+                    s.actions.is_empty() || statuses.contains(&ActionStatus::DetectionFailed),
                     "detection only fails only when detection failed"
                 );
             }
@@ -307,15 +315,31 @@ fn assert_consistent(s: &Session) {
             "{statuses:?}"
         ),
         _ => {
-            // FAILED: detection failed (no actions) or some action failed.
+            // FAILED: detection failed (no actions, or for an action) or some action failed.
+            assert!(statuses.iter().all(|a| matches!(
+                a,
+                ActionStatus::Succeeded | ActionStatus::Failed | ActionStatus::DetectionFailed
+            )));
             assert!(
-                statuses
-                    .iter()
-                    .all(|a| matches!(a, ActionStatus::Succeeded | ActionStatus::Failed))
-            );
-            assert!(
-                s.actions.is_empty() || statuses.contains(&ActionStatus::Failed),
+                s.actions.is_empty()
+                    || statuses.contains(&ActionStatus::Failed)
+                    || statuses.contains(&ActionStatus::DetectionFailed),
                 "{statuses:?}"
+            );
+        }
+    }
+    for a in &s.actions {
+        if a.status == ActionStatus::DetectionFailed {
+            assert_eq!(a.compliance, Compliance::Unknown, "{a:?}");
+            assert_eq!(
+                a.next_step, 0,
+                "nothing runs after a failed detection: {a:?}"
+            );
+        }
+        if a.status == ActionStatus::Running {
+            assert!(
+                !a.step_failed && a.next_step < a.steps.len(),
+                "RUNNING only while a step is still to run: {a:?}"
             );
         }
     }
@@ -700,7 +724,7 @@ fn detection_only_plans_actions_and_passes_with_the_detected_compliance() {
 }
 
 #[test]
-fn detection_only_passes_whatever_detection_found_even_errors() {
+fn detection_only_fails_when_a_test_could_not_decide() {
     let mut s = session(
         vec![task_item(task("Disk", true), TaskMode::Enforce)],
         MaintenanceOptions::default(),
@@ -709,9 +733,13 @@ fn detection_only_passes_whatever_detection_found_even_errors() {
     let mut run = Run::new(s);
     run.tick();
     run.probes(&[("t0", out(2, "oops"))]);
-    assert_eq!(run.s.status, SessionStatus::Passed);
+    assert_eq!(run.s.status, SessionStatus::Failed);
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("detection failed: Disk")
+    );
     assert_eq!(run.s.compliance, Some(Compliance::Unknown));
-    assert_eq!(run.action(0).status, ActionStatus::Pending);
+    assert_eq!(run.action(0).status, ActionStatus::DetectionFailed);
 }
 
 #[test]
@@ -1179,23 +1207,23 @@ fn enforce_task_still_failing_its_test_fails() {
 }
 
 #[test]
-fn enforce_task_without_a_set_script_fails_without_running_anything() {
-    let mut run = detected(
+fn enforce_task_without_a_set_script_is_audit_only() {
+    let run = detected(
         vec![task_item(task("Firewall", false), TaskMode::Enforce)],
         &[("t0", out(1, ""))],
     );
+    let a = run.action(0);
+    assert_eq!(a.reason, "test failed; no set script, so audit only");
     assert_eq!(
-        run.purpose(),
-        JobPurpose::Verify,
-        "nothing to run: straight to verification"
+        (a.kind, a.status, a.compliance),
+        (
+            ActionKind::NoAction,
+            ActionStatus::Succeeded,
+            Compliance::NonCompliant
+        )
     );
-    run.probes(&[("t0", out(1, ""))]);
-    assert_eq!(run.s.status, SessionStatus::Failed);
-    assert_eq!(
-        run.action(0).result_message.as_deref(),
-        Some("Firewall is not compliant and has no set script")
-    );
-    assert!(!run.jobs.values().any(|k| matches!(k, JobKind::Step { .. })));
+    assert_eq!(run.s.status, SessionStatus::Passed);
+    assert_eq!(run.jobs.len(), 1, "nothing to run");
 }
 
 #[test]
@@ -1241,7 +1269,7 @@ fn audit_task_only_reports_never_fails() {
     );
     assert_eq!(a.result_message.as_deref(), Some("audit: not compliant"));
 
-    // Even a broken audit test is no failure.
+    // A broken audit test is a failed detection (CONTRACT §12), not an audit failure.
     let mut run = detected(
         vec![
             sw_item(app(), DesiredSoftwareState::InstalledLatest, None),
@@ -1249,9 +1277,11 @@ fn audit_task_only_reports_never_fails() {
         ],
         &[("d0", absent()), ("t1", out(2, ""))],
     );
+    assert_eq!(run.action(1).status, ActionStatus::DetectionFailed);
     run.answer(step_result(0));
     run.probes(&[("d0", installed("1.10.0")), ("t1", out(2, "boom"))]);
-    assert_eq!(run.s.status, SessionStatus::Passed);
+    assert_eq!(run.s.status, SessionStatus::Failed);
+    assert_eq!(run.action(0).status, ActionStatus::Succeeded);
     assert_eq!(run.action(1).compliance, Compliance::Unknown);
 }
 
@@ -1500,7 +1530,7 @@ fn forced_reboot_happens_without_a_3010() {
 }
 
 #[test]
-fn reboot_is_held_through_business_hours_and_released_on_a_later_tick() {
+fn a_reboot_held_by_business_hours_ends_the_session_with_the_reboot_pending() {
     let mut run = detected(
         vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
         &[("d0", absent())],
@@ -1513,34 +1543,20 @@ fn reboot_is_held_through_business_hours_and_released_on_a_later_tick() {
         },
         step_result(proto::EXIT_REBOOT_REQUIRED),
     );
-    assert!(dispatched(&effects).is_empty());
-    assert_eq!(run.s.stage, Stage::RebootHeld);
-    assert_eq!(run.s.status, SessionStatus::Executing);
-    assert_eq!(run.s.wake_at, Some(held_until));
-    let reason = run.s.status_reason.clone().unwrap();
     assert!(
-        reason.contains("business hours") && reason.contains("2025-06-03 06:00"),
-        "{reason}"
+        matches!(dispatched(&effects)[..], [JobKind::Probe { .. }]),
+        "no reboot: straight to verification"
     );
-
-    // Still held a bit later.
-    let effects = run.tick_with(Env {
-        reboot_held_until: Some(held_until),
-        ..env_at(mins(300))
-    });
-    assert!(dispatched(&effects).is_empty());
-    assert_eq!(run.s.stage, Stage::RebootHeld);
-
-    // Business hours over.
-    let effects = run.tick_with(env_at(held_until));
-    assert_eq!(dispatched(&effects), [&JobKind::Reboot {}]);
-    assert_eq!(run.s.status_reason.as_deref(), Some("rebooting"));
-    run.answer(JobOutcome::Reboot {
-        started: true,
-        error: None,
-    });
+    assert_eq!(run.purpose(), JobPurpose::Verify);
+    assert_eq!(run.s.reboot_held_until, Some(held_until));
     run.probes(&[("d0", installed("1.10.0"))]);
     assert_eq!(run.s.status, SessionStatus::Passed);
+    assert!(run.s.reboot_required && run.s.rebooted_at.is_none());
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("1 of 1 actions succeeded; reboot pending, held until 06:00 UTC")
+    );
+    assert!(!run.jobs.values().any(|k| matches!(k, JobKind::Reboot {})));
 }
 
 #[test]
@@ -1624,7 +1640,7 @@ fn software_detection_that_could_not_run_fails_without_execution() {
         (a.kind, a.status, a.compliance),
         (
             ActionKind::NoAction,
-            ActionStatus::Failed,
+            ActionStatus::DetectionFailed,
             Compliance::Unknown
         )
     );
@@ -1635,7 +1651,7 @@ fn software_detection_that_could_not_run_fails_without_execution() {
     assert_eq!(run.s.status, SessionStatus::Failed);
     assert_eq!(
         run.s.status_reason.as_deref(),
-        Some("1 of 1 actions failed")
+        Some("1 of 1 actions failed (detection failed: App)")
     );
     assert_eq!(run.jobs.len(), 1, "only the detection job");
 }
@@ -1682,7 +1698,7 @@ fn a_missing_detection_result_is_unknown_not_absent() {
         }],
     });
     assert_eq!(run.s.status, SessionStatus::Failed);
-    assert_eq!(run.action(0).status, ActionStatus::Succeeded);
+    assert_eq!(run.action(0).status, ActionStatus::DetectionFailed);
     let a = run.action(1);
     assert_eq!(
         (a.status, a.compliance),
@@ -1691,23 +1707,92 @@ fn a_missing_detection_result_is_unknown_not_absent() {
 }
 
 #[test]
-fn an_undecidable_enforce_test_fails_its_action() {
-    let mut run = detected(
+fn an_undecidable_enforce_test_is_a_failed_detection() {
+    let run = detected(
         vec![task_item(task("Disk", true), TaskMode::Enforce)],
         &[("t0", out(2, "boom"))],
     );
+    let a = run.action(0);
     assert_eq!(
-        run.action(0).reason,
+        a.reason,
         "test could not decide: test script exited 2: boom"
     );
     assert_eq!(
-        run.purpose(),
-        JobPurpose::Verify,
-        "nothing to run, verified all the same"
+        (a.status, a.compliance),
+        (ActionStatus::DetectionFailed, Compliance::Unknown)
     );
-    run.probes(&[("t0", out(0, ""))]);
     assert_eq!(run.s.status, SessionStatus::Failed);
-    assert_eq!(run.action(0).status, ActionStatus::Failed);
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("1 of 1 actions failed (detection failed: Disk)")
+    );
+    assert_eq!(run.jobs.len(), 1, "only the detection job");
+}
+
+#[test]
+fn a_detection_script_failing_with_stderr_installs_nothing() {
+    // Non-zero with stderr: failed, not "absent". Non-zero and silent: absent, as before.
+    let failing = ScriptOutcome {
+        exit_code: Some(3),
+        stderr: "access denied".into(),
+        ..Default::default()
+    };
+    let mut run = detected(
+        vec![
+            sw_item(app(), DesiredSoftwareState::InstalledLatest, None),
+            sw_item(
+                software("Tool", &["2.0"]),
+                DesiredSoftwareState::InstalledLatest,
+                None,
+            ),
+        ],
+        &[("d0", failing), ("d1", out(1, ""))],
+    );
+    let a = run.action(0);
+    assert_eq!(
+        (a.kind, a.status, a.compliance),
+        (
+            ActionKind::NoAction,
+            ActionStatus::DetectionFailed,
+            Compliance::Unknown
+        )
+    );
+    assert_eq!(run.action(1).kind, ActionKind::Install);
+    assert_eq!(run.step_job().0, "install Tool 2.0");
+    run.answer(step_result(0));
+    assert_eq!(
+        run.action(1).status,
+        ActionStatus::Succeeded,
+        "not RUNNING after its last step is done"
+    );
+    run.probes(&[("d0", out(3, "")), ("d1", installed("2.0"))]);
+    assert_eq!(run.s.status, SessionStatus::Failed);
+    assert_eq!(run.action(0).status, ActionStatus::DetectionFailed);
+    assert_eq!(
+        run.s.status_reason.as_deref(),
+        Some("1 of 2 actions failed (detection failed: App)")
+    );
+}
+
+#[test]
+fn an_action_done_before_a_cancel_keeps_its_outcome() {
+    let mut run = detected(
+        vec![
+            sw_item(app(), DesiredSoftwareState::InstalledLatest, None),
+            sw_item(
+                software("Tool", &["2.0"]),
+                DesiredSoftwareState::InstalledLatest,
+                None,
+            ),
+        ],
+        &[("d0", absent()), ("d1", absent())],
+    );
+    run.answer(step_result(0));
+    assert_eq!(run.step_job().0, "install Tool 2.0");
+    run.ok(Event::Cancel { by: "tech".into() });
+    assert_eq!(run.s.status, SessionStatus::Cancelled);
+    assert_eq!(run.action(0).status, ActionStatus::Succeeded);
+    assert_eq!(run.action(1).status, ActionStatus::Cancelled);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2409,6 +2494,7 @@ fn every_status_change_is_emitted_with_the_new_status() {
         [
             ActionStatus::Pending,
             ActionStatus::Running,
+            ActionStatus::Succeeded,
             ActionStatus::Succeeded
         ]
     );

@@ -182,6 +182,10 @@ impl Computer {
     async fn compliance(&self) -> Option<Compliance> {
         self.compliance
     }
+    /// A session needed a reboot that business hours held: true until that reboot ran.
+    async fn reboot_pending(&self) -> bool {
+        self.held_reboot.is_some()
+    }
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance
     }
@@ -672,6 +676,14 @@ impl ActionView {
     }
     async fn detected_version(&self) -> Option<&str> {
         self.action.detected_version.as_deref()
+    }
+    /// What detection found before execution (kept when verification detects again).
+    async fn detected_version_before(&self) -> Option<&str> {
+        self.action.detected_version_before.as_deref()
+    }
+    /// What verification found after execution; null until it ran or when not installed.
+    async fn detected_version_after(&self) -> Option<&str> {
+        self.action.detected_version_after.as_deref()
     }
     async fn result_message(&self) -> Option<&str> {
         self.action.result_message.as_deref()

@@ -606,11 +606,10 @@ impl Templates {
     }
 }
 
-/// Formats an instant for end users in the tenant's time zone, e.g.
-/// "Tuesday, 3 March 2026 at 22:00 (Europe/Berlin)".
+/// Formats an instant for end users in the tenant's time zone with its abbreviation, e.g.
+/// "Tuesday, 3 March 2026 at 22:00 CET" (people know "CET", not "Europe/Berlin").
 pub fn format_when(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
-    let local = t.with_timezone(&tz);
-    format!("{} ({})", local.format("%A, %-d %B %Y at %H:%M"), tz.name())
+    crate::localtime::long(t, tz)
 }
 
 fn new_registry() -> Handlebars<'static> {
@@ -1277,11 +1276,11 @@ mod tests {
             .expect("valid time");
         assert_eq!(
             format_when(t, chrono_tz::Europe::Berlin),
-            "Tuesday, 3 March 2026 at 22:00 (Europe/Berlin)"
+            "Tuesday, 3 March 2026 at 22:00 CET"
         );
         assert_eq!(
             format_when(t, chrono_tz::UTC),
-            "Tuesday, 3 March 2026 at 21:00 (UTC)"
+            "Tuesday, 3 March 2026 at 21:00 UTC"
         );
     }
 

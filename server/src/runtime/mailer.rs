@@ -103,50 +103,87 @@ impl App {
         postpone_url: Option<String>,
     ) -> SessionMailView {
         let tz = Self::tenant_zone(tenant);
-        let when_t = s
-            .execute_at
-            .or(s.finished_at)
-            .unwrap_or_else(|| self.clock.now());
+        // A finished session's mail is the after-mail: it tells when the work finished, and
+        // what was actually restarted. Before, it tells the planned time and what may happen.
+        let after = s.status.is_terminal();
+        let when_t = if after {
+            s.finished_at.or(s.execute_at)
+        } else {
+            s.execute_at
+        }
+        .unwrap_or_else(|| self.clock.now());
         let actions = s
             .actions
             .iter()
+            // End users see changes; items that need none (and audit findings, which are for
+            // technicians) are not "planned changes".
+            .filter(|a| a.kind != ActionKind::NoAction)
             .map(|a| {
                 let name = s.item_name(a.item).to_string();
-                let (dv, wv) = (a.detected_version.as_deref(), a.desired_version.as_deref());
+                let before = a
+                    .detected_version_before
+                    .as_deref()
+                    .or(a.detected_version.as_deref());
+                let wanted = a.desired_version.as_deref();
                 let change = match a.kind {
-                    ActionKind::Install => PlannedChange::Install { version: wv },
-                    ActionKind::Upgrade => PlannedChange::Upgrade { from: dv, to: wv },
-                    ActionKind::Uninstall => PlannedChange::Uninstall { version: dv },
+                    ActionKind::Install => PlannedChange::Install { version: wanted },
+                    ActionKind::Upgrade => PlannedChange::Upgrade {
+                        from: before,
+                        to: wanted,
+                    },
+                    ActionKind::Uninstall => PlannedChange::Uninstall { version: before },
                     ActionKind::RunTask => PlannedChange::RunTask,
                     ActionKind::NoAction => PlannedChange::NoChange,
                 };
                 let view = ActionView::planned(name, change);
                 let outcome = match a.status {
                     ActionStatus::Succeeded => Some(ActionOutcome::Succeeded),
-                    ActionStatus::Failed => Some(ActionOutcome::Failed),
+                    ActionStatus::Failed | ActionStatus::DetectionFailed => {
+                        Some(ActionOutcome::Failed)
+                    }
                     ActionStatus::Skipped => Some(ActionOutcome::Skipped),
                     ActionStatus::Cancelled => Some(ActionOutcome::Cancelled),
                     ActionStatus::Pending | ActionStatus::Running => None,
                 };
                 match outcome {
-                    Some(o) => view.with_outcome(o, a.result_message.as_deref()),
-                    None => view,
+                    Some(o) if after => view.with_outcome(o, a.result_message.as_deref()),
+                    _ => view,
                 }
             })
             .collect();
+        let software_change = s.actions.iter().any(|a| {
+            matches!(
+                a.kind,
+                ActionKind::Install | ActionKind::Upgrade | ActionKind::Uninstall
+            )
+        });
         let reboot = match s.options.reboot_preference {
+            // After: only what happened. A held reboot has not restarted anything yet.
+            _ if after => {
+                if s.rebooted_at.is_some() {
+                    RebootExpectation::Will
+                } else {
+                    RebootExpectation::None
+                }
+            }
             RebootPreference::Force => RebootExpectation::Will,
             RebootPreference::Suppress => RebootExpectation::None,
-            RebootPreference::Normal if s.reboot_required || s.rebooted_at.is_some() => {
-                RebootExpectation::Will
-            }
-            RebootPreference::Normal
-                if s.actions.iter().any(|a| a.kind != ActionKind::NoAction) =>
-            {
-                RebootExpectation::May
-            }
+            RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
+            // Installers may ask for a restart; running a task or nothing at all does not.
+            RebootPreference::Normal if software_change => RebootExpectation::May,
             RebootPreference::Normal => RebootExpectation::None,
         };
+        // Audit findings are for technicians: they do not make the end user's computer "not
+        // completed".
+        let compliant = !s.actions.is_empty()
+            && s.actions
+                .iter()
+                .filter(|a| {
+                    !s.items
+                        .get(a.item)
+                        .is_some_and(crate::engine::plan::is_audit)
+                })
+                .all(|a| a.compliance == Compliance::Compliant);
         SessionMailView {
             brand: self.brand(tenant),
             recipient_name: recipient_name.to_string(),
@@ -167,7 +204,7 @@ impl App {
                 .status
                 .is_terminal()
                 .then(|| s.status_reason.clone().unwrap_or_default()),
-            compliant: s.compliance == Some(Compliance::Compliant),
+            compliant: compliant && s.status != SessionStatus::Failed,
         }
     }
 

@@ -5,6 +5,7 @@
 //! timer entry and an index entry.
 
 pub mod mailer;
+mod reboot;
 mod start;
 
 pub use start::{Busy, StartRequest};
@@ -45,6 +46,8 @@ struct RuntimeState {
     queued_key: HashMap<Id, (u8, Time, Id)>,
     /// Queue heads woken for a free slot whose step has not begun yet.
     head_woken: HashSet<Id>,
+    /// (due, computer) for reboots held by business hours (`reboot.rs`).
+    held_reboots: BTreeSet<(Time, Id)>,
 }
 
 impl SessionRuntime {
@@ -187,6 +190,7 @@ impl App {
             ids.push(s.id);
         }
         self.agents.requeue_open_jobs(&self.store)?;
+        self.recover_held_reboots()?;
         for id in &ids {
             self.tick(*id).await;
         }
@@ -383,6 +387,13 @@ impl App {
             {
                 if s_ref.status != SessionStatus::Cancelled {
                     comp.compliance = s_ref.compliance.or(comp.compliance);
+                    if let Some(due_at) = s_ref.reboot_held_until {
+                        comp.held_reboot = Some(HeldReboot {
+                            session_id: s_ref.id,
+                            due_at,
+                            job_id: None,
+                        });
+                    }
                 }
                 comp.onboarded = true;
                 if s_ref.trigger == SessionTrigger::Onboarding {
@@ -421,6 +432,12 @@ impl App {
         }
         if !c.deliveries.is_empty() {
             self.webhook_wakeup.notify_one();
+        }
+        if c.finished
+            && s.status != SessionStatus::Cancelled
+            && let Some(due) = s.reboot_held_until
+        {
+            self.runtime.note_held_reboot(s.computer_id, due);
         }
         if c.finished {
             self.metrics
@@ -465,6 +482,7 @@ impl App {
             for id in self.runtime.due_timers(self.clock.now()) {
                 self.tick(id).await;
             }
+            self.send_due_reboots().await;
         }
     }
 

@@ -98,6 +98,20 @@ impl App {
             planned.push((req, items));
         }
         let now = self.clock.now();
+        // One start call (or schedule occurrence) is one mail group: its end users get one
+        // mail per recipient and execution time, listing each computer.
+        let mail_group = (planned.len() > 1).then(Id::new);
+        let mut zones: std::collections::HashMap<Id, String> = std::collections::HashMap::new();
+        for (req, _) in &planned {
+            if !zones.contains_key(&req.computer.tenant_id) {
+                let zone = self
+                    .store
+                    .get::<Tenant>(&req.computer.tenant_id)?
+                    .map(|t| t.time_zone)
+                    .unwrap_or_else(|| "UTC".into());
+                zones.insert(req.computer.tenant_id, zone);
+            }
+        }
         let sessions = {
             let _g = self.runtime.create_lock.lock().await;
             let mut seen = std::collections::HashSet::new();
@@ -120,7 +134,13 @@ impl App {
                         }
                     }
                 }
-                let (s, created) = new_session(req, items, now);
+                let zone = zones
+                    .get(&req.computer.tenant_id)
+                    .cloned()
+                    .unwrap_or_else(|| "UTC".into());
+                let (mut s, created) = new_session(req, items, now);
+                s.time_zone = zone;
+                s.mail_group = mail_group;
                 let deliveries = self.webhook_created(&s)?;
                 new.push((s, created, deliveries));
             }
@@ -234,6 +254,9 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         queued: false,
         used_tokens: vec![],
         offline_in_window: false,
+        time_zone: "UTC".into(),
+        mail_group: None,
+        reboot_held_until: None,
     };
     let created = SessionEvent {
         session_id: s.id,

@@ -4,6 +4,7 @@
 mod agents;
 mod control;
 mod crash;
+mod field_mail;
 mod field_offline;
 mod foundation;
 mod hostile;
