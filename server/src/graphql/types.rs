@@ -225,7 +225,7 @@ impl Computer {
     /// else how the last finished one ended (`COMPLETED`, `FAILED`), `PENDING` before any.
     async fn onboarding_status(&self, ctx: &Context<'_>) -> Result<OnboardingStatus> {
         let app = &Ctx::new(ctx)?.app;
-        if let Some(active) = app.runtime.active_session_of(self.id)
+        if let Some(active) = app.unfinished_session_of(self.id)?
             && app
                 .store
                 .get::<Session>(&active)?

@@ -117,7 +117,7 @@ impl App {
             let mut seen = std::collections::HashSet::new();
             let mut new = Vec::with_capacity(planned.len());
             for (req, items) in planned {
-                let active = self.runtime.active_session_of(req.computer.id);
+                let active = self.unfinished_session_of(req.computer.id)?;
                 if active.is_some() || !seen.insert(req.computer.id) {
                     let msg = match active {
                         Some(a) => format!(

@@ -333,10 +333,23 @@ fn fields_of(sdl: &str, header: &str) -> Vec<(String, Vec<(String, String)>)> {
     let body = &sdl[start..];
     let end = body.find("\n}").expect("end of type");
     let mut out = Vec::new();
+    // Descriptions are skipped whole: one-line `"…"` ones and `"""` blocks, whose inner lines
+    // may read like fields ("runs the onboarding deployments (…)").
+    let mut in_block = false;
     let text: String = body[..end]
         .lines()
         .skip(1)
-        .filter(|l| !l.trim_start().starts_with('"'))
+        .filter(|l| {
+            let t = l.trim_start();
+            if t.starts_with("\"\"\"") {
+                let closes_here = t.len() > 3 && t[3..].contains("\"\"\"");
+                if !closes_here {
+                    in_block = !in_block;
+                }
+                return false;
+            }
+            !in_block && !t.starts_with('"')
+        })
         .collect::<Vec<_>>()
         .join(" ");
     let mut rest = text.as_str();
