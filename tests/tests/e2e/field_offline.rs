@@ -597,3 +597,53 @@ async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A before-mail still waiting in the outbox (the SMTP server is down) when a technician
+/// cancels the session is withdrawn, not sent late about maintenance that will not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::Result<()> {
+    use upkeep_server::mail::MailStatus;
+    let smtp = SmtpSink::start().await?;
+    smtp.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut f = field(at("2026-06-01T08:00:00Z"), Some(&smtp)).await?;
+    let id =
+        f.s.start_session(
+            &f.admin,
+            &f.computer,
+            json!({"executeAt": at("2026-06-01T11:00:00Z"), "options": {"notifyBefore": true}}),
+        )
+        .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    // The first attempt fails; the mail waits for its retry.
+    wait_for("a failed first attempt", T, || async {
+        Ok(outbox_of(&f.s, &id)
+            .first()
+            .is_some_and(|m| m.attempts >= 1)
+            .then_some(()))
+    })
+    .await?;
+    f.s.gql(
+        &f.admin,
+        "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }",
+        json!({"id": id}),
+    )
+    .await?;
+    smtp.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    f.clock(at("2026-06-01T08:05:00Z")).await?;
+    let m = wait_for("the retry", T, || async {
+        Ok(outbox_of(&f.s, &id).into_iter().find(|m| !m.is_pending()))
+    })
+    .await?;
+    assert!(
+        matches!(&m.status, MailStatus::Withdrawn { reason, .. } if reason.contains("cancelled")),
+        "{:?}",
+        m.status
+    );
+    assert!(
+        smtp.received().is_empty(),
+        "nothing reached the SMTP server"
+    );
+    Ok(())
+}
