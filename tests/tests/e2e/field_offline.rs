@@ -647,3 +647,46 @@ async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::R
     );
     Ok(())
 }
+
+/// APPLY_ON_CONNECT waits only until a newer occurrence of its schedule supersedes it; the
+/// newer one then runs when the laptop is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_occurrence_supersedes_the_waiting_session() -> anyhow::Result<()> {
+    let mut f = field(at("2026-06-01T10:00:00Z"), None).await?;
+    f.schedule(json!({"cron": "0 12 * * *", "detectionLeadMinutes": 60, "windowMinutes": 30}))
+        .await?;
+    f.go_offline().await?;
+    f.clock(at("2026-06-01T11:00:05Z")).await?;
+    let first = f.only_session().await?;
+    f.s.wait_status(&f.admin, &first, &["PENDING"], T).await?;
+    f.clock(at("2026-06-02T11:00:05Z")).await?;
+    let old = f.s.wait_status(&f.admin, &first, &["CANCELLED"], T).await?;
+    assert!(
+        old["statusReason"].as_str().unwrap().contains("superseded"),
+        "{old:#}"
+    );
+    let second = wait_for("the next occurrence's session", T, || async {
+        let d =
+            f.s.gql(
+                &f.admin,
+                "{ maintenanceSessions { edges { node { id } } } }",
+                json!({}),
+            )
+            .await?;
+        Ok(d["maintenanceSessions"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["node"]["id"].as_str())
+            .find(|i| *i != first)
+            .map(String::from))
+    })
+    .await?;
+    f.clock(at("2026-06-02T14:00:00Z")).await?;
+    f.come_back()?;
+    let done =
+        f.s.wait_status(&f.admin, &second, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    Ok(())
+}
