@@ -922,7 +922,7 @@ impl Mutation {
                 )
                 .into());
             }
-            if let Some(active) = c.app.runtime.active_session_of(comp.id) {
+            if let Some(active) = c.app.unfinished_session_of(comp.id) {
                 return Err(ApiError::Conflict(format!(
                     "computer {} already has an unfinished maintenance session {active}",
                     comp.name
