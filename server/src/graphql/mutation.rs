@@ -937,7 +937,7 @@ impl Mutation {
                 )
                 .into());
             }
-            if let Some(active) = c.app.unfinished_session_of(comp.id)? {
+            if let Some(active) = c.app.unfinished_session_of(comp.id) {
                 return Err(ApiError::Conflict(format!(
                     "computer {} already has an unfinished maintenance session {active}",
                     comp.name
@@ -1404,9 +1404,9 @@ impl Mutation {
         Ok(true)
     }
 
-    /// Runs a `SCHEDULED` or `POSTPONED` session now (technicians; ImmyBot's "resume"). The
-    /// end user's postpones are not used up and `allowUpdateNow` does not apply. Any other
-    /// status is `CONFLICT`.
+    /// Runs a `SCHEDULED` or `POSTPONED` session now, for technicians, like ImmyBot's
+    /// "resume". The end user's postpones are not used up and `allowUpdateNow` does not
+    /// apply. Any other status is `CONFLICT`.
     async fn run_maintenance_session_now(&self, ctx: &Context<'_>, id: ID) -> Result<Session> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("id", &id)?)?;
@@ -1421,8 +1421,8 @@ impl Mutation {
             .await?)
     }
 
-    /// Runs the computer's onboarding deployments (and the required ones) now, as a session
-    /// with trigger `ONBOARDING`: for tenants without auto-onboarding, or after a re-image.
+    /// Runs the computer's onboarding deployments, with the required ones, now as a session
+    /// with trigger `ONBOARDING`, for tenants without auto-onboarding or after a re-image.
     /// `CONFLICT` when the computer has an unfinished session.
     async fn start_onboarding_session(
         &self,

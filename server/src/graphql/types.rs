@@ -223,13 +223,16 @@ impl Computer {
     }
     /// Its onboarding deployments: `IN_PROGRESS` while an onboarding session is unfinished,
     /// else how the last finished one ended (`COMPLETED`, `FAILED`), `PENDING` before any.
+    // The index of unfinished sessions is updated just after the finished session is stored:
+    // the session's own status decides, so a reader never sees a finished onboarding as
+    // IN_PROGRESS.
     async fn onboarding_status(&self, ctx: &Context<'_>) -> Result<OnboardingStatus> {
         let app = &Ctx::new(ctx)?.app;
-        if let Some(active) = app.unfinished_session_of(self.id)?
+        if let Some(active) = app.unfinished_session_of(self.id)
             && app
                 .store
                 .get::<Session>(&active)?
-                .is_some_and(|s| s.trigger == SessionTrigger::Onboarding)
+                .is_some_and(|s| s.trigger == SessionTrigger::Onboarding && !s.status.is_terminal())
         {
             return Ok(OnboardingStatus::InProgress);
         }

@@ -14,8 +14,18 @@ pub enum MailKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MailStatus {
     Pending,
-    Sent { at: Time },
-    Failed { at: Time },
+    Sent {
+        at: Time,
+    },
+    Failed {
+        at: Time,
+    },
+    /// Not sent, and never will be: a before-mail whose session was cancelled before the mail
+    /// went out (it would announce maintenance that will not happen).
+    Withdrawn {
+        at: Time,
+        reason: String,
+    },
 }
 
 /// A mail as queued: fully rendered, with its Message-ID fixed, so a send repeated after a

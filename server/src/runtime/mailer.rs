@@ -361,6 +361,19 @@ impl App {
         mut m: OutboxMail,
     ) {
         let now = self.clock.now();
+        if let Some(reason) = self.withdrawn(&m) {
+            tracing::info!(mail = %m.id, session = ?m.session_id, "mail withdrawn: {reason}");
+            m.status = MailStatus::Withdrawn { at: now, reason };
+            if self
+                .store
+                .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))
+                .is_err()
+            {
+                tracing::error!(mail = %m.id, "could not record mail state");
+            }
+            let _ = self.store.flush().await;
+            return;
+        }
         let result = match build_message(&m) {
             Ok(msg) => match transport {
                 Some(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
@@ -419,6 +432,22 @@ impl App {
         if !deliveries.is_empty() {
             self.webhook_wakeup.notify_one();
         }
+    }
+
+    /// Why a queued mail must not go out any more: a before-mail whose session was cancelled
+    /// meanwhile (say by a technician while the SMTP server was down) announces maintenance
+    /// that will not happen.
+    fn withdrawn(&self, m: &OutboxMail) -> Option<String> {
+        if m.kind != MailKind::Before {
+            return None;
+        }
+        let s = self.store.get::<Session>(&m.session_id?).ok().flatten()?;
+        (s.status == SessionStatus::Cancelled).then(|| {
+            format!(
+                "the maintenance was cancelled ({})",
+                s.status_reason.unwrap_or_default()
+            )
+        })
     }
 
     async fn write_eml(&self, m: &OutboxMail, msg: &Message) -> Result<(), String> {

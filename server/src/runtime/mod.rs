@@ -486,18 +486,6 @@ impl App {
         }
     }
 
-    /// The computer's unfinished session, as the store has it. The in-memory index learns that a
-    /// session finished just after the store does (`apply` notes a step once it is durable), so
-    /// a caller who has read the finished status may ask in that gap: such a session is not
-    /// unfinished any more.
-    pub fn unfinished_session_of(&self, computer: Id) -> ApiResult<Option<Id>> {
-        let Some(id) = self.runtime.active_session_of(computer) else {
-            return Ok(None);
-        };
-        let stored = self.store.get::<Session>(&id)?;
-        Ok(stored.filter(|s| !s.status.is_terminal()).map(|s| s.id))
-    }
-
     /// Called by the agent gateway when a computer starts polling again.
     pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
         if let Some(id) = self.runtime.active_session_of(computer) {

@@ -117,7 +117,7 @@ impl App {
             let mut seen = std::collections::HashSet::new();
             let mut new = Vec::with_capacity(planned.len());
             for (req, items) in planned {
-                let active = self.unfinished_session_of(req.computer.id)?;
+                let active = self.unfinished_session_of(req.computer.id);
                 if active.is_some() || !seen.insert(req.computer.id) {
                     let msg = match active {
                         Some(a) => format!(
@@ -204,6 +204,19 @@ impl App {
             .collect()
             .await;
         Ok(stepped)
+    }
+}
+
+impl App {
+    /// The computer's unfinished session. The in-memory index is updated just after a step is
+    /// stored, so a session a caller has already seen finish may still be listed for a moment:
+    /// the stored status decides (a rerun right after `PASSED` is not a `CONFLICT`).
+    pub fn unfinished_session_of(&self, computer: Id) -> Option<Id> {
+        let id = self.runtime.active_session_of(computer)?;
+        match self.store.get::<Session>(&id) {
+            Ok(Some(s)) if s.status.is_terminal() => None,
+            _ => Some(id),
+        }
     }
 }
 

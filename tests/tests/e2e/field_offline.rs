@@ -214,7 +214,7 @@ async fn skip_grace_counts_from_the_start_of_execution() -> anyhow::Result<()> {
         f.s.wait_status(&f.admin, &id, &["PENDING", "CANCELLED"], T)
             .await?;
     assert_eq!(
-        p["statusReason"], "waiting for the computer to come online (until 22:30 UTC)",
+        p["statusReason"], "waiting for the computer to come online (until 00:30 CEST)",
         "{p:#}"
     );
     // Half an hour after detection: still waiting (the session's own timer is driven here).
@@ -595,5 +595,98 @@ async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
             .await?,
         "BAD_USER_INPUT"
     );
+    Ok(())
+}
+
+/// A before-mail still waiting in the outbox (the SMTP server is down) when a technician
+/// cancels the session is withdrawn, not sent late about maintenance that will not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::Result<()> {
+    use upkeep_server::mail::MailStatus;
+    let smtp = SmtpSink::start().await?;
+    smtp.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut f = field(at("2026-06-01T08:00:00Z"), Some(&smtp)).await?;
+    let id =
+        f.s.start_session(
+            &f.admin,
+            &f.computer,
+            json!({"executeAt": at("2026-06-01T11:00:00Z"), "options": {"notifyBefore": true}}),
+        )
+        .await?;
+    f.s.wait_status(&f.admin, &id, &["SCHEDULED"], T).await?;
+    // The first attempt fails; the mail waits for its retry.
+    wait_for("a failed first attempt", T, || async {
+        Ok(outbox_of(&f.s, &id)
+            .first()
+            .is_some_and(|m| m.attempts >= 1)
+            .then_some(()))
+    })
+    .await?;
+    f.s.gql(
+        &f.admin,
+        "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }",
+        json!({"id": id}),
+    )
+    .await?;
+    smtp.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    f.clock(at("2026-06-01T08:05:00Z")).await?;
+    let m = wait_for("the retry", T, || async {
+        Ok(outbox_of(&f.s, &id).into_iter().find(|m| !m.is_pending()))
+    })
+    .await?;
+    assert!(
+        matches!(&m.status, MailStatus::Withdrawn { reason, .. } if reason.contains("cancelled")),
+        "{:?}",
+        m.status
+    );
+    assert!(
+        smtp.received().is_empty(),
+        "nothing reached the SMTP server"
+    );
+    Ok(())
+}
+
+/// APPLY_ON_CONNECT waits only until a newer occurrence of its schedule supersedes it; the
+/// newer one then runs when the laptop is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_occurrence_supersedes_the_waiting_session() -> anyhow::Result<()> {
+    let mut f = field(at("2026-06-01T10:00:00Z"), None).await?;
+    f.schedule(json!({"cron": "0 12 * * *", "detectionLeadMinutes": 60, "windowMinutes": 30}))
+        .await?;
+    f.go_offline().await?;
+    f.clock(at("2026-06-01T11:00:05Z")).await?;
+    let first = f.only_session().await?;
+    f.s.wait_status(&f.admin, &first, &["PENDING"], T).await?;
+    f.clock(at("2026-06-02T11:00:05Z")).await?;
+    let old = f.s.wait_status(&f.admin, &first, &["CANCELLED"], T).await?;
+    assert!(
+        old["statusReason"].as_str().unwrap().contains("superseded"),
+        "{old:#}"
+    );
+    let second = wait_for("the next occurrence's session", T, || async {
+        let d =
+            f.s.gql(
+                &f.admin,
+                "{ maintenanceSessions { edges { node { id } } } }",
+                json!({}),
+            )
+            .await?;
+        Ok(d["maintenanceSessions"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["node"]["id"].as_str())
+            .find(|i| *i != first)
+            .map(String::from))
+    })
+    .await?;
+    f.clock(at("2026-06-02T14:00:00Z")).await?;
+    f.come_back()?;
+    let done =
+        f.s.wait_status(&f.admin, &second, &["PASSED", "FAILED", "CANCELLED"], T)
+            .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
     Ok(())
 }
