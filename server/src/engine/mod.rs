@@ -78,6 +78,13 @@ pub enum Event {
         by: String,
         token: Option<String>,
     },
+    /// A piece of a running step script's output, already masked (`output::StreamMask`):
+    /// logged for the action whose step `job` runs, ignored otherwise.
+    Output {
+        job: Id,
+        stream: proto::OutputStream,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +105,11 @@ pub enum Effect {
     },
     /// Queue a session mail.
     Mail(crate::mail::MailKind),
+    /// Store what action `action`'s change script said (beside the session, not in it).
+    Output {
+        action: usize,
+        output: crate::output::ActionOutput,
+    },
     /// The session reached a terminal status.
     Finished,
 }
@@ -197,6 +209,11 @@ impl Machine<'_> {
                 self.cancel(format!("cancelled by {by}"));
                 return Ok(());
             }
+            Event::Output { job, stream, text } => {
+                // Output changes no state: no `advance`, the wake time stays.
+                self.log_output(job, stream, &text);
+                return Ok(());
+            }
             Event::Postpone { hours, by, token } => {
                 self.use_token(token)?;
                 self.postpone(hours, &by)?;
@@ -220,6 +237,30 @@ impl Machine<'_> {
         }
         self.advance();
         Ok(())
+    }
+
+    fn log_output(&mut self, job: Id, stream: proto::OutputStream, text: &str) {
+        let Some(PendingJob {
+            id,
+            purpose: JobPurpose::Step { action, .. },
+        }) = &self.s.pending_job
+        else {
+            return;
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        if *id != job || text.is_empty() {
+            return;
+        }
+        let Some(a) = self.s.actions.get(*action) else {
+            return;
+        };
+        let name = self.s.item_name(a.item);
+        let stream = match stream {
+            proto::OutputStream::Stdout => "stdout",
+            proto::OutputStream::Stderr => "stderr",
+        };
+        let line = format!("{name} [{stream}] {text}");
+        self.log(line);
     }
 
     fn use_token(&mut self, token: Option<String>) -> Result<(), EngineError> {
@@ -652,15 +693,15 @@ impl Machine<'_> {
             None => return,
         };
         match outcome {
-            JobOutcome::Step { outcome } => match outcome.exit_code {
-                Some(0) => self.log(format!("Done: {label}")),
-                Some(proto::EXIT_REBOOT_REQUIRED) => {
-                    self.s.actions[ai].reboot_required = true;
-                    self.s.reboot_required = true;
-                    self.log(format!("Done: {label} (reboot required)"));
-                }
-                _ => self.fail_step(ai, plan::describe_failure(&label, &outcome)),
-            },
+            JobOutcome::Step { outcome } => {
+                let secrets =
+                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
+                self.out.push(Effect::Output {
+                    action: ai,
+                    output: crate::output::ActionOutput::from_outcome(&outcome, &secrets),
+                });
+                self.on_step_outcome(ai, &label, secrets.mask_outcome(&outcome));
+            }
             JobOutcome::Failed { error } => self.fail_step(ai, format!("{label}: {error}")),
             other => self.fail_step(
                 ai,
@@ -668,6 +709,18 @@ impl Machine<'_> {
             ),
         }
         self.s.actions[ai].next_step = si + 1;
+    }
+
+    fn on_step_outcome(&mut self, ai: usize, label: &str, outcome: proto::ScriptOutcome) {
+        match outcome.exit_code {
+            Some(0) => self.log(format!("Done: {label}")),
+            Some(proto::EXIT_REBOOT_REQUIRED) => {
+                self.s.actions[ai].reboot_required = true;
+                self.s.reboot_required = true;
+                self.log(format!("Done: {label} (reboot required)"));
+            }
+            _ => self.fail_step(ai, plan::describe_failure(label, &outcome)),
+        }
     }
 
     fn on_step_test(&mut self, ai: usize, si: usize, outcome: JobOutcome) {

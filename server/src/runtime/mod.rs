@@ -337,6 +337,18 @@ impl App {
                     Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
                 },
                 Effect::Finished => c.finished = true,
+                Effect::Output { action, output } => {
+                    if let Some(a) = s.actions.get(*action) {
+                        c.outputs.push(crate::output::OutputRecord {
+                            session_id: s.id,
+                            tenant_id: s.tenant_id,
+                            action: u32::try_from(*action).unwrap_or(u32::MAX),
+                            action_id: a.id,
+                            at: now,
+                            output: output.clone(),
+                        });
+                    }
+                }
             }
         }
         for n in notes {
@@ -374,6 +386,9 @@ impl App {
             }
             for m in &cref.mails {
                 tx.put(m)?;
+            }
+            for o in &cref.outputs {
+                tx.put(o)?;
             }
             for d in &cref.deliveries {
                 tx.put(d)?;
@@ -512,5 +527,6 @@ struct Committed {
     events: Vec<SessionEvent>,
     mails: Vec<crate::mail::OutboxMail>,
     deliveries: Vec<crate::webhooks::Delivery>,
+    outputs: Vec<crate::output::OutputRecord>,
     finished: bool,
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod control;
 mod crash;
+mod field_output;
 mod foundation;
 mod hostile;
 mod integrations;
