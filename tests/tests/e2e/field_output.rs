@@ -150,3 +150,57 @@ async fn a_failing_scripts_output_is_kept_and_long_output_is_cut_with_a_marker()
     assert!(msg.contains(MASK) && !msg.contains(SECRET), "{msg}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_names_that_differ_only_in_case_are_refused() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "tool",
+        f.dir.path(),
+        &["1.0"],
+    )
+    .await?;
+    let input = |parameters: Value| {
+        json!({"i": {"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw,
+                     "desiredState": "INSTALLED_ANY", "parameters": parameters}})
+    };
+    let create = "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }";
+    let body =
+        f.s.gql_raw(
+            Some(&f.admin),
+            create,
+            input(json!({"value": "1", "Value": "2"})),
+        )
+        .await?;
+    let e = &body["errors"][0];
+    assert_eq!(e["extensions"]["code"], "BAD_USER_INPUT", "{body:#}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("differ only in case"),
+        "{body:#}"
+    );
+    // Distinct names are fine, and an update is held to the same rule.
+    let d =
+        f.s.gql(
+            &f.admin,
+            create,
+            input(json!({"value": "1", "value2": "2"})),
+        )
+        .await?;
+    let id = d["createDeployment"]["id"].as_str().unwrap_or_default();
+    let code = f
+        .s
+        .gql_err(
+            Some(&f.admin),
+            "mutation($id: ID!, $i: UpdateDeploymentInput!) { updateDeployment(id: $id, input: $i) { id } }",
+            json!({"id": id, "i": {"parameters": {"INSTALL_DIR": "/a", "install_dir": "/b"}}}),
+        )
+        .await?;
+    assert_eq!(code, "BAD_USER_INPUT");
+    Ok(())
+}
