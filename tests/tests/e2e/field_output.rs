@@ -204,3 +204,217 @@ async fn parameter_names_that_differ_only_in_case_are_refused() -> anyhow::Resul
     assert_eq!(code, "BAD_USER_INPUT");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_as_log_lines_while_the_script_runs() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let flag = f.dir.path().join("go-on");
+    // The script prints, then waits until the test has seen the line live.
+    deploy_software(
+        &f,
+        "slow",
+        &format!(
+            "echo \"phase one with $UPKEEP_PARAM_TOKEN\"\necho 'still working' >&2\nwhile [ ! -f '{}' ]; do sleep 0.1; done\necho 'phase two'\necho 1.0 > \"$F\"",
+            flag.display()
+        ),
+        json!({"token": SECRET}),
+    )
+    .await?;
+    let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    let q = "subscription($s: ID, $n: Int) { maintenanceSessionUpdates(sessionId: $s, afterSequence: $n) { sequence status logLine } }";
+    let mut sub = Subscription::start(
+        &f.s.url,
+        "graphql-transport-ws",
+        &f.admin,
+        q,
+        json!({"s": id, "n": 0}),
+    )
+    .await?;
+    let mut lines = Vec::new();
+    let want = [
+        format!("slow [stdout] phase one with {MASK}"),
+        "slow [stderr] still working".to_string(),
+    ];
+    while !want.iter().all(|w| lines.contains(w)) {
+        let d = sub.next_data(T).await?;
+        let e = &d["maintenanceSessionUpdates"];
+        if let Some(l) = e["logLine"].as_str() {
+            lines.push(l.to_string());
+        }
+    }
+    // Seen while the script still waits for the flag: streamed, not taken from the result.
+    assert!(!flag.exists());
+    let s = f.s.session(&f.admin, &id).await?;
+    assert_eq!(s["status"], "EXECUTING", "{s:#}");
+    assert_eq!(s["actions"][0]["status"], "RUNNING");
+    std::fs::write(&flag, "")?;
+    let s = f.s.wait_status(&f.admin, &id, &["PASSED"], T).await?;
+    let logs: Vec<&str> = s["logs"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|m| m["message"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(logs.contains(&"slow [stdout] phase two"), "{logs:#?}");
+    assert!(!s.to_string().contains(SECRET));
+    let out = &outputs(&f, &id).await?[0]["output"];
+    assert_eq!(out["stdout"], format!("phase one with {MASK}\nphase two\n"));
+    Ok(())
+}
+
+/// Polls as a raw agent until a job comes; returns it.
+async fn raw_job(s: &TestServer, token: &str) -> anyhow::Result<Value> {
+    wait_for("a job", T, || async {
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/poll", s.url))
+            .bearer_auth(token)
+            .json(&json!({"protocolVersion": 1, "waitSeconds": 0}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "poll answered {}", r.status());
+        let r: Value = r.json().await?;
+        Ok(r["jobs"].get(0).cloned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_chunks_are_authenticated_bounded_and_idempotent_per_seq() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Acme").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let (token, computer) = s.enroll_raw(&key, "raw-1", "machine-raw-1").await?;
+    let dir = tempfile::tempdir()?;
+    let sw = create_file_software(&s, &admin, Some(&tenant), "tool", dir.path(), &["1.0"]).await?;
+    create_deployment(
+        &s,
+        &admin,
+        json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw,
+               "desiredState": "INSTALLED_LATEST", "parameters": {"password": SECRET}}),
+    )
+    .await?;
+    let id = s.start_session(&admin, &computer, json!({})).await?;
+    let probe = raw_job(&s, &token).await?;
+    let probe_id = probe["id"].as_str().unwrap_or_default().to_string();
+    let http = s.http.clone();
+    let base = s.url.clone();
+    let post = |path: String, bearer: Option<&str>, body: Value| {
+        let mut req = http.post(format!("{base}{path}")).json(&body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        async move {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+    // A probe does not stream.
+    let chunk = |seq: u64, text: &str| json!({"protocolVersion": 1, "seq": seq, "stream": "stdout", "chunk": text});
+    let (st, r) = post(
+        format!("/agent/v1/jobs/{probe_id}/output"),
+        Some(&token),
+        chunk(1, "x"),
+    )
+    .await?;
+    assert_eq!((st, r["accepted"].clone()), (200, json!(false)), "{r}");
+    let results: Vec<Value> = probe["probes"]
+        .as_array()
+        .map(|p| p.iter().map(|p| json!({"probeId": p["probeId"], "outcome": {"exitCode": 0, "stdout": "", "stderr": "", "durationMs": 1}})).collect())
+        .unwrap_or_default();
+    let (st, _) = post(
+        format!("/agent/v1/jobs/{probe_id}/result"),
+        Some(&token),
+        json!({"protocolVersion": 1, "kind": "probe", "results": results}),
+    )
+    .await?;
+    assert_eq!(st, 200);
+    let step = raw_job(&s, &token).await?;
+    assert_eq!(step["kind"], "step", "{step:#}");
+    let job = step["id"].as_str().unwrap_or_default().to_string();
+    let path = format!("/agent/v1/jobs/{job}/output");
+
+    // The secret is split across two chunks; seq 2 is sent twice.
+    let (half1, half2) = SECRET.split_at(5);
+    for (seq, text, accepted) in [
+        (1, format!("unpacking with {half1}"), true),
+        (2, format!("{half2} done\n"), true),
+        (2, format!("{half2} done\n"), false),
+        (1, "old".to_string(), false),
+    ] {
+        let (st, r) = post(path.clone(), Some(&token), chunk(seq, &text)).await?;
+        assert_eq!(
+            (st, r["accepted"].clone()),
+            (200, json!(accepted)),
+            "seq {seq}: {r}"
+        );
+    }
+    // Authenticated like results, bounded, and only for this computer's jobs.
+    let (st, r) = post(path.clone(), None, chunk(3, "x")).await?;
+    assert_eq!((st, r["code"].clone()), (401, json!("UNAUTHENTICATED")));
+    let (other, _) = s.enroll_raw(&key, "raw-2", "machine-raw-2").await?;
+    let (st, _) = post(path.clone(), Some(&other), chunk(3, "x")).await?;
+    assert_eq!(st, 404);
+    let (st, r) = post(
+        path.clone(),
+        Some(&token),
+        chunk(3, &"y".repeat(16 * 1024 + 1)),
+    )
+    .await?;
+    assert_eq!((st, r["code"].clone()), (413, json!("PAYLOAD_TOO_LARGE")));
+    let (st, _) = post(path.clone(), Some(&token), chunk(0, "x")).await?;
+    assert_eq!(st, 422);
+    let (st, r) = post(
+        format!(
+            "/agent/v1/jobs/{}/output",
+            "0190f3d0-1111-7000-8000-000000000001"
+        ),
+        Some(&token),
+        chunk(3, "x"),
+    )
+    .await?;
+    assert_eq!((st, r["code"].clone()), (404, json!("NOT_FOUND")));
+    // A runaway sender is throttled.
+    let mut throttled = false;
+    for seq in 10..60 {
+        let (st, r) = post(path.clone(), Some(&token), chunk(seq, "")).await?;
+        if st == 429 {
+            assert_eq!(r["code"], "THROTTLED");
+            throttled = true;
+            break;
+        }
+        assert_eq!(st, 200, "{r}");
+    }
+    assert!(throttled, "50 chunks in a row were all taken");
+
+    let session = s.session(&admin, &id).await?;
+    let shown: Vec<&str> = session["logs"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|m| m["message"].as_str())
+                .filter(|m| m.contains("[stdout]"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        shown,
+        vec![
+            "tool [stdout] unpacking with ",
+            &*format!("tool [stdout] {MASK} done")
+        ],
+        "{session:#}"
+    );
+    // Once the result is in, the job no longer streams.
+    let (st, _) = post(
+        format!("/agent/v1/jobs/{job}/result"),
+        Some(&token),
+        json!({"protocolVersion": 1, "kind": "step", "outcome": {"exitCode": 0, "stdout": "", "stderr": "", "durationMs": 1}}),
+    )
+    .await?;
+    assert_eq!(st, 200);
+    let (st, r) = post(path.clone(), Some(&token), chunk(100, "late")).await?;
+    assert_eq!((st, r["accepted"].clone()), (200, json!(false)), "{r}");
+    Ok(())
+}
