@@ -355,7 +355,13 @@ impl App {
             c.events.push(new_event(s, now, s.status, None, Some(n)));
         }
         if c.finished || s.status != before {
-            c.deliveries = self.webhook_deliveries_for(s, before, c.finished)?;
+            // The event that announced the new status (the first one carrying it).
+            let sequence = c
+                .events
+                .iter()
+                .find(|e| e.status == s.status && e.action_id.is_none())
+                .map_or(s.last_sequence, |e| e.sequence);
+            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
         }
         let s_ref = &*s;
         let cref = &c;

@@ -418,3 +418,86 @@ async fn output_chunks_are_authenticated_bounded_and_idempotent_per_seq() -> any
     assert_eq!((st, r["accepted"].clone()), (200, json!(false)), "{r}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_webhooks_go_out_in_sequence_order_even_across_a_retry() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let sw = create_file_software(
+        &f.s,
+        &f.admin,
+        Some(&f.tenant),
+        "tool",
+        f.dir.path(),
+        &["1.0"],
+    )
+    .await?;
+    create_deployment(
+        &f.s,
+        &f.admin,
+        json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}),
+    )
+    .await?;
+    // The first delivery (SESSION_CREATED) is answered 500 and retried after its backoff.
+    let rx = upkeep_tests::hook::HookReceiver::start(&[500]).await?;
+    f.s.gql(
+        &f.admin,
+        "mutation($t: ID, $u: String!) { createWebhook(input: {tenantId: $t, url: $u, events: [SESSION_CREATED, SESSION_STATUS_CHANGED, SESSION_FINISHED]}) { webhook { id } } }",
+        json!({"t": f.tenant, "u": rx.url()}),
+    )
+    .await?;
+    let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    let s = f.s.wait_status(&f.admin, &id, &["PASSED"], T).await?;
+    let got = wait_for(
+        "the finished event delivered",
+        Duration::from_secs(60),
+        || async {
+            Ok(rx
+                .all()
+                .iter()
+                .any(|r| r.answered == 200 && r.header("Upkeep-Event") == Some("SESSION_FINISHED"))
+                .then(|| rx.all()))
+        },
+    )
+    .await?;
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|r| serde_json::from_str(&r.body))
+        .collect::<Result<_, _>>()?;
+    let events: Vec<(&str, u16, i64)> = got
+        .iter()
+        .zip(&bodies)
+        .map(|(r, b)| {
+            (
+                b["event"].as_str().unwrap_or_default(),
+                r.answered,
+                b["data"]["sequence"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    // The failed first delivery is retried before anything later of the session goes out.
+    assert_eq!(events[0].0, "SESSION_CREATED", "{events:?}");
+    assert_eq!(events[0].1, 500);
+    assert_eq!(bodies[1]["id"], bodies[0]["id"], "{events:?}");
+    assert_eq!(events[1].1, 200);
+    // Every delivery carries its session event's sequence, in order.
+    let seqs: Vec<i64> = events.iter().skip(1).map(|e| e.2).collect();
+    assert!(seqs.iter().all(|q| *q >= 1), "{events:?}");
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{events:?}");
+    // The finished event's sequence is the one of the log line announcing PASSED.
+    let finished = events
+        .iter()
+        .find(|e| e.0 == "SESSION_FINISHED")
+        .map(|e| e.2);
+    let passed_line = s["logs"]
+        .as_array()
+        .and_then(|l| {
+            l.iter().find(|m| {
+                m["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("PASSED"))
+            })
+        })
+        .and_then(|m| m["sequence"].as_i64());
+    assert_eq!(finished, passed_line, "{events:?} {s:#}");
+    Ok(())
+}
