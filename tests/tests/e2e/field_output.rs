@@ -501,3 +501,40 @@ async fn a_sessions_webhooks_go_out_in_sequence_order_even_across_a_retry() -> a
     assert_eq!(finished, passed_line, "{events:?} {s:#}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_asks_for_and_shows_an_actions_output() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    deploy_software(
+        &f,
+        "agentx",
+        "echo \"registered with $UPKEEP_PARAM_KEY\"\necho 1.0 > \"$F\"",
+        json!({"key": SECRET}),
+    )
+    .await?;
+    let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    f.s.wait_status(&f.admin, &id, &["PASSED"], T).await?;
+    let html =
+        f.s.http
+            .get(format!("{}/console", f.s.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+    // The console's own session query, run as the console runs it.
+    let start = html.find("SESSION: `").map(|i| i + "SESSION: `".len());
+    let query = start
+        .and_then(|s| html[s..].find('`').map(|e| &html[s..s + e]))
+        .unwrap_or_default();
+    assert!(
+        query.contains("output { stdout stderr exitCode truncated }"),
+        "{query}"
+    );
+    let d = f.s.gql(&f.admin, query, json!({"id": id})).await?;
+    let out = &d["maintenanceSession"]["actions"][0]["output"];
+    assert_eq!(out["stdout"], format!("registered with {MASK}\n"), "{d:#}");
+    // And renders it: a collapsible block per action with stdout and stderr.
+    assert!(html.contains("data-testid\": \"action-output\""));
+    assert!(html.contains("data-testid\": \"action-stdout\""));
+    Ok(())
+}
