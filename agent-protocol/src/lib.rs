@@ -308,9 +308,10 @@ pub enum OutputStream {
 /// - `seq` starts at 1 for each job and rises by one per chunk, over both streams. A chunk
 ///   is idempotent per `seq`: a repeat (or any `seq` not above the highest taken) is answered
 ///   `accepted: false` and changes nothing, so a chunk whose answer was lost may be sent again.
-/// - `chunk` is at most [`MAX_CHUNK_BYTES`] (413 otherwise); the server shows at most
-///   [`MAX_OUTPUT_BYTES`] per stream and job, and takes at most [`OUTPUT_CHUNKS_PER_SECOND`]
-///   chunks per job and second (429 with `Retry-After` beyond).
+/// - `chunk` is at most [`MAX_CHUNK_BYTES`] (413 otherwise); the server shows the first
+///   16 KiB of a job's streamed output (both streams) in the session log, in lines of at most
+///   900 bytes, and takes at most [`OUTPUT_CHUNKS_PER_SECOND`] chunks per job and second (429
+///   with `Retry-After` beyond).
 /// - The server masks secret parameter values before it stores or shows anything, also when a
 ///   secret is split across chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

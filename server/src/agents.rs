@@ -86,9 +86,10 @@ struct OutputState {
     /// Highest `seq` taken: chunks are idempotent per `seq`.
     last_seq: u64,
     secrets: crate::output::Secrets,
-    /// Per stream (stdout, stderr): the masker and the bytes shown so far.
+    /// Per stream (stdout, stderr): the masker.
     masks: [crate::output::StreamMask; 2],
-    shown: [usize; 2],
+    /// Bytes shown so far (both streams), at most `output::MAX_STREAMED_BYTES`.
+    shown: usize,
     /// Token bucket: (tokens, last refill).
     bucket: (f64, Instant),
 }
@@ -158,7 +159,7 @@ impl Agents {
             last_seq: 0,
             secrets,
             masks: Default::default(),
-            shown: [0; 2],
+            shown: 0,
             bucket: (f64::from(proto::OUTPUT_CHUNK_BURST), Instant::now()),
         });
         let (tokens, at) = st.bucket;
@@ -178,16 +179,16 @@ impl Agents {
             proto::OutputStream::Stdout => 0,
             proto::OutputStream::Stderr => 1,
         };
-        let room = proto::MAX_OUTPUT_BYTES.saturating_sub(st.shown[i]);
+        let room = crate::output::MAX_STREAMED_BYTES.saturating_sub(st.shown);
         if room == 0 {
             return ChunkVerdict::Taken;
         }
         let mut piece = c.chunk.clone();
         let cut = proto::truncate_utf8(&mut piece, room);
-        st.shown[i] += piece.len();
+        st.shown += piece.len();
         let mut text = st.masks[i].push(&piece, &st.secrets);
         if cut {
-            text.push_str("\n[… more than 64 KiB: the rest shows in the action's output]");
+            text.push_str("\n[… more output than the log shows: see the action's output]");
         }
         if text.is_empty() {
             ChunkVerdict::Taken

@@ -16,6 +16,13 @@ use upkeep_agent_protocol::{MAX_OUTPUT_BYTES, ScriptOutcome, truncate_utf8};
 pub const MASK: &str = "••••••";
 /// Parameter values at least this many characters long are masked.
 pub const MIN_SECRET_CHARS: usize = 6;
+/// Most bytes of one job's streamed output (both streams) shown in the session log: the log
+/// is for following a script, the action's `output` keeps the whole of it, and the session's
+/// log must stay small (every session query may read it).
+pub const MAX_STREAMED_BYTES: usize = 16 * 1024;
+/// Longest piece of output in one log line.
+pub const MAX_LOG_PIECE: usize = 900;
+
 /// Appended to a stream that was cut at [`MAX_OUTPUT_BYTES`].
 pub const CUT_MARKER: &str = "\n[… output cut: only the first 64 KiB are kept]";
 
@@ -157,6 +164,38 @@ pub fn output_key(session: Id, action: u32) -> Vec<u8> {
     k
 }
 
+/// `text` as log-line pieces of at most [`MAX_LOG_PIECE`] bytes: whole lines where they fit,
+/// long lines cut on character boundaries. Trailing line breaks are dropped.
+pub fn log_pieces(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let mut line = line.trim_end_matches('\r');
+        while line.len() > MAX_LOG_PIECE {
+            let mut end = MAX_LOG_PIECE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            if !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            out.push(line[..end].to_string());
+            line = &line[end..];
+        }
+        if !current.is_empty() && current.len() + 1 + line.len() > MAX_LOG_PIECE {
+            out.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(line);
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 /// Masks a stream that arrives in pieces: a secret split across two pieces is masked too,
 /// because a tail that may be the beginning of a secret is held back until the next piece.
 #[derive(Debug, Clone, Default)]
@@ -195,6 +234,23 @@ mod tests {
     fn values_of_six_characters_or_more_are_masked() {
         let s = secrets(&["hunter2!", "abc", "x64"]);
         assert_eq!(s.mask("pw=hunter2! arch=x64 abc"), "pw=•••••• arch=x64 abc");
+    }
+
+    #[test]
+    fn log_pieces_keep_lines_together_and_cut_long_ones() {
+        assert_eq!(log_pieces("a\nb\n"), vec!["a\nb"]);
+        assert_eq!(log_pieces("\n"), Vec::<String>::new());
+        let long = "x".repeat(MAX_LOG_PIECE + 10);
+        let pieces = log_pieces(&format!("head\n{long}\ntail"));
+        assert_eq!(pieces.len(), 3, "{pieces:?}");
+        assert_eq!(pieces[0], "head");
+        assert_eq!(pieces[1].len(), MAX_LOG_PIECE);
+        assert_eq!(pieces[2], format!("{}\ntail", "x".repeat(10)));
+        assert!(
+            log_pieces(&"ab\n".repeat(2000))
+                .iter()
+                .all(|p| p.len() <= MAX_LOG_PIECE)
+        );
     }
 
     #[test]

@@ -247,8 +247,7 @@ impl Machine<'_> {
         else {
             return;
         };
-        let text = text.trim_end_matches(['\n', '\r']);
-        if *id != job || text.is_empty() {
+        if *id != job {
             return;
         }
         let Some(a) = self.s.actions.get(*action) else {
@@ -259,8 +258,13 @@ impl Machine<'_> {
             proto::OutputStream::Stdout => "stdout",
             proto::OutputStream::Stderr => "stderr",
         };
-        let line = format!("{name} [{stream}] {text}");
-        self.log(line);
+        let lines: Vec<String> = crate::output::log_pieces(text)
+            .into_iter()
+            .map(|piece| format!("{name} [{stream}] {piece}"))
+            .collect();
+        for line in lines {
+            self.log(line);
+        }
     }
 
     fn use_token(&mut self, token: Option<String>) -> Result<(), EngineError> {
