@@ -759,9 +759,14 @@ impl Machine<'_> {
                 }
             },
             Some((_, o)) => {
+                let secrets =
+                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
                 self.fail_step(
                     ai,
-                    plan::describe_failure(&format!("{} test", task.name), &o),
+                    plan::describe_failure(
+                        &format!("{} test", task.name),
+                        &secrets.mask_outcome(&o),
+                    ),
                 );
                 self.s.actions[ai].next_step = si + 1;
             }
