@@ -139,17 +139,35 @@ impl Agents {
     }
 
     /// Takes one chunk of a running step's output: rate, `seq`, cap, then masking (a secret
-    /// split across chunks included).
-    fn take_chunk(&self, computer: Id, job: Id, c: &proto::OutputChunk) -> ChunkVerdict {
+    /// split across chunks included). The job is one leased to `computer`, or `open`: its
+    /// stored record, still unanswered (after a server restart the agent goes on running a
+    /// job that is not leased again until its next poll).
+    fn take_chunk(
+        &self,
+        computer: Id,
+        job: Id,
+        c: &proto::OutputChunk,
+        open: Option<&JobRecord>,
+    ) -> ChunkVerdict {
         let (session, secrets) = {
             let q = self.queues();
-            let Some(l) = q.leased.get(&job).filter(|l| l.computer == computer) else {
-                return ChunkVerdict::NotRunning;
+            let (session, kind) = match (q.leased.get(&job), open) {
+                (Some(l), _) if l.computer == computer => {
+                    let Ok(session) = l.queued.job.session_id.parse::<Id>() else {
+                        return ChunkVerdict::NotTaken;
+                    };
+                    (session, &l.queued.job.kind)
+                }
+                (_, Some(r))
+                    if r.id == job
+                        && r.computer_id == computer
+                        && !matches!(r.state, JobState::Done { .. }) =>
+                {
+                    (r.session_id, &r.job)
+                }
+                _ => return ChunkVerdict::NotRunning,
             };
-            let proto::JobKind::Step { parameters, .. } = &l.queued.job.kind else {
-                return ChunkVerdict::NotTaken;
-            };
-            let Ok(session) = l.queued.job.session_id.parse::<Id>() else {
+            let proto::JobKind::Step { parameters, .. } = kind else {
                 return ChunkVerdict::NotTaken;
             };
             (session, crate::output::Secrets::of(parameters))
@@ -1171,7 +1189,28 @@ async fn output(
         );
     };
     let ack = |accepted: bool| Json(proto::OutputAck { accepted }).into_response();
-    match app.agents.take_chunk(computer, job, &c) {
+    let mut verdict = app.agents.take_chunk(computer, job, &c, None);
+    if let ChunkVerdict::NotRunning = verdict {
+        match app.store.get::<JobRecord>(&job) {
+            Ok(Some(r)) if r.computer_id == computer => {
+                verdict = app.agents.take_chunk(computer, job, &c, Some(&r));
+                if let ChunkVerdict::NotRunning = verdict {
+                    // Done, cancelled or lost: the agent may stop streaming it.
+                    verdict = ChunkVerdict::NotTaken;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(job = %job, error = %e, "job not readable");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "the chunk could not be checked; retry",
+                );
+            }
+        }
+    }
+    match verdict {
         ChunkVerdict::Show { session, text } => {
             match app
                 .apply(
@@ -1214,24 +1253,12 @@ async fn output(
             );
             r
         }
-        ChunkVerdict::NotRunning => match app.store.get::<JobRecord>(&job) {
-            // A job of this computer that is done, cancelled or not handed out (yet again).
-            Ok(Some(r)) if r.computer_id == computer => ack(false),
-            Ok(_) => reject(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("no job {job}"),
-                peer,
-                ROUTE,
-            ),
-            Err(e) => {
-                tracing::error!(job = %job, error = %e, "job not readable");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
-                    "the chunk could not be checked; retry",
-                )
-            }
-        },
+        ChunkVerdict::NotRunning => reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no job {job}"),
+            peer,
+            ROUTE,
+        ),
     }
 }

@@ -544,3 +544,51 @@ async fn the_console_asks_for_and_shows_an_actions_output() -> anyhow::Result<()
     assert!(html.contains("data-testid\": \"action-stdout\""));
     Ok(())
 }
+
+async fn log_lines(s: &TestServer, token: &str, id: &str) -> anyhow::Result<Vec<String>> {
+    let session = s.session(token, id).await?;
+    Ok(session["logs"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|m| m["message"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn wait_line(s: &TestServer, token: &str, id: &str, line: &str) -> anyhow::Result<()> {
+    wait_for(line, T, || async {
+        let lines = log_lines(s, token, id).await?;
+        Ok(lines.iter().any(|l| l == line).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_keeps_streaming_after_a_server_restart() -> anyhow::Result<()> {
+    let mut f = fixture().await?;
+    let (flag1, flag2) = (f.dir.path().join("one"), f.dir.path().join("two"));
+    deploy_software(
+        &f,
+        "longjob",
+        &format!(
+            "echo 'before restart'\nwhile [ ! -f '{}' ]; do sleep 0.1; done\necho 'after restart'\nwhile [ ! -f '{}' ]; do sleep 0.1; done\necho 1.0 > \"$F\"",
+            flag1.display(),
+            flag2.display()
+        ),
+        json!({}),
+    )
+    .await?;
+    let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    wait_line(&f.s, &f.admin, &id, "longjob [stdout] before restart").await?;
+    f.s.restart().await?;
+    f.admin = f.s.admin().await?;
+    std::fs::write(&flag1, "")?;
+    // Streamed while the script still waits: not taken from the result.
+    wait_line(&f.s, &f.admin, &id, "longjob [stdout] after restart").await?;
+    assert!(!flag2.exists());
+    std::fs::write(&flag2, "")?;
+    f.s.wait_status(&f.admin, &id, &["PASSED"], T).await?;
+    Ok(())
+}
