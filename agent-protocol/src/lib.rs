@@ -11,6 +11,8 @@
 //!   token; it is authorised by the enrollment key in the body.
 //! - `/agent/v1/poll`: [`PollRequest`] → [`PollResponse`], with `Authorization: Bearer <agentToken>`.
 //! - `/agent/v1/jobs/{jobId}/result`: [`JobResult`] → [`ResultAck`], with the agent token.
+//! - `/agent/v1/jobs/{jobId}/output`: [`OutputChunk`] → [`OutputAck`], with the agent token:
+//!   output of a step script while it runs (optional; the result still carries all of it).
 //!
 //! Errors answer 4xx with an [`ErrorBody`]: 401 for a missing or unknown agent token (checked
 //! before the body is read), 401/403 for a wrong or revoked enrollment key, 413 for a body over
@@ -30,6 +32,17 @@ pub const MAX_WAIT_SECONDS: u32 = 60;
 /// Most bytes of stdout and of stderr an agent reports per script run; longer output is cut and
 /// flagged with [`ScriptOutcome::truncated`].
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Most bytes of script output in one [`OutputChunk`]; the server refuses larger chunks with
+/// 413.
+pub const MAX_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Output chunks the server takes per job and second, on average (bursts of
+/// [`OUTPUT_CHUNK_BURST`]); faster senders get 429 with `Retry-After`.
+pub const OUTPUT_CHUNKS_PER_SECOND: u32 = 10;
+
+/// Output chunks a job may send in a burst before [`OUTPUT_CHUNKS_PER_SECOND`] applies.
+pub const OUTPUT_CHUNK_BURST: u32 = 20;
 
 /// Largest request body the server accepts on agent routes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -275,6 +288,54 @@ pub struct ScriptOutcome {
     pub error: Option<String>,
 }
 
+/// The two output streams of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// `POST /agent/v1/jobs/{jobId}/output`: a piece of what a running `step` job's script wrote,
+/// so that a person watching the session sees it before the script ends.
+///
+/// Streaming is best effort and adds nothing to the result: the [`JobResult`] still carries
+/// the whole (capped) output, and is what is stored. Rules:
+/// - Only for `step` jobs, while they run (before their result is sent); other chunks are
+///   answered `accepted: false`.
+/// - `seq` starts at 1 for each job and rises by one per chunk, over both streams. A chunk
+///   is idempotent per `seq`: a repeat (or any `seq` not above the highest taken) is answered
+///   `accepted: false` and changes nothing, so a chunk whose answer was lost may be sent again.
+/// - `chunk` is at most [`MAX_CHUNK_BYTES`] (413 otherwise); the server shows the first
+///   16 KiB of a job's streamed output (both streams) in the session log, in lines of at most
+///   900 bytes, and takes at most [`OUTPUT_CHUNKS_PER_SECOND`] chunks per job and second (429
+///   with `Retry-After` beyond).
+/// - The server masks secret parameter values before it stores or shows anything, also when a
+///   secret is split across chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputChunk {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// 1, 2, 3… per job, over both streams.
+    pub seq: u64,
+    /// Which stream the text comes from.
+    pub stream: OutputStream,
+    /// The text, as the script wrote it (lossy UTF-8; a character is never split).
+    pub chunk: String,
+}
+
+/// Answer to an [`OutputChunk`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputAck {
+    /// True when the chunk was new and taken; false for a repeated `seq`, or when the job is
+    /// not a running step (finished, cancelled, or a probe). Either way the agent goes on.
+    pub accepted: bool,
+}
+
 /// Answer to a [`JobResult`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -356,6 +417,7 @@ mod tests {
             let _ = serde_json::from_slice::<JobResult>(&bytes);
             let _ = serde_json::from_slice::<PollRequest>(&bytes);
             let _ = serde_json::from_slice::<EnrollRequest>(&bytes);
+            let _ = serde_json::from_slice::<OutputChunk>(&bytes);
         }
     }
 }

@@ -6,11 +6,15 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::Duration;
 use upkeep_agent_protocol::{
-    EnrollRequest, EnrollResponse, ErrorBody, Job, JobResult, PollRequest, ResultAck,
+    EnrollRequest, EnrollResponse, ErrorBody, Job, JobResult, OutputAck, OutputChunk, PollRequest,
+    ResultAck,
 };
 
 /// Time limit of the calls that are not long polls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time limit of an output chunk: streaming must not hold up the job for long.
+const OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A long poll may be held `waitSeconds`; allow this much on top for the network and the
 /// server's own scheduling before calling the server unreachable.
@@ -135,6 +139,26 @@ impl Client {
             );
             ResultAck { accepted: true }
         }))
+    }
+
+    /// Sends a piece of a running step's output. Any 2xx counts as delivered.
+    pub(crate) async fn send_output(
+        &self,
+        token: &str,
+        job_id: &str,
+        chunk: &OutputChunk,
+    ) -> Result<OutputAck, CallError> {
+        let url = self.url(&["agent", "v1", "jobs", job_id, "output"]);
+        let response = self
+            .send(
+                self.http
+                    .post(url)
+                    .timeout(OUTPUT_TIMEOUT)
+                    .bearer_auth(token)
+                    .json(chunk),
+            )
+            .await?;
+        Ok(parse(&response).unwrap_or(OutputAck { accepted: true }))
     }
 
     /// Joins segments to the base URL, percent-encoding each one (job ids are the server's).

@@ -13,7 +13,8 @@
 //! - `host`: machine identity and inventory.
 //! - `state`: the state directory (credentials, job spool); the only module touching it.
 //! - `runner`: running scripts in process groups with time limits and bounded output.
-//! - `client`: the three HTTP calls and the sorting of their failures.
+//! - `client`: the HTTP calls and the sorting of their failures.
+//! - `stream`: a running step's output, sent in chunks while it runs.
 //! - `backoff`: retry delays.
 //!
 //! This file holds the loop that ties them together.
@@ -24,6 +25,7 @@ mod config;
 mod host;
 mod runner;
 mod state;
+mod stream;
 
 pub use config::{AgentConfig, Cli, DEFAULT_POLL_WAIT_SECONDS, DEFAULT_REBOOT_COMMAND};
 
@@ -347,10 +349,32 @@ impl Agent {
             JobKind::Probe { probes } => stop.unless_stopped(runner::run_probes(ctx, probes)).await,
             JobKind::Step {
                 script, parameters, ..
-            } => stop
-                .unless_stopped(runner::run_script(ctx, script, parameters))
-                .await
-                .map(|outcome| JobOutcome::Step { outcome }),
+            } => {
+                let token = self.credentials.agent_token.as_str();
+                let mut streamer = stream::Streamer::new(&self.client, token, &job.id);
+                let work = async {
+                    let tee = runner::Tee::default();
+                    let run = runner::run_script_streaming(ctx, script, parameters, &tee);
+                    tokio::pin!(run);
+                    // The script and the streamer run side by side: a slow server never
+                    // stalls the script's pipes or its time limit.
+                    let outcome = loop {
+                        let tick = async {
+                            tokio::time::sleep(stream::STREAM_EVERY).await;
+                            streamer.flush(&tee).await;
+                        };
+                        tokio::select! {
+                            outcome = &mut run => break outcome,
+                            () = tick => {}
+                        }
+                    };
+                    let _ = tokio::time::timeout(stream::FINAL_FLUSH, streamer.flush(&tee)).await;
+                    outcome
+                };
+                stop.unless_stopped(work)
+                    .await
+                    .map(|outcome| JobOutcome::Step { outcome })
+            }
             JobKind::Reboot {} => {
                 self.reboot(&job, stop).await;
                 return None;

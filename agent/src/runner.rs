@@ -13,13 +13,14 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStdin, Command};
 use upkeep_agent_protocol::{
-    JobOutcome, JobResult, MAX_BODY_BYTES, MAX_OUTPUT_BYTES, Probe, ProbeResult, Script,
-    ScriptLanguage, ScriptOutcome, truncate_utf8,
+    JobOutcome, JobResult, MAX_BODY_BYTES, MAX_OUTPUT_BYTES, OutputStream, Probe, ProbeResult,
+    Script, ScriptLanguage, ScriptOutcome, truncate_utf8,
 };
 
 /// How long output is still read after the interpreter exited (see the module docs).
@@ -88,7 +89,63 @@ pub(crate) async fn run_script(
     script: &Script,
     parameters: &BTreeMap<String, String>,
 ) -> ScriptOutcome {
-    run_with(interpreter(script.language), ctx, script, parameters).await
+    run_with(interpreter(script.language), ctx, script, parameters, None).await
+}
+
+/// [`run_script`], copying what the script writes (within the output cap) into `tee` as it
+/// arrives, for streaming while the script runs.
+pub(crate) async fn run_script_streaming(
+    ctx: JobContext<'_>,
+    script: &Script,
+    parameters: &BTreeMap<String, String>,
+    tee: &Tee,
+) -> ScriptOutcome {
+    run_with(
+        interpreter(script.language),
+        ctx,
+        script,
+        parameters,
+        Some(tee),
+    )
+    .await
+}
+
+/// Output captured but not yet streamed, per stream (stdout, stderr). Shared between the
+/// pipe readers and the streamer.
+#[derive(Debug, Default)]
+pub(crate) struct Tee {
+    pending: Mutex<[Vec<u8>; 2]>,
+}
+
+impl Tee {
+    fn push(&self, stream: OutputStream, bytes: &[u8]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p[index(stream)].extend_from_slice(bytes);
+    }
+
+    /// The text written since the last call, as UTF-8; a character split by a read stays for
+    /// the next call (invalid bytes become U+FFFD).
+    pub(crate) fn take(&self, stream: OutputStream) -> String {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = &mut p[index(stream)];
+        let keep_from = match std::str::from_utf8(bytes) {
+            Ok(_) => bytes.len(),
+            // An incomplete character at the very end: wait for its other bytes.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes.len(),
+        };
+        let rest = bytes.split_off(keep_from);
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        *bytes = rest;
+        text
+    }
+}
+
+fn index(stream: OutputStream) -> usize {
+    match stream {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
 }
 
 async fn run_with(
@@ -96,6 +153,7 @@ async fn run_with(
     ctx: JobContext<'_>,
     script: &Script,
     parameters: &BTreeMap<String, String>,
+    tee: Option<&Tee>,
 ) -> ScriptOutcome {
     let started = Instant::now();
     let failed = |error: String| ScriptOutcome {
@@ -154,8 +212,16 @@ async fn run_with(
         let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
         let readers = async {
             tokio::join!(
-                read_capped(out_pipe, &mut stdout),
-                read_capped(err_pipe, &mut stderr)
+                read_capped(
+                    out_pipe,
+                    &mut stdout,
+                    tee.map(|t| (t, OutputStream::Stdout))
+                ),
+                read_capped(
+                    err_pipe,
+                    &mut stderr,
+                    tee.map(|t| (t, OutputStream::Stderr))
+                )
             )
         };
         tokio::pin!(readers);
@@ -374,7 +440,11 @@ impl Captured {
 
 /// Reads to the end, keeping the first bytes and discarding the rest: a script must never
 /// block on a full pipe because we stopped reading.
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>, into: &mut Captured) {
+async fn read_capped(
+    stream: Option<impl AsyncRead + Unpin>,
+    into: &mut Captured,
+    tee: Option<(&Tee, OutputStream)>,
+) {
     let Some(mut stream) = stream else { return };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -385,6 +455,11 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>, into: &mut Captured
                 let keep = room.min(n);
                 into.bytes.extend_from_slice(&buf[..keep]);
                 into.overflowed |= keep < n;
+                if let Some((tee, which)) = tee
+                    && keep > 0
+                {
+                    tee.push(which, &buf[..keep]);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -596,6 +671,7 @@ mod tests {
             ctx(dir.path()),
             &shell("true", 5),
             &BTreeMap::new(),
+            None,
         )
         .await;
         assert_eq!(
@@ -646,6 +722,18 @@ mod tests {
             ("p2", "p2\n")
         );
         Ok(())
+    }
+
+    #[test]
+    fn the_tee_never_splits_a_character() {
+        let tee = Tee::default();
+        let e_acute = "é".as_bytes();
+        tee.push(OutputStream::Stdout, b"caf");
+        tee.push(OutputStream::Stdout, &e_acute[..1]);
+        assert_eq!(tee.take(OutputStream::Stdout), "caf");
+        tee.push(OutputStream::Stdout, &e_acute[1..]);
+        assert_eq!(tee.take(OutputStream::Stdout), "é");
+        assert_eq!(tee.take(OutputStream::Stderr), "");
     }
 
     #[test]

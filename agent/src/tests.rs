@@ -396,7 +396,8 @@ fn doc_examples_match_the_wire_types() -> TestResult {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
     use upkeep_agent_protocol::{
-        EnrollRequest, EnrollResponse, ErrorBody, PollRequest, PollResponse, ResultAck,
+        EnrollRequest, EnrollResponse, ErrorBody, OutputAck, OutputChunk, PollRequest,
+        PollResponse, ResultAck,
     };
 
     fn round_trip<T: Serialize + DeserializeOwned>(
@@ -435,6 +436,8 @@ fn doc_examples_match_the_wire_types() -> TestResult {
             "JobResult" => round_trip::<JobResult>(&json),
             "ResultAck" => round_trip::<ResultAck>(&json),
             "ErrorBody" => round_trip::<ErrorBody>(&json),
+            "OutputChunk" => round_trip::<OutputChunk>(&json),
+            "OutputAck" => round_trip::<OutputAck>(&json),
             other => anyhow::bail!("example of unknown type {other}"),
         }
         .with_context(|| format!("{name} example does not parse: {json}"))?;
@@ -448,7 +451,7 @@ fn doc_examples_match_the_wire_types() -> TestResult {
         *seen.entry(name.to_owned()).or_default() += 1;
         rest = &after[end..];
     }
-    assert_eq!(seen.len(), 7, "every message has an example: {seen:?}");
+    assert_eq!(seen.len(), 9, "every message has an example: {seen:?}");
     assert_eq!(
         result_kinds.into_iter().collect::<Vec<_>>(),
         ["failed", "probe", "reboot", "step"]

@@ -43,6 +43,8 @@ pub struct Agents {
     tokens: RwLock<HashMap<String, Id>>,
     presence: Mutex<HashMap<Id, Presence>>,
     jobs: Mutex<JobQueues>,
+    /// Output streamed by running step jobs, per job; only leased step jobs have an entry.
+    streams: Mutex<HashMap<Id, OutputState>>,
     offline_after: Duration,
     polls: std::sync::atomic::AtomicU64,
 }
@@ -79,12 +81,42 @@ struct LeasedJob {
     until: Instant,
 }
 
+/// What the gateway remembers of one job's streamed output.
+struct OutputState {
+    /// Highest `seq` taken: chunks are idempotent per `seq`.
+    last_seq: u64,
+    secrets: crate::output::Secrets,
+    /// Per stream (stdout, stderr): the masker.
+    masks: [crate::output::StreamMask; 2],
+    /// Bytes shown so far (both streams), at most `output::MAX_STREAMED_BYTES`.
+    shown: usize,
+    /// Token bucket: (tokens, last refill).
+    bucket: (f64, Instant),
+}
+
+/// What becomes of one output chunk.
+enum ChunkVerdict {
+    /// Show `text` (masked) in `session`'s log.
+    Show {
+        session: Id,
+        text: String,
+    },
+    /// New, but nothing to show (past the cap, or held back as a possible secret's start).
+    Taken,
+    /// A repeated `seq`, or a job that does not stream (a probe).
+    NotTaken,
+    /// Not a job leased to this computer now.
+    NotRunning,
+    Throttled,
+}
+
 impl Agents {
     pub fn new(offline_after: Duration) -> Agents {
         Agents {
             tokens: RwLock::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             jobs: Mutex::new(JobQueues::default()),
+            streams: Mutex::new(HashMap::new()),
             offline_after,
             polls: Default::default(),
         }
@@ -100,6 +132,87 @@ impl Agents {
 
     fn queues(&self) -> std::sync::MutexGuard<'_, JobQueues> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Id, OutputState>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one chunk of a running step's output: rate, `seq`, cap, then masking (a secret
+    /// split across chunks included). The job is one leased to `computer`, or `open`: its
+    /// stored record, still unanswered (after a server restart the agent goes on running a
+    /// job that is not leased again until its next poll).
+    fn take_chunk(
+        &self,
+        computer: Id,
+        job: Id,
+        c: &proto::OutputChunk,
+        open: Option<&JobRecord>,
+    ) -> ChunkVerdict {
+        let (session, secrets) = {
+            let q = self.queues();
+            let (session, kind) = match (q.leased.get(&job), open) {
+                (Some(l), _) if l.computer == computer => {
+                    let Ok(session) = l.queued.job.session_id.parse::<Id>() else {
+                        return ChunkVerdict::NotTaken;
+                    };
+                    (session, &l.queued.job.kind)
+                }
+                (_, Some(r))
+                    if r.id == job
+                        && r.computer_id == computer
+                        && !matches!(r.state, JobState::Done { .. }) =>
+                {
+                    (r.session_id, &r.job)
+                }
+                _ => return ChunkVerdict::NotRunning,
+            };
+            let proto::JobKind::Step { parameters, .. } = kind else {
+                return ChunkVerdict::NotTaken;
+            };
+            (session, crate::output::Secrets::of(parameters))
+        };
+        let mut streams = self.streams();
+        let st = streams.entry(job).or_insert_with(|| OutputState {
+            last_seq: 0,
+            secrets,
+            masks: Default::default(),
+            shown: 0,
+            bucket: (f64::from(proto::OUTPUT_CHUNK_BURST), Instant::now()),
+        });
+        let (tokens, at) = st.bucket;
+        let tokens = (tokens
+            + at.elapsed().as_secs_f64() * f64::from(proto::OUTPUT_CHUNKS_PER_SECOND))
+        .min(f64::from(proto::OUTPUT_CHUNK_BURST));
+        if tokens < 1.0 {
+            st.bucket = (tokens, Instant::now());
+            return ChunkVerdict::Throttled;
+        }
+        st.bucket = (tokens - 1.0, Instant::now());
+        if c.seq <= st.last_seq {
+            return ChunkVerdict::NotTaken;
+        }
+        st.last_seq = c.seq;
+        let i = match c.stream {
+            proto::OutputStream::Stdout => 0,
+            proto::OutputStream::Stderr => 1,
+        };
+        let room = crate::output::MAX_STREAMED_BYTES.saturating_sub(st.shown);
+        if room == 0 {
+            return ChunkVerdict::Taken;
+        }
+        let mut piece = c.chunk.clone();
+        let cut = proto::truncate_utf8(&mut piece, room);
+        st.shown += piece.len();
+        let mut text = st.masks[i].push(&piece, &st.secrets);
+        if cut {
+            text.push_str("\n[… more output than the log shows: see the action's output]");
+        }
+        if text.is_empty() {
+            ChunkVerdict::Taken
+        } else {
+            ChunkVerdict::Show { session, text }
+        }
     }
 
     /// Loads every computer's token hash (start-up).
@@ -174,6 +287,7 @@ impl Agents {
 
     /// Forgets a job that is no longer wanted (cancelled session).
     pub fn forget_job(&self, job: Id) {
+        self.streams().remove(&job);
         let mut q = self.queues();
         if let Some(l) = q.leased.remove(&job) {
             q.lease_order.remove(&(l.until, job));
@@ -215,6 +329,7 @@ impl Agents {
     /// Marks a job answered (removes its lease); true when it was leased to `computer` or
     /// queued for it.
     fn settle(&self, job: Id) {
+        self.streams().remove(&job);
         let mut q = self.queues();
         if let Some(l) = q.leased.remove(&job) {
             q.lease_order.remove(&(l.until, job));
@@ -251,6 +366,7 @@ impl Agents {
         let mut out = Vec::new();
         for (t, id) in expired {
             q.lease_order.remove(&(t, id));
+            self.streams().remove(&id);
             if let Some(l) = q.leased.remove(&id) {
                 let probe = matches!(l.queued.job.kind, proto::JobKind::Probe { .. });
                 if probe && l.queued.attempts < MAX_PROBE_ATTEMPTS {
@@ -294,6 +410,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/agent/v1/enroll", post(enroll))
         .route("/agent/v1/poll", post(poll))
         .route("/agent/v1/jobs/{job_id}/result", post(result))
+        .route("/agent/v1/jobs/{job_id}/output", post(output))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -1035,5 +1152,126 @@ async fn result(
                 "the result could not be recorded; retry",
             )
         }
+    }
+}
+
+/// `POST /agent/v1/jobs/{jobId}/output`: a piece of a running step's output, shown as a log
+/// line of its session (`maintenanceSessionUpdates`). Best effort: the result carries the
+/// whole output, and that is what is stored.
+async fn output(
+    State(app): State<Arc<App>>,
+    job_id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    req: Request<Body>,
+) -> Response {
+    const ROUTE: &str = "/agent/v1/jobs/{jobId}/output";
+    let peer = peer_of(&req);
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let c: proto::OutputChunk = match read_json(req.into_body(), ROUTE, peer).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    if c.chunk.len() > proto::MAX_CHUNK_BYTES {
+        return reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("a chunk is at most {} bytes", proto::MAX_CHUNK_BYTES),
+            peer,
+            ROUTE,
+        );
+    }
+    if c.seq == 0 {
+        return reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_MESSAGE",
+            "seq starts at 1",
+            peer,
+            ROUTE,
+        );
+    }
+    let job_id = job_id.map(|Path(j)| j).unwrap_or_default();
+    let Ok(job) = job_id.parse::<Id>() else {
+        return reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no job {}", log_value(&job_id)),
+            peer,
+            ROUTE,
+        );
+    };
+    let ack = |accepted: bool| Json(proto::OutputAck { accepted }).into_response();
+    let mut verdict = app.agents.take_chunk(computer, job, &c, None);
+    if let ChunkVerdict::NotRunning = verdict {
+        match app.store.get::<JobRecord>(&job) {
+            Ok(Some(r)) if r.computer_id == computer => {
+                verdict = app.agents.take_chunk(computer, job, &c, Some(&r));
+                if let ChunkVerdict::NotRunning = verdict {
+                    // Done, cancelled or lost: the agent may stop streaming it.
+                    verdict = ChunkVerdict::NotTaken;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(job = %job, error = %e, "job not readable");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "the chunk could not be checked; retry",
+                );
+            }
+        }
+    }
+    match verdict {
+        ChunkVerdict::Show { session, text } => {
+            match app
+                .apply(
+                    session,
+                    Event::Output {
+                        job,
+                        stream: c.stream,
+                        text,
+                    },
+                )
+                .await
+            {
+                Ok(_) => ack(true),
+                Err(e) => {
+                    tracing::warn!(job = %job, error = %e, "output chunk not recorded");
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "UNAVAILABLE",
+                        "the chunk could not be recorded",
+                    )
+                }
+            }
+        }
+        ChunkVerdict::Taken => ack(true),
+        ChunkVerdict::NotTaken => ack(false),
+        ChunkVerdict::Throttled => {
+            let mut r = reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "THROTTLED",
+                format!(
+                    "at most {} output chunks per job and second",
+                    proto::OUTPUT_CHUNKS_PER_SECOND
+                ),
+                peer,
+                ROUTE,
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+        ChunkVerdict::NotRunning => reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no job {job}"),
+            peer,
+            ROUTE,
+        ),
     }
 }

@@ -20,6 +20,7 @@ pub mod logsafe;
 pub mod mail;
 pub mod metrics;
 pub mod net;
+pub mod output;
 pub mod permissions;
 pub mod postpone;
 pub mod resolve;

@@ -61,12 +61,53 @@ pub struct Delivery {
     pub response_status: Option<u16>,
     pub last_error: Option<String>,
     pub created_at: Time,
+    /// The session this delivery is about, and the sequence of the session event that caused
+    /// it: one session's deliveries to one webhook go out in this order, one at a time.
+    #[serde(default)]
+    pub session_id: Option<Id>,
+    #[serde(default)]
+    pub sequence: Option<u64>,
 }
 
 impl Delivery {
     pub fn is_pending(&self) -> bool {
         self.status == DeliveryStatus::Pending
     }
+
+    /// Where the delivery stands among its session's deliveries to the same webhook.
+    fn order(&self) -> (Id, Option<Id>, Option<u64>, u8, Time, Id) {
+        let rank = match self.event {
+            WebhookEvent::SessionCreated => 0,
+            WebhookEvent::SessionStatusChanged => 1,
+            WebhookEvent::SessionFinished => 2,
+            _ => 3,
+        };
+        (
+            self.webhook_id,
+            self.session_id,
+            self.sequence,
+            rank,
+            self.created_at,
+            self.id,
+        )
+    }
+}
+
+/// Which pending deliveries may be attempted now (in order), given those in flight: a
+/// delivery of a session waits while an earlier one of that session to the same webhook is
+/// pending (in flight, or waiting for its retry), so a retry never lets a later one overtake.
+/// Deliveries not about a session are independent. Pure, for tests.
+pub fn sendable(mut pending: Vec<Delivery>, in_flight: &dyn Fn(Id) -> bool) -> Vec<Delivery> {
+    pending.sort_by_key(Delivery::order);
+    let mut held = std::collections::HashSet::new();
+    pending
+        .into_iter()
+        .filter(|d| match d.session_id {
+            // The first pending one of its (webhook, session) group goes; the rest wait.
+            Some(session) => held.insert((d.webhook_id, session)) && !in_flight(d.id),
+            None => !in_flight(d.id),
+        })
+        .collect()
 }
 
 /// Deliveries stop being retried this long after they were queued.
@@ -135,35 +176,48 @@ impl App {
                     response_status: None,
                     last_error: None,
                     created_at: now,
+                    session_id: None,
+                    sequence: None,
                 }
             })
             .collect())
     }
 
-    pub fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
-        self.deliveries(s.tenant_id, WebhookEvent::SessionCreated, session_data(s))
+    /// Deliveries about session `s`, caused by its event `sequence` (carried in `data`).
+    fn session_deliveries(
+        &self,
+        s: &Session,
+        event: WebhookEvent,
+        sequence: u64,
+    ) -> ApiResult<Vec<Delivery>> {
+        let mut data = session_data(s);
+        data["sequence"] = serde_json::json!(sequence);
+        let mut out = self.deliveries(s.tenant_id, event, data)?;
+        for d in &mut out {
+            d.session_id = Some(s.id);
+            d.sequence = Some(sequence);
+        }
+        Ok(out)
     }
 
+    pub fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
+        self.session_deliveries(s, WebhookEvent::SessionCreated, s.last_sequence)
+    }
+
+    /// `sequence`: the session event that announced the new status.
     pub fn webhook_deliveries_for(
         &self,
         s: &Session,
         before: SessionStatus,
         finished: bool,
+        sequence: u64,
     ) -> ApiResult<Vec<Delivery>> {
         let mut out = Vec::new();
         if s.status != before {
-            out.extend(self.deliveries(
-                s.tenant_id,
-                WebhookEvent::SessionStatusChanged,
-                session_data(s),
-            )?);
+            out.extend(self.session_deliveries(s, WebhookEvent::SessionStatusChanged, sequence)?);
         }
         if finished {
-            out.extend(self.deliveries(
-                s.tenant_id,
-                WebhookEvent::SessionFinished,
-                session_data(s),
-            )?);
+            out.extend(self.session_deliveries(s, WebhookEvent::SessionFinished, sequence)?);
         }
         Ok(out)
     }
@@ -193,10 +247,7 @@ impl App {
                 .by_index::<Delivery>(&idx, None)
                 .filter_map(|d| d.ok())
                 .collect();
-            for d in pending {
-                if in_flight.contains(&d.id) {
-                    continue;
-                }
+            for d in sendable(pending, &|id| in_flight.contains(&id)) {
                 if d.next_attempt_at > now {
                     next_due = Some(
                         next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)),
@@ -561,6 +612,67 @@ mod tests {
         assert_eq!(
             check_url("http://127.0.0.1:9\\@x/", true).await.ok(),
             Some("http://127.0.0.1:9/@x/".to_string())
+        );
+    }
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use super::*;
+
+    fn delivery(session: Option<Id>, sequence: u64, event: WebhookEvent, hook: Id) -> Delivery {
+        Delivery {
+            id: Id::new(),
+            webhook_id: hook,
+            event,
+            body: String::new(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: chrono::DateTime::UNIX_EPOCH,
+            last_attempt_at: None,
+            response_status: None,
+            last_error: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            session_id: session,
+            sequence: session.map(|_| sequence),
+        }
+    }
+
+    #[test]
+    fn a_sessions_later_deliveries_wait_for_its_earlier_one_per_webhook() {
+        let (a, b, h1, h2) = (Id::new(), Id::new(), Id::new(), Id::new());
+        let finished = delivery(Some(a), 7, WebhookEvent::SessionFinished, h1);
+        let changed = delivery(Some(a), 7, WebhookEvent::SessionStatusChanged, h1);
+        let created = delivery(Some(a), 1, WebhookEvent::SessionCreated, h1);
+        let other_hook = delivery(Some(a), 7, WebhookEvent::SessionFinished, h2);
+        let other_session = delivery(Some(b), 3, WebhookEvent::SessionStatusChanged, h1);
+        let enrolled = delivery(None, 0, WebhookEvent::ComputerEnrolled, h1);
+        let all = vec![
+            finished.clone(),
+            changed.clone(),
+            created.clone(),
+            other_hook.clone(),
+            other_session.clone(),
+            enrolled.clone(),
+        ];
+        let ids = |v: Vec<Delivery>| {
+            let mut v: Vec<Id> = v.into_iter().map(|d| d.id).collect();
+            v.sort();
+            v
+        };
+        let mut want = vec![created.id, other_hook.id, other_session.id, enrolled.id];
+        want.sort();
+        assert_eq!(ids(sendable(all.clone(), &|_| false)), want);
+        // While the first is in flight (or waits for its retry) nothing later of its session
+        // to that webhook goes.
+        let mut want = vec![other_hook.id, other_session.id, enrolled.id];
+        want.sort();
+        assert_eq!(ids(sendable(all, &|id| id == created.id)), want);
+        // Among one event's deliveries the status change goes before the finish.
+        let next = sendable(vec![finished.clone(), changed.clone()], &|_| false);
+        assert_eq!(
+            next.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![changed.id]
         );
     }
 }

@@ -7,7 +7,9 @@
 // Signs in, checks that the sessions table renders and that the live indicator says "live"
 // (the graphql-transport-ws subscription was acknowledged), and saves screenshots. When at
 // least one computer is online, it also starts a detection-only session on it and waits,
-// without reloading, for that session's status badge to become PASSED.
+// without reloading, for that session's status badge to become PASSED; then it runs an AD_HOC
+// install that prints a secret parameter and checks the session view shows the action's script
+// output, masked.
 // Exits non-zero on any failure, on an uncaught page error and on a console error (a CSP
 // violation shows up there).
 //
@@ -90,6 +92,40 @@ async function waitOrBanner(what, promise) {
   }
 }
 
+const OUTPUT_SECRET = "LIC-7f3a-9b2c-SECRET";
+
+async function api(token, query, variables = {}) {
+  const r = await fetch(new URL("/graphql", consoleUrl).href, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await r.json();
+  if (body.errors) throw new Error(`GraphQL: ${JSON.stringify(body.errors)}`);
+  return body.data;
+}
+
+// Creates software whose install prints lines (one with a secret parameter), deploys it AD_HOC
+// to the computer's tenant and starts a session limited to it; returns the session id.
+async function startOutputSession(computerId) {
+  const token = (await api(null, "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+    { e: email, p: password })).login.token;
+  const c = (await api(token, "query($id: ID!) { computer(id: $id) { tenant { id } } }", { id: computerId })).computer;
+  const sw = (await api(token, "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }", { i: {
+    name: "Output check", tenantId: c.tenant.id,
+    detectionScript: { language: "SHELL", body: "cat ../output-check.version 2>/dev/null; exit 0" },
+    versions: [{ version: "1.0", installScript: { language: "SHELL",
+      body: "echo 'unpacking output-check 1.0'\necho \"licence $UPKEEP_PARAM_LICENSE\"\necho 'a warning' >&2\necho 1.0 > ../output-check.version" } }],
+  } })).createSoftware;
+  const d = (await api(token, "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }", { i: {
+    tenantId: c.tenant.id, target: { kind: "COMPUTER", value: computerId }, softwareId: sw.id,
+    desiredState: "INSTALLED_LATEST", enforcement: "AD_HOC", parameters: { license: OUTPUT_SECRET },
+  } })).createDeployment;
+  const started = await api(token, "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }",
+    { i: { computerIds: [computerId], deploymentIds: [d.id] } });
+  return started.startMaintenanceSession[0].id;
+}
+
 let failed = false;
 try {
   step(`open ${consoleUrl.href}`);
@@ -144,6 +180,24 @@ try {
     if (logLines === 0) throw new Error("the session's log is empty");
     await page.waitForTimeout(1000); // let the row pick up its final statusReason
     await shot("console-session-passed.png");
+
+    // What the script said: an AD_HOC deployment run by name (so postpone.mjs still finds the
+    // planned install), whose install script prints a parameter that must show masked.
+    const computerId = await online.first().getAttribute("value");
+    const outId = await startOutputSession(computerId);
+    step(`started session ${outId} (an install that prints); waiting for PASSED`);
+    await page.locator(`${tid("session-row")}[data-session-id="${outId}"]`).click({ timeout: 15000 });
+    await waitOrBanner("output session", page.waitForFunction((sel) => document.querySelector(sel)?.textContent.trim() === "PASSED",
+      tid("detail-status"), { timeout: sessionTimeout }));
+    const output = page.locator(tid("action-output")).first();
+    await output.waitFor({ state: "attached", timeout: 10000 });
+    await output.locator("summary").click();
+    const stdout = await page.locator(tid("action-stdout")).first().innerText();
+    if (!stdout.includes("licence ••••••") || stdout.includes(OUTPUT_SECRET)) {
+      throw new Error(`the action's output is not shown masked: ${JSON.stringify(stdout)}`);
+    }
+    step("the action's script output shows in the session view, its secret masked");
+    await shot("console-action-output.png");
   }
 
   const banner = await bannerText();

@@ -83,6 +83,13 @@ pub enum Event {
     RunNow {
         by: String,
     },
+    /// A piece of a running step script's output, already masked (`output::StreamMask`):
+    /// logged for the action whose step `job` runs, ignored otherwise.
+    Output {
+        job: Id,
+        stream: proto::OutputStream,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +110,11 @@ pub enum Effect {
     },
     /// Queue a session mail.
     Mail(crate::mail::MailKind),
+    /// Store what action `action`'s change script said (beside the session, not in it).
+    Output {
+        action: usize,
+        output: crate::output::ActionOutput,
+    },
     /// The session reached a terminal status.
     Finished,
 }
@@ -266,6 +278,11 @@ impl Machine<'_> {
                 self.cancel(format!("cancelled by {by}"));
                 return Ok(());
             }
+            Event::Output { job, stream, text } => {
+                // Output changes no state: no `advance`, the wake time stays.
+                self.log_output(job, stream, &text);
+                return Ok(());
+            }
             Event::Postpone { hours, by, token } => {
                 self.use_token(token)?;
                 self.postpone(hours, &by)?;
@@ -304,6 +321,34 @@ impl Machine<'_> {
         }
         self.advance();
         Ok(())
+    }
+
+    fn log_output(&mut self, job: Id, stream: proto::OutputStream, text: &str) {
+        let Some(PendingJob {
+            id,
+            purpose: JobPurpose::Step { action, .. },
+        }) = &self.s.pending_job
+        else {
+            return;
+        };
+        if *id != job {
+            return;
+        }
+        let Some(a) = self.s.actions.get(*action) else {
+            return;
+        };
+        let name = self.s.item_name(a.item);
+        let stream = match stream {
+            proto::OutputStream::Stdout => "stdout",
+            proto::OutputStream::Stderr => "stderr",
+        };
+        let lines: Vec<String> = crate::output::log_pieces(text)
+            .into_iter()
+            .map(|piece| format!("{name} [{stream}] {piece}"))
+            .collect();
+        for line in lines {
+            self.log(line);
+        }
     }
 
     fn use_token(&mut self, token: Option<String>) -> Result<(), EngineError> {
@@ -772,15 +817,15 @@ impl Machine<'_> {
             None => return,
         };
         match outcome {
-            JobOutcome::Step { outcome } => match outcome.exit_code {
-                Some(0) => self.log(format!("Done: {label}")),
-                Some(proto::EXIT_REBOOT_REQUIRED) => {
-                    self.s.actions[ai].reboot_required = true;
-                    self.s.reboot_required = true;
-                    self.log(format!("Done: {label} (reboot required)"));
-                }
-                _ => self.fail_step(ai, plan::describe_failure(&label, &outcome)),
-            },
+            JobOutcome::Step { outcome } => {
+                let secrets =
+                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
+                self.out.push(Effect::Output {
+                    action: ai,
+                    output: crate::output::ActionOutput::from_outcome(&outcome, &secrets),
+                });
+                self.on_step_outcome(ai, &label, secrets.mask_outcome(&outcome));
+            }
             JobOutcome::Failed { error } => self.fail_step(ai, format!("{label}: {error}")),
             other => self.fail_step(
                 ai,
@@ -789,6 +834,18 @@ impl Machine<'_> {
         }
         self.s.actions[ai].next_step = si + 1;
         self.settle_action(ai);
+    }
+
+    fn on_step_outcome(&mut self, ai: usize, label: &str, outcome: proto::ScriptOutcome) {
+        match outcome.exit_code {
+            Some(0) => self.log(format!("Done: {label}")),
+            Some(proto::EXIT_REBOOT_REQUIRED) => {
+                self.s.actions[ai].reboot_required = true;
+                self.s.reboot_required = true;
+                self.log(format!("Done: {label} (reboot required)"));
+            }
+            _ => self.fail_step(ai, plan::describe_failure(label, &outcome)),
+        }
     }
 
     fn on_step_test(&mut self, ai: usize, si: usize, outcome: JobOutcome) {
@@ -828,9 +885,14 @@ impl Machine<'_> {
                 }
             },
             Some((_, o)) => {
+                let secrets =
+                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
                 self.fail_step(
                     ai,
-                    plan::describe_failure(&format!("{} test", task.name), &o),
+                    plan::describe_failure(
+                        &format!("{} test", task.name),
+                        &secrets.mask_outcome(&o),
+                    ),
                 );
                 self.s.actions[ai].next_step = si + 1;
             }

@@ -2888,3 +2888,63 @@ fn stored_index_view_of_a_session_matches_the_record() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the script said
+
+#[test]
+fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_step_only() {
+    let mut item = sw_item(app(), DesiredSoftwareState::InstalledLatest, None);
+    item.parameters = BTreeMap::from([
+        ("token".to_string(), "s3cret-token".to_string()),
+        ("arch".to_string(), "x64".to_string()),
+    ]);
+    let mut run = detected(vec![item], &[("d0", absent())]);
+    let (job, _, _) = run.pending();
+    // Output of the running step is logged (already masked by the gateway)...
+    let effects = run.ok(Event::Output {
+        job,
+        stream: proto::OutputStream::Stderr,
+        text: "fetching ••••••\n".into(),
+    });
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Emit { log: Some(l), action: None, .. } if l == "App [stderr] fetching ••••••")));
+    // ...but not for a job the session is not waiting on.
+    let effects = run.ok(Event::Output {
+        job: Id::new(),
+        stream: proto::OutputStream::Stdout,
+        text: "stray".into(),
+    });
+    assert!(effects.is_empty(), "{effects:?}");
+    let effects = run.answer(JobOutcome::Step {
+        outcome: ScriptOutcome {
+            exit_code: Some(2),
+            stdout: "token=s3cret-token arch=x64\n".into(),
+            stderr: "s3cret-token rejected\n".into(),
+            ..Default::default()
+        },
+    });
+    let stored: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Output { action, output } => Some((*action, output.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(
+            0,
+            crate::output::ActionOutput {
+                stdout: "token=•••••• arch=x64\n".into(),
+                stderr: "•••••• rejected\n".into(),
+                exit_code: Some(2),
+                truncated: false,
+            }
+        )]
+    );
+    assert_eq!(
+        run.action(0).result_message.as_deref(),
+        Some("install App 1.10.0 exited 2: •••••• rejected")
+    );
+}

@@ -480,6 +480,8 @@ pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap
         .as_object()
         .ok_or_else(|| ApiError::bad("parameters", "must be a JSON object"))?;
     let mut out = std::collections::BTreeMap::new();
+    // Names are upper-cased into one variable each: `value` and `Value` would be one.
+    let mut variables = std::collections::BTreeMap::new();
     for (k, val) in obj {
         let ok = !k.is_empty()
             && k.len() <= 64
@@ -488,6 +490,15 @@ pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap
             return Err(ApiError::bad(
                 "parameters",
                 format!("'{k}' is not a parameter name (letters, digits, _)"),
+            ));
+        }
+        if let Some(other) = variables.insert(k.to_ascii_uppercase(), k) {
+            return Err(ApiError::bad(
+                "parameters",
+                format!(
+                    "'{other}' and '{k}' differ only in case: both would be UPKEEP_PARAM_{}",
+                    k.to_ascii_uppercase()
+                ),
             ));
         }
         let s = match val {

@@ -508,6 +508,7 @@ impl Query {
             out.push(super::types::ActionView {
                 session: items_arc.clone(),
                 action,
+                output_of: None,
             });
         }
         Ok(out)

@@ -582,9 +582,11 @@ impl Session {
         let items = std::sync::Arc::new(self.items.clone());
         self.actions
             .iter()
-            .map(|a| ActionView {
+            .enumerate()
+            .map(|(i, a)| ActionView {
                 session: items.clone(),
                 action: a.clone(),
+                output_of: u32::try_from(i).ok().map(|i| (self.id, i)),
             })
             .collect()
     }
@@ -628,6 +630,21 @@ pub struct LogLine {
 pub struct ActionView {
     pub session: std::sync::Arc<Vec<PlanItem>>,
     pub action: Action,
+    /// (session, action index) of a stored session's action; `None` for previews.
+    pub output_of: Option<(Id, u32)>,
+}
+
+/// What an action's last install, upgrade, uninstall or set script said, secrets masked.
+#[derive(SimpleObject)]
+#[graphql(name = "ActionOutput")]
+pub struct ActionOutputView {
+    /// At most 64 KiB of stdout (then `truncated`, and a closing marker line).
+    pub stdout: String,
+    /// At most 64 KiB of stderr (then `truncated`, and a closing marker line).
+    pub stderr: String,
+    /// `null` when the script could not start, timed out or was killed.
+    pub exit_code: Option<i32>,
+    pub truncated: bool,
 }
 
 #[Object(name = "MaintenanceAction")]
@@ -703,6 +720,26 @@ impl ActionView {
     }
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
         self.action.finished_at
+    }
+    /// What the action's last install, upgrade, uninstall or set script said (not the
+    /// detection that verified it); `null` until one ran. Parameter values of 6 or more
+    /// characters are masked as `••••••`.
+    async fn output(&self, ctx: &Context<'_>) -> Result<Option<ActionOutputView>> {
+        let Some((session, index)) = self.output_of else {
+            return Ok(None);
+        };
+        let c = Ctx::new(ctx)?;
+        let key = crate::output::output_key(session, index);
+        Ok(c.app
+            .store
+            .get_by_key::<crate::output::OutputRecord>(&key)?
+            .filter(|r| r.action_id == self.action.id)
+            .map(|r| ActionOutputView {
+                stdout: r.output.stdout,
+                stderr: r.output.stderr,
+                exit_code: r.output.exit_code,
+                truncated: r.output.truncated,
+            }))
     }
 }
 

@@ -341,13 +341,31 @@ impl App {
                     Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
                 },
                 Effect::Finished => c.finished = true,
+                Effect::Output { action, output } => {
+                    if let Some(a) = s.actions.get(*action) {
+                        c.outputs.push(crate::output::OutputRecord {
+                            session_id: s.id,
+                            tenant_id: s.tenant_id,
+                            action: u32::try_from(*action).unwrap_or(u32::MAX),
+                            action_id: a.id,
+                            at: now,
+                            output: output.clone(),
+                        });
+                    }
+                }
             }
         }
         for n in notes {
             c.events.push(new_event(s, now, s.status, None, Some(n)));
         }
         if c.finished || s.status != before {
-            c.deliveries = self.webhook_deliveries_for(s, before, c.finished)?;
+            // The event that announced the new status (the first one carrying it).
+            let sequence = c
+                .events
+                .iter()
+                .find(|e| e.status == s.status && e.action_id.is_none())
+                .map_or(s.last_sequence, |e| e.sequence);
+            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
         }
         let s_ref = &*s;
         let cref = &c;
@@ -378,6 +396,9 @@ impl App {
             }
             for m in &cref.mails {
                 tx.put(m)?;
+            }
+            for o in &cref.outputs {
+                tx.put(o)?;
             }
             for d in &cref.deliveries {
                 tx.put(d)?;
@@ -540,5 +561,6 @@ struct Committed {
     events: Vec<SessionEvent>,
     mails: Vec<crate::mail::OutboxMail>,
     deliveries: Vec<crate::webhooks::Delivery>,
+    outputs: Vec<crate::output::OutputRecord>,
     finished: bool,
 }

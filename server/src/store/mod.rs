@@ -73,9 +73,10 @@ pub enum Kind {
     Delivery,
     Idempotency,
     Audit,
+    Output,
 }
 
-const KINDS: [Kind; 18] = [
+const KINDS: [Kind; 19] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -94,6 +95,7 @@ const KINDS: [Kind; 18] = [
     Kind::Delivery,
     Kind::Idempotency,
     Kind::Audit,
+    Kind::Output,
 ];
 
 impl Kind {
@@ -118,6 +120,7 @@ impl Kind {
             Kind::Delivery => "WebhookDelivery",
             Kind::Idempotency => "Idempotency",
             Kind::Audit => "AuditEvent",
+            Kind::Output => "ActionOutput",
         }
     }
 
@@ -141,6 +144,7 @@ impl Kind {
             Kind::Delivery => "webhook_deliveries",
             Kind::Idempotency => "idempotency",
             Kind::Audit => "audit",
+            Kind::Output => "action_outputs",
         }
     }
 }

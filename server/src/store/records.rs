@@ -325,6 +325,13 @@ impl Record for crate::audit::AuditEvent {
     }
 }
 
+impl Record for crate::output::OutputRecord {
+    const KIND: Kind = Kind::Output;
+    fn key(&self) -> Vec<u8> {
+        crate::output::output_key(self.session_id, self.action)
+    }
+}
+
 pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
     fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
         Ok(codec::decode::<T>(v)?.index_keys())
@@ -348,5 +355,6 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Delivery => of::<Delivery>(value),
         Kind::Idempotency => of::<IdempotencyRecord>(value),
         Kind::Audit => of::<crate::audit::AuditEvent>(value),
+        Kind::Output => of::<crate::output::OutputRecord>(value),
     }
 }

@@ -6,6 +6,7 @@ mod control;
 mod crash;
 mod field_mail;
 mod field_offline;
+mod field_output;
 mod foundation;
 mod hostile;
 mod integrations;
