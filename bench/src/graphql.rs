@@ -416,7 +416,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         used_tokens: vec![],
         queued: false,
         time_zone: "UTC".into(),
-        mail_group: None,
+        mail_siblings: vec![],
         reboot_held_until: None,
     }
 }

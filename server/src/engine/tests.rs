@@ -141,7 +141,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         used_tokens: vec![],
         queued: false,
         time_zone: "UTC".into(),
-        mail_group: None,
+        mail_siblings: vec![],
         reboot_held_until: None,
     }
 }

@@ -68,6 +68,11 @@ async fn field() -> anyhow::Result<Field> {
 impl Field {
     /// Enrolls a computer with a real agent, Ann as its primary person.
     async fn computer(&mut self, hostname: &str) -> anyhow::Result<String> {
+        let ann = self.person.clone();
+        self.computer_of(hostname, &ann).await
+    }
+
+    async fn computer_of(&mut self, hostname: &str, person: &str) -> anyhow::Result<String> {
         let agent = TestAgent::start(&self.s.url, &self.key, hostname).await?;
         self.agents.push(agent);
         let id = self.s.computer_id(&self.admin, hostname).await?;
@@ -75,7 +80,7 @@ impl Field {
             .gql(
                 &self.admin,
                 "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p}) { id } }",
-                json!({"c": id, "p": self.person}),
+                json!({"c": id, "p": person}),
             )
             .await?;
         self.s.wait_online(&self.admin, &id).await?;
@@ -501,5 +506,111 @@ async fn a_held_reboot_ends_the_session_and_does_not_block_the_next() -> anyhow:
         Ok((pending().await? == Some(false)).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. One mail per person
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mail_per_person_lists_each_of_their_computers() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let bob = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@acme.example\"}) { id } }",
+            json!({"t": f.tenant}),
+        )
+        .await?["createPerson"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = f.computer("pc-a").await?;
+    let b = f.computer("pc-b").await?;
+    let c = f.computer_of("pc-c", &bob).await?;
+    let dir = f.dir.path().to_path_buf();
+    let sw =
+        create_file_software(&f.s, &f.admin, Some(&f.tenant), "Browser", &dir, &["2.0"]).await?;
+    f.deploy(json!({"softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    let at = noon() + chrono::Duration::hours(3);
+    let d = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }",
+            json!({"i": {"computerIds": [a, b, c], "executeAt": at,
+                "options": {"notifyBefore": true, "notifyAfter": true}}}),
+        )
+        .await?;
+    let ids: Vec<String> = d["startMaintenanceSession"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        f.s.wait_status(&f.admin, id, &["SCHEDULED"], T).await?;
+    }
+    // Every decision is stored with its step; once the outbox is empty, every mail is out.
+    let outbox_empty = || async { Ok((f.s.app().outbox_depth() == 0).then_some(())) };
+    wait_for("the outbox to drain", T, outbox_empty).await?;
+    let mails = wait_mails(&f.smtp, 2).await?;
+    assert_eq!(
+        mails.len(),
+        2,
+        "one before-mail for Ann (two computers), one for Bob: {:#?}",
+        mails.iter().map(|m| m.header("To")).collect::<Vec<_>>()
+    );
+    let to = |m: &upkeep_tests::smtp::ParsedMail| m.header("To").unwrap_or("").to_string();
+    let ann = mails
+        .iter()
+        .find(|m| to(m).contains("ann@"))
+        .expect("Ann's mail");
+    let bobs = mails
+        .iter()
+        .find(|m| to(m).contains("bob@"))
+        .expect("Bob's mail");
+    assert!(ann.text.contains("\"pc-a and pc-b\""), "{}", ann.text);
+    assert!(
+        ann.text.contains("Browser on pc-a: Install 2.0"),
+        "{}",
+        ann.text
+    );
+    assert!(
+        ann.text.contains("Browser on pc-b: Install 2.0"),
+        "{}",
+        ann.text
+    );
+    assert!(
+        ann.text.contains("  - pc-a: http://") && ann.text.contains("  - pc-b: http://"),
+        "each computer keeps its own postpone page: {}",
+        ann.text
+    );
+    assert!(!ann.text.contains("pc-c"), "{}", ann.text);
+    assert!(bobs.text.contains("\"pc-c\"") && !bobs.text.contains("pc-a"));
+
+    f.s.set_clock(at + chrono::Duration::minutes(1)).await?;
+    for id in &ids {
+        let s =
+            f.s.wait_status(&f.admin, id, &["PASSED", "FAILED"], T)
+                .await?;
+        assert_eq!(s["status"], "PASSED", "{s:#}");
+    }
+    wait_for("the outbox to drain", T, outbox_empty).await?;
+    let mails = wait_mails(&f.smtp, 4).await?;
+    assert_eq!(mails.len(), 4, "one after-mail each");
+    let ann_after = mails[2..]
+        .iter()
+        .find(|m| to(m).contains("ann@"))
+        .expect("Ann's after-mail");
+    assert!(
+        ann_after
+            .text
+            .contains("pc-a: 1 of 1 actions succeeded; pc-b: 1 of 1 actions succeeded"),
+        "{}",
+        ann_after.text
+    );
     Ok(())
 }
