@@ -614,3 +614,38 @@ async fn one_mail_per_person_lists_each_of_their_computers() -> anyhow::Result<(
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6 and 9 in /console: detection-only findings are not a green PASSED; times in the tenant's
+// zone. (The console's behaviour in a browser is covered by tests/browser; here: the API facts
+// it shows and the console it is served with.)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_marks_detection_only_findings_and_shows_the_tenants_time() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let pc = f.computer("pc-console").await?;
+    let task = f.task("Firewall", "exit 1", Some("true")).await?;
+    f.deploy(json!({"maintenanceTaskId": task})).await?;
+    let id =
+        f.s.start_session(&f.admin, &pc, json!({"detectionOnly": true}))
+            .await?;
+    let s =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    assert_eq!(
+        (s["status"].as_str(), s["compliance"].as_str()),
+        (Some("PASSED"), Some("NON_COMPLIANT"))
+    );
+    let page = f.s.http.get(format!("{}/console", f.s.url)).send().await?;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await?;
+    assert!(
+        html.contains("PASSED · findings") && html.contains("function markFindings"),
+        "a detection-only PASSED with findings is marked, not green"
+    );
+    assert!(
+        html.contains("tenant { name timeZone }") && html.contains("timeZoneName: \"short\""),
+        "the console shows times in the tenant's zone with its abbreviation"
+    );
+    Ok(())
+}
