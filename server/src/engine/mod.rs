@@ -920,6 +920,13 @@ impl Machine<'_> {
 
     fn cancel(&mut self, reason: String) {
         if let Some(p) = self.s.pending_job.take() {
+            if let JobPurpose::Step { action, step } = p.purpose
+                && let Some(Step::Script { label, .. }) =
+                    self.s.actions.get(action).and_then(|a| a.steps.get(step))
+            {
+                let line = format!("Stopping the running script ({label}): the agent kills it");
+                self.log(line);
+            }
             self.out.push(Effect::Abandon { job: p.id });
         }
         let now = self.now();

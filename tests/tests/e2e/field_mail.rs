@@ -225,7 +225,7 @@ async fn an_action_done_before_a_cancel_keeps_succeeded() -> anyhow::Result<()> 
     let mut f = field().await?;
     let pc = f.computer("pc-cancel").await?;
     let quick = f.file("quick");
-    let slow_started = f.file("slow-started");
+    let slow_pid = f.file("slow-pid");
     let a = f
         .software(
             "Quick",
@@ -237,7 +237,7 @@ async fn an_action_done_before_a_cancel_keeps_succeeded() -> anyhow::Result<()> 
         .software(
             "Slow",
             "exit 0",
-            &format!("touch '{slow_started}'; sleep 30"),
+            &format!("echo $$ > '{slow_pid}.tmp'; mv '{slow_pid}.tmp' '{slow_pid}'; sleep 300"),
         )
         .await?;
     f.deploy(json!({"softwareId": a, "desiredState": "INSTALLED_LATEST", "order": "BEGINNING"}))
@@ -250,7 +250,7 @@ async fn an_action_done_before_a_cancel_keeps_succeeded() -> anyhow::Result<()> 
         let s = f.session_full(&id).await?;
         let ok = s["actions"].as_array().is_some_and(|v| v.len() == 2)
             && action(&s, "Slow")["status"] == "RUNNING"
-            && Path::new(&slow_started).exists();
+            && Path::new(&slow_pid).exists();
         Ok(ok.then_some(s))
     })
     .await;
@@ -273,6 +273,36 @@ async fn an_action_done_before_a_cancel_keeps_succeeded() -> anyhow::Result<()> 
         "what finished before the cancel keeps its outcome: {s:#}"
     );
     assert_eq!(action(&s, "Slow")["status"], "CANCELLED");
+
+    // The running script is stopped (its process group killed), and the log says so.
+    let pid: u32 = std::fs::read_to_string(&slow_pid)?.trim().parse()?;
+    wait_for(
+        "the cancelled script to be killed",
+        Duration::from_secs(30),
+        || async {
+            let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                // A zombie is dead, only not yet reaped.
+                Ok(stat) => stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            };
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    let logged = f.s.session(&f.admin, &id).await?;
+    assert!(
+        logged["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Stopping the running script"))),
+        "{logged:#}"
+    );
     Ok(())
 }
 
