@@ -31,6 +31,9 @@ pub struct Env {
     pub slot_available: bool,
     /// When a reboot is not allowed now (business hours), the instant it becomes allowed.
     pub reboot_held_until: Option<Time>,
+    /// An earlier session's reboot, held by business hours, is still pending on the computer:
+    /// a session that executes does it (unless reboots are suppressed).
+    pub reboot_pending: bool,
     pub limits: Limits,
 }
 
@@ -405,7 +408,12 @@ impl Machine<'_> {
                     }
                     let wants_reboot = match self.s.options.reboot_preference {
                         RebootPreference::Force => true,
-                        RebootPreference::Normal => self.s.reboot_required,
+                        RebootPreference::Normal => {
+                            if self.env.reboot_pending && !self.s.reboot_required {
+                                self.log("A reboot held after an earlier session is still pending");
+                            }
+                            self.s.reboot_required || self.env.reboot_pending
+                        }
                         RebootPreference::Suppress => {
                             if self.s.reboot_required {
                                 self.log(

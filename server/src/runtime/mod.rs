@@ -220,6 +220,11 @@ impl App {
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let reboot_held_until = self.reboot_hold(&s)?;
+        let reboot_pending = s.stage == Stage::Executing
+            && self
+                .store
+                .get::<Computer>(&s.computer_id)?
+                .is_some_and(|c| c.held_reboot.is_some());
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -230,6 +235,7 @@ impl App {
                 true
             },
             reboot_held_until,
+            reboot_pending,
             limits: self.config.limits(),
         };
         let effects = match engine::step(&mut s, &env, event) {
@@ -443,6 +449,10 @@ impl App {
             if cref.finished
                 && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
             {
+                if s_ref.rebooted_at.is_some() {
+                    // This session's reboot did what a held one was waiting for.
+                    comp.held_reboot = None;
+                }
                 if s_ref.status != SessionStatus::Cancelled {
                     comp.compliance = s_ref.compliance.or(comp.compliance);
                     if let Some(due_at) = s_ref.reboot_held_until {

@@ -519,13 +519,33 @@ async fn a_held_reboot_ends_the_session_and_does_not_block_the_next() -> anyhow:
     };
     assert_eq!(pending().await?, Some(true));
 
-    // The computer is not locked: the next session runs at once (and the reboot stays
-    // pending: it is still business hours).
-    let next = f.s.start_session(&f.admin, &pc, json!({})).await?;
+    // The computer is not locked: the next session runs at once. It installs something that
+    // needs no reboot of its own, takes the pending one on, and holds it too (still business
+    // hours).
+    let tool_file = f.file("tool");
+    let tool = f
+        .software(
+            "Tool",
+            &format!("cat '{tool_file}' 2>/dev/null; exit 0"),
+            &format!("echo 1.0 > '{tool_file}'"),
+        )
+        .await?;
+    let tool = f
+        .deploy(json!({"softwareId": tool, "desiredState": "INSTALLED_LATEST", "enforcement": "AD_HOC"}))
+        .await?;
+    let next =
+        f.s.start_session(&f.admin, &pc, json!({"deploymentIds": [tool]}))
+            .await?;
     let next =
         f.s.wait_status(&f.admin, &next, &["PASSED", "FAILED", "CANCELLED"], T)
             .await?;
     assert_eq!(next["status"], "PASSED", "{next:#}");
+    assert!(
+        next["statusReason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("reboot pending, held until 20:00 CET")),
+        "the next session takes the pending reboot on (and holds it too): {next:#}"
+    );
     assert_eq!(pending().await?, Some(true));
 
     // 20:00 CET: the held reboot runs on its own.
