@@ -39,7 +39,10 @@ fn wanted(s: &Session, kind: MailKind) -> bool {
 /// What a grouped session's step does about the group's mail of one kind.
 pub(super) enum GroupMail {
     /// The last member decided: this mail (about `computers` computers) goes out.
-    Send { mail: OutboxMail, computers: usize },
+    Send {
+        mail: Box<OutboxMail>,
+        computers: usize,
+    },
     /// Other members have not decided yet; the last of them sends it.
     Wait,
     /// Nobody in the group wants it, or it cannot be sent (why).
@@ -98,7 +101,7 @@ impl App {
         }
         Ok(match self.compose_group_mail(&wanting, kind)? {
             Ok(mail) => GroupMail::Send {
-                mail,
+                mail: Box::new(mail),
                 computers: wanting.len(),
             },
             Err(why) => GroupMail::Nothing(Some(why)),

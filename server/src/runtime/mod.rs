@@ -348,7 +348,7 @@ impl App {
                     } else {
                         format!("{word} mail queued for {}", mail.to.join(", "))
                     });
-                    c.mails.push(mail);
+                    c.mails.push(*mail);
                 }
                 Ok(group_mail::GroupMail::Wait) => {
                     if effects.contains(&Effect::Mail(*kind)) {

@@ -100,13 +100,15 @@ impl App {
         let now = self.clock.now();
         let mut zones: std::collections::HashMap<Id, String> = std::collections::HashMap::new();
         for (req, _) in &planned {
-            if !zones.contains_key(&req.computer.tenant_id) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                zones.entry(req.computer.tenant_id)
+            {
                 let zone = self
                     .store
                     .get::<Tenant>(&req.computer.tenant_id)?
                     .map(|t| t.time_zone)
                     .unwrap_or_else(|| "UTC".into());
-                zones.insert(req.computer.tenant_id, zone);
+                e.insert(zone);
             }
         }
         let sessions = {
