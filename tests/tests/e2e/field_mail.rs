@@ -697,5 +697,47 @@ async fn console_marks_detection_only_findings_and_shows_the_tenants_time() -> a
         html.contains("tenant { name timeZone }") && html.contains("timeZoneName: \"short\""),
         "the console shows times in the tenant's zone with its abbreviation"
     );
+    // The console's own queries, as served, run against the server: the sessions list reads
+    // what marks findings, the schedules panel the next runs and the tenant's zone.
+    f.s.gql(
+        &f.admin,
+        "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"Nightly\", target: {kind: ALL_COMPUTERS}, cron: \"0 22 * * *\", timeZone: \"Europe/Berlin\"}) { id } }",
+        json!({"t": f.tenant}),
+    )
+    .await?;
+    let op = |name: &str| -> String {
+        let start = html
+            .find(&format!("{name}: `"))
+            .expect("the query in the console")
+            + name.len()
+            + 3;
+        let len = html[start..].find('`').expect("its end");
+        html[start..start + len].to_string()
+    };
+    let sessions = f.s.gql(&f.admin, &op("SESSIONS"), json!({})).await?;
+    let row = &sessions["maintenanceSessions"]["edges"][0]["node"];
+    assert_eq!(
+        (
+            row["status"].as_str(),
+            row["detectionOnly"].as_bool(),
+            row["compliance"].as_str(),
+            row["tenant"]["timeZone"].as_str()
+        ),
+        (
+            Some("PASSED"),
+            Some(true),
+            Some("NON_COMPLIANT"),
+            Some("Europe/Berlin")
+        )
+    );
+    let schedules = f.s.gql(&f.admin, &op("SCHEDULES"), json!({})).await?;
+    let node = &schedules["schedules"]["edges"][0]["node"];
+    assert_eq!(node["tenant"]["timeZone"], "Europe/Berlin");
+    let first: DateTime<Utc> = node["nextRuns"][0].as_str().unwrap().parse()?;
+    assert_eq!(
+        first,
+        noon() + chrono::Duration::hours(9),
+        "22:00 CET: {node:#}"
+    );
     Ok(())
 }
