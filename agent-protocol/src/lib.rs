@@ -336,6 +336,26 @@ pub struct OutputAck {
     pub accepted: bool,
 }
 
+/// `GET /agent/v1/jobs/{jobId}`: whether a job the agent is running is still wanted.
+///
+/// While a step script runs the agent asks every [`JOB_STATUS_INTERVAL_SECONDS`]. When the
+/// answer is `wanted: false` (its session was cancelled, or the server gave up on the job) the
+/// agent kills the script's process group and reports the job as
+/// [`JobOutcome::Failed`] with [`STOPPED_BY_SERVER`]. A question that fails (network, an old
+/// server answering 404 for the route) changes nothing: the script runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    /// False once the server no longer expects the job's result.
+    pub wanted: bool,
+}
+
+/// How often an agent asks for [`JobStatus`] while a step runs, in seconds.
+pub const JOB_STATUS_INTERVAL_SECONDS: u64 = 5;
+
+/// The error of a job whose script the agent stopped because the server no longer wanted it.
+pub const STOPPED_BY_SERVER: &str = "stopped: the server no longer wanted this job (its session was cancelled); the script's processes were killed";
+
 /// Answer to a [`JobResult`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

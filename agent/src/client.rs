@@ -161,6 +161,19 @@ impl Client {
         Ok(parse(&response).unwrap_or(OutputAck { accepted: true }))
     }
 
+    /// Whether the server still wants a running job ([`JobStatus`]).
+    pub(crate) async fn job_status(
+        &self,
+        token: &str,
+        job_id: &str,
+    ) -> Result<upkeep_agent_protocol::JobStatus, CallError> {
+        let url = self.url(&["agent", "v1", "jobs", job_id]);
+        let response = self
+            .send(self.http.get(url).timeout(CALL_TIMEOUT).bearer_auth(token))
+            .await?;
+        parse(&response)
+    }
+
     /// Joins segments to the base URL, percent-encoding each one (job ids are the server's).
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();

@@ -371,9 +371,20 @@ impl Agent {
                     let _ = tokio::time::timeout(stream::FINAL_FLUSH, streamer.flush(&tee)).await;
                     outcome
                 };
-                stop.unless_stopped(work)
-                    .await
-                    .map(|outcome| JobOutcome::Step { outcome })
+                match stop.unless_stopped(self.while_wanted(&job.id, work)).await {
+                    Some(Some(outcome)) => Some(JobOutcome::Step { outcome }),
+                    Some(None) => {
+                        // Dropping the run killed the script's process group.
+                        warn!(job_id = %job.id, session_id = %job.session_id, "the server no longer wants this job; its script was stopped");
+                        let error = upkeep_agent_protocol::STOPPED_BY_SERVER.to_owned();
+                        return Some(self.finish(
+                            &job.id,
+                            &job.session_id,
+                            JobOutcome::Failed { error },
+                        ));
+                    }
+                    None => None,
+                }
             }
             JobKind::Reboot {} => {
                 self.reboot(&job, stop).await;
@@ -385,6 +396,25 @@ impl Agent {
             JobOutcome::Failed { error: STOPPED_ERROR.to_owned() }
         });
         Some(self.finish(&job.id, &job.session_id, outcome))
+    }
+
+    /// Runs `work` while the server still wants job `job_id`, asking every few seconds;
+    /// `None` (and `work` dropped, which kills a script's process group) once it does not.
+    async fn while_wanted<T>(&self, job_id: &str, work: impl Future<Output = T>) -> Option<T> {
+        let interval = Duration::from_secs(upkeep_agent_protocol::JOB_STATUS_INTERVAL_SECONDS);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = tokio::time::sleep(interval) => {
+                    match self.client.job_status(&self.credentials.agent_token, job_id).await {
+                        Ok(s) if !s.wanted => return None,
+                        // Unknown answers (network, an older server) change nothing.
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Starts the reboot command behind a gate, reports "started" while the machine is still

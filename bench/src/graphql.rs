@@ -418,7 +418,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         offline_in_window: false,
         queued: false,
         time_zone: "UTC".into(),
-        mail_group: None,
+        mail_siblings: vec![],
         reboot_held_until: None,
     }
 }

@@ -411,6 +411,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/agent/v1/poll", post(poll))
         .route("/agent/v1/jobs/{job_id}/result", post(result))
         .route("/agent/v1/jobs/{job_id}/output", post(output))
+        .route("/agent/v1/jobs/{job_id}", axum::routing::get(job_status))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -1111,6 +1112,47 @@ fn set_holding(app: &App, computer: Id, delta: i32) {
     if let Some(e) = p.get_mut(&computer) {
         e.holding = e.holding.saturating_add_signed(delta);
         e.last_poll = Instant::now();
+    }
+}
+
+/// `GET /agent/v1/jobs/{jobId}`: is a running job still wanted? Not once its result is no
+/// longer expected (the session was cancelled or gave up on it): the agent then stops it.
+async fn job_status(
+    State(app): State<Arc<App>>,
+    job_id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    req: Request<Body>,
+) -> Response {
+    const ROUTE: &str = "/agent/v1/jobs/{jobId}";
+    let peer = peer_of(&req);
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let job_id = job_id.map(|Path(j)| j).unwrap_or_default();
+    let record = match job_id.parse::<Id>() {
+        Ok(job) => app.store.get::<JobRecord>(&job),
+        Err(_) => Ok(None),
+    };
+    match record {
+        Ok(Some(r)) if r.computer_id == computer => Json(proto::JobStatus {
+            wanted: !matches!(r.state, JobState::Done { .. }),
+        })
+        .into_response(),
+        Ok(_) => reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no job {job_id}"),
+            peer,
+            ROUTE,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "job status not read");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the job could not be read; retry",
+            )
+        }
     }
 }
 

@@ -268,10 +268,11 @@ pub struct Session {
     /// written in it (the API's instants stay UTC).
     #[serde(default = "utc_name")]
     pub time_zone: String,
-    /// Sessions of one start call or one schedule occurrence share this id; their end users
-    /// get one before- and one after-mail per recipient and execution time.
+    /// The other sessions of the same start call or schedule occurrence whose computers had the
+    /// same primary person: they share one before- and one after-mail per recipient and
+    /// execution time (`runtime::group_mail`). Empty for most sessions.
     #[serde(default)]
-    pub mail_group: Option<Id>,
+    pub mail_siblings: Vec<Id>,
     /// The reboot this session needed was held by business hours until then: the session ended
     /// without it and the computer keeps it pending (`Computer.held_reboot`).
     #[serde(default)]

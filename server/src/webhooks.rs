@@ -404,7 +404,10 @@ pub fn session_data(s: &Session) -> serde_json::Value {
         data["failedActions"] = serde_json::json!(
             s.actions
                 .iter()
-                .filter(|a| a.status == ActionStatus::Failed)
+                .filter(|a| matches!(
+                    a.status,
+                    ActionStatus::Failed | ActionStatus::DetectionFailed
+                ))
                 .count()
         );
     }

@@ -168,13 +168,14 @@ try {
     step(`started session ${newId}; waiting for PASSED`);
     const status = page.locator(`${tid("session-row")}[data-session-id="${newId}"] ${tid("session-status")}`);
     const final = await waitOrBanner("session status", page.waitForFunction((sel) => {
-      const t = document.querySelector(sel)?.textContent.trim();
+      // data-status: the raw value (the text of a detection-only PASSED with findings says so).
+      const t = document.querySelector(sel)?.dataset.status;
       return ["PASSED", "FAILED", "CANCELLED"].includes(t) ? t : null;
     }, `${tid("session-row")}[data-session-id="${newId}"] ${tid("session-status")}`, { timeout: sessionTimeout }).then((h) => h.jsonValue()));
     if (final !== "PASSED") throw new Error(`session ${newId} ended ${final}: ${await status.innerText()}`);
     step("the row's badge turned PASSED without a reload");
     // The console opens the session it started: its detail follows live too.
-    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.trim() === "PASSED", tid("detail-status"), { timeout: 10000 });
+    await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.status === "PASSED", tid("detail-status"), { timeout: 10000 });
     const logLines = await page.locator(`${tid("session-log")} li[data-sequence]`).count();
     step(`detail shows PASSED with ${logLines} log lines`);
     if (logLines === 0) throw new Error("the session's log is empty");

@@ -152,13 +152,14 @@ async function waitForBeforeMail(rcpt, since) {
   }
 }
 
-// The server's format_when: "%A, %-d %B %Y at %H:%M (<zone>)".
+// The server's format_when: "%A, %-d %B %Y at %H:%M <abbreviation>"; compared up to the
+// minute (Intl's short zone names are not chrono-tz's: "GMT+1" for "CET").
 function formatWhen(iso, timeZone) {
   const parts = Object.fromEntries(new Intl.DateTimeFormat("en-US", {
     timeZone, weekday: "long", day: "numeric", month: "long", year: "numeric",
     hour: "2-digit", minute: "2-digit", hourCycle: "h23",
   }).formatToParts(new Date(iso)).map((p) => [p.type, p.value]));
-  return `${parts.weekday}, ${parts.day} ${parts.month} ${parts.year} at ${parts.hour}:${parts.minute} (${timeZone})`;
+  return `${parts.weekday}, ${parts.day} ${parts.month} ${parts.year} at ${parts.hour}:${parts.minute}`;
 }
 
 // ---------------------------------------------------------------- browser

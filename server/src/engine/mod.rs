@@ -31,6 +31,9 @@ pub struct Env {
     pub slot_available: bool,
     /// When a reboot is not allowed now (business hours), the instant it becomes allowed.
     pub reboot_held_until: Option<Time>,
+    /// An earlier session's reboot, held by business hours, is still pending on the computer:
+    /// a session that executes does it (unless reboots are suppressed).
+    pub reboot_pending: bool,
     pub limits: Limits,
 }
 
@@ -483,7 +486,12 @@ impl Machine<'_> {
                     }
                     let wants_reboot = match self.s.options.reboot_preference {
                         RebootPreference::Force => true,
-                        RebootPreference::Normal => self.s.reboot_required,
+                        RebootPreference::Normal => {
+                            if self.env.reboot_pending && !self.s.reboot_required {
+                                self.log("A reboot held after an earlier session is still pending");
+                            }
+                            self.s.reboot_required || self.env.reboot_pending
+                        }
                         RebootPreference::Suppress => {
                             if self.s.reboot_required {
                                 self.log(
@@ -1054,6 +1062,13 @@ impl Machine<'_> {
             self.s.before_mail_sent = false;
         }
         if let Some(p) = self.s.pending_job.take() {
+            if let JobPurpose::Step { action, step } = p.purpose
+                && let Some(Step::Script { label, .. }) =
+                    self.s.actions.get(action).and_then(|a| a.steps.get(step))
+            {
+                let line = format!("Stopping the running script ({label}): the agent kills it");
+                self.log(line);
+            }
             self.out.push(Effect::Abandon { job: p.id });
         }
         let now = self.now();

@@ -27,6 +27,7 @@ fn env_at(now: Time) -> Env {
         online: true,
         slot_available: true,
         reboot_held_until: None,
+        reboot_pending: false,
         limits: Limits::default(),
     }
 }
@@ -142,7 +143,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         offline_in_window: false,
         queued: false,
         time_zone: "UTC".into(),
-        mail_group: None,
+        mail_siblings: vec![],
         reboot_held_until: None,
     }
 }
@@ -1579,6 +1580,20 @@ fn reboot_allowed_during_business_hours_is_not_held() {
     assert_eq!(run.purpose(), JobPurpose::Reboot);
 }
 
+#[test]
+fn a_pending_held_reboot_is_done_by_the_next_session_that_executes() {
+    let mut run = detected(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+        &[("d0", absent())],
+    );
+    let env = Env {
+        reboot_pending: true,
+        ..run.env()
+    };
+    run.answer_with(env, step_result(0));
+    assert_eq!(run.purpose(), JobPurpose::Reboot);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Already compliant
 
@@ -2747,6 +2762,7 @@ fn play(s: Session, ops: Vec<Op>, answers: Vec<Answer>) {
                     online,
                     slot_available: slot,
                     reboot_held_until: held_minutes.map(|m| now + Duration::minutes(m)),
+                    reboot_pending: minutes % 2 == 1,
                     limits: Limits::default(),
                 };
                 Event::Tick

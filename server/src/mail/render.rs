@@ -354,6 +354,18 @@ pub struct SessionMailView {
     pub result_summary: Option<String>,
     /// Before: nothing needs to change; after: every action is compliant.
     pub compliant: bool,
+    /// A mail about several computers of one person (one run): each computer's own postpone
+    /// page, for those that offer one. Empty in a mail about one computer, which uses
+    /// `postpone_url`.
+    pub postpone_links: Vec<ComputerLink>,
+}
+
+/// One computer's postpone page in a mail about several.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputerLink {
+    pub computer_name: String,
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -869,6 +881,10 @@ fn sample_session_views() -> Vec<SessionMailView> {
         postpone_hours: 24,
         result_summary: Some("1 of 3 actions failed".to_owned()),
         compliant: false,
+        postpone_links: vec![ComputerLink {
+            computer_name: "PC-002".to_owned(),
+            url: "https://upkeep.example/postpone/y".to_owned(),
+        }],
     };
     let minimal = SessionMailView {
         brand: Brand::default(),
@@ -881,6 +897,7 @@ fn sample_session_views() -> Vec<SessionMailView> {
         postpones_left: 0,
         result_summary: None,
         compliant: true,
+        postpone_links: Vec::new(),
         ..full.clone()
     };
     let middle = SessionMailView {
@@ -975,6 +992,7 @@ mod tests {
             postpone_hours: 24,
             result_summary: None,
             compliant: false,
+            postpone_links: Vec::new(),
         }
     }
 

@@ -6,8 +6,8 @@ use crate::domain::*;
 use crate::engine::MIN_POSTPONE_LEAD_MINUTES;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::render::{
-    self, ActionOutcome, ActionView, Brand, MailTemplate, PlannedChange, RebootExpectation,
-    SessionMailView,
+    self, ActionOutcome, ActionView, Brand, ComputerLink, MailTemplate, PlannedChange,
+    RebootExpectation, SessionMailView,
 };
 use crate::mail::{MailKind, MailStatus, OutboxMail};
 use crate::session::*;
@@ -205,7 +205,138 @@ impl App {
                 .is_terminal()
                 .then(|| s.status_reason.clone().unwrap_or_default()),
             compliant: compliant && s.status != SessionStatus::Failed,
+            postpone_links: Vec::new(),
         }
+    }
+
+    /// The person a session's mails go to: the computer's primary person. `Ok(Err(why))` when
+    /// there is none. Also returns the tenant and the computer's name.
+    fn recipient(&self, s: &Session) -> ApiResult<Result<(Tenant, String, Person), String>> {
+        let tenant = self
+            .store
+            .get::<Tenant>(&s.tenant_id)?
+            .ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
+        let computer = self
+            .store
+            .get::<Computer>(&s.computer_id)?
+            .ok_or_else(|| ApiError::Internal("computer missing".into()))?;
+        let Some(pid) = computer.primary_person_id else {
+            return Ok(Err("the computer has no primary person".into()));
+        };
+        let Some(person) = self.store.get::<Person>(&pid)? else {
+            return Ok(Err("the computer's primary person no longer exists".into()));
+        };
+        Ok(Ok((tenant, computer.name, person)))
+    }
+
+    /// The e-mail address a session's mails go to, if any.
+    pub fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
+        Ok(self.recipient(s)?.ok().map(|(_, _, p)| p.email))
+    }
+
+    /// One mail about several sessions of one person (CONTRACT issue 14: one mail per person
+    /// and run), listing each computer with its actions; each computer keeps its own postpone
+    /// page. A single session gets the ordinary mail.
+    pub fn compose_group_mail(
+        &self,
+        sessions: &[&Session],
+        kind: MailKind,
+    ) -> ApiResult<Result<OutboxMail, String>> {
+        let [first, ..] = sessions else {
+            return Ok(Err("no session to mail about".into()));
+        };
+        if sessions.len() == 1 {
+            return self.compose_session_mail(first, kind);
+        }
+        let mut views = Vec::with_capacity(sessions.len());
+        let mut tenant_and_person = None;
+        for s in sessions {
+            let (tenant, computer_name, person) = match self.recipient(s)? {
+                Ok(r) => r,
+                Err(why) => return Ok(Err(why)),
+            };
+            let link = if kind == MailKind::Before {
+                self.postpone_link(s, &person.email)?
+            } else {
+                None
+            };
+            let view = self.session_view(s, &tenant, &computer_name, &person.name, link);
+            views.push((s.finished_at, view));
+            tenant_and_person.get_or_insert((tenant, person));
+        }
+        let Some((tenant, person)) = tenant_and_person else {
+            return Ok(Err("no session to mail about".into()));
+        };
+        views.sort_by(|a, b| a.1.computer_name.cmp(&b.1.computer_name));
+        let names: Vec<String> = views.iter().map(|(_, v)| v.computer_name.clone()).collect();
+        let mut view = views[0].1.clone();
+        view.computer_name = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.join(", "),
+        };
+        // After: when the last of them finished.
+        if let Some((_, latest)) = views.iter().max_by_key(|(finished, _)| *finished) {
+            view.when = latest.when.clone();
+        }
+        view.actions = views
+            .iter()
+            .flat_map(|(_, v)| {
+                v.actions.iter().cloned().map(|mut a| {
+                    a.name = format!("{} on {}", a.name, v.computer_name);
+                    a
+                })
+            })
+            .collect();
+        view.reboot = views
+            .iter()
+            .map(|(_, v)| v.reboot)
+            .max_by_key(|r| match r {
+                RebootExpectation::None => 0,
+                RebootExpectation::May => 1,
+                RebootExpectation::Will => 2,
+            })
+            .unwrap_or_default();
+        view.compliant = views.iter().all(|(_, v)| v.compliant);
+        view.result_summary = (kind == MailKind::After).then(|| {
+            views
+                .iter()
+                .map(|(_, v)| {
+                    format!(
+                        "{}: {}",
+                        v.computer_name,
+                        v.result_summary.clone().unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        view.postpone_links = views
+            .iter()
+            .filter_map(|(_, v)| {
+                v.postpone_url.clone().map(|url| ComputerLink {
+                    computer_name: v.computer_name.clone(),
+                    url,
+                })
+            })
+            .collect();
+        view.postpone_url = None;
+        view.update_now_url = None;
+        let template = if kind == MailKind::Before {
+            MailTemplate::Before
+        } else {
+            MailTemplate::After
+        };
+        let r = self
+            .templates
+            .render_session_mail(template, &view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Ok(self.outbox_mail(
+            Some(&tenant),
+            Some(first.id),
+            kind,
+            vec![person.email],
+            r,
+        )))
     }
 
     /// Renders a session mail for the computer's primary person. `Ok(Err(why))` when there is

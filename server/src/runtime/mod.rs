@@ -4,6 +4,7 @@
 //! different computers step in parallel. No task per idle session: waiting sessions are a
 //! timer entry and an index entry.
 
+mod group_mail;
 pub mod mailer;
 mod reboot;
 mod start;
@@ -30,6 +31,7 @@ pub struct SessionRuntime {
     /// Serialises session creation so "one unfinished session per computer" holds.
     pub(crate) create_lock: tokio::sync::Mutex<()>,
     idempotency_lock: tokio::sync::Mutex<()>,
+    mail_locks: group_mail::MailLocks,
 }
 
 #[derive(Default)]
@@ -60,6 +62,7 @@ impl SessionRuntime {
             max_running,
             create_lock: tokio::sync::Mutex::new(()),
             idempotency_lock: tokio::sync::Mutex::new(()),
+            mail_locks: group_mail::MailLocks::default(),
         }
     }
 
@@ -206,6 +209,10 @@ impl App {
             return Err(ApiError::not_found("maintenance session", id));
         };
         let before_status = s.status;
+        let decided_before = [
+            group_mail::decided(&s, crate::mail::MailKind::Before),
+            group_mail::decided(&s, crate::mail::MailKind::After),
+        ];
         let settle = match &event {
             Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
             _ => None,
@@ -213,6 +220,11 @@ impl App {
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let reboot_held_until = self.reboot_hold(&s)?;
+        let reboot_pending = s.stage == Stage::Executing
+            && self
+                .store
+                .get::<Computer>(&s.computer_id)?
+                .is_some_and(|c| c.held_reboot.is_some());
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -223,6 +235,7 @@ impl App {
                 true
             },
             reboot_held_until,
+            reboot_pending,
             limits: self.config.limits(),
         };
         let effects = match engine::step(&mut s, &env, event) {
@@ -253,7 +266,10 @@ impl App {
             self.spawn_ticks(wake);
             return Ok(s);
         }
-        let committed = match self.commit(&mut s, &effects, before_status, settle).await {
+        let committed = match self
+            .commit(&mut s, &effects, before_status, settle, decided_before)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 self.renote_stored(id);
@@ -296,11 +312,58 @@ impl App {
         effects: &[Effect],
         before: SessionStatus,
         settle: Option<Id>,
+        decided_before: [bool; 2],
     ) -> ApiResult<Committed> {
         let now = self.clock.now();
         let mut c = Committed::default();
         c.abandoned.extend(settle);
         let mut notes = Vec::new();
+        // A grouped session's mails are the group's (`group_mail.rs`): decided once per kind,
+        // under the group's lock, held until this step is stored.
+        let kinds = [crate::mail::MailKind::Before, crate::mail::MailKind::After];
+        let grouped = !s.mail_siblings.is_empty();
+        let group_kinds: Vec<crate::mail::MailKind> = kinds
+            .into_iter()
+            .zip(decided_before)
+            .filter(|(k, was)| {
+                grouped
+                    && ((group_mail::decided(s, *k) && !was) || effects.contains(&Effect::Mail(*k)))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let _group_guard = if group_kinds.is_empty() {
+            None
+        } else {
+            Some(self.runtime.mail_lock(s).lock().await)
+        };
+        for kind in &group_kinds {
+            let word = mail_word(*kind);
+            match self.group_mail(s, *kind) {
+                Ok(group_mail::GroupMail::Send { mail, computers }) => {
+                    notes.push(if computers > 1 {
+                        format!(
+                            "{word} mail queued for {} (one mail about {computers} computers)",
+                            mail.to.join(", ")
+                        )
+                    } else {
+                        format!("{word} mail queued for {}", mail.to.join(", "))
+                    });
+                    c.mails.push(*mail);
+                }
+                Ok(group_mail::GroupMail::Wait) => {
+                    if effects.contains(&Effect::Mail(*kind)) {
+                        notes.push(format!(
+                            "{word} mail waits for the other computers of the same person"
+                        ));
+                    }
+                }
+                Ok(group_mail::GroupMail::Nothing(Some(why))) => {
+                    notes.push(format!("{word} mail not sent: {why}"))
+                }
+                Ok(group_mail::GroupMail::Nothing(None)) => {}
+                Err(e) => notes.push(format!("{word} mail not sent: {e}")),
+            }
+        }
         for e in effects {
             match e {
                 Effect::Dispatch {
@@ -326,6 +389,7 @@ impl App {
                     c.events
                         .push(new_event(s, now, *status, *action, log.clone()));
                 }
+                Effect::Mail(_) if grouped => {} // the group's mail, above
                 Effect::Mail(kind) => match self.compose_session_mail(s, *kind) {
                     Ok(Ok(m)) => {
                         notes.push(format!(
@@ -406,6 +470,10 @@ impl App {
             if cref.finished
                 && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
             {
+                if s_ref.rebooted_at.is_some() {
+                    // This session's reboot did what a held one was waiting for.
+                    comp.held_reboot = None;
+                }
                 if s_ref.status != SessionStatus::Cancelled {
                     comp.compliance = s_ref.compliance.or(comp.compliance);
                     if let Some(due_at) = s_ref.reboot_held_until {

@@ -98,24 +98,24 @@ impl App {
             planned.push((req, items));
         }
         let now = self.clock.now();
-        // One start call (or schedule occurrence) is one mail group: its end users get one
-        // mail per recipient and execution time, listing each computer.
-        let mail_group = (planned.len() > 1).then(Id::new);
         let mut zones: std::collections::HashMap<Id, String> = std::collections::HashMap::new();
         for (req, _) in &planned {
-            if !zones.contains_key(&req.computer.tenant_id) {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                zones.entry(req.computer.tenant_id)
+            {
                 let zone = self
                     .store
                     .get::<Tenant>(&req.computer.tenant_id)?
                     .map(|t| t.time_zone)
                     .unwrap_or_else(|| "UTC".into());
-                zones.insert(req.computer.tenant_id, zone);
+                e.insert(zone);
             }
         }
         let sessions = {
             let _g = self.runtime.create_lock.lock().await;
             let mut seen = std::collections::HashSet::new();
             let mut new = Vec::with_capacity(planned.len());
+            let mut people: Vec<(Id, Option<Id>)> = Vec::with_capacity(planned.len());
             for (req, items) in planned {
                 let active = self.unfinished_session_of(req.computer.id);
                 if active.is_some() || !seen.insert(req.computer.id) {
@@ -138,12 +138,14 @@ impl App {
                     .get(&req.computer.tenant_id)
                     .cloned()
                     .unwrap_or_else(|| "UTC".into());
+                let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;
-                s.mail_group = mail_group;
+                people.push((s.id, person));
                 let deliveries = self.webhook_created(&s)?;
                 new.push((s, created, deliveries));
             }
+            link_mail_siblings(&mut new, &people);
             let record = idempotency_key.map(|key| IdempotencyRecord {
                 key,
                 created_at: now,
@@ -220,6 +222,27 @@ impl App {
     }
 }
 
+/// Sessions of one start call (or schedule occurrence) whose computers share a primary person
+/// know each other: that person gets one mail per run and execution time, listing each
+/// computer (the recipient is checked again when mailing).
+fn link_mail_siblings<A, B>(new: &mut [(Session, A, B)], people: &[(Id, Option<Id>)]) {
+    let people: std::collections::HashMap<Id, Option<Id>> = people.iter().copied().collect();
+    let person_of = |sid: Id| people.get(&sid).copied().flatten();
+    let mut by_person: std::collections::HashMap<Id, Vec<Id>> = std::collections::HashMap::new();
+    for (s, _, _) in new.iter() {
+        if let Some(p) = person_of(s.id) {
+            by_person.entry(p).or_default().push(s.id);
+        }
+    }
+    for (s, _, _) in new.iter_mut() {
+        if let Some(ids) = person_of(s.id).and_then(|p| by_person.get(&p))
+            && ids.len() > 1
+        {
+            s.mail_siblings = ids.iter().copied().filter(|id| *id != s.id).collect();
+        }
+    }
+}
+
 /// What [`App::start_sessions`] does with a computer that already has an unfinished session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
@@ -268,7 +291,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         used_tokens: vec![],
         offline_in_window: false,
         time_zone: "UTC".into(),
-        mail_group: None,
+        mail_siblings: vec![],
         reboot_held_until: None,
     };
     let created = SessionEvent {
