@@ -341,8 +341,8 @@ fn fields_of(sdl: &str, header: &str) -> Vec<(String, Vec<(String, String)>)> {
         .skip(1)
         .filter(|l| {
             let t = l.trim_start();
-            if t.starts_with("\"\"\"") {
-                let closes_here = t.len() > 3 && t[3..].contains("\"\"\"");
+            if let Some(rest) = t.strip_prefix("\"\"\"") {
+                let closes_here = rest.contains("\"\"\"");
                 if !closes_here {
                     in_block = !in_block;
                 }
