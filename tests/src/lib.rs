@@ -564,3 +564,34 @@ pub async fn raw_post(
         serde_json::from_str(&body).with_context(|| format!("body is not JSON: {body:?}"))?;
     Ok((status, json))
 }
+
+/// A server with one tenant ("Acme") and one enrolled, online computer whose real agent runs
+/// scripts; `dir` is a temp dir for the scripts' marker files.
+pub struct Fixture {
+    pub s: TestServer,
+    pub admin: String,
+    pub tenant: String,
+    pub dir: TempDir,
+    pub computer: String,
+    pub agent: TestAgent,
+}
+
+impl Fixture {
+    pub async fn start(hostname: &str) -> Result<Fixture> {
+        let s = TestServer::start().await?;
+        let admin = s.admin().await?;
+        let tenant = s.create_tenant(&admin, "Acme").await?;
+        let key = s.enrollment_key(&admin, &tenant).await?;
+        let agent = TestAgent::start(&s.url, &key, hostname).await?;
+        let computer = s.computer_id(&admin, hostname).await?;
+        s.wait_online(&admin, &computer).await?;
+        Ok(Fixture {
+            s,
+            admin,
+            tenant,
+            dir: tempfile::tempdir()?,
+            computer,
+            agent,
+        })
+    }
+}

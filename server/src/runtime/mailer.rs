@@ -321,6 +321,19 @@ impl App {
             .collect();
         view.postpone_url = None;
         view.update_now_url = None;
+        self.render_for(&tenant, first.id, kind, person.email, &view)
+            .map(Ok)
+    }
+
+    /// Renders a before- or after-mail view into an outbox mail to one person.
+    fn render_for(
+        &self,
+        tenant: &Tenant,
+        session: Id,
+        kind: MailKind,
+        to: String,
+        view: &SessionMailView,
+    ) -> ApiResult<OutboxMail> {
         let template = if kind == MailKind::Before {
             MailTemplate::Before
         } else {
@@ -328,15 +341,9 @@ impl App {
         };
         let r = self
             .templates
-            .render_session_mail(template, &view)
+            .render_session_mail(template, view)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Ok(self.outbox_mail(
-            Some(&tenant),
-            Some(first.id),
-            kind,
-            vec![person.email],
-            r,
-        )))
+        Ok(self.outbox_mail(Some(tenant), Some(session), kind, vec![to], r))
     }
 
     /// Renders a session mail for the computer's primary person. `Ok(Err(why))` when there is
@@ -369,22 +376,8 @@ impl App {
         if kind == MailKind::Before {
             view.update_now_url = self.update_now_link(s, &person.email)?;
         }
-        let template = if kind == MailKind::Before {
-            MailTemplate::Before
-        } else {
-            MailTemplate::After
-        };
-        let r = self
-            .templates
-            .render_session_mail(template, &view)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Ok(self.outbox_mail(
-            Some(&tenant),
-            Some(s.id),
-            kind,
-            vec![person.email],
-            r,
-        )))
+        self.render_for(&tenant, s.id, kind, person.email, &view)
+            .map(Ok)
     }
 
     pub fn outbox_mail(

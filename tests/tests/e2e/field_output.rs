@@ -10,31 +10,8 @@ const T: Duration = Duration::from_secs(60);
 const SECRET: &str = "hunter2-Secret";
 const MASK: &str = "••••••";
 
-struct Fixture {
-    s: TestServer,
-    admin: String,
-    tenant: String,
-    dir: tempfile::TempDir,
-    computer: String,
-    _agent: TestAgent,
-}
-
 async fn fixture() -> anyhow::Result<Fixture> {
-    let s = TestServer::start().await?;
-    let admin = s.admin().await?;
-    let tenant = s.create_tenant(&admin, "Acme").await?;
-    let key = s.enrollment_key(&admin, &tenant).await?;
-    let agent = TestAgent::start(&s.url, &key, "ws-out").await?;
-    let computer = s.computer_id(&admin, "ws-out").await?;
-    s.wait_online(&admin, &computer).await?;
-    Ok(Fixture {
-        s,
-        admin,
-        tenant,
-        dir: tempfile::tempdir()?,
-        computer,
-        _agent: agent,
-    })
+    Fixture::start("ws-out").await
 }
 
 /// Software whose install script is `install` (with `$F` the version file it must write) and

@@ -8,31 +8,8 @@ use upkeep_tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    s: TestServer,
-    admin: String,
-    tenant: String,
-    dir: tempfile::TempDir,
-    computer: String,
-    _agent: TestAgent,
-}
-
 async fn fixture() -> anyhow::Result<Fixture> {
-    let s = TestServer::start().await?;
-    let admin = s.admin().await?;
-    let tenant = s.create_tenant(&admin, "Acme").await?;
-    let key = s.enrollment_key(&admin, &tenant).await?;
-    let agent = TestAgent::start(&s.url, &key, "ws-1").await?;
-    let computer = s.computer_id(&admin, "ws-1").await?;
-    s.wait_online(&admin, &computer).await?;
-    Ok(Fixture {
-        s,
-        admin,
-        tenant,
-        dir: tempfile::tempdir()?,
-        computer,
-        _agent: agent,
-    })
+    Fixture::start("ws-1").await
 }
 
 fn read(p: &Path) -> String {
