@@ -622,7 +622,6 @@ impl App {
                 "the enrollment key has reached its maximum uses".into(),
             ));
         }
-        let old_hash = existing.as_ref().and_then(|c| c.agent_token_hash.clone());
         let computer = match existing {
             Some(mut c) => {
                 c.hostname = r.hostname.clone();
@@ -675,14 +674,30 @@ impl App {
                     "another computer claimed this machine id",
                 )));
             }
-            if let Some(old) = &old_hash {
-                tx.release_unique(&IndexKey::new(AGENT_TOKEN, old))?;
-            }
+            // Read again inside the transaction: a parallel re-enrollment (or an admin's change)
+            // may have written the computer since it was read above. Its token now is the one
+            // to release, and only the agent's own fields change.
+            let stored: Option<Computer> = tx.get(&computer.id)?;
+            let released = stored.as_ref().and_then(|c| c.agent_token_hash.clone());
+            let record = match stored {
+                Some(mut c) => {
+                    if let Some(old) = &released {
+                        tx.release_unique(&IndexKey::new(AGENT_TOKEN, old))?;
+                    }
+                    c.hostname = computer.hostname.clone();
+                    c.os = computer.os.clone();
+                    c.agent_version = computer.agent_version.clone();
+                    c.agent_token_hash = Some(token_hash.clone());
+                    c.last_seen_at = Some(now);
+                    c
+                }
+                None => computer.clone(),
+            };
             tx.claim_unique(
                 &IndexKey::new(AGENT_TOKEN, &token_hash),
                 &computer.key_bytes(),
             )?;
-            tx.put(&computer)?;
+            tx.put(&record)?;
             let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or(TxError::Abort((
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",
@@ -702,18 +717,29 @@ impl App {
             for d in &deliveries {
                 tx.put(d)?;
             }
-            Ok(())
+            Ok(released)
         });
-        match res {
-            Ok(()) => {}
+        let released = match res {
+            Ok(r) => r,
             Err(crate::store::WriteError::Abort((status, code, message))) => {
                 return Err((status, code, message.to_string()));
             }
             Err(crate::store::WriteError::Store(e)) => return Err(internal(e.into())),
-        }
+        };
         self.store.flush().await.map_err(|e| internal(e.into()))?;
+        // The token the store holds now is the computer's only one (of racing re-enrollments,
+        // the last written wins; the others' tokens must not work).
+        let current = self
+            .store
+            .get::<Computer>(&computer.id)
+            .map_err(|e| internal(e.into()))?
+            .and_then(|c| c.agent_token_hash);
+        let own = (current.as_deref() != Some(token_hash.as_str())).then_some(token_hash.as_str());
         self.agents
-            .set_token(old_hash.as_deref(), Some(&token_hash), computer.id);
+            .set_token(released.as_deref(), current.as_deref(), computer.id);
+        if let Some(lost) = own {
+            self.agents.set_token(Some(lost), None, computer.id);
+        }
         if !deliveries.is_empty() {
             self.webhook_wakeup.notify_one();
         }

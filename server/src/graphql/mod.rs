@@ -72,6 +72,10 @@ pub fn page_cost(first: Option<i32>, child: usize) -> usize {
 /// What any list field costs before its items: it reads an index or a table.
 pub const LIST_BASE_COST: usize = 50;
 
+/// What a field that scans many records or renders a mail costs (status counts, previews): a
+/// document may hold at most ten of them.
+pub const EXPENSIVE_FIELD_COST: usize = MAX_COMPLEXITY / 10;
+
 /// Turns async-graphql's own validation errors (depth, complexity, parse) into
 /// `BAD_USER_INPUT`, so every error carries an `extensions.code`.
 struct LimitCodes;

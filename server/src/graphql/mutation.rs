@@ -1141,6 +1141,14 @@ impl Mutation {
         }
         c.actor.require_role(Action::ManageApiKeys)?;
         c.actor.require_delegation(input.role, tenant)?;
+        // Keys are made by people: a leaked key must not be able to mint successors that
+        // outlive its revocation.
+        if !matches!(c.actor.principal, auth::Principal::User { .. }) {
+            return Err(ApiError::Forbidden(
+                "API keys are created by people, not by API keys".into(),
+            )
+            .into());
+        }
         let now = c.app.clock.now();
         if input.expires_at.is_some_and(|e| e <= now) {
             return Err(ApiError::bad("expiresAt", "must be in the future").into());
@@ -1175,7 +1183,9 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let mut k: ApiKey = c.load(parse_id("id", &id)?)?;
         c.actor.require_role(Action::ManageApiKeys)?;
-        if k.created_by != c.actor.user_id() {
+        let own =
+            matches!(c.actor.principal, auth::Principal::User { id, .. } if id == k.created_by);
+        if !own {
             // Revoking someone else's key is handing on in reverse: only over keys whose
             // rights lie within one's own.
             c.actor.require_delegation(k.role, k.tenant_id)?;

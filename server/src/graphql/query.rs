@@ -419,6 +419,7 @@ impl Query {
     }
 
     /// Sessions per status, for dashboards (created since `since`, when given).
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
     async fn maintenance_session_status_counts(
         &self,
         ctx: &Context<'_>,
@@ -457,6 +458,7 @@ impl Query {
 
     /// The plan a session would make now, from the last detection of each item (items never
     /// detected say so in their `reason`).
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
     async fn preview_maintenance(
         &self,
         ctx: &Context<'_>,
@@ -515,6 +517,7 @@ impl Query {
     }
 
     /// Renders a session's before- or after-mail without sending it.
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
     async fn email_preview(
         &self,
         ctx: &Context<'_>,

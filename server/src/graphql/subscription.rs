@@ -107,7 +107,13 @@ impl Subscription {
                 }
             }
             loop {
-                match rx.recv().await {
+                // A subscriber that went away ends this task at once, not at the next event
+                // that happens to match it.
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    () = yielder.0.closed() => return,
+                };
+                match next {
                     Ok(e) => {
                         if session.is_some_and(|s| s != e.session_id)
                             || tenant.is_some_and(|t| t != e.tenant_id)

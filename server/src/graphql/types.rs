@@ -380,8 +380,25 @@ impl Deployment {
     async fn task_mode(&self) -> Option<TaskMode> {
         self.maintenance_task_id.map(|_| self.task_mode)
     }
-    async fn parameters(&self) -> async_graphql::Json<&std::collections::BTreeMap<String, String>> {
-        async_graphql::Json(&self.parameters)
+    /// The script parameters. Their values often hold licence keys: only those who may manage
+    /// deployments read them; for everyone else each value reads `••••••`.
+    async fn parameters(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<async_graphql::Json<std::collections::BTreeMap<String, String>>> {
+        let c = Ctx::new(ctx)?;
+        let may = c
+            .actor
+            .require_role(crate::permissions::Action::ManageCatalogue)
+            .is_ok();
+        Ok(async_graphql::Json(if may {
+            self.parameters.clone()
+        } else {
+            self.parameters
+                .keys()
+                .map(|k| (k.clone(), "••••••".to_string()))
+                .collect()
+        }))
     }
     async fn enforcement(&self) -> Enforcement {
         self.enforcement

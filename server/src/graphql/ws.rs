@@ -27,12 +27,18 @@ use std::time::Duration;
 
 /// Largest frame a client may send before it has authenticated.
 pub const PRE_AUTH_MAX_BYTES: usize = 64 * 1024;
+/// Frames a client may send before `connection_init` (the init itself included).
+pub const PRE_AUTH_MAX_FRAMES: u32 = 8;
 /// Largest frame an authenticated client may send (the HTTP body limit).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Operations one socket may run at once.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// How often a connection's credential is checked again without any other cause (expiry).
 pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// Longest operation id a client may use.
+pub const MAX_ID_BYTES: usize = 128;
+/// How long one frame to the client may take to send; a client that does not read is closed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client messages waiting for the protocol machine; a client that floods past it is closed.
 const QUEUE: usize = 64;
 
@@ -65,6 +71,8 @@ struct Conn {
     /// The actor handed to async-graphql's `on_connection_init` (it runs after the gate).
     init_actor: Arc<Mutex<Option<Actor>>>,
     active: HashSet<String>,
+    /// Frames received before `connection_init` (pings): a few are normal.
+    pre_auth_frames: u32,
 }
 
 /// Serves one upgraded socket until either side ends it.
@@ -82,6 +90,7 @@ pub async fn serve(
         credential: None,
         init_actor: init_actor.clone(),
         active: HashSet::new(),
+        pre_auth_frames: 0,
     };
     let init_app = app.clone();
     let mut machine = async_graphql::http::WebSocket::from_message_stream(
@@ -118,7 +127,7 @@ pub async fn serve(
                         }
                     }
                     Gate::Reply(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                        if !send_within(&mut sink, Message::Text(text.into())).await {
                             break None;
                         }
                     }
@@ -130,7 +139,7 @@ pub async fn serve(
                 None => break None,
                 Some(WsMessage::Text(text)) => {
                     conn.note_server_message(&text);
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    if !send_within(&mut sink, Message::Text(text.into())).await {
                         break None;
                     }
                 }
@@ -165,14 +174,25 @@ pub async fn serve(
             }
             reason.truncate(cut);
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = send_within(&mut sink, close).await;
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+/// Sends one frame, giving up after [`SEND_TIMEOUT`]: a client that stops reading (its TCP
+/// window full) must not hold the connection, its slot and its deadlines forever.
+async fn send_within(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    m: Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The credential of a `connection_init` payload: `{"Authorization": "Bearer …"}` or
@@ -195,6 +215,15 @@ fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
         Message::Close(_) => return Gate::Close(1000, String::new()),
         Message::Ping(_) | Message::Pong(_) => return Gate::Ignore,
     };
+    if conn.credential.is_none() {
+        conn.pre_auth_frames += 1;
+        if conn.pre_auth_frames > PRE_AUTH_MAX_FRAMES {
+            return Gate::Close(
+                close::POLICY,
+                "too many messages before connection_init".into(),
+            );
+        }
+    }
     if conn.credential.is_none() && bytes.len() > PRE_AUTH_MAX_BYTES {
         return Gate::Close(
             close::TOO_BIG,
@@ -234,6 +263,12 @@ fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
                 Ok(None) => return Gate::Close(close::FORBIDDEN, "the credential ended".into()),
                 Err(e) => return ended(e),
             };
+            if id.len() > MAX_ID_BYTES {
+                return Gate::Close(
+                    4400,
+                    format!("operation ids are at most {MAX_ID_BYTES} bytes"),
+                );
+            }
             if conn.active.contains(&id) {
                 return Gate::Close(
                     close::SUBSCRIBER_EXISTS,

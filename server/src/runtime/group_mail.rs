@@ -16,22 +16,32 @@ use crate::session::*;
 
 const MAIL_LOCK_STRIPES: usize = 64;
 
-/// Whether a session has passed the point where its mail of `kind` is decided.
+/// Whether a session has passed the point where its mail of `kind` is decided. A session whose
+/// computer is offline counts as decided (and not wanting): its siblings' mails do not wait for
+/// a laptop that may be away for days; it mails on its own terms when it comes back.
 pub(super) fn decided(s: &Session, kind: MailKind) -> bool {
+    let away = s.offline_since.is_some() && !s.status.is_terminal();
     match kind {
         MailKind::Before => {
             s.status.is_terminal()
                 || s.before_mail_sent
+                || away
                 || !matches!(s.stage, Stage::AwaitDetect | Stage::Detecting)
         }
-        MailKind::After | MailKind::Test => s.status.is_terminal(),
+        MailKind::After | MailKind::Test => s.status.is_terminal() || away,
     }
 }
 
-/// Whether a (decided) session wants its mail of `kind`.
-fn wanted(s: &Session, kind: MailKind) -> bool {
+/// Whether a (decided) session wants its mail of `kind`. A before-mail never announces a time
+/// already past.
+fn wanted(s: &Session, kind: MailKind, now: crate::domain::Time) -> bool {
     match kind {
-        MailKind::Before => s.before_mail_sent && s.status != SessionStatus::Cancelled,
+        MailKind::Before => {
+            s.before_mail_sent
+                && !s.status.is_terminal()
+                && s.offline_since.is_none()
+                && s.execute_at.is_none_or(|t| t > now)
+        }
         MailKind::After | MailKind::Test => s.after_mail_sent,
     }
 }
@@ -75,7 +85,7 @@ impl App {
     /// that has just decided its mail of `kind`.
     pub(super) fn group_mail(&self, s: &Session, kind: MailKind) -> ApiResult<GroupMail> {
         let Some(email) = self.recipient_email(s)? else {
-            return Ok(if wanted(s, kind) {
+            return Ok(if wanted(s, kind, self.clock.now()) {
                 GroupMail::Nothing(Some("the computer has no primary person".into()))
             } else {
                 GroupMail::Nothing(None)
@@ -95,7 +105,8 @@ impl App {
         if !members.iter().all(|x| decided(x, kind)) {
             return Ok(GroupMail::Wait);
         }
-        let wanting: Vec<&Session> = members.iter().filter(|x| wanted(x, kind)).collect();
+        let now = self.clock.now();
+        let wanting: Vec<&Session> = members.iter().filter(|x| wanted(x, kind, now)).collect();
         if wanting.is_empty() {
             return Ok(GroupMail::Nothing(None));
         }

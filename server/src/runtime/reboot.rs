@@ -15,6 +15,8 @@ use upkeep_agent_protocol::{JobKind, JobOutcome};
 
 /// A reboot job that could not start is tried again this much later.
 const RETRY_MINUTES: i64 = 10;
+/// A held reboot of an offline computer is looked at again this much later.
+const OFFLINE_RECHECK_MINUTES: i64 = 5;
 
 impl SessionRuntime {
     pub(super) fn note_held_reboot(&self, computer: Id, due: Time) {
@@ -60,8 +62,47 @@ impl App {
         }
     }
 
+    /// When a held reboot may not be sent now, the instant to look again: inside the tenant's
+    /// business hours (their end), or while the computer is offline (a laptop that returns
+    /// during the next working day must not reboot in the user's hands).
+    fn reboot_not_before(&self, computer: Id, now: Time) -> ApiResult<Option<Time>> {
+        let Some(c) = self.store.get::<Computer>(&computer)? else {
+            return Ok(None);
+        };
+        if let Some(t) = self.store.get::<Tenant>(&c.tenant_id)?
+            && let Some(bh) = &t.business_hours
+        {
+            let tz =
+                crate::scheduler::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
+            if let Some(end) = crate::scheduler::business_hours_end(bh, tz, now) {
+                return Ok(Some(end));
+            }
+        }
+        if !self.agents.is_online(computer) {
+            return Ok(Some(
+                now + chrono::Duration::minutes(OFFLINE_RECHECK_MINUTES),
+            ));
+        }
+        Ok(None)
+    }
+
     async fn send_held_reboot(self: &Arc<Self>, computer: Id) -> ApiResult<()> {
         let now = self.clock.now();
+        if let Some(later) = self.reboot_not_before(computer, now)? {
+            self.store.write(|tx| {
+                if let Some(mut c) = tx.get::<Computer, ApiError>(&computer)?
+                    && let Some(h) = c.held_reboot.as_mut()
+                    && h.job_id.is_none()
+                {
+                    h.due_at = later;
+                    tx.put(&c)?;
+                }
+                Ok::<_, TxError<ApiError>>(())
+            })?;
+            self.store.flush().await?;
+            self.runtime.note_held_reboot(computer, later);
+            return Ok(());
+        }
         let job = self.store.write(|tx| {
             let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
                 return Ok(None);

@@ -319,6 +319,86 @@ async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A held reboot whose computer is away when the hours end is not handed to it when it comes
+/// back inside the next day's business hours: it waits for their end again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reboot_never_runs_in_the_next_days_hours() -> anyhow::Result<()> {
+    let s = TestServer::start_with(|c| c.test_clock = Some(at("2026-02-02T09:00:00Z"))).await?;
+    let admin = s.admin().await?;
+    let t = s
+        .gql(&admin, "mutation { createTenant(input: {name: \"Office\", timeZone: \"Europe/Berlin\", businessHours: {days: [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY], start: \"08:00\", end: \"17:00\"}}) { id } }", json!({}))
+        .await?["createTenant"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (mut a, c) = agent_in(&s, &admin, &t, "laptop-1").await?;
+    let dir = tempfile::tempdir()?;
+    let f = dir.path().join("driver");
+    let sw = s
+        .gql(
+            &admin,
+            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+            json!({"i": {"name": "Driver", "tenantId": t, "detectionScript": {"language": "SHELL", "body": format!("cat '{}' 2>/dev/null; exit 0", f.display())},
+                "versions": [{"version": "5.0", "installScript": {"language": "SHELL", "body": format!("echo 5.0 > '{}'; exit 3010", f.display())}}]}}),
+        )
+        .await?["createSoftware"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    let id = s.start_session(&admin, &c, json!({})).await?;
+    let done = s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    assert_eq!(done["rebootRequired"], true, "{done:#}");
+    // The laptop leaves before the hours end.
+    let state = a.state_dir.clone();
+    a.stop().await;
+    let q = "query($c: ID!) { computer(id: $c) { online rebootPending lastSeenAt } }";
+    wait_for("the laptop to go offline", T, || async {
+        let d = s.gql(&admin, q, json!({"c": c})).await?;
+        Ok((d["computer"]["online"] == false).then_some(()))
+    })
+    .await?;
+    // 17:01: the hours are over, but nobody is there to reboot.
+    s.set_clock(at("2026-02-02T16:01:00Z")).await?;
+    let admin = s.admin().await?;
+    // Tuesday 08:30: the laptop is back, in its user's hands.
+    s.set_clock(at("2026-02-03T07:30:00Z")).await?;
+    let admin2 = s.admin().await?;
+    let _back = TestAgent::start_in(&s.url, None, &state, "laptop-1")?;
+    s.wait_online(&admin2, &c).await?;
+    let first = s.gql(&admin2, q, json!({"c": c})).await?["computer"]["lastSeenAt"].clone();
+    // Two more polls: a reboot job would have been handed out on the first.
+    for _ in 0..2 {
+        let seen = first.clone();
+        wait_for("another poll", T, || {
+            let (s, admin2, c, seen) = (&s, admin2.clone(), c.clone(), seen.clone());
+            async move {
+                let d = s.gql(&admin2, q, json!({"c": c})).await?;
+                Ok((d["computer"]["lastSeenAt"] != seen).then_some(()))
+            }
+        })
+        .await?;
+    }
+    let d = s.gql(&admin2, q, json!({"c": c})).await?;
+    assert_eq!(
+        d["computer"]["rebootPending"], true,
+        "no reboot in the hours: {d}"
+    );
+    let _ = admin;
+    // 17:01 on Tuesday: now it runs.
+    s.set_clock(at("2026-02-03T16:01:00Z")).await?;
+    let admin3 = s.admin().await?;
+    wait_for("the held reboot to run", T, || {
+        let (s, admin3, c) = (&s, admin3.clone(), c.clone());
+        async move {
+            let d = s.gql(&admin3, q, json!({"c": c})).await?;
+            Ok((d["computer"]["rebootPending"] == false).then_some(()))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// `rebootPreference`: SUPPRESS finishes without the reboot an install asked for (and says so);
 /// FORCE reboots after the steps although none asked for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -813,3 +813,136 @@ async fn every_change_leaves_an_audit_record() -> Result<()> {
     assert_eq!(by_key["auditEvents"]["totalCount"], 1, "{by_key}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_findings_stay_closed() -> Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "A").await?;
+
+    // A flood of frames before connection_init closes the socket (a client that never reads
+    // the pongs cannot hold it open).
+    let mut ws = ws_connect(&s).await?;
+    for _ in 0..20 {
+        send(&mut ws, json!({"type": "ping"})).await?;
+    }
+    assert_eq!(close_code(&mut ws, T).await?, 1008);
+
+    // Operation ids are short.
+    let mut ws = ws_init(&s, &admin).await?;
+    send(
+        &mut ws,
+        json!({"id": "x".repeat(1000), "type": "subscribe", "payload": {"query": "{ me { email } }"}}),
+    )
+    .await?;
+    assert_eq!(close_code(&mut ws, T).await?, 4400);
+
+    // Fields that scan the store cost what they do: a hundred aliased status counts are refused.
+    let counts: String = (0..100)
+        .map(|i| format!(" c{i}: maintenanceSessionStatusCounts {{ count }}"))
+        .collect();
+    assert_eq!(
+        s.gql_err(Some(&admin), &format!("query {{ {counts} }}"), json!({}))
+            .await?,
+        "BAD_USER_INPUT"
+    );
+    s.gql(
+        &admin,
+        "{ maintenanceSessionStatusCounts { status count } }",
+        json!({}),
+    )
+    .await?;
+
+    // An API key cannot mint keys that would outlive its own revocation.
+    let k = s
+        .gql(
+            &admin,
+            "mutation { createApiKey(input: {name: \"psa\", role: MSP_ADMIN}) { secret } }",
+            json!({}),
+        )
+        .await?;
+    let key = k["createApiKey"]["secret"].as_str().context("secret")?;
+    assert_eq!(
+        s.gql_err(
+            Some(key),
+            "mutation { createApiKey(input: {name: \"child\", role: MSP_ADMIN}) { secret } }",
+            json!({})
+        )
+        .await?,
+        "FORBIDDEN"
+    );
+
+    // A tenant viewer does not read deployment parameters (licence keys).
+    let viewer = user(&s, &admin, "TENANT_VIEWER", Some(&t)).await?;
+    let dir = tempfile::tempdir()?;
+    let sw = create_file_software(&s, &admin, Some(&t), "Tool", dir.path(), &["1.0"]).await?;
+    create_deployment(
+        &s,
+        &admin,
+        json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"licenceKey": "SECRET-789"}}),
+    )
+    .await?;
+    let q = "query($t: ID) { deployments(tenantId: $t) { edges { node { parameters } } } }";
+    let seen = s.gql(&viewer, q, json!({"t": t})).await?;
+    assert_eq!(
+        seen["deployments"]["edges"][0]["node"]["parameters"]["licenceKey"],
+        "••••••"
+    );
+    let seen = s.gql(&admin, q, json!({"t": t})).await?;
+    assert_eq!(
+        seen["deployments"]["edges"][0]["node"]["parameters"]["licenceKey"],
+        "SECRET-789"
+    );
+
+    // Racing re-enrollments of one machine leave exactly one working agent token.
+    let fresh = s
+        .gql(
+            &admin,
+            "mutation($t: ID!) { createEnrollmentKey(tenantId: $t, input: {maxUses: 100}) { key } }",
+            json!({"t": t}),
+        )
+        .await?;
+    let fresh = fresh["createEnrollmentKey"]["key"]
+        .as_str()
+        .context("key")?
+        .to_string();
+    s.enroll_raw(&fresh, "pc", "m-race").await?;
+    let mut racers = Vec::new();
+    for _ in 0..16 {
+        let (s2, k2) = (s.http.clone(), fresh.clone());
+        let url = s.url.clone();
+        racers.push(tokio::spawn(async move {
+            let r: Value = s2
+                .post(format!("{url}/agent/v1/enroll"))
+                .json(&json!({"protocolVersion": 1, "enrollmentKey": k2, "hostname": "pc", "machineId": "m-race", "os": "Linux", "agentVersion": "0"}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(r["agentToken"].as_str().map(String::from))
+        }));
+    }
+    let mut tokens = Vec::new();
+    for r in racers {
+        if let Some(tok) = r.await?? {
+            tokens.push(tok);
+        }
+    }
+    assert!(!tokens.is_empty());
+    let mut working = 0;
+    for tok in &tokens {
+        let status = s
+            .http
+            .post(format!("{}/agent/v1/poll", s.url))
+            .bearer_auth(tok)
+            .json(&json!({"protocolVersion": 1, "waitSeconds": 0}))
+            .send()
+            .await?
+            .status();
+        if status == 200 {
+            working += 1;
+        }
+    }
+    assert_eq!(working, 1, "of {} tokens handed out", tokens.len());
+    Ok(())
+}
