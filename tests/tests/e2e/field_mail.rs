@@ -741,3 +741,52 @@ async fn console_marks_detection_only_findings_and_shows_the_tenants_time() -> a
     );
     Ok(())
 }
+
+/// A person's before-mail does not wait for a computer of theirs that is away: the computers
+/// that detected are announced while there is time to postpone, the laptop on its own later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_mail_does_not_wait_for_an_offline_laptop() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let laptop = f.computer("laptop").await?;
+    let desk = f.computer("desk").await?;
+    let dir = f.dir.path().to_path_buf();
+    let sw =
+        create_file_software(&f.s, &f.admin, Some(&f.tenant), "Browser", &dir, &["2.0"]).await?;
+    f.deploy(json!({"softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    // The laptop leaves before the run is started.
+    let mut away = f.agents.remove(0);
+    away.stop().await;
+    wait_for("the laptop to go offline", T, || async {
+        let d =
+            f.s.gql(
+                &f.admin,
+                "query($c: ID!) { computer(id: $c) { online } }",
+                json!({"c": laptop}),
+            )
+            .await?;
+        Ok((d["computer"]["online"] == false).then_some(()))
+    })
+    .await?;
+    let at = noon() + chrono::Duration::hours(3);
+    let d = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }",
+            json!({"i": {"computerIds": [laptop, desk], "executeAt": at,
+                "options": {"notifyBefore": true}}}),
+        )
+        .await?;
+    let desk_session = d["startMaintenanceSession"][1]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    f.s.wait_status(&f.admin, &desk_session, &["SCHEDULED"], T)
+        .await?;
+    let mails = wait_mails(&f.smtp, 1).await?;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].text.contains("desk"), "{}", mails[0].text);
+    assert!(!mails[0].text.contains("laptop"), "{}", mails[0].text);
+    Ok(())
+}
