@@ -169,7 +169,7 @@ try {
     const status = page.locator(`${tid("session-row")}[data-session-id="${newId}"] ${tid("session-status")}`);
     const final = await waitOrBanner("session status", page.waitForFunction((sel) => {
       // data-status: the raw value (the text of a detection-only PASSED with findings says so).
-      const t = document.querySelector(sel)?.dataset.status;
+      const t = document.querySelector(sel)?.querySelector("[data-status]")?.dataset.status;
       return ["PASSED", "FAILED", "CANCELLED"].includes(t) ? t : null;
     }, `${tid("session-row")}[data-session-id="${newId}"] ${tid("session-status")}`, { timeout: sessionTimeout }).then((h) => h.jsonValue()));
     if (final !== "PASSED") throw new Error(`session ${newId} ended ${final}: ${await status.innerText()}`);
