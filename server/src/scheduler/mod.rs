@@ -194,8 +194,17 @@ impl App {
         let n = computers.len().max(1) as i64;
         let half_window_ms = i64::from(s.window_minutes) * 60_000 / 2;
         let immediate = by != "schedule";
+        // Starts are spread over the first half of the window, but a person's computers share
+        // the slot of the first of them: they run together, and that person gets one mail per
+        // run listing each (`runtime/group_mail.rs` groups by execution time).
+        let mut slot_of_person: std::collections::HashMap<Id, usize> =
+            std::collections::HashMap::new();
         let mut reqs = Vec::new();
         for (i, c) in computers.into_iter().enumerate() {
+            let i = match c.primary_person_id {
+                Some(p) => *slot_of_person.entry(p).or_insert(i),
+                None => i,
+            };
             if c.excluded_from_maintenance {
                 tracing::info!(schedule = %s.id, computer = %c.id, "computer excluded from maintenance; skipped");
                 continue;

@@ -790,3 +790,69 @@ async fn a_persons_mail_does_not_wait_for_an_offline_laptop() -> anyhow::Result<
     assert!(!mails[0].text.contains("laptop"), "{}", mails[0].text);
     Ok(())
 }
+
+/// A schedule's occurrence runs a person's computers in the same slot of its spread window, so
+/// they get one mail listing each, as a start call does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_run_mails_each_person_once() -> anyhow::Result<()> {
+    let mut f = field().await?;
+    let bob = f
+        .s
+        .gql(
+            &f.admin,
+            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@acme.example\"}) { id } }",
+            json!({"t": f.tenant}),
+        )
+        .await?["createPerson"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    f.computer("pc-a").await?;
+    f.computer_of("pc-c", &bob).await?;
+    f.computer("pc-b").await?;
+    let dir = f.dir.path().to_path_buf();
+    let sw =
+        create_file_software(&f.s, &f.admin, Some(&f.tenant), "Browser", &dir, &["2.0"]).await?;
+    f.deploy(json!({"softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    // 18:00 CET = 17:00Z; detection from 16:00Z; starts spread over the first hour.
+    f.s.gql(
+        &f.admin,
+        "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"Evening\", target: {kind: ALL_COMPUTERS}, cron: \"0 18 * * *\", timeZone: \"Europe/Berlin\", detectionLeadMinutes: 60, windowMinutes: 120, options: {notifyBefore: true}}) { id } }",
+        json!({"t": f.tenant}),
+    )
+    .await?;
+    f.s.set_clock(Utc.with_ymd_and_hms(2026, 11, 30, 16, 0, 5).unwrap())
+        .await?;
+    let admin = f.s.admin().await?;
+    let q = "{ maintenanceSessions { edges { node { id status executeAt } } } }";
+    wait_for("three scheduled sessions", T, || async {
+        let d = f.s.gql(&admin, q, json!({})).await?;
+        let e = d["maintenanceSessions"]["edges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok((e.len() == 3 && e.iter().all(|x| x["node"]["status"] == "SCHEDULED")).then_some(()))
+    })
+    .await?;
+    let outbox_empty = || async { Ok((f.s.app().outbox_depth() == 0).then_some(())) };
+    wait_for("the outbox to drain", T, outbox_empty).await?;
+    let mails = wait_mails(&f.smtp, 2).await?;
+    let to = |m: &upkeep_tests::smtp::ParsedMail| m.header("To").unwrap_or("").to_string();
+    assert_eq!(
+        mails.len(),
+        2,
+        "one mail for Ann (pc-a and pc-b), one for Bob: {:#?}",
+        mails.iter().map(to).collect::<Vec<_>>()
+    );
+    let ann = mails
+        .iter()
+        .find(|m| to(m).contains("ann@"))
+        .ok_or_else(|| anyhow::anyhow!("no mail for Ann"))?;
+    assert!(
+        ann.text.contains("pc-a") && ann.text.contains("pc-b"),
+        "{}",
+        ann.text
+    );
+    Ok(())
+}
