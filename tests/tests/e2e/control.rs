@@ -253,32 +253,44 @@ async fn excluded_computers_run_schedule_now_and_cancel_by_schedule() -> anyhow:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()> {
-    // Monday 2026-02-02 10:00 in Berlin (09:00Z): business hours 08:00–17:00.
-    let s = TestServer::start_with(|c| c.test_clock = Some(at("2026-02-02T09:00:00Z"))).await?;
-    let mut admin = s.admin().await?;
+/// An office tenant (Europe/Berlin, business hours Mon–Fri 08:00–17:00) with a computer whose
+/// real agent runs a driver install that asks for a reboot (exit 3010), deployed to all.
+async fn office_with_a_driver_needing_a_reboot(
+    s: &TestServer,
+    admin: &str,
+    host: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(TestAgent, String)> {
     let t = s
-        .gql(&admin, "mutation { createTenant(input: {name: \"Office\", timeZone: \"Europe/Berlin\", businessHours: {days: [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY], start: \"08:00\", end: \"17:00\"}}) { id businessHours { start end } } }", json!({}))
+        .gql(admin, "mutation { createTenant(input: {name: \"Office\", timeZone: \"Europe/Berlin\", businessHours: {days: [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY], start: \"08:00\", end: \"17:00\"}}) { id } }", json!({}))
         .await?["createTenant"]["id"]
         .as_str()
-        .unwrap()
+        .unwrap_or_default()
         .to_string();
-    let (_a, c) = agent_in(&s, &admin, &t, "desk-1").await?;
-    let dir = tempfile::tempdir()?;
-    let f = dir.path().join("driver");
+    let (a, c) = agent_in(s, admin, &t, host).await?;
+    let f = dir.join("driver");
     let sw = s
         .gql(
-            &admin,
+            admin,
             "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
             json!({"i": {"name": "Driver", "tenantId": t, "detectionScript": {"language": "SHELL", "body": format!("cat '{}' 2>/dev/null; exit 0", f.display())},
                 "versions": [{"version": "5.0", "installScript": {"language": "SHELL", "body": format!("echo 5.0 > '{}'; exit 3010", f.display())}}]}}),
         )
         .await?["createSoftware"]["id"]
         .as_str()
-        .unwrap()
+        .unwrap_or_default()
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    create_deployment(s, admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    Ok((a, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()> {
+    // Monday 2026-02-02 10:00 in Berlin (09:00Z): business hours 08:00–17:00.
+    let s = TestServer::start_with(|c| c.test_clock = Some(at("2026-02-02T09:00:00Z"))).await?;
+    let mut admin = s.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let (_a, c) = office_with_a_driver_needing_a_reboot(&s, &admin, "desk-1", dir.path()).await?;
     let id = s.start_session(&admin, &c, json!({})).await?;
     // The session does not wait for the hours to end: it ends with the reboot pending.
     let done = s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
@@ -325,27 +337,9 @@ async fn reboot_is_held_in_business_hours_and_done_after() -> anyhow::Result<()>
 async fn a_held_reboot_never_runs_in_the_next_days_hours() -> anyhow::Result<()> {
     let s = TestServer::start_with(|c| c.test_clock = Some(at("2026-02-02T09:00:00Z"))).await?;
     let admin = s.admin().await?;
-    let t = s
-        .gql(&admin, "mutation { createTenant(input: {name: \"Office\", timeZone: \"Europe/Berlin\", businessHours: {days: [MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY], start: \"08:00\", end: \"17:00\"}}) { id } }", json!({}))
-        .await?["createTenant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let (mut a, c) = agent_in(&s, &admin, &t, "laptop-1").await?;
     let dir = tempfile::tempdir()?;
-    let f = dir.path().join("driver");
-    let sw = s
-        .gql(
-            &admin,
-            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
-            json!({"i": {"name": "Driver", "tenantId": t, "detectionScript": {"language": "SHELL", "body": format!("cat '{}' 2>/dev/null; exit 0", f.display())},
-                "versions": [{"version": "5.0", "installScript": {"language": "SHELL", "body": format!("echo 5.0 > '{}'; exit 3010", f.display())}}]}}),
-        )
-        .await?["createSoftware"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    let (mut a, c) =
+        office_with_a_driver_needing_a_reboot(&s, &admin, "laptop-1", dir.path()).await?;
     let id = s.start_session(&admin, &c, json!({})).await?;
     let done = s.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
     assert_eq!(done["rebootRequired"], true, "{done:#}");

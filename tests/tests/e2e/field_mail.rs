@@ -66,6 +66,22 @@ async fn field() -> anyhow::Result<Field> {
 }
 
 impl Field {
+    /// A second person of the tenant, Bob.
+    async fn bob(&self) -> anyhow::Result<String> {
+        let d = self
+            .s
+            .gql(
+                &self.admin,
+                "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@acme.example\"}) { id } }",
+                json!({"t": self.tenant}),
+            )
+            .await?;
+        Ok(d["createPerson"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// Enrolls a computer with a real agent, Ann as its primary person.
     async fn computer(&mut self, hostname: &str) -> anyhow::Result<String> {
         let ann = self.person.clone();
@@ -565,17 +581,7 @@ async fn a_held_reboot_ends_the_session_and_does_not_block_the_next() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mail_per_person_lists_each_of_their_computers() -> anyhow::Result<()> {
     let mut f = field().await?;
-    let bob = f
-        .s
-        .gql(
-            &f.admin,
-            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@acme.example\"}) { id } }",
-            json!({"t": f.tenant}),
-        )
-        .await?["createPerson"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bob = f.bob().await?;
     let a = f.computer("pc-a").await?;
     let b = f.computer("pc-b").await?;
     let c = f.computer_of("pc-c", &bob).await?;
@@ -796,17 +802,7 @@ async fn a_persons_mail_does_not_wait_for_an_offline_laptop() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_run_mails_each_person_once() -> anyhow::Result<()> {
     let mut f = field().await?;
-    let bob = f
-        .s
-        .gql(
-            &f.admin,
-            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@acme.example\"}) { id } }",
-            json!({"t": f.tenant}),
-        )
-        .await?["createPerson"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let bob = f.bob().await?;
     f.computer("pc-a").await?;
     f.computer_of("pc-c", &bob).await?;
     f.computer("pc-b").await?;
