@@ -353,26 +353,16 @@ impl App {
         s: &Session,
         kind: MailKind,
     ) -> ApiResult<Result<OutboxMail, String>> {
-        let tenant = self
-            .store
-            .get::<Tenant>(&s.tenant_id)?
-            .ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
-        let computer = self
-            .store
-            .get::<Computer>(&s.computer_id)?
-            .ok_or_else(|| ApiError::Internal("computer missing".into()))?;
-        let Some(pid) = computer.primary_person_id else {
-            return Ok(Err("the computer has no primary person".into()));
-        };
-        let Some(person) = self.store.get::<Person>(&pid)? else {
-            return Ok(Err("the computer's primary person no longer exists".into()));
+        let (tenant, computer_name, person) = match self.recipient(s)? {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
         };
         let link = if kind == MailKind::Before {
             self.postpone_link(s, &person.email)?
         } else {
             None
         };
-        let mut view = self.session_view(s, &tenant, &computer.name, &person.name, link);
+        let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
         if kind == MailKind::Before {
             view.update_now_url = self.update_now_link(s, &person.email)?;
         }
