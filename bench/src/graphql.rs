@@ -16,9 +16,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{Duration as Days, Utc};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use upkeep_server::domain::*;
-use upkeep_server::session::*;
-use upkeep_server::store::{Store, TxError};
+use upkeep_core::domain::*;
+use upkeep_core::session::*;
+use upkeep_store::{Store, TxError};
 
 const S: &str = "graphql";
 /// Deployments (plan items and actions) per preloaded session.
@@ -202,7 +202,7 @@ fn id_at(ms: i64, n: u64) -> Id {
     b[7] = (n >> 48) as u8;
     b[8] = 0x80 | ((n >> 40) as u8 & 0x3f);
     b[9..16].copy_from_slice(&n.to_be_bytes()[1..]);
-    Id::from_slice(&b).unwrap_or_default()
+    Id::from_slice(&b).expect("16 bytes")
 }
 
 fn script(body: String) -> Script {
@@ -221,11 +221,11 @@ fn preload(
 ) -> Result<f64> {
     let store = Store::open(dir)?;
     let now = Utc::now();
-    let write = |f: &dyn Fn(&mut upkeep_server::store::Tx<'_>) -> Result<(), TxError<String>>| {
+    let write = |f: &dyn Fn(&mut upkeep_store::Tx<'_>) -> Result<(), TxError<String>>| {
         store.write(f).map_err(|e| anyhow!("{e}"))
     };
     let admin = User {
-        id: Id::new(),
+        id: upkeep_server::ids::fresh(),
         email: server::ADMIN_EMAIL.into(),
         password_hash: upkeep_server::auth::hash_password_blocking(server::ADMIN_PASSWORD)
             .map_err(|e| anyhow!("{e}"))?,
@@ -236,17 +236,14 @@ fn preload(
         token_generation: 0,
         totp: Default::default(),
     };
-    let tenant_ids: Vec<Id> = (0..tenants).map(|_| Id::new()).collect();
+    let tenant_ids: Vec<Id> = (0..tenants).map(|_| upkeep_server::ids::fresh()).collect();
     let computer_list: Vec<(Id, Id)> = (0..computers)
-        .map(|i| (Id::new(), tenant_ids[i % tenants]))
+        .map(|i| (upkeep_server::ids::fresh(), tenant_ids[i % tenants]))
         .collect();
     write(&|tx| {
         tx.put(&admin)?;
         tx.claim_unique(
-            &upkeep_server::store::IndexKey::new(
-                upkeep_server::store::records::USER_EMAIL,
-                admin.email.as_bytes(),
-            ),
+            &upkeep_store::IndexKey::new(upkeep_store::records::USER_EMAIL, admin.email.as_bytes()),
             admin.id.as_bytes(),
         )?;
         for (i, t) in tenant_ids.iter().enumerate() {
@@ -296,14 +293,14 @@ fn preload(
     }
     let items: Vec<PlanItem> = (0..ITEMS)
         .map(|i| PlanItem {
-            deployment_id: Id::new(),
+            deployment_id: upkeep_server::ids::fresh(),
             order: DeploymentOrder::Unordered,
             position: 0,
             enforcement: Enforcement::Required,
             parameters: Default::default(),
             what: ItemWhat::Software {
                 software: SoftwareSnapshot {
-                    id: Id::new(),
+                    id: upkeep_server::ids::fresh(),
                     name: format!("bench-app-{i}"),
                     detection_script: script(format!("cat /opt/app{i}/version 2>/dev/null")),
                     versions: vec![SoftwareVersion {
@@ -359,7 +356,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         .iter()
         .enumerate()
         .map(|(i, item)| Action {
-            id: Id::new(),
+            id: upkeep_server::ids::fresh(),
             item: i,
             kind: ActionKind::Install,
             status: ActionStatus::Succeeded,

@@ -12,9 +12,9 @@ use anyhow::Result;
 use chrono::Utc;
 use std::collections::HashMap;
 use std::time::Instant;
-use upkeep_server::domain::*;
-use upkeep_server::engine::plan::{Found, plan};
-use upkeep_server::session::*;
+use upkeep_core::domain::*;
+use upkeep_core::engine::plan::{Found, plan};
+use upkeep_core::session::*;
 
 const S: &str = "plan";
 const COMPUTERS: usize = 10_000;
@@ -42,7 +42,7 @@ fn deployment(tenant: Id, target: Target, subject: Subject, i: usize) -> Deploym
         Subject::Task(t) => (None, Some(t)),
     };
     Deployment {
-        id: Id::new(),
+        id: upkeep_server::ids::fresh(),
         tenant_id: if i.is_multiple_of(4) {
             None
         } else {
@@ -72,7 +72,7 @@ fn catalogue(computers: &[Computer]) -> Catalogue {
     let mut software = HashMap::new();
     let mut subjects = Vec::new();
     for i in 0..SOFTWARE {
-        let id = Id::new();
+        let id = upkeep_server::ids::fresh();
         let versions = (1..=3)
             .map(|v| SoftwareVersion {
                 version: format!("{v}.{}", i % 10),
@@ -95,7 +95,7 @@ fn catalogue(computers: &[Computer]) -> Catalogue {
     }
     let mut tasks = HashMap::new();
     for i in 0..TASKS {
-        let id = Id::new();
+        let id = upkeep_server::ids::fresh();
         tasks.insert(
             id,
             TaskSnapshot {
@@ -163,7 +163,7 @@ fn found(c: usize, i: usize) -> Found {
 /// The server's own planning (`engine::plan::freeze_items`), with the catalogue in memory
 /// instead of the store.
 fn plan_items(cat: &Catalogue, computer: &Computer) -> Vec<PlanItem> {
-    upkeep_server::engine::plan::freeze_items::<std::convert::Infallible>(
+    upkeep_core::engine::plan::freeze_items::<std::convert::Infallible>(
         computer,
         &cat.deployments,
         |s| Ok(cat.software.get(&s).cloned()),
@@ -173,10 +173,10 @@ fn plan_items(cat: &Catalogue, computer: &Computer) -> Vec<PlanItem> {
 }
 
 pub fn run() -> Result<Vec<Figure>> {
-    let tenant = Id::new();
+    let tenant = upkeep_server::ids::fresh();
     let computers: Vec<Computer> = (0..COMPUTERS)
         .map(|i| Computer {
-            id: Id::new(),
+            id: upkeep_server::ids::fresh(),
             tenant_id: tenant,
             name: format!("pc-{i:05}"),
             hostname: format!("pc-{i:05}"),
@@ -216,7 +216,7 @@ pub fn run() -> Result<Vec<Figure>> {
         resolve_time += r0.elapsed();
         resolved += items.len();
         for (i, item) in items.iter().enumerate() {
-            let a = plan(i, item, &found(ci, i));
+            let a = plan(i, item, &found(ci, i), upkeep_server::ids::fresh());
             steps += a.steps.len();
         }
     }

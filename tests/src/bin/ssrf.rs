@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use upkeep_server::domain::Id;
-use upkeep_server::webhooks::{Delivery, DeliveryStatus, Webhook, WebhookEvent};
+use upkeep_core::domain::Id;
+use upkeep_core::webhook::{Delivery, DeliveryStatus, Webhook, WebhookEvent};
 use upkeep_tests::{TestServer, wait_for};
 
 fn main() -> ExitCode {
@@ -174,7 +174,11 @@ async fn run() -> Result<()> {
     }
     let deliveries = s
         .app()
-        .deliveries(Id::new(), WebhookEvent::ComputerEnrolled, json!({}))
+        .deliveries(
+            upkeep_server::ids::fresh(),
+            WebhookEvent::ComputerEnrolled,
+            json!({}),
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure!(deliveries.len() == hooks.len(), "one delivery per webhook");
     s.app()

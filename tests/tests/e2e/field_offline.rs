@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
-use upkeep_server::mail::OutboxMail;
+use upkeep_core::mail::OutboxMail;
 use upkeep_tests::smtp::{SmtpSink, parse};
 use upkeep_tests::*;
 
@@ -602,7 +602,7 @@ async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
 /// cancels the session is withdrawn, not sent late about maintenance that will not happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::Result<()> {
-    use upkeep_server::mail::MailStatus;
+    use upkeep_core::mail::MailStatus;
     let smtp = SmtpSink::start().await?;
     smtp.failing
         .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -415,9 +415,9 @@ async fn bad_credentials_and_tokens_are_unauthenticated() -> anyhow::Result<()> 
     let tampered = format!("{}.{}x.{}", parts[0], parts[1], parts[2]);
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
     let app = s.app();
-    let me: upkeep_server::domain::User = app
+    let me: upkeep_core::domain::User = app
         .store
-        .scan::<upkeep_server::domain::User>(None)
+        .scan::<upkeep_core::domain::User>(None)
         .next()
         .unwrap()?;
     let other_key = upkeep_server::auth::Keys::new(b"another-secret-that-is-long-enough!!");

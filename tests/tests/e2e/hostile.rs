@@ -263,7 +263,7 @@ async fn random_requests_to_every_route_never_get_a_5xx_or_hang() -> Result<()> 
             5 | 6 => ("/agent/v1/poll".to_string(), reqwest::Method::POST),
             7 => {
                 let id = if r.chance(50) {
-                    upkeep_server::domain::Id::new().to_string()
+                    upkeep_server::ids::fresh().to_string()
                 } else {
                     let n = 1 + r.below(40) as usize;
                     path_segment(&r.bytes(n))
@@ -576,7 +576,7 @@ async fn graphql_bombs_are_refused_with_bad_user_input() -> Result<()> {
     cases.push((
         "40 levels of real fields",
         format!("query($id: ID!) {{ maintenanceSession(id: $id) {{ {depth} }} }}"),
-        json!({"id": upkeep_server::domain::Id::new().to_string()}),
+        json!({"id": upkeep_server::ids::fresh().to_string()}),
     ));
     let mut problems = Vec::new();
     for (what, query, vars) in &cases {
@@ -1017,7 +1017,7 @@ async fn a_postpone_token_acts_on_its_own_session_only() -> Result<()> {
         keys.issue_postpone_token(&PostponeClaims {
             sid: sid.to_string(),
             rcpt: "pat@victim.example".into(),
-            jti: upkeep_server::domain::Id::new().to_string(),
+            jti: upkeep_server::ids::fresh().to_string(),
             exp: exp.timestamp(),
             aud: aud.to_string(),
             generation: None,
@@ -1043,7 +1043,7 @@ async fn a_postpone_token_acts_on_its_own_session_only() -> Result<()> {
             "a session that does not exist",
             mint(
                 keys,
-                &upkeep_server::domain::Id::new().to_string(),
+                &upkeep_server::ids::fresh().to_string(),
                 later,
                 POSTPONE_AUDIENCE,
             )?,
@@ -1150,7 +1150,7 @@ async fn a_revoked_agent_is_refused_at_once() -> Result<()> {
         .post(format!(
             "{}/agent/v1/jobs/{}/result",
             s.url,
-            upkeep_server::domain::Id::new()
+            upkeep_server::ids::fresh()
         ))
         .bearer_auth(&token)
         .json(&json!({"protocolVersion": 1, "outcome": {"kind": "failed", "error": "x"}}))

@@ -174,7 +174,7 @@ async fn users_are_updated_and_read_back() -> anyhow::Result<()> {
         update_err(
             &s,
             &admin,
-            &upkeep_server::domain::Id::new().to_string(),
+            &upkeep_server::ids::fresh().to_string(),
             json!({})
         )
         .await?,

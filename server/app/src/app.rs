@@ -1,0 +1,166 @@
+//! The application: the store and every in-memory service, shared by HTTP handlers, GraphQL
+//! resolvers and background loops as `Arc<App>`.
+
+use crate::agents::Agents;
+use crate::auth::{Keys, LoginThrottle, Throttle};
+use crate::clock::Clock;
+use crate::config::ServeConfig;
+use crate::error::ApiResult;
+use crate::mail::render::Templates;
+use crate::metrics::Metrics;
+use crate::runtime::SessionRuntime;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast};
+use upkeep_core::domain::*;
+use upkeep_core::session::{Session, SessionEvent};
+use upkeep_store::records::*;
+use upkeep_store::{IndexKey, Store};
+
+pub struct App {
+    pub store: Store,
+    pub config: ServeConfig,
+    pub clock: Clock,
+    pub keys: Keys,
+    pub templates: Templates,
+    pub agents: Agents,
+    pub runtime: SessionRuntime,
+    pub metrics: Metrics,
+    /// Every session event, after it was persisted.
+    pub events: broadcast::Sender<Arc<SessionEvent>>,
+    pub logins: LoginThrottle,
+    pub enroll_by_ip: Throttle,
+    /// `sendTestEmail` per tenant and per actor: it sends mail to any address.
+    pub test_mails_by_tenant: Throttle,
+    pub test_mails_by_actor: Throttle,
+    /// Wakes the outbox worker when a mail was queued.
+    pub mail_wakeup: Notify,
+    /// Wakes the webhook worker when a delivery was queued.
+    pub webhook_wakeup: Notify,
+    pub public_url: String,
+    pub api_keys: crate::users::ApiKeyCache,
+    pub shutdown: tokio_util_shutdown::Shutdown,
+    /// Bumped whenever a credential may have ended (a key revoked, a user deleted, disabled or
+    /// given a new password, the clock moved): open WebSockets check theirs again at once.
+    pub credentials_changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// A tiny shutdown signal shared by background loops.
+pub mod tokio_util_shutdown {
+    use tokio::sync::watch;
+    #[derive(Clone)]
+    pub struct Shutdown(watch::Sender<bool>);
+    impl Default for Shutdown {
+        fn default() -> Self {
+            Shutdown(watch::channel(false).0)
+        }
+    }
+    impl Shutdown {
+        pub fn trigger(&self) {
+            self.0.send_replace(true);
+        }
+        pub async fn wait(&self) {
+            let mut rx = self.0.subscribe();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+        pub fn is_triggered(&self) -> bool {
+            *self.0.borrow()
+        }
+    }
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        config: ServeConfig,
+        clock: Clock,
+        keys: Keys,
+        templates: Templates,
+        public_url: String,
+    ) -> App {
+        let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
+        let max = config.max_concurrent_sessions as usize;
+        App {
+            agents: Agents::new(offline_after),
+            runtime: SessionRuntime::new(max),
+            metrics: Metrics::default(),
+            events: broadcast::channel(8192).0,
+            logins: LoginThrottle::default(),
+            enroll_by_ip: Throttle::new(20, Duration::from_secs(300)),
+            test_mails_by_tenant: Throttle::new(10, Duration::from_secs(3600)),
+            test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
+            mail_wakeup: Notify::new(),
+            webhook_wakeup: Notify::new(),
+            shutdown: Default::default(),
+            api_keys: Default::default(),
+            credentials_changed: tokio::sync::watch::channel(0).0,
+            store,
+            config,
+            clock,
+            keys,
+            templates,
+            public_url,
+        }
+    }
+
+    /// Writes an audit record that describes no other change (a sign-in). A failure is logged,
+    /// not raised: the audit trail must not become a way to lock people out.
+    pub async fn record_audit(&self, event: upkeep_core::audit::AuditEvent) {
+        let r = self
+            .store
+            .write(|tx| tx.put::<_, ()>(&event))
+            .map_err(|_| ());
+        if r.is_err() || self.store.flush().await.is_err() {
+            tracing::error!(action = %event.action, "could not write an audit record");
+        }
+    }
+
+    /// Tells open connections that a credential may have ended (see `credentials_changed`).
+    pub fn credentials_may_have_ended(&self) {
+        self.credentials_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Enabled deployments that may apply to computers of `tenant`: the tenant's own and the
+    /// cross-tenant ones.
+    pub fn catalogue_deployments_for(&self, tenant: Id) -> ApiResult<Vec<Deployment>> {
+        let mut out = Vec::new();
+        for key in [tenant_key(Some(tenant)), tenant_key(None)] {
+            for d in self
+                .store
+                .by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, key), None)
+            {
+                out.push(d?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sessions of a computer, newest first.
+    pub fn sessions_of_computer(&self, computer: Id, limit: usize) -> ApiResult<Vec<Session>> {
+        let idx = IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes());
+        let mut keys: Vec<Vec<u8>> = self
+            .store
+            .index_scan(&idx, None)
+            .collect::<Result<_, _>>()?;
+        keys.reverse();
+        let mut out = Vec::new();
+        for k in keys.into_iter().take(limit) {
+            if let Some(s) = self.store.get_by_key::<Session>(&k)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A session's stored events with `sequence > after`, in order.
+    pub fn events_after(
+        &self,
+        session: Id,
+        after: u64,
+    ) -> impl Iterator<Item = upkeep_store::Result<SessionEvent>> + '_ {
+        let start = event_key(session, after);
+        self.store
+            .scan_prefix::<SessionEvent>(session.as_bytes(), Some(&start))
+    }
+}

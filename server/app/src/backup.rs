@@ -1,0 +1,234 @@
+//! `upkeep-server backup` and `restore`.
+//!
+//! A backup is a consistent snapshot of every store tree (writers are held off while it is
+//! copied) plus the JWT secret, in one file: `UPKEEP-BACKUP 1\n`, then length-prefixed sections
+//! (`u32` BE lengths), then a SHA-256 of everything before it. While the server runs it owns the
+//! store, so the CLI asks it over the Unix socket `<data-dir>/admin.sock` (mode 0600: only the
+//! server's user may ask); when no server runs, the CLI opens the store itself.
+
+use anyhow::{Context, bail, ensure};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::Path;
+use upkeep_store::Store;
+
+const MAGIC: &[u8] = b"UPKEEP-BACKUP 1\n";
+const END: u32 = u32::MAX;
+pub const SOCKET: &str = "admin.sock";
+
+type Trees = upkeep_store::Snapshot;
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes a snapshot and the JWT secret.
+pub fn encode(trees: &Trees, jwt_secret: Option<&[u8]>) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    put(&mut out, jwt_secret.unwrap_or_default());
+    for (name, entries) in trees {
+        put(&mut out, name.as_bytes());
+        out.extend_from_slice(&(entries.len() as u64).to_be_bytes());
+        for (k, v) in entries {
+            put(&mut out, k);
+            put(&mut out, v);
+        }
+    }
+    out.extend_from_slice(&END.to_be_bytes());
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+/// Decodes and verifies a backup file.
+pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, Vec<u8>)> {
+    ensure!(
+        bytes.len() > MAGIC.len() + 36 && bytes.starts_with(MAGIC),
+        "not an Upkeep backup"
+    );
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    ensure!(
+        Sha256::digest(body)[..] == *digest,
+        "the backup is damaged (checksum mismatch)"
+    );
+    // Parse with explicit offsets (simple and bounds-checked).
+    let mut pos = MAGIC.len();
+    let read_u32 = |pos: &mut usize| -> anyhow::Result<u32> {
+        ensure!(*pos + 4 <= body.len(), "the backup is truncated");
+        let v = u32::from_be_bytes(body[*pos..*pos + 4].try_into()?);
+        *pos += 4;
+        Ok(v)
+    };
+    let read_bytes = |pos: &mut usize, n: usize| -> anyhow::Result<Vec<u8>> {
+        ensure!(*pos + n <= body.len(), "the backup is truncated");
+        let v = body[*pos..*pos + n].to_vec();
+        *pos += n;
+        Ok(v)
+    };
+    let secret_len = read_u32(&mut pos)? as usize;
+    let secret = read_bytes(&mut pos, secret_len)?;
+    let mut trees = Vec::new();
+    loop {
+        let n = read_u32(&mut pos)?;
+        if n == END {
+            break;
+        }
+        let name = String::from_utf8(read_bytes(&mut pos, n as usize)?)?;
+        ensure!(pos + 8 <= body.len(), "the backup is truncated");
+        let count = u64::from_be_bytes(body[pos..pos + 8].try_into()?);
+        pos += 8;
+        let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
+        for _ in 0..count {
+            let kl = read_u32(&mut pos)? as usize;
+            let k = read_bytes(&mut pos, kl)?;
+            let vl = read_u32(&mut pos)? as usize;
+            let v = read_bytes(&mut pos, vl)?;
+            entries.push((k, v));
+        }
+        trees.push((name, entries));
+    }
+    ensure!(pos == body.len(), "the backup has trailing data");
+    Ok((trees, secret))
+}
+
+/// Serves backups to the CLI while the server runs.
+pub async fn serve_socket(app: std::sync::Arc<crate::app::App>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = app.config.data_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "admin socket not available; online backups disabled");
+            return;
+        }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = app.shutdown.wait() => { let _ = std::fs::remove_file(&path); return; }
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut cmd = [0u8; 7];
+            if sock.read_exact(&mut cmd).await.is_err() || &cmd != b"backup\n" {
+                return;
+            }
+            let store = app.store.clone();
+            let dir = app.config.data_dir.clone();
+            let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+                let trees = store.snapshot()?;
+                let secret = std::fs::read(dir.join("jwt-secret")).ok();
+                Ok(encode(&trees, secret.as_deref()))
+            })
+            .await;
+            match bytes {
+                Ok(Ok(b)) => {
+                    tracing::info!(bytes = b.len(), "online backup written");
+                    let _ = sock.write_all(&b).await;
+                }
+                _ => tracing::error!("online backup failed"),
+            }
+        });
+    }
+}
+
+/// `upkeep-server backup --data-dir DIR --out FILE`.
+pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
+    let sock = data_dir.join(SOCKET);
+    let bytes = match std::os::unix::net::UnixStream::connect(&sock) {
+        Ok(mut s) => {
+            s.write_all(b"backup\n")?;
+            let mut b = Vec::new();
+            s.read_to_end(&mut b)
+                .context("reading the backup from the running server")?;
+            decode(&b).context("the running server sent a bad backup")?;
+            b
+        }
+        Err(_) => {
+            let store = Store::open(data_dir).with_context(|| {
+                format!(
+                    "cannot open the store in {} (is a server running without its admin socket?)",
+                    data_dir.display()
+                )
+            })?;
+            let trees = store.snapshot()?;
+            let secret = std::fs::read(data_dir.join("jwt-secret")).ok();
+            encode(&trees, secret.as_deref())
+        }
+    };
+    // A backup holds everything the data dir does (password hashes, the JWT key): 0600.
+    let tmp = out.with_extension("tmp");
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    Ok(bytes.len())
+}
+
+/// `upkeep-server restore --data-dir DIR --in FILE`: into a new or empty data dir only.
+pub fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let (trees, secret) = decode(&bytes)?;
+    std::fs::create_dir_all(data_dir)?;
+    crate::http::tighten_permissions(data_dir)?;
+    let store = Store::open(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    crate::http::tighten_permissions(data_dir)?;
+    if !store.is_empty() {
+        bail!(
+            "{} already holds data; restore into a new, empty data dir",
+            data_dir.display()
+        );
+    }
+    store.load_snapshot(&trees)?;
+    if !secret.is_empty() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(data_dir.join("jwt-secret"))?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+    }
+    Ok(trees.iter().map(|t| t.1.len()).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage_is_detected() {
+        let trees: Trees = vec![
+            ("users".into(), vec![(b"k".to_vec(), b"v".to_vec())]),
+            ("index".into(), vec![]),
+        ];
+        let b = encode(&trees, Some(b"secret"));
+        let (t, s) = decode(&b).unwrap();
+        assert_eq!(t, trees);
+        assert_eq!(s, b"secret");
+        let mut bad = b.clone();
+        bad[20] ^= 1;
+        assert!(decode(&bad).unwrap_err().to_string().contains("damaged"));
+        assert!(decode(&b[..b.len() - 5]).is_err());
+        assert!(decode(b"nonsense").is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! Server configuration: every flag is also an environment variable (CONTRACT §2).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "upkeep-server",
+    version,
+    about = "Upkeep maintenance-session server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify the store: every index entry points at a record and back, no session in an
+    /// impossible state. Exits non-zero on damage.
+    Check {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+    },
+    /// Write the GraphQL schema (SDL) to stdout.
+    Schema,
+    /// Write a consistent backup of the store (asks the running server, if any).
+    Backup {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new, empty data dir (the server must not be running on it).
+    Restore {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to bind; port 0 picks a free port.
+    #[arg(long, env = "UPKEEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the sled store and generated secrets live.
+    #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+    pub data_dir: PathBuf,
+    /// Base of links in e-mails (default: http://<listen address>).
+    #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = parse_url)]
+    pub public_url: Option<String>,
+    /// SMTP server, e.g. smtp://127.0.0.1:2525 or smtps://user:pass@host. Without it, mail is
+    /// written as .eml files to <data-dir>/outbox-files/.
+    #[arg(long, env = "UPKEEP_SMTP_URL", value_parser = parse_smtp_url)]
+    pub smtp_url: Option<String>,
+    /// Default sender when a tenant sets none.
+    #[arg(long, env = "UPKEEP_MAIL_FROM", default_value = "upkeep@localhost", value_parser = parse_mailbox)]
+    pub mail_from: String,
+    /// The MSP's name as end users see it in mails and pages ("Maintenance is provided by …").
+    #[arg(long, env = "UPKEEP_MSP_NAME", default_value = "your IT provider")]
+    pub msp_name: String,
+    /// Directory whose templates override the built-in ones.
+    #[arg(long, env = "UPKEEP_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+    /// On a store with no users, create this MSP admin.
+    #[arg(long, env = "UPKEEP_ADMIN_EMAIL", requires = "admin_password")]
+    pub admin_email: Option<String>,
+    #[arg(long, env = "UPKEEP_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// HMAC key for API and postpone tokens (default: generated once into the data dir).
+    #[arg(long, env = "UPKEEP_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma-separated browser origins allowed to call /graphql.
+    #[arg(long, env = "UPKEEP_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Allow webhook URLs on loopback and private addresses.
+    #[arg(long, env = "UPKEEP_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+    /// Sessions running at once; more wait PENDING ("queued").
+    #[arg(long, env = "UPKEEP_MAX_CONCURRENT_SESSIONS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_sessions: u32,
+    /// Testing only: start the server's clock at this RFC 3339 instant and let tests move it
+    /// with `POST /debug/clock` (never use in production).
+    #[arg(long, env = "UPKEEP_TEST_CLOCK", hide = true)]
+    pub test_clock: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds after the last poll when a computer counts as offline.
+    #[arg(long, env = "UPKEEP_OFFLINE_AFTER_SECONDS", default_value_t = 75)]
+    pub offline_after_seconds: u32,
+    /// Time limit of every agent script, in seconds (default: 300 for detection, 1800 for
+    /// changes).
+    #[arg(long, env = "UPKEEP_JOB_TIMEOUT_SECONDS", hide = true)]
+    pub job_timeout_seconds: Option<u32>,
+    /// Extra seconds a job lease allows beyond its scripts' time limits.
+    #[arg(
+        long,
+        env = "UPKEEP_LEASE_SLACK_SECONDS",
+        default_value_t = 120,
+        hide = true
+    )]
+    pub lease_slack_seconds: u32,
+    /// Seconds a WebSocket may take to send `connection_init` before it is closed (4408).
+    #[arg(
+        long,
+        env = "UPKEEP_WS_INIT_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        hide = true
+    )]
+    pub ws_init_timeout_seconds: u32,
+    /// MSP_ADMIN and MSP_TECHNICIAN users must turn on TOTP: until they do, their login only
+    /// allows `me`, `enrollTotp`, `confirmTotp` and `changePassword`.
+    #[arg(long, env = "UPKEEP_REQUIRE_MFA_FOR_MSP_ROLES")]
+    pub require_mfa_for_msp_roles: bool,
+    /// Open client connections at most; more are closed at once (and a warning is logged).
+    #[arg(long, env = "UPKEEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// starts waiting for a request: also how long an idle keep-alive connection stays open.
+    #[arg(long, env = "UPKEEP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    pub header_read_timeout_seconds: u32,
+    /// Seconds a client has to send a request's body after its headers (408 otherwise).
+    #[arg(long, env = "UPKEEP_BODY_READ_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    pub body_read_timeout_seconds: u32,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "UPKEEP_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Comma-separated domains a tenant's mailFrom may use (default: any).
+    #[arg(long, env = "UPKEEP_MAIL_FROM_DOMAINS", value_delimiter = ',', value_parser = parse_domain)]
+    pub mail_from_domains: Vec<String>,
+    /// When set, /metrics answers only requests with `Authorization: Bearer <this>`.
+    #[arg(long, env = "UPKEEP_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!("'{s}' is not a domain name like msp.example"))
+    }
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://")) && s.len() > 8;
+    if ok && !s.contains(char::is_whitespace) {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("'{s}' is not an http:// or https:// URL"))
+    }
+}
+
+fn parse_smtp_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("smtp://") || s.starts_with("smtps://")) && s.len() > 8 {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not an smtp:// or smtps:// URL"))
+    }
+}
+
+fn parse_mailbox(s: &str) -> Result<String, String> {
+    s.parse::<lettre::message::Mailbox>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("'{s}' is not a mail address: {e}"))
+}
+
+impl ServeConfig {
+    pub fn for_tests(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            data_dir,
+            public_url: None,
+            smtp_url: None,
+            mail_from: "upkeep@localhost".into(),
+            templates_dir: None,
+            msp_name: "your IT provider".into(),
+            admin_email: None,
+            admin_password: None,
+            jwt_secret: None,
+            cors_origins: vec![],
+            allow_private_webhooks: false,
+            max_concurrent_sessions: 500,
+            test_clock: None,
+            offline_after_seconds: 75,
+            job_timeout_seconds: None,
+            lease_slack_seconds: 120,
+            ws_init_timeout_seconds: 10,
+            require_mfa_for_msp_roles: false,
+            log_format: "text".into(),
+            mail_from_domains: vec![],
+            metrics_token: None,
+            max_connections: 10_000,
+            header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: 60,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn ws_init_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.ws_init_timeout_seconds))
+    }
+
+    pub fn limits(&self) -> upkeep_core::engine::Limits {
+        let d = upkeep_core::engine::Limits::default();
+        upkeep_core::engine::Limits {
+            probe_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.probe_timeout_seconds),
+            step_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.step_timeout_seconds),
+            lease_slack_seconds: self.lease_slack_seconds,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The GraphQL enums: views of the core's enums (`#[graphql(remote)]`), so the schema is the
+//! API's and a variant added to the core without its view here fails to compile.
+//!
+//! Architecture invariant: core types carry no GraphQL derives; every enum the API exposes is
+//! declared here with the name CONTRACT §5 gives it.
+
+use async_graphql::Enum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::UserRole")]
+pub enum UserRole {
+    MspAdmin,
+    MspTechnician,
+    TenantAdmin,
+    TenantViewer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::Weekday")]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::Compliance")]
+pub enum Compliance {
+    Compliant,
+    NonCompliant,
+    Unknown,
+}
+
+/// Where a computer stands with its onboarding deployments (`Computer.onboardingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::OnboardingStatus")]
+pub enum OnboardingStatus {
+    /// No onboarding session has finished yet.
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::ScriptLanguage")]
+pub enum ScriptLanguage {
+    Shell,
+    Powershell,
+    Python,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::TargetKind")]
+pub enum TargetKind {
+    AllComputers,
+    Computer,
+    Tag,
+    Person,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::DesiredSoftwareState")]
+pub enum DesiredSoftwareState {
+    InstalledLatest,
+    InstalledVersion,
+    InstalledAtLeast,
+    InstalledAny,
+    UpdateIfFound,
+    Uninstalled,
+    /// Exception: leave this software alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::TaskMode")]
+pub enum TaskMode {
+    Enforce,
+    Audit,
+    /// Exception: leave this task alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::Enforcement")]
+pub enum Enforcement {
+    Required,
+    Onboarding,
+    AdHoc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::DeploymentOrder")]
+pub enum DeploymentOrder {
+    Beginning,
+    Unordered,
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::RebootPreference")]
+pub enum RebootPreference {
+    Normal,
+    Suppress,
+    Force,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::domain::OfflineBehavior")]
+pub enum OfflineBehavior {
+    Skip,
+    ApplyOnConnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(
+    remote = "upkeep_core::session::SessionStatus",
+    name = "MaintenanceSessionStatus"
+)]
+pub enum SessionStatus {
+    Pending,
+    Detecting,
+    Scheduled,
+    Postponed,
+    Executing,
+    Verifying,
+    Passed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(
+    remote = "upkeep_core::session::SessionTrigger",
+    name = "MaintenanceSessionTrigger"
+)]
+pub enum SessionTrigger {
+    Manual,
+    Schedule,
+    Onboarding,
+    Api,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(
+    remote = "upkeep_core::session::ActionKind",
+    name = "MaintenanceActionKind"
+)]
+pub enum ActionKind {
+    Install,
+    Upgrade,
+    Uninstall,
+    RunTask,
+    NoAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(
+    remote = "upkeep_core::session::ActionStatus",
+    name = "MaintenanceActionStatus"
+)]
+pub enum ActionStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    /// The detection or test script failed (non-zero exit with output on stderr, or a
+    /// timeout): compliance is unknown and nothing is run for the action.
+    DetectionFailed,
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::audit::ActorKind")]
+pub enum ActorKind {
+    User,
+    ApiKey,
+    Agent,
+    System,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::webhook::WebhookEvent")]
+pub enum WebhookEvent {
+    SessionCreated,
+    SessionStatusChanged,
+    SessionFinished,
+    ComputerEnrolled,
+    MailFailed,
+    /// A known machine enrolled again (a re-image, or someone taking over its agent): its old
+    /// agent token stopped working.
+    ComputerReenrolled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::webhook::DeliveryStatus")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::mail::MailKind")]
+pub enum MailKind {
+    Before,
+    After,
+    Test,
+}

@@ -1,0 +1,391 @@
+//! The GraphQL API: schema, limits, and the HTTP/WebSocket handlers that establish who calls.
+
+pub mod connection;
+pub mod ctx;
+pub mod enums;
+mod inputs;
+mod mutation;
+mod query;
+mod subscription;
+pub mod types;
+pub mod ws;
+
+use crate::app::App;
+use crate::auth::{Actor, Principal};
+use crate::error::ApiError;
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{ID, Schema};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use upkeep_core::domain::*;
+
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::Subscription;
+
+pub type UpkeepSchema = Schema<Query, Mutation, Subscription>;
+
+/// Depth and complexity limits: the standard introspection query (depth ~13) passes; bombs do
+/// not.
+pub const MAX_DEPTH: usize = 32;
+pub const MAX_COMPLEXITY: usize = 5000;
+
+pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
+    let mut b = Schema::build(Query, Mutation, Subscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(64)
+        .extension(LimitCodes);
+    if let Some(app) = app {
+        b = b.data(app);
+    }
+    b.finish()
+}
+
+/// The SDL portals build against (what `schema/schema.graphql` holds).
+pub fn sdl() -> String {
+    schema(None).sdl()
+}
+
+pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
+    id.parse::<Id>()
+        .map_err(|_| ApiError::bad(field, format!("'{}' is not an id", id.as_str())))
+}
+
+/// What a list field adds to a query's complexity: one scan ([`LIST_BASE_COST`]) plus its
+/// selection once for every ten items it may return (`first`, clamped as the resolver clamps
+/// it). A page of 500 small nodes stays well inside [`MAX_COMPLEXITY`]; hundreds of aliased
+/// lists, each a scan, do not.
+pub fn list_cost(first: Option<i32>, default: usize, max: usize, child: usize) -> usize {
+    let n = first.map_or(default, |f| (f.max(0) as usize).min(max));
+    LIST_BASE_COST.saturating_add(child.saturating_mul(n) / 10)
+}
+
+/// [`list_cost`] of a Relay connection page.
+pub fn page_cost(first: Option<i32>, child: usize) -> usize {
+    list_cost(first, connection::DEFAULT_PAGE, connection::MAX_PAGE, child)
+}
+
+/// What any list field costs before its items: it reads an index or a table.
+pub const LIST_BASE_COST: usize = 50;
+
+/// What a field that scans many records or renders a mail costs (status counts, previews): a
+/// document may hold at most ten of them.
+pub const EXPENSIVE_FIELD_COST: usize = MAX_COMPLEXITY / 10;
+
+/// Turns async-graphql's own validation errors (depth, complexity, parse) into
+/// `BAD_USER_INPUT`, so every error carries an `extensions.code`.
+struct LimitCodes;
+
+impl async_graphql::extensions::ExtensionFactory for LimitCodes {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(LimitCodesExt)
+    }
+}
+
+struct LimitCodesExt;
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for LimitCodesExt {
+    /// Refuses documents whose selections, with every fragment spread expanded, exceed
+    /// `MAX_EXPANDED_FIELDS`: async-graphql's own complexity check skips `__typename` and walks
+    /// fragments again at every spread, so a small document with doubling fragments would cost
+    /// exponential time before any resolver runs.
+    ///
+    /// This runs in `prepare_request`, before async-graphql parses the document itself: its
+    /// recursive-depth check (which runs inside parsing) walks every fragment spread again
+    /// without memoisation, so the measure must come first. The parsed document is handed on,
+    /// so nothing is parsed twice. Operations over HTTP and WebSocket both pass here.
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        let doc = request.parsed_query()?;
+        if doc.operations.iter().count() > MAX_OPERATIONS {
+            return Err(async_graphql::ServerError::new(
+                format!("a document may hold at most {MAX_OPERATIONS} operations"),
+                None,
+            ));
+        }
+        match expanded_size(doc) {
+            Some(n) if n <= MAX_EXPANDED_FIELDS => next.run(ctx, request).await,
+            _ => Err(async_graphql::ServerError::new(
+                format!(
+                    "the query selects more than {MAX_EXPANDED_FIELDS} fields once its fragments are expanded (or its fragments form a cycle)"
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// Every mutation (but `login`, which records its own) runs with an audit record waiting for
+    /// its first change: the store writes it in that change's transaction.
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        info: async_graphql::extensions::ResolveInfo<'_>,
+        next: async_graphql::extensions::NextResolve<'_>,
+    ) -> async_graphql::ServerResult<Option<async_graphql::Value>> {
+        if info.parent_type != "Mutation" || info.name == "login" {
+            return next.run(ctx, info).await;
+        }
+        let (Some(actor), Some(app)) = (ctx.data_opt::<Actor>(), ctx.data_opt::<Arc<App>>()) else {
+            return next.run(ctx, info).await;
+        };
+        let address = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        let event = crate::audit::by_actor(actor, info.name, address, app.clock.now());
+        upkeep_store::Store::audited(event, next.run(ctx, info)).await
+    }
+
+    async fn request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        next: async_graphql::extensions::NextRequest<'_>,
+    ) -> async_graphql::Response {
+        let mut resp = next.run(ctx).await;
+        crate::error::add_codes(&mut resp);
+        resp
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        stream: futures_util::stream::BoxStream<'s, async_graphql::Response>,
+        next: async_graphql::extensions::NextSubscribe<'_>,
+    ) -> futures_util::stream::BoxStream<'s, async_graphql::Response> {
+        use futures_util::StreamExt;
+        next.run(ctx, stream)
+            .map(|mut r| {
+                crate::error::add_codes(&mut r);
+                r
+            })
+            .boxed()
+    }
+}
+
+/// Most selections a document may make with its fragments expanded (the standard introspection
+/// query makes a few hundred).
+pub const MAX_EXPANDED_FIELDS: u64 = 5000;
+
+/// Most operations one document may define (only one runs; the rest are parsed and validated).
+pub const MAX_OPERATIONS: usize = 100;
+
+/// Number of field selections of the whole document with fragment spreads expanded, computed
+/// with one memo per fragment (linear in the document); `None` for a fragment cycle.
+fn expanded_size(doc: &async_graphql::parser::types::ExecutableDocument) -> Option<u64> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    use std::collections::HashMap;
+    fn set(
+        s: &SelectionSet,
+        doc: &async_graphql::parser::types::ExecutableDocument,
+        memo: &mut HashMap<String, Option<u64>>,
+        depth: u32,
+    ) -> Option<u64> {
+        if depth > 200 {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for item in &s.items {
+            let add = match &item.node {
+                Selection::Field(f) => {
+                    1u64.saturating_add(set(&f.node.selection_set.node, doc, memo, depth + 1)?)
+                }
+                Selection::InlineFragment(f) => {
+                    set(&f.node.selection_set.node, doc, memo, depth + 1)?
+                }
+                Selection::FragmentSpread(sp) => {
+                    let name = sp.node.fragment_name.node.to_string();
+                    match memo.get(&name) {
+                        Some(Some(v)) => *v,
+                        Some(None) => return None, // on the stack: a cycle
+                        None => {
+                            memo.insert(name.clone(), None);
+                            let v = match doc.fragments.get(&sp.node.fragment_name.node) {
+                                Some(frag) => {
+                                    set(&frag.node.selection_set.node, doc, memo, depth + 1)?
+                                }
+                                None => 0,
+                            };
+                            memo.insert(name, Some(v));
+                            v
+                        }
+                    }
+                }
+            };
+            n = n.saturating_add(add);
+        }
+        Some(n)
+    }
+    let mut memo = HashMap::new();
+    let mut total: u64 = 0;
+    for (_, op) in doc.operations.iter() {
+        total = total.saturating_add(set(&op.node.selection_set.node, doc, &mut memo, 0)?);
+    }
+    Some(total)
+}
+
+/// Resolves the `Authorization` value (a JWT or an API key) to an actor. The one place that
+/// decides whether a credential is still good: HTTP requests and WebSocket operations call it
+/// each time, so a deletion, disablement or password change ends a user's tokens at once.
+pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .unwrap_or(v)
+        .trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.starts_with("upk_") {
+        return app.authenticate_api_key(token).map(Some);
+    }
+    let claims = app.keys.verify_api_token(token, app.clock.now())?;
+    let id = claims
+        .sub
+        .parse::<Id>()
+        .map_err(|_| ApiError::Unauthenticated("the token is invalid".into()))?;
+    // The user is read per request (a sled point read): their current record decides.
+    let user = app
+        .store
+        .get::<User>(&id)?
+        .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
+    if user.disabled {
+        return Err(ApiError::Unauthenticated("the account is disabled".into()));
+    }
+    if claims.generation != user.token_generation {
+        return Err(ApiError::Unauthenticated(
+            "the token ended when the account's password or access changed; log in again".into(),
+        ));
+    }
+    let mfa_pending = app.config.require_mfa_for_msp_roles && user.role.is_msp() && !user.totp_on();
+    Ok(Some(Actor {
+        principal: Principal::User {
+            id: user.id,
+            email: user.email,
+        },
+        role: user.role,
+        tenant_id: user.tenant_id,
+        mfa_pending,
+    }))
+}
+
+pub async fn graphql_handler(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    req: GraphQLRequest,
+) -> Response {
+    let schema = shared_schema();
+    let mut req = req.into_inner().data(ClientAddr(peer)).data(app.clone());
+    let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
+    match authenticate(&app, auth) {
+        Ok(Some(actor)) => req = req.data(actor),
+        Ok(None) => {}
+        Err(e) => {
+            let err: async_graphql::Error = e.into();
+            let mut resp = async_graphql::Response::from_errors(vec![
+                err.into_server_error(async_graphql::Pos::default()),
+            ]);
+            crate::error::add_codes(&mut resp);
+            return GraphQLResponse::from(resp).into_response();
+        }
+    }
+    GraphQLResponse::from(schema.execute(req).await).into_response()
+}
+
+/// One schema for the process; the application state travels with each request (so a stopped
+/// server's state is freed, and tests can run several servers in one process).
+pub(crate) fn shared_schema() -> &'static UpkeepSchema {
+    static SCHEMA: std::sync::OnceLock<UpkeepSchema> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| schema(None))
+}
+
+/// The caller's address, for login throttling.
+#[derive(Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+pub async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Upkeep GraphiQL")
+            .finish(),
+    )
+}
+
+/// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
+/// offered one that the server supports (see STACK.md P3); the connection itself is
+/// [`ws::serve`]'s.
+pub async fn ws_handler(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    _offered: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The same choice GraphQLProtocol made (it refused the upgrade when there was none): the
+    // client's first offered protocol we speak.
+    let protocol = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',').find_map(|p| {
+                p.trim()
+                    .parse::<async_graphql::http::WebSocketProtocols>()
+                    .ok()
+            })
+        })
+        .unwrap_or(async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS);
+    upgrade
+        .protocols([protocol.sec_websocket_protocol()])
+        // tungstenite zero-fills its read buffer (128 KiB by default) on reads: with a thousand
+        // subscribers that memset was a fifth of the server's CPU. Clients send little (init,
+        // subscribe, pings); larger messages are still read, in more chunks.
+        .read_buffer_size(4096)
+        .max_message_size(ws::MAX_MESSAGE_BYTES)
+        .max_frame_size(ws::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| ws::serve(app, socket, protocol, peer))
+        .into_response()
+}
+
+/// Rewrites the transport-level refusals of `POST /graphql` (body too large, not a GraphQL
+/// request) that the body-limit layer and async-graphql-axum answer in plain text into the
+/// GraphQL error shape, so that clients always read `errors[0].extensions.code`.
+pub async fn errors_as_graphql(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status.as_u16() {
+        413 => (
+            "PAYLOAD_TOO_LARGE",
+            "the request body is larger than 1 MiB".to_string(),
+        ),
+        415 => (
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("unsupported content type: {text}"),
+        ),
+        _ => ("BAD_REQUEST", format!("not a GraphQL request: {text}")),
+    };
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    (status, axum::Json(body)).into_response()
+}

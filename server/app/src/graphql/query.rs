@@ -1,0 +1,731 @@
+//! Queries. Every list is a Relay connection limited to what the caller may see.
+
+use super::connection::{self, Page};
+use super::ctx::{Ctx, Owned};
+use super::enums::{ActionStatus, Compliance, MailKind, SessionStatus, SessionTrigger};
+use super::inputs::*;
+use super::parse_id;
+use super::types::EnrollmentKeyView;
+use super::types::View;
+use crate::error::{ApiError, ApiResult};
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use upkeep_core::domain::*;
+use upkeep_core::session::*;
+use upkeep_core::webhook::{Delivery, Webhook};
+use upkeep_store::IndexKey;
+use upkeep_store::records::*;
+
+pub struct Query;
+
+/// Lists a tenant-indexed kind: one tenant's (plus cross-tenant ones when `with_cross`), or for
+/// MSP roles without a tenant, everything.
+fn list_tenant_kind<T: Owned>(
+    c: &Ctx<'_>,
+    index: u8,
+    tenant: Option<&ID>,
+    with_cross: bool,
+) -> ApiResult<Vec<T>> {
+    let asked = tenant.map(|t| parse_id("tenantId", t)).transpose()?;
+    let scope = c.actor.list_scope(asked)?;
+    let mut out = Vec::new();
+    match scope {
+        None => {
+            for r in c.app.store.scan::<T>(None) {
+                out.push(r?);
+            }
+        }
+        Some(t) => {
+            let mut keys = vec![tenant_key(Some(t))];
+            if with_cross {
+                keys.push(tenant_key(None));
+            }
+            for k in keys {
+                for r in c.app.store.by_index::<T>(&IndexKey::new(index, k), None) {
+                    out.push(r?);
+                }
+            }
+            out.sort_by_key(|r| r.key());
+        }
+    }
+    let visible = out
+        .into_iter()
+        .filter(|r| {
+            if T::CATALOGUE {
+                c.actor.sees_catalogue(r.owner())
+            } else {
+                c.actor.sees(r.owner())
+            }
+        })
+        .collect();
+    Ok(visible)
+}
+
+#[derive(SimpleObject)]
+pub struct EmailPreview {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+#[derive(SimpleObject)]
+pub struct StatusCount {
+    pub status: SessionStatus,
+    pub count: i64,
+}
+
+/// `totalCount` of a sessions page, computed only when asked for.
+pub struct SessionTotal {
+    count: Box<dyn Fn() -> ApiResult<usize> + Send + Sync>,
+}
+
+#[Object]
+impl SessionTotal {
+    async fn total_count(&self) -> Result<usize> {
+        Ok((self.count)()?)
+    }
+}
+
+#[Object]
+impl Query {
+    /// The signed-in user (or the user behind the API key).
+    async fn me(&self, ctx: &Context<'_>) -> Result<View<User>> {
+        let c = Ctx::own_account(ctx)?;
+        Ok(View(
+            c.app
+                .store
+                .get::<User>(&c.actor.user_id())?
+                .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?,
+        ))
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn tenants(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Tenant>>> {
+        let c = Ctx::new(ctx)?;
+        let all: Vec<Tenant> = match c.actor.tenant_id {
+            Some(t) if !c.actor.role.is_msp() => c.find::<Tenant>(t)?.into_iter().collect(),
+            _ => c
+                .app
+                .store
+                .scan::<Tenant>(None)
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::from)?,
+        };
+        Ok(connection::from_vec(all, |t| t.id, first, after)?)
+    }
+
+    async fn tenant(&self, ctx: &Context<'_>, id: ID) -> Result<View<Tenant>> {
+        let c = Ctx::new(ctx)?;
+        Ok(View(c.load(parse_id("id", &id)?)?))
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<User>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |u| u.id, first, after)?)
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn persons(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Person>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |p| p.id, first, after)?)
+    }
+
+    async fn person(&self, ctx: &Context<'_>, id: ID) -> Result<View<Person>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    /// Computers, filtered by tag and by a search over name, hostname and tags.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn computers(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        tag: Option<String>,
+        search: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Computer>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<Computer>(&c, TENANT_COMPUTERS, tenant_id.as_ref(), false)?;
+        let needle = search.as_deref().map(str::to_lowercase);
+        let filtered: Vec<Computer> = all
+            .into_iter()
+            .filter(|x| {
+                tag.as_deref()
+                    .is_none_or(|t| x.tags.iter().any(|y| y.eq_ignore_ascii_case(t)))
+            })
+            .filter(|x| {
+                needle.as_deref().is_none_or(|n| {
+                    x.name.to_lowercase().contains(n)
+                        || x.hostname.to_lowercase().contains(n)
+                        || x.tags.iter().any(|t| t.to_lowercase().contains(n))
+                })
+            })
+            .collect();
+        Ok(connection::from_vec(filtered, |x| x.id, first, after)?)
+    }
+
+    async fn computer(&self, ctx: &Context<'_>, id: ID) -> Result<View<Computer>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    /// The software catalogue: cross-tenant entries and the tenant's own.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn software(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Software>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    async fn software_by_id(&self, ctx: &Context<'_>, id: ID) -> Result<View<Software>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn maintenance_tasks(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<MaintenanceTask>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    async fn maintenance_task(&self, ctx: &Context<'_>, id: ID) -> Result<View<MaintenanceTask>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Deployment>>> {
+        let c = Ctx::new(ctx)?;
+        let all =
+            list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<View<Deployment>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn schedules(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Schedule>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    async fn schedule(&self, ctx: &Context<'_>, id: ID) -> Result<View<Schedule>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    /// Enrollment keys, without their secrets.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn enrollment_keys(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<EnrollmentKeyView>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<EnrollmentKey>(
+            &c,
+            TENANT_ENROLLMENT_KEYS,
+            tenant_id.as_ref(),
+            false,
+        )?;
+        let views = all
+            .into_iter()
+            .map(|key| EnrollmentKeyView { key, secret: None })
+            .collect();
+        Ok(connection::from_vec(views, |v| v.key.id, first, after)?)
+    }
+
+    /// The audit trail, newest first: every change to configuration or access, logins and
+    /// enrollments. MSP admins read all of it; tenant admins their tenant's.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditEventFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<upkeep_core::audit::AuditEvent>>> {
+        let c = Ctx::new(ctx)?;
+        c.actor
+            .require_role(crate::permissions::Action::ViewAudit)?;
+        let f = filter.unwrap_or_default();
+        let asked = opt_id("filter.tenantId", &f.tenant_id)?;
+        let tenant = if c.actor.role.is_msp() {
+            asked
+        } else {
+            match (asked, c.actor.tenant_id) {
+                (Some(a), Some(own)) if a != own => {
+                    return Ok(connection::build(
+                        std::iter::empty(),
+                        |e: &upkeep_core::audit::AuditEvent| e.id,
+                        0,
+                        0,
+                        false,
+                    )?);
+                }
+                (_, own) => own,
+            }
+        };
+        let actor = opt_id("filter.actorId", &f.actor_id)?;
+        let n = connection::page_size(first)?;
+        let after = connection::parse_cursor(after.as_deref())?;
+        let keep = |e: &upkeep_core::audit::AuditEvent| {
+            tenant.is_none_or(|t| e.tenant_id == Some(t))
+                && actor.is_none_or(|a| e.actor_id == Some(a))
+                && f.action.as_deref().is_none_or(|a| e.action == a)
+                && f.since.is_none_or(|s| e.at >= s)
+                && f.until.is_none_or(|u| e.at < u)
+        };
+        let scan = |before: Option<Id>| -> Box<
+            dyn Iterator<Item = upkeep_store::Result<upkeep_core::audit::AuditEvent>> + '_,
+        > {
+            let before = before.map(|b| b.as_bytes().to_vec());
+            match tenant {
+                Some(t) => Box::new(
+                    c.app
+                        .store
+                        .index_scan_rev(
+                            &IndexKey::new(TENANT_AUDIT, tenant_key(Some(t))),
+                            before.as_deref(),
+                        )
+                        .filter_map(|k| match k {
+                            Ok(k) => c
+                                .app
+                                .store
+                                .get_by_key::<upkeep_core::audit::AuditEvent>(&k)
+                                .transpose(),
+                            Err(e) => Some(Err(e)),
+                        }),
+                ),
+                None => Box::new(
+                    c.app
+                        .store
+                        .scan_rev::<upkeep_core::audit::AuditEvent>(before.as_deref()),
+                ),
+            }
+        };
+        let mut total = 0usize;
+        for e in scan(None) {
+            if keep(&e?) {
+                total += 1;
+            }
+        }
+        let items = scan(after)
+            .filter(|r| r.as_ref().map_or(true, keep))
+            .map(|r| r.map_err(ApiError::from));
+        Ok(connection::build(
+            items,
+            |e| e.id,
+            n,
+            total,
+            after.is_some(),
+        )?)
+    }
+
+    /// Sessions, newest first, filtered.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn maintenance_sessions(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<MaintenanceSessionFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, View<Session>, SessionTotal>> {
+        let c = Ctx::new(ctx)?;
+        let f = filter.unwrap_or_default();
+        let n = connection::page_size(first)?;
+        let after = connection::parse_cursor(after.as_deref())?;
+        let q = SessionQuery::new(&c, &f)?;
+        let mut nodes = Vec::new();
+        let mut has_next = false;
+        for s in q.iter(&c, after) {
+            let s = s?;
+            if nodes.len() == n {
+                has_next = true;
+                break;
+            }
+            nodes.push(s);
+        }
+        let app = c.app.clone();
+        let actor = c.actor.clone();
+        let q2 = q.clone();
+        let total = SessionTotal {
+            count: Box::new(move || {
+                let c = Ctx {
+                    app: &app,
+                    actor: &actor,
+                };
+                let mut n = 0;
+                for s in q2.iter(&c, None) {
+                    s?;
+                    n += 1;
+                }
+                Ok(n)
+            }),
+        };
+        let mut conn = Connection::with_additional_fields(after.is_some(), has_next, total);
+        conn.edges.extend(
+            nodes
+                .into_iter()
+                .map(|s| Edge::new(s.id.to_string(), View(s))),
+        );
+        Ok(conn)
+    }
+
+    async fn maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+    }
+
+    /// Sessions per status, for dashboards (created since `since`, when given).
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn maintenance_session_status_counts(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StatusCount>> {
+        let c = Ctx::new(ctx)?;
+        let asked = tenant_id
+            .as_ref()
+            .map(|t| parse_id("tenantId", t))
+            .transpose()?;
+        let scope = c.actor.list_scope(asked)?;
+        let mut out = Vec::new();
+        for status in upkeep_core::session::SessionStatus::ALL {
+            let idx = IndexKey::new(STATUS_SESSIONS, [status.code()]);
+            let count = if scope.is_none() && since.is_none() {
+                c.app.store.index_count(&idx)
+            } else {
+                c.app
+                    .store
+                    .by_index::<Session>(&idx, None)
+                    .filter_map(|s| s.ok())
+                    .filter(|s| {
+                        scope.is_none_or(|t| s.tenant_id == t)
+                            && since.is_none_or(|t| s.created_at >= t)
+                    })
+                    .count()
+            };
+            out.push(StatusCount {
+                status: status.into(),
+                count: count as i64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The plan a session would make now, from the last detection of each item (items never
+    /// detected say so in their `reason`).
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn preview_maintenance(
+        &self,
+        ctx: &Context<'_>,
+        computer_id: ID,
+    ) -> Result<Vec<super::types::ActionView>> {
+        let c = Ctx::new(ctx)?;
+        let computer: Computer = c.load(parse_id("computerId", &computer_id)?)?;
+        let items = c.app.plan_items(
+            &computer,
+            upkeep_core::session::SessionTrigger::Manual,
+            None,
+        )?;
+        let history = c.app.sessions_of_computer(computer.id, 20)?;
+        let items_arc = std::sync::Arc::new(items.clone());
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let last = history.iter().find_map(|s| {
+                s.actions
+                    .iter()
+                    .find(|a| {
+                        s.items
+                            .get(a.item)
+                            .is_some_and(|it| it.deployment_id == item.deployment_id)
+                    })
+                    .map(|a| (s, a))
+            });
+            let mut action = match last {
+                Some((_, a)) => {
+                    let found = upkeep_core::engine::plan::Found {
+                        version: a.detected_version.clone(),
+                        detection_error: None,
+                        test: match a.compliance {
+                            upkeep_core::domain::Compliance::Compliant => Some(true),
+                            upkeep_core::domain::Compliance::NonCompliant
+                                if matches!(item.what, ItemWhat::Task { .. }) =>
+                            {
+                                Some(false)
+                            }
+                            _ => None,
+                        },
+                        test_error: None,
+                    };
+                    upkeep_core::engine::plan::plan(i, item, &found, crate::ids::fresh())
+                }
+                None => {
+                    let mut a = upkeep_core::engine::plan::plan(
+                        i,
+                        item,
+                        &Default::default(),
+                        crate::ids::fresh(),
+                    );
+                    a.compliance = Compliance::Unknown.into();
+                    a.reason = format!("not detected yet; {}", a.reason);
+                    a
+                }
+            };
+            action.status = ActionStatus::Pending.into();
+            out.push(super::types::ActionView {
+                session: items_arc.clone(),
+                action,
+                output_of: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Renders a session's before- or after-mail without sending it.
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn email_preview(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        kind: MailKind,
+    ) -> Result<EmailPreview> {
+        let c = Ctx::new(ctx)?;
+        let s: Session = c.load(parse_id("sessionId", &session_id)?)?;
+        let tenant: Tenant = c.load(s.tenant_id)?;
+        let computer = c.app.store.get::<Computer>(&s.computer_id)?;
+        let person = match computer.as_ref().and_then(|c| c.primary_person_id) {
+            Some(p) => c.app.store.get::<Person>(&p)?,
+            None => None,
+        };
+        let link = match kind {
+            MailKind::Before => c
+                .app
+                .postpone_link(
+                    &s,
+                    person
+                        .as_ref()
+                        .map(|p| p.email.as_str())
+                        .unwrap_or("preview"),
+                )?
+                .map(|_| format!("{}/postpone/PREVIEW", c.app.public_url)),
+            _ => None,
+        };
+        let mut view = c.app.session_view(
+            &s,
+            &tenant,
+            computer
+                .as_ref()
+                .map(|c| c.name.as_str())
+                .unwrap_or("(deleted computer)"),
+            person.as_ref().map(|p| p.name.as_str()).unwrap_or("there"),
+            link,
+        );
+        if kind == MailKind::Before {
+            // As the mail has it: update now is a link of its own.
+            view.update_now_url = c
+                .app
+                .update_now_link(&s, "preview")?
+                .map(|_| format!("{}/postpone/PREVIEW-UPDATE-NOW", c.app.public_url));
+        }
+        let template = match kind {
+            MailKind::After => crate::mail::render::MailTemplate::After,
+            _ => crate::mail::render::MailTemplate::Before,
+        };
+        let r = c
+            .app
+            .templates
+            .render_session_mail(template, &view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(EmailPreview {
+            subject: r.subject,
+            html: r.html,
+            text: r.text,
+        })
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<ApiKey>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn webhooks(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Webhook>>> {
+        let c = Ctx::new(ctx)?;
+        let all = list_tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false)?;
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        webhook_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<View<Delivery>>> {
+        let c = Ctx::new(ctx)?;
+        let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?)?;
+        c.actor
+            .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)?;
+        let mut all: Vec<Delivery> = c
+            .app
+            .store
+            .by_index::<Delivery>(&IndexKey::new(WEBHOOK_DELIVERIES, w.id.as_bytes()), None)
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::from)?;
+        all.reverse();
+        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+    }
+}
+
+/// A sessions query: the most selective index for the filter, then the remaining conditions.
+#[derive(Clone)]
+struct SessionQuery {
+    index: Option<IndexKey>,
+    tenant: Option<Id>,
+    computer: Option<Id>,
+    schedule: Option<Id>,
+    statuses: Option<Vec<SessionStatus>>,
+    trigger: Option<SessionTrigger>,
+    after: Option<DateTime<Utc>>,
+    before: Option<DateTime<Utc>>,
+}
+
+impl SessionQuery {
+    fn new(c: &Ctx<'_>, f: &MaintenanceSessionFilter) -> ApiResult<SessionQuery> {
+        let asked = opt_id("filter.tenantId", &f.tenant_id)?;
+        let tenant = c.actor.list_scope(asked)?;
+        let computer = opt_id("filter.computerId", &f.computer_id)?;
+        let schedule = opt_id("filter.scheduleId", &f.schedule_id)?;
+        let index = if let Some(cid) = computer {
+            Some(IndexKey::new(COMPUTER_SESSIONS, cid.as_bytes()))
+        } else if let Some(sid) = schedule {
+            Some(IndexKey::new(SCHEDULE_SESSIONS, sid.as_bytes()))
+        } else if let Some(t) = tenant {
+            Some(IndexKey::new(TENANT_SESSIONS, t.as_bytes()))
+        } else if let Some([one]) = f.status.as_deref() {
+            Some(IndexKey::new(
+                STATUS_SESSIONS,
+                [upkeep_core::session::SessionStatus::from(*one).code()],
+            ))
+        } else if f.status.as_ref().is_some_and(|s| {
+            s.iter()
+                .all(|&x| !upkeep_core::session::SessionStatus::from(x).is_terminal())
+        }) {
+            Some(IndexKey::new(ACTIVE_SESSIONS, []))
+        } else {
+            None
+        };
+        Ok(SessionQuery {
+            index,
+            tenant,
+            computer,
+            schedule,
+            statuses: f.status.clone(),
+            trigger: f.trigger,
+            after: f.created_after,
+            before: f.created_before,
+        })
+    }
+
+    fn keep(&self, c: &Ctx<'_>, s: &Session) -> bool {
+        c.actor.sees(Some(s.tenant_id))
+            && self.tenant.is_none_or(|t| s.tenant_id == t)
+            && self.computer.is_none_or(|x| s.computer_id == x)
+            && self.schedule.is_none_or(|x| s.schedule_id == Some(x))
+            && self
+                .statuses
+                .as_ref()
+                .is_none_or(|v| v.is_empty() || v.contains(&s.status.into()))
+            && self.trigger.is_none_or(|t| s.trigger == t.into())
+            && self.after.is_none_or(|t| s.created_at >= t)
+            && self.before.is_none_or(|t| s.created_at < t)
+    }
+
+    fn iter<'a>(
+        &'a self,
+        c: &'a Ctx<'a>,
+        after: Option<Id>,
+    ) -> Box<dyn Iterator<Item = ApiResult<Session>> + 'a> {
+        let before = after.map(|a| a.as_bytes().to_vec());
+        let store = &c.app.store;
+        let it: Box<dyn Iterator<Item = upkeep_store::Result<Session>> + 'a> = match &self.index {
+            Some(idx) => Box::new(store.index_scan_rev(idx, before.as_deref()).filter_map(
+                move |k| match k {
+                    Ok(k) => store.get_by_key::<Session>(&k).transpose(),
+                    Err(e) => Some(Err(e)),
+                },
+            )),
+            None => Box::new(store.scan_rev::<Session>(before.as_deref())),
+        };
+        Box::new(it.filter_map(move |r| match r {
+            Ok(s) if self.keep(c, &s) => Some(Ok(s)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.into())),
+        }))
+    }
+}

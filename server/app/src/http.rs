@@ -1,0 +1,617 @@
+//! The HTTP surface: routes, middleware, and server start-up.
+
+use crate::app::App;
+use crate::auth::Keys;
+use crate::clock::Clock;
+use crate::config::ServeConfig;
+use crate::graphql;
+use crate::mail::render::Templates;
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use upkeep_core::domain::*;
+use upkeep_store::Store;
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut gql = Router::new()
+        .route(
+            "/graphql",
+            get(graphql::graphiql).post(graphql::graphql_handler),
+        )
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
+        // body stream itself, so without this a request body of any size was buffered.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(axum::middleware::map_response(graphql::errors_as_graphql));
+    if !app.config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = app
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+            .collect();
+        gql = gql.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                ])
+                .max_age(std::time::Duration::from_secs(600)),
+        );
+    }
+    let mut r = Router::new()
+        .merge(gql)
+        .route("/graphql/ws", get(graphql::ws_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::render))
+        .merge(crate::agents::routes())
+        .merge(crate::postpone::routes())
+        .merge(crate::console::routes());
+    if app.clock.settable {
+        r = r.route("/debug/clock", post(set_clock));
+    }
+    r.fallback(|| async {
+        crate::agents::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+    })
+    .layer(axum::middleware::from_fn(close_if_body_unread))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        body_deadline,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::metrics::track,
+    ))
+    .with_state(app)
+}
+
+/// When a handler answers without reading the whole request body (a refusal before the body,
+/// a body-less route sent a body), the connection still holds the unread rest: it is closed
+/// after the answer and the answer says `Connection: close`, so a client does not reuse it and
+/// see its next request fail.
+async fn close_if_body_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() || req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(TrackEnd {
+        inner: body,
+        ended: ended.clone(),
+    });
+    let mut resp = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !ended.load(std::sync::atomic::Ordering::Acquire) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// A request body that records whether it was read to its end.
+struct TrackEnd {
+    inner: axum::body::Body,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for TrackEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body must arrive within `--body-read-timeout-seconds` of its headers; one that
+/// trickles in slower is cut: the handler sees its body fail, and the client is answered 408
+/// and the connection closed. Only the client's sending is timed: once the body is read, a
+/// handler may take as long as it needs (agents' long polls are held for many seconds).
+async fn body_deadline(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() || req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limit = std::time::Duration::from_secs(app.config.body_read_timeout_seconds.into());
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(Deadline {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(limit)),
+        timed_out: timed_out.clone(),
+    });
+    let resp = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !timed_out.load(std::sync::atomic::Ordering::Acquire) {
+        return resp;
+    }
+    let mut resp = crate::agents::error(
+        StatusCode::REQUEST_TIMEOUT,
+        "REQUEST_TIMEOUT",
+        format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        ),
+    );
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+/// A request body that fails once its time is up while it is still waiting for data.
+struct Deadline {
+    inner: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if r.is_pending() && self.sleep.as_mut().poll(cx).is_ready() {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::Release);
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(
+                "the request body did not arrive in time",
+            ))));
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ClockBody {
+    now: Time,
+}
+
+/// Test clocks only: moves the server's clock (`{"now": "2026-03-08T06:00:00Z"}`).
+async fn set_clock(State(app): State<Arc<App>>, Json(b): Json<ClockBody>) -> impl IntoResponse {
+    app.clock.set(b.now);
+    app.credentials_may_have_ended();
+    Json(serde_json::json!({ "now": app.clock.now() }))
+}
+
+/// A running server (tests hold it to learn the address and to stop it).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful stop: background loops end, held polls answer, sled is flushed.
+    pub async fn stop(self) {
+        self.app.shutdown.trigger();
+        let _ = self.task.await;
+        let _ = self.app.store.flush().await;
+    }
+}
+
+/// Reads or creates the JWT secret in the data dir (mode 0600).
+fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = &config.jwt_secret {
+        anyhow::ensure!(s.len() >= 32, "--jwt-secret must be at least 32 characters");
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("jwt-secret");
+    match std::fs::read(&path) {
+        Ok(b) if b.len() >= 32 => Ok(b),
+        Ok(_) => anyhow::bail!(
+            "{} is too short; delete it to generate a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret = crate::auth::new_secret("").into_bytes();
+            let tmp = config.data_dir.join("jwt-secret.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            f.write_all(&secret)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Restricts `dir` and everything under it to the owner: directories 0700, files 0600,
+/// whatever the umask they were made with (the data dir holds password hashes, webhook
+/// secrets, the JWT key and live postpone links). Symbolic links are left alone. Returns how
+/// many paths were looser.
+pub fn tighten_permissions(dir: &std::path::Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        // The data dir itself may be a link to where the data lives; links inside are not
+        // followed.
+        let meta = if path == dir {
+            std::fs::metadata(&path)?
+        } else {
+            std::fs::symlink_metadata(&path)?
+        };
+        let want = if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                todo.push(entry?.path());
+            }
+            0o700
+        } else if meta.file_type().is_symlink() {
+            continue;
+        } else {
+            0o600
+        };
+        if meta.permissions().mode() & 0o777 != want {
+            if meta.permissions().mode() & 0o077 != 0 {
+                loose += 1;
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))?;
+        }
+    }
+    Ok(loose)
+}
+
+/// Opens the store, recovers sessions, starts background loops and serves. Returns once the
+/// listener is bound.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    crate::install_tls_provider();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let loose = tighten_permissions(&config.data_dir).with_context(|| {
+        format!(
+            "cannot restrict the data dir {} to its owner",
+            config.data_dir.display()
+        )
+    })?;
+    if loose > 0 {
+        tracing::warn!(dir = %config.data_dir.display(), paths = loose, "the data dir was readable by others; tightened to 0700 (directories) and 0600 (files)");
+    }
+    let probe = config.data_dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data dir {} is not writable", config.data_dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let templates =
+        Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = jwt_secret(&config)?;
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    // sled creates its files with the process's umask.
+    tighten_permissions(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let clock = match config.test_clock {
+        Some(t) => Clock::starting_at(t),
+        None => Clock::system(),
+    };
+    let app = Arc::new(App::new(
+        store,
+        config.clone(),
+        clock,
+        Keys::new(&secret),
+        templates,
+        public_url,
+    ));
+    bootstrap_admin(&app).await?;
+    let tokens = app.agents.load_tokens(&app.store)?;
+    let recovered = app.recover_sessions().await?;
+    tracing::info!(agents = tokens, sessions = recovered, "store loaded");
+    tokio::spawn(app.clone().run_timers());
+    tokio::spawn(app.clone().run_presence());
+    tokio::spawn(app.clone().run_scheduler());
+    tokio::spawn(app.clone().run_mailer());
+    tokio::spawn(app.clone().run_webhooks());
+    tokio::spawn(crate::backup::serve_socket(app.clone()));
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.write_api_key_usage(),
+                    _ = app.shutdown.wait() => { app.write_api_key_usage(); return; }
+                }
+            }
+        });
+    }
+    let router = router(app.clone());
+    let task = tokio::spawn(serve(listener, router, app.clone()));
+    tracing::info!("listening on http://{addr}");
+    Ok(Running { addr, app, task })
+}
+
+/// The accept loop: every connection is HTTP/1 with a header-read timeout (which also ends
+/// keep-alive connections idle that long: hyper starts the timer as soon as a connection waits
+/// for its next request), WebSocket upgrades, and a slot out of `--max-connections` held for
+/// the connection's whole life (an upgraded WebSocket included). When no slot is free a new
+/// connection is closed at once. On shutdown the listener closes, idle connections close,
+/// and requests in flight finish before this returns.
+async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>) {
+    let max = app.config.max_connections as usize;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(
+            app.config.header_read_timeout_seconds.into(),
+        ))
+        .keep_alive(true);
+    // Every connection task holds a sender; when all are gone, every connection has ended.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut refusals = Refusals::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_failed(&e, &app.shutdown).await;
+                    continue;
+                }
+            },
+            _ = app.shutdown.wait() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            refusals.note(max);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(Counted {
+            stream,
+            _slot: slot,
+        });
+        let service = ConnService {
+            router: router.clone(),
+            peer,
+        };
+        let conn = http1.serve_connection(io, service).with_upgrades();
+        let shutdown = app.shutdown.clone();
+        let open = open_tx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
+}
+
+/// Errors from `accept` that concern one connection are skipped; others (out of file
+/// descriptors) are logged and retried after a pause rather than spinning.
+async fn accept_failed(e: &std::io::Error, shutdown: &crate::app::tokio_util_shutdown::Shutdown) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections");
+    tokio::select! {
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+/// Connections closed because `--max-connections` were open: one warning a minute at most,
+/// with how many were refused since the last one.
+#[derive(Default)]
+struct Refusals {
+    since_warning: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    /// Counts one refusal; true when it logged the warning.
+    fn note(&mut self, max: usize) -> bool {
+        self.since_warning += 1;
+        if self
+            .warned_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
+        {
+            return false;
+        }
+        tracing::warn!(
+            max_connections = max,
+            refused = self.since_warning,
+            "connection limit reached: new connections are closed at once (raise --max-connections if this is legitimate load)"
+        );
+        self.since_warning = 0;
+        self.warned_at = Some(std::time::Instant::now());
+        true
+    }
+}
+
+/// A client's TCP stream with its connection slot, which is given back when the stream is
+/// dropped: after the last response, or when an upgraded WebSocket closes.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router as one connection's hyper service: each request carries the peer address as
+/// `ConnectInfo` (login throttling and enrollment read it).
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
+
+    fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        // `Router` is always ready; `poll_ready` need not be called first.
+        tower_service::Service::call(&mut self.router.clone(), req)
+    }
+}
+
+async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (&app.config.admin_email, &app.config.admin_password)
+    else {
+        return Ok(());
+    };
+    if app.store.count::<User>() > 0 {
+        return Ok(());
+    }
+    let email = email.trim().to_lowercase();
+    anyhow::ensure!(
+        email.parse::<lettre::Address>().is_ok(),
+        "--admin-email '{email}' is not an e-mail address"
+    );
+    anyhow::ensure!(
+        password.chars().count() >= 10,
+        "--admin-password must be at least 10 characters"
+    );
+    let user = User {
+        id: crate::ids::fresh(),
+        email: email.clone(),
+        password_hash: crate::auth::hash_password(password)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        role: UserRole::MspAdmin,
+        tenant_id: None,
+        created_at: app.clock.now(),
+        disabled: false,
+        token_generation: 0,
+        totp: Default::default(),
+    };
+    app.create_user(user)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(email, "created the first MSP admin");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusals;
+
+    #[test]
+    fn a_full_house_warns_once_then_counts_quietly() {
+        let mut r = Refusals::default();
+        assert!(r.note(5), "the first refusal is logged");
+        assert!(!r.note(5), "the next ones within a minute are not");
+        assert!(!r.note(5));
+        assert_eq!(r.since_warning, 2, "and are counted for the next warning");
+    }
+}

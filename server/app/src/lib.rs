@@ -1,0 +1,47 @@
+//! Upkeep: a maintenance-session server for MSPs. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod agents;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod backup;
+pub mod check;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod console;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod ids;
+pub mod logsafe;
+pub mod mail;
+pub mod metrics;
+pub mod net;
+pub mod permissions;
+pub mod postpone;
+pub mod runtime;
+pub mod scheduler;
+pub mod totp;
+pub mod users;
+pub mod webhooks;
+
+/// Sets up logging once (text or JSON lines), honouring `RUST_LOG`.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// Makes ring the process's TLS provider (outgoing HTTPS: webhooks). Idempotent; every binary
+/// and test harness calls it before building an HTTP client.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

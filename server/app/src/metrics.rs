@@ -1,0 +1,262 @@
+//! Prometheus metrics, hand-written in the text exposition format (a handful of counters and
+//! one histogram family do not earn a metrics crate on a 2-core build).
+
+use crate::app::App;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    durations: Mutex<BTreeMap<String, Histogram>>,
+    pub session_events: AtomicU64,
+    pub sessions_finished: AtomicU64,
+    pub job_results: AtomicU64,
+    pub mails_sent: AtomicU64,
+    pub mail_failures: AtomicU64,
+    pub webhook_attempts: AtomicU64,
+}
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Metrics {
+    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_string(), status))
+            .or_default() += 1;
+        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
+        let h = d.entry(route.to_string()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+}
+
+/// Middleware: counts requests and their durations per matched route.
+pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    app.metrics.observe(
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Whether the request may read `/metrics`: with `--metrics-token`, only with
+/// `Authorization: Bearer <token>`. Compared in constant time over SHA-256 digests, so
+/// neither the token's bytes nor its length leak through timing.
+fn authorised(app: &App, headers: &HeaderMap) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(token) = &app.config.metrics_token else {
+        return true;
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(token.as_bytes()))
+        .into()
+}
+
+pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorised(&app, &headers) {
+        let mut r = crate::agents::error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "/metrics needs Authorization: Bearer <the --metrics-token>",
+        );
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let m = &app.metrics;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_http_requests_total HTTP requests by route and status.\n# TYPE upkeep_http_requests_total counter"
+    );
+    for ((route, status), n) in m.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "upkeep_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            esc(route)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_http_request_duration_seconds HTTP request durations by route.\n# TYPE upkeep_http_request_duration_seconds histogram"
+    );
+    for (route, h) in m.durations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let r = esc(route);
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "upkeep_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "upkeep_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "upkeep_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            out,
+            "upkeep_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+            h.count
+        );
+    }
+    let (writes, reads) = app.store.op_counts();
+    let gauges: [(&str, &str, &str, u64); 12] = [
+        (
+            "upkeep_agent_polls_total",
+            "counter",
+            "Agent polls answered.",
+            app.agents.polls_total(),
+        ),
+        (
+            "upkeep_agents_online",
+            "gauge",
+            "Computers whose agent is polling.",
+            app.agents.online_count() as u64,
+        ),
+        (
+            "upkeep_job_results_total",
+            "counter",
+            "Job results recorded.",
+            m.job_results.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_session_events_total",
+            "counter",
+            "Session events published.",
+            m.session_events.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_sessions_finished_total",
+            "counter",
+            "Sessions that reached a terminal status.",
+            m.sessions_finished.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_sessions_active",
+            "gauge",
+            "Unfinished sessions.",
+            app.runtime.active_count() as u64,
+        ),
+        (
+            "upkeep_sessions_running",
+            "gauge",
+            "Sessions holding a running slot.",
+            app.runtime.running_count() as u64,
+        ),
+        (
+            "upkeep_sessions_queued",
+            "gauge",
+            "Sessions waiting for a slot.",
+            app.runtime.queued_count() as u64,
+        ),
+        (
+            "upkeep_mails_sent_total",
+            "counter",
+            "Mails delivered.",
+            m.mails_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_mail_failures_total",
+            "counter",
+            "Failed mail attempts.",
+            m.mail_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_store_writes_total",
+            "counter",
+            "Store write transactions.",
+            writes,
+        ),
+        ("upkeep_store_reads_total", "counter", "Store reads.", reads),
+    ];
+    for (name, kind, help, v) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    let (flushes, flush_seconds) = app.store.flush_counts();
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_store_flushes_total Group-commit flushes (fsyncs) of the store.\n# TYPE upkeep_store_flushes_total counter\nupkeep_store_flushes_total {flushes}\n# HELP upkeep_store_flush_seconds_total Time spent in store flushes.\n# TYPE upkeep_store_flush_seconds_total counter\nupkeep_store_flush_seconds_total {flush_seconds}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_sessions_by_status Sessions in the store by status.\n# TYPE upkeep_sessions_by_status gauge"
+    );
+    for st in upkeep_core::session::SessionStatus::ALL {
+        let n = app.store.index_count(&upkeep_store::IndexKey::new(
+            upkeep_store::records::STATUS_SESSIONS,
+            [st.code()],
+        ));
+        let _ = writeln!(
+            out,
+            "upkeep_sessions_by_status{{status=\"{}\"}} {n}",
+            upkeep_core::engine::status_name(st)
+        );
+    }
+    let depth = app.outbox_depth();
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_outbox_depth Mails waiting to be sent.\n# TYPE upkeep_outbox_depth gauge\nupkeep_outbox_depth {depth}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
+        m.webhook_attempts.load(Ordering::Relaxed)
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

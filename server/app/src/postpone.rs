@@ -1,0 +1,311 @@
+//! The end user's postpone page. `GET` only shows (mail scanners prefetch links); `POST`
+//! applies `postpone` or `update-now` once per token.
+//!
+//! Links are single-use and belong to one mail: a postpone (by the user or a technician) sends
+//! a fresh before-mail with fresh links for the new time, and the earlier mail's links stop
+//! working ("use the link in the newest e-mail"). So the user reaches `maxPostpones` mail by
+//! mail; the mail after the last postpone offers no postpone, only "update now" when allowed.
+//! The update-now link is a token of its own (`act: update-now`), so it is offered also when
+//! postponing is not.
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::mail::render::{Brand, PostponePageView, PostponeState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use std::sync::Arc;
+use upkeep_core::domain::*;
+use upkeep_core::engine::Event;
+use upkeep_core::session::Session;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route("/postpone/{token}", get(show).post(apply))
+}
+
+#[derive(serde::Deserialize)]
+pub struct PostponeForm {
+    #[serde(default)]
+    action: Option<String>,
+}
+
+struct Loaded {
+    session: Session,
+    tenant: Tenant,
+    computer_name: String,
+    jti: String,
+    rcpt: String,
+    /// The mail's update-now link: it may only start the maintenance now.
+    update_now_only: bool,
+}
+
+impl App {
+    fn page(
+        &self,
+        status: StatusCode,
+        state: PostponeState,
+        l: Option<&Loaded>,
+        message: Option<String>,
+        new_when: Option<String>,
+    ) -> Response {
+        let view = match l {
+            Some(l) => {
+                let sv = self.session_view(&l.session, &l.tenant, &l.computer_name, "", None);
+                PostponePageView {
+                    brand: sv.brand,
+                    state: state.as_str().to_string(),
+                    computer_name: sv.computer_name,
+                    when: sv.when,
+                    new_when,
+                    actions: sv.actions,
+                    show_actions: sv.show_actions,
+                    reboot: sv.reboot,
+                    // An update-now link offers no postpone.
+                    postpones_left: if l.update_now_only {
+                        0
+                    } else {
+                        sv.postpones_left
+                    },
+                    postpone_hours: sv.postpone_hours,
+                    allow_update_now: l.session.options.allow_update_now,
+                    message,
+                }
+            }
+            None => PostponePageView {
+                brand: Brand::default(),
+                state: state.as_str().to_string(),
+                computer_name: String::new(),
+                when: String::new(),
+                new_when: None,
+                actions: vec![],
+                show_actions: false,
+                reboot: Default::default(),
+                postpones_left: 0,
+                postpone_hours: 0,
+                allow_update_now: false,
+                message,
+            },
+        };
+        match self.templates.render_postpone_page(&view) {
+            Ok(html) => (
+                status,
+                [
+                    ("cache-control", "no-store"),
+                    ("referrer-policy", "no-referrer"),
+                ],
+                Html(html),
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "postpone page did not render");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page could not be shown",
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    /// Verifies the token and finds its session. Errors are the page to answer.
+    #[allow(clippy::result_large_err)] // the error is the finished page
+    fn load_token(&self, token: &str) -> Result<Loaded, Response> {
+        let invalid = || {
+            self.page(
+                StatusCode::BAD_REQUEST,
+                PostponeState::Invalid,
+                None,
+                Some("This link is not valid. Use the link from your most recent e-mail.".into()),
+                None,
+            )
+        };
+        let claims = self
+            .keys
+            .verify_postpone_token(token)
+            .map_err(|_| invalid())?;
+        let sid: Id = claims.sid.parse().map_err(|_| invalid())?;
+        let session = self
+            .store
+            .get::<Session>(&sid)
+            .ok()
+            .flatten()
+            .ok_or_else(invalid)?;
+        let tenant = self
+            .store
+            .get::<Tenant>(&session.tenant_id)
+            .ok()
+            .flatten()
+            .ok_or_else(invalid)?;
+        let computer_name = self
+            .store
+            .get::<Computer>(&session.computer_id)
+            .ok()
+            .flatten()
+            .map(|c| c.name)
+            .unwrap_or_default();
+        let l = Loaded {
+            session,
+            tenant,
+            computer_name,
+            jti: claims.jti,
+            rcpt: claims.rcpt,
+            update_now_only: claims.act.as_deref() == Some(crate::auth::LINK_UPDATE_NOW),
+        };
+        if l.session.used_tokens.contains(&l.jti) {
+            return Err(self.page(
+                StatusCode::GONE,
+                PostponeState::Used,
+                Some(&l),
+                Some("This link was already used.".into()),
+                None,
+            ));
+        }
+        // Each postpone sends a fresh mail with fresh links; the earlier mail's links end.
+        if claims
+            .generation
+            .is_some_and(|g| g != l.session.postpone_count)
+        {
+            return Err(self.page(
+                StatusCode::GONE,
+                PostponeState::Used,
+                Some(&l),
+                Some(
+                    "The maintenance was postponed since this e-mail was sent; use the link in the newest e-mail."
+                        .into(),
+                ),
+                None,
+            ));
+        }
+        if claims.exp <= self.clock.now().timestamp() {
+            return Err(self.page(
+                StatusCode::GONE,
+                PostponeState::Expired,
+                Some(&l),
+                Some("This link has expired: the maintenance time has passed.".into()),
+                None,
+            ));
+        }
+        Ok(l)
+    }
+}
+
+async fn show(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
+    let l = match app.load_token(&token) {
+        Ok(l) => l,
+        Err(page) => return page,
+    };
+    if l.session.status.is_terminal() || l.session.execute_at.is_none() {
+        return app.page(
+            StatusCode::CONFLICT,
+            PostponeState::TooLate,
+            Some(&l),
+            Some("The maintenance already ran or was cancelled.".into()),
+            None,
+        );
+    }
+    if !l.update_now_only
+        && (l.session.postpone_count >= l.session.options.max_postpones
+            || !l.session.options.allow_postpone)
+    {
+        return app.page(
+            StatusCode::OK,
+            PostponeState::Limit,
+            Some(&l),
+            Some("This maintenance can no longer be postponed.".into()),
+            None,
+        );
+    }
+    app.page(StatusCode::OK, PostponeState::Confirm, Some(&l), None, None)
+}
+
+async fn apply(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    form: Result<Form<PostponeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let l = match app.load_token(&token) {
+        Ok(l) => l,
+        Err(page) => return page,
+    };
+    let action = form
+        .ok()
+        .and_then(|f| f.0.action)
+        .unwrap_or_else(|| "postpone".into());
+    let by = format!("{} (e-mail link)", l.rcpt);
+    if l.update_now_only && action != "update-now" {
+        return app.page(
+            StatusCode::BAD_REQUEST,
+            PostponeState::Invalid,
+            Some(&l),
+            Some("This link can only start the maintenance now.".into()),
+            None,
+        );
+    }
+    let event = match action.as_str() {
+        "postpone" => Event::Postpone {
+            hours: None,
+            by,
+            token: Some(l.jti.clone()),
+        },
+        "update-now" => Event::UpdateNow {
+            by,
+            token: Some(l.jti.clone()),
+        },
+        _ => {
+            return app.page(
+                StatusCode::BAD_REQUEST,
+                PostponeState::Invalid,
+                Some(&l),
+                Some("Unknown action.".into()),
+                None,
+            );
+        }
+    };
+    match app.apply(l.session.id, event).await {
+        Ok(s) => {
+            let tz = App::tenant_zone(&l.tenant);
+            let new_when = s
+                .execute_at
+                .map(|t| crate::mail::render::format_when(t, tz));
+            let l2 = Loaded { session: s, ..l };
+            let state = if action == "postpone" {
+                PostponeState::Postponed
+            } else {
+                PostponeState::Updating
+            };
+            app.page(StatusCode::OK, state, Some(&l2), None, new_when)
+        }
+        Err(ApiError::Conflict(m)) => app.page(
+            StatusCode::CONFLICT,
+            PostponeState::TooLate,
+            Some(&l),
+            Some(m),
+            None,
+        ),
+        Err(ApiError::BadInput { message, .. }) => {
+            let state = if message.contains("already used") {
+                PostponeState::Used
+            } else {
+                PostponeState::Limit
+            };
+            let status = if state == PostponeState::Used {
+                StatusCode::GONE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            app.page(status, state, Some(&l), Some(message), None)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "postpone failed");
+            app.page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PostponeState::Invalid,
+                Some(&l),
+                Some("Something went wrong; please try again.".into()),
+                None,
+            )
+        }
+    }
+}

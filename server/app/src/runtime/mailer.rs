@@ -1,0 +1,619 @@
+//! Composing session mails and draining the outbox. Only this worker talks SMTP.
+
+use crate::app::App;
+use crate::auth::PostponeClaims;
+use crate::error::{ApiError, ApiResult};
+use crate::mail::render::{
+    self, ActionOutcome, ActionView, Brand, ComputerLink, MailTemplate, PlannedChange,
+    RebootExpectation, SessionMailView,
+};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::sync::Arc;
+use std::time::Duration;
+use upkeep_core::domain::*;
+use upkeep_core::engine::MIN_POSTPONE_LEAD_MINUTES;
+use upkeep_core::mail::{MailKind, MailStatus, OutboxMail};
+use upkeep_core::session::*;
+use upkeep_store::records::PENDING_MAIL;
+use upkeep_store::{IndexKey, TxError};
+
+/// Mails stop being retried this long after they were queued.
+const GIVE_UP_AFTER_HOURS: i64 = 24;
+
+/// Backoff before retry `attempt` (1-based): 10 s, 20 s, 40 s … capped at one hour.
+pub fn backoff(attempt: u32) -> chrono::Duration {
+    upkeep_core::webhook::backoff(attempt)
+}
+
+impl App {
+    pub fn brand(&self, t: &Tenant) -> Brand {
+        Brand {
+            company_name: t.company_name.clone().unwrap_or_else(|| t.name.clone()),
+            logo_url: t
+                .logo_url
+                .clone()
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://")),
+            primary_color: t.primary_color.clone().unwrap_or_default(),
+            msp_name: self.config.msp_name.clone(),
+        }
+    }
+
+    pub fn tenant_zone(t: &Tenant) -> chrono_tz::Tz {
+        upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The postpone link for a session's before-mail, when postponing is possible: allowed,
+    /// not used up, and execution at least 15 minutes away.
+    pub fn postpone_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
+        let now = self.clock.now();
+        let Some(at) = s.execute_at else {
+            return Ok(None);
+        };
+        let postponable = s.options.allow_postpone
+            && s.postpone_count < s.options.max_postpones
+            && at >= now + chrono::Duration::minutes(MIN_POSTPONE_LEAD_MINUTES);
+        if !postponable {
+            return Ok(None);
+        }
+        self.session_link(s, rcpt, at, None).map(Some)
+    }
+
+    /// The update-now link of a before-mail, a token of its own (so it works when postponing
+    /// is not offered): when updating now is allowed and execution is still ahead.
+    pub fn update_now_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
+        let Some(at) = s.execute_at else {
+            return Ok(None);
+        };
+        if !s.options.allow_update_now || s.detection_only || at <= self.clock.now() {
+            return Ok(None);
+        }
+        self.session_link(s, rcpt, at, Some(crate::auth::LINK_UPDATE_NOW))
+            .map(Some)
+    }
+
+    /// A signed, single-use link to the postpone page, valid until `until` and until the
+    /// session is postponed again.
+    fn session_link(
+        &self,
+        s: &Session,
+        rcpt: &str,
+        until: Time,
+        act: Option<&str>,
+    ) -> ApiResult<String> {
+        let token = self.keys.issue_postpone_token(&PostponeClaims {
+            sid: s.id.to_string(),
+            rcpt: rcpt.to_string(),
+            jti: crate::ids::fresh().to_string(),
+            exp: until.timestamp(),
+            aud: crate::auth::POSTPONE_AUDIENCE.into(),
+            generation: Some(s.postpone_count),
+            act: act.map(String::from),
+        })?;
+        Ok(format!("{}/postpone/{token}", self.public_url))
+    }
+
+    /// The view a session mail or the postpone page renders.
+    pub fn session_view(
+        &self,
+        s: &Session,
+        tenant: &Tenant,
+        computer_name: &str,
+        recipient_name: &str,
+        postpone_url: Option<String>,
+    ) -> SessionMailView {
+        let tz = Self::tenant_zone(tenant);
+        // A finished session's mail is the after-mail: it tells when the work finished, and
+        // what was actually restarted. Before, it tells the planned time and what may happen.
+        let after = s.status.is_terminal();
+        let when_t = if after {
+            s.finished_at.or(s.execute_at)
+        } else {
+            s.execute_at
+        }
+        .unwrap_or_else(|| self.clock.now());
+        let actions = s
+            .actions
+            .iter()
+            // End users see changes; items that need none (and audit findings, which are for
+            // technicians) are not "planned changes".
+            .filter(|a| a.kind != ActionKind::NoAction)
+            .map(|a| {
+                let name = s.item_name(a.item).to_string();
+                let before = a
+                    .detected_version_before
+                    .as_deref()
+                    .or(a.detected_version.as_deref());
+                let wanted = a.desired_version.as_deref();
+                let change = match a.kind {
+                    ActionKind::Install => PlannedChange::Install { version: wanted },
+                    ActionKind::Upgrade => PlannedChange::Upgrade {
+                        from: before,
+                        to: wanted,
+                    },
+                    ActionKind::Uninstall => PlannedChange::Uninstall { version: before },
+                    ActionKind::RunTask => PlannedChange::RunTask,
+                    ActionKind::NoAction => PlannedChange::NoChange,
+                };
+                let view = ActionView::planned(name, change);
+                let outcome = match a.status {
+                    ActionStatus::Succeeded => Some(ActionOutcome::Succeeded),
+                    ActionStatus::Failed | ActionStatus::DetectionFailed => {
+                        Some(ActionOutcome::Failed)
+                    }
+                    ActionStatus::Skipped => Some(ActionOutcome::Skipped),
+                    ActionStatus::Cancelled => Some(ActionOutcome::Cancelled),
+                    ActionStatus::Pending | ActionStatus::Running => None,
+                };
+                match outcome {
+                    Some(o) if after => view.with_outcome(o, a.result_message.as_deref()),
+                    _ => view,
+                }
+            })
+            .collect();
+        let software_change = s.actions.iter().any(|a| {
+            matches!(
+                a.kind,
+                ActionKind::Install | ActionKind::Upgrade | ActionKind::Uninstall
+            )
+        });
+        let reboot = match s.options.reboot_preference {
+            // After: only what happened. A held reboot has not restarted anything yet.
+            _ if after => {
+                if s.rebooted_at.is_some() {
+                    RebootExpectation::Will
+                } else {
+                    RebootExpectation::None
+                }
+            }
+            RebootPreference::Force => RebootExpectation::Will,
+            RebootPreference::Suppress => RebootExpectation::None,
+            RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
+            // Installers may ask for a restart; running a task or nothing at all does not.
+            RebootPreference::Normal if software_change => RebootExpectation::May,
+            RebootPreference::Normal => RebootExpectation::None,
+        };
+        // Audit findings are for technicians: they do not make the end user's computer "not
+        // completed".
+        let compliant = !s.actions.is_empty()
+            && s.actions
+                .iter()
+                .filter(|a| {
+                    !s.items
+                        .get(a.item)
+                        .is_some_and(upkeep_core::engine::plan::is_audit)
+                })
+                .all(|a| a.compliance == Compliance::Compliant);
+        SessionMailView {
+            brand: self.brand(tenant),
+            recipient_name: recipient_name.to_string(),
+            computer_name: computer_name.to_string(),
+            when: render::format_when(when_t, tz),
+            time_zone: tz.name().to_string(),
+            actions,
+            show_actions: s.options.show_actions_in_email,
+            reboot,
+            update_now_url: postpone_url
+                .as_ref()
+                .filter(|_| s.options.allow_update_now)
+                .cloned(),
+            postpone_url,
+            postpones_left: s.options.max_postpones.saturating_sub(s.postpone_count),
+            postpone_hours: s.options.postpone_hours,
+            result_summary: s
+                .status
+                .is_terminal()
+                .then(|| s.status_reason.clone().unwrap_or_default()),
+            compliant: compliant && s.status != SessionStatus::Failed,
+            postpone_links: Vec::new(),
+        }
+    }
+
+    /// The person a session's mails go to: the computer's primary person. `Ok(Err(why))` when
+    /// there is none. Also returns the tenant and the computer's name.
+    fn recipient(&self, s: &Session) -> ApiResult<Result<(Tenant, String, Person), String>> {
+        let tenant = self
+            .store
+            .get::<Tenant>(&s.tenant_id)?
+            .ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
+        let computer = self
+            .store
+            .get::<Computer>(&s.computer_id)?
+            .ok_or_else(|| ApiError::Internal("computer missing".into()))?;
+        let Some(pid) = computer.primary_person_id else {
+            return Ok(Err("the computer has no primary person".into()));
+        };
+        let Some(person) = self.store.get::<Person>(&pid)? else {
+            return Ok(Err("the computer's primary person no longer exists".into()));
+        };
+        Ok(Ok((tenant, computer.name, person)))
+    }
+
+    /// The e-mail address a session's mails go to, if any.
+    pub fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
+        Ok(self.recipient(s)?.ok().map(|(_, _, p)| p.email))
+    }
+
+    /// One mail about several sessions of one person (CONTRACT issue 14: one mail per person
+    /// and run), listing each computer with its actions; each computer keeps its own postpone
+    /// page. A single session gets the ordinary mail.
+    pub fn compose_group_mail(
+        &self,
+        sessions: &[&Session],
+        kind: MailKind,
+    ) -> ApiResult<Result<OutboxMail, String>> {
+        let [first, ..] = sessions else {
+            return Ok(Err("no session to mail about".into()));
+        };
+        if sessions.len() == 1 {
+            return self.compose_session_mail(first, kind);
+        }
+        let mut views = Vec::with_capacity(sessions.len());
+        let mut tenant_and_person = None;
+        for s in sessions {
+            let (tenant, computer_name, person) = match self.recipient(s)? {
+                Ok(r) => r,
+                Err(why) => return Ok(Err(why)),
+            };
+            let link = if kind == MailKind::Before {
+                self.postpone_link(s, &person.email)?
+            } else {
+                None
+            };
+            let view = self.session_view(s, &tenant, &computer_name, &person.name, link);
+            views.push((s.finished_at, view));
+            tenant_and_person.get_or_insert((tenant, person));
+        }
+        let Some((tenant, person)) = tenant_and_person else {
+            return Ok(Err("no session to mail about".into()));
+        };
+        views.sort_by(|a, b| a.1.computer_name.cmp(&b.1.computer_name));
+        let names: Vec<String> = views.iter().map(|(_, v)| v.computer_name.clone()).collect();
+        let mut view = views[0].1.clone();
+        view.computer_name = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.join(", "),
+        };
+        // After: when the last of them finished.
+        if let Some((_, latest)) = views.iter().max_by_key(|(finished, _)| *finished) {
+            view.when = latest.when.clone();
+        }
+        view.actions = views
+            .iter()
+            .flat_map(|(_, v)| {
+                v.actions.iter().cloned().map(|mut a| {
+                    a.name = format!("{} on {}", a.name, v.computer_name);
+                    a
+                })
+            })
+            .collect();
+        view.reboot = views
+            .iter()
+            .map(|(_, v)| v.reboot)
+            .max_by_key(|r| match r {
+                RebootExpectation::None => 0,
+                RebootExpectation::May => 1,
+                RebootExpectation::Will => 2,
+            })
+            .unwrap_or_default();
+        view.compliant = views.iter().all(|(_, v)| v.compliant);
+        view.result_summary = (kind == MailKind::After).then(|| {
+            views
+                .iter()
+                .map(|(_, v)| {
+                    format!(
+                        "{}: {}",
+                        v.computer_name,
+                        v.result_summary.clone().unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        view.postpone_links = views
+            .iter()
+            .filter_map(|(_, v)| {
+                v.postpone_url.clone().map(|url| ComputerLink {
+                    computer_name: v.computer_name.clone(),
+                    url,
+                })
+            })
+            .collect();
+        view.postpone_url = None;
+        view.update_now_url = None;
+        self.render_for(&tenant, first.id, kind, person.email, &view)
+            .map(Ok)
+    }
+
+    /// Renders a before- or after-mail view into an outbox mail to one person.
+    fn render_for(
+        &self,
+        tenant: &Tenant,
+        session: Id,
+        kind: MailKind,
+        to: String,
+        view: &SessionMailView,
+    ) -> ApiResult<OutboxMail> {
+        let template = if kind == MailKind::Before {
+            MailTemplate::Before
+        } else {
+            MailTemplate::After
+        };
+        let r = self
+            .templates
+            .render_session_mail(template, view)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(self.outbox_mail(Some(tenant), Some(session), kind, vec![to], r))
+    }
+
+    /// Renders a session mail for the computer's primary person. `Ok(Err(why))` when there is
+    /// nobody to mail.
+    pub fn compose_session_mail(
+        &self,
+        s: &Session,
+        kind: MailKind,
+    ) -> ApiResult<Result<OutboxMail, String>> {
+        let (tenant, computer_name, person) = match self.recipient(s)? {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
+        };
+        let link = if kind == MailKind::Before {
+            self.postpone_link(s, &person.email)?
+        } else {
+            None
+        };
+        let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
+        if kind == MailKind::Before {
+            view.update_now_url = self.update_now_link(s, &person.email)?;
+        }
+        self.render_for(&tenant, s.id, kind, person.email, &view)
+            .map(Ok)
+    }
+
+    pub fn outbox_mail(
+        &self,
+        tenant: Option<&Tenant>,
+        session: Option<Id>,
+        kind: MailKind,
+        to: Vec<String>,
+        r: render::RenderedMail,
+    ) -> OutboxMail {
+        let id = crate::ids::fresh();
+        let host = self
+            .public_url
+            .split("://")
+            .nth(1)
+            .unwrap_or("localhost")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("localhost")
+            .to_string();
+        let now = self.clock.now();
+        OutboxMail {
+            id,
+            message_id: format!("<{id}@{host}>"),
+            tenant_id: tenant.map(|t| t.id),
+            session_id: session,
+            kind,
+            from: tenant
+                .and_then(|t| t.mail_from.clone())
+                .unwrap_or_else(|| self.config.mail_from.clone()),
+            to,
+            bcc: if kind == MailKind::Test {
+                vec![]
+            } else {
+                tenant.map(|t| t.mail_bcc.clone()).unwrap_or_default()
+            },
+            subject: r.subject,
+            text: r.text,
+            html: r.html,
+            created_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            status: MailStatus::Pending,
+        }
+    }
+
+    /// Queues a mail outside a session step (test mails).
+    pub async fn queue_mail(&self, m: OutboxMail) -> ApiResult<()> {
+        self.store
+            .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))?;
+        self.store.flush().await?;
+        self.mail_wakeup.notify_one();
+        Ok(())
+    }
+
+    pub fn outbox_depth(&self) -> usize {
+        self.store.index_count(&IndexKey::new(PENDING_MAIL, []))
+    }
+
+    /// Background loop: sends due mails, retrying failures with backoff.
+    pub async fn run_mailer(self: Arc<Self>) {
+        let transport = match &self.config.smtp_url {
+            Some(url) => match AsyncSmtpTransport::<Tokio1Executor>::from_url(url) {
+                Ok(b) => Some(b.timeout(Some(Duration::from_secs(30))).build()),
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid SMTP URL; mail stays queued");
+                    return;
+                }
+            },
+            None => None,
+        };
+        loop {
+            let now = self.clock.now();
+            let mut next_due: Option<Time> = None;
+            let pending: Vec<OutboxMail> = self
+                .store
+                .by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None)
+                .filter_map(|m| m.ok())
+                .collect();
+            for m in pending {
+                if m.next_attempt_at > now {
+                    next_due = Some(
+                        next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)),
+                    );
+                    continue;
+                }
+                self.send_one(transport.as_ref(), m).await;
+            }
+            let wait = next_due
+                .map(|t| (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(30))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                _ = self.mail_wakeup.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+
+    async fn send_one(
+        &self,
+        transport: Option<&AsyncSmtpTransport<Tokio1Executor>>,
+        mut m: OutboxMail,
+    ) {
+        let now = self.clock.now();
+        if let Some(reason) = self.withdrawn(&m) {
+            tracing::info!(mail = %m.id, session = ?m.session_id, "mail withdrawn: {reason}");
+            m.status = MailStatus::Withdrawn { at: now, reason };
+            if self
+                .store
+                .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))
+                .is_err()
+            {
+                tracing::error!(mail = %m.id, "could not record mail state");
+            }
+            let _ = self.store.flush().await;
+            return;
+        }
+        let result = match build_message(&m) {
+            Ok(msg) => match transport {
+                Some(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
+                None => self.write_eml(&m, &msg).await,
+            },
+            Err(e) => {
+                // A mail that cannot be built never will be: fail it at once.
+                m.attempts = u32::MAX / 2;
+                Err(e)
+            }
+        };
+        m.attempts = m.attempts.saturating_add(1);
+        let mut failed_for_good = false;
+        match result {
+            Ok(()) => {
+                m.status = MailStatus::Sent { at: now };
+                m.last_error = None;
+                self.metrics
+                    .mails_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(mail = %m.id, message_id = %m.message_id, to = ?m.to, "mail sent");
+            }
+            Err(e) => {
+                self.metrics
+                    .mail_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(mail = %m.id, attempt = m.attempts, error = %e, "mail not sent");
+                m.last_error = Some(e);
+                if now - m.created_at > chrono::Duration::hours(GIVE_UP_AFTER_HOURS)
+                    || m.attempts >= u32::MAX / 2
+                {
+                    m.status = MailStatus::Failed { at: now };
+                    failed_for_good = true;
+                } else {
+                    m.next_attempt_at = now + backoff(m.attempts);
+                }
+            }
+        }
+        let deliveries = match (failed_for_good, m.tenant_id) {
+            (true, Some(t)) => self
+                .deliveries(t, upkeep_core::webhook::WebhookEvent::MailFailed, serde_json::json!({"mailId": m.id.to_string(), "sessionId": m.session_id.map(|s| s.to_string()), "to": m.to, "error": m.last_error}))
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        let r = self.store.write(|tx| {
+            tx.put(&m)?;
+            for d in &deliveries {
+                tx.put(d)?;
+            }
+            Ok::<_, TxError<ApiError>>(())
+        });
+        if r.is_err() {
+            tracing::error!(mail = %m.id, "could not record mail state");
+        }
+        let _ = self.store.flush().await;
+        if !deliveries.is_empty() {
+            self.webhook_wakeup.notify_one();
+        }
+    }
+
+    /// Why a queued mail must not go out any more: a before-mail whose session was cancelled
+    /// meanwhile (say by a technician while the SMTP server was down) announces maintenance
+    /// that will not happen.
+    fn withdrawn(&self, m: &OutboxMail) -> Option<String> {
+        if m.kind != MailKind::Before {
+            return None;
+        }
+        let s = self.store.get::<Session>(&m.session_id?).ok().flatten()?;
+        (s.status == SessionStatus::Cancelled).then(|| {
+            format!(
+                "the maintenance was cancelled ({})",
+                s.status_reason.unwrap_or_default()
+            )
+        })
+    }
+
+    async fn write_eml(&self, m: &OutboxMail, msg: &Message) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        // Mails hold live postpone links: readable by the server's user only.
+        let dir = self.config.data_dir.join("outbox-files");
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tmp = dir.join(format!("{}.eml.tmp", m.id));
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(|e| e.to_string())?;
+        f.write_all(&msg.formatted())
+            .await
+            .map_err(|e| e.to_string())?;
+        f.flush().await.map_err(|e| e.to_string())?;
+        tokio::fs::rename(&tmp, dir.join(format!("{}.eml", m.id)))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Builds the MIME message. Addresses and subject go through lettre's typed headers, which
+/// encode them; the subject was already stripped of control characters by the renderer, so no
+/// header can be injected through a name.
+pub fn build_message(m: &OutboxMail) -> Result<Message, String> {
+    let from: Mailbox = m
+        .from
+        .parse()
+        .map_err(|e| format!("sender {}: {e}", m.from))?;
+    let mut b = Message::builder()
+        .from(from)
+        .subject(m.subject.replace(['\r', '\n'], " "))
+        .message_id(Some(m.message_id.clone()));
+    for t in &m.to {
+        b = b.to(t.parse().map_err(|e| format!("recipient {t}: {e}"))?);
+    }
+    for t in &m.bcc {
+        b = b.bcc(t.parse().map_err(|e| format!("bcc {t}: {e}"))?);
+    }
+    b.multipart(MultiPart::alternative_plain_html(
+        m.text.clone(),
+        m.html.clone(),
+    ))
+    .map_err(|e| e.to_string())
+}

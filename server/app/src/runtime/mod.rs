@@ -1,0 +1,639 @@
+//! The runtime applies the engine's effects: it persists each step (session, events, jobs,
+//! mails) in one store transaction, flushes, and only then hands jobs to agents, publishes
+//! events and wakes the mailer. Per-session locks serialise steps of one session; sessions of
+//! different computers step in parallel. No task per idle session: waiting sessions are a
+//! timer entry and an index entry.
+
+mod group_mail;
+pub mod mailer;
+mod reboot;
+mod start;
+
+pub use start::{Busy, StartRequest};
+
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use upkeep_core::domain::*;
+use upkeep_core::engine::{self, Effect, EngineError, Env, Event};
+use upkeep_core::session::*;
+use upkeep_store::records::ACTIVE_SESSIONS;
+use upkeep_store::{Encoded, IndexKey, TxError};
+
+const LOCK_STRIPES: usize = 256;
+
+pub struct SessionRuntime {
+    locks: Vec<tokio::sync::Mutex<()>>,
+    state: Mutex<RuntimeState>,
+    max_running: usize,
+    /// Serialises session creation so "one unfinished session per computer" holds.
+    pub(crate) create_lock: tokio::sync::Mutex<()>,
+    idempotency_lock: tokio::sync::Mutex<()>,
+    mail_locks: group_mail::MailLocks,
+}
+
+#[derive(Default)]
+struct RuntimeState {
+    /// (wake time, session) for sessions that asked for a `Tick`.
+    timers: BTreeSet<(Time, Id)>,
+    wake_of: HashMap<Id, Time>,
+    /// The unfinished session of each computer (at most one).
+    active_by_computer: HashMap<Id, Id>,
+    /// Sessions holding a running slot.
+    running: HashSet<Id>,
+    /// Sessions waiting for a slot, in start order.
+    queue: BTreeSet<(u8, Time, Id)>,
+    queued_key: HashMap<Id, (u8, Time, Id)>,
+    /// Queue heads woken for a free slot whose step has not begun yet.
+    head_woken: HashSet<Id>,
+    /// (due, computer) for reboots held by business hours (`reboot.rs`).
+    held_reboots: BTreeSet<(Time, Id)>,
+}
+
+impl SessionRuntime {
+    pub fn new(max_running: usize) -> SessionRuntime {
+        SessionRuntime {
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            state: Mutex::new(RuntimeState::default()),
+            max_running,
+            create_lock: tokio::sync::Mutex::new(()),
+            idempotency_lock: tokio::sync::Mutex::new(()),
+            mail_locks: group_mail::MailLocks::default(),
+        }
+    }
+
+    fn lock_for(&self, id: Id) -> &tokio::sync::Mutex<()> {
+        let b = id.as_bytes();
+        let h = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        &self.locks[(h % LOCK_STRIPES as u64) as usize]
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serialises idempotent starts, so two concurrent calls with one key start one set.
+    pub async fn create_lock_for_idempotency(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.idempotency_lock.lock().await
+    }
+
+    pub fn active_session_of(&self, computer: Id) -> Option<Id> {
+        self.st().active_by_computer.get(&computer).copied()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.st().active_by_computer.len()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.st().running.len()
+    }
+
+    pub fn queued_count(&self) -> usize {
+        self.st().queue.len()
+    }
+
+    /// Reserves a running slot for `id` if it holds one, or one is free and no session queued
+    /// ahead of it waits.
+    fn try_slot(&self, id: Id) -> bool {
+        let mut st = self.st();
+        if st.running.contains(&id) {
+            return true;
+        }
+        let head_ok = match st.queue.first() {
+            None => true,
+            Some(first) => first.2 == id,
+        };
+        if st.running.len() < self.max_running && head_ok {
+            st.running.insert(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records the session's new state in the in-memory indexes; returns queued sessions to
+    /// tick because a slot is free.
+    fn note(&self, s: &Session) -> Vec<Id> {
+        let mut st = self.st();
+        if let Some(old) = st.wake_of.remove(&s.id) {
+            st.timers.remove(&(old, s.id));
+        }
+        if let Some(k) = st.queued_key.remove(&s.id) {
+            st.queue.remove(&k);
+        }
+        if s.status.is_terminal() {
+            if st.active_by_computer.get(&s.computer_id) == Some(&s.id) {
+                st.active_by_computer.remove(&s.computer_id);
+            }
+        } else {
+            st.active_by_computer.insert(s.computer_id, s.id);
+            if let Some(w) = s.wake_at {
+                st.timers.insert((w, s.id));
+                st.wake_of.insert(s.id, w);
+            }
+            if s.queued {
+                let k = (s.trigger.priority(), s.created_at, s.id);
+                st.queue.insert(k);
+                st.queued_key.insert(s.id, k);
+            }
+        }
+        if !engine::holds_slot(s) {
+            st.running.remove(&s.id);
+        }
+        // Only the head of the queue may take a slot (`try_slot`), so only it is woken, and only
+        // once until its step begins (every step of every session notes; waking the head from
+        // each piled thousands of ticks on its lock). When it takes the slot, its own note wakes
+        // the next. The head is woken even when it is `s` itself: a slot may have freed while
+        // `s` was being refused one, and the note that freed it found `s` not yet queued.
+        if st.running.len() < self.max_running
+            && let Some(head) = st.queue.first().map(|k| k.2)
+            && st.head_woken.insert(head)
+        {
+            vec![head]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A step of `id` is about to read its state: a later slot may wake it again.
+    fn stepping(&self, id: Id) {
+        let mut st = self.st();
+        if !st.head_woken.is_empty() {
+            st.head_woken.remove(&id);
+        }
+    }
+
+    fn due_timers(&self, now: Time) -> Vec<Id> {
+        let st = self.st();
+        st.timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+}
+
+impl App {
+    /// Loads every unfinished session into the in-memory indexes, re-queues its open jobs,
+    /// and ticks it: after a crash or restart each continues where it stood.
+    pub async fn recover_sessions(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let idx = IndexKey::new(ACTIVE_SESSIONS, []);
+        let mut ids = Vec::new();
+        for s in self.store.by_index::<Session>(&idx, None) {
+            let s = s?;
+            if engine::holds_slot(&s) {
+                self.runtime.st().running.insert(s.id);
+            }
+            self.runtime.note(&s);
+            ids.push(s.id);
+        }
+        self.agents.requeue_open_jobs(&self.store)?;
+        self.recover_held_reboots()?;
+        for id in &ids {
+            self.tick(*id).await;
+        }
+        Ok(ids.len())
+    }
+
+    /// Applies `event` to session `id`: engine step, persist, flush, then publish. Returns the
+    /// new session. Engine refusals come back as API errors.
+    pub async fn apply(self: &Arc<Self>, id: Id, event: Event) -> ApiResult<Session> {
+        let _guard = self.runtime.lock_for(id).lock().await;
+        self.runtime.stepping(id);
+        let Some(mut s) = self.store.get::<Session>(&id)? else {
+            return Err(ApiError::not_found("maintenance session", id));
+        };
+        let before_status = s.status;
+        let decided_before = [
+            group_mail::decided(&s, upkeep_core::mail::MailKind::Before),
+            group_mail::decided(&s, upkeep_core::mail::MailKind::After),
+        ];
+        let settle = match &event {
+            Event::JobDone { job, .. } | Event::JobLost { job, .. } => Some(*job),
+            _ => None,
+        };
+        let slot_needed =
+            !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
+        let reboot_held_until = self.reboot_hold(&s)?;
+        let reboot_pending = s.stage == Stage::Executing
+            && self
+                .store
+                .get::<Computer>(&s.computer_id)?
+                .is_some_and(|c| c.held_reboot.is_some());
+        // From here on a reserved slot must be given back on every way out (`note`).
+        let env = Env {
+            now: self.clock.now(),
+            online: self.agents.is_online(s.computer_id),
+            slot_available: if slot_needed {
+                self.runtime.try_slot(id)
+            } else {
+                true
+            },
+            reboot_held_until,
+            reboot_pending,
+            limits: self.config.limits(),
+            ids: crate::ids::source(),
+        };
+        let effects = match engine::step(&mut s, &env, event) {
+            Ok(e) => e,
+            Err(e) => {
+                // Give back a slot reserved for a step that did not happen.
+                let _ = self.runtime.note(&s);
+                return Err(match e {
+                    EngineError::Conflict(m) => ApiError::Conflict(m),
+                    EngineError::NotAllowed(m) => ApiError::BadInput {
+                        field: "id".into(),
+                        message: m,
+                    },
+                });
+            }
+        };
+        if effects.is_empty() && s.status == before_status && settle.is_none() {
+            // Nothing happened (a tick while waiting); keep the wake time current.
+            // Persisted without a flush: nothing was acknowledged or published.
+            if let Err(e) = self
+                .store
+                .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))
+            {
+                self.renote_stored(id);
+                return Err(e.into());
+            }
+            let wake = self.runtime.note(&s);
+            self.spawn_ticks(wake);
+            return Ok(s);
+        }
+        let committed = match self
+            .commit(&mut s, &effects, before_status, settle, decided_before)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.renote_stored(id);
+                return Err(e);
+            }
+        };
+        let wake = self.runtime.note(&s);
+        self.after_commit(&s, committed);
+        self.spawn_ticks(wake);
+        Ok(s)
+    }
+
+    /// After a failed step: the in-memory indexes go back to what the store holds (giving back
+    /// a slot reserved for the step), and the session is woken again later.
+    fn renote_stored(self: &Arc<Self>, id: Id) {
+        if let Ok(Some(stored)) = self.store.get::<Session>(&id) {
+            let wake = self.runtime.note(&stored);
+            self.spawn_ticks(wake);
+        }
+    }
+
+    fn spawn_ticks(self: &Arc<Self>, ids: Vec<Id>) {
+        for w in ids {
+            let app = self.clone();
+            tokio::spawn(async move { app.tick(w).await });
+        }
+    }
+
+    /// `apply(Tick)`, logging instead of returning errors (background callers).
+    pub async fn tick(self: &Arc<Self>, id: Id) {
+        if let Err(e) = self.apply(id, Event::Tick).await {
+            tracing::warn!(session = %id, error = %e, "session tick failed");
+        }
+    }
+
+    /// Persists the session with everything its effects create, in one transaction.
+    async fn commit(
+        self: &Arc<Self>,
+        s: &mut Session,
+        effects: &[Effect],
+        before: SessionStatus,
+        settle: Option<Id>,
+        decided_before: [bool; 2],
+    ) -> ApiResult<Committed> {
+        let now = self.clock.now();
+        let mut c = Committed::default();
+        c.abandoned.extend(settle);
+        let mut notes = Vec::new();
+        // A grouped session's mails are the group's (`group_mail.rs`): decided once per kind,
+        // under the group's lock, held until this step is stored.
+        let kinds = [
+            upkeep_core::mail::MailKind::Before,
+            upkeep_core::mail::MailKind::After,
+        ];
+        let grouped = !s.mail_siblings.is_empty();
+        let group_kinds: Vec<upkeep_core::mail::MailKind> = kinds
+            .into_iter()
+            .zip(decided_before)
+            .filter(|(k, was)| {
+                grouped
+                    && ((group_mail::decided(s, *k) && !was) || effects.contains(&Effect::Mail(*k)))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let _group_guard = if group_kinds.is_empty() {
+            None
+        } else {
+            Some(self.runtime.mail_lock(s).lock().await)
+        };
+        for kind in &group_kinds {
+            let word = mail_word(*kind);
+            match self.group_mail(s, *kind) {
+                Ok(group_mail::GroupMail::Send { mail, computers }) => {
+                    notes.push(if computers > 1 {
+                        format!(
+                            "{word} mail queued for {} (one mail about {computers} computers)",
+                            mail.to.join(", ")
+                        )
+                    } else {
+                        format!("{word} mail queued for {}", mail.to.join(", "))
+                    });
+                    c.mails.push(*mail);
+                }
+                Ok(group_mail::GroupMail::Wait) => {
+                    if effects.contains(&Effect::Mail(*kind)) {
+                        notes.push(format!(
+                            "{word} mail waits for the other computers of the same person"
+                        ));
+                    }
+                }
+                Ok(group_mail::GroupMail::Nothing(Some(why))) => {
+                    notes.push(format!("{word} mail not sent: {why}"))
+                }
+                Ok(group_mail::GroupMail::Nothing(None)) => {}
+                Err(e) => notes.push(format!("{word} mail not sent: {e}")),
+            }
+        }
+        for e in effects {
+            match e {
+                Effect::Dispatch {
+                    job,
+                    kind,
+                    lease_seconds,
+                } => c.jobs.push(JobRecord {
+                    id: *job,
+                    session_id: s.id,
+                    computer_id: s.computer_id,
+                    job: kind.clone(),
+                    lease_seconds: *lease_seconds,
+                    created_at: now,
+                    state: JobState::Queued,
+                    attempts: 0,
+                }),
+                Effect::Abandon { job } => c.abandoned.push(*job),
+                Effect::Emit {
+                    action,
+                    log,
+                    status,
+                } => {
+                    c.events
+                        .push(new_event(s, now, *status, *action, log.clone()));
+                }
+                Effect::Mail(_) if grouped => {} // the group's mail, above
+                Effect::Mail(kind) => match self.compose_session_mail(s, *kind) {
+                    Ok(Ok(m)) => {
+                        notes.push(format!(
+                            "{} mail queued for {}",
+                            mail_word(*kind),
+                            m.to.join(", ")
+                        ));
+                        c.mails.push(m);
+                    }
+                    Ok(Err(why)) => {
+                        notes.push(format!("{} mail not sent: {why}", mail_word(*kind)))
+                    }
+                    Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
+                },
+                Effect::Finished => c.finished = true,
+                Effect::Output { action, output } => {
+                    if let Some(a) = s.actions.get(*action) {
+                        c.outputs.push(upkeep_core::output::OutputRecord {
+                            session_id: s.id,
+                            tenant_id: s.tenant_id,
+                            action: u32::try_from(*action).unwrap_or(u32::MAX),
+                            action_id: a.id,
+                            at: now,
+                            output: output.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for n in notes {
+            c.events.push(new_event(s, now, s.status, None, Some(n)));
+        }
+        if c.finished || s.status != before {
+            // The event that announced the new status (the first one carrying it).
+            let sequence = c
+                .events
+                .iter()
+                .find(|e| e.status == s.status && e.action_id.is_none())
+                .map_or(s.last_sequence, |e| e.sequence);
+            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
+        }
+        let s_ref = &*s;
+        let cref = &c;
+        // Encoded before the transaction (see `store::Encoded`). The settled jobs are read here
+        // too: only a step of this session, which holds its lock, changes them.
+        let session = Encoded::new(s_ref)?;
+        let events = encode_all(&c.events)?;
+        let jobs = encode_all(&c.jobs)?;
+        let mut settled = Vec::new();
+        for id in &c.abandoned {
+            if let Some(mut j) = self.store.get::<JobRecord>(id)?
+                && !matches!(j.state, JobState::Done { .. })
+            {
+                j.state = JobState::Done { at: now };
+                settled.push(Encoded::new(&j)?);
+            }
+        }
+        self.store.write(|tx| {
+            tx.put_encoded(&session)?;
+            for e in &events {
+                tx.put_encoded(e)?;
+            }
+            for e in &jobs {
+                tx.put_encoded(e)?;
+            }
+            for j in &settled {
+                tx.put_encoded(j)?;
+            }
+            for m in &cref.mails {
+                tx.put(m)?;
+            }
+            for o in &cref.outputs {
+                tx.put(o)?;
+            }
+            for d in &cref.deliveries {
+                tx.put(d)?;
+            }
+            if cref.finished
+                && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
+            {
+                if s_ref.rebooted_at.is_some() {
+                    // This session's reboot did what a held one was waiting for.
+                    comp.held_reboot = None;
+                }
+                if s_ref.status != SessionStatus::Cancelled {
+                    comp.compliance = s_ref.compliance.or(comp.compliance);
+                    if let Some(due_at) = s_ref.reboot_held_until {
+                        comp.held_reboot = Some(HeldReboot {
+                            session_id: s_ref.id,
+                            due_at,
+                            job_id: None,
+                        });
+                    }
+                }
+                comp.onboarded = true;
+                if s_ref.trigger == SessionTrigger::Onboarding {
+                    match s_ref.status {
+                        SessionStatus::Passed => {
+                            comp.onboarding = Some(OnboardingStatus::Completed)
+                        }
+                        SessionStatus::Failed => comp.onboarding = Some(OnboardingStatus::Failed),
+                        // A cancelled onboarding leaves the computer where it stood.
+                        _ => {}
+                    }
+                }
+                tx.put(&comp)?;
+            }
+            Ok::<_, TxError<ApiError>>(())
+        })?;
+        self.store.flush().await?;
+        Ok(c)
+    }
+
+    fn after_commit(&self, s: &Session, c: Committed) {
+        for id in &c.abandoned {
+            self.agents.forget_job(*id);
+        }
+        for j in &c.jobs {
+            self.agents.enqueue(j);
+        }
+        for e in c.events {
+            self.metrics
+                .session_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.events.send(Arc::new(e));
+        }
+        if !c.mails.is_empty() {
+            self.mail_wakeup.notify_one();
+        }
+        if !c.deliveries.is_empty() {
+            self.webhook_wakeup.notify_one();
+        }
+        if c.finished
+            && s.status != SessionStatus::Cancelled
+            && let Some(due) = s.reboot_held_until
+        {
+            self.runtime.note_held_reboot(s.computer_id, due);
+        }
+        if c.finished {
+            self.metrics
+                .sessions_finished
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(session = %s.id, computer = %s.computer_id, status = ?s.status, reason = ?s.status_reason, "session finished");
+        }
+    }
+
+    /// When a reboot may not start now, the instant it may (the end of the tenant's business
+    /// hours).
+    fn reboot_hold(&self, s: &Session) -> ApiResult<Option<Time>> {
+        if s.options.allow_reboot_during_business_hours
+            || !matches!(s.stage, Stage::RebootHeld | Stage::Executing)
+        {
+            return Ok(None);
+        }
+        let Some(t) = self.store.get::<Tenant>(&s.tenant_id)? else {
+            return Ok(None);
+        };
+        let Some(bh) = &t.business_hours else {
+            return Ok(None);
+        };
+        let tz =
+            upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
+        Ok(crate::scheduler::business_hours_end(
+            bh,
+            tz,
+            self.clock.now(),
+        ))
+    }
+
+    /// Background loop: ticks sessions whose timers are due (every second, and at once when a
+    /// test moves the clock).
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut moved = self.clock.subscribe_moves();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                _ = moved.changed() => {}
+                _ = self.shutdown.wait() => return,
+            }
+            for id in self.runtime.due_timers(self.clock.now()) {
+                self.tick(id).await;
+            }
+            self.send_due_reboots().await;
+        }
+    }
+
+    /// Called by the agent gateway when a computer starts polling again.
+    pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
+        if let Some(id) = self.runtime.active_session_of(computer) {
+            self.spawn_ticks(vec![id]);
+        }
+    }
+
+    /// Cancels a session (CONTRACT: a running step finishes; the rest is CANCELLED).
+    pub async fn cancel_session(self: &Arc<Self>, id: Id, by: &str) -> ApiResult<Session> {
+        self.apply(id, Event::Cancel { by: by.to_string() }).await
+    }
+}
+
+fn encode_all<T: upkeep_store::Record>(
+    records: &[T],
+) -> Result<Vec<Encoded<T>>, upkeep_store::StoreError> {
+    records.iter().map(Encoded::new).collect()
+}
+
+fn new_event(
+    s: &mut Session,
+    now: Time,
+    status: SessionStatus,
+    action: Option<(Id, ActionStatus)>,
+    log: Option<String>,
+) -> SessionEvent {
+    s.last_sequence += 1;
+    SessionEvent {
+        session_id: s.id,
+        tenant_id: s.tenant_id,
+        sequence: s.last_sequence,
+        at: now,
+        status,
+        action_id: action.map(|a| a.0),
+        action_status: action.map(|a| a.1),
+        log_line: log,
+    }
+}
+
+fn mail_word(k: upkeep_core::mail::MailKind) -> &'static str {
+    match k {
+        upkeep_core::mail::MailKind::Before => "Before-maintenance",
+        upkeep_core::mail::MailKind::After => "After-maintenance",
+        upkeep_core::mail::MailKind::Test => "Test",
+    }
+}
+
+#[derive(Default)]
+struct Committed {
+    jobs: Vec<JobRecord>,
+    abandoned: Vec<Id>,
+    events: Vec<SessionEvent>,
+    mails: Vec<upkeep_core::mail::OutboxMail>,
+    deliveries: Vec<upkeep_core::webhook::Delivery>,
+    outputs: Vec<upkeep_core::output::OutputRecord>,
+    finished: bool,
+}

@@ -1,0 +1,189 @@
+//! Reboots held by business hours. The session that needed one ends (with `rebootRequired`)
+//! instead of waiting for hours with the computer locked; the computer keeps the reboot pending
+//! (`Computer.held_reboot`, read as `rebootPending`), and it runs as its own small job when
+//! the hours end. The job is filed under the ended session, whose engine ignores its result;
+//! this module settles it and clears the computer's flag.
+
+use super::SessionRuntime;
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use std::sync::Arc;
+use upkeep_agent_protocol::{JobKind, JobOutcome};
+use upkeep_core::domain::*;
+use upkeep_core::session::*;
+use upkeep_store::TxError;
+
+/// A reboot job that could not start is tried again this much later.
+const RETRY_MINUTES: i64 = 10;
+/// A held reboot of an offline computer is looked at again this much later.
+const OFFLINE_RECHECK_MINUTES: i64 = 5;
+
+impl SessionRuntime {
+    pub(super) fn note_held_reboot(&self, computer: Id, due: Time) {
+        self.st().held_reboots.insert((due, computer));
+    }
+
+    fn due_reboots(&self, now: Time) -> Vec<Id> {
+        let mut st = self.st();
+        let due: Vec<(Time, Id)> = st
+            .held_reboots
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
+        for d in &due {
+            st.held_reboots.remove(d);
+        }
+        due.into_iter().map(|(_, c)| c).collect()
+    }
+}
+
+impl App {
+    /// At start-up: every computer whose held reboot was not sent yet gets its timer again
+    /// (sent ones are re-queued with the other open jobs).
+    pub(super) fn recover_held_reboots(&self) -> anyhow::Result<()> {
+        for c in self.store.scan::<Computer>(None) {
+            let c = c?;
+            if let Some(h) = &c.held_reboot
+                && h.job_id.is_none()
+            {
+                self.runtime.note_held_reboot(c.id, h.due_at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the held reboots that are due (timer loop).
+    pub(super) async fn send_due_reboots(self: &Arc<Self>) {
+        for computer in self.runtime.due_reboots(self.clock.now()) {
+            if let Err(e) = self.send_held_reboot(computer).await {
+                tracing::warn!(computer = %computer, error = %e, "held reboot not sent");
+            }
+        }
+    }
+
+    /// When a held reboot may not be sent now, the instant to look again: inside the tenant's
+    /// business hours (their end), or while the computer is offline (a laptop that returns
+    /// during the next working day must not reboot in the user's hands).
+    fn reboot_not_before(&self, computer: Id, now: Time) -> ApiResult<Option<Time>> {
+        let Some(c) = self.store.get::<Computer>(&computer)? else {
+            return Ok(None);
+        };
+        if let Some(t) = self.store.get::<Tenant>(&c.tenant_id)?
+            && let Some(bh) = &t.business_hours
+        {
+            let tz = upkeep_core::calendar::cron::parse_time_zone(&t.time_zone)
+                .unwrap_or(chrono_tz::UTC);
+            if let Some(end) = crate::scheduler::business_hours_end(bh, tz, now) {
+                return Ok(Some(end));
+            }
+        }
+        if !self.agents.is_online(computer) {
+            return Ok(Some(
+                now + chrono::Duration::minutes(OFFLINE_RECHECK_MINUTES),
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn send_held_reboot(self: &Arc<Self>, computer: Id) -> ApiResult<()> {
+        let now = self.clock.now();
+        if let Some(later) = self.reboot_not_before(computer, now)? {
+            self.store.write(|tx| {
+                if let Some(mut c) = tx.get::<Computer, ApiError>(&computer)?
+                    && let Some(h) = c.held_reboot.as_mut()
+                    && h.job_id.is_none()
+                {
+                    h.due_at = later;
+                    tx.put(&c)?;
+                }
+                Ok::<_, TxError<ApiError>>(())
+            })?;
+            self.store.flush().await?;
+            self.runtime.note_held_reboot(computer, later);
+            return Ok(());
+        }
+        let job = self.store.write(|tx| {
+            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                return Ok(None);
+            };
+            let Some(h) = c.held_reboot.as_mut() else {
+                return Ok(None);
+            };
+            if h.job_id.is_some() || h.due_at > now {
+                return Ok(None);
+            }
+            let j = JobRecord {
+                id: crate::ids::fresh(),
+                session_id: h.session_id,
+                computer_id: computer,
+                job: JobKind::Reboot {},
+                lease_seconds: self.config.limits().lease_slack_seconds,
+                created_at: now,
+                state: JobState::Queued,
+                attempts: 0,
+            };
+            h.job_id = Some(j.id);
+            tx.put(&c)?;
+            tx.put(&j)?;
+            Ok::<_, TxError<ApiError>>(Some(j))
+        })?;
+        self.store.flush().await?;
+        if let Some(j) = job {
+            tracing::info!(computer = %computer, job = %j.id, "held reboot sent");
+            self.agents.enqueue(&j);
+        }
+        Ok(())
+    }
+
+    /// When `rec` is a computer's held reboot, applies its result (or loss, `None`): the job is
+    /// done, and the computer's reboot is no longer pending once it started (else it is tried
+    /// again later). Returns false for any other job.
+    pub async fn held_reboot_result(
+        self: &Arc<Self>,
+        rec: &JobRecord,
+        outcome: Option<&JobOutcome>,
+    ) -> ApiResult<bool> {
+        if !matches!(rec.job, JobKind::Reboot {}) {
+            return Ok(false);
+        }
+        let held = self
+            .store
+            .get::<Computer>(&rec.computer_id)?
+            .and_then(|c| c.held_reboot)
+            .is_some_and(|h| h.job_id == Some(rec.id));
+        if !held {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let started = matches!(outcome, Some(JobOutcome::Reboot { started: true, .. }));
+        let retry_at = self.store.write(|tx| {
+            let mut retry_at = None;
+            if let Some(mut j) = tx.get::<JobRecord, ApiError>(&rec.id)? {
+                j.state = JobState::Done { at: now };
+                tx.put(&j)?;
+            }
+            if let Some(mut c) = tx.get::<Computer, ApiError>(&rec.computer_id)?
+                && c.held_reboot.as_ref().and_then(|h| h.job_id) == Some(rec.id)
+            {
+                if started {
+                    c.held_reboot = None;
+                } else if let Some(h) = c.held_reboot.as_mut() {
+                    let at = now + chrono::Duration::minutes(RETRY_MINUTES);
+                    h.job_id = None;
+                    h.due_at = at;
+                    retry_at = Some(at);
+                }
+                tx.put(&c)?;
+            }
+            Ok::<_, TxError<ApiError>>(retry_at)
+        })?;
+        self.store.flush().await?;
+        self.agents.forget_job(rec.id);
+        if let Some(at) = retry_at {
+            self.runtime.note_held_reboot(rec.computer_id, at);
+        }
+        tracing::info!(computer = %rec.computer_id, started, "held reboot reported");
+        Ok(true)
+    }
+}

@@ -1,0 +1,323 @@
+//! Starting sessions: which deployments a session covers, frozen into plan items.
+
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use std::sync::Arc;
+use upkeep_core::domain::*;
+use upkeep_core::session::*;
+use upkeep_store::TxError;
+use upkeep_store::records::IdempotencyRecord;
+
+/// Everything a new session is made from (the API, schedules and onboarding all come here).
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub computer: Computer,
+    pub trigger: SessionTrigger,
+    pub detection_only: bool,
+    pub execute_at: Option<Time>,
+    pub window_end: Option<Time>,
+    pub deployment_ids: Option<Vec<Id>>,
+    pub options: MaintenanceOptions,
+    pub schedule_id: Option<Id>,
+    pub created_by: String,
+}
+
+impl App {
+    /// The plan items for a session: enabled deployments matching the computer, filtered by
+    /// enforcement (`ONBOARDING` only in onboarding sessions, `AD_HOC` only when named), resolved
+    /// per software or task, exceptions dropped, in run order.
+    pub fn plan_items(
+        &self,
+        computer: &Computer,
+        trigger: SessionTrigger,
+        named: Option<&[Id]>,
+    ) -> ApiResult<Vec<PlanItem>> {
+        let all = self.catalogue_deployments_for(computer.tenant_id)?;
+        let applicable: Vec<Deployment> = all
+            .into_iter()
+            .filter(|d| match named {
+                Some(ids) => ids.contains(&d.id),
+                None => match d.enforcement {
+                    Enforcement::Required => true,
+                    Enforcement::Onboarding => trigger == SessionTrigger::Onboarding,
+                    Enforcement::AdHoc => false,
+                },
+            })
+            .collect();
+        upkeep_core::engine::plan::freeze_items(
+            computer,
+            &applicable,
+            |sid| {
+                let Some(sw) = self.store.get::<Software>(&sid)? else {
+                    return Ok(None);
+                };
+                let configuration_task = match sw.configuration_task_id {
+                    Some(t) => self.store.get::<MaintenanceTask>(&t)?.map(task_snapshot),
+                    None => None,
+                };
+                Ok(Some(SoftwareSnapshot {
+                    id: sw.id,
+                    name: sw.name,
+                    detection_script: sw.detection_script,
+                    versions: sw.versions,
+                    uninstall_script: sw.uninstall_script,
+                    configuration_task,
+                }))
+            },
+            |tid| Ok(self.store.get::<MaintenanceTask>(&tid)?.map(task_snapshot)),
+        )
+    }
+
+    /// Creates a session and takes its first step. `CONFLICT` when the computer already has an
+    /// unfinished one.
+    pub async fn start_session(self: &Arc<Self>, req: StartRequest) -> ApiResult<Session> {
+        let mut started = self.start_sessions(vec![req], Busy::Fail, None).await?;
+        started
+            .pop()
+            .ok_or_else(|| ApiError::Internal("no session was started".into()))
+    }
+
+    /// Creates sessions for several computers and takes their first steps.
+    ///
+    /// The sessions, their `created` events and the idempotency record (when `idempotency_key`
+    /// is given) are written in one transaction per [`START_CHUNK`] sessions and flushed once
+    /// before anything is published; the first steps then run side by side, so their flushes
+    /// share fsyncs. A computer that already has an unfinished session (or appears twice)
+    /// fails the whole call with `CONFLICT` before anything is written (`Busy::Fail`), or is
+    /// left out (`Busy::Skip`, for schedules).
+    pub async fn start_sessions(
+        self: &Arc<Self>,
+        reqs: Vec<StartRequest>,
+        busy: Busy,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Vec<Session>> {
+        let mut planned = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let items =
+                self.plan_items(&req.computer, req.trigger, req.deployment_ids.as_deref())?;
+            planned.push((req, items));
+        }
+        let now = self.clock.now();
+        let mut zones: std::collections::HashMap<Id, String> = std::collections::HashMap::new();
+        for (req, _) in &planned {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                zones.entry(req.computer.tenant_id)
+            {
+                let zone = self
+                    .store
+                    .get::<Tenant>(&req.computer.tenant_id)?
+                    .map(|t| t.time_zone)
+                    .unwrap_or_else(|| "UTC".into());
+                e.insert(zone);
+            }
+        }
+        let sessions = {
+            let _g = self.runtime.create_lock.lock().await;
+            let mut seen = std::collections::HashSet::new();
+            let mut new = Vec::with_capacity(planned.len());
+            let mut people: Vec<(Id, Option<Id>)> = Vec::with_capacity(planned.len());
+            for (req, items) in planned {
+                let active = self.unfinished_session_of(req.computer.id);
+                if active.is_some() || !seen.insert(req.computer.id) {
+                    let msg = match active {
+                        Some(a) => format!(
+                            "computer {} already has an unfinished maintenance session {a}",
+                            req.computer.name
+                        ),
+                        None => format!("computer {} is named twice", req.computer.name),
+                    };
+                    match busy {
+                        Busy::Fail => return Err(ApiError::Conflict(msg)),
+                        Busy::Skip => {
+                            tracing::info!(computer = %req.computer.id, "session not started: {msg}");
+                            continue;
+                        }
+                    }
+                }
+                let zone = zones
+                    .get(&req.computer.tenant_id)
+                    .cloned()
+                    .unwrap_or_else(|| "UTC".into());
+                let person = req.computer.primary_person_id;
+                let (mut s, created) = new_session(req, items, now);
+                s.time_zone = zone;
+                people.push((s.id, person));
+                let deliveries = self.webhook_created(&s)?;
+                new.push((s, created, deliveries));
+            }
+            link_mail_siblings(&mut new, &people);
+            let record = idempotency_key.map(|key| IdempotencyRecord {
+                key,
+                created_at: now,
+                session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+            });
+            // No sessions still writes the idempotency record (a call that started nothing).
+            let chunks: Vec<&[_]> = if new.is_empty() {
+                vec![&[]]
+            } else {
+                new.chunks(START_CHUNK).collect()
+            };
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                // The idempotency record lands with the last sessions it names: a retry after a
+                // crash either finds it (and every session) or starts afresh.
+                let record = if i == last { record.as_ref() } else { None };
+                self.store.write(|tx| {
+                    for (s, created, deliveries) in chunk {
+                        tx.put(s)?;
+                        tx.put(created)?;
+                        for d in deliveries {
+                            tx.put(d)?;
+                        }
+                    }
+                    if let Some(r) = record {
+                        tx.put(r)?;
+                    }
+                    Ok::<_, TxError<ApiError>>(())
+                })?;
+            }
+            self.store.flush().await?;
+            let mut webhooks = false;
+            let mut sessions = Vec::with_capacity(new.len());
+            for (s, created, deliveries) in new {
+                self.runtime.note(&s);
+                let _ = self.events.send(Arc::new(created));
+                webhooks |= !deliveries.is_empty();
+                sessions.push(s);
+            }
+            if webhooks {
+                self.webhook_wakeup.notify_one();
+            }
+            sessions
+        };
+        use futures_util::StreamExt;
+        let stepped = futures_util::stream::iter(sessions)
+            .map(|s| async move {
+                let id = s.id;
+                match self.apply(id, upkeep_core::engine::Event::Tick).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "first step failed");
+                        s
+                    }
+                }
+            })
+            .buffered(FIRST_STEPS_AT_ONCE)
+            .collect()
+            .await;
+        Ok(stepped)
+    }
+}
+
+impl App {
+    /// The computer's unfinished session. The in-memory index is updated just after a step is
+    /// stored, so a session a caller has already seen finish may still be listed for a moment:
+    /// the stored status decides (a rerun right after `PASSED` is not a `CONFLICT`).
+    pub fn unfinished_session_of(&self, computer: Id) -> Option<Id> {
+        let id = self.runtime.active_session_of(computer)?;
+        match self.store.get::<Session>(&id) {
+            Ok(Some(s)) if s.status.is_terminal() => None,
+            _ => Some(id),
+        }
+    }
+}
+
+/// Sessions of one start call (or schedule occurrence) whose computers share a primary person
+/// know each other: that person gets one mail per run and execution time, listing each
+/// computer (the recipient is checked again when mailing).
+fn link_mail_siblings<A, B>(new: &mut [(Session, A, B)], people: &[(Id, Option<Id>)]) {
+    let people: std::collections::HashMap<Id, Option<Id>> = people.iter().copied().collect();
+    let person_of = |sid: Id| people.get(&sid).copied().flatten();
+    let mut by_person: std::collections::HashMap<Id, Vec<Id>> = std::collections::HashMap::new();
+    for (s, _, _) in new.iter() {
+        if let Some(p) = person_of(s.id) {
+            by_person.entry(p).or_default().push(s.id);
+        }
+    }
+    for (s, _, _) in new.iter_mut() {
+        if let Some(ids) = person_of(s.id).and_then(|p| by_person.get(&p))
+            && ids.len() > 1
+        {
+            s.mail_siblings = ids.iter().copied().filter(|id| *id != s.id).collect();
+        }
+    }
+}
+
+/// What [`App::start_sessions`] does with a computer that already has an unfinished session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    Fail,
+    Skip,
+}
+
+/// Sessions written per transaction when many start at once.
+const START_CHUNK: usize = 500;
+/// First steps taken side by side when many sessions start at once.
+const FIRST_STEPS_AT_ONCE: usize = 64;
+
+/// A new session for `req` and its first event.
+fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, SessionEvent) {
+    let s = Session {
+        id: crate::ids::fresh(),
+        tenant_id: req.computer.tenant_id,
+        computer_id: req.computer.id,
+        schedule_id: req.schedule_id,
+        status: SessionStatus::Pending,
+        status_reason: None,
+        trigger: req.trigger,
+        detection_only: req.detection_only,
+        options: req.options,
+        created_by: req.created_by,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        execute_at: req.execute_at,
+        window_end: req.window_end,
+        postpone_count: 0,
+        reboot_required: false,
+        rebooted_at: None,
+        compliance: None,
+        items,
+        actions: vec![],
+        stage: Stage::AwaitDetect,
+        pending_job: None,
+        wake_at: None,
+        offline_since: None,
+        last_sequence: 1,
+        before_mail_sent: false,
+        after_mail_sent: false,
+        deployment_ids: req.deployment_ids,
+        queued: false,
+        used_tokens: vec![],
+        offline_in_window: false,
+        time_zone: "UTC".into(),
+        mail_siblings: vec![],
+        reboot_held_until: None,
+    };
+    let created = SessionEvent {
+        session_id: s.id,
+        tenant_id: s.tenant_id,
+        sequence: 1,
+        at: now,
+        status: SessionStatus::Pending,
+        action_id: None,
+        action_status: None,
+        log_line: Some(format!(
+            "Session created ({:?}) by {} for {} with {} deployment(s)",
+            s.trigger,
+            s.created_by,
+            req.computer.name,
+            s.items.len()
+        )),
+    };
+    (s, created)
+}
+
+fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
+    TaskSnapshot {
+        id: t.id,
+        name: t.name,
+        test_script: t.test_script,
+        set_script: t.set_script,
+    }
+}

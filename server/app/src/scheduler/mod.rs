@@ -1,0 +1,236 @@
+//! Schedules: cron occurrences in a time zone, turned into sessions on time.
+//!
+//! For each occurrence `o` of a schedule (per tenant zone for cross-tenant schedules), the
+//! scheduler starts sessions at `o - detectionLeadMinutes`: detection runs at once, the
+//! before-mail follows detection, and execution waits for `o`. Execution may start only in the
+//! window `[o, o + windowMinutes)`; starts are spread over its first half.
+//!
+//! Rules (documented in README): targets are resolved when the occurrence fires. A computer
+//! whose session could not start executing inside the window (online, but the window passed —
+//! e.g. the server was down) ends `CANCELLED` ("the maintenance window ended …"); an offline
+//! computer follows `offlineBehavior`. The next occurrence is persisted per schedule and zone;
+//! after a restart an occurrence whose window is still open fires once, older ones are skipped
+//! and logged. A computer that still has an unfinished session of the same schedule has it
+//! cancelled ("superseded"); one with another unfinished session is skipped and logged.
+
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use crate::runtime::StartRequest;
+use chrono::Duration;
+use chrono_tz::Tz;
+use std::sync::Arc;
+use upkeep_core::domain::*;
+use upkeep_core::session::SessionTrigger;
+use upkeep_store::records::*;
+use upkeep_store::{IndexKey, TxError};
+
+pub use upkeep_core::calendar::{OWN_ZONE, business_hours_end};
+
+/// The zone a schedule runs in for `tenant` (see `upkeep_core::calendar::zone_for`).
+pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> ApiResult<Tz> {
+    upkeep_core::calendar::zone_for(s, tenant).map_err(|e| ApiError::bad("timeZone", e.0))
+}
+
+impl App {
+    /// Background loop: fires due occurrences (every few seconds, and at once when a test
+    /// moves the clock).
+    pub async fn run_scheduler(self: Arc<Self>) {
+        let mut moved = self.clock.subscribe_moves();
+        loop {
+            if let Err(e) = self.scheduler_pass().await {
+                tracing::error!(error = %e, "scheduler pass failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = moved.changed() => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// One pass over every enabled schedule.
+    pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
+        let schedules: Vec<Schedule> = self
+            .store
+            .scan::<Schedule>(None)
+            .collect::<Result<_, _>>()?;
+        for s in schedules.into_iter().filter(|s| s.enabled) {
+            let tenants: Vec<Tenant> = match s.tenant_id {
+                Some(t) => self.store.get::<Tenant>(&t)?.into_iter().collect(),
+                None => self.store.scan::<Tenant>(None).collect::<Result<_, _>>()?,
+            };
+            for t in tenants {
+                if t.excluded_from_maintenance {
+                    continue;
+                }
+                if let Err(e) = self.schedule_tick(&s, &t).await {
+                    tracing::warn!(schedule = %s.id, tenant = %t.id, error = %e, "schedule occurrence failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn schedule_tick(self: &Arc<Self>, s: &Schedule, tenant: &Tenant) -> ApiResult<()> {
+        let now = self.clock.now();
+        let tz = zone_for(s, Some(tenant))?;
+        let expr = upkeep_core::calendar::cron::CronExpr::parse(&s.cron)
+            .map_err(|e| ApiError::bad("cron", e.0))?;
+        let key = if s.tenant_id.is_some() && s.time_zone.is_some() {
+            OWN_ZONE.to_string()
+        } else {
+            tenant.id.to_string()
+        };
+        let lead = Duration::minutes(i64::from(s.detection_lead_minutes));
+        let window = Duration::minutes(i64::from(s.window_minutes));
+        let next = match s.next_fire.get(&key) {
+            Some(n) => *n,
+            None => {
+                // First look (for this zone): the first occurrence whose detection starts after
+                // the timing was set, or after the tenant joined.
+                let since = s
+                    .timing_since
+                    .unwrap_or(s.created_at)
+                    .max(tenant.created_at);
+                let first = expr.next_after(tz, since + lead - Duration::seconds(1));
+                match first {
+                    Some(f) => {
+                        self.save_cursor(s.id, &key, f, None)?;
+                        f
+                    }
+                    None => return Ok(()),
+                }
+            }
+        };
+        if now < next - lead {
+            return Ok(());
+        }
+        // The occurrence is due. Find the one after it (skipping any whose window closed).
+        let following = expr
+            .next_after(tz, next)
+            .unwrap_or(next + Duration::days(36500));
+        if now >= next + window {
+            tracing::warn!(schedule = %s.id, tenant = %tenant.id, occurrence = %next, "occurrence missed: its window closed while the server was not running; skipped");
+            let mut n = following;
+            while now >= n + window {
+                match expr.next_after(tz, n) {
+                    Some(x) => n = x,
+                    None => break,
+                }
+            }
+            self.save_cursor(s.id, &key, n, None)?;
+            return Ok(());
+        }
+        // Persist the cursor first: a crash after this point loses this occurrence's remaining
+        // starts rather than running them twice.
+        self.save_cursor(s.id, &key, following, Some(now))?;
+        let started = self.fire_schedule(s, tenant, next, "schedule").await?;
+        tracing::info!(schedule = %s.id, tenant = %tenant.id, occurrence = %next, sessions = started.len(), "schedule fired");
+        Ok(())
+    }
+
+    fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
+        self.store.write(|tx| {
+            let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else {
+                return Ok(());
+            };
+            s.next_fire.insert(key.to_string(), next);
+            if ran.is_some() {
+                s.last_run_at = ran;
+            }
+            tx.put(&s)?;
+            Ok::<_, TxError<ApiError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Starts the sessions of one occurrence `o` of `s` for `tenant`'s computers. With
+    /// `spread`, executions are spread over the first half of the window.
+    pub async fn fire_schedule(
+        self: &Arc<Self>,
+        s: &Schedule,
+        tenant: &Tenant,
+        occurrence: Time,
+        by: &str,
+    ) -> ApiResult<Vec<upkeep_core::session::Session>> {
+        let now = self.clock.now();
+        let computers = self.schedule_targets(s, tenant)?;
+        let n = computers.len().max(1) as i64;
+        let half_window_ms = i64::from(s.window_minutes) * 60_000 / 2;
+        let immediate = by != "schedule";
+        // Starts are spread over the first half of the window, but a person's computers share
+        // the slot of the first of them: they run together, and that person gets one mail per
+        // run listing each (`runtime/group_mail.rs` groups by execution time).
+        let mut slot_of_person: std::collections::HashMap<Id, usize> =
+            std::collections::HashMap::new();
+        let mut reqs = Vec::new();
+        for (i, c) in computers.into_iter().enumerate() {
+            let i = match c.primary_person_id {
+                Some(p) => *slot_of_person.entry(p).or_insert(i),
+                None => i,
+            };
+            if c.excluded_from_maintenance {
+                tracing::info!(schedule = %s.id, computer = %c.id, "computer excluded from maintenance; skipped");
+                continue;
+            }
+            if let Some(active) = self.runtime.active_session_of(c.id) {
+                let same_schedule = self
+                    .store
+                    .get::<upkeep_core::session::Session>(&active)?
+                    .is_some_and(|x| x.schedule_id == Some(s.id));
+                if same_schedule && !immediate {
+                    let _ = self
+                        .cancel_session(active, "a newer occurrence of its schedule (superseded)")
+                        .await;
+                } else {
+                    tracing::info!(schedule = %s.id, computer = %c.id, session = %active, "computer has an unfinished session; skipped");
+                    continue;
+                }
+            }
+            let (execute_at, window_end) = if immediate {
+                (None, None)
+            } else {
+                let offset = Duration::milliseconds(half_window_ms * i as i64 / n);
+                let at = occurrence + offset;
+                (
+                    if at > now { Some(at) } else { None },
+                    Some(occurrence + Duration::minutes(i64::from(s.window_minutes))),
+                )
+            };
+            let req = StartRequest {
+                computer: c.clone(),
+                trigger: SessionTrigger::Schedule,
+                detection_only: s.detection_only,
+                execute_at,
+                window_end,
+                deployment_ids: None,
+                options: s.options.clone(),
+                schedule_id: Some(s.id),
+                created_by: format!("{by} {}", s.name),
+            };
+            reqs.push(req);
+        }
+        // One batch: written together, flushed once, first steps side by side.
+        self.start_sessions(reqs, crate::runtime::Busy::Skip, None)
+            .await
+    }
+
+    /// The computers a schedule targets in `tenant`, resolved now.
+    pub fn schedule_targets(&self, s: &Schedule, tenant: &Tenant) -> ApiResult<Vec<Computer>> {
+        let idx = match s.target.kind {
+            TargetKind::Tag => IndexKey::new(
+                TAG_COMPUTERS,
+                tag_value(tenant.id, s.target.value.as_deref().unwrap_or("")),
+            ),
+            _ => IndexKey::new(TENANT_COMPUTERS, tenant.id.as_bytes()),
+        };
+        let mut out = Vec::new();
+        for c in self.store.by_index::<Computer>(&idx, None) {
+            let c = c?;
+            if s.target.matches(&c) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,518 @@
+//! Webhooks: signed JSON POSTs about sessions and computers to PSA integrations. A delivery is
+//! written to the store with the step that causes it, before the first attempt, and retried
+//! with backoff by one worker; the delivery id stays the same on every retry.
+
+use crate::app::App;
+use crate::error::ApiResult;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use upkeep_core::domain::*;
+use upkeep_core::session::{ActionStatus, Session, SessionStatus};
+use upkeep_core::webhook::{
+    Delivery, DeliveryStatus, GIVE_UP_AFTER_HOURS, Webhook, WebhookEvent, backoff, sendable,
+};
+use upkeep_store::records::*;
+use upkeep_store::{IndexKey, TxError};
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub fn signature(secret: &str, t: i64, body: &str) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl App {
+    fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
+        let mut out = Vec::new();
+        for key in [tenant_key(Some(tenant)), tenant_key(None)] {
+            for w in self
+                .store
+                .by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None)
+            {
+                let w = w?;
+                if w.events.contains(&event) {
+                    out.push(w);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn deliveries(
+        &self,
+        tenant: Id,
+        event: WebhookEvent,
+        data: serde_json::Value,
+    ) -> ApiResult<Vec<Delivery>> {
+        let now = self.clock.now();
+        Ok(self
+            .hooks_for(tenant, event)?
+            .into_iter()
+            .map(|w| {
+                let id = crate::ids::fresh();
+                let body = serde_json::json!({
+                    "id": id.to_string(),
+                    "event": event,
+                    "occurredAt": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "tenantId": tenant.to_string(),
+                    "data": data,
+                })
+                .to_string();
+                Delivery {
+                    id,
+                    webhook_id: w.id,
+                    event,
+                    body,
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_attempt_at: None,
+                    response_status: None,
+                    last_error: None,
+                    created_at: now,
+                    session_id: None,
+                    sequence: None,
+                }
+            })
+            .collect())
+    }
+
+    /// Deliveries about session `s`, caused by its event `sequence` (carried in `data`).
+    fn session_deliveries(
+        &self,
+        s: &Session,
+        event: WebhookEvent,
+        sequence: u64,
+    ) -> ApiResult<Vec<Delivery>> {
+        let mut data = session_data(s);
+        data["sequence"] = serde_json::json!(sequence);
+        let mut out = self.deliveries(s.tenant_id, event, data)?;
+        for d in &mut out {
+            d.session_id = Some(s.id);
+            d.sequence = Some(sequence);
+        }
+        Ok(out)
+    }
+
+    pub fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
+        self.session_deliveries(s, WebhookEvent::SessionCreated, s.last_sequence)
+    }
+
+    /// `sequence`: the session event that announced the new status.
+    pub fn webhook_deliveries_for(
+        &self,
+        s: &Session,
+        before: SessionStatus,
+        finished: bool,
+        sequence: u64,
+    ) -> ApiResult<Vec<Delivery>> {
+        let mut out = Vec::new();
+        if s.status != before {
+            out.extend(self.session_deliveries(s, WebhookEvent::SessionStatusChanged, sequence)?);
+        }
+        if finished {
+            out.extend(self.session_deliveries(s, WebhookEvent::SessionFinished, sequence)?);
+        }
+        Ok(out)
+    }
+
+    /// Background loop: sends due deliveries, a few at a time, each with a time limit, so a
+    /// slow receiver never holds up anything else.
+    pub async fn run_webhooks(self: Arc<Self>) {
+        let client = match webhook_client(self.config.allow_private_webhooks) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook client");
+                return;
+            }
+        };
+        let limit = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut in_flight = std::collections::HashSet::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Id>();
+        loop {
+            while let Ok(id) = done_rx.try_recv() {
+                in_flight.remove(&id);
+            }
+            let now = self.clock.now();
+            let mut next_due: Option<Time> = None;
+            let idx = IndexKey::new(PENDING_DELIVERIES, []);
+            let pending: Vec<Delivery> = self
+                .store
+                .by_index::<Delivery>(&idx, None)
+                .filter_map(|d| d.ok())
+                .collect();
+            for d in sendable(pending, &|id| in_flight.contains(&id)) {
+                if d.next_attempt_at > now {
+                    next_due = Some(
+                        next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)),
+                    );
+                    continue;
+                }
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                in_flight.insert(d.id);
+                let app = self.clone();
+                let client = client.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    app.attempt_delivery(&client, d.clone()).await;
+                    drop(permit);
+                    let _ = done.send(d.id);
+                    app.webhook_wakeup.notify_one();
+                });
+            }
+            let wait = next_due
+                .map(|t| (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(30))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                _ = self.webhook_wakeup.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+
+    async fn attempt_delivery(&self, client: &reqwest::Client, mut d: Delivery) {
+        let Ok(Some(hook)) = self.store.get::<Webhook>(&d.webhook_id) else {
+            d.status = DeliveryStatus::Failed;
+            d.last_error = Some("the webhook was deleted".into());
+            self.save_delivery(&d).await;
+            return;
+        };
+        let now = self.clock.now();
+        let t = now.timestamp();
+        let event_name = serde_json::to_value(d.event)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let result = match self.refused_target(&hook.url) {
+            Some(reason) => Err(reason),
+            None => client
+                .post(&hook.url)
+                .header("content-type", "application/json")
+                .header("user-agent", concat!("upkeep/", env!("CARGO_PKG_VERSION")))
+                .header("Upkeep-Event", event_name)
+                .header("Upkeep-Delivery", d.id.to_string())
+                .header("Upkeep-Signature", signature(&hook.secret, t, &d.body))
+                .body(d.body.clone())
+                .send()
+                .await
+                .map_err(|e| delivery_error(&e)),
+        };
+        d.attempts += 1;
+        d.last_attempt_at = Some(now);
+        match result {
+            Ok(r) if r.status().is_success() => {
+                d.status = DeliveryStatus::Delivered;
+                d.response_status = Some(r.status().as_u16());
+                d.last_error = None;
+            }
+            Ok(r) => {
+                d.response_status = Some(r.status().as_u16());
+                d.last_error = Some(format!("receiver answered {}", r.status()));
+            }
+            Err(reason) => {
+                d.response_status = None;
+                d.last_error = Some(reason);
+            }
+        }
+        if d.status == DeliveryStatus::Pending {
+            if now - d.created_at > chrono::Duration::hours(GIVE_UP_AFTER_HOURS) {
+                d.status = DeliveryStatus::Failed;
+            } else {
+                d.next_attempt_at = now + backoff(d.attempts);
+            }
+        }
+        self.metrics
+            .webhook_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.save_delivery(&d).await;
+    }
+
+    /// Why a stored URL must not be connected to, judged before each attempt. Host names are
+    /// judged by the client's resolver on the addresses it connects to ([`GlobalOnlyResolver`]);
+    /// IP literals never reach a resolver (hyper-util's `HttpConnector` connects to them
+    /// directly), so they are judged here, by the same rule.
+    fn refused_target(&self, url: &str) -> Option<String> {
+        let parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return Some(format!("the URL cannot be parsed: {e}")),
+        };
+        if self.config.allow_private_webhooks {
+            return None;
+        }
+        let ip = literal_ip(&parsed)?;
+        (!crate::net::is_global(ip)).then(|| {
+            let refused = NotGlobal {
+                host: ip.to_string(),
+                ip,
+            };
+            format!("refused to connect: {refused}")
+        })
+    }
+
+    async fn save_delivery(&self, d: &Delivery) {
+        let r = self.store.write(|tx| tx.put(d).map_err(|e: TxError<()>| e));
+        if r.is_err() {
+            tracing::error!(delivery = %d.id, "could not save webhook delivery state");
+        }
+        let _ = self.store.flush().await;
+    }
+}
+
+pub fn session_data(s: &Session) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "id": s.id.to_string(),
+        "status": s.status,
+        "statusReason": s.status_reason,
+        "computerId": s.computer_id.to_string(),
+        "trigger": s.trigger,
+        "compliance": s.compliance,
+    });
+    if s.status.is_terminal() {
+        data["actions"] = s
+            .actions
+            .iter()
+            .map(|a| {
+                let (software, task) = match s.items.get(a.item).map(|i| &i.what) {
+                    Some(upkeep_core::session::ItemWhat::Software { software, .. }) => {
+                        (Some(software.name.clone()), None)
+                    }
+                    Some(upkeep_core::session::ItemWhat::Task { task, .. }) => {
+                        (None, Some(task.name.clone()))
+                    }
+                    None => (None, None),
+                };
+                serde_json::json!({
+                    "kind": a.kind,
+                    "status": a.status,
+                    "software": software,
+                    "maintenanceTask": task,
+                    "compliance": a.compliance,
+                    "resultMessage": a.result_message,
+                })
+            })
+            .collect();
+        data["failedActions"] = serde_json::json!(
+            s.actions
+                .iter()
+                .filter(|a| matches!(
+                    a.status,
+                    ActionStatus::Failed | ActionStatus::DetectionFailed
+                ))
+                .count()
+        );
+    }
+    data
+}
+
+/// The client deliveries are sent with: a time limit, redirects never followed (a redirect
+/// would lead past every check here), no proxy (through a proxy the resolver would judge the
+/// proxy, not the receiver), and, unless `--allow-private-webhooks`, the resolver that refuses
+/// names resolving to anything not globally routable.
+fn webhook_client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if allow_private {
+        builder.build()
+    } else {
+        builder.dns_resolver(GlobalOnlyResolver).build()
+    }
+}
+
+/// A webhook target whose address is not globally routable (`crate::net::is_global`).
+#[derive(Debug)]
+pub struct NotGlobal {
+    pub host: String,
+    pub ip: IpAddr,
+}
+
+impl std::fmt::Display for NotGlobal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = self.ip;
+        if self.host == ip.to_string() {
+            write!(f, "{ip} is")?;
+        } else {
+            write!(f, "{} resolves to {ip}, which is", self.host)?;
+        }
+        write!(
+            f,
+            " a loopback, private or otherwise not globally routable address; start the server with --allow-private-webhooks to allow it"
+        )
+    }
+}
+
+impl std::error::Error for NotGlobal {}
+
+/// Resolves webhook host names at connect time and refuses the whole answer when any address
+/// in it is not globally routable, so a name that resolves (or is re-pointed later: DNS
+/// rebinding) to an inside address is never connected to; the addresses checked are the ones
+/// the client connects to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GlobalOnlyResolver;
+
+impl reqwest::dns::Resolve for GlobalOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| !crate::net::is_global(a.ip())) {
+                return Err(Box::new(NotGlobal { host, ip: a.ip() }) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What a failed send is recorded as: a refusal by the resolver says so plainly, anything
+/// else names the whole cause chain (reqwest's own message alone hides it).
+fn delivery_error(e: &reqwest::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut chain = Vec::new();
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<NotGlobal>() {
+            return format!("refused to connect: {refused}");
+        }
+        chain.push(c.to_string());
+        cause = c.source();
+    }
+    format!("could not reach receiver: {}", chain.join(": "))
+}
+
+/// The host of `url` when it is an IP address literal (the url crate has already read every
+/// spelling of one: `0x7f.1`, `2130706433`, `[::ffff:7f00:1]`).
+fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v) => Some(IpAddr::V4(v)),
+        url::Host::Ipv6(v) => Some(IpAddr::V6(v)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Checks a new webhook URL and returns it as it will be used (the WHATWG serialisation, the
+/// way the HTTP client reads it: `\` is `/`, every IPv4 spelling is normalised). Refuses
+/// user names and passwords (a classic confusion vector; tokens belong in the path or query)
+/// and, unless `--allow-private-webhooks`, any target whose address is not globally routable
+/// (an MSP-wide key must not become a way to probe the server's own network). Connect time
+/// checks again ([`GlobalOnlyResolver`], `App::refused_target`).
+pub async fn check_url(url: &str, allow_private: bool) -> Result<String, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ApiError::bad("url", format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::bad("url", "must be an http:// or https:// URL"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ApiError::bad(
+            "url",
+            "must not contain a user name or password; put a token in the path or query instead",
+        ));
+    }
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        return Err(ApiError::bad("url", "has no host"));
+    };
+    if !allow_private {
+        let refused = if let Some(ip) = literal_ip(&parsed) {
+            (!crate::net::is_global(ip)).then(|| NotGlobal {
+                host: ip.to_string(),
+                ip,
+            })
+        } else {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ApiError::bad("url", format!("cannot resolve {host}: {e}")))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(ApiError::bad("url", format!("{host} has no address")));
+            }
+            addrs
+                .iter()
+                .find(|a| !crate::net::is_global(a.ip()))
+                .map(|a| NotGlobal {
+                    host: host.to_string(),
+                    ip: a.ip(),
+                })
+        };
+        if let Some(refused) = refused {
+            return Err(ApiError::bad("url", refused.to_string()));
+        }
+    }
+    Ok(parsed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve as _;
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_inside() {
+        let name: reqwest::dns::Name = "localhost".parse().expect("a host name");
+        let err = match GlobalOnlyResolver.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e,
+        };
+        let refused = err
+            .downcast_ref::<NotGlobal>()
+            .expect("a NotGlobal refusal");
+        assert_eq!(refused.host, "localhost");
+        assert!(refused.ip.is_loopback(), "{refused}");
+        assert!(
+            refused.to_string().contains("localhost resolves to"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn creation_refuses_inside_targets_userinfo_and_other_schemes() {
+        for url in [
+            "http://127.0.0.1:9\\@8.8.8.8/",
+            "http://[::ffff:0.0.0.0]:9/",
+            "http://[::ffff:169.254.169.254]/latest/meta-data/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[2001::1]/",
+            "http://0x7f.1/",
+            "http://2130706433/",
+            "http://0/",
+            "http://localhost:9/",
+            "http://user@8.8.8.8/",
+            "http://:pass@8.8.8.8/",
+            "ftp://8.8.8.8/",
+            "file:///etc/passwd",
+        ] {
+            let err = check_url(url, false).await.expect_err(url);
+            assert!(
+                matches!(&err, crate::error::ApiError::BadInput { field, .. } if field == "url"),
+                "{url}: {err:?}"
+            );
+        }
+        assert!(
+            check_url("http://user@127.0.0.1/", true).await.is_err(),
+            "userinfo is refused even with --allow-private-webhooks"
+        );
+    }
+
+    #[tokio::test]
+    async fn creation_keeps_the_url_as_the_client_reads_it() {
+        assert_eq!(
+            check_url("HTTP://8.8.8.8:80/a\\b?x=1", false).await.ok(),
+            Some("http://8.8.8.8/a/b?x=1".to_string())
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:9\\@x/", true).await.ok(),
+            Some("http://127.0.0.1:9/@x/".to_string())
+        );
+    }
+}

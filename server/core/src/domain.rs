@@ -1,0 +1,549 @@
+//! The domain model: what Upkeep stores and reasons about. Plain data, no I/O.
+//!
+//! These types are what the store persists (JSON behind a format-version byte) and what the
+//! engine reads. Enums here are the contract's enums (CONTRACT §5); the API's GraphQL enums are
+//! views of them (`upkeep_server::api::graphql::enums`, `#[graphql(remote)]`), so a variant
+//! added here and not there fails to compile.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub type Time = DateTime<Utc>;
+
+/// A sortable identifier (UUIDv7): its bytes order by creation time, so store keys and
+/// pagination cursors are stable. Minted by the caller (the server's clock and random source,
+/// or a test's counter), never here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Id(pub Uuid);
+
+impl Id {
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+    pub fn from_slice(b: &[u8]) -> Option<Id> {
+        Uuid::from_slice(b).ok().map(Id)
+    }
+    /// An id from a number: tests and deterministic id sources.
+    pub const fn from_u128(n: u128) -> Id {
+        Id(Uuid::from_u128(n))
+    }
+}
+
+#[cfg(test)]
+impl Id {
+    /// Distinct, increasing ids for this crate's tests (a counter; nothing random).
+    pub(crate) fn new() -> Id {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Id::from_u128(u128::from(
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Not a valid id (the text form of a UUID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid id")]
+pub struct BadId;
+
+impl FromStr for Id {
+    type Err = BadId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Id).map_err(|_| BadId)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserRole {
+    MspAdmin,
+    MspTechnician,
+    TenantAdmin,
+    TenantViewer,
+}
+
+impl UserRole {
+    pub fn is_msp(self) -> bool {
+        matches!(self, UserRole::MspAdmin | UserRole::MspTechnician)
+    }
+    /// The name clients know (`MSP_ADMIN`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::MspAdmin => "MSP_ADMIN",
+            UserRole::MspTechnician => "MSP_TECHNICIAN",
+            UserRole::TenantAdmin => "TENANT_ADMIN",
+            UserRole::TenantViewer => "TENANT_VIEWER",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: Id,
+    pub email: String,
+    pub password_hash: String,
+    pub role: UserRole,
+    pub tenant_id: Option<Id>,
+    pub created_at: Time,
+    /// A disabled user cannot log in and their tokens and API keys stop working.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Bumped whenever the user's existing credentials must end (password change, disable,
+    /// re-enable, role or tenant change). Tokens carry the generation they were issued at and
+    /// are refused once it differs: exact, unlike comparing second-precision timestamps.
+    #[serde(default)]
+    pub token_generation: u32,
+    /// The second factor; the secret never leaves the server except through `enrollTotp`.
+    #[serde(default)]
+    pub totp: UserTotp,
+}
+
+/// A user's TOTP (RFC 6238) state. Secrets are base32 (RFC 4648, no padding), as shown to
+/// authenticator apps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserTotp {
+    /// The confirmed secret: logins need a code when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Issued by `enrollTotp`, waiting for `confirmTotp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// The time step of the last accepted code: a code is good once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
+}
+
+impl User {
+    pub fn totp_on(&self) -> bool {
+        self.totp.secret.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+impl Weekday {
+    pub fn from_chrono(d: chrono::Weekday) -> Self {
+        use chrono::Weekday as W;
+        match d {
+            W::Mon => Weekday::Monday,
+            W::Tue => Weekday::Tuesday,
+            W::Wed => Weekday::Wednesday,
+            W::Thu => Weekday::Thursday,
+            W::Fri => Weekday::Friday,
+            W::Sat => Weekday::Saturday,
+            W::Sun => Weekday::Sunday,
+        }
+    }
+}
+
+/// Working hours of a tenant, in the tenant's time zone. `start`/`end` are minutes after
+/// midnight; `end > start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessHours {
+    pub days: Vec<Weekday>,
+    pub start_minute: u32,
+    pub end_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: Id,
+    pub name: String,
+    pub company_name: Option<String>,
+    pub time_zone: String,
+    pub mail_from: Option<String>,
+    pub logo_url: Option<String>,
+    pub primary_color: Option<String>,
+    pub auto_onboarding: bool,
+    #[serde(default)]
+    pub excluded_from_maintenance: bool,
+    #[serde(default)]
+    pub business_hours: Option<BusinessHours>,
+    #[serde(default)]
+    pub mail_bcc: Vec<String>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Person {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub usernames: Vec<String>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Compliance {
+    Compliant,
+    NonCompliant,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Computer {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub name: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub tags: Vec<String>,
+    pub primary_person_id: Option<Id>,
+    pub os: String,
+    pub agent_version: String,
+    pub last_seen_at: Option<Time>,
+    /// SHA-256 of the current agent token; `None` once revoked.
+    pub agent_token_hash: Option<String>,
+    pub enrolled_at: Time,
+    #[serde(default)]
+    pub excluded_from_maintenance: bool,
+    /// From the last finished (non-cancelled) session.
+    #[serde(default)]
+    pub compliance: Option<Compliance>,
+    #[serde(default)]
+    pub logged_on_user: Option<String>,
+    /// True once any session has run; the first session of a new computer is its onboarding.
+    #[serde(default)]
+    pub onboarded: bool,
+    /// How the last finished onboarding session ended (`COMPLETED` or `FAILED`; a cancelled
+    /// one changes nothing). `IN_PROGRESS` is not stored: it is the computer's unfinished
+    /// session when that is an onboarding one.
+    #[serde(default)]
+    pub onboarding: Option<OnboardingStatus>,
+    /// A reboot a finished session needed but business hours held (`Computer.rebootPending`).
+    #[serde(default)]
+    pub held_reboot: Option<HeldReboot>,
+}
+
+/// Where a computer stands with its onboarding deployments (`Computer.onboardingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OnboardingStatus {
+    /// No onboarding session has finished yet.
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// A reboot held by business hours. The session that needed it has ended; the reboot runs as
+/// its own job when the hours end, so it neither keeps the session open nor blocks new ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReboot {
+    /// The session that asked for it (the job is filed under it).
+    pub session_id: Id,
+    /// When the reboot may run (the end of business hours).
+    pub due_at: Time,
+    /// The reboot job once sent; `None` while it waits for `due_at`.
+    pub job_id: Option<Id>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScriptLanguage {
+    Shell,
+    Powershell,
+    Python,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub language: ScriptLanguage,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoftwareVersion {
+    pub version: String,
+    pub install_script: Script,
+    pub upgrade_script: Option<Script>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Software {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub detection_script: Script,
+    pub versions: Vec<SoftwareVersion>,
+    pub uninstall_script: Option<Script>,
+    pub configuration_task_id: Option<Id>,
+    pub created_at: Time,
+}
+
+impl Software {
+    /// The highest version, compared numerically field by field.
+    pub fn latest(&self) -> Option<&SoftwareVersion> {
+        self.versions
+            .iter()
+            .max_by(|a, b| crate::version::compare(&a.version, &b.version))
+    }
+    pub fn version(&self, v: &str) -> Option<&SoftwareVersion> {
+        self.versions
+            .iter()
+            .find(|x| crate::version::compare(&x.version, v).is_eq())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceTask {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub test_script: Script,
+    pub set_script: Option<Script>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TargetKind {
+    AllComputers,
+    Computer,
+    Tag,
+    Person,
+}
+
+impl TargetKind {
+    /// Specificity for the "most specific deployment wins" rule.
+    pub fn specificity(self) -> u8 {
+        match self {
+            TargetKind::Computer => 4,
+            TargetKind::Person => 3,
+            TargetKind::Tag => 2,
+            TargetKind::AllComputers => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub value: Option<String>,
+}
+
+impl Target {
+    pub fn matches(&self, computer: &Computer) -> bool {
+        let v = self.value.as_deref().unwrap_or("");
+        match self.kind {
+            TargetKind::AllComputers => true,
+            TargetKind::Computer => v == computer.id.to_string(),
+            TargetKind::Tag => computer.tags.iter().any(|t| t.eq_ignore_ascii_case(v)),
+            TargetKind::Person => computer
+                .primary_person_id
+                .is_some_and(|p| p.to_string() == v),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DesiredSoftwareState {
+    InstalledLatest,
+    InstalledVersion,
+    InstalledAtLeast,
+    InstalledAny,
+    UpdateIfFound,
+    Uninstalled,
+    /// Exception: leave this software alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskMode {
+    Enforce,
+    Audit,
+    /// Exception: leave this task alone on the targets.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Enforcement {
+    Required,
+    Onboarding,
+    AdHoc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentOrder {
+    Beginning,
+    Unordered,
+    End,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: Id,
+    pub tenant_id: Option<Id>,
+    pub target: Target,
+    pub software_id: Option<Id>,
+    pub desired_state: Option<DesiredSoftwareState>,
+    pub version: Option<String>,
+    pub maintenance_task_id: Option<Id>,
+    pub task_mode: TaskMode,
+    pub parameters: BTreeMap<String, String>,
+    pub enforcement: Enforcement,
+    pub order: DeploymentOrder,
+    pub position: i32,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub created_at: Time,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a deployment is about: the thing that "most specific wins" is decided per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Software(Id),
+    Task(Id),
+}
+
+impl Deployment {
+    pub fn subject(&self) -> Subject {
+        match (self.software_id, self.maintenance_task_id) {
+            (Some(s), _) => Subject::Software(s),
+            (None, Some(t)) => Subject::Task(t),
+            // Validation guarantees one of both; fall back to a subject nothing else shares.
+            (None, None) => Subject::Task(self.id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RebootPreference {
+    Normal,
+    Suppress,
+    Force,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OfflineBehavior {
+    Skip,
+    ApplyOnConnect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceOptions {
+    pub notify_before: bool,
+    pub notify_after: bool,
+    pub notify_when_compliant: bool,
+    pub show_actions_in_email: bool,
+    pub allow_postpone: bool,
+    pub max_postpones: u32,
+    pub postpone_hours: u32,
+    pub allow_update_now: bool,
+    pub reboot_preference: RebootPreference,
+    pub offline_behavior: OfflineBehavior,
+    pub offline_grace_minutes: u32,
+    #[serde(default)]
+    pub allow_reboot_during_business_hours: bool,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        MaintenanceOptions {
+            notify_before: false,
+            notify_after: false,
+            notify_when_compliant: false,
+            show_actions_in_email: true,
+            allow_postpone: true,
+            max_postpones: 3,
+            postpone_hours: 24,
+            allow_update_now: true,
+            reboot_preference: RebootPreference::Normal,
+            offline_behavior: OfflineBehavior::ApplyOnConnect,
+            offline_grace_minutes: 30,
+            allow_reboot_during_business_hours: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: Id,
+    /// `None`: cross-tenant (every tenant not excluded).
+    pub tenant_id: Option<Id>,
+    pub name: String,
+    pub target: Target,
+    pub cron: String,
+    /// `None`: each tenant's own zone (cross-tenant schedules only).
+    pub time_zone: Option<String>,
+    pub detection_lead_minutes: u32,
+    pub window_minutes: u32,
+    pub options: MaintenanceOptions,
+    pub enabled: bool,
+    pub detection_only: bool,
+    pub last_run_at: Option<Time>,
+    /// Per tenant (or `None` key for single-zone schedules encoded as nil id): the next
+    /// occurrence not yet fired. Persisted so a restart neither repeats nor loses one.
+    #[serde(default)]
+    pub next_fire: BTreeMap<String, Time>,
+    /// When the timing was last set (creation or a change of cron, zone or lead): the first
+    /// occurrence considered is the first whose detection starts after it.
+    #[serde(default)]
+    pub timing_since: Option<Time>,
+    pub created_at: Time,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentKey {
+    pub id: Id,
+    pub tenant_id: Id,
+    /// SHA-256 (hex) of the secret.
+    pub key_hash: String,
+    pub label: Option<String>,
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub primary_person_id: Option<Id>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: Id,
+    pub name: String,
+    pub role: UserRole,
+    pub tenant_id: Option<Id>,
+    pub secret_hash: String,
+    pub created_by: Id,
+    pub created_at: Time,
+    pub expires_at: Option<Time>,
+    pub last_used_at: Option<Time>,
+    pub revoked: bool,
+}

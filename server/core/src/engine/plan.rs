@@ -1,0 +1,535 @@
+//! Planning: from a frozen deployment and what detection found, the action to take and why.
+//! Also the compliance check that verification and detection-only sessions use. Pure.
+
+use crate::domain::*;
+use crate::session::*;
+use crate::version::compare;
+use std::collections::BTreeMap;
+use upkeep_agent_protocol::{ProbeResult, ScriptOutcome};
+
+/// The plan items of a session: `applicable` deployments resolved for `computer` (exceptions
+/// dropped), each frozen with the snapshot of its software or task (`software` and `task` look
+/// them up; an item whose subject is gone is left out), in run order: onboarding deployments
+/// first, then BEGINNING by position, the unordered middle, END by position; ties keep
+/// deployment creation order.
+pub fn freeze_items<E>(
+    computer: &Computer,
+    applicable: &[Deployment],
+    mut software: impl FnMut(Id) -> Result<Option<SoftwareSnapshot>, E>,
+    mut task: impl FnMut(Id) -> Result<Option<TaskSnapshot>, E>,
+) -> Result<Vec<PlanItem>, E> {
+    let mut items = Vec::new();
+    for r in crate::resolve::resolve(computer, applicable) {
+        if r.is_exception() {
+            continue;
+        }
+        let d = &r.winner;
+        let what = match r.subject {
+            Subject::Software(sid) => {
+                let Some(software) = software(sid)? else {
+                    continue;
+                };
+                ItemWhat::Software {
+                    software,
+                    desired: d
+                        .desired_state
+                        .unwrap_or(DesiredSoftwareState::InstalledLatest),
+                    version: d.version.clone(),
+                }
+            }
+            Subject::Task(tid) => {
+                let Some(task) = task(tid)? else {
+                    continue;
+                };
+                ItemWhat::Task {
+                    task,
+                    mode: d.task_mode,
+                }
+            }
+        };
+        items.push(PlanItem {
+            deployment_id: d.id,
+            order: d.order,
+            position: d.position,
+            enforcement: d.enforcement,
+            parameters: d.parameters.clone(),
+            what,
+            rule: r.rule.clone(),
+        });
+    }
+    items.sort_by_key(|i| {
+        (
+            i.enforcement != Enforcement::Onboarding,
+            i.order,
+            if i.order == DeploymentOrder::Unordered {
+                0
+            } else {
+                i.position
+            },
+            i.deployment_id,
+        )
+    });
+    Ok(items)
+}
+
+/// What detection found for one plan item.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// Installed version (software), `None` when not installed.
+    pub version: Option<String>,
+    /// Detection could not say (script error for a task test, missing probe).
+    pub detection_error: Option<String>,
+    /// Result of a task test (task items) or of the configuration task test (software items):
+    /// `Some(true)` compliant, `Some(false)` not, `None` unknown/not run.
+    pub test: Option<bool>,
+    pub test_error: Option<String>,
+}
+
+pub fn probe_ids(item: usize) -> (String, String, String) {
+    (format!("d{item}"), format!("c{item}"), format!("t{item}"))
+}
+
+/// Reads one item's findings out of a probe job's results.
+pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
+    let (d, c, t) = probe_ids(item);
+    let mut f = Found::default();
+    if let Some(o) = results.get(&d) {
+        // Detection: first line of stdout is the version; empty output, or a non-zero exit
+        // with nothing on stderr, means not installed. A non-zero exit that says something on
+        // stderr, or a timeout, is a failed detection: nothing may be installed or removed on
+        // its word (CONTRACT §12, `DETECTION_FAILED`).
+        if o.exit_code == Some(0) && !o.timed_out {
+            f.version = o
+                .stdout
+                .lines()
+                .next()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from);
+        } else if o.exit_code.is_none() || o.timed_out || !o.stderr.trim().is_empty() {
+            f.detection_error = Some(describe_failure("detection script", o));
+        }
+    } else if !results.contains_key(&t) {
+        // Neither a detection nor a task test result: the agent left this item out. That is
+        // "could not detect", never "not installed" (which would install over it, or verify an
+        // uninstall that did not happen).
+        f.detection_error = Some("the agent sent no result for it".into());
+    }
+    for key in [&c, &t] {
+        if let Some(o) = results.get(key) {
+            match o.exit_code {
+                Some(0) => f.test = Some(true),
+                Some(1) => f.test = Some(false),
+                _ => f.test_error = Some(describe_failure("test script", o)),
+            }
+        }
+    }
+    f
+}
+
+pub fn results_map(results: &[ProbeResult]) -> BTreeMap<String, ScriptOutcome> {
+    results
+        .iter()
+        .map(|r| (r.probe_id.clone(), r.outcome.clone()))
+        .collect()
+}
+
+pub fn describe_failure(what: &str, o: &ScriptOutcome) -> String {
+    let detail = o
+        .error
+        .clone()
+        .or_else(|| last_line(&o.stderr))
+        .or_else(|| last_line(&o.stdout));
+    let head = match (o.exit_code, o.timed_out) {
+        (_, true) => format!("{what} timed out"),
+        (Some(c), _) => format!("{what} exited {c}"),
+        (None, _) => format!("{what} did not run"),
+    };
+    match detail {
+        Some(d) => format!("{head}: {d}"),
+        None => head,
+    }
+}
+
+fn last_line(s: &str) -> Option<String> {
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(300).collect())
+}
+
+/// Is the software in its desired state given the installed version? An installed version
+/// that detection printed without a version in it (`version::detected` is `None`) is unknown:
+/// it meets no version requirement, so an install or upgrade is planned.
+fn software_state_ok(
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    installed: Option<&str>,
+) -> bool {
+    let latest = latest(sw);
+    let unknown = installed.is_some_and(|v| crate::version::detected(v).is_none());
+    let needs_version = match desired {
+        DesiredSoftwareState::InstalledLatest | DesiredSoftwareState::UpdateIfFound => {
+            latest.is_some()
+        }
+        DesiredSoftwareState::InstalledVersion => true,
+        DesiredSoftwareState::InstalledAtLeast => version.is_some(),
+        DesiredSoftwareState::InstalledAny
+        | DesiredSoftwareState::Uninstalled
+        | DesiredSoftwareState::Ignore => false,
+    };
+    if unknown && needs_version {
+        return false;
+    }
+    match desired {
+        DesiredSoftwareState::InstalledLatest => match (installed, latest) {
+            (Some(v), Some(l)) => compare(v, l).is_ge(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        },
+        DesiredSoftwareState::InstalledVersion => match (installed, version) {
+            (Some(v), Some(x)) => compare(v, x).is_eq(),
+            _ => false,
+        },
+        DesiredSoftwareState::InstalledAtLeast => match (installed, version) {
+            (Some(v), Some(x)) => compare(v, x).is_ge(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        },
+        DesiredSoftwareState::InstalledAny => installed.is_some(),
+        DesiredSoftwareState::UpdateIfFound => match (installed, latest) {
+            (Some(v), Some(l)) => compare(v, l).is_ge(),
+            _ => true,
+        },
+        DesiredSoftwareState::Uninstalled => installed.is_none(),
+        DesiredSoftwareState::Ignore => true,
+    }
+}
+
+pub fn latest(sw: &SoftwareSnapshot) -> Option<&str> {
+    sw.versions
+        .iter()
+        .map(|v| v.version.as_str())
+        .max_by(|a, b| compare(a, b))
+}
+
+fn version_entry<'a>(sw: &'a SoftwareSnapshot, v: &str) -> Option<&'a SoftwareVersion> {
+    sw.versions.iter().find(|x| compare(&x.version, v).is_eq())
+}
+
+/// Whether an item is compliant given findings: the desired software state and, where the
+/// software has a configuration task and is installed, that task's test. Used after execution
+/// (verification) and by detection-only sessions.
+pub fn compliance(item: &PlanItem, f: &Found) -> Compliance {
+    if f.detection_error.is_some() {
+        return Compliance::Unknown;
+    }
+    match &item.what {
+        ItemWhat::Software {
+            software,
+            desired,
+            version,
+        } => {
+            if !software_state_ok(software, *desired, version.as_deref(), f.version.as_deref()) {
+                return Compliance::NonCompliant;
+            }
+            if f.version.is_some()
+                && software.configuration_task.is_some()
+                && *desired != DesiredSoftwareState::Uninstalled
+            {
+                return match (f.test, &f.test_error) {
+                    (Some(true), _) => Compliance::Compliant,
+                    (Some(false), _) => Compliance::NonCompliant,
+                    _ => Compliance::Unknown,
+                };
+            }
+            Compliance::Compliant
+        }
+        ItemWhat::Task { .. } => match (f.test, &f.test_error) {
+            (Some(true), _) => Compliance::Compliant,
+            (Some(false), _) => Compliance::NonCompliant,
+            _ => Compliance::Unknown,
+        },
+    }
+}
+
+/// The action for one item: its kind, the steps that execution runs, and a reason a technician
+/// understands.
+pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
+    let mut a = Action {
+        id,
+        item: item_index,
+        kind: ActionKind::NoAction,
+        status: ActionStatus::Pending,
+        compliance: compliance(item, f),
+        desired_version: None,
+        detected_version: f.version.clone(),
+        detected_version_before: f.version.clone(),
+        detected_version_after: None,
+        result_message: None,
+        reason: String::new(),
+        started_at: None,
+        finished_at: None,
+        steps: vec![],
+        next_step: 0,
+        step_failed: false,
+        reboot_required: false,
+    };
+    if let Some(e) = &f.detection_error {
+        a.reason = format!("detection could not run: {e}");
+        a.result_message = Some(a.reason.clone());
+        a.status = ActionStatus::DetectionFailed;
+        return a;
+    }
+    // A task whose test could not decide (it timed out, or exited other than 0 or 1) failed
+    // its detection the same way.
+    if let (ItemWhat::Task { mode, .. }, None, Some(e)) = (&item.what, f.test, &f.test_error)
+        && *mode != TaskMode::Ignore
+    {
+        a.reason = format!("test could not decide: {e}");
+        a.result_message = Some(a.reason.clone());
+        a.status = ActionStatus::DetectionFailed;
+        return a;
+    }
+    match &item.what {
+        ItemWhat::Software {
+            software,
+            desired,
+            version,
+        } => plan_software(&mut a, software, *desired, version.as_deref(), f),
+        ItemWhat::Task { task, mode } => plan_task(&mut a, task, *mode, f),
+    }
+    a
+}
+
+fn plan_software(
+    a: &mut Action,
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    f: &Found,
+) {
+    let installed = f.version.as_deref();
+    let latest = latest(sw).map(String::from);
+    let target: Option<String> = match desired {
+        DesiredSoftwareState::InstalledVersion => version.map(String::from),
+        DesiredSoftwareState::Uninstalled | DesiredSoftwareState::Ignore => None,
+        _ => latest.clone(),
+    };
+    a.desired_version = target.clone();
+    let latest_s = latest.as_deref().unwrap_or("none");
+    let ok = software_state_ok(sw, desired, version, installed);
+    if ok {
+        a.reason = match (desired, installed) {
+            (DesiredSoftwareState::Uninstalled, _) => "not installed, as desired".into(),
+            (DesiredSoftwareState::UpdateIfFound, None) => {
+                "not installed; only updated where found".into()
+            }
+            (DesiredSoftwareState::InstalledAtLeast, Some(v)) => format!(
+                "{v} installed, at least {} wanted",
+                version.unwrap_or("any")
+            ),
+            (DesiredSoftwareState::InstalledAny, Some(v)) => {
+                format!("{v} installed; any version will do")
+            }
+            (DesiredSoftwareState::InstalledVersion, Some(v)) => {
+                format!("{v} installed, as desired")
+            }
+            (_, Some(v)) => format!("{v} installed, latest is {latest_s}"),
+            (_, None) => "nothing to do".into(),
+        };
+        if installed.is_some()
+            && desired != DesiredSoftwareState::Uninstalled
+            && let Some(task) = &sw.configuration_task
+        {
+            match f.test {
+                Some(true) => a.reason.push_str(&format!("; {} is compliant", task.name)),
+                _ => {
+                    a.kind = ActionKind::RunTask;
+                    a.reason.push_str(&format!(
+                        "; configuration task {} is not compliant",
+                        task.name
+                    ));
+                    a.steps.push(Step::TestThenSet { task: task.clone() });
+                }
+            }
+        }
+        return;
+    }
+    let v_target = target.as_deref();
+    match (desired, installed) {
+        (DesiredSoftwareState::Uninstalled, Some(v)) => {
+            a.kind = ActionKind::Uninstall;
+            a.reason = format!("{v} installed; should not be");
+            match &sw.uninstall_script {
+                Some(s) => a.steps.push(Step::Script {
+                    label: format!("uninstall {}", sw.name),
+                    script: s.clone(),
+                }),
+                None => {
+                    a.result_message = Some(format!("{} has no uninstall script", sw.name));
+                    a.step_failed = true;
+                }
+            }
+            return;
+        }
+        (_, None) => {
+            a.kind = ActionKind::Install;
+            a.reason = match desired {
+                DesiredSoftwareState::InstalledVersion => {
+                    format!("not installed; {} wanted", v_target.unwrap_or("?"))
+                }
+                _ => format!("not installed; latest is {latest_s}"),
+            };
+            push_install(a, sw, v_target);
+        }
+        (DesiredSoftwareState::InstalledVersion, Some(v))
+            if v_target.is_some_and(|t| compare(v, t).is_gt()) =>
+        {
+            a.kind = ActionKind::Install;
+            a.reason = format!(
+                "{v} installed, newer than the wanted {}: uninstall, then install",
+                v_target.unwrap_or("?")
+            );
+            match &sw.uninstall_script {
+                Some(s) => a.steps.push(Step::Script {
+                    label: format!("uninstall {} {v}", sw.name),
+                    script: s.clone(),
+                }),
+                None => {
+                    a.result_message = Some(format!(
+                        "{} has no uninstall script to go back to {}",
+                        sw.name,
+                        v_target.unwrap_or("?")
+                    ));
+                    a.step_failed = true;
+                    return;
+                }
+            }
+            push_install(a, sw, v_target);
+        }
+        (_, Some(v)) if crate::version::detected(v).is_none() => {
+            a.kind = ActionKind::Upgrade;
+            a.reason = format!(
+                "installed, but detection printed no version ('{}'); {} wanted",
+                v.chars().take(60).collect::<String>(),
+                v_target.unwrap_or("?")
+            );
+            push_upgrade(a, sw, v_target);
+            if a.step_failed {
+                return;
+            }
+        }
+        (_, Some(v)) => {
+            a.kind = ActionKind::Upgrade;
+            a.reason = match desired {
+                DesiredSoftwareState::InstalledVersion => {
+                    format!("{v} installed, {} wanted", v_target.unwrap_or("?"))
+                }
+                DesiredSoftwareState::InstalledAtLeast => format!(
+                    "{v} installed, below the minimum {}; latest is {latest_s}",
+                    version.unwrap_or("?")
+                ),
+                _ => format!("{v} installed, latest is {latest_s}"),
+            };
+            push_upgrade(a, sw, v_target);
+            if a.step_failed {
+                return;
+            }
+        }
+    }
+    if let Some(task) = &sw.configuration_task {
+        a.steps.push(Step::TestThenSet { task: task.clone() });
+    }
+}
+
+fn push_upgrade(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
+    match target.and_then(|t| version_entry(sw, t)) {
+        Some(e) => {
+            let script = e
+                .upgrade_script
+                .clone()
+                .unwrap_or_else(|| e.install_script.clone());
+            a.steps.push(Step::Script {
+                label: format!("upgrade {} to {}", sw.name, e.version),
+                script,
+            });
+        }
+        None => {
+            a.result_message = Some(format!(
+                "{} has no version {}",
+                sw.name,
+                target.unwrap_or("?")
+            ));
+            a.step_failed = true;
+        }
+    }
+}
+
+fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
+    match target.and_then(|t| version_entry(sw, t)) {
+        Some(e) => a.steps.push(Step::Script {
+            label: format!("install {} {}", sw.name, e.version),
+            script: e.install_script.clone(),
+        }),
+        None => {
+            a.result_message = Some(format!(
+                "{} has no version {} to install",
+                sw.name,
+                target.unwrap_or("(none defined)")
+            ));
+            a.step_failed = true;
+        }
+    }
+}
+
+fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
+    match (mode, f.test) {
+        (TaskMode::Audit, Some(true)) => a.reason = "audit: test passed".into(),
+        (TaskMode::Audit, Some(false)) => {
+            a.reason = "audit: test failed; audit only reports".into()
+        }
+        (TaskMode::Audit, None) | (TaskMode::Enforce, None) => {
+            a.reason = format!(
+                "test could not decide: {}",
+                f.test_error.as_deref().unwrap_or("no result")
+            );
+            a.result_message = Some(a.reason.clone());
+            if mode == TaskMode::Enforce {
+                a.step_failed = true;
+            }
+        }
+        (TaskMode::Enforce, Some(true)) => a.reason = "test passed: already compliant".into(),
+        (TaskMode::Enforce, Some(false)) => match &task.set_script {
+            Some(s) => {
+                a.kind = ActionKind::RunTask;
+                a.reason = "test failed: the set script will run".into();
+                a.steps.push(Step::Script {
+                    label: format!("run {}", task.name),
+                    script: s.clone(),
+                });
+            }
+            // Nothing could change it: the task only reports, like an audit.
+            None => a.reason = "test failed; no set script, so audit only".into(),
+        },
+        (TaskMode::Ignore, _) => a.reason = "ignored by an exception".into(),
+    }
+}
+
+/// Whether an action changes the computer (anything but a compliant no-op).
+pub fn needs_execution(a: &Action) -> bool {
+    !a.steps.is_empty()
+}
+
+/// Is this item an audit-only task (never a failure)? An `AUDIT` task, or an enforced one
+/// without a set script (it can only report).
+pub fn is_audit(item: &PlanItem) -> bool {
+    match &item.what {
+        ItemWhat::Task { mode, task } => {
+            *mode == TaskMode::Audit || (*mode == TaskMode::Enforce && task.set_script.is_none())
+        }
+        ItemWhat::Software { .. } => false,
+    }
+}

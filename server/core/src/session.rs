@@ -1,0 +1,385 @@
+//! Maintenance sessions as stored: the session record is the engine's state.
+
+use crate::domain::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionStatus {
+    Pending,
+    Detecting,
+    Scheduled,
+    Postponed,
+    Executing,
+    Verifying,
+    Passed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 9] = [
+        SessionStatus::Pending,
+        SessionStatus::Detecting,
+        SessionStatus::Scheduled,
+        SessionStatus::Postponed,
+        SessionStatus::Executing,
+        SessionStatus::Verifying,
+        SessionStatus::Passed,
+        SessionStatus::Failed,
+        SessionStatus::Cancelled,
+    ];
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SessionStatus::Passed | SessionStatus::Failed | SessionStatus::Cancelled
+        )
+    }
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionTrigger {
+    Manual,
+    Schedule,
+    Onboarding,
+    Api,
+}
+
+impl SessionTrigger {
+    /// Queue priority under the concurrency ceiling: lower starts first.
+    pub fn priority(self) -> u8 {
+        match self {
+            SessionTrigger::Manual | SessionTrigger::Api => 0,
+            SessionTrigger::Onboarding => 1,
+            SessionTrigger::Schedule => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActionKind {
+    Install,
+    Upgrade,
+    Uninstall,
+    RunTask,
+    NoAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActionStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    /// The detection or test script failed (non-zero exit with output on stderr, or a
+    /// timeout): compliance is unknown and nothing is run for the action.
+    DetectionFailed,
+}
+
+/// A deployment frozen into the session when it starts, with every script it needs, so the
+/// session runs what was decided even if the catalogue changes meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanItem {
+    pub deployment_id: Id,
+    pub order: DeploymentOrder,
+    pub position: i32,
+    pub enforcement: Enforcement,
+    pub parameters: BTreeMap<String, String>,
+    pub what: ItemWhat,
+    /// Why this deployment applies (the resolution rule), for `reason`.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ItemWhat {
+    Software {
+        software: SoftwareSnapshot,
+        desired: DesiredSoftwareState,
+        version: Option<String>,
+    },
+    Task {
+        task: TaskSnapshot,
+        mode: TaskMode,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SoftwareSnapshot {
+    pub id: Id,
+    pub name: String,
+    pub detection_script: Script,
+    pub versions: Vec<SoftwareVersion>,
+    pub uninstall_script: Option<Script>,
+    pub configuration_task: Option<TaskSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskSnapshot {
+    pub id: Id,
+    pub name: String,
+    pub test_script: Script,
+    pub set_script: Option<Script>,
+}
+
+/// One thing the session does (or found nothing to do) for one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Action {
+    pub id: Id,
+    /// Index into `Session::items`.
+    pub item: usize,
+    pub kind: ActionKind,
+    pub status: ActionStatus,
+    pub compliance: Compliance,
+    pub desired_version: Option<String>,
+    /// The latest detection's version (after verification, what verification found).
+    pub detected_version: Option<String>,
+    /// What detection found before execution; never overwritten by verification, so a mail
+    /// can say "1.9 → 2.0" after the fact.
+    #[serde(default)]
+    pub detected_version_before: Option<String>,
+    /// What verification found after execution (`None` until it ran, or when absent).
+    #[serde(default)]
+    pub detected_version_after: Option<String>,
+    pub result_message: Option<String>,
+    pub reason: String,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    /// What execution runs, in order; filled by planning.
+    pub steps: Vec<Step>,
+    /// Next step to run.
+    pub next_step: usize,
+    /// A step's script failed (the action fails whatever verification finds).
+    pub step_failed: bool,
+    pub reboot_required: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Step {
+    /// Run a script that changes the computer.
+    Script { label: String, script: Script },
+    /// Run a task's test; when it says "not compliant", run its set script.
+    TestThenSet { task: TaskSnapshot },
+}
+
+/// Where the engine stands inside the session, finer than the public status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Stage {
+    /// Created; waits for its agent (and a free slot) to detect.
+    AwaitDetect,
+    Detecting,
+    /// Detected and planned; waits for `execute_at`, the window and the agent.
+    AwaitExecute,
+    Executing,
+    /// The reboot is due but held (business hours) until `wake_at`.
+    RebootHeld,
+    /// A reboot job was sent; waits for the agent to come back.
+    Rebooting {
+        sent_at: Time,
+    },
+    Verifying,
+    Done,
+}
+
+/// The job the session is waiting on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingJob {
+    pub id: Id,
+    pub purpose: JobPurpose,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum JobPurpose {
+    Detect,
+    /// Step `step` of action `action`.
+    Step {
+        action: usize,
+        step: usize,
+    },
+    /// The test half of a `TestThenSet` step.
+    StepTest {
+        action: usize,
+        step: usize,
+    },
+    Reboot,
+    Verify,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Id,
+    pub tenant_id: Id,
+    pub computer_id: Id,
+    pub schedule_id: Option<Id>,
+    pub status: SessionStatus,
+    pub status_reason: Option<String>,
+    pub trigger: SessionTrigger,
+    pub detection_only: bool,
+    pub options: MaintenanceOptions,
+    pub created_by: String,
+    pub created_at: Time,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    pub execute_at: Option<Time>,
+    /// End of the maintenance window (scheduled sessions): execution starts only before it.
+    pub window_end: Option<Time>,
+    pub postpone_count: u32,
+    pub reboot_required: bool,
+    pub rebooted_at: Option<Time>,
+    pub compliance: Option<Compliance>,
+    pub items: Vec<PlanItem>,
+    pub actions: Vec<Action>,
+    pub stage: Stage,
+    pub pending_job: Option<PendingJob>,
+    /// The next time the engine wants a `Tick`.
+    pub wake_at: Option<Time>,
+    /// Since when the session has been waiting for its offline computer.
+    pub offline_since: Option<Time>,
+    /// Sequence number of the last event written for this session.
+    pub last_sequence: u64,
+    pub before_mail_sent: bool,
+    pub after_mail_sent: bool,
+    /// Deployments named by the starter (`AD_HOC` ones only run when named).
+    pub deployment_ids: Option<Vec<Id>>,
+    /// Postpone-link token ids already used (each link works once).
+    #[serde(default)]
+    pub used_tokens: Vec<String>,
+    /// True while the session waits for a slot under the concurrency ceiling.
+    #[serde(default)]
+    pub queued: bool,
+    /// The computer was offline during the maintenance window (it came back after the window
+    /// began): with `APPLY_ON_CONNECT` the session still runs after the window has ended.
+    #[serde(default)]
+    pub offline_in_window: bool,
+    /// The tenant's IANA time zone when the session started: times in `status_reason` are
+    /// written in it (the API's instants stay UTC).
+    #[serde(default = "utc_name")]
+    pub time_zone: String,
+    /// The other sessions of the same start call or schedule occurrence whose computers had the
+    /// same primary person: they share one before- and one after-mail per recipient and
+    /// execution time (`runtime::group_mail`). Empty for most sessions.
+    #[serde(default)]
+    pub mail_siblings: Vec<Id>,
+    /// The reboot this session needed was held by business hours until then: the session ended
+    /// without it and the computer keeps it pending (`Computer.held_reboot`).
+    #[serde(default)]
+    pub reboot_held_until: Option<Time>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Session {
+    /// A pending session of `computer` with nothing planned (tests of the rules around it).
+    pub fn for_tests(id: Id, computer: Id, created_at: Time) -> Session {
+        Session {
+            id,
+            tenant_id: Id::from_u128(0),
+            computer_id: computer,
+            schedule_id: None,
+            status: SessionStatus::Pending,
+            status_reason: None,
+            trigger: SessionTrigger::Manual,
+            detection_only: false,
+            options: MaintenanceOptions::default(),
+            created_by: "test".into(),
+            created_at,
+            started_at: None,
+            finished_at: None,
+            execute_at: None,
+            window_end: None,
+            postpone_count: 0,
+            reboot_required: false,
+            rebooted_at: None,
+            compliance: None,
+            items: vec![],
+            actions: vec![],
+            stage: Stage::AwaitDetect,
+            pending_job: None,
+            wake_at: None,
+            offline_since: None,
+            last_sequence: 0,
+            before_mail_sent: false,
+            after_mail_sent: false,
+            deployment_ids: None,
+            used_tokens: vec![],
+            queued: false,
+            offline_in_window: false,
+            time_zone: utc_name(),
+            mail_siblings: vec![],
+            reboot_held_until: None,
+        }
+    }
+}
+
+fn utc_name() -> String {
+    "UTC".into()
+}
+
+impl Session {
+    pub fn compliance_of_actions(&self) -> Compliance {
+        if self
+            .actions
+            .iter()
+            .all(|a| a.compliance == Compliance::Compliant)
+        {
+            Compliance::Compliant
+        } else if self
+            .actions
+            .iter()
+            .any(|a| a.compliance == Compliance::NonCompliant)
+        {
+            Compliance::NonCompliant
+        } else {
+            Compliance::Unknown
+        }
+    }
+
+    pub fn item_name(&self, item: usize) -> &str {
+        match self.items.get(item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => &software.name,
+            Some(ItemWhat::Task { task, .. }) => &task.name,
+            None => "?",
+        }
+    }
+}
+
+/// One entry of a session's live stream and log, stored under (session, sequence).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub session_id: Id,
+    pub tenant_id: Id,
+    pub sequence: u64,
+    pub at: Time,
+    pub status: SessionStatus,
+    /// The action this event is about, if any (its id and new status).
+    pub action_id: Option<Id>,
+    pub action_status: Option<ActionStatus>,
+    pub log_line: Option<String>,
+}
+
+/// A job handed to an agent, kept until its result arrives (results are idempotent by id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: Id,
+    pub session_id: Id,
+    pub computer_id: Id,
+    pub job: upkeep_agent_protocol::JobKind,
+    pub lease_seconds: u32,
+    pub created_at: Time,
+    pub state: JobState,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum JobState {
+    Queued,
+    Leased { until: Time },
+    Done { at: Time },
+}

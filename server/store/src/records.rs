@@ -1,0 +1,392 @@
+//! How each record kind is keyed and indexed. The index ids below are stored on disk: never
+//! reuse or renumber one.
+
+use super::{IndexKey, Kind, Record, StoreError, codec};
+use upkeep_core::domain::*;
+use upkeep_core::mail::OutboxMail;
+use upkeep_core::session::{JobRecord, JobState, Session, SessionEvent};
+use upkeep_core::webhook::{Delivery, Webhook};
+
+pub const USER_EMAIL: u8 = 1;
+pub const TENANT_PERSONS: u8 = 2;
+pub const TENANT_COMPUTERS: u8 = 3;
+pub const TAG_COMPUTERS: u8 = 4;
+pub const MACHINE_ID: u8 = 5;
+pub const AGENT_TOKEN: u8 = 6;
+pub const TENANT_SOFTWARE: u8 = 7;
+pub const TENANT_TASKS: u8 = 8;
+pub const TENANT_DEPLOYMENTS: u8 = 9;
+pub const TENANT_SCHEDULES: u8 = 10;
+pub const TENANT_ENROLLMENT_KEYS: u8 = 11;
+pub const ENROLLMENT_KEY_HASH: u8 = 12;
+pub const COMPUTER_SESSIONS: u8 = 13;
+pub const STATUS_SESSIONS: u8 = 14;
+pub const TENANT_SESSIONS: u8 = 15;
+pub const OPEN_JOBS: u8 = 16;
+pub const PENDING_MAIL: u8 = 17;
+pub const API_KEY_HASH: u8 = 18;
+pub const TENANT_API_KEYS: u8 = 19;
+pub const TENANT_WEBHOOKS: u8 = 20;
+pub const WEBHOOK_DELIVERIES: u8 = 21;
+pub const SCHEDULE_SESSIONS: u8 = 22;
+pub const TENANT_USERS: u8 = 23;
+pub const PENDING_DELIVERIES: u8 = 24;
+pub const ACTIVE_SESSIONS: u8 = 25;
+pub const TENANT_AUDIT: u8 = 26;
+pub const ACTOR_AUDIT: u8 = 27;
+
+/// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
+pub const NO_TENANT: [u8; 16] = [0; 16];
+
+pub fn tenant_key(t: Option<Id>) -> Vec<u8> {
+    t.map(|t| t.as_bytes().to_vec())
+        .unwrap_or_else(|| NO_TENANT.to_vec())
+}
+
+pub fn tag_value(tenant: Id, tag: &str) -> Vec<u8> {
+    let mut v = tenant.as_bytes().to_vec();
+    v.extend_from_slice(tag.to_lowercase().as_bytes());
+    v
+}
+
+pub fn machine_value(tenant: Id, machine_id: &str) -> Vec<u8> {
+    let mut v = tenant.as_bytes().to_vec();
+    v.extend_from_slice(machine_id.as_bytes());
+    v
+}
+
+impl Record for User {
+    const KIND: Kind = Kind::User;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_USERS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Tenant {
+    const KIND: Kind = Kind::Tenant;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+impl Record for Person {
+    const KIND: Kind = Kind::Person;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_PERSONS, self.tenant_id.as_bytes())]
+    }
+}
+
+impl Record for Computer {
+    const KIND: Kind = Kind::Computer;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(TENANT_COMPUTERS, self.tenant_id.as_bytes())];
+        for t in &self.tags {
+            v.push(IndexKey::new(TAG_COMPUTERS, tag_value(self.tenant_id, t)));
+        }
+        v
+    }
+}
+
+impl Record for Software {
+    const KIND: Kind = Kind::Software;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_SOFTWARE, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for MaintenanceTask {
+    const KIND: Kind = Kind::Task;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_TASKS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Deployment {
+    const KIND: Kind = Kind::Deployment;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(
+            TENANT_DEPLOYMENTS,
+            tenant_key(self.tenant_id),
+        )]
+    }
+}
+
+impl Record for Schedule {
+    const KIND: Kind = Kind::Schedule;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_SCHEDULES, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for EnrollmentKey {
+    const KIND: Kind = Kind::EnrollmentKey;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(
+            TENANT_ENROLLMENT_KEYS,
+            self.tenant_id.as_bytes(),
+        )]
+    }
+}
+
+impl Record for ApiKey {
+    const KIND: Kind = Kind::ApiKey;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_API_KEYS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Session {
+    const KIND: Kind = Kind::Session;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        session_index_keys(
+            self.computer_id,
+            self.status,
+            self.tenant_id,
+            self.schedule_id,
+        )
+    }
+    /// Every step rewrites its session: reading back only the indexed fields of the old value
+    /// (not its plan, scripts and actions) halves the decoding a step costs.
+    fn stored_index_keys(bytes: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Indexed {
+            tenant_id: Id,
+            computer_id: Id,
+            schedule_id: Option<Id>,
+            status: upkeep_core::session::SessionStatus,
+        }
+        let v: Indexed = codec::decode(bytes)?;
+        Ok(session_index_keys(
+            v.computer_id,
+            v.status,
+            v.tenant_id,
+            v.schedule_id,
+        ))
+    }
+}
+
+fn session_index_keys(
+    computer: Id,
+    status: upkeep_core::session::SessionStatus,
+    tenant: Id,
+    schedule: Option<Id>,
+) -> Vec<IndexKey> {
+    let mut v = vec![
+        IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes()),
+        IndexKey::new(STATUS_SESSIONS, [status.code()]),
+        IndexKey::new(TENANT_SESSIONS, tenant.as_bytes()),
+    ];
+    if let Some(s) = schedule {
+        v.push(IndexKey::new(SCHEDULE_SESSIONS, s.as_bytes()));
+    }
+    if !status.is_terminal() {
+        v.push(IndexKey::new(ACTIVE_SESSIONS, []));
+    }
+    v
+}
+
+/// Events are keyed (session id, sequence) so a session's log is one ordered prefix scan.
+pub fn event_key(session: Id, sequence: u64) -> Vec<u8> {
+    let mut k = session.as_bytes().to_vec();
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+impl Record for SessionEvent {
+    const KIND: Kind = Kind::Event;
+    fn key(&self) -> Vec<u8> {
+        event_key(self.session_id, self.sequence)
+    }
+}
+
+impl Record for JobRecord {
+    const KIND: Kind = Kind::Job;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        job_index_keys(self.computer_id, &self.state)
+    }
+    fn stored_index_keys(bytes: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Indexed {
+            computer_id: Id,
+            state: JobState,
+        }
+        let v: Indexed = codec::decode(bytes)?;
+        Ok(job_index_keys(v.computer_id, &v.state))
+    }
+}
+
+fn job_index_keys(computer: Id, state: &JobState) -> Vec<IndexKey> {
+    match state {
+        JobState::Done { .. } => vec![],
+        _ => vec![IndexKey::new(OPEN_JOBS, computer.as_bytes())],
+    }
+}
+
+impl Record for OutboxMail {
+    const KIND: Kind = Kind::Mail;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        if self.is_pending() {
+            vec![IndexKey::new(PENDING_MAIL, [])]
+        } else {
+            vec![]
+        }
+    }
+}
+
+impl Record for Webhook {
+    const KIND: Kind = Kind::Webhook;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        vec![IndexKey::new(TENANT_WEBHOOKS, tenant_key(self.tenant_id))]
+    }
+}
+
+impl Record for Delivery {
+    const KIND: Kind = Kind::Delivery;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(
+            WEBHOOK_DELIVERIES,
+            self.webhook_id.as_bytes(),
+        )];
+        if self.is_pending() {
+            v.push(IndexKey::new(PENDING_DELIVERIES, []));
+        }
+        v
+    }
+}
+
+/// A remembered idempotent call: (caller, key) → the result's ids.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub created_at: Time,
+    pub session_ids: Vec<Id>,
+}
+
+impl Record for IdempotencyRecord {
+    const KIND: Kind = Kind::Idempotency;
+    fn key(&self) -> Vec<u8> {
+        self.key.as_bytes().to_vec()
+    }
+}
+
+impl Record for upkeep_core::audit::AuditEvent {
+    const KIND: Kind = Kind::Audit;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(TENANT_AUDIT, tenant_key(self.tenant_id))];
+        if let Some(a) = self.actor_id {
+            v.push(IndexKey::new(ACTOR_AUDIT, a.as_bytes()));
+        }
+        v
+    }
+}
+
+impl Record for upkeep_core::output::OutputRecord {
+    const KIND: Kind = Kind::Output;
+    fn key(&self) -> Vec<u8> {
+        upkeep_core::output::output_key(self.session_id, self.action)
+    }
+}
+
+pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+    fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
+        Ok(codec::decode::<T>(v)?.index_keys())
+    }
+    match kind {
+        Kind::User => of::<User>(value),
+        Kind::Tenant => of::<Tenant>(value),
+        Kind::Person => of::<Person>(value),
+        Kind::Computer => of::<Computer>(value),
+        Kind::Software => of::<Software>(value),
+        Kind::Task => of::<MaintenanceTask>(value),
+        Kind::Deployment => of::<Deployment>(value),
+        Kind::Schedule => of::<Schedule>(value),
+        Kind::EnrollmentKey => of::<EnrollmentKey>(value),
+        Kind::Session => of::<Session>(value),
+        Kind::Event => of::<SessionEvent>(value),
+        Kind::Job => of::<JobRecord>(value),
+        Kind::Mail => of::<OutboxMail>(value),
+        Kind::ApiKey => of::<ApiKey>(value),
+        Kind::Webhook => of::<Webhook>(value),
+        Kind::Delivery => of::<Delivery>(value),
+        Kind::Idempotency => of::<IdempotencyRecord>(value),
+        Kind::Audit => of::<upkeep_core::audit::AuditEvent>(value),
+        Kind::Output => of::<upkeep_core::output::OutputRecord>(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store reads back only the indexed fields of a stored session to retire its old index
+    /// entries; that view must give exactly what the full record gives.
+    #[test]
+    fn stored_index_view_of_a_session_matches_the_record() {
+        use upkeep_core::domain::Id;
+        use upkeep_core::session::{Session, SessionStatus};
+        let all = [
+            SessionStatus::Pending,
+            SessionStatus::Detecting,
+            SessionStatus::Executing,
+            SessionStatus::Passed,
+            SessionStatus::Failed,
+            SessionStatus::Cancelled,
+        ];
+        for status in all {
+            for schedule in [None, Some(Id::from_u128(3))] {
+                let mut s =
+                    Session::for_tests(Id::from_u128(1), Id::from_u128(2), chrono::Utc::now());
+                s.status = status;
+                s.schedule_id = schedule;
+                let mut bytes = vec![crate::FORMAT_VERSION];
+                bytes.extend(serde_json::to_vec(&s).unwrap());
+                assert_eq!(Session::stored_index_keys(&bytes).unwrap(), s.index_keys());
+            }
+        }
+    }
+}
