@@ -13,11 +13,11 @@ pub use start::{Busy, StartRequest};
 
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upkeep_core::domain::*;
 use upkeep_core::engine::{self, Effect, EngineError, Env, Event};
+use upkeep_core::queue::Board;
 use upkeep_core::session::*;
 use upkeep_store::records::ACTIVE_SESSIONS;
 use upkeep_store::{Encoded, IndexKey, TxError};
@@ -26,30 +26,12 @@ const LOCK_STRIPES: usize = 256;
 
 pub struct SessionRuntime {
     locks: Vec<tokio::sync::Mutex<()>>,
-    state: Mutex<RuntimeState>,
-    max_running: usize,
+    /// Slots, the queue, timers and held reboots: the rules are `upkeep_core::queue::Board`.
+    board: Mutex<Board>,
     /// Serialises session creation so "one unfinished session per computer" holds.
     pub(crate) create_lock: tokio::sync::Mutex<()>,
     idempotency_lock: tokio::sync::Mutex<()>,
     mail_locks: group_mail::MailLocks,
-}
-
-#[derive(Default)]
-struct RuntimeState {
-    /// (wake time, session) for sessions that asked for a `Tick`.
-    timers: BTreeSet<(Time, Id)>,
-    wake_of: HashMap<Id, Time>,
-    /// The unfinished session of each computer (at most one).
-    active_by_computer: HashMap<Id, Id>,
-    /// Sessions holding a running slot.
-    running: HashSet<Id>,
-    /// Sessions waiting for a slot, in start order.
-    queue: BTreeSet<(u8, Time, Id)>,
-    queued_key: HashMap<Id, (u8, Time, Id)>,
-    /// Queue heads woken for a free slot whose step has not begun yet.
-    head_woken: HashSet<Id>,
-    /// (due, computer) for reboots held by business hours (`reboot.rs`).
-    held_reboots: BTreeSet<(Time, Id)>,
 }
 
 impl SessionRuntime {
@@ -58,8 +40,7 @@ impl SessionRuntime {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            state: Mutex::new(RuntimeState::default()),
-            max_running,
+            board: Mutex::new(Board::new(max_running)),
             create_lock: tokio::sync::Mutex::new(()),
             idempotency_lock: tokio::sync::Mutex::new(()),
             mail_locks: group_mail::MailLocks::default(),
@@ -72,8 +53,8 @@ impl SessionRuntime {
         &self.locks[(h % LOCK_STRIPES as u64) as usize]
     }
 
-    fn st(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn st(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Serialises idempotent starts, so two concurrent calls with one key start one set.
@@ -82,99 +63,37 @@ impl SessionRuntime {
     }
 
     pub fn active_session_of(&self, computer: Id) -> Option<Id> {
-        self.st().active_by_computer.get(&computer).copied()
+        self.st().active_session_of(computer)
     }
 
     pub fn active_count(&self) -> usize {
-        self.st().active_by_computer.len()
+        self.st().active_count()
     }
 
     pub fn running_count(&self) -> usize {
-        self.st().running.len()
+        self.st().running_count()
     }
 
     pub fn queued_count(&self) -> usize {
-        self.st().queue.len()
+        self.st().queued_count()
     }
 
-    /// Reserves a running slot for `id` if it holds one, or one is free and no session queued
-    /// ahead of it waits.
     fn try_slot(&self, id: Id) -> bool {
-        let mut st = self.st();
-        if st.running.contains(&id) {
-            return true;
-        }
-        let head_ok = match st.queue.first() {
-            None => true,
-            Some(first) => first.2 == id,
-        };
-        if st.running.len() < self.max_running && head_ok {
-            st.running.insert(id);
-            true
-        } else {
-            false
-        }
+        self.st().try_slot(id)
     }
 
-    /// Records the session's new state in the in-memory indexes; returns queued sessions to
-    /// tick because a slot is free.
+    /// Records the session's new state; returns the queued session to tick because a slot is
+    /// free (see `Board::note`).
     fn note(&self, s: &Session) -> Vec<Id> {
-        let mut st = self.st();
-        if let Some(old) = st.wake_of.remove(&s.id) {
-            st.timers.remove(&(old, s.id));
-        }
-        if let Some(k) = st.queued_key.remove(&s.id) {
-            st.queue.remove(&k);
-        }
-        if s.status.is_terminal() {
-            if st.active_by_computer.get(&s.computer_id) == Some(&s.id) {
-                st.active_by_computer.remove(&s.computer_id);
-            }
-        } else {
-            st.active_by_computer.insert(s.computer_id, s.id);
-            if let Some(w) = s.wake_at {
-                st.timers.insert((w, s.id));
-                st.wake_of.insert(s.id, w);
-            }
-            if s.queued {
-                let k = (s.trigger.priority(), s.created_at, s.id);
-                st.queue.insert(k);
-                st.queued_key.insert(s.id, k);
-            }
-        }
-        if !engine::holds_slot(s) {
-            st.running.remove(&s.id);
-        }
-        // Only the head of the queue may take a slot (`try_slot`), so only it is woken, and only
-        // once until its step begins (every step of every session notes; waking the head from
-        // each piled thousands of ticks on its lock). When it takes the slot, its own note wakes
-        // the next. The head is woken even when it is `s` itself: a slot may have freed while
-        // `s` was being refused one, and the note that freed it found `s` not yet queued.
-        if st.running.len() < self.max_running
-            && let Some(head) = st.queue.first().map(|k| k.2)
-            && st.head_woken.insert(head)
-        {
-            vec![head]
-        } else {
-            Vec::new()
-        }
+        self.st().note(s).into_iter().collect()
     }
 
-    /// A step of `id` is about to read its state: a later slot may wake it again.
     fn stepping(&self, id: Id) {
-        let mut st = self.st();
-        if !st.head_woken.is_empty() {
-            st.head_woken.remove(&id);
-        }
+        self.st().stepping(id);
     }
 
     fn due_timers(&self, now: Time) -> Vec<Id> {
-        let st = self.st();
-        st.timers
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, id)| *id)
-            .collect()
+        self.st().due_timers(now)
     }
 }
 
@@ -186,10 +105,7 @@ impl App {
         let mut ids = Vec::new();
         for s in self.store.by_index::<Session>(&idx, None) {
             let s = s?;
-            if engine::holds_slot(&s) {
-                self.runtime.st().running.insert(s.id);
-            }
-            self.runtime.note(&s);
+            self.runtime.st().recover(&s);
             ids.push(s.id);
         }
         self.agents.requeue_open_jobs(&self.store)?;

@@ -20,21 +20,11 @@ const OFFLINE_RECHECK_MINUTES: i64 = 5;
 
 impl SessionRuntime {
     pub(super) fn note_held_reboot(&self, computer: Id, due: Time) {
-        self.st().held_reboots.insert((due, computer));
+        self.st().hold_reboot(computer, due);
     }
 
     fn due_reboots(&self, now: Time) -> Vec<Id> {
-        let mut st = self.st();
-        let due: Vec<(Time, Id)> = st
-            .held_reboots
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .copied()
-            .collect();
-        for d in &due {
-            st.held_reboots.remove(d);
-        }
-        due.into_iter().map(|(_, c)| c).collect()
+        self.st().take_due_reboots(now)
     }
 }
 

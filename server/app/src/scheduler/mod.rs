@@ -24,6 +24,7 @@ use upkeep_core::session::SessionTrigger;
 use upkeep_store::records::*;
 use upkeep_store::{IndexKey, TxError};
 
+use upkeep_core::calendar::{self, Tick};
 pub use upkeep_core::calendar::{OWN_ZONE, business_hours_end};
 
 /// The zone a schedule runs in for `tenant` (see `upkeep_core::calendar::zone_for`).
@@ -76,57 +77,39 @@ impl App {
         let tz = zone_for(s, Some(tenant))?;
         let expr = upkeep_core::calendar::cron::CronExpr::parse(&s.cron)
             .map_err(|e| ApiError::bad("cron", e.0))?;
-        let key = if s.tenant_id.is_some() && s.time_zone.is_some() {
-            OWN_ZONE.to_string()
-        } else {
-            tenant.id.to_string()
-        };
+        let key = calendar::cursor_key(s, tenant);
+        // First look (for this zone): the first occurrence whose detection starts after the
+        // timing was set, or after the tenant joined.
+        let since = s
+            .timing_since
+            .unwrap_or(s.created_at)
+            .max(tenant.created_at);
         let lead = Duration::minutes(i64::from(s.detection_lead_minutes));
         let window = Duration::minutes(i64::from(s.window_minutes));
-        let next = match s.next_fire.get(&key) {
-            Some(n) => *n,
-            None => {
-                // First look (for this zone): the first occurrence whose detection starts after
-                // the timing was set, or after the tenant joined.
-                let since = s
-                    .timing_since
-                    .unwrap_or(s.created_at)
-                    .max(tenant.created_at);
-                let first = expr.next_after(tz, since + lead - Duration::seconds(1));
-                match first {
-                    Some(f) => {
-                        self.save_cursor(s.id, &key, f, None)?;
-                        f
-                    }
-                    None => return Ok(()),
-                }
-            }
-        };
-        if now < next - lead {
-            return Ok(());
+        let at = |cursor| calendar::tick(&expr, tz, cursor, since, lead, window, now);
+        let mut tick = at(s.next_fire.get(&key).copied());
+        if let Tick::Start { first } = tick {
+            // The first occurrence is remembered, then judged like any other at once.
+            self.save_cursor(s.id, &key, first, None)?;
+            tick = at(Some(first));
         }
-        // The occurrence is due. Find the one after it (skipping any whose window closed).
-        let following = expr
-            .next_after(tz, next)
-            .unwrap_or(next + Duration::days(36500));
-        if now >= next + window {
-            tracing::warn!(schedule = %s.id, tenant = %tenant.id, occurrence = %next, "occurrence missed: its window closed while the server was not running; skipped");
-            let mut n = following;
-            while now >= n + window {
-                match expr.next_after(tz, n) {
-                    Some(x) => n = x,
-                    None => break,
-                }
+        match tick {
+            Tick::Never | Tick::Wait | Tick::Start { .. } => Ok(()),
+            Tick::Missed { occurrence, next } => {
+                tracing::warn!(schedule = %s.id, tenant = %tenant.id, %occurrence, "occurrence missed: its window closed while the server was not running; skipped");
+                self.save_cursor(s.id, &key, next, None)
             }
-            self.save_cursor(s.id, &key, n, None)?;
-            return Ok(());
+            Tick::Fire { occurrence, next } => {
+                // The cursor is persisted first: a crash after this point loses this
+                // occurrence's remaining starts rather than running them twice.
+                self.save_cursor(s.id, &key, next, Some(now))?;
+                let started = self
+                    .fire_schedule(s, tenant, occurrence, "schedule")
+                    .await?;
+                tracing::info!(schedule = %s.id, tenant = %tenant.id, %occurrence, sessions = started.len(), "schedule fired");
+                Ok(())
+            }
         }
-        // Persist the cursor first: a crash after this point loses this occurrence's remaining
-        // starts rather than running them twice.
-        self.save_cursor(s.id, &key, following, Some(now))?;
-        let started = self.fire_schedule(s, tenant, next, "schedule").await?;
-        tracing::info!(schedule = %s.id, tenant = %tenant.id, occurrence = %next, sessions = started.len(), "schedule fired");
-        Ok(())
     }
 
     fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
@@ -155,8 +138,7 @@ impl App {
     ) -> ApiResult<Vec<upkeep_core::session::Session>> {
         let now = self.clock.now();
         let computers = self.schedule_targets(s, tenant)?;
-        let n = computers.len().max(1) as i64;
-        let half_window_ms = i64::from(s.window_minutes) * 60_000 / 2;
+        let n = computers.len();
         let immediate = by != "schedule";
         // Starts are spread over the first half of the window, but a person's computers share
         // the slot of the first of them: they run together, and that person gets one mail per
@@ -190,8 +172,7 @@ impl App {
             let (execute_at, window_end) = if immediate {
                 (None, None)
             } else {
-                let offset = Duration::milliseconds(half_window_ms * i as i64 / n);
-                let at = occurrence + offset;
+                let at = calendar::spread(occurrence, s.window_minutes, i, n);
                 (
                     if at > now { Some(at) } else { None },
                     Some(occurrence + Duration::minutes(i64::from(s.window_minutes))),
