@@ -59,7 +59,7 @@ async fn admin_creates_and_reads_every_entity() -> anyhow::Result<()> {
     let sw_id = sw["createSoftware"]["id"].as_str().unwrap().to_string();
     let upd = s.gql(&admin, "mutation($id: ID!) { updateSoftware(id: $id, input: {name: \"7-Zip x64\"}) { name latestVersion } }", json!({"id": sw_id})).await?;
     assert_eq!(upd["updateSoftware"]["name"], "7-Zip x64");
-    let dep = create_deployment(&s, &admin, json!({"tenantId": tid, "target": {"kind": "PERSON", "value": pid}, "softwareId": sw_id, "desiredState": "INSTALLED_AT_LEAST", "version": "1.9.2", "order": "BEGINNING", "position": 2, "parameters": {"Mode": "silent", "Retries": 3}})).await?;
+    let dep = s.create_deployment(&admin, json!({"tenantId": tid, "target": {"kind": "PERSON", "value": pid}, "softwareId": sw_id, "desiredState": "INSTALLED_AT_LEAST", "version": "1.9.2", "order": "BEGINNING", "position": 2, "parameters": {"Mode": "silent", "Retries": 3}})).await?;
     let upd = s.gql(&admin, "mutation($id: ID!) { updateDeployment(id: $id, input: {enabled: false}) { enabled position } }", json!({"id": dep})).await?;
     assert_eq!(
         upd["updateDeployment"],
@@ -243,7 +243,7 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     let pb = s.gql(&admin, "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@b.example\"}) { id } }", json!({"t": b})).await?["createPerson"]["id"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir()?;
     let swb = create_file_software(&s, &admin, Some(&b), "b-app", dir.path(), &["1.0"]).await?;
-    let depb = create_deployment(&s, &admin, json!({"tenantId": b, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": swb, "desiredState": "INSTALLED_ANY"})).await?;
+    let depb = s.create_deployment(&admin, json!({"tenantId": b, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": swb, "desiredState": "INSTALLED_ANY"})).await?;
     let keyb = s.enrollment_key(&admin, &b).await?;
     let agent = TestAgent::start(&s.url, &keyb, "b-pc").await?;
     let cb = s.computer_id(&admin, "b-pc").await?;
