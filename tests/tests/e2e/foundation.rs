@@ -1,7 +1,7 @@
 //! Foundation: login, every entity created and read over HTTP, roles, tenant isolation, tokens,
 //! limits, persistence across restarts, the committed schema.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use upkeep_tests::*;
 
 const ENTITIES: &str = r#"
@@ -230,7 +230,8 @@ async fn tenant_admin_sees_only_its_tenant() -> anyhow::Result<()> {
 }
 
 /// Every query and mutation of the schema, called by a tenant admin with another tenant's ids,
-/// answers NOT_FOUND (or FORBIDDEN for MSP-only operations), never data.
+/// answers NOT_FOUND (or FORBIDDEN for MSP-only operations), or a list of the caller's own
+/// records (or none) — never the other tenant's data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
@@ -258,6 +259,16 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     )
     .await?;
     let ids = json!({"tenant": b, "person": pb, "software": swb, "deployment": depb, "computer": cb, "session": sessb});
+    // And one of every other listed kind, so that a list that leaks has something to show.
+    for q in [
+        "mutation($t: ID!) { createUser(input: {email: \"tb@b.example\", password: \"tenant-b-admin-pw\", role: TENANT_ADMIN, tenantId: $t}) { id } }",
+        "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"B nightly\", target: {kind: ALL_COMPUTERS}, cron: \"0 2 * * *\", timeZone: \"Europe/Berlin\", enabled: false}) { id } }",
+        "mutation($t: ID!) { createApiKey(input: {name: \"b-key\", role: TENANT_ADMIN, tenantId: $t}) { secret } }",
+        "mutation($t: ID!) { createWebhook(input: {tenantId: $t, url: \"http://127.0.0.1:9/b\", events: [SESSION_FINISHED]}) { secret } }",
+        "mutation($t: ID!) { createMaintenanceTask(input: {name: \"B task\", tenantId: $t, testScript: {language: SHELL, body: \"exit 0\"}}) { id } }",
+    ] {
+        s.gql(&admin, q, json!({"t": b})).await?;
+    }
 
     let sdl = upkeep_server::graphql::sdl();
     let query_fields = fields_of(&sdl, "type Query");
@@ -312,19 +323,75 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
         let code = body["errors"][0]["extensions"]["code"]
             .as_str()
             .unwrap_or("");
-        let empty_list = body["data"]["r"]["__typename"]
+        let r = &body["data"]["r"];
+        let connection = r["__typename"]
             .as_str()
-            .is_some_and(|t| t.ends_with("Connection"))
-            || body["data"]["r"].is_array();
+            .and_then(|t| t.strip_suffix("Connection"));
+        if !body["errors"].is_null() || (connection.is_none() && !r.is_array()) {
+            assert!(
+                ["NOT_FOUND", "FORBIDDEN"].contains(&code),
+                "{name}({arg}: tenant B) answered {body}"
+            );
+            checked += 1;
+            continue;
+        }
+        // A list may answer, but only with tenant A's own records (or none): read it again
+        // with each record's tenant. A's user owns no computers, sessions or software here,
+        // so anything listed is B's unless it names tenant A.
+        let item_type = match (connection, r.as_array()) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(items)) if items.is_empty() => {
+                checked += 1;
+                continue;
+            }
+            (None, _) => r[0]["__typename"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}({arg}: tenant B) listed {body}"))
+                .to_string(),
+        };
+        let owner = if has_field(&sdl, &item_type, "tenant") {
+            "tenant { id }"
+        } else if has_field(&sdl, &item_type, "count") {
+            "count"
+        } else {
+            ""
+        };
+        let shape = match connection {
+            Some(_) => format!("{{ totalCount nodes {{ __typename {owner} }} }}"),
+            None => format!("{{ __typename {owner} }}"),
+        };
+        let q = format!("{op}($x: {ty}) {{ r: {name}({arg}: $x) {shape} }}");
+        let again = s.gql_raw(Some(&ta), &q, json!({"x": target})).await?;
+        let r = &again["data"]["r"];
+        let items = match connection {
+            Some(_) => r["nodes"].as_array(),
+            None => r.as_array(),
+        }
+        .cloned()
+        .unwrap_or_default();
+        // A's own: names tenant A; a count of A's (none) is zero. A hidden tenant is not A's.
+        let foreign: Vec<&Value> = items
+            .iter()
+            .filter(|i| !(i["tenant"]["id"] == a.as_str() || (owner == "count" && i["count"] == 0)))
+            .collect();
         assert!(
-            ["NOT_FOUND", "FORBIDDEN"].contains(&code) || (empty_list && body["errors"].is_null()),
-            "{name}({arg}: tenant B) answered {body}"
+            again["errors"].is_null()
+                && foreign.is_empty()
+                && (connection.is_none() || r["totalCount"] == items.len()),
+            "{name}({arg}: tenant B) listed what is not tenant A's: {foreign:?} in {again}"
         );
         checked += 1;
     }
     assert!(checked >= 15, "the sweep covered only {checked} operations");
     drop(agent);
     Ok(())
+}
+
+/// Whether the SDL's object type `ty` has a field `field`.
+fn has_field(sdl: &str, ty: &str, field: &str) -> bool {
+    fields_of(sdl, &format!("type {ty}"))
+        .iter()
+        .any(|(n, _)| n == field)
 }
 
 /// `(field name, [(arg, type)])` of an SDL type block.
