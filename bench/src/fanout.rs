@@ -123,10 +123,13 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         }
         fleet.start_sessions(std::slice::from_ref(c)).await?;
     }
-    let waited = fleet
-        .server
-        .wait_passed(&fleet.admin, size.sessions as u64, Duration::from_secs(300))
-        .await;
+    let waited = crate::server::wait_passed(
+        &fleet.server,
+        &fleet.admin,
+        size.sessions as u64,
+        Duration::from_secs(300),
+    )
+    .await;
     let agents = fleet.check_agents();
     waited?;
     agents?;

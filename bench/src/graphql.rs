@@ -11,7 +11,7 @@
 //! query does not read them).
 
 use crate::report::{Figure, Latencies, note};
-use crate::server::{self, Server, http_client};
+
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{Duration as Days, Utc};
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_store::{Store, TxError};
+use upkeep_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestServer, http_client};
 
 const S: &str = "graphql";
 /// Deployments (plan items and actions) per preloaded session.
@@ -57,7 +58,7 @@ impl Size {
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let size = Size::new(quick);
     let dir = tempfile::Builder::new().prefix("upkeep-bench-").tempdir()?;
-    let config = server::config(dir.path());
+    let config = upkeep_testkit::config(dir.path());
     note(S, format!("preloading {} sessions", size.sessions));
     let t = Instant::now();
     let record_bytes = {
@@ -73,8 +74,8 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         format!("preloaded in {preload_s:.1} s; starting the server"),
     );
 
-    let (srv, startup) = start_timed(&config).await?;
-    let admin = srv.login().await?;
+    let (mut srv, startup) = start_timed(&config).await?;
+    let admin = srv.admin().await?;
     check_page(&srv, &admin).await?;
 
     note(S, "querying with 1 connection, then 8");
@@ -83,7 +84,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     srv.stop().await;
     // The same store again, now that the server itself opened and closed it once.
     note(S, "restarting");
-    let (srv, restart) = start_timed(&config).await?;
+    let (mut srv, restart) = start_timed(&config).await?;
     srv.stop().await;
     drop(dir);
     Ok(vec![
@@ -101,15 +102,17 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
 }
 
 /// Starts a server on `config`'s data dir and times it until `/healthz` answers.
-async fn start_timed(config: &upkeep_server::config::ServeConfig) -> Result<(Server, Duration)> {
+async fn start_timed(
+    config: &upkeep_server::config::ServeConfig,
+) -> Result<(TestServer, Duration)> {
     // sled lets go of its lock when its last handle is gone; retry until it has (only the
     // successful attempt is timed).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let t = Instant::now();
-        match Server::start_config(config.clone()).await {
+        match TestServer::start_config(config.clone()).await {
             Ok(s) => {
-                server::wait_healthy(&s.http, &s.url).await?;
+                upkeep_testkit::wait_healthy(&s.http, &s.url).await?;
                 return Ok((s, t.elapsed()));
             }
             Err(e) if format!("{e:#}").contains("lock") && Instant::now() < deadline => {
@@ -121,8 +124,8 @@ async fn start_timed(config: &upkeep_server::config::ServeConfig) -> Result<(Ser
 }
 
 /// The first page must be full: 50 sessions with their actions.
-async fn check_page(srv: &Server, token: &str) -> Result<()> {
-    let d = srv.gql(Some(token), QUERY, json!({})).await?;
+async fn check_page(srv: &TestServer, token: &str) -> Result<()> {
+    let d = srv.gql(token, QUERY, json!({})).await?;
     let edges = d["maintenanceSessions"]["edges"]
         .as_array()
         .context("no edges")?;
@@ -142,7 +145,7 @@ async fn check_page(srv: &Server, token: &str) -> Result<()> {
 /// `conns` clients sending the query back to back for `measure`; returns queries/s and
 /// latencies.
 async fn drive(
-    srv: &Server,
+    srv: &TestServer,
     token: &str,
     conns: usize,
     measure: Duration,
@@ -226,8 +229,8 @@ fn preload(
     };
     let admin = User {
         id: upkeep_server::ids::fresh(),
-        email: server::ADMIN_EMAIL.into(),
-        password_hash: upkeep_server::auth::hash_password_blocking(server::ADMIN_PASSWORD)
+        email: ADMIN_EMAIL.into(),
+        password_hash: upkeep_server::auth::hash_password_blocking(ADMIN_PASSWORD)
             .map_err(|e| anyhow!("{e}"))?,
         role: UserRole::MspAdmin,
         tenant_id: None,
@@ -391,7 +394,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         trigger: SessionTrigger::Manual,
         detection_only: false,
         options: MaintenanceOptions::default(),
-        created_by: server::ADMIN_EMAIL.into(),
+        created_by: ADMIN_EMAIL.into(),
         created_at: created,
         started_at: Some(created),
         finished_at: Some(finished),

@@ -42,7 +42,7 @@ fn main() -> Result<()> {
         .thread_name("upkeep-server")
         .enable_all()
         .build()?;
-    server::set_server_runtime(server_rt.handle().clone());
+    upkeep_testkit::set_server_runtime(server_rt.handle().clone());
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bench-client")
         .enable_all()

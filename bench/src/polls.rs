@@ -9,13 +9,14 @@
 //! slack).
 
 use crate::report::{Figure, Latencies, note, rss_bytes};
-use crate::server::{ENROLL_CONCURRENCY, Server, http_client};
+use crate::server::{ENROLL_CONCURRENCY, enroll_fleet};
 use anyhow::{Result, bail};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use upkeep_agent_protocol as proto;
+use upkeep_testkit::{TestServer, http_client};
 
 const S: &str = "polls";
 pub const CONNECTIONS: usize = 64;
@@ -66,8 +67,8 @@ impl Tokens {
 
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let size = Size::new(quick);
-    let server = Server::start(|_| {}).await?;
-    let admin = server.login().await?;
+    let mut server = TestServer::start_in_temp_dir(upkeep_testkit::config).await?;
+    let admin = server.admin().await?;
     let tenant = server.create_tenant(&admin, "Polls").await?;
     let key = server.enrollment_key(&admin, &tenant).await?;
 
@@ -76,15 +77,20 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let rss_before = rss_bytes()?;
     note(S, format!("enrolling {} agents", size.agents));
     let t = table.clone();
-    let took = server
-        .enroll(&key, size.agents, ENROLL_CONCURRENCY, move |i, r| {
+    let took = enroll_fleet(
+        &server,
+        &key,
+        size.agents,
+        ENROLL_CONCURRENCY,
+        move |i, r| {
             if r.agent_token.len() == TOKEN_LEN
                 && let Ok(mut t) = t.lock()
             {
                 t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
             }
-        })
-        .await?;
+        },
+    )
+    .await?;
     let rss_enrolled = rss_bytes()?;
     let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let tokens = Arc::new(Tokens {
@@ -213,7 +219,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
 
 /// Waits for the server's next store write. Polls write nothing and nothing else runs here,
 /// so that is the `lastSeenAt` write-back (every 30 s).
-async fn wait_for_writeback(server: &Server) -> Result<()> {
+async fn wait_for_writeback(server: &TestServer) -> Result<()> {
     let writes = server.metric("upkeep_store_writes_total").await?;
     let deadline = Instant::now() + Duration::from_secs(45);
     while server.metric("upkeep_store_writes_total").await? <= writes {
@@ -338,7 +344,7 @@ async fn spawn_bare_server() -> Result<std::net::SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    crate::server::server_runtime().spawn(async move {
+    upkeep_testkit::server_runtime().spawn(async move {
         if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
             let _ = axum::serve(l, app).await;
         }

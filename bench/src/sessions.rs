@@ -8,12 +8,13 @@
 
 use crate::agent::{self, AgentOptions, FleetStats};
 use crate::report::{Figure, note};
-use crate::server::Server;
+use crate::server::{ENROLL_CONCURRENCY, deploy_software, enroll_fleet};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use upkeep_testkit::TestServer;
 
 const S: &str = "sessions";
 pub const DEPLOYMENTS: usize = 10;
@@ -22,7 +23,7 @@ const START_BATCH: usize = 100;
 
 /// A tenant with enrolled, polling simulated agents and its deployments.
 pub struct Fleet {
-    pub server: Server,
+    pub server: TestServer,
     pub admin: String,
     pub tenant: String,
     pub computers: Vec<String>,
@@ -36,28 +37,27 @@ impl Fleet {
     pub async fn start(scenario: &str, n: usize, opts: AgentOptions) -> Result<Fleet> {
         // The server's defaults, including `--max-concurrent-sessions` (500): with 1 000
         // computers half the sessions wait in the queue for a slot.
-        let server = Server::start(|_| {}).await?;
-        let admin = server.login().await?;
+        let server = TestServer::start_in_temp_dir(upkeep_testkit::config).await?;
+        let admin = server.admin().await?;
         let tenant = server.create_tenant(&admin, "Fleet").await?;
         let key = server.enrollment_key(&admin, &tenant).await?;
-        server.deploy_software(&admin, &tenant, DEPLOYMENTS).await?;
+        deploy_software(&server, &admin, &tenant, DEPLOYMENTS).await?;
         note(scenario, format!("enrolling {n} agents"));
         let enrolled = Arc::new(std::sync::Mutex::new(vec![
             (String::new(), String::new());
             n
         ]));
         let e = enrolled.clone();
-        server
-            .enroll(&key, n, crate::server::ENROLL_CONCURRENCY, move |i, r| {
-                if let Ok(mut e) = e.lock() {
-                    e[i] = (r.computer_id, r.agent_token);
-                }
-            })
-            .await?;
+        enroll_fleet(&server, &key, n, ENROLL_CONCURRENCY, move |i, r| {
+            if let Ok(mut e) = e.lock() {
+                e[i] = (r.computer_id, r.agent_token);
+            }
+        })
+        .await?;
         let enrolled =
             std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         let stats = Arc::new(FleetStats::new());
-        let http = crate::server::http_client()?;
+        let http = upkeep_testkit::http_client()?;
         let mut agents = Vec::new();
         let mut computers = Vec::new();
         for (i, (computer, token)) in enrolled.into_iter().enumerate() {
@@ -104,10 +104,10 @@ impl Fleet {
             let admin = self.admin.clone();
             let ids = batch.to_vec();
             let call = tokio::spawn(async move {
-                let d = crate::server::gql(
+                let d = upkeep_testkit::gql(
                     &http,
                     &url,
-                    Some(&admin),
+                    &admin,
                     "mutation($i: StartMaintenanceSessionInput!) { startMaintenanceSession(input: $i) { id } }",
                     json!({"i": {"computerIds": ids}}),
                 )
@@ -147,7 +147,7 @@ impl Fleet {
         Ok(())
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         for a in &self.agents {
             a.abort();
         }
@@ -180,10 +180,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     fleet.stats.hold_results(false);
     // Ten times what a healthy run takes; a stuck server is reported, not waited for.
     let timeout = Duration::from_secs(if quick { 30 } else { 90 });
-    let waited = fleet
-        .server
-        .wait_passed(&fleet.admin, n as u64, timeout)
-        .await;
+    let waited = crate::server::wait_passed(&fleet.server, &fleet.admin, n as u64, timeout).await;
     let elapsed = t0.elapsed();
     // A simulated agent that stopped (the server refused one of its calls) explains a stall.
     fleet.check_agents()?;

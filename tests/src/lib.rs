@@ -1,140 +1,91 @@
-//! Helpers for end-to-end tests: the real server on `127.0.0.1:0` with a temp data dir, a
-//! GraphQL client, real agents running real `sh` scripts, an SMTP sink on loopback and a
-//! subscription client. Modelled on zero2prod's `spawn_app`.
+//! Helpers for end-to-end tests: the kit's server (`upkeep-testkit`) with the e2e defaults,
+//! sessions and computers as GraphQL shows them, real agents running real `sh` scripts, an SMTP
+//! sink on loopback and a subscription client. Modelled on zero2prod's `spawn_app`.
 
 pub mod hook;
 pub mod smtp;
 pub mod ws;
 
-use anyhow::{Context, Result, bail};
+pub use upkeep_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestServer, http_client, wait_for};
+
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
+use upkeep_agent_protocol as proto;
 use upkeep_server::config::ServeConfig;
 
-pub const ADMIN_EMAIL: &str = "admin@msp.example";
-pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
-
-/// An HTTP client for tests (installs the TLS provider reqwest needs first).
-pub fn http_client() -> reqwest::Client {
-    upkeep_server::install_tls_provider();
-    reqwest::Client::new()
-}
-
-/// Polls `f` until it returns `Some`, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A server under test, in this process.
-pub struct TestServer {
-    pub url: String,
-    pub addr: std::net::SocketAddr,
-    pub data_dir: PathBuf,
-    pub running: Option<upkeep_server::http::Running>,
-    pub http: reqwest::Client,
-    pub config: ServeConfig,
-    _dir: Option<TempDir>,
-}
-
+/// The e2e tests' configuration: the kit's, plus webhooks to loopback allowed (the tests'
+/// receivers listen there) and agents counted offline after 3 s (tests wait for that).
 pub fn test_config(dir: &Path) -> ServeConfig {
-    let mut c = ServeConfig::for_tests(dir.to_path_buf());
-    c.admin_email = Some(ADMIN_EMAIL.into());
-    c.admin_password = Some(ADMIN_PASSWORD.into());
+    let mut c = upkeep_testkit::config(dir);
     c.allow_private_webhooks = true;
     c.offline_after_seconds = 3;
     c
 }
 
-impl TestServer {
-    pub async fn start() -> Result<TestServer> {
+/// What the e2e tests add to the kit's [`TestServer`]: starting on [`test_config`], and
+/// sessions, computers, raw enrollment and the test clock.
+#[allow(
+    async_fn_in_trait,
+    reason = "implemented for TestServer only, so callers know the futures' auto traits"
+)]
+pub trait E2eServer: Sized {
+    /// Starts on a fresh temp data dir with [`test_config`].
+    async fn start() -> Result<Self>;
+
+    /// Starts on a fresh temp data dir; `tweak` adjusts [`test_config`].
+    async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Result<Self>;
+
+    /// Moves the server's clock (servers started with `test_clock`).
+    async fn set_clock(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()>;
+
+    /// A session as GraphQL shows it.
+    async fn session(&self, token: &str, id: &str) -> Result<Value>;
+
+    /// Waits until the session reaches one of `statuses`; returns it.
+    async fn wait_status(
+        &self,
+        token: &str,
+        id: &str,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> Result<Value>;
+
+    /// Starts a session on `computer`; `extra` adds fields to the input. Returns its id.
+    async fn start_session(&self, token: &str, computer: &str, extra: Value) -> Result<String>;
+
+    /// Waits for a computer with this hostname to exist in the tenant; returns its id.
+    async fn computer_id(&self, token: &str, hostname: &str) -> Result<String>;
+
+    /// Waits until the computer is online.
+    async fn wait_online(&self, token: &str, id: &str) -> Result<()>;
+
+    /// Enrolls a machine with a raw protocol call (no agent): returns `(agentToken, computerId)`.
+    async fn enroll_raw(
+        &self,
+        key: &str,
+        hostname: &str,
+        machine_id: &str,
+    ) -> Result<(String, String)>;
+}
+
+impl E2eServer for TestServer {
+    async fn start() -> Result<TestServer> {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts with a fresh temp data dir; `tweak` adjusts the configuration.
-    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Result<TestServer> {
-        let dir = tempfile::tempdir()?;
-        let mut config = test_config(dir.path());
-        tweak(&mut config);
-        let mut s = Self::start_config(config).await?;
-        s._dir = Some(dir);
-        Ok(s)
-    }
-
-    pub async fn start_config(config: ServeConfig) -> Result<TestServer> {
-        let running = upkeep_server::http::start(config.clone()).await?;
-        let addr = running.addr;
-        Ok(TestServer {
-            url: format!("http://{addr}"),
-            addr,
-            data_dir: config.data_dir.clone(),
-            running: Some(running),
-            http: http_client(),
-            config,
-            _dir: None,
+    async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Result<TestServer> {
+        TestServer::start_in_temp_dir(|dir| {
+            let mut config = test_config(dir);
+            tweak(&mut config);
+            config
         })
+        .await
     }
 
-    /// Stops gracefully (agents see the server go away).
-    pub async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop().await;
-        }
-    }
-
-    /// Stops gracefully and starts again on the same data dir and port.
-    pub async fn restart(&mut self) -> Result<()> {
-        self.stop().await;
-        self.start_again().await
-    }
-
-    /// Starts a stopped server again on the same data dir and port.
-    pub async fn start_again(&mut self) -> Result<()> {
-        // sled releases its lock when the last handle drops; retry while it is still held.
-        let mut config = self.config.clone();
-        config.listen = self.addr;
-        let running = wait_for("the store to reopen", Duration::from_secs(10), || {
-            let c = config.clone();
-            async move {
-                match upkeep_server::http::start(c).await {
-                    Ok(r) => Ok(Some(r)),
-                    Err(e)
-                        if format!("{e:#}").contains("lock")
-                            || format!("{e:#}").contains("listen") =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        })
-        .await?;
-        self.addr = running.addr;
-        self.url = format!("http://{}", running.addr);
-        self.running = Some(running);
-        Ok(())
-    }
-
-    pub fn app(&self) -> &std::sync::Arc<upkeep_server::app::App> {
-        &self.running.as_ref().expect("server running").app
-    }
-
-    /// Moves the server's clock (servers started with `test_clock`).
-    pub async fn set_clock(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn set_clock(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
         let r = self
             .http
             .post(format!("{}/debug/clock", self.url))
@@ -145,99 +96,7 @@ impl TestServer {
         Ok(())
     }
 
-    /// Runs a GraphQL operation and returns the whole response.
-    pub async fn gql_raw(
-        &self,
-        token: Option<&str>,
-        query: &str,
-        variables: Value,
-    ) -> Result<Value> {
-        let mut req = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .with_context(|| format!("non-JSON answer ({status})"))?;
-        Ok(body)
-    }
-
-    /// Runs an operation that must succeed; returns `data`.
-    pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Result<Value> {
-        let body = self.gql_raw(Some(token), query, variables).await?;
-        if let Some(e) = body.get("errors") {
-            bail!("GraphQL errors: {e}");
-        }
-        Ok(body["data"].clone())
-    }
-
-    /// Runs an operation that must fail; returns the first error's `extensions.code`.
-    pub async fn gql_err(
-        &self,
-        token: Option<&str>,
-        query: &str,
-        variables: Value,
-    ) -> Result<String> {
-        let body = self.gql_raw(token, query, variables).await?;
-        let Some(err) = body["errors"].get(0) else {
-            bail!("expected an error, got {body}")
-        };
-        Ok(err["extensions"]["code"]
-            .as_str()
-            .unwrap_or("<no code>")
-            .to_string())
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Result<String> {
-        let d = self
-            .gql_raw(
-                None,
-                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
-                json!({"e": email, "p": password}),
-            )
-            .await?;
-        d["data"]["login"]["token"]
-            .as_str()
-            .map(String::from)
-            .with_context(|| format!("login failed: {d}"))
-    }
-
-    pub async fn admin(&self) -> Result<String> {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
-    }
-
-    pub async fn create_tenant(&self, token: &str, name: &str) -> Result<String> {
-        let d = self
-            .gql(token, "mutation($n: String!) { createTenant(input: {name: $n, timeZone: \"Europe/Berlin\"}) { id } }", json!({"n": name}))
-            .await?;
-        Ok(d["createTenant"]["id"]
-            .as_str()
-            .context("tenant id")?
-            .to_string())
-    }
-
-    pub async fn enrollment_key(&self, token: &str, tenant: &str) -> Result<String> {
-        let d = self
-            .gql(
-                token,
-                "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { id key } }",
-                json!({"t": tenant}),
-            )
-            .await?;
-        Ok(d["createEnrollmentKey"]["key"]
-            .as_str()
-            .context("key")?
-            .to_string())
-    }
-
-    /// A session as GraphQL shows it.
-    pub async fn session(&self, token: &str, id: &str) -> Result<Value> {
+    async fn session(&self, token: &str, id: &str) -> Result<Value> {
         let d = self
             .gql(
                 token,
@@ -250,8 +109,7 @@ impl TestServer {
         Ok(d["maintenanceSession"].clone())
     }
 
-    /// Waits until the session reaches one of `statuses`; returns it.
-    pub async fn wait_status(
+    async fn wait_status(
         &self,
         token: &str,
         id: &str,
@@ -278,7 +136,7 @@ impl TestServer {
         r.with_context(|| format!("last seen: {:#}", last.lock().expect("lock")))
     }
 
-    pub async fn start_session(&self, token: &str, computer: &str, extra: Value) -> Result<String> {
+    async fn start_session(&self, token: &str, computer: &str, extra: Value) -> Result<String> {
         let mut input = json!({ "computerIds": [computer] });
         if let (Some(i), Some(e)) = (input.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
@@ -294,8 +152,7 @@ impl TestServer {
             .to_string())
     }
 
-    /// Waits for a computer with this hostname to exist in the tenant; returns its id.
-    pub async fn computer_id(&self, token: &str, hostname: &str) -> Result<String> {
+    async fn computer_id(&self, token: &str, hostname: &str) -> Result<String> {
         wait_for(&format!("computer {hostname}"), Duration::from_secs(20), || async {
             let d = self.gql(token, "query($s: String) { computers(search: $s) { edges { node { id hostname } } } }", json!({"s": hostname})).await?;
             Ok(d["computers"]["edges"].as_array().and_then(|e| e.iter().find(|n| n["node"]["hostname"] == hostname)).map(|n| n["node"]["id"].as_str().unwrap_or_default().to_string()))
@@ -303,8 +160,7 @@ impl TestServer {
         .await
     }
 
-    /// Waits until the computer is online.
-    pub async fn wait_online(&self, token: &str, id: &str) -> Result<()> {
+    async fn wait_online(&self, token: &str, id: &str) -> Result<()> {
         wait_for("computer online", Duration::from_secs(20), || async {
             let d = self
                 .gql(
@@ -321,48 +177,23 @@ impl TestServer {
         .await
     }
 
-    /// Enrolls a machine with a raw protocol call (no agent): returns `(agentToken, computerId)`.
-    pub async fn enroll_raw(
+    async fn enroll_raw(
         &self,
         key: &str,
         hostname: &str,
         machine_id: &str,
     ) -> Result<(String, String)> {
-        let r: Value = self
-            .http
-            .post(format!("{}/agent/v1/enroll", self.url))
-            .json(&json!({"protocolVersion": 1, "enrollmentKey": key, "hostname": hostname, "machineId": machine_id, "os": "Linux", "agentVersion": "0"}))
-            .send()
-            .await?
-            .json()
+        let r = self
+            .enroll(&proto::EnrollRequest {
+                protocol_version: proto::PROTOCOL_VERSION,
+                enrollment_key: key.into(),
+                hostname: hostname.into(),
+                machine_id: machine_id.into(),
+                os: "Linux".into(),
+                agent_version: "0".into(),
+            })
             .await?;
-        Ok((
-            r["agentToken"].as_str().context("agentToken")?.to_string(),
-            r["computerId"].as_str().context("computerId")?.to_string(),
-        ))
-    }
-
-    pub async fn metric(&self, name: &str) -> Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("metric {name} missing"))
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.app.shutdown.trigger();
-        }
+        Ok((r.agent_token, r.computer_id))
     }
 }
 
@@ -448,37 +279,17 @@ pub async fn create_file_software(
         .iter()
         .map(|v| json!({"version": v, "installScript": {"language": "SHELL", "body": format!("echo {v} > '{f}'")}}))
         .collect();
-    let d = s
-        .gql(
-            token,
-            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
-            json!({"i": {
-                "name": name,
-                "tenantId": tenant,
-                "detectionScript": {"language": "SHELL", "body": format!("test -f '{f}' && cat '{f}' || exit 0")},
-                "uninstallScript": {"language": "SHELL", "body": format!("rm -f '{f}'")},
-                "versions": versions,
-            }}),
-        )
-        .await?;
-    Ok(d["createSoftware"]["id"]
-        .as_str()
-        .context("software id")?
-        .to_string())
-}
-
-pub async fn create_deployment(s: &TestServer, token: &str, input: Value) -> Result<String> {
-    let d = s
-        .gql(
-            token,
-            "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }",
-            json!({"i": input}),
-        )
-        .await?;
-    Ok(d["createDeployment"]["id"]
-        .as_str()
-        .context("deployment id")?
-        .to_string())
+    s.create_software(
+        token,
+        json!({
+            "name": name,
+            "tenantId": tenant,
+            "detectionScript": {"language": "SHELL", "body": format!("test -f '{f}' && cat '{f}' || exit 0")},
+            "uninstallScript": {"language": "SHELL", "body": format!("rm -f '{f}'")},
+            "versions": versions,
+        }),
+    )
+    .await
 }
 
 /// Path of a built binary of this package (`upkeep-server-under-test`, `upkeep-agent-under-test`).

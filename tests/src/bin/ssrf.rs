@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use upkeep_core::domain::Id;
 use upkeep_core::webhook::{Delivery, DeliveryStatus, Webhook, WebhookEvent};
-use upkeep_tests::{TestServer, wait_for};
+use upkeep_tests::{E2eServer, TestServer, wait_for};
 
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()

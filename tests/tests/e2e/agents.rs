@@ -263,7 +263,7 @@ async fn lease_rule_for_vanished_agents() -> anyhow::Result<()> {
         .as_str()
         .unwrap()
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let state = tempfile::tempdir()?;
     let mut a = TestAgent::start_in(&s.url, Some(&key), state.path(), "pc")?;
     let c = s.computer_id(&admin, "pc").await?;
@@ -326,7 +326,7 @@ async fn result_survives_a_server_outage() -> anyhow::Result<()> {
         .as_str()
         .unwrap()
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let _a = TestAgent::start_in(&s.url, Some(&key), &state, "pc")?;
     let c = s.computer_id(&admin, "pc").await?;
     s.wait_online(&admin, &c).await?;

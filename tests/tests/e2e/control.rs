@@ -54,8 +54,8 @@ async fn a_tag_exception_exempts_one_computer_and_disabled_deployments_do_nothin
         .unwrap()
         .to_string();
     let dir = d1.path().display().to_string();
-    let all = create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"DIR": dir, "HOST": "any"}})).await?;
-    let ex = create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "TAG", "value": "lab"}, "softwareId": sw, "desiredState": "IGNORE"})).await?;
+    let all = s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"DIR": dir, "HOST": "any"}})).await?;
+    let ex = s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "TAG", "value": "lab"}, "softwareId": sw, "desiredState": "IGNORE"})).await?;
     // The lab computer: nothing planned; the office computer: installed.
     let id1 = s.start_session(&admin, &c1, json!({})).await?;
     let r1 = s
@@ -212,7 +212,7 @@ async fn excluded_computers_run_schedule_now_and_cancel_by_schedule() -> anyhow:
     let later = (Utc::now() + chrono::Duration::hours(5)).to_rfc3339();
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&t), "x", dir.path(), &["1"]).await?;
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY"})).await?;
     let m = s
         .start_session(&admin, &c1, json!({"executeAt": later}))
         .await?;
@@ -280,7 +280,7 @@ async fn office_with_a_driver_needing_a_reboot(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    create_deployment(s, admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     Ok((a, c))
 }
 
@@ -416,7 +416,7 @@ async fn reboot_preference_suppress_and_force() -> anyhow::Result<()> {
             .as_str()
             .unwrap()
             .to_string();
-        deployments.push(create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?);
+        deployments.push(s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?);
     }
     let full = "query($id: ID!) { maintenanceSession(id: $id) { status rebootRequired rebootedAt actions { status } logs { message } } }";
     // SUPPRESS: the install exits 3010, yet no reboot.
@@ -474,7 +474,7 @@ async fn with_a_ceiling_of_two_the_third_session_queues() -> anyhow::Result<()> 
         .as_str()
         .unwrap()
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY"})).await?;
     let mut agents = Vec::new();
     let mut ids = Vec::new();
     for i in 0..3 {

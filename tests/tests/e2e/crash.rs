@@ -167,16 +167,7 @@ impl Remote {
     }
 
     async fn metric(&self, name: &str) -> Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .with_context(|| format!("metric {name} missing"))
+        upkeep_testkit::metric(&self.http, &self.url, name).await
     }
 }
 

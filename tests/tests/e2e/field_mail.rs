@@ -143,7 +143,7 @@ impl Field {
     async fn deploy(&self, mut input: Value) -> anyhow::Result<String> {
         input["tenantId"] = json!(self.tenant);
         input["target"] = json!({"kind": "ALL_COMPUTERS"});
-        create_deployment(&self.s, &self.admin, input).await
+        self.s.create_deployment(&self.admin, input).await
     }
 
     fn file(&self, name: &str) -> String {

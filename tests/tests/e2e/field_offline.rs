@@ -57,7 +57,7 @@ async fn field(clock: DateTime<Utc>, smtp: Option<&SmtpSink>) -> anyhow::Result<
     .await?;
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&tenant), "tool", dir.path(), &["2.0"]).await?;
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     Ok(Field {
         s,
         admin,
@@ -286,7 +286,7 @@ async fn slow_software(f: &Field, go: &Path) -> anyhow::Result<()> {
         )
         .await?;
     let sw = d["createSoftware"]["id"].as_str().unwrap();
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     Ok(())
 }
 
@@ -504,7 +504,7 @@ async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
         &["1.0"],
     )
     .await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
     assert_eq!(onboarding_status(&f).await?, "PENDING");
     let start =
         "mutation($c: ID!) { startOnboardingSession(computerId: $c) { id trigger status } }";
@@ -579,7 +579,7 @@ async fn onboarding_runs_on_demand_and_again() -> anyhow::Result<()> {
                 "versions": [{"version": "1.0", "installScript": {"language": "SHELL", "body": "exit 3"}}]}}),
         )
         .await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": broken["createSoftware"]["id"], "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": broken["createSoftware"]["id"], "desiredState": "INSTALLED_LATEST", "enforcement": "ONBOARDING"})).await?;
     let d = f.s.gql(&f.admin, start, json!({"c": f.computer})).await?;
     let id = d["startOnboardingSession"]["id"]
         .as_str()

@@ -38,8 +38,7 @@ async fn deploy_software(
         )
         .await?;
     let sw = d["createSoftware"]["id"].as_str().unwrap_or_default();
-    create_deployment(
-        &f.s,
+    f.s.create_deployment(
         &f.admin,
         json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw,
                "desiredState": "INSTALLED_LATEST", "parameters": parameters}),
@@ -263,8 +262,7 @@ async fn output_chunks_are_authenticated_bounded_and_idempotent_per_seq() -> any
     let (token, computer) = s.enroll_raw(&key, "raw-1", "machine-raw-1").await?;
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&tenant), "tool", dir.path(), &["1.0"]).await?;
-    create_deployment(
-        &s,
+    s.create_deployment(
         &admin,
         json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw,
                "desiredState": "INSTALLED_LATEST", "parameters": {"password": SECRET}}),
@@ -414,9 +412,7 @@ async fn a_sessions_webhooks_go_out_in_sequence_order_even_across_a_retry() -> a
         &["1.0"],
     )
     .await?;
-    create_deployment(
-        &f.s,
-        &f.admin,
+    f.s.create_deployment(&f.admin,
         json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}),
     )
     .await?;

@@ -1,7 +1,7 @@
 //! Foundation: login, every entity created and read over HTTP, roles, tenant isolation, tokens,
 //! limits, persistence across restarts, the committed schema.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use upkeep_tests::*;
 
 const ENTITIES: &str = r#"
@@ -59,7 +59,7 @@ async fn admin_creates_and_reads_every_entity() -> anyhow::Result<()> {
     let sw_id = sw["createSoftware"]["id"].as_str().unwrap().to_string();
     let upd = s.gql(&admin, "mutation($id: ID!) { updateSoftware(id: $id, input: {name: \"7-Zip x64\"}) { name latestVersion } }", json!({"id": sw_id})).await?;
     assert_eq!(upd["updateSoftware"]["name"], "7-Zip x64");
-    let dep = create_deployment(&s, &admin, json!({"tenantId": tid, "target": {"kind": "PERSON", "value": pid}, "softwareId": sw_id, "desiredState": "INSTALLED_AT_LEAST", "version": "1.9.2", "order": "BEGINNING", "position": 2, "parameters": {"Mode": "silent", "Retries": 3}})).await?;
+    let dep = s.create_deployment(&admin, json!({"tenantId": tid, "target": {"kind": "PERSON", "value": pid}, "softwareId": sw_id, "desiredState": "INSTALLED_AT_LEAST", "version": "1.9.2", "order": "BEGINNING", "position": 2, "parameters": {"Mode": "silent", "Retries": 3}})).await?;
     let upd = s.gql(&admin, "mutation($id: ID!) { updateDeployment(id: $id, input: {enabled: false}) { enabled position } }", json!({"id": dep})).await?;
     assert_eq!(
         upd["updateDeployment"],
@@ -230,7 +230,8 @@ async fn tenant_admin_sees_only_its_tenant() -> anyhow::Result<()> {
 }
 
 /// Every query and mutation of the schema, called by a tenant admin with another tenant's ids,
-/// answers NOT_FOUND (or FORBIDDEN for MSP-only operations), never data.
+/// answers NOT_FOUND (or FORBIDDEN for MSP-only operations), or a list of the caller's own
+/// records (or none) — never the other tenant's data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
@@ -243,7 +244,7 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     let pb = s.gql(&admin, "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Bob\", email: \"bob@b.example\"}) { id } }", json!({"t": b})).await?["createPerson"]["id"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir()?;
     let swb = create_file_software(&s, &admin, Some(&b), "b-app", dir.path(), &["1.0"]).await?;
-    let depb = create_deployment(&s, &admin, json!({"tenantId": b, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": swb, "desiredState": "INSTALLED_ANY"})).await?;
+    let depb = s.create_deployment(&admin, json!({"tenantId": b, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": swb, "desiredState": "INSTALLED_ANY"})).await?;
     let keyb = s.enrollment_key(&admin, &b).await?;
     let agent = TestAgent::start(&s.url, &keyb, "b-pc").await?;
     let cb = s.computer_id(&admin, "b-pc").await?;
@@ -258,6 +259,16 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
     )
     .await?;
     let ids = json!({"tenant": b, "person": pb, "software": swb, "deployment": depb, "computer": cb, "session": sessb});
+    // And one of every other listed kind, so that a list that leaks has something to show.
+    for q in [
+        "mutation($t: ID!) { createUser(input: {email: \"tb@b.example\", password: \"tenant-b-admin-pw\", role: TENANT_ADMIN, tenantId: $t}) { id } }",
+        "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"B nightly\", target: {kind: ALL_COMPUTERS}, cron: \"0 2 * * *\", timeZone: \"Europe/Berlin\", enabled: false}) { id } }",
+        "mutation($t: ID!) { createApiKey(input: {name: \"b-key\", role: TENANT_ADMIN, tenantId: $t}) { secret } }",
+        "mutation($t: ID!) { createWebhook(input: {tenantId: $t, url: \"http://127.0.0.1:9/b\", events: [SESSION_FINISHED]}) { secret } }",
+        "mutation($t: ID!) { createMaintenanceTask(input: {name: \"B task\", tenantId: $t, testScript: {language: SHELL, body: \"exit 0\"}}) { id } }",
+    ] {
+        s.gql(&admin, q, json!({"t": b})).await?;
+    }
 
     let sdl = upkeep_server::graphql::sdl();
     let query_fields = fields_of(&sdl, "type Query");
@@ -312,19 +323,75 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
         let code = body["errors"][0]["extensions"]["code"]
             .as_str()
             .unwrap_or("");
-        let empty_list = body["data"]["r"]["__typename"]
+        let r = &body["data"]["r"];
+        let connection = r["__typename"]
             .as_str()
-            .is_some_and(|t| t.ends_with("Connection"))
-            || body["data"]["r"].is_array();
+            .and_then(|t| t.strip_suffix("Connection"));
+        if !body["errors"].is_null() || (connection.is_none() && !r.is_array()) {
+            assert!(
+                ["NOT_FOUND", "FORBIDDEN"].contains(&code),
+                "{name}({arg}: tenant B) answered {body}"
+            );
+            checked += 1;
+            continue;
+        }
+        // A list may answer, but only with tenant A's own records (or none): read it again
+        // with each record's tenant. A's user owns no computers, sessions or software here,
+        // so anything listed is B's unless it names tenant A.
+        let item_type = match (connection, r.as_array()) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(items)) if items.is_empty() => {
+                checked += 1;
+                continue;
+            }
+            (None, _) => r[0]["__typename"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}({arg}: tenant B) listed {body}"))
+                .to_string(),
+        };
+        let owner = if has_field(&sdl, &item_type, "tenant") {
+            "tenant { id }"
+        } else if has_field(&sdl, &item_type, "count") {
+            "count"
+        } else {
+            ""
+        };
+        let shape = match connection {
+            Some(_) => format!("{{ totalCount nodes {{ __typename {owner} }} }}"),
+            None => format!("{{ __typename {owner} }}"),
+        };
+        let q = format!("{op}($x: {ty}) {{ r: {name}({arg}: $x) {shape} }}");
+        let again = s.gql_raw(Some(&ta), &q, json!({"x": target})).await?;
+        let r = &again["data"]["r"];
+        let items = match connection {
+            Some(_) => r["nodes"].as_array(),
+            None => r.as_array(),
+        }
+        .cloned()
+        .unwrap_or_default();
+        // A's own: names tenant A; a count of A's (none) is zero. A hidden tenant is not A's.
+        let foreign: Vec<&Value> = items
+            .iter()
+            .filter(|i| !(i["tenant"]["id"] == a.as_str() || (owner == "count" && i["count"] == 0)))
+            .collect();
         assert!(
-            ["NOT_FOUND", "FORBIDDEN"].contains(&code) || (empty_list && body["errors"].is_null()),
-            "{name}({arg}: tenant B) answered {body}"
+            again["errors"].is_null()
+                && foreign.is_empty()
+                && (connection.is_none() || r["totalCount"] == items.len()),
+            "{name}({arg}: tenant B) listed what is not tenant A's: {foreign:?} in {again}"
         );
         checked += 1;
     }
     assert!(checked >= 15, "the sweep covered only {checked} operations");
     drop(agent);
     Ok(())
+}
+
+/// Whether the SDL's object type `ty` has a field `field`.
+fn has_field(sdl: &str, ty: &str, field: &str) -> bool {
+    fields_of(sdl, &format!("type {ty}"))
+        .iter()
+        .any(|(n, _)| n == field)
 }
 
 /// `(field name, [(arg, type)])` of an SDL type block.

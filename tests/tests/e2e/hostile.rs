@@ -714,7 +714,7 @@ async fn hostile() -> Result<Hostile> {
         .as_str()
         .context("software")?
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let agents = vec![
         TestAgent::start(&s.url, &key, "pc-a").await?,
         TestAgent::start(&s.url, &key, B_HOSTNAME).await?,
@@ -1105,7 +1105,7 @@ async fn a_revoked_agent_is_refused_at_once() -> Result<()> {
         .as_str()
         .context("software")?
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let (token, computer) = s.enroll_raw(&key, "stolen-laptop", "stolen-laptop").await?;
     let poll = |wait: u32| {
         s.http
@@ -1202,7 +1202,7 @@ async fn a_megabyte_of_script_output_is_capped() -> Result<()> {
         .as_str()
         .context("software")?
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     // A task whose set script floods both streams, in lines, and fails.
     let task = s
         .gql(
@@ -1216,7 +1216,7 @@ async fn a_megabyte_of_script_output_is_capped() -> Result<()> {
         .as_str()
         .context("task")?
         .to_string();
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "order": "END"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "order": "END"})).await?;
     let _agent = TestAgent::start(&s.url, &key, "noisy-pc").await?;
     let c = s.computer_id(&admin, "noisy-pc").await?;
     s.wait_online(&admin, &c).await?;

@@ -103,7 +103,7 @@ async fn hooked(s: TestServer) -> anyhow::Result<Hooked> {
     let dir = tempfile::tempdir()?;
     let sw =
         create_file_software(&s, &admin, Some(&tenant), "Notepad", dir.path(), &["8.6"]).await?;
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     Ok(Hooked {
         s,
         admin,

@@ -50,7 +50,7 @@ async fn fixture(smtp: SmtpSink) -> anyhow::Result<Fixture> {
         &["1.9.2", "1.10.0"],
     )
     .await?;
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     Ok(Fixture {
         s,
         admin,

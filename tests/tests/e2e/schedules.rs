@@ -90,7 +90,7 @@ async fn a_missed_window_is_respected() -> anyhow::Result<()> {
     s.wait_online(&admin, &c).await?;
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&t), "tool", dir.path(), &["2.0"]).await?;
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     s.gql(&admin, "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"Noon\", target: {kind: ALL_COMPUTERS}, cron: \"0 12 * * *\", timeZone: \"UTC\", detectionLeadMinutes: 60, windowMinutes: 30}) { id } }", json!({"t": t})).await?;
     // 11:00: detection runs, execution waits for 12:00.
     s.set_clock(at("2026-06-01T11:00:05Z")).await?;

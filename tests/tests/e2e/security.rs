@@ -557,9 +557,7 @@ async fn nested_fields_obey_tenant_isolation() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, None, "Licensed", dir.path(), &["1.0"]).await?;
     // An MSP-level deployment whose parameters hold a licence key.
-    let dep = create_deployment(
-        &s,
-        &admin,
+    let dep = s.create_deployment(&admin,
         json!({"target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"licenceKey": "SECRET-123"}}),
     )
     .await?;
@@ -671,9 +669,7 @@ async fn every_change_leaves_an_audit_record() -> Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&t), "Tool", dir.path(), &["1.0"]).await?;
-    let dep = create_deployment(
-        &s,
-        &admin,
+    let dep = s.create_deployment(&admin,
         json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"licenceKey": "SECRET-123"}}),
     )
     .await?;
@@ -876,9 +872,7 @@ async fn review_findings_stay_closed() -> Result<()> {
     let viewer = user(&s, &admin, "TENANT_VIEWER", Some(&t)).await?;
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(&s, &admin, Some(&t), "Tool", dir.path(), &["1.0"]).await?;
-    create_deployment(
-        &s,
-        &admin,
+    s.create_deployment(&admin,
         json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"licenceKey": "SECRET-789"}}),
     )
     .await?;

@@ -176,7 +176,7 @@ async fn detection_text_without_a_version_is_not_compliant() -> anyhow::Result<(
         &["1.9.2", "1.10.0"],
     )
     .await?;
-    create_deployment(&s, &admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let detect = |text: &'static str| {
         let s = &s;
         let admin = &admin;
@@ -431,7 +431,7 @@ async fn the_data_dir_is_private_whatever_the_umask() -> anyhow::Result<()> {
         .filter(|l| l.contains("the data dir was readable by others"))
         .collect();
     assert_eq!(warnings.len(), 1, "{:#?}", p.lines());
-    let client = http_client();
+    let client = http_client()?;
     let gql = |token: Option<String>, query: &'static str, vars: Value| {
         let client = &client;
         let url = format!("{}/graphql", p.url);
@@ -502,7 +502,7 @@ async fn the_data_dir_is_private_whatever_the_umask() -> anyhow::Result<()> {
 async fn a_newline_in_a_login_email_cannot_forge_a_log_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let p = Process::start(&dir.path().join("data"))?;
-    let r: Value = http_client()
+    let r: Value = http_client()?
         .post(format!("{}/graphql", p.url))
         .json(&json!({"query": LOGIN, "variables": {"e": "nobody@x.example\nFORGED INFO admin logged in", "p": "whatever it is"}}))
         .send()

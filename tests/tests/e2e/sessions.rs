@@ -52,7 +52,7 @@ async fn detection_only_plans_and_changes_nothing() -> anyhow::Result<()> {
     )
     .await?;
     std::fs::write(f.dir.path().join("editor.version"), "1.9.2\n")?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let id =
         f.s.start_session(&f.admin, &f.computer, json!({"detectionOnly": true}))
             .await?;
@@ -105,7 +105,7 @@ async fn full_session_installs_latest_and_configures_then_rerun_is_a_no_op() -> 
     )
     .await?;
     f.s.gql(&f.admin, "mutation($id: ID!, $t: ID!) { updateSoftware(id: $id, input: {configurationTaskId: $t}) { id } }", json!({"id": sw, "t": task})).await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"LEVEL": "high"}})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST", "parameters": {"LEVEL": "high"}})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
     let s =
         f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
@@ -178,8 +178,8 @@ async fn specific_deployment_wins_and_a_failed_install_does_not_stop_the_rest() 
         &["1.0", "2.0"],
     )
     .await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "TAG", "value": "pinned"}, "softwareId": sw, "desiredState": "INSTALLED_VERSION", "version": "1.0"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "TAG", "value": "pinned"}, "softwareId": sw, "desiredState": "INSTALLED_VERSION", "version": "1.0"})).await?;
     // A second software whose install fails, and a task that still runs after it.
     let broken = f
         .s
@@ -193,9 +193,9 @@ async fn specific_deployment_wins_and_a_failed_install_does_not_stop_the_rest() 
         .as_str()
         .unwrap()
         .to_string();
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": broken, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": broken, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
     let task = level_task(&f).await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "parameters": {"LEVEL": "low"}, "order": "END"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "parameters": {"LEVEL": "low"}, "order": "END"})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
     let s =
         f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
@@ -252,8 +252,8 @@ async fn one_unfinished_session_per_computer_and_cancel() -> anyhow::Result<()> 
         &["1.0"],
     )
     .await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": other, "desiredState": "INSTALLED_ANY", "order": "END"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": other, "desiredState": "INSTALLED_ANY", "order": "END"})).await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
     let body =
         f.s.gql_raw(
@@ -332,7 +332,7 @@ async fn subscription_streams_in_order_and_replays_after_reconnect() -> anyhow::
         &["3.1"],
     )
     .await?;
-    create_deployment(&f.s, &f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    f.s.create_deployment(&f.admin, json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
     let q = "subscription($t: ID) { maintenanceSessionUpdates(tenantId: $t) { sessionId sequence status logLine action { id status } } }";
     // Common clients offer graphql-ws first: the server must answer, and speak, that one.
     let mut tenant_sub = Subscription::start(
@@ -456,7 +456,7 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     };
     let mut child = spawn()?;
     let url = format!("http://127.0.0.1:{port}");
-    let client = Remote::new(&url);
+    let client = Remote::new(&url)?;
     client.wait_up().await?;
     let admin = client.login().await?;
     let tenant = client
@@ -587,53 +587,31 @@ struct Remote {
 }
 
 impl Remote {
-    fn new(url: &str) -> Remote {
-        Remote {
+    fn new(url: &str) -> anyhow::Result<Remote> {
+        Ok(Remote {
             url: url.to_string(),
-            http: http_client(),
-        }
+            http: http_client()?,
+        })
     }
 
     async fn wait_up(&self) -> anyhow::Result<()> {
-        wait_for("server up", T, || async {
-            Ok(self
-                .http
-                .get(format!("{}/healthz", self.url))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        })
-        .await
+        upkeep_testkit::wait_healthy(&self.http, &self.url).await
     }
 
     async fn login(&self) -> anyhow::Result<String> {
-        let d = self
-            .gql(
-                "",
-                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
-                json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}),
-            )
-            .await?;
-        Ok(d["login"]["token"].as_str().unwrap().to_string())
+        let d = upkeep_testkit::gql_raw(
+            &self.http,
+            &self.url,
+            None,
+            "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+            json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}),
+        )
+        .await?;
+        Ok(d["data"]["login"]["token"].as_str().unwrap().to_string())
     }
 
     async fn gql(&self, token: &str, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .json(&json!({"query": query, "variables": variables}));
-        if !token.is_empty() {
-            req = req.bearer_auth(token);
-        }
-        let body: Value = req.send().await?.json().await?;
-        anyhow::ensure!(
-            body["errors"].is_null(),
-            "GraphQL errors: {}",
-            body["errors"]
-        );
-        Ok(body["data"].clone())
+        upkeep_testkit::gql(&self.http, &self.url, token, query, variables).await
     }
 }
 
@@ -655,9 +633,9 @@ async fn onboarding_runs_first_and_ad_hoc_only_when_named() -> anyhow::Result<()
     let base = create_file_software(&s, &admin, Some(&t), "base", dir.path(), &["1"]).await?;
     let welcome = create_file_software(&s, &admin, Some(&t), "welcome", dir.path(), &["1"]).await?;
     let extra = create_file_software(&s, &admin, Some(&t), "extra", dir.path(), &["1"]).await?;
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
-    create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": welcome, "desiredState": "INSTALLED_ANY", "enforcement": "ONBOARDING"})).await?;
-    let adhoc = create_deployment(&s, &admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": extra, "desiredState": "INSTALLED_ANY", "enforcement": "AD_HOC"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": base, "desiredState": "INSTALLED_ANY", "order": "BEGINNING"})).await?;
+    s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": welcome, "desiredState": "INSTALLED_ANY", "enforcement": "ONBOARDING"})).await?;
+    let adhoc = s.create_deployment(&admin, json!({"tenantId": t, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": extra, "desiredState": "INSTALLED_ANY", "enforcement": "AD_HOC"})).await?;
     let key = s.enrollment_key(&admin, &t).await?;
     let _a = TestAgent::start(&s.url, &key, "fresh-1").await?;
     let c = s.computer_id(&admin, "fresh-1").await?;
