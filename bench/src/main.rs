@@ -4,7 +4,7 @@
 //! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|all> [--quick]
 //! ```
 //!
-//! Each scenario starts the real server in this process (`upkeep_server::http::start`, temp
+//! Each scenario starts the real server in this process (`upkeep_server::api::http::start`, temp
 //! data dir, loopback listener) and measures it over HTTP and WebSocket only; fixtures may be
 //! written beforehand through the server's store. Figures are JSON lines on stdout, progress
 //! notes on stderr. `RUST_LOG` turns on the server's log.

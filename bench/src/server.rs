@@ -1,6 +1,6 @@
 //! What the scenarios do with the server beyond the kit's client (`upkeep-testkit`): deploy
 //! the bench's software, enroll a fleet, and wait for its sessions. The server itself is the
-//! kit's [`TestServer`]: the real `upkeep_server::http::start` on `127.0.0.1:0` with a temp
+//! kit's [`TestServer`]: the real `upkeep_server::api::http::start` on `127.0.0.1:0` with a temp
 //! data dir, in this process, on a runtime of its own (`main` sets it; see
 //! [`upkeep_testkit::set_server_runtime`]). Everything measured goes over loopback HTTP or
 //! WebSocket.

@@ -36,26 +36,28 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Schema) => {
-            print!("{}", crate::graphql::sdl());
+            print!("{}", crate::api::graphql::sdl());
             ExitCode::SUCCESS
         }
         Some(Command::Check { data_dir }) => crate::check::run(&data_dir),
-        Some(Command::Backup { data_dir, out }) => match crate::backup::backup(&data_dir, &out) {
-            Ok(n) => {
-                println!(
-                    "backup of {} written to {} ({n} bytes)",
-                    data_dir.display(),
-                    out.display()
-                );
-                ExitCode::SUCCESS
+        Some(Command::Backup { data_dir, out }) => {
+            match crate::api::backup::backup(&data_dir, &out) {
+                Ok(n) => {
+                    println!(
+                        "backup of {} written to {} ({n} bytes)",
+                        data_dir.display(),
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("upkeep-server backup: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("upkeep-server backup: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some(Command::Restore { data_dir, input }) => {
-            match crate::backup::restore(&data_dir, &input) {
+            match crate::api::backup::restore(&data_dir, &input) {
                 Ok(n) => {
                     println!("restored {n} entries into {}", data_dir.display());
                     ExitCode::SUCCESS
@@ -83,7 +85,7 @@ fn serve(config: crate::config::ServeConfig) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let running = match crate::http::start(config).await {
+        let running = match crate::api::http::start(config).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("upkeep-server: {e:#}");

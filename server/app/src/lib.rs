@@ -1,30 +1,20 @@
 //! Upkeep: a maintenance-session server for MSPs. See `docs/ARCHITECTURE.md` for the map.
 
-pub mod agents;
-pub mod app;
+pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod console;
 pub mod error;
-pub mod graphql;
-pub mod http;
 pub mod ids;
 pub mod logsafe;
 pub mod mail;
-pub mod metrics;
 pub mod net;
 pub mod permissions;
-pub mod postpone;
-pub mod runtime;
-pub mod scheduler;
+pub mod services;
 pub mod totp;
-pub mod users;
-pub mod webhooks;
 
 /// Sets up logging once (text or JSON lines), honouring `RUST_LOG`.
 pub fn init_logging(format: &str) {

@@ -1,4 +1,4 @@
-//! The server under test: the real `upkeep_server::http::start` on `127.0.0.1:0`, in this
+//! The server under test: the real `upkeep_server::api::http::start` on `127.0.0.1:0`, in this
 //! process, talked to over loopback like any client would.
 
 use crate::client;
@@ -10,9 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tempfile::TempDir;
 use upkeep_agent_protocol as proto;
-use upkeep_server::app::App;
+use upkeep_server::api::http::Running;
 use upkeep_server::config::ServeConfig;
-use upkeep_server::http::Running;
+use upkeep_server::services::App;
 
 static SERVER_RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 
@@ -59,7 +59,7 @@ impl TestServer {
     /// Starts on `config` (its data dir is the caller's).
     pub async fn start_config(config: ServeConfig) -> Result<TestServer> {
         let running = server_runtime()
-            .spawn(upkeep_server::http::start(config.clone()))
+            .spawn(upkeep_server::api::http::start(config.clone()))
             .await??;
         let addr = running.addr;
         Ok(TestServer {
@@ -95,7 +95,7 @@ impl TestServer {
             let c = config.clone();
             async move {
                 match server_runtime()
-                    .spawn(upkeep_server::http::start(c))
+                    .spawn(upkeep_server::api::http::start(c))
                     .await?
                 {
                     Ok(r) => Ok(Some(r)),

@@ -270,7 +270,7 @@ async fn isolation_sweep_over_the_schema() -> anyhow::Result<()> {
         s.gql(&admin, q, json!({"t": b})).await?;
     }
 
-    let sdl = upkeep_server::graphql::sdl();
+    let sdl = upkeep_server::api::graphql::sdl();
     let query_fields = fields_of(&sdl, "type Query");
     let mutation_fields = fields_of(&sdl, "type Mutation");
     let mut checked = 0;
@@ -647,7 +647,7 @@ fn committed_schema_matches_the_server() {
         "/../schema/schema.graphql"
     ))
     .expect("schema/schema.graphql");
-    let served = upkeep_server::graphql::sdl();
+    let served = upkeep_server::api::graphql::sdl();
     if committed != served {
         if std::env::var_os("UPKEEP_WRITE_SCHEMA").is_some() {
             std::fs::write(

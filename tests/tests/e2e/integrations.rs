@@ -134,7 +134,7 @@ fn verify(secret: &str, sig: &str, body: &str) -> bool {
         return false;
     };
     let t: i64 = t.trim_start_matches("t=").parse().unwrap_or(0);
-    upkeep_server::webhooks::signature(secret, t, body) == format!("t={t},v1={v1}")
+    upkeep_server::services::webhooks::signature(secret, t, body) == format!("t={t},v1={v1}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,9 @@
 //! applies to the next operation).
 
 use super::{authenticate, shared_schema};
-use crate::app::App;
 use crate::auth::Actor;
 use crate::error::ApiError;
+use crate::services::App;
 use async_graphql::Data;
 use async_graphql::http::{ClientMessage, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};

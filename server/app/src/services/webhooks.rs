@@ -2,8 +2,8 @@
 //! written to the store with the step that causes it, before the first attempt, and retried
 //! with backoff by one worker; the delivery id stays the same on every retry.
 
-use crate::app::App;
 use crate::error::ApiResult;
+use crate::services::App;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::{IpAddr, SocketAddr};

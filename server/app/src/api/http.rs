@@ -1,11 +1,11 @@
 //! The HTTP surface: routes, middleware, and server start-up.
 
-use crate::app::App;
+use crate::api::graphql;
 use crate::auth::Keys;
 use crate::clock::Clock;
 use crate::config::ServeConfig;
-use crate::graphql;
 use crate::mail::render::Templates;
+use crate::services::App;
 use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -50,15 +50,15 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(gql)
         .route("/graphql/ws", get(graphql::ws_handler))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(crate::metrics::render))
-        .merge(crate::agents::routes())
-        .merge(crate::postpone::routes())
-        .merge(crate::console::routes());
+        .route("/metrics", get(crate::api::metrics::render))
+        .merge(crate::api::agent::routes())
+        .merge(crate::api::postpone::routes())
+        .merge(crate::api::console::routes());
     if app.clock.settable {
         r = r.route("/debug/clock", post(set_clock));
     }
     r.fallback(|| async {
-        crate::agents::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+        crate::api::agent::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
     })
     .layer(axum::middleware::from_fn(close_if_body_unread))
     .layer(axum::middleware::from_fn_with_state(
@@ -67,7 +67,7 @@ pub fn router(app: Arc<App>) -> Router {
     ))
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
-        crate::metrics::track,
+        crate::api::metrics::track,
     ))
     .with_state(app)
 }
@@ -159,7 +159,7 @@ async fn body_deadline(
     if !timed_out.load(std::sync::atomic::Ordering::Acquire) {
         return resp;
     }
-    let mut resp = crate::agents::error(
+    let mut resp = crate::api::agent::error(
         StatusCode::REQUEST_TIMEOUT,
         "REQUEST_TIMEOUT",
         format!(
@@ -362,7 +362,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     tokio::spawn(app.clone().run_scheduler());
     tokio::spawn(app.clone().run_mailer());
     tokio::spawn(app.clone().run_webhooks());
-    tokio::spawn(crate::backup::serve_socket(app.clone()));
+    tokio::spawn(crate::api::backup::serve_socket(app.clone()));
     {
         let app = app.clone();
         tokio::spawn(async move {
@@ -446,7 +446,10 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
 
 /// Errors from `accept` that concern one connection are skipped; others (out of file
 /// descriptors) are logged and retried after a pause rather than spinning.
-async fn accept_failed(e: &std::io::Error, shutdown: &crate::app::tokio_util_shutdown::Shutdown) {
+async fn accept_failed(
+    e: &std::io::Error,
+    shutdown: &crate::services::tokio_util_shutdown::Shutdown,
+) {
     use std::io::ErrorKind::*;
     if matches!(
         e.kind(),

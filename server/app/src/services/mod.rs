@@ -1,14 +1,27 @@
-//! The application: the store and every in-memory service, shared by HTTP handlers, GraphQL
-//! resolvers and background loops as `Arc<App>`.
+//! The services: the session runtime, the agent gateway and what follows from agents' reports
+//! (`fleet`), the scheduler, the mail and webhook outboxes, people and keys, metrics. [`App`]
+//! holds them and the store; HTTP handlers, GraphQL resolvers and background loops share it as
+//! `Arc<App>`.
+//!
+//! Architecture invariant: nothing here names axum or async-graphql types of the API layer
+//! (`crate::api`); the API calls in, never the reverse.
 
-use crate::agents::Agents;
+pub mod agents;
+pub mod fleet;
+pub mod metrics;
+pub mod runtime;
+pub mod scheduler;
+pub mod users;
+pub mod webhooks;
+
 use crate::auth::{Keys, LoginThrottle, Throttle};
 use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::error::ApiResult;
 use crate::mail::render::Templates;
-use crate::metrics::Metrics;
-use crate::runtime::SessionRuntime;
+use crate::services::agents::Agents;
+use crate::services::metrics::Metrics;
+use crate::services::runtime::SessionRuntime;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
@@ -38,7 +51,7 @@ pub struct App {
     /// Wakes the webhook worker when a delivery was queued.
     pub webhook_wakeup: Notify,
     pub public_url: String,
-    pub api_keys: crate::users::ApiKeyCache,
+    pub api_keys: crate::services::users::ApiKeyCache,
     pub shutdown: tokio_util_shutdown::Shutdown,
     /// Bumped whenever a credential may have ended (a key revoked, a user deleted, disabled or
     /// given a new password, the clock moved): open WebSockets check theirs again at once.

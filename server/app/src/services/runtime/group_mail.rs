@@ -8,8 +8,8 @@
 //! — the last — sees every member decided, and composes the mail for those that want it.
 
 use super::SessionRuntime;
-use crate::app::App;
 use crate::error::ApiResult;
+use crate::services::App;
 use upkeep_core::domain::Id;
 use upkeep_core::mail::{MailKind, OutboxMail};
 use upkeep_core::session::*;

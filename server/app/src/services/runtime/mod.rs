@@ -11,8 +11,8 @@ mod start;
 
 pub use start::{Busy, StartRequest};
 
-use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upkeep_core::domain::*;
@@ -472,7 +472,7 @@ impl App {
         };
         let tz =
             upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
-        Ok(crate::scheduler::business_hours_end(
+        Ok(crate::services::scheduler::business_hours_end(
             bh,
             tz,
             self.clock.now(),

@@ -1,12 +1,12 @@
 //! Composing session mails and draining the outbox. Only this worker talks SMTP.
 
-use crate::app::App;
 use crate::auth::PostponeClaims;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::render::{
     self, ActionOutcome, ActionView, Brand, ComputerLink, MailTemplate, PlannedChange,
     RebootExpectation, SessionMailView,
 };
+use crate::services::App;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::sync::Arc;

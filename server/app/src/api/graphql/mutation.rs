@@ -14,7 +14,7 @@ use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::logsafe::log_value;
 use crate::permissions::Action;
-use crate::runtime::{Busy, StartRequest};
+use crate::services::runtime::{Busy, StartRequest};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
@@ -212,7 +212,7 @@ impl Mutation {
         password: String,
         totp_code: Option<String>,
     ) -> Result<LoginResult> {
-        let app = ctx.data::<std::sync::Arc<crate::app::App>>()?;
+        let app = ctx.data::<std::sync::Arc<crate::services::App>>()?;
         // Refused before any work: no argon2 run, no store read, no throttle entry.
         if email.chars().count() > 320 {
             return Err(ApiError::bad("email", "must be at most 320 characters").into());
@@ -1231,7 +1231,7 @@ impl Mutation {
         if input.events.is_empty() {
             return Err(ApiError::bad("events", "subscribe to at least one event").into());
         }
-        let url = crate::webhooks::check_url(
+        let url = crate::services::webhooks::check_url(
             &url("url", &input.url)?,
             c.app.config.allow_private_webhooks,
         )

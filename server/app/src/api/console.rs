@@ -1,12 +1,12 @@
 //! `/console`: the operator console, static files built into the binary.
 
-use crate::app::App;
+use crate::services::App;
 use axum::Router;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use std::sync::Arc;
 
-const INDEX: &str = include_str!("../console/index.html");
+const INDEX: &str = include_str!("../../console/index.html");
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/console", get(index)).route(

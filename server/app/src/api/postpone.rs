@@ -8,9 +8,9 @@
 //! The update-now link is a token of its own (`act: update-now`), so it is offered also when
 //! postponing is not.
 
-use crate::app::App;
 use crate::error::ApiError;
 use crate::mail::render::{Brand, PostponePageView, PostponeState};
+use crate::services::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};

@@ -13,9 +13,9 @@
 //! and logged. A computer that still has an unfinished session of the same schedule has it
 //! cancelled ("superseded"); one with another unfinished session is skipped and logged.
 
-use crate::app::App;
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::StartRequest;
+use crate::services::App;
+use crate::services::runtime::StartRequest;
 use chrono::Duration;
 use chrono_tz::Tz;
 use std::sync::Arc;
@@ -192,7 +192,7 @@ impl App {
             reqs.push(req);
         }
         // One batch: written together, flushed once, first steps side by side.
-        self.start_sessions(reqs, crate::runtime::Busy::Skip, None)
+        self.start_sessions(reqs, crate::services::runtime::Busy::Skip, None)
             .await
     }
 

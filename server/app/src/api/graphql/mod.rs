@@ -10,9 +10,9 @@ mod subscription;
 pub mod types;
 pub mod ws;
 
-use crate::app::App;
 use crate::auth::{Actor, Principal};
 use crate::error::ApiError;
+use crate::services::App;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{ID, Schema};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse};

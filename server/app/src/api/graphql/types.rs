@@ -546,7 +546,7 @@ impl View<Schedule> {
             Some(t) => Some(c.load::<Tenant>(super::parse_id("tenantId", &t)?)?),
             None => None,
         };
-        let tz = crate::scheduler::zone_for(self, tenant.as_ref())?;
+        let tz = crate::services::scheduler::zone_for(self, tenant.as_ref())?;
         let cron = upkeep_core::calendar::cron::CronExpr::parse(&self.cron)
             .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
         Ok(cron.upcoming(

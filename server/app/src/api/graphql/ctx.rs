@@ -1,9 +1,9 @@
 //! The per-request context every resolver goes through: who is calling, and loaders that
 //! apply tenant isolation so another tenant's record reads exactly like a missing one.
 
-use crate::app::App;
 use crate::auth::Actor;
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use async_graphql::Context;
 use std::sync::Arc;
 use upkeep_core::domain::*;

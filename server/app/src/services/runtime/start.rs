@@ -1,7 +1,7 @@
 //! Starting sessions: which deployments a session covers, frozen into plan items.
 
-use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;

@@ -93,7 +93,7 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, Vec<u8>)> {
 }
 
 /// Serves backups to the CLI while the server runs.
-pub async fn serve_socket(app: std::sync::Arc<crate::app::App>) {
+pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let path = app.config.data_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
@@ -186,10 +186,10 @@ pub fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let (trees, secret) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
-    crate::http::tighten_permissions(data_dir)?;
+    crate::api::http::tighten_permissions(data_dir)?;
     let store = Store::open(data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    crate::http::tighten_permissions(data_dir)?;
+    crate::api::http::tighten_permissions(data_dir)?;
     if !store.is_empty() {
         bail!(
             "{} already holds data; restore into a new, empty data dir",

@@ -1,60 +1,16 @@
 //! Prometheus metrics, hand-written in the text exposition format (a handful of counters and
 //! one histogram family do not earn a metrics crate on a 2-core build).
 
-use crate::app::App;
+use crate::services::App;
+use crate::services::metrics::BUCKETS;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-];
-
-#[derive(Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    durations: Mutex<BTreeMap<String, Histogram>>,
-    pub session_events: AtomicU64,
-    pub sessions_finished: AtomicU64,
-    pub job_results: AtomicU64,
-    pub mails_sent: AtomicU64,
-    pub mail_failures: AtomicU64,
-    pub webhook_attempts: AtomicU64,
-}
-
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Metrics {
-    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-        let h = d.entry(route.to_string()).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
-    }
-}
 
 /// Middleware: counts requests and their durations per matched route.
 pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -99,7 +55,7 @@ fn authorised(app: &App, headers: &HeaderMap) -> bool {
 
 pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !authorised(&app, &headers) {
-        let mut r = crate::agents::error(
+        let mut r = crate::api::agent::error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "/metrics needs Authorization: Bearer <the --metrics-token>",
@@ -116,7 +72,7 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         out,
         "# HELP upkeep_http_requests_total HTTP requests by route and status.\n# TYPE upkeep_http_requests_total counter"
     );
-    for ((route, status), n) in m.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for ((route, status), n) in m.requests().iter() {
         let _ = writeln!(
             out,
             "upkeep_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
@@ -127,7 +83,7 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         out,
         "# HELP upkeep_http_request_duration_seconds HTTP request durations by route.\n# TYPE upkeep_http_request_duration_seconds histogram"
     );
-    for (route, h) in m.durations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for (route, h) in m.durations().iter() {
         let r = esc(route);
         for (i, b) in BUCKETS.iter().enumerate() {
             let _ = writeln!(

@@ -5,8 +5,8 @@
 //! this module settles it and clears the computer's flag.
 
 use super::SessionRuntime;
-use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use std::sync::Arc;
 use upkeep_agent_protocol::{JobKind, JobOutcome};
 use upkeep_core::domain::*;
@@ -64,7 +64,7 @@ impl App {
         {
             let tz = upkeep_core::calendar::cron::parse_time_zone(&t.time_zone)
                 .unwrap_or(chrono_tz::UTC);
-            if let Some(end) = crate::scheduler::business_hours_end(bh, tz, now) {
+            if let Some(end) = crate::services::scheduler::business_hours_end(bh, tz, now) {
                 return Ok(Some(end));
             }
         }

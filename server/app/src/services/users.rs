@@ -1,9 +1,9 @@
 //! Users and API keys: creating, changing and deleting users (keeping at least one enabled
 //! MSP_ADMIN), and resolving an API key to an actor.
 
-use crate::app::App;
 use crate::auth::{Actor, Principal, secret_hash};
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use upkeep_core::domain::*;

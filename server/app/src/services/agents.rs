@@ -1,0 +1,447 @@
+//! The agent gateway: the only code that speaks the agent protocol. Enrollment, long-polls,
+//! job leases and results.
+//!
+//! Polls are answered from memory: agent tokens (as hashes), presence and queued jobs live in
+//! [`Agents`]; a poll without work reads and writes nothing in the store. `lastSeenAt` is
+//! written back in batches by [`App::run_presence`].
+//!
+//! Lease rule: a job handed out must be answered within its `leaseSeconds`. When a lease runs
+//! out, a probe job (read-only) is offered again, up to three hand-outs in all; a step or reboot
+//! job is failed ("the agent did not report back"), because running it twice could change the
+//! computer twice. Leases live in memory: after a server restart every unfinished job is
+//! offered again, and the agent, which remembers what it ran, re-sends its result instead of
+//! running it again.
+
+use crate::auth::secret_hash;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use upkeep_agent_protocol::{self as proto};
+use upkeep_core::domain::*;
+use upkeep_core::session::{JobRecord, JobState};
+use upkeep_store::records::*;
+use upkeep_store::{IndexKey, Store};
+
+/// Probe jobs are handed out at most this often before they count as lost.
+const MAX_PROBE_ATTEMPTS: u32 = 3;
+/// What the server asks agents to use as their long-poll wait.
+pub const POLL_WAIT_SECONDS: u32 = 25;
+
+pub struct Agents {
+    tokens: RwLock<HashMap<String, Id>>,
+    presence: Mutex<HashMap<Id, Presence>>,
+    jobs: Mutex<JobQueues>,
+    /// Output streamed by running step jobs, per job; only leased step jobs have an entry.
+    streams: Mutex<HashMap<Id, OutputState>>,
+    offline_after: Duration,
+    polls: std::sync::atomic::AtomicU64,
+}
+
+struct Presence {
+    last_poll: Instant,
+    last_seen: Time,
+    /// Long-polls currently held open.
+    holding: u32,
+    notify: Arc<Notify>,
+    /// `last_seen` not yet written to the store.
+    dirty: bool,
+    inventory: Option<proto::Inventory>,
+    /// Token bucket against runaway pollers.
+    bucket: (f64, Instant),
+}
+
+#[derive(Default)]
+struct JobQueues {
+    queued: HashMap<Id, VecDeque<QueuedJob>>,
+    leased: HashMap<Id, LeasedJob>,
+    lease_order: BTreeSet<(Instant, Id)>,
+}
+
+#[derive(Clone)]
+struct QueuedJob {
+    job: proto::Job,
+    attempts: u32,
+}
+
+struct LeasedJob {
+    computer: Id,
+    queued: QueuedJob,
+    until: Instant,
+}
+
+/// What the gateway remembers of one job's streamed output.
+struct OutputState {
+    /// Highest `seq` taken: chunks are idempotent per `seq`.
+    last_seq: u64,
+    secrets: upkeep_core::output::Secrets,
+    /// Per stream (stdout, stderr): the masker.
+    masks: [upkeep_core::output::StreamMask; 2],
+    /// Bytes shown so far (both streams), at most `output::MAX_STREAMED_BYTES`.
+    shown: usize,
+    /// Token bucket: (tokens, last refill).
+    bucket: (f64, Instant),
+}
+
+/// What becomes of one output chunk.
+pub(crate) enum ChunkVerdict {
+    /// Show `text` (masked) in `session`'s log.
+    Show {
+        session: Id,
+        text: String,
+    },
+    /// New, but nothing to show (past the cap, or held back as a possible secret's start).
+    Taken,
+    /// A repeated `seq`, or a job that does not stream (a probe).
+    NotTaken,
+    /// Not a job leased to this computer now.
+    NotRunning,
+    Throttled,
+}
+
+/// What a poll changed (see [`Agents::polled`]).
+pub struct Polled {
+    /// Woken when a job is queued for the computer.
+    pub notify: Arc<Notify>,
+    /// The computer was offline until this poll.
+    pub came_online: bool,
+    /// The poll carried an inventory different from the last one.
+    pub inventory_changed: bool,
+}
+
+impl Agents {
+    /// Notes a poll at `now`: presence, the token bucket against runaway pollers (`None`: too
+    /// fast, refuse it) and whether the inventory changed.
+    pub fn polled(
+        &self,
+        computer: Id,
+        now: Time,
+        inventory: Option<&proto::Inventory>,
+    ) -> Option<Polled> {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut p = self.presence();
+        let offline_after = self.offline_after;
+        let entry = p.entry(computer).or_insert_with(|| Presence {
+            last_poll: Instant::now() - offline_after - Duration::from_secs(1),
+            last_seen: now,
+            holding: 0,
+            notify: Arc::new(Notify::new()),
+            dirty: false,
+            inventory: None,
+            bucket: (40.0, Instant::now()),
+        });
+        let (tokens, at) = entry.bucket;
+        let refill = (tokens + at.elapsed().as_secs_f64() * 20.0).min(40.0);
+        if refill < 1.0 {
+            return None;
+        }
+        entry.bucket = (refill - 1.0, Instant::now());
+        let came_online = entry.holding == 0 && entry.last_poll.elapsed() >= offline_after;
+        entry.last_poll = Instant::now();
+        entry.last_seen = now;
+        entry.dirty = true;
+        let inventory_changed = match inventory {
+            Some(inv) if entry.inventory.as_ref() != Some(inv) => {
+                entry.inventory = Some(inv.clone());
+                true
+            }
+            _ => false,
+        };
+        Some(Polled {
+            notify: entry.notify.clone(),
+            came_online,
+            inventory_changed,
+        })
+    }
+
+    /// `lastSeenAt` values not yet written to the store, marked written.
+    pub fn take_unwritten_seen(&self) -> Vec<(Id, Time)> {
+        let mut p = self.presence();
+        p.iter_mut()
+            .filter(|(_, v)| v.dirty)
+            .map(|(k, v)| {
+                v.dirty = false;
+                (*k, v.last_seen)
+            })
+            .collect()
+    }
+
+    /// A long-poll of `computer` began (`delta` 1) or ended (-1).
+    pub fn set_holding(&self, computer: Id, delta: i32) {
+        let mut p = self.presence();
+        if let Some(e) = p.get_mut(&computer) {
+            e.holding = e.holding.saturating_add_signed(delta);
+            e.last_poll = Instant::now();
+        }
+    }
+
+    pub fn new(offline_after: Duration) -> Agents {
+        Agents {
+            tokens: RwLock::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(JobQueues::default()),
+            streams: Mutex::new(HashMap::new()),
+            offline_after,
+            polls: Default::default(),
+        }
+    }
+
+    pub fn polls_total(&self) -> u64 {
+        self.polls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Presence>> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, JobQueues> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Id, OutputState>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one chunk of a running step's output: rate, `seq`, cap, then masking (a secret
+    /// split across chunks included). The job is one leased to `computer`, or `open`: its
+    /// stored record, still unanswered (after a server restart the agent goes on running a
+    /// job that is not leased again until its next poll).
+    pub(crate) fn take_chunk(
+        &self,
+        computer: Id,
+        job: Id,
+        c: &proto::OutputChunk,
+        open: Option<&JobRecord>,
+    ) -> ChunkVerdict {
+        let (session, secrets) = {
+            let q = self.queues();
+            let (session, kind) = match (q.leased.get(&job), open) {
+                (Some(l), _) if l.computer == computer => {
+                    let Ok(session) = l.queued.job.session_id.parse::<Id>() else {
+                        return ChunkVerdict::NotTaken;
+                    };
+                    (session, &l.queued.job.kind)
+                }
+                (_, Some(r))
+                    if r.id == job
+                        && r.computer_id == computer
+                        && !matches!(r.state, JobState::Done { .. }) =>
+                {
+                    (r.session_id, &r.job)
+                }
+                _ => return ChunkVerdict::NotRunning,
+            };
+            let proto::JobKind::Step { parameters, .. } = kind else {
+                return ChunkVerdict::NotTaken;
+            };
+            (session, upkeep_core::output::Secrets::of(parameters))
+        };
+        let mut streams = self.streams();
+        let st = streams.entry(job).or_insert_with(|| OutputState {
+            last_seq: 0,
+            secrets,
+            masks: Default::default(),
+            shown: 0,
+            bucket: (f64::from(proto::OUTPUT_CHUNK_BURST), Instant::now()),
+        });
+        let (tokens, at) = st.bucket;
+        let tokens = (tokens
+            + at.elapsed().as_secs_f64() * f64::from(proto::OUTPUT_CHUNKS_PER_SECOND))
+        .min(f64::from(proto::OUTPUT_CHUNK_BURST));
+        if tokens < 1.0 {
+            st.bucket = (tokens, Instant::now());
+            return ChunkVerdict::Throttled;
+        }
+        st.bucket = (tokens - 1.0, Instant::now());
+        if c.seq <= st.last_seq {
+            return ChunkVerdict::NotTaken;
+        }
+        st.last_seq = c.seq;
+        let i = match c.stream {
+            proto::OutputStream::Stdout => 0,
+            proto::OutputStream::Stderr => 1,
+        };
+        let room = upkeep_core::output::MAX_STREAMED_BYTES.saturating_sub(st.shown);
+        if room == 0 {
+            return ChunkVerdict::Taken;
+        }
+        let mut piece = c.chunk.clone();
+        let cut = proto::truncate_utf8(&mut piece, room);
+        st.shown += piece.len();
+        let mut text = st.masks[i].push(&piece, &st.secrets);
+        if cut {
+            text.push_str("\n[… more output than the log shows: see the action's output]");
+        }
+        if text.is_empty() {
+            ChunkVerdict::Taken
+        } else {
+            ChunkVerdict::Show { session, text }
+        }
+    }
+
+    /// Loads every computer's token hash (start-up).
+    pub fn load_tokens(&self, store: &Store) -> upkeep_store::Result<usize> {
+        let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        for c in store.scan::<Computer>(None) {
+            let c = c?;
+            if let Some(h) = c.agent_token_hash {
+                t.insert(h, c.id);
+            }
+        }
+        Ok(t.len())
+    }
+
+    pub(crate) fn computer_for_token(&self, token: &str) -> Option<Id> {
+        // The map is keyed by the token's SHA-256: looking it up compares digests, not the
+        // secret, so timing reveals nothing about valid tokens.
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&secret_hash(token))
+            .copied()
+    }
+
+    pub(crate) fn set_token(&self, old: Option<&str>, new: Option<&str>, computer: Id) {
+        let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = old {
+            t.remove(o);
+        }
+        if let Some(n) = new {
+            t.insert(n.to_string(), computer);
+        }
+    }
+
+    pub fn is_online(&self, computer: Id) -> bool {
+        self.presence()
+            .get(&computer)
+            .is_some_and(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+    }
+
+    pub fn online_count(&self) -> usize {
+        let p = self.presence();
+        p.values()
+            .filter(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            .count()
+    }
+
+    pub fn last_seen(&self, computer: Id) -> Option<Time> {
+        self.presence().get(&computer).map(|p| p.last_seen)
+    }
+
+    /// Queues a job for its computer and wakes a held poll.
+    pub fn enqueue(&self, j: &JobRecord) {
+        let job = proto::Job {
+            id: j.id.to_string(),
+            session_id: j.session_id.to_string(),
+            lease_seconds: j.lease_seconds,
+            kind: j.job.clone(),
+        };
+        self.queues()
+            .queued
+            .entry(j.computer_id)
+            .or_default()
+            .push_back(QueuedJob {
+                job,
+                attempts: j.attempts,
+            });
+        if let Some(p) = self.presence().get(&j.computer_id) {
+            p.notify.notify_one();
+        }
+    }
+
+    /// Forgets a job that is no longer wanted (cancelled session).
+    pub fn forget_job(&self, job: Id) {
+        self.streams().remove(&job);
+        let mut q = self.queues();
+        if let Some(l) = q.leased.remove(&job) {
+            q.lease_order.remove(&(l.until, job));
+        }
+        let js = job.to_string();
+        for v in q.queued.values_mut() {
+            v.retain(|x| x.job.id != js);
+        }
+    }
+
+    pub(crate) fn take_jobs(&self, computer: Id) -> Vec<proto::Job> {
+        let mut q = self.queues();
+        let Some(list) = q.queued.get_mut(&computer) else {
+            return vec![];
+        };
+        let jobs: Vec<QueuedJob> = list.drain(..).collect();
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(jobs.len());
+        for mut j in jobs {
+            j.attempts += 1;
+            let until = now + Duration::from_secs(u64::from(j.job.lease_seconds));
+            let Ok(id) = j.job.id.parse::<Id>() else {
+                continue;
+            };
+            out.push(j.job.clone());
+            q.lease_order.insert((until, id));
+            q.leased.insert(
+                id,
+                LeasedJob {
+                    computer,
+                    queued: j,
+                    until,
+                },
+            );
+        }
+        out
+    }
+
+    /// Marks a job answered (removes its lease); true when it was leased to `computer` or
+    /// queued for it.
+    pub(crate) fn settle(&self, job: Id) {
+        self.streams().remove(&job);
+        let mut q = self.queues();
+        if let Some(l) = q.leased.remove(&job) {
+            q.lease_order.remove(&(l.until, job));
+        }
+    }
+
+    /// Re-queues every unfinished job from the store (start-up).
+    pub fn requeue_open_jobs(&self, store: &Store) -> upkeep_store::Result<usize> {
+        let mut n = 0;
+        let computers: Vec<Id> = store
+            .scan::<Computer>(None)
+            .filter_map(|c| c.ok())
+            .map(|c| c.id)
+            .collect();
+        for c in computers {
+            for j in store.by_index::<JobRecord>(&IndexKey::new(OPEN_JOBS, c.as_bytes()), None) {
+                self.enqueue(&j?);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Leases that ran out: (job, computer, re-offered?).
+    pub(crate) fn expire_leases(&self) -> Vec<(Id, bool)> {
+        let now = Instant::now();
+        let mut q = self.queues();
+        let expired: Vec<(Instant, Id)> = q
+            .lease_order
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for (t, id) in expired {
+            q.lease_order.remove(&(t, id));
+            self.streams().remove(&id);
+            if let Some(l) = q.leased.remove(&id) {
+                let probe = matches!(l.queued.job.kind, proto::JobKind::Probe { .. });
+                if probe && l.queued.attempts < MAX_PROBE_ATTEMPTS {
+                    q.queued.entry(l.computer).or_default().push_back(l.queued);
+                    out.push((id, true));
+                } else {
+                    out.push((id, false));
+                }
+            }
+        }
+        out
+    }
+}

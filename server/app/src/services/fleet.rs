@@ -1,0 +1,451 @@
+//! What the server does with what agents say: enrollment and re-enrollment, results, lost
+//! jobs, presence written back, inventory and the primary person. The gateway state is
+//! `services::agents`; the HTTP side is `api::agent`.
+
+use crate::auth::{new_secret, secret_hash};
+use crate::error::ApiError;
+use crate::logsafe::log_value;
+use crate::services::App;
+use axum::http::StatusCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upkeep_agent_protocol::{self as proto};
+use upkeep_core::domain::*;
+use upkeep_core::engine::Event;
+use upkeep_core::session::{JobRecord, JobState, SessionTrigger};
+use upkeep_store::records::*;
+use upkeep_store::{IndexKey, TxError};
+
+use super::agents::*;
+
+pub(crate) type EnrollError = (StatusCode, &'static str, String);
+
+/// What agents report about themselves ends up in names, mails and logs: control characters
+/// become spaces.
+pub(crate) fn clean_text(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+impl App {
+    /// Whether `key` is an enrollment key of some tenant (valid or not: revoked and expired
+    /// keys get their own answer from [`enroll`](Self::enroll)).
+    pub(crate) fn enrollment_key_known(&self, key: &str) -> bool {
+        let hash = secret_hash(key.trim());
+        matches!(
+            self.store
+                .unique::<EnrollmentKey>(&IndexKey::new(ENROLLMENT_KEY_HASH, &hash)),
+            Ok(Some(_))
+        )
+    }
+
+    pub(crate) async fn enroll(
+        self: &Arc<Self>,
+        r: &proto::EnrollRequest,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<proto::EnrollResponse, EnrollError> {
+        let internal = |e: ApiError| (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string());
+        let key_hash = secret_hash(r.enrollment_key.trim());
+        let key: Option<EnrollmentKey> = self
+            .store
+            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))
+            .map_err(|e| internal(e.into()))?;
+        let Some(key) = key else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "unknown enrollment key".into(),
+            ));
+        };
+        let now = self.clock.now();
+        if key.revoked {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key was revoked".into(),
+            ));
+        }
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key has expired".into(),
+            ));
+        }
+        let token = new_secret("uat_");
+        let token_hash = secret_hash(&token);
+        let machine = IndexKey::new(
+            MACHINE_ID,
+            machine_value(key.tenant_id, r.machine_id.trim()),
+        );
+        let existing: Option<Computer> = self
+            .store
+            .unique(&machine)
+            .map_err(|e| internal(e.into()))?;
+        let is_new = existing.is_none();
+        // Re-enrolling a known machine takes over its agent token and jobs: it needs a key that
+        // could enroll a new computer, and uses it up like one (CONTRACT §11).
+        if key.max_uses.is_some_and(|m| key.uses >= m) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key has reached its maximum uses".into(),
+            ));
+        }
+        let computer = match existing {
+            Some(mut c) => {
+                c.hostname = r.hostname.clone();
+                c.os = r.os.clone();
+                c.agent_version = r.agent_version.clone();
+                c.agent_token_hash = Some(token_hash.clone());
+                c.last_seen_at = Some(now);
+                c
+            }
+            None => Computer {
+                id: crate::ids::fresh(),
+                tenant_id: key.tenant_id,
+                name: r.hostname.clone(),
+                hostname: r.hostname.clone(),
+                machine_id: r.machine_id.trim().to_string(),
+                tags: key.tags.clone(),
+                primary_person_id: key.primary_person_id,
+                os: r.os.clone(),
+                agent_version: r.agent_version.clone(),
+                last_seen_at: Some(now),
+                agent_token_hash: Some(token_hash.clone()),
+                enrolled_at: now,
+                excluded_from_maintenance: false,
+                compliance: None,
+                logged_on_user: None,
+                onboarded: false,
+                onboarding: None,
+                held_reboot: None,
+            },
+        };
+        let event = if is_new {
+            upkeep_core::webhook::WebhookEvent::ComputerEnrolled
+        } else {
+            upkeep_core::webhook::WebhookEvent::ComputerReenrolled
+        };
+        let deliveries = self
+            .deliveries(
+                computer.tenant_id,
+                event,
+                serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
+            )
+            .map_err(internal)?;
+        let audit = crate::audit::enrollment(&computer, &key, !is_new, address, now);
+        let res = self.store.write(|tx| {
+            tx.put(&audit)?;
+            if !tx.claim_unique(&machine, &computer.key_bytes())? {
+                return Err(TxError::Abort((
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    "another computer claimed this machine id",
+                )));
+            }
+            // Read again inside the transaction: a parallel re-enrollment (or an admin's change)
+            // may have written the computer since it was read above. Its token now is the one
+            // to release, and only the agent's own fields change.
+            let stored: Option<Computer> = tx.get(&computer.id)?;
+            let released = stored.as_ref().and_then(|c| c.agent_token_hash.clone());
+            let record = match stored {
+                Some(mut c) => {
+                    if let Some(old) = &released {
+                        tx.release_unique(&IndexKey::new(AGENT_TOKEN, old))?;
+                    }
+                    c.hostname = computer.hostname.clone();
+                    c.os = computer.os.clone();
+                    c.agent_version = computer.agent_version.clone();
+                    c.agent_token_hash = Some(token_hash.clone());
+                    c.last_seen_at = Some(now);
+                    c
+                }
+                None => computer.clone(),
+            };
+            tx.claim_unique(
+                &IndexKey::new(AGENT_TOKEN, &token_hash),
+                &computer.key_bytes(),
+            )?;
+            tx.put(&record)?;
+            let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or(TxError::Abort((
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the enrollment key was deleted",
+            )))?;
+            // Checked again inside the transaction: two enrollments racing for the last use
+            // cannot both have it.
+            if k.revoked || k.max_uses.is_some_and(|m| k.uses >= m) {
+                return Err(TxError::Abort((
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    "the enrollment key has reached its maximum uses",
+                )));
+            }
+            k.uses += 1;
+            tx.put(&k)?;
+            for d in &deliveries {
+                tx.put(d)?;
+            }
+            Ok(released)
+        });
+        let released = match res {
+            Ok(r) => r,
+            Err(upkeep_store::WriteError::Abort((status, code, message))) => {
+                return Err((status, code, message.to_string()));
+            }
+            Err(upkeep_store::WriteError::Store(e)) => return Err(internal(e.into())),
+        };
+        self.store.flush().await.map_err(|e| internal(e.into()))?;
+        // The token the store holds now is the computer's only one (of racing re-enrollments,
+        // the last written wins; the others' tokens must not work).
+        let current = self
+            .store
+            .get::<Computer>(&computer.id)
+            .map_err(|e| internal(e.into()))?
+            .and_then(|c| c.agent_token_hash);
+        let own = (current.as_deref() != Some(token_hash.as_str())).then_some(token_hash.as_str());
+        self.agents
+            .set_token(released.as_deref(), current.as_deref(), computer.id);
+        if let Some(lost) = own {
+            self.agents.set_token(Some(lost), None, computer.id);
+        }
+        if !deliveries.is_empty() {
+            self.webhook_wakeup.notify_one();
+        }
+        if is_new {
+            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "agent enrolled");
+        } else {
+            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "computer re-enrolled: its previous agent token no longer works");
+        }
+        if is_new {
+            let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
+            if tenant.is_some_and(|t| t.auto_onboarding && !t.excluded_from_maintenance) {
+                let app = self.clone();
+                let c = computer.clone();
+                tokio::spawn(async move {
+                    let req = crate::services::runtime::StartRequest {
+                        computer: c.clone(),
+                        trigger: SessionTrigger::Onboarding,
+                        detection_only: false,
+                        execute_at: None,
+                        window_end: None,
+                        deployment_ids: None,
+                        options: MaintenanceOptions::default(),
+                        schedule_id: None,
+                        created_by: "onboarding".into(),
+                    };
+                    if let Err(e) = app.start_session(req).await {
+                        tracing::warn!(computer = %c.id, error = %e, "onboarding session not started");
+                    }
+                });
+            }
+        }
+        Ok(proto::EnrollResponse {
+            computer_id: computer.id.to_string(),
+            agent_token: token,
+            poll_wait_seconds: POLL_WAIT_SECONDS,
+        })
+    }
+
+    /// Revokes a computer's agent token: its polls answer 401 at once.
+    pub async fn revoke_agent(&self, computer: Id) -> Result<(), ApiError> {
+        let old = self.store.write(|tx| {
+            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                return Ok(None);
+            };
+            let old = c.agent_token_hash.take();
+            if let Some(o) = &old {
+                tx.release_unique(&IndexKey::new(AGENT_TOKEN, o))?;
+            }
+            tx.put(&c)?;
+            Ok(old)
+        })?;
+        self.store.flush().await?;
+        self.agents.set_token(old.as_deref(), None, computer);
+        Ok(())
+    }
+
+    /// Background loop: expires leases, writes coalesced `lastSeenAt`, notices computers going
+    /// offline.
+    pub async fn run_presence(self: Arc<Self>) {
+        let mut last_flush = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.shutdown.wait() => {
+                    self.write_last_seen();
+                    return;
+                }
+            }
+            for (job, reoffered) in self.agents.expire_leases() {
+                if reoffered {
+                    tracing::info!(job = %job, "lease ran out; probe job offered again");
+                    continue;
+                }
+                tracing::warn!(job = %job, "lease ran out; job failed");
+                let app = self.clone();
+                tokio::spawn(async move {
+                    app.job_lost(job, "the agent did not report back within the job's lease")
+                        .await
+                });
+            }
+            if last_flush.elapsed() >= Duration::from_secs(30) {
+                self.write_last_seen();
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    fn write_last_seen(&self) {
+        let dirty = self.agents.take_unwritten_seen();
+        if dirty.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_last_seen(&dirty) {
+            tracing::warn!(error = %e, "could not write lastSeenAt");
+        }
+    }
+
+    async fn job_lost(self: &Arc<Self>, job: Id, reason: &str) {
+        let rec = match self.store.get::<JobRecord>(&job) {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        if matches!(rec.state, JobState::Done { .. }) {
+            return;
+        }
+        match self.held_reboot_result(&rec, None).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %job, error = %e, "lost held reboot not applied"),
+        }
+        if let Err(e) = self
+            .apply(
+                rec.session_id,
+                Event::JobLost {
+                    job,
+                    reason: reason.to_string(),
+                },
+            )
+            .await
+        {
+            tracing::warn!(job = %job, error = %e, "lost job not applied");
+        }
+    }
+
+    /// Applies an agent's result once: the job record flips to done in the same step as the
+    /// session consumes it (`apply` persists both before we acknowledge).
+    pub(crate) async fn job_result(
+        self: &Arc<Self>,
+        computer: Id,
+        job: Id,
+        outcome: proto::JobOutcome,
+    ) -> Result<bool, ApiError> {
+        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+            return Ok(false);
+        };
+        if rec.computer_id != computer {
+            return Err(ApiError::NotFound(format!("job {job}")));
+        }
+        let _g = self.runtime_result_lock(job).lock().await;
+        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+            return Ok(false);
+        };
+        if matches!(rec.state, JobState::Done { .. }) {
+            self.agents.settle(job);
+            return Ok(false);
+        }
+        self.agents.settle(job);
+        self.metrics
+            .job_results
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.held_reboot_result(&rec, Some(&outcome)).await? {
+            return Ok(true);
+        }
+        // `apply` marks the job done in the same transaction as the session's step, and
+        // flushes before we acknowledge.
+        self.apply(rec.session_id, Event::JobDone { job, outcome })
+            .await?;
+        Ok(true)
+    }
+
+    fn runtime_result_lock(&self, job: Id) -> &tokio::sync::Mutex<()> {
+        static LOCKS: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+        let locks = LOCKS.get_or_init(|| (0..64).map(|_| tokio::sync::Mutex::new(())).collect());
+        &locks[usize::from(job.as_bytes()[15]) % locks.len()]
+    }
+
+    pub(crate) fn note_inventory(self: &Arc<Self>, computer: Id, inv: proto::Inventory) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let r = app.store.write(|tx| {
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(());
+                };
+                c.hostname = clean_text(&inv.hostname);
+                c.os = clean_text(&inv.os);
+                c.agent_version = clean_text(&inv.agent_version);
+                c.logged_on_user = inv.logged_on_user.as_deref().map(clean_text);
+                tx.put(&c)?;
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!(computer = %computer, error = %e, "inventory not saved");
+                return;
+            }
+            if let Some(user) = inv.logged_on_user.as_deref() {
+                app.match_person(computer, user).await;
+            }
+        });
+    }
+
+    /// Gives a computer without a primary person the person whose usernames include `user`.
+    async fn match_person(&self, computer: Id, user: &str) {
+        let Ok(Some(c)) = self.store.get::<Computer>(&computer) else {
+            return;
+        };
+        if c.primary_person_id.is_some() {
+            return;
+        }
+        let short = user.rsplit(['\\', '/']).next().unwrap_or(user);
+        let idx = IndexKey::new(TENANT_PERSONS, c.tenant_id.as_bytes());
+        let found = self
+            .store
+            .by_index::<Person>(&idx, None)
+            .filter_map(|p| p.ok())
+            .find(|p| {
+                p.usernames
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(user) || u.eq_ignore_ascii_case(short))
+            });
+        if let Some(p) = found {
+            let r = self.store.write(|tx| {
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(());
+                };
+                if c.primary_person_id.is_none() {
+                    c.primary_person_id = Some(p.id);
+                    tx.put(&c)?;
+                }
+                Ok(())
+            });
+            if r.is_ok() {
+                tracing::info!(computer = %computer, person = %p.id, user = %log_value(user), "primary person set from logged-on user");
+            }
+        }
+    }
+}
+
+trait KeyBytes {
+    fn key_bytes(&self) -> Vec<u8>;
+}
+
+impl KeyBytes for Computer {
+    fn key_bytes(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
