@@ -52,8 +52,8 @@ pub struct ServeConfig {
     #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
     pub data_dir: PathBuf,
     /// Base of links in e-mails (default: http://<listen address>).
-    #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = parse_url)]
-    pub public_url: Option<String>,
+    #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = PublicUrl::parse)]
+    pub public_url: Option<PublicUrl>,
     /// SMTP server, e.g. smtp://127.0.0.1:2525 or smtps://user:pass@host. Without it, mail is
     /// written as .eml files to <data-dir>/outbox-files/.
     #[arg(long, env = "UPKEEP_SMTP_URL", value_parser = parse_smtp_url)]
@@ -152,20 +152,50 @@ fn parse_domain(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_url(s: &str) -> Result<String, String> {
-    let ok = (s.starts_with("http://") || s.starts_with("https://")) && s.len() > 8;
-    if ok && !s.contains(char::is_whitespace) {
-        Ok(s.trim_end_matches('/').to_string())
-    } else {
-        Err(format!("'{s}' is not an http:// or https:// URL"))
+/// Where end users and agents reach the server (`--public-url`): the base of every link in a
+/// mail and the host of every Message-ID. Parsed once, at start (WHATWG rules, as browsers
+/// read it); shown without a trailing slash, so `format!("{url}/postpone/…")` is a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(url::Url);
+
+impl PublicUrl {
+    pub fn parse(s: &str) -> Result<PublicUrl, String> {
+        let bad = |why: &str| format!("'{s}' is not a usable public URL: {why}");
+        let u = url::Url::parse(s.trim()).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(bad("use http:// or https://"));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it names no host"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(bad("links must not carry credentials"));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(bad("a base URL has no ?query or #fragment"));
+        }
+        Ok(PublicUrl(u))
+    }
+
+    /// The host, for Message-IDs (`<id@host>`).
+    pub fn host(&self) -> &str {
+        self.0.host_str().unwrap_or("localhost")
+    }
+}
+
+impl std::fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str().trim_end_matches('/'))
     }
 }
 
 fn parse_smtp_url(s: &str) -> Result<String, String> {
-    if (s.starts_with("smtp://") || s.starts_with("smtps://")) && s.len() > 8 {
+    let bad = || format!("'{s}' is not an smtp:// or smtps:// URL with a host");
+    let u = url::Url::parse(s).map_err(|_| bad())?;
+    if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some_and(|h| !h.is_empty()) {
         Ok(s.to_string())
     } else {
-        Err(format!("'{s}' is not an smtp:// or smtps:// URL"))
+        Err(bad())
     }
 }
 
@@ -218,6 +248,35 @@ impl ServeConfig {
             probe_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.probe_timeout_seconds),
             step_timeout_seconds: self.job_timeout_seconds.unwrap_or(d.step_timeout_seconds),
             lease_slack_seconds: self.lease_slack_seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublicUrl;
+
+    #[test]
+    fn public_url_is_parsed_once_and_shown_without_a_trailing_slash() {
+        let u = PublicUrl::parse("https://rmm.example.com/upkeep/").unwrap();
+        assert_eq!(u.to_string(), "https://rmm.example.com/upkeep");
+        assert_eq!(u.host(), "rmm.example.com");
+        let u = PublicUrl::parse("http://[::1]:8080").unwrap();
+        assert_eq!(u.host(), "[::1]");
+        assert_eq!(u.to_string(), "http://[::1]:8080");
+        for bad in ["smtp://", "http://mail.example", "smtp:mail.example"] {
+            assert!(super::parse_smtp_url(bad).is_err(), "{bad} accepted");
+        }
+        assert!(super::parse_smtp_url("smtps://u:p@mail.example:465").is_ok());
+        for bad in [
+            "ftp://x.example",
+            "https://",
+            "rmm.example.com",
+            "https://user:pw@rmm.example.com",
+            "https://rmm.example.com/?a=b",
+            "https://rmm.example.com/#x",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad} accepted");
         }
     }
 }

@@ -239,7 +239,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.app.shutdown.trigger();
+            r.app.shutdown.cancel();
         }
     }
 }

@@ -261,7 +261,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = app.shutdown.wait() => {}
+                _ = app.shutdown.cancelled() => {}
             }
             // A token revoked while its poll was held gets no work through that poll.
             if app.agents.computer_for_token(&token) != Some(computer) {
@@ -276,7 +276,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             jobs = app.agents.take_jobs(computer);
             if !jobs.is_empty()
                 || tokio::time::Instant::now() >= deadline
-                || app.shutdown.is_triggered()
+                || app.shutdown.is_cancelled()
             {
                 break;
             }

@@ -109,7 +109,7 @@ pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
-            _ = app.shutdown.wait() => { let _ = std::fs::remove_file(&path); return; }
+            _ = app.shutdown.cancelled() => { let _ = std::fs::remove_file(&path); return; }
         };
         let Ok((mut sock, _)) = conn else { continue };
         let app = app.clone();

@@ -3,6 +3,7 @@
 use crate::api::graphql;
 use crate::auth::Keys;
 use crate::clock::Clock;
+use crate::config::PublicUrl;
 use crate::config::ServeConfig;
 use crate::mail::render::Templates;
 use crate::services::App;
@@ -225,15 +226,41 @@ async fn set_clock(State(app): State<Arc<App>>, Json(b): Json<ClockBody>) -> imp
 pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
-    pub task: tokio::task::JoinHandle<()>,
+    /// Supervises the accept loop and every background loop (see [`supervise`]).
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Graceful stop: background loops end, held polls answer, sled is flushed.
     pub async fn stop(self) {
-        self.app.shutdown.trigger();
+        self.app.shutdown.cancel();
         let _ = self.task.await;
         let _ = self.app.store.flush().await;
+    }
+}
+
+/// Runs the server's long-lived tasks in one `JoinSet` until `app.shutdown` is cancelled and
+/// all of them have ended. Each loop ends on the token by itself; one that ends early (a
+/// panic, or returning) is logged by name, and the others keep serving.
+async fn supervise(
+    app: Arc<App>,
+    tasks: Vec<(&'static str, futures_util::future::BoxFuture<'static, ()>)>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for (name, task) in tasks {
+        set.spawn(async move {
+            task.await;
+            name
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(name) if !app.shutdown.is_cancelled() => {
+                tracing::error!(task = name, "background task ended before shutdown");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "background task panicked"),
+        }
     }
 }
 
@@ -337,10 +364,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = match config.public_url.clone() {
+        Some(u) => u,
+        None => PublicUrl::parse(&format!("http://{addr}")).map_err(|e| anyhow::anyhow!(e))?,
+    };
     let clock = match config.test_clock {
         Some(t) => Clock::starting_at(t),
         None => Clock::system(),
@@ -357,25 +384,32 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let tokens = app.agents.load_tokens(&app.store)?;
     let recovered = app.recover_sessions().await?;
     tracing::info!(agents = tokens, sessions = recovered, "store loaded");
-    tokio::spawn(app.clone().run_timers());
-    tokio::spawn(app.clone().run_presence());
-    tokio::spawn(app.clone().run_scheduler());
-    tokio::spawn(app.clone().run_mailer());
-    tokio::spawn(app.clone().run_webhooks());
-    tokio::spawn(crate::api::backup::serve_socket(app.clone()));
-    {
+    let usage = {
         let app = app.clone();
-        tokio::spawn(async move {
+        async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.write_api_key_usage(),
-                    _ = app.shutdown.wait() => { app.write_api_key_usage(); return; }
+                    _ = app.shutdown.cancelled() => { app.write_api_key_usage(); return; }
                 }
             }
-        });
-    }
+        }
+    };
     let router = router(app.clone());
-    let task = tokio::spawn(serve(listener, router, app.clone()));
+    let tasks: Vec<(&'static str, futures_util::future::BoxFuture<'static, ()>)> = vec![
+        ("timers", Box::pin(app.clone().run_timers())),
+        ("presence", Box::pin(app.clone().run_presence())),
+        ("scheduler", Box::pin(app.clone().run_scheduler())),
+        ("mailer", Box::pin(app.clone().run_mailer())),
+        ("webhooks", Box::pin(app.clone().run_webhooks())),
+        (
+            "backup socket",
+            Box::pin(crate::api::backup::serve_socket(app.clone())),
+        ),
+        ("api key usage", Box::pin(usage)),
+        ("http", Box::pin(serve(listener, router, app.clone()))),
+    ];
+    let task = tokio::spawn(supervise(app.clone(), tasks));
     tracing::info!("listening on http://{addr}");
     Ok(Running { addr, app, task })
 }
@@ -408,7 +442,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
                     continue;
                 }
             },
-            _ = app.shutdown.wait() => break,
+            _ = app.shutdown.cancelled() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(stream);
@@ -431,7 +465,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = shutdown.wait() => {
+                _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
@@ -446,10 +480,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
 
 /// Errors from `accept` that concern one connection are skipped; others (out of file
 /// descriptors) are logged and retried after a pause rather than spinning.
-async fn accept_failed(
-    e: &std::io::Error,
-    shutdown: &crate::services::tokio_util_shutdown::Shutdown,
-) {
+async fn accept_failed(e: &std::io::Error, shutdown: &tokio_util::sync::CancellationToken) {
     use std::io::ErrorKind::*;
     if matches!(
         e.kind(),
@@ -460,7 +491,7 @@ async fn accept_failed(
     tracing::error!(error = %e, "cannot accept connections");
     tokio::select! {
         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        _ = shutdown.wait() => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 

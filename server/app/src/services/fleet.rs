@@ -276,7 +276,7 @@ impl App {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = self.shutdown.wait() => {
+                _ = self.shutdown.cancelled() => {
                     self.write_last_seen();
                     return;
                 }

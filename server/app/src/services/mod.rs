@@ -50,36 +50,14 @@ pub struct App {
     pub mail_wakeup: Notify,
     /// Wakes the webhook worker when a delivery was queued.
     pub webhook_wakeup: Notify,
-    pub public_url: String,
+    pub public_url: crate::config::PublicUrl,
     pub api_keys: crate::services::users::ApiKeyCache,
-    pub shutdown: tokio_util_shutdown::Shutdown,
+    /// Cancelled once, when the server stops: every background loop, held poll and open
+    /// connection ends on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// Bumped whenever a credential may have ended (a key revoked, a user deleted, disabled or
     /// given a new password, the clock moved): open WebSockets check theirs again at once.
     pub credentials_changed: tokio::sync::watch::Sender<u64>,
-}
-
-/// A tiny shutdown signal shared by background loops.
-pub mod tokio_util_shutdown {
-    use tokio::sync::watch;
-    #[derive(Clone)]
-    pub struct Shutdown(watch::Sender<bool>);
-    impl Default for Shutdown {
-        fn default() -> Self {
-            Shutdown(watch::channel(false).0)
-        }
-    }
-    impl Shutdown {
-        pub fn trigger(&self) {
-            self.0.send_replace(true);
-        }
-        pub async fn wait(&self) {
-            let mut rx = self.0.subscribe();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-        pub fn is_triggered(&self) -> bool {
-            *self.0.borrow()
-        }
-    }
 }
 
 impl App {
@@ -89,7 +67,7 @@ impl App {
         clock: Clock,
         keys: Keys,
         templates: Templates,
-        public_url: String,
+        public_url: crate::config::PublicUrl,
     ) -> App {
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;

@@ -44,7 +44,7 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                 _ = moved.changed() => {}
-                _ = self.shutdown.wait() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

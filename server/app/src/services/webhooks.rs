@@ -173,7 +173,7 @@ impl App {
             tokio::select! {
                 _ = self.webhook_wakeup.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.wait() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

@@ -161,7 +161,7 @@ pub async fn serve(
                     break Some(end);
                 }
             }
-            _ = app.shutdown.wait() => break Some((close::GOING_AWAY, "server shutting down".into())),
+            _ = app.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down".into())),
         }
     };
     if let Some((code, reason)) = end {

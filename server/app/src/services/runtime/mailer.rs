@@ -379,15 +379,7 @@ impl App {
         r: render::RenderedMail,
     ) -> OutboxMail {
         let id = crate::ids::fresh();
-        let host = self
-            .public_url
-            .split("://")
-            .nth(1)
-            .unwrap_or("localhost")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or("localhost")
-            .to_string();
+        let host = self.public_url.host();
         let now = self.clock.now();
         OutboxMail {
             id,
@@ -464,7 +456,7 @@ impl App {
             tokio::select! {
                 _ = self.mail_wakeup.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.wait() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

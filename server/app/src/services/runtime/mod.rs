@@ -487,7 +487,7 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
                 _ = moved.changed() => {}
-                _ = self.shutdown.wait() => return,
+                _ = self.shutdown.cancelled() => return,
             }
             for id in self.runtime.due_timers(self.clock.now()) {
                 self.tick(id).await;
