@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
+use futures_util::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use upkeep_core::domain::Id;
 use upkeep_core::session::{Session, SessionEvent};
 
@@ -90,7 +92,7 @@ impl Subscription {
             return Err(ApiError::bad("afterSequence", "replay needs a sessionId").into());
         }
         // Subscribe first, then read the store: nothing published in between is lost.
-        let mut rx = app.events.subscribe();
+        let rx = app.events.subscribe();
         let replay: Vec<Arc<SessionEvent>> = match (session, after_sequence) {
             (Some(s), Some(n)) => app
                 .events_after(s, n.max(0) as u64)
@@ -99,71 +101,43 @@ impl Subscription {
                 .map_err(ApiError::from)?,
             _ => vec![],
         };
-        let stream = async_stream(move |yielder| async move {
-            let mut last: HashMap<Id, u64> = HashMap::new();
-            for e in replay {
-                last.insert(e.session_id, e.sequence);
-                if !yielder.send(Ok(EventView(e))).await {
-                    return;
+        // Stored events first (replayed as they are), then live ones of matching sessions; a
+        // live event already replayed is skipped by its sequence. A subscriber that falls too
+        // far behind gets one error and the stream ends. Nothing is spawned: a slow client
+        // only delays its own stream, and one that goes away drops it.
+        let replayed = futures_util::stream::iter(replay.into_iter().map(|e| Ok((true, e))));
+        let live = BroadcastStream::new(rx).map(|r| r.map(|e| (false, e)));
+        let stream = replayed
+            .chain(live)
+            .scan((HashMap::<Id, u64>::new(), false), move |(last, ended), item| {
+                if *ended {
+                    return std::future::ready(None);
                 }
-            }
-            loop {
-                // A subscriber that went away ends this task at once, not at the next event
-                // that happens to match it.
-                let next = tokio::select! {
-                    r = rx.recv() => r,
-                    () = yielder.0.closed() => return,
-                };
-                match next {
-                    Ok(e) => {
-                        if session.is_some_and(|s| s != e.session_id)
-                            || tenant.is_some_and(|t| t != e.tenant_id)
-                            || !actor.sees(Some(e.tenant_id))
-                        {
-                            continue;
-                        }
-                        if last.get(&e.session_id).is_some_and(|l| e.sequence <= *l) {
-                            continue;
-                        }
-                        last.insert(e.session_id, e.sequence);
-                        if !yielder.send(Ok(EventView(e))).await {
-                            return;
+                let out = match item {
+                    Ok((replayed, e)) => {
+                        let wanted = replayed
+                            || !(session.is_some_and(|s| s != e.session_id)
+                                || tenant.is_some_and(|t| t != e.tenant_id)
+                                || !actor.sees(Some(e.tenant_id)));
+                        let seen = last.get(&e.session_id).is_some_and(|l| e.sequence <= *l);
+                        if !wanted || seen {
+                            None
+                        } else {
+                            last.insert(e.session_id, e.sequence);
+                            Some(Ok(EventView(e)))
                         }
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        let err = ApiError::Conflict(format!(
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        *ended = true;
+                        Some(Err(ApiError::Conflict(format!(
                             "subscriber fell {n} events behind; resubscribe with afterSequence"
-                        ));
-                        let _ = yielder.send(Err(err.into())).await;
-                        return;
+                        ))
+                        .into()))
                     }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+                };
+                std::future::ready(Some(out))
+            })
+            .filter_map(std::future::ready);
         Ok(stream)
-    }
-}
-
-/// A minimal generator: runs `f` with a sender and yields what it sends, with a small bound so
-/// a slow client applies backpressure to its own task only (never to the engine, which
-/// publishes into the broadcast channel without waiting).
-fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T>
-where
-    T: Send + 'static,
-    F: FnOnce(Yielder<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(Yielder(tx)));
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-struct Yielder<T>(tokio::sync::mpsc::Sender<T>);
-
-impl<T> Yielder<T> {
-    /// False when the subscriber went away.
-    async fn send(&self, v: T) -> bool {
-        self.0.send(v).await.is_ok()
     }
 }
