@@ -151,7 +151,7 @@ async fn cross_tenant_schedule_runs_at_each_tenants_local_time() -> anyhow::Resu
         Ok((computers_with_sessions(admin.clone()).await? == ["ny-1", "syd-1"]).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.app().scheduler_pass().await?;
     assert_eq!(
         computers_with_sessions(admin.clone()).await?,
         ["ny-1", "syd-1"],

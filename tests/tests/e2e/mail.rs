@@ -311,7 +311,19 @@ async fn mail_survives_an_smtp_outage_and_a_restart_once() -> anyhow::Result<()>
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let mails = wait_mails(&f.smtp, 1).await?;
     assert_eq!(mails.len(), 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once its record says sent, the outbox worker (which sends only pending mail) cannot send
+    // it again: no need to wait and see.
+    wait_for("the outbox record marked sent", T, || async {
+        let all: Vec<upkeep_core::mail::OutboxMail> =
+            f.s.app()
+                .store
+                .scan::<upkeep_core::mail::OutboxMail>(None)
+                .collect::<Result<_, _>>()?;
+        let sent =
+            all.len() == 1 && matches!(all[0].status, upkeep_core::mail::MailStatus::Sent { .. });
+        Ok(sent.then_some(()))
+    })
+    .await?;
     assert_eq!(f.smtp.received().len(), 1, "delivered once");
     let m = parse(&f.smtp.received()[0].data);
     assert!(m.header("Subject").is_some());

@@ -48,6 +48,9 @@ pub struct App {
     pub test_mails_by_actor: Throttle,
     /// Wakes the outbox worker when a mail was queued.
     pub mail_wakeup: Notify,
+    /// One scheduler pass at a time (the loop, or a caller driving one): two passes reading
+    /// one cursor could fire an occurrence twice.
+    pub scheduler_lock: tokio::sync::Mutex<()>,
     /// Wakes the webhook worker when a delivery was queued.
     pub webhook_wakeup: Notify,
     pub public_url: crate::config::PublicUrl,
@@ -81,6 +84,7 @@ impl App {
             test_mails_by_tenant: Throttle::new(10, Duration::from_secs(3600)),
             test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
             mail_wakeup: Notify::new(),
+            scheduler_lock: tokio::sync::Mutex::new(()),
             webhook_wakeup: Notify::new(),
             shutdown: Default::default(),
             api_keys: Default::default(),

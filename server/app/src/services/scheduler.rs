@@ -50,7 +50,9 @@ impl App {
     }
 
     /// One pass over every enabled schedule.
+    /// One pass over every enabled schedule: fires what is due. Passes never overlap.
     pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
+        let _one_at_a_time = self.scheduler_lock.lock().await;
         let schedules: Vec<Schedule> = self
             .store
             .scan::<Schedule>(None)

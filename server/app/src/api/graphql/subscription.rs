@@ -9,9 +9,9 @@ use crate::error::ApiError;
 use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use futures_util::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use upkeep_core::domain::Id;
@@ -109,34 +109,37 @@ impl Subscription {
         let live = BroadcastStream::new(rx).map(|r| r.map(|e| (false, e)));
         let stream = replayed
             .chain(live)
-            .scan((HashMap::<Id, u64>::new(), false), move |(last, ended), item| {
-                if *ended {
-                    return std::future::ready(None);
-                }
-                let out = match item {
-                    Ok((replayed, e)) => {
-                        let wanted = replayed
-                            || !(session.is_some_and(|s| s != e.session_id)
-                                || tenant.is_some_and(|t| t != e.tenant_id)
-                                || !actor.sees(Some(e.tenant_id)));
-                        let seen = last.get(&e.session_id).is_some_and(|l| e.sequence <= *l);
-                        if !wanted || seen {
-                            None
-                        } else {
-                            last.insert(e.session_id, e.sequence);
-                            Some(Ok(EventView(e)))
+            .scan(
+                (HashMap::<Id, u64>::new(), false),
+                move |(last, ended), item| {
+                    if *ended {
+                        return std::future::ready(None);
+                    }
+                    let out = match item {
+                        Ok((replayed, e)) => {
+                            let wanted = replayed
+                                || !(session.is_some_and(|s| s != e.session_id)
+                                    || tenant.is_some_and(|t| t != e.tenant_id)
+                                    || !actor.sees(Some(e.tenant_id)));
+                            let seen = last.get(&e.session_id).is_some_and(|l| e.sequence <= *l);
+                            if !wanted || seen {
+                                None
+                            } else {
+                                last.insert(e.session_id, e.sequence);
+                                Some(Ok(EventView(e)))
+                            }
                         }
-                    }
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        *ended = true;
-                        Some(Err(ApiError::Conflict(format!(
-                            "subscriber fell {n} events behind; resubscribe with afterSequence"
-                        ))
-                        .into()))
-                    }
-                };
-                std::future::ready(Some(out))
-            })
+                        Err(BroadcastStreamRecvError::Lagged(n)) => {
+                            *ended = true;
+                            Some(Err(ApiError::Conflict(format!(
+                                "subscriber fell {n} events behind; resubscribe with afterSequence"
+                            ))
+                            .into()))
+                        }
+                    };
+                    std::future::ready(Some(out))
+                },
+            )
             .filter_map(std::future::ready);
         Ok(stream)
     }
