@@ -2,6 +2,9 @@
 //! order, which wake when, and the one unfinished session of each computer. Pure data: the
 //! runtime keeps one behind a mutex and steps the sessions this board names.
 //!
+//! Architecture invariant: at most one unfinished session per computer, and at most
+//! `max_running` sessions holding a slot; the runtime asks this board and nothing else.
+//!
 //! Rules:
 //! - At most `max_running` sessions hold a slot; a session that holds one keeps it through
 //!   the stages that need the computer (`engine::holds_slot`).

@@ -1,6 +1,8 @@
 //! The agent gateway: the only code that speaks the agent protocol. Enrollment, long-polls,
 //! job leases and results.
 //!
+//! Architecture invariant: a poll without work reads and writes nothing in the store.
+//!
 //! Polls are answered from memory: agent tokens (as hashes), presence and queued jobs live in
 //! [`Agents`]; a poll without work reads and writes nothing in the store. `lastSeenAt` is
 //! written back in batches by [`App::run_presence`].

@@ -100,6 +100,9 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
     /// recursive-depth check (which runs inside parsing) walks every fragment spread again
     /// without memoisation, so the measure must come first. The parsed document is handed on,
     /// so nothing is parsed twice. Operations over HTTP and WebSocket both pass here.
+    ///
+    /// Architecture invariant: query cost is measured here, on the parsed document, before
+    /// async-graphql walks it — for every operation, HTTP or WebSocket.
     async fn prepare_request(
         &self,
         ctx: &async_graphql::extensions::ExtensionContext<'_>,
@@ -233,6 +236,8 @@ fn expanded_size(doc: &async_graphql::parser::types::ExecutableDocument) -> Opti
 /// Resolves the `Authorization` value (a JWT or an API key) to an actor. The one place that
 /// decides whether a credential is still good: HTTP requests and WebSocket operations call it
 /// each time, so a deletion, disablement or password change ends a user's tokens at once.
+///
+/// Architecture invariant: whether a credential is still good is decided here and nowhere else.
 pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
     let Some(v) = value else { return Ok(None) };
     let token = v

@@ -1,3 +1,7 @@
+//! Architecture invariant: every operation on an open socket runs as the actor its credential
+//! resolves to at that moment (`authenticate`, per operation and on every credential change);
+//! a socket whose credential ended closes with 4403.
+//!
 //! One GraphQL WebSocket connection (`graphql-transport-ws` and legacy `graphql-ws`), with the
 //! bounds an internet-facing server needs around async-graphql's protocol machine:
 //!

@@ -1,4 +1,8 @@
-//! Composing session mails and draining the outbox. Only this worker talks SMTP.
+//! Composing session mails and draining the outbox.
+//!
+//! Architecture invariant: only this worker talks SMTP, and only mail already written to the
+//! outbox is sent (a mail is a store record before its first attempt; a repeat after a crash is
+//! the same bytes with the same Message-ID).
 
 use crate::auth::PostponeClaims;
 use crate::error::{ApiError, ApiResult};

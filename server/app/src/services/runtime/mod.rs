@@ -3,6 +3,11 @@
 //! events and wakes the mailer. Per-session locks serialise steps of one session; sessions of
 //! different computers step in parallel. No task per idle session: waiting sessions are a
 //! timer entry and an index entry.
+//!
+//! Architecture invariant: every state change is persisted and flushed before it is
+//! published, mailed or acknowledged — `commit` writes a step's session, events, jobs, mails,
+//! deliveries and output in one transaction, awaits `Store::flush`, and only then calls
+//! `after_commit` (broadcast, job queues, wake-ups).
 
 mod group_mail;
 pub mod mailer;
