@@ -172,10 +172,66 @@ async fn run_with(
         }
     };
 
+    let mut command = script_command(&interpreter, &ctx, file.path(), parameters);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return failed(format!(
+                "{} is not installed on this computer",
+                interpreter.program
+            ));
+        }
+        Err(e) => return failed(format!("could not start {}: {e}", interpreter.program)),
+    };
+    let mut group = ProcessGroup::of(&child);
+
+    // Zero would kill every script at once; treat it as the shortest limit instead.
+    let limit = Duration::from_secs(u64::from(script.timeout_seconds.max(1)));
+    let Finished {
+        status,
+        stdout,
+        stderr,
+        timed_out,
+    } = wait_capped(&mut child, &mut group, limit, tee).await;
+    let (stdout, stdout_cut) = stdout.into_string();
+    let (stderr, stderr_cut) = stderr.into_string();
+    let (exit_code, error) = match status {
+        Ok(_) if timed_out => (None, None),
+        Ok(status) => (status.code().map(widen_exit_code), None),
+        Err(e) => (None, Some(format!("could not wait for the script: {e}"))),
+    };
+    ScriptOutcome {
+        exit_code,
+        stdout,
+        stderr,
+        duration_ms: elapsed_ms(started),
+        timed_out,
+        truncated: stdout_cut || stderr_cut,
+        error,
+    }
+}
+
+/// How a script ended: its exit status, what it wrote (capped) and whether it ran out of time.
+struct Finished {
+    status: io::Result<std::process::ExitStatus>,
+    stdout: Captured,
+    stderr: Captured,
+    timed_out: bool,
+}
+
+/// The command that runs `script_path` with the interpreter: parameters as
+/// `UPKEEP_PARAM_<NAME>`, the job and session ids, no stdin, piped output, its own process
+/// group (so a time-out kills everything it started).
+fn script_command(
+    interpreter: &Interpreter,
+    ctx: &JobContext<'_>,
+    script_path: &Path,
+    parameters: &BTreeMap<String, String>,
+) -> Command {
     let mut command = Command::new(interpreter.program);
     command
         .args(interpreter.args)
-        .arg(file.path())
+        .arg(script_path)
         .current_dir(ctx.work_dir)
         .envs(
             parameters
@@ -191,23 +247,21 @@ async fn run_with(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return failed(format!(
-                "{} is not installed on this computer",
-                interpreter.program
-            ));
-        }
-        Err(e) => return failed(format!("could not start {}: {e}", interpreter.program)),
-    };
-    let mut group = ProcessGroup::of(&child);
+    command
+}
 
-    // Zero would kill every script at once; treat it as the shortest limit instead.
-    let limit = Duration::from_secs(u64::from(script.timeout_seconds.max(1)));
+/// Reads the script's output (capped, teed to the server when streaming) until it exits,
+/// killing its process group at `limit`.
+async fn wait_capped(
+    child: &mut Child,
+    group: &mut ProcessGroup,
+    limit: Duration,
+    tee: Option<&Tee>,
+) -> Finished {
     let mut stdout = Captured::default();
     let mut stderr = Captured::default();
     let mut timed_out = false;
+    // The readers borrow the buffers until the block ends.
     let status = {
         let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
         let readers = async {
@@ -249,22 +303,11 @@ async fn run_with(
         }
         status
     };
-
-    let (stdout, stdout_cut) = stdout.into_string();
-    let (stderr, stderr_cut) = stderr.into_string();
-    let (exit_code, error) = match status {
-        Ok(_) if timed_out => (None, None),
-        Ok(status) => (status.code().map(widen_exit_code), None),
-        Err(e) => (None, Some(format!("could not wait for the script: {e}"))),
-    };
-    ScriptOutcome {
-        exit_code,
+    Finished {
+        status,
         stdout,
         stderr,
-        duration_ms: elapsed_ms(started),
         timed_out,
-        truncated: stdout_cut || stderr_cut,
-        error,
     }
 }
 

@@ -66,8 +66,16 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         );
         return r;
     }
-    let m = &app.metrics;
     let mut out = String::new();
+    http_families(&app, &mut out);
+    gauges(&app, &mut out);
+    store_and_outbox_families(&app, &mut out);
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Requests by route and status, and their duration histograms.
+fn http_families(app: &App, out: &mut String) {
+    let m = &app.metrics;
     let _ = writeln!(
         out,
         "# HELP upkeep_http_requests_total HTTP requests by route and status.\n# TYPE upkeep_http_requests_total counter"
@@ -108,6 +116,11 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             h.count
         );
     }
+}
+
+/// One-value gauges and counters: sessions, agents, store operations, events, mails.
+fn gauges(app: &App, out: &mut String) {
+    let m = &app.metrics;
     let (writes, reads) = app.store.op_counts();
     let gauges: [(&str, &str, &str, u64); 12] = [
         (
@@ -184,6 +197,11 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+}
+
+/// Store flushes, sessions by status, the mail outbox and webhook attempts.
+fn store_and_outbox_families(app: &App, out: &mut String) {
+    let m = &app.metrics;
     let (flushes, flush_seconds) = app.store.flush_counts();
     let _ = writeln!(
         out,
@@ -214,5 +232,4 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
         m.webhook_attempts.load(Ordering::Relaxed)
     );
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
