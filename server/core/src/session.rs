@@ -274,6 +274,37 @@ pub struct Session {
     pub reboot_held_until: Option<Time>,
 }
 
+impl Session {
+    /// What a finished session leaves on its computer: its compliance (unless cancelled), a
+    /// reboot held by business hours, the end of a held reboot this session's own reboot did,
+    /// and, for an onboarding session, the onboarding outcome.
+    pub fn finish_on(&self, comp: &mut Computer) {
+        if self.rebooted_at.is_some() {
+            // This session's reboot did what a held one was waiting for.
+            comp.held_reboot = None;
+        }
+        if self.status != SessionStatus::Cancelled {
+            comp.compliance = self.compliance.or(comp.compliance);
+            if let Some(due_at) = self.reboot_held_until {
+                comp.held_reboot = Some(HeldReboot {
+                    session_id: self.id,
+                    due_at,
+                    job_id: None,
+                });
+            }
+        }
+        comp.onboarded = true;
+        if self.trigger == SessionTrigger::Onboarding {
+            match self.status {
+                SessionStatus::Passed => comp.onboarding = Some(OnboardingStatus::Completed),
+                SessionStatus::Failed => comp.onboarding = Some(OnboardingStatus::Failed),
+                // A cancelled onboarding leaves the computer where it stood.
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(any(test, feature = "testing"))]
 impl Session {
     /// A pending session of `computer` with nothing planned (tests of the rules around it).

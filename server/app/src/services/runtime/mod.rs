@@ -240,8 +240,37 @@ impl App {
         let mut c = Committed::default();
         c.abandoned.extend(settle);
         let mut notes = Vec::new();
-        // A grouped session's mails are the group's (`group_mail.rs`): decided once per kind,
-        // under the group's lock, held until this step is stored.
+        // Held until this step is stored (see `group_mails`).
+        let _group_guard = self
+            .group_mails(s, effects, decided_before, &mut c, &mut notes)
+            .await;
+        self.collect_effects(s, effects, now, &mut c, &mut notes);
+        for n in notes {
+            c.events.push(new_event(s, now, s.status, None, Some(n)));
+        }
+        if c.finished || s.status != before {
+            // The event that announced the new status (the first one carrying it).
+            let sequence = c
+                .events
+                .iter()
+                .find(|e| e.status == s.status && e.action_id.is_none())
+                .map_or(s.last_sequence, |e| e.sequence);
+            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
+        }
+        self.write_step(s, &c, now).await?;
+        Ok(c)
+    }
+
+    /// A grouped session's mails are the group's (`group_mail.rs`): decided once per kind,
+    /// under the group's lock, which the caller holds until this step is stored.
+    async fn group_mails(
+        &self,
+        s: &Session,
+        effects: &[Effect],
+        decided_before: [bool; 2],
+        c: &mut Committed,
+        notes: &mut Vec<String>,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         let kinds = [
             upkeep_core::mail::MailKind::Before,
             upkeep_core::mail::MailKind::After,
@@ -256,7 +285,7 @@ impl App {
             })
             .map(|(k, _)| k)
             .collect();
-        let _group_guard = if group_kinds.is_empty() {
+        let guard = if group_kinds.is_empty() {
             None
         } else {
             Some(self.runtime.mail_lock(s).lock().await)
@@ -289,6 +318,20 @@ impl App {
                 Err(e) => notes.push(format!("{word} mail not sent: {e}")),
             }
         }
+        guard
+    }
+
+    /// Turns the engine's effects into the records this step writes (jobs, events, mails,
+    /// output) and the jobs it gives up.
+    fn collect_effects(
+        &self,
+        s: &mut Session,
+        effects: &[Effect],
+        now: Time,
+        c: &mut Committed,
+        notes: &mut Vec<String>,
+    ) {
+        let grouped = !s.mail_siblings.is_empty();
         for e in effects {
             match e {
                 Effect::Dispatch {
@@ -344,20 +387,12 @@ impl App {
                 }
             }
         }
-        for n in notes {
-            c.events.push(new_event(s, now, s.status, None, Some(n)));
-        }
-        if c.finished || s.status != before {
-            // The event that announced the new status (the first one carrying it).
-            let sequence = c
-                .events
-                .iter()
-                .find(|e| e.status == s.status && e.action_id.is_none())
-                .map_or(s.last_sequence, |e| e.sequence);
-            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
-        }
-        let s_ref = &*s;
-        let cref = &c;
+    }
+
+    /// Writes the step in one transaction and flushes.
+    async fn write_step(&self, s: &Session, c: &Committed, now: Time) -> ApiResult<()> {
+        let s_ref = s;
+        let cref = c;
         // Encoded before the transaction (see `store::Encoded`). The settled jobs are read here
         // too: only a step of this session, which holds its lock, changes them.
         let session = Encoded::new(s_ref)?;
@@ -395,37 +430,13 @@ impl App {
             if cref.finished
                 && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
             {
-                if s_ref.rebooted_at.is_some() {
-                    // This session's reboot did what a held one was waiting for.
-                    comp.held_reboot = None;
-                }
-                if s_ref.status != SessionStatus::Cancelled {
-                    comp.compliance = s_ref.compliance.or(comp.compliance);
-                    if let Some(due_at) = s_ref.reboot_held_until {
-                        comp.held_reboot = Some(HeldReboot {
-                            session_id: s_ref.id,
-                            due_at,
-                            job_id: None,
-                        });
-                    }
-                }
-                comp.onboarded = true;
-                if s_ref.trigger == SessionTrigger::Onboarding {
-                    match s_ref.status {
-                        SessionStatus::Passed => {
-                            comp.onboarding = Some(OnboardingStatus::Completed)
-                        }
-                        SessionStatus::Failed => comp.onboarding = Some(OnboardingStatus::Failed),
-                        // A cancelled onboarding leaves the computer where it stood.
-                        _ => {}
-                    }
-                }
+                s_ref.finish_on(&mut comp);
                 tx.put(&comp)?;
             }
             Ok::<_, TxError<ApiError>>(())
         })?;
         self.store.flush().await?;
-        Ok(c)
+        Ok(())
     }
 
     fn after_commit(&self, s: &Session, c: Committed) {
