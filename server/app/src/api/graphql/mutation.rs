@@ -10,7 +10,7 @@ use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
-use crate::auth;
+use crate::auth::{self, TenantScope};
 use crate::error::{ApiError, ApiResult};
 use crate::logsafe::log_value;
 use crate::permissions::Action;
@@ -68,10 +68,10 @@ impl<'a> Ctx<'a> {
     /// The tenant a new record belongs to: the given one (checked), or for tenant roles their
     /// own; `None` (cross-tenant) only for MSP roles.
     fn owner_for_new(&self, given: &Option<ID>) -> ApiResult<Option<Id>> {
-        let t = match opt_id("tenantId", given)? {
-            Some(t) => Some(t),
-            None if !self.actor.role.is_msp() => self.actor.tenant_id,
-            None => None,
+        let t = match (opt_id("tenantId", given)?, self.scope) {
+            (Some(t), _) => Some(t),
+            (None, TenantScope::Tenant(own)) => Some(own),
+            (None, TenantScope::All | TenantScope::Nothing) => None,
         };
         self.tenant_for_write(t)?;
         Ok(t)
@@ -1002,15 +1002,14 @@ impl Mutation {
         if let Some(t) = asked {
             c.load::<Tenant>(t)?;
         }
-        let scope = c.actor.list_scope(asked)?;
+        let scope = c.scope.narrow(asked);
         let schedule = opt_id("filter.scheduleId", &filter.schedule_id)?;
         let ids: Vec<Session> = c
             .app
             .store
             .by_index::<Session>(&IndexKey::new(ACTIVE_SESSIONS, []), None)
             .filter_map(|s| s.ok())
-            .filter(|s| c.actor.sees(Some(s.tenant_id)))
-            .filter(|s| scope.is_none_or(|t| s.tenant_id == t))
+            .filter(|s| scope.contains(Some(s.tenant_id)))
             .filter(|s| schedule.is_none_or(|x| s.schedule_id == Some(x)))
             .filter(|s| {
                 filter

@@ -71,7 +71,7 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<EventView>>> {
         let c = Ctx::new(ctx)?;
         let app = c.app.clone();
-        let actor = c.actor.clone();
+        let scope = c.scope;
         let session: Option<Id> = match &session_id {
             Some(s) => {
                 let s: Session = c.load(parse_id("sessionId", s)?)?;
@@ -118,7 +118,7 @@ impl Subscription {
                     Ok(e) => {
                         if session.is_some_and(|s| s != e.session_id)
                             || tenant.is_some_and(|t| t != e.tenant_id)
-                            || !actor.sees(Some(e.tenant_id))
+                            || !scope.contains(Some(e.tenant_id))
                         {
                             continue;
                         }
