@@ -1,5 +1,5 @@
 //! Authentication and authorisation: password hashes, API tokens, API keys, throttling, and the
-//! one place tenant isolation is decided ([`Actor::sees`]).
+//! one place tenant isolation is decided ([`TenantScope`], derived from the [`Actor`]).
 
 use crate::error::ApiError;
 use crate::permissions::{self, Action};
@@ -257,34 +257,10 @@ impl Actor {
         }
     }
 
-    /// Tenant isolation, decided here and only here: may this actor see a record that belongs
-    /// to `tenant` (`None`: a cross-tenant record)? A record it may not see must be answered
-    /// exactly like one that does not exist.
-    pub fn sees(&self, tenant: Option<Id>) -> bool {
-        if self.role.is_msp() {
-            return true;
-        }
-        match tenant {
-            Some(t) => self.tenant_id == Some(t),
-            None => false,
-        }
-    }
-
-    /// Like [`sees`](Self::sees), but cross-tenant catalogue entries (software, tasks) are
-    /// readable by everyone: tenant users need to know what is deployed to them.
-    pub fn sees_catalogue(&self, tenant: Option<Id>) -> bool {
-        tenant.is_none() || self.sees(tenant)
-    }
-
-    /// The tenant a list is limited to: tenant roles always see their own, whatever they ask.
-    pub fn list_scope(&self, asked: Option<Id>) -> Result<Option<Id>, ApiError> {
-        if self.role.is_msp() {
-            return Ok(asked);
-        }
-        match (asked, self.tenant_id) {
-            (Some(a), Some(own)) if a != own => Ok(Some(Id(uuid::Uuid::nil()))),
-            (_, own) => Ok(own),
-        }
+    /// Which tenants this actor sees: derived once from its role and tenant, and what every
+    /// tenant check asks ([`TenantScope`]).
+    pub fn scope(&self) -> TenantScope {
+        TenantScope::of(self.role, self.tenant_id)
     }
 
     /// May this actor do `action` at all (its scope is decided by what it can see)? The one
@@ -305,7 +281,7 @@ impl Actor {
     /// roles act only in their own tenant and never on cross-tenant items.
     pub fn require(&self, action: Action, tenant: Option<Id>) -> Result<(), ApiError> {
         self.require_role(action)?;
-        if !self.role.is_msp() && (tenant.is_none() || tenant != self.tenant_id) {
+        if !self.scope().contains(tenant) {
             return Err(ApiError::Forbidden(match tenant {
                 None => format!("only MSP roles may {} across tenants", action.describe()),
                 Some(_) => format!("you may {} only in your own tenant", action.describe()),
@@ -317,8 +293,7 @@ impl Actor {
     /// May this actor hand on a credential (an API key, a user) with `role` in `tenant`? Only
     /// within its own rights and scope ([`permissions::within`]).
     pub fn require_delegation(&self, role: UserRole, tenant: Option<Id>) -> Result<(), ApiError> {
-        let scope_ok = self.role.is_msp() || (tenant.is_some() && tenant == self.tenant_id);
-        if !scope_ok || !permissions::within(role, self.role) {
+        if !self.scope().contains(tenant) || !permissions::within(role, self.role) {
             return Err(ApiError::Forbidden(format!(
                 "{} may do what your role ({}) may not: nobody hands on more rights than their own",
                 role.as_str(),
@@ -339,12 +314,73 @@ impl Actor {
                 self.role.as_str()
             )));
         }
-        if tenant.is_none() && !self.role.is_msp() {
-            return Err(ApiError::Forbidden(
-                "only MSP roles may change cross-tenant items".into(),
-            ));
+        self.scope().require_write(tenant)
+    }
+}
+
+/// The tenants a caller may see, decided once from its credential ([`Actor::scope`]) and
+/// passed to whatever reads or filters by tenant: tenant isolation is this type's methods and
+/// nothing else. A record it does not [`contain`](Self::contains) must be answered exactly like
+/// one that does not exist.
+///
+/// Also the answer to "which tenants does this list cover" ([`narrow`](Self::narrow)): a
+/// list asked for another tenant than the caller's own covers [`Nothing`](Self::Nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantScope {
+    /// Every tenant and the cross-tenant records: MSP roles.
+    All,
+    /// One tenant's records: tenant roles.
+    Tenant(Id),
+    /// No tenant's records (a tenant role without a tenant; a list narrowed to a tenant the
+    /// caller does not see).
+    Nothing,
+}
+
+impl TenantScope {
+    pub fn of(role: UserRole, tenant: Option<Id>) -> TenantScope {
+        if role.is_msp() {
+            return TenantScope::All;
         }
-        Ok(())
+        tenant.map_or(TenantScope::Nothing, TenantScope::Tenant)
+    }
+
+    /// May a record of `owner` (`None`: cross-tenant) be seen or acted on? Only `All` holds
+    /// cross-tenant records.
+    pub fn contains(self, owner: Option<Id>) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::Tenant(t) => owner == Some(t),
+            TenantScope::Nothing => false,
+        }
+    }
+
+    /// Like [`contains`](Self::contains), but cross-tenant catalogue entries (software, tasks)
+    /// are readable in every scope: tenant users need to know what is deployed to them.
+    pub fn catalogue_contains(self, owner: Option<Id>) -> bool {
+        owner.is_none() || self.contains(owner)
+    }
+
+    /// The tenants a list covers when the caller asks for `asked` (`None`: all it sees): tenant
+    /// roles always get their own, and nothing when they ask for another tenant.
+    pub fn narrow(self, asked: Option<Id>) -> TenantScope {
+        match (self, asked) {
+            (TenantScope::All, Some(a)) => TenantScope::Tenant(a),
+            (TenantScope::Tenant(own), Some(a)) if a != own => TenantScope::Nothing,
+            (scope, _) => scope,
+        }
+    }
+
+    /// May a record of `owner` be changed in this scope? Cross-tenant items only by MSP roles.
+    pub fn require_write(self, owner: Option<Id>) -> Result<(), ApiError> {
+        match owner {
+            _ if self.contains(owner) => Ok(()),
+            None => Err(ApiError::Forbidden(
+                "only MSP roles may change cross-tenant items".into(),
+            )),
+            Some(_) => Err(ApiError::Forbidden(
+                "you may change only your own tenant's items".into(),
+            )),
+        }
     }
 }
 
@@ -573,6 +609,57 @@ pub fn ip_key(ip: Option<IpAddr>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(n: u128) -> Id {
+        Id(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn scope_follows_role_and_tenant() {
+        let (a, b) = (id(1), id(2));
+        assert_eq!(TenantScope::of(UserRole::MspAdmin, None), TenantScope::All);
+        assert_eq!(
+            TenantScope::of(UserRole::TenantAdmin, Some(a)),
+            TenantScope::Tenant(a)
+        );
+        assert_eq!(
+            TenantScope::of(UserRole::TenantAdmin, None),
+            TenantScope::Nothing
+        );
+        let own = TenantScope::Tenant(a);
+        assert!(own.contains(Some(a)) && !own.contains(Some(b)) && !own.contains(None));
+        assert!(own.catalogue_contains(None) && !own.catalogue_contains(Some(b)));
+        assert!(TenantScope::All.contains(None) && TenantScope::All.contains(Some(b)));
+        assert!(!TenantScope::Nothing.contains(Some(a)) && !TenantScope::Nothing.contains(None));
+        assert!(TenantScope::Nothing.catalogue_contains(None));
+    }
+
+    #[test]
+    fn a_list_narrows_to_what_was_asked_and_never_widens() {
+        let (a, b) = (id(1), id(2));
+        let own = TenantScope::Tenant(a);
+        assert_eq!(TenantScope::All.narrow(None), TenantScope::All);
+        assert_eq!(TenantScope::All.narrow(Some(b)), TenantScope::Tenant(b));
+        assert_eq!(own.narrow(None), own);
+        assert_eq!(own.narrow(Some(a)), own);
+        assert_eq!(own.narrow(Some(b)), TenantScope::Nothing);
+        assert_eq!(TenantScope::Nothing.narrow(Some(a)), TenantScope::Nothing);
+    }
+
+    #[test]
+    fn cross_tenant_items_are_written_only_in_the_all_scope() {
+        let (a, b) = (id(1), id(2));
+        assert!(TenantScope::All.require_write(None).is_ok());
+        assert!(TenantScope::Tenant(a).require_write(Some(a)).is_ok());
+        assert!(matches!(
+            TenantScope::Tenant(a).require_write(None),
+            Err(ApiError::Forbidden(m)) if m.contains("cross-tenant")
+        ));
+        assert!(matches!(
+            TenantScope::Tenant(a).require_write(Some(b)),
+            Err(ApiError::Forbidden(_))
+        ));
+    }
 
     #[test]
     fn throttle_never_holds_more_than_its_capacity() {

@@ -9,7 +9,7 @@
 use upkeep_core::domain::UserRole;
 
 /// What a caller may be allowed to do. Reading is decided by tenant visibility
-/// (`Actor::sees`), not here.
+/// (`auth::TenantScope`), not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Create tenants.

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod calendar;
 pub mod domain;
 pub mod engine;
+pub mod exclusion;
 pub mod localtime;
 pub mod mail;
 pub mod output;

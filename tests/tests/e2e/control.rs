@@ -555,3 +555,109 @@ async fn enrollment_presets_and_usernames_find_the_person() -> anyhow::Result<()
     .await?;
     Ok(())
 }
+
+/// A tenant with one computer that has run one session and has a (disabled) schedule of its
+/// own; then the tenant is excluded from maintenance.
+struct Paused {
+    s: TestServer,
+    admin: String,
+    _agent: TestAgent,
+    computer: String,
+    first: String,
+    schedule: String,
+}
+
+async fn excluded_after_a_session() -> anyhow::Result<Paused> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Paused later").await?;
+    let (a, c) = agent_in(&s, &admin, &t, "pc-1").await?;
+    let first = s
+        .start_session(&admin, &c, json!({"detectionOnly": true}))
+        .await?;
+    s.wait_status(&admin, &first, &["PASSED"], T).await?;
+    let sched = s
+        .gql(
+            &admin,
+            "mutation($i: CreateScheduleInput!) { createSchedule(input: $i) { id } }",
+            json!({"i": {"tenantId": t, "name": "Nightly", "target": {"kind": "ALL_COMPUTERS"}, "cron": "0 3 * * *", "timeZone": "UTC", "enabled": false, "detectionOnly": true}}),
+        )
+        .await?["createSchedule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.gql(
+        &admin,
+        "mutation($t: ID!) { updateTenant(id: $t, input: {excludedFromMaintenance: true}) { excludedFromMaintenance } }",
+        json!({"t": t}),
+    )
+    .await?;
+    Ok(Paused {
+        s,
+        admin,
+        _agent: a,
+        computer: c,
+        first,
+        schedule: sched,
+    })
+}
+
+/// The answer to a start in an excluded tenant: `BAD_USER_INPUT` naming the tenant, and the
+/// computer still has only its first session.
+async fn refused_and_nothing_started(
+    s: &TestServer,
+    admin: &str,
+    computer: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tenant Paused later is excluded from maintenance"),
+        "{body}"
+    );
+    let d = s
+        .gql(
+            admin,
+            "query($c: ID!) { maintenanceSessions(filter: {computerId: $c}) { edges { node { id } } } }",
+            json!({"c": computer}),
+        )
+        .await?;
+    assert_eq!(
+        d["maintenanceSessions"]["edges"].as_array().map(Vec::len),
+        Some(1),
+        "only the first session exists: {d}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_in_an_excluded_tenant_is_refused() -> anyhow::Result<()> {
+    let p = excluded_after_a_session().await?;
+    let body =
+        p.s.gql_raw(
+            Some(&p.admin),
+            "mutation($id: ID!) { rerunMaintenanceSession(id: $id) { id } }",
+            json!({"id": p.first}),
+        )
+        .await?;
+    refused_and_nothing_started(&p.s, &p.admin, &p.computer, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_of_an_excluded_tenants_schedule_is_refused() -> anyhow::Result<()> {
+    let p = excluded_after_a_session().await?;
+    let body =
+        p.s.gql_raw(
+            Some(&p.admin),
+            "mutation($id: ID!) { runScheduleNow(id: $id) { id } }",
+            json!({"id": p.schedule}),
+        )
+        .await?;
+    refused_and_nothing_started(&p.s, &p.admin, &p.computer, body).await
+}

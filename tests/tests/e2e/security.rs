@@ -940,3 +940,55 @@ async fn review_findings_stay_closed() -> Result<()> {
     assert_eq!(working, 1, "of {} tokens handed out", tokens.len());
     Ok(())
 }
+
+/// A tenant user who asks for another tenant's catalogue gets nothing, as for every other list
+/// of another tenant: not the cross-tenant entries it reads without a tenant (they used to come
+/// back, twice, through the index key of the all-zero id that stood for "no tenant").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_catalogue_lists_nothing() -> Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let a = s.create_tenant(&admin, "A").await?;
+    let b = s.create_tenant(&admin, "B").await?;
+    let viewer = user(&s, &admin, "TENANT_VIEWER", Some(&a)).await?;
+    let dir = tempfile::tempdir()?;
+    create_file_software(&s, &admin, None, "Everywhere", dir.path(), &["1.0"]).await?;
+    s.gql(&admin, "mutation { createMaintenanceTask(input: {name: \"Everywhere task\", testScript: {language: SHELL, body: \"exit 0\"}}) { id } }", json!({})).await?;
+    let names = |tenant: Option<&str>, list: &'static str| {
+        let (s, viewer) = (&s, &viewer);
+        let tenant = tenant.map(str::to_string);
+        async move {
+            let d = s
+                .gql(
+                    viewer,
+                    &format!("query($t: ID) {{ l: {list}(tenantId: $t) {{ edges {{ node {{ name }} }} }} }}"),
+                    json!({"t": tenant}),
+                )
+                .await?;
+            let names: Vec<String> = d["l"]["edges"]
+                .as_array()
+                .context("edges")?
+                .iter()
+                .map(|e| e["node"]["name"].as_str().unwrap_or_default().to_string())
+                .collect();
+            anyhow::Ok(names)
+        }
+    };
+    for (list, name) in [
+        ("software", "Everywhere"),
+        ("maintenanceTasks", "Everywhere task"),
+    ] {
+        assert_eq!(names(None, list).await?, [name], "{list} without a tenant");
+        assert_eq!(
+            names(Some(&a), list).await?,
+            [name],
+            "{list} of the own tenant"
+        );
+        assert_eq!(
+            names(Some(&b), list).await?,
+            Vec::<String>::new(),
+            "{list} of another tenant"
+        );
+    }
+    Ok(())
+}

@@ -223,7 +223,10 @@ impl App {
         }
         if is_new {
             let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
-            if tenant.is_some_and(|t| t.auto_onboarding && !t.excluded_from_maintenance) {
+            if tenant.is_some_and(|t| {
+                t.auto_onboarding
+                    && upkeep_core::exclusion::exclusion(&t, Some(&computer)).is_none()
+            }) {
                 let app = self.clone();
                 let c = computer.clone();
                 tokio::spawn(async move {

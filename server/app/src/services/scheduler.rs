@@ -20,6 +20,7 @@ use chrono::Duration;
 use chrono_tz::Tz;
 use std::sync::Arc;
 use upkeep_core::domain::*;
+use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::SessionTrigger;
 use upkeep_store::records::*;
 use upkeep_store::{IndexKey, TxError};
@@ -63,7 +64,7 @@ impl App {
                 None => self.store.scan::<Tenant>(None).collect::<Result<_, _>>()?,
             };
             for t in tenants {
-                if t.excluded_from_maintenance {
+                if exclusion(&t, None).is_some() {
                     continue;
                 }
                 if let Err(e) = self.schedule_tick(&s, &t).await {
@@ -153,8 +154,8 @@ impl App {
                 Some(p) => *slot_of_person.entry(p).or_insert(i),
                 None => i,
             };
-            if c.excluded_from_maintenance {
-                tracing::info!(schedule = %s.id, computer = %c.id, "computer excluded from maintenance; skipped");
+            if let Some(why) = exclusion(tenant, Some(&c)) {
+                tracing::info!(schedule = %s.id, computer = %c.id, "{why}; skipped");
                 continue;
             }
             if let Some(active) = self.runtime.active_session_of(c.id) {

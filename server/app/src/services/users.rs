@@ -177,7 +177,7 @@ impl App {
         match self.store.get::<User>(&key.created_by)? {
             Some(u) if !u.disabled => {
                 let in_scope =
-                    u.role.is_msp() || (key.tenant_id.is_some() && key.tenant_id == u.tenant_id);
+                    crate::auth::TenantScope::of(u.role, u.tenant_id).contains(key.tenant_id);
                 if !in_scope || !crate::permissions::within(key.role, u.role) {
                     return Err(ApiError::Unauthenticated(
                         "the API key holds more rights than its creator has now".into(),

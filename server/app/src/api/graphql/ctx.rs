@@ -1,7 +1,8 @@
-//! The per-request context every resolver goes through: who is calling, and loaders that
-//! apply tenant isolation so another tenant's record reads exactly like a missing one.
+//! The per-request context every resolver goes through: who is calling, the tenants it sees
+//! (its [`TenantScope`], derived once here), and loaders that apply that scope so another
+//! tenant's record reads exactly like a missing one.
 
-use crate::auth::Actor;
+use crate::auth::{Actor, TenantScope};
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
 use async_graphql::Context;
@@ -47,9 +48,21 @@ owned!(ApiKey, "API key", |k| k.tenant_id);
 owned!(User, "user", |u| u.tenant_id);
 owned!(upkeep_core::webhook::Webhook, "webhook", |w| w.tenant_id);
 
+/// May a caller with `scope` read this record? Catalogue kinds' cross-tenant entries are
+/// readable in every scope.
+pub fn visible_in<T: Owned>(scope: TenantScope, r: &T) -> bool {
+    if T::CATALOGUE {
+        scope.catalogue_contains(r.owner())
+    } else {
+        scope.contains(r.owner())
+    }
+}
+
 pub struct Ctx<'a> {
     pub app: &'a Arc<App>,
     pub actor: &'a Actor,
+    /// The caller's tenants: resolvers ask this, never the actor's role or tenant.
+    pub scope: TenantScope,
 }
 
 impl<'a> Ctx<'a> {
@@ -77,16 +90,16 @@ impl<'a> Ctx<'a> {
                 "sign in: send Authorization: Bearer <token or API key>".into(),
             )
         })?;
-        Ok(Ctx { app, actor })
+        Ok(Ctx {
+            app,
+            actor,
+            scope: actor.scope(),
+        })
     }
 
     /// May the caller read this record? The rule every loader and nested field applies.
     pub fn visible<T: Owned>(&self, r: &T) -> bool {
-        if T::CATALOGUE {
-            self.actor.sees_catalogue(r.owner())
-        } else {
-            self.actor.sees(r.owner())
-        }
+        visible_in(self.scope, r)
     }
 
     /// The record if it exists and the caller may see it.

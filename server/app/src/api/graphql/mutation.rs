@@ -10,13 +10,14 @@ use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
-use crate::auth;
+use crate::auth::{self, TenantScope};
 use crate::error::{ApiError, ApiResult};
 use crate::logsafe::log_value;
 use crate::permissions::Action;
 use crate::services::runtime::{Busy, StartRequest};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use upkeep_core::domain::*;
+use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::*;
 use upkeep_core::webhook::Webhook;
 use upkeep_store::records::*;
@@ -67,10 +68,10 @@ impl<'a> Ctx<'a> {
     /// The tenant a new record belongs to: the given one (checked), or for tenant roles their
     /// own; `None` (cross-tenant) only for MSP roles.
     fn owner_for_new(&self, given: &Option<ID>) -> ApiResult<Option<Id>> {
-        let t = match opt_id("tenantId", given)? {
-            Some(t) => Some(t),
-            None if !self.actor.role.is_msp() => self.actor.tenant_id,
-            None => None,
+        let t = match (opt_id("tenantId", given)?, self.scope) {
+            (Some(t), _) => Some(t),
+            (None, TenantScope::Tenant(own)) => Some(own),
+            (None, TenantScope::All | TenantScope::Nothing) => None,
         };
         self.tenant_for_write(t)?;
         Ok(t)
@@ -837,8 +838,16 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?)?;
         c.actor.require_role(Action::RunSessions)?;
+        // A tenant's own schedule names its tenant: an excluded one is refused, as a manual
+        // start would be. A cross-tenant schedule runs in the tenants that are not excluded.
         let tenants: Vec<Tenant> = match s.tenant_id {
-            Some(t) => vec![c.load(t)?],
+            Some(t) => {
+                let t: Tenant = c.load(t)?;
+                if let Some(why) = exclusion(&t, None) {
+                    return Err(ApiError::bad("id", why.to_string()).into());
+                }
+                vec![t]
+            }
             None => c
                 .app
                 .store
@@ -846,7 +855,7 @@ impl Mutation {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(ApiError::from)?
                 .into_iter()
-                .filter(|t| !t.excluded_from_maintenance)
+                .filter(|t| exclusion(t, None).is_none())
                 .collect(),
         };
         let mut out = Vec::new();
@@ -935,20 +944,9 @@ impl Mutation {
         for (i, cid) in input.computer_ids.iter().enumerate() {
             let id = parse_id(&format!("computerIds[{i}]"), cid)?;
             let comp: Computer = c.load(id)?;
-            if comp.excluded_from_maintenance {
-                return Err(ApiError::bad(
-                    &format!("computerIds[{i}]"),
-                    format!("computer {} is excluded from maintenance", comp.name),
-                )
-                .into());
-            }
             let tenant: Tenant = c.load(comp.tenant_id)?;
-            if tenant.excluded_from_maintenance {
-                return Err(ApiError::bad(
-                    &format!("computerIds[{i}]"),
-                    format!("tenant {} is excluded from maintenance", tenant.name),
-                )
-                .into());
+            if let Some(why) = exclusion(&tenant, Some(&comp)) {
+                return Err(ApiError::bad(&format!("computerIds[{i}]"), why.to_string()).into());
             }
             if let Some(active) = c.app.unfinished_session_of(comp.id) {
                 return Err(ApiError::Conflict(format!(
@@ -1004,15 +1002,14 @@ impl Mutation {
         if let Some(t) = asked {
             c.load::<Tenant>(t)?;
         }
-        let scope = c.actor.list_scope(asked)?;
+        let scope = c.scope.narrow(asked);
         let schedule = opt_id("filter.scheduleId", &filter.schedule_id)?;
         let ids: Vec<Session> = c
             .app
             .store
             .by_index::<Session>(&IndexKey::new(ACTIVE_SESSIONS, []), None)
             .filter_map(|s| s.ok())
-            .filter(|s| c.actor.sees(Some(s.tenant_id)))
-            .filter(|s| scope.is_none_or(|t| s.tenant_id == t))
+            .filter(|s| scope.contains(Some(s.tenant_id)))
             .filter(|s| schedule.is_none_or(|x| s.schedule_id == Some(x)))
             .filter(|s| {
                 filter
@@ -1036,12 +1033,9 @@ impl Mutation {
         c.actor.require_role(Action::RunSessions)?;
         let s: Session = c.load(parse_id("id", &id)?)?;
         let comp: Computer = c.load(s.computer_id)?;
-        if comp.excluded_from_maintenance {
-            return Err(ApiError::bad(
-                "id",
-                format!("computer {} is excluded from maintenance", comp.name),
-            )
-            .into());
+        let tenant: Tenant = c.load(comp.tenant_id)?;
+        if let Some(why) = exclusion(&tenant, Some(&comp)) {
+            return Err(ApiError::bad("id", why.to_string()).into());
         }
         // The trigger is kept: a rerun onboarding session runs the onboarding deployments again.
         let trigger = s.trigger;
@@ -1479,20 +1473,9 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let comp: Computer = c.load(parse_id("computerId", &computer_id)?)?;
         c.actor.require_role(Action::RunSessions)?;
-        if comp.excluded_from_maintenance {
-            return Err(ApiError::bad(
-                "computerId",
-                format!("computer {} is excluded from maintenance", comp.name),
-            )
-            .into());
-        }
         let tenant: Tenant = c.load(comp.tenant_id)?;
-        if tenant.excluded_from_maintenance {
-            return Err(ApiError::bad(
-                "computerId",
-                format!("tenant {} is excluded from maintenance", tenant.name),
-            )
-            .into());
+        if let Some(why) = exclusion(&tenant, Some(&comp)) {
+            return Err(ApiError::bad("computerId", why.to_string()).into());
         }
         let req = StartRequest {
             computer: comp,

@@ -7,6 +7,7 @@ use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
+use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
@@ -14,8 +15,8 @@ use chrono::{DateTime, Utc};
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_core::webhook::{Delivery, Webhook};
-use upkeep_store::IndexKey;
 use upkeep_store::records::*;
+use upkeep_store::{IndexKey, Store};
 
 pub struct Query;
 
@@ -28,15 +29,15 @@ fn list_tenant_kind<T: Owned>(
     with_cross: bool,
 ) -> ApiResult<Vec<T>> {
     let asked = tenant.map(|t| parse_id("tenantId", t)).transpose()?;
-    let scope = c.actor.list_scope(asked)?;
     let mut out = Vec::new();
-    match scope {
-        None => {
+    match c.scope.narrow(asked) {
+        TenantScope::Nothing => {}
+        TenantScope::All => {
             for r in c.app.store.scan::<T>(None) {
                 out.push(r?);
             }
         }
-        Some(t) => {
+        TenantScope::Tenant(t) => {
             let mut keys = vec![tenant_key(Some(t))];
             if with_cross {
                 keys.push(tenant_key(None));
@@ -49,17 +50,7 @@ fn list_tenant_kind<T: Owned>(
             out.sort_by_key(|r| r.key());
         }
     }
-    let visible = out
-        .into_iter()
-        .filter(|r| {
-            if T::CATALOGUE {
-                c.actor.sees_catalogue(r.owner())
-            } else {
-                c.actor.sees(r.owner())
-            }
-        })
-        .collect();
-    Ok(visible)
+    Ok(out.into_iter().filter(|r| c.visible(r)).collect())
 }
 
 #[derive(SimpleObject)]
@@ -108,9 +99,10 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Tenant>>> {
         let c = Ctx::new(ctx)?;
-        let all: Vec<Tenant> = match c.actor.tenant_id {
-            Some(t) if !c.actor.role.is_msp() => c.find::<Tenant>(t)?.into_iter().collect(),
-            _ => c
+        let all: Vec<Tenant> = match c.scope {
+            TenantScope::Tenant(t) => c.find::<Tenant>(t)?.into_iter().collect(),
+            TenantScope::Nothing => vec![],
+            TenantScope::All => c
                 .app
                 .store
                 .scan::<Tenant>(None)
@@ -298,27 +290,21 @@ impl Query {
             .require_role(crate::permissions::Action::ViewAudit)?;
         let f = filter.unwrap_or_default();
         let asked = opt_id("filter.tenantId", &f.tenant_id)?;
-        let tenant = if c.actor.role.is_msp() {
-            asked
-        } else {
-            match (asked, c.actor.tenant_id) {
-                (Some(a), Some(own)) if a != own => {
-                    return Ok(connection::build(
-                        std::iter::empty(),
-                        |e: &upkeep_core::audit::AuditEvent| e.id,
-                        0,
-                        0,
-                        false,
-                    )?);
-                }
-                (_, own) => own,
-            }
-        };
+        let scope = c.scope.narrow(asked);
+        if scope == TenantScope::Nothing {
+            return Ok(connection::build(
+                std::iter::empty(),
+                |e: &upkeep_core::audit::AuditEvent| e.id,
+                0,
+                0,
+                false,
+            )?);
+        }
         let actor = opt_id("filter.actorId", &f.actor_id)?;
         let n = connection::page_size(first)?;
         let after = connection::parse_cursor(after.as_deref())?;
         let keep = |e: &upkeep_core::audit::AuditEvent| {
-            tenant.is_none_or(|t| e.tenant_id == Some(t))
+            scope.contains(e.tenant_id)
                 && actor.is_none_or(|a| e.actor_id == Some(a))
                 && f.action.as_deref().is_none_or(|a| e.action == a)
                 && f.since.is_none_or(|s| e.at >= s)
@@ -328,8 +314,8 @@ impl Query {
             dyn Iterator<Item = upkeep_store::Result<upkeep_core::audit::AuditEvent>> + '_,
         > {
             let before = before.map(|b| b.as_bytes().to_vec());
-            match tenant {
-                Some(t) => Box::new(
+            match scope {
+                TenantScope::Tenant(t) => Box::new(
                     c.app
                         .store
                         .index_scan_rev(
@@ -345,7 +331,7 @@ impl Query {
                             Err(e) => Some(Err(e)),
                         }),
                 ),
-                None => Box::new(
+                TenantScope::All | TenantScope::Nothing => Box::new(
                     c.app
                         .store
                         .scan_rev::<upkeep_core::audit::AuditEvent>(before.as_deref()),
@@ -386,7 +372,7 @@ impl Query {
         let q = SessionQuery::new(&c, &f)?;
         let mut nodes = Vec::new();
         let mut has_next = false;
-        for s in q.iter(&c, after) {
+        for s in q.iter(&c.app.store, after) {
             let s = s?;
             if nodes.len() == n {
                 has_next = true;
@@ -395,16 +381,11 @@ impl Query {
             nodes.push(s);
         }
         let app = c.app.clone();
-        let actor = c.actor.clone();
         let q2 = q.clone();
         let total = SessionTotal {
             count: Box::new(move || {
-                let c = Ctx {
-                    app: &app,
-                    actor: &actor,
-                };
                 let mut n = 0;
-                for s in q2.iter(&c, None) {
+                for s in q2.iter(&app.store, None) {
                     s?;
                     n += 1;
                 }
@@ -437,11 +418,11 @@ impl Query {
             .as_ref()
             .map(|t| parse_id("tenantId", t))
             .transpose()?;
-        let scope = c.actor.list_scope(asked)?;
+        let scope = c.scope.narrow(asked);
         let mut out = Vec::new();
         for status in upkeep_core::session::SessionStatus::ALL {
             let idx = IndexKey::new(STATUS_SESSIONS, [status.code()]);
-            let count = if scope.is_none() && since.is_none() {
+            let count = if scope == TenantScope::All && since.is_none() {
                 c.app.store.index_count(&idx)
             } else {
                 c.app
@@ -449,8 +430,7 @@ impl Query {
                     .by_index::<Session>(&idx, None)
                     .filter_map(|s| s.ok())
                     .filter(|s| {
-                        scope.is_none_or(|t| s.tenant_id == t)
-                            && since.is_none_or(|t| s.created_at >= t)
+                        scope.contains(Some(s.tenant_id)) && since.is_none_or(|t| s.created_at >= t)
                     })
                     .count()
             };
@@ -646,7 +626,8 @@ impl Query {
 #[derive(Clone)]
 struct SessionQuery {
     index: Option<IndexKey>,
-    tenant: Option<Id>,
+    /// The caller's scope narrowed to the tenant it asked for.
+    scope: TenantScope,
     computer: Option<Id>,
     schedule: Option<Id>,
     statuses: Option<Vec<SessionStatus>>,
@@ -658,14 +639,14 @@ struct SessionQuery {
 impl SessionQuery {
     fn new(c: &Ctx<'_>, f: &MaintenanceSessionFilter) -> ApiResult<SessionQuery> {
         let asked = opt_id("filter.tenantId", &f.tenant_id)?;
-        let tenant = c.actor.list_scope(asked)?;
+        let scope = c.scope.narrow(asked);
         let computer = opt_id("filter.computerId", &f.computer_id)?;
         let schedule = opt_id("filter.scheduleId", &f.schedule_id)?;
         let index = if let Some(cid) = computer {
             Some(IndexKey::new(COMPUTER_SESSIONS, cid.as_bytes()))
         } else if let Some(sid) = schedule {
             Some(IndexKey::new(SCHEDULE_SESSIONS, sid.as_bytes()))
-        } else if let Some(t) = tenant {
+        } else if let TenantScope::Tenant(t) = scope {
             Some(IndexKey::new(TENANT_SESSIONS, t.as_bytes()))
         } else if let Some([one]) = f.status.as_deref() {
             Some(IndexKey::new(
@@ -682,7 +663,7 @@ impl SessionQuery {
         };
         Ok(SessionQuery {
             index,
-            tenant,
+            scope,
             computer,
             schedule,
             statuses: f.status.clone(),
@@ -692,9 +673,8 @@ impl SessionQuery {
         })
     }
 
-    fn keep(&self, c: &Ctx<'_>, s: &Session) -> bool {
-        c.actor.sees(Some(s.tenant_id))
-            && self.tenant.is_none_or(|t| s.tenant_id == t)
+    fn keep(&self, s: &Session) -> bool {
+        self.scope.contains(Some(s.tenant_id))
             && self.computer.is_none_or(|x| s.computer_id == x)
             && self.schedule.is_none_or(|x| s.schedule_id == Some(x))
             && self
@@ -708,11 +688,13 @@ impl SessionQuery {
 
     fn iter<'a>(
         &'a self,
-        c: &'a Ctx<'a>,
+        store: &'a Store,
         after: Option<Id>,
     ) -> Box<dyn Iterator<Item = ApiResult<Session>> + 'a> {
+        if self.scope == TenantScope::Nothing {
+            return Box::new(std::iter::empty());
+        }
         let before = after.map(|a| a.as_bytes().to_vec());
-        let store = &c.app.store;
         let it: Box<dyn Iterator<Item = upkeep_store::Result<Session>> + 'a> = match &self.index {
             Some(idx) => Box::new(store.index_scan_rev(idx, before.as_deref()).filter_map(
                 move |k| match k {
@@ -723,7 +705,7 @@ impl SessionQuery {
             None => Box::new(store.scan_rev::<Session>(before.as_deref())),
         };
         Box::new(it.filter_map(move |r| match r {
-            Ok(s) if self.keep(c, &s) => Some(Ok(s)),
+            Ok(s) if self.keep(&s) => Some(Ok(s)),
             Ok(_) => None,
             Err(e) => Some(Err(e.into())),
         }))

@@ -73,7 +73,7 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<EventView>>> {
         let c = Ctx::new(ctx)?;
         let app = c.app.clone();
-        let actor = c.actor.clone();
+        let scope = c.scope;
         let session: Option<Id> = match &session_id {
             Some(s) => {
                 let s: Session = c.load(parse_id("sessionId", s)?)?;
@@ -120,7 +120,7 @@ impl Subscription {
                             let wanted = replayed
                                 || !(session.is_some_and(|s| s != e.session_id)
                                     || tenant.is_some_and(|t| t != e.tenant_id)
-                                    || !actor.sees(Some(e.tenant_id)));
+                                    || !scope.contains(Some(e.tenant_id)));
                             let seen = last.get(&e.session_id).is_some_and(|l| e.sequence <= *l);
                             if !wanted || seen {
                                 None
