@@ -322,43 +322,79 @@ fn plan_software(
     let latest_s = latest.as_deref().unwrap_or("none");
     let ok = software_state_ok(sw, desired, version, installed);
     if ok {
-        a.reason = match (desired, installed) {
-            (DesiredSoftwareState::Uninstalled, _) => "not installed, as desired".into(),
-            (DesiredSoftwareState::UpdateIfFound, None) => {
-                "not installed; only updated where found".into()
-            }
-            (DesiredSoftwareState::InstalledAtLeast, Some(v)) => format!(
-                "{v} installed, at least {} wanted",
-                version.unwrap_or("any")
-            ),
-            (DesiredSoftwareState::InstalledAny, Some(v)) => {
-                format!("{v} installed; any version will do")
-            }
-            (DesiredSoftwareState::InstalledVersion, Some(v)) => {
-                format!("{v} installed, as desired")
-            }
-            (_, Some(v)) => format!("{v} installed, latest is {latest_s}"),
-            (_, None) => "nothing to do".into(),
-        };
-        if installed.is_some()
-            && desired != DesiredSoftwareState::Uninstalled
-            && let Some(task) = &sw.configuration_task
-        {
-            match f.test {
-                Some(true) => a.reason.push_str(&format!("; {} is compliant", task.name)),
-                _ => {
-                    a.kind = ActionKind::RunTask;
-                    a.reason.push_str(&format!(
-                        "; configuration task {} is not compliant",
-                        task.name
-                    ));
-                    a.steps.push(Step::TestThenSet { task: task.clone() });
-                }
-            }
-        }
+        explain_compliant(a, sw, desired, version, installed, latest_s, f);
         return;
     }
-    let v_target = target.as_deref();
+    plan_software_change(
+        a,
+        sw,
+        desired,
+        version,
+        installed,
+        target.as_deref(),
+        latest_s,
+    );
+}
+
+/// The reason of a software action with nothing to change, and the configuration task's test
+/// step when the task is not known to be compliant.
+fn explain_compliant(
+    a: &mut Action,
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    installed: Option<&str>,
+    latest_s: &str,
+    f: &Found,
+) {
+    a.reason = match (desired, installed) {
+        (DesiredSoftwareState::Uninstalled, _) => "not installed, as desired".into(),
+        (DesiredSoftwareState::UpdateIfFound, None) => {
+            "not installed; only updated where found".into()
+        }
+        (DesiredSoftwareState::InstalledAtLeast, Some(v)) => format!(
+            "{v} installed, at least {} wanted",
+            version.unwrap_or("any")
+        ),
+        (DesiredSoftwareState::InstalledAny, Some(v)) => {
+            format!("{v} installed; any version will do")
+        }
+        (DesiredSoftwareState::InstalledVersion, Some(v)) => {
+            format!("{v} installed, as desired")
+        }
+        (_, Some(v)) => format!("{v} installed, latest is {latest_s}"),
+        (_, None) => "nothing to do".into(),
+    };
+    if installed.is_some()
+        && desired != DesiredSoftwareState::Uninstalled
+        && let Some(task) = &sw.configuration_task
+    {
+        match f.test {
+            Some(true) => a.reason.push_str(&format!("; {} is compliant", task.name)),
+            _ => {
+                a.kind = ActionKind::RunTask;
+                a.reason.push_str(&format!(
+                    "; configuration task {} is not compliant",
+                    task.name
+                ));
+                a.steps.push(Step::TestThenSet { task: task.clone() });
+            }
+        }
+    }
+}
+
+/// The install, upgrade or uninstall steps (and their reason) that bring the software from
+/// `installed` to `desired`; `v_target` is the version wanted.
+// Long on purpose: one match over (desired, installed), an arm per case; it reads best whole.
+fn plan_software_change(
+    a: &mut Action,
+    sw: &SoftwareSnapshot,
+    desired: DesiredSoftwareState,
+    version: Option<&str>,
+    installed: Option<&str>,
+    v_target: Option<&str>,
+    latest_s: &str,
+) {
     match (desired, installed) {
         (DesiredSoftwareState::Uninstalled, Some(v)) => {
             a.kind = ActionKind::Uninstall;

@@ -239,6 +239,7 @@ fn stage_rank(stage: &Stage) -> u8 {
 }
 
 /// What must hold of a session between steps.
+// Long on purpose: a flat list of independent invariants, each one assertion; it reads best whole.
 fn assert_consistent(s: &Session) {
     use SessionStatus as S;
     let stage_fits = match s.status {
@@ -445,6 +446,7 @@ impl Run {
         result
     }
 
+    // Long on purpose: a flat list of independent checks of one step, each commented; it reads best whole.
     fn check(&mut self, before: &Session, settled: Option<Id>, effects: &[Effect]) {
         let after = &self.s.clone();
         if before.status.is_terminal() {
@@ -2763,67 +2765,73 @@ fn step_bound(s: &Session) -> usize {
     4 + 4 * s.items.len() + 4
 }
 
+/// The event an operation of the random script stands for; a `Tick` also sets the world the
+/// following events see (`env`).
+fn event_for(run: &Run, env: &mut Env, op: Op) -> Event {
+    match op {
+        Op::Tick {
+            minutes,
+            online,
+            slot,
+            held_minutes,
+        } => {
+            let now = run.now + Duration::minutes(minutes);
+            *env = Env {
+                now,
+                online,
+                slot_available: slot,
+                reboot_held_until: held_minutes.map(|m| now + Duration::minutes(m)),
+                reboot_pending: minutes % 2 == 1,
+                limits: Limits::default(),
+                ids: test_ids(),
+            };
+            Event::Tick
+        }
+        Op::Answer(answer) => match &run.s.pending_job {
+            Some(p) => Event::JobDone {
+                job: p.id,
+                outcome: outcome_for(&run.jobs[&p.id], &answer),
+            },
+            None => Event::Tick,
+        },
+        Op::Lose => match &run.s.pending_job {
+            Some(p) => Event::JobLost {
+                job: p.id,
+                reason: "agent did not report back".into(),
+            },
+            None => Event::Tick,
+        },
+        Op::Stray => Event::JobDone {
+            job: Id::new(),
+            outcome: step_result(0),
+        },
+        Op::Late => match run.abandoned.last() {
+            Some(job) => Event::JobDone {
+                job: *job,
+                outcome: step_result(0),
+            },
+            None => Event::Tick,
+        },
+        Op::Cancel => Event::Cancel {
+            by: "tech@msp.example".into(),
+        },
+        Op::Postpone { hours, token } => Event::Postpone {
+            hours,
+            by: "user@customer.example".into(),
+            token: token.map(|t| format!("link-{t}")),
+        },
+        Op::UpdateNow { token } => Event::UpdateNow {
+            by: "user@customer.example".into(),
+            token: token.map(|t| format!("link-{t}")),
+        },
+    }
+}
+
 fn play(s: Session, ops: Vec<Op>, answers: Vec<Answer>) {
     let mut run = Run::new(s);
     let mut env = env_at(t0());
     for op in ops {
-        let event = match op {
-            Op::Tick {
-                minutes,
-                online,
-                slot,
-                held_minutes,
-            } => {
-                let now = run.now + Duration::minutes(minutes);
-                env = Env {
-                    now,
-                    online,
-                    slot_available: slot,
-                    reboot_held_until: held_minutes.map(|m| now + Duration::minutes(m)),
-                    reboot_pending: minutes % 2 == 1,
-                    limits: Limits::default(),
-                    ids: test_ids(),
-                };
-                Event::Tick
-            }
-            Op::Answer(answer) => match &run.s.pending_job {
-                Some(p) => Event::JobDone {
-                    job: p.id,
-                    outcome: outcome_for(&run.jobs[&p.id], &answer),
-                },
-                None => Event::Tick,
-            },
-            Op::Lose => match &run.s.pending_job {
-                Some(p) => Event::JobLost {
-                    job: p.id,
-                    reason: "agent did not report back".into(),
-                },
-                None => Event::Tick,
-            },
-            Op::Stray => Event::JobDone {
-                job: Id::new(),
-                outcome: step_result(0),
-            },
-            Op::Late => match run.abandoned.last() {
-                Some(job) => Event::JobDone {
-                    job: *job,
-                    outcome: step_result(0),
-                },
-                None => Event::Tick,
-            },
-            Op::Cancel => Event::Cancel {
-                by: "tech@msp.example".into(),
-            },
-            Op::Postpone { hours, token } => Event::Postpone {
-                hours,
-                by: "user@customer.example".into(),
-                token: token.map(|t| format!("link-{t}")),
-            },
-            Op::UpdateNow { token } => Event::UpdateNow {
-                by: "user@customer.example".into(),
-                token: token.map(|t| format!("link-{t}")),
-            },
-        };
+        let event = event_for(&run, &mut env, op);
         // Refusals are checked inside `apply` (nothing changes).
         let _ = run.apply(&env, event);
     }

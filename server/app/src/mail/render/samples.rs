@@ -1,0 +1,128 @@
+//! Sample views every template is rendered against at load (`Templates::smoke_test`): full and
+//! minimal ones, and every postpone page state.
+
+use super::*;
+
+pub(super) fn sample_brand() -> Brand {
+    Brand::new(
+        "Sample Company",
+        Some("https://example.com/logo.png".to_owned()),
+        "#336699",
+        "Sample MSP",
+    )
+}
+
+fn sample_actions(outcomes: bool) -> Vec<ActionView> {
+    let mut actions = vec![
+        ActionView::planned(
+            "Sample App",
+            PlannedChange::Upgrade {
+                from: Some("1.9.2"),
+                to: Some("1.10.0"),
+            },
+        ),
+        ActionView::planned("Sample Task", PlannedChange::RunTask),
+        ActionView::planned("Old Tool", PlannedChange::Uninstall { version: None }),
+    ];
+    if outcomes {
+        let results = [
+            (ActionOutcome::Succeeded, Some("done")),
+            (ActionOutcome::Failed, Some("exit code 1")),
+            (ActionOutcome::Skipped, None),
+        ];
+        actions = actions
+            .into_iter()
+            .zip(results)
+            .map(|(a, (o, m))| a.with_outcome(o, m))
+            .collect();
+    }
+    actions
+}
+
+pub(super) fn sample_session_views() -> Vec<SessionMailView> {
+    let full = SessionMailView {
+        brand: sample_brand(),
+        recipient_name: "Sam Sample".to_owned(),
+        computer_name: "PC-001".to_owned(),
+        when: "Tuesday, 3 March 2026 at 22:00 (Europe/Berlin)".to_owned(),
+        time_zone: "Europe/Berlin".to_owned(),
+        actions: sample_actions(true),
+        show_actions: true,
+        reboot: RebootExpectation::Will,
+        postpone_url: Some("https://upkeep.example/postpone/x".to_owned()),
+        update_now_url: Some("https://upkeep.example/postpone/x?action=update-now".to_owned()),
+        postpones_left: 2,
+        postpone_hours: 24,
+        result_summary: Some("1 of 3 actions failed".to_owned()),
+        compliant: false,
+        postpone_links: vec![ComputerLink {
+            computer_name: "PC-002".to_owned(),
+            url: "https://upkeep.example/postpone/y".to_owned(),
+        }],
+    };
+    let minimal = SessionMailView {
+        brand: Brand::default(),
+        recipient_name: String::new(),
+        actions: Vec::new(),
+        show_actions: false,
+        reboot: RebootExpectation::None,
+        postpone_url: None,
+        update_now_url: None,
+        postpones_left: 0,
+        result_summary: None,
+        compliant: true,
+        postpone_links: Vec::new(),
+        ..full.clone()
+    };
+    let middle = SessionMailView {
+        actions: sample_actions(false),
+        reboot: RebootExpectation::May,
+        postpone_url: None,
+        postpones_left: 1,
+        ..full.clone()
+    };
+    vec![full, minimal, middle]
+}
+
+pub(super) fn sample_page_views() -> Vec<PostponePageView> {
+    let full = PostponePageView {
+        brand: sample_brand(),
+        state: String::new(),
+        computer_name: "PC-001".to_owned(),
+        when: "Tuesday, 3 March 2026 at 22:00 (Europe/Berlin)".to_owned(),
+        new_when: Some("Wednesday, 4 March 2026 at 22:00 (Europe/Berlin)".to_owned()),
+        actions: sample_actions(false),
+        show_actions: true,
+        reboot: RebootExpectation::May,
+        postpones_left: 2,
+        postpone_hours: 24,
+        allow_update_now: true,
+        message: Some("Sample message".to_owned()),
+    };
+    let mut views = Vec::new();
+    for state in PostponeState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(["unknown"])
+    {
+        views.push(PostponePageView {
+            state: state.to_owned(),
+            ..full.clone()
+        });
+        views.push(PostponePageView {
+            brand: Brand::default(),
+            state: state.to_owned(),
+            computer_name: String::new(),
+            when: String::new(),
+            new_when: None,
+            actions: Vec::new(),
+            show_actions: false,
+            reboot: RebootExpectation::Will,
+            postpones_left: 0,
+            postpone_hours: 24,
+            allow_update_now: false,
+            message: None,
+        });
+    }
+    views
+}

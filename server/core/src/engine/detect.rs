@@ -1,0 +1,167 @@
+//! Detection: the probes sent when the session starts, and the plan made from their results.
+
+use super::*;
+use std::collections::BTreeMap;
+use upkeep_agent_protocol::ScriptOutcome;
+
+impl Machine<'_> {
+    /// `AwaitDetect`: once the agent is there and a slot is free, send the detection probes.
+    pub(super) fn start_detection(&mut self) -> Flow {
+        if !self.ready_for_agent() {
+            return Flow::Wait;
+        }
+        self.s.started_at.get_or_insert(self.env.now);
+        self.s.stage = Stage::Detecting;
+        self.set_status(SessionStatus::Detecting, None);
+        let probes = self.detection_probes();
+        self.log(format!(
+            "Detecting the state of {} item(s)",
+            self.s.items.len()
+        ));
+        self.dispatch(JobPurpose::Detect, JobKind::Probe { probes });
+        Flow::Again
+    }
+
+    pub(super) fn detection_probes(&self) -> Vec<Probe> {
+        let timeout = self.env.limits.probe_timeout_seconds;
+        let mut probes = Vec::new();
+        for (i, item) in self.s.items.iter().enumerate() {
+            let (d, c, t) = plan::probe_ids(i);
+            let params = item.parameters.clone();
+            match &item.what {
+                ItemWhat::Software { software, .. } => {
+                    probes.push(probe(d, &software.detection_script, &params, timeout));
+                    if let Some(task) = &software.configuration_task {
+                        probes.push(probe(c, &task.test_script, &params, timeout));
+                    }
+                }
+                ItemWhat::Task { task, .. } => {
+                    probes.push(probe(t, &task.test_script, &params, timeout))
+                }
+            }
+        }
+        probes
+    }
+
+    pub(super) fn on_detected(&mut self, outcome: JobOutcome) {
+        let results = match outcome {
+            JobOutcome::Probe { results } => plan::results_map(&results),
+            JobOutcome::Failed { error } => {
+                self.finish(SessionStatus::Failed, format!("detection failed: {error}"));
+                return;
+            }
+            other => {
+                self.finish(
+                    SessionStatus::Failed,
+                    format!("detection failed: unexpected result {}", kind_name(&other)),
+                );
+                return;
+            }
+        };
+        self.plan_actions(&results);
+        let compliance = self.s.compliance_of_actions();
+        self.s.compliance = Some(compliance);
+        if self.s.detection_only {
+            self.finish_detection_only(compliance);
+            return;
+        }
+        let work = self
+            .s
+            .actions
+            .iter()
+            .any(|a| plan::needs_execution(a) || a.step_failed);
+        if !work {
+            self.finish_nothing_to_do();
+            return;
+        }
+        self.s.stage = Stage::AwaitExecute;
+        if self.s.options.notify_before && !self.s.before_mail_sent {
+            self.s.before_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
+    }
+
+    /// One action per item, planned from the detection results, each announced with its reason.
+    fn plan_actions(&mut self, results: &BTreeMap<String, ScriptOutcome>) {
+        self.s.actions = self
+            .s
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| plan::plan(i, item, &plan::found(i, results), self.env.ids.next()))
+            .collect();
+        for i in 0..self.s.actions.len() {
+            if self.s.actions[i].status == ActionStatus::DetectionFailed {
+                self.s.actions[i].finished_at = Some(self.env.now);
+            }
+            let a = &self.s.actions[i];
+            let line = format!(
+                "{}: {} ({})",
+                self.s.item_name(a.item),
+                if a.status == ActionStatus::DetectionFailed {
+                    "detection failed"
+                } else {
+                    kind_words(a.kind)
+                },
+                a.reason
+            );
+            self.action_changed(i, Some(line));
+        }
+    }
+
+    /// A detection-only session ends with its detection: `PASSED` with the compliance found,
+    /// `FAILED` naming the items whose detection failed.
+    fn finish_detection_only(&mut self, compliance: Compliance) {
+        let undetected: Vec<String> = self
+            .s
+            .actions
+            .iter()
+            .filter(|a| a.status == ActionStatus::DetectionFailed)
+            .map(|a| self.s.item_name(a.item).to_string())
+            .collect();
+        if undetected.is_empty() {
+            self.finish(
+                SessionStatus::Passed,
+                format!("detection only: {}", compliance_words(compliance, &self.s)),
+            );
+        } else {
+            self.finish(
+                SessionStatus::Failed,
+                format!("detection failed: {}", undetected.join(", ")),
+            );
+        }
+    }
+
+    /// Nothing to execute: every action ends now (compliant ones and audits succeed), and the
+    /// before-mail goes out only when the session asked to hear about compliant computers too.
+    fn finish_nothing_to_do(&mut self) {
+        for i in 0..self.s.actions.len() {
+            let a = &mut self.s.actions[i];
+            if a.status == ActionStatus::DetectionFailed {
+                continue;
+            }
+            if a.compliance == Compliance::Compliant || plan::is_audit(&self.s.items[a.item]) {
+                a.status = ActionStatus::Succeeded;
+                // A non-compliant audit is reported as such, not as "already compliant".
+                let message = if a.compliance == Compliance::Compliant {
+                    "already compliant"
+                } else {
+                    "audit: not compliant"
+                };
+                a.result_message.get_or_insert_with(|| message.into());
+            } else {
+                a.status = ActionStatus::Failed;
+            }
+            a.finished_at = Some(self.env.now);
+            self.action_changed(i, None);
+        }
+        if self.s.options.notify_before
+            && self.s.options.notify_when_compliant
+            && !self.s.before_mail_sent
+        {
+            self.s.before_mail_sent = true;
+            self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
+        self.finish_counted("already compliant: nothing to do".into());
+    }
+}

@@ -1,0 +1,101 @@
+//! The reboot after execution: whether it is wanted, held by business hours, sent, and whether the
+//! computer came back in time.
+
+use super::*;
+
+impl Machine<'_> {
+    /// Whether the session reboots after its steps, by its reboot preference (logging a pending
+    /// reboot it takes over, or a required one it suppresses).
+    pub(super) fn wants_reboot(&mut self) -> bool {
+        match self.s.options.reboot_preference {
+            RebootPreference::Force => true,
+            RebootPreference::Normal => {
+                if self.env.reboot_pending && !self.s.reboot_required {
+                    self.log("A reboot held after an earlier session is still pending");
+                }
+                self.s.reboot_required || self.env.reboot_pending
+            }
+            RebootPreference::Suppress => {
+                if self.s.reboot_required {
+                    self.log("A reboot is required but suppressed by the session's options");
+                }
+                false
+            }
+        }
+    }
+
+    /// `RebootHeld`: reboot now, or leave the reboot to its own job when business hours hold it.
+    pub(super) fn reboot_held(&mut self) -> Flow {
+        if let Some(until) = self.env.reboot_held_until
+            && !self.s.options.allow_reboot_during_business_hours
+        {
+            // The session does not wait for the hours to end (that kept it open
+            // and the computer locked for hours): it verifies and ends, and the
+            // reboot runs as its own job at `until` (`Computer.rebootPending`).
+            self.s.reboot_held_until = Some(until);
+            self.log(format!(
+                "Reboot held until {} (business hours): it runs on its own then",
+                self.local(until)
+            ));
+            self.start_verify();
+            return Flow::Wait;
+        }
+        if !self.env.online {
+            self.s.wake_at = None;
+            return Flow::Wait;
+        }
+        self.s.status_reason = Some("rebooting".into());
+        self.log("Rebooting the computer");
+        self.s.stage = Stage::Rebooting {
+            sent_at: self.now(),
+        };
+        self.dispatch(JobPurpose::Reboot, JobKind::Reboot {});
+        Flow::Again
+    }
+
+    pub(super) fn on_rebooted(&mut self, outcome: JobOutcome) {
+        match outcome {
+            JobOutcome::Reboot { started: true, .. } => {
+                self.s.rebooted_at = Some(self.now());
+                self.log("Reboot started");
+            }
+            JobOutcome::Reboot { error, .. } => {
+                self.log(format!("Reboot failed: {}", error.unwrap_or_default()));
+            }
+            JobOutcome::Failed { error } => self.log(format!("Reboot failed: {error}")),
+            other => self.log(format!("Unexpected reboot result: {other:?}")),
+        }
+        // The rebooted computer answers the verification job when it is back.
+        self.start_verify();
+    }
+
+    /// While verification waits for a rebooted computer: true when it did not come back in time
+    /// (verification then fails and the session ends); otherwise the session wakes at the deadline.
+    pub(super) fn reboot_return_overdue(&mut self) -> bool {
+        let (Stage::Verifying, Some(at)) = (&self.s.stage, self.s.rebooted_at) else {
+            return false;
+        };
+        if !matches!(
+            self.s.pending_job,
+            Some(PendingJob {
+                purpose: JobPurpose::Verify,
+                ..
+            })
+        ) {
+            return false;
+        }
+        let deadline = at + Duration::minutes(REBOOT_RETURN_MINUTES);
+        if self.now() >= deadline {
+            let job = self.s.pending_job.take().map(|p| p.id);
+            if let Some(job) = job {
+                self.out.push(Effect::Abandon { job });
+            }
+            self.on_verified(JobOutcome::Failed {
+                error: format!("the computer did not come back within {REBOOT_RETURN_MINUTES} minutes after the reboot"),
+            });
+            return true;
+        }
+        self.s.wake_at = Some(deadline);
+        false
+    }
+}
