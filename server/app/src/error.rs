@@ -1,9 +1,10 @@
 //! API errors: one enum, converted once at the edge: into GraphQL `extensions.code` by
 //! [`add_codes`], into an HTTP status by [`ApiError::status`].
 //!
-//! Internal errors (store failures, panicked tasks, anything the client cannot act on) are
-//! logged once, where they are made ([`ApiError::internal`]), under a short random id; the
-//! client sees only that id. Their detail (store paths, sled messages) never leaves the server.
+//! Internal errors (store failures, a blocking task that panicked, anything the client cannot
+//! act on) are logged once, where they are made ([`ApiError::internal`]), under a short random
+//! id; the client sees only that id. Their detail (store paths, sled messages) never leaves the
+//! server.
 
 use axum::http::StatusCode;
 use upkeep_core::engine::EngineError;
