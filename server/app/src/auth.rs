@@ -39,10 +39,10 @@ async fn run_argon2<T: Send + 'static>(
     let _permit = argon2_permits()
         .acquire()
         .await
-        .map_err(|_| ApiError::Internal("password hashing is shut down".into()))?;
+        .map_err(|_| ApiError::internal("password hashing is shut down"))?;
     tokio::task::spawn_blocking(job)
         .await
-        .map_err(|e| ApiError::Internal(format!("password hashing: {e}")))
+        .map_err(|e| ApiError::internal(format_args!("password hashing: {e}")))
 }
 
 /// Hashes a password (argon2id) off the async workers.
@@ -58,7 +58,7 @@ pub fn hash_password_blocking(password: &str) -> Result<String, ApiError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::Internal(format!("hashing password: {e}")))
+        .map_err(|e| ApiError::internal(format_args!("hashing password: {e}")))
 }
 
 /// Checks a password against its stored hash off the async workers. A hash that does not
@@ -175,7 +175,7 @@ impl Keys {
             generation: user.token_generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
-            .map_err(|e| ApiError::Internal(format!("signing token: {e}")))
+            .map_err(|e| ApiError::internal(format_args!("signing token: {e}")))
     }
 
     pub fn verify_api_token(&self, token: &str, now: Time) -> Result<ApiClaims, ApiError> {
@@ -190,7 +190,7 @@ impl Keys {
 
     pub fn issue_postpone_token(&self, claims: &PostponeClaims) -> Result<String, ApiError> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.enc)
-            .map_err(|e| ApiError::Internal(format!("signing token: {e}")))
+            .map_err(|e| ApiError::internal(format_args!("signing token: {e}")))
     }
 
     /// Checks the signature only; expiry is checked by the caller against the server clock, so

@@ -178,11 +178,11 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             app.enroll_by_ip.succeed(&ip);
             Json(resp).into_response()
         }
-        Err((status, code, msg)) => {
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        Err(e) => {
+            if matches!(e, ApiError::Unauthenticated(_) | ApiError::Forbidden(_)) {
                 app.enroll_by_ip.fail(&ip);
             }
-            reject(status, code, msg, peer, ROUTE)
+            reject(e.status(), e.code(), e.to_string(), peer, ROUTE)
         }
     }
 }

@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Form, Router};
 use std::sync::Arc;
 use upkeep_core::domain::*;
-use upkeep_core::engine::Event;
+use upkeep_core::engine::{EngineError, Event};
 use upkeep_core::session::Session;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -277,25 +277,9 @@ async fn apply(
             };
             app.page(StatusCode::OK, state, Some(&l2), None, new_when)
         }
-        Err(ApiError::Conflict(m)) => app.page(
-            StatusCode::CONFLICT,
-            PostponeState::TooLate,
-            Some(&l),
-            Some(m),
-            None,
-        ),
-        Err(ApiError::BadInput { message, .. }) => {
-            let state = if message.contains("already used") {
-                PostponeState::Used
-            } else {
-                PostponeState::Limit
-            };
-            let status = if state == PostponeState::Used {
-                StatusCode::GONE
-            } else {
-                StatusCode::FORBIDDEN
-            };
-            app.page(status, state, Some(&l), Some(message), None)
+        Err(ApiError::Refused(e)) => {
+            let (status, state) = refused_page(&e);
+            app.page(status, state, Some(&l), Some(e.to_string()), None)
         }
         Err(e) => {
             tracing::error!(error = %e, "postpone failed");
@@ -306,6 +290,75 @@ async fn apply(
                 Some("Something went wrong; please try again.".into()),
                 None,
             )
+        }
+    }
+}
+
+/// The page for an engine refusal: a used link is gone, a session past waiting is too late,
+/// and what the session's options forbid (or its postpones used up) is the limit page.
+fn refused_page(e: &EngineError) -> (StatusCode, PostponeState) {
+    match e {
+        EngineError::LinkUsed => (StatusCode::GONE, PostponeState::Used),
+        EngineError::Ended(_)
+        | EngineError::NotPostponable
+        | EngineError::NotWaitingToExecute
+        | EngineError::NotRunnable(_) => (StatusCode::CONFLICT, PostponeState::TooLate),
+        EngineError::PostponeNotAllowed
+        | EngineError::PostponeLimit(_)
+        | EngineError::UpdateNowNotAllowed => (StatusCode::FORBIDDEN, PostponeState::Limit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upkeep_core::session::SessionStatus;
+
+    /// The page follows the engine's variant, whatever its text says: a used link is 410
+    /// "used" (it was told apart by the words "already used" before), a session past waiting
+    /// is 409 "too late", and what the options forbid is 403 "limit".
+    #[test]
+    fn a_refusal_picks_its_page_by_variant_not_by_text() {
+        let cases = [
+            (EngineError::LinkUsed, StatusCode::GONE, PostponeState::Used),
+            (
+                EngineError::Ended(SessionStatus::Passed),
+                StatusCode::CONFLICT,
+                PostponeState::TooLate,
+            ),
+            (
+                EngineError::NotPostponable,
+                StatusCode::CONFLICT,
+                PostponeState::TooLate,
+            ),
+            (
+                EngineError::NotWaitingToExecute,
+                StatusCode::CONFLICT,
+                PostponeState::TooLate,
+            ),
+            (
+                EngineError::NotRunnable(SessionStatus::Executing),
+                StatusCode::CONFLICT,
+                PostponeState::TooLate,
+            ),
+            (
+                EngineError::PostponeNotAllowed,
+                StatusCode::FORBIDDEN,
+                PostponeState::Limit,
+            ),
+            (
+                EngineError::PostponeLimit(3),
+                StatusCode::FORBIDDEN,
+                PostponeState::Limit,
+            ),
+            (
+                EngineError::UpdateNowNotAllowed,
+                StatusCode::FORBIDDEN,
+                PostponeState::Limit,
+            ),
+        ];
+        for (e, status, state) in cases {
+            assert_eq!(refused_page(&e), (status, state), "{e:?}");
         }
     }
 }

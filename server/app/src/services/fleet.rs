@@ -6,7 +6,6 @@ use crate::auth::{new_secret, secret_hash};
 use crate::error::ApiError;
 use crate::logsafe::log_value;
 use crate::services::App;
-use axum::http::StatusCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upkeep_agent_protocol::{self as proto};
@@ -17,8 +16,6 @@ use upkeep_store::records::*;
 use upkeep_store::{IndexKey, TxError};
 
 use super::agents::*;
-
-pub(crate) type EnrollError = (StatusCode, &'static str, String);
 
 /// What agents report about themselves ends up in names, mails and logs: control characters
 /// become spaces.
@@ -46,34 +43,20 @@ impl App {
         self: &Arc<Self>,
         r: &proto::EnrollRequest,
         address: Option<std::net::IpAddr>,
-    ) -> Result<proto::EnrollResponse, EnrollError> {
-        let internal = |e: ApiError| (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string());
+    ) -> Result<proto::EnrollResponse, ApiError> {
         let key_hash = secret_hash(r.enrollment_key.trim());
         let key: Option<EnrollmentKey> = self
             .store
-            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))
-            .map_err(|e| internal(e.into()))?;
+            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))?;
         let Some(key) = key else {
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "unknown enrollment key".into(),
-            ));
+            return Err(ApiError::Unauthenticated("unknown enrollment key".into()));
         };
         let now = self.clock.now();
         if key.revoked {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "the enrollment key was revoked".into(),
-            ));
+            return Err(ApiError::Forbidden("the enrollment key was revoked".into()));
         }
         if key.expires_at.is_some_and(|e| e <= now) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "the enrollment key has expired".into(),
-            ));
+            return Err(ApiError::Forbidden("the enrollment key has expired".into()));
         }
         let token = new_secret("uat_");
         let token_hash = secret_hash(&token);
@@ -81,17 +64,12 @@ impl App {
             MACHINE_ID,
             machine_value(key.tenant_id, r.machine_id.trim()),
         );
-        let existing: Option<Computer> = self
-            .store
-            .unique(&machine)
-            .map_err(|e| internal(e.into()))?;
+        let existing: Option<Computer> = self.store.unique(&machine)?;
         let is_new = existing.is_none();
         // Re-enrolling a known machine takes over its agent token and jobs: it needs a key that
         // could enroll a new computer, and uses it up like one (CONTRACT §11).
         if key.max_uses.is_some_and(|m| key.uses >= m) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
+            return Err(ApiError::Forbidden(
                 "the enrollment key has reached its maximum uses".into(),
             ));
         }
@@ -135,16 +113,13 @@ impl App {
                 computer.tenant_id,
                 event,
                 serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
-            )
-            .map_err(internal)?;
+            )?;
         let audit = crate::audit::enrollment(&computer, &key, !is_new, address, now);
         let res = self.store.write(|tx| {
             tx.put(&audit)?;
             if !tx.claim_unique(&machine, &computer.key_bytes())? {
-                return Err(TxError::Abort((
-                    StatusCode::CONFLICT,
-                    "CONFLICT",
-                    "another computer claimed this machine id",
+                return Err(TxError::Abort(ApiError::Conflict(
+                    "another computer claimed this machine id".into(),
                 )));
             }
             // Read again inside the transaction: a parallel re-enrollment (or an admin's change)
@@ -171,18 +146,14 @@ impl App {
                 &computer.key_bytes(),
             )?;
             tx.put(&record)?;
-            let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or(TxError::Abort((
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "the enrollment key was deleted",
-            )))?;
+            let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or_else(|| {
+                TxError::Abort(ApiError::Forbidden("the enrollment key was deleted".into()))
+            })?;
             // Checked again inside the transaction: two enrollments racing for the last use
             // cannot both have it.
             if k.revoked || k.max_uses.is_some_and(|m| k.uses >= m) {
-                return Err(TxError::Abort((
-                    StatusCode::FORBIDDEN,
-                    "FORBIDDEN",
-                    "the enrollment key has reached its maximum uses",
+                return Err(TxError::Abort(ApiError::Forbidden(
+                    "the enrollment key has reached its maximum uses".into(),
                 )));
             }
             k.uses += 1;
@@ -192,20 +163,13 @@ impl App {
             }
             Ok(released)
         });
-        let released = match res {
-            Ok(r) => r,
-            Err(upkeep_store::WriteError::Abort((status, code, message))) => {
-                return Err((status, code, message.to_string()));
-            }
-            Err(upkeep_store::WriteError::Store(e)) => return Err(internal(e.into())),
-        };
-        self.store.flush().await.map_err(|e| internal(e.into()))?;
+        let released = res?;
+        self.store.flush().await?;
         // The token the store holds now is the computer's only one (of racing re-enrollments,
         // the last written wins; the others' tokens must not work).
         let current = self
             .store
-            .get::<Computer>(&computer.id)
-            .map_err(|e| internal(e.into()))?
+            .get::<Computer>(&computer.id)?
             .and_then(|c| c.agent_token_hash);
         let own = (current.as_deref() != Some(token_hash.as_str())).then_some(token_hash.as_str());
         self.agents

@@ -30,7 +30,7 @@ pub use upkeep_core::calendar::{OWN_ZONE, business_hours_end};
 
 /// The zone a schedule runs in for `tenant` (see `upkeep_core::calendar::zone_for`).
 pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> ApiResult<Tz> {
-    upkeep_core::calendar::zone_for(s, tenant).map_err(|e| ApiError::bad("timeZone", e.0))
+    upkeep_core::calendar::zone_for(s, tenant).map_err(|e| ApiError::bad("timeZone", e.to_string()))
 }
 
 impl App {

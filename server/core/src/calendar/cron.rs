@@ -36,11 +36,18 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-/// A cron expression or time zone the user wrote that we cannot use. The message is a sentence
-/// a person reads: it names the field and the offending token.
+/// A cron expression the user wrote that we cannot use. The message is a sentence a person
+/// reads: it names the field and the offending token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct CronError(pub String);
+
+/// A time zone name that is not in the IANA database (as written, untrimmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time zone '{name}': use an IANA name such as Europe/Berlin")]
+pub struct BadTimeZone {
+    pub name: String,
+}
 
 /// A parsed, valid cron expression. Holding one proves the text parsed; the source text is kept
 /// so it can be stored and shown exactly as the user wrote it (trimmed).
@@ -347,11 +354,9 @@ impl fmt::Display for CronExpr {
 
 /// Parses an IANA time zone name such as `Europe/Berlin` (case-sensitive, as the database
 /// spells it) or `UTC`.
-pub fn parse_time_zone(s: &str) -> Result<Tz, CronError> {
-    s.trim().parse::<Tz>().map_err(|_| {
-        CronError(format!(
-            "unknown time zone '{s}': use an IANA name such as Europe/Berlin"
-        ))
+pub fn parse_time_zone(s: &str) -> Result<Tz, BadTimeZone> {
+    s.trim().parse::<Tz>().map_err(|_| BadTimeZone {
+        name: s.to_string(),
     })
 }
 

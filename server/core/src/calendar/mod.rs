@@ -6,14 +6,14 @@ pub mod cron;
 use crate::domain::{BusinessHours, Schedule, Tenant, Time, Weekday};
 use chrono::{Datelike, Duration, NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
-use cron::{CronError, CronExpr};
+use cron::{BadTimeZone, CronExpr};
 
 /// Key of a single-zone schedule's cursor in `Schedule::next_fire`.
 pub const OWN_ZONE: &str = "-";
 
 /// The zone a schedule runs in for `tenant` (cross-tenant schedules without a zone use each
 /// tenant's own).
-pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, CronError> {
+pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, BadTimeZone> {
     let name = match (&s.time_zone, tenant) {
         (Some(z), _) => z.as_str(),
         (None, Some(t)) => t.time_zone.as_str(),

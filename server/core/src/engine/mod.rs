@@ -160,12 +160,52 @@ pub enum Effect {
     Finished,
 }
 
+/// Why the engine refused an event. Callers pick their answer from the variant (the postpone
+/// page shows "already used", "too late" or "limit reached" pages); the text is for people and
+/// may change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotAllowed(String),
+    /// A command (cancel, postpone, update now, run now) on a session that already ended.
+    #[error("the session already ended {0:?}")]
+    Ended(SessionStatus),
+    /// Postponing before detection finished, or a detection-only session.
+    #[error("only a session waiting to execute can be postponed")]
+    NotPostponable,
+    /// Updating now before detection finished, or a detection-only session.
+    #[error("the session is not waiting to execute")]
+    NotWaitingToExecute,
+    /// Running now a session that is not SCHEDULED or POSTPONED and waiting to execute.
+    #[error("only a SCHEDULED or POSTPONED session can run now; this one is {}", status_name(*.0))]
+    NotRunnable(SessionStatus),
+    /// The session's options forbid postponing.
+    #[error("postponing is not allowed for this session")]
+    PostponeNotAllowed,
+    /// The session was postponed as often as its options allow.
+    #[error("the session was already postponed {0} time(s), the limit")]
+    PostponeLimit(u32),
+    /// The session's options forbid updating now.
+    #[error("updating now is not allowed for this session")]
+    UpdateNowNotAllowed,
+    /// The postpone or update-now link was already used (each works once).
+    #[error("this link was already used")]
+    LinkUsed,
+}
+
+impl EngineError {
+    /// Whether the refusal is about the session's state, which changes over time (a conflict),
+    /// rather than about what this session or link may ever do.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            EngineError::Ended(_)
+            | EngineError::NotPostponable
+            | EngineError::NotWaitingToExecute
+            | EngineError::NotRunnable(_) => true,
+            EngineError::PostponeNotAllowed
+            | EngineError::PostponeLimit(_)
+            | EngineError::UpdateNowNotAllowed
+            | EngineError::LinkUsed => false,
+        }
+    }
 }
 
 /// Applies one event. On `Err` the session is unchanged.
@@ -249,10 +289,7 @@ impl Machine<'_> {
                 Event::Cancel { .. }
                 | Event::Postpone { .. }
                 | Event::UpdateNow { .. }
-                | Event::RunNow { .. } => Err(EngineError::Conflict(format!(
-                    "the session already ended {:?}",
-                    self.s.status
-                ))),
+                | Event::RunNow { .. } => Err(EngineError::Ended(self.s.status)),
                 // Late results and ticks of a finished session change nothing.
                 _ => Ok(()),
             };
@@ -285,14 +322,10 @@ impl Machine<'_> {
             Event::UpdateNow { by, token } => {
                 self.use_token(token)?;
                 if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
-                    return Err(EngineError::Conflict(
-                        "the session is not waiting to execute".into(),
-                    ));
+                    return Err(EngineError::NotWaitingToExecute);
                 }
                 if !self.s.options.allow_update_now {
-                    return Err(EngineError::NotAllowed(
-                        "updating now is not allowed for this session".into(),
-                    ));
+                    return Err(EngineError::UpdateNowNotAllowed);
                 }
                 self.s.execute_at = Some(self.now());
                 self.s.window_end = None;
@@ -304,10 +337,7 @@ impl Machine<'_> {
                     SessionStatus::Scheduled | SessionStatus::Postponed
                 ) || self.s.stage != Stage::AwaitExecute
                 {
-                    return Err(EngineError::Conflict(format!(
-                        "only a SCHEDULED or POSTPONED session can run now; this one is {}",
-                        status_name(self.s.status)
-                    )));
+                    return Err(EngineError::NotRunnable(self.s.status));
                 }
                 self.s.execute_at = Some(self.now());
                 self.s.window_end = None;
@@ -331,7 +361,7 @@ impl Machine<'_> {
     fn use_token(&mut self, token: Option<String>) -> Result<(), EngineError> {
         if let Some(t) = token {
             if self.s.used_tokens.contains(&t) {
-                return Err(EngineError::NotAllowed("this link was already used".into()));
+                return Err(EngineError::LinkUsed);
             }
             self.s.used_tokens.push(t);
         }

@@ -2224,7 +2224,7 @@ fn run_now_executes_a_waiting_session_without_using_a_postpone() {
         },
     );
     assert!(
-        matches!(refused, Err(EngineError::Conflict(_))),
+        refused == Err(EngineError::NotRunnable(SessionStatus::Executing)),
         "{refused:?}"
     );
 }
@@ -2277,7 +2277,8 @@ fn postpones_are_limited() {
     run.ok(postpone("a", None));
     run.ok(postpone("a", None));
     let err = run.apply(&run.env(), postpone("a", None)).unwrap_err();
-    assert!(matches!(err, EngineError::NotAllowed(_)), "{err:?}");
+    assert_eq!(err, EngineError::PostponeLimit(2));
+    assert!(!err.is_conflict());
     assert_eq!(run.s.postpone_count, 2);
     assert_eq!(run.s.execute_at, Some(mins(120 + 48 * 60)));
 }
@@ -2290,7 +2291,7 @@ fn postpone_can_be_forbidden() {
     };
     let mut run = scheduled_at(120, options);
     let err = run.apply(&run.env(), postpone("a", None)).unwrap_err();
-    assert!(matches!(err, EngineError::NotAllowed(_)), "{err:?}");
+    assert_eq!(err, EngineError::PostponeNotAllowed);
 }
 
 #[test]
@@ -2300,10 +2301,7 @@ fn a_postpone_link_works_once() {
     let err = run
         .apply(&run.env(), postpone("user", Some("link-1")))
         .unwrap_err();
-    assert_eq!(
-        err,
-        EngineError::NotAllowed("this link was already used".into())
-    );
+    assert_eq!(err, EngineError::LinkUsed);
     let update_now = Event::UpdateNow {
         by: "user".into(),
         token: Some("link-1".into()),
@@ -2341,10 +2339,11 @@ fn postpone_before_detection_or_of_detection_only_is_a_conflict() {
         MaintenanceOptions::default(),
     ));
     let err = run.apply(&run.env(), postpone("a", None)).unwrap_err();
-    assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+    assert_eq!(err, EngineError::NotPostponable);
+    assert!(err.is_conflict());
     run.tick();
     let err = run.apply(&run.env(), postpone("a", None)).unwrap_err();
-    assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+    assert_eq!(err, EngineError::NotPostponable);
 }
 
 #[test]
@@ -2378,7 +2377,7 @@ fn update_now_can_be_forbidden() {
             },
         )
         .unwrap_err();
-    assert!(matches!(err, EngineError::NotAllowed(_)), "{err:?}");
+    assert_eq!(err, EngineError::UpdateNowNotAllowed);
     assert_eq!(run.s.status, SessionStatus::Scheduled);
 }
 
@@ -2431,9 +2430,10 @@ fn cancel_abandons_the_pending_job_and_cancels_unfinished_actions() {
     let err = run
         .apply(&run.env(), Event::Cancel { by: "x".into() })
         .unwrap_err();
-    assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, EngineError::Ended(_)), "{err:?}");
+    assert!(err.is_conflict());
     let err = run.apply(&run.env(), postpone("x", None)).unwrap_err();
-    assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, EngineError::Ended(_)), "{err:?}");
 }
 
 #[test]
@@ -2446,7 +2446,7 @@ fn cancel_of_a_passed_session_is_a_conflict() {
     let err = run
         .apply(&run.env(), Event::Cancel { by: "tech".into() })
         .unwrap_err();
-    assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+    assert_eq!(err, EngineError::Ended(SessionStatus::Passed));
     assert_eq!(run.s.status, SessionStatus::Passed);
 }
 

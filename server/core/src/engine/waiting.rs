@@ -133,20 +133,13 @@ impl Machine<'_> {
 
     pub(super) fn postpone(&mut self, hours: Option<u32>, by: &str) -> Result<(), EngineError> {
         if self.s.stage != Stage::AwaitExecute || self.s.detection_only {
-            return Err(EngineError::Conflict(
-                "only a session waiting to execute can be postponed".into(),
-            ));
+            return Err(EngineError::NotPostponable);
         }
         if !self.s.options.allow_postpone {
-            return Err(EngineError::NotAllowed(
-                "postponing is not allowed for this session".into(),
-            ));
+            return Err(EngineError::PostponeNotAllowed);
         }
         if self.s.postpone_count >= self.s.options.max_postpones {
-            return Err(EngineError::NotAllowed(format!(
-                "the session was already postponed {} time(s), the limit",
-                self.s.postpone_count
-            )));
+            return Err(EngineError::PostponeLimit(self.s.postpone_count));
         }
         let hours = hours.unwrap_or(self.s.options.postpone_hours);
         let base = self.s.execute_at.unwrap_or(self.now()).max(self.now());

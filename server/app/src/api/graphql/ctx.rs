@@ -84,7 +84,7 @@ impl<'a> Ctx<'a> {
     pub fn own_account(ctx: &'a Context<'_>) -> ApiResult<Ctx<'a>> {
         let app = ctx
             .data::<Arc<App>>()
-            .map_err(|_| ApiError::Internal("application state missing".into()))?;
+            .map_err(|_| ApiError::internal("application state missing"))?;
         let actor = ctx.data_opt::<Actor>().ok_or_else(|| {
             ApiError::Unauthenticated(
                 "sign in: send Authorization: Bearer <token or API key>".into(),

@@ -146,7 +146,7 @@ pub fn mail_from(s: &str, allowed: &[String]) -> ApiResult<String> {
 pub fn time_zone(field: &str, s: &str) -> ApiResult<String> {
     upkeep_core::calendar::cron::parse_time_zone(s.trim())
         .map(|tz| tz.name().to_string())
-        .map_err(|e| ApiError::bad(field, e.0))
+        .map_err(|e| ApiError::bad(field, e.to_string()))
 }
 
 pub fn color(field: &str, s: &str) -> ApiResult<String> {
@@ -639,7 +639,7 @@ pub fn minutes(field: &str, v: i32, lo: i32, hi: i32) -> ApiResult<u32> {
 pub fn cron(field: &str, s: &str) -> ApiResult<String> {
     upkeep_core::calendar::cron::CronExpr::parse(s)
         .map(|c| c.source().to_string())
-        .map_err(|e| ApiError::bad(field, e.0))
+        .map_err(|e| ApiError::bad(field, e.to_string()))
 }
 
 #[derive(InputObject, Default)]

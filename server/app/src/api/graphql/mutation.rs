@@ -1122,7 +1122,7 @@ impl Mutation {
             .app
             .templates
             .render_test_mail(&view)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::internal(e))?;
         let m = c.app.outbox_mail(
             Some(&tenant),
             None,

@@ -565,7 +565,7 @@ impl Query {
             .app
             .templates
             .render_session_mail(template, &view)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::internal(e))?;
         Ok(EmailPreview {
             subject: r.subject,
             html: r.html,

@@ -548,7 +548,7 @@ impl View<Schedule> {
         };
         let tz = crate::services::scheduler::zone_for(self, tenant.as_ref())?;
         let cron = upkeep_core::calendar::cron::CronExpr::parse(&self.cron)
-            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+            .map_err(|e| crate::error::ApiError::internal(e))?;
         Ok(cron.upcoming(
             tz,
             after.unwrap_or_else(|| c.app.clock.now()),

@@ -219,11 +219,11 @@ impl App {
         let tenant = self
             .store
             .get::<Tenant>(&s.tenant_id)?
-            .ok_or_else(|| ApiError::Internal("tenant missing".into()))?;
+            .ok_or_else(|| ApiError::internal("tenant missing"))?;
         let computer = self
             .store
             .get::<Computer>(&s.computer_id)?
-            .ok_or_else(|| ApiError::Internal("computer missing".into()))?;
+            .ok_or_else(|| ApiError::internal("computer missing"))?;
         let Some(pid) = computer.primary_person_id else {
             return Ok(Err("the computer has no primary person".into()));
         };
@@ -346,7 +346,7 @@ impl App {
         let r = self
             .templates
             .render_session_mail(template, view)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::internal(e))?;
         Ok(self.outbox_mail(Some(tenant), Some(session), kind, vec![to], r))
     }
 

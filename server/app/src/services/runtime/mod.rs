@@ -21,7 +21,7 @@ use crate::services::App;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upkeep_core::domain::*;
-use upkeep_core::engine::{self, Effect, EngineError, Env, Event};
+use upkeep_core::engine::{self, Effect, Env, Event};
 use upkeep_core::queue::Board;
 use upkeep_core::session::*;
 use upkeep_store::records::ACTIVE_SESSIONS;
@@ -165,13 +165,7 @@ impl App {
             Err(e) => {
                 // Give back a slot reserved for a step that did not happen.
                 let _ = self.runtime.note(&s);
-                return Err(match e {
-                    EngineError::Conflict(m) => ApiError::Conflict(m),
-                    EngineError::NotAllowed(m) => ApiError::BadInput {
-                        field: "id".into(),
-                        message: m,
-                    },
-                });
+                return Err(ApiError::Refused(e));
             }
         };
         if effects.is_empty() && s.status == before_status && settle.is_none() {

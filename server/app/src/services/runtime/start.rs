@@ -74,7 +74,7 @@ impl App {
         let mut started = self.start_sessions(vec![req], Busy::Fail, None).await?;
         started
             .pop()
-            .ok_or_else(|| ApiError::Internal("no session was started".into()))
+            .ok_or_else(|| ApiError::internal("no session was started"))
     }
 
     /// Creates sessions for several computers and takes their first steps.
