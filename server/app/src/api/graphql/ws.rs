@@ -96,25 +96,7 @@ pub async fn serve(
         active: HashSet::new(),
         pre_auth_frames: 0,
     };
-    let init_app = app.clone();
-    let mut machine = async_graphql::http::WebSocket::from_message_stream(
-        shared_schema().clone(),
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-        protocol,
-    )
-    .on_connection_init(move |_payload| async move {
-        // The gate authenticated the credential before it let `connection_init` through.
-        let actor = init_actor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| async_graphql::Error::new("UNAUTHENTICATED"))?;
-        let mut data = Data::default();
-        data.insert(init_app);
-        data.insert(actor);
-        data.insert(super::ClientAddr(peer));
-        Ok(data)
-    });
+    let mut machine = protocol_machine(app.clone(), init_actor, rx, protocol, peer);
     let init_deadline = tokio::time::sleep(app.config.ws_init_timeout());
     tokio::pin!(init_deadline);
     let mut credentials = app.credentials_changed.subscribe();
@@ -169,22 +151,54 @@ pub async fn serve(
         }
     };
     if let Some((code, reason)) = end {
-        // A close reason is at most 123 bytes on the wire.
-        let mut reason = reason;
-        if reason.len() > 120 {
-            let mut cut = 120;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-        }
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = send_within(&mut sink, close).await;
+        let _ = send_within(&mut sink, close_frame(code, reason)).await;
     }
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+/// async-graphql's protocol machine over the frames the gate lets through; `connection_init`
+/// gets the actor the gate authenticated.
+fn protocol_machine(
+    app: Arc<App>,
+    init_actor: Arc<Mutex<Option<Actor>>>,
+    rx: tokio::sync::mpsc::Receiver<serde_json::Result<ClientMessage>>,
+    protocol: WebSocketProtocols,
+    peer: std::net::SocketAddr,
+) -> impl futures_util::Stream<Item = WsMessage> + Unpin {
+    let init_app = app;
+    async_graphql::http::WebSocket::from_message_stream(
+        shared_schema().clone(),
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        protocol,
+    )
+    .on_connection_init(move |_payload| async move {
+        // The gate authenticated the credential before it let `connection_init` through.
+        let actor = init_actor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| async_graphql::Error::new("UNAUTHENTICATED"))?;
+        let mut data = Data::default();
+        data.insert(init_app);
+        data.insert(actor);
+        data.insert(super::ClientAddr(peer));
+        Ok(data)
+    })
+}
+
+/// A close frame; the reason is cut to fit (at most 123 bytes on the wire).
+fn close_frame(code: u16, mut reason: String) -> Message {
+    if reason.len() > 120 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }
 
 /// Sends one frame, giving up after [`SEND_TIMEOUT`]: a client that stops reading (its TCP
@@ -240,63 +254,70 @@ fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
         Err(_) => return Gate::Close(4400, "invalid message".into()),
     };
     match message {
-        ClientMessage::ConnectionInit { payload } => {
-            if conn.credential.is_some() {
-                return Gate::Close(4429, "Too many initialisation requests".into());
-            }
-            let credential = init_credential(payload.as_ref()).unwrap_or_default();
-            match authenticate(app, Some(&credential)) {
-                Ok(Some(actor)) => {
-                    *conn.init_actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
-                    conn.credential = Some(credential);
-                    Gate::Forward(ClientMessage::ConnectionInit { payload: None })
-                }
-                Ok(None) => Gate::Close(
-                    close::UNAUTHORIZED,
-                    "connection_init must carry Authorization: Bearer <token or API key>".into(),
-                ),
-                Err(e) => Gate::Close(close::UNAUTHORIZED, e.to_string()),
-            }
-        }
-        ClientMessage::Start { id, payload } => {
-            let Some(credential) = conn.credential.as_deref() else {
-                return Gate::Close(close::UNAUTHORIZED, "Unauthorized".into());
-            };
-            let actor = match authenticate(app, Some(credential)) {
-                Ok(Some(actor)) => actor,
-                Ok(None) => return Gate::Close(close::FORBIDDEN, "the credential ended".into()),
-                Err(e) => return ended(e),
-            };
-            if id.len() > MAX_ID_BYTES {
-                return Gate::Close(
-                    4400,
-                    format!("operation ids are at most {MAX_ID_BYTES} bytes"),
-                );
-            }
-            if conn.active.contains(&id) {
-                return Gate::Close(
-                    close::SUBSCRIBER_EXISTS,
-                    format!("Subscriber for {id} already exists"),
-                );
-            }
-            if conn.active.len() >= MAX_SUBSCRIPTIONS {
-                return Gate::Reply(conn.error_message(
-                    &id,
-                    &format!("at most {MAX_SUBSCRIPTIONS} operations may run on one connection"),
-                ));
-            }
-            conn.active.insert(id.clone());
-            Gate::Forward(ClientMessage::Start {
-                id,
-                payload: payload.data(actor),
-            })
-        }
+        ClientMessage::ConnectionInit { payload } => gate_init(app, conn, payload.as_ref()),
+        ClientMessage::Start { id, payload } => gate_start(app, conn, id, payload),
         ClientMessage::Stop { id } => {
             conn.active.remove(&id);
             Gate::Forward(ClientMessage::Stop { id })
         }
         other => Gate::Forward(other),
     }
+}
+
+/// `connection_init`: authenticates the credential it carries, once per connection.
+fn gate_init(app: &App, conn: &mut Conn, payload: Option<&serde_json::Value>) -> Gate {
+    if conn.credential.is_some() {
+        return Gate::Close(4429, "Too many initialisation requests".into());
+    }
+    let credential = init_credential(payload).unwrap_or_default();
+    match authenticate(app, Some(&credential)) {
+        Ok(Some(actor)) => {
+            *conn.init_actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+            conn.credential = Some(credential);
+            Gate::Forward(ClientMessage::ConnectionInit { payload: None })
+        }
+        Ok(None) => Gate::Close(
+            close::UNAUTHORIZED,
+            "connection_init must carry Authorization: Bearer <token or API key>".into(),
+        ),
+        Err(e) => Gate::Close(close::UNAUTHORIZED, e.to_string()),
+    }
+}
+
+/// `subscribe`/`start`: runs as the actor the credential resolves to now, within the
+/// connection's bounds (id length, no duplicate id, operation cap).
+fn gate_start(app: &App, conn: &mut Conn, id: String, payload: async_graphql::Request) -> Gate {
+    let Some(credential) = conn.credential.as_deref() else {
+        return Gate::Close(close::UNAUTHORIZED, "Unauthorized".into());
+    };
+    let actor = match authenticate(app, Some(credential)) {
+        Ok(Some(actor)) => actor,
+        Ok(None) => return Gate::Close(close::FORBIDDEN, "the credential ended".into()),
+        Err(e) => return ended(e),
+    };
+    if id.len() > MAX_ID_BYTES {
+        return Gate::Close(
+            4400,
+            format!("operation ids are at most {MAX_ID_BYTES} bytes"),
+        );
+    }
+    if conn.active.contains(&id) {
+        return Gate::Close(
+            close::SUBSCRIBER_EXISTS,
+            format!("Subscriber for {id} already exists"),
+        );
+    }
+    if conn.active.len() >= MAX_SUBSCRIPTIONS {
+        return Gate::Reply(conn.error_message(
+            &id,
+            &format!("at most {MAX_SUBSCRIPTIONS} operations may run on one connection"),
+        ));
+    }
+    conn.active.insert(id.clone());
+    Gate::Forward(ClientMessage::Start {
+        id,
+        payload: payload.data(actor),
+    })
 }
 
 /// The close that ends a connection whose credential no longer holds.
