@@ -254,7 +254,7 @@ fn preload(
                 id: *t,
                 name: format!("Tenant {i}"),
                 company_name: None,
-                time_zone: "UTC".into(),
+                time_zone: upkeep_core::types::TimeZone::UTC.into(),
                 mail_from: None,
                 logo_url: None,
                 primary_color: None,
@@ -417,7 +417,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         used_tokens: vec![],
         offline_in_window: false,
         queued: false,
-        time_zone: "UTC".into(),
+        time_zone: upkeep_core::types::TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
     }

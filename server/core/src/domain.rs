@@ -12,6 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
+use crate::calendar::cron::CronExpr;
+use crate::types::{Stored, TimeZone};
+
 pub type Time = DateTime<Utc>;
 
 /// A sortable identifier (UUIDv7): its bytes order by creation time, so store keys and
@@ -170,7 +173,7 @@ pub struct Tenant {
     pub id: Id,
     pub name: String,
     pub company_name: Option<String>,
-    pub time_zone: String,
+    pub time_zone: Stored<TimeZone>,
     pub mail_from: Option<String>,
     pub logo_url: Option<String>,
     pub primary_color: Option<String>,
@@ -496,9 +499,9 @@ pub struct Schedule {
     pub tenant_id: Option<Id>,
     pub name: String,
     pub target: Target,
-    pub cron: String,
+    pub cron: Stored<CronExpr>,
     /// `None`: each tenant's own zone (cross-tenant schedules only).
-    pub time_zone: Option<String>,
+    pub time_zone: Option<Stored<TimeZone>>,
     pub detection_lead_minutes: u32,
     pub window_minutes: u32,
     pub options: MaintenanceOptions,

@@ -15,5 +15,6 @@ pub mod output;
 pub mod queue;
 pub mod resolve;
 pub mod session;
+pub mod types;
 pub mod version;
 pub mod webhook;

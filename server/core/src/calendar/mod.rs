@@ -4,22 +4,24 @@
 pub mod cron;
 
 use crate::domain::{BusinessHours, Schedule, Tenant, Time, Weekday};
+use crate::types::Unreadable;
 use chrono::{Datelike, Duration, NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
-use cron::{CronError, CronExpr};
+use cron::CronExpr;
 
 /// Key of a single-zone schedule's cursor in `Schedule::next_fire`.
 pub const OWN_ZONE: &str = "-";
 
 /// The zone a schedule runs in for `tenant` (cross-tenant schedules without a zone use each
-/// tenant's own).
-pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, CronError> {
-    let name = match (&s.time_zone, tenant) {
-        (Some(z), _) => z.as_str(),
-        (None, Some(t)) => t.time_zone.as_str(),
-        (None, None) => "UTC",
+/// tenant's own; UTC when there is no tenant either). An error names the stored zone that no
+/// longer reads.
+pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, Unreadable> {
+    let zone = match (&s.time_zone, tenant) {
+        (Some(z), _) => z,
+        (None, Some(t)) => &t.time_zone,
+        (None, None) => return Ok(Tz::UTC),
     };
-    cron::parse_time_zone(name)
+    zone.get().map(|z| z.tz()).map_err(Clone::clone)
 }
 
 /// The key of `s`'s cursor for `tenant` in `Schedule::next_fire`.

@@ -187,7 +187,7 @@ impl Machine<'_> {
 
     /// An instant as people read it: the tenant's local time with its abbreviation.
     fn local(&self, t: Time) -> String {
-        crate::localtime::short(t, crate::localtime::zone(&self.s.time_zone))
+        crate::localtime::in_zone(t, &self.s.time_zone, crate::localtime::short)
     }
 
     /// The end of a full session that ran (or found nothing to run): `FAILED` when an action
@@ -210,7 +210,7 @@ impl Machine<'_> {
         let held = self.s.reboot_held_until.map(|until| {
             format!(
                 "; reboot pending, held until {}",
-                crate::localtime::clock(until, crate::localtime::zone(&self.s.time_zone))
+                crate::localtime::in_zone(until, &self.s.time_zone, crate::localtime::clock)
             )
         });
         if failed + undetected.len() == 0 {
@@ -629,9 +629,10 @@ impl Machine<'_> {
                     SessionStatus::Pending,
                     Some(format!(
                         "waiting for the computer to come online (until {})",
-                        crate::localtime::clock(
+                        crate::localtime::in_zone(
                             deadline,
-                            crate::localtime::zone(&self.s.time_zone)
+                            &self.s.time_zone,
+                            crate::localtime::clock
                         )
                     )),
                 );

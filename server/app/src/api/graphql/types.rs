@@ -85,7 +85,7 @@ impl View<Tenant> {
         self.company_name.as_deref()
     }
     async fn time_zone(&self) -> &str {
-        &self.time_zone
+        self.time_zone.text()
     }
     async fn mail_from(&self) -> Option<&str> {
         self.mail_from.as_deref()
@@ -504,11 +504,11 @@ impl View<Schedule> {
         View(self.target.clone())
     }
     async fn cron(&self) -> &str {
-        &self.cron
+        self.cron.text()
     }
     /// The schedule's zone; null for a cross-tenant schedule that uses each tenant's own.
     async fn time_zone(&self) -> Option<&str> {
-        self.time_zone.as_deref()
+        self.time_zone.as_ref().map(|z| z.text())
     }
     async fn detection_lead_minutes(&self) -> u32 {
         self.detection_lead_minutes
@@ -547,7 +547,9 @@ impl View<Schedule> {
             None => None,
         };
         let tz = crate::services::scheduler::zone_for(self, tenant.as_ref())?;
-        let cron = upkeep_core::calendar::cron::CronExpr::parse(&self.cron)
+        let cron = self
+            .cron
+            .get()
             .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
         Ok(cron.upcoming(
             tz,

@@ -39,8 +39,26 @@ impl App {
         }
     }
 
+    /// The zone mails and the postpone page write times in. A stored zone that no longer reads
+    /// must not stop the mail: its times are written in UTC, which the text names ("22:00
+    /// UTC"), and the log says which tenant's zone to fix.
     pub fn tenant_zone(t: &Tenant) -> chrono_tz::Tz {
-        upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC)
+        match t.time_zone.get() {
+            Ok(z) => z.tz(),
+            Err(e) => {
+                tracing::warn!(tenant = %t.id, error = %e, "tenant time zone unreadable: times in UTC");
+                chrono_tz::UTC
+            }
+        }
+    }
+
+    /// The zone the tenant's business hours are in. A stored zone that no longer reads is an
+    /// error: guessing one could reboot a computer in its user's working hours.
+    pub fn business_zone(t: &Tenant) -> ApiResult<chrono_tz::Tz> {
+        t.time_zone
+            .get()
+            .map(|z| z.tz())
+            .map_err(|e| ApiError::Internal(format!("tenant {}: time zone: {e}", t.id)))
     }
 
     /// The postpone link for a session's before-mail, when postponing is possible: allowed,
