@@ -229,7 +229,7 @@ fn preload(
     };
     let admin = User {
         id: upkeep_server::ids::fresh(),
-        email: ADMIN_EMAIL.into(),
+        email: upkeep_core::types::Stored::read(ADMIN_EMAIL),
         password_hash: upkeep_server::auth::hash_password_blocking(ADMIN_PASSWORD)
             .map_err(|e| anyhow!("{e}"))?,
         role: UserRole::MspAdmin,
@@ -246,7 +246,10 @@ fn preload(
     write(&|tx| {
         tx.put(&admin)?;
         tx.claim_unique(
-            &upkeep_store::IndexKey::new(upkeep_store::records::USER_EMAIL, admin.email.as_bytes()),
+            &upkeep_store::IndexKey::new(
+                upkeep_store::records::USER_EMAIL,
+                admin.email.text().as_bytes(),
+            ),
             admin.id.as_bytes(),
         )?;
         for (i, t) in tenant_ids.iter().enumerate() {

@@ -201,7 +201,12 @@ impl Tag {
 
     /// What tags are compared and indexed by: the text in lower case.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        Tag::key_of(&self.0)
+    }
+
+    /// The key of a text that names a tag (a schedule's target, a filter).
+    pub fn key_of(text: &str) -> String {
+        text.to_lowercase()
     }
 
     /// Parses a list, dropping tags equal to an earlier one (the first spelling is kept).
@@ -292,6 +297,19 @@ impl<T: Checked> Stored<T> {
             Ok(v) => v.as_text(),
             Err(u) => &u.text,
         }
+    }
+}
+
+impl Stored<Tag> {
+    /// The tag's key (`Tag::key`). A stored tag that no longer meets the rule still has its
+    /// text, which is all a tag is compared by: it keeps matching and being indexed as written.
+    pub fn key(&self) -> String {
+        Tag::key_of(self.text())
+    }
+
+    /// Whether this tag is the one `text` names (case-insensitively, as the index compares).
+    pub fn is(&self, text: &str) -> bool {
+        self.key() == Tag::key_of(text)
     }
 }
 

@@ -98,11 +98,6 @@ pub fn name(field: &str, s: &str) -> ApiResult<String> {
     Ok(t.to_string())
 }
 
-/// An e-mail address as the records keep it (the rule: `EmailAddress::parse`).
-pub fn email(field: &str, s: &str) -> ApiResult<String> {
-    email_address(field, s).map(|e| e.as_str().to_string())
-}
-
 pub fn email_address(field: &str, s: &str) -> ApiResult<EmailAddress> {
     EmailAddress::parse(s).map_err(|e| ApiError::bad(field, e.0))
 }
@@ -177,8 +172,10 @@ fn opt<T>(v: Option<&str>, f: impl Fn(&str) -> ApiResult<T>) -> ApiResult<Option
     }
 }
 
-pub fn bcc_list(v: &[String]) -> ApiResult<Vec<String>> {
-    v.iter().map(|a| email("mailBcc", a)).collect()
+pub fn bcc_list(v: &[String]) -> ApiResult<Vec<Stored<EmailAddress>>> {
+    v.iter()
+        .map(|a| email_address("mailBcc", a).map(Stored::new))
+        .collect()
 }
 
 impl CreateTenantInput {
@@ -328,12 +325,17 @@ pub struct UpdateComputerInput {
     pub excluded_from_maintenance: Option<bool>,
 }
 
-/// Tags (and person usernames) by `Tag::parse_list`: duplicates that differ only in case
-/// dropped (first spelling kept). Linear in the list.
-pub fn tags(v: &[String]) -> ApiResult<Vec<String>> {
+/// Computer tags by `Tag::parse_list`: duplicates that differ only in case dropped (first
+/// spelling kept). Linear in the list.
+pub fn tags(v: &[String]) -> ApiResult<Vec<Stored<Tag>>> {
     Tag::parse_list(v)
-        .map(|l| l.iter().map(|t| t.as_str().to_string()).collect())
+        .map(|l| l.into_iter().map(Stored::new).collect())
         .map_err(|e| ApiError::bad("tags", e.0))
+}
+
+/// Person usernames: the tag rule, kept as text.
+pub fn usernames(v: &[String]) -> ApiResult<Vec<String>> {
+    Ok(tags(v)?.iter().map(|t| t.text().to_string()).collect())
 }
 
 #[derive(InputObject)]

@@ -105,8 +105,8 @@ impl View<Tenant> {
     async fn business_hours(&self) -> Option<BusinessHoursView> {
         self.business_hours.as_ref().map(BusinessHoursView::from)
     }
-    async fn mail_bcc(&self) -> &[String] {
-        &self.mail_bcc
+    async fn mail_bcc(&self) -> Vec<&str> {
+        self.mail_bcc.iter().map(|a| a.text()).collect()
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -138,7 +138,7 @@ impl View<User> {
         id(self.id)
     }
     async fn email(&self) -> &str {
-        &self.email
+        self.email.text()
     }
     async fn role(&self) -> UserRole {
         self.role.into()
@@ -179,7 +179,7 @@ impl View<Person> {
         &self.name
     }
     async fn email(&self) -> &str {
-        &self.email
+        self.email.text()
     }
     async fn usernames(&self) -> &[String] {
         &self.usernames
@@ -206,8 +206,8 @@ impl View<Computer> {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.tenant_id).map(View)
     }
-    async fn tags(&self) -> &[String] {
-        &self.tags
+    async fn tags(&self) -> Vec<&str> {
+        self.tags.iter().map(|t| t.text()).collect()
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.primary_person_id {
@@ -595,8 +595,8 @@ impl EnrollmentKeyView {
     async fn revoked(&self) -> bool {
         self.key.revoked
     }
-    async fn tags(&self) -> &[String] {
-        &self.key.tags
+    async fn tags(&self) -> Vec<&str> {
+        self.key.tags.iter().map(|t| t.text()).collect()
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.key.primary_person_id {

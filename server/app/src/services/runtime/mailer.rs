@@ -249,7 +249,10 @@ impl App {
 
     /// The e-mail address a session's mails go to, if any.
     pub fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
-        Ok(self.recipient(s)?.ok().map(|(_, _, p)| p.email))
+        Ok(self
+            .recipient(s)?
+            .ok()
+            .map(|(_, _, p)| p.email.text().to_string()))
     }
 
     /// One mail about several sessions of one person (CONTRACT issue 14: one mail per person
@@ -274,7 +277,7 @@ impl App {
                 Err(why) => return Ok(Err(why)),
             };
             let link = if kind == MailKind::Before {
-                self.postpone_link(s, &person.email)?
+                self.postpone_link(s, person.email.text())?
             } else {
                 None
             };
@@ -339,8 +342,14 @@ impl App {
             .collect();
         view.postpone_url = None;
         view.update_now_url = None;
-        self.render_for(&tenant, first.id, kind, person.email, &view)
-            .map(Ok)
+        self.render_for(
+            &tenant,
+            first.id,
+            kind,
+            person.email.text().to_string(),
+            &view,
+        )
+        .map(Ok)
     }
 
     /// Renders a before- or after-mail view into an outbox mail to one person.
@@ -376,15 +385,15 @@ impl App {
             Err(why) => return Ok(Err(why)),
         };
         let link = if kind == MailKind::Before {
-            self.postpone_link(s, &person.email)?
+            self.postpone_link(s, person.email.text())?
         } else {
             None
         };
         let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
         if kind == MailKind::Before {
-            view.update_now_url = self.update_now_link(s, &person.email)?;
+            view.update_now_url = self.update_now_link(s, person.email.text())?;
         }
-        self.render_for(&tenant, s.id, kind, person.email, &view)
+        self.render_for(&tenant, s.id, kind, person.email.text().to_string(), &view)
             .map(Ok)
     }
 
@@ -420,7 +429,9 @@ impl App {
             bcc: if kind == MailKind::Test {
                 vec![]
             } else {
-                tenant.map(|t| t.mail_bcc.clone()).unwrap_or_default()
+                tenant
+                    .map(|t| t.mail_bcc.iter().map(|a| a.text().to_string()).collect())
+                    .unwrap_or_default()
             },
             subject: r.subject,
             text: r.text,
