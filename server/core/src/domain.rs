@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-use crate::calendar::cron::CronExpr;
+use crate::cron::CronExpr;
 use crate::types::{EmailAddress, Stored, Tag, TimeZone};
 
 pub type Time = DateTime<Utc>;

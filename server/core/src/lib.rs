@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod calendar;
+pub mod cron;
 pub mod domain;
 pub mod engine;
 pub mod localtime;

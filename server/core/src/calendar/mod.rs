@@ -1,7 +1,9 @@
 //! The schedule calendar: cron occurrences in a zone, business hours, and the scheduler's
 //! decision for one schedule and zone at one instant. Pure: the caller passes `now`.
 
-pub mod cron;
+// The cron parser and evaluator is a top-level module (domain records hold its `CronExpr`,
+// and the calendar reads domain records); `calendar::cron` stays its name for callers.
+pub use crate::cron;
 
 use crate::domain::{BusinessHours, Schedule, Tenant, Time, Weekday};
 use crate::types::Unreadable;

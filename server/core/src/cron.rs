@@ -36,6 +36,8 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
+use crate::types::ParseError;
+
 /// A cron expression the user wrote that we cannot use. The message is a sentence
 /// a person reads: it names the field and the offending token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -331,6 +333,15 @@ impl CronExpr {
     }
 }
 
+impl crate::types::Checked for CronExpr {
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        CronExpr::parse(s).map_err(|e| ParseError(e.0))
+    }
+    fn as_text(&self) -> &str {
+        self.source()
+    }
+}
+
 impl FromStr for CronExpr {
     type Err = CronError;
 
@@ -591,6 +602,18 @@ mod tests {
             Ok(expr) => panic!("'{s}' should not parse, got {expr:?}"),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn cron_serde_is_the_source_text() {
+        let c = crate::types::tests::round_trip::<CronExpr>("\"0 2 * * 1-5\"");
+        assert_eq!(c.get().unwrap().source(), "0 2 * * 1-5");
+        crate::types::tests::round_trip::<CronExpr>("\"@daily\"");
+        let bad = crate::types::tests::round_trip::<CronExpr>("\"61 * * * *\"");
+        assert_eq!(bad.text(), "61 * * * *");
+        assert!(bad.get().is_err());
+        let v = crate::types::Stored::new(CronExpr::parse(" 5 4 * * * ").unwrap());
+        assert_eq!(serde_json::to_string(&v).unwrap(), "\"5 4 * * *\"");
     }
 
     #[test]
