@@ -229,7 +229,7 @@ fn preload(
     };
     let admin = User {
         id: upkeep_server::ids::fresh(),
-        email: ADMIN_EMAIL.into(),
+        email: upkeep_core::types::Stored::read(ADMIN_EMAIL),
         password_hash: upkeep_server::auth::hash_password_blocking(ADMIN_PASSWORD)
             .map_err(|e| anyhow!("{e}"))?,
         role: UserRole::MspAdmin,
@@ -246,7 +246,10 @@ fn preload(
     write(&|tx| {
         tx.put(&admin)?;
         tx.claim_unique(
-            &upkeep_store::IndexKey::new(upkeep_store::records::USER_EMAIL, admin.email.as_bytes()),
+            &upkeep_store::IndexKey::new(
+                upkeep_store::records::USER_EMAIL,
+                admin.email.text().as_bytes(),
+            ),
             admin.id.as_bytes(),
         )?;
         for (i, t) in tenant_ids.iter().enumerate() {
@@ -254,7 +257,7 @@ fn preload(
                 id: *t,
                 name: format!("Tenant {i}"),
                 company_name: None,
-                time_zone: "UTC".into(),
+                time_zone: upkeep_core::types::TimeZone::UTC.into(),
                 mail_from: None,
                 logo_url: None,
                 primary_color: None,
@@ -417,7 +420,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         used_tokens: vec![],
         offline_in_window: false,
         queued: false,
-        time_zone: "UTC".into(),
+        time_zone: upkeep_core::types::TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
     }

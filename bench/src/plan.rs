@@ -181,7 +181,10 @@ pub fn run() -> Result<Vec<Figure>> {
             name: format!("pc-{i:05}"),
             hostname: format!("pc-{i:05}"),
             machine_id: format!("m-{i}"),
-            tags: vec![format!("group-{}", i % TAGS)],
+            tags: vec![upkeep_core::types::Stored::read(&format!(
+                "group-{}",
+                i % TAGS
+            ))],
             primary_person_id: None,
             os: String::new(),
             agent_version: String::new(),

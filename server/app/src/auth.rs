@@ -168,7 +168,7 @@ impl Keys {
             sub: user.id.to_string(),
             role: user.role,
             tenant: user.tenant_id.map(|t| t.to_string()),
-            email: user.email.clone(),
+            email: user.email.text().to_string(),
             iat: now.timestamp(),
             exp: (now + chrono::Duration::hours(API_TOKEN_HOURS)).timestamp(),
             aud: API_AUDIENCE.into(),

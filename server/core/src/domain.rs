@@ -12,6 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
+use crate::cron::CronExpr;
+use crate::types::{EmailAddress, Stored, Tag, TimeZone};
+
 pub type Time = DateTime<Utc>;
 
 /// A sortable identifier (UUIDv7): its bytes order by creation time, so store keys and
@@ -90,7 +93,8 @@ impl UserRole {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
     pub id: Id,
-    pub email: String,
+    /// In lower case: the login index key.
+    pub email: Stored<EmailAddress>,
     pub password_hash: String,
     pub role: UserRole,
     pub tenant_id: Option<Id>,
@@ -170,7 +174,7 @@ pub struct Tenant {
     pub id: Id,
     pub name: String,
     pub company_name: Option<String>,
-    pub time_zone: String,
+    pub time_zone: Stored<TimeZone>,
     pub mail_from: Option<String>,
     pub logo_url: Option<String>,
     pub primary_color: Option<String>,
@@ -180,7 +184,7 @@ pub struct Tenant {
     #[serde(default)]
     pub business_hours: Option<BusinessHours>,
     #[serde(default)]
-    pub mail_bcc: Vec<String>,
+    pub mail_bcc: Vec<Stored<EmailAddress>>,
     pub created_at: Time,
 }
 
@@ -189,7 +193,7 @@ pub struct Person {
     pub id: Id,
     pub tenant_id: Id,
     pub name: String,
-    pub email: String,
+    pub email: Stored<EmailAddress>,
     #[serde(default)]
     pub usernames: Vec<String>,
     pub created_at: Time,
@@ -210,7 +214,7 @@ pub struct Computer {
     pub name: String,
     pub hostname: String,
     pub machine_id: String,
-    pub tags: Vec<String>,
+    pub tags: Vec<Stored<Tag>>,
     pub primary_person_id: Option<Id>,
     pub os: String,
     pub agent_version: String,
@@ -351,7 +355,7 @@ impl Target {
         match self.kind {
             TargetKind::AllComputers => true,
             TargetKind::Computer => v == computer.id.to_string(),
-            TargetKind::Tag => computer.tags.iter().any(|t| t.eq_ignore_ascii_case(v)),
+            TargetKind::Tag => computer.tags.iter().any(|t| t.is(v)),
             TargetKind::Person => computer
                 .primary_person_id
                 .is_some_and(|p| p.to_string() == v),
@@ -496,9 +500,9 @@ pub struct Schedule {
     pub tenant_id: Option<Id>,
     pub name: String,
     pub target: Target,
-    pub cron: String,
+    pub cron: Stored<CronExpr>,
     /// `None`: each tenant's own zone (cross-tenant schedules only).
-    pub time_zone: Option<String>,
+    pub time_zone: Option<Stored<TimeZone>>,
     pub detection_lead_minutes: u32,
     pub window_minutes: u32,
     pub options: MaintenanceOptions,
@@ -529,7 +533,7 @@ pub struct EnrollmentKey {
     pub uses: u32,
     pub revoked: bool,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Vec<Stored<Tag>>,
     #[serde(default)]
     pub primary_person_id: Option<Id>,
 }

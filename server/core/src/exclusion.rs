@@ -45,7 +45,7 @@ mod tests {
             id: Id::new(),
             name: "Acme".into(),
             company_name: None,
-            time_zone: "UTC".into(),
+            time_zone: crate::types::TimeZone::UTC.into(),
             mail_from: None,
             logo_url: None,
             primary_color: None,

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod calendar;
+pub mod cron;
 pub mod domain;
 pub mod engine;
 pub mod exclusion;
@@ -16,5 +17,6 @@ pub mod output;
 pub mod queue;
 pub mod resolve;
 pub mod session;
+pub mod types;
 pub mod version;
 pub mod webhook;

@@ -4,9 +4,20 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-/// The tenant's zone; an unknown name (never stored by the API) reads as UTC.
-pub fn zone(name: &str) -> Tz {
-    crate::calendar::cron::parse_time_zone(name).unwrap_or(chrono_tz::UTC)
+use crate::types::{Stored, TimeZone};
+
+/// `format` (one of the functions below) in a stored zone. A stored name that no longer reads
+/// cannot give local time: the text is in UTC, labelled so, and names the zone, so a reader
+/// is never shown UTC as if it were their own time.
+pub fn in_zone(
+    t: DateTime<Utc>,
+    zone: &Stored<TimeZone>,
+    format: fn(DateTime<Utc>, Tz) -> String,
+) -> String {
+    match zone.get() {
+        Ok(z) => format(t, z.tz()),
+        Err(e) => format!("{} (time zone '{}' unknown)", format(t, Tz::UTC), e.text),
+    }
 }
 
 /// "2026-11-30 22:00 CET": for status reasons and the console.
@@ -35,13 +46,21 @@ mod tests {
     fn local_time_with_its_abbreviation() {
         let winter = Utc.with_ymd_and_hms(2026, 11, 30, 21, 0, 0).unwrap();
         let summer = Utc.with_ymd_and_hms(2026, 7, 1, 20, 0, 0).unwrap();
-        let berlin = zone("Europe/Berlin");
+        let berlin = Tz::Europe__Berlin;
         assert_eq!(short(winter, berlin), "2026-11-30 22:00 CET");
         assert_eq!(clock(summer, berlin), "22:00 CEST");
         assert_eq!(
             long(winter, berlin),
             "Monday, 30 November 2026 at 22:00 CET"
         );
-        assert_eq!(short(winter, zone("nowhere")), "2026-11-30 21:00 UTC");
+        let stored = |name: &str| Stored::<crate::types::TimeZone>::read(name);
+        assert_eq!(
+            in_zone(winter, &stored("Europe/Berlin"), short),
+            "2026-11-30 22:00 CET"
+        );
+        assert_eq!(
+            in_zone(winter, &stored("nowhere"), short),
+            "2026-11-30 21:00 UTC (time zone 'nowhere' unknown)"
+        );
     }
 }

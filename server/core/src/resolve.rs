@@ -102,7 +102,7 @@ mod tests {
             name: "pc".into(),
             hostname: "pc".into(),
             machine_id: "m".into(),
-            tags: vec!["Office".into()],
+            tags: vec![crate::types::Stored::read("Office")],
             primary_person_id: Some(Id::new()),
             os: String::new(),
             agent_version: String::new(),
@@ -141,6 +141,22 @@ mod tests {
             enabled: true,
             created_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_tag_target_matches_as_the_tag_index_compares() {
+        let mut c = computer();
+        c.tags = vec![crate::types::Stored::read("Ärzte")];
+        let target = |v: &str| Target {
+            kind: TargetKind::Tag,
+            value: Some(v.into()),
+        };
+        assert!(target("office").matches(&computer()));
+        assert!(
+            target("ärzte").matches(&c),
+            "case-insensitive beyond ASCII, as the index"
+        );
+        assert!(!target("ärzt").matches(&c));
     }
 
     #[test]

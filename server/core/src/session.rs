@@ -1,6 +1,7 @@
 //! Maintenance sessions as stored: the session record is the engine's state.
 
 use crate::domain::*;
+use crate::types::{Stored, TimeZone};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -261,8 +262,8 @@ pub struct Session {
     pub offline_in_window: bool,
     /// The tenant's IANA time zone when the session started: times in `status_reason` are
     /// written in it (the API's instants stay UTC).
-    #[serde(default = "utc_name")]
-    pub time_zone: String,
+    #[serde(default = "utc")]
+    pub time_zone: Stored<TimeZone>,
     /// The other sessions of the same start call or schedule occurrence whose computers had the
     /// same primary person: they share one before- and one after-mail per recipient and
     /// execution time (`runtime::group_mail`). Empty for most sessions.
@@ -342,15 +343,15 @@ impl Session {
             used_tokens: vec![],
             queued: false,
             offline_in_window: false,
-            time_zone: utc_name(),
+            time_zone: utc(),
             mail_siblings: vec![],
             reboot_held_until: None,
         }
     }
 }
 
-fn utc_name() -> String {
-    "UTC".into()
+fn utc() -> Stored<TimeZone> {
+    Stored::new(TimeZone::UTC)
 }
 
 impl Session {

@@ -119,7 +119,7 @@ mod tests {
             id: Id::from_u128(n + 1),
             name: format!("t{n}"),
             company_name: None,
-            time_zone: "UTC".into(),
+            time_zone: upkeep_core::types::TimeZone::UTC.into(),
             mail_from: None,
             logo_url: None,
             primary_color: None,

@@ -45,7 +45,7 @@ pub fn tenant_key(t: Option<Id>) -> Vec<u8> {
 
 pub fn tag_value(tenant: Id, tag: &str) -> Vec<u8> {
     let mut v = tenant.as_bytes().to_vec();
-    v.extend_from_slice(tag.to_lowercase().as_bytes());
+    v.extend_from_slice(upkeep_core::types::Tag::key_of(tag).as_bytes());
     v
 }
 
@@ -90,7 +90,10 @@ impl Record for Computer {
     fn index_keys(&self) -> Vec<IndexKey> {
         let mut v = vec![IndexKey::new(TENANT_COMPUTERS, self.tenant_id.as_bytes())];
         for t in &self.tags {
-            v.push(IndexKey::new(TAG_COMPUTERS, tag_value(self.tenant_id, t)));
+            v.push(IndexKey::new(
+                TAG_COMPUTERS,
+                tag_value(self.tenant_id, t.text()),
+            ));
         }
         v
     }

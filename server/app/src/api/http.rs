@@ -607,18 +607,16 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
     if app.store.count::<User>() > 0 {
         return Ok(());
     }
-    let email = email.trim().to_lowercase();
-    anyhow::ensure!(
-        email.parse::<lettre::Address>().is_ok(),
-        "--admin-email '{email}' is not an e-mail address"
-    );
+    let email = upkeep_core::types::EmailAddress::parse(email)
+        .map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?
+        .to_lowercase();
     anyhow::ensure!(
         password.chars().count() >= 10,
         "--admin-password must be at least 10 characters"
     );
     let user = User {
         id: crate::ids::fresh(),
-        email: email.clone(),
+        email: email.clone().into(),
         password_hash: crate::auth::hash_password(password)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -632,7 +630,7 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
     app.create_user(user)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(email, "created the first MSP admin");
+    tracing::info!(email = email.as_str(), "created the first MSP admin");
     Ok(())
 }
 

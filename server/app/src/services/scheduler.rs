@@ -78,8 +78,10 @@ impl App {
     async fn schedule_tick(self: &Arc<Self>, s: &Schedule, tenant: &Tenant) -> ApiResult<()> {
         let now = self.clock.now();
         let tz = zone_for(s, Some(tenant))?;
-        let expr = upkeep_core::calendar::cron::CronExpr::parse(&s.cron)
-            .map_err(|e| ApiError::bad("cron", e.0))?;
+        let expr = s
+            .cron
+            .get()
+            .map_err(|e| ApiError::bad("cron", e.to_string()))?;
         let key = calendar::cursor_key(s, tenant);
         // First look (for this zone): the first occurrence whose detection starts after the
         // timing was set, or after the tenant joined.
@@ -89,7 +91,7 @@ impl App {
             .max(tenant.created_at);
         let lead = Duration::minutes(i64::from(s.detection_lead_minutes));
         let window = Duration::minutes(i64::from(s.window_minutes));
-        let at = |cursor| calendar::tick(&expr, tz, cursor, since, lead, window, now);
+        let at = |cursor| calendar::tick(expr, tz, cursor, since, lead, window, now);
         let mut tick = at(s.next_fire.get(&key).copied());
         if let Tick::Start { first } = tick {
             // The first occurrence is remembered, then judged like any other at once.

@@ -20,12 +20,12 @@ pub struct ApiKeyCache {
 impl App {
     /// Creates a user; `CONFLICT` when the e-mail is taken.
     pub async fn create_user(&self, user: User) -> ApiResult<User> {
-        let idx = IndexKey::new(USER_EMAIL, &user.email);
+        let idx = IndexKey::new(USER_EMAIL, user.email.text());
         self.store.write(|tx| {
             if !tx.claim_unique(&idx, user.id.as_bytes())? {
                 return Err(TxError::Abort(ApiError::Conflict(format!(
                     "a user with e-mail {} exists",
-                    user.email
+                    user.email.text()
                 ))));
             }
             tx.put(&user)?;
@@ -86,7 +86,7 @@ impl App {
                 require_another_msp_admin(tx, &user, &others)?;
             }
             tx.delete::<User, ApiError>(id.as_bytes())?;
-            let email = IndexKey::new(USER_EMAIL, &user.email);
+            let email = IndexKey::new(USER_EMAIL, user.email.text());
             if tx.index_has(&email)?.as_deref() == Some(id.as_bytes().as_slice()) {
                 tx.release_unique(&email)?;
             }
@@ -290,7 +290,7 @@ fn require_another_msp_admin(
     }
     Err(TxError::Abort(ApiError::Conflict(format!(
         "{} is the last enabled MSP_ADMIN; make another user MSP_ADMIN first",
-        user.email
+        user.email.text()
     ))))
 }
 

@@ -1,25 +1,29 @@
 //! The schedule calendar: cron occurrences in a zone, business hours, and the scheduler's
 //! decision for one schedule and zone at one instant. Pure: the caller passes `now`.
 
-pub mod cron;
+// The cron parser and evaluator is a top-level module (domain records hold its `CronExpr`,
+// and the calendar reads domain records); `calendar::cron` stays its name for callers.
+pub use crate::cron;
 
 use crate::domain::{BusinessHours, Schedule, Tenant, Time, Weekday};
+use crate::types::Unreadable;
 use chrono::{Datelike, Duration, NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
-use cron::{BadTimeZone, CronExpr};
+use cron::CronExpr;
 
 /// Key of a single-zone schedule's cursor in `Schedule::next_fire`.
 pub const OWN_ZONE: &str = "-";
 
 /// The zone a schedule runs in for `tenant` (cross-tenant schedules without a zone use each
-/// tenant's own).
-pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, BadTimeZone> {
-    let name = match (&s.time_zone, tenant) {
-        (Some(z), _) => z.as_str(),
-        (None, Some(t)) => t.time_zone.as_str(),
-        (None, None) => "UTC",
+/// tenant's own; UTC when there is no tenant either). An error names the stored zone that no
+/// longer reads.
+pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> Result<Tz, Unreadable> {
+    let zone = match (&s.time_zone, tenant) {
+        (Some(z), _) => z,
+        (None, Some(t)) => &t.time_zone,
+        (None, None) => return Ok(Tz::UTC),
     };
-    cron::parse_time_zone(name)
+    zone.get().map(|z| z.tz()).map_err(Clone::clone)
 }
 
 /// The key of `s`'s cursor for `tenant` in `Schedule::next_fire`.
@@ -148,6 +152,58 @@ mod tests {
             Duration::minutes(WINDOW),
             now,
         )
+    }
+
+    /// A tenant and a schedule as stored before the newtypes (plain strings), with `zone`.
+    fn stored(zone: &str, cron: &str) -> (Tenant, Schedule) {
+        let tenant = serde_json::json!({
+            "id": "0192f1a0-0000-7000-8000-000000000001", "name": "t", "company_name": null,
+            "time_zone": zone, "mail_from": null, "logo_url": null, "primary_color": null,
+            "auto_onboarding": false, "created_at": "2026-11-01T00:00:00Z"
+        });
+        let schedule = serde_json::json!({
+            "id": "0192f1a0-0000-7000-8000-000000000002", "tenant_id": null, "name": "s",
+            "target": {"kind": "ALL_COMPUTERS", "value": null}, "cron": cron,
+            "time_zone": null, "detection_lead_minutes": 0, "window_minutes": 120,
+            "options": serde_json::to_value(crate::domain::MaintenanceOptions::default()).unwrap(),
+            "enabled": true, "detection_only": false, "last_run_at": null,
+            "created_at": "2026-11-01T00:00:00Z"
+        });
+        (
+            serde_json::from_value(tenant).unwrap(),
+            serde_json::from_value(schedule).unwrap(),
+        )
+    }
+
+    #[test]
+    fn stored_zone_and_cron_read_once_and_write_back_unchanged() {
+        let (t, s) = stored("Europe/Berlin", "0 2 * * MON-FRI");
+        assert_eq!(zone_for(&s, Some(&t)), Ok(chrono_tz::Europe::Berlin));
+        assert_eq!(s.cron.get().unwrap().source(), "0 2 * * MON-FRI");
+        let again = serde_json::to_value(&s).unwrap();
+        assert_eq!(again["cron"], "0 2 * * MON-FRI");
+        assert_eq!(
+            serde_json::to_value(&t).unwrap()["time_zone"],
+            "Europe/Berlin"
+        );
+    }
+
+    #[test]
+    fn a_stored_zone_that_no_longer_reads_is_an_error_not_utc() {
+        let (t, s) = stored("Mars/Olympus", "61 * * * *");
+        let e = zone_for(&s, Some(&t)).unwrap_err();
+        assert_eq!(e.text, "Mars/Olympus");
+        assert!(
+            e.to_string().contains("unknown time zone 'Mars/Olympus'"),
+            "{e}"
+        );
+        assert!(s.cron.get().is_err());
+        assert_eq!(s.cron.text(), "61 * * * *");
+        assert_eq!(
+            zone_for(&s, None),
+            Ok(chrono_tz::UTC),
+            "no tenant: UTC by definition"
+        );
     }
 
     #[test]

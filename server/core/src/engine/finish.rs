@@ -23,7 +23,7 @@ impl Machine<'_> {
         let held = self.s.reboot_held_until.map(|until| {
             format!(
                 "; reboot pending, held until {}",
-                crate::localtime::clock(until, crate::localtime::zone(&self.s.time_zone))
+                crate::localtime::in_zone(until, &self.s.time_zone, crate::localtime::clock)
             )
         });
         if failed + undetected.len() == 0 {

@@ -242,7 +242,7 @@ impl Machine<'_> {
 
     /// An instant as people read it: the tenant's local time with its abbreviation.
     fn local(&self, t: Time) -> String {
-        crate::localtime::short(t, crate::localtime::zone(&self.s.time_zone))
+        crate::localtime::in_zone(t, &self.s.time_zone, crate::localtime::short)
     }
 
     fn log(&mut self, line: impl Into<String>) {

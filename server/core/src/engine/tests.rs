@@ -159,7 +159,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         used_tokens: vec![],
         offline_in_window: false,
         queued: false,
-        time_zone: "UTC".into(),
+        time_zone: crate::types::TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
     }

@@ -62,9 +62,10 @@ impl Machine<'_> {
                     SessionStatus::Pending,
                     Some(format!(
                         "waiting for the computer to come online (until {})",
-                        crate::localtime::clock(
+                        crate::localtime::in_zone(
                             deadline,
-                            crate::localtime::zone(&self.s.time_zone)
+                            &self.s.time_zone,
+                            crate::localtime::clock
                         )
                     )),
                 );

@@ -9,7 +9,9 @@ use super::parse_id;
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{ID, InputObject, Json};
 use chrono::{DateTime, Utc};
+use upkeep_core::calendar::cron::CronExpr;
 use upkeep_core::domain::*;
+use upkeep_core::types::{EmailAddress, Stored, Tag, TimeZone};
 
 // List inputs carry `max_items` bounds, checked by the schema before any resolver runs
 // (documented in docs/SECURITY.md); each list's own checks are linear in its length.
@@ -96,16 +98,8 @@ pub fn name(field: &str, s: &str) -> ApiResult<String> {
     Ok(t.to_string())
 }
 
-pub fn email(field: &str, s: &str) -> ApiResult<String> {
-    let t = s.trim();
-    let ok = t.len() <= 254 && t.parse::<lettre::Address>().is_ok();
-    if !ok {
-        return Err(ApiError::bad(
-            field,
-            format!("'{t}' is not an e-mail address"),
-        ));
-    }
-    Ok(t.to_string())
+pub fn email_address(field: &str, s: &str) -> ApiResult<EmailAddress> {
+    EmailAddress::parse(s).map_err(|e| ApiError::bad(field, e.0))
 }
 
 pub fn mailbox(field: &str, s: &str) -> ApiResult<String> {
@@ -143,10 +137,10 @@ pub fn mail_from(s: &str, allowed: &[String]) -> ApiResult<String> {
     Ok(t)
 }
 
-pub fn time_zone(field: &str, s: &str) -> ApiResult<String> {
-    upkeep_core::calendar::cron::parse_time_zone(s.trim())
-        .map(|tz| tz.name().to_string())
-        .map_err(|e| ApiError::bad(field, e.to_string()))
+pub fn time_zone(field: &str, s: &str) -> ApiResult<Stored<TimeZone>> {
+    TimeZone::parse(s)
+        .map(Stored::new)
+        .map_err(|e| ApiError::bad(field, e.0))
 }
 
 pub fn color(field: &str, s: &str) -> ApiResult<String> {
@@ -178,8 +172,10 @@ fn opt<T>(v: Option<&str>, f: impl Fn(&str) -> ApiResult<T>) -> ApiResult<Option
     }
 }
 
-pub fn bcc_list(v: &[String]) -> ApiResult<Vec<String>> {
-    v.iter().map(|a| email("mailBcc", a)).collect()
+pub fn bcc_list(v: &[String]) -> ApiResult<Vec<Stored<EmailAddress>>> {
+    v.iter()
+        .map(|a| email_address("mailBcc", a).map(Stored::new))
+        .collect()
 }
 
 impl CreateTenantInput {
@@ -191,7 +187,7 @@ impl CreateTenantInput {
             company_name: opt(self.company_name.as_deref(), |s| name("companyName", s))?,
             time_zone: match &self.time_zone {
                 Some(z) => time_zone("timeZone", z)?,
-                None => "UTC".into(),
+                None => TimeZone::UTC.into(),
             },
             mail_from: opt(self.mail_from.as_deref(), |s| {
                 mail_from(s, mail_from_domains)
@@ -329,21 +325,17 @@ pub struct UpdateComputerInput {
     pub excluded_from_maintenance: Option<bool>,
 }
 
-/// Tags (and person usernames): trimmed, at most 64 characters each, duplicates that differ
-/// only in case dropped (first spelling kept). Linear in the list.
-pub fn tags(v: &[String]) -> ApiResult<Vec<String>> {
-    let mut seen = std::collections::HashSet::with_capacity(v.len());
-    let mut out: Vec<String> = Vec::with_capacity(v.len());
-    for t in v {
-        let t = name("tags", t)?;
-        if t.len() > 64 {
-            return Err(ApiError::bad("tags", "a tag is at most 64 characters"));
-        }
-        if seen.insert(t.to_ascii_lowercase()) {
-            out.push(t);
-        }
-    }
-    Ok(out)
+/// Computer tags by `Tag::parse_list`: duplicates that differ only in case dropped (first
+/// spelling kept). Linear in the list.
+pub fn tags(v: &[String]) -> ApiResult<Vec<Stored<Tag>>> {
+    Tag::parse_list(v)
+        .map(|l| l.into_iter().map(Stored::new).collect())
+        .map_err(|e| ApiError::bad("tags", e.0))
+}
+
+/// Person usernames: the tag rule, kept as text.
+pub fn usernames(v: &[String]) -> ApiResult<Vec<String>> {
+    Ok(tags(v)?.iter().map(|t| t.text().to_string()).collect())
 }
 
 #[derive(InputObject)]
@@ -636,10 +628,10 @@ pub fn minutes(field: &str, v: i32, lo: i32, hi: i32) -> ApiResult<u32> {
     Ok(v as u32)
 }
 
-pub fn cron(field: &str, s: &str) -> ApiResult<String> {
-    upkeep_core::calendar::cron::CronExpr::parse(s)
-        .map(|c| c.source().to_string())
-        .map_err(|e| ApiError::bad(field, e.to_string()))
+pub fn cron(field: &str, s: &str) -> ApiResult<Stored<CronExpr>> {
+    CronExpr::parse(s)
+        .map(Stored::new)
+        .map_err(|e| ApiError::bad(field, e.0))
 }
 
 #[derive(InputObject, Default)]

@@ -273,7 +273,7 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
     Ok(Some(Actor {
         principal: Principal::User {
             id: user.id,
-            email: user.email,
+            email: user.email.text().to_string(),
         },
         role: user.role,
         tenant_id: user.tenant_id,

@@ -19,6 +19,7 @@ use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use upkeep_core::domain::*;
 use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::*;
+use upkeep_core::types::Stored;
 use upkeep_core::webhook::Webhook;
 use upkeep_store::records::*;
 use upkeep_store::{IndexKey, Record, TxError};
@@ -285,7 +286,7 @@ impl Mutation {
         }
         c.actor.require(Action::ManageUsers, tenant)?;
         c.actor.require_delegation(input.role.into(), tenant)?;
-        let email_addr = email("email", &input.email)?.to_lowercase();
+        let email_addr = Stored::new(email_address("email", &input.email)?.to_lowercase());
         valid_password("password", &input.password)?;
         let user = User {
             id: crate::ids::fresh(),
@@ -339,11 +340,11 @@ impl Mutation {
             id: crate::ids::fresh(),
             tenant_id: tenant,
             name: name("name", &input.name)?,
-            email: email("email", &input.email)?,
+            email: email_address("email", &input.email)?.into(),
             usernames: input
                 .usernames
                 .as_deref()
-                .map(tags)
+                .map(usernames)
                 .transpose()?
                 .unwrap_or_default(),
             created_at: c.app.clock.now(),
@@ -364,10 +365,10 @@ impl Mutation {
             p.name = name("name", n)?;
         }
         if let Some(e) = &input.email {
-            p.email = email("email", e)?;
+            p.email = email_address("email", e)?.into();
         }
         if let Some(u) = &input.usernames {
-            p.usernames = tags(u)?;
+            p.usernames = usernames(u)?;
         }
         c.save(&p).await?;
         Ok(View(p))
@@ -1090,7 +1091,7 @@ impl Mutation {
         let c = Ctx::new(ctx)?;
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?)?;
         c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;
-        let to = email("to", &to)?;
+        let to = email_address("to", &to)?.to_string();
         // It sends mail to any address under the tenant's name: limited per tenant and per
         // person (API keys count as the user who made them).
         let tenant_key = format!("tenant:{}", tenant.id);
@@ -1345,12 +1346,16 @@ impl Mutation {
         let user: User = c.load(id)?;
         let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
         // A wrong current password counts as a failed login (reserved before the check).
-        let attempt = c.app.logins.reserve(&user.email, ip).map_err(|wait| {
-            ApiError::bad(
-                "currentPassword",
-                format!("too many failed attempts; try again in {wait} seconds"),
-            )
-        })?;
+        let attempt = c
+            .app
+            .logins
+            .reserve(user.email.text(), ip)
+            .map_err(|wait| {
+                ApiError::bad(
+                    "currentPassword",
+                    format!("too many failed attempts; try again in {wait} seconds"),
+                )
+            })?;
         if !auth::verify_password(&current_password, &user.password_hash).await {
             return Err(ApiError::bad("currentPassword", "is wrong").into());
         }
@@ -1386,7 +1391,7 @@ impl Mutation {
             })
             .await?;
         Ok(TotpEnrollment {
-            otpauth_url: crate::totp::otpauth_url(&user.email, &secret),
+            otpauth_url: crate::totp::otpauth_url(user.email.text(), &secret),
             secret,
         })
     }

@@ -165,13 +165,13 @@ impl Query {
             .into_iter()
             .filter(|x| {
                 tag.as_deref()
-                    .is_none_or(|t| x.tags.iter().any(|y| y.eq_ignore_ascii_case(t)))
+                    .is_none_or(|t| x.tags.iter().any(|y| y.is(t)))
             })
             .filter(|x| {
                 needle.as_deref().is_none_or(|n| {
                     x.name.to_lowercase().contains(n)
                         || x.hostname.to_lowercase().contains(n)
-                        || x.tags.iter().any(|t| t.to_lowercase().contains(n))
+                        || x.tags.iter().any(|t| t.key().contains(n))
                 })
             })
             .collect();
@@ -532,10 +532,7 @@ impl Query {
                 .app
                 .postpone_link(
                     &s,
-                    person
-                        .as_ref()
-                        .map(|p| p.email.as_str())
-                        .unwrap_or("preview"),
+                    person.as_ref().map(|p| p.email.text()).unwrap_or("preview"),
                 )?
                 .map(|_| format!("{}/postpone/PREVIEW", c.app.public_url)),
             _ => None,

@@ -85,7 +85,7 @@ impl View<Tenant> {
         self.company_name.as_deref()
     }
     async fn time_zone(&self) -> &str {
-        &self.time_zone
+        self.time_zone.text()
     }
     async fn mail_from(&self) -> Option<&str> {
         self.mail_from.as_deref()
@@ -105,8 +105,8 @@ impl View<Tenant> {
     async fn business_hours(&self) -> Option<BusinessHoursView> {
         self.business_hours.as_ref().map(BusinessHoursView::from)
     }
-    async fn mail_bcc(&self) -> &[String] {
-        &self.mail_bcc
+    async fn mail_bcc(&self) -> Vec<&str> {
+        self.mail_bcc.iter().map(|a| a.text()).collect()
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -138,7 +138,7 @@ impl View<User> {
         id(self.id)
     }
     async fn email(&self) -> &str {
-        &self.email
+        self.email.text()
     }
     async fn role(&self) -> UserRole {
         self.role.into()
@@ -179,7 +179,7 @@ impl View<Person> {
         &self.name
     }
     async fn email(&self) -> &str {
-        &self.email
+        self.email.text()
     }
     async fn usernames(&self) -> &[String] {
         &self.usernames
@@ -206,8 +206,8 @@ impl View<Computer> {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.tenant_id).map(View)
     }
-    async fn tags(&self) -> &[String] {
-        &self.tags
+    async fn tags(&self) -> Vec<&str> {
+        self.tags.iter().map(|t| t.text()).collect()
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.primary_person_id {
@@ -504,11 +504,11 @@ impl View<Schedule> {
         View(self.target.clone())
     }
     async fn cron(&self) -> &str {
-        &self.cron
+        self.cron.text()
     }
     /// The schedule's zone; null for a cross-tenant schedule that uses each tenant's own.
     async fn time_zone(&self) -> Option<&str> {
-        self.time_zone.as_deref()
+        self.time_zone.as_ref().map(|z| z.text())
     }
     async fn detection_lead_minutes(&self) -> u32 {
         self.detection_lead_minutes
@@ -547,7 +547,9 @@ impl View<Schedule> {
             None => None,
         };
         let tz = crate::services::scheduler::zone_for(self, tenant.as_ref())?;
-        let cron = upkeep_core::calendar::cron::CronExpr::parse(&self.cron)
+        let cron = self
+            .cron
+            .get()
             .map_err(|e| crate::error::ApiError::internal(e))?;
         Ok(cron.upcoming(
             tz,
@@ -593,8 +595,8 @@ impl EnrollmentKeyView {
     async fn revoked(&self) -> bool {
         self.key.revoked
     }
-    async fn tags(&self) -> &[String] {
-        &self.key.tags
+    async fn tags(&self) -> Vec<&str> {
+        self.key.tags.iter().map(|t| t.text()).collect()
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.key.primary_person_id {

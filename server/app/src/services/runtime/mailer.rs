@@ -43,8 +43,26 @@ impl App {
         }
     }
 
+    /// The zone mails and the postpone page write times in. A stored zone that no longer reads
+    /// must not stop the mail: its times are written in UTC, which the text names ("22:00
+    /// UTC"), and the log says which tenant's zone to fix.
     pub fn tenant_zone(t: &Tenant) -> chrono_tz::Tz {
-        upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC)
+        match t.time_zone.get() {
+            Ok(z) => z.tz(),
+            Err(e) => {
+                tracing::warn!(tenant = %t.id, error = %e, "tenant time zone unreadable: times in UTC");
+                chrono_tz::UTC
+            }
+        }
+    }
+
+    /// The zone the tenant's business hours are in. A stored zone that no longer reads is an
+    /// error: guessing one could reboot a computer in its user's working hours.
+    pub fn business_zone(t: &Tenant) -> ApiResult<chrono_tz::Tz> {
+        t.time_zone
+            .get()
+            .map(|z| z.tz())
+            .map_err(|e| ApiError::internal(format!("tenant {}: time zone: {e}", t.id)))
     }
 
     /// The postpone link for a session's before-mail, when postponing is possible: allowed,
@@ -235,7 +253,10 @@ impl App {
 
     /// The e-mail address a session's mails go to, if any.
     pub fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
-        Ok(self.recipient(s)?.ok().map(|(_, _, p)| p.email))
+        Ok(self
+            .recipient(s)?
+            .ok()
+            .map(|(_, _, p)| p.email.text().to_string()))
     }
 
     /// One mail about several sessions of one person (CONTRACT issue 14: one mail per person
@@ -260,7 +281,7 @@ impl App {
                 Err(why) => return Ok(Err(why)),
             };
             let link = if kind == MailKind::Before {
-                self.postpone_link(s, &person.email)?
+                self.postpone_link(s, person.email.text())?
             } else {
                 None
             };
@@ -325,8 +346,14 @@ impl App {
             .collect();
         view.postpone_url = None;
         view.update_now_url = None;
-        self.render_for(&tenant, first.id, kind, person.email, &view)
-            .map(Ok)
+        self.render_for(
+            &tenant,
+            first.id,
+            kind,
+            person.email.text().to_string(),
+            &view,
+        )
+        .map(Ok)
     }
 
     /// Renders a before- or after-mail view into an outbox mail to one person.
@@ -362,15 +389,15 @@ impl App {
             Err(why) => return Ok(Err(why)),
         };
         let link = if kind == MailKind::Before {
-            self.postpone_link(s, &person.email)?
+            self.postpone_link(s, person.email.text())?
         } else {
             None
         };
         let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
         if kind == MailKind::Before {
-            view.update_now_url = self.update_now_link(s, &person.email)?;
+            view.update_now_url = self.update_now_link(s, person.email.text())?;
         }
-        self.render_for(&tenant, s.id, kind, person.email, &view)
+        self.render_for(&tenant, s.id, kind, person.email.text().to_string(), &view)
             .map(Ok)
     }
 
@@ -398,7 +425,9 @@ impl App {
             bcc: if kind == MailKind::Test {
                 vec![]
             } else {
-                tenant.map(|t| t.mail_bcc.clone()).unwrap_or_default()
+                tenant
+                    .map(|t| t.mail_bcc.iter().map(|a| a.text().to_string()).collect())
+                    .unwrap_or_default()
             },
             subject: r.subject,
             text: r.text,

@@ -480,8 +480,7 @@ impl App {
         let Some(bh) = &t.business_hours else {
             return Ok(None);
         };
-        let tz =
-            upkeep_core::calendar::cron::parse_time_zone(&t.time_zone).unwrap_or(chrono_tz::UTC);
+        let tz = Self::business_zone(&t)?;
         Ok(crate::services::scheduler::business_hours_end(
             bh,
             tz,

@@ -62,8 +62,7 @@ impl App {
         if let Some(t) = self.store.get::<Tenant>(&c.tenant_id)?
             && let Some(bh) = &t.business_hours
         {
-            let tz = upkeep_core::calendar::cron::parse_time_zone(&t.time_zone)
-                .unwrap_or(chrono_tz::UTC);
+            let tz = Self::business_zone(&t)?;
             if let Some(end) = crate::services::scheduler::business_hours_end(bh, tz, now) {
                 return Ok(Some(end));
             }

@@ -5,6 +5,7 @@ use crate::services::App;
 use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
+use upkeep_core::types::{Stored, TimeZone};
 use upkeep_store::TxError;
 use upkeep_store::records::IdempotencyRecord;
 
@@ -98,7 +99,8 @@ impl App {
             planned.push((req, items));
         }
         let now = self.clock.now();
-        let mut zones: std::collections::HashMap<Id, String> = std::collections::HashMap::new();
+        let mut zones: std::collections::HashMap<Id, Stored<TimeZone>> =
+            std::collections::HashMap::new();
         for (req, _) in &planned {
             if let std::collections::hash_map::Entry::Vacant(e) =
                 zones.entry(req.computer.tenant_id)
@@ -107,7 +109,7 @@ impl App {
                     .store
                     .get::<Tenant>(&req.computer.tenant_id)?
                     .map(|t| t.time_zone)
-                    .unwrap_or_else(|| "UTC".into());
+                    .unwrap_or_else(|| TimeZone::UTC.into());
                 e.insert(zone);
             }
         }
@@ -137,7 +139,7 @@ impl App {
                 let zone = zones
                     .get(&req.computer.tenant_id)
                     .cloned()
-                    .unwrap_or_else(|| "UTC".into());
+                    .unwrap_or_else(|| TimeZone::UTC.into());
                 let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;
@@ -290,7 +292,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         queued: false,
         used_tokens: vec![],
         offline_in_window: false,
-        time_zone: "UTC".into(),
+        time_zone: TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
     };

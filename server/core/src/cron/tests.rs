@@ -1,3 +1,5 @@
+//! Cron tests: oracle vectors from cronsim, DST cases, parsing.
+
 use super::*;
 
 fn cron(s: &str) -> CronExpr {
@@ -15,8 +17,8 @@ fn utc(s: &str) -> DateTime<Utc> {
 }
 
 fn zone(name: &str) -> Tz {
-    match parse_time_zone(name) {
-        Ok(tz) => tz,
+    match crate::types::TimeZone::parse(name) {
+        Ok(tz) => tz.tz(),
         Err(e) => panic!("{e}"),
     }
 }
@@ -35,6 +37,18 @@ fn parse_err(s: &str) -> String {
         Ok(expr) => panic!("'{s}' should not parse, got {expr:?}"),
         Err(e) => e.0,
     }
+}
+
+#[test]
+fn cron_serde_is_the_source_text() {
+    let c = crate::types::tests::round_trip::<CronExpr>("\"0 2 * * 1-5\"");
+    assert_eq!(c.get().unwrap().source(), "0 2 * * 1-5");
+    crate::types::tests::round_trip::<CronExpr>("\"@daily\"");
+    let bad = crate::types::tests::round_trip::<CronExpr>("\"61 * * * *\"");
+    assert_eq!(bad.text(), "61 * * * *");
+    assert!(bad.get().is_err());
+    let v = crate::types::Stored::new(CronExpr::parse(" 5 4 * * * ").unwrap());
+    assert_eq!(serde_json::to_string(&v).unwrap(), "\"5 4 * * *\"");
 }
 
 #[test]
@@ -161,23 +175,6 @@ fn shorthands_and_source() {
         "0 12 * * *".parse::<CronExpr>().map(|e| e.hours),
         Ok(1 << 12)
     );
-}
-
-#[test]
-fn time_zone_names() {
-    assert_eq!(parse_time_zone("Europe/Berlin"), Ok(Tz::Europe__Berlin));
-    assert_eq!(parse_time_zone("UTC"), Ok(Tz::UTC));
-    assert_eq!(
-        parse_time_zone("Mars/Olympus"),
-        Err(BadTimeZone {
-            name: "Mars/Olympus".to_string()
-        })
-    );
-    assert_eq!(
-        parse_time_zone("Mars/Olympus").unwrap_err().to_string(),
-        "unknown time zone 'Mars/Olympus': use an IANA name such as Europe/Berlin"
-    );
-    assert!(parse_time_zone("").is_err());
 }
 
 #[test]

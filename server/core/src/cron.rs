@@ -1,7 +1,7 @@
 //! Five-field cron expressions evaluated in an IANA time zone.
 //!
 //! Occurrences follow Debian's cron as the `cronsim` Python library reproduces it (the oracle
-//! the contract names; the test vectors in `cron/tests.rs` come from it):
+//! the contract names; the test vectors below come from it):
 //!
 //! - `minute hour day-of-month month day-of-week`, with lists, ranges, `*`, steps (`*/n`,
 //!   `a-b/n`, and `a/n` meaning `a-max/n`), month names `JAN`..`DEC` and day names `SUN`..`SAT`
@@ -36,18 +36,13 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-/// A cron expression the user wrote that we cannot use. The message is a sentence a person
-/// reads: it names the field and the offending token.
+use crate::types::ParseError;
+
+/// A cron expression the user wrote that we cannot use. The message is a sentence
+/// a person reads: it names the field and the offending token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct CronError(pub String);
-
-/// A time zone name that is not in the IANA database (as written, untrimmed).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown time zone '{name}': use an IANA name such as Europe/Berlin")]
-pub struct BadTimeZone {
-    pub name: String,
-}
 
 /// A parsed, valid cron expression. Holding one proves the text parsed; the source text is kept
 /// so it can be stored and shown exactly as the user wrote it (trimmed).
@@ -338,6 +333,15 @@ impl CronExpr {
     }
 }
 
+impl crate::types::Checked for CronExpr {
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        CronExpr::parse(s).map_err(|e| ParseError(e.0))
+    }
+    fn as_text(&self) -> &str {
+        self.source()
+    }
+}
+
 impl FromStr for CronExpr {
     type Err = CronError;
 
@@ -350,14 +354,6 @@ impl fmt::Display for CronExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
-}
-
-/// Parses an IANA time zone name such as `Europe/Berlin` (case-sensitive, as the database
-/// spells it) or `UTC`.
-pub fn parse_time_zone(s: &str) -> Result<Tz, BadTimeZone> {
-    s.trim().parse::<Tz>().map_err(|_| BadTimeZone {
-        name: s.to_string(),
-    })
 }
 
 fn expand_shorthand(source: &str) -> Result<&'static str, CronError> {
