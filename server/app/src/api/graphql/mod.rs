@@ -35,7 +35,7 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_COMPLEXITY: usize = 5000;
 
 pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
-    let mut b = Schema::build(Query, Mutation, Subscription)
+    let mut b = Schema::build(Query, Mutation::default(), Subscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(64)

@@ -1,0 +1,193 @@
+//! Mutations: sign-in, the first users, tenants and people.
+
+use super::*;
+use crate::api::graphql::ClientAddr;
+use crate::api::graphql::ctx::Ctx;
+use crate::api::graphql::inputs::*;
+use crate::api::graphql::parse_id;
+use crate::api::graphql::types::View;
+use crate::auth::{self};
+use crate::error::ApiError;
+use crate::logsafe::log_value;
+use crate::permissions::Action;
+use async_graphql::{Context, ID, Object, Result};
+use upkeep_core::domain::*;
+use upkeep_core::types::Stored;
+use upkeep_store::IndexKey;
+use upkeep_store::records::*;
+
+#[derive(Default)]
+pub struct AccessMutation;
+
+#[Object]
+impl AccessMutation {
+    /// Signs in; the token goes in `Authorization: Bearer <token>`. Failed attempts are
+    /// throttled per e-mail and per client address. A user with TOTP on also gives
+    /// `totpCode`; without it, or with a wrong one, the error has `extensions.mfaRequired`.
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+        totp_code: Option<String>,
+    ) -> Result<LoginResult> {
+        let app = ctx.data::<std::sync::Arc<crate::services::App>>()?;
+        // Refused before any work: no argon2 run, no store read, no throttle entry.
+        if email.chars().count() > 320 {
+            return Err(ApiError::bad("email", "must be at most 320 characters").into());
+        }
+        if password.len() > 1024 {
+            return Err(ApiError::bad("password", "must be at most 1024 bytes").into());
+        }
+        let email_norm = email.trim().to_lowercase();
+        let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        let attempt = app.logins.reserve(&email_norm, ip).map_err(|wait| {
+            ApiError::Unauthenticated(format!(
+                "too many failed logins; try again in {wait} seconds"
+            ))
+        })?;
+        let user: Option<User> = app
+            .store
+            .unique(&IndexKey::new(USER_EMAIL, email_norm.as_str()))?;
+        let ok = match &user {
+            Some(u) => auth::verify_password(&password, &u.password_hash).await,
+            None => {
+                auth::burn_password_time(&password).await;
+                false
+            }
+        };
+        // A disabled user is answered exactly like a wrong password.
+        let failed = |user: Option<(Id, Option<Id>)>| {
+            crate::audit::login(user, &email_norm, "loginFailed", ip, app.clock.now())
+        };
+        let named = user.as_ref().map(|u| (u.id, u.tenant_id));
+        let Some(user) = user.filter(|u| ok && !u.disabled) else {
+            // The attempt stays counted as a failure.
+            tracing::info!(email = %log_value(&email_norm), "failed login");
+            app.record_audit(failed(named)).await;
+            return Err(ApiError::Unauthenticated("wrong e-mail or password".into()).into());
+        };
+        if user.totp_on()
+            && let Err(e) = app.use_totp_code(user.id, totp_code.as_deref()).await
+        {
+            // Dropping the attempt leaves it counted as a failure.
+            tracing::info!(email = %log_value(&email_norm), "failed login (second factor)");
+            app.record_audit(failed(Some((user.id, user.tenant_id))))
+                .await;
+            return Err(e.into());
+        }
+        attempt.succeeded();
+        let now = app.clock.now();
+        app.record_audit(crate::audit::login(
+            Some((user.id, user.tenant_id)),
+            &email_norm,
+            "login",
+            ip,
+            now,
+        ))
+        .await;
+        let token = app.keys.issue_api_token(&user, now)?;
+        Ok(LoginResult {
+            token,
+            expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS),
+            user: View(user),
+        })
+    }
+
+    async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<View<User>> {
+        let c = Ctx::new(ctx)?;
+        let tenant = opt_id("tenantId", &input.tenant_id)?;
+        role_tenant(input.role.into(), tenant)?;
+        if let Some(t) = tenant {
+            c.load::<Tenant>(t)?;
+        }
+        c.actor.require(Action::ManageUsers, tenant)?;
+        c.actor.require_delegation(input.role.into(), tenant)?;
+        let email_addr = Stored::new(email_address("email", &input.email)?.to_lowercase());
+        valid_password("password", &input.password)?;
+        let user = User {
+            id: crate::ids::fresh(),
+            email: email_addr.clone(),
+            password_hash: auth::hash_password(&input.password).await?,
+            role: input.role.into(),
+            tenant_id: tenant,
+            created_at: c.app.clock.now(),
+            disabled: false,
+            token_generation: 0,
+            totp: Default::default(),
+        };
+        c.app.create_user(user).await.map(View).map_err(Into::into)
+    }
+
+    async fn create_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTenantInput,
+    ) -> Result<View<Tenant>> {
+        let c = Ctx::new(ctx)?;
+        c.actor.require_role(Action::CreateTenants)?;
+        let t = input.into_tenant(c.app.clock.now(), &c.app.config.mail_from_domains)?;
+        c.save(&t).await?;
+        Ok(View(t))
+    }
+
+    async fn update_tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateTenantInput,
+    ) -> Result<View<Tenant>> {
+        let c = Ctx::new(ctx)?;
+        let mut t: Tenant = c.load(parse_id("id", &id)?)?;
+        c.actor.require(Action::ConfigureTenant, Some(t.id))?;
+        input.apply(&mut t, &c.app.config.mail_from_domains)?;
+        c.save(&t).await?;
+        Ok(View(t))
+    }
+
+    async fn create_person(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePersonInput,
+    ) -> Result<View<Person>> {
+        let c = Ctx::new(ctx)?;
+        let tenant = parse_id("tenantId", &input.tenant_id)?;
+        c.tenant_for_write(Some(tenant))?;
+        let p = Person {
+            id: crate::ids::fresh(),
+            tenant_id: tenant,
+            name: name("name", &input.name)?,
+            email: email_address("email", &input.email)?.into(),
+            usernames: input
+                .usernames
+                .as_deref()
+                .map(usernames)
+                .transpose()?
+                .unwrap_or_default(),
+            created_at: c.app.clock.now(),
+        };
+        c.save(&p).await?;
+        Ok(View(p))
+    }
+
+    async fn update_person(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdatePersonInput,
+    ) -> Result<View<Person>> {
+        let c = Ctx::new(ctx)?;
+        let mut p: Person = c.load_for_write(parse_id("id", &id)?)?;
+        if let Some(n) = &input.name {
+            p.name = name("name", n)?;
+        }
+        if let Some(e) = &input.email {
+            p.email = email_address("email", e)?.into();
+        }
+        if let Some(u) = &input.usernames {
+            p.usernames = usernames(u)?;
+        }
+        c.save(&p).await?;
+        Ok(View(p))
+    }
+}

@@ -1,0 +1,235 @@
+//! Mutations: software, maintenance tasks and deployments.
+
+use super::*;
+use crate::api::graphql::ctx::Ctx;
+use crate::api::graphql::enums::{DeploymentOrder, DesiredSoftwareState, Enforcement, TaskMode};
+use crate::api::graphql::inputs::*;
+use crate::api::graphql::parse_id;
+use crate::api::graphql::types::View;
+use crate::error::ApiError;
+use crate::permissions::Action;
+use async_graphql::{Context, ID, Object, Result};
+use upkeep_core::domain::*;
+
+#[derive(Default)]
+pub struct CatalogueMutation;
+
+#[Object]
+impl CatalogueMutation {
+    async fn create_software(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateSoftwareInput,
+    ) -> Result<View<Software>> {
+        let c = Ctx::new(ctx)?;
+        let owner = c.owner_for_new(&input.tenant_id)?;
+        let config_task = match &input.configuration_task_id {
+            Some(t) => {
+                Some(catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, owner)?.id)
+            }
+            None => None,
+        };
+        let versions = versions(&input.versions)?;
+        if versions.is_empty() {
+            return Err(ApiError::bad(
+                "versions",
+                "give at least one version with its install script",
+            )
+            .into());
+        }
+        let s = Software {
+            id: crate::ids::fresh(),
+            tenant_id: owner,
+            name: name("name", &input.name)?,
+            detection_script: input.detection_script.validate("detectionScript")?,
+            versions,
+            uninstall_script: input
+                .uninstall_script
+                .as_ref()
+                .map(|s| s.validate("uninstallScript"))
+                .transpose()?,
+            configuration_task_id: config_task,
+            created_at: c.app.clock.now(),
+        };
+        c.save(&s).await?;
+        Ok(View(s))
+    }
+
+    async fn update_software(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateSoftwareInput,
+    ) -> Result<View<Software>> {
+        let c = Ctx::new(ctx)?;
+        let mut s: Software = c.load_for_write(parse_id("id", &id)?)?;
+        if let Some(n) = &input.name {
+            s.name = name("name", n)?;
+        }
+        if let Some(d) = &input.detection_script {
+            s.detection_script = d.validate("detectionScript")?;
+        }
+        if let Some(v) = &input.versions {
+            let v = versions(v)?;
+            if v.is_empty() {
+                return Err(ApiError::bad("versions", "give at least one version").into());
+            }
+            s.versions = v;
+        }
+        if let Some(u) = &input.uninstall_script {
+            s.uninstall_script = Some(u.validate("uninstallScript")?);
+        }
+        if let Some(t) = &input.configuration_task_id {
+            s.configuration_task_id = if t.is_empty() {
+                None
+            } else {
+                Some(
+                    catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, s.tenant_id)?.id,
+                )
+            };
+        }
+        c.save(&s).await?;
+        Ok(View(s))
+    }
+
+    async fn create_maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateMaintenanceTaskInput,
+    ) -> Result<View<MaintenanceTask>> {
+        let c = Ctx::new(ctx)?;
+        let owner = c.owner_for_new(&input.tenant_id)?;
+        let t = MaintenanceTask {
+            id: crate::ids::fresh(),
+            tenant_id: owner,
+            name: name("name", &input.name)?,
+            test_script: input.test_script.validate("testScript")?,
+            set_script: input
+                .set_script
+                .as_ref()
+                .map(|s| s.validate("setScript"))
+                .transpose()?,
+            created_at: c.app.clock.now(),
+        };
+        c.save(&t).await?;
+        Ok(View(t))
+    }
+
+    async fn create_deployment(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateDeploymentInput,
+    ) -> Result<View<Deployment>> {
+        let c = Ctx::new(ctx)?;
+        let owner = c.owner_for_new(&input.tenant_id)?;
+        if owner.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
+        }
+        let software_id = match &input.software_id {
+            Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner)?),
+            None => None,
+        };
+        let task_id = match &input.maintenance_task_id {
+            Some(t) => {
+                Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)?.id)
+            }
+            None => None,
+        };
+        let version = input
+            .version
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(String::from);
+        if let (Some(sw), Some(v), Some(DesiredSoftwareState::InstalledVersion)) =
+            (&software_id, &version, input.desired_state)
+            && sw.version(v).is_none()
+        {
+            return Err(ApiError::bad("version", format!("{} has no version {v}", sw.name)).into());
+        }
+        let d = Deployment {
+            id: crate::ids::fresh(),
+            tenant_id: owner,
+            target: target(&c, &input.target, owner)?,
+            software_id: software_id.map(|s| s.id),
+            desired_state: input.desired_state.map(Into::into),
+            version,
+            maintenance_task_id: task_id,
+            task_mode: input.task_mode.unwrap_or(TaskMode::Enforce).into(),
+            parameters: input
+                .parameters
+                .as_ref()
+                .map(|p| parameters(&p.0))
+                .transpose()?
+                .unwrap_or_default(),
+            enforcement: input.enforcement.unwrap_or(Enforcement::Required).into(),
+            order: input.order.unwrap_or(DeploymentOrder::Unordered).into(),
+            position: input.position.unwrap_or(0),
+            enabled: input.enabled.unwrap_or(true),
+            created_at: c.app.clock.now(),
+        };
+        validate_deployment(&d)?;
+        c.save(&d).await?;
+        Ok(View(d))
+    }
+
+    async fn update_deployment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateDeploymentInput,
+    ) -> Result<View<Deployment>> {
+        let c = Ctx::new(ctx)?;
+        let mut d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
+        if d.tenant_id.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
+        }
+        if let Some(t) = &input.target {
+            d.target = target(&c, t, d.tenant_id)?;
+        }
+        if let Some(s) = input.desired_state {
+            d.desired_state = Some(s.into());
+        }
+        if let Some(v) = &input.version {
+            d.version = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        }
+        if let Some(m) = input.task_mode {
+            d.task_mode = m.into();
+        }
+        if let Some(p) = &input.parameters {
+            d.parameters = parameters(&p.0)?;
+        }
+        if let Some(e) = input.enforcement {
+            d.enforcement = e.into();
+        }
+        if let Some(o) = input.order {
+            d.order = o.into();
+        }
+        if let Some(p) = input.position {
+            d.position = p;
+        }
+        if let Some(e) = input.enabled {
+            d.enabled = e;
+        }
+        validate_deployment(&d)?;
+        c.save(&d).await?;
+        Ok(View(d))
+    }
+
+    async fn delete_deployment(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
+        if d.tenant_id.is_none() {
+            c.actor
+                .require(Action::ManageCrossTenantDeployments, None)?;
+        }
+        c.app.store.write(|tx| {
+            tx.delete::<Deployment, ApiError>(d.id.as_bytes())
+                .map(|_| ())
+        })?;
+        c.app.store.flush().await?;
+        Ok(true)
+    }
+}

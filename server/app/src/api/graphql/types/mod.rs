@@ -1,0 +1,86 @@
+//! GraphQL views of the domain records. Relations are resolved through [`Ctx`], which applies
+//! tenant isolation, so a field can never reach into a tenant the caller may not see.
+
+mod catalogue;
+mod integrations;
+mod people;
+mod sessions;
+
+pub use catalogue::*;
+pub use people::*;
+pub use sessions::*;
+
+use super::ctx::Ctx;
+use super::enums::{OfflineBehavior, RebootPreference};
+use async_graphql::{Context, ID, Result, SimpleObject};
+use upkeep_core::domain::*;
+
+/// A GraphQL view of a core record: the API decides the fields, the record stays plain data
+/// (the core carries no GraphQL derives). Fields read the record through `Deref`.
+#[derive(Debug, Clone)]
+pub struct View<T>(pub T);
+
+impl<T> std::ops::Deref for View<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> From<T> for View<T> {
+    fn from(t: T) -> View<T> {
+        View(t)
+    }
+}
+
+// `MaintenanceOptions` as the API shows them (no description: the SDL has none).
+#[derive(SimpleObject)]
+#[graphql(name = "MaintenanceOptions")]
+pub struct MaintenanceOptionsView {
+    pub notify_before: bool,
+    pub notify_after: bool,
+    pub notify_when_compliant: bool,
+    pub show_actions_in_email: bool,
+    pub allow_postpone: bool,
+    pub max_postpones: u32,
+    pub postpone_hours: u32,
+    pub allow_update_now: bool,
+    pub reboot_preference: RebootPreference,
+    pub offline_behavior: OfflineBehavior,
+    pub offline_grace_minutes: u32,
+    pub allow_reboot_during_business_hours: bool,
+}
+
+impl From<&MaintenanceOptions> for MaintenanceOptionsView {
+    fn from(o: &MaintenanceOptions) -> Self {
+        MaintenanceOptionsView {
+            notify_before: o.notify_before,
+            notify_after: o.notify_after,
+            notify_when_compliant: o.notify_when_compliant,
+            show_actions_in_email: o.show_actions_in_email,
+            allow_postpone: o.allow_postpone,
+            max_postpones: o.max_postpones,
+            postpone_hours: o.postpone_hours,
+            allow_update_now: o.allow_update_now,
+            reboot_preference: o.reboot_preference.into(),
+            offline_behavior: o.offline_behavior.into(),
+            offline_grace_minutes: o.offline_grace_minutes,
+            allow_reboot_during_business_hours: o.allow_reboot_during_business_hours,
+        }
+    }
+}
+
+fn id(i: Id) -> ID {
+    ID(i.to_string())
+}
+
+fn opt_tenant(ctx: &Context<'_>, t: Option<Id>) -> Result<Option<Tenant>> {
+    match t {
+        Some(t) => Ok(Ctx::new(ctx)?.find::<Tenant>(t)?),
+        None => Ok(None),
+    }
+}
+
+fn tenant(ctx: &Context<'_>, t: Id) -> Result<Tenant> {
+    Ok(Ctx::new(ctx)?.load::<Tenant>(t)?)
+}

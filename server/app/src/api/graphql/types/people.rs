@@ -1,0 +1,241 @@
+//! GraphQL views: tenants, users, persons and computers.
+
+use super::*;
+use crate::api::graphql::ctx::Ctx;
+use crate::api::graphql::enums::{Compliance, OnboardingStatus, UserRole, Weekday};
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use upkeep_core::domain::*;
+use upkeep_core::resolve;
+use upkeep_core::session::*;
+
+#[Object(name = "Tenant")]
+impl View<Tenant> {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn company_name(&self) -> Option<&str> {
+        self.company_name.as_deref()
+    }
+    async fn time_zone(&self) -> &str {
+        self.time_zone.text()
+    }
+    async fn mail_from(&self) -> Option<&str> {
+        self.mail_from.as_deref()
+    }
+    async fn logo_url(&self) -> Option<&str> {
+        self.logo_url.as_deref()
+    }
+    async fn primary_color(&self) -> Option<&str> {
+        self.primary_color.as_deref()
+    }
+    async fn auto_onboarding(&self) -> bool {
+        self.auto_onboarding
+    }
+    async fn excluded_from_maintenance(&self) -> bool {
+        self.excluded_from_maintenance
+    }
+    async fn business_hours(&self) -> Option<BusinessHoursView> {
+        self.business_hours.as_ref().map(BusinessHoursView::from)
+    }
+    async fn mail_bcc(&self) -> Vec<&str> {
+        self.mail_bcc.iter().map(|a| a.text()).collect()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "BusinessHours")]
+pub struct BusinessHoursView {
+    pub days: Vec<Weekday>,
+    pub start: String,
+    pub end: String,
+}
+
+impl From<&BusinessHours> for BusinessHoursView {
+    fn from(b: &BusinessHours) -> Self {
+        let f = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+        BusinessHoursView {
+            days: b.days.iter().map(|&d| d.into()).collect(),
+            start: f(b.start_minute),
+            end: f(b.end_minute),
+        }
+    }
+}
+
+#[Object(name = "User")]
+impl View<User> {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn email(&self) -> &str {
+        self.email.text()
+    }
+    async fn role(&self) -> UserRole {
+        self.role.into()
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
+        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    /// A disabled user cannot log in; their tokens and API keys do not work.
+    async fn disabled(&self) -> bool {
+        self.disabled
+    }
+    /// TOTP is on: logging in needs a code.
+    async fn mfa_enabled(&self) -> bool {
+        self.totp_on()
+    }
+}
+
+#[Object(name = "Person")]
+impl View<Person> {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn email(&self) -> &str {
+        self.email.text()
+    }
+    async fn usernames(&self) -> &[String] {
+        &self.usernames
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
+        tenant(ctx, self.tenant_id).map(View)
+    }
+}
+
+#[Object(name = "Computer")]
+impl View<Computer> {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    async fn machine_id(&self) -> &str {
+        &self.machine_id
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
+        tenant(ctx, self.tenant_id).map(View)
+    }
+    async fn tags(&self) -> Vec<&str> {
+        self.tags.iter().map(|t| t.text()).collect()
+    }
+    async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
+        match self.primary_person_id {
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?.map(View)),
+            None => Ok(None),
+        }
+    }
+    /// True while the agent polls; false a little over a minute after it stopped.
+    async fn online(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
+    }
+    /// When the agent last polled (kept in memory, written back every 30 s).
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+        let app = &Ctx::new(ctx)?.app;
+        if let Some(t) = app.agents.last_seen(self.id) {
+            return Ok(Some(t));
+        }
+        Ok(app.store.last_seen(&self.id)?.or(self.last_seen_at))
+    }
+    async fn os(&self) -> &str {
+        &self.os
+    }
+    async fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+    async fn logged_on_user(&self) -> Option<&str> {
+        self.logged_on_user.as_deref()
+    }
+    async fn enrolled_at(&self) -> DateTime<Utc> {
+        self.enrolled_at
+    }
+    /// From the last finished session; null before any.
+    async fn compliance(&self) -> Option<Compliance> {
+        self.compliance.map(Into::into)
+    }
+    /// A session needed a reboot that business hours held: true until that reboot ran.
+    async fn reboot_pending(&self) -> bool {
+        self.held_reboot.is_some()
+    }
+    async fn excluded_from_maintenance(&self) -> bool {
+        self.excluded_from_maintenance
+    }
+    /// True once the agent token was revoked (the agent must re-enroll).
+    async fn agent_revoked(&self) -> bool {
+        self.agent_token_hash.is_none()
+    }
+    /// Per software or task: which deployment wins on this computer, which it shadows, and why.
+    async fn deployment_resolution(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentResolution>> {
+        let c = Ctx::new(ctx)?;
+        let deployments = c.app.catalogue_deployments_for(self.tenant_id)?;
+        let res = resolve::resolve(self, &deployments);
+        let mut out = Vec::new();
+        for r in res {
+            let (software, task) = match r.subject {
+                Subject::Software(s) => (c.find_catalogue::<Software>(s)?, None),
+                Subject::Task(t) => (None, c.find_catalogue::<MaintenanceTask>(t)?),
+            };
+            // Deployments reached from here obey the same rule as a direct load: a tenant
+            // role does not read MSP-level deployments (their parameters hold licence keys).
+            out.push(DeploymentResolution {
+                software: software.map(View),
+                maintenance_task: task.map(View),
+                winner: Some(r.winner.clone()).filter(|d| c.visible(d)).map(View),
+                shadowed: r
+                    .shadowed
+                    .iter()
+                    .filter(|d| c.visible(**d))
+                    .map(|d| View((*d).clone()))
+                    .collect(),
+                rule: r.rule.clone(),
+            });
+        }
+        Ok(out)
+    }
+    /// Its onboarding deployments: `IN_PROGRESS` while an onboarding session is unfinished,
+    /// else how the last finished one ended (`COMPLETED`, `FAILED`), `PENDING` before any.
+    // The index of unfinished sessions is updated just after the finished session is stored:
+    // the session's own status decides, so a reader never sees a finished onboarding as
+    // IN_PROGRESS.
+    async fn onboarding_status(&self, ctx: &Context<'_>) -> Result<OnboardingStatus> {
+        let app = &Ctx::new(ctx)?.app;
+        if let Some(active) = app.unfinished_session_of(self.id)
+            && app.store.get::<Session>(&active)?.is_some_and(|s| {
+                s.trigger == upkeep_core::session::SessionTrigger::Onboarding
+                    && !s.status.is_terminal()
+            })
+        {
+            return Ok(OnboardingStatus::InProgress);
+        }
+        Ok(self
+            .onboarding
+            .unwrap_or(upkeep_core::domain::OnboardingStatus::Pending)
+            .into())
+    }
+    /// This computer's sessions, newest first.
+    #[graphql(complexity = "crate::api::graphql::page_cost(first, child_complexity)")]
+    async fn sessions(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<View<Session>>> {
+        let c = Ctx::new(ctx)?;
+        let n = crate::api::graphql::connection::page_size(first)?;
+        Ok(c.app
+            .sessions_of_computer(self.id, n)?
+            .into_iter()
+            .map(View)
+            .collect())
+    }
+}

@@ -1,0 +1,288 @@
+//! GraphQL views: enrollment keys, sessions and their actions.
+
+use super::*;
+use crate::api::graphql::ctx::Ctx;
+use crate::api::graphql::enums::{
+    ActionKind, ActionStatus, Compliance, SessionStatus, SessionTrigger,
+};
+use async_graphql::{ComplexObject, Context, ID, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use upkeep_core::domain::*;
+use upkeep_core::session::*;
+
+#[derive(SimpleObject)]
+#[graphql(complex, name = "EnrollmentKey")]
+pub struct EnrollmentKeyView {
+    #[graphql(skip)]
+    pub key: EnrollmentKey,
+    /// The secret: only in the answer of `createEnrollmentKey`, null afterwards.
+    #[graphql(name = "key")]
+    pub secret: Option<String>,
+}
+
+#[ComplexObject]
+impl EnrollmentKeyView {
+    async fn id(&self) -> ID {
+        id(self.key.id)
+    }
+    async fn label(&self) -> Option<&str> {
+        self.key.label.as_deref()
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
+        tenant(ctx, self.key.tenant_id).map(View)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.key.created_at
+    }
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.key.expires_at
+    }
+    async fn max_uses(&self) -> Option<u32> {
+        self.key.max_uses
+    }
+    async fn uses(&self) -> u32 {
+        self.key.uses
+    }
+    async fn revoked(&self) -> bool {
+        self.key.revoked
+    }
+    async fn tags(&self) -> Vec<&str> {
+        self.key.tags.iter().map(|t| t.text()).collect()
+    }
+    async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
+        match self.key.primary_person_id {
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?.map(View)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[Object(name = "MaintenanceSession")]
+impl View<Session> {
+    #[graphql(name = "id")]
+    async fn gql_id(&self) -> ID {
+        id(self.id)
+    }
+    async fn status(&self) -> SessionStatus {
+        self.status.into()
+    }
+    async fn status_reason(&self) -> Option<&str> {
+        self.status_reason.as_deref()
+    }
+    async fn compliance(&self) -> Option<Compliance> {
+        self.compliance.map(Into::into)
+    }
+    async fn trigger(&self) -> SessionTrigger {
+        self.trigger.into()
+    }
+    async fn detection_only(&self) -> bool {
+        self.detection_only
+    }
+    async fn computer(&self, ctx: &Context<'_>) -> Result<Option<View<Computer>>> {
+        Ok(Ctx::new(ctx)?.find::<Computer>(self.computer_id)?.map(View))
+    }
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
+        tenant(ctx, self.tenant_id).map(View)
+    }
+    async fn schedule(&self, ctx: &Context<'_>) -> Result<Option<View<Schedule>>> {
+        match self.schedule_id {
+            Some(s) => Ok(Ctx::new(ctx)?.find::<Schedule>(s)?.map(View)),
+            None => Ok(None),
+        }
+    }
+    async fn options(&self) -> MaintenanceOptionsView {
+        (&self.options).into()
+    }
+    async fn created_by(&self) -> &str {
+        &self.created_by
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.finished_at
+    }
+    async fn execute_at(&self) -> Option<DateTime<Utc>> {
+        self.execute_at
+    }
+    async fn window_end(&self) -> Option<DateTime<Utc>> {
+        self.window_end
+    }
+    async fn postpone_count(&self) -> u32 {
+        self.postpone_count
+    }
+    async fn reboot_required(&self) -> bool {
+        self.reboot_required
+    }
+    async fn rebooted_at(&self) -> Option<DateTime<Utc>> {
+        self.rebooted_at
+    }
+    async fn actions(&self) -> Vec<ActionView> {
+        let items = std::sync::Arc::new(self.items.clone());
+        self.actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ActionView {
+                session: items.clone(),
+                action: a.clone(),
+                output_of: u32::try_from(i).ok().map(|i| (self.id, i)),
+            })
+            .collect()
+    }
+    /// The session's log, oldest first; `afterSequence` pages on.
+    #[graphql(complexity = "crate::api::graphql::list_cost(first, 1000, 5000, child_complexity)")]
+    async fn logs(
+        &self,
+        ctx: &Context<'_>,
+        after_sequence: Option<i64>,
+        first: Option<i32>,
+    ) -> Result<Vec<LogLine>> {
+        let c = Ctx::new(ctx)?;
+        let n = first.map(|f| f.clamp(0, 5000) as usize).unwrap_or(1000);
+        let after = after_sequence.unwrap_or(0).max(0) as u64;
+        Ok(c.app
+            .events_after(self.id, after)
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.log_line.clone().map(|l| LogLine {
+                    sequence: e.sequence as i64,
+                    at: e.at,
+                    message: l,
+                })
+            })
+            .take(n)
+            .collect())
+    }
+    /// The last event sequence written for this session (subscribe with `afterSequence` = this).
+    async fn last_sequence(&self) -> i64 {
+        self.last_sequence as i64
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct LogLine {
+    pub sequence: i64,
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+pub struct ActionView {
+    pub session: std::sync::Arc<Vec<PlanItem>>,
+    pub action: Action,
+    /// (session, action index) of a stored session's action; `None` for previews.
+    pub output_of: Option<(Id, u32)>,
+}
+
+/// What an action's last install, upgrade, uninstall or set script said, secrets masked.
+#[derive(SimpleObject)]
+#[graphql(name = "ActionOutput")]
+pub struct ActionOutputView {
+    /// At most 64 KiB of stdout (then `truncated`, and a closing marker line).
+    pub stdout: String,
+    /// At most 64 KiB of stderr (then `truncated`, and a closing marker line).
+    pub stderr: String,
+    /// `null` when the script could not start, timed out or was killed.
+    pub exit_code: Option<i32>,
+    pub truncated: bool,
+}
+
+#[Object(name = "MaintenanceAction")]
+impl ActionView {
+    async fn id(&self) -> ID {
+        id(self.action.id)
+    }
+    async fn kind(&self) -> ActionKind {
+        self.action.kind.into()
+    }
+    async fn status(&self) -> ActionStatus {
+        self.action.status.into()
+    }
+    async fn compliance(&self) -> Compliance {
+        self.action.compliance.into()
+    }
+    async fn software(&self, ctx: &Context<'_>) -> Result<Option<View<Software>>> {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => Ok(Ctx::new(ctx)?
+                .find_catalogue::<Software>(software.id)?
+                .map(View)),
+            _ => Ok(None),
+        }
+    }
+    async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<View<MaintenanceTask>>> {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Task { task, .. }) => Ok(Ctx::new(ctx)?
+                .find_catalogue::<MaintenanceTask>(task.id)?
+                .map(View)),
+            _ => Ok(None),
+        }
+    }
+    /// The software's or task's name as it was when the session started.
+    async fn name(&self) -> String {
+        match self.session.get(self.action.item).map(|i| &i.what) {
+            Some(ItemWhat::Software { software, .. }) => software.name.clone(),
+            Some(ItemWhat::Task { task, .. }) => task.name.clone(),
+            None => String::new(),
+        }
+    }
+    async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<View<Deployment>>> {
+        match self.session.get(self.action.item) {
+            Some(i) => Ok(Ctx::new(ctx)?
+                .find::<Deployment>(i.deployment_id)?
+                .map(View)),
+            None => Ok(None),
+        }
+    }
+    async fn desired_version(&self) -> Option<&str> {
+        self.action.desired_version.as_deref()
+    }
+    async fn detected_version(&self) -> Option<&str> {
+        self.action.detected_version.as_deref()
+    }
+    /// What detection found before execution (kept when verification detects again).
+    async fn detected_version_before(&self) -> Option<&str> {
+        self.action.detected_version_before.as_deref()
+    }
+    /// What verification found after execution; null until it ran or when not installed.
+    async fn detected_version_after(&self) -> Option<&str> {
+        self.action.detected_version_after.as_deref()
+    }
+    async fn result_message(&self) -> Option<&str> {
+        self.action.result_message.as_deref()
+    }
+    /// Why the action was planned, e.g. "1.9.2 installed, latest is 1.10.0".
+    async fn reason(&self) -> &str {
+        &self.action.reason
+    }
+    async fn reboot_required(&self) -> bool {
+        self.action.reboot_required
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.action.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.action.finished_at
+    }
+    /// What the action's last install, upgrade, uninstall or set script said (not the
+    /// detection that verified it); `null` until one ran. Parameter values of 6 or more
+    /// characters are masked as `••••••`.
+    async fn output(&self, ctx: &Context<'_>) -> Result<Option<ActionOutputView>> {
+        let Some((session, index)) = self.output_of else {
+            return Ok(None);
+        };
+        let c = Ctx::new(ctx)?;
+        let key = upkeep_core::output::output_key(session, index);
+        Ok(c.app
+            .store
+            .get_by_key::<upkeep_core::output::OutputRecord>(&key)?
+            .filter(|r| r.action_id == self.action.id)
+            .map(|r| ActionOutputView {
+                stdout: r.output.stdout,
+                stderr: r.output.stderr,
+                exit_code: r.output.exit_code,
+                truncated: r.output.truncated,
+            }))
+    }
+}
