@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod ids;
 pub mod logsafe;

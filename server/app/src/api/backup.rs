@@ -186,10 +186,10 @@ pub fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let (trees, secret) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
-    crate::api::http::tighten_permissions(data_dir)?;
+    crate::datadir::tighten_permissions(data_dir)?;
     let store = Store::open(data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    crate::api::http::tighten_permissions(data_dir)?;
+    crate::datadir::tighten_permissions(data_dir)?;
     if !store.is_empty() {
         bail!(
             "{} already holds data; restore into a new, empty data dir",

@@ -298,41 +298,6 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Restricts `dir` and everything under it to the owner: directories 0700, files 0600,
-/// whatever the umask they were made with (the data dir holds password hashes, webhook
-/// secrets, the JWT key and live postpone links). Symbolic links are left alone. Returns how
-/// many paths were looser.
-pub fn tighten_permissions(dir: &std::path::Path) -> std::io::Result<usize> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut loose = 0;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(path) = todo.pop() {
-        // The data dir itself may be a link to where the data lives; links inside are not
-        // followed.
-        let meta = if path == dir {
-            std::fs::metadata(&path)?
-        } else {
-            std::fs::symlink_metadata(&path)?
-        };
-        let want = if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                todo.push(entry?.path());
-            }
-            0o700
-        } else if meta.file_type().is_symlink() {
-            continue;
-        } else {
-            0o600
-        };
-        if meta.permissions().mode() & 0o777 != want {
-            if meta.permissions().mode() & 0o077 != 0 {
-                loose += 1;
-            }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))?;
-        }
-    }
-    Ok(loose)
-}
 
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
@@ -340,7 +305,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let loose = tighten_permissions(&config.data_dir).with_context(|| {
+    let loose = crate::datadir::tighten_permissions(&config.data_dir).with_context(|| {
         format!(
             "cannot restrict the data dir {} to its owner",
             config.data_dir.display()
@@ -359,7 +324,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     // sled creates its files with the process's umask.
-    tighten_permissions(&config.data_dir)?;
+    crate::datadir::tighten_permissions(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

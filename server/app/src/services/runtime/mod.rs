@@ -481,7 +481,7 @@ impl App {
             return Ok(None);
         };
         let tz = Self::business_zone(&t)?;
-        Ok(crate::services::scheduler::business_hours_end(
+        Ok(upkeep_core::calendar::business_hours_end(
             bh,
             tz,
             self.clock.now(),

@@ -63,7 +63,7 @@ impl App {
             && let Some(bh) = &t.business_hours
         {
             let tz = Self::business_zone(&t)?;
-            if let Some(end) = crate::services::scheduler::business_hours_end(bh, tz, now) {
+            if let Some(end) = upkeep_core::calendar::business_hours_end(bh, tz, now) {
                 return Ok(Some(end));
             }
         }

@@ -1,0 +1,38 @@
+//! The data directory: the store, the JWT key and backups live there, private to the server's
+//! user whatever umask it was started with.
+
+/// Restricts `dir` and everything under it to the owner: directories 0700, files 0600,
+/// whatever the umask they were made with (the data dir holds password hashes, webhook
+/// secrets, the JWT key and live postpone links). Symbolic links are left alone. Returns how
+/// many paths were looser.
+pub fn tighten_permissions(dir: &std::path::Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        // The data dir itself may be a link to where the data lives; links inside are not
+        // followed.
+        let meta = if path == dir {
+            std::fs::metadata(&path)?
+        } else {
+            std::fs::symlink_metadata(&path)?
+        };
+        let want = if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                todo.push(entry?.path());
+            }
+            0o700
+        } else if meta.file_type().is_symlink() {
+            continue;
+        } else {
+            0o600
+        };
+        if meta.permissions().mode() & 0o777 != want {
+            if meta.permissions().mode() & 0o077 != 0 {
+                loose += 1;
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))?;
+        }
+    }
+    Ok(loose)
+}
