@@ -298,7 +298,6 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {

@@ -5,7 +5,7 @@ use crate::api::graphql::enums::SessionTrigger;
 use crate::api::graphql::inputs::*;
 use crate::api::graphql::parse_id;
 use crate::api::graphql::types::View;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::permissions::Action;
 use crate::services::runtime::{Busy, StartRequest};
 use async_graphql::{Context, ID, Object, Result};
@@ -60,53 +60,9 @@ impl SessionMutation {
             None => None,
         };
         let options = input.options.clone().unwrap_or_default().validate()?;
-        let named = match &input.deployment_ids {
-            Some(ids) => {
-                let mut v = Vec::new();
-                for (i, d) in ids.iter().enumerate() {
-                    let id = parse_id(&format!("deploymentIds[{i}]"), d)?;
-                    let dep: Option<Deployment> = c.find(id)?;
-                    if dep.is_none() {
-                        return Err(ApiError::bad(
-                            &format!("deploymentIds[{i}]"),
-                            format!("deployment {id} not found"),
-                        )
-                        .into());
-                    }
-                    v.push(id);
-                }
-                Some(v)
-            }
-            None => None,
-        };
+        let named = named_deployments(&c, input.deployment_ids.as_deref())?;
         // Validate every computer before starting any.
-        let mut named_ids = std::collections::HashSet::new();
-        for (i, cid) in input.computer_ids.iter().enumerate() {
-            if !named_ids.insert(parse_id(&format!("computerIds[{i}]"), cid)?) {
-                return Err(ApiError::bad(
-                    &format!("computerIds[{i}]"),
-                    "this computer is named twice",
-                )
-                .into());
-            }
-        }
-        let mut computers = Vec::new();
-        for (i, cid) in input.computer_ids.iter().enumerate() {
-            let id = parse_id(&format!("computerIds[{i}]"), cid)?;
-            let comp: Computer = c.load(id)?;
-            let tenant: Tenant = c.load(comp.tenant_id)?;
-            if let Some(why) = exclusion(&tenant, Some(&comp)) {
-                return Err(ApiError::bad(&format!("computerIds[{i}]"), why.to_string()).into());
-            }
-            if let Some(active) = c.app.unfinished_session_of(comp.id) {
-                return Err(ApiError::Conflict(format!(
-                    "computer {} already has an unfinished maintenance session {active}",
-                    comp.name
-                ))
-                .into());
-            }
-            computers.push(comp);
-        }
+        let computers = startable_computers(&c, &input.computer_ids)?;
         let trigger = match c.actor.principal {
             crate::auth::Principal::ApiKey { .. } => SessionTrigger::Api,
             crate::auth::Principal::User { .. } => SessionTrigger::Manual,
@@ -283,4 +239,54 @@ impl SessionMutation {
         c.app.queue_mail(m).await?;
         Ok(true)
     }
+}
+
+/// The deployments a start names (`deploymentIds`), each one the caller may see.
+fn named_deployments(c: &Ctx<'_>, ids: Option<&[ID]>) -> ApiResult<Option<Vec<Id>>> {
+    let Some(ids) = ids else {
+        return Ok(None);
+    };
+    let mut v = Vec::new();
+    for (i, d) in ids.iter().enumerate() {
+        let id = parse_id(&format!("deploymentIds[{i}]"), d)?;
+        if c.find::<Deployment>(id)?.is_none() {
+            return Err(ApiError::bad(
+                &format!("deploymentIds[{i}]"),
+                format!("deployment {id} not found"),
+            ));
+        }
+        v.push(id);
+    }
+    Ok(Some(v))
+}
+
+/// The computers a start names, each visible, named once, not excluded from maintenance and
+/// without an unfinished session.
+fn startable_computers(c: &Ctx<'_>, ids: &[ID]) -> ApiResult<Vec<Computer>> {
+    let mut named_ids = std::collections::HashSet::new();
+    for (i, cid) in ids.iter().enumerate() {
+        if !named_ids.insert(parse_id(&format!("computerIds[{i}]"), cid)?) {
+            return Err(ApiError::bad(
+                &format!("computerIds[{i}]"),
+                "this computer is named twice",
+            ));
+        }
+    }
+    let mut computers = Vec::new();
+    for (i, cid) in ids.iter().enumerate() {
+        let id = parse_id(&format!("computerIds[{i}]"), cid)?;
+        let comp: Computer = c.load(id)?;
+        let tenant: Tenant = c.load(comp.tenant_id)?;
+        if let Some(why) = exclusion(&tenant, Some(&comp)) {
+            return Err(ApiError::bad(&format!("computerIds[{i}]"), why.to_string()));
+        }
+        if let Some(active) = c.app.unfinished_session_of(comp.id) {
+            return Err(ApiError::Conflict(format!(
+                "computer {} already has an unfinished maintenance session {active}",
+                comp.name
+            )));
+        }
+        computers.push(comp);
+    }
+    Ok(computers)
 }
