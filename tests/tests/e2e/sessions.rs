@@ -301,7 +301,14 @@ async fn one_unfinished_session_per_computer_and_cancel() -> anyhow::Result<()> 
         c["cancelMaintenanceSession"]["actions"],
         json!([{"status": "CANCELLED"}, {"status": "CANCELLED"}])
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing more can run: the gateway holds no job for the computer (the cancel gave up the
+    // running step's), so no later step can reach the agent.
+    let computer: upkeep_core::domain::Id = f.computer.parse()?;
+    assert_eq!(
+        f.s.app().agents.jobs_held_for(computer),
+        0,
+        "no job left after the cancel"
+    );
     assert!(
         !f.dir.path().join("after.version").exists(),
         "nothing ran after the cancel"

@@ -353,6 +353,14 @@ impl Agents {
     }
 
     /// Forgets a job that is no longer wanted (cancelled session).
+    /// Jobs the gateway holds for `computer`: queued for its next poll, or handed out and not
+    /// yet answered. None means nothing more can run there until something is dispatched.
+    pub fn jobs_held_for(&self, computer: Id) -> usize {
+        let q = self.queues();
+        q.queued.get(&computer).map_or(0, VecDeque::len)
+            + q.leased.values().filter(|l| l.computer == computer).count()
+    }
+
     pub fn forget_job(&self, job: Id) {
         self.streams().remove(&job);
         let mut q = self.queues();
