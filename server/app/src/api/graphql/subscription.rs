@@ -10,7 +10,6 @@ use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -102,44 +101,38 @@ impl Subscription {
             _ => vec![],
         };
         // Stored events first (replayed as they are), then live ones of matching sessions; a
-        // live event already replayed is skipped by its sequence. A subscriber that falls too
-        // far behind gets one error and the stream ends. Nothing is spawned: a slow client
-        // only delays its own stream, and one that goes away drops it.
+        // live event of the replayed session at or below the last replayed sequence is skipped
+        // (only one session is ever replayed, so that is all there is to remember). A
+        // subscriber that falls too far behind gets one error and the stream ends. Nothing is
+        // spawned: a slow client only delays its own stream, and one that goes away drops it.
+        let replayed_upto = replay.last().map(|e| (e.session_id, e.sequence));
         let replayed = futures_util::stream::iter(replay.into_iter().map(|e| Ok((true, e))));
         let live = BroadcastStream::new(rx).map(|r| r.map(|e| (false, e)));
+        let wanted = move |e: &SessionEvent| {
+            session.is_none_or(|s| s == e.session_id)
+                && tenant.is_none_or(|t| t == e.tenant_id)
+                && scope.contains(Some(e.tenant_id))
+                && !replayed_upto.is_some_and(|(s, n)| s == e.session_id && e.sequence <= n)
+        };
         let stream = replayed
             .chain(live)
-            .scan(
-                (HashMap::<Id, u64>::new(), false),
-                move |(last, ended), item| {
-                    if *ended {
-                        return std::future::ready(None);
+            .scan(false, move |ended, item| {
+                if *ended {
+                    return std::future::ready(None);
+                }
+                let out = match item {
+                    Ok((true, e)) => Some(Ok(EventView(e))),
+                    Ok((false, e)) => wanted(&e).then(|| Ok(EventView(e))),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        *ended = true;
+                        Some(Err(ApiError::Conflict(format!(
+                            "subscriber fell {n} events behind; resubscribe with afterSequence"
+                        ))
+                        .into()))
                     }
-                    let out = match item {
-                        Ok((replayed, e)) => {
-                            let wanted = replayed
-                                || !(session.is_some_and(|s| s != e.session_id)
-                                    || tenant.is_some_and(|t| t != e.tenant_id)
-                                    || !scope.contains(Some(e.tenant_id)));
-                            let seen = last.get(&e.session_id).is_some_and(|l| e.sequence <= *l);
-                            if !wanted || seen {
-                                None
-                            } else {
-                                last.insert(e.session_id, e.sequence);
-                                Some(Ok(EventView(e)))
-                            }
-                        }
-                        Err(BroadcastStreamRecvError::Lagged(n)) => {
-                            *ended = true;
-                            Some(Err(ApiError::Conflict(format!(
-                                "subscriber fell {n} events behind; resubscribe with afterSequence"
-                            ))
-                            .into()))
-                        }
-                    };
-                    std::future::ready(Some(out))
-                },
-            )
+                };
+                std::future::ready(Some(out))
+            })
             .filter_map(std::future::ready);
         Ok(stream)
     }
