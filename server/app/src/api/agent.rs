@@ -439,12 +439,27 @@ async fn output(
             ROUTE,
         );
     };
-    let ack = |accepted: bool| Json(proto::OutputAck { accepted }).into_response();
-    let mut verdict = app.agents.take_chunk(computer, job, &c, None);
+    let verdict = match chunk_verdict(&app, computer, job, &c) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    answer_chunk(&app, job, c.stream, verdict, peer).await
+}
+/// What the gateway makes of a chunk: a running step's output to show, a repeat, too fast, or
+/// a job that is not (or no longer) running here. A job the gateway does not hold is looked up
+/// in the store: done, cancelled or lost ones are refused politely (the agent may stop).
+#[allow(clippy::result_large_err)] // the error is the finished 503 answer
+fn chunk_verdict(
+    app: &App,
+    computer: Id,
+    job: Id,
+    c: &proto::OutputChunk,
+) -> Result<ChunkVerdict, Response> {
+    let mut verdict = app.agents.take_chunk(computer, job, c, None);
     if let ChunkVerdict::NotRunning = verdict {
         match app.store.get::<JobRecord>(&job) {
             Ok(Some(r)) if r.computer_id == computer => {
-                verdict = app.agents.take_chunk(computer, job, &c, Some(&r));
+                verdict = app.agents.take_chunk(computer, job, c, Some(&r));
                 if let ChunkVerdict::NotRunning = verdict {
                     // Done, cancelled or lost: the agent may stop streaming it.
                     verdict = ChunkVerdict::NotTaken;
@@ -453,25 +468,31 @@ async fn output(
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(job = %job, error = %e, "job not readable");
-                return error(
+                return Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
                     "the chunk could not be checked; retry",
-                );
+                ));
             }
         }
     }
+    Ok(verdict)
+}
+
+/// The answer to a chunk, after applying a shown one to its session.
+async fn answer_chunk(
+    app: &Arc<App>,
+    job: Id,
+    stream: proto::OutputStream,
+    verdict: ChunkVerdict,
+    peer: Option<SocketAddr>,
+) -> Response {
+    const ROUTE: &str = "/agent/v1/jobs/{jobId}/output";
+    let ack = |accepted: bool| Json(proto::OutputAck { accepted }).into_response();
     match verdict {
         ChunkVerdict::Show { session, text } => {
             match app
-                .apply(
-                    session,
-                    Event::Output {
-                        job,
-                        stream: c.stream,
-                        text,
-                    },
-                )
+                .apply(session, Event::Output { job, stream, text })
                 .await
             {
                 Ok(_) => ack(true),

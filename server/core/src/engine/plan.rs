@@ -385,7 +385,7 @@ fn explain_compliant(
 
 /// The install, upgrade or uninstall steps (and their reason) that bring the software from
 /// `installed` to `desired`; `v_target` is the version wanted.
-// Long on purpose: one match over (desired, installed), an arm per case; it reads best whole.
+// long: one match over (desired, installed), an arm per case; it reads best whole.
 fn plan_software_change(
     a: &mut Action,
     sw: &SoftwareSnapshot,
