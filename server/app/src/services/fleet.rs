@@ -44,20 +44,8 @@ impl App {
         r: &proto::EnrollRequest,
         address: Option<std::net::IpAddr>,
     ) -> Result<proto::EnrollResponse, ApiError> {
-        let key_hash = secret_hash(r.enrollment_key.trim());
-        let key: Option<EnrollmentKey> = self
-            .store
-            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))?;
-        let Some(key) = key else {
-            return Err(ApiError::Unauthenticated("unknown enrollment key".into()));
-        };
         let now = self.clock.now();
-        if key.revoked {
-            return Err(ApiError::Forbidden("the enrollment key was revoked".into()));
-        }
-        if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(ApiError::Forbidden("the enrollment key has expired".into()));
-        }
+        let key = self.usable_key(&r.enrollment_key, now)?;
         let token = new_secret("uat_");
         let token_hash = secret_hash(&token);
         let machine = IndexKey::new(
@@ -66,43 +54,7 @@ impl App {
         );
         let existing: Option<Computer> = self.store.unique(&machine)?;
         let is_new = existing.is_none();
-        // Re-enrolling a known machine takes over its agent token and jobs: it needs a key that
-        // could enroll a new computer, and uses it up like one (CONTRACT §11).
-        if key.max_uses.is_some_and(|m| key.uses >= m) {
-            return Err(ApiError::Forbidden(
-                "the enrollment key has reached its maximum uses".into(),
-            ));
-        }
-        let computer = match existing {
-            Some(mut c) => {
-                c.hostname = r.hostname.clone();
-                c.os = r.os.clone();
-                c.agent_version = r.agent_version.clone();
-                c.agent_token_hash = Some(token_hash.clone());
-                c.last_seen_at = Some(now);
-                c
-            }
-            None => Computer {
-                id: crate::ids::fresh(),
-                tenant_id: key.tenant_id,
-                name: r.hostname.clone(),
-                hostname: r.hostname.clone(),
-                machine_id: r.machine_id.trim().to_string(),
-                tags: key.tags.clone(),
-                primary_person_id: key.primary_person_id,
-                os: r.os.clone(),
-                agent_version: r.agent_version.clone(),
-                last_seen_at: Some(now),
-                agent_token_hash: Some(token_hash.clone()),
-                enrolled_at: now,
-                excluded_from_maintenance: false,
-                compliance: None,
-                logged_on_user: None,
-                onboarded: false,
-                onboarding: None,
-                held_reboot: None,
-            },
-        };
+        let computer = enrolled_computer(existing, &key, r, &token_hash, now);
         let event = if is_new {
             upkeep_core::webhook::WebhookEvent::ComputerEnrolled
         } else {
@@ -115,9 +67,48 @@ impl App {
                 serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
             )?;
         let audit = crate::audit::enrollment(&computer, &key, !is_new, address, now);
-        let res = self.store.write(|tx| {
-            tx.put(&audit)?;
-            if !tx.claim_unique(&machine, &computer.key_bytes())? {
+        let released = self.write_enrollment(
+            &computer,
+            key.id,
+            &machine,
+            &token_hash,
+            &audit,
+            &deliveries,
+            now,
+        )?;
+        self.store.flush().await?;
+        self.after_enrollment(
+            &computer,
+            key.id,
+            is_new,
+            &token_hash,
+            released,
+            !deliveries.is_empty(),
+        )?;
+        Ok(proto::EnrollResponse {
+            computer_id: computer.id.to_string(),
+            agent_token: token,
+            poll_wait_seconds: POLL_WAIT_SECONDS,
+        })
+    }
+
+    /// Writes an enrollment in one transaction: the computer (claiming its machine id and its
+    /// new token, releasing the token it had), the key's use, the audit record and the webhook
+    /// deliveries. Returns the token hash it released.
+    #[allow(clippy::too_many_arguments)] // the parts of one write, each named
+    fn write_enrollment(
+        &self,
+        computer: &Computer,
+        key: Id,
+        machine: &IndexKey,
+        token_hash: &str,
+        audit: &upkeep_core::audit::AuditEvent,
+        deliveries: &[upkeep_core::webhook::Delivery],
+        now: Time,
+    ) -> Result<Option<String>, ApiError> {
+        let released = self.store.write(|tx| {
+            tx.put(audit)?;
+            if !tx.claim_unique(machine, &computer.key_bytes())? {
                 return Err(TxError::Abort(ApiError::Conflict(
                     "another computer claimed this machine id".into(),
                 )));
@@ -135,18 +126,18 @@ impl App {
                     c.hostname = computer.hostname.clone();
                     c.os = computer.os.clone();
                     c.agent_version = computer.agent_version.clone();
-                    c.agent_token_hash = Some(token_hash.clone());
+                    c.agent_token_hash = Some(token_hash.to_string());
                     c.last_seen_at = Some(now);
                     c
                 }
                 None => computer.clone(),
             };
             tx.claim_unique(
-                &IndexKey::new(AGENT_TOKEN, &token_hash),
+                &IndexKey::new(AGENT_TOKEN, token_hash),
                 &computer.key_bytes(),
             )?;
             tx.put(&record)?;
-            let mut k: EnrollmentKey = tx.get(&key.id)?.ok_or_else(|| {
+            let mut k: EnrollmentKey = tx.get(&key)?.ok_or_else(|| {
                 TxError::Abort(ApiError::Forbidden("the enrollment key was deleted".into()))
             })?;
             // Checked again inside the transaction: two enrollments racing for the last use
@@ -158,38 +149,75 @@ impl App {
             }
             k.uses += 1;
             tx.put(&k)?;
-            for d in &deliveries {
+            for d in deliveries {
                 tx.put(d)?;
             }
             Ok(released)
         });
-        let released = res?;
-        self.store.flush().await?;
+        Ok(released?)
+    }
+
+    /// The enrollment key `raw` names, if it may enroll a computer now. Re-enrolling a known
+    /// machine takes over its agent token and jobs: it needs a key that could enroll a new
+    /// computer, and uses it up like one (CONTRACT §11).
+    fn usable_key(&self, raw: &str, now: Time) -> Result<EnrollmentKey, ApiError> {
+        let key_hash = secret_hash(raw.trim());
+        let key: Option<EnrollmentKey> = self
+            .store
+            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))?;
+        let Some(key) = key else {
+            return Err(ApiError::Unauthenticated("unknown enrollment key".into()));
+        };
+        if key.revoked {
+            return Err(ApiError::Forbidden("the enrollment key was revoked".into()));
+        }
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::Forbidden("the enrollment key has expired".into()));
+        }
+        if key.max_uses.is_some_and(|m| key.uses >= m) {
+            return Err(ApiError::Forbidden(
+                "the enrollment key has reached its maximum uses".into(),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// After an enrollment is stored: the gateway learns the computer's one valid token, the
+    /// webhook worker wakes, the log says what happened, and a new computer of a tenant with
+    /// auto-onboarding gets its onboarding session.
+    fn after_enrollment(
+        self: &Arc<Self>,
+        computer: &Computer,
+        key: Id,
+        is_new: bool,
+        token_hash: &str,
+        released: Option<String>,
+        delivered: bool,
+    ) -> Result<(), ApiError> {
         // The token the store holds now is the computer's only one (of racing re-enrollments,
         // the last written wins; the others' tokens must not work).
         let current = self
             .store
             .get::<Computer>(&computer.id)?
             .and_then(|c| c.agent_token_hash);
-        let own = (current.as_deref() != Some(token_hash.as_str())).then_some(token_hash.as_str());
+        let own = (current.as_deref() != Some(token_hash)).then_some(token_hash);
         self.agents
             .set_token(released.as_deref(), current.as_deref(), computer.id);
         if let Some(lost) = own {
             self.agents.set_token(Some(lost), None, computer.id);
         }
-        if !deliveries.is_empty() {
+        if delivered {
             self.webhook_wakeup.notify_one();
         }
         if is_new {
-            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "agent enrolled");
+            tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key, "agent enrolled");
         } else {
-            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key.id, "computer re-enrolled: its previous agent token no longer works");
+            tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key, "computer re-enrolled: its previous agent token no longer works");
         }
         if is_new {
             let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
             if tenant.is_some_and(|t| {
-                t.auto_onboarding
-                    && upkeep_core::exclusion::exclusion(&t, Some(&computer)).is_none()
+                t.auto_onboarding && upkeep_core::exclusion::exclusion(&t, Some(computer)).is_none()
             }) {
                 let app = self.clone();
                 let c = computer.clone();
@@ -211,11 +239,7 @@ impl App {
                 });
             }
         }
-        Ok(proto::EnrollResponse {
-            computer_id: computer.id.to_string(),
-            agent_token: token,
-            poll_wait_seconds: POLL_WAIT_SECONDS,
-        })
+        Ok(())
     }
 
     /// Revokes a computer's agent token: its polls answer 401 at once.
@@ -414,5 +438,46 @@ trait KeyBytes {
 impl KeyBytes for Computer {
     fn key_bytes(&self) -> Vec<u8> {
         self.id.as_bytes().to_vec()
+    }
+}
+
+/// The computer record an enrollment writes: a known machine keeps its record and gets the
+/// agent's new token and facts; a new one starts from the key's tenant, tags and person.
+fn enrolled_computer(
+    existing: Option<Computer>,
+    key: &EnrollmentKey,
+    r: &proto::EnrollRequest,
+    token_hash: &str,
+    now: Time,
+) -> Computer {
+    match existing {
+        Some(mut c) => {
+            c.hostname = r.hostname.clone();
+            c.os = r.os.clone();
+            c.agent_version = r.agent_version.clone();
+            c.agent_token_hash = Some(token_hash.to_string());
+            c.last_seen_at = Some(now);
+            c
+        }
+        None => Computer {
+            id: crate::ids::fresh(),
+            tenant_id: key.tenant_id,
+            name: r.hostname.clone(),
+            hostname: r.hostname.clone(),
+            machine_id: r.machine_id.trim().to_string(),
+            tags: key.tags.clone(),
+            primary_person_id: key.primary_person_id,
+            os: r.os.clone(),
+            agent_version: r.agent_version.clone(),
+            last_seen_at: Some(now),
+            agent_token_hash: Some(token_hash.to_string()),
+            enrolled_at: now,
+            excluded_from_maintenance: false,
+            compliance: None,
+            logged_on_user: None,
+            onboarded: false,
+            onboarding: None,
+            held_reboot: None,
+        },
     }
 }
