@@ -99,35 +99,14 @@ impl App {
             planned.push((req, items));
         }
         let now = self.clock.now();
-        let mut zones: std::collections::HashMap<Id, Stored<TimeZone>> =
-            std::collections::HashMap::new();
-        for (req, _) in &planned {
-            if let std::collections::hash_map::Entry::Vacant(e) =
-                zones.entry(req.computer.tenant_id)
-            {
-                let zone = self
-                    .store
-                    .get::<Tenant>(&req.computer.tenant_id)?
-                    .map(|t| t.time_zone)
-                    .unwrap_or_else(|| TimeZone::UTC.into());
-                e.insert(zone);
-            }
-        }
+        let zones = self.tenant_zones(planned.iter().map(|(req, _)| &req.computer))?;
         let sessions = {
             let _g = self.runtime.create_lock.lock().await;
             let mut seen = std::collections::HashSet::new();
             let mut new = Vec::with_capacity(planned.len());
             let mut people: Vec<(Id, Option<Id>)> = Vec::with_capacity(planned.len());
             for (req, items) in planned {
-                let active = self.unfinished_session_of(req.computer.id);
-                if active.is_some() || !seen.insert(req.computer.id) {
-                    let msg = match active {
-                        Some(a) => format!(
-                            "computer {} already has an unfinished maintenance session {a}",
-                            req.computer.name
-                        ),
-                        None => format!("computer {} is named twice", req.computer.name),
-                    };
+                if let Some(msg) = self.busy(&req.computer, &mut seen) {
                     match busy {
                         Busy::Fail => return Err(ApiError::Conflict(msg)),
                         Busy::Skip => {
@@ -153,31 +132,7 @@ impl App {
                 created_at: now,
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
             });
-            // No sessions still writes the idempotency record (a call that started nothing).
-            let chunks: Vec<&[_]> = if new.is_empty() {
-                vec![&[]]
-            } else {
-                new.chunks(START_CHUNK).collect()
-            };
-            let last = chunks.len() - 1;
-            for (i, chunk) in chunks.into_iter().enumerate() {
-                // The idempotency record lands with the last sessions it names: a retry after a
-                // crash either finds it (and every session) or starts afresh.
-                let record = if i == last { record.as_ref() } else { None };
-                self.store.write(|tx| {
-                    for (s, created, deliveries) in chunk {
-                        tx.put(s)?;
-                        tx.put(created)?;
-                        for d in deliveries {
-                            tx.put(d)?;
-                        }
-                    }
-                    if let Some(r) = record {
-                        tx.put(r)?;
-                    }
-                    Ok::<_, TxError<ApiError>>(())
-                })?;
-            }
+            self.write_starts(&new, record.as_ref())?;
             self.store.flush().await?;
             let mut webhooks = false;
             let mut sessions = Vec::with_capacity(new.len());
@@ -208,6 +163,77 @@ impl App {
             .collect()
             .await;
         Ok(stepped)
+    }
+
+    /// Why `computer` cannot get a new session in this call: it has an unfinished one, or the
+    /// call names it twice (`seen` holds the computers already taken).
+    fn busy(
+        &self,
+        computer: &Computer,
+        seen: &mut std::collections::HashSet<Id>,
+    ) -> Option<String> {
+        if let Some(a) = self.unfinished_session_of(computer.id) {
+            return Some(format!(
+                "computer {} already has an unfinished maintenance session {a}",
+                computer.name
+            ));
+        }
+        (!seen.insert(computer.id)).then(|| format!("computer {} is named twice", computer.name))
+    }
+
+    /// Each tenant's time zone, read once per start call (sessions keep it for their texts).
+    fn tenant_zones<'c>(
+        &self,
+        computers: impl Iterator<Item = &'c Computer>,
+    ) -> ApiResult<std::collections::HashMap<Id, Stored<TimeZone>>> {
+        let mut zones: std::collections::HashMap<Id, Stored<TimeZone>> =
+            std::collections::HashMap::new();
+        for computer in computers {
+            if let std::collections::hash_map::Entry::Vacant(e) = zones.entry(computer.tenant_id) {
+                let zone = self
+                    .store
+                    .get::<Tenant>(&computer.tenant_id)?
+                    .map(|t| t.time_zone)
+                    .unwrap_or_else(|| TimeZone::UTC.into());
+                e.insert(zone);
+            }
+        }
+        Ok(zones)
+    }
+
+    /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
+    /// record, in transactions of [`START_CHUNK`] sessions.
+    fn write_starts(
+        &self,
+        new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
+        record: Option<&IdempotencyRecord>,
+    ) -> ApiResult<()> {
+        // No sessions still writes the idempotency record (a call that started nothing).
+        let chunks: Vec<&[_]> = if new.is_empty() {
+            vec![&[]]
+        } else {
+            new.chunks(START_CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            // The idempotency record lands with the last sessions it names: a retry after a
+            // crash either finds it (and every session) or starts afresh.
+            let record = if i == last { record } else { None };
+            self.store.write(|tx| {
+                for (s, created, deliveries) in chunk {
+                    tx.put(s)?;
+                    tx.put(created)?;
+                    for d in deliveries {
+                        tx.put(d)?;
+                    }
+                }
+                if let Some(r) = record {
+                    tx.put(r)?;
+                }
+                Ok::<_, TxError<ApiError>>(())
+            })?;
+        }
+        Ok(())
     }
 }
 
