@@ -140,72 +140,10 @@ impl App {
             // End users see changes; items that need none (and audit findings, which are for
             // technicians) are not "planned changes".
             .filter(|a| a.kind != ActionKind::NoAction)
-            .map(|a| {
-                let name = s.item_name(a.item).to_string();
-                let before = a
-                    .detected_version_before
-                    .as_deref()
-                    .or(a.detected_version.as_deref());
-                let wanted = a.desired_version.as_deref();
-                let change = match a.kind {
-                    ActionKind::Install => PlannedChange::Install { version: wanted },
-                    ActionKind::Upgrade => PlannedChange::Upgrade {
-                        from: before,
-                        to: wanted,
-                    },
-                    ActionKind::Uninstall => PlannedChange::Uninstall { version: before },
-                    ActionKind::RunTask => PlannedChange::RunTask,
-                    ActionKind::NoAction => PlannedChange::NoChange,
-                };
-                let view = ActionView::planned(name, change);
-                let outcome = match a.status {
-                    ActionStatus::Succeeded => Some(ActionOutcome::Succeeded),
-                    ActionStatus::Failed | ActionStatus::DetectionFailed => {
-                        Some(ActionOutcome::Failed)
-                    }
-                    ActionStatus::Skipped => Some(ActionOutcome::Skipped),
-                    ActionStatus::Cancelled => Some(ActionOutcome::Cancelled),
-                    ActionStatus::Pending | ActionStatus::Running => None,
-                };
-                match outcome {
-                    Some(o) if after => view.with_outcome(o, a.result_message.as_deref()),
-                    _ => view,
-                }
-            })
+            .map(|a| mail_action(s, a, after))
             .collect();
-        let software_change = s.actions.iter().any(|a| {
-            matches!(
-                a.kind,
-                ActionKind::Install | ActionKind::Upgrade | ActionKind::Uninstall
-            )
-        });
-        let reboot = match s.options.reboot_preference {
-            // After: only what happened. A held reboot has not restarted anything yet.
-            _ if after => {
-                if s.rebooted_at.is_some() {
-                    RebootExpectation::Will
-                } else {
-                    RebootExpectation::None
-                }
-            }
-            RebootPreference::Force => RebootExpectation::Will,
-            RebootPreference::Suppress => RebootExpectation::None,
-            RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
-            // Installers may ask for a restart; running a task or nothing at all does not.
-            RebootPreference::Normal if software_change => RebootExpectation::May,
-            RebootPreference::Normal => RebootExpectation::None,
-        };
-        // Audit findings are for technicians: they do not make the end user's computer "not
-        // completed".
-        let compliant = !s.actions.is_empty()
-            && s.actions
-                .iter()
-                .filter(|a| {
-                    !s.items
-                        .get(a.item)
-                        .is_some_and(upkeep_core::engine::plan::is_audit)
-                })
-                .all(|a| a.compliance == Compliance::Compliant);
+        let reboot = reboot_expectation(s, after);
+        let compliant = mail_compliant(s);
         SessionMailView {
             brand: self.brand(tenant),
             recipient_name: recipient_name.to_string(),
@@ -292,60 +230,7 @@ impl App {
         let Some((tenant, person)) = tenant_and_person else {
             return Ok(Err("no session to mail about".into()));
         };
-        views.sort_by(|a, b| a.1.computer_name.cmp(&b.1.computer_name));
-        let names: Vec<String> = views.iter().map(|(_, v)| v.computer_name.clone()).collect();
-        let mut view = views[0].1.clone();
-        view.computer_name = match names.split_last() {
-            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-            _ => names.join(", "),
-        };
-        // After: when the last of them finished.
-        if let Some((_, latest)) = views.iter().max_by_key(|(finished, _)| *finished) {
-            view.when = latest.when.clone();
-        }
-        view.actions = views
-            .iter()
-            .flat_map(|(_, v)| {
-                v.actions.iter().cloned().map(|mut a| {
-                    a.name = format!("{} on {}", a.name, v.computer_name);
-                    a
-                })
-            })
-            .collect();
-        view.reboot = views
-            .iter()
-            .map(|(_, v)| v.reboot)
-            .max_by_key(|r| match r {
-                RebootExpectation::None => 0,
-                RebootExpectation::May => 1,
-                RebootExpectation::Will => 2,
-            })
-            .unwrap_or_default();
-        view.compliant = views.iter().all(|(_, v)| v.compliant);
-        view.result_summary = (kind == MailKind::After).then(|| {
-            views
-                .iter()
-                .map(|(_, v)| {
-                    format!(
-                        "{}: {}",
-                        v.computer_name,
-                        v.result_summary.clone().unwrap_or_default()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        view.postpone_links = views
-            .iter()
-            .filter_map(|(_, v)| {
-                v.postpone_url.clone().map(|url| ComputerLink {
-                    computer_name: v.computer_name.clone(),
-                    url,
-                })
-            })
-            .collect();
-        view.postpone_url = None;
-        view.update_now_url = None;
+        let view = merged_view(views, kind);
         self.render_for(
             &tenant,
             first.id,
@@ -641,4 +526,143 @@ pub fn build_message(m: &OutboxMail) -> Result<Message, String> {
         m.html.clone(),
     ))
     .map_err(|e| e.to_string())
+}
+
+/// One action as the end user reads it: the change it makes, and after the work its outcome.
+/// Items that need no change are filtered out by the caller.
+fn mail_action(s: &Session, a: &Action, after: bool) -> ActionView {
+    let name = s.item_name(a.item).to_string();
+    let before = a
+        .detected_version_before
+        .as_deref()
+        .or(a.detected_version.as_deref());
+    let wanted = a.desired_version.as_deref();
+    let change = match a.kind {
+        ActionKind::Install => PlannedChange::Install { version: wanted },
+        ActionKind::Upgrade => PlannedChange::Upgrade {
+            from: before,
+            to: wanted,
+        },
+        ActionKind::Uninstall => PlannedChange::Uninstall { version: before },
+        ActionKind::RunTask => PlannedChange::RunTask,
+        ActionKind::NoAction => PlannedChange::NoChange,
+    };
+    let view = ActionView::planned(name, change);
+    let outcome = match a.status {
+        ActionStatus::Succeeded => Some(ActionOutcome::Succeeded),
+        ActionStatus::Failed | ActionStatus::DetectionFailed => Some(ActionOutcome::Failed),
+        ActionStatus::Skipped => Some(ActionOutcome::Skipped),
+        ActionStatus::Cancelled => Some(ActionOutcome::Cancelled),
+        ActionStatus::Pending | ActionStatus::Running => None,
+    };
+    match outcome {
+        Some(o) if after => view.with_outcome(o, a.result_message.as_deref()),
+        _ => view,
+    }
+}
+
+/// Whether the mail says the computer will, may or will not restart.
+fn reboot_expectation(s: &Session, after: bool) -> RebootExpectation {
+    let software_change = s.actions.iter().any(|a| {
+        matches!(
+            a.kind,
+            ActionKind::Install | ActionKind::Upgrade | ActionKind::Uninstall
+        )
+    });
+    match s.options.reboot_preference {
+        // After: only what happened. A held reboot has not restarted anything yet.
+        _ if after => {
+            if s.rebooted_at.is_some() {
+                RebootExpectation::Will
+            } else {
+                RebootExpectation::None
+            }
+        }
+        RebootPreference::Force => RebootExpectation::Will,
+        RebootPreference::Suppress => RebootExpectation::None,
+        RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
+        // Installers may ask for a restart; running a task or nothing at all does not.
+        RebootPreference::Normal if software_change => RebootExpectation::May,
+        RebootPreference::Normal => RebootExpectation::None,
+    }
+}
+
+/// "Completed" for the end user. Audit findings are for technicians: they do not make the end
+/// user's computer "not completed".
+fn mail_compliant(s: &Session) -> bool {
+    // Audit findings are for technicians: they do not make the end user's computer "not
+    // completed".
+    !s.actions.is_empty()
+        && s.actions
+            .iter()
+            .filter(|a| {
+                !s.items
+                    .get(a.item)
+                    .is_some_and(upkeep_core::engine::plan::is_audit)
+            })
+            .all(|a| a.compliance == Compliance::Compliant)
+}
+
+/// The view of one mail about several computers: their names joined, every action named with
+/// its computer, the strongest reboot expectation, one result line per computer and each
+/// computer's own postpone page.
+fn merged_view(
+    mut views: Vec<(Option<upkeep_core::domain::Time>, SessionMailView)>,
+    kind: MailKind,
+) -> SessionMailView {
+    views.sort_by(|a, b| a.1.computer_name.cmp(&b.1.computer_name));
+    let names: Vec<String> = views.iter().map(|(_, v)| v.computer_name.clone()).collect();
+    let mut view = views[0].1.clone();
+    view.computer_name = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(", "),
+    };
+    // After: when the last of them finished.
+    if let Some((_, latest)) = views.iter().max_by_key(|(finished, _)| *finished) {
+        view.when = latest.when.clone();
+    }
+    view.actions = views
+        .iter()
+        .flat_map(|(_, v)| {
+            v.actions.iter().cloned().map(|mut a| {
+                a.name = format!("{} on {}", a.name, v.computer_name);
+                a
+            })
+        })
+        .collect();
+    view.reboot = views
+        .iter()
+        .map(|(_, v)| v.reboot)
+        .max_by_key(|r| match r {
+            RebootExpectation::None => 0,
+            RebootExpectation::May => 1,
+            RebootExpectation::Will => 2,
+        })
+        .unwrap_or_default();
+    view.compliant = views.iter().all(|(_, v)| v.compliant);
+    view.result_summary = (kind == MailKind::After).then(|| {
+        views
+            .iter()
+            .map(|(_, v)| {
+                format!(
+                    "{}: {}",
+                    v.computer_name,
+                    v.result_summary.clone().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    view.postpone_links = views
+        .iter()
+        .filter_map(|(_, v)| {
+            v.postpone_url.clone().map(|url| ComputerLink {
+                computer_name: v.computer_name.clone(),
+                url,
+            })
+        })
+        .collect();
+    view.postpone_url = None;
+    view.update_now_url = None;
+    view
 }
