@@ -66,11 +66,39 @@ pub fn router(app: Arc<App>) -> Router {
         app.clone(),
         body_deadline,
     ))
+    // Inside `track`, so a panic counts as the 500 it answers.
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_answer,
+    ))
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
         crate::api::metrics::track,
     ))
     .with_state(app)
+}
+
+/// A handler that panicked (a bug) answers 500 like any internal error: logged once under an
+/// error id, and the client sees only the id. The body carries both shapes, the agent
+/// protocol's (`code`, `message`) and GraphQL's (`errors`), so either kind of client reads it.
+fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::http::Response<String> {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    let e = crate::error::ApiError::internal(format!("handler panicked: {what}"));
+    let body = serde_json::json!({
+        "code": e.code(),
+        "message": e.to_string(),
+        "errors": [{"message": e.to_string(), "extensions": {"code": e.code()}}],
+    });
+    let mut r = axum::http::Response::new(body.to_string());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// When a handler answers without reading the whole request body (a refusal before the body,
@@ -601,6 +629,37 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::Refusals;
+
+    /// A panicking handler answers a JSON 500 naming only an error id, through the layer the
+    /// router uses; the panic's text stays in the log.
+    #[tokio::test]
+    async fn a_panic_answers_500_with_an_error_id_only() {
+        use super::*;
+        use tower::ServiceExt;
+        async fn boom() -> &'static str {
+            panic!("secret detail")
+        }
+        let router: Router = Router::new().route("/boom", get(boom)).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(panic_answer),
+        );
+        let req = axum::http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["code"], "INTERNAL");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "INTERNAL");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("internal error (id "), "{message}");
+        assert!(
+            !bytes.windows(6).any(|w| w == b"secret"),
+            "the panic text leaked"
+        );
+    }
 
     #[test]
     fn a_full_house_warns_once_then_counts_quietly() {
