@@ -9,7 +9,8 @@ pub fn fresh() -> Id {
     Id(uuid::Uuid::now_v7())
 }
 
-/// The engine's id source in the server.
+/// The engine's id source in the server (made once; each step clones the handle).
 pub fn source() -> IdSource {
-    IdSource::new(fresh)
+    static SOURCE: std::sync::OnceLock<IdSource> = std::sync::OnceLock::new();
+    SOURCE.get_or_init(|| IdSource::new(fresh)).clone()
 }

@@ -25,11 +25,6 @@ use upkeep_store::{IndexKey, TxError};
 /// Mails stop being retried this long after they were queued.
 const GIVE_UP_AFTER_HOURS: i64 = 24;
 
-/// Backoff before retry `attempt` (1-based): 10 s, 20 s, 40 s … capped at one hour.
-pub fn backoff(attempt: u32) -> chrono::Duration {
-    upkeep_core::webhook::backoff(attempt)
-}
-
 impl App {
     pub fn brand(&self, t: &Tenant) -> Brand {
         Brand {
@@ -432,7 +427,7 @@ impl App {
                     m.status = MailStatus::Failed { at: now };
                     failed_for_good = true;
                 } else {
-                    m.next_attempt_at = now + backoff(m.attempts);
+                    m.next_attempt_at = now + upkeep_core::webhook::backoff(m.attempts);
                 }
             }
         }

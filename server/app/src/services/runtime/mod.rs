@@ -89,8 +89,8 @@ impl SessionRuntime {
 
     /// Records the session's new state; returns the queued session to tick because a slot is
     /// free (see `Board::note`).
-    fn note(&self, s: &Session) -> Vec<Id> {
-        self.st().note(s).into_iter().collect()
+    fn note(&self, s: &Session) -> Option<Id> {
+        self.st().note(s)
     }
 
     fn stepping(&self, id: Id) {
@@ -179,7 +179,7 @@ impl App {
                 return Err(e.into());
             }
             let wake = self.runtime.note(&s);
-            self.spawn_ticks(wake);
+            self.spawn_tick(wake);
             return Ok(s);
         }
         let committed = match self
@@ -194,7 +194,7 @@ impl App {
         };
         let wake = self.runtime.note(&s);
         self.after_commit(&s, committed);
-        self.spawn_ticks(wake);
+        self.spawn_tick(wake);
         Ok(s)
     }
 
@@ -203,12 +203,12 @@ impl App {
     fn renote_stored(self: &Arc<Self>, id: Id) {
         if let Ok(Some(stored)) = self.store.get::<Session>(&id) {
             let wake = self.runtime.note(&stored);
-            self.spawn_ticks(wake);
+            self.spawn_tick(wake);
         }
     }
 
-    fn spawn_ticks(self: &Arc<Self>, ids: Vec<Id>) {
-        for w in ids {
+    fn spawn_tick(self: &Arc<Self>, wake: Option<Id>) {
+        if let Some(w) = wake {
             let app = self.clone();
             tokio::spawn(async move { app.tick(w).await });
         }
@@ -507,9 +507,7 @@ impl App {
 
     /// Called by the agent gateway when a computer starts polling again.
     pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
-        if let Some(id) = self.runtime.active_session_of(computer) {
-            self.spawn_ticks(vec![id]);
-        }
+        self.spawn_tick(self.runtime.active_session_of(computer));
     }
 
     /// Cancels a session (CONTRACT: a running step finishes; the rest is CANCELLED).
