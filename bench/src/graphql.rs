@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
-use upkeep_store::{Store, TxError};
+use upkeep_store::TxError;
 use upkeep_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestServer, http_client};
 
 const S: &str = "graphql";
@@ -222,10 +222,12 @@ fn preload(
     tenants: usize,
     computers: usize,
 ) -> Result<f64> {
-    let store = Store::open(dir)?;
+    let store = upkeep_store::open_embedded(dir)?;
+    // The fixture is written from a blocking thread, on a runtime of its own.
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let now = Utc::now();
-    let write = |f: &dyn Fn(&mut upkeep_store::Tx<'_>) -> Result<(), TxError<String>>| {
-        store.write(f).map_err(|e| anyhow!("{e}"))
+    let write = |f: &(dyn Fn(&mut upkeep_store::Tx<'_>) -> Result<(), TxError<String>> + Sync)| {
+        rt.block_on(store.write(f)).map_err(|e| anyhow!("{e}"))
     };
     let admin = User {
         id: upkeep_server::ids::fresh(),
@@ -352,7 +354,7 @@ fn preload(
             note(S, format!("{n} sessions written"));
         }
     }
-    store.flush_blocking()?;
+    rt.block_on(store.flush())?;
     Ok(encoded as f64)
 }
 

@@ -1,14 +1,16 @@
 //! `upkeep-server check`: verifies a store offline.
 
+use futures_util::StreamExt;
 use std::path::Path;
 use std::process::ExitCode;
 use upkeep_core::session::{Session, Stage};
-use upkeep_store::Store;
+use upkeep_store::Db;
 
 /// Problems found in the store: broken indexes and sessions in impossible states.
-pub fn problems(store: &Store) -> upkeep_store::Result<Vec<String>> {
-    let mut out = store.check_indexes()?;
-    for s in store.scan::<Session>(None) {
+pub async fn problems(store: &Db) -> upkeep_store::Result<Vec<String>> {
+    let mut out = store.check_indexes().await?;
+    let mut sessions = std::pin::pin!(store.scan::<Session>(None));
+    while let Some(s) = sessions.next().await {
         let s = s?;
         let terminal = s.status.is_terminal();
         if terminal != (s.stage == Stage::Done) {
@@ -33,8 +35,8 @@ pub fn problems(store: &Store) -> upkeep_store::Result<Vec<String>> {
     Ok(out)
 }
 
-pub fn run(data_dir: &Path) -> ExitCode {
-    let store = match Store::open(data_dir) {
+pub async fn run(data_dir: &Path) -> ExitCode {
+    let store = match upkeep_store::open_embedded(data_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -44,7 +46,7 @@ pub fn run(data_dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match problems(&store) {
+    match problems(&store).await {
         Ok(p) if p.is_empty() => {
             println!("store OK");
             ExitCode::SUCCESS

@@ -39,9 +39,9 @@ pub fn main() -> ExitCode {
             print!("{}", crate::api::graphql::sdl());
             ExitCode::SUCCESS
         }
-        Some(Command::Check { data_dir }) => crate::check::run(&data_dir),
-        Some(Command::Backup { data_dir, out }) => {
-            match crate::api::backup::backup(&data_dir, &out) {
+        Some(Command::Check { data_dir }) => offline(crate::check::run(&data_dir)),
+        Some(Command::Backup { data_dir, out }) => offline(async move {
+            match crate::api::backup::backup(&data_dir, &out).await {
                 Ok(n) => {
                     println!(
                         "backup of {} written to {} ({n} bytes)",
@@ -55,9 +55,9 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-        Some(Command::Restore { data_dir, input }) => {
-            match crate::api::backup::restore(&data_dir, &input) {
+        }),
+        Some(Command::Restore { data_dir, input }) => offline(async move {
+            match crate::api::backup::restore(&data_dir, &input).await {
                 Ok(n) => {
                     println!("restored {n} entries into {}", data_dir.display());
                     ExitCode::SUCCESS
@@ -67,8 +67,22 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
+        }),
         None => serve(cli.serve),
+    }
+}
+
+/// Runs an offline command (check, backup, restore) on a small runtime of its own.
+fn offline(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(command),
+        Err(e) => {
+            eprintln!("upkeep-server: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,76 +1,89 @@
-//! Transactions: [`Store::write`] over every tree, the [`Tx`] view a write closure gets, and
-//! the audit record a mutation's first change completes.
+//! Transactions: the typed [`Tx`] a write closure gets, [`write`](Store::write) over the
+//! engine's [`transact`](Store::transact), and the audit record a mutation's first change
+//! completes.
 
-use super::*;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use crate::interface::{BodyError, StoreTx, TransactError, TxFault};
+use crate::{IndexKey, Kind, Record, Result, Space, Store, StoreError, codec};
+use upkeep_core::domain::Id;
 
-impl Store {
-    /// Runs `f` as one atomic transaction over every tree. `f` may run several times; it must
-    /// not do I/O. Returns what `f` returns, or its abort error.
+impl dyn Store {
+    /// Runs `f` as one atomic transaction over every record kind and the index. `f` may run
+    /// several times; it must not do I/O. Returns what `f` returns, or its abort error.
     ///
-    /// Inside [`Store::audited`], the waiting audit record is completed from the first record
-    /// `f` puts or deletes and written in the same transaction.
-    pub fn write<A, E>(
-        &self,
-        f: impl Fn(&mut Tx<'_>) -> Result<A, TxError<E>>,
-    ) -> Result<A, WriteError<E>> {
-        self.inner.writes.fetch_add(1, Ordering::Relaxed);
-        let _shared = self.inner.pause.read().unwrap_or_else(|e| e.into_inner());
+    /// Inside [`audited`], the waiting audit record is completed from the first record `f`
+    /// puts or deletes and written in the same transaction.
+    pub async fn write<A, E, F>(&self, f: F) -> Result<A, WriteError<E>>
+    where
+        A: Send,
+        E: Send,
+        F: Fn(&mut Tx<'_>) -> Result<A, TxError<E>> + Send + Sync,
+    {
         let pending = PENDING_AUDIT
             .try_with(|p| p.borrow_mut().take())
             .ok()
             .flatten();
-        let consumed = std::cell::Cell::new(false);
-        let mut all: Vec<&sled::Tree> = self.inner.trees.iter().collect();
-        all.push(&self.inner.index);
-        let r = all
-            .as_slice()
-            .transaction(|trees: &Vec<TransactionalTree>| {
-                let mut tx = Tx {
-                    trees,
-                    first: None,
-                    auditing: pending.is_some(),
-                };
-                let run = |tx: &mut Tx<'_>| {
-                    let a = f(tx)?;
-                    consumed.set(false);
-                    if let (Some(ev), Some(change)) = (&pending, tx.first.take()) {
-                        tx.put(&complete_audit(ev.clone(), &change))?;
-                        consumed.set(true);
-                    }
-                    Ok(a)
-                };
-                run(&mut tx).map_err(|e| match e {
-                    TxError::Abort(e) => ConflictableTransactionError::Abort(WriteError::Abort(e)),
-                    TxError::Store(StoreError::Sled(e)) => ConflictableTransactionError::Storage(e),
-                    TxError::Store(e) => ConflictableTransactionError::Abort(WriteError::Store(e)),
-                    TxError::Conflict => ConflictableTransactionError::Conflict,
-                })
-            });
-        if r.is_err() || !consumed.get() {
+        let mut out: Option<A> = None;
+        let mut abort: Option<E> = None;
+        let mut consumed = false;
+        let mut body = |raw: &mut dyn StoreTx| -> Result<(), BodyError> {
+            let mut tx = Tx {
+                raw,
+                first: None,
+                auditing: pending.is_some(),
+            };
+            consumed = false;
+            match f(&mut tx) {
+                Ok(a) => out = Some(a),
+                Err(TxError::Abort(e)) => {
+                    abort = Some(e);
+                    return Err(BodyError::Abort);
+                }
+                Err(TxError::Store(e)) => return Err(BodyError::Fault(TxFault::Store(e))),
+                Err(TxError::Conflict) => return Err(BodyError::Fault(TxFault::Conflict)),
+            }
+            if let (Some(ev), Some(change)) = (&pending, tx.first.take()) {
+                tx.put(&complete_audit(ev.clone(), &change))
+                    .map_err(|e: TxError<E>| match e {
+                        TxError::Store(e) => BodyError::Fault(TxFault::Store(e)),
+                        _ => BodyError::Fault(TxFault::Conflict),
+                    })?;
+                consumed = true;
+            }
+            Ok(())
+        };
+        let r = self.transact(&mut body).await;
+        if r.is_err() || !consumed {
             // Nothing was changed: the record waits for the mutation's next write, if any.
             let _ = PENDING_AUDIT.try_with(|p| *p.borrow_mut() = pending);
         }
         match r {
-            Ok(a) => Ok(a),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(WriteError::Store(StoreError::Sled(e))),
+            Ok(()) => out.ok_or_else(|| {
+                WriteError::Store(StoreError::Corrupt(
+                    "a transaction committed no result".into(),
+                ))
+            }),
+            Err(TransactError::Aborted) => Err(match abort {
+                Some(e) => WriteError::Abort(e),
+                None => WriteError::Store(StoreError::Corrupt(
+                    "a transaction aborted without a reason".into(),
+                )),
+            }),
+            Err(TransactError::Store(e)) => Err(WriteError::Store(e)),
         }
     }
+}
 
-    /// Runs `f` with `event` waiting for the first change `f` makes through any store write in
-    /// this task: that write carries the event, completed with the changed record's kind, id,
-    /// tenant and a diff (unless the event already says them). Work that `f` hands to other
-    /// tasks is not covered; a change made there is not audited by this event.
-    pub async fn audited<F: std::future::Future>(
-        event: upkeep_core::audit::AuditEvent,
-        f: F,
-    ) -> F::Output {
-        PENDING_AUDIT
-            .scope(std::cell::RefCell::new(Some(event)), f)
-            .await
-    }
+/// Runs `f` with `event` waiting for the first change `f` makes through any store write in
+/// this task: that write carries the event, completed with the changed record's kind, id,
+/// tenant and a diff (unless the event already says them). Work that `f` hands to other
+/// tasks is not covered; a change made there is not audited by this event.
+pub async fn audited<F: std::future::Future>(
+    event: upkeep_core::audit::AuditEvent,
+    f: F,
+) -> F::Output {
+    PENDING_AUDIT
+        .scope(std::cell::RefCell::new(Some(event)), f)
+        .await
 }
 
 /// Errors a transaction closure returns: its own abort value, a store error, or a request to
@@ -87,13 +100,11 @@ impl<E> From<StoreError> for TxError<E> {
     }
 }
 
-impl<E> From<sled::transaction::UnabortableTransactionError> for TxError<E> {
-    fn from(e: sled::transaction::UnabortableTransactionError) -> Self {
-        match e {
-            sled::transaction::UnabortableTransactionError::Conflict => TxError::Conflict,
-            sled::transaction::UnabortableTransactionError::Storage(e) => {
-                TxError::Store(StoreError::Sled(e))
-            }
+impl<E> From<TxFault> for TxError<E> {
+    fn from(f: TxFault) -> Self {
+        match f {
+            TxFault::Conflict => TxError::Conflict,
+            TxFault::Store(e) => TxError::Store(e),
         }
     }
 }
@@ -106,9 +117,9 @@ pub enum WriteError<E> {
     Store(StoreError),
 }
 
-/// A record encoded ahead of a transaction. sled 0.34 runs a transaction's closure under its
-/// process-wide write lock, so work done inside it (JSON encoding of a 7–14 KB session) holds
-/// up every other writer; encode first, then put the bytes.
+/// A record encoded ahead of a transaction. The embedded engine runs a transaction's body
+/// under its process-wide write lock, so work done inside it (JSON encoding of a 7–14 KB
+/// session) holds up every other writer; encode first, then put the bytes.
 pub struct Encoded<T> {
     key: Vec<u8>,
     bytes: Vec<u8>,
@@ -177,9 +188,9 @@ fn complete_audit(
     ev
 }
 
-/// The view of every tree inside a transaction.
+/// The typed view of a transaction.
 pub struct Tx<'a> {
-    trees: &'a Vec<TransactionalTree>,
+    raw: &'a mut dyn StoreTx,
     first: Option<Change>,
     /// Whether to note the first change (only while an audit record waits: the hot paths of
     /// sessions and polls pay nothing).
@@ -198,19 +209,12 @@ impl Tx<'_> {
         }
     }
 
-    fn tree(&self, kind: Kind) -> &TransactionalTree {
-        &self.trees[kind as usize]
-    }
-    fn index(&self) -> &TransactionalTree {
-        &self.trees[KINDS.len()]
-    }
-
     pub fn get<T: Record, E>(&self, id: &Id) -> Result<Option<T>, TxError<E>> {
         self.get_by_key(id.as_bytes())
     }
 
     pub fn get_by_key<T: Record, E>(&self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
-        match self.tree(T::KIND).get(key)? {
+        match self.raw.get(Space::Records(T::KIND), key)? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -224,30 +228,30 @@ impl Tx<'_> {
     /// Puts a record encoded before the transaction began (see [`Encoded`]).
     pub fn put_encoded<T: Record, E>(&mut self, e: &Encoded<T>) -> Result<(), TxError<E>> {
         let key = e.key.as_slice();
-        let old = self.tree(T::KIND).insert(key, e.bytes.as_slice())?;
+        let old = self.raw.insert(Space::Records(T::KIND), key, &e.bytes)?;
         self.note_change(T::KIND, key, old.as_deref(), Some(&e.bytes));
         if let Some(old) = old {
             for i in T::stored_index_keys(&old)? {
                 let entry = i.entry(key);
                 if !e.entries.contains(&entry) {
-                    self.index().remove(entry)?;
+                    self.raw.remove(Space::Index, &entry)?;
                 }
             }
         }
         for entry in &e.entries {
-            self.index().insert(entry.as_slice(), &[])?;
+            self.raw.insert(Space::Index, entry, &[])?;
         }
         Ok(())
     }
 
     /// Removes a record and its index entries; returns it if it existed.
     pub fn delete<T: Record, E>(&mut self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
-        match self.tree(T::KIND).remove(key)? {
+        match self.raw.remove(Space::Records(T::KIND), key)? {
             Some(old) => {
                 self.note_change(T::KIND, key, Some(&old), None);
                 let old: T = codec::decode(&old)?;
                 for i in old.index_keys() {
-                    self.index().remove(i.entry(key))?;
+                    self.raw.remove(Space::Index, &i.entry(key))?;
                 }
                 Ok(Some(old))
             }
@@ -255,28 +259,25 @@ impl Tx<'_> {
         }
     }
 
-    /// True when some record is listed under this index value (for uniqueness checks).
+    /// The key of the record that holds a unique index value, if one does.
     pub fn index_has<E>(&self, index: &IndexKey) -> Result<Option<Vec<u8>>, TxError<E>> {
         // Unique indexes store the owner's key as the value of a marker entry.
-        match self.index().get(index.unique_marker())? {
-            Some(v) => Ok(Some(v.to_vec())),
-            None => Ok(None),
-        }
+        Ok(self.raw.get(Space::Index, &index.unique_marker())?)
     }
 
-    /// Claims a unique index value for `key`; aborts with `Conflict` if another key holds it.
+    /// Claims a unique index value for `key`; returns false if another key holds it.
     pub fn claim_unique<E>(&mut self, index: &IndexKey, key: &[u8]) -> Result<bool, TxError<E>> {
         if let Some(owner) = self.index_has(index)?
             && owner != key
         {
             return Ok(false);
         }
-        self.index().insert(index.unique_marker(), key)?;
+        self.raw.insert(Space::Index, &index.unique_marker(), key)?;
         Ok(true)
     }
 
     pub fn release_unique<E>(&mut self, index: &IndexKey) -> Result<(), TxError<E>> {
-        self.index().remove(index.unique_marker())?;
+        self.raw.remove(Space::Index, &index.unique_marker())?;
         Ok(())
     }
 }

@@ -165,10 +165,11 @@ async fn run() -> Result<()> {
             .context("webhook id")?
             .parse()?;
         let store = &s.app().store;
-        let mut w: Webhook = store.get(&id)?.context("the webhook is stored")?;
+        let mut w: Webhook = store.get(&id).await?.context("the webhook is stored")?;
         w.url = inside.clone();
         store
             .write(|tx| tx.put::<_, ()>(&w))
+            .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         hooks.push((id, inside));
     }
@@ -179,6 +180,7 @@ async fn run() -> Result<()> {
             WebhookEvent::ComputerEnrolled,
             json!({}),
         )
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure!(deliveries.len() == hooks.len(), "one delivery per webhook");
     s.app()
@@ -189,6 +191,7 @@ async fn run() -> Result<()> {
             }
             Ok(())
         })
+        .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     s.app().store.flush().await?;
     s.app().webhook_wakeup.notify_one();
@@ -203,7 +206,7 @@ async fn run() -> Result<()> {
             &format!("the delivery to {url} to be attempted"),
             Duration::from_secs(30),
             || async {
-                let now: Option<Delivery> = s.app().store.get(&d.id)?;
+                let now: Option<Delivery> = s.app().store.get(&d.id).await?;
                 Ok(now.filter(|d| d.attempts >= 1))
             },
         )

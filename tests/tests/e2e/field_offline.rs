@@ -156,13 +156,15 @@ fn logs(s: &Value) -> Vec<String> {
 }
 
 /// Mails of the outbox (sent or not) that belong to `session`.
-fn outbox_of(s: &TestServer, session: &str) -> Vec<OutboxMail> {
+async fn outbox_of(s: &TestServer, session: &str) -> Vec<OutboxMail> {
+    use futures_util::StreamExt;
     s.app()
         .store
         .scan::<OutboxMail>(None)
-        .filter_map(|m| m.ok())
-        .filter(|m| m.session_id.is_some_and(|id| id.to_string() == session))
+        .filter_map(|m| std::future::ready(m.ok()))
+        .filter(|m| std::future::ready(m.session_id.is_some_and(|id| id.to_string() == session)))
         .collect()
+        .await
 }
 
 /// APPLY_ON_CONNECT: offline when the schedule detects, back only after the window — the
@@ -261,7 +263,10 @@ async fn no_before_mail_for_a_session_cancelled_by_its_window() -> anyhow::Resul
         "{done:#}"
     );
     // The outbox is written in the same transaction as the cancelled session.
-    assert!(outbox_of(&f.s, &id).is_empty(), "no before-mail was queued");
+    assert!(
+        outbox_of(&f.s, &id).await.is_empty(),
+        "no before-mail was queued"
+    );
     assert!(
         !logs(&done).iter().any(|l| l.contains("mail queued")),
         "{done:#}"
@@ -618,6 +623,7 @@ async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::R
     // The first attempt fails; the mail waits for its retry.
     wait_for("a failed first attempt", T, || async {
         Ok(outbox_of(&f.s, &id)
+            .await
             .first()
             .is_some_and(|m| m.attempts >= 1)
             .then_some(()))
@@ -633,7 +639,10 @@ async fn a_queued_before_mail_of_a_cancelled_session_is_withdrawn() -> anyhow::R
         .store(false, std::sync::atomic::Ordering::SeqCst);
     f.clock(at("2026-06-01T08:05:00Z")).await?;
     let m = wait_for("the retry", T, || async {
-        Ok(outbox_of(&f.s, &id).into_iter().find(|m| !m.is_pending()))
+        Ok(outbox_of(&f.s, &id)
+            .await
+            .into_iter()
+            .find(|m| !m.is_pending()))
     })
     .await?;
     assert!(

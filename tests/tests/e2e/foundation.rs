@@ -1,6 +1,7 @@
 //! Foundation: login, every entity created and read over HTTP, roles, tenant isolation, tokens,
 //! limits, persistence across restarts, the committed schema.
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use upkeep_tests::*;
 
@@ -485,7 +486,9 @@ async fn bad_credentials_and_tokens_are_unauthenticated() -> anyhow::Result<()> 
     let me: upkeep_core::domain::User = app
         .store
         .scan::<upkeep_core::domain::User>(None)
+        .boxed()
         .next()
+        .await
         .unwrap()?;
     let other_key = upkeep_server::auth::Keys::new(b"another-secret-that-is-long-enough!!");
     let forged = other_key.issue_api_token(&me, chrono::Utc::now())?;

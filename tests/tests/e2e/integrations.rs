@@ -1,5 +1,6 @@
 //! PSA integrations and portals: API keys, signed webhooks, idempotent starts, CORS, counts.
 
+use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 use upkeep_tests::hook::HookReceiver;
@@ -219,7 +220,8 @@ async fn a_receiver_down_across_a_restart_still_gets_the_event_once() -> anyhow:
             h.s.app()
                 .store
                 .scan::<upkeep_core::webhook::Delivery>(None)
-                .collect::<Result<_, _>>()?;
+                .try_collect::<_>()
+                .await?;
         let done =
             all.len() == 1 && all[0].status == upkeep_core::webhook::DeliveryStatus::Delivered;
         Ok(done.then_some(()))

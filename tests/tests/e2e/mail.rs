@@ -1,5 +1,6 @@
 //! Branded mails over real SMTP, the postpone page, and the outbox's durability.
 
+use futures_util::TryStreamExt;
 use serde_json::json;
 use std::time::Duration;
 use upkeep_tests::smtp::{SmtpSink, parse};
@@ -318,7 +319,8 @@ async fn mail_survives_an_smtp_outage_and_a_restart_once() -> anyhow::Result<()>
             f.s.app()
                 .store
                 .scan::<upkeep_core::mail::OutboxMail>(None)
-                .collect::<Result<_, _>>()?;
+                .try_collect::<_>()
+                .await?;
         let sent =
             all.len() == 1 && matches!(all[0].status, upkeep_core::mail::MailStatus::Sent { .. });
         Ok(sent.then_some(()))

@@ -142,7 +142,7 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     // and use limits, and an office that mistyped a key must still enroll with the right one.
     // A throttled address only learns that an unknown key is refused.
     if let Err(wait) = app.enroll_by_ip.check(&ip)
-        && !app.enrollment_key_known(&r.enrollment_key)
+        && !app.enrollment_key_known(&r.enrollment_key).await
     {
         return reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -326,7 +326,7 @@ async fn job_status(
     };
     let job_id = job_id.map(|Path(j)| j).unwrap_or_default();
     let record = match job_id.parse::<Id>() {
-        Ok(job) => app.store.get::<JobRecord>(&job),
+        Ok(job) => app.store.get::<JobRecord>(&job).await,
         Err(_) => Ok(None),
     };
     match record {
@@ -439,7 +439,7 @@ async fn output(
             ROUTE,
         );
     };
-    let verdict = match chunk_verdict(&app, computer, job, &c) {
+    let verdict = match chunk_verdict(&app, computer, job, &c).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -449,7 +449,7 @@ async fn output(
 /// a job that is not (or no longer) running here. A job the gateway does not hold is looked up
 /// in the store: done, cancelled or lost ones are refused politely (the agent may stop).
 #[allow(clippy::result_large_err)] // the error is the finished 503 answer
-fn chunk_verdict(
+async fn chunk_verdict(
     app: &App,
     computer: Id,
     job: Id,
@@ -457,7 +457,7 @@ fn chunk_verdict(
 ) -> Result<ChunkVerdict, Response> {
     let mut verdict = app.agents.take_chunk(computer, job, c, None);
     if let ChunkVerdict::NotRunning = verdict {
-        match app.store.get::<JobRecord>(&job) {
+        match app.store.get::<JobRecord>(&job).await {
             Ok(Some(r)) if r.computer_id == computer => {
                 verdict = app.agents.take_chunk(computer, job, c, Some(&r));
                 if let ChunkVerdict::NotRunning = verdict {

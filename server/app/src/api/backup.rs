@@ -10,7 +10,6 @@ use anyhow::{Context, bail, ensure};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
-use upkeep_store::Store;
 
 const MAGIC: &[u8] = b"UPKEEP-BACKUP 1\n";
 const END: u32 = u32::MAX;
@@ -120,8 +119,9 @@ pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
             }
             let store = app.store.clone();
             let dir = app.config.data_dir.clone();
+            let trees = store.snapshot().await;
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-                let trees = store.snapshot()?;
+                let trees = trees?;
                 let secret = std::fs::read(dir.join("jwt-secret")).ok();
                 Ok(encode(&trees, secret.as_deref()))
             })
@@ -138,7 +138,7 @@ pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
 }
 
 /// `upkeep-server backup --data-dir DIR --out FILE`.
-pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
+pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
     let sock = data_dir.join(SOCKET);
     let bytes = match std::os::unix::net::UnixStream::connect(&sock) {
         Ok(mut s) => {
@@ -150,13 +150,13 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
             b
         }
         Err(_) => {
-            let store = Store::open(data_dir).with_context(|| {
+            let store = upkeep_store::open_embedded(data_dir).with_context(|| {
                 format!(
                     "cannot open the store in {} (is a server running without its admin socket?)",
                     data_dir.display()
                 )
             })?;
-            let trees = store.snapshot()?;
+            let trees = store.snapshot().await?;
             let secret = std::fs::read(data_dir.join("jwt-secret")).ok();
             encode(&trees, secret.as_deref())
         }
@@ -182,21 +182,21 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
 }
 
 /// `upkeep-server restore --data-dir DIR --in FILE`: into a new or empty data dir only.
-pub fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
+pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let (trees, secret) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
     crate::datadir::tighten_permissions(data_dir)?;
-    let store = Store::open(data_dir)
+    let store = upkeep_store::open_embedded(data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     crate::datadir::tighten_permissions(data_dir)?;
-    if !store.is_empty() {
+    if !store.is_empty().await? {
         bail!(
             "{} already holds data; restore into a new, empty data dir",
             data_dir.display()
         );
     }
-    store.load_snapshot(&trees)?;
+    store.load_snapshot(&trees).await?;
     if !secret.is_empty() {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()

@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use upkeep_core::domain::*;
-use upkeep_store::Store;
 
 pub fn router(app: Arc<App>) -> Router {
     let mut gql = Router::new()
@@ -348,7 +347,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = jwt_secret(&config)?;
-    let store = Store::open(&config.data_dir)
+    let store = upkeep_store::open_embedded(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     // sled creates its files with the process's umask.
     crate::datadir::tighten_permissions(&config.data_dir)?;
@@ -373,7 +372,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         public_url,
     ));
     bootstrap_admin(&app).await?;
-    let tokens = app.agents.load_tokens(&app.store)?;
+    let tokens = app.agents.load_tokens(&app.store).await?;
     let recovered = app.recover_sessions().await?;
     tracing::info!(agents = tokens, sessions = recovered, "store loaded");
     let usage = {
@@ -381,8 +380,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.write_api_key_usage(),
-                    _ = app.shutdown.cancelled() => { app.write_api_key_usage(); return; }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.write_api_key_usage().await,
+                    _ = app.shutdown.cancelled() => { app.write_api_key_usage().await; return; }
                 }
             }
         }
@@ -596,7 +595,7 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    if app.store.count::<User>() > 0 {
+    if app.store.count::<User>().await? > 0 {
         return Ok(());
     }
     let email = upkeep_core::types::EmailAddress::parse(email)

@@ -69,7 +69,7 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     let mut out = String::new();
     http_families(&app, &mut out);
     gauges(&app, &mut out);
-    store_and_outbox_families(&app, &mut out);
+    store_and_outbox_families(&app, &mut out).await;
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -200,7 +200,7 @@ fn gauges(app: &App, out: &mut String) {
 }
 
 /// Store flushes, sessions by status, the mail outbox and webhook attempts.
-fn store_and_outbox_families(app: &App, out: &mut String) {
+async fn store_and_outbox_families(app: &App, out: &mut String) {
     let m = &app.metrics;
     let (flushes, flush_seconds) = app.store.flush_counts();
     let _ = writeln!(
@@ -212,17 +212,21 @@ fn store_and_outbox_families(app: &App, out: &mut String) {
         "# HELP upkeep_sessions_by_status Sessions in the store by status.\n# TYPE upkeep_sessions_by_status gauge"
     );
     for st in upkeep_core::session::SessionStatus::ALL {
-        let n = app.store.index_count(&upkeep_store::IndexKey::new(
-            upkeep_store::records::STATUS_SESSIONS,
-            [st.code()],
-        ));
+        let n = app
+            .store
+            .index_count(&upkeep_store::IndexKey::new(
+                upkeep_store::records::STATUS_SESSIONS,
+                [st.code()],
+            ))
+            .await
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "upkeep_sessions_by_status{{status=\"{}\"}} {n}",
             upkeep_core::engine::status_name(st)
         );
     }
-    let depth = app.outbox_depth();
+    let depth = app.outbox_depth().await.unwrap_or_default();
     let _ = writeln!(
         out,
         "# HELP upkeep_outbox_depth Mails waiting to be sent.\n# TYPE upkeep_outbox_depth gauge\nupkeep_outbox_depth {depth}"

@@ -111,7 +111,12 @@ impl App {
 
     /// Verifies the token and finds its session. Errors are the page to answer.
     #[allow(clippy::result_large_err)] // the error is the finished page
-    fn load_token(&self, token: &str) -> Result<Loaded, Response> {
+    /// A record the link names, if it can be read (a link to anything else is invalid).
+    async fn stored<T: upkeep_store::Record>(&self, id: Id) -> Option<T> {
+        self.store.get::<T>(&id).await.ok().flatten()
+    }
+
+    async fn load_token(&self, token: &str) -> Result<Loaded, Response> {
         let invalid = || {
             self.page(
                 StatusCode::BAD_REQUEST,
@@ -126,25 +131,13 @@ impl App {
             .verify_postpone_token(token)
             .map_err(|_| invalid())?;
         let sid: Id = claims.sid.parse().map_err(|_| invalid())?;
-        let session = self
-            .store
-            .get::<Session>(&sid)
-            .ok()
-            .flatten()
-            .ok_or_else(invalid)?;
+        let session = self.stored::<Session>(sid).await.ok_or_else(invalid)?;
         let tenant = self
-            .store
-            .get::<Tenant>(&session.tenant_id)
-            .ok()
-            .flatten()
+            .stored::<Tenant>(session.tenant_id)
+            .await
             .ok_or_else(invalid)?;
-        let computer_name = self
-            .store
-            .get::<Computer>(&session.computer_id)
-            .ok()
-            .flatten()
-            .map(|c| c.name)
-            .unwrap_or_default();
+        let computer = self.stored::<Computer>(session.computer_id).await;
+        let computer_name = computer.map(|c| c.name).unwrap_or_default();
         let l = Loaded {
             session,
             tenant,
@@ -192,7 +185,7 @@ impl App {
 }
 
 async fn show(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
-    let l = match app.load_token(&token) {
+    let l = match app.load_token(&token).await {
         Ok(l) => l,
         Err(page) => return page,
     };
@@ -225,7 +218,7 @@ async fn apply(
     Path(token): Path<String>,
     form: Result<Form<PostponeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let l = match app.load_token(&token) {
+    let l = match app.load_token(&token).await {
         Ok(l) => l,
         Err(page) => return page,
     };

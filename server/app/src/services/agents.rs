@@ -15,6 +15,7 @@
 //! running it again.
 
 use crate::auth::secret_hash;
+use futures_util::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use upkeep_agent_protocol::{self as proto};
 use upkeep_core::domain::*;
 use upkeep_core::session::{JobRecord, JobState};
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, Store};
+use upkeep_store::{Db, IndexKey};
 
 /// Probe jobs are handed out at most this often before they count as lost.
 const MAX_PROBE_ATTEMPTS: u32 = 3;
@@ -283,14 +284,16 @@ impl Agents {
     }
 
     /// Loads every computer's token hash (start-up).
-    pub fn load_tokens(&self, store: &Store) -> upkeep_store::Result<usize> {
-        let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        for c in store.scan::<Computer>(None) {
-            let c = c?;
+    pub async fn load_tokens(&self, store: &Db) -> upkeep_store::Result<usize> {
+        let mut loaded = Vec::new();
+        let mut computers = std::pin::pin!(store.scan::<Computer>(None));
+        while let Some(c) = computers.try_next().await? {
             if let Some(h) = c.agent_token_hash {
-                t.insert(h, c.id);
+                loaded.push((h, c.id));
             }
         }
+        let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        t.extend(loaded);
         Ok(t.len())
     }
 
@@ -412,15 +415,21 @@ impl Agents {
     }
 
     /// Re-queues every unfinished job from the store (start-up).
-    pub fn requeue_open_jobs(&self, store: &Store) -> upkeep_store::Result<usize> {
+    pub async fn requeue_open_jobs(&self, store: &Db) -> upkeep_store::Result<usize> {
         let mut n = 0;
         let computers: Vec<Id> = store
             .scan::<Computer>(None)
-            .filter_map(|c| c.ok())
+            .filter_map(|c| std::future::ready(c.ok()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
             .map(|c| c.id)
             .collect();
         for c in computers {
-            for j in store.by_index::<JobRecord>(&IndexKey::new(OPEN_JOBS, c.as_bytes()), None) {
+            let mut jobs = std::pin::pin!(
+                store.by_index::<JobRecord>(&IndexKey::new(OPEN_JOBS, c.as_bytes()), None)
+            );
+            while let Some(j) = jobs.next().await {
                 self.enqueue(&j?);
                 n += 1;
             }

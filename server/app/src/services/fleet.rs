@@ -6,6 +6,7 @@ use crate::auth::{new_secret, secret_hash};
 use crate::error::ApiError;
 use crate::logsafe::log_value;
 use crate::services::App;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upkeep_agent_protocol::{self as proto};
@@ -30,11 +31,12 @@ pub(crate) fn clean_text(s: &str) -> String {
 impl App {
     /// Whether `key` is an enrollment key of some tenant (valid or not: revoked and expired
     /// keys get their own answer from [`enroll`](Self::enroll)).
-    pub(crate) fn enrollment_key_known(&self, key: &str) -> bool {
+    pub(crate) async fn enrollment_key_known(&self, key: &str) -> bool {
         let hash = secret_hash(key.trim());
         matches!(
             self.store
-                .unique::<EnrollmentKey>(&IndexKey::new(ENROLLMENT_KEY_HASH, &hash)),
+                .unique::<EnrollmentKey>(&IndexKey::new(ENROLLMENT_KEY_HASH, &hash))
+                .await,
             Ok(Some(_))
         )
     }
@@ -45,14 +47,14 @@ impl App {
         address: Option<std::net::IpAddr>,
     ) -> Result<proto::EnrollResponse, ApiError> {
         let now = self.clock.now();
-        let key = self.usable_key(&r.enrollment_key, now)?;
+        let key = self.usable_key(&r.enrollment_key, now).await?;
         let token = new_secret("uat_");
         let token_hash = secret_hash(&token);
         let machine = IndexKey::new(
             MACHINE_ID,
             machine_value(key.tenant_id, r.machine_id.trim()),
         );
-        let existing: Option<Computer> = self.store.unique(&machine)?;
+        let existing: Option<Computer> = self.store.unique(&machine).await?;
         let is_new = existing.is_none();
         let computer = enrolled_computer(existing, &key, r, &token_hash, now);
         let event = if is_new {
@@ -65,17 +67,19 @@ impl App {
                 computer.tenant_id,
                 event,
                 serde_json::json!({"id": computer.id.to_string(), "name": computer.name, "hostname": computer.hostname, "enrollmentKeyId": key.id.to_string()}),
-            )?;
+            ).await?;
         let audit = crate::audit::enrollment(&computer, &key, !is_new, address, now);
-        let released = self.write_enrollment(
-            &computer,
-            key.id,
-            &machine,
-            &token_hash,
-            &audit,
-            &deliveries,
-            now,
-        )?;
+        let released = self
+            .write_enrollment(
+                &computer,
+                key.id,
+                &machine,
+                &token_hash,
+                &audit,
+                &deliveries,
+                now,
+            )
+            .await?;
         self.store.flush().await?;
         self.after_enrollment(
             &computer,
@@ -84,7 +88,8 @@ impl App {
             &token_hash,
             released,
             !deliveries.is_empty(),
-        )?;
+        )
+        .await?;
         Ok(proto::EnrollResponse {
             computer_id: computer.id.to_string(),
             agent_token: token,
@@ -96,7 +101,7 @@ impl App {
     /// new token, releasing the token it had), the key's use, the audit record and the webhook
     /// deliveries. Returns the token hash it released.
     #[allow(clippy::too_many_arguments)] // the parts of one write, each named
-    fn write_enrollment(
+    async fn write_enrollment(
         &self,
         computer: &Computer,
         key: Id,
@@ -154,17 +159,18 @@ impl App {
             }
             Ok(released)
         });
-        Ok(released?)
+        Ok(released.await?)
     }
 
     /// The enrollment key `raw` names, if it may enroll a computer now. Re-enrolling a known
     /// machine takes over its agent token and jobs: it needs a key that could enroll a new
     /// computer, and uses it up like one (CONTRACT §11).
-    fn usable_key(&self, raw: &str, now: Time) -> Result<EnrollmentKey, ApiError> {
+    async fn usable_key(&self, raw: &str, now: Time) -> Result<EnrollmentKey, ApiError> {
         let key_hash = secret_hash(raw.trim());
         let key: Option<EnrollmentKey> = self
             .store
-            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))?;
+            .unique(&IndexKey::new(ENROLLMENT_KEY_HASH, &key_hash))
+            .await?;
         let Some(key) = key else {
             return Err(ApiError::Unauthenticated("unknown enrollment key".into()));
         };
@@ -185,7 +191,7 @@ impl App {
     /// After an enrollment is stored: the gateway learns the computer's one valid token, the
     /// webhook worker wakes, the log says what happened, and a new computer of a tenant with
     /// auto-onboarding gets its onboarding session.
-    fn after_enrollment(
+    async fn after_enrollment(
         self: &Arc<Self>,
         computer: &Computer,
         key: Id,
@@ -198,7 +204,8 @@ impl App {
         // the last written wins; the others' tokens must not work).
         let current = self
             .store
-            .get::<Computer>(&computer.id)?
+            .get::<Computer>(&computer.id)
+            .await?
             .and_then(|c| c.agent_token_hash);
         let own = (current.as_deref() != Some(token_hash)).then_some(token_hash);
         self.agents
@@ -215,7 +222,12 @@ impl App {
             tracing::warn!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key, "computer re-enrolled: its previous agent token no longer works");
         }
         if is_new {
-            let tenant = self.store.get::<Tenant>(&computer.tenant_id).ok().flatten();
+            let tenant = self
+                .store
+                .get::<Tenant>(&computer.tenant_id)
+                .await
+                .ok()
+                .flatten();
             if tenant.is_some_and(|t| {
                 t.auto_onboarding && upkeep_core::exclusion::exclusion(&t, Some(computer)).is_none()
             }) {
@@ -244,17 +256,20 @@ impl App {
 
     /// Revokes a computer's agent token: its polls answer 401 at once.
     pub async fn revoke_agent(&self, computer: Id) -> Result<(), ApiError> {
-        let old = self.store.write(|tx| {
-            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
-                return Ok(None);
-            };
-            let old = c.agent_token_hash.take();
-            if let Some(o) = &old {
-                tx.release_unique(&IndexKey::new(AGENT_TOKEN, o))?;
-            }
-            tx.put(&c)?;
-            Ok(old)
-        })?;
+        let old = self
+            .store
+            .write(|tx| {
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(None);
+                };
+                let old = c.agent_token_hash.take();
+                if let Some(o) = &old {
+                    tx.release_unique(&IndexKey::new(AGENT_TOKEN, o))?;
+                }
+                tx.put(&c)?;
+                Ok(old)
+            })
+            .await?;
         self.store.flush().await?;
         self.agents.set_token(old.as_deref(), None, computer);
         Ok(())
@@ -268,7 +283,7 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = self.shutdown.cancelled() => {
-                    self.write_last_seen();
+                    self.write_last_seen().await;
                     return;
                 }
             }
@@ -285,24 +300,24 @@ impl App {
                 });
             }
             if last_flush.elapsed() >= Duration::from_secs(30) {
-                self.write_last_seen();
+                self.write_last_seen().await;
                 last_flush = Instant::now();
             }
         }
     }
 
-    fn write_last_seen(&self) {
+    async fn write_last_seen(&self) {
         let dirty = self.agents.take_unwritten_seen();
         if dirty.is_empty() {
             return;
         }
-        if let Err(e) = self.store.put_last_seen(&dirty) {
+        if let Err(e) = self.store.put_last_seen(&dirty).await {
             tracing::warn!(error = %e, "could not write lastSeenAt");
         }
     }
 
     async fn job_lost(self: &Arc<Self>, job: Id, reason: &str) {
-        let rec = match self.store.get::<JobRecord>(&job) {
+        let rec = match self.store.get::<JobRecord>(&job).await {
             Ok(Some(r)) => r,
             _ => return,
         };
@@ -336,14 +351,14 @@ impl App {
         job: Id,
         outcome: proto::JobOutcome,
     ) -> Result<bool, ApiError> {
-        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+        let Some(rec) = self.store.get::<JobRecord>(&job).await? else {
             return Ok(false);
         };
         if rec.computer_id != computer {
             return Err(ApiError::NotFound(format!("job {job}")));
         }
         let _g = self.runtime_result_lock(job).lock().await;
-        let Some(rec) = self.store.get::<JobRecord>(&job)? else {
+        let Some(rec) = self.store.get::<JobRecord>(&job).await? else {
             return Ok(false);
         };
         if matches!(rec.state, JobState::Done { .. }) {
@@ -384,7 +399,7 @@ impl App {
                 tx.put(&c)?;
                 Ok(())
             });
-            if let Err(e) = r {
+            if let Err(e) = r.await {
                 tracing::warn!(computer = %computer, error = %e, "inventory not saved");
                 return;
             }
@@ -396,7 +411,7 @@ impl App {
 
     /// Gives a computer without a primary person the person whose usernames include `user`.
     async fn match_person(&self, computer: Id, user: &str) {
-        let Ok(Some(c)) = self.store.get::<Computer>(&computer) else {
+        let Ok(Some(c)) = self.store.get::<Computer>(&computer).await else {
             return;
         };
         if c.primary_person_id.is_some() {
@@ -407,7 +422,10 @@ impl App {
         let found = self
             .store
             .by_index::<Person>(&idx, None)
-            .filter_map(|p| p.ok())
+            .filter_map(|p| std::future::ready(p.ok()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
             .find(|p| {
                 p.usernames
                     .iter()
@@ -424,7 +442,7 @@ impl App {
                 }
                 Ok(())
             });
-            if r.is_ok() {
+            if r.await.is_ok() {
                 tracing::info!(computer = %computer, person = %p.id, user = %log_value(user), "primary person set from logged-on user");
             }
         }

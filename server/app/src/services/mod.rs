@@ -22,16 +22,17 @@ use crate::mail::render::Templates;
 use crate::services::agents::Agents;
 use crate::services::metrics::Metrics;
 use crate::services::runtime::SessionRuntime;
+use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 use upkeep_core::domain::*;
 use upkeep_core::session::{Session, SessionEvent};
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, Store};
+use upkeep_store::{Db, IndexKey};
 
 pub struct App {
-    pub store: Store,
+    pub store: Db,
     pub config: ServeConfig,
     pub clock: Clock,
     pub keys: Keys,
@@ -65,7 +66,7 @@ pub struct App {
 
 impl App {
     pub fn new(
-        store: Store,
+        store: Db,
         config: ServeConfig,
         clock: Clock,
         keys: Keys,
@@ -104,6 +105,7 @@ impl App {
         let r = self
             .store
             .write(|tx| tx.put::<_, ()>(&event))
+            .await
             .map_err(|_| ());
         if r.is_err() || self.store.flush().await.is_err() {
             tracing::error!(action = %event.action, "could not write an audit record");
@@ -118,13 +120,14 @@ impl App {
 
     /// Enabled deployments that may apply to computers of `tenant`: the tenant's own and the
     /// cross-tenant ones.
-    pub fn catalogue_deployments_for(&self, tenant: Id) -> ApiResult<Vec<Deployment>> {
+    pub async fn catalogue_deployments_for(&self, tenant: Id) -> ApiResult<Vec<Deployment>> {
         let mut out = Vec::new();
         for key in [tenant_key(Some(tenant)), tenant_key(None)] {
-            for d in self
-                .store
-                .by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, key), None)
-            {
+            let mut deployments = std::pin::pin!(
+                self.store
+                    .by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, key), None)
+            );
+            while let Some(d) = deployments.next().await {
                 out.push(d?);
             }
         }
@@ -132,16 +135,17 @@ impl App {
     }
 
     /// Sessions of a computer, newest first.
-    pub fn sessions_of_computer(&self, computer: Id, limit: usize) -> ApiResult<Vec<Session>> {
+    pub async fn sessions_of_computer(
+        &self,
+        computer: Id,
+        limit: usize,
+    ) -> ApiResult<Vec<Session>> {
         let idx = IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes());
-        let mut keys: Vec<Vec<u8>> = self
-            .store
-            .index_scan(&idx, None)
-            .collect::<Result<_, _>>()?;
+        let mut keys: Vec<Vec<u8>> = self.store.index_scan(&idx, None).try_collect::<_>().await?;
         keys.reverse();
         let mut out = Vec::new();
         for k in keys.into_iter().take(limit) {
-            if let Some(s) = self.store.get_by_key::<Session>(&k)? {
+            if let Some(s) = self.store.get_by_key::<Session>(&k).await? {
                 out.push(s);
             }
         }
@@ -153,7 +157,7 @@ impl App {
         &self,
         session: Id,
         after: u64,
-    ) -> impl Iterator<Item = upkeep_store::Result<SessionEvent>> + '_ {
+    ) -> impl futures_util::Stream<Item = upkeep_store::Result<SessionEvent>> + Send + '_ {
         let start = event_key(session, after);
         self.store
             .scan_prefix::<SessionEvent>(session.as_bytes(), Some(&start))

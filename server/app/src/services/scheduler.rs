@@ -18,6 +18,7 @@ use crate::services::App;
 use crate::services::runtime::StartRequest;
 use chrono::Duration;
 use chrono_tz::Tz;
+use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::exclusion::exclusion;
@@ -54,14 +55,11 @@ impl App {
     /// One pass over every enabled schedule: fires what is due. Passes never overlap.
     pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
         let _one_at_a_time = self.scheduler_lock.lock().await;
-        let schedules: Vec<Schedule> = self
-            .store
-            .scan::<Schedule>(None)
-            .collect::<Result<_, _>>()?;
+        let schedules: Vec<Schedule> = self.store.scan::<Schedule>(None).try_collect::<_>().await?;
         for s in schedules.into_iter().filter(|s| s.enabled) {
             let tenants: Vec<Tenant> = match s.tenant_id {
-                Some(t) => self.store.get::<Tenant>(&t)?.into_iter().collect(),
-                None => self.store.scan::<Tenant>(None).collect::<Result<_, _>>()?,
+                Some(t) => self.store.get::<Tenant>(&t).await?.into_iter().collect(),
+                None => self.store.scan::<Tenant>(None).try_collect::<_>().await?,
             };
             for t in tenants {
                 if exclusion(&t, None).is_some() {
@@ -95,19 +93,19 @@ impl App {
         let mut tick = at(s.next_fire.get(&key).copied());
         if let Tick::Start { first } = tick {
             // The first occurrence is remembered, then judged like any other at once.
-            self.save_cursor(s.id, &key, first, None)?;
+            self.save_cursor(s.id, &key, first, None).await?;
             tick = at(Some(first));
         }
         match tick {
             Tick::Never | Tick::Wait | Tick::Start { .. } => Ok(()),
             Tick::Missed { occurrence, next } => {
                 tracing::warn!(schedule = %s.id, tenant = %tenant.id, %occurrence, "occurrence missed: its window closed while the server was not running; skipped");
-                self.save_cursor(s.id, &key, next, None)
+                self.save_cursor(s.id, &key, next, None).await
             }
             Tick::Fire { occurrence, next } => {
                 // The cursor is persisted first: a crash after this point loses this
                 // occurrence's remaining starts rather than running them twice.
-                self.save_cursor(s.id, &key, next, Some(now))?;
+                self.save_cursor(s.id, &key, next, Some(now)).await?;
                 let started = self
                     .fire_schedule(s, tenant, occurrence, "schedule")
                     .await?;
@@ -117,18 +115,20 @@ impl App {
         }
     }
 
-    fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
-        self.store.write(|tx| {
-            let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else {
-                return Ok(());
-            };
-            s.next_fire.insert(key.to_string(), next);
-            if ran.is_some() {
-                s.last_run_at = ran;
-            }
-            tx.put(&s)?;
-            Ok::<_, TxError<ApiError>>(())
-        })?;
+    async fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
+        self.store
+            .write(|tx| {
+                let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else {
+                    return Ok(());
+                };
+                s.next_fire.insert(key.to_string(), next);
+                if ran.is_some() {
+                    s.last_run_at = ran;
+                }
+                tx.put(&s)?;
+                Ok::<_, TxError<ApiError>>(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -142,7 +142,7 @@ impl App {
         by: &str,
     ) -> ApiResult<Vec<upkeep_core::session::Session>> {
         let now = self.clock.now();
-        let computers = self.schedule_targets(s, tenant)?;
+        let computers = self.schedule_targets(s, tenant).await?;
         let n = computers.len();
         let immediate = by != "schedule";
         // Starts are spread over the first half of the window, but a person's computers share
@@ -163,7 +163,8 @@ impl App {
             if let Some(active) = self.runtime.active_session_of(c.id) {
                 let same_schedule = self
                     .store
-                    .get::<upkeep_core::session::Session>(&active)?
+                    .get::<upkeep_core::session::Session>(&active)
+                    .await?
                     .is_some_and(|x| x.schedule_id == Some(s.id));
                 if same_schedule && !immediate {
                     let _ = self
@@ -202,7 +203,11 @@ impl App {
     }
 
     /// The computers a schedule targets in `tenant`, resolved now.
-    pub fn schedule_targets(&self, s: &Schedule, tenant: &Tenant) -> ApiResult<Vec<Computer>> {
+    pub async fn schedule_targets(
+        &self,
+        s: &Schedule,
+        tenant: &Tenant,
+    ) -> ApiResult<Vec<Computer>> {
         let idx = match s.target.kind {
             TargetKind::Tag => IndexKey::new(
                 TAG_COMPUTERS,
@@ -211,7 +216,8 @@ impl App {
             _ => IndexKey::new(TENANT_COMPUTERS, tenant.id.as_bytes()),
         };
         let mut out = Vec::new();
-        for c in self.store.by_index::<Computer>(&idx, None) {
+        let mut computers = std::pin::pin!(self.store.by_index::<Computer>(&idx, None));
+        while let Some(c) = computers.next().await {
             let c = c?;
             if s.target.matches(&c) {
                 out.push(c);

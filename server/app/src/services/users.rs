@@ -4,6 +4,7 @@
 use crate::auth::{Actor, Principal, secret_hash};
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use upkeep_core::domain::*;
@@ -21,16 +22,18 @@ impl App {
     /// Creates a user; `CONFLICT` when the e-mail is taken.
     pub async fn create_user(&self, user: User) -> ApiResult<User> {
         let idx = IndexKey::new(USER_EMAIL, user.email.text());
-        self.store.write(|tx| {
-            if !tx.claim_unique(&idx, user.id.as_bytes())? {
-                return Err(TxError::Abort(ApiError::Conflict(format!(
-                    "a user with e-mail {} exists",
-                    user.email.text()
-                ))));
-            }
-            tx.put(&user)?;
-            Ok(())
-        })?;
+        self.store
+            .write(|tx| {
+                if !tx.claim_unique(&idx, user.id.as_bytes())? {
+                    return Err(TxError::Abort(ApiError::Conflict(format!(
+                        "a user with e-mail {} exists",
+                        user.email.text()
+                    ))));
+                }
+                tx.put(&user)?;
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(user)
     }
@@ -42,28 +45,31 @@ impl App {
     pub async fn change_user(
         &self,
         id: Id,
-        f: impl Fn(&mut User) -> ApiResult<()>,
+        f: impl Fn(&mut User) -> ApiResult<()> + Sync,
     ) -> ApiResult<User> {
-        let others = self.other_msp_admins(id)?;
-        let user = self.store.write(|tx| {
-            let old: User = tx
-                .get(&id)?
-                .ok_or_else(|| TxError::Abort(ApiError::not_found("user", id)))?;
-            let mut new = old.clone();
-            f(&mut new).map_err(TxError::Abort)?;
-            let access_changed = new.role != old.role
-                || new.tenant_id != old.tenant_id
-                || new.disabled != old.disabled
-                || new.password_hash != old.password_hash;
-            if access_changed {
-                new.token_generation = old.token_generation.wrapping_add(1);
-            }
-            if is_active_msp_admin(&old) && !is_active_msp_admin(&new) {
-                require_another_msp_admin(tx, &old, &others)?;
-            }
-            tx.put(&new)?;
-            Ok(new)
-        })?;
+        let others = self.other_msp_admins(id).await?;
+        let user = self
+            .store
+            .write(|tx| {
+                let old: User = tx
+                    .get(&id)?
+                    .ok_or_else(|| TxError::Abort(ApiError::not_found("user", id)))?;
+                let mut new = old.clone();
+                f(&mut new).map_err(TxError::Abort)?;
+                let access_changed = new.role != old.role
+                    || new.tenant_id != old.tenant_id
+                    || new.disabled != old.disabled
+                    || new.password_hash != old.password_hash;
+                if access_changed {
+                    new.token_generation = old.token_generation.wrapping_add(1);
+                }
+                if is_active_msp_admin(&old) && !is_active_msp_admin(&new) {
+                    require_another_msp_admin(tx, &old, &others)?;
+                }
+                tx.put(&new)?;
+                Ok(new)
+            })
+            .await?;
         self.store.flush().await?;
         Ok(user)
     }
@@ -74,24 +80,26 @@ impl App {
     pub async fn delete_user(
         &self,
         id: Id,
-        check: impl Fn(&User) -> ApiResult<()>,
+        check: impl Fn(&User) -> ApiResult<()> + Sync,
     ) -> ApiResult<()> {
-        let others = self.other_msp_admins(id)?;
-        self.store.write(|tx| {
-            let user: User = tx
-                .get(&id)?
-                .ok_or_else(|| TxError::Abort(ApiError::not_found("user", id)))?;
-            check(&user).map_err(TxError::Abort)?;
-            if is_active_msp_admin(&user) {
-                require_another_msp_admin(tx, &user, &others)?;
-            }
-            tx.delete::<User, ApiError>(id.as_bytes())?;
-            let email = IndexKey::new(USER_EMAIL, user.email.text());
-            if tx.index_has(&email)?.as_deref() == Some(id.as_bytes().as_slice()) {
-                tx.release_unique(&email)?;
-            }
-            Ok(())
-        })?;
+        let others = self.other_msp_admins(id).await?;
+        self.store
+            .write(|tx| {
+                let user: User = tx
+                    .get(&id)?
+                    .ok_or_else(|| TxError::Abort(ApiError::not_found("user", id)))?;
+                check(&user).map_err(TxError::Abort)?;
+                if is_active_msp_admin(&user) {
+                    require_another_msp_admin(tx, &user, &others)?;
+                }
+                tx.delete::<User, ApiError>(id.as_bytes())?;
+                let email = IndexKey::new(USER_EMAIL, user.email.text());
+                if tx.index_has(&email)?.as_deref() == Some(id.as_bytes().as_slice()) {
+                    tx.release_unique(&email)?;
+                }
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(())
     }
@@ -126,12 +134,13 @@ impl App {
     /// Ids of the enabled MSP admins other than `except`, read before a transaction that
     /// re-checks them (transactions run one at a time, and an admin created meanwhile only
     /// makes the check stricter than needed).
-    fn other_msp_admins(&self, except: Id) -> ApiResult<Vec<Id>> {
+    async fn other_msp_admins(&self, except: Id) -> ApiResult<Vec<Id>> {
         let mut ids = Vec::new();
-        for u in self
-            .store
-            .by_index::<User>(&IndexKey::new(TENANT_USERS, tenant_key(None)), None)
-        {
+        let mut users = std::pin::pin!(
+            self.store
+                .by_index::<User>(&IndexKey::new(TENANT_USERS, tenant_key(None)), None)
+        );
+        while let Some(u) = users.next().await {
             let u = u?;
             if u.id != except && is_active_msp_admin(&u) {
                 ids.push(u.id);
@@ -141,7 +150,7 @@ impl App {
     }
 
     /// Resolves `upk_…` to its key's actor: revoked or expired keys are refused at once.
-    pub fn authenticate_api_key(&self, secret: &str) -> ApiResult<Actor> {
+    pub async fn authenticate_api_key(&self, secret: &str) -> ApiResult<Actor> {
         let hash = secret_hash(secret);
         let now = self.clock.now();
         let cached = self
@@ -156,7 +165,8 @@ impl App {
             None => {
                 let k: ApiKey = self
                     .store
-                    .unique(&IndexKey::new(API_KEY_HASH, &hash))?
+                    .unique(&IndexKey::new(API_KEY_HASH, &hash))
+                    .await?
                     .ok_or_else(|| ApiError::Unauthenticated("unknown API key".into()))?;
                 self.api_keys
                     .inner
@@ -174,7 +184,7 @@ impl App {
         }
         // A key acts for its creator: it ends when they are deleted or disabled, and it holds
         // no more than they may hand on now (a demoted creator's keys stop).
-        match self.store.get::<User>(&key.created_by)? {
+        match self.store.get::<User>(&key.created_by).await? {
             Some(u) if !u.disabled => {
                 let in_scope =
                     crate::auth::TenantScope::of(u.role, u.tenant_id).contains(key.tenant_id);
@@ -237,7 +247,7 @@ impl App {
 
     /// Writes `lastUsedAt` of keys used since the last call (a background loop calls it every
     /// minute).
-    pub fn write_api_key_usage(&self) {
+    pub async fn write_api_key_usage(&self) {
         let used: Vec<(Id, Time)> = {
             let mut m = self
                 .api_keys
@@ -264,7 +274,7 @@ impl App {
             }
             Ok(())
         });
-        if r.is_err() {
+        if r.await.is_err() {
             tracing::warn!("could not write API key usage");
         }
     }

@@ -4,6 +4,7 @@
 
 use crate::error::ApiResult;
 use crate::services::App;
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::{IpAddr, SocketAddr};
@@ -26,13 +27,14 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
 }
 
 impl App {
-    fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
+    async fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
         let mut out = Vec::new();
         for key in [tenant_key(Some(tenant)), tenant_key(None)] {
-            for w in self
-                .store
-                .by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None)
-            {
+            let mut webhooks = std::pin::pin!(
+                self.store
+                    .by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None)
+            );
+            while let Some(w) = webhooks.next().await {
                 let w = w?;
                 if w.events.contains(&event) {
                     out.push(w);
@@ -42,7 +44,7 @@ impl App {
         Ok(out)
     }
 
-    pub fn deliveries(
+    pub async fn deliveries(
         &self,
         tenant: Id,
         event: WebhookEvent,
@@ -50,7 +52,8 @@ impl App {
     ) -> ApiResult<Vec<Delivery>> {
         let now = self.clock.now();
         Ok(self
-            .hooks_for(tenant, event)?
+            .hooks_for(tenant, event)
+            .await?
             .into_iter()
             .map(|w| {
                 let id = crate::ids::fresh();
@@ -82,7 +85,7 @@ impl App {
     }
 
     /// Deliveries about session `s`, caused by its event `sequence` (carried in `data`).
-    fn session_deliveries(
+    async fn session_deliveries(
         &self,
         s: &Session,
         event: WebhookEvent,
@@ -90,7 +93,7 @@ impl App {
     ) -> ApiResult<Vec<Delivery>> {
         let mut data = session_data(s);
         data["sequence"] = serde_json::json!(sequence);
-        let mut out = self.deliveries(s.tenant_id, event, data)?;
+        let mut out = self.deliveries(s.tenant_id, event, data).await?;
         for d in &mut out {
             d.session_id = Some(s.id);
             d.sequence = Some(sequence);
@@ -98,12 +101,13 @@ impl App {
         Ok(out)
     }
 
-    pub fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
+    pub async fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
         self.session_deliveries(s, WebhookEvent::SessionCreated, s.last_sequence)
+            .await
     }
 
     /// `sequence`: the session event that announced the new status.
-    pub fn webhook_deliveries_for(
+    pub async fn webhook_deliveries_for(
         &self,
         s: &Session,
         before: SessionStatus,
@@ -112,10 +116,16 @@ impl App {
     ) -> ApiResult<Vec<Delivery>> {
         let mut out = Vec::new();
         if s.status != before {
-            out.extend(self.session_deliveries(s, WebhookEvent::SessionStatusChanged, sequence)?);
+            out.extend(
+                self.session_deliveries(s, WebhookEvent::SessionStatusChanged, sequence)
+                    .await?,
+            );
         }
         if finished {
-            out.extend(self.session_deliveries(s, WebhookEvent::SessionFinished, sequence)?);
+            out.extend(
+                self.session_deliveries(s, WebhookEvent::SessionFinished, sequence)
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -143,7 +153,10 @@ impl App {
             let pending: Vec<Delivery> = self
                 .store
                 .by_index::<Delivery>(&idx, None)
-                .filter_map(|d| d.ok())
+                .filter_map(|d| std::future::ready(d.ok()))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
                 .collect();
             for d in sendable(pending, &|id| in_flight.contains(&id)) {
                 if d.next_attempt_at > now {
@@ -179,7 +192,7 @@ impl App {
     }
 
     async fn attempt_delivery(&self, client: &reqwest::Client, mut d: Delivery) {
-        let Ok(Some(hook)) = self.store.get::<Webhook>(&d.webhook_id) else {
+        let Ok(Some(hook)) = self.store.get::<Webhook>(&d.webhook_id).await else {
             d.status = DeliveryStatus::Failed;
             d.last_error = Some("the webhook was deleted".into());
             self.save_delivery(&d).await;
@@ -259,7 +272,7 @@ impl App {
 
     async fn save_delivery(&self, d: &Delivery) {
         let r = self.store.write(|tx| tx.put(d).map_err(|e: TxError<()>| e));
-        if r.is_err() {
+        if r.await.is_err() {
             tracing::error!(delivery = %d.id, "could not save webhook delivery state");
         }
         let _ = self.store.flush().await;

@@ -4,6 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{OutputType, SimpleObject};
+use futures_util::StreamExt;
 use upkeep_core::domain::Id;
 
 /// Largest page a client may ask for.
@@ -62,6 +63,19 @@ pub fn build<T, V: OutputType + From<T>>(
             .map(|n| Edge::new(id_of(&n).to_string(), V::from(n))),
     );
     Ok(c)
+}
+
+/// [`build`] over a stream: reads at most `first + 1` items.
+pub async fn build_stream<T, V: OutputType + From<T>>(
+    items: impl futures_util::Stream<Item = ApiResult<T>>,
+    id_of: impl Fn(&T) -> Id,
+    first: usize,
+    total: usize,
+    has_previous: bool,
+) -> ApiResult<Page<V>> {
+    use futures_util::TryStreamExt;
+    let head: Vec<T> = std::pin::pin!(items).take(first + 1).try_collect().await?;
+    build(head.into_iter().map(Ok), id_of, first, total, has_previous)
 }
 
 /// Pages a fully materialised, already ordered list (small lists: tenants, catalogue).

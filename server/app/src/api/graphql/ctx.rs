@@ -103,34 +103,40 @@ impl<'a> Ctx<'a> {
     }
 
     /// The record if it exists and the caller may see it.
-    pub fn find<T: Owned>(&self, id: Id) -> ApiResult<Option<T>> {
-        Ok(self.app.store.get::<T>(&id)?.filter(|r| self.visible(r)))
+    pub async fn find<T: Owned>(&self, id: Id) -> ApiResult<Option<T>> {
+        Ok(self
+            .app
+            .store
+            .get::<T>(&id)
+            .await?
+            .filter(|r| self.visible(r)))
     }
 
-    pub fn find_catalogue<T: Owned>(&self, id: Id) -> ApiResult<Option<T>> {
-        self.find(id)
+    pub async fn find_catalogue<T: Owned>(&self, id: Id) -> ApiResult<Option<T>> {
+        self.find(id).await
     }
 
     /// The record, or NOT_FOUND (also when it belongs to a tenant the caller may not see).
-    pub fn load<T: Owned>(&self, id: Id) -> ApiResult<T> {
-        self.find(id)?
+    pub async fn load<T: Owned>(&self, id: Id) -> ApiResult<T> {
+        self.find(id)
+            .await?
             .ok_or_else(|| ApiError::not_found(T::NAME, id))
     }
 
     /// The record, for a change: NOT_FOUND when invisible, FORBIDDEN when visible but the role
     /// may not change it (read-only roles, cross-tenant items for tenant roles).
-    pub fn load_for_write<T: Owned>(&self, id: Id) -> ApiResult<T> {
-        let r = self.load::<T>(id)?;
+    pub async fn load_for_write<T: Owned>(&self, id: Id) -> ApiResult<T> {
+        let r = self.load::<T>(id).await?;
         self.actor.require_write_in(r.owner())?;
         Ok(r)
     }
 
     /// Checks the caller may act in `tenant` (a tenant id it names in an input): an invisible
     /// tenant is NOT_FOUND.
-    pub fn tenant_for_write(&self, tenant: Option<Id>) -> ApiResult<Option<Tenant>> {
+    pub async fn tenant_for_write(&self, tenant: Option<Id>) -> ApiResult<Option<Tenant>> {
         match tenant {
             Some(t) => {
-                let t = self.load::<Tenant>(t)?;
+                let t = self.load::<Tenant>(t).await?;
                 self.actor.require_write_in(Some(t.id))?;
                 Ok(Some(t))
             }

@@ -143,7 +143,7 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
         };
         let address = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
         let event = crate::audit::by_actor(actor, info.name, address, app.clock.now());
-        upkeep_store::Store::audited(event, next.run(ctx, info)).await
+        upkeep_store::audited(event, next.run(ctx, info)).await
     }
 
     async fn request(
@@ -238,7 +238,7 @@ fn expanded_size(doc: &async_graphql::parser::types::ExecutableDocument) -> Opti
 /// each time, so a deletion, disablement or password change ends a user's tokens at once.
 ///
 /// Architecture invariant: whether a credential is still good is decided here and nowhere else.
-pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
+pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, ApiError> {
     let Some(v) = value else { return Ok(None) };
     let token = v
         .strip_prefix("Bearer ")
@@ -249,7 +249,7 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
         return Ok(None);
     }
     if token.starts_with("upk_") {
-        return app.authenticate_api_key(token).map(Some);
+        return app.authenticate_api_key(token).await.map(Some);
     }
     let claims = app.keys.verify_api_token(token, app.clock.now())?;
     let id = claims
@@ -259,7 +259,8 @@ pub fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor>, Api
     // The user is read per request (a sled point read): their current record decides.
     let user = app
         .store
-        .get::<User>(&id)?
+        .get::<User>(&id)
+        .await?
         .ok_or_else(|| ApiError::Unauthenticated("the token's user no longer exists".into()))?;
     if user.disabled {
         return Err(ApiError::Unauthenticated("the account is disabled".into()));
@@ -290,7 +291,7 @@ pub async fn graphql_handler(
     let schema = shared_schema();
     let mut req = req.into_inner().data(ClientAddr(peer)).data(app.clone());
     let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
-    match authenticate(&app, auth) {
+    match authenticate(&app, auth).await {
         Ok(Some(actor)) => req = req.data(actor),
         Ok(None) => {}
         Err(e) => {

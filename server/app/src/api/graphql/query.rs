@@ -9,20 +9,23 @@ use super::types::EnrollmentKeyView;
 use super::types::View;
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult};
+use crate::services::App;
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
+use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_core::webhook::{Delivery, Webhook};
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, Store};
+use upkeep_store::{Db, IndexKey};
 
 pub struct Query;
 
 /// Lists a tenant-indexed kind: one tenant's (plus cross-tenant ones when `with_cross`), or for
 /// MSP roles without a tenant, everything.
-fn list_tenant_kind<T: Owned>(
+async fn list_tenant_kind<T: Owned>(
     c: &Ctx<'_>,
     index: u8,
     tenant: Option<&ID>,
@@ -33,7 +36,8 @@ fn list_tenant_kind<T: Owned>(
     match c.scope.narrow(asked) {
         TenantScope::Nothing => {}
         TenantScope::All => {
-            for r in c.app.store.scan::<T>(None) {
+            let mut records = std::pin::pin!(c.app.store.scan::<T>(None));
+            while let Some(r) = records.next().await {
                 out.push(r?);
             }
         }
@@ -43,7 +47,9 @@ fn list_tenant_kind<T: Owned>(
                 keys.push(tenant_key(None));
             }
             for k in keys {
-                for r in c.app.store.by_index::<T>(&IndexKey::new(index, k), None) {
+                let mut records =
+                    std::pin::pin!(c.app.store.by_index::<T>(&IndexKey::new(index, k), None));
+                while let Some(r) = records.next().await {
                     out.push(r?);
                 }
             }
@@ -68,13 +74,18 @@ pub struct StatusCount {
 
 /// `totalCount` of a sessions page, computed only when asked for.
 pub struct SessionTotal {
-    count: Box<dyn Fn() -> ApiResult<usize> + Send + Sync>,
+    app: Arc<App>,
+    query: SessionQuery,
 }
 
 #[Object]
 impl SessionTotal {
     async fn total_count(&self) -> Result<usize> {
-        Ok((self.count)()?)
+        Ok(self
+            .query
+            .stream(&self.app.store, None)
+            .try_fold(0, |n, _| std::future::ready(Ok(n + 1)))
+            .await?)
     }
 }
 
@@ -86,7 +97,8 @@ impl Query {
         Ok(View(
             c.app
                 .store
-                .get::<User>(&c.actor.user_id())?
+                .get::<User>(&c.actor.user_id())
+                .await?
                 .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?,
         ))
     }
@@ -100,13 +112,14 @@ impl Query {
     ) -> Result<Page<View<Tenant>>> {
         let c = Ctx::new(ctx)?;
         let all: Vec<Tenant> = match c.scope {
-            TenantScope::Tenant(t) => c.find::<Tenant>(t)?.into_iter().collect(),
+            TenantScope::Tenant(t) => c.find::<Tenant>(t).await?.into_iter().collect(),
             TenantScope::Nothing => vec![],
             TenantScope::All => c
                 .app
                 .store
                 .scan::<Tenant>(None)
-                .collect::<Result<_, _>>()
+                .try_collect::<Vec<_>>()
+                .await
                 .map_err(ApiError::from)?,
         };
         Ok(connection::from_vec(all, |t| t.id, first, after)?)
@@ -114,7 +127,7 @@ impl Query {
 
     async fn tenant(&self, ctx: &Context<'_>, id: ID) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
-        Ok(View(c.load(parse_id("id", &id)?)?))
+        Ok(View(c.load(parse_id("id", &id)?).await?))
     }
 
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
@@ -126,7 +139,7 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<User>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false)?;
+        let all = list_tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false).await?;
         Ok(connection::from_vec(all, |u| u.id, first, after)?)
     }
 
@@ -139,12 +152,12 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Person>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false)?;
+        let all = list_tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false).await?;
         Ok(connection::from_vec(all, |p| p.id, first, after)?)
     }
 
     async fn person(&self, ctx: &Context<'_>, id: ID) -> Result<View<Person>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// Computers, filtered by tag and by a search over name, hostname and tags.
@@ -159,7 +172,8 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Computer>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Computer>(&c, TENANT_COMPUTERS, tenant_id.as_ref(), false)?;
+        let all =
+            list_tenant_kind::<Computer>(&c, TENANT_COMPUTERS, tenant_id.as_ref(), false).await?;
         let needle = search.as_deref().map(str::to_lowercase);
         let filtered: Vec<Computer> = all
             .into_iter()
@@ -179,7 +193,7 @@ impl Query {
     }
 
     async fn computer(&self, ctx: &Context<'_>, id: ID) -> Result<View<Computer>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// The software catalogue: cross-tenant entries and the tenant's own.
@@ -192,12 +206,13 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Software>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true)?;
+        let all =
+            list_tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true).await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
     async fn software_by_id(&self, ctx: &Context<'_>, id: ID) -> Result<View<Software>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
@@ -209,12 +224,13 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<MaintenanceTask>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true)?;
+        let all =
+            list_tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true).await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
     async fn maintenance_task(&self, ctx: &Context<'_>, id: ID) -> Result<View<MaintenanceTask>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
@@ -226,13 +242,13 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Deployment>>> {
         let c = Ctx::new(ctx)?;
-        let all =
-            list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)?;
+        let all = list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)
+            .await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
     async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<View<Deployment>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
@@ -244,12 +260,13 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Schedule>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false)?;
+        let all =
+            list_tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false).await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
     async fn schedule(&self, ctx: &Context<'_>, id: ID) -> Result<View<Schedule>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// Enrollment keys, without their secrets.
@@ -267,7 +284,8 @@ impl Query {
             TENANT_ENROLLMENT_KEYS,
             tenant_id.as_ref(),
             false,
-        )?;
+        )
+        .await?;
         let views = all
             .into_iter()
             .map(|key| EnrollmentKeyView { key, secret: None })
@@ -310,50 +328,31 @@ impl Query {
                 && f.since.is_none_or(|s| e.at >= s)
                 && f.until.is_none_or(|u| e.at < u)
         };
-        let scan = |before: Option<Id>| -> Box<
-            dyn Iterator<Item = upkeep_store::Result<upkeep_core::audit::AuditEvent>> + '_,
-        > {
+        type Audit = upkeep_core::audit::AuditEvent;
+        let store = &c.app.store;
+        let scan = |before: Option<Id>| -> BoxStream<'_, upkeep_store::Result<Audit>> {
             let before = before.map(|b| b.as_bytes().to_vec());
             match scope {
-                TenantScope::Tenant(t) => Box::new(
-                    c.app
-                        .store
-                        .index_scan_rev(
-                            &IndexKey::new(TENANT_AUDIT, tenant_key(Some(t))),
-                            before.as_deref(),
-                        )
-                        .filter_map(|k| match k {
-                            Ok(k) => c
-                                .app
-                                .store
-                                .get_by_key::<upkeep_core::audit::AuditEvent>(&k)
-                                .transpose(),
-                            Err(e) => Some(Err(e)),
-                        }),
-                ),
-                TenantScope::All | TenantScope::Nothing => Box::new(
-                    c.app
-                        .store
-                        .scan_rev::<upkeep_core::audit::AuditEvent>(before.as_deref()),
-                ),
+                TenantScope::Tenant(t) => {
+                    let idx = IndexKey::new(TENANT_AUDIT, tenant_key(Some(t)));
+                    Box::pin(store.by_index_rev::<Audit>(&idx, before.as_deref()))
+                }
+                TenantScope::All | TenantScope::Nothing => {
+                    Box::pin(store.scan_rev::<Audit>(before.as_deref()))
+                }
             }
         };
         let mut total = 0usize;
-        for e in scan(None) {
-            if keep(&e?) {
+        let mut all = scan(None);
+        while let Some(e) = all.try_next().await? {
+            if keep(&e) {
                 total += 1;
             }
         }
         let items = scan(after)
-            .filter(|r| r.as_ref().map_or(true, keep))
-            .map(|r| r.map_err(ApiError::from));
-        Ok(connection::build(
-            items,
-            |e| e.id,
-            n,
-            total,
-            after.is_some(),
-        )?)
+            .try_filter(|e| std::future::ready(keep(e)))
+            .map_err(ApiError::from);
+        Ok(connection::build_stream(items, |e| e.id, n, total, after.is_some()).await?)
     }
 
     /// Sessions, newest first, filtered.
@@ -370,27 +369,16 @@ impl Query {
         let n = connection::page_size(first)?;
         let after = connection::parse_cursor(after.as_deref())?;
         let q = SessionQuery::new(&c, &f)?;
-        let mut nodes = Vec::new();
-        let mut has_next = false;
-        for s in q.iter(&c.app.store, after) {
-            let s = s?;
-            if nodes.len() == n {
-                has_next = true;
-                break;
-            }
-            nodes.push(s);
-        }
-        let app = c.app.clone();
-        let q2 = q.clone();
+        let mut nodes: Vec<Session> = q
+            .stream(&c.app.store, after)
+            .take(n + 1)
+            .try_collect()
+            .await?;
+        let has_next = nodes.len() > n;
+        nodes.truncate(n);
         let total = SessionTotal {
-            count: Box::new(move || {
-                let mut n = 0;
-                for s in q2.iter(&app.store, None) {
-                    s?;
-                    n += 1;
-                }
-                Ok(n)
-            }),
+            app: c.app.clone(),
+            query: q,
         };
         let mut conn = Connection::with_additional_fields(after.is_some(), has_next, total);
         conn.edges.extend(
@@ -402,7 +390,7 @@ impl Query {
     }
 
     async fn maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
-        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?)?))
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// Sessions per status, for dashboards (created since `since`, when given).
@@ -423,12 +411,15 @@ impl Query {
         for status in upkeep_core::session::SessionStatus::ALL {
             let idx = IndexKey::new(STATUS_SESSIONS, [status.code()]);
             let count = if scope == TenantScope::All && since.is_none() {
-                c.app.store.index_count(&idx)
+                c.app.store.index_count(&idx).await? as usize
             } else {
                 c.app
                     .store
                     .by_index::<Session>(&idx, None)
-                    .filter_map(|s| s.ok())
+                    .filter_map(|s| std::future::ready(s.ok()))
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
                     .filter(|s| {
                         scope.contains(Some(s.tenant_id)) && since.is_none_or(|t| s.created_at >= t)
                     })
@@ -451,13 +442,16 @@ impl Query {
         computer_id: ID,
     ) -> Result<Vec<super::types::ActionView>> {
         let c = Ctx::new(ctx)?;
-        let computer: Computer = c.load(parse_id("computerId", &computer_id)?)?;
-        let items = c.app.plan_items(
-            &computer,
-            upkeep_core::session::SessionTrigger::Manual,
-            None,
-        )?;
-        let history = c.app.sessions_of_computer(computer.id, 20)?;
+        let computer: Computer = c.load(parse_id("computerId", &computer_id)?).await?;
+        let items = c
+            .app
+            .plan_items(
+                &computer,
+                upkeep_core::session::SessionTrigger::Manual,
+                None,
+            )
+            .await?;
+        let history = c.app.sessions_of_computer(computer.id, 20).await?;
         let items_arc = std::sync::Arc::new(items.clone());
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -520,11 +514,11 @@ impl Query {
         kind: MailKind,
     ) -> Result<EmailPreview> {
         let c = Ctx::new(ctx)?;
-        let s: Session = c.load(parse_id("sessionId", &session_id)?)?;
-        let tenant: Tenant = c.load(s.tenant_id)?;
-        let computer = c.app.store.get::<Computer>(&s.computer_id)?;
+        let s: Session = c.load(parse_id("sessionId", &session_id)?).await?;
+        let tenant: Tenant = c.load(s.tenant_id).await?;
+        let computer = c.app.store.get::<Computer>(&s.computer_id).await?;
         let person = match computer.as_ref().and_then(|c| c.primary_person_id) {
-            Some(p) => c.app.store.get::<Person>(&p)?,
+            Some(p) => c.app.store.get::<Person>(&p).await?,
             None => None,
         };
         let link = match kind {
@@ -579,7 +573,8 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<ApiKey>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false)?;
+        let all =
+            list_tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false).await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
@@ -592,7 +587,8 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Webhook>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false)?;
+        let all =
+            list_tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false).await?;
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
     }
 
@@ -605,14 +601,15 @@ impl Query {
         after: Option<String>,
     ) -> Result<Page<View<Delivery>>> {
         let c = Ctx::new(ctx)?;
-        let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?)?;
+        let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?).await?;
         c.actor
             .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)?;
         let mut all: Vec<Delivery> = c
             .app
             .store
             .by_index::<Delivery>(&IndexKey::new(WEBHOOK_DELIVERIES, w.id.as_bytes()), None)
-            .collect::<Result<_, _>>()
+            .try_collect::<Vec<_>>()
+            .await
             .map_err(ApiError::from)?;
         all.reverse();
         Ok(connection::from_vec(all, |x| x.id, first, after)?)
@@ -683,28 +680,19 @@ impl SessionQuery {
             && self.before.is_none_or(|t| s.created_at < t)
     }
 
-    fn iter<'a>(
-        &'a self,
-        store: &'a Store,
-        after: Option<Id>,
-    ) -> Box<dyn Iterator<Item = ApiResult<Session>> + 'a> {
+    /// The matching sessions, newest first, strictly before the cursor `after`.
+    fn stream<'a>(&'a self, store: &'a Db, after: Option<Id>) -> BoxStream<'a, ApiResult<Session>> {
         if self.scope == TenantScope::Nothing {
-            return Box::new(std::iter::empty());
+            return Box::pin(futures_util::stream::empty());
         }
         let before = after.map(|a| a.as_bytes().to_vec());
-        let it: Box<dyn Iterator<Item = upkeep_store::Result<Session>> + 'a> = match &self.index {
-            Some(idx) => Box::new(store.index_scan_rev(idx, before.as_deref()).filter_map(
-                move |k| match k {
-                    Ok(k) => store.get_by_key::<Session>(&k).transpose(),
-                    Err(e) => Some(Err(e)),
-                },
-            )),
-            None => Box::new(store.scan_rev::<Session>(before.as_deref())),
+        let all: BoxStream<'a, upkeep_store::Result<Session>> = match &self.index {
+            Some(idx) => Box::pin(store.by_index_rev::<Session>(idx, before.as_deref())),
+            None => Box::pin(store.scan_rev::<Session>(before.as_deref())),
         };
-        Box::new(it.filter_map(move |r| match r {
-            Ok(s) if self.keep(&s) => Some(Ok(s)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e.into())),
-        }))
+        Box::pin(
+            all.map_err(ApiError::from)
+                .try_filter(move |s| std::future::ready(self.keep(s))),
+        )
     }
 }

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -75,14 +75,15 @@ impl Subscription {
         let scope = c.scope;
         let session: Option<Id> = match &session_id {
             Some(s) => {
-                let s: Session = c.load(parse_id("sessionId", s)?)?;
+                let s: Session = c.load(parse_id("sessionId", s)?).await?;
                 Some(s.id)
             }
             None => None,
         };
         let tenant: Option<Id> = match &tenant_id {
             Some(t) => Some(
-                c.load::<upkeep_core::domain::Tenant>(parse_id("tenantId", t)?)?
+                c.load::<upkeep_core::domain::Tenant>(parse_id("tenantId", t)?)
+                    .await?
                     .id,
             ),
             None => None,
@@ -95,8 +96,9 @@ impl Subscription {
         let replay: Vec<Arc<SessionEvent>> = match (session, after_sequence) {
             (Some(s), Some(n)) => app
                 .events_after(s, n.max(0) as u64)
-                .map(|e| e.map(Arc::new))
-                .collect::<Result<_, _>>()
+                .map_ok(Arc::new)
+                .try_collect::<Vec<_>>()
+                .await
                 .map_err(ApiError::from)?,
             _ => vec![],
         };

@@ -106,7 +106,7 @@ pub async fn serve(
         tokio::select! {
             frame = source.next() => {
                 let Some(Ok(frame)) = frame else { break None };
-                match gate(&app, &mut conn, frame) {
+                match gate(&app, &mut conn, frame).await {
                     Gate::Forward(m) => {
                         if tx.try_send(Ok(m)).is_err() {
                             break Some((close::POLICY, "too many messages in flight".into()));
@@ -138,12 +138,12 @@ pub async fn serve(
                 if changed.is_err() {
                     break Some((close::GOING_AWAY, "server shutting down".into()));
                 }
-                if let Err(end) = conn.recheck(&app) {
+                if let Err(end) = conn.recheck(&app).await {
                     break Some(end);
                 }
             }
             _ = recheck.tick(), if conn.credential.is_some() => {
-                if let Err(end) = conn.recheck(&app) {
+                if let Err(end) = conn.recheck(&app).await {
                     break Some(end);
                 }
             }
@@ -226,7 +226,7 @@ fn init_credential(payload: Option<&serde_json::Value>) -> Option<String> {
     pick(p).or_else(|| p.get("headers").and_then(pick))
 }
 
-fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
+async fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
     let bytes: &[u8] = match &frame {
         Message::Text(t) => t.as_bytes(),
         Message::Binary(b) => b,
@@ -254,8 +254,8 @@ fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
         Err(_) => return Gate::Close(4400, "invalid message".into()),
     };
     match message {
-        ClientMessage::ConnectionInit { payload } => gate_init(app, conn, payload.as_ref()),
-        ClientMessage::Start { id, payload } => gate_start(app, conn, id, payload),
+        ClientMessage::ConnectionInit { payload } => gate_init(app, conn, payload.as_ref()).await,
+        ClientMessage::Start { id, payload } => gate_start(app, conn, id, payload).await,
         ClientMessage::Stop { id } => {
             conn.active.remove(&id);
             Gate::Forward(ClientMessage::Stop { id })
@@ -265,12 +265,12 @@ fn gate(app: &App, conn: &mut Conn, frame: Message) -> Gate {
 }
 
 /// `connection_init`: authenticates the credential it carries, once per connection.
-fn gate_init(app: &App, conn: &mut Conn, payload: Option<&serde_json::Value>) -> Gate {
+async fn gate_init(app: &App, conn: &mut Conn, payload: Option<&serde_json::Value>) -> Gate {
     if conn.credential.is_some() {
         return Gate::Close(4429, "Too many initialisation requests".into());
     }
     let credential = init_credential(payload).unwrap_or_default();
-    match authenticate(app, Some(&credential)) {
+    match authenticate(app, Some(&credential)).await {
         Ok(Some(actor)) => {
             *conn.init_actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
             conn.credential = Some(credential);
@@ -286,11 +286,16 @@ fn gate_init(app: &App, conn: &mut Conn, payload: Option<&serde_json::Value>) ->
 
 /// `subscribe`/`start`: runs as the actor the credential resolves to now, within the
 /// connection's bounds (id length, no duplicate id, operation cap).
-fn gate_start(app: &App, conn: &mut Conn, id: String, payload: async_graphql::Request) -> Gate {
+async fn gate_start(
+    app: &App,
+    conn: &mut Conn,
+    id: String,
+    payload: async_graphql::Request,
+) -> Gate {
     let Some(credential) = conn.credential.as_deref() else {
         return Gate::Close(close::UNAUTHORIZED, "Unauthorized".into());
     };
-    let actor = match authenticate(app, Some(credential)) {
+    let actor = match authenticate(app, Some(credential)).await {
         Ok(Some(actor)) => actor,
         Ok(None) => return Gate::Close(close::FORBIDDEN, "the credential ended".into()),
         Err(e) => return ended(e),
@@ -329,11 +334,11 @@ fn ended(e: ApiError) -> Gate {
 }
 
 impl Conn {
-    fn recheck(&self, app: &App) -> Result<(), (u16, String)> {
+    async fn recheck(&self, app: &App) -> Result<(), (u16, String)> {
         let Some(credential) = self.credential.as_deref() else {
             return Ok(());
         };
-        match authenticate(app, Some(credential)) {
+        match authenticate(app, Some(credential)).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err((close::FORBIDDEN, "the credential ended".into())),
             Err(e) => match ended(e) {

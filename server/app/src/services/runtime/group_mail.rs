@@ -83,8 +83,8 @@ impl SessionRuntime {
 impl App {
     /// Called with the group's lock held, for a session `s` (its new state, not yet stored)
     /// that has just decided its mail of `kind`.
-    pub(super) fn group_mail(&self, s: &Session, kind: MailKind) -> ApiResult<GroupMail> {
-        let Some(email) = self.recipient_email(s)? else {
+    pub(super) async fn group_mail(&self, s: &Session, kind: MailKind) -> ApiResult<GroupMail> {
+        let Some(email) = self.recipient_email(s).await? else {
             return Ok(if wanted(s, kind, self.clock.now()) {
                 GroupMail::Nothing(Some("the computer has no primary person".into()))
             } else {
@@ -93,11 +93,11 @@ impl App {
         };
         let mut members: Vec<Session> = vec![s.clone()];
         for id in &s.mail_siblings {
-            let Some(x) = self.store.get::<Session>(id)? else {
+            let Some(x) = self.store.get::<Session>(id).await? else {
                 continue;
             };
             if x.execute_at == s.execute_at
-                && self.recipient_email(&x)?.as_deref() == Some(email.as_str())
+                && self.recipient_email(&x).await?.as_deref() == Some(email.as_str())
             {
                 members.push(x);
             }
@@ -110,7 +110,7 @@ impl App {
         if wanting.is_empty() {
             return Ok(GroupMail::Nothing(None));
         }
-        Ok(match self.compose_group_mail(&wanting, kind)? {
+        Ok(match self.compose_group_mail(&wanting, kind).await? {
             Ok(mail) => GroupMail::Send {
                 mail: Box::new(mail),
                 computers: wanting.len(),

@@ -11,6 +11,7 @@ use crate::mail::render::{
     RebootExpectation, SessionMailView,
 };
 use crate::services::App;
+use futures_util::StreamExt;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::sync::Arc;
@@ -166,28 +167,31 @@ impl App {
 
     /// The person a session's mails go to: the computer's primary person. `Ok(Err(why))` when
     /// there is none. Also returns the tenant and the computer's name.
-    fn recipient(&self, s: &Session) -> ApiResult<Result<(Tenant, String, Person), String>> {
+    async fn recipient(&self, s: &Session) -> ApiResult<Result<(Tenant, String, Person), String>> {
         let tenant = self
             .store
-            .get::<Tenant>(&s.tenant_id)?
+            .get::<Tenant>(&s.tenant_id)
+            .await?
             .ok_or_else(|| ApiError::internal("tenant missing"))?;
         let computer = self
             .store
-            .get::<Computer>(&s.computer_id)?
+            .get::<Computer>(&s.computer_id)
+            .await?
             .ok_or_else(|| ApiError::internal("computer missing"))?;
         let Some(pid) = computer.primary_person_id else {
             return Ok(Err("the computer has no primary person".into()));
         };
-        let Some(person) = self.store.get::<Person>(&pid)? else {
+        let Some(person) = self.store.get::<Person>(&pid).await? else {
             return Ok(Err("the computer's primary person no longer exists".into()));
         };
         Ok(Ok((tenant, computer.name, person)))
     }
 
     /// The e-mail address a session's mails go to, if any.
-    pub fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
+    pub async fn recipient_email(&self, s: &Session) -> ApiResult<Option<String>> {
         Ok(self
-            .recipient(s)?
+            .recipient(s)
+            .await?
             .ok()
             .map(|(_, _, p)| p.email.text().to_string()))
     }
@@ -195,7 +199,7 @@ impl App {
     /// One mail about several sessions of one person (CONTRACT issue 14: one mail per person
     /// and run), listing each computer with its actions; each computer keeps its own postpone
     /// page. A single session gets the ordinary mail.
-    pub fn compose_group_mail(
+    pub async fn compose_group_mail(
         &self,
         sessions: &[&Session],
         kind: MailKind,
@@ -204,12 +208,12 @@ impl App {
             return Ok(Err("no session to mail about".into()));
         };
         if sessions.len() == 1 {
-            return self.compose_session_mail(first, kind);
+            return self.compose_session_mail(first, kind).await;
         }
         let mut views = Vec::with_capacity(sessions.len());
         let mut tenant_and_person = None;
         for s in sessions {
-            let (tenant, computer_name, person) = match self.recipient(s)? {
+            let (tenant, computer_name, person) = match self.recipient(s).await? {
                 Ok(r) => r,
                 Err(why) => return Ok(Err(why)),
             };
@@ -259,12 +263,12 @@ impl App {
 
     /// Renders a session mail for the computer's primary person. `Ok(Err(why))` when there is
     /// nobody to mail.
-    pub fn compose_session_mail(
+    pub async fn compose_session_mail(
         &self,
         s: &Session,
         kind: MailKind,
     ) -> ApiResult<Result<OutboxMail, String>> {
-        let (tenant, computer_name, person) = match self.recipient(s)? {
+        let (tenant, computer_name, person) = match self.recipient(s).await? {
             Ok(r) => r,
             Err(why) => return Ok(Err(why)),
         };
@@ -323,14 +327,17 @@ impl App {
     /// Queues a mail outside a session step (test mails).
     pub async fn queue_mail(&self, m: OutboxMail) -> ApiResult<()> {
         self.store
-            .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))?;
+            .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))
+            .await?;
         self.store.flush().await?;
         self.mail_wakeup.notify_one();
         Ok(())
     }
 
-    pub fn outbox_depth(&self) -> usize {
-        self.store.index_count(&IndexKey::new(PENDING_MAIL, []))
+    pub async fn outbox_depth(&self) -> upkeep_store::Result<u64> {
+        self.store
+            .index_count(&IndexKey::new(PENDING_MAIL, []))
+            .await
     }
 
     /// Background loop: sends due mails, retrying failures with backoff.
@@ -351,7 +358,10 @@ impl App {
             let pending: Vec<OutboxMail> = self
                 .store
                 .by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None)
-                .filter_map(|m| m.ok())
+                .filter_map(|m| std::future::ready(m.ok()))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
                 .collect();
             for m in pending {
                 if m.next_attempt_at > now {
@@ -380,12 +390,13 @@ impl App {
         mut m: OutboxMail,
     ) {
         let now = self.clock.now();
-        if let Some(reason) = self.withdrawn(&m) {
+        if let Some(reason) = self.withdrawn(&m).await {
             tracing::info!(mail = %m.id, session = ?m.session_id, "mail withdrawn: {reason}");
             m.status = MailStatus::Withdrawn { at: now, reason };
             if self
                 .store
                 .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))
+                .await
                 .is_err()
             {
                 tracing::error!(mail = %m.id, "could not record mail state");
@@ -434,7 +445,7 @@ impl App {
         let deliveries = match (failed_for_good, m.tenant_id) {
             (true, Some(t)) => self
                 .deliveries(t, upkeep_core::webhook::WebhookEvent::MailFailed, serde_json::json!({"mailId": m.id.to_string(), "sessionId": m.session_id.map(|s| s.to_string()), "to": m.to, "error": m.last_error}))
-                .unwrap_or_default(),
+                .await.unwrap_or_default(),
             _ => vec![],
         };
         let r = self.store.write(|tx| {
@@ -444,7 +455,7 @@ impl App {
             }
             Ok::<_, TxError<ApiError>>(())
         });
-        if r.is_err() {
+        if r.await.is_err() {
             tracing::error!(mail = %m.id, "could not record mail state");
         }
         let _ = self.store.flush().await;
@@ -456,11 +467,16 @@ impl App {
     /// Why a queued mail must not go out any more: a before-mail whose session was cancelled
     /// meanwhile (say by a technician while the SMTP server was down) announces maintenance
     /// that will not happen.
-    fn withdrawn(&self, m: &OutboxMail) -> Option<String> {
+    async fn withdrawn(&self, m: &OutboxMail) -> Option<String> {
         if m.kind != MailKind::Before {
             return None;
         }
-        let s = self.store.get::<Session>(&m.session_id?).ok().flatten()?;
+        let s = self
+            .store
+            .get::<Session>(&m.session_id?)
+            .await
+            .ok()
+            .flatten()?;
         (s.status == SessionStatus::Cancelled).then(|| {
             format!(
                 "the maintenance was cancelled ({})",

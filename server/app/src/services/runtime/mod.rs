@@ -18,6 +18,7 @@ pub use start::{Busy, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upkeep_core::domain::*;
@@ -108,13 +109,14 @@ impl App {
     pub async fn recover_sessions(self: &Arc<Self>) -> anyhow::Result<usize> {
         let idx = IndexKey::new(ACTIVE_SESSIONS, []);
         let mut ids = Vec::new();
-        for s in self.store.by_index::<Session>(&idx, None) {
+        let mut sessions = std::pin::pin!(self.store.by_index::<Session>(&idx, None));
+        while let Some(s) = sessions.next().await {
             let s = s?;
             self.runtime.st().recover(&s);
             ids.push(s.id);
         }
-        self.agents.requeue_open_jobs(&self.store)?;
-        self.recover_held_reboots()?;
+        self.agents.requeue_open_jobs(&self.store).await?;
+        self.recover_held_reboots().await?;
         for id in &ids {
             self.tick(*id).await;
         }
@@ -126,7 +128,7 @@ impl App {
     pub async fn apply(self: &Arc<Self>, id: Id, event: Event) -> ApiResult<Session> {
         let _guard = self.runtime.lock_for(id).lock().await;
         self.runtime.stepping(id);
-        let Some(mut s) = self.store.get::<Session>(&id)? else {
+        let Some(mut s) = self.store.get::<Session>(&id).await? else {
             return Err(ApiError::not_found("maintenance session", id));
         };
         let before_status = s.status;
@@ -140,11 +142,12 @@ impl App {
         };
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
-        let reboot_held_until = self.reboot_hold(&s)?;
+        let reboot_held_until = self.reboot_hold(&s).await?;
         let reboot_pending = s.stage == Stage::Executing
             && self
                 .store
-                .get::<Computer>(&s.computer_id)?
+                .get::<Computer>(&s.computer_id)
+                .await?
                 .is_some_and(|c| c.held_reboot.is_some());
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
@@ -174,8 +177,9 @@ impl App {
             if let Err(e) = self
                 .store
                 .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))
+                .await
             {
-                self.renote_stored(id);
+                self.renote_stored(id).await;
                 return Err(e.into());
             }
             let wake = self.runtime.note(&s);
@@ -188,7 +192,7 @@ impl App {
         {
             Ok(c) => c,
             Err(e) => {
-                self.renote_stored(id);
+                self.renote_stored(id).await;
                 return Err(e);
             }
         };
@@ -200,8 +204,8 @@ impl App {
 
     /// After a failed step: the in-memory indexes go back to what the store holds (giving back
     /// a slot reserved for the step), and the session is woken again later.
-    fn renote_stored(self: &Arc<Self>, id: Id) {
-        if let Ok(Some(stored)) = self.store.get::<Session>(&id) {
+    async fn renote_stored(self: &Arc<Self>, id: Id) {
+        if let Ok(Some(stored)) = self.store.get::<Session>(&id).await {
             let wake = self.runtime.note(&stored);
             self.spawn_tick(wake);
         }
@@ -238,7 +242,8 @@ impl App {
         let _group_guard = self
             .group_mails(s, effects, decided_before, &mut c, &mut notes)
             .await;
-        self.collect_effects(s, effects, now, &mut c, &mut notes);
+        self.collect_effects(s, effects, now, &mut c, &mut notes)
+            .await;
         for n in notes {
             c.events.push(new_event(s, now, s.status, None, Some(n)));
         }
@@ -249,7 +254,9 @@ impl App {
                 .iter()
                 .find(|e| e.status == s.status && e.action_id.is_none())
                 .map_or(s.last_sequence, |e| e.sequence);
-            c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
+            c.deliveries = self
+                .webhook_deliveries_for(s, before, c.finished, sequence)
+                .await?;
         }
         self.write_step(s, &c, now).await?;
         Ok(c)
@@ -286,7 +293,7 @@ impl App {
         };
         for kind in &group_kinds {
             let word = mail_word(*kind);
-            match self.group_mail(s, *kind) {
+            match self.group_mail(s, *kind).await {
                 Ok(group_mail::GroupMail::Send { mail, computers }) => {
                     notes.push(if computers > 1 {
                         format!(
@@ -317,7 +324,7 @@ impl App {
 
     /// Turns the engine's effects into the records this step writes (jobs, events, mails,
     /// output) and the jobs it gives up.
-    fn collect_effects(
+    async fn collect_effects(
         &self,
         s: &mut Session,
         effects: &[Effect],
@@ -352,7 +359,7 @@ impl App {
                         .push(new_event(s, now, *status, *action, log.clone()));
                 }
                 Effect::Mail(_) if grouped => {} // the group's mail, above
-                Effect::Mail(kind) => match self.compose_session_mail(s, *kind) {
+                Effect::Mail(kind) => match self.compose_session_mail(s, *kind).await {
                     Ok(Ok(m)) => {
                         notes.push(format!(
                             "{} mail queued for {}",
@@ -394,41 +401,43 @@ impl App {
         let jobs = encode_all(&c.jobs)?;
         let mut settled = Vec::new();
         for id in &c.abandoned {
-            if let Some(mut j) = self.store.get::<JobRecord>(id)?
+            if let Some(mut j) = self.store.get::<JobRecord>(id).await?
                 && !matches!(j.state, JobState::Done { .. })
             {
                 j.state = JobState::Done { at: now };
                 settled.push(Encoded::new(&j)?);
             }
         }
-        self.store.write(|tx| {
-            tx.put_encoded(&session)?;
-            for e in &events {
-                tx.put_encoded(e)?;
-            }
-            for e in &jobs {
-                tx.put_encoded(e)?;
-            }
-            for j in &settled {
-                tx.put_encoded(j)?;
-            }
-            for m in &cref.mails {
-                tx.put(m)?;
-            }
-            for o in &cref.outputs {
-                tx.put(o)?;
-            }
-            for d in &cref.deliveries {
-                tx.put(d)?;
-            }
-            if cref.finished
-                && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
-            {
-                s_ref.finish_on(&mut comp);
-                tx.put(&comp)?;
-            }
-            Ok::<_, TxError<ApiError>>(())
-        })?;
+        self.store
+            .write(|tx| {
+                tx.put_encoded(&session)?;
+                for e in &events {
+                    tx.put_encoded(e)?;
+                }
+                for e in &jobs {
+                    tx.put_encoded(e)?;
+                }
+                for j in &settled {
+                    tx.put_encoded(j)?;
+                }
+                for m in &cref.mails {
+                    tx.put(m)?;
+                }
+                for o in &cref.outputs {
+                    tx.put(o)?;
+                }
+                for d in &cref.deliveries {
+                    tx.put(d)?;
+                }
+                if cref.finished
+                    && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
+                {
+                    s_ref.finish_on(&mut comp);
+                    tx.put(&comp)?;
+                }
+                Ok::<_, TxError<ApiError>>(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(())
     }
@@ -468,13 +477,13 @@ impl App {
 
     /// When a reboot may not start now, the instant it may (the end of the tenant's business
     /// hours).
-    fn reboot_hold(&self, s: &Session) -> ApiResult<Option<Time>> {
+    async fn reboot_hold(&self, s: &Session) -> ApiResult<Option<Time>> {
         if s.options.allow_reboot_during_business_hours
             || !matches!(s.stage, Stage::RebootHeld | Stage::Executing)
         {
             return Ok(None);
         }
-        let Some(t) = self.store.get::<Tenant>(&s.tenant_id)? else {
+        let Some(t) = self.store.get::<Tenant>(&s.tenant_id).await? else {
             return Ok(None);
         };
         let Some(bh) = &t.business_hours else {

@@ -7,6 +7,7 @@
 use super::SessionRuntime;
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use upkeep_agent_protocol::{JobKind, JobOutcome};
 use upkeep_core::domain::*;
@@ -31,8 +32,9 @@ impl SessionRuntime {
 impl App {
     /// At start-up: every computer whose held reboot was not sent yet gets its timer again
     /// (sent ones are re-queued with the other open jobs).
-    pub(super) fn recover_held_reboots(&self) -> anyhow::Result<()> {
-        for c in self.store.scan::<Computer>(None) {
+    pub(super) async fn recover_held_reboots(&self) -> anyhow::Result<()> {
+        let mut computers = std::pin::pin!(self.store.scan::<Computer>(None));
+        while let Some(c) = computers.next().await {
             let c = c?;
             if let Some(h) = &c.held_reboot
                 && h.job_id.is_none()
@@ -55,11 +57,11 @@ impl App {
     /// When a held reboot may not be sent now, the instant to look again: inside the tenant's
     /// business hours (their end), or while the computer is offline (a laptop that returns
     /// during the next working day must not reboot in the user's hands).
-    fn reboot_not_before(&self, computer: Id, now: Time) -> ApiResult<Option<Time>> {
-        let Some(c) = self.store.get::<Computer>(&computer)? else {
+    async fn reboot_not_before(&self, computer: Id, now: Time) -> ApiResult<Option<Time>> {
+        let Some(c) = self.store.get::<Computer>(&computer).await? else {
             return Ok(None);
         };
-        if let Some(t) = self.store.get::<Tenant>(&c.tenant_id)?
+        if let Some(t) = self.store.get::<Tenant>(&c.tenant_id).await?
             && let Some(bh) = &t.business_hours
         {
             let tz = Self::business_zone(&t)?;
@@ -77,46 +79,51 @@ impl App {
 
     async fn send_held_reboot(self: &Arc<Self>, computer: Id) -> ApiResult<()> {
         let now = self.clock.now();
-        if let Some(later) = self.reboot_not_before(computer, now)? {
-            self.store.write(|tx| {
-                if let Some(mut c) = tx.get::<Computer, ApiError>(&computer)?
-                    && let Some(h) = c.held_reboot.as_mut()
-                    && h.job_id.is_none()
-                {
-                    h.due_at = later;
-                    tx.put(&c)?;
-                }
-                Ok::<_, TxError<ApiError>>(())
-            })?;
+        if let Some(later) = self.reboot_not_before(computer, now).await? {
+            self.store
+                .write(|tx| {
+                    if let Some(mut c) = tx.get::<Computer, ApiError>(&computer)?
+                        && let Some(h) = c.held_reboot.as_mut()
+                        && h.job_id.is_none()
+                    {
+                        h.due_at = later;
+                        tx.put(&c)?;
+                    }
+                    Ok::<_, TxError<ApiError>>(())
+                })
+                .await?;
             self.store.flush().await?;
             self.runtime.note_held_reboot(computer, later);
             return Ok(());
         }
-        let job = self.store.write(|tx| {
-            let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
-                return Ok(None);
-            };
-            let Some(h) = c.held_reboot.as_mut() else {
-                return Ok(None);
-            };
-            if h.job_id.is_some() || h.due_at > now {
-                return Ok(None);
-            }
-            let j = JobRecord {
-                id: crate::ids::fresh(),
-                session_id: h.session_id,
-                computer_id: computer,
-                job: JobKind::Reboot {},
-                lease_seconds: self.config.limits().lease_slack_seconds,
-                created_at: now,
-                state: JobState::Queued,
-                attempts: 0,
-            };
-            h.job_id = Some(j.id);
-            tx.put(&c)?;
-            tx.put(&j)?;
-            Ok::<_, TxError<ApiError>>(Some(j))
-        })?;
+        let job = self
+            .store
+            .write(|tx| {
+                let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
+                    return Ok(None);
+                };
+                let Some(h) = c.held_reboot.as_mut() else {
+                    return Ok(None);
+                };
+                if h.job_id.is_some() || h.due_at > now {
+                    return Ok(None);
+                }
+                let j = JobRecord {
+                    id: crate::ids::fresh(),
+                    session_id: h.session_id,
+                    computer_id: computer,
+                    job: JobKind::Reboot {},
+                    lease_seconds: self.config.limits().lease_slack_seconds,
+                    created_at: now,
+                    state: JobState::Queued,
+                    attempts: 0,
+                };
+                h.job_id = Some(j.id);
+                tx.put(&c)?;
+                tx.put(&j)?;
+                Ok::<_, TxError<ApiError>>(Some(j))
+            })
+            .await?;
         self.store.flush().await?;
         if let Some(j) = job {
             tracing::info!(computer = %computer, job = %j.id, "held reboot sent");
@@ -138,7 +145,8 @@ impl App {
         }
         let held = self
             .store
-            .get::<Computer>(&rec.computer_id)?
+            .get::<Computer>(&rec.computer_id)
+            .await?
             .and_then(|c| c.held_reboot)
             .is_some_and(|h| h.job_id == Some(rec.id));
         if !held {
@@ -146,27 +154,30 @@ impl App {
         }
         let now = self.clock.now();
         let started = matches!(outcome, Some(JobOutcome::Reboot { started: true, .. }));
-        let retry_at = self.store.write(|tx| {
-            let mut retry_at = None;
-            if let Some(mut j) = tx.get::<JobRecord, ApiError>(&rec.id)? {
-                j.state = JobState::Done { at: now };
-                tx.put(&j)?;
-            }
-            if let Some(mut c) = tx.get::<Computer, ApiError>(&rec.computer_id)?
-                && c.held_reboot.as_ref().and_then(|h| h.job_id) == Some(rec.id)
-            {
-                if started {
-                    c.held_reboot = None;
-                } else if let Some(h) = c.held_reboot.as_mut() {
-                    let at = now + chrono::Duration::minutes(RETRY_MINUTES);
-                    h.job_id = None;
-                    h.due_at = at;
-                    retry_at = Some(at);
+        let retry_at = self
+            .store
+            .write(|tx| {
+                let mut retry_at = None;
+                if let Some(mut j) = tx.get::<JobRecord, ApiError>(&rec.id)? {
+                    j.state = JobState::Done { at: now };
+                    tx.put(&j)?;
                 }
-                tx.put(&c)?;
-            }
-            Ok::<_, TxError<ApiError>>(retry_at)
-        })?;
+                if let Some(mut c) = tx.get::<Computer, ApiError>(&rec.computer_id)?
+                    && c.held_reboot.as_ref().and_then(|h| h.job_id) == Some(rec.id)
+                {
+                    if started {
+                        c.held_reboot = None;
+                    } else if let Some(h) = c.held_reboot.as_mut() {
+                        let at = now + chrono::Duration::minutes(RETRY_MINUTES);
+                        h.job_id = None;
+                        h.due_at = at;
+                        retry_at = Some(at);
+                    }
+                    tx.put(&c)?;
+                }
+                Ok::<_, TxError<ApiError>>(retry_at)
+            })
+            .await?;
         self.store.flush().await?;
         self.agents.forget_job(rec.id);
         if let Some(at) = retry_at {

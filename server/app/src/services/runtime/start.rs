@@ -2,6 +2,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
@@ -27,13 +28,13 @@ impl App {
     /// The plan items for a session: enabled deployments matching the computer, filtered by
     /// enforcement (`ONBOARDING` only in onboarding sessions, `AD_HOC` only when named), resolved
     /// per software or task, exceptions dropped, in run order.
-    pub fn plan_items(
+    pub async fn plan_items(
         &self,
         computer: &Computer,
         trigger: SessionTrigger,
         named: Option<&[Id]>,
     ) -> ApiResult<Vec<PlanItem>> {
-        let all = self.catalogue_deployments_for(computer.tenant_id)?;
+        let all = self.catalogue_deployments_for(computer.tenant_id).await?;
         let applicable: Vec<Deployment> = all
             .into_iter()
             .filter(|d| match named {
@@ -45,28 +46,51 @@ impl App {
                 },
             })
             .collect();
+        // The planner is pure: read what it may ask for first.
+        let mut software = std::collections::HashMap::new();
+        let mut tasks = std::collections::HashMap::new();
+        for d in &applicable {
+            if let Some(sid) = d.software_id
+                && !software.contains_key(&sid)
+            {
+                let snapshot = match self.store.get::<Software>(&sid).await? {
+                    Some(sw) => Some(self.software_snapshot(sw).await?),
+                    None => None,
+                };
+                software.insert(sid, snapshot);
+            }
+            if let Some(tid) = d.maintenance_task_id
+                && !tasks.contains_key(&tid)
+            {
+                let task = self.store.get::<MaintenanceTask>(&tid).await?;
+                tasks.insert(tid, task.map(task_snapshot));
+            }
+        }
         upkeep_core::engine::plan::freeze_items(
             computer,
             &applicable,
-            |sid| {
-                let Some(sw) = self.store.get::<Software>(&sid)? else {
-                    return Ok(None);
-                };
-                let configuration_task = match sw.configuration_task_id {
-                    Some(t) => self.store.get::<MaintenanceTask>(&t)?.map(task_snapshot),
-                    None => None,
-                };
-                Ok(Some(SoftwareSnapshot {
-                    id: sw.id,
-                    name: sw.name,
-                    detection_script: sw.detection_script,
-                    versions: sw.versions,
-                    uninstall_script: sw.uninstall_script,
-                    configuration_task,
-                }))
-            },
-            |tid| Ok(self.store.get::<MaintenanceTask>(&tid)?.map(task_snapshot)),
+            |sid| Ok::<_, ApiError>(software.get(&sid).cloned().flatten()),
+            |tid| Ok(tasks.get(&tid).cloned().flatten()),
         )
+    }
+
+    async fn software_snapshot(&self, sw: Software) -> ApiResult<SoftwareSnapshot> {
+        let configuration_task = match sw.configuration_task_id {
+            Some(t) => self
+                .store
+                .get::<MaintenanceTask>(&t)
+                .await?
+                .map(task_snapshot),
+            None => None,
+        };
+        Ok(SoftwareSnapshot {
+            id: sw.id,
+            name: sw.name,
+            detection_script: sw.detection_script,
+            versions: sw.versions,
+            uninstall_script: sw.uninstall_script,
+            configuration_task,
+        })
     }
 
     /// Creates a session and takes its first step. `CONFLICT` when the computer already has an
@@ -94,19 +118,22 @@ impl App {
     ) -> ApiResult<Vec<Session>> {
         let mut planned = Vec::with_capacity(reqs.len());
         for req in reqs {
-            let items =
-                self.plan_items(&req.computer, req.trigger, req.deployment_ids.as_deref())?;
+            let items = self
+                .plan_items(&req.computer, req.trigger, req.deployment_ids.as_deref())
+                .await?;
             planned.push((req, items));
         }
         let now = self.clock.now();
-        let zones = self.tenant_zones(planned.iter().map(|(req, _)| &req.computer))?;
+        let zones = self
+            .tenant_zones(planned.iter().map(|(req, _)| &req.computer))
+            .await?;
         let sessions = {
             let _g = self.runtime.create_lock.lock().await;
             let mut seen = std::collections::HashSet::new();
             let mut new = Vec::with_capacity(planned.len());
             let mut people: Vec<(Id, Option<Id>)> = Vec::with_capacity(planned.len());
             for (req, items) in planned {
-                if let Some(msg) = self.busy(&req.computer, &mut seen) {
+                if let Some(msg) = self.busy(&req.computer, &mut seen).await {
                     match busy {
                         Busy::Fail => return Err(ApiError::Conflict(msg)),
                         Busy::Skip => {
@@ -123,7 +150,7 @@ impl App {
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;
                 people.push((s.id, person));
-                let deliveries = self.webhook_created(&s)?;
+                let deliveries = self.webhook_created(&s).await?;
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
@@ -132,7 +159,7 @@ impl App {
                 created_at: now,
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
             });
-            self.write_starts(&new, record.as_ref())?;
+            self.write_starts(&new, record.as_ref()).await?;
             self.store.flush().await?;
             let mut webhooks = false;
             let mut sessions = Vec::with_capacity(new.len());
@@ -147,7 +174,6 @@ impl App {
             }
             sessions
         };
-        use futures_util::StreamExt;
         let stepped = futures_util::stream::iter(sessions)
             .map(|s| async move {
                 let id = s.id;
@@ -167,12 +193,12 @@ impl App {
 
     /// Why `computer` cannot get a new session in this call: it has an unfinished one, or the
     /// call names it twice (`seen` holds the computers already taken).
-    fn busy(
+    async fn busy(
         &self,
         computer: &Computer,
         seen: &mut std::collections::HashSet<Id>,
     ) -> Option<String> {
-        if let Some(a) = self.unfinished_session_of(computer.id) {
+        if let Some(a) = self.unfinished_session_of(computer.id).await {
             return Some(format!(
                 "computer {} already has an unfinished maintenance session {a}",
                 computer.name
@@ -182,7 +208,7 @@ impl App {
     }
 
     /// Each tenant's time zone, read once per start call (sessions keep it for their texts).
-    fn tenant_zones<'c>(
+    async fn tenant_zones<'c>(
         &self,
         computers: impl Iterator<Item = &'c Computer>,
     ) -> ApiResult<std::collections::HashMap<Id, Stored<TimeZone>>> {
@@ -192,7 +218,8 @@ impl App {
             if let std::collections::hash_map::Entry::Vacant(e) = zones.entry(computer.tenant_id) {
                 let zone = self
                     .store
-                    .get::<Tenant>(&computer.tenant_id)?
+                    .get::<Tenant>(&computer.tenant_id)
+                    .await?
                     .map(|t| t.time_zone)
                     .unwrap_or_else(|| TimeZone::UTC.into());
                 e.insert(zone);
@@ -203,7 +230,7 @@ impl App {
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
     /// record, in transactions of [`START_CHUNK`] sessions.
-    fn write_starts(
+    async fn write_starts(
         &self,
         new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
         record: Option<&IdempotencyRecord>,
@@ -219,19 +246,21 @@ impl App {
             // The idempotency record lands with the last sessions it names: a retry after a
             // crash either finds it (and every session) or starts afresh.
             let record = if i == last { record } else { None };
-            self.store.write(|tx| {
-                for (s, created, deliveries) in chunk {
-                    tx.put(s)?;
-                    tx.put(created)?;
-                    for d in deliveries {
-                        tx.put(d)?;
+            self.store
+                .write(|tx| {
+                    for (s, created, deliveries) in chunk {
+                        tx.put(s)?;
+                        tx.put(created)?;
+                        for d in deliveries {
+                            tx.put(d)?;
+                        }
                     }
-                }
-                if let Some(r) = record {
-                    tx.put(r)?;
-                }
-                Ok::<_, TxError<ApiError>>(())
-            })?;
+                    if let Some(r) = record {
+                        tx.put(r)?;
+                    }
+                    Ok::<_, TxError<ApiError>>(())
+                })
+                .await?;
         }
         Ok(())
     }
@@ -241,9 +270,9 @@ impl App {
     /// The computer's unfinished session. The in-memory index is updated just after a step is
     /// stored, so a session a caller has already seen finish may still be listed for a moment:
     /// the stored status decides (a rerun right after `PASSED` is not a `CONFLICT`).
-    pub fn unfinished_session_of(&self, computer: Id) -> Option<Id> {
+    pub async fn unfinished_session_of(&self, computer: Id) -> Option<Id> {
         let id = self.runtime.active_session_of(computer)?;
-        match self.store.get::<Session>(&id) {
+        match self.store.get::<Session>(&id).await {
             Ok(Some(s)) if s.status.is_terminal() => None,
             _ => Some(id),
         }

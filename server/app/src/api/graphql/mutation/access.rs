@@ -48,7 +48,8 @@ impl AccessMutation {
         })?;
         let user: Option<User> = app
             .store
-            .unique(&IndexKey::new(USER_EMAIL, email_norm.as_str()))?;
+            .unique(&IndexKey::new(USER_EMAIL, email_norm.as_str()))
+            .await?;
         let ok = match &user {
             Some(u) => auth::verify_password(&password, &u.password_hash).await,
             None => {
@@ -99,7 +100,7 @@ impl AccessMutation {
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         role_tenant(input.role.into(), tenant)?;
         if let Some(t) = tenant {
-            c.load::<Tenant>(t)?;
+            c.load::<Tenant>(t).await?;
         }
         c.actor.require(Action::ManageUsers, tenant)?;
         c.actor.require_delegation(input.role.into(), tenant)?;
@@ -138,7 +139,7 @@ impl AccessMutation {
         input: UpdateTenantInput,
     ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
-        let mut t: Tenant = c.load(parse_id("id", &id)?)?;
+        let mut t: Tenant = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ConfigureTenant, Some(t.id))?;
         input.apply(&mut t, &c.app.config.mail_from_domains)?;
         c.save(&t).await?;
@@ -152,7 +153,7 @@ impl AccessMutation {
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &input.tenant_id)?;
-        c.tenant_for_write(Some(tenant))?;
+        c.tenant_for_write(Some(tenant)).await?;
         let p = Person {
             id: crate::ids::fresh(),
             tenant_id: tenant,
@@ -177,7 +178,7 @@ impl AccessMutation {
         input: UpdatePersonInput,
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;
-        let mut p: Person = c.load_for_write(parse_id("id", &id)?)?;
+        let mut p: Person = c.load_for_write(parse_id("id", &id)?).await?;
         if let Some(n) = &input.name {
             p.name = name("name", n)?;
         }

@@ -30,10 +30,10 @@ impl AccountMutation {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
         // Another tenant's user (and, for tenant roles, any MSP user) reads as absent.
-        c.load::<User>(id)?;
+        c.load::<User>(id).await?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         if let Some(t) = tenant {
-            c.load::<Tenant>(t)?;
+            c.load::<Tenant>(t).await?;
         }
         let actor = c.actor;
         let user = c
@@ -70,7 +70,7 @@ impl AccountMutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
-        c.load::<User>(id)?;
+        c.load::<User>(id).await?;
         let actor = c.actor;
         c.app
             .delete_user(id, |u| {
@@ -97,7 +97,7 @@ impl AccountMutation {
     ) -> Result<bool> {
         let c = Ctx::own_account(ctx)?;
         let id = own_user(&c)?;
-        let user: User = c.load(id)?;
+        let user: User = c.load(id).await?;
         let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
         // A wrong current password counts as a failed login (reserved before the check).
         let attempt = c

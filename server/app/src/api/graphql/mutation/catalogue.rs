@@ -22,11 +22,13 @@ impl CatalogueMutation {
         input: CreateSoftwareInput,
     ) -> Result<View<Software>> {
         let c = Ctx::new(ctx)?;
-        let owner = c.owner_for_new(&input.tenant_id)?;
+        let owner = c.owner_for_new(&input.tenant_id).await?;
         let config_task = match &input.configuration_task_id {
-            Some(t) => {
-                Some(catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, owner)?.id)
-            }
+            Some(t) => Some(
+                catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, owner)
+                    .await?
+                    .id,
+            ),
             None => None,
         };
         let versions = versions(&input.versions)?;
@@ -62,7 +64,7 @@ impl CatalogueMutation {
         input: UpdateSoftwareInput,
     ) -> Result<View<Software>> {
         let c = Ctx::new(ctx)?;
-        let mut s: Software = c.load_for_write(parse_id("id", &id)?)?;
+        let mut s: Software = c.load_for_write(parse_id("id", &id)?).await?;
         if let Some(n) = &input.name {
             s.name = name("name", n)?;
         }
@@ -84,7 +86,9 @@ impl CatalogueMutation {
                 None
             } else {
                 Some(
-                    catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, s.tenant_id)?.id,
+                    catalogue_ref::<MaintenanceTask>(&c, "configurationTaskId", t, s.tenant_id)
+                        .await?
+                        .id,
                 )
             };
         }
@@ -98,7 +102,7 @@ impl CatalogueMutation {
         input: CreateMaintenanceTaskInput,
     ) -> Result<View<MaintenanceTask>> {
         let c = Ctx::new(ctx)?;
-        let owner = c.owner_for_new(&input.tenant_id)?;
+        let owner = c.owner_for_new(&input.tenant_id).await?;
         let t = MaintenanceTask {
             id: crate::ids::fresh(),
             tenant_id: owner,
@@ -121,19 +125,21 @@ impl CatalogueMutation {
         input: CreateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
-        let owner = c.owner_for_new(&input.tenant_id)?;
+        let owner = c.owner_for_new(&input.tenant_id).await?;
         if owner.is_none() {
             c.actor
                 .require(Action::ManageCrossTenantDeployments, None)?;
         }
         let software_id = match &input.software_id {
-            Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner)?),
+            Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner).await?),
             None => None,
         };
         let task_id = match &input.maintenance_task_id {
-            Some(t) => {
-                Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)?.id)
-            }
+            Some(t) => Some(
+                catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)
+                    .await?
+                    .id,
+            ),
             None => None,
         };
         let version = input
@@ -151,7 +157,7 @@ impl CatalogueMutation {
         let d = Deployment {
             id: crate::ids::fresh(),
             tenant_id: owner,
-            target: target(&c, &input.target, owner)?,
+            target: target(&c, &input.target, owner).await?,
             software_id: software_id.map(|s| s.id),
             desired_state: input.desired_state.map(Into::into),
             version,
@@ -181,13 +187,13 @@ impl CatalogueMutation {
         input: UpdateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
-        let mut d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
+        let mut d: Deployment = c.load_for_write(parse_id("id", &id)?).await?;
         if d.tenant_id.is_none() {
             c.actor
                 .require(Action::ManageCrossTenantDeployments, None)?;
         }
         if let Some(t) = &input.target {
-            d.target = target(&c, t, d.tenant_id)?;
+            d.target = target(&c, t, d.tenant_id).await?;
         }
         if let Some(s) = input.desired_state {
             d.desired_state = Some(s.into());
@@ -220,15 +226,18 @@ impl CatalogueMutation {
 
     async fn delete_deployment(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let d: Deployment = c.load_for_write(parse_id("id", &id)?)?;
+        let d: Deployment = c.load_for_write(parse_id("id", &id)?).await?;
         if d.tenant_id.is_none() {
             c.actor
                 .require(Action::ManageCrossTenantDeployments, None)?;
         }
-        c.app.store.write(|tx| {
-            tx.delete::<Deployment, ApiError>(d.id.as_bytes())
-                .map(|_| ())
-        })?;
+        c.app
+            .store
+            .write(|tx| {
+                tx.delete::<Deployment, ApiError>(d.id.as_bytes())
+                    .map(|_| ())
+            })
+            .await?;
         c.app.store.flush().await?;
         Ok(true)
     }

@@ -27,7 +27,7 @@ impl FleetMutation {
     ) -> Result<EnrollmentKeyView> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &tenant_id)?;
-        c.tenant_for_write(Some(tenant))?;
+        c.tenant_for_write(Some(tenant)).await?;
         let input = input.unwrap_or_default();
         let now = c.app.clock.now();
         if input.expires_at.is_some_and(|e| e <= now) {
@@ -38,7 +38,7 @@ impl FleetMutation {
         }
         let person = match &input.primary_person_id {
             Some(p) => {
-                let p: Person = catalogue_ref(&c, "input.primaryPersonId", p, Some(tenant))?;
+                let p: Person = catalogue_ref(&c, "input.primaryPersonId", p, Some(tenant)).await?;
                 Some(p.id)
             }
             None => None,
@@ -67,11 +67,14 @@ impl FleetMutation {
             primary_person_id: person,
         };
         let hash_idx = IndexKey::new(ENROLLMENT_KEY_HASH, &key.key_hash);
-        c.app.store.write(|tx| {
-            tx.claim_unique(&hash_idx, key.id.as_bytes())?;
-            tx.put(&key)?;
-            Ok::<_, TxError<ApiError>>(())
-        })?;
+        c.app
+            .store
+            .write(|tx| {
+                tx.claim_unique(&hash_idx, key.id.as_bytes())?;
+                tx.put(&key)?;
+                Ok::<_, TxError<ApiError>>(())
+            })
+            .await?;
         c.app.store.flush().await?;
         Ok(EnrollmentKeyView {
             key,
@@ -81,7 +84,7 @@ impl FleetMutation {
 
     async fn revoke_enrollment_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let mut k: EnrollmentKey = c.load_for_write(parse_id("id", &id)?)?;
+        let mut k: EnrollmentKey = c.load_for_write(parse_id("id", &id)?).await?;
         k.revoked = true;
         c.save(&k).await?;
         Ok(true)
@@ -95,12 +98,12 @@ impl FleetMutation {
     ) -> Result<View<Computer>> {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
-        let current: Computer = c.load_for_write(id)?;
+        let current: Computer = c.load_for_write(id).await?;
         let person = match &input.primary_person_id {
             Some(p) if p.is_empty() => Some(None),
             Some(p) => {
                 let p: Person =
-                    catalogue_ref(&c, "input.primaryPersonId", p, Some(current.tenant_id))?;
+                    catalogue_ref(&c, "input.primaryPersonId", p, Some(current.tenant_id)).await?;
                 Some(Some(p.id))
             }
             None => None,
@@ -111,25 +114,29 @@ impl FleetMutation {
             .map(|n| name("input.name", n))
             .transpose()?;
         let new_tags = input.tags.as_deref().map(tags).transpose()?;
-        let comp = c.app.store.write(|tx| {
-            let mut x: Computer = tx
-                .get(&id)?
-                .ok_or_else(|| TxError::Abort(ApiError::not_found("computer", id)))?;
-            if let Some(n) = &new_name {
-                x.name = n.clone();
-            }
-            if let Some(t) = &new_tags {
-                x.tags = t.clone();
-            }
-            if let Some(p) = person {
-                x.primary_person_id = p;
-            }
-            if let Some(e) = input.excluded_from_maintenance {
-                x.excluded_from_maintenance = e;
-            }
-            tx.put(&x)?;
-            Ok(x)
-        })?;
+        let comp = c
+            .app
+            .store
+            .write(|tx| {
+                let mut x: Computer = tx
+                    .get(&id)?
+                    .ok_or_else(|| TxError::Abort(ApiError::not_found("computer", id)))?;
+                if let Some(n) = &new_name {
+                    x.name = n.clone();
+                }
+                if let Some(t) = &new_tags {
+                    x.tags = t.clone();
+                }
+                if let Some(p) = person {
+                    x.primary_person_id = p;
+                }
+                if let Some(e) = input.excluded_from_maintenance {
+                    x.excluded_from_maintenance = e;
+                }
+                tx.put(&x)?;
+                Ok(x)
+            })
+            .await?;
         c.app.store.flush().await?;
         Ok(View(comp))
     }
@@ -137,7 +144,7 @@ impl FleetMutation {
     /// Revokes a computer's agent token: its agent is refused until it enrolls again.
     async fn revoke_computer_agent(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let comp: Computer = c.load_for_write(parse_id("id", &id)?)?;
+        let comp: Computer = c.load_for_write(parse_id("id", &id)?).await?;
         c.app.revoke_agent(comp.id).await?;
         Ok(true)
     }

@@ -39,7 +39,7 @@ impl IntegrationMutation {
             _ => {}
         }
         if let Some(t) = tenant {
-            c.load::<Tenant>(t)?;
+            c.load::<Tenant>(t).await?;
         }
         c.actor.require_role(Action::ManageApiKeys)?;
         c.actor.require_delegation(input.role.into(), tenant)?;
@@ -69,11 +69,14 @@ impl IntegrationMutation {
             revoked: false,
         };
         let idx = IndexKey::new(API_KEY_HASH, &key.secret_hash);
-        c.app.store.write(|tx| {
-            tx.claim_unique(&idx, key.id.as_bytes())?;
-            tx.put(&key)?;
-            Ok::<_, TxError<ApiError>>(())
-        })?;
+        c.app
+            .store
+            .write(|tx| {
+                tx.claim_unique(&idx, key.id.as_bytes())?;
+                tx.put(&key)?;
+                Ok::<_, TxError<ApiError>>(())
+            })
+            .await?;
         c.app.store.flush().await?;
         Ok(CreatedApiKey {
             api_key: View(key),
@@ -83,7 +86,7 @@ impl IntegrationMutation {
 
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let mut k: ApiKey = c.load(parse_id("id", &id)?)?;
+        let mut k: ApiKey = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::ManageApiKeys)?;
         let own =
             matches!(c.actor.principal, auth::Principal::User { id, .. } if id == k.created_by);
@@ -105,7 +108,7 @@ impl IntegrationMutation {
         input: CreateWebhookInput,
     ) -> Result<CreatedWebhook> {
         let c = Ctx::new(ctx)?;
-        let owner = c.owner_for_new(&input.tenant_id)?;
+        let owner = c.owner_for_new(&input.tenant_id).await?;
         c.actor.require(Action::ManageWebhooks, owner)?;
         if input.events.is_empty() {
             return Err(ApiError::bad("events", "subscribe to at least one event").into());
@@ -138,11 +141,12 @@ impl IntegrationMutation {
 
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let w: Webhook = c.load(parse_id("id", &id)?)?;
+        let w: Webhook = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageWebhooks, w.tenant_id)?;
         c.app
             .store
-            .write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))?;
+            .write(|tx| tx.delete::<Webhook, ApiError>(w.id.as_bytes()).map(|_| ()))
+            .await?;
         c.app.store.flush().await?;
         Ok(true)
     }

@@ -68,28 +68,29 @@ pub struct CreatedWebhook {
 
 impl<'a> Ctx<'a> {
     /// Writes one record (and nothing else) durably.
-    async fn save<T: Record>(&self, r: &T) -> ApiResult<()> {
+    async fn save<T: Record + Sync>(&self, r: &T) -> ApiResult<()> {
         self.app
             .store
-            .write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))?;
+            .write(|tx| tx.put(r).map_err(|e: TxError<ApiError>| e))
+            .await?;
         self.app.store.flush().await?;
         Ok(())
     }
 
     /// The tenant a new record belongs to: the given one (checked), or for tenant roles their
     /// own; `None` (cross-tenant) only for MSP roles.
-    fn owner_for_new(&self, given: &Option<ID>) -> ApiResult<Option<Id>> {
+    async fn owner_for_new(&self, given: &Option<ID>) -> ApiResult<Option<Id>> {
         let t = match (opt_id("tenantId", given)?, self.scope) {
             (Some(t), _) => Some(t),
             (None, TenantScope::Tenant(own)) => Some(own),
             (None, TenantScope::All | TenantScope::Nothing) => None,
         };
-        self.tenant_for_write(t)?;
+        self.tenant_for_write(t).await?;
         Ok(t)
     }
 }
 
-fn target(c: &Ctx<'_>, t: &TargetInput, tenant: Option<Id>) -> ApiResult<Target> {
+async fn target(c: &Ctx<'_>, t: &TargetInput, tenant: Option<Id>) -> ApiResult<Target> {
     let value = t
         .value
         .as_deref()
@@ -111,18 +112,18 @@ fn target(c: &Ctx<'_>, t: &TargetInput, tenant: Option<Id>) -> ApiResult<Target>
         }
         TargetKind::Computer => Ok(Target {
             kind: t.kind.into(),
-            value: Some(target_ref::<Computer>(c, value, tenant)?),
+            value: Some(target_ref::<Computer>(c, value, tenant).await?),
         }),
         TargetKind::Person => Ok(Target {
             kind: t.kind.into(),
-            value: Some(target_ref::<Person>(c, value, tenant)?),
+            value: Some(target_ref::<Person>(c, value, tenant).await?),
         }),
     }
 }
 
 /// The id of the computer or person a target names: it must exist, be visible, and belong to
 /// the deployment's or schedule's tenant.
-fn target_ref<T: super::ctx::Owned>(
+async fn target_ref<T: super::ctx::Owned>(
     c: &Ctx<'_>,
     value: Option<String>,
     tenant: Option<Id>,
@@ -137,7 +138,8 @@ fn target_ref<T: super::ctx::Owned>(
         .parse::<Id>()
         .map_err(|_| ApiError::bad("target.value", format!("is not a {} id", T::NAME)))?;
     let r: T = c
-        .find(id)?
+        .find(id)
+        .await?
         .ok_or_else(|| ApiError::bad("target.value", format!("{} {id} not found", T::NAME)))?;
     if tenant.is_some() && r.owner() != tenant {
         return Err(ApiError::bad(
@@ -149,7 +151,7 @@ fn target_ref<T: super::ctx::Owned>(
 }
 
 /// A referenced catalogue entry the record's tenant may use.
-fn catalogue_ref<T: super::ctx::Owned>(
+async fn catalogue_ref<T: super::ctx::Owned>(
     c: &Ctx<'_>,
     field: &str,
     id: &ID,
@@ -157,7 +159,8 @@ fn catalogue_ref<T: super::ctx::Owned>(
 ) -> ApiResult<T> {
     let id = parse_id(field, id)?;
     let r: T = c
-        .find(id)?
+        .find(id)
+        .await?
         .ok_or_else(|| ApiError::bad(field, format!("{} {id} not found", T::NAME)))?;
     if r.owner().is_some() && r.owner() != owner {
         return Err(ApiError::bad(

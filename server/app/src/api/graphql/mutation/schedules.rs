@@ -8,6 +8,7 @@ use crate::api::graphql::types::View;
 use crate::error::ApiError;
 use crate::permissions::Action;
 use async_graphql::{Context, ID, Object, Result};
+use futures_util::TryStreamExt;
 use upkeep_core::domain::*;
 use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::*;
@@ -25,7 +26,7 @@ impl ScheduleMutation {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         if let Some(t) = tenant {
-            c.load::<Tenant>(t)?;
+            c.load::<Tenant>(t).await?;
         }
         c.actor.require(Action::ManageSchedules, tenant)?;
         let time_zone = match (&input.time_zone, tenant) {
@@ -43,7 +44,7 @@ impl ScheduleMutation {
             id: crate::ids::fresh(),
             tenant_id: tenant,
             name: name("name", &input.name)?,
-            target: target(&c, &input.target, tenant)?,
+            target: target(&c, &input.target, tenant).await?,
             cron: cron("cron", &input.cron)?,
             time_zone,
             detection_lead_minutes: minutes(
@@ -77,14 +78,14 @@ impl ScheduleMutation {
         input: UpdateScheduleInput,
     ) -> Result<View<Schedule>> {
         let c = Ctx::new(ctx)?;
-        let mut s: Schedule = c.load(parse_id("id", &id)?)?;
+        let mut s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageSchedules, s.tenant_id)?;
         let mut timing_changed = false;
         if let Some(n) = &input.name {
             s.name = name("name", n)?;
         }
         if let Some(t) = &input.target {
-            s.target = target(&c, t, s.tenant_id)?;
+            s.target = target(&c, t, s.tenant_id).await?;
         }
         if let Some(x) = &input.cron {
             s.cron = cron("cron", x)?;
@@ -127,11 +128,12 @@ impl ScheduleMutation {
 
     async fn delete_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let s: Schedule = c.load(parse_id("id", &id)?)?;
+        let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageSchedules, s.tenant_id)?;
         c.app
             .store
-            .write(|tx| tx.delete::<Schedule, ApiError>(s.id.as_bytes()).map(|_| ()))?;
+            .write(|tx| tx.delete::<Schedule, ApiError>(s.id.as_bytes()).map(|_| ()))
+            .await?;
         c.app.store.flush().await?;
         Ok(true)
     }
@@ -139,13 +141,13 @@ impl ScheduleMutation {
     /// Starts the schedule's sessions now, whether or not it is enabled (trigger `SCHEDULE`).
     async fn run_schedule_now(&self, ctx: &Context<'_>, id: ID) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
-        let s: Schedule = c.load(parse_id("id", &id)?)?;
+        let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
         // A tenant's own schedule names its tenant: an excluded one is refused, as a manual
         // start would be. A cross-tenant schedule runs in the tenants that are not excluded.
         let tenants: Vec<Tenant> = match s.tenant_id {
             Some(t) => {
-                let t: Tenant = c.load(t)?;
+                let t: Tenant = c.load(t).await?;
                 if let Some(why) = exclusion(&t, None) {
                     return Err(ApiError::bad("id", why.to_string()).into());
                 }
@@ -155,7 +157,8 @@ impl ScheduleMutation {
                 .app
                 .store
                 .scan::<Tenant>(None)
-                .collect::<Result<Vec<_>, _>>()
+                .try_collect::<Vec<_>>()
+                .await
                 .map_err(ApiError::from)?
                 .into_iter()
                 .filter(|t| exclusion(t, None).is_none())

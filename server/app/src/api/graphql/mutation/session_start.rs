@@ -26,7 +26,7 @@ impl SessionStartMutation {
         id: ID,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
-        let s: Session = c.load(parse_id("id", &id)?)?;
+        let s: Session = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
         Ok(View(
             c.app
@@ -49,9 +49,9 @@ impl SessionStartMutation {
         computer_id: ID,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
-        let comp: Computer = c.load(parse_id("computerId", &computer_id)?)?;
+        let comp: Computer = c.load(parse_id("computerId", &computer_id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
-        let tenant: Tenant = c.load(comp.tenant_id)?;
+        let tenant: Tenant = c.load(comp.tenant_id).await?;
         if let Some(why) = exclusion(&tenant, Some(&comp)) {
             return Err(ApiError::bad("computerId", why.to_string()).into());
         }

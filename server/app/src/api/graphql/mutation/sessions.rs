@@ -9,6 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::permissions::Action;
 use crate::services::runtime::{Busy, StartRequest};
 use async_graphql::{Context, ID, Object, Result};
+use futures_util::StreamExt;
 use upkeep_core::domain::*;
 use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::*;
@@ -44,12 +45,16 @@ impl SessionMutation {
         let _idem_guard = match &idem_key {
             Some(k) => {
                 let g = c.app.runtime.create_lock_for_idempotency().await;
-                if let Some(prev) = c.app.store.get_by_key::<IdempotencyRecord>(k.as_bytes())?
+                if let Some(prev) = c
+                    .app
+                    .store
+                    .get_by_key::<IdempotencyRecord>(k.as_bytes())
+                    .await?
                     && c.app.clock.now() - prev.created_at < chrono::Duration::hours(24)
                 {
                     let mut out = Vec::new();
                     for id in prev.session_ids {
-                        if let Some(s) = c.find::<Session>(id)? {
+                        if let Some(s) = c.find::<Session>(id).await? {
                             out.push(s);
                         }
                     }
@@ -60,9 +65,9 @@ impl SessionMutation {
             None => None,
         };
         let options = input.options.clone().unwrap_or_default().validate()?;
-        let named = named_deployments(&c, input.deployment_ids.as_deref())?;
+        let named = named_deployments(&c, input.deployment_ids.as_deref()).await?;
         // Validate every computer before starting any.
-        let computers = startable_computers(&c, &input.computer_ids)?;
+        let computers = startable_computers(&c, &input.computer_ids).await?;
         let trigger = match c.actor.principal {
             crate::auth::Principal::ApiKey { .. } => SessionTrigger::Api,
             crate::auth::Principal::User { .. } => SessionTrigger::Manual,
@@ -91,7 +96,7 @@ impl SessionMutation {
 
     async fn cancel_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
-        let s: Session = c.load(parse_id("id", &id)?)?;
+        let s: Session = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
         Ok(View(c.app.cancel_session(s.id, &c.actor.display()).await?))
     }
@@ -106,7 +111,7 @@ impl SessionMutation {
         c.actor.require_role(Action::RunSessions)?;
         let asked = opt_id("filter.tenantId", &filter.tenant_id)?;
         if let Some(t) = asked {
-            c.load::<Tenant>(t)?;
+            c.load::<Tenant>(t).await?;
         }
         let scope = c.scope.narrow(asked);
         let schedule = opt_id("filter.scheduleId", &filter.schedule_id)?;
@@ -114,7 +119,10 @@ impl SessionMutation {
             .app
             .store
             .by_index::<Session>(&IndexKey::new(ACTIVE_SESSIONS, []), None)
-            .filter_map(|s| s.ok())
+            .filter_map(|s| std::future::ready(s.ok()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
             .filter(|s| scope.contains(Some(s.tenant_id)))
             .filter(|s| schedule.is_none_or(|x| s.schedule_id == Some(x)))
             .filter(|s| {
@@ -137,9 +145,9 @@ impl SessionMutation {
     async fn rerun_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
-        let s: Session = c.load(parse_id("id", &id)?)?;
-        let comp: Computer = c.load(s.computer_id)?;
-        let tenant: Tenant = c.load(comp.tenant_id)?;
+        let s: Session = c.load(parse_id("id", &id)?).await?;
+        let comp: Computer = c.load(s.computer_id).await?;
+        let tenant: Tenant = c.load(comp.tenant_id).await?;
         if let Some(why) = exclusion(&tenant, Some(&comp)) {
             return Err(ApiError::bad("id", why.to_string()).into());
         }
@@ -169,7 +177,7 @@ impl SessionMutation {
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
-        let s: Session = c.load(parse_id("id", &id)?)?;
+        let s: Session = c.load(parse_id("id", &id)?).await?;
         let hours = match hours {
             Some(h) if !(1..=24 * 30).contains(&h) => {
                 return Err(ApiError::bad("hours", "must be between 1 and 720").into());
@@ -194,7 +202,7 @@ impl SessionMutation {
     /// Sends a branded test mail to `to` through the outbox.
     async fn send_test_email(&self, ctx: &Context<'_>, tenant_id: ID, to: String) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?)?;
+        let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?).await?;
         c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;
         let to = email_address("to", &to)?.to_string();
         // It sends mail to any address under the tenant's name: limited per tenant and per
@@ -242,14 +250,14 @@ impl SessionMutation {
 }
 
 /// The deployments a start names (`deploymentIds`), each one the caller may see.
-fn named_deployments(c: &Ctx<'_>, ids: Option<&[ID]>) -> ApiResult<Option<Vec<Id>>> {
+async fn named_deployments(c: &Ctx<'_>, ids: Option<&[ID]>) -> ApiResult<Option<Vec<Id>>> {
     let Some(ids) = ids else {
         return Ok(None);
     };
     let mut v = Vec::new();
     for (i, d) in ids.iter().enumerate() {
         let id = parse_id(&format!("deploymentIds[{i}]"), d)?;
-        if c.find::<Deployment>(id)?.is_none() {
+        if c.find::<Deployment>(id).await?.is_none() {
             return Err(ApiError::bad(
                 &format!("deploymentIds[{i}]"),
                 format!("deployment {id} not found"),
@@ -262,7 +270,7 @@ fn named_deployments(c: &Ctx<'_>, ids: Option<&[ID]>) -> ApiResult<Option<Vec<Id
 
 /// The computers a start names, each visible, named once, not excluded from maintenance and
 /// without an unfinished session.
-fn startable_computers(c: &Ctx<'_>, ids: &[ID]) -> ApiResult<Vec<Computer>> {
+async fn startable_computers(c: &Ctx<'_>, ids: &[ID]) -> ApiResult<Vec<Computer>> {
     let mut named_ids = std::collections::HashSet::new();
     for (i, cid) in ids.iter().enumerate() {
         if !named_ids.insert(parse_id(&format!("computerIds[{i}]"), cid)?) {
@@ -275,12 +283,12 @@ fn startable_computers(c: &Ctx<'_>, ids: &[ID]) -> ApiResult<Vec<Computer>> {
     let mut computers = Vec::new();
     for (i, cid) in ids.iter().enumerate() {
         let id = parse_id(&format!("computerIds[{i}]"), cid)?;
-        let comp: Computer = c.load(id)?;
-        let tenant: Tenant = c.load(comp.tenant_id)?;
+        let comp: Computer = c.load(id).await?;
+        let tenant: Tenant = c.load(comp.tenant_id).await?;
         if let Some(why) = exclusion(&tenant, Some(&comp)) {
             return Err(ApiError::bad(&format!("computerIds[{i}]"), why.to_string()));
         }
-        if let Some(active) = c.app.unfinished_session_of(comp.id) {
+        if let Some(active) = c.app.unfinished_session_of(comp.id).await {
             return Err(ApiError::Conflict(format!(
                 "computer {} already has an unfinished maintenance session {active}",
                 comp.name

@@ -59,7 +59,7 @@ impl View<Software> {
         &self.name
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn detection_script(&self) -> ScriptView {
         (&self.detection_script).into()
@@ -76,7 +76,8 @@ impl View<Software> {
     async fn configuration_task(&self, ctx: &Context<'_>) -> Result<Option<View<MaintenanceTask>>> {
         match self.configuration_task_id {
             Some(t) => Ok(Ctx::new(ctx)?
-                .find_catalogue::<MaintenanceTask>(t)?
+                .find_catalogue::<MaintenanceTask>(t)
+                .await?
                 .map(View)),
             None => Ok(None),
         }
@@ -92,7 +93,7 @@ impl View<MaintenanceTask> {
         &self.name
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn test_script(&self) -> ScriptView {
         (&self.test_script).into()
@@ -118,14 +119,17 @@ impl View<Deployment> {
         id(self.id)
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn target(&self) -> View<Target> {
         View(self.target.clone())
     }
     async fn software(&self, ctx: &Context<'_>) -> Result<Option<View<Software>>> {
         match self.software_id {
-            Some(s) => Ok(Ctx::new(ctx)?.find_catalogue::<Software>(s)?.map(View)),
+            Some(s) => Ok(Ctx::new(ctx)?
+                .find_catalogue::<Software>(s)
+                .await?
+                .map(View)),
             None => Ok(None),
         }
     }
@@ -138,7 +142,8 @@ impl View<Deployment> {
     async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<View<MaintenanceTask>>> {
         match self.maintenance_task_id {
             Some(t) => Ok(Ctx::new(ctx)?
-                .find_catalogue::<MaintenanceTask>(t)?
+                .find_catalogue::<MaintenanceTask>(t)
+                .await?
                 .map(View)),
             None => Ok(None),
         }
@@ -192,7 +197,7 @@ impl View<Schedule> {
         &self.name
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn target(&self) -> View<Target> {
         View(self.target.clone())
@@ -237,7 +242,10 @@ impl View<Schedule> {
             return Err(crate::error::ApiError::bad("count", "must be between 0 and 1000").into());
         }
         let tenant = match tenant_id {
-            Some(t) => Some(c.load::<Tenant>(crate::api::graphql::parse_id("tenantId", &t)?)?),
+            Some(t) => Some(
+                c.load::<Tenant>(crate::api::graphql::parse_id("tenantId", &t)?)
+                    .await?,
+            ),
             None => None,
         };
         let tz = crate::services::scheduler::zone_for(self, tenant.as_ref())?;

@@ -19,7 +19,7 @@ impl View<ApiKey> {
         self.role.into()
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -45,7 +45,7 @@ impl View<upkeep_core::webhook::Webhook> {
         id(self.id)
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     /// The target URL: only for those who may manage this webhook (URLs often carry a PSA's
     /// token); `null` for everyone else.

@@ -74,13 +74,13 @@ fn id(i: Id) -> ID {
     ID(i.to_string())
 }
 
-fn opt_tenant(ctx: &Context<'_>, t: Option<Id>) -> Result<Option<Tenant>> {
+async fn opt_tenant(ctx: &Context<'_>, t: Option<Id>) -> Result<Option<Tenant>> {
     match t {
-        Some(t) => Ok(Ctx::new(ctx)?.find::<Tenant>(t)?),
+        Some(t) => Ok(Ctx::new(ctx)?.find::<Tenant>(t).await?),
         None => Ok(None),
     }
 }
 
-fn tenant(ctx: &Context<'_>, t: Id) -> Result<Tenant> {
-    Ok(Ctx::new(ctx)?.load::<Tenant>(t)?)
+async fn tenant(ctx: &Context<'_>, t: Id) -> Result<Tenant> {
+    Ok(Ctx::new(ctx)?.load::<Tenant>(t).await?)
 }

@@ -80,7 +80,7 @@ impl View<User> {
         self.role.into()
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
-        opt_tenant(ctx, self.tenant_id).map(|o| o.map(View))
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -110,7 +110,7 @@ impl View<Person> {
         &self.usernames
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
-        tenant(ctx, self.tenant_id).map(View)
+        tenant(ctx, self.tenant_id).await.map(View)
     }
 }
 
@@ -129,14 +129,14 @@ impl View<Computer> {
         &self.machine_id
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
-        tenant(ctx, self.tenant_id).map(View)
+        tenant(ctx, self.tenant_id).await.map(View)
     }
     async fn tags(&self) -> Vec<&str> {
         self.tags.iter().map(|t| t.text()).collect()
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.primary_person_id {
-            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?.map(View)),
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p).await?.map(View)),
             None => Ok(None),
         }
     }
@@ -150,7 +150,7 @@ impl View<Computer> {
         if let Some(t) = app.agents.last_seen(self.id) {
             return Ok(Some(t));
         }
-        Ok(app.store.last_seen(&self.id)?.or(self.last_seen_at))
+        Ok(app.store.last_seen(&self.id).await?.or(self.last_seen_at))
     }
     async fn os(&self) -> &str {
         &self.os
@@ -182,13 +182,13 @@ impl View<Computer> {
     /// Per software or task: which deployment wins on this computer, which it shadows, and why.
     async fn deployment_resolution(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentResolution>> {
         let c = Ctx::new(ctx)?;
-        let deployments = c.app.catalogue_deployments_for(self.tenant_id)?;
+        let deployments = c.app.catalogue_deployments_for(self.tenant_id).await?;
         let res = resolve::resolve(self, &deployments);
         let mut out = Vec::new();
         for r in res {
             let (software, task) = match r.subject {
-                Subject::Software(s) => (c.find_catalogue::<Software>(s)?, None),
-                Subject::Task(t) => (None, c.find_catalogue::<MaintenanceTask>(t)?),
+                Subject::Software(s) => (c.find_catalogue::<Software>(s).await?, None),
+                Subject::Task(t) => (None, c.find_catalogue::<MaintenanceTask>(t).await?),
             };
             // Deployments reached from here obey the same rule as a direct load: a tenant
             // role does not read MSP-level deployments (their parameters hold licence keys).
@@ -214,8 +214,8 @@ impl View<Computer> {
     // IN_PROGRESS.
     async fn onboarding_status(&self, ctx: &Context<'_>) -> Result<OnboardingStatus> {
         let app = &Ctx::new(ctx)?.app;
-        if let Some(active) = app.unfinished_session_of(self.id)
-            && app.store.get::<Session>(&active)?.is_some_and(|s| {
+        if let Some(active) = app.unfinished_session_of(self.id).await
+            && app.store.get::<Session>(&active).await?.is_some_and(|s| {
                 s.trigger == upkeep_core::session::SessionTrigger::Onboarding
                     && !s.status.is_terminal()
             })
@@ -233,7 +233,8 @@ impl View<Computer> {
         let c = Ctx::new(ctx)?;
         let n = crate::api::graphql::connection::page_size(first)?;
         Ok(c.app
-            .sessions_of_computer(self.id, n)?
+            .sessions_of_computer(self.id, n)
+            .await?
             .into_iter()
             .map(View)
             .collect())

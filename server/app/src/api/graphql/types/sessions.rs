@@ -7,6 +7,7 @@ use crate::api::graphql::enums::{
 };
 use async_graphql::{ComplexObject, Context, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 
@@ -29,7 +30,7 @@ impl EnrollmentKeyView {
         self.key.label.as_deref()
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
-        tenant(ctx, self.key.tenant_id).map(View)
+        tenant(ctx, self.key.tenant_id).await.map(View)
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.key.created_at
@@ -51,7 +52,7 @@ impl EnrollmentKeyView {
     }
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.key.primary_person_id {
-            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p)?.map(View)),
+            Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p).await?.map(View)),
             None => Ok(None),
         }
     }
@@ -79,14 +80,17 @@ impl View<Session> {
         self.detection_only
     }
     async fn computer(&self, ctx: &Context<'_>) -> Result<Option<View<Computer>>> {
-        Ok(Ctx::new(ctx)?.find::<Computer>(self.computer_id)?.map(View))
+        Ok(Ctx::new(ctx)?
+            .find::<Computer>(self.computer_id)
+            .await?
+            .map(View))
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
-        tenant(ctx, self.tenant_id).map(View)
+        tenant(ctx, self.tenant_id).await.map(View)
     }
     async fn schedule(&self, ctx: &Context<'_>) -> Result<Option<View<Schedule>>> {
         match self.schedule_id {
-            Some(s) => Ok(Ctx::new(ctx)?.find::<Schedule>(s)?.map(View)),
+            Some(s) => Ok(Ctx::new(ctx)?.find::<Schedule>(s).await?.map(View)),
             None => Ok(None),
         }
     }
@@ -145,7 +149,10 @@ impl View<Session> {
         let after = after_sequence.unwrap_or(0).max(0) as u64;
         Ok(c.app
             .events_after(self.id, after)
-            .filter_map(|e| e.ok())
+            .filter_map(|e| std::future::ready(e.ok()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
             .filter_map(|e| {
                 e.log_line.clone().map(|l| LogLine {
                     sequence: e.sequence as i64,
@@ -206,7 +213,8 @@ impl ActionView {
     async fn software(&self, ctx: &Context<'_>) -> Result<Option<View<Software>>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Software { software, .. }) => Ok(Ctx::new(ctx)?
-                .find_catalogue::<Software>(software.id)?
+                .find_catalogue::<Software>(software.id)
+                .await?
                 .map(View)),
             _ => Ok(None),
         }
@@ -214,7 +222,8 @@ impl ActionView {
     async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<View<MaintenanceTask>>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Task { task, .. }) => Ok(Ctx::new(ctx)?
-                .find_catalogue::<MaintenanceTask>(task.id)?
+                .find_catalogue::<MaintenanceTask>(task.id)
+                .await?
                 .map(View)),
             _ => Ok(None),
         }
@@ -230,7 +239,8 @@ impl ActionView {
     async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<View<Deployment>>> {
         match self.session.get(self.action.item) {
             Some(i) => Ok(Ctx::new(ctx)?
-                .find::<Deployment>(i.deployment_id)?
+                .find::<Deployment>(i.deployment_id)
+                .await?
                 .map(View)),
             None => Ok(None),
         }
@@ -276,7 +286,8 @@ impl ActionView {
         let key = upkeep_core::output::output_key(session, index);
         Ok(c.app
             .store
-            .get_by_key::<upkeep_core::output::OutputRecord>(&key)?
+            .get_by_key::<upkeep_core::output::OutputRecord>(&key)
+            .await?
             .filter(|r| r.action_id == self.action.id)
             .map(|r| ActionOutputView {
                 stdout: r.output.stdout,

@@ -1,38 +1,9 @@
 //! The group commit: one flusher thread makes every write requested so far durable with one
-//! `fsync` (see the crate docs for why).
+//! `fsync` (see the module docs of `embedded` for why).
 
-use super::*;
-
-impl Store {
-    /// Group-commit flushes made since start and the seconds they took.
-    pub fn flush_counts(&self) -> (u64, f64) {
-        let f = &self.inner.flusher;
-        (
-            f.count.load(Ordering::Relaxed),
-            f.micros.load(Ordering::Relaxed) as f64 / 1e6,
-        )
-    }
-
-    /// Makes everything written so far durable (a group commit: see the module docs).
-    pub async fn flush(&self) -> Result<()> {
-        let f = &self.inner.flusher;
-        let mut done = f.done.subscribe();
-        let mine = {
-            let mut st = f.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.requested += 1;
-            st.requested
-        };
-        f.wake.notify_one();
-        let outcome = done
-            .wait_for(|(generation, _)| *generation >= mine)
-            .await
-            .map_err(|_| StoreError::Corrupt("the store was closed during a flush".into()))?;
-        match &outcome.1 {
-            None => Ok(()),
-            Some(e) => Err(StoreError::Corrupt(format!("flush failed: {e}"))),
-        }
-    }
-}
+use super::Inner;
+use crate::{Result, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The group-commit flusher shared by a store and its thread.
 pub(crate) struct Flusher {
@@ -67,7 +38,7 @@ struct FlushState {
 impl Flusher {
     /// The flusher thread: waits for requests, then makes every write made before the newest
     /// one durable with one `fsync`. Ends when the store is dropped.
-    pub(crate) fn run(&self, store: std::sync::Weak<Inner>) {
+    pub(super) fn run(&self, store: std::sync::Weak<Inner>) {
         let mut flushed = 0;
         loop {
             let target = {
@@ -98,21 +69,44 @@ impl Flusher {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.flusher
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stop = true;
-        self.flusher.wake.notify_one();
+impl Flusher {
+    /// Group-commit flushes made since start and the seconds they took.
+    pub(super) fn counts(&self) -> (u64, f64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
+    /// Makes everything written so far durable (a group commit: see the module docs).
+    pub(super) async fn flush(&self) -> Result<()> {
+        let mut done = self.done.subscribe();
+        let mine = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.requested += 1;
+            st.requested
+        };
+        self.wake.notify_one();
+        let outcome = done
+            .wait_for(|(generation, _)| *generation >= mine)
+            .await
+            .map_err(|_| StoreError::Engine("the store was closed during a flush".into()))?;
+        match &outcome.1 {
+            None => Ok(()),
+            Some(e) => Err(StoreError::Engine(format!("flush failed: {e}"))),
+        }
+    }
+
+    /// Ends the flusher thread (when the store is dropped).
+    pub(super) fn stop(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.wake.notify_one();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use upkeep_core::domain::Tenant;
+    use upkeep_core::domain::{Id, Tenant};
 
     fn tenant(n: u128) -> Tenant {
         Tenant {
@@ -136,7 +130,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_flushes_complete_and_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::open_embedded(dir.path()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..64 {
             let store = store.clone();
@@ -144,6 +138,7 @@ mod tests {
                 let t = tenant(i);
                 store
                     .write(|tx| tx.put::<_, String>(&t))
+                    .await
                     .map_err(|e| format!("{e:?}"))?;
                 store.flush().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(t.id)
@@ -158,10 +153,10 @@ mod tests {
         }
         drop(store);
         // The flusher thread let go of the database: the directory opens again at once.
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::open_embedded(dir.path()).unwrap();
         for id in ids {
-            assert!(store.get::<Tenant>(&id).unwrap().is_some());
+            assert!(store.get::<Tenant>(&id).await.unwrap().is_some());
         }
-        assert_eq!(store.count::<Tenant>(), 64);
+        assert_eq!(store.count::<Tenant>().await.unwrap(), 64);
     }
 }

@@ -1,0 +1,254 @@
+//! What every engine behind [`Store`] must do, as one check run against an empty store: the
+//! embedded engine and the in-memory test engine run it here; a further engine runs it from its
+//! own tests (feature `conformance`).
+
+use crate::records::{TENANT_USERS, USER_EMAIL, tenant_key};
+use crate::{Db, IndexKey, KeyRange, Kind, Space, TxError, WriteError};
+use futures_util::TryStreamExt;
+use upkeep_core::domain::{Id, Tenant, User, UserRole};
+
+fn tenant(n: u128) -> Tenant {
+    Tenant {
+        id: Id::from_u128(0x1000 + n),
+        name: format!("tenant {n}"),
+        company_name: None,
+        time_zone: upkeep_core::types::TimeZone::UTC.into(),
+        mail_from: None,
+        logo_url: None,
+        primary_color: None,
+        auto_onboarding: false,
+        excluded_from_maintenance: false,
+        business_hours: None,
+        mail_bcc: Vec::new(),
+        created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+    }
+}
+
+fn user(n: u128, tenant: Option<Id>) -> User {
+    User {
+        id: Id::from_u128(0x2000 + n),
+        email: upkeep_core::types::Stored::read(&format!("u{n}@example.com")),
+        password_hash: String::new(),
+        role: UserRole::MspAdmin,
+        tenant_id: tenant,
+        created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        disabled: false,
+        token_generation: 0,
+        totp: Default::default(),
+    }
+}
+
+/// Runs every check against `store`, which must be empty. Panics on the first failure, naming it.
+pub async fn check(store: Db) {
+    assert!(store.is_empty().await.unwrap(), "the store starts empty");
+    records_and_indexes(&store).await;
+    aborts_change_nothing(&store).await;
+    unique_values(&store).await;
+    scans_page_in_order(&store).await;
+    batches_and_snapshots(&store).await;
+    assert_eq!(
+        store.check_indexes().await.unwrap(),
+        Vec::<String>::new(),
+        "indexes are in step with records"
+    );
+}
+
+async fn records_and_indexes(store: &Db) {
+    let t = tenant(1);
+    let mut u = user(1, Some(t.id));
+    store
+        .write(|tx| {
+            tx.put::<_, ()>(&t)?;
+            tx.put(&u)
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        store.get::<Tenant>(&t.id).await.unwrap().unwrap().name,
+        "tenant 1"
+    );
+    let idx = IndexKey::new(TENANT_USERS, tenant_key(Some(t.id)));
+    assert_eq!(
+        store.index_count(&idx).await.unwrap(),
+        1,
+        "a put adds its index entries"
+    );
+    // Moving the user to no tenant moves its index entry in the same write.
+    u.tenant_id = None;
+    store.write(|tx| tx.put::<_, ()>(&u)).await.unwrap();
+    assert_eq!(
+        store.index_count(&idx).await.unwrap(),
+        0,
+        "a put drops stale entries"
+    );
+    let none = IndexKey::new(TENANT_USERS, tenant_key(None));
+    let listed: Vec<User> = store.by_index(&none, None).try_collect().await.unwrap();
+    assert_eq!(listed.iter().map(|u| u.id).collect::<Vec<_>>(), vec![u.id]);
+    let gone = store
+        .write(|tx| tx.delete::<User, ()>(u.id.as_bytes()))
+        .await
+        .unwrap();
+    assert!(gone.is_some(), "a delete returns what it removed");
+    assert_eq!(
+        store.index_count(&none).await.unwrap(),
+        0,
+        "a delete drops its entries"
+    );
+    assert!(store.get::<User>(&u.id).await.unwrap().is_none());
+}
+
+async fn aborts_change_nothing(store: &Db) {
+    let t = tenant(2);
+    let r = store
+        .write(|tx| {
+            tx.put::<_, &str>(&t)?;
+            Err::<(), _>(TxError::Abort("no"))
+        })
+        .await;
+    assert!(
+        matches!(r, Err(WriteError::Abort("no"))),
+        "the abort value comes back"
+    );
+    assert!(
+        store.get::<Tenant>(&t.id).await.unwrap().is_none(),
+        "nothing was written"
+    );
+}
+
+async fn unique_values(store: &Db) {
+    let idx = IndexKey::new(USER_EMAIL, "a@example.com");
+    let (a, b) = (user(10, None), user(11, None));
+    for u in [&a, &b] {
+        let claimed = store
+            .write(|tx| {
+                let ok = tx.claim_unique::<()>(&idx, &u.key_bytes())?;
+                if ok {
+                    tx.put(u)?;
+                }
+                Ok(ok)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed,
+            u.id == a.id,
+            "only the first claim of a value holds"
+        );
+    }
+    let owner: User = store.unique(&idx).await.unwrap().unwrap();
+    assert_eq!(owner.id, a.id);
+    store
+        .write(|tx| {
+            tx.release_unique::<()>(&idx)?;
+            tx.delete::<User, ()>(a.id.as_bytes())
+        })
+        .await
+        .unwrap();
+    assert!(store.unique::<User>(&idx).await.unwrap().is_none());
+}
+
+trait KeyBytes {
+    fn key_bytes(&self) -> Vec<u8>;
+}
+impl KeyBytes for User {
+    fn key_bytes(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+}
+
+/// More records than the first pages hold, so scans cross page boundaries both ways.
+async fn scans_page_in_order(store: &Db) {
+    let owner = Id::from_u128(0x3000);
+    let users: Vec<User> = (100..400).map(|n| user(n, Some(owner))).collect();
+    for chunk in users.chunks(64) {
+        store
+            .write(|tx| {
+                for u in chunk {
+                    tx.put::<_, ()>(u)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let ids: Vec<Id> = users.iter().map(|u| u.id).collect();
+    let all: Vec<User> = store.scan(None).try_collect().await.unwrap();
+    assert_eq!(
+        all.iter().map(|u| u.id).collect::<Vec<_>>(),
+        ids,
+        "scan: key order"
+    );
+    let after: Vec<User> = store
+        .scan(Some(ids[149].as_bytes()))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.first().map(|u| u.id),
+        Some(ids[150]),
+        "scan: strictly after"
+    );
+    assert_eq!(after.len(), 150);
+    let rev: Vec<User> = store
+        .scan_rev(Some(ids[100].as_bytes()))
+        .try_collect()
+        .await
+        .unwrap();
+    let expected: Vec<Id> = ids[..100].iter().rev().copied().collect();
+    assert_eq!(
+        rev.iter().map(|u| u.id).collect::<Vec<_>>(),
+        expected,
+        "scan_rev: before"
+    );
+    let idx = IndexKey::new(TENANT_USERS, tenant_key(Some(owner)));
+    let keys: Vec<Vec<u8>> = store
+        .index_scan(&idx, Some(ids[9].as_bytes()))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 290, "index_scan: strictly after");
+    assert_eq!(keys[0], ids[10].as_bytes().to_vec());
+    let newest: Vec<User> = store.by_index_rev(&idx, None).try_collect().await.unwrap();
+    assert_eq!(
+        newest.first().map(|u| u.id),
+        ids.last().copied(),
+        "by_index_rev"
+    );
+    assert_eq!(store.index_count(&idx).await.unwrap(), 300);
+    assert_eq!(store.count::<User>().await.unwrap(), 300);
+    let prefix = store
+        .count_range(
+            Space::Records(Kind::User),
+            &KeyRange::prefix(&ids[0].as_bytes()[..15]),
+        )
+        .await
+        .unwrap();
+    assert!(prefix >= 1, "count over a key prefix");
+}
+
+async fn batches_and_snapshots(store: &Db) {
+    let computer = Id::from_u128(0x4000);
+    let at = chrono::DateTime::from_timestamp_millis(1_700_000_123_456).unwrap_or_default();
+    store.put_last_seen(&[(computer, at)]).await.unwrap();
+    assert_eq!(store.last_seen(&computer).await.unwrap(), Some(at));
+    let snap = store.snapshot().await.unwrap();
+    let names: Vec<&str> = snap.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, Space::all().map(Space::name).collect::<Vec<_>>());
+    let users = snap
+        .iter()
+        .find(|(n, _)| n == "users")
+        .map(|(_, e)| e.len());
+    assert_eq!(users, Some(300), "the snapshot holds every record");
+}
+
+/// Loads `snapshot` into `empty` and checks it reads back the same.
+pub async fn check_restore(from: Db, empty: Db) {
+    let snap = from.snapshot().await.unwrap();
+    empty.load_snapshot(&snap).await.unwrap();
+    assert_eq!(
+        empty.count::<User>().await.unwrap(),
+        from.count::<User>().await.unwrap()
+    );
+    assert_eq!(empty.check_indexes().await.unwrap(), Vec::<String>::new());
+}
