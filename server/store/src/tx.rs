@@ -1,4 +1,4 @@
-//! Transactions: the typed [`Tx`] a write closure gets, [`write`](Store::write) over the
+//! Transactions: the typed [`Tx`] a write closure gets, `write` over the
 //! engine's [`transact`](Store::transact), and the audit record a mutation's first change
 //! completes.
 

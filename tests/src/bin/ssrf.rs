@@ -175,6 +175,7 @@ async fn run() -> Result<()> {
     }
     let deliveries = s
         .app()
+        .webhooks
         .deliveries(
             upkeep_server::ids::fresh(),
             WebhookEvent::ComputerEnrolled,
@@ -194,7 +195,7 @@ async fn run() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     s.app().store.flush().await?;
-    s.app().webhook_wakeup.notify_one();
+    s.app().webhooks.wake();
 
     for d in &deliveries {
         let url = &hooks

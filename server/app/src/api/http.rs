@@ -392,7 +392,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ("presence", Box::pin(app.clone().run_presence())),
         ("scheduler", Box::pin(app.clone().run_scheduler())),
         ("mailer", Box::pin(app.clone().run_mailer())),
-        ("webhooks", Box::pin(app.clone().run_webhooks())),
+        ("webhooks", Box::pin(app.webhooks.clone().run())),
         (
             "backup socket",
             Box::pin(crate::api::backup::serve_socket(app.clone())),

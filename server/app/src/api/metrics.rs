@@ -201,7 +201,6 @@ fn gauges(app: &App, out: &mut String) {
 
 /// Store flushes, sessions by status, the mail outbox and webhook attempts.
 async fn store_and_outbox_families(app: &App, out: &mut String) {
-    let m = &app.metrics;
     let (flushes, flush_seconds) = app.store.flush_counts();
     let _ = writeln!(
         out,
@@ -234,6 +233,6 @@ async fn store_and_outbox_families(app: &App, out: &mut String) {
     let _ = writeln!(
         out,
         "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
-        m.webhook_attempts.load(Ordering::Relaxed)
+        app.webhooks.attempts()
     );
 }

@@ -63,6 +63,7 @@ impl App {
             upkeep_core::webhook::WebhookEvent::ComputerReenrolled
         };
         let deliveries = self
+            .webhooks
             .deliveries(
                 computer.tenant_id,
                 event,
@@ -214,7 +215,7 @@ impl App {
             self.agents.set_token(Some(lost), None, computer.id);
         }
         if delivered {
-            self.webhook_wakeup.notify_one();
+            self.webhooks.wake();
         }
         if is_new {
             tracing::info!(computer = %computer.id, tenant = %computer.tenant_id, hostname = %log_value(&computer.hostname), key = %key, "agent enrolled");

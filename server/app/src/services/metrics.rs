@@ -17,7 +17,6 @@ pub struct Metrics {
     pub job_results: AtomicU64,
     pub mails_sent: AtomicU64,
     pub mail_failures: AtomicU64,
-    pub webhook_attempts: AtomicU64,
 }
 
 #[derive(Default, Clone)]

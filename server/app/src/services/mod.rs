@@ -52,8 +52,7 @@ pub struct App {
     /// One scheduler pass at a time (the loop, or a caller driving one): two passes reading
     /// one cursor could fire an occurrence twice.
     pub scheduler_lock: tokio::sync::Mutex<()>,
-    /// Wakes the webhook worker when a delivery was queued.
-    pub webhook_wakeup: Notify,
+    pub webhooks: Arc<crate::services::webhooks::Webhooks>,
     pub public_url: crate::config::PublicUrl,
     pub api_keys: crate::services::users::ApiKeyCache,
     /// Cancelled once, when the server stops: every background loop, held poll and open
@@ -75,7 +74,15 @@ impl App {
     ) -> App {
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let webhooks = crate::services::webhooks::Webhooks::new(
+            store.clone(),
+            clock.clone(),
+            config.allow_private_webhooks,
+            shutdown.clone(),
+        );
         App {
+            webhooks: Arc::new(webhooks),
             agents: Agents::new(offline_after),
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
@@ -86,8 +93,7 @@ impl App {
             test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
             mail_wakeup: Notify::new(),
             scheduler_lock: tokio::sync::Mutex::new(()),
-            webhook_wakeup: Notify::new(),
-            shutdown: Default::default(),
+            shutdown,
             api_keys: Default::default(),
             credentials_changed: tokio::sync::watch::channel(0).0,
             store,

@@ -2,21 +2,24 @@
 //! written to the store with the step that causes it, before the first attempt, and retried
 //! with backoff by one worker; the delivery id stays the same on every retry.
 
+use crate::clock::Clock;
 use crate::error::ApiResult;
-use crate::services::App;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use upkeep_core::domain::*;
 use upkeep_core::session::{ActionStatus, Session, SessionStatus};
 use upkeep_core::webhook::{
     Delivery, DeliveryStatus, GIVE_UP_AFTER_HOURS, Webhook, WebhookEvent, backoff, sendable,
 };
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, TxError};
+use upkeep_store::{Db, IndexKey, TxError};
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
 pub fn signature(secret: &str, t: i64, body: &str) -> String {
@@ -26,7 +29,46 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-impl App {
+/// The webhook service: makes deliveries for the steps that cause them and, in its own task,
+/// sends them. It owns what it needs (the store, the clock, its wake-up and its counter) and
+/// knows nothing of the rest of the server.
+pub struct Webhooks {
+    store: Db,
+    clock: Clock,
+    allow_private: bool,
+    /// Wakes the worker when a delivery was queued.
+    wakeup: Notify,
+    shutdown: CancellationToken,
+    /// Delivery attempts made since start (for `/metrics`).
+    attempts: AtomicU64,
+}
+
+impl Webhooks {
+    pub fn new(
+        store: Db,
+        clock: Clock,
+        allow_private: bool,
+        shutdown: CancellationToken,
+    ) -> Webhooks {
+        Webhooks {
+            store,
+            clock,
+            allow_private,
+            wakeup: Notify::new(),
+            shutdown,
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// Tells the worker that deliveries were stored (call it after the write is flushed).
+    pub fn wake(&self) {
+        self.wakeup.notify_one();
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
     async fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
         let mut out = Vec::new();
         for key in [tenant_key(Some(tenant)), tenant_key(None)] {
@@ -101,13 +143,13 @@ impl App {
         Ok(out)
     }
 
-    pub async fn webhook_created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
+    pub async fn created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
         self.session_deliveries(s, WebhookEvent::SessionCreated, s.last_sequence)
             .await
     }
 
     /// `sequence`: the session event that announced the new status.
-    pub async fn webhook_deliveries_for(
+    pub async fn for_step(
         &self,
         s: &Session,
         before: SessionStatus,
@@ -132,8 +174,8 @@ impl App {
 
     /// Background loop: sends due deliveries, a few at a time, each with a time limit, so a
     /// slow receiver never holds up anything else.
-    pub async fn run_webhooks(self: Arc<Self>) {
-        let client = match webhook_client(self.config.allow_private_webhooks) {
+    pub async fn run(self: Arc<Self>) {
+        let client = match webhook_client(self.allow_private) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhook client");
@@ -169,14 +211,14 @@ impl App {
                     return;
                 };
                 in_flight.insert(d.id);
-                let app = self.clone();
+                let hooks = self.clone();
                 let client = client.clone();
                 let done = done_tx.clone();
                 tokio::spawn(async move {
-                    app.attempt_delivery(&client, d.clone()).await;
+                    hooks.attempt_delivery(&client, d.clone()).await;
                     drop(permit);
                     let _ = done.send(d.id);
-                    app.webhook_wakeup.notify_one();
+                    hooks.wake();
                 });
             }
             let wait = next_due
@@ -184,7 +226,7 @@ impl App {
                 .unwrap_or(Duration::from_secs(30))
                 .min(Duration::from_secs(5));
             tokio::select! {
-                _ = self.webhook_wakeup.notified() => {}
+                _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.cancelled() => return,
             }
@@ -242,9 +284,7 @@ impl App {
                 d.next_attempt_at = now + backoff(d.attempts);
             }
         }
-        self.metrics
-            .webhook_attempts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         self.save_delivery(&d).await;
     }
 
@@ -257,7 +297,7 @@ impl App {
             Ok(u) => u,
             Err(e) => return Some(format!("the URL cannot be parsed: {e}")),
         };
-        if self.config.allow_private_webhooks {
+        if self.allow_private {
             return None;
         }
         let ip = literal_ip(&parsed)?;

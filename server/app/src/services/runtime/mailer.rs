@@ -444,6 +444,7 @@ impl App {
         }
         let deliveries = match (failed_for_good, m.tenant_id) {
             (true, Some(t)) => self
+                .webhooks
                 .deliveries(t, upkeep_core::webhook::WebhookEvent::MailFailed, serde_json::json!({"mailId": m.id.to_string(), "sessionId": m.session_id.map(|s| s.to_string()), "to": m.to, "error": m.last_error}))
                 .await.unwrap_or_default(),
             _ => vec![],
@@ -460,7 +461,7 @@ impl App {
         }
         let _ = self.store.flush().await;
         if !deliveries.is_empty() {
-            self.webhook_wakeup.notify_one();
+            self.webhooks.wake();
         }
     }
 

@@ -255,7 +255,8 @@ impl App {
                 .find(|e| e.status == s.status && e.action_id.is_none())
                 .map_or(s.last_sequence, |e| e.sequence);
             c.deliveries = self
-                .webhook_deliveries_for(s, before, c.finished, sequence)
+                .webhooks
+                .for_step(s, before, c.finished, sequence)
                 .await?;
         }
         self.write_step(s, &c, now).await?;
@@ -459,7 +460,7 @@ impl App {
             self.mail_wakeup.notify_one();
         }
         if !c.deliveries.is_empty() {
-            self.webhook_wakeup.notify_one();
+            self.webhooks.wake();
         }
         if c.finished
             && s.status != SessionStatus::Cancelled

@@ -150,7 +150,7 @@ impl App {
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;
                 people.push((s.id, person));
-                let deliveries = self.webhook_created(&s).await?;
+                let deliveries = self.webhooks.created(&s).await?;
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
@@ -170,7 +170,7 @@ impl App {
                 sessions.push(s);
             }
             if webhooks {
-                self.webhook_wakeup.notify_one();
+                self.webhooks.wake();
             }
             sessions
         };
