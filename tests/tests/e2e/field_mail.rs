@@ -610,7 +610,7 @@ async fn one_mail_per_person_lists_each_of_their_computers() -> anyhow::Result<(
         f.s.wait_status(&f.admin, id, &["SCHEDULED"], T).await?;
     }
     // Every decision is stored with its step; once the outbox is empty, every mail is out.
-    let outbox_empty = || async { Ok((f.s.app().outbox_depth().await? == 0).then_some(())) };
+    let outbox_empty = || async { Ok((f.s.app().outbox.depth().await? == 0).then_some(())) };
     wait_for("the outbox to drain", T, outbox_empty).await?;
     let mails = wait_mails(&f.smtp, 2).await?;
     assert_eq!(
@@ -831,7 +831,7 @@ async fn a_schedule_run_mails_each_person_once() -> anyhow::Result<()> {
         Ok((e.len() == 3 && e.iter().all(|x| x["node"]["status"] == "SCHEDULED")).then_some(()))
     })
     .await?;
-    let outbox_empty = || async { Ok((f.s.app().outbox_depth().await? == 0).then_some(())) };
+    let outbox_empty = || async { Ok((f.s.app().outbox.depth().await? == 0).then_some(())) };
     wait_for("the outbox to drain", T, outbox_empty).await?;
     let mails = wait_mails(&f.smtp, 2).await?;
     let to = |m: &upkeep_tests::smtp::ParsedMail| m.header("To").unwrap_or("").to_string();

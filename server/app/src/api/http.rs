@@ -391,7 +391,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ("timers", Box::pin(app.clone().run_timers())),
         ("presence", Box::pin(app.clone().run_presence())),
         ("scheduler", Box::pin(app.clone().run_scheduler())),
-        ("mailer", Box::pin(app.clone().run_mailer())),
+        ("outbox", Box::pin(app.outbox.clone().run())),
         ("webhooks", Box::pin(app.webhooks.clone().run())),
         (
             "backup socket",

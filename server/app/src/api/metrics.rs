@@ -175,13 +175,13 @@ fn gauges(app: &App, out: &mut String) {
             "upkeep_mails_sent_total",
             "counter",
             "Mails delivered.",
-            m.mails_sent.load(Ordering::Relaxed),
+            app.outbox.counts().0,
         ),
         (
             "upkeep_mail_failures_total",
             "counter",
             "Failed mail attempts.",
-            m.mail_failures.load(Ordering::Relaxed),
+            app.outbox.counts().1,
         ),
         (
             "upkeep_store_writes_total",
@@ -225,7 +225,7 @@ async fn store_and_outbox_families(app: &App, out: &mut String) {
             upkeep_core::engine::status_name(st)
         );
     }
-    let depth = app.outbox_depth().await.unwrap_or_default();
+    let depth = app.outbox.depth().await.unwrap_or_default();
     let _ = writeln!(
         out,
         "# HELP upkeep_outbox_depth Mails waiting to be sent.\n# TYPE upkeep_outbox_depth gauge\nupkeep_outbox_depth {depth}"

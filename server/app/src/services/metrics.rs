@@ -15,8 +15,6 @@ pub struct Metrics {
     pub session_events: AtomicU64,
     pub sessions_finished: AtomicU64,
     pub job_results: AtomicU64,
-    pub mails_sent: AtomicU64,
-    pub mail_failures: AtomicU64,
 }
 
 #[derive(Default, Clone)]

@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod fleet;
 pub mod metrics;
+pub mod outbox;
 pub mod runtime;
 pub mod scheduler;
 pub mod users;
@@ -25,7 +26,7 @@ use crate::services::runtime::SessionRuntime;
 use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use upkeep_core::domain::*;
 use upkeep_core::session::{Session, SessionEvent};
 use upkeep_store::records::*;
@@ -47,8 +48,7 @@ pub struct App {
     /// `sendTestEmail` per tenant and per actor: it sends mail to any address.
     pub test_mails_by_tenant: Throttle,
     pub test_mails_by_actor: Throttle,
-    /// Wakes the outbox worker when a mail was queued.
-    pub mail_wakeup: Notify,
+    pub outbox: Arc<crate::services::outbox::Outbox>,
     /// One scheduler pass at a time (the loop, or a caller driving one): two passes reading
     /// one cursor could fire an occurrence twice.
     pub scheduler_lock: tokio::sync::Mutex<()>,
@@ -81,8 +81,20 @@ impl App {
             config.allow_private_webhooks,
             shutdown.clone(),
         );
+        let webhooks = Arc::new(webhooks);
+        let outbox = crate::services::outbox::Outbox::new(
+            store.clone(),
+            clock.clone(),
+            crate::services::outbox::OutboxConfig {
+                smtp_url: config.smtp_url.clone(),
+                data_dir: config.data_dir.clone(),
+                webhooks: webhooks.clone(),
+                shutdown: shutdown.clone(),
+            },
+        );
         App {
-            webhooks: Arc::new(webhooks),
+            outbox: Arc::new(outbox),
+            webhooks,
             agents: Agents::new(offline_after),
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
@@ -91,7 +103,6 @@ impl App {
             enroll_by_ip: Throttle::new(20, Duration::from_secs(300)),
             test_mails_by_tenant: Throttle::new(10, Duration::from_secs(3600)),
             test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
-            mail_wakeup: Notify::new(),
             scheduler_lock: tokio::sync::Mutex::new(()),
             shutdown,
             api_keys: Default::default(),

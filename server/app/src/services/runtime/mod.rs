@@ -457,7 +457,7 @@ impl App {
             let _ = self.events.send(Arc::new(e));
         }
         if !c.mails.is_empty() {
-            self.mail_wakeup.notify_one();
+            self.outbox.wake();
         }
         if !c.deliveries.is_empty() {
             self.webhooks.wake();

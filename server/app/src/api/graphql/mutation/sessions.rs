@@ -244,7 +244,7 @@ impl SessionMutation {
             vec![to],
             r,
         );
-        c.app.queue_mail(m).await?;
+        c.app.outbox.queue(m).await?;
         Ok(true)
     }
 }
