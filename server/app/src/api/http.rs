@@ -380,8 +380,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.write_api_key_usage().await,
-                    _ = app.shutdown.cancelled() => { app.write_api_key_usage().await; return; }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => app.accounts.write_api_key_usage().await,
+                    _ = app.shutdown.cancelled() => { app.accounts.write_api_key_usage().await; return; }
                 }
             }
         }
@@ -618,7 +618,8 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         token_generation: 0,
         totp: Default::default(),
     };
-    app.create_user(user)
+    app.accounts
+        .create_user(user)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(email = email.as_str(), "created the first MSP admin");

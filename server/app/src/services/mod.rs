@@ -54,7 +54,7 @@ pub struct App {
     pub scheduler_lock: tokio::sync::Mutex<()>,
     pub webhooks: Arc<crate::services::webhooks::Webhooks>,
     pub public_url: crate::config::PublicUrl,
-    pub api_keys: crate::services::users::ApiKeyCache,
+    pub accounts: crate::services::users::Accounts,
     /// Cancelled once, when the server stops: every background loop, held poll and open
     /// connection ends on it.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -105,7 +105,7 @@ impl App {
             test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
             scheduler_lock: tokio::sync::Mutex::new(()),
             shutdown,
-            api_keys: Default::default(),
+            accounts: crate::services::users::Accounts::new(store.clone(), clock.clone()),
             credentials_changed: tokio::sync::watch::channel(0).0,
             store,
             config,

@@ -2,14 +2,14 @@
 //! MSP_ADMIN), and resolving an API key to an actor.
 
 use crate::auth::{Actor, Principal, secret_hash};
+use crate::clock::Clock;
 use crate::error::{ApiError, ApiResult};
-use crate::services::App;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use upkeep_core::domain::*;
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, TxError};
+use upkeep_store::{Db, IndexKey, TxError};
 
 /// API keys seen recently, so a request needs no index lookup and `lastUsedAt` is written at
 /// most once a minute per key. (The key's creator is still read per request: a point read.)
@@ -18,7 +18,23 @@ pub struct ApiKeyCache {
     inner: Mutex<HashMap<String, (ApiKey, std::time::Instant, bool)>>,
 }
 
-impl App {
+/// The accounts service: users (keeping at least one enabled MSP_ADMIN) and API keys, with
+/// the cache of recently used keys. It owns its store handle and clock.
+pub struct Accounts {
+    store: Db,
+    clock: Clock,
+    api_keys: ApiKeyCache,
+}
+
+impl Accounts {
+    pub fn new(store: Db, clock: Clock) -> Accounts {
+        Accounts {
+            store,
+            clock,
+            api_keys: ApiKeyCache::default(),
+        }
+    }
+
     /// Creates a user; `CONFLICT` when the e-mail is taken.
     pub async fn create_user(&self, user: User) -> ApiResult<User> {
         let idx = IndexKey::new(USER_EMAIL, user.email.text());

@@ -249,7 +249,7 @@ pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor
         return Ok(None);
     }
     if token.starts_with("upk_") {
-        return app.authenticate_api_key(token).await.map(Some);
+        return app.accounts.authenticate_api_key(token).await.map(Some);
     }
     let claims = app.keys.verify_api_token(token, app.clock.now())?;
     let id = claims

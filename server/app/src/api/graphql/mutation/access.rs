@@ -69,7 +69,10 @@ impl AccessMutation {
             return Err(ApiError::Unauthenticated("wrong e-mail or password".into()).into());
         };
         if user.totp_on()
-            && let Err(e) = app.use_totp_code(user.id, totp_code.as_deref()).await
+            && let Err(e) = app
+                .accounts
+                .use_totp_code(user.id, totp_code.as_deref())
+                .await
         {
             // Dropping the attempt leaves it counted as a failure.
             tracing::info!(email = %log_value(&email_norm), "failed login (second factor)");
@@ -117,7 +120,12 @@ impl AccessMutation {
             token_generation: 0,
             totp: Default::default(),
         };
-        c.app.create_user(user).await.map(View).map_err(Into::into)
+        c.app
+            .accounts
+            .create_user(user)
+            .await
+            .map(View)
+            .map_err(Into::into)
     }
 
     async fn create_tenant(

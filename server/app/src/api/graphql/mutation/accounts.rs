@@ -38,6 +38,7 @@ impl AccountMutation {
         let actor = c.actor;
         let user = c
             .app
+            .accounts
             .change_user(id, |u| {
                 actor.require(Action::ManageUsers, u.tenant_id)?;
                 actor.require_delegation(u.role, u.tenant_id)?;
@@ -73,6 +74,7 @@ impl AccountMutation {
         c.load::<User>(id).await?;
         let actor = c.actor;
         c.app
+            .accounts
             .delete_user(id, |u| {
                 actor.require(Action::ManageUsers, u.tenant_id)?;
                 actor.require_delegation(u.role, u.tenant_id)?;
@@ -117,6 +119,7 @@ impl AccountMutation {
         valid_password("newPassword", &new_password)?;
         let hash = auth::hash_password(&new_password).await?;
         c.app
+            .accounts
             .change_user(id, |u| {
                 u.password_hash = hash.clone();
                 Ok(())
@@ -134,6 +137,7 @@ impl AccountMutation {
         let secret = crate::totp::new_secret();
         let user = c
             .app
+            .accounts
             .change_user(id, |u| {
                 if u.totp_on() {
                     return Err(ApiError::Conflict(
@@ -157,6 +161,7 @@ impl AccountMutation {
         let id = own_user(&c)?;
         let now = c.app.clock.now();
         c.app
+            .accounts
             .change_user(id, |u| {
                 let pending = u.totp.pending.clone().ok_or_else(|| {
                     ApiError::bad(
@@ -183,6 +188,7 @@ impl AccountMutation {
         let id = own_user(&c)?;
         let now = c.app.clock.now();
         c.app
+            .accounts
             .change_user(id, |u| {
                 let secret = u
                     .totp

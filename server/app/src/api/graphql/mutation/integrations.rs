@@ -97,7 +97,7 @@ impl IntegrationMutation {
         }
         k.revoked = true;
         c.save(&k).await?;
-        c.app.forget_api_key(&k.secret_hash);
+        c.app.accounts.forget_api_key(&k.secret_hash);
         c.app.credentials_may_have_ended();
         Ok(true)
     }

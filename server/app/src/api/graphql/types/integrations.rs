@@ -31,6 +31,7 @@ impl View<ApiKey> {
     async fn last_used_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
         Ok(Ctx::new(ctx)?
             .app
+            .accounts
             .api_key_last_used(self)
             .or(self.last_used_at))
     }
