@@ -134,6 +134,34 @@ pub struct ServeConfig {
     /// When set, /metrics answers only requests with `Authorization: Bearer <this>`.
     #[arg(long, env = "UPKEEP_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// A check every session runs on its computer before it changes anything (repeatable; the
+    /// language from the extension: .sh, .ps1, .py). Read once at start.
+    #[arg(long = "preflight-script", env = "UPKEEP_PREFLIGHT_SCRIPTS", value_name = "FILE", value_parser = parse_preflight_script)]
+    pub preflight_scripts: Vec<upkeep_core::domain::Script>,
+}
+
+/// A `--preflight-script` file as a script, its language from its extension.
+fn parse_preflight_script(path: &str) -> Result<upkeep_core::domain::Script, String> {
+    use upkeep_core::domain::{Script, ScriptLanguage};
+    let ext = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let language = match ext.as_deref() {
+        Some("sh") => ScriptLanguage::Shell,
+        Some("ps1") => ScriptLanguage::Powershell,
+        Some("py") => ScriptLanguage::Python,
+        _ => {
+            return Err(format!(
+                "'{path}': the language comes from the extension; use .sh, .ps1 or .py"
+            ));
+        }
+    };
+    let body = std::fs::read_to_string(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if body.trim().is_empty() {
+        return Err(format!("'{path}' is empty"));
+    }
+    Ok(Script { language, body })
 }
 
 fn parse_domain(s: &str) -> Result<String, String> {
@@ -233,6 +261,7 @@ impl ServeConfig {
             max_connections: 10_000,
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
+            preflight_scripts: vec![],
         }
     }
 }

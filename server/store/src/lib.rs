@@ -80,9 +80,10 @@ pub enum Kind {
     Idempotency,
     Audit,
     Output,
+    Inventory,
 }
 
-const KINDS: [Kind; 19] = [
+const KINDS: [Kind; 20] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -102,6 +103,7 @@ const KINDS: [Kind; 19] = [
     Kind::Idempotency,
     Kind::Audit,
     Kind::Output,
+    Kind::Inventory,
 ];
 
 impl Kind {
@@ -127,6 +129,7 @@ impl Kind {
             Kind::Idempotency => "Idempotency",
             Kind::Audit => "AuditEvent",
             Kind::Output => "ActionOutput",
+            Kind::Inventory => "Inventory",
         }
     }
 
@@ -151,6 +154,7 @@ impl Kind {
             Kind::Idempotency => "idempotency",
             Kind::Audit => "audit",
             Kind::Output => "action_outputs",
+            Kind::Inventory => "inventories",
         }
     }
 }

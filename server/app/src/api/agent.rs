@@ -228,12 +228,31 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Err(e) => return e,
     };
     let now = app.clock.now();
+    if let Some(inv) = &r.inventory
+        && let Err(e) = upkeep_core::inventory::InventoryRecord::from_report(
+            computer,
+            computer,
+            &inv.details,
+            now,
+        )
+    {
+        return reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "BAD_INVENTORY",
+            e.to_string(),
+            peer,
+            ROUTE,
+        );
+    }
     // Presence, rate limit and inventory change detection, all in memory.
     let Some(Polled {
         notify,
         came_online,
         inventory_changed,
-    }) = app.agents.polled(computer, now, r.inventory.as_ref())
+        reboot_pending_changed,
+    }) = app
+        .agents
+        .polled(computer, now, r.inventory.as_ref(), r.reboot_pending)
     else {
         return reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -248,6 +267,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     }
     if came_online {
         tracing::info!(computer = %computer, "computer online");
+        app.computer_came_online(computer);
+    } else if reboot_pending_changed {
+        // A session waiting for its computer to come back from a reboot looks again.
         app.computer_came_online(computer);
     }
     let mut jobs = app.agents.take_jobs(computer);
@@ -379,6 +401,10 @@ async fn result(
             ROUTE,
         );
     };
+    if let Some(pending) = r.reboot_pending {
+        // Before the result is applied: a session about to execute reboots first.
+        app.agents.note_reboot_pending(computer, pending);
+    }
     match app.job_result(computer, job, r.outcome).await {
         Ok(accepted) => Json(proto::ResultAck { accepted }).into_response(),
         Err(ApiError::NotFound(m)) => reject(StatusCode::NOT_FOUND, "NOT_FOUND", m, peer, ROUTE),

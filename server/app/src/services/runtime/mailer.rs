@@ -575,10 +575,14 @@ fn reboot_expectation(s: &Session, after: bool) -> RebootExpectation {
         }
         RebootPreference::Force => RebootExpectation::Will,
         RebootPreference::Suppress => RebootExpectation::None,
-        RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
+        RebootPreference::Normal | RebootPreference::Prompt if s.reboot_required => {
+            RebootExpectation::Will
+        }
         // Installers may ask for a restart; running a task or nothing at all does not.
-        RebootPreference::Normal if software_change => RebootExpectation::May,
-        RebootPreference::Normal => RebootExpectation::None,
+        RebootPreference::Normal | RebootPreference::Prompt if software_change => {
+            RebootExpectation::May
+        }
+        RebootPreference::Normal | RebootPreference::Prompt => RebootExpectation::None,
     }
 }
 

@@ -146,6 +146,15 @@ impl App {
                 .store
                 .get::<Computer>(&s.computer_id)?
                 .is_some_and(|c| c.held_reboot.is_some());
+        // Only a session waiting for its computer to come back from a reboot asks when it
+        // last started.
+        let last_boot_at = match s.stage {
+            Stage::PreReboot { .. } => self
+                .store
+                .get::<upkeep_core::inventory::InventoryRecord>(&s.computer_id)?
+                .and_then(|i| i.last_boot_at),
+            _ => None,
+        };
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -157,6 +166,8 @@ impl App {
             },
             reboot_held_until,
             reboot_pending,
+            agent_reboot_pending: self.agents.reboot_pending(s.computer_id),
+            last_boot_at,
             limits: self.config.limits(),
             ids: crate::ids::source(),
         };

@@ -115,13 +115,15 @@ impl App {
                         }
                     }
                 }
-                let zone = zones
+                let (zone, preflight) = zones
                     .get(&req.computer.tenant_id)
                     .cloned()
-                    .unwrap_or_else(|| TimeZone::UTC.into());
+                    .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
+                let preflight = self.preflight_of(preflight, req.schedule_id, req.detection_only)?;
                 let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;
+                s.preflight = preflight;
                 people.push((s.id, person));
                 let deliveries = self.webhook_created(&s)?;
                 new.push((s, created, deliveries));
@@ -182,23 +184,45 @@ impl App {
     }
 
     /// Each tenant's time zone, read once per start call (sessions keep it for their texts).
+    /// Per tenant of `computers`: its time zone and its preflight checks.
     fn tenant_zones<'c>(
         &self,
         computers: impl Iterator<Item = &'c Computer>,
-    ) -> ApiResult<std::collections::HashMap<Id, Stored<TimeZone>>> {
-        let mut zones: std::collections::HashMap<Id, Stored<TimeZone>> =
-            std::collections::HashMap::new();
+    ) -> ApiResult<std::collections::HashMap<Id, (Stored<TimeZone>, Vec<Script>)>> {
+        let mut zones = std::collections::HashMap::new();
         for computer in computers {
             if let std::collections::hash_map::Entry::Vacant(e) = zones.entry(computer.tenant_id) {
-                let zone = self
+                let facts = self
                     .store
                     .get::<Tenant>(&computer.tenant_id)?
-                    .map(|t| t.time_zone)
-                    .unwrap_or_else(|| TimeZone::UTC.into());
-                e.insert(zone);
+                    .map(|t| (t.time_zone, t.preflight_scripts))
+                    .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
+                e.insert(facts);
             }
         }
         Ok(zones)
+    }
+
+    /// A session's preflight checks, frozen at its start: the server's (`--preflight-script`),
+    /// then the tenant's, then its schedule's. A detection-only session changes nothing and
+    /// runs none.
+    fn preflight_of(
+        &self,
+        tenant: Vec<Script>,
+        schedule: Option<Id>,
+        detection_only: bool,
+    ) -> ApiResult<Vec<Script>> {
+        if detection_only {
+            return Ok(vec![]);
+        }
+        let mut all = self.config.preflight_scripts.clone();
+        all.extend(tenant);
+        if let Some(id) = schedule
+            && let Some(s) = self.store.get::<Schedule>(&id)?
+        {
+            all.extend(s.preflight_scripts);
+        }
+        Ok(all)
     }
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
@@ -321,6 +345,11 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         time_zone: TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
+        preflight: vec![],
+        preflight_since: None,
+        preflight_message: None,
+        pre_rebooted_at: None,
+        prompted: false,
     };
     let created = SessionEvent {
         session_id: s.id,
