@@ -34,7 +34,11 @@ async fn gather() -> InventoryDetails {
         .unwrap_or_default();
     let software = match stdout(
         "dpkg-query",
-        &["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Maintainer}\n"],
+        &[
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\t${Maintainer}\n",
+        ],
     )
     .await
     {
@@ -100,8 +104,7 @@ async fn gather() -> InventoryDetails {
         manufacturer: non_empty(reg_value(&bios, "SystemManufacturer")),
         model: non_empty(reg_value(&bios, "SystemProductName")),
         serial_number: None,
-        domain: non_empty(reg_value(&tcpip, "Domain"))
-            .or_else(|| std::env::var("USERDOMAIN").ok()),
+        domain: non_empty(reg_value(&tcpip, "Domain")).or_else(|| std::env::var("USERDOMAIN").ok()),
         ip_addresses: stdout("ipconfig", &[])
             .await
             .map(|s| ipconfig_addresses(&s))

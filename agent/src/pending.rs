@@ -249,6 +249,8 @@ mod tests {
         let shown = std::fs::read_to_string(&out).expect("read");
         assert_eq!(shown.trim(), "Restarting in 15 minutes");
         let failed = prompt("exit 4", "x").await;
-        assert!(matches!(failed, JobOutcome::Prompt { shown: false, error: Some(e) } if e.contains("exit")));
+        assert!(
+            matches!(failed, JobOutcome::Prompt { shown: false, error: Some(e) } if e.contains("exit"))
+        );
     }
 }

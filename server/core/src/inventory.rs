@@ -62,14 +62,26 @@ impl InventoryRecord {
     ) -> Result<InventoryRecord, InventoryError> {
         let too_many = |field, count, max| InventoryError::TooMany { field, count, max };
         if d.ip_addresses.len() > MAX_INVENTORY_LIST {
-            return Err(too_many("ipAddresses", d.ip_addresses.len(), MAX_INVENTORY_LIST));
+            return Err(too_many(
+                "ipAddresses",
+                d.ip_addresses.len(),
+                MAX_INVENTORY_LIST,
+            ));
         }
         if d.logged_on_users.len() > MAX_INVENTORY_LIST {
-            return Err(too_many("loggedOnUsers", d.logged_on_users.len(), MAX_INVENTORY_LIST));
+            return Err(too_many(
+                "loggedOnUsers",
+                d.logged_on_users.len(),
+                MAX_INVENTORY_LIST,
+            ));
         }
         let listed = d.installed_software.as_deref().unwrap_or_default().len();
         if listed > MAX_INSTALLED_SOFTWARE {
-            return Err(too_many("installedSoftware", listed, MAX_INSTALLED_SOFTWARE));
+            return Err(too_many(
+                "installedSoftware",
+                listed,
+                MAX_INSTALLED_SOFTWARE,
+            ));
         }
         let last_boot_at = match &d.last_boot_at {
             Some(t) => Some(
@@ -123,12 +135,16 @@ impl InventoryRecord {
     }
 
     /// Installed programs whose name contains `search` (case-insensitively); all without one.
-    pub fn programs<'a>(&'a self, search: Option<&'a str>) -> impl Iterator<Item = &'a InstalledProgram> {
+    pub fn programs<'a>(
+        &'a self,
+        search: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a InstalledProgram> {
         let needle = search.map(str::to_lowercase).filter(|s| !s.is_empty());
-        self.software
-            .iter()
-            .flatten()
-            .filter(move |p| needle.as_ref().is_none_or(|n| p.name.to_lowercase().contains(n.as_str())))
+        self.software.iter().flatten().filter(move |p| {
+            needle
+                .as_ref()
+                .is_none_or(|n| p.name.to_lowercase().contains(n.as_str()))
+        })
     }
 }
 
@@ -171,19 +187,36 @@ mod tests {
             os_name: Some(" Debian\u{7}GNU/Linux ".into()),
             model: Some("x".repeat(MAX_INVENTORY_TEXT * 2)),
             last_boot_at: Some("2025-12-31T23:00:00+01:00".into()),
-            installed_software: Some(vec![program("zlib"), program("Mozilla Firefox"), program("  ")]),
+            installed_software: Some(vec![
+                program("zlib"),
+                program("Mozilla Firefox"),
+                program("  "),
+            ]),
             ..Default::default()
         };
         let r = InventoryRecord::from_report(Id::from_u128(1), Id::from_u128(2), &d, now())
             .expect("valid");
         assert_eq!(r.os_name.as_deref(), Some("Debian GNU/Linux"));
         assert_eq!(r.model.as_deref().map(str::len), Some(MAX_INVENTORY_TEXT));
-        assert_eq!(r.last_boot_at, Some(chrono::Utc.with_ymd_and_hms(2025, 12, 31, 22, 0, 0).unwrap()));
+        assert_eq!(
+            r.last_boot_at,
+            Some(
+                chrono::Utc
+                    .with_ymd_and_hms(2025, 12, 31, 22, 0, 0)
+                    .unwrap()
+            )
+        );
         let names: Vec<&str> = r.programs(None).map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["Mozilla Firefox", "zlib"]);
-        let found: Vec<&str> = r.programs(Some("FIREFOX")).map(|p| p.name.as_str()).collect();
+        let found: Vec<&str> = r
+            .programs(Some("FIREFOX"))
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(found, ["Mozilla Firefox"]);
-        let later = InventoryRecord { updated_at: now() + chrono::Duration::hours(1), ..r.clone() };
+        let later = InventoryRecord {
+            updated_at: now() + chrono::Duration::hours(1),
+            ..r.clone()
+        };
         assert!(r.same_facts(&later));
     }
 

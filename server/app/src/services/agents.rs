@@ -492,6 +492,8 @@ impl Agents {
 fn inventory_hash(inventory: &proto::Inventory) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(inventory).unwrap_or_default().hash(&mut h);
+    serde_json::to_vec(inventory)
+        .unwrap_or_default()
+        .hash(&mut h);
     h.finish()
 }

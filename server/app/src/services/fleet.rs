@@ -393,7 +393,12 @@ impl App {
                     tx.put(&c)?;
                 }
                 let record = InventoryRecord::from_report(computer, c.tenant_id, &inv.details, now)
-                    .map_err(|e| TxError::Abort(ApiError::BadInput { field: "inventory".into(), message: e.to_string() }))?;
+                    .map_err(|e| {
+                        TxError::Abort(ApiError::BadInput {
+                            field: "inventory".into(),
+                            message: e.to_string(),
+                        })
+                    })?;
                 let stored: Option<InventoryRecord> = tx.get(&computer)?;
                 if stored.is_none_or(|s| !s.same_facts(&record)) {
                     tx.put(&record)?;

@@ -86,8 +86,8 @@ impl Machine<'_> {
                 let _ = self.after_preflight();
             }
             Some(message) => {
-                let retry =
-                    self.now() + Duration::minutes(i64::from(self.s.options.preflight_retry_minutes));
+                let retry = self.now()
+                    + Duration::minutes(i64::from(self.s.options.preflight_retry_minutes));
                 self.log(format!("Preflight check failed: {message}"));
                 let reason = format!("{message} (checked again at {})", self.local(retry));
                 self.s.preflight_message = Some(message);
@@ -103,7 +103,9 @@ impl Machine<'_> {
     fn preflight_failure(&self, outcome: JobOutcome) -> Option<String> {
         let results = match outcome {
             JobOutcome::Probe { results } => results,
-            JobOutcome::Failed { error } => return Some(format!("the checks did not run: {error}")),
+            JobOutcome::Failed { error } => {
+                return Some(format!("the checks did not run: {error}"));
+            }
             other => return Some(format!("unexpected result {}", kind_name(&other))),
         };
         (0..self.s.preflight.len()).find_map(|i| {

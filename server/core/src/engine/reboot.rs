@@ -87,9 +87,8 @@ impl Machine<'_> {
             reboot_at: at,
             before,
         };
-        let message = format!(
-            "This computer restarts at {when} for maintenance. Please save your work."
-        );
+        let message =
+            format!("This computer restarts at {when} for maintenance. Please save your work.");
         self.dispatch(JobPurpose::Prompt, JobKind::Prompt { message });
     }
 

@@ -278,7 +278,9 @@ fn assert_consistent(s: &Session) {
     // These stages wait with or without their job (for the agent, a retry, the prompt time).
     let optional_job = matches!(
         s.stage,
-        Stage::Preflight { retry_at: None } | Stage::PreReboot { .. } | Stage::RebootPrompted { .. }
+        Stage::Preflight { retry_at: None }
+            | Stage::PreReboot { .. }
+            | Stage::RebootPrompted { .. }
     );
     assert!(
         optional_job || s.pending_job.is_some() == job_stage,

@@ -155,7 +155,9 @@ impl Query {
         tenant_id: Option<ID>,
         tag: Option<String>,
         search: Option<String>,
-        #[graphql(desc = "keeps computers whose OS (as reported) contains this, case-insensitively")]
+        #[graphql(
+            desc = "keeps computers whose OS (as reported) contains this, case-insensitively"
+        )]
         os: Option<String>,
         #[graphql(desc = "keeps computers with an installed program whose name contains this")]
         software: Option<String>,

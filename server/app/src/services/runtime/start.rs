@@ -119,7 +119,8 @@ impl App {
                     .get(&req.computer.tenant_id)
                     .cloned()
                     .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
-                let preflight = self.preflight_of(preflight, req.schedule_id, req.detection_only)?;
+                let preflight =
+                    self.preflight_of(preflight, req.schedule_id, req.detection_only)?;
                 let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
                 s.time_zone = zone;

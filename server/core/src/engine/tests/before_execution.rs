@@ -47,12 +47,18 @@ fn a_pending_reboot_runs_first_and_execution_waits_for_the_computer() {
     assert_eq!(run.s.status, SessionStatus::Executing);
     run.answer_with(pending_env(&run), reboot_started());
     assert!(run.s.pre_rebooted_at.is_some());
-    assert!(run.s.pending_job.is_none(), "no step before the computer is back");
+    assert!(
+        run.s.pending_job.is_none(),
+        "no step before the computer is back"
+    );
     // Still pending a minute later: it waits, waking at the return deadline.
     run.now = mins(1);
     run.tick_with(pending_env(&run));
     assert!(run.s.pending_job.is_none());
-    assert_eq!(run.s.wake_at, Some(t0() + Duration::minutes(REBOOT_RETURN_MINUTES)));
+    assert_eq!(
+        run.s.wake_at,
+        Some(t0() + Duration::minutes(REBOOT_RETURN_MINUTES))
+    );
     // Back without the pending reboot: the steps run.
     run.now = mins(3);
     let effects = run.tick();
@@ -66,10 +72,14 @@ fn a_pending_reboot_runs_first_and_execution_waits_for_the_computer() {
 
 #[test]
 fn a_boot_after_the_reboot_counts_as_back_even_if_still_pending() {
-    let mut run = detected_with(MaintenanceOptions::default(), vec![], Env {
-        agent_reboot_pending: true,
-        ..env_at(t0())
-    });
+    let mut run = detected_with(
+        MaintenanceOptions::default(),
+        vec![],
+        Env {
+            agent_reboot_pending: true,
+            ..env_at(t0())
+        },
+    );
     run.answer_with(pending_env(&run), reboot_started());
     run.now = mins(4);
     let env = Env {
@@ -82,15 +92,25 @@ fn a_boot_after_the_reboot_counts_as_back_even_if_still_pending() {
 
 #[test]
 fn a_computer_that_does_not_come_back_cancels_the_session_before_any_change() {
-    let mut run = detected_with(MaintenanceOptions::default(), vec![], Env {
-        agent_reboot_pending: true,
-        ..env_at(t0())
-    });
+    let mut run = detected_with(
+        MaintenanceOptions::default(),
+        vec![],
+        Env {
+            agent_reboot_pending: true,
+            ..env_at(t0())
+        },
+    );
     run.answer_with(pending_env(&run), reboot_started());
     run.now = mins(REBOOT_RETURN_MINUTES);
     run.tick_with(offline_at(run.now));
     assert_eq!(run.s.status, SessionStatus::Cancelled);
-    assert!(run.s.status_reason.as_deref().unwrap_or("").contains("did not come back"));
+    assert!(
+        run.s
+            .status_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("did not come back")
+    );
     assert!(!run.jobs.values().any(|k| matches!(k, JobKind::Step { .. })));
 }
 
@@ -100,10 +120,14 @@ fn suppressed_or_held_reboots_are_not_done_first() {
         reboot_preference: RebootPreference::Suppress,
         ..Default::default()
     };
-    let run = detected_with(suppress, vec![], Env {
-        agent_reboot_pending: true,
-        ..env_at(t0())
-    });
+    let run = detected_with(
+        suppress,
+        vec![],
+        Env {
+            agent_reboot_pending: true,
+            ..env_at(t0())
+        },
+    );
     assert!(matches!(run.purpose(), JobPurpose::Step { .. }));
     let mut run = Run::new(session(
         vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
@@ -129,10 +153,16 @@ fn a_failing_preflight_waits_and_passes_on_retry() {
     );
     assert_eq!(run.purpose(), JobPurpose::Preflight);
     assert_eq!(
-        run.probe_job().into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        run.probe_job()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
         ["pf0", "pf1"]
     );
-    run.probes(&[("pf0", out(1, "a render is in progress\n")), ("pf1", out(0, ""))]);
+    run.probes(&[
+        ("pf0", out(1, "a render is in progress\n")),
+        ("pf1", out(0, "")),
+    ]);
     assert_eq!(run.s.status, SessionStatus::PendingPreflight);
     assert_eq!(
         run.s.status_reason.as_deref(),
@@ -233,7 +263,7 @@ fn postponing_a_prompted_reboot_holds_it_and_ends_the_session() {
 
 /// Whether some log line of `effects` contains `needle`.
 fn logged(effects: &[Effect], needle: &str) -> bool {
-    effects.iter().any(|e| {
-        matches!(e, Effect::Emit { log: Some(line), .. } if line.contains(needle))
-    })
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::Emit { log: Some(line), .. } if line.contains(needle)))
 }

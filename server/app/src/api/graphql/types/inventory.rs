@@ -92,21 +92,21 @@ pub fn installed_page(
         }
         None => 0,
     };
-    let all: Vec<&InstalledProgram> = record.map(|r| r.programs(search).collect()).unwrap_or_default();
+    let all: Vec<&InstalledProgram> = record
+        .map(|r| r.programs(search).collect())
+        .unwrap_or_default();
     let total = all.len();
     let end = start.saturating_add(first).min(total);
-    let mut c = Connection::with_additional_fields(
-        start > 0,
-        end < total,
-        Total { total_count: total },
-    );
+    let mut c =
+        Connection::with_additional_fields(start > 0, end < total, Total { total_count: total });
     if start < total {
-        c.edges.extend(
-            all[start..end]
-                .iter()
-                .enumerate()
-                .map(|(i, p)| Edge::new((start + i).to_string(), InstalledSoftwareView::from((*p).clone()))),
-        );
+        c.edges
+            .extend(all[start..end].iter().enumerate().map(|(i, p)| {
+                Edge::new(
+                    (start + i).to_string(),
+                    InstalledSoftwareView::from((*p).clone()),
+                )
+            }));
     }
     Ok(c)
 }

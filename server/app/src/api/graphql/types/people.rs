@@ -46,7 +46,10 @@ impl View<Tenant> {
     }
     /// Checks run on the computer before a session of this tenant changes anything.
     async fn preflight_scripts(&self) -> Vec<ScriptView> {
-        self.preflight_scripts.iter().map(ScriptView::from).collect()
+        self.preflight_scripts
+            .iter()
+            .map(ScriptView::from)
+            .collect()
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
