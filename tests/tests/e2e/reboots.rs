@@ -296,3 +296,111 @@ async fn a_prompt_reboot_tells_the_users_first() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The after-mail of a session that left a reboot pending (SUPPRESS here; the agent still
+/// reports it) carries a "Reboot now" link: GET only asks, POST reboots, and once the reboot
+/// ran the link changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_after_mail_reboot_now_link_reboots_a_pending_computer() -> anyhow::Result<()> {
+    let smtp = smtp::SmtpSink::start().await?;
+    let url = smtp.url();
+    let s = TestServer::start_with(move |c| c.smtp_url = Some(url)).await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Acme").await?;
+    let person = s
+        .gql(
+            &admin,
+            "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Ann\", email: \"ann@acme.example\"}) { id } }",
+            json!({"t": tenant}),
+        )
+        .await?["createPerson"]["id"]
+        .clone();
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let dir = tempfile::tempdir()?;
+    let pending_file = dir.path().join("reboot-required");
+    let rebooted = dir.path().join("rebooted");
+    std::fs::write(&pending_file, "")?;
+    let reboot = format!(
+        "touch '{}'; rm -f '{}'",
+        rebooted.display(),
+        pending_file.display()
+    );
+    let pf = pending_file.clone();
+    let _agent = TestAgent::start_with(&s.url, &key, "pc-mail", move |c| {
+        c.reboot_pending_file = pf;
+        c.reboot_command = reboot;
+    })
+    .await?;
+    let c = s.computer_id(&admin, "pc-mail").await?;
+    s.wait_online(&admin, &c).await?;
+    s.gql(
+        &admin,
+        "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p}) { id } }",
+        json!({"c": c, "p": person}),
+    )
+    .await?;
+    wait_for("the pending reboot", T, || async {
+        Ok((reboot_pending(&s, &admin, &c).await? == Some(true)).then_some(()))
+    })
+    .await?;
+    guarded_software(&s, &admin, &tenant, dir.path(), dir.path(), 0).await?;
+    let id = s
+        .start_session(
+            &admin,
+            &c,
+            json!({"options": {"rebootPreference": "SUPPRESS", "notifyAfter": true}}),
+        )
+        .await?;
+    let done = s
+        .wait_status(&admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+        .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    let mail = wait_for("the after-mail", T, || async {
+        Ok(smtp.received().first().map(|m| smtp::parse(&m.data)))
+    })
+    .await?;
+    let link = mail
+        .text
+        .split_whitespace()
+        .find(|w| w.contains("/reboot/"))
+        .unwrap_or_else(|| panic!("no reboot-now link: {}", mail.text))
+        .to_string();
+    assert!(mail.html.contains("Reboot now"), "{}", mail.html);
+
+    // GET only asks (mail scanners open links).
+    let page = s.http.get(&link).send().await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("Restart now"));
+    assert!(!rebooted.exists(), "GET changed nothing");
+    let post = s
+        .http
+        .post(&link)
+        .form(&[("action", "reboot-now")])
+        .send()
+        .await?;
+    assert_eq!(post.status(), 200);
+    assert!(post.text().await?.contains("restarts now"));
+    wait_for("the reboot", T, || async {
+        Ok(rebooted.exists().then_some(()))
+    })
+    .await?;
+    wait_for("the reboot to be done", T, || async {
+        Ok((reboot_pending(&s, &admin, &c).await? == Some(false)).then_some(()))
+    })
+    .await?;
+    let again = s
+        .http
+        .post(&link)
+        .form(&[("action", "reboot-now")])
+        .send()
+        .await?;
+    assert_eq!(again.status(), 409, "nothing pending any more");
+    // A forged link does nothing.
+    let forged = s
+        .http
+        .get(format!("{}/reboot/not-a-token", s.url))
+        .send()
+        .await?;
+    assert_eq!(forged.status(), 400);
+    Ok(())
+}

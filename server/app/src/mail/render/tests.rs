@@ -32,6 +32,7 @@ fn session_view(company: &str, computer: &str) -> SessionMailView {
         reboot: RebootExpectation::May,
         postpone_url: Some("https://upkeep.example/postpone/tok123".to_owned()),
         update_now_url: Some("https://upkeep.example/postpone/tok123?now=1".to_owned()),
+        reboot_now_url: None,
         postpones_left: 3,
         postpone_hours: 24,
         result_summary: None,

@@ -25,6 +25,9 @@ use upkeep_store::{IndexKey, TxError};
 /// Mails stop being retried this long after they were queued.
 const GIVE_UP_AFTER_HOURS: i64 = 24;
 
+/// How long an after-mail's "Reboot now" link works.
+const REBOOT_LINK_DAYS: i64 = 7;
+
 impl App {
     pub fn brand(&self, t: &Tenant) -> Brand {
         Brand {
@@ -87,6 +90,24 @@ impl App {
         }
         self.session_link(s, rcpt, at, Some(crate::auth::LINK_UPDATE_NOW))
             .map(Some)
+    }
+
+    /// The after-mail's "Reboot now" link, when a reboot is still pending on the computer (held
+    /// by business hours or postponed, or reported by its agent); valid for a week.
+    pub fn reboot_now_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
+        if !self.reboot_still_pending(s)? {
+            return Ok(None);
+        }
+        let token = self.keys.issue_postpone_token(&PostponeClaims {
+            sid: s.id.to_string(),
+            rcpt: rcpt.to_string(),
+            jti: crate::ids::fresh().to_string(),
+            exp: (self.clock.now() + chrono::Duration::days(REBOOT_LINK_DAYS)).timestamp(),
+            aud: crate::auth::POSTPONE_AUDIENCE.into(),
+            generation: Some(s.postpone_count),
+            act: Some(crate::auth::LINK_REBOOT_NOW.into()),
+        })?;
+        Ok(Some(format!("{}/reboot/{token}", self.public_url)))
     }
 
     /// A signed, single-use link to the postpone page, valid until `until` and until the
@@ -152,6 +173,7 @@ impl App {
                 .as_ref()
                 .filter(|_| s.options.allow_update_now)
                 .cloned(),
+            reboot_now_url: None,
             postpone_url,
             postpones_left: s.options.max_postpones.saturating_sub(s.postpone_count),
             postpone_hours: s.options.postpone_hours,
@@ -276,6 +298,8 @@ impl App {
         let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
         if kind == MailKind::Before {
             view.update_now_url = self.update_now_link(s, person.email.text())?;
+        } else {
+            view.reboot_now_url = self.reboot_now_link(s, person.email.text())?;
         }
         self.render_for(&tenant, s.id, kind, person.email.text().to_string(), &view)
             .map(Ok)

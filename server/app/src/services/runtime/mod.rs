@@ -14,6 +14,7 @@ pub mod mailer;
 mod reboot;
 mod start;
 
+pub use reboot::RebootNow;
 pub use start::{Busy, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
