@@ -228,21 +228,8 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Err(e) => return e,
     };
     let now = app.clock.now();
-    if let Some(inv) = &r.inventory
-        && let Err(e) = upkeep_core::inventory::InventoryRecord::from_report(
-            computer,
-            computer,
-            &inv.details,
-            now,
-        )
-    {
-        return reject(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "BAD_INVENTORY",
-            e.to_string(),
-            peer,
-            ROUTE,
-        );
+    if let Some(refused) = bad_inventory(&r, computer, now, peer, ROUTE) {
+        return refused; // before anything of the poll is taken
     }
     // Presence, rate limit and inventory change detection, all in memory.
     let Some(Polled {
@@ -265,12 +252,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     if inventory_changed && let Some(inv) = r.inventory.clone() {
         app.note_inventory(computer, inv);
     }
-    if came_online {
-        tracing::info!(computer = %computer, "computer online");
-        app.computer_came_online(computer);
-    } else if reboot_pending_changed {
-        // A session waiting for its computer to come back from a reboot looks again.
-        app.computer_came_online(computer);
+    // A session waiting for its computer (offline, or back from a reboot) looks again.
+    if came_online || reboot_pending_changed {
+        app.computer_came_online(computer, came_online);
     }
     let mut jobs = app.agents.take_jobs(computer);
     let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
@@ -308,6 +292,28 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         tracing::info!(computer = %computer, jobs = jobs.len(), "jobs handed out");
     }
     Json(proto::PollResponse { jobs }).into_response()
+}
+
+/// 422 for a poll whose inventory breaks the protocol's limits (a conforming agent cuts its
+/// own lists), before anything of it is taken.
+fn bad_inventory(
+    r: &proto::PollRequest,
+    computer: Id,
+    now: upkeep_core::domain::Time,
+    peer: Option<SocketAddr>,
+    route: &str,
+) -> Option<Response> {
+    let inv = r.inventory.as_ref()?;
+    let e =
+        upkeep_core::inventory::InventoryRecord::from_report(computer, computer, &inv.details, now)
+            .err()?;
+    Some(reject(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "BAD_INVENTORY",
+        e.to_string(),
+        peer,
+        route,
+    ))
 }
 
 /// A long-poll held open: the computer counts as online while any is.

@@ -256,34 +256,7 @@ async fn apply(
         .unwrap_or_else(|| "postpone".into());
     let by = format!("{} (e-mail link)", l.rcpt);
     if l.reboot_now_only {
-        if action != "reboot-now" {
-            return app.page(
-                StatusCode::BAD_REQUEST,
-                PostponeState::Invalid,
-                Some(&l),
-                Some("This link can only restart the computer.".into()),
-                None,
-            );
-        }
-        tracing::info!(session = %l.session.id, by = %crate::logsafe::log_value(&by), "reboot now asked");
-        return match app.reboot_now(&l.session).await {
-            Ok(RebootNow::NothingPending) => reboot_done(&app, &l),
-            Ok(RebootNow::WhenOnline) => app.page(
-                StatusCode::OK,
-                PostponeState::Rebooting,
-                Some(&l),
-                Some("The computer is offline; it restarts when it is back.".into()),
-                None,
-            ),
-            Ok(RebootNow::Sent | RebootNow::AlreadySent) => app.page(
-                StatusCode::OK,
-                PostponeState::Rebooting,
-                Some(&l),
-                None,
-                None,
-            ),
-            Err(e) => unavailable(&app, &l, &e),
-        };
+        return apply_reboot_now(&app, &l, &action, &by).await;
     }
     if l.update_now_only && action != "update-now" {
         return app.page(
@@ -342,6 +315,38 @@ async fn apply(
                 None,
             )
         }
+    }
+}
+
+/// POST of a reboot-now link.
+async fn apply_reboot_now(app: &Arc<App>, l: &Loaded, action: &str, by: &str) -> Response {
+    if action != "reboot-now" {
+        return app.page(
+            StatusCode::BAD_REQUEST,
+            PostponeState::Invalid,
+            Some(l),
+            Some("This link can only restart the computer.".into()),
+            None,
+        );
+    }
+    tracing::info!(session = %l.session.id, by = %crate::logsafe::log_value(by), "reboot now asked");
+    match app.reboot_now(&l.session).await {
+        Ok(RebootNow::NothingPending) => reboot_done(app, l),
+        Ok(RebootNow::WhenOnline) => app.page(
+            StatusCode::OK,
+            PostponeState::Rebooting,
+            Some(l),
+            Some("The computer is offline; it restarts when it is back.".into()),
+            None,
+        ),
+        Ok(RebootNow::Sent | RebootNow::AlreadySent) => app.page(
+            StatusCode::OK,
+            PostponeState::Rebooting,
+            Some(l),
+            None,
+            None,
+        ),
+        Err(e) => unavailable(app, l, &e),
     }
 }
 

@@ -149,6 +149,7 @@ impl Query {
 
     /// Computers, filtered by tag and by a search over name, hostname and tags.
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
     async fn computers(
         &self,
         ctx: &Context<'_>,

@@ -142,20 +142,7 @@ impl App {
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let reboot_held_until = self.reboot_hold(&s)?;
-        let reboot_pending = s.stage == Stage::Executing
-            && self
-                .store
-                .get::<Computer>(&s.computer_id)?
-                .is_some_and(|c| c.held_reboot.is_some());
-        // Only a session waiting for its computer to come back from a reboot asks when it
-        // last started.
-        let last_boot_at = match s.stage {
-            Stage::PreReboot { .. } => self
-                .store
-                .get::<upkeep_core::inventory::InventoryRecord>(&s.computer_id)?
-                .and_then(|i| i.last_boot_at),
-            _ => None,
-        };
+        let (reboot_pending, last_boot_at) = self.reboot_facts(&s)?;
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -208,6 +195,25 @@ impl App {
         self.after_commit(&s, committed);
         self.spawn_tick(wake);
         Ok(s)
+    }
+
+    /// What a step needs to know about reboots on the session's computer: whether a held one
+    /// is pending (read only while executing), and when the computer last started (read only
+    /// while waiting for it to come back from a reboot).
+    fn reboot_facts(&self, s: &Session) -> ApiResult<(bool, Option<Time>)> {
+        let held = s.stage == Stage::Executing
+            && self
+                .store
+                .get::<Computer>(&s.computer_id)?
+                .is_some_and(|c| c.held_reboot.is_some());
+        let last_boot_at = match s.stage {
+            Stage::PreReboot { .. } => self
+                .store
+                .get::<upkeep_core::inventory::InventoryRecord>(&s.computer_id)?
+                .and_then(|i| i.last_boot_at),
+            _ => None,
+        };
+        Ok((held, last_boot_at))
     }
 
     /// After a failed step: the in-memory indexes go back to what the store holds (giving back
@@ -517,8 +523,12 @@ impl App {
         }
     }
 
-    /// Called by the agent gateway when a computer starts polling again.
-    pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
+    /// Called by the agent gateway for a poll that brought the computer back (`logged`: say
+    /// so), or that said something new about a pending reboot: its session looks again.
+    pub fn computer_came_online(self: &Arc<Self>, computer: Id, logged: bool) {
+        if logged {
+            tracing::info!(computer = %computer, "computer online");
+        }
         self.spawn_tick(self.runtime.active_session_of(computer));
     }
 

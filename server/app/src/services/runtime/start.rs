@@ -115,16 +115,14 @@ impl App {
                         }
                     }
                 }
-                let (zone, preflight) = zones
+                let (zone, tenant_checks) = zones
                     .get(&req.computer.tenant_id)
                     .cloned()
                     .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
-                let preflight =
-                    self.preflight_of(preflight, req.schedule_id, req.detection_only)?;
+                let checks = self.preflight_of(tenant_checks, req.schedule_id, req.detection_only);
                 let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
-                s.time_zone = zone;
-                s.preflight = preflight;
+                (s.time_zone, s.preflight) = (zone, checks?);
                 people.push((s.id, person));
                 let deliveries = self.webhook_created(&s)?;
                 new.push((s, created, deliveries));
@@ -189,7 +187,7 @@ impl App {
     fn tenant_zones<'c>(
         &self,
         computers: impl Iterator<Item = &'c Computer>,
-    ) -> ApiResult<std::collections::HashMap<Id, (Stored<TimeZone>, Vec<Script>)>> {
+    ) -> ApiResult<std::collections::HashMap<Id, TenantFacts>> {
         let mut zones = std::collections::HashMap::new();
         for computer in computers {
             if let std::collections::hash_map::Entry::Vacant(e) = zones.entry(computer.tenant_id) {
@@ -295,6 +293,9 @@ fn link_mail_siblings<A, B>(new: &mut [(Session, A, B)], people: &[(Id, Option<I
         }
     }
 }
+
+/// A tenant's time zone and preflight checks, as a session starts with them.
+type TenantFacts = (Stored<TimeZone>, Vec<Script>);
 
 /// What [`App::start_sessions`] does with a computer that already has an unfinished session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
