@@ -268,6 +268,14 @@ async fn a_prompt_reboot_tells_the_users_first() -> anyhow::Result<()> {
     .await?;
     let c = s.computer_id(&admin, "pc-prompt").await?;
     s.wait_online(&admin, &c).await?;
+    // A tray app listens for the prompt.
+    let hook = upkeep_tests::hook::HookReceiver::start(&[]).await?;
+    s.gql(
+        &admin,
+        "mutation($t: ID, $u: String!) { createWebhook(input: {tenantId: $t, url: $u, events: [REBOOT_PROMPTED]}) { webhook { id } } }",
+        json!({"t": tenant, "u": hook.url()}),
+    )
+    .await?;
     // The install asks for a reboot (3010).
     guarded_software(&s, &admin, &tenant, dir.path(), dir.path(), 3010).await?;
     let id = s
@@ -284,6 +292,21 @@ async fn a_prompt_reboot_tells_the_users_first() -> anyhow::Result<()> {
     assert!(!done["rebootedAt"].is_null(), "{done:#}");
     let text = std::fs::read_to_string(&shown)?;
     assert!(text.contains("restarts at"), "{text}");
+    let delivery = wait_for("the REBOOT_PROMPTED webhook", T, || async {
+        Ok(hook
+            .all()
+            .into_iter()
+            .find(|r| r.header("Upkeep-Event") == Some("REBOOT_PROMPTED")))
+    })
+    .await?;
+    let body: Value = serde_json::from_str(&delivery.body)?;
+    assert_eq!(body["data"]["id"], id.as_str(), "{body}");
+    assert_eq!(
+        body["data"]["message"].as_str(),
+        Some(text.trim()),
+        "{body}"
+    );
+    assert!(body["data"]["rebootAt"].is_string(), "{body}");
     assert!(rebooted.exists());
     let lines = logs(&done);
     let told = lines.iter().position(|l| l.contains("users were told"));

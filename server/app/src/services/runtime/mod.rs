@@ -269,6 +269,16 @@ impl App {
                 .map_or(s.last_sequence, |e| e.sequence);
             c.deliveries = self.webhook_deliveries_for(s, before, c.finished, sequence)?;
         }
+        for e in effects {
+            if let Effect::Dispatch {
+                kind: upkeep_agent_protocol::JobKind::Prompt { message },
+                ..
+            } = e
+            {
+                c.deliveries
+                    .extend(self.webhook_reboot_prompted(s, message)?);
+            }
+        }
         self.write_step(s, &c, now).await?;
         Ok(c)
     }
