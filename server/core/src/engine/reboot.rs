@@ -10,10 +10,12 @@ impl Machine<'_> {
         match self.s.options.reboot_preference {
             RebootPreference::Force => true,
             RebootPreference::Normal | RebootPreference::Prompt => {
-                if self.env.reboot_pending && !self.s.reboot_required {
+                // The reboot before execution already did what a held one waited for.
+                let held = self.env.reboot_pending && self.s.pre_rebooted_at.is_none();
+                if held && !self.s.reboot_required {
                     self.log("A reboot held after an earlier session is still pending");
                 }
-                self.s.reboot_required || self.env.reboot_pending
+                self.s.reboot_required || held
             }
             RebootPreference::Suppress => {
                 if self.s.reboot_required {

@@ -71,6 +71,31 @@ fn a_pending_reboot_runs_first_and_execution_waits_for_the_computer() {
 }
 
 #[test]
+fn a_held_reboot_is_not_done_twice_after_the_reboot_before_execution() {
+    let both = |run: &Run| Env {
+        agent_reboot_pending: true,
+        reboot_pending: true,
+        ..run.env()
+    };
+    let mut run = detected_with(
+        MaintenanceOptions::default(),
+        vec![],
+        Env {
+            agent_reboot_pending: true,
+            ..env_at(t0())
+        },
+    );
+    run.answer_with(both(&run), reboot_started());
+    run.tick();
+    let env = Env {
+        reboot_pending: true,
+        ..run.env()
+    };
+    run.answer_with(env, step_result(0));
+    assert_eq!(run.purpose(), JobPurpose::Verify, "no second reboot");
+}
+
+#[test]
 fn a_boot_after_the_reboot_counts_as_back_even_if_still_pending() {
     let mut run = detected_with(
         MaintenanceOptions::default(),
