@@ -427,3 +427,86 @@ async fn the_after_mail_reboot_now_link_reboots_a_pending_computer() -> anyhow::
     assert_eq!(forged.status(), 400);
     Ok(())
 }
+
+/// A schedule's own preflight check that keeps failing: retried inside the window, then the
+/// session ends CANCELLED with what the check said; nothing was installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_failing_through_the_window_cancels_the_session() -> anyhow::Result<()> {
+    let at = |s: &str| s.parse::<DateTime<Utc>>();
+    let s =
+        TestServer::start_with(|c| c.test_clock = Some("2026-03-02T21:50:00Z".parse().unwrap()))
+            .await?;
+    let mut admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Studio").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let _agent = TestAgent::start(&s.url, &key, "render-2").await?;
+    let c = s.computer_id(&admin, "render-2").await?;
+    s.wait_online(&admin, &c).await?;
+    let dir = tempfile::tempdir()?;
+    guarded_software(&s, &admin, &tenant, dir.path(), dir.path(), 0).await?;
+    // 22:00 UTC daily, a 20-minute window, checked again every 15 minutes.
+    let d = s
+        .gql(
+            &admin,
+            "mutation($t: ID!) { createSchedule(input: {tenantId: $t, name: \"Nightly\", target: {kind: ALL_COMPUTERS}, cron: \"0 22 * * *\", timeZone: \"UTC\", windowMinutes: 20,
+               options: {preflightRetryMinutes: 15},
+               preflightScripts: [{language: SHELL, body: \"echo 'Windows Update is running'; exit 1\"}]}) { id preflightScripts { body } } }",
+            json!({"t": tenant}),
+        )
+        .await?;
+    assert_eq!(
+        d["createSchedule"]["preflightScripts"][0]["body"],
+        "echo 'Windows Update is running'; exit 1"
+    );
+    s.set_clock(at("2026-03-02T22:00:05Z")?).await?;
+    admin = s.admin().await?;
+    let id = wait_for("the schedule to fire", T, || async {
+        let l = s
+            .gql(
+                &admin,
+                "{ maintenanceSessions { edges { node { id } } } }",
+                json!({}),
+            )
+            .await?;
+        Ok(l["maintenanceSessions"]["edges"][0]["node"]["id"]
+            .as_str()
+            .map(String::from))
+    })
+    .await?;
+    let held = s
+        .wait_status(
+            &admin,
+            &id,
+            &["PENDING_PREFLIGHT", "PASSED", "FAILED", "CANCELLED"],
+            T,
+        )
+        .await?;
+    assert_eq!(held["status"], "PENDING_PREFLIGHT", "{held:#}");
+    // The retry at 22:15 fails again; the window ends at 22:20.
+    s.set_clock(at("2026-03-02T22:15:05Z")?).await?;
+    admin = s.admin().await?;
+    wait_for("the retry", T, || async {
+        let d = s.session(&admin, &id).await?;
+        let tries = logs(&d)
+            .iter()
+            .filter(|l| l.contains("Preflight check failed"))
+            .count();
+        Ok((tries >= 2).then_some(()))
+    })
+    .await?;
+    s.set_clock(at("2026-03-02T22:20:05Z")?).await?;
+    admin = s.admin().await?;
+    let done = s
+        .wait_status(&admin, &id, &["CANCELLED", "PASSED", "FAILED"], T)
+        .await?;
+    assert_eq!(done["status"], "CANCELLED", "{done:#}");
+    assert_eq!(
+        done["statusReason"],
+        "preflight check still failing when the window ended: Windows Update is running"
+    );
+    assert!(
+        !dir.path().join("tool.version").exists(),
+        "nothing was installed"
+    );
+    Ok(())
+}
