@@ -286,6 +286,27 @@ mod tests {
     use super::PublicUrl;
 
     #[test]
+    fn a_preflight_script_takes_its_language_from_its_extension() {
+        use upkeep_core::domain::ScriptLanguage;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sh = dir.path().join("no-render.sh");
+        std::fs::write(&sh, "pgrep blender && exit 1\n").expect("write");
+        let script = super::parse_preflight_script(&sh.display().to_string()).expect("parses");
+        assert_eq!(script.language, ScriptLanguage::Shell);
+        assert_eq!(script.body, "pgrep blender && exit 1\n");
+        let ps1 = dir.path().join("wu.PS1");
+        std::fs::write(&ps1, "exit 0").expect("write");
+        let script = super::parse_preflight_script(&ps1.display().to_string()).expect("parses");
+        assert_eq!(script.language, ScriptLanguage::Powershell);
+        let txt = dir.path().join("check.txt");
+        std::fs::write(&txt, "exit 0").expect("write");
+        let e = super::parse_preflight_script(&txt.display().to_string()).unwrap_err();
+        assert!(e.contains(".sh, .ps1 or .py"), "{e}");
+        let e = super::parse_preflight_script("/no/such/check.sh").unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
     fn public_url_is_parsed_once_and_shown_without_a_trailing_slash() {
         let u = PublicUrl::parse("https://rmm.example.com/upkeep/").unwrap();
         assert_eq!(u.to_string(), "https://rmm.example.com/upkeep");

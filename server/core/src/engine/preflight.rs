@@ -55,8 +55,14 @@ impl Machine<'_> {
             return Flow::Wait;
         }
         if !self.env.online {
+            if self.s.status == SessionStatus::Executing {
+                self.s.status_reason = Some("waiting for the computer to come online".into());
+            }
             self.s.wake_at = deadline;
             return Flow::Wait;
+        }
+        if self.s.status == SessionStatus::Executing {
+            self.s.status_reason = Some("preflight checks".into());
         }
         self.s.preflight_since.get_or_insert(self.env.now);
         let timeout = self.env.limits.probe_timeout_seconds;
