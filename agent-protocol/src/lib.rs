@@ -101,6 +101,84 @@ pub struct Inventory {
     /// The user logged on at the console, if any (used to find the computer's primary person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logged_on_user: Option<String>,
+    /// The rest of what the computer is made of (`Computer.inventory` and
+    /// `Computer.installedSoftware`); absent from older agents.
+    #[serde(default, flatten)]
+    pub details: InventoryDetails,
+}
+
+/// Most entries of [`InventoryDetails::installed_software`]; an agent reports the first ones
+/// (by name) and the server refuses a longer list with 422.
+pub const MAX_INSTALLED_SOFTWARE: usize = 5000;
+
+/// Most entries of [`InventoryDetails::ip_addresses`] and of
+/// [`InventoryDetails::logged_on_users`]; longer lists are refused with 422.
+pub const MAX_INVENTORY_LIST: usize = 64;
+
+/// Most bytes of any one inventory text (a name, a version, a serial number); longer ones are
+/// cut at a character boundary by the agent, and by the server if an agent did not.
+pub const MAX_INVENTORY_TEXT: usize = 256;
+
+/// Facts an agent gathers about its computer beyond its identity. Every field is best effort:
+/// empty or absent when the agent cannot tell. Bounded by [`MAX_INSTALLED_SOFTWARE`],
+/// [`MAX_INVENTORY_LIST`] and [`MAX_INVENTORY_TEXT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryDetails {
+    /// The OS's name without its version, e.g. `Debian GNU/Linux`, `Microsoft Windows 11 Pro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_name: Option<String>,
+    /// The OS version, e.g. `12` or `23H2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// The OS build: the kernel release on Linux, `CurrentBuild` on Windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_build: Option<String>,
+    /// CPU architecture, e.g. `x86_64`, `aarch64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Hardware vendor and model, as firmware tells them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// See [`InventoryDetails::manufacturer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The firmware's serial number (often readable only with administrator rights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// The DNS domain or Windows domain the computer belongs to, or its workgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The computer's own addresses (IPv4 and IPv6, loopback left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// When the computer last started, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_boot_at: Option<String>,
+    /// Every user with a session on the computer, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logged_on_users: Vec<String>,
+    /// Free bytes on the system disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_disk_bytes: Option<u64>,
+    /// Installed programs (`dpkg-query`/`rpm -qa` on Linux; the two Uninstall registry keys on
+    /// Windows), sorted by name. `None` when the agent could not list them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_software: Option<Vec<InstalledSoftware>>,
+}
+
+/// One installed program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledSoftware {
+    /// The program's name (`DisplayName`, or the package name).
+    pub name: String,
+    /// Its version, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its publisher or packager, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
 }
 
 /// `POST /agent/v1/poll`: "I am alive; give me work".
@@ -116,9 +194,16 @@ pub struct PollRequest {
     /// [`MAX_WAIT_SECONDS`] are capped.
     #[serde(default)]
     pub wait_seconds: u32,
-    /// Fresh inventory, when the agent has some to report.
+    /// Fresh inventory, when the agent has some to report: at its first poll after starting or
+    /// enrolling, and when it changed since the server last took it (at most once a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Inventory>,
+    /// Whether the computer waits for a reboot to finish installing something (Linux:
+    /// `/var/run/reboot-required` or `needs-restarting -r`; Windows: Component Based
+    /// Servicing, Windows Update, pending file renames, a pending rename of the computer).
+    /// Checked at most about once a minute; `None` from agents that cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_pending: Option<bool>,
 }
 
 /// Answer to [`PollRequest`]: jobs to run now, in order. Often empty.
@@ -173,6 +258,13 @@ pub enum JobKind {
     /// Reboot the computer with the agent's configured reboot command. The agent reports the
     /// result once the command was started (or failed to start), before the machine goes down.
     Reboot {},
+    /// Tell the people at the computer that it will restart (`RebootPreference.PROMPT`): the
+    /// agent runs its prompt command (`wall` on Linux, `msg.exe *` on Windows) with `message`.
+    /// Answered with [`JobOutcome::Prompt`] once the command ran.
+    Prompt {
+        /// What to show, one or a few lines.
+        message: String,
+    },
 }
 
 /// One read-only script to run as part of a [`JobKind::Probe`] job.
@@ -222,6 +314,10 @@ pub struct JobResult {
     /// The outcome, matching the job's kind.
     #[serde(flatten)]
     pub outcome: JobOutcome,
+    /// Whether a reboot is pending on the computer, checked afresh when a probe job ended (see
+    /// [`PollRequest::reboot_pending`]); `None` on other jobs and from agents that cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_pending: Option<bool>,
 }
 
 /// The outcome of a job, tagged by `"kind"` like [`JobKind`].
@@ -243,6 +339,14 @@ pub enum JobOutcome {
         /// True when the command was started.
         started: bool,
         /// Why not, when it was not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Whether the prompt command ran.
+    Prompt {
+        /// True when the command ran and exited 0.
+        shown: bool,
+        /// Why not, when it did not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

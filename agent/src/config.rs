@@ -7,6 +7,18 @@ use std::path::PathBuf;
 /// What a reboot job runs unless `--reboot-command` says otherwise.
 pub const DEFAULT_REBOOT_COMMAND: &str = "shutdown -r now";
 
+/// The file whose presence means "a reboot is pending" on Linux (Debian's and Ubuntu's
+/// `update-notifier` convention) unless `--reboot-pending-file` says otherwise.
+pub const DEFAULT_REBOOT_PENDING_FILE: &str = "/var/run/reboot-required";
+
+/// What a prompt job runs (with the message on stdin and in `UPKEEP_PROMPT_MESSAGE`) unless
+/// `--prompt-command` says otherwise: every terminal on Linux, every session on Windows.
+pub const DEFAULT_PROMPT_COMMAND: &str = if cfg!(windows) {
+    "msg.exe * %UPKEEP_PROMPT_MESSAGE%"
+} else {
+    "wall"
+};
+
 /// How long an empty poll is held open unless `--poll-wait-seconds` says otherwise. Below the
 /// idle timeout of common proxies (30 s), so a long poll is not cut by the network.
 pub const DEFAULT_POLL_WAIT_SECONDS: u32 = 25;
@@ -29,6 +41,11 @@ pub struct AgentConfig {
     pub hostname: Option<String>,
     /// Run with `sh -c` for a reboot job.
     pub reboot_command: String,
+    /// Linux: a reboot is pending while this file exists (besides `needs-restarting -r`).
+    pub reboot_pending_file: PathBuf,
+    /// Run with `sh -c` (Windows: `cmd /C`) for a prompt job; the message comes on stdin and
+    /// in `UPKEEP_PROMPT_MESSAGE`.
+    pub prompt_command: String,
     /// How long the server may hold an empty poll; the smaller of this and the server's own
     /// hint at enrollment is used, capped at the protocol maximum.
     pub poll_wait_seconds: u32,
@@ -44,6 +61,8 @@ impl AgentConfig {
             machine_id: None,
             hostname: None,
             reboot_command: DEFAULT_REBOOT_COMMAND.to_owned(),
+            reboot_pending_file: PathBuf::from(DEFAULT_REBOOT_PENDING_FILE),
+            prompt_command: DEFAULT_PROMPT_COMMAND.to_owned(),
             poll_wait_seconds: DEFAULT_POLL_WAIT_SECONDS,
         }
     }
@@ -77,6 +96,13 @@ pub struct Cli {
     /// Command run with `sh -c` for a reboot job.
     #[arg(long, env = "UPKEEP_REBOOT_COMMAND", value_name = "CMD", default_value = DEFAULT_REBOOT_COMMAND)]
     pub reboot_command: String,
+    /// Linux: the file whose presence means a reboot is pending.
+    #[arg(long, env = "UPKEEP_REBOOT_PENDING_FILE", value_name = "PATH", default_value = DEFAULT_REBOOT_PENDING_FILE)]
+    pub reboot_pending_file: PathBuf,
+    /// Command that tells the computer's users about a coming reboot (message on stdin and in
+    /// UPKEEP_PROMPT_MESSAGE).
+    #[arg(long, env = "UPKEEP_PROMPT_COMMAND", value_name = "CMD", default_value = DEFAULT_PROMPT_COMMAND)]
+    pub prompt_command: String,
     /// How long the server may hold an empty poll open, in seconds.
     #[arg(long, env = "UPKEEP_POLL_WAIT_SECONDS", value_name = "N", default_value_t = DEFAULT_POLL_WAIT_SECONDS)]
     pub poll_wait_seconds: u32,
@@ -94,6 +120,8 @@ impl From<Cli> for AgentConfig {
             machine_id: cli.machine_id,
             hostname: cli.hostname,
             reboot_command: cli.reboot_command,
+            reboot_pending_file: cli.reboot_pending_file,
+            prompt_command: cli.prompt_command,
             poll_wait_seconds: cli.poll_wait_seconds,
         }
     }
@@ -115,6 +143,10 @@ mod tests {
             Cli::try_parse_from(["upkeep-agent", "--server", "http://s", "--state-dir", "/x"])?;
         let config = AgentConfig::from(cli);
         assert_eq!(config.reboot_command, DEFAULT_REBOOT_COMMAND);
+        assert_eq!(
+            config.reboot_pending_file,
+            PathBuf::from(DEFAULT_REBOOT_PENDING_FILE)
+        );
         assert_eq!(config.poll_wait_seconds, DEFAULT_POLL_WAIT_SECONDS);
         assert_eq!(config.enrollment_key, None);
         Ok(())

@@ -57,6 +57,7 @@ impl Host {
             agent_version: AGENT_VERSION.to_owned(),
             machine_id: self.machine_id.clone(),
             logged_on_user: logged_on_user().await,
+            details: crate::inventory::details().await,
         }
     }
 }

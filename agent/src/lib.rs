@@ -10,7 +10,9 @@
 //!
 //! Modules:
 //! - `config`: [`AgentConfig`] and the command line ([`Cli`]).
-//! - `host`: machine identity and inventory.
+//! - `host`: machine identity and inventory; `inventory`: the details (OS, hardware,
+//!   software); `pending`: whether a reboot is pending, and the reboot prompt.
+//! - `stop`: the shutdown signal.
 //! - `state`: the state directory (credentials, job spool); the only module touching it.
 //! - `runner`: running scripts in process groups with time limits and bounded output.
 //! - `client`: the HTTP calls and the sorting of their failures.
@@ -23,8 +25,11 @@ mod backoff;
 mod client;
 mod config;
 mod host;
+mod inventory;
+mod pending;
 mod runner;
 mod state;
+mod stop;
 mod stream;
 
 pub use config::{AgentConfig, Cli, DEFAULT_POLL_WAIT_SECONDS, DEFAULT_REBOOT_COMMAND};
@@ -36,9 +41,8 @@ use client::{CallError, Client, Offer};
 use host::{AGENT_VERSION, Host};
 use state::{Credentials, DirLock, JobState, RESTARTED_ERROR, StateDir, StoredResult};
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use stop::Stop;
 use tracing::{error, info, warn};
 use upkeep_agent_protocol::{
     EnrollRequest, Inventory, Job, JobKind, JobOutcome, MAX_WAIT_SECONDS, PROTOCOL_VERSION,
@@ -155,6 +159,7 @@ pub async fn run(
         config.poll_wait_seconds.min(MAX_WAIT_SECONDS),
     )?;
     let host = Host::detect(&config).await;
+    let config_pending_file = config.reboot_pending_file.clone();
 
     let credentials = match state
         .load_credentials()
@@ -187,6 +192,7 @@ pub async fn run(
         reported_inventory: None,
         inventory_cache: None,
         last_prune: Instant::now(),
+        pending: pending::PendingReboot::new(config_pending_file),
     };
     agent.serve(&mut stop).await;
     info!("agent stopped");
@@ -207,6 +213,7 @@ struct Agent {
     reported_inventory: Option<Inventory>,
     inventory_cache: Option<(Instant, Inventory)>,
     last_prune: Instant,
+    pending: pending::PendingReboot,
 }
 
 impl Agent {
@@ -232,6 +239,7 @@ impl Agent {
                 protocol_version: PROTOCOL_VERSION,
                 wait_seconds: self.poll_wait_seconds(),
                 inventory: inventory.clone(),
+                reboot_pending: Some(self.pending.cached().await),
             };
             let polled_at = Instant::now();
             let answer = tokio::select! {
@@ -347,6 +355,9 @@ impl Agent {
         };
         let outcome = match &job.kind {
             JobKind::Probe { probes } => stop.unless_stopped(runner::run_probes(ctx, probes)).await,
+            JobKind::Prompt { message } => {
+                Some(pending::prompt(&self.config.prompt_command, message).await)
+            }
             JobKind::Step {
                 script, parameters, ..
             } => {
@@ -388,6 +399,7 @@ impl Agent {
             }
             JobKind::Reboot {} => {
                 self.reboot(&job, stop).await;
+                self.pending.forget();
                 return None;
             }
         };
@@ -395,7 +407,12 @@ impl Agent {
             warn!(job_id = %job.id, session_id = %job.session_id, "stopped while the job ran; its processes were killed");
             JobOutcome::Failed { error: STOPPED_ERROR.to_owned() }
         });
-        Some(self.finish(&job.id, &job.session_id, outcome))
+        // Probes come before a session changes anything: it reboots first when one is pending.
+        let pending = match job.kind {
+            JobKind::Probe { .. } => Some(self.pending.fresh().await),
+            _ => None,
+        };
+        Some(self.finish_noting(&job.id, &job.session_id, outcome, pending))
     }
 
     /// Runs `work` while the server still wants job `job_id`, asking every few seconds;
@@ -467,7 +484,19 @@ impl Agent {
     /// Spools a finished job's result. If the disk fails, the result is still returned to be
     /// sent once: better an answer without a safety copy than none.
     fn finish(&self, job_id: &str, session_id: &str, outcome: JobOutcome) -> StoredResult {
+        self.finish_noting(job_id, session_id, outcome, None)
+    }
+
+    /// [`finish`](Self::finish), reporting whether a reboot is pending.
+    fn finish_noting(
+        &self,
+        job_id: &str,
+        session_id: &str,
+        outcome: JobOutcome,
+        reboot_pending: Option<bool>,
+    ) -> StoredResult {
         let mut record = StoredResult::new(job_id, session_id, outcome);
+        record.result.reboot_pending = reboot_pending;
         runner::fit_to_body_limit(&mut record.result);
         info!(job_id, session_id, result = %runner::summary(&record.result.outcome), "job finished");
         if let Err(e) = self.state.store_result(&record) {
@@ -732,60 +761,7 @@ fn kind_name(kind: &JobKind) -> &'static str {
         JobKind::Probe { .. } => "probe",
         JobKind::Step { .. } => "step",
         JobKind::Reboot {} => "reboot",
-    }
-}
-
-/// The caller's shutdown signal, pollable from many places: long waits race against it, and
-/// between steps it is checked without waiting.
-struct Stop<'a> {
-    signal: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
-    fired: bool,
-}
-
-impl<'a> Stop<'a> {
-    fn new(signal: impl Future<Output = ()> + Send + 'a) -> Self {
-        Self {
-            signal: Box::pin(signal),
-            fired: false,
-        }
-    }
-
-    /// Resolves once the signal has fired (at once if it already has).
-    async fn wait(&mut self) {
-        if !self.fired {
-            self.signal.as_mut().await;
-            self.fired = true;
-        }
-    }
-
-    /// Whether the signal has fired, without waiting. The signal is never polled again after
-    /// it completed, which async blocks would not survive.
-    fn fired(&mut self) -> bool {
-        if !self.fired {
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(()) = self.signal.as_mut().poll(&mut cx) {
-                self.fired = true;
-            }
-        }
-        self.fired
-    }
-
-    /// Sleeps; returns true when cut short by the signal.
-    async fn sleep(&mut self, duration: Duration) -> bool {
-        tokio::select! {
-            () = self.wait() => true,
-            () = tokio::time::sleep(duration) => false,
-        }
-    }
-
-    /// Runs `work` unless the signal fires first; dropping `work` then cleans it up (a script's
-    /// process group is killed).
-    async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            biased;
-            value = work => Some(value),
-            () = self.wait() => None,
-        }
+        JobKind::Prompt { .. } => "prompt",
     }
 }
 

@@ -337,7 +337,9 @@ pub(crate) fn fit_to_body_limit(result: &mut JobResult) {
         let outcomes: Vec<&mut ScriptOutcome> = match &mut result.outcome {
             JobOutcome::Probe { results } => results.iter_mut().map(|r| &mut r.outcome).collect(),
             JobOutcome::Step { outcome } => vec![outcome],
-            JobOutcome::Reboot { .. } | JobOutcome::Failed { .. } => return,
+            JobOutcome::Reboot { .. } | JobOutcome::Prompt { .. } | JobOutcome::Failed { .. } => {
+                return;
+            }
         };
         for outcome in outcomes {
             let cut_out = truncate_utf8(&mut outcome.stdout, cap);
@@ -378,6 +380,11 @@ pub(crate) fn summary(outcome: &JobOutcome) -> String {
                 error.as_deref().unwrap_or("unknown error")
             )
         }
+        JobOutcome::Prompt { shown: true, .. } => "prompt shown".to_owned(),
+        JobOutcome::Prompt { error, .. } => format!(
+            "prompt not shown: {}",
+            error.as_deref().unwrap_or("unknown error")
+        ),
         JobOutcome::Failed { error } => format!("failed: {error}"),
     }
 }
@@ -796,6 +803,7 @@ mod tests {
         let mut result = JobResult {
             protocol_version: 1,
             outcome: JobOutcome::Probe { results },
+            reboot_pending: None,
         };
         fit_to_body_limit(&mut result);
         let body = serde_json::to_vec(&result).unwrap_or_default();
@@ -819,6 +827,7 @@ mod tests {
             outcome: JobOutcome::Step {
                 outcome: chatty.clone(),
             },
+            reboot_pending: None,
         };
         fit_to_body_limit(&mut small);
         assert_eq!(small.outcome, JobOutcome::Step { outcome: chatty });

@@ -86,6 +86,7 @@ impl StoredResult {
             result: JobResult {
                 protocol_version: PROTOCOL_VERSION,
                 outcome,
+                reboot_pending: None,
             },
         }
     }

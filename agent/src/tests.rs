@@ -454,7 +454,7 @@ fn doc_examples_match_the_wire_types() -> TestResult {
     assert_eq!(seen.len(), 9, "every message has an example: {seen:?}");
     assert_eq!(
         result_kinds.into_iter().collect::<Vec<_>>(),
-        ["failed", "probe", "reboot", "step"]
+        ["failed", "probe", "prompt", "reboot", "step"]
     );
     Ok(())
 }

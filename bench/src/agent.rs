@@ -66,6 +66,7 @@ pub async fn run(
             protocol_version: proto::PROTOCOL_VERSION,
             wait_seconds: if first { 0 } else { opts.wait_seconds },
             inventory: None,
+            reboot_pending: None,
         };
         let resp = http
             .post(&poll_url)
@@ -100,6 +101,7 @@ pub async fn run(
             let result = proto::JobResult {
                 protocol_version: proto::PROTOCOL_VERSION,
                 outcome,
+                reboot_pending: None,
             };
             stats.hold.subscribe().wait_for(|h| !*h).await?;
             let sent = Instant::now();
@@ -157,6 +159,10 @@ fn answer_job(job: &proto::Job, probed: &mut HashSet<String>) -> proto::JobOutco
         },
         proto::JobKind::Reboot {} => proto::JobOutcome::Reboot {
             started: true,
+            error: None,
+        },
+        proto::JobKind::Prompt { .. } => proto::JobOutcome::Prompt {
+            shown: true,
             error: None,
         },
     }

@@ -267,6 +267,7 @@ fn preload(
                 excluded_from_maintenance: false,
                 business_hours: None,
                 mail_bcc: vec![],
+                preflight_scripts: vec![],
                 created_at: now,
             })?;
         }
@@ -425,6 +426,11 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         time_zone: upkeep_core::types::TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
+        preflight: vec![],
+        preflight_since: None,
+        preflight_message: None,
+        pre_rebooted_at: None,
+        prompted: false,
     }
 }
 

@@ -220,13 +220,41 @@ impl TestAgent {
         state_dir: &Path,
         hostname: &str,
     ) -> Result<TestAgent> {
+        Self::start_configured(server_url, key, state_dir, hostname, |_| {})
+    }
+
+    /// Like [`TestAgent::start`], with `tweak` adjusting the agent's configuration (reboot and
+    /// prompt commands, the reboot-pending file).
+    pub async fn start_with(
+        server_url: &str,
+        key: &str,
+        hostname: &str,
+        tweak: impl FnOnce(&mut upkeep_agent::AgentConfig),
+    ) -> Result<TestAgent> {
+        let dir = tempfile::tempdir()?;
+        let mut a = Self::start_configured(server_url, Some(key), dir.path(), hostname, tweak)?;
+        a._dir = Some(dir);
+        Ok(a)
+    }
+
+    fn start_configured(
+        server_url: &str,
+        key: Option<&str>,
+        state_dir: &Path,
+        hostname: &str,
+        tweak: impl FnOnce(&mut upkeep_agent::AgentConfig),
+    ) -> Result<TestAgent> {
         let mut config =
             upkeep_agent::AgentConfig::new(server_url.to_string(), state_dir.to_path_buf());
         config.enrollment_key = key.map(String::from);
         config.machine_id = Some(format!("machine-{hostname}"));
         config.hostname = Some(hostname.to_string());
         config.reboot_command = "true".into();
+        // No test reads the host's own pending-reboot state, nor writes to its terminals.
+        config.reboot_pending_file = state_dir.join("no-reboot-pending");
+        config.prompt_command = "true".into();
         config.poll_wait_seconds = 5;
+        tweak(&mut config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             upkeep_agent::run(config, async move {

@@ -148,6 +148,10 @@ pub struct PostponeClaims {
 /// `PostponeClaims::act` of a link that only starts the maintenance now.
 pub const LINK_UPDATE_NOW: &str = "update-now";
 
+/// `PostponeClaims::act` of an after-mail's "Reboot now" link: it may only reboot the computer
+/// (when a reboot is still pending there), at `/reboot/{token}`.
+pub const LINK_REBOOT_NOW: &str = "reboot-now";
+
 #[derive(Clone)]
 pub struct Keys {
     enc: EncodingKey,

@@ -134,6 +134,34 @@ pub struct ServeConfig {
     /// When set, /metrics answers only requests with `Authorization: Bearer <this>`.
     #[arg(long, env = "UPKEEP_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// A check every session runs on its computer before it changes anything (repeatable; the
+    /// language from the extension: .sh, .ps1, .py). Read once at start.
+    #[arg(long = "preflight-script", env = "UPKEEP_PREFLIGHT_SCRIPTS", value_name = "FILE", value_parser = parse_preflight_script)]
+    pub preflight_scripts: Vec<upkeep_core::domain::Script>,
+}
+
+/// A `--preflight-script` file as a script, its language from its extension.
+fn parse_preflight_script(path: &str) -> Result<upkeep_core::domain::Script, String> {
+    use upkeep_core::domain::{Script, ScriptLanguage};
+    let ext = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let language = match ext.as_deref() {
+        Some("sh") => ScriptLanguage::Shell,
+        Some("ps1") => ScriptLanguage::Powershell,
+        Some("py") => ScriptLanguage::Python,
+        _ => {
+            return Err(format!(
+                "'{path}': the language comes from the extension; use .sh, .ps1 or .py"
+            ));
+        }
+    };
+    let body = std::fs::read_to_string(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    if body.trim().is_empty() {
+        return Err(format!("'{path}' is empty"));
+    }
+    Ok(Script { language, body })
 }
 
 fn parse_domain(s: &str) -> Result<String, String> {
@@ -233,6 +261,7 @@ impl ServeConfig {
             max_connections: 10_000,
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
+            preflight_scripts: vec![],
         }
     }
 }
@@ -255,6 +284,27 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::PublicUrl;
+
+    #[test]
+    fn a_preflight_script_takes_its_language_from_its_extension() {
+        use upkeep_core::domain::ScriptLanguage;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sh = dir.path().join("no-render.sh");
+        std::fs::write(&sh, "pgrep blender && exit 1\n").expect("write");
+        let script = super::parse_preflight_script(&sh.display().to_string()).expect("parses");
+        assert_eq!(script.language, ScriptLanguage::Shell);
+        assert_eq!(script.body, "pgrep blender && exit 1\n");
+        let ps1 = dir.path().join("wu.PS1");
+        std::fs::write(&ps1, "exit 0").expect("write");
+        let script = super::parse_preflight_script(&ps1.display().to_string()).expect("parses");
+        assert_eq!(script.language, ScriptLanguage::Powershell);
+        let txt = dir.path().join("check.txt");
+        std::fs::write(&txt, "exit 0").expect("write");
+        let e = super::parse_preflight_script(&txt.display().to_string()).unwrap_err();
+        assert!(e.contains(".sh, .ps1 or .py"), "{e}");
+        let e = super::parse_preflight_script("/no/such/check.sh").unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
 
     #[test]
     fn public_url_is_parsed_once_and_shown_without_a_trailing_slash() {

@@ -185,6 +185,9 @@ pub struct Tenant {
     pub business_hours: Option<BusinessHours>,
     #[serde(default)]
     pub mail_bcc: Vec<Stored<EmailAddress>>,
+    /// Checks run on the computer before a session of this tenant changes anything.
+    #[serde(default)]
+    pub preflight_scripts: Vec<Script>,
     pub created_at: Time,
 }
 
@@ -448,6 +451,9 @@ pub enum RebootPreference {
     Normal,
     Suppress,
     Force,
+    /// Like `Normal`, but the people at the computer are told first (the agent's prompt
+    /// command) and the reboot runs `reboot_prompt_minutes` later unless postponed.
+    Prompt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -472,6 +478,16 @@ pub struct MaintenanceOptions {
     pub offline_grace_minutes: u32,
     #[serde(default)]
     pub allow_reboot_during_business_hours: bool,
+    /// `PROMPT`: minutes between telling the users and rebooting.
+    #[serde(default = "fifteen")]
+    pub reboot_prompt_minutes: u32,
+    /// A failed preflight check is run again after this many minutes.
+    #[serde(default = "fifteen")]
+    pub preflight_retry_minutes: u32,
+}
+
+fn fifteen() -> u32 {
+    15
 }
 
 impl Default for MaintenanceOptions {
@@ -489,6 +505,8 @@ impl Default for MaintenanceOptions {
             offline_behavior: OfflineBehavior::ApplyOnConnect,
             offline_grace_minutes: 30,
             allow_reboot_during_business_hours: false,
+            reboot_prompt_minutes: 15,
+            preflight_retry_minutes: 15,
         }
     }
 }
@@ -517,6 +535,10 @@ pub struct Schedule {
     /// occurrence considered is the first whose detection starts after it.
     #[serde(default)]
     pub timing_since: Option<Time>,
+    /// Checks run before this schedule's sessions change anything (after the MSP's and the
+    /// tenant's).
+    #[serde(default)]
+    pub preflight_scripts: Vec<Script>,
     pub created_at: Time,
 }
 

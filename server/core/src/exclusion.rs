@@ -48,6 +48,7 @@ mod tests {
             time_zone: crate::types::TimeZone::UTC.into(),
             mail_from: None,
             logo_url: None,
+            preflight_scripts: vec![],
             primary_color: None,
             auto_onboarding: false,
             excluded_from_maintenance: excluded,

@@ -11,6 +11,7 @@ pub mod cron;
 pub mod domain;
 pub mod engine;
 pub mod exclusion;
+pub mod inventory;
 pub mod localtime;
 pub mod mail;
 pub mod output;

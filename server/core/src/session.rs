@@ -17,10 +17,13 @@ pub enum SessionStatus {
     Passed,
     Failed,
     Cancelled,
+    /// A preflight check failed; it runs again every `preflight_retry_minutes` until the window
+    /// ends. Last in the enum: `code()` is stored in an index.
+    PendingPreflight,
 }
 
 impl SessionStatus {
-    pub const ALL: [SessionStatus; 9] = [
+    pub const ALL: [SessionStatus; 10] = [
         SessionStatus::Pending,
         SessionStatus::Detecting,
         SessionStatus::Scheduled,
@@ -30,6 +33,7 @@ impl SessionStatus {
         SessionStatus::Passed,
         SessionStatus::Failed,
         SessionStatus::Cancelled,
+        SessionStatus::PendingPreflight,
     ];
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -186,6 +190,22 @@ pub enum Stage {
     Rebooting {
         sent_at: Time,
     },
+    /// The preflight checks: run now (`retry_at: None`, or its job is pending), or again at
+    /// `retry_at` after one failed.
+    Preflight {
+        retry_at: Option<Time>,
+    },
+    /// A reboot pending on the computer before execution: the reboot job was sent at
+    /// `sent_at`; waits for the computer to come back without the pending reboot.
+    PreReboot {
+        sent_at: Time,
+    },
+    /// `PROMPT`: the users were told; the reboot runs at `reboot_at` (`before`: the reboot
+    /// before execution, else the one after it).
+    RebootPrompted {
+        reboot_at: Time,
+        before: bool,
+    },
     Verifying,
     Done,
 }
@@ -212,6 +232,11 @@ pub enum JobPurpose {
     },
     Reboot,
     Verify,
+    Preflight,
+    /// The reboot before execution (a reboot was pending).
+    PreReboot,
+    /// The reboot prompt.
+    Prompt,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,6 +298,22 @@ pub struct Session {
     /// without it and the computer keeps it pending (`Computer.held_reboot`).
     #[serde(default)]
     pub reboot_held_until: Option<Time>,
+    /// Checks run before execution changes anything (MSP's, tenant's, schedule's), frozen at
+    /// the start like the plan.
+    #[serde(default)]
+    pub preflight: Vec<Script>,
+    /// When the preflight checks first ran (a session without a window retries for a day).
+    #[serde(default)]
+    pub preflight_since: Option<Time>,
+    /// What the last failed preflight check said.
+    #[serde(default)]
+    pub preflight_message: Option<String>,
+    /// When the session rebooted the computer before execution (a reboot was pending).
+    #[serde(default)]
+    pub pre_rebooted_at: Option<Time>,
+    /// The reboot prompt was sent.
+    #[serde(default)]
+    pub prompted: bool,
 }
 
 impl Session {
@@ -280,7 +321,7 @@ impl Session {
     /// reboot held by business hours, the end of a held reboot this session's own reboot did,
     /// and, for an onboarding session, the onboarding outcome.
     pub fn finish_on(&self, comp: &mut Computer) {
-        if self.rebooted_at.is_some() {
+        if self.rebooted_at.is_some() || self.pre_rebooted_at.is_some() {
             // This session's reboot did what a held one was waiting for.
             comp.held_reboot = None;
         }
@@ -346,6 +387,11 @@ impl Session {
             time_zone: utc(),
             mail_siblings: vec![],
             reboot_held_until: None,
+            preflight: vec![],
+            preflight_since: None,
+            preflight_message: None,
+            pre_rebooted_at: None,
+            prompted: false,
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum WebhookEvent {
     /// A known machine enrolled again (a re-image, or someone taking over its agent): its old
     /// agent token stopped working.
     ComputerReenrolled,
+    /// `PROMPT`: the computer's users were told of a coming reboot (`data.message`,
+    /// `data.rebootAt`); a tray app may show it and postpone the session.
+    RebootPrompted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

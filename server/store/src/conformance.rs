@@ -20,6 +20,7 @@ fn tenant(n: u128) -> Tenant {
         excluded_from_maintenance: false,
         business_hours: None,
         mail_bcc: Vec::new(),
+        preflight_scripts: Vec::new(),
         created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
     }
 }

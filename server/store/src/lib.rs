@@ -93,9 +93,10 @@ pub enum Kind {
     Idempotency,
     Audit,
     Output,
+    Inventory,
 }
 
-pub(crate) const KINDS: [Kind; 19] = [
+pub(crate) const KINDS: [Kind; 20] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -115,6 +116,7 @@ pub(crate) const KINDS: [Kind; 19] = [
     Kind::Idempotency,
     Kind::Audit,
     Kind::Output,
+    Kind::Inventory,
 ];
 
 impl Kind {
@@ -140,6 +142,7 @@ impl Kind {
             Kind::Idempotency => "Idempotency",
             Kind::Audit => "AuditEvent",
             Kind::Output => "ActionOutput",
+            Kind::Inventory => "Inventory",
         }
     }
 
@@ -164,6 +167,7 @@ impl Kind {
             Kind::Idempotency => "idempotency",
             Kind::Audit => "audit",
             Kind::Output => "action_outputs",
+            Kind::Inventory => "inventories",
         }
     }
 }

@@ -335,6 +335,14 @@ impl Record for upkeep_core::output::OutputRecord {
     }
 }
 
+/// One per computer, keyed by the computer's id: written only when the agent's report changed.
+impl Record for upkeep_core::inventory::InventoryRecord {
+    const KIND: Kind = Kind::Inventory;
+    fn key(&self) -> Vec<u8> {
+        self.computer_id.as_bytes().to_vec()
+    }
+}
+
 pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
     fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
         Ok(codec::decode::<T>(v)?.index_keys())
@@ -359,6 +367,7 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Idempotency => of::<IdempotencyRecord>(value),
         Kind::Audit => of::<upkeep_core::audit::AuditEvent>(value),
         Kind::Output => of::<upkeep_core::output::OutputRecord>(value),
+        Kind::Inventory => of::<upkeep_core::inventory::InventoryRecord>(value),
     }
 }
 

@@ -228,12 +228,18 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Err(e) => return e,
     };
     let now = app.clock.now();
+    if let Some(refused) = bad_inventory(&r, computer, now, peer, ROUTE) {
+        return refused; // before anything of the poll is taken
+    }
     // Presence, rate limit and inventory change detection, all in memory.
     let Some(Polled {
         notify,
         came_online,
         inventory_changed,
-    }) = app.agents.polled(computer, now, r.inventory.as_ref())
+        reboot_pending_changed,
+    }) = app
+        .agents
+        .polled(computer, now, r.inventory.as_ref(), r.reboot_pending)
     else {
         return reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -246,9 +252,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     if inventory_changed && let Some(inv) = r.inventory.clone() {
         app.note_inventory(computer, inv);
     }
-    if came_online {
-        tracing::info!(computer = %computer, "computer online");
-        app.computer_came_online(computer);
+    // A session waiting for its computer (offline, or back from a reboot) looks again.
+    if came_online || reboot_pending_changed {
+        app.computer_came_online(computer, came_online);
     }
     let mut jobs = app.agents.take_jobs(computer);
     let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
@@ -286,6 +292,28 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         tracing::info!(computer = %computer, jobs = jobs.len(), "jobs handed out");
     }
     Json(proto::PollResponse { jobs }).into_response()
+}
+
+/// 422 for a poll whose inventory breaks the protocol's limits (a conforming agent cuts its
+/// own lists), before anything of it is taken.
+fn bad_inventory(
+    r: &proto::PollRequest,
+    computer: Id,
+    now: upkeep_core::domain::Time,
+    peer: Option<SocketAddr>,
+    route: &str,
+) -> Option<Response> {
+    let inv = r.inventory.as_ref()?;
+    let e =
+        upkeep_core::inventory::InventoryRecord::from_report(computer, computer, &inv.details, now)
+            .err()?;
+    Some(reject(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "BAD_INVENTORY",
+        e.to_string(),
+        peer,
+        route,
+    ))
 }
 
 /// A long-poll held open: the computer counts as online while any is.
@@ -379,6 +407,10 @@ async fn result(
             ROUTE,
         );
     };
+    if let Some(pending) = r.reboot_pending {
+        // Before the result is applied: a session about to execute reboots first.
+        app.agents.note_reboot_pending(computer, pending);
+    }
     match app.job_result(computer, job, r.outcome).await {
         Ok(accepted) => Json(proto::ResultAck { accepted }).into_response(),
         Err(ApiError::NotFound(m)) => reject(StatusCode::NOT_FOUND, "NOT_FOUND", m, peer, ROUTE),

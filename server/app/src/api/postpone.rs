@@ -6,11 +6,14 @@
 //! working ("use the link in the newest e-mail"). So the user reaches `maxPostpones` mail by
 //! mail; the mail after the last postpone offers no postpone, only "update now" when allowed.
 //! The update-now link is a token of its own (`act: update-now`), so it is offered also when
-//! postponing is not.
+//! postponing is not. The after-mail's "Reboot now" link (`act: reboot-now`, at
+//! `/reboot/{token}`) shows the same page in its own states: `GET` asks to confirm, `POST`
+//! reboots the computer while a reboot is still pending there.
 
 use crate::error::ApiError;
 use crate::mail::render::{Brand, PostponePageView, PostponeState};
 use crate::services::App;
+use crate::services::runtime::RebootNow;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -22,7 +25,9 @@ use upkeep_core::engine::{EngineError, Event};
 use upkeep_core::session::Session;
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/postpone/{token}", get(show).post(apply))
+    Router::new()
+        .route("/postpone/{token}", get(show).post(apply))
+        .route("/reboot/{token}", get(show).post(apply))
 }
 
 #[derive(serde::Deserialize)]
@@ -39,6 +44,8 @@ struct Loaded {
     rcpt: String,
     /// The mail's update-now link: it may only start the maintenance now.
     update_now_only: bool,
+    /// The after-mail's reboot-now link: it may only reboot the computer.
+    reboot_now_only: bool,
 }
 
 impl App {
@@ -145,6 +152,7 @@ impl App {
             jti: claims.jti,
             rcpt: claims.rcpt,
             update_now_only: claims.act.as_deref() == Some(crate::auth::LINK_UPDATE_NOW),
+            reboot_now_only: claims.act.as_deref() == Some(crate::auth::LINK_REBOOT_NOW),
         };
         if l.session.used_tokens.contains(&l.jti) {
             return Err(self.page(
@@ -189,6 +197,19 @@ async fn show(State(app): State<Arc<App>>, Path(token): Path<String>) -> Respons
         Ok(l) => l,
         Err(page) => return page,
     };
+    if l.reboot_now_only {
+        return match app.reboot_still_pending(&l.session).await {
+            Ok(true) => app.page(
+                StatusCode::OK,
+                PostponeState::RebootConfirm,
+                Some(&l),
+                None,
+                None,
+            ),
+            Ok(false) => reboot_done(&app, &l),
+            Err(e) => unavailable(&app, &l, &e),
+        };
+    }
     if l.session.status.is_terminal() || l.session.execute_at.is_none() {
         return app.page(
             StatusCode::CONFLICT,
@@ -227,6 +248,9 @@ async fn apply(
         .and_then(|f| f.0.action)
         .unwrap_or_else(|| "postpone".into());
     let by = format!("{} (e-mail link)", l.rcpt);
+    if l.reboot_now_only {
+        return apply_reboot_now(&app, &l, &action, &by).await;
+    }
     if l.update_now_only && action != "update-now" {
         return app.page(
             StatusCode::BAD_REQUEST,
@@ -285,6 +309,61 @@ async fn apply(
             )
         }
     }
+}
+
+/// POST of a reboot-now link.
+async fn apply_reboot_now(app: &Arc<App>, l: &Loaded, action: &str, by: &str) -> Response {
+    if action != "reboot-now" {
+        return app.page(
+            StatusCode::BAD_REQUEST,
+            PostponeState::Invalid,
+            Some(l),
+            Some("This link can only restart the computer.".into()),
+            None,
+        );
+    }
+    tracing::info!(session = %l.session.id, by = %crate::logsafe::log_value(by), "reboot now asked");
+    match app.reboot_now(&l.session).await {
+        Ok(RebootNow::NothingPending) => reboot_done(app, l),
+        Ok(RebootNow::WhenOnline) => app.page(
+            StatusCode::OK,
+            PostponeState::Rebooting,
+            Some(l),
+            Some("The computer is offline; it restarts when it is back.".into()),
+            None,
+        ),
+        Ok(RebootNow::Sent | RebootNow::AlreadySent) => app.page(
+            StatusCode::OK,
+            PostponeState::Rebooting,
+            Some(l),
+            None,
+            None,
+        ),
+        Err(e) => unavailable(app, l, &e),
+    }
+}
+
+/// A reboot-now link when no reboot is pending any more (it ran, or another use of the link
+/// already sent it): 409, and nothing changes.
+fn reboot_done(app: &App, l: &Loaded) -> Response {
+    app.page(
+        StatusCode::CONFLICT,
+        PostponeState::RebootDone,
+        Some(l),
+        Some("No restart is pending on this computer any more.".into()),
+        None,
+    )
+}
+
+fn unavailable(app: &App, l: &Loaded, e: &ApiError) -> Response {
+    tracing::error!(error = %e, "reboot now failed");
+    app.page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        PostponeState::Invalid,
+        Some(l),
+        Some("Something went wrong; please try again.".into()),
+        None,
+    )
 }
 
 /// The page for an engine refusal: a used link is gone, a session past waiting is too late,

@@ -49,7 +49,11 @@ struct Presence {
     notify: Arc<Notify>,
     /// `last_seen` not yet written to the store.
     dirty: bool,
-    inventory: Option<proto::Inventory>,
+    /// A hash of the last inventory taken (not the inventory: a software list is large, and
+    /// only a change matters here).
+    inventory_hash: Option<u64>,
+    /// What the agent last said about a pending reboot (poll or probe result).
+    reboot_pending: bool,
     /// Token bucket against runaway pollers.
     bucket: (f64, Instant),
 }
@@ -110,6 +114,8 @@ pub struct Polled {
     pub came_online: bool,
     /// The poll carried an inventory different from the last one.
     pub inventory_changed: bool,
+    /// The poll said something new about a pending reboot.
+    pub reboot_pending_changed: bool,
 }
 
 impl Agents {
@@ -120,6 +126,7 @@ impl Agents {
         computer: Id,
         now: Time,
         inventory: Option<&proto::Inventory>,
+        reboot_pending: Option<bool>,
     ) -> Option<Polled> {
         self.polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -131,7 +138,8 @@ impl Agents {
             holding: 0,
             notify: Arc::new(Notify::new()),
             dirty: false,
-            inventory: None,
+            inventory_hash: None,
+            reboot_pending: false,
             bucket: (40.0, Instant::now()),
         });
         let (tokens, at) = entry.bucket;
@@ -144,18 +152,43 @@ impl Agents {
         entry.last_poll = Instant::now();
         entry.last_seen = now;
         entry.dirty = true;
-        let inventory_changed = match inventory {
-            Some(inv) if entry.inventory.as_ref() != Some(inv) => {
-                entry.inventory = Some(inv.clone());
+        let inventory_changed = match inventory.map(inventory_hash) {
+            Some(hash) if entry.inventory_hash != Some(hash) => {
+                entry.inventory_hash = Some(hash);
                 true
             }
             _ => false,
         };
+        let reboot_pending_changed =
+            reboot_pending.is_some_and(|p| std::mem::replace(&mut entry.reboot_pending, p) != p);
         Some(Polled {
             notify: entry.notify.clone(),
             came_online,
             inventory_changed,
+            reboot_pending_changed,
         })
+    }
+
+    /// What the computer's agent last said about a pending reboot (false before it said).
+    pub fn reboot_pending(&self, computer: Id) -> bool {
+        self.presence()
+            .get(&computer)
+            .is_some_and(|p| p.reboot_pending)
+    }
+
+    /// Notes a probe result's word on a pending reboot; true when it changed.
+    pub fn note_reboot_pending(&self, computer: Id, pending: bool) -> bool {
+        self.presence()
+            .get_mut(&computer)
+            .is_some_and(|p| std::mem::replace(&mut p.reboot_pending, pending) != pending)
+    }
+
+    /// Forgets the inventory taken, so the agent's next report is stored whatever it says (a
+    /// report that could not be stored).
+    pub fn forget_inventory(&self, computer: Id) {
+        if let Some(p) = self.presence().get_mut(&computer) {
+            p.inventory_hash = None;
+        }
     }
 
     /// `lastSeenAt` values not yet written to the store, marked written.
@@ -463,4 +496,13 @@ impl Agents {
         }
         out
     }
+}
+
+fn inventory_hash(inventory: &proto::Inventory) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(inventory)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }

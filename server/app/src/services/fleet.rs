@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use upkeep_agent_protocol::{self as proto};
 use upkeep_core::domain::*;
 use upkeep_core::engine::Event;
+use upkeep_core::inventory::InventoryRecord;
 use upkeep_core::session::{JobRecord, JobState, SessionTrigger};
 use upkeep_store::records::*;
 use upkeep_store::{IndexKey, TxError};
@@ -386,21 +387,43 @@ impl App {
         &locks[usize::from(job.as_bytes()[15]) % locks.len()]
     }
 
+    /// Stores a changed inventory: the computer's own facts (name, OS, agent version, user)
+    /// in its record when they changed, the rest in its inventory record when that changed.
     pub(crate) fn note_inventory(self: &Arc<Self>, computer: Id, inv: proto::Inventory) {
         let app = self.clone();
         tokio::spawn(async move {
+            let now = app.clock.now();
             let r = app.store.write(|tx| {
                 let Some(mut c) = tx.get::<Computer, ApiError>(&computer)? else {
                     return Ok(());
                 };
+                let before = (c.hostname.clone(), c.os.clone(), c.agent_version.clone());
+                let user_before = c.logged_on_user.clone();
                 c.hostname = clean_text(&inv.hostname);
                 c.os = clean_text(&inv.os);
                 c.agent_version = clean_text(&inv.agent_version);
                 c.logged_on_user = inv.logged_on_user.as_deref().map(clean_text);
-                tx.put(&c)?;
+                if before != (c.hostname.clone(), c.os.clone(), c.agent_version.clone())
+                    || user_before != c.logged_on_user
+                {
+                    tx.put(&c)?;
+                }
+                let record = InventoryRecord::from_report(computer, c.tenant_id, &inv.details, now)
+                    .map_err(|e| {
+                        TxError::Abort(ApiError::BadInput {
+                            field: "inventory".into(),
+                            message: e.to_string(),
+                        })
+                    })?;
+                let stored: Option<InventoryRecord> = tx.get(&computer)?;
+                if stored.is_none_or(|s| !s.same_facts(&record)) {
+                    tx.put(&record)?;
+                }
                 Ok(())
             });
             if let Err(e) = r.await {
+                // The next report is stored whatever it says.
+                app.agents.forget_inventory(computer);
                 tracing::warn!(computer = %computer, error = %e, "inventory not saved");
                 return;
             }

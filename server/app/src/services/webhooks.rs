@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use upkeep_core::domain::*;
-use upkeep_core::session::{ActionStatus, Session, SessionStatus};
+use upkeep_core::session::{ActionStatus, Session, SessionStatus, Stage};
 use upkeep_core::webhook::{
     Delivery, DeliveryStatus, GIVE_UP_AFTER_HOURS, Webhook, WebhookEvent, backoff, sendable,
 };
@@ -146,6 +146,24 @@ impl Webhooks {
     pub async fn created(&self, s: &Session) -> ApiResult<Vec<Delivery>> {
         self.session_deliveries(s, WebhookEvent::SessionCreated, s.last_sequence)
             .await
+    }
+
+    /// A `PROMPT` reboot was announced: what the users were told, and when it reboots.
+    pub async fn reboot_prompted(&self, s: &Session, message: &str) -> ApiResult<Vec<Delivery>> {
+        let mut data = session_data(s);
+        data["sequence"] = serde_json::json!(s.last_sequence);
+        data["message"] = serde_json::json!(message);
+        if let Stage::RebootPrompted { reboot_at, .. } = s.stage {
+            data["rebootAt"] = serde_json::json!(reboot_at);
+        }
+        let mut out = self
+            .deliveries(s.tenant_id, WebhookEvent::RebootPrompted, data)
+            .await?;
+        for d in &mut out {
+            d.session_id = Some(s.id);
+            d.sequence = Some(s.last_sequence);
+        }
+        Ok(out)
     }
 
     /// `sequence`: the session event that announced the new status.

@@ -7,6 +7,7 @@ mod detect;
 mod execute;
 mod finish;
 pub mod plan;
+mod preflight;
 mod reboot;
 mod verify;
 mod waiting;
@@ -26,6 +27,8 @@ pub const LEASE_SLACK_SECONDS: u32 = 120;
 pub const REBOOT_RETURN_MINUTES: i64 = 30;
 /// The postpone link is offered only when execution is at least this far after the mail.
 pub const MIN_POSTPONE_LEAD_MINUTES: i64 = 15;
+/// A session without a maintenance window retries failing preflight checks this long.
+pub const PREFLIGHT_GIVE_UP_HOURS: i64 = 24;
 
 /// What the engine needs to know about the world at this step.
 #[derive(Debug, Clone)]
@@ -40,6 +43,11 @@ pub struct Env {
     /// An earlier session's reboot, held by business hours, is still pending on the computer:
     /// a session that executes does it (unless reboots are suppressed).
     pub reboot_pending: bool,
+    /// The computer's agent says a reboot is pending there (an update waits for it): a session
+    /// reboots before it changes anything (`preflight.rs`).
+    pub agent_reboot_pending: bool,
+    /// When the computer last started, as its inventory says.
+    pub last_boot_at: Option<Time>,
     pub limits: Limits,
     /// Fresh ids for jobs and actions.
     pub ids: IdSource,
@@ -317,7 +325,12 @@ impl Machine<'_> {
             }
             Event::Postpone { hours, by, token } => {
                 self.use_token(token)?;
-                self.postpone(hours, &by)?;
+                match self.s.stage {
+                    Stage::RebootPrompted { before, .. } => {
+                        self.postpone_prompted_reboot(hours, &by, before)?
+                    }
+                    _ => self.postpone(hours, &by)?,
+                }
             }
             Event::UpdateNow { by, token } => {
                 self.use_token(token)?;
@@ -355,6 +368,9 @@ impl Machine<'_> {
             JobPurpose::StepTest { action, step } => self.on_step_test(action, step, outcome),
             JobPurpose::Reboot => self.on_rebooted(outcome),
             JobPurpose::Verify => self.on_verified(outcome),
+            JobPurpose::Preflight => self.on_preflight(outcome),
+            JobPurpose::PreReboot => self.on_pre_rebooted(outcome),
+            JobPurpose::Prompt => self.on_prompted(outcome),
         }
     }
 
@@ -387,7 +403,7 @@ impl Machine<'_> {
                 probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + slack
             }
             JobKind::Step { script, .. } => script.timeout_seconds + slack,
-            JobKind::Reboot {} => slack,
+            JobKind::Reboot {} | JobKind::Prompt { .. } => slack,
         };
         self.s.pending_job = Some(PendingJob { id: job, purpose });
         self.out.push(Effect::Dispatch {
@@ -415,6 +431,11 @@ impl Machine<'_> {
                 Stage::AwaitExecute => self.await_execute(),
                 Stage::Executing => self.execute(),
                 Stage::RebootHeld => self.reboot_held(),
+                Stage::Preflight { retry_at } => self.preflight(retry_at),
+                Stage::PreReboot { sent_at } => self.pre_reboot_wait(sent_at),
+                Stage::RebootPrompted { reboot_at, before } => {
+                    self.reboot_prompted(reboot_at, before)
+                }
                 Stage::Rebooting { .. } | Stage::Done => Flow::Wait,
             };
             if flow == Flow::Wait {
@@ -438,13 +459,24 @@ pub fn holds_slot(s: &Session) -> bool {
             | Stage::RebootHeld
             | Stage::Rebooting { .. }
             | Stage::Verifying
+            | Stage::Preflight { .. }
+            | Stage::PreReboot { .. }
+            | Stage::RebootPrompted { .. }
     )
 }
 
 /// Stages in which the session needs its agent; used to decide which sessions to wake when a
 /// computer comes online.
 pub fn waits_for_agent(s: &Session) -> bool {
-    !s.status.is_terminal() && (s.offline_since.is_some() || s.stage == Stage::RebootHeld)
+    !s.status.is_terminal()
+        && (s.offline_since.is_some()
+            || matches!(
+                s.stage,
+                Stage::RebootHeld
+                    | Stage::PreReboot { .. }
+                    | Stage::Preflight { .. }
+                    | Stage::RebootPrompted { .. }
+            ))
 }
 
 fn probe(
@@ -477,6 +509,7 @@ fn kind_name(o: &JobOutcome) -> &'static str {
         JobOutcome::Probe { .. } => "probe",
         JobOutcome::Step { .. } => "step",
         JobOutcome::Reboot { .. } => "reboot",
+        JobOutcome::Prompt { .. } => "prompt",
         JobOutcome::Failed { .. } => "failed",
     }
 }
@@ -515,6 +548,7 @@ pub fn status_name(s: SessionStatus) -> &'static str {
         SessionStatus::Passed => "PASSED",
         SessionStatus::Failed => "FAILED",
         SessionStatus::Cancelled => "CANCELLED",
+        SessionStatus::PendingPreflight => "PENDING_PREFLIGHT",
     }
 }
 

@@ -45,6 +45,8 @@ fn env_at(now: Time) -> Env {
         slot_available: true,
         reboot_held_until: None,
         reboot_pending: false,
+        agent_reboot_pending: false,
+        last_boot_at: None,
         limits: Limits::default(),
     }
 }
@@ -162,6 +164,11 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         time_zone: crate::types::TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
+        preflight: vec![],
+        preflight_since: None,
+        preflight_message: None,
+        pre_rebooted_at: None,
+        prompted: false,
     }
 }
 
@@ -219,7 +226,8 @@ fn allowed(from: SessionStatus, to: SessionStatus) -> bool {
             ),
             Scheduled => matches!(to, Pending | Postponed | Executing | Cancelled),
             Postponed => matches!(to, Pending | Executing | Cancelled),
-            Executing => matches!(to, Verifying | Cancelled),
+            Executing => matches!(to, Verifying | Cancelled | PendingPreflight),
+            PendingPreflight => matches!(to, Executing | Cancelled),
             Verifying => matches!(to, Passed | Failed | Cancelled),
             Passed | Failed | Cancelled => false,
         }
@@ -230,8 +238,11 @@ fn stage_rank(stage: &Stage) -> u8 {
         Stage::AwaitDetect => 0,
         Stage::Detecting => 1,
         Stage::AwaitExecute => 2,
-        Stage::Executing => 3,
-        Stage::RebootHeld => 4,
+        Stage::Executing
+        | Stage::Preflight { .. }
+        | Stage::PreReboot { .. }
+        | Stage::RebootPrompted { before: true, .. } => 3,
+        Stage::RebootHeld | Stage::RebootPrompted { before: false, .. } => 4,
         Stage::Rebooting { .. } => 5,
         Stage::Verifying => 6,
         Stage::Done => 7,
@@ -248,8 +259,14 @@ fn assert_consistent(s: &Session) {
         S::Scheduled | S::Postponed => s.stage == Stage::AwaitExecute,
         S::Executing => matches!(
             s.stage,
-            Stage::Executing | Stage::RebootHeld | Stage::Rebooting { .. }
+            Stage::Executing
+                | Stage::RebootHeld
+                | Stage::Rebooting { .. }
+                | Stage::Preflight { retry_at: None }
+                | Stage::PreReboot { .. }
+                | Stage::RebootPrompted { .. }
         ),
+        S::PendingPreflight => matches!(s.stage, Stage::Preflight { .. }),
         S::Verifying => s.stage == Stage::Verifying,
         S::Passed | S::Failed | S::Cancelled => s.stage == Stage::Done,
     };
@@ -258,9 +275,15 @@ fn assert_consistent(s: &Session) {
         s.stage,
         Stage::Detecting | Stage::Executing | Stage::Rebooting { .. } | Stage::Verifying
     );
-    assert_eq!(
-        s.pending_job.is_some(),
-        job_stage,
+    // These stages wait with or without their job (for the agent, a retry, the prompt time).
+    let optional_job = matches!(
+        s.stage,
+        Stage::Preflight { retry_at: None }
+            | Stage::PreReboot { .. }
+            | Stage::RebootPrompted { .. }
+    );
+    assert!(
+        optional_job || s.pending_job.is_some() == job_stage,
         "a job is pending exactly in stage {:?}",
         s.stage
     );
@@ -270,6 +293,9 @@ fn assert_consistent(s: &Session) {
             JobPurpose::Step { .. } | JobPurpose::StepTest { .. } => s.stage == Stage::Executing,
             JobPurpose::Reboot => matches!(s.stage, Stage::Rebooting { .. }),
             JobPurpose::Verify => s.stage == Stage::Verifying,
+            JobPurpose::Preflight => s.stage == Stage::Preflight { retry_at: None },
+            JobPurpose::PreReboot => matches!(s.stage, Stage::PreReboot { .. }),
+            JobPurpose::Prompt => matches!(s.stage, Stage::RebootPrompted { .. }),
         };
         assert!(
             purpose_fits,
@@ -495,7 +521,9 @@ impl Run {
         self.finished += finished;
         assert!(self.finished <= 1);
         assert!(
-            stage_rank(&after.stage) >= stage_rank(&before.stage),
+            stage_rank(&after.stage) >= stage_rank(&before.stage)
+                // Postponing at the prompt before a pending reboot postpones the session.
+                || after.status == SessionStatus::Postponed,
             "{:?} -> {:?}",
             before.stage,
             after.stage
@@ -551,7 +579,9 @@ impl Run {
                     matches!(kind, JobKind::Probe { .. })
                 }
                 JobPurpose::Step { .. } => matches!(kind, JobKind::Step { .. }),
-                JobPurpose::Reboot => matches!(kind, JobKind::Reboot {}),
+                JobPurpose::Reboot | JobPurpose::PreReboot => matches!(kind, JobKind::Reboot {}),
+                JobPurpose::Preflight => matches!(kind, JobKind::Probe { .. }),
+                JobPurpose::Prompt => matches!(kind, JobKind::Prompt { .. }),
             };
             assert!(fits, "{:?} job for {:?}", kind, p.purpose);
         }
@@ -2619,6 +2649,13 @@ fn outcome_for(kind: &JobKind, answer: &Answer) -> JobOutcome {
                         error: (!started).then(|| "not permitted".into()),
                     }
                 }
+                JobKind::Prompt { .. } => {
+                    let shown = code(0).0 == Some(0);
+                    JobOutcome::Prompt {
+                        shown,
+                        error: (!shown).then(|| "no session".into()),
+                    }
+                }
             }
         }
     }
@@ -2782,6 +2819,8 @@ fn event_for(run: &Run, env: &mut Env, op: Op) -> Event {
                 slot_available: slot,
                 reboot_held_until: held_minutes.map(|m| now + Duration::minutes(m)),
                 reboot_pending: minutes % 2 == 1,
+                agent_reboot_pending: minutes % 3 == 1,
+                last_boot_at: None,
                 limits: Limits::default(),
                 ids: test_ids(),
             };
@@ -2963,3 +3002,5 @@ fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_
         Some("install App 1.10.0 exited 2: •••••• rejected")
     );
 }
+
+mod before_execution;

@@ -119,9 +119,7 @@ impl Machine<'_> {
         if !self.ready_for_agent() {
             return Flow::Wait;
         }
-        self.s.stage = Stage::Executing;
-        self.set_status(SessionStatus::Executing, None);
-        Flow::Again
+        self.begin_execution()
     }
 
     /// A session whose window ended before it could execute runs all the same only under

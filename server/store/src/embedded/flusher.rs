@@ -121,6 +121,7 @@ mod tests {
             excluded_from_maintenance: false,
             business_hours: None,
             mail_bcc: Vec::new(),
+            preflight_scripts: Vec::new(),
             created_at: chrono::Utc::now(),
         }
     }

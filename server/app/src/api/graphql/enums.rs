@@ -107,6 +107,9 @@ pub enum RebootPreference {
     Normal,
     Suppress,
     Force,
+    /// Like NORMAL, but the computer's users are told first and the reboot runs
+    /// `rebootPromptMinutes` later unless the session is postponed.
+    Prompt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -131,6 +134,9 @@ pub enum SessionStatus {
     Passed,
     Failed,
     Cancelled,
+    /// A preflight check failed; it runs again every `preflightRetryMinutes` until the window
+    /// ends (then CANCELLED). `statusReason` says what the check said.
+    PendingPreflight,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -196,6 +202,9 @@ pub enum WebhookEvent {
     /// A known machine enrolled again (a re-image, or someone taking over its agent): its old
     /// agent token stopped working.
     ComputerReenrolled,
+    /// PROMPT: the computer's users were told of a coming reboot (`data.message`,
+    /// `data.rebootAt`); a tray app may show it and postpone the session.
+    RebootPrompted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]

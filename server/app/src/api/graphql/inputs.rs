@@ -67,6 +67,9 @@ pub struct CreateTenantInput {
     pub business_hours: Option<BusinessHoursInput>,
     #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
+    /// Checks run on the computer before a session of this tenant changes anything.
+    #[graphql(validator(max_items = 20))]
+    pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
 #[derive(InputObject)]
@@ -82,6 +85,9 @@ pub struct UpdateTenantInput {
     pub business_hours: Option<BusinessHoursInput>,
     #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
+    /// Checks run on the computer before a session of this tenant changes anything.
+    #[graphql(validator(max_items = 20))]
+    pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
 pub fn name(field: &str, s: &str) -> ApiResult<String> {
@@ -202,6 +208,7 @@ impl CreateTenantInput {
                 .map(|b| b.validate())
                 .transpose()?,
             mail_bcc: bcc_list(self.mail_bcc.as_deref().unwrap_or_default())?,
+            preflight_scripts: preflight_scripts(self.preflight_scripts.as_deref())?,
             created_at: now,
         })
     }
@@ -243,6 +250,9 @@ impl UpdateTenantInput {
         }
         if let Some(b) = &self.mail_bcc {
             t.mail_bcc = bcc_list(b)?;
+        }
+        if let Some(p) = &self.preflight_scripts {
+            t.preflight_scripts = preflight_scripts(Some(p))?;
         }
         Ok(())
     }
@@ -342,6 +352,15 @@ pub fn usernames(v: &[String]) -> ApiResult<Vec<String>> {
 pub struct ScriptInput {
     pub language: ScriptLanguage,
     pub body: String,
+}
+
+/// Preflight checks, each a valid script (`preflightScripts[i]`).
+pub fn preflight_scripts(v: Option<&[ScriptInput]>) -> ApiResult<Vec<Script>> {
+    v.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.validate(&format!("preflightScripts[{i}]")))
+        .collect()
 }
 
 impl ScriptInput {
@@ -534,6 +553,10 @@ pub struct MaintenanceOptionsInput {
     pub offline_behavior: Option<OfflineBehavior>,
     pub offline_grace_minutes: Option<i32>,
     pub allow_reboot_during_business_hours: Option<bool>,
+    /// PROMPT: minutes between telling the computer's users and rebooting (default 15).
+    pub reboot_prompt_minutes: Option<i32>,
+    /// A failed preflight check runs again after this many minutes (default 15).
+    pub preflight_retry_minutes: Option<i32>,
 }
 
 impl MaintenanceOptionsInput {
@@ -569,6 +592,12 @@ impl MaintenanceOptionsInput {
         if let Some(v) = self.offline_grace_minutes {
             o.offline_grace_minutes = range("options.offlineGraceMinutes", v, 0, 60 * 24 * 30)?;
         }
+        if let Some(v) = self.reboot_prompt_minutes {
+            o.reboot_prompt_minutes = range("options.rebootPromptMinutes", v, 0, 60 * 24)?;
+        }
+        if let Some(v) = self.preflight_retry_minutes {
+            o.preflight_retry_minutes = range("options.preflightRetryMinutes", v, 1, 60 * 24)?;
+        }
         Ok(o)
     }
 
@@ -603,6 +632,10 @@ pub struct CreateScheduleInput {
     pub options: Option<MaintenanceOptionsInput>,
     pub enabled: Option<bool>,
     pub detection_only: Option<bool>,
+    /// Checks run before this schedule's sessions change anything (after the server's and
+    /// the tenant's).
+    #[graphql(validator(max_items = 20))]
+    pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
 #[derive(InputObject)]
@@ -616,6 +649,10 @@ pub struct UpdateScheduleInput {
     pub options: Option<MaintenanceOptionsInput>,
     pub enabled: Option<bool>,
     pub detection_only: Option<bool>,
+    /// Checks run before this schedule's sessions change anything (after the server's and
+    /// the tenant's).
+    #[graphql(validator(max_items = 20))]
+    pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
 pub fn minutes(field: &str, v: i32, lo: i32, hi: i32) -> ApiResult<u32> {

@@ -162,18 +162,26 @@ impl Query {
 
     /// Computers, filtered by tag and by a search over name, hostname and tags.
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
     async fn computers(
         &self,
         ctx: &Context<'_>,
         tenant_id: Option<ID>,
         tag: Option<String>,
         search: Option<String>,
+        #[graphql(
+            desc = "keeps computers whose OS (as reported) contains this, case-insensitively"
+        )]
+        os: Option<String>,
+        #[graphql(desc = "keeps computers with an installed program whose name contains this")]
+        software: Option<String>,
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Page<View<Computer>>> {
         let c = Ctx::new(ctx)?;
         let all =
             list_tenant_kind::<Computer>(&c, TENANT_COMPUTERS, tenant_id.as_ref(), false).await?;
+        let all = filter_by_inventory(&c, all, os.as_deref(), software.as_deref()).await?;
         let needle = search.as_deref().map(str::to_lowercase);
         let filtered: Vec<Computer> = all
             .into_iter()
@@ -695,4 +703,43 @@ impl SessionQuery {
                 .try_filter(move |s| std::future::ready(self.keep(s))),
         )
     }
+}
+
+/// `computers(os, software)`: the OS filter reads the computer's own `os` and its inventory's
+/// OS name; the software filter its inventory's programs.
+async fn filter_by_inventory(
+    c: &Ctx<'_>,
+    all: Vec<Computer>,
+    os: Option<&str>,
+    software: Option<&str>,
+) -> ApiResult<Vec<Computer>> {
+    let os = os.map(str::to_lowercase).filter(|s| !s.is_empty());
+    let software = software.filter(|s| !s.is_empty());
+    if os.is_none() && software.is_none() {
+        return Ok(all);
+    }
+    let mut kept = Vec::new();
+    for computer in all {
+        let inventory = c
+            .app
+            .store
+            .get::<upkeep_core::inventory::InventoryRecord>(&computer.id)
+            .await?;
+        let os_ok = os.as_deref().is_none_or(|n| {
+            computer.os.to_lowercase().contains(n)
+                || inventory
+                    .as_ref()
+                    .and_then(|i| i.os_name.as_deref())
+                    .is_some_and(|o| o.to_lowercase().contains(n))
+        });
+        let software_ok = software.is_none_or(|n| {
+            inventory
+                .as_ref()
+                .is_some_and(|i| i.programs(Some(n)).next().is_some())
+        });
+        if os_ok && software_ok {
+            kept.push(computer);
+        }
+    }
+    Ok(kept)
 }

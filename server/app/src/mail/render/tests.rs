@@ -32,6 +32,7 @@ fn session_view(company: &str, computer: &str) -> SessionMailView {
         reboot: RebootExpectation::May,
         postpone_url: Some("https://upkeep.example/postpone/tok123".to_owned()),
         update_now_url: Some("https://upkeep.example/postpone/tok123?now=1".to_owned()),
+        reboot_now_url: None,
         postpones_left: 3,
         postpone_hours: 24,
         result_summary: None,
@@ -239,6 +240,9 @@ fn every_postpone_page_state_renders() {
         (PostponeState::Invalid, "not valid"),
         (PostponeState::Limit, "cannot be postponed again"),
         (PostponeState::TooLate, "too late to postpone"),
+        (PostponeState::RebootConfirm, "needs a restart"),
+        (PostponeState::Rebooting, "restarts now"),
+        (PostponeState::RebootDone, "no restart pending"),
     ];
     for (state, text) in expect {
         let page = t.render_postpone_page(&page_view(state)).expect("renders");
@@ -257,12 +261,20 @@ fn every_postpone_page_state_renders() {
     let page = t.render_postpone_page(&no_update).expect("renders");
     assert!(!page.contains(r#"value="update-now""#));
     for state in PostponeState::ALL {
-        if matches!(state, PostponeState::Confirm | PostponeState::Limit) {
+        if matches!(
+            state,
+            PostponeState::Confirm | PostponeState::Limit | PostponeState::RebootConfirm
+        ) {
             continue;
         }
         let page = t.render_postpone_page(&page_view(state)).expect("renders");
         assert!(!page.contains("<form"), "{state:?} offers no form");
     }
+    let reboot = t
+        .render_postpone_page(&page_view(PostponeState::RebootConfirm))
+        .expect("renders");
+    assert!(reboot.contains(r#"name="action" value="reboot-now""#));
+    assert!(!reboot.contains(r#"value="postpone""#));
     let unknown = PostponePageView {
         state: "bogus".to_owned(),
         ..page_view(PostponeState::Confirm)

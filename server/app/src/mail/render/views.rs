@@ -201,6 +201,9 @@ pub struct SessionMailView {
     /// Only when "update now" is allowed. The link must lead to a page that asks to confirm
     /// (mail scanners follow links).
     pub update_now_url: Option<String>,
+    /// After-mail: a reboot is still pending on the computer; the link leads to a page that
+    /// asks to confirm, then reboots it.
+    pub reboot_now_url: Option<String>,
     pub postpones_left: u32,
     /// How long one postpone lasts (the session's `postponeHours`).
     pub postpone_hours: u32,
@@ -249,10 +252,16 @@ pub enum PostponeState {
     Limit,
     /// Execution is about to start or has started.
     TooLate,
+    /// GET of a "Reboot now" link: a reboot is pending; confirm it.
+    RebootConfirm,
+    /// POST of a "Reboot now" link: the reboot is on its way.
+    Rebooting,
+    /// A "Reboot now" link when no reboot is pending any more.
+    RebootDone,
 }
 
 impl PostponeState {
-    pub const ALL: [PostponeState; 8] = [
+    pub const ALL: [PostponeState; 11] = [
         PostponeState::Confirm,
         PostponeState::Postponed,
         PostponeState::Updating,
@@ -261,6 +270,9 @@ impl PostponeState {
         PostponeState::Invalid,
         PostponeState::Limit,
         PostponeState::TooLate,
+        PostponeState::RebootConfirm,
+        PostponeState::Rebooting,
+        PostponeState::RebootDone,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -273,6 +285,9 @@ impl PostponeState {
             PostponeState::Invalid => "invalid",
             PostponeState::Limit => "limit",
             PostponeState::TooLate => "too-late",
+            PostponeState::RebootConfirm => "reboot-confirm",
+            PostponeState::Rebooting => "rebooting",
+            PostponeState::RebootDone => "reboot-done",
         }
     }
 }

@@ -12,6 +12,9 @@ use upkeep_core::engine::MIN_POSTPONE_LEAD_MINUTES;
 use upkeep_core::mail::{MailKind, MailStatus, OutboxMail};
 use upkeep_core::session::*;
 
+/// How long an after-mail's "Reboot now" link works.
+const REBOOT_LINK_DAYS: i64 = 7;
+
 impl App {
     pub fn brand(&self, t: &Tenant) -> Brand {
         Brand {
@@ -74,6 +77,24 @@ impl App {
         }
         self.session_link(s, rcpt, at, Some(crate::auth::LINK_UPDATE_NOW))
             .map(Some)
+    }
+
+    /// The after-mail's "Reboot now" link, when a reboot is still pending on the computer (held
+    /// by business hours or postponed, or reported by its agent); valid for a week.
+    pub async fn reboot_now_link(&self, s: &Session, rcpt: &str) -> ApiResult<Option<String>> {
+        if !self.reboot_still_pending(s).await? {
+            return Ok(None);
+        }
+        let token = self.keys.issue_postpone_token(&PostponeClaims {
+            sid: s.id.to_string(),
+            rcpt: rcpt.to_string(),
+            jti: crate::ids::fresh().to_string(),
+            exp: (self.clock.now() + chrono::Duration::days(REBOOT_LINK_DAYS)).timestamp(),
+            aud: crate::auth::POSTPONE_AUDIENCE.into(),
+            generation: Some(s.postpone_count),
+            act: Some(crate::auth::LINK_REBOOT_NOW.into()),
+        })?;
+        Ok(Some(format!("{}/reboot/{token}", self.public_url)))
     }
 
     /// A signed, single-use link to the postpone page, valid until `until` and until the
@@ -139,6 +160,7 @@ impl App {
                 .as_ref()
                 .filter(|_| s.options.allow_update_now)
                 .cloned(),
+            reboot_now_url: None,
             postpone_url,
             postpones_left: s.options.max_postpones.saturating_sub(s.postpone_count),
             postpone_hours: s.options.postpone_hours,
@@ -266,6 +288,8 @@ impl App {
         let mut view = self.session_view(s, &tenant, &computer_name, &person.name, link);
         if kind == MailKind::Before {
             view.update_now_url = self.update_now_link(s, person.email.text())?;
+        } else {
+            view.reboot_now_url = self.reboot_now_link(s, person.email.text()).await?;
         }
         self.render_for(&tenant, s.id, kind, person.email.text().to_string(), &view)
             .map(Ok)
@@ -363,10 +387,14 @@ fn reboot_expectation(s: &Session, after: bool) -> RebootExpectation {
         }
         RebootPreference::Force => RebootExpectation::Will,
         RebootPreference::Suppress => RebootExpectation::None,
-        RebootPreference::Normal if s.reboot_required => RebootExpectation::Will,
+        RebootPreference::Normal | RebootPreference::Prompt if s.reboot_required => {
+            RebootExpectation::Will
+        }
         // Installers may ask for a restart; running a task or nothing at all does not.
-        RebootPreference::Normal if software_change => RebootExpectation::May,
-        RebootPreference::Normal => RebootExpectation::None,
+        RebootPreference::Normal | RebootPreference::Prompt if software_change => {
+            RebootExpectation::May
+        }
+        RebootPreference::Normal | RebootPreference::Prompt => RebootExpectation::None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod mailer;
 mod reboot;
 mod start;
 
+pub use reboot::RebootNow;
 pub use start::{Busy, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
@@ -143,12 +144,7 @@ impl App {
         let slot_needed =
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let reboot_held_until = self.reboot_hold(&s).await?;
-        let reboot_pending = s.stage == Stage::Executing
-            && self
-                .store
-                .get::<Computer>(&s.computer_id)
-                .await?
-                .is_some_and(|c| c.held_reboot.is_some());
+        let (reboot_pending, last_boot_at) = self.reboot_facts(&s).await?;
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -160,6 +156,8 @@ impl App {
             },
             reboot_held_until,
             reboot_pending,
+            agent_reboot_pending: self.agents.reboot_pending(s.computer_id),
+            last_boot_at,
             limits: self.config.limits(),
             ids: crate::ids::source(),
         };
@@ -200,6 +198,27 @@ impl App {
         self.after_commit(&s, committed);
         self.spawn_tick(wake);
         Ok(s)
+    }
+
+    /// What a step needs to know about reboots on the session's computer: whether a held one
+    /// is pending (read only while executing), and when the computer last started (read only
+    /// while waiting for it to come back from a reboot).
+    async fn reboot_facts(&self, s: &Session) -> ApiResult<(bool, Option<Time>)> {
+        let held = s.stage == Stage::Executing
+            && self
+                .store
+                .get::<Computer>(&s.computer_id)
+                .await?
+                .is_some_and(|c| c.held_reboot.is_some());
+        let last_boot_at = match s.stage {
+            Stage::PreReboot { .. } => self
+                .store
+                .get::<upkeep_core::inventory::InventoryRecord>(&s.computer_id)
+                .await?
+                .and_then(|i| i.last_boot_at),
+            _ => None,
+        };
+        Ok((held, last_boot_at))
     }
 
     /// After a failed step: the in-memory indexes go back to what the store holds (giving back
@@ -258,6 +277,16 @@ impl App {
                 .webhooks
                 .for_step(s, before, c.finished, sequence)
                 .await?;
+        }
+        for e in effects {
+            if let Effect::Dispatch {
+                kind: upkeep_agent_protocol::JobKind::Prompt { message },
+                ..
+            } = e
+            {
+                c.deliveries
+                    .extend(self.webhooks.reboot_prompted(s, message).await?);
+            }
         }
         self.write_step(s, &c, now).await?;
         Ok(c)
@@ -515,8 +544,12 @@ impl App {
         }
     }
 
-    /// Called by the agent gateway when a computer starts polling again.
-    pub fn computer_came_online(self: &Arc<Self>, computer: Id) {
+    /// Called by the agent gateway for a poll that brought the computer back (`logged`: say
+    /// so), or that said something new about a pending reboot: its session looks again.
+    pub fn computer_came_online(self: &Arc<Self>, computer: Id, logged: bool) {
+        if logged {
+            tracing::info!(computer = %computer, "computer online");
+        }
         self.spawn_tick(self.runtime.active_session_of(computer));
     }
 

@@ -186,4 +186,83 @@ impl App {
         tracing::info!(computer = %rec.computer_id, started, "held reboot reported");
         Ok(true)
     }
+
+    /// Whether a reboot still waits on the session's computer: one this session left held
+    /// (business hours, a postponed prompt), the computer's held reboot, or one its agent
+    /// reports.
+    pub async fn reboot_still_pending(&self, s: &Session) -> ApiResult<bool> {
+        let held = self
+            .store
+            .get::<Computer>(&s.computer_id)
+            .await?
+            .is_some_and(|c| c.held_reboot.as_ref().is_some_and(|h| h.job_id.is_none()));
+        Ok(s.reboot_held_until.is_some() || held || self.agents.reboot_pending(s.computer_id))
+    }
+
+    /// The end user's "Reboot now" (after-mail link): the computer's pending reboot runs now,
+    /// business hours or not (the user asked), as the computer's held reboot filed under
+    /// `session`. Acts once: a second use finds the reboot sent, or done.
+    pub async fn reboot_now(self: &Arc<Self>, session: &Session) -> ApiResult<RebootNow> {
+        if !self.reboot_still_pending(session).await? {
+            return Ok(RebootNow::NothingPending);
+        }
+        let now = self.clock.now();
+        let online = self.agents.is_online(session.computer_id);
+        let lease = self.config.limits().lease_slack_seconds;
+        let outcome = self
+            .store
+            .write(|tx| {
+                let Some(mut c) = tx.get::<Computer, ApiError>(&session.computer_id)? else {
+                    return Ok((RebootNow::NothingPending, None));
+                };
+                let h = c.held_reboot.get_or_insert(HeldReboot {
+                    session_id: session.id,
+                    due_at: now,
+                    job_id: None,
+                });
+                if h.job_id.is_some() {
+                    return Ok((RebootNow::AlreadySent, None));
+                }
+                h.due_at = now;
+                if !online {
+                    tx.put(&c)?;
+                    return Ok((RebootNow::WhenOnline, None));
+                }
+                let j = JobRecord {
+                    id: crate::ids::fresh(),
+                    session_id: h.session_id,
+                    computer_id: c.id,
+                    job: JobKind::Reboot {},
+                    lease_seconds: lease,
+                    created_at: now,
+                    state: JobState::Queued,
+                    attempts: 0,
+                };
+                h.job_id = Some(j.id);
+                tx.put(&c)?;
+                tx.put(&j)?;
+                Ok::<_, TxError<ApiError>>((RebootNow::Sent, Some(j)))
+            })
+            .await?;
+        self.store.flush().await?;
+        match &outcome {
+            (RebootNow::Sent, Some(j)) => {
+                tracing::info!(computer = %session.computer_id, job = %j.id, "reboot now (end user's link)");
+                self.agents.enqueue(j);
+            }
+            (RebootNow::WhenOnline, _) => self.runtime.note_held_reboot(session.computer_id, now),
+            _ => {}
+        }
+        Ok(outcome.0)
+    }
+}
+
+/// What a "Reboot now" link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootNow {
+    Sent,
+    /// The computer is offline: the reboot is sent when it is back (like a held reboot).
+    WhenOnline,
+    AlreadySent,
+    NothingPending,
 }

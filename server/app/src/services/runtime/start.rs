@@ -133,22 +133,17 @@ impl App {
             let mut new = Vec::with_capacity(planned.len());
             let mut people: Vec<(Id, Option<Id>)> = Vec::with_capacity(planned.len());
             for (req, items) in planned {
-                if let Some(msg) = self.busy(&req.computer, &mut seen).await {
-                    match busy {
-                        Busy::Fail => return Err(ApiError::Conflict(msg)),
-                        Busy::Skip => {
-                            tracing::info!(computer = %req.computer.id, "session not started: {msg}");
-                            continue;
-                        }
-                    }
+                if self.skip_busy(&req.computer, &mut seen, busy).await? {
+                    continue;
                 }
-                let zone = zones
+                let (zone, tenant_checks) = zones
                     .get(&req.computer.tenant_id)
                     .cloned()
-                    .unwrap_or_else(|| TimeZone::UTC.into());
+                    .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
+                let checks = self.preflight_of(tenant_checks, req.schedule_id, req.detection_only);
                 let person = req.computer.primary_person_id;
                 let (mut s, created) = new_session(req, items, now);
-                s.time_zone = zone;
+                (s.time_zone, s.preflight) = (zone, checks.await?);
                 people.push((s.id, person));
                 let deliveries = self.webhooks.created(&s).await?;
                 new.push((s, created, deliveries));
@@ -191,6 +186,26 @@ impl App {
         Ok(stepped)
     }
 
+    /// Whether to leave `computer` out of this call because it is busy (`Busy::Skip`); with
+    /// `Busy::Fail`, a busy computer fails the whole call.
+    async fn skip_busy(
+        &self,
+        computer: &Computer,
+        seen: &mut std::collections::HashSet<Id>,
+        busy: Busy,
+    ) -> ApiResult<bool> {
+        let Some(msg) = self.busy(computer, seen).await else {
+            return Ok(false);
+        };
+        match busy {
+            Busy::Fail => Err(ApiError::Conflict(msg)),
+            Busy::Skip => {
+                tracing::info!(computer = %computer.id, "session not started: {msg}");
+                Ok(true)
+            }
+        }
+    }
+
     /// Why `computer` cannot get a new session in this call: it has an unfinished one, or the
     /// call names it twice (`seen` holds the computers already taken).
     async fn busy(
@@ -208,24 +223,46 @@ impl App {
     }
 
     /// Each tenant's time zone, read once per start call (sessions keep it for their texts).
+    /// Per tenant of `computers`: its time zone and its preflight checks.
     async fn tenant_zones<'c>(
         &self,
         computers: impl Iterator<Item = &'c Computer>,
-    ) -> ApiResult<std::collections::HashMap<Id, Stored<TimeZone>>> {
-        let mut zones: std::collections::HashMap<Id, Stored<TimeZone>> =
-            std::collections::HashMap::new();
+    ) -> ApiResult<std::collections::HashMap<Id, TenantFacts>> {
+        let mut zones = std::collections::HashMap::new();
         for computer in computers {
             if let std::collections::hash_map::Entry::Vacant(e) = zones.entry(computer.tenant_id) {
-                let zone = self
+                let facts = self
                     .store
                     .get::<Tenant>(&computer.tenant_id)
                     .await?
-                    .map(|t| t.time_zone)
-                    .unwrap_or_else(|| TimeZone::UTC.into());
-                e.insert(zone);
+                    .map(|t| (t.time_zone, t.preflight_scripts))
+                    .unwrap_or_else(|| (TimeZone::UTC.into(), vec![]));
+                e.insert(facts);
             }
         }
         Ok(zones)
+    }
+
+    /// A session's preflight checks, frozen at its start: the server's (`--preflight-script`),
+    /// then the tenant's, then its schedule's. A detection-only session changes nothing and
+    /// runs none.
+    async fn preflight_of(
+        &self,
+        tenant: Vec<Script>,
+        schedule: Option<Id>,
+        detection_only: bool,
+    ) -> ApiResult<Vec<Script>> {
+        if detection_only {
+            return Ok(vec![]);
+        }
+        let mut all = self.config.preflight_scripts.clone();
+        all.extend(tenant);
+        if let Some(id) = schedule
+            && let Some(s) = self.store.get::<Schedule>(&id).await?
+        {
+            all.extend(s.preflight_scripts);
+        }
+        Ok(all)
     }
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
@@ -300,6 +337,9 @@ fn link_mail_siblings<A, B>(new: &mut [(Session, A, B)], people: &[(Id, Option<I
     }
 }
 
+/// A tenant's time zone and preflight checks, as a session starts with them.
+type TenantFacts = (Stored<TimeZone>, Vec<Script>);
+
 /// What [`App::start_sessions`] does with a computer that already has an unfinished session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
@@ -350,6 +390,11 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         time_zone: TimeZone::UTC.into(),
         mail_siblings: vec![],
         reboot_held_until: None,
+        preflight: vec![],
+        preflight_since: None,
+        preflight_message: None,
+        pre_rebooted_at: None,
+        prompted: false,
     };
     let created = SessionEvent {
         session_id: s.id,

@@ -65,6 +65,7 @@ impl ScheduleMutation {
             last_run_at: None,
             next_fire: Default::default(),
             timing_since: Some(c.app.clock.now()),
+            preflight_scripts: preflight_scripts(input.preflight_scripts.as_deref())?,
             created_at: c.app.clock.now(),
         };
         c.save(&s).await?;
@@ -117,6 +118,9 @@ impl ScheduleMutation {
         }
         if let Some(d) = input.detection_only {
             s.detection_only = d;
+        }
+        if let Some(p) = &input.preflight_scripts {
+            s.preflight_scripts = preflight_scripts(Some(p))?;
         }
         if timing_changed {
             s.next_fire.clear();

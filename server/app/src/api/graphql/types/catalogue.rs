@@ -221,6 +221,14 @@ impl View<Schedule> {
     async fn enabled(&self) -> bool {
         self.enabled
     }
+    /// Checks run before this schedule's sessions change anything (after the server's and
+    /// the tenant's).
+    async fn preflight_scripts(&self) -> Vec<ScriptView> {
+        self.preflight_scripts
+            .iter()
+            .map(ScriptView::from)
+            .collect()
+    }
     async fn detection_only(&self) -> bool {
         self.detection_only
     }

@@ -3,10 +3,12 @@
 
 mod catalogue;
 mod integrations;
+mod inventory;
 mod people;
 mod sessions;
 
 pub use catalogue::*;
+pub use inventory::*;
 pub use people::*;
 pub use sessions::*;
 
@@ -49,6 +51,8 @@ pub struct MaintenanceOptionsView {
     pub offline_behavior: OfflineBehavior,
     pub offline_grace_minutes: u32,
     pub allow_reboot_during_business_hours: bool,
+    pub reboot_prompt_minutes: u32,
+    pub preflight_retry_minutes: u32,
 }
 
 impl From<&MaintenanceOptions> for MaintenanceOptionsView {
@@ -66,6 +70,8 @@ impl From<&MaintenanceOptions> for MaintenanceOptionsView {
             offline_behavior: o.offline_behavior.into(),
             offline_grace_minutes: o.offline_grace_minutes,
             allow_reboot_during_business_hours: o.allow_reboot_during_business_hours,
+            reboot_prompt_minutes: o.reboot_prompt_minutes,
+            preflight_retry_minutes: o.preflight_retry_minutes,
         }
     }
 }

@@ -44,6 +44,13 @@ impl View<Tenant> {
     async fn mail_bcc(&self) -> Vec<&str> {
         self.mail_bcc.iter().map(|a| a.text()).collect()
     }
+    /// Checks run on the computer before a session of this tenant changes anything.
+    async fn preflight_scripts(&self) -> Vec<ScriptView> {
+        self.preflight_scripts
+            .iter()
+            .map(ScriptView::from)
+            .collect()
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
     }
@@ -168,9 +175,42 @@ impl View<Computer> {
     async fn compliance(&self) -> Option<Compliance> {
         self.compliance.map(Into::into)
     }
-    /// A session needed a reboot that business hours held: true until that reboot ran.
-    async fn reboot_pending(&self) -> bool {
-        self.held_reboot.is_some()
+    /// A reboot waits on the computer: one a session needed and business hours held (until
+    /// it ran), or one the agent reports (an update that needs it; kept in memory, so false
+    /// after a server restart until the agent's next poll).
+    async fn reboot_pending(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(self.held_reboot.is_some() || Ctx::new(ctx)?.app.agents.reboot_pending(self.id))
+    }
+    /// What the agent last reported about the computer; null before its first report.
+    async fn inventory(&self, ctx: &Context<'_>) -> Result<Option<InventoryView>> {
+        let app = &Ctx::new(ctx)?.app;
+        Ok(app
+            .store
+            .get::<upkeep_core::inventory::InventoryRecord>(&self.id)
+            .await?
+            .map(InventoryView::from))
+    }
+    /// Installed programs as the agent last listed them, by name; `search` keeps those whose
+    /// name contains it (case-insensitively).
+    #[graphql(complexity = "crate::api::graphql::page_cost(first, child_complexity)")]
+    async fn installed_software(
+        &self,
+        ctx: &Context<'_>,
+        search: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<crate::api::graphql::connection::Page<InstalledSoftwareView>> {
+        let app = &Ctx::new(ctx)?.app;
+        let record = app
+            .store
+            .get::<upkeep_core::inventory::InventoryRecord>(&self.id)
+            .await?;
+        Ok(installed_page(
+            record.as_ref(),
+            search.as_deref(),
+            first,
+            after.as_deref(),
+        )?)
     }
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance

@@ -1,0 +1,112 @@
+//! GraphQL views of a computer's inventory (`Computer.inventory`,
+//! `Computer.installedSoftware`): read from its own record, written when the agent's report
+//! changes.
+
+use crate::api::graphql::connection::{Page, Total, page_size};
+use crate::error::{ApiError, ApiResult};
+use async_graphql::SimpleObject;
+use async_graphql::connection::{Connection, Edge};
+use chrono::{DateTime, Utc};
+use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
+
+/// What the computer's agent last reported about it. Fields are null (or empty) when the
+/// agent could not tell.
+#[derive(SimpleObject)]
+#[graphql(name = "Inventory")]
+pub struct InventoryView {
+    pub os_name: Option<String>,
+    pub os_version: Option<String>,
+    pub os_build: Option<String>,
+    pub architecture: Option<String>,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    /// DNS or Windows domain, or the workgroup.
+    pub domain: Option<String>,
+    pub ip_addresses: Vec<String>,
+    pub last_boot_at: Option<DateTime<Utc>>,
+    pub logged_on_users: Vec<String>,
+    /// Free bytes on the system disk (a Float: GraphQL's Int has 32 bits); agents round it
+    /// down to 256 MiB.
+    pub free_disk_bytes: Option<f64>,
+    /// How many installed programs the agent listed (null when it could not list them).
+    pub installed_software_count: Option<i32>,
+    /// When this report was stored.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<InventoryRecord> for InventoryView {
+    fn from(r: InventoryRecord) -> Self {
+        InventoryView {
+            installed_software_count: r.software.as_ref().map(|s| s.len() as i32),
+            os_name: r.os_name,
+            os_version: r.os_version,
+            os_build: r.os_build,
+            architecture: r.architecture,
+            manufacturer: r.manufacturer,
+            model: r.model,
+            serial_number: r.serial_number,
+            domain: r.domain,
+            ip_addresses: r.ip_addresses,
+            last_boot_at: r.last_boot_at,
+            logged_on_users: r.logged_on_users,
+            free_disk_bytes: r.free_disk_bytes.map(|b| b as f64),
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// One installed program.
+#[derive(SimpleObject)]
+#[graphql(name = "InstalledSoftware")]
+pub struct InstalledSoftwareView {
+    pub name: String,
+    pub version: Option<String>,
+    pub publisher: Option<String>,
+}
+
+impl From<InstalledProgram> for InstalledSoftwareView {
+    fn from(p: InstalledProgram) -> Self {
+        InstalledSoftwareView {
+            name: p.name,
+            version: p.version,
+            publisher: p.publisher,
+        }
+    }
+}
+
+/// `installedSoftware(search, first, after)`: the programs whose name contains `search`, by
+/// name; the cursor is a position in that list.
+pub fn installed_page(
+    record: Option<&InventoryRecord>,
+    search: Option<&str>,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> ApiResult<Page<InstalledSoftwareView>> {
+    let first = page_size(first)?;
+    let start = match after {
+        Some(a) => {
+            a.parse::<usize>()
+                .map_err(|_| ApiError::bad("after", "is not a cursor from this API"))?
+                + 1
+        }
+        None => 0,
+    };
+    let all: Vec<&InstalledProgram> = record
+        .map(|r| r.programs(search).collect())
+        .unwrap_or_default();
+    let total = all.len();
+    let end = start.saturating_add(first).min(total);
+    let mut c =
+        Connection::with_additional_fields(start > 0, end < total, Total { total_count: total });
+    if start < total {
+        c.edges
+            .extend(all[start..end].iter().enumerate().map(|(i, p)| {
+                Edge::new(
+                    (start + i).to_string(),
+                    InstalledSoftwareView::from((*p).clone()),
+                )
+            }));
+    }
+    Ok(c)
+}
