@@ -15,8 +15,8 @@
 //! - `OUTPUT_CODE_PAGE` / `output_code_page()` and `decode_code_page(bytes, cp)`: how scripts'
 //!   output bytes become text (see `decode`).
 //!
-//! **Architecture invariant:** only this module (and `service`, which is Windows-only) uses
-//! `std::os::{unix,windows}`, `libc` or `windows-sys`.
+//! Outside tests, only this module (and `service::scm`, the Windows service) uses
+//! `std::os::{unix,windows}`, `libc`, `windows-sys` or `windows-service`.
 
 #[cfg(unix)]
 mod unix;

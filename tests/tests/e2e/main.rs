@@ -18,3 +18,4 @@ mod security_net;
 mod security_people;
 mod security_small;
 mod sessions;
+mod windows_agent;

@@ -1,0 +1,166 @@
+//! The Windows agent: `upkeep-agent.exe` (built for `x86_64-pc-windows-gnu` from the same
+//! crate) runs under Wine against the real server. It enrolls, runs `CMD` detection and install
+//! scripts (one software keeps its state in a file, one in the registry with `reg add`, detected
+//! with `reg query`), and an install exiting 1641 leads to the reboot step, whose command the
+//! agent runs through `cmd.exe`. And a Linux agent given a `CMD` script fails the action with a
+//! clear message. Without Wine these tests fail (see `upkeep_tests::wine`), unless
+//! `UPKEEP_SKIP_WINE=1`.
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use upkeep_tests::wine::{Wine, WineAgent, windows_path};
+use upkeep_tests::{E2eServer, TestAgent, TestServer, wait_for};
+
+const T: Duration = Duration::from_secs(120);
+
+/// A software whose CMD scripts keep its version in `file`.
+fn file_software(tenant: &str, file: &Path) -> Value {
+    let f = windows_path(file);
+    json!({"name": "Tool", "tenantId": tenant,
+        "detectionScript": {"language": "CMD", "body": format!("@echo off\nif exist \"{f}\" type \"{f}\"\nexit /b 0\n")},
+        "versions": [{"version": "1.0", "installScript": {"language": "CMD",
+            "body": format!("@echo off\n> \"{f}\" echo 1.0\necho installed Tool 1.0\nexit /b 0\n")}}]})
+}
+
+/// A software whose install writes `Version` under `key` in the registry and exits 1641
+/// ("reboot initiated"); detection reads it back with `reg query`.
+fn registry_software(tenant: &str, key: &str) -> Value {
+    let detect = format!(
+        "@echo off\nfor /f \"tokens=3\" %%v in ('reg query \"{key}\" /v Version 2^>nul ^| find \"Version\"') do echo %%v\nexit /b 0\n"
+    );
+    let install = format!(
+        "@echo off\nreg add \"{key}\" /v Version /t REG_SZ /d 2.0 /f >nul\nif errorlevel 1 exit /b 1\nexit /b 1641\n"
+    );
+    json!({"name": "RegApp", "tenantId": tenant,
+        "detectionScript": {"language": "CMD", "body": detect},
+        "versions": [{"version": "2.0", "installScript": {"language": "CMD", "body": install}}]})
+}
+
+fn action<'a>(session: &'a Value, name: &str) -> &'a Value {
+    session["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"].as_str().is_some_and(|n| n.contains(name))))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow::Result<()> {
+    let Some(wine) = Wine::get()? else {
+        return Ok(());
+    };
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Windows shop").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let dir = tempfile::tempdir()?;
+    let run = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    let reg_key = format!(r"HKLM\Software\UpkeepE2E\{run}");
+    let rebooted = dir.path().join("rebooted.txt");
+    let reboot_command = format!("echo rebooted> \"{}\"", windows_path(&rebooted));
+    let mut agent = WineAgent::start(
+        wine,
+        &s.url,
+        &key,
+        "win-desk",
+        &["--reboot-command", &reboot_command],
+    )?;
+    let computer = match s.computer_id(&admin, "win-desk").await {
+        Ok(c) => c,
+        Err(e) => bail!("{e:#}\nthe agent's log:\n{}", agent.log()),
+    };
+    s.wait_online(&admin, &computer).await?;
+    let os = s
+        .gql(&admin, "query($id: ID!) { computer(id: $id) { os agentVersion } }", json!({"id": computer}))
+        .await?;
+    assert!(
+        os["computer"]["os"].as_str().is_some_and(|os| os.contains("Windows")),
+        "the OS comes from the registry: {os:#}"
+    );
+
+    let tool_file = dir.path().join("tool.version");
+    for software in [file_software(&tenant, &tool_file), registry_software(&tenant, &reg_key)] {
+        let sw = s.create_software(&admin, software).await?;
+        s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+            .await?;
+    }
+
+    let id = s.start_session(&admin, &computer, json!({})).await?;
+    let done = s
+        .wait_status(&admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+        .await
+        .with_context(|| format!("the agent's log:\n{}", agent.log()))?;
+    assert_eq!(done["status"], "PASSED", "{done:#}\nagent log:\n{}", agent.log());
+    assert_eq!(action(&done, "Tool")["status"], "SUCCEEDED", "{done:#}");
+    assert_eq!(action(&done, "RegApp")["status"], "SUCCEEDED", "{done:#}");
+    // 1641 ("reboot initiated") counts as "reboot needed": the reboot step ran, through cmd.exe.
+    assert_eq!(done["rebootRequired"], true, "{done:#}");
+    assert!(done["rebootedAt"].is_string(), "rebooted: {done:#}");
+    wait_for("the reboot command to run", T, || async {
+        Ok(std::fs::read_to_string(&rebooted)
+            .ok()
+            .filter(|t| t.trim() == "rebooted")
+            .map(|_| ()))
+    })
+    .await?;
+    assert_eq!(std::fs::read_to_string(&tool_file)?.trim(), "1.0");
+    // The install really wrote the registry of the Windows the agent runs on.
+    let query = wine
+        .command("reg")
+        .args(["query", &reg_key, "/v", "Version"])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&query.stdout);
+    assert!(text.contains("REG_SZ") && text.contains("2.0"), "reg query: {text}");
+
+    // A second session detects both as installed: the registry detection reads "2.0" back.
+    let again = s.start_session(&admin, &computer, json!({})).await?;
+    let done = s
+        .wait_status(&admin, &again, &["PASSED", "FAILED", "CANCELLED"], T)
+        .await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    for (name, version) in [("Tool", "1.0"), ("RegApp", "2.0")] {
+        let a = action(&done, name);
+        assert_eq!(a["kind"], "NO_ACTION", "{done:#}");
+        assert_eq!(a["detectedVersion"], version, "{done:#}");
+    }
+    assert!(agent.running(), "the agent still runs:\n{}", agent.log());
+    agent.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linux_agent_fails_a_cmd_step_saying_it_needs_windows() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Mixed").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let _agent = TestAgent::start(&s.url, &key, "linux-box").await?;
+    let computer = s.computer_id(&admin, "linux-box").await?;
+    s.wait_online(&admin, &computer).await?;
+    let sw = s
+        .create_software(
+            &admin,
+            json!({"name": "WinOnly", "tenantId": tenant,
+                "detectionScript": {"language": "SHELL", "body": "exit 0"},
+                "versions": [{"version": "1.0", "installScript": {"language": "CMD", "body": "@echo off\nexit /b 0"}}]}),
+        )
+        .await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    let id = s.start_session(&admin, &computer, json!({})).await?;
+    let done = s
+        .wait_status(&admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+        .await?;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    let a = action(&done, "WinOnly");
+    assert_eq!(a["status"], "FAILED", "{done:#}");
+    assert!(
+        a["resultMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("CMD scripts need a Windows agent")),
+        "{done:#}"
+    );
+    Ok(())
+}
