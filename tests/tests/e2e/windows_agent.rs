@@ -164,3 +164,74 @@ async fn a_linux_agent_fails_a_cmd_step_saying_it_needs_windows() -> anyhow::Res
     );
     Ok(())
 }
+
+/// Processes whose command line (as Wine shows it to Linux) contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|line| line.contains(needle))
+        .collect()
+}
+
+/// A CMD step that outlives its time limit is killed together with what it started: the
+/// agent's job object also ends the `ping` the script left running in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow::Result<()> {
+    let Some(wine) = Wine::get()? else {
+        return Ok(());
+    };
+    let s = TestServer::start_with(|c| c.job_timeout_seconds = Some(6)).await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Slow").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let mut agent = WineAgent::start(wine, &s.url, &key, "win-slow", &[])?;
+    let computer = match s.computer_id(&admin, "win-slow").await {
+        Ok(c) => c,
+        Err(e) => bail!("{e:#}\nthe agent's log:\n{}", agent.log()),
+    };
+    s.wait_online(&admin, &computer).await?;
+    // Counts no other process uses, so the check below finds only this script's pings.
+    let n = 600 + std::process::id() % 300;
+    // Wine shows them to Linux as `ping -n N …` or `C:\…\ping.exe -n N …`.
+    let (background, foreground) = (format!("-n {n} 127.0.0.1"), format!("-n {} 127.0.0.1", n + 1));
+    let install = format!("@echo off\nstart \"\" /b ping {background} >nul\nping {foreground} >nul\n");
+    let sw = s
+        .create_software(
+            &admin,
+            json!({"name": "Hangs", "tenantId": tenant,
+                "detectionScript": {"language": "CMD", "body": "@exit /b 0"},
+                "versions": [{"version": "1.0", "installScript": {"language": "CMD", "body": install}}]}),
+        )
+        .await?;
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
+    let id = s.start_session(&admin, &computer, json!({})).await?;
+    wait_for("the script and its background ping to run", T, || async {
+        Ok((!processes_with(&background).is_empty() && !processes_with(&foreground).is_empty())
+            .then_some(()))
+    })
+    .await
+    .with_context(|| format!("the agent's log:\n{}", agent.log()))?;
+    let done = s
+        .wait_status(&admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
+        .await?;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    let a = action(&done, "Hangs");
+    assert!(
+        a["resultMessage"].as_str().is_some_and(|m| m.contains("timed out")),
+        "{done:#}"
+    );
+    // Both pings would run for ten minutes; the job object ends them now.
+    wait_for("the script's processes to end", Duration::from_secs(30), || async {
+        Ok((processes_with(&background).is_empty() && processes_with(&foreground).is_empty())
+            .then_some(()))
+    })
+    .await
+    .with_context(|| format!("still running: {:?}", processes_with(&format!("-n {n}"))))?;
+    agent.stop().await;
+    Ok(())
+}
