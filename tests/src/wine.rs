@@ -55,9 +55,14 @@ impl Wine {
 
     /// A command running `program` (a Windows path or a builtin like `reg`) under Wine.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.wine64);
+        self.std_command(program).into()
+    }
+
+    /// [`Wine::command`] for blocking use (in `Drop`).
+    pub fn std_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(&self.wine64);
         command.arg(program);
-        wine_env(command.as_std_mut(), &self.prefix);
+        wine_env(&mut command, &self.prefix);
         command
     }
 

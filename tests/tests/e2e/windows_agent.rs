@@ -235,3 +235,97 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
     agent.stop().await;
     Ok(())
 }
+
+/// Removes the test's service however the test ends, so that no agent keeps running in the
+/// shared Wine prefix.
+struct ServiceGuard<'a>(&'a Wine);
+
+impl Drop for ServiceGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .std_command(self.0.agent_exe())
+            .args(["service", "uninstall"])
+            .output();
+    }
+}
+
+async fn computer_online(s: &TestServer, admin: &str, computer: &str) -> anyhow::Result<bool> {
+    let d = s
+        .gql(admin, "query($id: ID!) { computer(id: $id) { online } }", json!({"id": computer}))
+        .await?;
+    Ok(d["computer"]["online"].as_bool().unwrap_or(false))
+}
+
+/// `service install` registers the agent with Wine's service control manager, which starts it
+/// as `service run`: it enrolls with the key kept in the state directory, which is not on the
+/// service's command line. `service uninstall` stops it (it goes offline) and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow::Result<()> {
+    let Some(wine) = Wine::get()? else {
+        return Ok(());
+    };
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Serviced").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let exe = wine.agent_exe();
+    // A service left by an aborted run of this test would make `install` fail.
+    let _ = wine.command(exe).args(["service", "uninstall"]).output().await;
+    let _guard = ServiceGuard(wine);
+    let install = wine
+        .command(exe)
+        .args(["service", "install", "--server", &s.url, "--enrollment-key", &key])
+        .args(["--hostname", "win-svc", "--machine-id", "win-svc", "--poll-wait-seconds", "5"])
+        .arg("--state-dir")
+        .arg(windows_path(&state))
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&install.stdout),
+        String::from_utf8_lossy(&install.stderr)
+    );
+    assert!(install.status.success(), "service install: {said}");
+    assert!(said.contains("UpkeepAgent is installed and started"), "{said}");
+
+    let image = wine
+        .command("reg")
+        .args(["query", r"HKLM\System\CurrentControlSet\Services\UpkeepAgent", "/v", "ImagePath"])
+        .output()
+        .await?;
+    let image = String::from_utf8_lossy(&image.stdout);
+    assert!(image.contains("service run") && image.contains("--state-dir"), "{image}");
+    assert!(!image.contains(&key), "the key stays off the service command line: {image}");
+    assert_eq!(std::fs::read_to_string(state.join("enrollment-key"))?, key);
+
+    let log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+    let computer = match s.computer_id(&admin, "win-svc").await {
+        Ok(c) => c,
+        Err(e) => bail!("{e:#}\nthe service's log:\n{}", log()),
+    };
+    s.wait_online(&admin, &computer).await?;
+    assert!(log().contains("service started"), "{}", log());
+
+    let uninstall = wine.command(exe).args(["service", "uninstall"]).output().await?;
+    assert!(
+        uninstall.status.success(),
+        "service uninstall: {}{}",
+        String::from_utf8_lossy(&uninstall.stdout),
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    wait_for("the stopped service's computer to go offline", T, || async {
+        Ok((!computer_online(&s, &admin, &computer).await?).then_some(()))
+    })
+    .await?;
+    assert!(log().contains("asks the agent to stop"), "{}", log());
+    let gone = wine
+        .command("reg")
+        .args(["query", r"HKLM\System\CurrentControlSet\Services\UpkeepAgent"])
+        .output()
+        .await?;
+    assert!(!gone.status.success(), "the service is removed");
+    Ok(())
+}
