@@ -208,7 +208,11 @@ mod tests {
     }
 
     fn utf16le(text: &str, bom: bool) -> Vec<u8> {
-        let mut bytes = if bom { UTF16LE_BOM.to_vec() } else { Vec::new() };
+        let mut bytes = if bom {
+            UTF16LE_BOM.to_vec()
+        } else {
+            Vec::new()
+        };
         bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
         bytes
     }
@@ -221,7 +225,10 @@ mod tests {
 
     #[test]
     fn unix_output_is_lossy_utf8_whatever_it_looks_like() {
-        assert_eq!(decode_output("café\n".as_bytes(), None, no_system), "café\n");
+        assert_eq!(
+            decode_output("café\n".as_bytes(), None, no_system),
+            "café\n"
+        );
         assert_eq!(decode_output(b"caf\x82", None, no_system), "caf\u{fffd}");
         assert_eq!(decode_output(b"h\0i\0", None, no_system), "h\0i\0");
     }
@@ -229,7 +236,10 @@ mod tests {
     #[test]
     fn oem_code_pages_decode_their_own_letters() {
         // `echo café` in a console on code page 437 (US) and 850 (Western Europe).
-        assert_eq!(decode_output(b"caf\x82\r\n", Some(437), no_system), "café\r\n");
+        assert_eq!(
+            decode_output(b"caf\x82\r\n", Some(437), no_system),
+            "café\r\n"
+        );
         assert_eq!(decode_output(b"\x9b \x9d", Some(437), no_system), "¢ ¥");
         assert_eq!(decode_output(b"\x9b \x9d", Some(850), no_system), "ø Ø");
         assert_eq!(decode_output(b"\x81ber", Some(850), no_system), "über");
@@ -244,21 +254,39 @@ mod tests {
 
     #[test]
     fn utf8_wins_when_the_bytes_are_utf8() {
-        assert_eq!(decode_output("café ✓".as_bytes(), Some(437), no_system), "café ✓");
+        assert_eq!(
+            decode_output("café ✓".as_bytes(), Some(437), no_system),
+            "café ✓"
+        );
         let mut with_bom = UTF8_BOM.to_vec();
         with_bom.extend_from_slice("ü".as_bytes());
         assert_eq!(decode_output(&with_bom, Some(850), no_system), "ü");
         // After `chcp 65001` even broken UTF-8 is UTF-8.
-        assert_eq!(decode_output(b"caf\x82", Some(65001), no_system), "caf\u{fffd}");
+        assert_eq!(
+            decode_output(b"caf\x82", Some(65001), no_system),
+            "caf\u{fffd}"
+        );
     }
 
     #[test]
     fn utf16le_is_recognised_with_and_without_a_bom() {
-        assert_eq!(decode_output(&utf16le("hé\r\n", true), Some(437), no_system), "hé\r\n");
-        assert_eq!(decode_output(&utf16le("Version 2.0\r\n", false), Some(850), no_system), "Version 2.0\r\n");
-        assert_eq!(decode_output(&utf16le("Привет all", true), Some(437), no_system), "Привет all");
+        assert_eq!(
+            decode_output(&utf16le("hé\r\n", true), Some(437), no_system),
+            "hé\r\n"
+        );
+        assert_eq!(
+            decode_output(&utf16le("Version 2.0\r\n", false), Some(850), no_system),
+            "Version 2.0\r\n"
+        );
+        assert_eq!(
+            decode_output(&utf16le("Привет all", true), Some(437), no_system),
+            "Привет all"
+        );
         // Mostly Cyrillic without a BOM, but with the spaces and digits real output has.
-        assert_eq!(decode_output(&utf16le("Версия 2.0 ok", false), Some(866), no_system), "Версия 2.0 ok");
+        assert_eq!(
+            decode_output(&utf16le("Версия 2.0 ok", false), Some(866), no_system),
+            "Версия 2.0 ok"
+        );
     }
 
     #[test]

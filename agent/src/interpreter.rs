@@ -89,9 +89,14 @@ fn is_file(path: &Path) -> bool {
 }
 
 /// The script file's bytes: batch files get CRLF line ends (`cmd` misreads labels and `goto`
-/// in LF-only files), PowerShell files a UTF-8 byte-order mark (Windows PowerShell 5.1 reads a
-/// file without one in the ANSI code page).
-pub(crate) fn script_file_bytes(language: ScriptLanguage, body: &str) -> Vec<u8> {
+/// in LF-only files) and are written in the console's code page, which `cmd` reads them in,
+/// when `encode_batch` can (else as UTF-8); PowerShell files get a UTF-8 byte-order mark
+/// (Windows PowerShell 5.1 reads a file without one in the ANSI code page).
+pub(crate) fn script_file_bytes(
+    language: ScriptLanguage,
+    body: &str,
+    encode_batch: fn(&str) -> Option<Vec<u8>>,
+) -> Vec<u8> {
     match language {
         ScriptLanguage::Cmd => {
             let mut out = String::with_capacity(body.len() + body.len() / 16);
@@ -104,7 +109,7 @@ pub(crate) fn script_file_bytes(language: ScriptLanguage, body: &str) -> Vec<u8>
                     None => out.push_str(line),
                 }
             }
-            out.into_bytes()
+            encode_batch(&out).unwrap_or_else(|| out.into_bytes())
         }
         ScriptLanguage::Powershell => [&[0xEF, 0xBB, 0xBF][..], body.as_bytes()].concat(),
         ScriptLanguage::Shell | ScriptLanguage::Python => body.as_bytes().to_vec(),
@@ -133,7 +138,13 @@ mod tests {
         assert_eq!(py.map(|i| (i.program, i.extension)), Ok(("python", "py")));
         assert_eq!(
             POWERSHELL_ARGS,
-            ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File"]
+            [
+                "-NoProfile",
+                "-NonInteractive",
+                "-ExecutionPolicy",
+                "Bypass",
+                "-File"
+            ]
         );
     }
 
@@ -149,7 +160,10 @@ mod tests {
         assert_eq!(py.map(|i| i.program), Ok("python3"));
         // Unix has no Windows PowerShell to fall back to: pwsh or an error naming it.
         let ps = interpreter(ScriptLanguage::Powershell, Os::Unix, false);
-        assert_eq!(ps.map(|i| (i.program, i.args)), Ok(("pwsh", POWERSHELL_ARGS)));
+        assert_eq!(
+            ps.map(|i| (i.program, i.args)),
+            Ok(("pwsh", POWERSHELL_ARGS))
+        );
     }
 
     #[test]
@@ -157,7 +171,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let empty = tempfile::tempdir()?;
         std::fs::write(dir.path().join("pwsh.exe"), b"")?;
-        let path = std::env::join_paths([empty.path(), dir.path()]).map_err(std::io::Error::other)?;
+        let path =
+            std::env::join_paths([empty.path(), dir.path()]).map_err(std::io::Error::other)?;
         assert!(on_path("pwsh.exe", &path));
         let only_empty = std::env::join_paths([empty.path()]).map_err(std::io::Error::other)?;
         assert!(!on_path("pwsh.exe", &only_empty));
@@ -165,16 +180,51 @@ mod tests {
         Ok(())
     }
 
+    fn utf8_only(_: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Code page 437 for the one letter the test needs.
+    fn cp437(text: &str) -> Option<Vec<u8>> {
+        text.chars()
+            .map(|c| match c {
+                'é' => Some(0x82),
+                c if c.is_ascii() => u8::try_from(c).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn batch_files_get_crlf_and_powershell_files_a_bom() {
+    fn batch_files_get_crlf_and_the_console_code_page() {
         assert_eq!(
-            script_file_bytes(ScriptLanguage::Cmd, "@echo off\nexit /b 3\r\n:end"),
+            script_file_bytes(
+                ScriptLanguage::Cmd,
+                "@echo off\nexit /b 3\r\n:end",
+                utf8_only
+            ),
             b"@echo off\r\nexit /b 3\r\n:end"
         );
         assert_eq!(
-            script_file_bytes(ScriptLanguage::Powershell, "Write-Output 'é'"),
+            script_file_bytes(ScriptLanguage::Cmd, "echo café\n", cp437),
+            b"echo caf\x82\r\n"
+        );
+        // A letter the code page lacks: the file stays UTF-8 rather than lose it.
+        assert_eq!(
+            script_file_bytes(ScriptLanguage::Cmd, "echo ✓", cp437),
+            "echo ✓".as_bytes()
+        );
+    }
+
+    #[test]
+    fn powershell_files_get_a_bom_and_others_stay_as_written() {
+        assert_eq!(
+            script_file_bytes(ScriptLanguage::Powershell, "Write-Output 'é'", cp437),
             [&[0xEF, 0xBB, 0xBF][..], "Write-Output 'é'".as_bytes()].concat()
         );
-        assert_eq!(script_file_bytes(ScriptLanguage::Shell, "echo\n"), b"echo\n");
+        assert_eq!(
+            script_file_bytes(ScriptLanguage::Shell, "echo é\n", cp437),
+            "echo é\n".as_bytes()
+        );
     }
 }

@@ -87,7 +87,10 @@ pub fn main_cli() -> anyhow::Result<()> {
         return service::main_cli();
     }
     let config = AgentConfig::from(Cli::parse());
-    init_logging(std::io::stderr, std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    init_logging(
+        std::io::stderr,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     runtime()?.block_on(run(config, platform::shutdown_signal()))
 }
 

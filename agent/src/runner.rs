@@ -9,10 +9,10 @@
 //! last is not lost; processes it left running are *not* killed (an install script may start a
 //! service), but their output is no longer read once the grace is over.
 
-use std::collections::BTreeMap;
 use crate::decode::{self, StreamDecoder};
 use crate::interpreter::{self, Interpreter};
 use crate::platform::{self, ProcessTree};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -149,7 +149,7 @@ async fn run_with(
         ..Default::default()
     };
 
-    let body = interpreter::script_file_bytes(script.language, &script.body);
+    let body = interpreter::script_file_bytes(script.language, &script.body, platform::encode_oem);
     let file = match ScriptFile::write(ctx.work_dir, interpreter.extension, &body) {
         Ok(file) => file,
         Err(e) => {
@@ -683,7 +683,10 @@ mod tests {
             timeout_seconds: 5,
         };
         let outcome = run_script(ctx(dir.path()), &script, &BTreeMap::new()).await;
-        assert_eq!(outcome.error.as_deref(), Some("CMD scripts need a Windows agent"));
+        assert_eq!(
+            outcome.error.as_deref(),
+            Some("CMD scripts need a Windows agent")
+        );
         assert_eq!(outcome.exit_code, None);
         Ok(())
     }

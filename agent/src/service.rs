@@ -12,7 +12,10 @@
 
 #![cfg_attr(
     not(windows),
-    allow(dead_code, reason = "the helpers serve the Windows service; tested everywhere")
+    allow(
+        dead_code,
+        reason = "the helpers serve the Windows service; tested everywhere"
+    )
 )]
 
 use crate::config::Cli;
@@ -78,7 +81,11 @@ fn dispatch(_action: Action, _flags: &[OsString]) -> anyhow::Result<()> {
 /// The flags the service is registered with: those given to `install`, without the
 /// enrollment key (see the module docs), and with the server and the absolute state directory
 /// spelled out (they may have come from environment variables, which the service does not see).
-pub(crate) fn launch_arguments(flags: &[OsString], server: &str, state_dir: &Path) -> Vec<OsString> {
+pub(crate) fn launch_arguments(
+    flags: &[OsString],
+    server: &str,
+    state_dir: &Path,
+) -> Vec<OsString> {
     const RESTATED: [&str; 3] = ["--enrollment-key", "--server", "--state-dir"];
     let mut out: Vec<OsString> = vec![
         "service".into(),
@@ -96,10 +103,10 @@ pub(crate) fn launch_arguments(flags: &[OsString], server: &str, state_dir: &Pat
         let text = flag.to_string_lossy();
         if RESTATED.contains(&text.as_ref()) {
             skip_value = true;
-        } else if !RESTATED
-            .iter()
-            .any(|name| text.strip_prefix(name).is_some_and(|rest| rest.starts_with('=')))
-        {
+        } else if !RESTATED.iter().any(|name| {
+            text.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+        }) {
             out.push(flag.clone());
         }
     }

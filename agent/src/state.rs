@@ -23,11 +23,11 @@
 //! The files are tiny and written a few times per job, so plain blocking `std::fs` is used even
 //! from async code.
 
+use crate::platform;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use crate::platform;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use upkeep_agent_protocol::{Job, JobOutcome, JobResult, PROTOCOL_VERSION};

@@ -95,11 +95,20 @@ fn missing(what: &str) -> anyhow::Error {
 }
 
 fn prepare() -> Result<Wine> {
-    let wine64 = std::env::var_os("UPKEEP_WINE64").map_or_else(|| PathBuf::from(DEFAULT_WINE64), PathBuf::from);
+    let wine64 = std::env::var_os("UPKEEP_WINE64")
+        .map_or_else(|| PathBuf::from(DEFAULT_WINE64), PathBuf::from);
     if !wine64.is_file() {
-        return Err(missing(&format!("Wine is missing: no {}", wine64.display())));
+        return Err(missing(&format!(
+            "Wine is missing: no {}",
+            wine64.display()
+        )));
     }
-    if Command::new(MINGW_GCC).arg("--version").stdout(Stdio::null()).status().is_err() {
+    if Command::new(MINGW_GCC)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
         return Err(missing(&format!("mingw is missing: no {MINGW_GCC}")));
     }
     let target_dir = target_dir()?;
@@ -152,18 +161,35 @@ fn build_agent(target_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "-q", "-p", "upkeep-agent", "--bin", "upkeep-agent", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "upkeep-agent",
+            "--bin",
+            "upkeep-agent",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir)
         .output()
         .context("cannot run cargo")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `std`") {
-            return Err(missing(&format!("the Rust target {TARGET} is not installed")));
+        if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `std`")
+        {
+            return Err(missing(&format!(
+                "the Rust target {TARGET} is not installed"
+            )));
         }
         bail!("cannot build the Windows agent:\n{stderr}");
     }
-    let exe = target_dir.join(TARGET).join("debug").join("upkeep-agent.exe");
+    let exe = target_dir
+        .join(TARGET)
+        .join("debug")
+        .join("upkeep-agent.exe");
     ensure!(exe.is_file(), "cargo built no {}", exe.display());
     Ok(exe)
 }
@@ -198,14 +224,32 @@ pub struct WineAgent {
 impl WineAgent {
     /// Starts `upkeep-agent.exe --server URL --enrollment-key KEY --state-dir … --hostname
     /// NAME --machine-id win-NAME --poll-wait-seconds 5 <extra>`.
-    pub fn start(wine: &Wine, server: &str, key: &str, hostname: &str, extra: &[&str]) -> Result<WineAgent> {
+    pub fn start(
+        wine: &Wine,
+        server: &str,
+        key: &str,
+        hostname: &str,
+        extra: &[&str],
+    ) -> Result<WineAgent> {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("state");
         let log = dir.path().join("agent.log");
         let mut command = wine.command(wine.agent_exe());
         command
-            .args(["--server", server, "--enrollment-key", key, "--hostname", hostname])
-            .args(["--machine-id", &format!("win-{hostname}"), "--poll-wait-seconds", "5"])
+            .args([
+                "--server",
+                server,
+                "--enrollment-key",
+                key,
+                "--hostname",
+                hostname,
+            ])
+            .args([
+                "--machine-id",
+                &format!("win-{hostname}"),
+                "--poll-wait-seconds",
+                "5",
+            ])
             .arg("--state-dir")
             .arg(windows_path(&state))
             .args(extra)
@@ -214,7 +258,9 @@ impl WineAgent {
             .stdout(Stdio::null())
             .stderr(File::create(&log)?)
             .kill_on_drop(true);
-        let child = command.spawn().context("cannot start the agent under Wine")?;
+        let child = command
+            .spawn()
+            .context("cannot start the agent under Wine")?;
         Ok(WineAgent { child, log, dir })
     }
 

@@ -12,8 +12,9 @@
 //!   process group on Unix, a job object on Windows).
 //! - `gated_reboot(command)`: the reboot command behind a gate that opens when its stdin closes.
 //! - `machine_id()`, `os_name()`: the identity facts that come from the OS.
-//! - `OUTPUT_CODE_PAGE` / `output_code_page()` and `decode_code_page(bytes, cp)`: how scripts'
-//!   output bytes become text (see `decode`).
+//! - `output_code_page()` and `decode_code_page(bytes, cp)`: how scripts' output bytes become
+//!   text (see `decode`); `encode_oem(text)`: a batch file's text in the code page `cmd.exe`
+//!   reads it in.
 //!
 //! Outside tests, only this module (and `service::scm`, the Windows service) uses
 //! `std::os::{unix,windows}`, `libc`, `windows-sys` or `windows-service`.

@@ -81,6 +81,11 @@ pub(crate) fn decode_code_page(_bytes: &[u8], _code_page: u32) -> Option<String>
     None
 }
 
+/// Batch files are for Windows; on Unix their text stays UTF-8.
+pub(crate) fn encode_oem(_text: &str) -> Option<Vec<u8>> {
+    None
+}
+
 /// A script's process group, killed when dropped while the script still runs.
 ///
 /// Killing is only safe while the group leader is unreaped: until then its pid, and so the

@@ -10,7 +10,9 @@ use std::ptr::{null, null_mut};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, LocalFree};
-use windows_sys::Win32::Globalization::{GetOEMCP, MultiByteToWideChar};
+use windows_sys::Win32::Globalization::{
+    CP_OEMCP, GetOEMCP, MultiByteToWideChar, WC_NO_BEST_FIT_CHARS, WideCharToMultiByte,
+};
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1, SE_FILE_OBJECT,
     SetNamedSecurityInfoW,
@@ -118,7 +120,10 @@ fn set_private_dacl(path: &Path) -> io::Result<()> {
     result.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot restrict {} to SYSTEM and Administrators: {e}", path.display()),
+            format!(
+                "cannot restrict {} to SYSTEM and Administrators: {e}",
+                path.display()
+            ),
         )
     })
 }
@@ -210,6 +215,52 @@ pub(crate) fn decode_code_page(bytes: &[u8], code_page: u32) -> Option<String> {
     };
     let written = usize::try_from(written).ok().filter(|&n| n > 0)?;
     Some(String::from_utf16_lossy(&wide[..written.min(wide.len())]))
+}
+
+/// `text` in the OEM code page, in which `cmd.exe` reads batch files; `None` when a character
+/// has no place in it (or the code page is UTF-8), and the file is then written as UTF-8.
+pub(crate) fn encode_oem(text: &str) -> Option<Vec<u8>> {
+    let wide: Vec<u16> = text.encode_utf16().collect();
+    if wide.is_empty() {
+        return Some(Vec::new());
+    }
+    let len = i32::try_from(wide.len()).ok()?;
+    let mut lossy = 0;
+    // SAFETY: the input pointer and length describe `wide`; the first call only measures.
+    let needed = unsafe {
+        WideCharToMultiByte(
+            CP_OEMCP,
+            WC_NO_BEST_FIT_CHARS,
+            wide.as_ptr(),
+            len,
+            null_mut(),
+            0,
+            null(),
+            &mut lossy,
+        )
+    };
+    if needed <= 0 || lossy != 0 {
+        return None;
+    }
+    let mut bytes = vec![0u8; usize::try_from(needed).ok()?];
+    // SAFETY: `bytes` holds exactly `needed` bytes, as the call is told.
+    let written = unsafe {
+        WideCharToMultiByte(
+            CP_OEMCP,
+            WC_NO_BEST_FIT_CHARS,
+            wide.as_ptr(),
+            len,
+            bytes.as_mut_ptr(),
+            needed,
+            null(),
+            &mut lossy,
+        )
+    };
+    let written = usize::try_from(written).ok().filter(|&n| n > 0)?;
+    (lossy == 0).then(|| {
+        bytes.truncate(written);
+        bytes
+    })
 }
 
 /// A kernel handle that may be used and closed from any thread.

@@ -65,7 +65,10 @@ pub(super) fn install(cli: Cli, flags: &[OsString]) -> anyhow::Result<()> {
     service
         .start::<&OsStr>(&[])
         .with_context(|| format!("{SERVICE_NAME} is registered but did not start"))?;
-    println!("{SERVICE_NAME} is installed and started; it logs to {}", state_dir.join("agent.log").display());
+    println!(
+        "{SERVICE_NAME} is installed and started; it logs to {}",
+        state_dir.join("agent.log").display()
+    );
     Ok(())
 }
 

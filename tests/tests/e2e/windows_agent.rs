@@ -30,8 +30,10 @@ fn registry_software(tenant: &str, key: &str) -> Value {
     let detect = format!(
         "@echo off\nfor /f \"tokens=3\" %%v in ('reg query \"{key}\" /v Version 2^>nul ^| find \"Version\"') do echo %%v\nexit /b 0\n"
     );
+    // The owner's name takes non-ASCII letters through the batch file (written in the console's
+    // code page) into the registry and back out of `reg query` (decoded from it).
     let install = format!(
-        "@echo off\nreg add \"{key}\" /v Version /t REG_SZ /d 2.0 /f >nul\nif errorlevel 1 exit /b 1\nexit /b 1641\n"
+        "@echo off\nreg add \"{key}\" /v Owner /t REG_SZ /d \"Café Müller\" /f >nul\nreg query \"{key}\" /v Owner\nreg add \"{key}\" /v Version /t REG_SZ /d 2.0 /f >nul\nif errorlevel 1 exit /b 1\nexit /b 1641\n"
     );
     json!({"name": "RegApp", "tenantId": tenant,
         "detectionScript": {"language": "CMD", "body": detect},
@@ -41,7 +43,10 @@ fn registry_software(tenant: &str, key: &str) -> Value {
 fn action<'a>(session: &'a Value, name: &str) -> &'a Value {
     session["actions"]
         .as_array()
-        .and_then(|a| a.iter().find(|a| a["name"].as_str().is_some_and(|n| n.contains(name))))
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a["name"].as_str().is_some_and(|n| n.contains(name)))
+        })
         .unwrap_or(&Value::Null)
 }
 
@@ -55,7 +60,11 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
     let tenant = s.create_tenant(&admin, "Windows shop").await?;
     let key = s.enrollment_key(&admin, &tenant).await?;
     let dir = tempfile::tempdir()?;
-    let run = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
     let reg_key = format!(r"HKLM\Software\UpkeepE2E\{run}");
     let rebooted = dir.path().join("rebooted.txt");
     let reboot_command = format!("echo rebooted> \"{}\"", windows_path(&rebooted));
@@ -72,15 +81,24 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
     };
     s.wait_online(&admin, &computer).await?;
     let os = s
-        .gql(&admin, "query($id: ID!) { computer(id: $id) { os agentVersion } }", json!({"id": computer}))
+        .gql(
+            &admin,
+            "query($id: ID!) { computer(id: $id) { os agentVersion } }",
+            json!({"id": computer}),
+        )
         .await?;
     assert!(
-        os["computer"]["os"].as_str().is_some_and(|os| os.contains("Windows")),
+        os["computer"]["os"]
+            .as_str()
+            .is_some_and(|os| os.contains("Windows")),
         "the OS comes from the registry: {os:#}"
     );
 
     let tool_file = dir.path().join("tool.version");
-    for software in [file_software(&tenant, &tool_file), registry_software(&tenant, &reg_key)] {
+    for software in [
+        file_software(&tenant, &tool_file),
+        registry_software(&tenant, &reg_key),
+    ] {
         let sw = s.create_software(&admin, software).await?;
         s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
             .await?;
@@ -91,7 +109,12 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
         .wait_status(&admin, &id, &["PASSED", "FAILED", "CANCELLED"], T)
         .await
         .with_context(|| format!("the agent's log:\n{}", agent.log()))?;
-    assert_eq!(done["status"], "PASSED", "{done:#}\nagent log:\n{}", agent.log());
+    assert_eq!(
+        done["status"],
+        "PASSED",
+        "{done:#}\nagent log:\n{}",
+        agent.log()
+    );
     assert_eq!(action(&done, "Tool")["status"], "SUCCEEDED", "{done:#}");
     assert_eq!(action(&done, "RegApp")["status"], "SUCCEEDED", "{done:#}");
     // 1641 ("reboot initiated") counts as "reboot needed": the reboot step ran, through cmd.exe.
@@ -105,6 +128,33 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
     })
     .await?;
     assert_eq!(std::fs::read_to_string(&tool_file)?.trim(), "1.0");
+    let outputs = s
+        .gql(&admin, "query($id: ID!) { maintenanceSession(id: $id) { actions { name output { stdout exitCode } } } }", json!({"id": id}))
+        .await?;
+    let reg_output = action(&outputs["maintenanceSession"], "RegApp")["output"].clone();
+    assert_eq!(reg_output["exitCode"], 1641, "{outputs:#}");
+    assert!(
+        reg_output["stdout"]
+            .as_str()
+            .is_some_and(|o| o.contains("REG_SZ") && o.contains("Café Müller")),
+        "the registry got the letters, and the agent read them back: {outputs:#}"
+    );
+    // The registry holds the letters themselves (not their UTF-8 bytes read as code page
+    // characters): `reg export` writes UTF-16, independent of any code page.
+    let export = dir.path().join("regapp.reg");
+    let exported = wine
+        .command("reg")
+        .args(["export", &reg_key])
+        .arg(windows_path(&export))
+        .output()
+        .await?;
+    assert!(exported.status.success(), "reg export: {exported:?}");
+    let units: Vec<u16> = std::fs::read(&export)?
+        .chunks_exact(2)
+        .map(|u| u16::from_le_bytes([u[0], u[1]]))
+        .collect();
+    let exported = String::from_utf16_lossy(&units);
+    assert!(exported.contains("\"Owner\"=\"Café Müller\""), "{exported}");
     // The install really wrote the registry of the Windows the agent runs on.
     let query = wine
         .command("reg")
@@ -112,7 +162,10 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
         .output()
         .await?;
     let text = String::from_utf8_lossy(&query.stdout);
-    assert!(text.contains("REG_SZ") && text.contains("2.0"), "reg query: {text}");
+    assert!(
+        text.contains("REG_SZ") && text.contains("2.0"),
+        "reg query: {text}"
+    );
 
     // A second session detects both as installed: the registry detection reads "2.0" back.
     let again = s.start_session(&admin, &computer, json!({})).await?;
@@ -197,8 +250,12 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
     // Counts no other process uses, so the check below finds only this script's pings.
     let n = 600 + std::process::id() % 300;
     // Wine shows them to Linux as `ping -n N …` or `C:\…\ping.exe -n N …`.
-    let (background, foreground) = (format!("-n {n} 127.0.0.1"), format!("-n {} 127.0.0.1", n + 1));
-    let install = format!("@echo off\nstart \"\" /b ping {background} >nul\nping {foreground} >nul\n");
+    let (background, foreground) = (
+        format!("-n {n} 127.0.0.1"),
+        format!("-n {} 127.0.0.1", n + 1),
+    );
+    let install =
+        format!("@echo off\nstart \"\" /b ping {background} >nul\nping {foreground} >nul\n");
     let sw = s
         .create_software(
             &admin,
@@ -211,8 +268,10 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
         .await?;
     let id = s.start_session(&admin, &computer, json!({})).await?;
     wait_for("the script and its background ping to run", T, || async {
-        Ok((!processes_with(&background).is_empty() && !processes_with(&foreground).is_empty())
-            .then_some(()))
+        Ok(
+            (!processes_with(&background).is_empty() && !processes_with(&foreground).is_empty())
+                .then_some(()),
+        )
     })
     .await
     .with_context(|| format!("the agent's log:\n{}", agent.log()))?;
@@ -222,14 +281,22 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
     assert_eq!(done["status"], "FAILED", "{done:#}");
     let a = action(&done, "Hangs");
     assert!(
-        a["resultMessage"].as_str().is_some_and(|m| m.contains("timed out")),
+        a["resultMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("timed out")),
         "{done:#}"
     );
     // Both pings would run for ten minutes; the job object ends them now.
-    wait_for("the script's processes to end", Duration::from_secs(30), || async {
-        Ok((processes_with(&background).is_empty() && processes_with(&foreground).is_empty())
-            .then_some(()))
-    })
+    wait_for(
+        "the script's processes to end",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                (processes_with(&background).is_empty() && processes_with(&foreground).is_empty())
+                    .then_some(()),
+            )
+        },
+    )
     .await
     .with_context(|| format!("still running: {:?}", processes_with(&format!("-n {n}"))))?;
     agent.stop().await;
@@ -252,7 +319,11 @@ impl Drop for ServiceGuard<'_> {
 
 async fn computer_online(s: &TestServer, admin: &str, computer: &str) -> anyhow::Result<bool> {
     let d = s
-        .gql(admin, "query($id: ID!) { computer(id: $id) { online } }", json!({"id": computer}))
+        .gql(
+            admin,
+            "query($id: ID!) { computer(id: $id) { online } }",
+            json!({"id": computer}),
+        )
         .await?;
     Ok(d["computer"]["online"].as_bool().unwrap_or(false))
 }
@@ -273,12 +344,30 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
     let state = dir.path().join("state");
     let exe = wine.agent_exe();
     // A service left by an aborted run of this test would make `install` fail.
-    let _ = wine.command(exe).args(["service", "uninstall"]).output().await;
+    let _ = wine
+        .command(exe)
+        .args(["service", "uninstall"])
+        .output()
+        .await;
     let _guard = ServiceGuard(wine);
     let install = wine
         .command(exe)
-        .args(["service", "install", "--server", &s.url, "--enrollment-key", &key])
-        .args(["--hostname", "win-svc", "--machine-id", "win-svc", "--poll-wait-seconds", "5"])
+        .args([
+            "service",
+            "install",
+            "--server",
+            &s.url,
+            "--enrollment-key",
+            &key,
+        ])
+        .args([
+            "--hostname",
+            "win-svc",
+            "--machine-id",
+            "win-svc",
+            "--poll-wait-seconds",
+            "5",
+        ])
         .arg("--state-dir")
         .arg(windows_path(&state))
         .output()
@@ -289,16 +378,30 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
         String::from_utf8_lossy(&install.stderr)
     );
     assert!(install.status.success(), "service install: {said}");
-    assert!(said.contains("UpkeepAgent is installed and started"), "{said}");
+    assert!(
+        said.contains("UpkeepAgent is installed and started"),
+        "{said}"
+    );
 
     let image = wine
         .command("reg")
-        .args(["query", r"HKLM\System\CurrentControlSet\Services\UpkeepAgent", "/v", "ImagePath"])
+        .args([
+            "query",
+            r"HKLM\System\CurrentControlSet\Services\UpkeepAgent",
+            "/v",
+            "ImagePath",
+        ])
         .output()
         .await?;
     let image = String::from_utf8_lossy(&image.stdout);
-    assert!(image.contains("service run") && image.contains("--state-dir"), "{image}");
-    assert!(!image.contains(&key), "the key stays off the service command line: {image}");
+    assert!(
+        image.contains("service run") && image.contains("--state-dir"),
+        "{image}"
+    );
+    assert!(
+        !image.contains(&key),
+        "the key stays off the service command line: {image}"
+    );
     assert_eq!(std::fs::read_to_string(state.join("enrollment-key"))?, key);
 
     let log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
@@ -309,21 +412,30 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
     s.wait_online(&admin, &computer).await?;
     assert!(log().contains("service started"), "{}", log());
 
-    let uninstall = wine.command(exe).args(["service", "uninstall"]).output().await?;
+    let uninstall = wine
+        .command(exe)
+        .args(["service", "uninstall"])
+        .output()
+        .await?;
     assert!(
         uninstall.status.success(),
         "service uninstall: {}{}",
         String::from_utf8_lossy(&uninstall.stdout),
         String::from_utf8_lossy(&uninstall.stderr)
     );
-    wait_for("the stopped service's computer to go offline", T, || async {
-        Ok((!computer_online(&s, &admin, &computer).await?).then_some(()))
-    })
+    wait_for(
+        "the stopped service's computer to go offline",
+        T,
+        || async { Ok((!computer_online(&s, &admin, &computer).await?).then_some(())) },
+    )
     .await?;
     assert!(log().contains("asks the agent to stop"), "{}", log());
     let gone = wine
         .command("reg")
-        .args(["query", r"HKLM\System\CurrentControlSet\Services\UpkeepAgent"])
+        .args([
+            "query",
+            r"HKLM\System\CurrentControlSet\Services\UpkeepAgent",
+        ])
         .output()
         .await?;
     assert!(!gone.status.success(), "the service is removed");
