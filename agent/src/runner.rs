@@ -276,6 +276,9 @@ async fn wait_capped(
                 status = child.wait() => break status,
                 _ = &mut deadline, if !timed_out => {
                     group.kill();
+                    // The interpreter too, should it have escaped its tree (a job object that
+                    // could not be assigned).
+                    let _ = child.start_kill();
                     timed_out = true;
                 }
             }

@@ -1,6 +1,6 @@
 //! Windows: console control events, a protected DACL on the state directory, job objects.
 
-use std::ffi::{OsStr, c_void};
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::windows::ffi::OsStrExt;
@@ -114,7 +114,7 @@ fn set_private_dacl(path: &Path) -> io::Result<()> {
                 code => Err(io::Error::from_raw_os_error(code as i32)),
             }
         };
-        LocalFree(descriptor as *mut c_void);
+        LocalFree(descriptor);
         result
     };
     result.map_err(|e| {
