@@ -40,6 +40,35 @@ fn registry_software(tenant: &str, key: &str) -> Value {
         "versions": [{"version": "2.0", "installScript": {"language": "CMD", "body": install}}]})
 }
 
+/// Waits for the agent's computer to enroll; Wine's first start in a fresh prefix is slow, so
+/// longer than the kit's 20 s. On failure, says what the agent logged.
+async fn enrolled(
+    s: &TestServer,
+    admin: &str,
+    hostname: &str,
+    log: impl Fn() -> String,
+) -> anyhow::Result<String> {
+    let found = wait_for(&format!("computer {hostname} to enroll"), T, || async {
+        let d = s
+            .gql(
+                admin,
+                "query($s: String) { computers(search: $s) { edges { node { id hostname } } } }",
+                json!({"s": hostname}),
+            )
+            .await?;
+        Ok(d["computers"]["edges"].as_array().and_then(|e| {
+            e.iter()
+                .find(|n| n["node"]["hostname"] == hostname)
+                .and_then(|n| n["node"]["id"].as_str().map(str::to_owned))
+        }))
+    })
+    .await;
+    match found {
+        Ok(id) => Ok(id),
+        Err(e) => bail!("{e:#}\nthe agent's log:\n{}", log()),
+    }
+}
+
 fn action<'a>(session: &'a Value, name: &str) -> &'a Value {
     session["actions"]
         .as_array()
@@ -75,10 +104,7 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
         "win-desk",
         &["--reboot-command", &reboot_command],
     )?;
-    let computer = match s.computer_id(&admin, "win-desk").await {
-        Ok(c) => c,
-        Err(e) => bail!("{e:#}\nthe agent's log:\n{}", agent.log()),
-    };
+    let computer = enrolled(&s, &admin, "win-desk", || agent.log()).await?;
     s.wait_online(&admin, &computer).await?;
     let os = s
         .gql(
@@ -242,10 +268,7 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
     let tenant = s.create_tenant(&admin, "Slow").await?;
     let key = s.enrollment_key(&admin, &tenant).await?;
     let mut agent = WineAgent::start(wine, &s.url, &key, "win-slow", &[])?;
-    let computer = match s.computer_id(&admin, "win-slow").await {
-        Ok(c) => c,
-        Err(e) => bail!("{e:#}\nthe agent's log:\n{}", agent.log()),
-    };
+    let computer = enrolled(&s, &admin, "win-slow", || agent.log()).await?;
     s.wait_online(&admin, &computer).await?;
     // Counts no other process uses, so the check below finds only this script's pings.
     let n = 600 + std::process::id() % 300;
@@ -405,10 +428,7 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
     assert_eq!(std::fs::read_to_string(state.join("enrollment-key"))?, key);
 
     let log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
-    let computer = match s.computer_id(&admin, "win-svc").await {
-        Ok(c) => c,
-        Err(e) => bail!("{e:#}\nthe service's log:\n{}", log()),
-    };
+    let computer = enrolled(&s, &admin, "win-svc", &log).await?;
     s.wait_online(&admin, &computer).await?;
     assert!(log().contains("service started"), "{}", log());
 
