@@ -48,8 +48,19 @@ pub const OUTPUT_CHUNK_BURST: u32 = 20;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Exit code by which an install, upgrade, uninstall or set script says "succeeded, a reboot is
-/// needed" (the Windows Installer convention).
+/// needed" (the Windows Installer convention, `ERROR_SUCCESS_REBOOT_REQUIRED`).
 pub const EXIT_REBOOT_REQUIRED: i32 = 3010;
+
+/// Exit code by which a script says "succeeded, and a reboot was started" (Windows Installer's
+/// `ERROR_SUCCESS_REBOOT_INITIATED`). Treated like [`EXIT_REBOOT_REQUIRED`]: the session's
+/// reboot step follows, and verification waits for the agent to return.
+pub const EXIT_REBOOT_INITIATED: i32 = 1641;
+
+/// Whether a script's exit code means "succeeded, a reboot is needed" ([`EXIT_REBOOT_REQUIRED`]
+/// or [`EXIT_REBOOT_INITIATED`]).
+pub fn means_reboot(exit_code: i32) -> bool {
+    exit_code == EXIT_REBOOT_REQUIRED || exit_code == EXIT_REBOOT_INITIATED
+}
 
 /// `POST /agent/v1/enroll`: a new or re-installed agent asks to join a tenant.
 ///
@@ -299,10 +310,16 @@ pub struct Script {
 pub enum ScriptLanguage {
     /// POSIX `sh`.
     Shell,
-    /// `pwsh` (PowerShell 7). An agent without it reports an error outcome.
+    /// PowerShell: `pwsh` (PowerShell 7) when it is on the `PATH`, else on Windows
+    /// `powershell.exe` (Windows PowerShell 5.1); run with `-NoProfile -NonInteractive
+    /// -ExecutionPolicy Bypass -File script.ps1`. An agent without either reports an error
+    /// outcome.
     Powershell,
-    /// `python3`.
+    /// `python3` (`python` on Windows).
     Python,
+    /// A Windows batch file, run as `cmd.exe /D /C script.cmd`. Only Windows agents run it; others
+    /// report an error outcome ("CMD scripts need a Windows agent").
+    Cmd,
 }
 
 /// `POST /agent/v1/jobs/{jobId}/result`: what became of a job.
@@ -526,6 +543,17 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r.outcome, JobOutcome::Step { .. }));
+    }
+
+    #[test]
+    fn cmd_is_a_wire_language_and_both_reboot_codes_mean_reboot() {
+        assert_eq!(serde_json::to_value(ScriptLanguage::Cmd).unwrap(), "cmd");
+        assert_eq!(
+            serde_json::from_value::<ScriptLanguage>("cmd".into()).unwrap(),
+            ScriptLanguage::Cmd
+        );
+        assert!(means_reboot(3010) && means_reboot(1641));
+        assert!(!means_reboot(0) && !means_reboot(1) && !means_reboot(194));
     }
 
     #[test]

@@ -5,7 +5,11 @@ use clap::Parser;
 use std::path::PathBuf;
 
 /// What a reboot job runs unless `--reboot-command` says otherwise.
+#[cfg(not(windows))]
 pub const DEFAULT_REBOOT_COMMAND: &str = "shutdown -r now";
+/// What a reboot job runs unless `--reboot-command` says otherwise.
+#[cfg(windows)]
+pub const DEFAULT_REBOOT_COMMAND: &str = "shutdown /r /t 0";
 
 /// The file whose presence means "a reboot is pending" on Linux (Debian's and Ubuntu's
 /// `update-notifier` convention) unless `--reboot-pending-file` says otherwise.
@@ -39,7 +43,7 @@ pub struct AgentConfig {
     pub machine_id: Option<String>,
     /// Overrides the host name read from the kernel.
     pub hostname: Option<String>,
-    /// Run with `sh -c` for a reboot job.
+    /// Run with `sh -c` (`cmd.exe /C` on Windows) for a reboot job.
     pub reboot_command: String,
     /// Linux: a reboot is pending while this file exists (besides `needs-restarting -r`).
     pub reboot_pending_file: PathBuf,
@@ -90,10 +94,10 @@ pub struct Cli {
     /// Directory for credentials (mode 0600), the job spool and script files.
     #[arg(long, env = "UPKEEP_STATE_DIR", value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Machine identity; defaults to /etc/machine-id.
+    /// Machine identity; defaults to /etc/machine-id (MachineGuid on Windows).
     #[arg(long, env = "UPKEEP_MACHINE_ID", value_name = "ID")]
     pub machine_id: Option<String>,
-    /// Command run with `sh -c` for a reboot job.
+    /// Command run with `sh -c` (`cmd.exe /C` on Windows) for a reboot job.
     #[arg(long, env = "UPKEEP_REBOOT_COMMAND", value_name = "CMD", default_value = DEFAULT_REBOOT_COMMAND)]
     pub reboot_command: String,
     /// Linux: the file whose presence means a reboot is pending.

@@ -24,12 +24,13 @@ impl Host {
         let hostname_override = non_empty(config.hostname.clone());
         let machine_id = match non_empty(config.machine_id.clone()) {
             Some(id) => id,
-            None => match non_empty(read_trimmed("/etc/machine-id")) {
+            // `/etc/machine-id` on Unix, `MachineGuid` on Windows.
+            None => match crate::platform::machine_id() {
                 Some(id) => id,
                 None => {
                     let name = hostname(hostname_override.as_deref()).await;
                     tracing::warn!(
-                        "no /etc/machine-id and no --machine-id; using the host name {name:?} as machine id"
+                        "no machine id from the OS and no --machine-id; using the host name {name:?} as machine id"
                     );
                     name
                 }
@@ -76,6 +77,11 @@ async fn hostname(pinned: Option<&str>) -> String {
     if let Some(name) = pinned {
         return name.to_owned();
     }
+    if cfg!(windows)
+        && let Some(name) = non_empty(std::env::var("COMPUTERNAME").ok())
+    {
+        return name;
+    }
     if let Some(name) = non_empty(read_trimmed("/proc/sys/kernel/hostname")) {
         return name;
     }
@@ -86,8 +92,12 @@ async fn hostname(pinned: Option<&str>) -> String {
 }
 
 /// `PRETTY_NAME` from os-release, which is what people recognise ("Debian GNU/Linux 12
-/// (bookworm)"); `NAME` or the bare OS family when a distribution lacks it.
+/// (bookworm)"); `NAME` or the bare OS family when a distribution lacks it. On Windows the
+/// product name and build from the registry.
 pub(crate) fn os_name() -> String {
+    if let Some(name) = crate::platform::os_name() {
+        return name;
+    }
     let release = std::fs::read_to_string("/etc/os-release")
         .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
         .unwrap_or_default();

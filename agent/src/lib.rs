@@ -14,7 +14,11 @@
 //!   software); `pending`: whether a reboot is pending, and the reboot prompt.
 //! - `stop`: the shutdown signal.
 //! - `state`: the state directory (credentials, job spool); the only module touching it.
-//! - `runner`: running scripts in process groups with time limits and bounded output.
+//! - `runner`: running scripts in process trees with time limits and bounded output.
+//! - `interpreter`: which program runs each script language on this OS.
+//! - `decode`: script output bytes as text (console code pages, UTF-16 on Windows).
+//! - `platform`: what differs between Unix and Windows (signals, permissions, process trees).
+//! - `service`: `upkeep-agent service install|uninstall|run` (the Windows service).
 //! - `client`: the HTTP calls and the sorting of their failures.
 //! - `stream`: a running step's output, sent in chunks while it runs.
 //! - `backoff`: retry delays.
@@ -24,10 +28,14 @@
 mod backoff;
 mod client;
 mod config;
+mod decode;
 mod host;
+mod interpreter;
 mod inventory;
 mod pending;
+mod platform;
 mod runner;
+mod service;
 mod state;
 mod stop;
 mod stream;
@@ -76,51 +84,42 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 const MAX_THROTTLE: Duration = Duration::from_secs(300);
 
 /// Entry point of the `upkeep-agent` binary: parses the command line, sets up logging
-/// (`RUST_LOG`, default `info`), and runs until SIGTERM or SIGINT.
+/// (`RUST_LOG`, default `info`), and runs until SIGTERM or SIGINT (Ctrl-C, Ctrl-Break or the
+/// console closing on Windows). `upkeep-agent service …` manages and runs the Windows service.
 pub fn main_cli() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "service") {
+        return service::main_cli();
+    }
     let config = AgentConfig::from(Cli::parse());
+    init_logging(
+        std::io::stderr,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
+    runtime()?.block_on(run(config, platform::shutdown_signal()))
+}
+
+/// Logs to `writer` (`RUST_LOG`, default `info`). Colour codes only help a person at a
+/// terminal; in the journal or a file they are noise.
+fn init_logging<W>(writer: W, ansi: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Fails only when a subscriber is already set, which is then used instead.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only help a person at a terminal; in the journal they are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .try_init();
-    // One thread is plenty: the agent runs one job at a time and mostly waits on the network.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, shutdown_signal()))
 }
 
-/// Resolves on the first SIGTERM or SIGINT. If a signal cannot be watched, only the other
-/// one stops the agent (rather than stopping it at once).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(e) => {
-                warn!("cannot watch for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!("cannot watch for SIGINT: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = terminate => info!("SIGTERM received; stopping"),
-        () = interrupt => info!("SIGINT received; stopping"),
-    }
+/// One thread is plenty: the agent runs one job at a time and mostly waits on the network.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Runs the agent until `shutdown` resolves: enrolls if the state directory holds no
@@ -765,7 +764,7 @@ fn kind_name(kind: &JobKind) -> &'static str {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod fake_server;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;

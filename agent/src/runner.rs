@@ -1,16 +1,19 @@
-//! Running scripts: one process group per script, a hard time limit, bounded output.
+//! Running scripts: one process tree per script, a hard time limit, bounded output.
 //!
-//! A script runs in a new process group so that the time limit can kill everything it started
+//! A script runs in a process tree of its own (a process group on Unix, a job object on
+//! Windows: `platform::ProcessTree`) so that the time limit can kill everything it started
 //! (`sh -c 'daemon & sleep 99'` included), not just the interpreter. Dropping a run before it
-//! ends (the agent stops, or its task is aborted) kills the group too.
+//! ends (the agent stops, or its task is aborted) kills the tree too.
 //!
 //! When the interpreter exits, output is still read for [`OUTPUT_GRACE`] so that what it wrote
 //! last is not lost; processes it left running are *not* killed (an install script may start a
 //! service), but their output is no longer read once the grace is over.
 
+use crate::decode::{self, StreamDecoder};
+use crate::interpreter::{self, Interpreter};
+use crate::platform::{self, ProcessTree};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -20,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStdin, Command};
 use upkeep_agent_protocol::{
     JobOutcome, JobResult, MAX_BODY_BYTES, MAX_OUTPUT_BYTES, OutputStream, Probe, ProbeResult,
-    Script, ScriptLanguage, ScriptOutcome, truncate_utf8,
+    Script, ScriptOutcome, truncate_utf8,
 };
 
 /// How long output is still read after the interpreter exited (see the module docs).
@@ -38,35 +41,6 @@ pub(crate) struct JobContext<'a> {
     pub(crate) work_dir: &'a Path,
     pub(crate) job_id: &'a str,
     pub(crate) session_id: &'a str,
-}
-
-/// How to start a script of one language.
-#[derive(Debug, Clone, Copy)]
-struct Interpreter {
-    program: &'static str,
-    args: &'static [&'static str],
-    /// `pwsh -File` refuses files without `.ps1`.
-    extension: &'static str,
-}
-
-fn interpreter(language: ScriptLanguage) -> Interpreter {
-    match language {
-        ScriptLanguage::Shell => Interpreter {
-            program: "sh",
-            args: &[],
-            extension: "sh",
-        },
-        ScriptLanguage::Python => Interpreter {
-            program: "python3",
-            args: &[],
-            extension: "py",
-        },
-        ScriptLanguage::Powershell => Interpreter {
-            program: "pwsh",
-            args: &["-NoProfile", "-NonInteractive", "-File"],
-            extension: "ps1",
-        },
-    }
 }
 
 /// Runs a probe job's probes one after another; one failing does not stop the others.
@@ -89,7 +63,7 @@ pub(crate) async fn run_script(
     script: &Script,
     parameters: &BTreeMap<String, String>,
 ) -> ScriptOutcome {
-    run_with(interpreter(script.language), ctx, script, parameters, None).await
+    run_on_this_computer(ctx, script, parameters, None).await
 }
 
 /// [`run_script`], copying what the script writes (within the output cap) into `tee` as it
@@ -100,44 +74,57 @@ pub(crate) async fn run_script_streaming(
     parameters: &BTreeMap<String, String>,
     tee: &Tee,
 ) -> ScriptOutcome {
-    run_with(
-        interpreter(script.language),
-        ctx,
-        script,
-        parameters,
-        Some(tee),
-    )
-    .await
+    run_on_this_computer(ctx, script, parameters, Some(tee)).await
 }
 
-/// Output captured but not yet streamed, per stream (stdout, stderr). Shared between the
-/// pipe readers and the streamer.
-#[derive(Debug, Default)]
+/// Runs the script with this computer's interpreter for its language; a language this OS
+/// cannot run (`CMD` off Windows) is reported in the outcome.
+async fn run_on_this_computer(
+    ctx: JobContext<'_>,
+    script: &Script,
+    parameters: &BTreeMap<String, String>,
+    tee: Option<&Tee>,
+) -> ScriptOutcome {
+    match interpreter::for_this_computer(script.language) {
+        Ok(interpreter) => run_with(interpreter, ctx, script, parameters, tee).await,
+        Err(reason) => ScriptOutcome {
+            error: Some(reason.to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Output captured but not yet streamed, per stream (stdout, stderr), with each stream's
+/// decoder. Shared between the pipe readers and the streamer.
+#[derive(Debug)]
 pub(crate) struct Tee {
-    pending: Mutex<[Vec<u8>; 2]>,
+    pending: Mutex<[(Vec<u8>, StreamDecoder); 2]>,
+}
+
+impl Default for Tee {
+    fn default() -> Self {
+        let code_page = platform::output_code_page();
+        Self {
+            pending: Mutex::new([
+                (Vec::new(), StreamDecoder::new(code_page)),
+                (Vec::new(), StreamDecoder::new(code_page)),
+            ]),
+        }
+    }
 }
 
 impl Tee {
     fn push(&self, stream: OutputStream, bytes: &[u8]) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p[index(stream)].extend_from_slice(bytes);
+        p[index(stream)].0.extend_from_slice(bytes);
     }
 
-    /// The text written since the last call, as UTF-8; a character split by a read stays for
-    /// the next call (invalid bytes become U+FFFD).
+    /// The text written since the last call (see `decode`); a character split by a read stays
+    /// for the next call (invalid bytes become U+FFFD).
     pub(crate) fn take(&self, stream: OutputStream) -> String {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = &mut p[index(stream)];
-        let keep_from = match std::str::from_utf8(bytes) {
-            Ok(_) => bytes.len(),
-            // An incomplete character at the very end: wait for its other bytes.
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => bytes.len(),
-        };
-        let rest = bytes.split_off(keep_from);
-        let text = String::from_utf8_lossy(bytes).into_owned();
-        *bytes = rest;
-        text
+        let (bytes, decoder) = &mut p[index(stream)];
+        decoder.take(bytes, platform::decode_code_page)
     }
 }
 
@@ -162,7 +149,8 @@ async fn run_with(
         ..Default::default()
     };
 
-    let file = match ScriptFile::write(ctx.work_dir, interpreter.extension, &script.body) {
+    let body = interpreter::script_file_bytes(script.language, &script.body, platform::encode_oem);
+    let file = match ScriptFile::write(ctx.work_dir, interpreter.extension, &body) {
         Ok(file) => file,
         Err(e) => {
             return failed(format!(
@@ -183,7 +171,7 @@ async fn run_with(
         }
         Err(e) => return failed(format!("could not start {}: {e}", interpreter.program)),
     };
-    let mut group = ProcessGroup::of(&child);
+    let mut group = ProcessTree::of(&child);
 
     // Zero would kill every script at once; treat it as the shortest limit instead.
     let limit = Duration::from_secs(u64::from(script.timeout_seconds.max(1)));
@@ -221,7 +209,7 @@ struct Finished {
 
 /// The command that runs `script_path` with the interpreter: parameters as
 /// `UPKEEP_PARAM_<NAME>`, the job and session ids, no stdin, piped output, its own process
-/// group (so a time-out kills everything it started).
+/// tree (so a time-out kills everything it started).
 fn script_command(
     interpreter: &Interpreter,
     ctx: &JobContext<'_>,
@@ -245,16 +233,16 @@ fn script_command(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    ProcessTree::prepare(&mut command);
     command
 }
 
 /// Reads the script's output (capped, teed to the server when streaming) until it exits,
-/// killing its process group at `limit`.
+/// killing its process tree at `limit`.
 async fn wait_capped(
     child: &mut Child,
-    group: &mut ProcessGroup,
+    group: &mut ProcessTree,
     limit: Duration,
     tee: Option<&Tee>,
 ) -> Finished {
@@ -288,6 +276,9 @@ async fn wait_capped(
                 status = child.wait() => break status,
                 _ = &mut deadline, if !timed_out => {
                     group.kill();
+                    // The interpreter too, should it have escaped its tree (a job object that
+                    // could not be assigned).
+                    let _ = child.start_kill();
                     timed_out = true;
                 }
             }
@@ -398,19 +389,13 @@ pub(crate) struct RebootGate {
     stdin: Option<ChildStdin>,
 }
 
-/// Starts `sh -c <command>` behind a gate, in its own process group so that a signal meant
-/// for the agent's group (Ctrl-C) does not stop the reboot.
+/// Starts the reboot command (`sh -c`, `cmd.exe /C` on Windows) behind a gate, in its own
+/// process group so that a signal meant for the agent's group (Ctrl-C) does not stop it.
 pub(crate) fn spawn_reboot(command: &str) -> io::Result<RebootGate> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"read -r _; exec sh -c "$1""#)
-        .arg("upkeep-reboot")
-        .arg(command)
+    let mut child = platform::gated_reboot(command)
         .env_remove(ENROLLMENT_KEY_VAR)
-        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .process_group(0)
         .spawn()?;
     let stdin = child.stdin.take();
     Ok(RebootGate { child, stdin })
@@ -430,48 +415,6 @@ impl RebootGate {
     }
 }
 
-/// A script's process group, killed when dropped while the script still runs.
-///
-/// Killing is only safe while the group leader is unreaped: until then its pid, and so the
-/// group id, cannot be reused by an unrelated process.
-#[derive(Debug)]
-struct ProcessGroup {
-    pgid: Option<libc::pid_t>,
-}
-
-impl ProcessGroup {
-    fn of(child: &Child) -> Self {
-        Self {
-            pgid: child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()),
-        }
-    }
-
-    fn kill(&self) {
-        if let Some(pgid) = self.pgid {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative
-            // pid addresses the process group the script leads.
-            let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            if rc != 0 {
-                tracing::debug!(
-                    "killing process group {pgid}: {}",
-                    io::Error::last_os_error()
-                );
-            }
-        }
-    }
-
-    /// The leader was reaped: the group id may be reused from now on, so never kill it again.
-    fn reaped(&mut self) {
-        self.pgid = None;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The first [`MAX_OUTPUT_BYTES`] of a stream, and whether there was more.
 #[derive(Debug, Default)]
 struct Captured {
@@ -480,9 +423,14 @@ struct Captured {
 }
 
 impl Captured {
-    /// Lossy UTF-8 may grow the text (a cut character becomes U+FFFD), so cut again after.
+    /// Decoding may grow the text (a cut character becomes U+FFFD, a code page's letter two
+    /// bytes of UTF-8), so cut again after.
     fn into_string(self) -> (String, bool) {
-        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
+        let mut text = decode::decode_output(
+            &self.bytes,
+            platform::output_code_page(),
+            platform::decode_code_page,
+        );
         let cut = truncate_utf8(&mut text, MAX_OUTPUT_BYTES);
         (text, self.overflowed || cut)
     }
@@ -527,18 +475,16 @@ struct ScriptFile {
 }
 
 impl ScriptFile {
-    fn write(dir: &Path, extension: &str, body: &str) -> io::Result<Self> {
+    fn write(dir: &Path, extension: &str, body: &[u8]) -> io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("script-{}-{n}.{extension}", std::process::id()));
-        let mut handle = std::fs::OpenOptions::new()
-            .write(true)
+        let mut handle = platform::private_file(std::fs::OpenOptions::new().write(true))
             .create_new(true)
-            .mode(0o600)
             .open(&path)?;
         // From here on the guard removes the file, also when writing fails.
         let file = Self { path };
-        handle.write_all(body.as_bytes())?;
+        handle.write_all(body)?;
         Ok(file)
     }
 
@@ -559,21 +505,26 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Unix exit codes are 8 bits, so `exit 3010` arrives as 194 (3010 mod 256). The agent reports
-/// it as 3010 ("succeeded, reboot needed"), the convention scripts written for Windows use.
+/// Unix exit codes are 8 bits, so `exit 3010` arrives as 194 (3010 mod 256) and `exit 1641` as
+/// 105. The agent reports them as 3010 and 1641 ("succeeded, reboot needed"), the convention
+/// scripts written for Windows use. Windows exit codes are 32 bits and pass unchanged.
 fn widen_exit_code(code: i32) -> i32 {
-    if code == upkeep_agent_protocol::EXIT_REBOOT_REQUIRED % 256 {
-        upkeep_agent_protocol::EXIT_REBOOT_REQUIRED
-    } else {
-        code
+    use upkeep_agent_protocol::{EXIT_REBOOT_INITIATED, EXIT_REBOOT_REQUIRED};
+    if cfg!(windows) {
+        return code;
+    }
+    match code {
+        c if c == EXIT_REBOOT_REQUIRED % 256 => EXIT_REBOOT_REQUIRED,
+        c if c == EXIT_REBOOT_INITIATED % 256 => EXIT_REBOOT_INITIATED,
+        c => c,
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::time::Duration;
-    use upkeep_agent_protocol::Probe;
+    use upkeep_agent_protocol::{Probe, ScriptLanguage};
 
     fn shell(body: &str, timeout_seconds: u32) -> Script {
         Script {
@@ -730,16 +681,33 @@ mod tests {
         );
         assert_eq!(outcome.exit_code, None);
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
-        // PowerShell is started as the protocol says, with the extension `-File` needs.
-        let pwsh = interpreter(ScriptLanguage::Powershell);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_script_on_unix_fails_with_a_clear_message() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let script = Script {
+            language: ScriptLanguage::Cmd,
+            body: "@echo off".to_owned(),
+            timeout_seconds: 5,
+        };
+        let outcome = run_script(ctx(dir.path()), &script, &BTreeMap::new()).await;
         assert_eq!(
-            (pwsh.program, pwsh.args, pwsh.extension),
-            (
-                "pwsh",
-                &["-NoProfile", "-NonInteractive", "-File"][..],
-                "ps1"
-            )
+            outcome.error.as_deref(),
+            Some("CMD scripts need a Windows agent")
         );
+        assert_eq!(outcome.exit_code, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn exit_3010_and_1641_survive_unix_exit_status_truncation() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for code in [3010, 1641] {
+            let outcome = run_shell(dir.path(), &format!("exit {code}"), 5).await;
+            assert_eq!(outcome.exit_code, Some(code));
+        }
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Everything the agent keeps on disk, and the exactly-once bookkeeping for jobs.
 //!
-//! Layout of the state directory (mode 0700):
-//! - `agent.lock`: held (flock) by the running agent, so two agents never share a spool.
+//! Layout of the state directory (mode 0700 on Unix; on Windows only SYSTEM and Administrators
+//! may open it, see `platform`):
+//! - `agent.lock`: held (`File::try_lock`: flock on Unix, LockFileEx on Windows) by the
+//!   running agent, so two agents never share a spool.
 //! - `credentials.json` (mode 0600): computer id and agent token from enrollment.
 //! - `jobs/<job>.running`: written and fsynced *before* a job's script starts. Finding one at
 //!   start-up means the agent died mid-job; the job is then reported as failed, never re-run.
@@ -21,11 +23,11 @@
 //! The files are tiny and written a few times per job, so plain blocking `std::fs` is used even
 //! from async code.
 
+use crate::platform;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use upkeep_agent_protocol::{Job, JobOutcome, JobResult, PROTOCOL_VERSION};
@@ -138,10 +140,7 @@ impl StateDir {
             work: root.join("work"),
         };
         for path in [&dir.root, &dir.jobs, &dir.work] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)?;
+            platform::create_private_dir(path)?;
         }
         Ok(dir)
     }
@@ -159,14 +158,13 @@ impl StateDir {
     /// spool would break exactly-once, so the holder keeps the lock for as long as it runs; the
     /// kernel drops it when the holder exits or drops the [`DirLock`].
     pub(crate) fn try_lock(&self) -> io::Result<Option<DirLock>> {
-        let file = OpenOptions::new()
-            .write(true)
+        let file = platform::private_file(OpenOptions::new().write(true))
             .create(true)
             .truncate(false)
-            .mode(0o600)
             .open(self.root.join(LOCK_FILE))?;
-        // Exclusive and non-blocking; on Unix this is flock(2), so the lock belongs to this
-        // open file (a second open, even in this process, is refused) and dies with it.
+        // Exclusive and non-blocking; on Unix this is flock(2), on Windows LockFileEx, so the
+        // lock belongs to this open file (a second open, even in this process, is refused) and
+        // dies with it.
         match file.try_lock() {
             Ok(()) => Ok(Some(DirLock { _file: file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -195,7 +193,7 @@ impl StateDir {
         write_atomically(&path, &to_json(credentials)?)?;
         // A file left by an older install may have looser permissions; the rename kept ours,
         // but make sure anyway.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        platform::restrict_file(&path)
     }
 
     /// Removes script files and temporary files a previous run left behind.
@@ -297,11 +295,9 @@ impl StateDir {
             started_at: chrono::Utc::now().to_rfc3339(),
         };
         let path = self.path(&job.id, RUNNING);
-        let mut file = OpenOptions::new()
-            .write(true)
+        let mut file = platform::private_file(OpenOptions::new().write(true))
             .create(true)
             .truncate(true)
-            .mode(0o600)
             .open(&path)?;
         file.write_all(&to_json(&marker)?)?;
         file.sync_all()?;
@@ -425,11 +421,9 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP);
     let tmp = PathBuf::from(tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
+    let mut file = platform::private_file(OpenOptions::new().write(true))
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
@@ -442,7 +436,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    platform::sync_dir(dir)
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {
@@ -452,10 +446,11 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
     use upkeep_agent_protocol::{JobKind, Script, ScriptLanguage, ScriptOutcome};
 
     fn step_job(id: &str) -> Job {

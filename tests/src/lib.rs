@@ -4,6 +4,7 @@
 
 pub mod hook;
 pub mod smtp;
+pub mod wine;
 pub mod ws;
 
 pub use upkeep_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestServer, http_client, wait_for};

@@ -151,9 +151,10 @@ fn parse_preflight_script(path: &str) -> Result<upkeep_core::domain::Script, Str
         Some("sh") => ScriptLanguage::Shell,
         Some("ps1") => ScriptLanguage::Powershell,
         Some("py") => ScriptLanguage::Python,
+        Some("cmd" | "bat") => ScriptLanguage::Cmd,
         _ => {
             return Err(format!(
-                "'{path}': the language comes from the extension; use .sh, .ps1 or .py"
+                "'{path}': the language comes from the extension; use .sh, .ps1, .py, .cmd or .bat"
             ));
         }
     };
@@ -298,10 +299,14 @@ mod tests {
         std::fs::write(&ps1, "exit 0").expect("write");
         let script = super::parse_preflight_script(&ps1.display().to_string()).expect("parses");
         assert_eq!(script.language, ScriptLanguage::Powershell);
+        let bat = dir.path().join("wu-running.bat");
+        std::fs::write(&bat, "@exit /b 0").expect("write");
+        let script = super::parse_preflight_script(&bat.display().to_string()).expect("parses");
+        assert_eq!(script.language, ScriptLanguage::Cmd);
         let txt = dir.path().join("check.txt");
         std::fs::write(&txt, "exit 0").expect("write");
         let e = super::parse_preflight_script(&txt.display().to_string()).unwrap_err();
-        assert!(e.contains(".sh, .ps1 or .py"), "{e}");
+        assert!(e.contains(".sh, .ps1, .py, .cmd or .bat"), "{e}");
         let e = super::parse_preflight_script("/no/such/check.sh").unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
     }

@@ -274,6 +274,8 @@ pub enum ScriptLanguage {
     Shell,
     Powershell,
     Python,
+    /// Windows batch (`cmd.exe /D /C file.cmd`); agents on other systems fail such a step.
+    Cmd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

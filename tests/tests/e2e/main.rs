@@ -20,3 +20,4 @@ mod security_net;
 mod security_people;
 mod security_small;
 mod sessions;
+mod windows_agent;

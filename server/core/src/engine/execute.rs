@@ -99,7 +99,8 @@ impl Machine<'_> {
     fn on_step_outcome(&mut self, ai: usize, label: &str, outcome: proto::ScriptOutcome) {
         match outcome.exit_code {
             Some(0) => self.log(format!("Done: {label}")),
-            Some(proto::EXIT_REBOOT_REQUIRED) => {
+            // 3010 "reboot required" and 1641 "reboot initiated" both lead to the reboot step.
+            Some(code) if proto::means_reboot(code) => {
                 self.s.actions[ai].reboot_required = true;
                 self.s.reboot_required = true;
                 self.log(format!("Done: {label} (reboot required)"));

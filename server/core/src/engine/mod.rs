@@ -498,6 +498,7 @@ pub fn proto_script(s: &Script, timeout_seconds: u32) -> proto::Script {
             ScriptLanguage::Shell => proto::ScriptLanguage::Shell,
             ScriptLanguage::Powershell => proto::ScriptLanguage::Powershell,
             ScriptLanguage::Python => proto::ScriptLanguage::Python,
+            ScriptLanguage::Cmd => proto::ScriptLanguage::Cmd,
         },
         body: s.body.clone(),
         timeout_seconds,

@@ -1475,6 +1475,18 @@ fn a_failed_step_fails_its_action_even_when_verification_finds_it_compliant() {
 }
 
 #[test]
+fn reboot_initiated_1641_leads_to_the_reboot_step_like_3010() {
+    let mut run = detected(
+        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],
+        &[("d0", absent())],
+    );
+    let effects = run.answer(step_result(proto::EXIT_REBOOT_INITIATED));
+    assert!(run.s.reboot_required && run.action(0).reboot_required);
+    assert_eq!(dispatched(&effects), [&JobKind::Reboot {}]);
+    assert_eq!(run.s.status_reason.as_deref(), Some("rebooting"));
+}
+
+#[test]
 fn reboot_required_with_normal_preference_reboots_before_verification() {
     let mut run = detected(
         vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None)],

@@ -49,9 +49,14 @@ pub enum OnboardingStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[graphql(remote = "upkeep_core::domain::ScriptLanguage")]
 pub enum ScriptLanguage {
+    /// POSIX `sh`.
     Shell,
+    /// `pwsh` when installed, else Windows PowerShell (`powershell.exe`) on Windows.
     Powershell,
+    /// `python3` (`python` on Windows).
     Python,
+    /// A Windows batch file (`cmd.exe /D /C`); only Windows agents run it.
+    Cmd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
