@@ -15,6 +15,11 @@ use upkeep_tests::{E2eServer, TestAgent, TestServer, wait_for};
 
 const T: Duration = Duration::from_secs(120);
 
+/// Held by the tests that run sessions on a Wine agent and by the one that marks a reboot
+/// pending: the Wine prefix (and so its registry) is shared by every test of this binary, and a
+/// pending reboot would make a session reboot first.
+static WINE_REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A software whose CMD scripts keep its version in `file`.
 fn file_software(tenant: &str, file: &Path) -> Value {
     let f = windows_path(file);
@@ -84,6 +89,7 @@ async fn the_windows_agent_runs_cmd_and_registry_scripts_under_wine() -> anyhow:
     let Some(wine) = Wine::get()? else {
         return Ok(());
     };
+    let _registry = WINE_REGISTRY.lock().await;
     let s = TestServer::start().await?;
     let admin = s.admin().await?;
     let tenant = s.create_tenant(&admin, "Windows shop").await?;
@@ -263,6 +269,7 @@ async fn a_timed_out_cmd_script_is_killed_with_everything_it_started() -> anyhow
     let Some(wine) = Wine::get()? else {
         return Ok(());
     };
+    let _registry = WINE_REGISTRY.lock().await;
     let s = TestServer::start_with(|c| c.job_timeout_seconds = Some(6)).await?;
     let admin = s.admin().await?;
     let tenant = s.create_tenant(&admin, "Slow").await?;
@@ -459,5 +466,109 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
         .output()
         .await?;
     assert!(!gone.status.success(), "the service is removed");
+    Ok(())
+}
+
+/// Runs `reg ARGS` in the tests' Wine prefix and fails with its output when it fails.
+fn reg(wine: &Wine, args: &[&str]) -> anyhow::Result<()> {
+    let out = wine.std_command("reg").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "reg {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The Windows side of inventory and pending reboots, read from Wine's registry: a program
+/// under the Uninstall key is listed with its version and publisher, and Component Based
+/// Servicing's `RebootPending` key makes `Computer.rebootPending` true until it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_agent_reports_registry_inventory_and_a_pending_reboot() -> anyhow::Result<()> {
+    let Some(wine) = Wine::get()? else {
+        return Ok(());
+    };
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Windows inventory").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let run = format!(
+        "UpkeepE2E{}{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let program = format!(r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\{run}");
+    reg(
+        wine,
+        &[
+            "add",
+            &program,
+            "/v",
+            "DisplayName",
+            "/d",
+            &format!("{run} Tool"),
+            "/f",
+        ],
+    )?;
+    reg(
+        wine,
+        &["add", &program, "/v", "DisplayVersion", "/d", "4.2.1", "/f"],
+    )?;
+    reg(
+        wine,
+        &[
+            "add",
+            &program,
+            "/v",
+            "Publisher",
+            "/d",
+            "Upkeep Tests",
+            "/f",
+        ],
+    )?;
+    let mut agent = WineAgent::start(wine, &s.url, &key, "win-inv", &[])?;
+    let computer = enrolled(&s, &admin, "win-inv", || agent.log()).await?;
+    let q = "query($c: ID!, $s: String) { computer(id: $c) { rebootPending inventory { osName } installedSoftware(search: $s) { edges { node { name version publisher } } } } }";
+    let listed = wait_for("the Uninstall key in the inventory", T, || async {
+        let d = s.gql(&admin, q, json!({"c": computer, "s": run})).await?;
+        let edges = d["computer"]["installedSoftware"]["edges"].clone();
+        Ok(edges.as_array().filter(|e| !e.is_empty()).map(|_| d))
+    })
+    .await?;
+    let node = &listed["computer"]["installedSoftware"]["edges"][0]["node"];
+    assert_eq!(node["name"], format!("{run} Tool"), "{listed:#}");
+    assert_eq!(node["version"], "4.2.1");
+    assert_eq!(node["publisher"], "Upkeep Tests");
+    assert!(
+        listed["computer"]["inventory"]["osName"]
+            .as_str()
+            .is_some_and(|n| n.contains("Windows")),
+        "{listed:#}"
+    );
+    assert_eq!(
+        listed["computer"]["rebootPending"], false,
+        "nothing is pending yet"
+    );
+
+    let pending =
+        r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending";
+    let _registry = WINE_REGISTRY.lock().await;
+    reg(wine, &["add", pending, "/f"])?;
+    let seen = wait_for("rebootPending from the CBS key", T, || async {
+        let d = s.gql(&admin, q, json!({"c": computer, "s": run})).await?;
+        Ok((d["computer"]["rebootPending"] == true).then_some(()))
+    })
+    .await;
+    let removed = reg(wine, &["delete", pending, "/f"]);
+    seen.with_context(|| agent.log())?;
+    removed?;
+    wait_for("rebootPending cleared with the key", T, || async {
+        let d = s.gql(&admin, q, json!({"c": computer, "s": run})).await?;
+        Ok((d["computer"]["rebootPending"] == false).then_some(()))
+    })
+    .await?;
+    reg(wine, &["delete", &program, "/f"])?;
+    agent.stop().await;
     Ok(())
 }
