@@ -390,7 +390,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let tasks: Vec<(&'static str, futures_util::future::BoxFuture<'static, ()>)> = vec![
         ("timers", Box::pin(app.clone().run_timers())),
         ("presence", Box::pin(app.clone().run_presence())),
-        ("scheduler", Box::pin(app.clone().run_scheduler())),
+        (
+            "scheduler",
+            Box::pin(app.scheduler.clone().run(Arc::new(app.clone()))),
+        ),
         ("outbox", Box::pin(app.outbox.clone().run())),
         ("webhooks", Box::pin(app.webhooks.clone().run())),
         (

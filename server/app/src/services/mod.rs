@@ -49,9 +49,7 @@ pub struct App {
     pub test_mails_by_tenant: Throttle,
     pub test_mails_by_actor: Throttle,
     pub outbox: Arc<crate::services::outbox::Outbox>,
-    /// One scheduler pass at a time (the loop, or a caller driving one): two passes reading
-    /// one cursor could fire an occurrence twice.
-    pub scheduler_lock: tokio::sync::Mutex<()>,
+    pub scheduler: Arc<crate::services::scheduler::Scheduler>,
     pub webhooks: Arc<crate::services::webhooks::Webhooks>,
     pub public_url: crate::config::PublicUrl,
     pub accounts: crate::services::users::Accounts,
@@ -103,7 +101,11 @@ impl App {
             enroll_by_ip: Throttle::new(20, Duration::from_secs(300)),
             test_mails_by_tenant: Throttle::new(10, Duration::from_secs(3600)),
             test_mails_by_actor: Throttle::new(30, Duration::from_secs(3600)),
-            scheduler_lock: tokio::sync::Mutex::new(()),
+            scheduler: Arc::new(crate::services::scheduler::Scheduler::new(
+                store.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            )),
             shutdown,
             accounts: crate::services::users::Accounts::new(store.clone(), clock.clone()),
             credentials_changed: tokio::sync::watch::channel(0).0,
@@ -178,5 +180,32 @@ impl App {
         let start = event_key(session, after);
         self.store
             .scan_prefix::<SessionEvent>(session.as_bytes(), Some(&start))
+    }
+}
+
+impl App {
+    /// One scheduler pass, now (tests and the loop drive the same code).
+    pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
+        self.scheduler.pass(self).await
+    }
+}
+
+#[async_trait::async_trait]
+/// The scheduler reaches sessions through the runtime, here, where both are composed.
+impl crate::services::scheduler::Sessions for Arc<App> {
+    fn active_session_of(&self, computer: Id) -> Option<Id> {
+        self.runtime.active_session_of(computer)
+    }
+
+    async fn cancel(&self, session: Id, reason: &str) -> ApiResult<()> {
+        self.cancel_session(session, reason).await.map(|_| ())
+    }
+
+    async fn start(
+        &self,
+        reqs: Vec<crate::services::runtime::StartRequest>,
+    ) -> ApiResult<Vec<Session>> {
+        self.start_sessions(reqs, crate::services::runtime::Busy::Skip, None)
+            .await
     }
 }

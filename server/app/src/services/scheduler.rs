@@ -13,18 +13,19 @@
 //! and logged. A computer that still has an unfinished session of the same schedule has it
 //! cancelled ("superseded"); one with another unfinished session is skipped and logged.
 
+use crate::clock::Clock;
 use crate::error::{ApiError, ApiResult};
-use crate::services::App;
 use crate::services::runtime::StartRequest;
 use chrono::Duration;
 use chrono_tz::Tz;
 use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use upkeep_core::domain::*;
 use upkeep_core::exclusion::exclusion;
 use upkeep_core::session::SessionTrigger;
 use upkeep_store::records::*;
-use upkeep_store::{IndexKey, TxError};
+use upkeep_store::{Db, IndexKey, TxError};
 
 use upkeep_core::calendar::{self, Tick};
 pub use upkeep_core::calendar::{OWN_ZONE, business_hours_end};
@@ -34,13 +35,45 @@ pub fn zone_for(s: &Schedule, tenant: Option<&Tenant>) -> ApiResult<Tz> {
     upkeep_core::calendar::zone_for(s, tenant).map_err(|e| ApiError::bad("timeZone", e.to_string()))
 }
 
-impl App {
+/// What the scheduler asks of the session runtime: which session a computer has, and starting
+/// and cancelling sessions. (The runtime implements it on `Arc<App>`, the composition root.)
+#[async_trait::async_trait]
+pub trait Sessions: Send + Sync {
+    /// The computer's unfinished session, if it has one.
+    fn active_session_of(&self, computer: Id) -> Option<Id>;
+    async fn cancel(&self, session: Id, reason: &str) -> ApiResult<()>;
+    /// Starts sessions in one batch, skipping computers that are busy.
+    async fn start(&self, reqs: Vec<StartRequest>)
+    -> ApiResult<Vec<upkeep_core::session::Session>>;
+}
+
+/// The scheduler service: its store handle, clock and pass lock; it reaches sessions only
+/// through [`Sessions`].
+pub struct Scheduler {
+    store: Db,
+    clock: Clock,
+    /// One pass at a time (the loop, or a caller driving one): two passes reading one cursor
+    /// could fire an occurrence twice.
+    pass_lock: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    pub fn new(store: Db, clock: Clock, shutdown: CancellationToken) -> Scheduler {
+        Scheduler {
+            store,
+            clock,
+            pass_lock: tokio::sync::Mutex::new(()),
+            shutdown,
+        }
+    }
+
     /// Background loop: fires due occurrences (every few seconds, and at once when a test
     /// moves the clock).
-    pub async fn run_scheduler(self: Arc<Self>) {
+    pub async fn run(self: Arc<Self>, sessions: Arc<dyn Sessions>) {
         let mut moved = self.clock.subscribe_moves();
         loop {
-            if let Err(e) = self.scheduler_pass().await {
+            if let Err(e) = self.pass(&*sessions).await {
                 tracing::error!(error = %e, "scheduler pass failed");
             }
             tokio::select! {
@@ -51,10 +84,9 @@ impl App {
         }
     }
 
-    /// One pass over every enabled schedule.
     /// One pass over every enabled schedule: fires what is due. Passes never overlap.
-    pub async fn scheduler_pass(self: &Arc<Self>) -> ApiResult<()> {
-        let _one_at_a_time = self.scheduler_lock.lock().await;
+    pub async fn pass(&self, sessions: &dyn Sessions) -> ApiResult<()> {
+        let _one_at_a_time = self.pass_lock.lock().await;
         let schedules: Vec<Schedule> = self.store.scan::<Schedule>(None).try_collect::<_>().await?;
         for s in schedules.into_iter().filter(|s| s.enabled) {
             let tenants: Vec<Tenant> = match s.tenant_id {
@@ -65,7 +97,7 @@ impl App {
                 if exclusion(&t, None).is_some() {
                     continue;
                 }
-                if let Err(e) = self.schedule_tick(&s, &t).await {
+                if let Err(e) = self.schedule_tick(sessions, &s, &t).await {
                     tracing::warn!(schedule = %s.id, tenant = %t.id, error = %e, "schedule occurrence failed");
                 }
             }
@@ -73,7 +105,12 @@ impl App {
         Ok(())
     }
 
-    async fn schedule_tick(self: &Arc<Self>, s: &Schedule, tenant: &Tenant) -> ApiResult<()> {
+    async fn schedule_tick(
+        &self,
+        sessions: &dyn Sessions,
+        s: &Schedule,
+        tenant: &Tenant,
+    ) -> ApiResult<()> {
         let now = self.clock.now();
         let tz = zone_for(s, Some(tenant))?;
         let expr = s
@@ -107,7 +144,7 @@ impl App {
                 // occurrence's remaining starts rather than running them twice.
                 self.save_cursor(s.id, &key, next, Some(now)).await?;
                 let started = self
-                    .fire_schedule(s, tenant, occurrence, "schedule")
+                    .fire(sessions, s, tenant, occurrence, "schedule")
                     .await?;
                 tracing::info!(schedule = %s.id, tenant = %tenant.id, %occurrence, sessions = started.len(), "schedule fired");
                 Ok(())
@@ -134,8 +171,9 @@ impl App {
 
     /// Starts the sessions of one occurrence `o` of `s` for `tenant`'s computers. With
     /// `spread`, executions are spread over the first half of the window.
-    pub async fn fire_schedule(
-        self: &Arc<Self>,
+    pub async fn fire(
+        &self,
+        sessions: &dyn Sessions,
         s: &Schedule,
         tenant: &Tenant,
         occurrence: Time,
@@ -160,15 +198,15 @@ impl App {
                 tracing::info!(schedule = %s.id, computer = %c.id, "{why}; skipped");
                 continue;
             }
-            if let Some(active) = self.runtime.active_session_of(c.id) {
+            if let Some(active) = sessions.active_session_of(c.id) {
                 let same_schedule = self
                     .store
                     .get::<upkeep_core::session::Session>(&active)
                     .await?
                     .is_some_and(|x| x.schedule_id == Some(s.id));
                 if same_schedule && !immediate {
-                    let _ = self
-                        .cancel_session(active, "a newer occurrence of its schedule (superseded)")
+                    let _ = sessions
+                        .cancel(active, "a newer occurrence of its schedule (superseded)")
                         .await;
                 } else {
                     tracing::info!(schedule = %s.id, computer = %c.id, session = %active, "computer has an unfinished session; skipped");
@@ -198,8 +236,7 @@ impl App {
             reqs.push(req);
         }
         // One batch: written together, flushed once, first steps side by side.
-        self.start_sessions(reqs, crate::services::runtime::Busy::Skip, None)
-            .await
+        sessions.start(reqs).await
     }
 
     /// The computers a schedule targets in `tenant`, resolved now.

@@ -173,7 +173,14 @@ impl ScheduleMutation {
         for t in tenants {
             out.extend(
                 c.app
-                    .fire_schedule(&s, &t, now, &format!("{} (run now)", c.actor.display()))
+                    .scheduler
+                    .fire(
+                        c.app,
+                        &s,
+                        &t,
+                        now,
+                        &format!("{} (run now)", c.actor.display()),
+                    )
                     .await?,
             );
         }
