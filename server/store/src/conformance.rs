@@ -226,6 +226,35 @@ async fn scans_page_in_order(store: &Db) {
         .await
         .unwrap();
     assert!(prefix >= 1, "count over a key prefix");
+    prefix_scans_and_empty_ranges(store, &ids).await;
+}
+
+async fn prefix_scans_and_empty_ranges(store: &Db, ids: &[Id]) {
+    // A prefix scan never leaves its prefix, whatever the cursor (ids end 0x20.. then 0x21..).
+    let high = &ids[299].as_bytes()[..15];
+    let below: Vec<User> = store
+        .scan_prefix(high, Some(ids[0].as_bytes()))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!below.is_empty() && below.iter().all(|u| u.id.as_bytes().starts_with(high)));
+    assert_eq!(below.len(), 144, "scan_prefix: a cursor below the prefix");
+    // An empty range reads nothing (and does not panic).
+    let k = ids[5].as_bytes().to_vec();
+    let empty = KeyRange {
+        start: std::ops::Bound::Excluded(k.clone()),
+        end: std::ops::Bound::Excluded(k),
+        reverse: false,
+    };
+    let space = Space::Records(Kind::User);
+    assert!(
+        store
+            .read_range(space, &empty, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.count_range(space, &empty).await.unwrap(), 0);
 }
 
 async fn batches_and_snapshots(store: &Db) {

@@ -21,11 +21,16 @@ fn entries(tree: Option<&Tree>, range: &KeyRange) -> Vec<(Vec<u8>, Vec<u8>)> {
         range.start.as_ref().map(Vec::as_slice),
         range.end.as_ref().map(Vec::as_slice),
     );
-    // An empty range (start past end) reads nothing rather than panicking in BTreeMap::range.
-    if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
-        bounds
-        && s > e
-    {
+    // An empty range reads nothing rather than panicking in BTreeMap::range (start past end,
+    // or start equal to end with either bound excluded).
+    let empty = match bounds {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
+            s >= e
+        }
+        _ => false,
+    };
+    if empty {
         return Vec::new();
     }
     let it = tree

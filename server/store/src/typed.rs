@@ -71,9 +71,10 @@ impl dyn Store {
         after: Option<&[u8]>,
     ) -> impl Stream<Item = Result<T>> + Send + use<'s, T> {
         let range = KeyRange::prefix(prefix);
+        // A cursor below the prefix starts nowhere earlier than the prefix itself.
         self.decoded(match after {
-            Some(a) => range.after(a),
-            None => range,
+            Some(a) if a >= prefix => range.after(a),
+            _ => range,
         })
     }
 

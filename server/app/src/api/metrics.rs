@@ -210,26 +210,28 @@ async fn store_and_outbox_families(app: &App, out: &mut String) {
         out,
         "# HELP upkeep_sessions_by_status Sessions in the store by status.\n# TYPE upkeep_sessions_by_status gauge"
     );
+    // A count the store cannot give is left out (and logged), never reported as 0: an empty
+    // outbox and a broken store must not look alike to an alert.
     for st in upkeep_core::session::SessionStatus::ALL {
-        let n = app
-            .store
-            .index_count(&upkeep_store::IndexKey::new(
-                upkeep_store::records::STATUS_SESSIONS,
-                [st.code()],
-            ))
-            .await
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "upkeep_sessions_by_status{{status=\"{}\"}} {n}",
-            upkeep_core::engine::status_name(st)
-        );
+        let idx = upkeep_store::IndexKey::new(upkeep_store::records::STATUS_SESSIONS, [st.code()]);
+        match app.store.index_count(&idx).await {
+            Ok(n) => {
+                let status = upkeep_core::engine::status_name(st);
+                let _ = writeln!(out, "upkeep_sessions_by_status{{status=\"{status}\"}} {n}");
+            }
+            Err(e) => tracing::error!(error = %e, "metrics: cannot count sessions by status"),
+        }
     }
-    let depth = app.outbox.depth().await.unwrap_or_default();
     let _ = writeln!(
         out,
-        "# HELP upkeep_outbox_depth Mails waiting to be sent.\n# TYPE upkeep_outbox_depth gauge\nupkeep_outbox_depth {depth}"
+        "# HELP upkeep_outbox_depth Mails waiting to be sent.\n# TYPE upkeep_outbox_depth gauge"
     );
+    match app.outbox.depth().await {
+        Ok(depth) => {
+            let _ = writeln!(out, "upkeep_outbox_depth {depth}");
+        }
+        Err(e) => tracing::error!(error = %e, "metrics: cannot count the outbox"),
+    }
     let _ = writeln!(
         out,
         "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
