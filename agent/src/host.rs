@@ -4,8 +4,10 @@
 
 use crate::config::AgentConfig;
 use std::time::Duration;
-use tokio::process::Command;
 use upkeep_agent_protocol::Inventory;
+
+/// How long the identity questions (`hostname`, `who`) may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The agent's own version, reported at enrollment and in the inventory.
 pub(crate) const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -85,7 +87,9 @@ async fn hostname(pinned: Option<&str>) -> String {
     if let Some(name) = non_empty(read_trimmed("/proc/sys/kernel/hostname")) {
         return name;
     }
-    if let Some(name) = non_empty(command_stdout("hostname", &[]).await) {
+    if let Some(name) =
+        non_empty(crate::helpers::command_stdout("hostname", &[], HELPER_TIMEOUT).await)
+    {
         return name;
     }
     "localhost".to_owned()
@@ -121,7 +125,9 @@ fn os_release_field(text: &str, key: &str) -> Option<String> {
 /// The first interactive user `who` lists, else the user who ran the agent through sudo or
 /// the agent's own user. Only used to guess the computer's primary person, so a guess is fine.
 async fn logged_on_user() -> Option<String> {
-    let who = command_stdout("who", &[]).await.unwrap_or_default();
+    let who = crate::helpers::command_stdout("who", &[], HELPER_TIMEOUT)
+        .await
+        .unwrap_or_default();
     first_who_user(&who)
         .or_else(|| non_empty(std::env::var("SUDO_USER").ok()))
         .or_else(|| non_empty(std::env::var("USER").ok()))
@@ -130,23 +136,6 @@ async fn logged_on_user() -> Option<String> {
 fn first_who_user(who: &str) -> Option<String> {
     who.lines()
         .find_map(|line| line.split_whitespace().next().map(str::to_owned))
-}
-
-/// Stdout of a short helper command, or `None` when it is missing, fails or hangs.
-async fn command_stdout(program: &str, args: &[&str]) -> Option<String> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(5), command.output())
-        .await
-        .ok()?
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -5,9 +5,7 @@
 //! protocol's limits before it leaves the agent. The agent gathers it about once a minute and
 //! sends it only when it changed (`lib.rs`, `inventory_to_send`).
 
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
 use upkeep_agent_protocol::{
     InstalledSoftware, InventoryDetails, MAX_INSTALLED_SOFTWARE, MAX_INVENTORY_LIST,
     MAX_INVENTORY_TEXT, truncate_utf8,
@@ -290,22 +288,9 @@ fn ipconfig_addresses(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// Stdout of a helper command, or `None` when it is missing, fails or hangs.
+/// Stdout of a helper command (see [`crate::helpers::command_stdout`]).
 async fn stdout(program: &str, args: &[&str]) -> Option<String> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(HELPER_TIMEOUT, command.output())
-        .await
-        .ok()?
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    crate::helpers::command_stdout(program, args, HELPER_TIMEOUT).await
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod backoff;
 mod client;
 mod config;
 mod decode;
+mod helpers;
 mod host;
 mod interpreter;
 mod inventory;

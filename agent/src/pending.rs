@@ -59,29 +59,15 @@ async fn is_pending(file: &Path) -> bool {
         return true;
     }
     // Exit 1: "reboot is required"; 0: not; missing command or anything else: cannot tell.
-    matches!(exit_code("needs-restarting", &["-r"]).await, Some(1))
+    matches!(
+        crate::helpers::command_exit_code("needs-restarting", &["-r"], HELPER_TIMEOUT).await,
+        Some(1)
+    )
 }
 
 #[cfg(windows)]
 async fn is_pending(_file: &Path) -> bool {
     windows::is_pending().await
-}
-
-/// The exit code of a short helper command; `None` when it is missing, killed or hangs.
-#[cfg_attr(windows, allow(dead_code))]
-async fn exit_code(program: &str, args: &[&str]) -> Option<i32> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let status = tokio::time::timeout(HELPER_TIMEOUT, command.status())
-        .await
-        .ok()?
-        .ok()?;
-    status.code()
 }
 
 #[cfg(windows)]
@@ -119,20 +105,10 @@ mod windows {
 
     /// `reg query ARGS`'s output, or `None` when the key or value does not exist.
     pub(crate) async fn reg_query(args: &[&str]) -> Option<String> {
-        let mut command = Command::new("reg");
-        command
-            .arg("query")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let output = tokio::time::timeout(HELPER_TIMEOUT, command.output())
-            .await
-            .ok()?
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        let args: Vec<&str> = std::iter::once("query")
+            .chain(args.iter().copied())
+            .collect();
+        crate::helpers::command_stdout("reg", &args, HELPER_TIMEOUT).await
     }
 }
 

@@ -470,8 +470,8 @@ async fn the_agent_installs_runs_and_uninstalls_as_a_windows_service() -> anyhow
 }
 
 /// Runs `reg ARGS` in the tests' Wine prefix and fails with its output when it fails.
-fn reg(wine: &Wine, args: &[&str]) -> anyhow::Result<()> {
-    let out = wine.std_command("reg").args(args).output()?;
+async fn reg(wine: &Wine, args: &[&str]) -> anyhow::Result<()> {
+    let out = wine.command("reg").args(args).output().await?;
     anyhow::ensure!(
         out.status.success(),
         "reg {args:?}: {}{}",
@@ -510,11 +510,13 @@ async fn the_windows_agent_reports_registry_inventory_and_a_pending_reboot() -> 
             &format!("{run} Tool"),
             "/f",
         ],
-    )?;
+    )
+    .await?;
     reg(
         wine,
         &["add", &program, "/v", "DisplayVersion", "/d", "4.2.1", "/f"],
-    )?;
+    )
+    .await?;
     reg(
         wine,
         &[
@@ -526,7 +528,8 @@ async fn the_windows_agent_reports_registry_inventory_and_a_pending_reboot() -> 
             "Upkeep Tests",
             "/f",
         ],
-    )?;
+    )
+    .await?;
     let mut agent = WineAgent::start(wine, &s.url, &key, "win-inv", &[])?;
     let computer = enrolled(&s, &admin, "win-inv", || agent.log()).await?;
     let q = "query($c: ID!, $s: String) { computer(id: $c) { rebootPending inventory { osName } installedSoftware(search: $s) { edges { node { name version publisher } } } } }";
@@ -554,13 +557,13 @@ async fn the_windows_agent_reports_registry_inventory_and_a_pending_reboot() -> 
     let pending =
         r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending";
     let _registry = WINE_REGISTRY.lock().await;
-    reg(wine, &["add", pending, "/f"])?;
+    reg(wine, &["add", pending, "/f"]).await?;
     let seen = wait_for("rebootPending from the CBS key", T, || async {
         let d = s.gql(&admin, q, json!({"c": computer, "s": run})).await?;
         Ok((d["computer"]["rebootPending"] == true).then_some(()))
     })
     .await;
-    let removed = reg(wine, &["delete", pending, "/f"]);
+    let removed = reg(wine, &["delete", pending, "/f"]).await;
     seen.with_context(|| agent.log())?;
     removed?;
     wait_for("rebootPending cleared with the key", T, || async {
@@ -568,7 +571,7 @@ async fn the_windows_agent_reports_registry_inventory_and_a_pending_reboot() -> 
         Ok((d["computer"]["rebootPending"] == false).then_some(()))
     })
     .await?;
-    reg(wine, &["delete", &program, "/f"])?;
+    reg(wine, &["delete", &program, "/f"]).await?;
     agent.stop().await;
     Ok(())
 }
