@@ -265,6 +265,10 @@ pub enum JobKind {
         /// Parameters, exported as `UPKEEP_PARAM_<NAME>` (name upper-cased).
         #[serde(default)]
         parameters: BTreeMap<String, String>,
+        /// The version an install or upgrade step brings, exported as `UPKEEP_VERSION`;
+        /// absent on other steps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// Reboot the computer with the agent's configured reboot command. The agent reports the
     /// result once the command was started (or failed to start), before the machine goes down.

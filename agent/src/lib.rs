@@ -352,6 +352,10 @@ impl Agent {
             work_dir: self.state.work_dir(),
             job_id: &job.id,
             session_id: &job.session_id,
+            version: match &job.kind {
+                JobKind::Step { version, .. } => version.as_deref(),
+                _ => None,
+            },
         };
         let outcome = match &job.kind {
             JobKind::Probe { probes } => stop.unless_stopped(runner::run_probes(ctx, probes)).await,

@@ -41,6 +41,8 @@ pub(crate) struct JobContext<'a> {
     pub(crate) work_dir: &'a Path,
     pub(crate) job_id: &'a str,
     pub(crate) session_id: &'a str,
+    /// The version an install or upgrade step brings (`UPKEEP_VERSION`).
+    pub(crate) version: Option<&'a str>,
 }
 
 /// Runs a probe job's probes one after another; one failing does not stop the others.
@@ -230,6 +232,7 @@ fn script_command(
         .env_remove(ENROLLMENT_KEY_VAR)
         .env("UPKEEP_JOB_ID", ctx.job_id)
         .env("UPKEEP_SESSION_ID", ctx.session_id)
+        .envs(ctx.version.map(|v| ("UPKEEP_VERSION", v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -539,6 +542,7 @@ mod tests {
             work_dir: dir,
             job_id: "j-1",
             session_id: "s-1",
+            version: None,
         }
     }
 

@@ -301,6 +301,29 @@ pub struct Software {
     pub uninstall_script: Option<Script>,
     pub configuration_task_id: Option<Id>,
     pub created_at: Time,
+    /// Prints the available versions as JSON lines (`versions.rs`); run during detection.
+    #[serde(default)]
+    pub versions_script: Option<Script>,
+    /// How long a versions script's answer stands before detection runs it again.
+    #[serde(default = "default_versions_cache_minutes")]
+    pub versions_cache_minutes: u32,
+    /// Installs a version the versions script returned (`UPKEEP_VERSION`, and the verified
+    /// download in `UPKEEP_INSTALLER_FILE` when the line had a `url`).
+    #[serde(default)]
+    pub install_script: Option<Script>,
+    /// Upgrades to such a version; the install script when absent.
+    #[serde(default)]
+    pub upgrade_script: Option<Script>,
+    /// Prerequisites: software a deployment of this one brings into the plan first.
+    #[serde(default)]
+    pub depends_on: Vec<Id>,
+}
+
+/// How long a versions script's answer stands when the software does not say.
+pub const DEFAULT_VERSIONS_CACHE_MINUTES: u32 = 60;
+
+fn default_versions_cache_minutes() -> u32 {
+    DEFAULT_VERSIONS_CACHE_MINUTES
 }
 
 impl Software {

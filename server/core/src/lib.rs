@@ -20,4 +20,5 @@ pub mod resolve;
 pub mod session;
 pub mod types;
 pub mod version;
+pub mod versions;
 pub mod webhook;

@@ -100,8 +100,27 @@ pub struct PlanItem {
     pub enforcement: Enforcement,
     pub parameters: BTreeMap<String, String>,
     pub what: ItemWhat,
-    /// Why this deployment applies (the resolution rule), for `reason`.
+    /// Why this deployment applies (the resolution rule), for `reason`; "needed by X" for a
+    /// prerequisite the plan brought in.
     pub rule: String,
+    /// Software this item needs first (transitively): when one of them fails or is skipped,
+    /// this item is skipped.
+    #[serde(default)]
+    pub prerequisites: Vec<Id>,
+    /// A prerequisite the plan brought in: the name of the software that needs it (the
+    /// action's reason starts with "needed by …").
+    #[serde(default)]
+    pub needed_by: Option<String>,
+}
+
+impl PlanItem {
+    /// The software or task this item is about.
+    pub fn subject(&self) -> crate::domain::Subject {
+        match &self.what {
+            ItemWhat::Software { software, .. } => crate::domain::Subject::Software(software.id),
+            ItemWhat::Task { task, .. } => crate::domain::Subject::Task(task.id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +144,24 @@ pub struct SoftwareSnapshot {
     pub versions: Vec<SoftwareVersion>,
     pub uninstall_script: Option<Script>,
     pub configuration_task: Option<TaskSnapshot>,
+    /// Prints the available versions (see `versions.rs`); `versions` are then those it printed,
+    /// for this session, once detection ran.
+    #[serde(default)]
+    pub versions_script: Option<Script>,
+    #[serde(default)]
+    pub versions_cache_minutes: u32,
+    /// Installs (upgrades) a version the versions script printed.
+    #[serde(default)]
+    pub install_script: Option<Script>,
+    #[serde(default)]
+    pub upgrade_script: Option<Script>,
+    /// Direct prerequisites (software ids).
+    #[serde(default)]
+    pub depends_on: Vec<Id>,
+    /// Where `versions` came from in this session, once detection ran: the versions script
+    /// (fresh or cached), or the static versions because the script failed.
+    #[serde(default)]
+    pub versions_note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,8 +206,14 @@ pub struct Action {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Step {
-    /// Run a script that changes the computer.
-    Script { label: String, script: Script },
+    /// Run a script that changes the computer; `version` is the version an install or upgrade
+    /// brings (the script reads it as `UPKEEP_VERSION`).
+    Script {
+        label: String,
+        script: Script,
+        #[serde(default)]
+        version: Option<String>,
+    },
     /// Run a task's test; when it says "not compliant", run its set script.
     TestThenSet { task: TaskSnapshot },
 }

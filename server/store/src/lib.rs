@@ -94,9 +94,10 @@ pub enum Kind {
     Audit,
     Output,
     Inventory,
+    Versions,
 }
 
-pub(crate) const KINDS: [Kind; 20] = [
+pub(crate) const KINDS: [Kind; 21] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -117,6 +118,7 @@ pub(crate) const KINDS: [Kind; 20] = [
     Kind::Audit,
     Kind::Output,
     Kind::Inventory,
+    Kind::Versions,
 ];
 
 impl Kind {
@@ -143,6 +145,7 @@ impl Kind {
             Kind::Audit => "AuditEvent",
             Kind::Output => "ActionOutput",
             Kind::Inventory => "Inventory",
+            Kind::Versions => "SoftwareVersionsCache",
         }
     }
 
@@ -168,6 +171,7 @@ impl Kind {
             Kind::Audit => "audit",
             Kind::Output => "action_outputs",
             Kind::Inventory => "inventories",
+            Kind::Versions => "versions_cache",
         }
     }
 }

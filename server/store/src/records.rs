@@ -343,6 +343,15 @@ impl Record for upkeep_core::inventory::InventoryRecord {
     }
 }
 
+/// One per software with a versions script, keyed by the software's id: what the script last
+/// printed (the cache `versionsCacheMinutes` keeps).
+impl Record for upkeep_core::versions::VersionsCache {
+    const KIND: Kind = Kind::Versions;
+    fn key(&self) -> Vec<u8> {
+        self.software_id.as_bytes().to_vec()
+    }
+}
+
 pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
     fn of<T: Record>(v: &[u8]) -> Result<Vec<IndexKey>, StoreError> {
         Ok(codec::decode::<T>(v)?.index_keys())
@@ -368,6 +377,7 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Audit => of::<upkeep_core::audit::AuditEvent>(value),
         Kind::Output => of::<upkeep_core::output::OutputRecord>(value),
         Kind::Inventory => of::<upkeep_core::inventory::InventoryRecord>(value),
+        Kind::Versions => of::<upkeep_core::versions::VersionsCache>(value),
     }
 }
 

@@ -20,4 +20,5 @@ mod security_net;
 mod security_people;
 mod security_small;
 mod sessions;
+mod supply;
 mod windows_agent;

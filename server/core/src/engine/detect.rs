@@ -13,7 +13,7 @@ impl Machine<'_> {
         self.s.started_at.get_or_insert(self.env.now);
         self.s.stage = Stage::Detecting;
         self.set_status(SessionStatus::Detecting, None);
-        let probes = self.detection_probes();
+        let probes = self.detection_probes(true);
         self.log(format!(
             "Detecting the state of {} item(s)",
             self.s.items.len()
@@ -22,7 +22,9 @@ impl Machine<'_> {
         Flow::Again
     }
 
-    pub(super) fn detection_probes(&self) -> Vec<Probe> {
+    /// The probes of a detection (`with_versions`: and the versions scripts whose cached answer
+    /// is not fresh) or of a verification.
+    pub(super) fn detection_probes(&self, with_versions: bool) -> Vec<Probe> {
         let timeout = self.env.limits.probe_timeout_seconds;
         let mut probes = Vec::new();
         for (i, item) in self.s.items.iter().enumerate() {
@@ -33,6 +35,16 @@ impl Machine<'_> {
                     probes.push(probe(d, &software.detection_script, &params, timeout));
                     if let Some(task) = &software.configuration_task {
                         probes.push(probe(c, &task.test_script, &params, timeout));
+                    }
+                    if let Some(script) = &software.versions_script
+                        && with_versions
+                        && !self
+                            .env
+                            .versions_cache
+                            .get(&software.id)
+                            .is_some_and(|c| c.fresh(self.env.now, software.versions_cache_minutes))
+                    {
+                        probes.push(probe(plan::versions_probe_id(i), script, &params, timeout));
                     }
                 }
                 ItemWhat::Task { task, .. } => {
@@ -81,8 +93,61 @@ impl Machine<'_> {
         }
     }
 
+    /// Each software item with a versions script takes, for this session, the versions the
+    /// script printed now (kept for the cache), or those it printed last; when it failed, the
+    /// static versions stay, and the log says so.
+    fn apply_versions(&mut self, results: &BTreeMap<String, ScriptOutcome>) {
+        for i in 0..self.s.items.len() {
+            let ItemWhat::Software { software, .. } = &self.s.items[i].what else {
+                continue;
+            };
+            if software.versions_script.is_none() {
+                continue;
+            }
+            let (found, note) = match results.get(&plan::versions_probe_id(i)) {
+                Some(o) => match versions_answer(o) {
+                    Ok(v) => {
+                        self.out.push(Effect::VersionsFound {
+                            software: software.id,
+                            versions: v.clone(),
+                        });
+                        let note = found_note(&v, "");
+                        (Some(v), note)
+                    }
+                    Err(e) => (
+                        None,
+                        format!("versions script failed ({e}); the static versions stand"),
+                    ),
+                },
+                None => match self.env.versions_cache.get(&software.id) {
+                    Some(c) => (
+                        Some(c.versions.clone()),
+                        found_note(&c.versions, " (cached)"),
+                    ),
+                    None => (
+                        None,
+                        "versions script did not run; the static versions stand".into(),
+                    ),
+                },
+            };
+            let ItemWhat::Software { software, .. } = &mut self.s.items[i].what else {
+                continue;
+            };
+            if let Some(v) = found
+                .as_deref()
+                .and_then(|f| crate::versions::effective(software, f))
+            {
+                software.versions = v;
+            }
+            software.versions_note = Some(note.clone());
+            let line = format!("{}: {note}", software.name);
+            self.log(line);
+        }
+    }
+
     /// One action per item, planned from the detection results, each announced with its reason.
     fn plan_actions(&mut self, results: &BTreeMap<String, ScriptOutcome>) {
+        self.apply_versions(results);
         self.s.actions = self
             .s
             .items
@@ -164,4 +229,23 @@ impl Machine<'_> {
         }
         self.finish_counted("already compliant: nothing to do".into());
     }
+}
+
+/// A versions script's answer: the versions it printed, or why they cannot be used.
+fn versions_answer(o: &ScriptOutcome) -> Result<Vec<crate::versions::Discovered>, String> {
+    if o.exit_code != Some(0) || o.timed_out {
+        return Err(plan::describe_failure("it", o));
+    }
+    if o.truncated {
+        return Err("its output was cut short".into());
+    }
+    crate::versions::parse(&o.stdout)
+}
+
+fn found_note(v: &[crate::versions::Discovered], how: &str) -> String {
+    format!(
+        "{} version(s) from its versions script{how}, newest {}",
+        v.len(),
+        crate::versions::newest(v).unwrap_or("none")
+    )
 }

@@ -5,7 +5,10 @@ use super::*;
 impl Machine<'_> {
     /// `Executing`: run the next step; when none is left, reboot if wanted, else verify.
     pub(super) fn execute(&mut self) -> Flow {
-        if let Some((ai, si)) = self.next_step() {
+        while let Some((ai, si)) = self.next_step() {
+            if si == 0 && self.skip_for_prerequisite(ai) {
+                continue;
+            }
             self.run_step(ai, si);
             return Flow::Again;
         }
@@ -15,6 +18,35 @@ impl Machine<'_> {
         }
         self.start_verify();
         Flow::Again
+    }
+
+    /// An action whose prerequisite failed, could not be detected or was skipped is skipped
+    /// itself, before it changes anything; true when it was.
+    fn skip_for_prerequisite(&mut self, ai: usize) -> bool {
+        let needs = &self.s.items[self.s.actions[ai].item].prerequisites;
+        let failed = self.s.actions.iter().find(|a| {
+            (a.status == ActionStatus::Skipped
+                || a.status == ActionStatus::DetectionFailed
+                || a.step_failed)
+                && matches!(self.s.items[a.item].subject(),
+                    Subject::Software(id) if needs.contains(&id))
+        });
+        let Some(failed) = failed else {
+            return false;
+        };
+        let message = format!(
+            "not run: its prerequisite {} did not succeed",
+            self.s.item_name(failed.item)
+        );
+        let now = self.now();
+        let a = &mut self.s.actions[ai];
+        a.status = ActionStatus::Skipped;
+        a.next_step = a.steps.len();
+        a.result_message = Some(message);
+        a.started_at = Some(now);
+        a.finished_at = Some(now);
+        self.action_changed(ai, None);
+        true
     }
 
     /// The first (action, step) still to run, in plan order.
@@ -37,7 +69,11 @@ impl Machine<'_> {
             );
         }
         match self.s.actions[ai].steps[si].clone() {
-            Step::Script { label, script } => {
+            Step::Script {
+                label,
+                script,
+                version,
+            } => {
                 self.log(format!("Running: {label}"));
                 self.dispatch(
                     JobPurpose::Step {
@@ -48,6 +84,7 @@ impl Machine<'_> {
                         label,
                         script: proto_script(&script, self.env.limits.step_timeout_seconds),
                         parameters: params,
+                        version,
                     },
                 );
             }
@@ -135,6 +172,7 @@ impl Machine<'_> {
                     self.s.actions[ai].steps[si] = Step::Script {
                         label: format!("run {}", task.name),
                         script: set.clone(),
+                        version: None,
                     };
                 }
                 None => {

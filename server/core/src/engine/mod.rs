@@ -48,6 +48,9 @@ pub struct Env {
     pub agent_reboot_pending: bool,
     /// When the computer last started, as its inventory says.
     pub last_boot_at: Option<Time>,
+    /// What the versions scripts of the session's software last said (read by the caller
+    /// while the session detects; empty otherwise): a fresh answer spares running the script.
+    pub versions_cache: std::collections::BTreeMap<Id, crate::versions::VersionsCache>,
     pub limits: Limits,
     /// Fresh ids for jobs and actions.
     pub ids: IdSource,
@@ -166,6 +169,11 @@ pub enum Effect {
     },
     /// The session reached a terminal status.
     Finished,
+    /// A versions script answered: keep its versions for the software's cache minutes.
+    VersionsFound {
+        software: Id,
+        versions: Vec<crate::versions::Discovered>,
+    },
 }
 
 /// Why the engine refused an event. Callers pick their answer from the variant (the postpone

@@ -19,8 +19,12 @@ pub fn freeze_items<E>(
     mut task: impl FnMut(Id) -> Result<Option<TaskSnapshot>, E>,
 ) -> Result<Vec<PlanItem>, E> {
     let mut items = Vec::new();
+    let mut excepted = std::collections::BTreeSet::new();
     for r in crate::resolve::resolve(computer, applicable) {
         if r.is_exception() {
+            if let Subject::Software(sid) = r.subject {
+                excepted.insert(sid);
+            }
             continue;
         }
         let d = &r.winner;
@@ -55,6 +59,8 @@ pub fn freeze_items<E>(
             parameters: d.parameters.clone(),
             what,
             rule: r.rule.clone(),
+            prerequisites: vec![],
+            needed_by: None,
         });
     }
     items.sort_by_key(|i| {
@@ -69,7 +75,134 @@ pub fn freeze_items<E>(
             i.deployment_id,
         )
     });
-    Ok(items)
+    with_prerequisites(items, &excepted, &mut software)
+}
+
+/// Most prerequisites one software may bring in, transitively (a chain gone wrong, not a
+/// real catalogue).
+pub const MAX_PREREQUISITES: usize = 32;
+
+/// Whether a deployment in this state installs the software, and so needs its prerequisites.
+fn installs(desired: DesiredSoftwareState) -> bool {
+    matches!(
+        desired,
+        DesiredSoftwareState::InstalledLatest
+            | DesiredSoftwareState::InstalledVersion
+            | DesiredSoftwareState::InstalledAtLeast
+            | DesiredSoftwareState::InstalledAny
+    )
+}
+
+/// The plan with each installing software item's prerequisites before it: an item of their
+/// own when the computer has a deployment for one (moved up if it came later), else a new item
+/// ("needed by X", any version, latest when missing). Software an exception leaves alone is not
+/// brought in. Each item records all it needs (`prerequisites`), so execution can skip it when
+/// one failed.
+fn with_prerequisites<E>(
+    items: Vec<PlanItem>,
+    excepted: &std::collections::BTreeSet<Id>,
+    software: &mut impl FnMut(Id) -> Result<Option<SoftwareSnapshot>, E>,
+) -> Result<Vec<PlanItem>, E> {
+    let mut out: Vec<PlanItem> = Vec::with_capacity(items.len());
+    let mut own: Vec<Option<PlanItem>> = items.into_iter().map(Some).collect();
+    for i in 0..own.len() {
+        let Some(mut item) = own[i].take() else {
+            continue; // moved up as a prerequisite
+        };
+        let chain = match &item.what {
+            ItemWhat::Software {
+                software: sw,
+                desired,
+                ..
+            } if installs(*desired) => prerequisite_chain(sw, software)?,
+            _ => vec![],
+        };
+        let needer = item_software_name(&item);
+        for dep in chain.iter().filter(|d| !excepted.contains(&d.id)) {
+            if out.iter().any(|o| software_of(o) == Some(dep.id)) {
+                continue;
+            }
+            let moved = own
+                .iter_mut()
+                .find(|o| o.as_ref().and_then(software_of) == Some(dep.id))
+                .and_then(Option::take);
+            let dep_item = match moved {
+                Some(mut m) => {
+                    m.prerequisites = prerequisite_chain(dep, software)?
+                        .iter()
+                        .map(|d| d.id)
+                        .collect();
+                    m
+                }
+                None => PlanItem {
+                    deployment_id: item.deployment_id,
+                    order: item.order,
+                    position: item.position,
+                    enforcement: item.enforcement,
+                    parameters: BTreeMap::new(),
+                    what: ItemWhat::Software {
+                        software: dep.clone(),
+                        desired: DesiredSoftwareState::InstalledAny,
+                        version: None,
+                    },
+                    rule: format!("needed by {needer}"),
+                    needed_by: Some(needer.clone()),
+                    prerequisites: prerequisite_chain(dep, software)?
+                        .iter()
+                        .map(|d| d.id)
+                        .collect(),
+                },
+            };
+            out.push(dep_item);
+        }
+        item.prerequisites = chain.iter().map(|d| d.id).collect();
+        out.push(item);
+    }
+    Ok(out)
+}
+
+fn software_of(item: &PlanItem) -> Option<Id> {
+    match &item.what {
+        ItemWhat::Software { software, .. } => Some(software.id),
+        ItemWhat::Task { .. } => None,
+    }
+}
+
+fn item_software_name(item: &PlanItem) -> String {
+    match &item.what {
+        ItemWhat::Software { software, .. } => software.name.clone(),
+        ItemWhat::Task { task, .. } => task.name.clone(),
+    }
+}
+
+/// `sw`'s prerequisites, transitively, deepest first (each before what needs it), each once;
+/// software that no longer exists is left out, and a cycle (refused at write time, so only from
+/// an old record) ends where it closes.
+fn prerequisite_chain<E>(
+    sw: &SoftwareSnapshot,
+    software: &mut impl FnMut(Id) -> Result<Option<SoftwareSnapshot>, E>,
+) -> Result<Vec<SoftwareSnapshot>, E> {
+    fn visit<E>(
+        sw: &SoftwareSnapshot,
+        software: &mut impl FnMut(Id) -> Result<Option<SoftwareSnapshot>, E>,
+        seen: &mut std::collections::BTreeSet<Id>,
+        out: &mut Vec<SoftwareSnapshot>,
+    ) -> Result<(), E> {
+        for dep in &sw.depends_on {
+            if out.len() >= MAX_PREREQUISITES || !seen.insert(*dep) {
+                continue;
+            }
+            if let Some(d) = software(*dep)? {
+                visit(&d, software, seen, out)?;
+                out.push(d);
+            }
+        }
+        Ok(())
+    }
+    let mut seen = std::collections::BTreeSet::from([sw.id]);
+    let mut out = Vec::new();
+    visit(sw, software, &mut seen, &mut out)?;
+    Ok(out)
 }
 
 /// What detection found for one plan item.
@@ -87,6 +220,11 @@ pub struct Found {
 
 pub fn probe_ids(item: usize) -> (String, String, String) {
     (format!("d{item}"), format!("c{item}"), format!("t{item}"))
+}
+
+/// The probe of an item's versions script.
+pub fn versions_probe_id(item: usize) -> String {
+    format!("v{item}")
 }
 
 /// Reads one item's findings out of a probe job's results.
@@ -301,6 +439,9 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
         } => plan_software(&mut a, software, *desired, version.as_deref(), f),
         ItemWhat::Task { task, mode } => plan_task(&mut a, task, *mode, f),
     }
+    if let Some(needer) = &item.needed_by {
+        a.reason = format!("needed by {needer}: {}", a.reason);
+    }
     a
 }
 
@@ -403,6 +544,7 @@ fn plan_software_change(
                 Some(s) => a.steps.push(Step::Script {
                     label: format!("uninstall {}", sw.name),
                     script: s.clone(),
+                    version: None,
                 }),
                 None => {
                     a.result_message = Some(format!("{} has no uninstall script", sw.name));
@@ -433,6 +575,7 @@ fn plan_software_change(
                 Some(s) => a.steps.push(Step::Script {
                     label: format!("uninstall {} {v}", sw.name),
                     script: s.clone(),
+                    version: None,
                 }),
                 None => {
                     a.result_message = Some(format!(
@@ -491,6 +634,7 @@ fn push_upgrade(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
             a.steps.push(Step::Script {
                 label: format!("upgrade {} to {}", sw.name, e.version),
                 script,
+                version: Some(e.version.clone()),
             });
         }
         None => {
@@ -509,6 +653,7 @@ fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
         Some(e) => a.steps.push(Step::Script {
             label: format!("install {} {}", sw.name, e.version),
             script: e.install_script.clone(),
+            version: Some(e.version.clone()),
         }),
         None => {
             a.result_message = Some(format!(
@@ -545,6 +690,7 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
                 a.steps.push(Step::Script {
                     label: format!("run {}", task.name),
                     script: s.clone(),
+                    version: None,
                 });
             }
             // Nothing could change it: the task only reports, like an audit.

@@ -47,6 +47,7 @@ fn env_at(now: Time) -> Env {
         reboot_pending: false,
         agent_reboot_pending: false,
         last_boot_at: None,
+        versions_cache: BTreeMap::new(),
         limits: Limits::default(),
     }
 }
@@ -90,6 +91,12 @@ fn software(name: &str, versions: &[&str]) -> SoftwareSnapshot {
             .collect(),
         uninstall_script: Some(script(&format!("uninstall {name}"))),
         configuration_task: None,
+        versions_script: None,
+        versions_cache_minutes: 60,
+        install_script: None,
+        upgrade_script: None,
+        depends_on: vec![],
+        versions_note: None,
     }
 }
 
@@ -107,6 +114,8 @@ fn item(what: ItemWhat) -> PlanItem {
         parameters: BTreeMap::new(),
         what,
         rule: "only matching deployment (ALL_COMPUTERS)".into(),
+        prerequisites: vec![],
+        needed_by: None,
     }
 }
 
@@ -360,10 +369,14 @@ fn assert_consistent(s: &Session) {
             "{statuses:?}"
         ),
         _ => {
-            // FAILED: detection failed (no actions, or for an action) or some action failed.
+            // FAILED: detection failed (no actions, or for an action) or some action failed;
+            // an action whose prerequisite failed was skipped.
             assert!(statuses.iter().all(|a| matches!(
                 a,
-                ActionStatus::Succeeded | ActionStatus::Failed | ActionStatus::DetectionFailed
+                ActionStatus::Succeeded
+                    | ActionStatus::Failed
+                    | ActionStatus::DetectionFailed
+                    | ActionStatus::Skipped
             )));
             assert!(
                 s.actions.is_empty()
@@ -2833,6 +2846,7 @@ fn event_for(run: &Run, env: &mut Env, op: Op) -> Event {
                 reboot_pending: minutes % 2 == 1,
                 agent_reboot_pending: minutes % 3 == 1,
                 last_boot_at: None,
+                versions_cache: BTreeMap::new(),
                 limits: Limits::default(),
                 ids: test_ids(),
             };
@@ -3016,3 +3030,4 @@ fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_
 }
 
 mod before_execution;
+mod supply;

@@ -6,7 +6,7 @@ impl Machine<'_> {
     pub(super) fn start_verify(&mut self) {
         self.s.stage = Stage::Verifying;
         self.set_status(SessionStatus::Verifying, None);
-        let probes = self.detection_probes();
+        let probes = self.detection_probes(false);
         self.dispatch(JobPurpose::Verify, JobKind::Probe { probes });
     }
 
@@ -31,7 +31,7 @@ impl Machine<'_> {
             let a = &mut self.s.actions[i];
             if matches!(
                 a.status,
-                ActionStatus::Cancelled | ActionStatus::DetectionFailed
+                ActionStatus::Cancelled | ActionStatus::DetectionFailed | ActionStatus::Skipped
             ) {
                 continue;
             }

@@ -428,10 +428,30 @@ pub struct CreateSoftwareInput {
     pub name: String,
     pub tenant_id: Option<ID>,
     pub detection_script: ScriptInput,
+    /// Static versions, each with its install script. May be empty when `versionsScript` is
+    /// given.
     #[graphql(validator(max_items = 200))]
     pub versions: Vec<SoftwareVersionInput>,
     pub uninstall_script: Option<ScriptInput>,
     pub configuration_task_id: Option<ID>,
+    /// Prints the available versions, one JSON object per line:
+    /// `{"version","url","sha256","size","releasedAt"}` (all but `version` optional; a `url`
+    /// must be https:// and comes with its `sha256`). Run during detection; for that session its
+    /// versions replace the static ones (`INSTALLED_LATEST` means the newest it printed). When
+    /// it fails, the static versions stand and the session's log says so. Needs `installScript`.
+    pub versions_script: Option<ScriptInput>,
+    /// How long a versions script's answer stands before detection runs it again (0 to 10080;
+    /// default 60).
+    pub versions_cache_minutes: Option<i32>,
+    /// Installs a version the versions script printed: it reads `UPKEEP_VERSION` and, when the
+    /// line had a `url`, the verified download in `UPKEEP_INSTALLER_FILE`.
+    pub install_script: Option<ScriptInput>,
+    /// Upgrades to such a version; `installScript` when absent.
+    pub upgrade_script: Option<ScriptInput>,
+    /// Prerequisites: software a deployment of this one brings into the plan first (at most
+    /// 32; software of the same tenant or cross-tenant; no cycles).
+    #[graphql(validator(max_items = 32))]
+    pub depends_on_ids: Option<Vec<ID>>,
 }
 
 #[derive(InputObject)]
@@ -444,6 +464,16 @@ pub struct UpdateSoftwareInput {
     pub uninstall_script: Option<ScriptInput>,
     /// Empty string clears it.
     pub configuration_task_id: Option<ID>,
+    /// `null` removes it.
+    pub versions_script: async_graphql::MaybeUndefined<ScriptInput>,
+    pub versions_cache_minutes: Option<i32>,
+    /// `null` removes it.
+    pub install_script: async_graphql::MaybeUndefined<ScriptInput>,
+    /// `null` removes it.
+    pub upgrade_script: async_graphql::MaybeUndefined<ScriptInput>,
+    /// Replaces the prerequisites (an empty list removes them all).
+    #[graphql(validator(max_items = 32))]
+    pub depends_on_ids: Option<Vec<ID>>,
 }
 
 #[derive(InputObject)]

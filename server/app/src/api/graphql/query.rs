@@ -467,9 +467,9 @@ impl Query {
                 s.actions
                     .iter()
                     .find(|a| {
-                        s.items
-                            .get(a.item)
-                            .is_some_and(|it| it.deployment_id == item.deployment_id)
+                        s.items.get(a.item).is_some_and(|it| {
+                            it.deployment_id == item.deployment_id && it.subject() == item.subject()
+                        })
                     })
                     .map(|a| (s, a))
             });

@@ -145,6 +145,7 @@ impl App {
             !s.status.is_terminal() && matches!(s.stage, Stage::AwaitDetect | Stage::AwaitExecute);
         let reboot_held_until = self.reboot_hold(&s).await?;
         let (reboot_pending, last_boot_at) = self.reboot_facts(&s).await?;
+        let versions_cache = self.versions_cache(&s).await?;
         // From here on a reserved slot must be given back on every way out (`note`).
         let env = Env {
             now: self.clock.now(),
@@ -158,6 +159,7 @@ impl App {
             reboot_pending,
             agent_reboot_pending: self.agents.reboot_pending(s.computer_id),
             last_boot_at,
+            versions_cache,
             limits: self.config.limits(),
             ids: crate::ids::source(),
         };
@@ -219,6 +221,30 @@ impl App {
             _ => None,
         };
         Ok((held, last_boot_at))
+    }
+
+    /// What the versions scripts of the session's software last printed: read only while the
+    /// session detects (the engine asks for it when it sends the probes and when it plans).
+    async fn versions_cache(
+        &self,
+        s: &Session,
+    ) -> ApiResult<std::collections::BTreeMap<Id, upkeep_core::versions::VersionsCache>> {
+        let mut out = std::collections::BTreeMap::new();
+        if !matches!(s.stage, Stage::AwaitDetect | Stage::Detecting) {
+            return Ok(out);
+        }
+        for item in &s.items {
+            if let ItemWhat::Software { software, .. } = &item.what
+                && software.versions_script.is_some()
+                && let Some(c) = self
+                    .store
+                    .get::<upkeep_core::versions::VersionsCache>(&software.id)
+                    .await?
+            {
+                out.insert(software.id, c);
+            }
+        }
+        Ok(out)
     }
 
     /// After a failed step: the in-memory indexes go back to what the store holds (giving back
@@ -404,6 +430,13 @@ impl App {
                     Err(e) => notes.push(format!("{} mail not sent: {e}", mail_word(*kind))),
                 },
                 Effect::Finished => c.finished = true,
+                Effect::VersionsFound { software, versions } => {
+                    c.versions.push(upkeep_core::versions::VersionsCache {
+                        software_id: *software,
+                        versions: versions.clone(),
+                        fetched_at: now,
+                    })
+                }
                 Effect::Output { action, output } => {
                     if let Some(a) = s.actions.get(*action) {
                         c.outputs.push(upkeep_core::output::OutputRecord {
@@ -458,6 +491,9 @@ impl App {
                 }
                 for d in &cref.deliveries {
                     tx.put(d)?;
+                }
+                for v in &cref.versions {
+                    tx.put(v)?;
                 }
                 if cref.finished
                     && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
@@ -601,5 +637,7 @@ struct Committed {
     mails: Vec<upkeep_core::mail::OutboxMail>,
     deliveries: Vec<upkeep_core::webhook::Delivery>,
     outputs: Vec<upkeep_core::output::OutputRecord>,
+    /// What versions scripts printed in this step, for the cache.
+    versions: Vec<upkeep_core::versions::VersionsCache>,
     finished: bool,
 }

@@ -66,12 +66,45 @@ impl App {
                 tasks.insert(tid, task.map(task_snapshot));
             }
         }
+        self.load_prerequisites(&mut software).await?;
         upkeep_core::engine::plan::freeze_items(
             computer,
             &applicable,
             |sid| Ok::<_, ApiError>(software.get(&sid).cloned().flatten()),
             |tid| Ok(tasks.get(&tid).cloned().flatten()),
         )
+    }
+
+    /// Adds the snapshots of every prerequisite the loaded software needs, transitively (the
+    /// planner is pure and asks only for what was read; `MAX_PREREQUISITES` bounds a chain).
+    async fn load_prerequisites(
+        &self,
+        software: &mut std::collections::HashMap<Id, Option<SoftwareSnapshot>>,
+    ) -> ApiResult<()> {
+        let mut todo: Vec<Id> = software
+            .values()
+            .flatten()
+            .flat_map(|s| s.depends_on.iter().copied())
+            .collect();
+        let mut loaded = 0;
+        while let Some(id) = todo.pop() {
+            if software.contains_key(&id) {
+                continue;
+            }
+            loaded += 1;
+            if loaded > 4 * upkeep_core::engine::plan::MAX_PREREQUISITES {
+                break;
+            }
+            let snapshot = match self.store.get::<Software>(&id).await? {
+                Some(sw) => Some(self.software_snapshot(sw).await?),
+                None => None,
+            };
+            if let Some(s) = &snapshot {
+                todo.extend(s.depends_on.iter().copied());
+            }
+            software.insert(id, snapshot);
+        }
+        Ok(())
     }
 
     async fn software_snapshot(&self, sw: Software) -> ApiResult<SoftwareSnapshot> {
@@ -90,6 +123,12 @@ impl App {
             versions: sw.versions,
             uninstall_script: sw.uninstall_script,
             configuration_task,
+            versions_script: sw.versions_script,
+            versions_cache_minutes: sw.versions_cache_minutes,
+            install_script: sw.install_script,
+            upgrade_script: sw.upgrade_script,
+            depends_on: sw.depends_on,
+            versions_note: None,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Mutations: software, maintenance tasks and deployments.
 
+use super::supply;
 use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{DeploymentOrder, DesiredSoftwareState, Enforcement, TaskMode};
@@ -32,14 +33,7 @@ impl CatalogueMutation {
             None => None,
         };
         let versions = versions(&input.versions)?;
-        if versions.is_empty() {
-            return Err(ApiError::bad(
-                "versions",
-                "give at least one version with its install script",
-            )
-            .into());
-        }
-        let s = Software {
+        let mut s = Software {
             id: crate::ids::fresh(),
             tenant_id: owner,
             name: name("name", &input.name)?,
@@ -52,7 +46,24 @@ impl CatalogueMutation {
                 .transpose()?,
             configuration_task_id: config_task,
             created_at: c.app.clock.now(),
+            versions_script: None,
+            versions_cache_minutes: DEFAULT_VERSIONS_CACHE_MINUTES,
+            install_script: None,
+            upgrade_script: None,
+            depends_on: vec![],
         };
+        let depends_on = match &input.depends_on_ids {
+            Some(ids) => Some(supply::depends_on(&c, ids, owner, s.id, &s.name).await?),
+            None => None,
+        };
+        supply::SupplyChange {
+            versions_script: supply::script_set(&input.versions_script, "versionsScript")?,
+            versions_cache_minutes: supply::cache_minutes(input.versions_cache_minutes)?,
+            install_script: supply::script_set(&input.install_script, "installScript")?,
+            upgrade_script: supply::script_set(&input.upgrade_script, "upgradeScript")?,
+            depends_on,
+        }
+        .apply(&mut s)?;
         c.save(&s).await?;
         Ok(View(s))
     }
@@ -72,11 +83,7 @@ impl CatalogueMutation {
             s.detection_script = d.validate("detectionScript")?;
         }
         if let Some(v) = &input.versions {
-            let v = versions(v)?;
-            if v.is_empty() {
-                return Err(ApiError::bad("versions", "give at least one version").into());
-            }
-            s.versions = v;
+            s.versions = versions(v)?;
         }
         if let Some(u) = &input.uninstall_script {
             s.uninstall_script = Some(u.validate("uninstallScript")?);
@@ -92,6 +99,18 @@ impl CatalogueMutation {
                 )
             };
         }
+        let depends_on = match &input.depends_on_ids {
+            Some(ids) => Some(supply::depends_on(&c, ids, s.tenant_id, s.id, &s.name).await?),
+            None => None,
+        };
+        supply::SupplyChange {
+            versions_script: supply::script_change(&input.versions_script, "versionsScript")?,
+            versions_cache_minutes: supply::cache_minutes(input.versions_cache_minutes)?,
+            install_script: supply::script_change(&input.install_script, "installScript")?,
+            upgrade_script: supply::script_change(&input.upgrade_script, "upgradeScript")?,
+            depends_on,
+        }
+        .apply(&mut s)?;
         c.save(&s).await?;
         Ok(View(s))
     }

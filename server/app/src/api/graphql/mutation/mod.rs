@@ -9,6 +9,7 @@ mod integrations;
 mod schedules;
 mod session_start;
 mod sessions;
+mod supply;
 
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::TargetKind;

@@ -50,6 +50,31 @@ impl View<SoftwareVersion> {
     }
 }
 
+/// A version a versions script printed.
+#[derive(SimpleObject)]
+pub struct DiscoveredVersion {
+    pub version: String,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+    /// Bytes (a JSON number: downloads may exceed 2 GiB).
+    pub size: Option<f64>,
+    pub released_at: Option<String>,
+}
+
+impl From<&upkeep_core::versions::Discovered> for DiscoveredVersion {
+    fn from(d: &upkeep_core::versions::Discovered) -> Self {
+        DiscoveredVersion {
+            version: d.version.clone(),
+            url: d.url.clone(),
+            sha256: d.sha256.clone(),
+            // Exact up to 2^53 bytes.
+            #[allow(clippy::cast_precision_loss)]
+            size: d.size.map(|s| s as f64),
+            released_at: d.released_at.clone(),
+        }
+    }
+}
+
 #[Object(name = "Software")]
 impl View<Software> {
     async fn id(&self) -> ID {
@@ -67,8 +92,13 @@ impl View<Software> {
     async fn versions(&self) -> Vec<View<SoftwareVersion>> {
         self.versions.iter().cloned().map(View).collect()
     }
-    async fn latest_version(&self) -> Option<&str> {
-        self.latest().map(|v| v.version.as_str())
+    /// The newest version: of those the versions script printed last when it has answered,
+    /// else of the static ones.
+    async fn latest_version(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        if let Some(c) = self.versions_cache(ctx).await? {
+            return Ok(upkeep_core::versions::newest(&c.versions).map(String::from));
+        }
+        Ok(self.latest().map(|v| v.version.clone()))
     }
     async fn uninstall_script(&self) -> Option<ScriptView> {
         self.uninstall_script.as_ref().map(Into::into)
@@ -81,6 +111,60 @@ impl View<Software> {
                 .map(View)),
             None => Ok(None),
         }
+    }
+    /// Prints the available versions as JSON lines; see `CreateSoftwareInput.versionsScript`.
+    async fn versions_script(&self) -> Option<ScriptView> {
+        self.versions_script.as_ref().map(Into::into)
+    }
+    async fn versions_cache_minutes(&self) -> i32 {
+        i32::try_from(self.versions_cache_minutes).unwrap_or(i32::MAX)
+    }
+    /// Installs a version the versions script printed (`UPKEEP_VERSION`).
+    async fn install_script(&self) -> Option<ScriptView> {
+        self.install_script.as_ref().map(Into::into)
+    }
+    async fn upgrade_script(&self) -> Option<ScriptView> {
+        self.upgrade_script.as_ref().map(Into::into)
+    }
+    /// Prerequisites: a deployment of this software brings them into the plan first ("needed
+    /// by …"). Those the caller may not read are left out.
+    async fn depends_on(&self, ctx: &Context<'_>) -> Result<Vec<View<Software>>> {
+        let c = Ctx::new(ctx)?;
+        let mut out = Vec::with_capacity(self.depends_on.len());
+        for d in &self.depends_on {
+            if let Some(s) = c.find_catalogue::<Software>(*d).await? {
+                out.push(View(s));
+            }
+        }
+        Ok(out)
+    }
+    /// What the versions script printed last (empty before it ran, or without one).
+    async fn discovered_versions(&self, ctx: &Context<'_>) -> Result<Vec<DiscoveredVersion>> {
+        Ok(self
+            .versions_cache(ctx)
+            .await?
+            .map(|c| c.versions.iter().map(Into::into).collect())
+            .unwrap_or_default())
+    }
+    /// When the versions script last answered.
+    async fn versions_fetched_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.versions_cache(ctx).await?.map(|c| c.fetched_at))
+    }
+}
+
+impl View<Software> {
+    async fn versions_cache(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<upkeep_core::versions::VersionsCache>> {
+        if self.versions_script.is_none() {
+            return Ok(None);
+        }
+        let c = Ctx::new(ctx)?;
+        Ok(c.app
+            .store
+            .get::<upkeep_core::versions::VersionsCache>(&self.id)
+            .await?)
     }
 }
 
