@@ -71,6 +71,8 @@ fn task(name: &str, with_set_script: bool) -> TaskSnapshot {
         name: name.into(),
         test_script: script(&format!("test {name}")),
         set_script: with_set_script.then(|| script(&format!("set {name}"))),
+        get_script: None,
+        parameters: vec![],
     }
 }
 
@@ -105,6 +107,7 @@ fn item(what: ItemWhat) -> PlanItem {
         position: 0,
         enforcement: Enforcement::Required,
         parameters: BTreeMap::new(),
+        invalid: None,
         what,
         rule: "only matching deployment (ALL_COMPUTERS)".into(),
     }

@@ -66,12 +66,20 @@ impl App {
                 tasks.insert(tid, task.map(task_snapshot));
             }
         }
-        upkeep_core::engine::plan::freeze_items(
+        let mut items = upkeep_core::engine::plan::freeze_items(
             computer,
             &applicable,
             |sid| Ok::<_, ApiError>(software.get(&sid).cloned().flatten()),
             |tid| Ok(tasks.get(&tid).cloned().flatten()),
-        )
+        )?;
+        // A secret that does not open (the key file was replaced) fails its item now, named,
+        // rather than reach a script empty.
+        for item in items.iter_mut().filter(|i| i.invalid.is_none()) {
+            if let Err(e) = self.secrets.open_parameters(&item.parameters) {
+                item.invalid = Some(e.to_string());
+            }
+        }
+        Ok(items)
     }
 
     async fn software_snapshot(&self, sw: Software) -> ApiResult<SoftwareSnapshot> {
@@ -421,5 +429,7 @@ fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
         name: t.name,
         test_script: t.test_script,
         set_script: t.set_script,
+        get_script: t.get_script,
+        parameters: t.parameters,
     }
 }
