@@ -3019,3 +3019,4 @@ fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_
 }
 
 mod before_execution;
+mod task_model;
