@@ -170,7 +170,9 @@ impl SecretBox {
             }
         };
         match &mut job.kind {
-            proto::JobKind::Probe { probes } => probes.iter_mut().for_each(|p| open(&mut p.parameters)),
+            proto::JobKind::Probe { probes } => {
+                probes.iter_mut().for_each(|p| open(&mut p.parameters))
+            }
             proto::JobKind::Step { parameters, .. } => open(parameters),
             _ => {}
         }
@@ -179,7 +181,11 @@ impl SecretBox {
 
     /// An agent's answer with the job's secrets masked in every text it carries, before the
     /// engine, the store or a log line sees it.
-    pub fn mask_outcome(&self, job: &proto::JobKind, outcome: proto::JobOutcome) -> proto::JobOutcome {
+    pub fn mask_outcome(
+        &self,
+        job: &proto::JobKind,
+        outcome: proto::JobOutcome,
+    ) -> proto::JobOutcome {
         let secrets = self.secrets_of(job);
         if secrets.is_empty() {
             return outcome;
@@ -224,7 +230,11 @@ mod tests {
         let s = b.seal("password", "hunter2!").expect("sealed");
         assert!(is_sealed(&s));
         assert!(!s.contains("hunter2"));
-        assert_ne!(s, b.seal("password", "hunter2!").expect("sealed"), "a fresh nonce each time");
+        assert_ne!(
+            s,
+            b.seal("password", "hunter2!").expect("sealed"),
+            "a fresh nonce each time"
+        );
         assert_eq!(b.open("password", &s).as_deref(), Ok("hunter2!"));
         assert_eq!(b.open("other", &s), Err(SealError::Open("other".into())));
         let mut tampered = s.clone();

@@ -47,7 +47,8 @@ impl Secrets {
     /// These secrets and `declared` ones (SECRET parameter values), masked whatever their
     /// length (they were checked to be at least `params::MIN_SECRET_CHARS` long when written).
     pub fn with(mut self, declared: impl IntoIterator<Item = String>) -> Secrets {
-        self.0.extend(declared.into_iter().filter(|v| !v.is_empty()));
+        self.0
+            .extend(declared.into_iter().filter(|v| !v.is_empty()));
         self.sorted()
     }
 
@@ -258,7 +259,10 @@ mod tests {
     #[test]
     fn declared_secrets_are_masked_whatever_their_length_and_sealed_values_are_not_secrets() {
         let params = BTreeMap::from([
-            ("pw".to_string(), format!("{}AAAAAAAA", crate::params::SEALED_PREFIX)),
+            (
+                "pw".to_string(),
+                format!("{}AAAAAAAA", crate::params::SEALED_PREFIX),
+            ),
             ("key".to_string(), "licence-123".to_string()),
         ]);
         let s = Secrets::of(&params).with(["pin7".to_string(), String::new()]);

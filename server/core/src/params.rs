@@ -126,8 +126,7 @@ pub fn check_definitions(defs: &[ParameterDefinition]) -> Result<(), ParamError>
 
 fn check_definition(d: &ParameterDefinition) -> Result<(), ParamError> {
     let n = &d.name;
-    if d
-        .description
+    if d.description
         .as_ref()
         .is_some_and(|s| s.chars().count() > MAX_DESCRIPTION_CHARS)
     {
@@ -180,7 +179,10 @@ pub fn check_value(d: &ParameterDefinition, value: &str) -> Result<String, Param
         }
         ParameterType::Boolean => match value.trim().to_ascii_lowercase().as_str() {
             b @ ("true" | "false") => Ok(b.to_string()),
-            _ => err(format!("'{n}' must be true or false, not '{}'", short(value))),
+            _ => err(format!(
+                "'{n}' must be true or false, not '{}'",
+                short(value)
+            )),
         },
         ParameterType::Select => {
             if d.options.iter().any(|o| o == value) {
@@ -315,7 +317,10 @@ mod tests {
     fn definitions_are_checked() {
         assert!(check_definitions(&[def("zone", ParameterType::String)]).is_ok());
         for bad in ["", "1abc", "a-b", "a b", &"x".repeat(65)] {
-            assert!(check_definitions(&[def(bad, ParameterType::String)]).is_err(), "{bad}");
+            assert!(
+                check_definitions(&[def(bad, ParameterType::String)]).is_err(),
+                "{bad}"
+            );
         }
         let dup = check_definitions(&[
             def("Zone", ParameterType::String),
@@ -367,11 +372,24 @@ mod tests {
         assert!(e.0.contains("'zone'") && e.0.contains("required"), "{e}");
         let ok = check_values(
             &defs,
-            map(&[("zone", "UTC"), ("count", " 2.5 "), ("on", "TRUE"), ("level", "low")]),
+            map(&[
+                ("zone", "UTC"),
+                ("count", " 2.5 "),
+                ("on", "TRUE"),
+                ("level", "low"),
+            ]),
             &none,
         )
         .unwrap();
-        assert_eq!(ok, map(&[("zone", "UTC"), ("count", "2.5"), ("on", "true"), ("level", "low")]));
+        assert_eq!(
+            ok,
+            map(&[
+                ("zone", "UTC"),
+                ("count", "2.5"),
+                ("on", "true"),
+                ("level", "low")
+            ])
+        );
         for (k, v) in [
             ("count", "many"),
             ("count", "1e400"),
@@ -392,7 +410,10 @@ mod tests {
         assert!(check_values(std::slice::from_ref(&pw), map(&[]), &kept).is_ok());
         assert!(check_values(&[pw], map(&[]), &none).is_err());
         // No definitions: free-form, as before typed parameters.
-        assert_eq!(check_values(&[], map(&[("x", "y")]), &none).unwrap(), map(&[("x", "y")]));
+        assert_eq!(
+            check_values(&[], map(&[("x", "y")]), &none).unwrap(),
+            map(&[("x", "y")])
+        );
     }
 
     #[test]
@@ -403,7 +424,11 @@ mod tests {
         need.required = true;
         let defs = vec![zone, need.clone(), def("pw", ParameterType::Secret)];
         let sealed = format!("{SEALED_PREFIX}abcd");
-        let r = resolve(&defs, &map(&[("need", "3"), ("gone", "x"), ("pw", &sealed)])).unwrap();
+        let r = resolve(
+            &defs,
+            &map(&[("need", "3"), ("gone", "x"), ("pw", &sealed)]),
+        )
+        .unwrap();
         assert_eq!(r, map(&[("zone", "UTC"), ("need", "3"), ("pw", &sealed)]));
         let e = resolve(&defs, &map(&[])).unwrap_err();
         assert!(e.0.contains("'need'"), "{e}");

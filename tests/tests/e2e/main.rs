@@ -20,4 +20,5 @@ mod security_net;
 mod security_people;
 mod security_small;
 mod sessions;
+mod task_parameters;
 mod windows_agent;

@@ -30,7 +30,9 @@ pub struct ParameterDefinitionInput {
 }
 
 /// The definitions of `parameters` (the input field), checked.
-pub fn definitions(input: Option<&[ParameterDefinitionInput]>) -> ApiResult<Vec<ParameterDefinition>> {
+pub fn definitions(
+    input: Option<&[ParameterDefinitionInput]>,
+) -> ApiResult<Vec<ParameterDefinition>> {
     let defs: Vec<ParameterDefinition> = input
         .unwrap_or_default()
         .iter()
@@ -85,8 +87,13 @@ pub fn deployment_values(
     let bad = |e: params::ParamError| ApiError::bad("parameters", e.0);
     let defs = task.map(|t| t.parameters.as_slice()).unwrap_or_default();
     let mut kept = BTreeMap::new();
-    for d in defs.iter().filter(|d| d.kind == params::ParameterType::Secret) {
-        let old = stored.and_then(|s| s.get(&d.name)).filter(|v| params::is_sealed(v));
+    for d in defs
+        .iter()
+        .filter(|d| d.kind == params::ParameterType::Secret)
+    {
+        let old = stored
+            .and_then(|s| s.get(&d.name))
+            .filter(|v| params::is_sealed(v));
         let resent = given.get(&d.name).is_none_or(|v| v == SECRET_MASK);
         if let (Some(old), true) = (old, resent) {
             given.remove(&d.name);
@@ -98,7 +105,10 @@ pub fn deployment_values(
     }
     let kept_names: BTreeSet<String> = kept.keys().cloned().collect();
     let mut out = params::check_values(defs, given, &kept_names).map_err(bad)?;
-    for d in defs.iter().filter(|d| d.kind == params::ParameterType::Secret) {
+    for d in defs
+        .iter()
+        .filter(|d| d.kind == params::ParameterType::Secret)
+    {
         if let Some(v) = out.get_mut(&d.name) {
             *v = sealing
                 .seal(&d.name, v)

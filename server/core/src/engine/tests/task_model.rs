@@ -18,7 +18,10 @@ fn monitor_reports_without_running_the_set_script_or_failing() {
         ],
         &[("d0", absent()), ("t1", out(1, ""))],
     );
-    assert_eq!(run.action(1).reason, "monitor: not compliant; monitoring only reports");
+    assert_eq!(
+        run.action(1).reason,
+        "monitor: not compliant; monitoring only reports"
+    );
     run.answer(step_result(0));
     run.probes(&[("d0", installed("1.10.0")), ("t1", out(1, ""))]);
     assert_eq!(run.s.status, SessionStatus::Passed);
@@ -75,7 +78,10 @@ fn the_get_script_runs_with_the_test_and_its_value_shows_on_the_action() {
         ]
     );
     let long = "x".repeat(500);
-    run.probes(&[("t0", out(1, "")), ("g0", out(0, &format!("  Europe/Berlin \nmore\n")))]);
+    run.probes(&[
+        ("t0", out(1, "")),
+        ("g0", out(0, &format!("  Europe/Berlin \nmore\n"))),
+    ]);
     let a = run.action(0);
     assert_eq!(a.current_value.as_deref(), Some("Europe/Berlin"));
     assert_eq!(
@@ -96,7 +102,11 @@ fn the_get_script_runs_with_the_test_and_its_value_shows_on_the_action() {
         &[("t0", out(0, "")), ("g0", out(3, ""))],
     );
     assert_eq!(run.action(0).current_value, None);
-    assert!(run.action(0).reason.contains("get script exited 3"), "{}", run.action(0).reason);
+    assert!(
+        run.action(0).reason.contains("get script exited 3"),
+        "{}",
+        run.action(0).reason
+    );
     assert_eq!(run.s.status, SessionStatus::Passed);
 }
 
@@ -105,7 +115,10 @@ fn an_item_whose_parameters_do_not_resolve_runs_nothing_and_fails() {
     let mut bad = task_item(task("Zone", true), TaskMode::Enforce);
     bad.invalid = Some("parameters: the required parameter 'zone' has no value".into());
     let mut run = Run::new(session(
-        vec![sw_item(app(), DesiredSoftwareState::InstalledLatest, None), bad],
+        vec![
+            sw_item(app(), DesiredSoftwareState::InstalledLatest, None),
+            bad,
+        ],
         MaintenanceOptions::default(),
     ));
     run.tick();
@@ -223,7 +236,10 @@ fn freezing_fills_defaults_and_marks_what_does_not_resolve() {
     )
     .unwrap();
     assert!(
-        items[0].invalid.as_deref().is_some_and(|m| m.contains("'level'")),
+        items[0]
+            .invalid
+            .as_deref()
+            .is_some_and(|m| m.contains("'level'")),
         "{:?}",
         items[0].invalid
     );

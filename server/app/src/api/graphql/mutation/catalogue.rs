@@ -4,7 +4,7 @@ use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{DeploymentOrder, DesiredSoftwareState, Enforcement, TaskMode};
 use crate::api::graphql::inputs::*;
-use crate::api::graphql::parameters::{deployment_values, definitions};
+use crate::api::graphql::parameters::{definitions, deployment_values};
 use crate::api::graphql::parse_id;
 use crate::api::graphql::types::View;
 use crate::error::ApiError;
