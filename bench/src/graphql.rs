@@ -307,6 +307,7 @@ fn preload(
             position: 0,
             enforcement: Enforcement::Required,
             parameters: Default::default(),
+            invalid: None,
             what: ItemWhat::Software {
                 software: SoftwareSnapshot {
                     id: upkeep_server::ids::fresh(),
@@ -375,6 +376,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
             detected_version_before: Some("1.0".into()),
             detected_version_after: None,
             result_message: Some("done and verified".into()),
+            current_value: None,
             reason: "not installed, latest is 1.0".into(),
             started_at: Some(created),
             finished_at: Some(finished),

@@ -103,6 +103,8 @@ fn catalogue(computers: &[Computer]) -> Catalogue {
                 name: format!("policy-{i}"),
                 test_script: script(format!("test policy {i}")),
                 set_script: Some(script(format!("set policy {i}"))),
+                get_script: None,
+                parameters: vec![],
             },
         );
         subjects.push(Subject::Task(id));

@@ -14,6 +14,7 @@ pub mod logsafe;
 pub mod mail;
 pub mod net;
 pub mod permissions;
+pub mod secrets;
 pub mod services;
 pub mod totp;
 

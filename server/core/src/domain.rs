@@ -347,6 +347,12 @@ pub struct MaintenanceTask {
     pub name: String,
     pub test_script: Script,
     pub set_script: Option<Script>,
+    /// Prints the current value (first line of stdout) during detection, shown on the action.
+    #[serde(default)]
+    pub get_script: Option<Script>,
+    /// The typed parameters deployments of this task give; none: free-form parameters.
+    #[serde(default)]
+    pub parameters: Vec<crate::params::ParameterDefinition>,
     pub created_at: Time,
 }
 
@@ -408,9 +414,15 @@ pub enum DesiredSoftwareState {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskMode {
     Enforce,
+    /// Test only: a non-compliant finding is reported and counts toward compliance; a test
+    /// that cannot decide fails the item's detection.
     Audit,
     /// Exception: leave this task alone on the targets.
     Ignore,
+    /// Test only, an observation: the finding (and the get script's value) is reported on the
+    /// action, which always succeeds, even when the test cannot decide; it does not count
+    /// toward the session's or the computer's compliance. The set script never runs.
+    Monitor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -439,6 +451,7 @@ pub struct Deployment {
     pub version: Option<String>,
     pub maintenance_task_id: Option<Id>,
     pub task_mode: TaskMode,
+    /// Values by name. SECRET values are sealed (`params::SEALED_PREFIX`), never plain.
     pub parameters: BTreeMap<String, String>,
     pub enforcement: Enforcement,
     pub order: DeploymentOrder,

@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod localtime;
 pub mod mail;
 pub mod output;
+pub mod params;
 pub mod queue;
 pub mod resolve;
 pub mod session;

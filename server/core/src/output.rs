@@ -2,10 +2,11 @@
 //! capped and with secret parameter values masked before anything stores, streams or shows
 //! them. Pure: no I/O.
 //!
-//! Secrets: deployment `parameters` are a plain string map today, so every parameter value of
-//! [`MIN_SECRET_CHARS`] or more characters counts as a secret and is replaced by [`MASK`]
-//! (a per-parameter SECRET type comes with CONTRACT §14). Shorter values ("yes", "x64") are too
-//! common in ordinary output to mask.
+//! Secrets: the values of a task's SECRET parameters (opened by the server from their sealed
+//! form, [`Secrets::with`]) are masked whatever their length; besides, every plain parameter
+//! value of [`MIN_SECRET_CHARS`] or more characters counts as a secret too (free-form
+//! parameters often hold licence keys) and is replaced by [`MASK`]. Shorter plain values
+//! ("yes", "x64") are too common in ordinary output to mask.
 
 use crate::domain::{Id, Time};
 use serde::{Deserialize, Serialize};
@@ -32,19 +33,38 @@ pub const CUT_MARKER: &str = "\n[… output cut: only the first 64 KiB are kept]
 pub struct Secrets(Vec<String>);
 
 impl Secrets {
+    /// The plain values of `parameters` long enough to mask (sealed ones are ciphertext: the
+    /// caller adds their opened values with [`Secrets::with`]).
     pub fn of(parameters: &BTreeMap<String, String>) -> Secrets {
-        let mut v: Vec<String> = parameters
+        let v: Vec<String> = parameters
             .values()
-            .filter(|v| v.chars().count() >= MIN_SECRET_CHARS)
+            .filter(|v| v.chars().count() >= MIN_SECRET_CHARS && !crate::params::is_sealed(v))
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        v.dedup();
-        Secrets(v)
+        Secrets(v).sorted()
+    }
+
+    /// These secrets and `declared` ones (SECRET parameter values), masked whatever their
+    /// length (they were checked to be at least `params::MIN_SECRET_CHARS` long when written).
+    pub fn with(mut self, declared: impl IntoIterator<Item = String>) -> Secrets {
+        self.0
+            .extend(declared.into_iter().filter(|v| !v.is_empty()));
+        self.sorted()
+    }
+
+    fn sorted(mut self) -> Secrets {
+        self.0
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.0.dedup();
+        self
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn values(&self) -> &[String] {
+        &self.0
     }
 
     /// Every whole occurrence of a secret replaced by [`MASK`].
@@ -234,6 +254,22 @@ mod tests {
     fn values_of_six_characters_or_more_are_masked() {
         let s = secrets(&["hunter2!", "abc", "x64"]);
         assert_eq!(s.mask("pw=hunter2! arch=x64 abc"), "pw=•••••• arch=x64 abc");
+    }
+
+    #[test]
+    fn declared_secrets_are_masked_whatever_their_length_and_sealed_values_are_not_secrets() {
+        let params = BTreeMap::from([
+            (
+                "pw".to_string(),
+                format!("{}AAAAAAAA", crate::params::SEALED_PREFIX),
+            ),
+            ("key".to_string(), "licence-123".to_string()),
+        ]);
+        let s = Secrets::of(&params).with(["pin7".to_string(), String::new()]);
+        assert_eq!(
+            s.mask("pin7 licence-123 upkeep-sealed"),
+            "•••••• •••••• upkeep-sealed"
+        );
     }
 
     #[test]

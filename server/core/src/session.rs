@@ -98,7 +98,14 @@ pub struct PlanItem {
     pub order: DeploymentOrder,
     pub position: i32,
     pub enforcement: Enforcement,
+    /// What the scripts get: the deployment's values with the task's defaults filled in;
+    /// SECRET values still sealed (they are opened only when the job is handed to the agent).
     pub parameters: BTreeMap<String, String>,
+    /// Why this item cannot run (a required parameter without a value, a value its task's
+    /// changed definition refuses, a secret that does not open): its action fails and none of
+    /// its scripts run.
+    #[serde(default)]
+    pub invalid: Option<String>,
     pub what: ItemWhat,
     /// Why this deployment applies (the resolution rule), for `reason`; "needed by X" for a
     /// prerequisite the plan brought in.
@@ -170,6 +177,13 @@ pub struct TaskSnapshot {
     pub name: String,
     pub test_script: Script,
     pub set_script: Option<Script>,
+    /// Prints the current value; runs with the test during detection.
+    #[serde(default)]
+    pub get_script: Option<Script>,
+    /// The task's parameter definitions when the session started (the deployment's values
+    /// are resolved against them).
+    #[serde(default)]
+    pub parameters: Vec<crate::params::ParameterDefinition>,
 }
 
 /// One thing the session does (or found nothing to do) for one deployment.
@@ -192,6 +206,9 @@ pub struct Action {
     #[serde(default)]
     pub detected_version_after: Option<String>,
     pub result_message: Option<String>,
+    /// What the task's get script printed at detection (first line, trimmed, bounded).
+    #[serde(default)]
+    pub current_value: Option<String>,
     pub reason: String,
     pub started_at: Option<Time>,
     pub finished_at: Option<Time>,
@@ -444,18 +461,23 @@ fn utc() -> Stored<TimeZone> {
 }
 
 impl Session {
+    /// The session's compliance: all its actions', except `MONITOR` tasks' (observations,
+    /// reported on their actions only).
     pub fn compliance_of_actions(&self) -> Compliance {
-        if self
-            .actions
-            .iter()
-            .all(|a| a.compliance == Compliance::Compliant)
-        {
+        let counted = || {
+            self.actions.iter().filter(|a| {
+                !matches!(
+                    self.items.get(a.item).map(|i| &i.what),
+                    Some(ItemWhat::Task {
+                        mode: TaskMode::Monitor,
+                        ..
+                    })
+                )
+            })
+        };
+        if counted().all(|a| a.compliance == Compliance::Compliant) {
             Compliance::Compliant
-        } else if self
-            .actions
-            .iter()
-            .any(|a| a.compliance == Compliance::NonCompliant)
-        {
+        } else if counted().any(|a| a.compliance == Compliance::NonCompliant) {
             Compliance::NonCompliant
         } else {
             Compliance::Unknown

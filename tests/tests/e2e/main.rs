@@ -21,4 +21,5 @@ mod security_people;
 mod security_small;
 mod sessions;
 mod supply;
+mod task_parameters;
 mod windows_agent;

@@ -363,6 +363,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Some(t) => Clock::starting_at(t),
         None => Clock::system(),
     };
+    let sealing = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
     let app = Arc::new(App::new(
         store,
         config.clone(),
@@ -370,6 +371,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Keys::new(&secret),
         templates,
         public_url,
+        sealing,
     ));
     bootstrap_admin(&app).await?;
     let tokens = app.agents.load_tokens(&app.store).await?;

@@ -39,6 +39,8 @@ pub struct Agents {
     streams: Mutex<HashMap<Id, OutputState>>,
     offline_after: Duration,
     polls: std::sync::atomic::AtomicU64,
+    /// Opens SECRET parameters when a job is handed out, and masks them in streamed output.
+    secrets: Arc<crate::secrets::SecretBox>,
 }
 
 struct Presence {
@@ -212,8 +214,9 @@ impl Agents {
         }
     }
 
-    pub fn new(offline_after: Duration) -> Agents {
+    pub fn new(offline_after: Duration, secrets: Arc<crate::secrets::SecretBox>) -> Agents {
         Agents {
+            secrets,
             tokens: RwLock::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             jobs: Mutex::new(JobQueues::default()),
@@ -268,10 +271,10 @@ impl Agents {
                 }
                 _ => return ChunkVerdict::NotRunning,
             };
-            let proto::JobKind::Step { parameters, .. } = kind else {
+            if !matches!(kind, proto::JobKind::Step { .. }) {
                 return ChunkVerdict::NotTaken;
-            };
-            (session, upkeep_core::output::Secrets::of(parameters))
+            }
+            (session, self.secrets.secrets_of(kind))
         };
         let mut streams = self.streams();
         let st = streams.entry(job).or_insert_with(|| OutputState {
@@ -423,7 +426,9 @@ impl Agents {
             let Ok(id) = j.job.id.parse::<Id>() else {
                 continue;
             };
-            out.push(j.job.clone());
+            // The only place a SECRET value is opened for an agent: in the answer to its poll
+            // (the queue, like the store, holds it sealed).
+            out.push(self.secrets.open_job(j.job.clone()));
             q.lease_order.insert((until, id));
             q.leased.insert(
                 id,

@@ -371,6 +371,9 @@ impl App {
         self.metrics
             .job_results
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Secrets are masked at the door: neither the engine, nor the store, nor a log line
+        // sees what a script printed of them.
+        let outcome = self.secrets.mask_outcome(&rec.job, outcome);
         if self.held_reboot_result(&rec, Some(&outcome)).await? {
             return Ok(true);
         }

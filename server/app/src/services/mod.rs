@@ -37,6 +37,8 @@ pub struct App {
     pub config: ServeConfig,
     pub clock: Clock,
     pub keys: Keys,
+    /// Seals SECRET parameter values and opens them for the agent (`crate::secrets`).
+    pub secrets: Arc<crate::secrets::SecretBox>,
     pub templates: Templates,
     pub agents: Agents,
     pub runtime: SessionRuntime,
@@ -69,7 +71,9 @@ impl App {
         keys: Keys,
         templates: Templates,
         public_url: crate::config::PublicUrl,
+        secrets: crate::secrets::SecretBox,
     ) -> App {
+        let secrets = Arc::new(secrets);
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -93,7 +97,8 @@ impl App {
         App {
             outbox: Arc::new(outbox),
             webhooks,
-            agents: Agents::new(offline_after),
+            agents: Agents::new(offline_after, secrets.clone()),
+            secrets,
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
             events: broadcast::channel(8192).0,

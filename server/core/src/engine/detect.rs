@@ -28,6 +28,10 @@ impl Machine<'_> {
         let timeout = self.env.limits.probe_timeout_seconds;
         let mut probes = Vec::new();
         for (i, item) in self.s.items.iter().enumerate() {
+            if item.invalid.is_some() {
+                // Its scripts would run without the values they need.
+                continue;
+            }
             let (d, c, t) = plan::probe_ids(i);
             let params = item.parameters.clone();
             match &item.what {
@@ -47,8 +51,13 @@ impl Machine<'_> {
                         probes.push(probe(plan::versions_probe_id(i), script, &params, timeout));
                     }
                 }
-                ItemWhat::Task { task, .. } => {
-                    probes.push(probe(t, &task.test_script, &params, timeout))
+                ItemWhat::Task { task, mode } => {
+                    probes.push(probe(t, &task.test_script, &params, timeout));
+                    if let Some(get) = &task.get_script
+                        && *mode != TaskMode::Ignore
+                    {
+                        probes.push(probe(plan::get_probe_id(i), get, &params, timeout));
+                    }
                 }
             }
         }

@@ -51,12 +51,25 @@ pub fn freeze_items<E>(
                 }
             }
         };
+        // Typed parameters are resolved now, against the definitions frozen with the task: a
+        // deployment that no longer satisfies them (the task changed after it was written)
+        // fails its item rather than run a script without a required value.
+        let (parameters, invalid) = match &what {
+            ItemWhat::Task { task, .. } => {
+                match crate::params::resolve(&task.parameters, &d.parameters) {
+                    Ok(p) => (p, None),
+                    Err(e) => (Default::default(), Some(format!("parameters: {e}"))),
+                }
+            }
+            ItemWhat::Software { .. } => (d.parameters.clone(), None),
+        };
         items.push(PlanItem {
             deployment_id: d.id,
             order: d.order,
             position: d.position,
             enforcement: d.enforcement,
-            parameters: d.parameters.clone(),
+            parameters,
+            invalid,
             what,
             rule: r.rule.clone(),
             prerequisites: vec![],
@@ -216,7 +229,15 @@ pub struct Found {
     /// `Some(true)` compliant, `Some(false)` not, `None` unknown/not run.
     pub test: Option<bool>,
     pub test_error: Option<String>,
+    /// What a task's get script printed (first line, trimmed, at most
+    /// [`MAX_CURRENT_VALUE_CHARS`]); `None` when it printed nothing or did not run.
+    pub current_value: Option<String>,
+    /// The get script failed (it never fails the item: the value is only shown).
+    pub get_error: Option<String>,
 }
+
+/// Longest current value kept from a get script.
+pub const MAX_CURRENT_VALUE_CHARS: usize = 200;
 
 pub fn probe_ids(item: usize) -> (String, String, String) {
     (format!("d{item}"), format!("c{item}"), format!("t{item}"))
@@ -225,6 +246,11 @@ pub fn probe_ids(item: usize) -> (String, String, String) {
 /// The probe of an item's versions script.
 pub fn versions_probe_id(item: usize) -> String {
     format!("v{item}")
+}
+
+/// The probe id of a task item's get script (beside its test, `t{item}`).
+pub fn get_probe_id(item: usize) -> String {
+    format!("g{item}")
 }
 
 /// Reads one item's findings out of a probe job's results.
@@ -260,6 +286,19 @@ pub fn found(item: usize, results: &BTreeMap<String, ScriptOutcome>) -> Found {
                 Some(1) => f.test = Some(false),
                 _ => f.test_error = Some(describe_failure("test script", o)),
             }
+        }
+    }
+    if let Some(o) = results.get(&get_probe_id(item)) {
+        if o.exit_code == Some(0) && !o.timed_out {
+            f.current_value = o
+                .stdout
+                .lines()
+                .next()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.chars().take(MAX_CURRENT_VALUE_CHARS).collect());
+        } else {
+            f.get_error = Some(describe_failure("get script", o));
         }
     }
     f
@@ -407,6 +446,7 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
         detected_version_before: f.version.clone(),
         detected_version_after: None,
         result_message: None,
+        current_value: f.current_value.clone(),
         reason: String::new(),
         started_at: None,
         finished_at: None,
@@ -415,6 +455,14 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
         step_failed: false,
         reboot_required: false,
     };
+    if let Some(why) = &item.invalid {
+        // Nothing of this item ran (its probes were not sent): it fails, naming why.
+        a.reason = format!("not run: {why}");
+        a.result_message = Some(a.reason.clone());
+        a.compliance = Compliance::Unknown;
+        a.step_failed = true;
+        return a;
+    }
     if let Some(e) = &f.detection_error {
         a.reason = format!("detection could not run: {e}");
         a.result_message = Some(a.reason.clone());
@@ -423,8 +471,9 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
     }
     // A task whose test could not decide (it timed out, or exited other than 0 or 1) failed
     // its detection the same way.
+    // (A MONITOR task only reports it: see `plan_task`.)
     if let (ItemWhat::Task { mode, .. }, None, Some(e)) = (&item.what, f.test, &f.test_error)
-        && *mode != TaskMode::Ignore
+        && !matches!(mode, TaskMode::Ignore | TaskMode::Monitor)
     {
         a.reason = format!("test could not decide: {e}");
         a.result_message = Some(a.reason.clone());
@@ -437,7 +486,14 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
             desired,
             version,
         } => plan_software(&mut a, software, *desired, version.as_deref(), f),
-        ItemWhat::Task { task, mode } => plan_task(&mut a, task, *mode, f),
+        ItemWhat::Task { task, mode } => {
+            plan_task(&mut a, task, *mode, f);
+            match (&f.current_value, &f.get_error) {
+                (Some(v), _) => a.reason.push_str(&format!(" (current value: {v})")),
+                (None, Some(e)) => a.reason.push_str(&format!(" ({e})")),
+                (None, None) => {}
+            }
+        }
     }
     if let Some(needer) = &item.needed_by {
         a.reason = format!("needed by {needer}: {}", a.reason);
@@ -697,6 +753,24 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
             None => a.reason = "test failed; no set script, so audit only".into(),
         },
         (TaskMode::Ignore, _) => a.reason = "ignored by an exception".into(),
+        (TaskMode::Monitor, test) => {
+            a.reason = match test {
+                Some(true) => "monitor: compliant".into(),
+                Some(false) => "monitor: not compliant; monitoring only reports".into(),
+                None => format!(
+                    "monitor: test could not decide: {}",
+                    f.test_error.as_deref().unwrap_or("no result")
+                ),
+            };
+            a.result_message = Some(
+                match test {
+                    Some(true) => "monitor: compliant",
+                    Some(false) => "monitor: not compliant",
+                    None => a.reason.as_str(),
+                }
+                .to_string(),
+            );
+        }
     }
 }
 
@@ -705,12 +779,13 @@ pub fn needs_execution(a: &Action) -> bool {
     !a.steps.is_empty()
 }
 
-/// Is this item an audit-only task (never a failure)? An `AUDIT` task, or an enforced one
-/// without a set script (it can only report).
+/// Is this item a report-only task (never a failure)? An `AUDIT` or `MONITOR` task, or an
+/// enforced one without a set script (it can only report).
 pub fn is_audit(item: &PlanItem) -> bool {
     match &item.what {
         ItemWhat::Task { mode, task } => {
-            *mode == TaskMode::Audit || (*mode == TaskMode::Enforce && task.set_script.is_none())
+            matches!(mode, TaskMode::Audit | TaskMode::Monitor)
+                || (*mode == TaskMode::Enforce && task.set_script.is_none())
         }
         ItemWhat::Software { .. } => false,
     }

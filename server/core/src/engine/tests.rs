@@ -72,6 +72,8 @@ fn task(name: &str, with_set_script: bool) -> TaskSnapshot {
         name: name.into(),
         test_script: script(&format!("test {name}")),
         set_script: with_set_script.then(|| script(&format!("set {name}"))),
+        get_script: None,
+        parameters: vec![],
     }
 }
 
@@ -112,6 +114,7 @@ fn item(what: ItemWhat) -> PlanItem {
         position: 0,
         enforcement: Enforcement::Required,
         parameters: BTreeMap::new(),
+        invalid: None,
         what,
         rule: "only matching deployment (ALL_COMPUTERS)".into(),
         prerequisites: vec![],
@@ -3031,3 +3034,4 @@ fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_
 
 mod before_execution;
 mod supply;
+mod task_model;

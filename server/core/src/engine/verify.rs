@@ -43,6 +43,9 @@ impl Machine<'_> {
                         a.detected_version = f.version.clone();
                         a.detected_version_after = f.version.clone();
                     }
+                    if f.current_value.is_some() {
+                        a.current_value = f.current_value.clone();
+                    }
                 }
                 None => a.compliance = Compliance::Unknown,
             }

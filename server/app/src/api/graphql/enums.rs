@@ -84,10 +84,36 @@ pub enum DesiredSoftwareState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[graphql(remote = "upkeep_core::domain::TaskMode")]
 pub enum TaskMode {
+    /// Test, and run the set script where the test fails.
     Enforce,
+    /// Test only: a failed test is reported (the action succeeds, "audit: not compliant") and
+    /// makes the session and computer NON_COMPLIANT; a test that cannot decide (timeout, exit
+    /// other than 0 or 1) fails the item's detection, and so the session.
     Audit,
     /// Exception: leave this task alone on the targets.
     Ignore,
+    /// Test only, an observation: the set script never runs; the action always succeeds and
+    /// shows the finding (COMPLIANT, NON_COMPLIANT, or UNKNOWN when the test cannot decide)
+    /// and the get script's `currentValue`, but it counts neither toward the session's nor
+    /// the computer's compliance, and never fails the session.
+    Monitor,
+}
+
+/// The type of a task parameter; the value reaches scripts as text in `UPKEEP_PARAM_<NAME>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "upkeep_core::params::ParameterType")]
+pub enum ParameterType {
+    String,
+    /// A decimal number (`42`, `-1.5`).
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// One of the definition's `options`.
+    Select,
+    /// Stored encrypted, never returned by the API (shown as `********`), masked in output.
+    Secret,
+    /// The SHA-256 (64 hex digits) of an uploaded file.
+    File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]

@@ -482,6 +482,24 @@ pub struct CreateMaintenanceTaskInput {
     pub tenant_id: Option<ID>,
     pub test_script: ScriptInput,
     pub set_script: Option<ScriptInput>,
+    /// Prints the current value (first line of stdout), shown on the session's action.
+    pub get_script: Option<ScriptInput>,
+    /// Typed parameters; deployments' values are checked against them. None: free-form.
+    #[graphql(validator(max_items = 50))]
+    pub parameters: Option<Vec<super::parameters::ParameterDefinitionInput>>,
+}
+
+/// Fields left out keep their value. Sessions already started keep the task as it was.
+#[derive(InputObject)]
+pub struct UpdateMaintenanceTaskInput {
+    pub name: Option<String>,
+    pub test_script: Option<ScriptInput>,
+    pub set_script: Option<ScriptInput>,
+    pub get_script: Option<ScriptInput>,
+    /// Replaces the definitions. Deployments are not rewritten: one that no longer satisfies
+    /// them fails its item (naming the parameter) when a session starts.
+    #[graphql(validator(max_items = 50))]
+    pub parameters: Option<Vec<super::parameters::ParameterDefinitionInput>>,
 }
 
 #[derive(InputObject)]
@@ -519,7 +537,8 @@ pub struct UpdateDeploymentInput {
     pub enabled: Option<bool>,
 }
 
-/// Parameters are a JSON object of scalars; names become `UPKEEP_PARAM_<NAME>`.
+/// Parameters are a JSON object of scalars; names become `UPKEEP_PARAM_<NAME>`. A task with
+/// typed parameters checks them further (`parameters::deployment_values`).
 pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap<String, String>> {
     let obj = v
         .as_object()

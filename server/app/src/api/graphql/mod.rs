@@ -5,6 +5,7 @@ pub mod ctx;
 pub mod enums;
 mod inputs;
 mod mutation;
+mod parameters;
 mod query;
 mod subscription;
 pub mod types;

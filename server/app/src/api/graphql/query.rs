@@ -488,6 +488,8 @@ impl Query {
                             _ => None,
                         },
                         test_error: None,
+                        current_value: a.current_value.clone(),
+                        get_error: None,
                     };
                     upkeep_core::engine::plan::plan(i, item, &found, crate::ids::fresh())
                 }

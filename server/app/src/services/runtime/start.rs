@@ -67,12 +67,20 @@ impl App {
             }
         }
         self.load_prerequisites(&mut software).await?;
-        upkeep_core::engine::plan::freeze_items(
+        let mut items = upkeep_core::engine::plan::freeze_items(
             computer,
             &applicable,
             |sid| Ok::<_, ApiError>(software.get(&sid).cloned().flatten()),
             |tid| Ok(tasks.get(&tid).cloned().flatten()),
-        )
+        )?;
+        // A secret that does not open (the key file was replaced) fails its item now, named,
+        // rather than reach a script empty.
+        for item in items.iter_mut().filter(|i| i.invalid.is_none()) {
+            if let Err(e) = self.secrets.open_parameters(&item.parameters) {
+                item.invalid = Some(e.to_string());
+            }
+        }
+        Ok(items)
     }
 
     /// Adds the snapshots of every prerequisite the loaded software needs, transitively (the
@@ -460,5 +468,7 @@ fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
         name: t.name,
         test_script: t.test_script,
         set_script: t.set_script,
+        get_script: t.get_script,
+        parameters: t.parameters,
     }
 }

@@ -5,6 +5,7 @@ use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{DeploymentOrder, DesiredSoftwareState, Enforcement, TaskMode};
 use crate::api::graphql::inputs::*;
+use crate::api::graphql::parameters::{definitions, deployment_values};
 use crate::api::graphql::parse_id;
 use crate::api::graphql::types::View;
 use crate::error::ApiError;
@@ -132,8 +133,41 @@ impl CatalogueMutation {
                 .as_ref()
                 .map(|s| s.validate("setScript"))
                 .transpose()?,
+            get_script: input
+                .get_script
+                .as_ref()
+                .map(|s| s.validate("getScript"))
+                .transpose()?,
+            parameters: definitions(input.parameters.as_deref())?,
             created_at: c.app.clock.now(),
         };
+        c.save(&t).await?;
+        Ok(View(t))
+    }
+
+    async fn update_maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateMaintenanceTaskInput,
+    ) -> Result<View<MaintenanceTask>> {
+        let c = Ctx::new(ctx)?;
+        let mut t: MaintenanceTask = c.load_for_write(parse_id("id", &id)?).await?;
+        if let Some(n) = &input.name {
+            t.name = name("name", n)?;
+        }
+        if let Some(s) = &input.test_script {
+            t.test_script = s.validate("testScript")?;
+        }
+        if let Some(s) = &input.set_script {
+            t.set_script = Some(s.validate("setScript")?);
+        }
+        if let Some(s) = &input.get_script {
+            t.get_script = Some(s.validate("getScript")?);
+        }
+        if let Some(p) = &input.parameters {
+            t.parameters = definitions(Some(p))?;
+        }
         c.save(&t).await?;
         Ok(View(t))
     }
@@ -153,14 +187,19 @@ impl CatalogueMutation {
             Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner).await?),
             None => None,
         };
-        let task_id = match &input.maintenance_task_id {
-            Some(t) => Some(
-                catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner)
-                    .await?
-                    .id,
-            ),
+        let task = match &input.maintenance_task_id {
+            Some(t) => {
+                Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner).await?)
+            }
             None => None,
         };
+        let given = input
+            .parameters
+            .as_ref()
+            .map(|p| parameters(&p.0))
+            .transpose()?
+            .unwrap_or_default();
+        let values = deployment_values(&c.app.secrets, task.as_ref(), given, None)?;
         let version = input
             .version
             .as_deref()
@@ -180,14 +219,9 @@ impl CatalogueMutation {
             software_id: software_id.map(|s| s.id),
             desired_state: input.desired_state.map(Into::into),
             version,
-            maintenance_task_id: task_id,
+            maintenance_task_id: task.map(|t| t.id),
             task_mode: input.task_mode.unwrap_or(TaskMode::Enforce).into(),
-            parameters: input
-                .parameters
-                .as_ref()
-                .map(|p| parameters(&p.0))
-                .transpose()?
-                .unwrap_or_default(),
+            parameters: values,
             enforcement: input.enforcement.unwrap_or(Enforcement::Required).into(),
             order: input.order.unwrap_or(DeploymentOrder::Unordered).into(),
             position: input.position.unwrap_or(0),
@@ -224,7 +258,16 @@ impl CatalogueMutation {
             d.task_mode = m.into();
         }
         if let Some(p) = &input.parameters {
-            d.parameters = parameters(&p.0)?;
+            let task = match d.maintenance_task_id {
+                Some(t) => c.app.store.get::<MaintenanceTask>(&t).await?,
+                None => None,
+            };
+            d.parameters = deployment_values(
+                &c.app.secrets,
+                task.as_ref(),
+                parameters(&p.0)?,
+                Some(&d.parameters),
+            )?;
         }
         if let Some(e) = input.enforcement {
             d.enforcement = e.into();

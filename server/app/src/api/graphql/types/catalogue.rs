@@ -185,6 +185,15 @@ impl View<MaintenanceTask> {
     async fn set_script(&self) -> Option<ScriptView> {
         self.set_script.as_ref().map(Into::into)
     }
+    /// Prints the current value (first line of stdout); it runs with the test during
+    /// detection and its value shows on the action (`currentValue`).
+    async fn get_script(&self) -> Option<ScriptView> {
+        self.get_script.as_ref().map(Into::into)
+    }
+    /// The typed parameters deployments give (as `UPKEEP_PARAM_<NAME>`); empty: free-form.
+    async fn parameters(&self) -> Vec<View<upkeep_core::params::ParameterDefinition>> {
+        self.parameters.iter().cloned().map(View).collect()
+    }
 }
 
 #[Object(name = "Target")]
@@ -236,7 +245,9 @@ impl View<Deployment> {
         self.maintenance_task_id.map(|_| self.task_mode.into())
     }
     /// The script parameters. Their values often hold licence keys: only those who may manage
-    /// deployments read them; for everyone else each value reads `••••••`.
+    /// deployments read them; for everyone else each value reads `••••••`. SECRET values are
+    /// never returned: they read `********` for everyone (sent back so on an update, or left
+    /// out, they keep their value).
     async fn parameters(
         &self,
         ctx: &Context<'_>,
@@ -247,7 +258,7 @@ impl View<Deployment> {
             .require_role(crate::permissions::Action::ManageCatalogue)
             .is_ok();
         Ok(async_graphql::Json(if may {
-            self.parameters.clone()
+            crate::api::graphql::parameters::shown(&self.parameters)
         } else {
             self.parameters
                 .keys()

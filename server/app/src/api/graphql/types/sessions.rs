@@ -262,6 +262,11 @@ impl ActionView {
     async fn result_message(&self) -> Option<&str> {
         self.action.result_message.as_deref()
     }
+    /// What the task's get script printed at detection (first line, trimmed, at most 200
+    /// characters; secrets masked); null without a get script or output.
+    async fn current_value(&self) -> Option<&str> {
+        self.action.current_value.as_deref()
+    }
     /// Why the action was planned, e.g. "1.9.2 installed, latest is 1.10.0".
     async fn reason(&self) -> &str {
         &self.action.reason

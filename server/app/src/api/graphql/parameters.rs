@@ -1,0 +1,135 @@
+//! Typed task parameters over GraphQL: the definition input and view, and a deployment's
+//! values checked against its task's definitions, SECRET ones sealed before they are stored.
+
+use super::enums::ParameterType;
+use super::types::View;
+use crate::error::{ApiError, ApiResult};
+use crate::secrets::SecretBox;
+use async_graphql::{InputObject, Object};
+use std::collections::{BTreeMap, BTreeSet};
+use upkeep_core::domain::MaintenanceTask;
+use upkeep_core::params::{self, ParameterDefinition, SECRET_MASK};
+
+/// One parameter of a maintenance task; a deployment's value reaches the task's scripts as
+/// `UPKEEP_PARAM_<NAME>` (name upper-cased).
+#[derive(InputObject)]
+pub struct ParameterDefinitionInput {
+    /// A letter, then letters, digits or `_` (at most 64); unique ignoring case.
+    pub name: String,
+    #[graphql(name = "type")]
+    pub kind: ParameterType,
+    /// A deployment must give a value unless there is a default.
+    #[graphql(default)]
+    pub required: bool,
+    /// Of the parameter's type; SECRET parameters have none.
+    pub default: Option<String>,
+    /// SELECT only: the values allowed.
+    #[graphql(validator(max_items = 100))]
+    pub options: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+/// The definitions of `parameters` (the input field), checked.
+pub fn definitions(
+    input: Option<&[ParameterDefinitionInput]>,
+) -> ApiResult<Vec<ParameterDefinition>> {
+    let defs: Vec<ParameterDefinition> = input
+        .unwrap_or_default()
+        .iter()
+        .map(|p| ParameterDefinition {
+            name: p.name.trim().to_string(),
+            kind: p.kind.into(),
+            required: p.required,
+            default: p.default.clone(),
+            options: p.options.clone().unwrap_or_default(),
+            description: p.description.clone().filter(|d| !d.trim().is_empty()),
+        })
+        .collect();
+    params::check_definitions(&defs).map_err(|e| ApiError::bad("parameters", e.0))?;
+    Ok(defs)
+}
+
+#[Object(name = "ParameterDefinition")]
+impl View<ParameterDefinition> {
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    #[graphql(name = "type")]
+    async fn kind(&self) -> ParameterType {
+        self.kind.into()
+    }
+    async fn required(&self) -> bool {
+        self.required
+    }
+    async fn default(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+    /// SELECT: the values allowed; empty for other types.
+    async fn options(&self) -> &[String] {
+        &self.options
+    }
+    async fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+}
+
+/// A deployment's parameters as stored: `given` (the input's values, already bounded and
+/// named by `inputs::parameters`) checked against `task`'s definitions and normalised, SECRET
+/// values sealed. On an update, `stored` are the values before it: a SECRET left out, or sent
+/// back as `********`, keeps its sealed value. No task, or a task without definitions:
+/// free-form values, as before typed parameters.
+pub fn deployment_values(
+    sealing: &SecretBox,
+    task: Option<&MaintenanceTask>,
+    mut given: BTreeMap<String, String>,
+    stored: Option<&BTreeMap<String, String>>,
+) -> ApiResult<BTreeMap<String, String>> {
+    let bad = |e: params::ParamError| ApiError::bad("parameters", e.0);
+    let defs = task.map(|t| t.parameters.as_slice()).unwrap_or_default();
+    let mut kept = BTreeMap::new();
+    for d in defs
+        .iter()
+        .filter(|d| d.kind == params::ParameterType::Secret)
+    {
+        let old = stored
+            .and_then(|s| s.get(&d.name))
+            .filter(|v| params::is_sealed(v));
+        let resent = given.get(&d.name).is_none_or(|v| v == SECRET_MASK);
+        if let (Some(old), true) = (old, resent) {
+            given.remove(&d.name);
+            kept.insert(d.name.clone(), old.clone());
+        }
+    }
+    for (k, v) in &given {
+        params::check_plain(k, v).map_err(bad)?;
+    }
+    let kept_names: BTreeSet<String> = kept.keys().cloned().collect();
+    let mut out = params::check_values(defs, given, &kept_names).map_err(bad)?;
+    for d in defs
+        .iter()
+        .filter(|d| d.kind == params::ParameterType::Secret)
+    {
+        if let Some(v) = out.get_mut(&d.name) {
+            *v = sealing
+                .seal(&d.name, v)
+                .map_err(|e| ApiError::internal(e))?;
+        }
+    }
+    out.extend(kept);
+    Ok(out)
+}
+
+/// A deployment's parameters as the API shows them: sealed (SECRET) values as `********`.
+pub fn shown(values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .map(|(k, v)| {
+            let v = if params::is_sealed(v) {
+                SECRET_MASK.to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
