@@ -56,6 +56,11 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
+        Some(Command::ImportLibrary {
+            dir,
+            data_dir,
+            tenant,
+        }) => offline(import_library(dir, data_dir, tenant)),
         Some(Command::Restore { data_dir, input }) => offline(async move {
             match crate::api::backup::restore(&data_dir, &input).await {
                 Ok(n) => {
@@ -69,6 +74,39 @@ pub fn main() -> ExitCode {
             }
         }),
         None => serve(cli.serve),
+    }
+}
+
+async fn import_library(
+    dir: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    tenant: Option<String>,
+) -> ExitCode {
+    use crate::services::library;
+    let run = async {
+        let tenant = match tenant {
+            Some(t) => Some(
+                t.parse::<upkeep_core::domain::Id>()
+                    .map_err(|_| anyhow::anyhow!("--tenant: '{t}' is not an id"))?,
+            ),
+            None => None,
+        };
+        let lib = library::Library::load(&dir)?;
+        let store = upkeep_store::open_embedded(&data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", data_dir.display()))?;
+        let now = chrono::Utc::now();
+        let report = library::import(&store, &lib, tenant, now, &crate::ids::fresh).await?;
+        anyhow::Ok(report)
+    };
+    match run.await {
+        Ok(report) => {
+            println!("imported the library {}: {report}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upkeep-server import-library: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -34,6 +34,18 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Import software and maintenance tasks from a library directory (YAML or JSON files, one
+    /// entry each; `library/` in the repository) into the catalogue: MSP-level, or one tenant's
+    /// with --tenant. Entries are matched by name; the server must not be running on the data
+    /// dir (use --library at start instead).
+    ImportLibrary {
+        dir: PathBuf,
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+        /// Import into this tenant's catalogue (its id) instead of the MSP-level one.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Restore a backup into a new, empty data dir (the server must not be running on it).
     Restore {
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
@@ -131,6 +143,10 @@ pub struct ServeConfig {
     /// Comma-separated domains a tenant's mailFrom may use (default: any).
     #[arg(long, env = "UPKEEP_MAIL_FROM_DOMAINS", value_delimiter = ',', value_parser = parse_domain)]
     pub mail_from_domains: Vec<String>,
+    /// A library directory (as for `import-library`) imported into the MSP-level catalogue at
+    /// start; the server does not start when it is invalid.
+    #[arg(long, env = "UPKEEP_LIBRARY")]
+    pub library: Option<PathBuf>,
     /// When set, /metrics answers only requests with `Authorization: Bearer <this>`.
     #[arg(long, env = "UPKEEP_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -258,6 +274,7 @@ impl ServeConfig {
             require_mfa_for_msp_roles: false,
             log_format: "text".into(),
             mail_from_domains: vec![],
+            library: None,
             metrics_token: None,
             max_connections: 10_000,
             header_read_timeout_seconds: 30,

@@ -270,6 +270,7 @@ mod tests {
                 timeout_seconds: 5,
             },
             parameters: params,
+            version: None,
         };
         let job = proto::Job {
             id: "j".into(),

@@ -11,6 +11,7 @@ mod foundation;
 mod hostile;
 mod integrations;
 mod inventory;
+mod library;
 mod mail;
 mod ops;
 mod reboots;

@@ -96,7 +96,9 @@ async fn a_versions_script_moves_latest_without_editing_the_software() -> anyhow
     let d = f.s.gql(&f.admin, q, json!({"id": sw})).await?;
     assert_eq!(d["softwareById"]["latestVersion"], "2.0", "{d:#}");
     assert_eq!(
-        d["softwareById"]["discoveredVersions"].as_array().map(Vec::len),
+        d["softwareById"]["discoveredVersions"]
+            .as_array()
+            .map(Vec::len),
         Some(2)
     );
 

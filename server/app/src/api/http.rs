@@ -374,6 +374,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         sealing,
     ));
     bootstrap_admin(&app).await?;
+    if let Some(dir) = &config.library {
+        let lib = crate::services::library::Library::load(dir)?;
+        let report = crate::services::library::import(
+            &app.store,
+            &lib,
+            None,
+            app.clock.now(),
+            &crate::ids::fresh,
+        )
+        .await?;
+        tracing::info!(dir = %dir.display(), %report, "library imported");
+    }
     let tokens = app.agents.load_tokens(&app.store).await?;
     let recovered = app.recover_sessions().await?;
     tracing::info!(agents = tokens, sessions = recovered, "store loaded");

@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod fleet;
+pub mod library;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;

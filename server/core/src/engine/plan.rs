@@ -160,6 +160,7 @@ fn with_prerequisites<E>(
                     },
                     rule: format!("needed by {needer}"),
                     needed_by: Some(needer.clone()),
+                    invalid: None,
                     prerequisites: prerequisite_chain(dep, software)?
                         .iter()
                         .map(|d| d.id)
