@@ -532,11 +532,13 @@ mod tests {
                     timeout_seconds: 5,
                 },
                 parameters: BTreeMap::new(),
+                version: Some("1.2".into()),
             },
         };
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["kind"], "step");
         assert_eq!(json["script"]["language"], "shell");
+        assert_eq!(json["version"], "1.2");
         assert_eq!(serde_json::from_value::<Job>(json).unwrap(), job);
     }
 

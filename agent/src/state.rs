@@ -466,6 +466,7 @@ mod tests {
                     timeout_seconds: 5,
                 },
                 parameters: BTreeMap::new(),
+                version: Some("1.2".into()),
             },
         }
     }

@@ -322,11 +322,19 @@ fn preload(
                     }],
                     uninstall_script: None,
                     configuration_task: None,
+                    versions_script: None,
+                    versions_cache_minutes: 0,
+                    install_script: None,
+                    upgrade_script: None,
+                    depends_on: vec![],
+                    versions_note: None,
                 },
                 desired: DesiredSoftwareState::InstalledLatest,
                 version: None,
             },
             rule: "only matching deployment (ALL_COMPUTERS)".into(),
+            prerequisites: vec![],
+            needed_by: None,
         })
         .collect();
     let span_ms = Days::days(365).num_milliseconds();
@@ -384,6 +392,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
                 ItemWhat::Software { software, .. } => vec![Step::Script {
                     label: format!("install {} 1.0", software.name),
                     script: software.versions[0].install_script.clone(),
+                    version: Some("1.0".into()),
                 }],
                 ItemWhat::Task { .. } => vec![],
             },

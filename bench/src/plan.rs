@@ -89,6 +89,12 @@ fn catalogue(computers: &[Computer]) -> Catalogue {
                 versions,
                 uninstall_script: Some(script(format!("remove app{i}"))),
                 configuration_task: None,
+                versions_script: None,
+                versions_cache_minutes: 0,
+                install_script: None,
+                upgrade_script: None,
+                depends_on: vec![],
+                versions_note: None,
             },
         );
         subjects.push(Subject::Software(id));

@@ -131,6 +131,10 @@ impl PlanItem {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a session holds a few items, each read whole; boxing would only add indirection"
+)]
 pub enum ItemWhat {
     Software {
         software: SoftwareSnapshot,
