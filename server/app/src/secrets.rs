@@ -140,8 +140,9 @@ impl SecretBox {
     }
 
     /// What to mask in the output of a job: its parameters' plain values long enough to be
-    /// secrets and its SECRET values, opened.
-    pub fn secrets_of(&self, job: &proto::JobKind) -> Secrets {
+    /// secrets, but those its session shows (`shown`, a typed task's non-SECRET values), and
+    /// its SECRET values, opened.
+    pub fn secrets_of(&self, job: &proto::JobKind, shown: &[String]) -> Secrets {
         let mut secrets = Secrets::default();
         for params in job_parameters(job) {
             let opened = self
@@ -149,7 +150,7 @@ impl SecretBox {
                 .map(|(_, o)| o)
                 .unwrap_or_default();
             secrets = secrets
-                .with(Secrets::of(params).values().to_vec())
+                .with(Secrets::of(params).without(shown).values().to_vec())
                 .with(opened);
         }
         secrets
@@ -185,8 +186,9 @@ impl SecretBox {
         &self,
         job: &proto::JobKind,
         outcome: proto::JobOutcome,
+        shown: &[String],
     ) -> proto::JobOutcome {
-        let secrets = self.secrets_of(job);
+        let secrets = self.secrets_of(job, shown);
         if secrets.is_empty() {
             return outcome;
         }
@@ -261,6 +263,8 @@ mod tests {
         let params = BTreeMap::from([
             ("pin".to_string(), b.seal("pin", "4711").expect("sealed")),
             ("zone".to_string(), "UTC".to_string()),
+            ("city".to_string(), "Berlin-Mitte".to_string()),
+            ("licence".to_string(), "ABCD-1234".to_string()),
         ]);
         let kind = proto::JobKind::Step {
             label: "run".into(),
@@ -284,19 +288,25 @@ mod tests {
         };
         assert_eq!(parameters["pin"], "4711");
         assert_eq!(parameters["zone"], "UTC");
+        // Long plain values are masked unless the session shows them (a typed task's
+        // declared values); a SECRET always is.
         let masked = b.mask_outcome(
             &kind,
             proto::JobOutcome::Step {
                 outcome: proto::ScriptOutcome {
                     exit_code: Some(0),
-                    stdout: "pin=4711 zone=UTC".into(),
+                    stdout: "pin=4711 zone=UTC city=Berlin-Mitte licence=ABCD-1234".into(),
                     ..Default::default()
                 },
             },
+            &["Berlin-Mitte".to_string(), "4711".to_string()],
         );
         let proto::JobOutcome::Step { outcome } = masked else {
             panic!("a step outcome");
         };
-        assert_eq!(outcome.stdout, "pin=•••••• zone=UTC");
+        assert_eq!(
+            outcome.stdout,
+            "pin=•••••• zone=UTC city=Berlin-Mitte licence=••••••"
+        );
     }
 }

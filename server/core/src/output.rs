@@ -59,6 +59,13 @@ impl Secrets {
         self
     }
 
+    /// These secrets but `shown` values (see `PlanItem::shown_values`); call it before
+    /// [`Secrets::with`] adds the SECRET values, which stay masked whatever else is shown.
+    pub fn without(mut self, shown: &[String]) -> Secrets {
+        self.0.retain(|v| !shown.contains(v));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -270,6 +277,21 @@ mod tests {
             s.mask("pin7 licence-123 upkeep-sealed"),
             "•••••• •••••• upkeep-sealed"
         );
+    }
+
+    #[test]
+    fn shown_values_are_not_masked_but_a_secret_equal_to_one_still_is() {
+        let params = BTreeMap::from([
+            ("zone".to_string(), "Europe/Berlin".to_string()),
+            ("key".to_string(), "licence-123".to_string()),
+        ]);
+        let shown = ["Europe/Berlin".to_string()];
+        let s = Secrets::of(&params).without(&shown);
+        assert_eq!(s.mask("Europe/Berlin licence-123"), "Europe/Berlin ••••••");
+        let s = Secrets::of(&params)
+            .without(&shown)
+            .with(["Europe/Berlin".to_string()]);
+        assert_eq!(s.mask("Europe/Berlin"), "••••••");
     }
 
     #[test]

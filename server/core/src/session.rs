@@ -121,6 +121,23 @@ pub struct PlanItem {
 }
 
 impl PlanItem {
+    /// The plain values this item's task declares as not secret (a typed task's STRING,
+    /// NUMBER, BOOLEAN, SELECT and FILE parameters): what the task is about, such as a time
+    /// zone, shown as they are in output and current values. Free-form parameters (a task
+    /// that declares none) are not listed: their long values are masked.
+    pub fn shown_values(&self) -> Vec<String> {
+        let ItemWhat::Task { task, .. } = &self.what else {
+            return vec![];
+        };
+        task.parameters
+            .iter()
+            .filter(|d| d.kind != crate::params::ParameterType::Secret)
+            .filter_map(|d| self.parameters.get(&d.name))
+            .filter(|v| !crate::params::is_sealed(v))
+            .cloned()
+            .collect()
+    }
+
     /// The software or task this item is about.
     pub fn subject(&self) -> crate::domain::Subject {
         match &self.what {

@@ -274,7 +274,9 @@ impl Agents {
             if !matches!(kind, proto::JobKind::Step { .. }) {
                 return ChunkVerdict::NotTaken;
             }
-            (session, self.secrets.secrets_of(kind))
+            // Live lines mask every long plain value; the stored outcome shows a typed task's
+            // declared values (`Fleet` masks it knowing the session).
+            (session, self.secrets.secrets_of(kind, &[]))
         };
         let mut streams = self.streams();
         let st = streams.entry(job).or_insert_with(|| OutputState {

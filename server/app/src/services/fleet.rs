@@ -373,7 +373,19 @@ impl App {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Secrets are masked at the door: neither the engine, nor the store, nor a log line
         // sees what a script printed of them.
-        let outcome = self.secrets.mask_outcome(&rec.job, outcome);
+        let shown: Vec<String> = match self
+            .store
+            .get::<upkeep_core::session::Session>(&rec.session_id)
+            .await?
+        {
+            Some(s) => s
+                .items
+                .iter()
+                .flat_map(upkeep_core::session::PlanItem::shown_values)
+                .collect(),
+            None => vec![],
+        };
+        let outcome = self.secrets.mask_outcome(&rec.job, outcome, &shown);
         if self.held_reboot_result(&rec, Some(&outcome)).await? {
             return Ok(true);
         }

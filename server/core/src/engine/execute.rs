@@ -115,8 +115,10 @@ impl Machine<'_> {
         };
         match outcome {
             JobOutcome::Step { outcome } => {
-                let secrets =
-                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
+                let secrets = {
+                    let item = &self.s.items[self.s.actions[ai].item];
+                    crate::output::Secrets::of(&item.parameters).without(&item.shown_values())
+                };
                 self.out.push(Effect::Output {
                     action: ai,
                     output: crate::output::ActionOutput::from_outcome(&outcome, &secrets),
@@ -184,8 +186,10 @@ impl Machine<'_> {
                 }
             },
             Some((_, o)) => {
-                let secrets =
-                    crate::output::Secrets::of(&self.s.items[self.s.actions[ai].item].parameters);
+                let secrets = {
+                    let item = &self.s.items[self.s.actions[ai].item];
+                    crate::output::Secrets::of(&item.parameters).without(&item.shown_values())
+                };
                 self.fail_step(
                     ai,
                     plan::describe_failure(
