@@ -118,18 +118,3 @@ pub fn deployment_values(
     out.extend(kept);
     Ok(out)
 }
-
-/// A deployment's parameters as the API shows them: sealed (SECRET) values as `********`.
-pub fn shown(values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    values
-        .iter()
-        .map(|(k, v)| {
-            let v = if params::is_sealed(v) {
-                SECRET_MASK.to_string()
-            } else {
-                v.clone()
-            };
-            (k.clone(), v)
-        })
-        .collect()
-}

@@ -80,7 +80,7 @@ fn the_get_script_runs_with_the_test_and_its_value_shows_on_the_action() {
     let long = "x".repeat(500);
     run.probes(&[
         ("t0", out(1, "")),
-        ("g0", out(0, &format!("  Europe/Berlin \nmore\n"))),
+        ("g0", out(0, "  Europe/Berlin \nmore\n")),
     ]);
     let a = run.action(0);
     assert_eq!(a.current_value.as_deref(), Some("Europe/Berlin"));
