@@ -95,9 +95,21 @@ pub fn deployment_values(
             .and_then(|s| s.get(&d.name))
             .filter(|v| params::is_sealed(v));
         let resent = given.get(&d.name).is_none_or(|v| v == SECRET_MASK);
-        if let (Some(old), true) = (old, resent) {
-            given.remove(&d.name);
-            kept.insert(d.name.clone(), old.clone());
+        match (old, resent) {
+            (Some(old), true) => {
+                given.remove(&d.name);
+                kept.insert(d.name.clone(), old.clone());
+            }
+            (None, true) if given.contains_key(&d.name) => {
+                return Err(ApiError::bad(
+                    "parameters",
+                    format!(
+                        "'{}' has no stored value to keep: send the secret, not {SECRET_MASK}",
+                        d.name
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     for (k, v) in &given {
