@@ -292,6 +292,21 @@ pub fn resolve(
     Ok(out)
 }
 
+/// A deployment's parameters as the API shows them: sealed (SECRET) values as [`SECRET_MASK`].
+pub fn shown(values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_sealed(v) {
+                SECRET_MASK
+            } else {
+                v.as_str()
+            };
+            (k.clone(), v.to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,11 @@ async fn backup_while_running_and_restore_round_trip() -> anyhow::Result<()> {
         "restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The key SECRET parameters are sealed with came along, or they could not be opened.
+    assert_eq!(
+        std::fs::read(restored.join("secret.key"))?,
+        std::fs::read(s.data_dir.join("secret.key"))?
+    );
     // Restoring over data is refused.
     let again = Command::new(bin("upkeep-server-under-test"))
         .args([

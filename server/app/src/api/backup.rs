@@ -1,8 +1,10 @@
 //! `upkeep-server backup` and `restore`.
 //!
 //! A backup is a consistent snapshot of every store tree (writers are held off while it is
-//! copied) plus the JWT secret, in one file: `UPKEEP-BACKUP 1\n`, then length-prefixed sections
-//! (`u32` BE lengths), then a SHA-256 of everything before it. While the server runs it owns the
+//! copied) plus the JWT secret and the key SECRET parameters are sealed with (`secret.key`:
+//! without it a restored server could not open them), in one file: `UPKEEP-BACKUP 2\n`, then
+//! length-prefixed sections (`u32` BE lengths), then a SHA-256 of everything before it.
+//! Version 1 files (no sealing key) still restore. While the server runs it owns the
 //! store, so the CLI asks it over the Unix socket `<data-dir>/admin.sock` (mode 0600: only the
 //! server's user may ask); when no server runs, the CLI opens the store itself.
 
@@ -11,7 +13,9 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
 
-const MAGIC: &[u8] = b"UPKEEP-BACKUP 1\n";
+const MAGIC: &[u8] = b"UPKEEP-BACKUP 2\n";
+/// Backups made before SECRET parameters: no sealing key section.
+const MAGIC_V1: &[u8] = b"UPKEEP-BACKUP 1\n";
 const END: u32 = u32::MAX;
 pub const SOCKET: &str = "admin.sock";
 
@@ -22,10 +26,28 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Encodes a snapshot and the JWT secret.
-pub fn encode(trees: &Trees, jwt_secret: Option<&[u8]>) -> Vec<u8> {
+/// The key files a backup carries beside the store, as read from the data dir.
+#[derive(Debug, Default, PartialEq)]
+pub struct KeyFiles {
+    pub jwt_secret: Vec<u8>,
+    pub sealing_key: Vec<u8>,
+}
+
+impl KeyFiles {
+    fn read(data_dir: &Path) -> KeyFiles {
+        let read = |name: &str| std::fs::read(data_dir.join(name)).unwrap_or_default();
+        KeyFiles {
+            jwt_secret: read("jwt-secret"),
+            sealing_key: read(crate::secrets::KEY_FILE),
+        }
+    }
+}
+
+/// Encodes a snapshot and the key files.
+pub fn encode(trees: &Trees, keys: &KeyFiles) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
-    put(&mut out, jwt_secret.unwrap_or_default());
+    put(&mut out, &keys.jwt_secret);
+    put(&mut out, &keys.sealing_key);
     for (name, entries) in trees {
         put(&mut out, name.as_bytes());
         out.extend_from_slice(&(entries.len() as u64).to_be_bytes());
@@ -41,11 +63,12 @@ pub fn encode(trees: &Trees, jwt_secret: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// Decodes and verifies a backup file.
-pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, Vec<u8>)> {
+pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, KeyFiles)> {
     ensure!(
-        bytes.len() > MAGIC.len() + 36 && bytes.starts_with(MAGIC),
+        bytes.len() > MAGIC.len() + 36 && (bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1)),
         "not an Upkeep backup"
     );
+    let v1 = bytes.starts_with(MAGIC_V1);
     let (body, digest) = bytes.split_at(bytes.len() - 32);
     ensure!(
         Sha256::digest(body)[..] == *digest,
@@ -66,7 +89,13 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, Vec<u8>)> {
         Ok(v)
     };
     let secret_len = read_u32(&mut pos)? as usize;
-    let secret = read_bytes(&mut pos, secret_len)?;
+    let jwt_secret = read_bytes(&mut pos, secret_len)?;
+    let sealing_key = if v1 {
+        Vec::new()
+    } else {
+        let n = read_u32(&mut pos)? as usize;
+        read_bytes(&mut pos, n)?
+    };
     let mut trees = Vec::new();
     loop {
         let n = read_u32(&mut pos)?;
@@ -88,7 +117,13 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, Vec<u8>)> {
         trees.push((name, entries));
     }
     ensure!(pos == body.len(), "the backup has trailing data");
-    Ok((trees, secret))
+    Ok((
+        trees,
+        KeyFiles {
+            jwt_secret,
+            sealing_key,
+        },
+    ))
 }
 
 /// Serves backups to the CLI while the server runs.
@@ -122,8 +157,7 @@ pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
             let trees = store.snapshot().await;
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
                 let trees = trees?;
-                let secret = std::fs::read(dir.join("jwt-secret")).ok();
-                Ok(encode(&trees, secret.as_deref()))
+                Ok(encode(&trees, &KeyFiles::read(&dir)))
             })
             .await;
             match bytes {
@@ -157,8 +191,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
                 )
             })?;
             let trees = store.snapshot().await?;
-            let secret = std::fs::read(data_dir.join("jwt-secret")).ok();
-            encode(&trees, secret.as_deref())
+            encode(&trees, &KeyFiles::read(data_dir))
         }
     };
     // A backup holds everything the data dir does (password hashes, the JWT key): 0600.
@@ -184,7 +217,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
 /// `upkeep-server restore --data-dir DIR --in FILE`: into a new or empty data dir only.
 pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let (trees, secret) = decode(&bytes)?;
+    let (trees, keys) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
     crate::datadir::tighten_permissions(data_dir)?;
     let store = upkeep_store::open_embedded(data_dir)
@@ -197,15 +230,21 @@ pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
         );
     }
     store.load_snapshot(&trees).await?;
-    if !secret.is_empty() {
+    for (name, bytes) in [
+        ("jwt-secret", &keys.jwt_secret),
+        (crate::secrets::KEY_FILE, &keys.sealing_key),
+    ] {
+        if bytes.is_empty() {
+            continue;
+        }
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(data_dir.join("jwt-secret"))?;
-        f.write_all(&secret)?;
+            .open(data_dir.join(name))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     Ok(trees.iter().map(|t| t.1.len()).sum())
@@ -221,10 +260,24 @@ mod tests {
             ("users".into(), vec![(b"k".to_vec(), b"v".to_vec())]),
             ("index".into(), vec![]),
         ];
-        let b = encode(&trees, Some(b"secret"));
-        let (t, s) = decode(&b).unwrap();
+        let keys = KeyFiles {
+            jwt_secret: b"secret".to_vec(),
+            sealing_key: vec![7; 32],
+        };
+        let b = encode(&trees, &keys);
+        let (t, k) = decode(&b).unwrap();
         assert_eq!(t, trees);
-        assert_eq!(s, b"secret");
+        assert_eq!(k, keys);
+        // A version 1 backup (no sealing key) still decodes.
+        let mut v1 = MAGIC_V1.to_vec();
+        put(&mut v1, b"secret");
+        v1.extend_from_slice(&END.to_be_bytes());
+        let digest = Sha256::digest(&v1);
+        v1.extend_from_slice(&digest);
+        let (t, k) = decode(&v1).unwrap();
+        assert!(t.is_empty());
+        assert_eq!(k.jwt_secret, b"secret");
+        assert!(k.sealing_key.is_empty());
         let mut bad = b.clone();
         bad[20] ^= 1;
         assert!(decode(&bad).unwrap_err().to_string().contains("damaged"));

@@ -325,6 +325,14 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data dir {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
@@ -340,10 +348,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if loose > 0 {
         tracing::warn!(dir = %config.data_dir.display(), paths = loose, "the data dir was readable by others; tightened to 0700 (directories) and 0600 (files)");
     }
-    let probe = config.data_dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("data dir {} is not writable", config.data_dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    check_writable(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = jwt_secret(&config)?;
@@ -363,6 +368,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Some(t) => Clock::starting_at(t),
         None => Clock::system(),
     };
+    // SECRET parameters' key (`secret.key`), made at the first start.
     let sealing = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
     let app = Arc::new(App::new(
         store,

@@ -95,9 +95,21 @@ pub fn deployment_values(
             .and_then(|s| s.get(&d.name))
             .filter(|v| params::is_sealed(v));
         let resent = given.get(&d.name).is_none_or(|v| v == SECRET_MASK);
-        if let (Some(old), true) = (old, resent) {
-            given.remove(&d.name);
-            kept.insert(d.name.clone(), old.clone());
+        match (old, resent) {
+            (Some(old), true) => {
+                given.remove(&d.name);
+                kept.insert(d.name.clone(), old.clone());
+            }
+            (None, true) if given.contains_key(&d.name) => {
+                return Err(ApiError::bad(
+                    "parameters",
+                    format!(
+                        "'{}' has no stored value to keep: send the secret, not {SECRET_MASK}",
+                        d.name
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     for (k, v) in &given {
@@ -117,19 +129,4 @@ pub fn deployment_values(
     }
     out.extend(kept);
     Ok(out)
-}
-
-/// A deployment's parameters as the API shows them: sealed (SECRET) values as `********`.
-pub fn shown(values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    values
-        .iter()
-        .map(|(k, v)| {
-            let v = if params::is_sealed(v) {
-                SECRET_MASK.to_string()
-            } else {
-                v.clone()
-            };
-            (k.clone(), v)
-        })
-        .collect()
 }

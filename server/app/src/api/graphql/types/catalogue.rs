@@ -258,7 +258,7 @@ impl View<Deployment> {
             .require_role(crate::permissions::Action::ManageCatalogue)
             .is_ok();
         Ok(async_graphql::Json(if may {
-            crate::api::graphql::parameters::shown(&self.parameters)
+            upkeep_core::params::shown(&self.parameters)
         } else {
             self.parameters
                 .keys()
