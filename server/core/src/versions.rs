@@ -35,10 +35,13 @@ pub struct Discovered {
     pub released_at: Option<String>,
 }
 
-/// What a software's versions script last said, kept for `versionsCacheMinutes` so that
-/// sessions in that time need not run it again. Keyed by the software's id.
+/// What a software's versions script last said on a computer of one tenant, kept for
+/// `versionsCacheMinutes` so that that tenant's sessions in that time need not run it again.
+/// Kept per tenant: an answer comes from a managed computer, so a computer may decide what its
+/// own tenant's computers are offered, never another tenant's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionsCache {
+    pub tenant_id: Id,
     pub software_id: Id,
     pub versions: Vec<Discovered>,
     pub fetched_at: Time,
@@ -229,6 +232,7 @@ mod tests {
     fn the_cache_stands_for_its_minutes() {
         let t = chrono::Utc::now();
         let c = VersionsCache {
+            tenant_id: Id::from_u128(2),
             software_id: Id::from_u128(1),
             versions: vec![],
             fetched_at: t,

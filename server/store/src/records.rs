@@ -343,13 +343,20 @@ impl Record for upkeep_core::inventory::InventoryRecord {
     }
 }
 
-/// One per software with a versions script, keyed by the software's id: what the script last
-/// printed (the cache `versionsCacheMinutes` keeps).
+/// One per tenant and software with a versions script: what the script last printed on one of
+/// the tenant's computers (the cache `versionsCacheMinutes` keeps).
 impl Record for upkeep_core::versions::VersionsCache {
     const KIND: Kind = Kind::Versions;
     fn key(&self) -> Vec<u8> {
-        self.software_id.as_bytes().to_vec()
+        versions_key(self.tenant_id, self.software_id)
     }
+}
+
+/// The key of a tenant's versions cache entry for one software.
+pub fn versions_key(tenant: Id, software: Id) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.extend_from_slice(software.as_bytes());
+    k
 }
 
 pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreError> {

@@ -52,9 +52,9 @@ async fn a_versions_script_moves_latest_without_editing_the_software() -> anyhow
         .s
         .create_software(
             &f.admin,
+            // MSP-level software, deployed to the tenant.
             json!({
                 "name": "Tool",
-                "tenantId": f.tenant,
                 "detectionScript": sh(format!("cat '{installed_s}' 2>/dev/null || true")),
                 "versions": [{"version": "1.5", "installScript": sh(format!("echo 1.5 > '{installed_s}'"))}],
                 "versionsScript": sh(format!("cat '{feed_s}'")),
@@ -74,9 +74,22 @@ async fn a_versions_script_moves_latest_without_editing_the_software() -> anyhow
     assert_eq!(s1["status"], "PASSED", "{s1:#}");
     assert_eq!(s1["actions"][0]["desiredVersion"], "1.0", "{s1:#}");
     assert_eq!(std::fs::read_to_string(&installed)?.trim(), "1.0");
-    let q = "query($id: ID!) { softwareById(id: $id) { latestVersion versionsFetchedAt discoveredVersions { version } } }";
-    let d = f.s.gql(&f.admin, q, json!({"id": sw})).await?;
+    // The answer is the tenant's: its computers decided it, and it is read for the tenant.
+    let q = "query($id: ID!, $t: ID) { softwareById(id: $id) { latestVersion(tenantId: $t) versionsFetchedAt(tenantId: $t) discoveredVersions(tenantId: $t) { version } } }";
+    let d =
+        f.s.gql(&f.admin, q, json!({"id": sw, "t": f.tenant}))
+            .await?;
     assert_eq!(d["softwareById"]["latestVersion"], "1.0", "{d:#}");
+    assert!(d["softwareById"]["versionsFetchedAt"].is_string(), "{d:#}");
+    let other = f.s.create_tenant(&f.admin, "Other").await?;
+    for t in [Value::Null, json!(other)] {
+        let d = f.s.gql(&f.admin, q, json!({"id": sw, "t": t})).await?;
+        assert_eq!(
+            d["softwareById"]["latestVersion"], "1.5",
+            "static for {t}: {d:#}"
+        );
+        assert_eq!(d["softwareById"]["discoveredVersions"], json!([]), "{d:#}");
+    }
 
     // The vendor publishes 2.0: the next session upgrades, the software record untouched.
     std::fs::write(
@@ -93,7 +106,9 @@ async fn a_versions_script_moves_latest_without_editing_the_software() -> anyhow
             .any(|l| l == "Tool: 2 version(s) from its versions script, newest 2.0"),
         "{s2:#}"
     );
-    let d = f.s.gql(&f.admin, q, json!({"id": sw})).await?;
+    let d =
+        f.s.gql(&f.admin, q, json!({"id": sw, "t": f.tenant}))
+            .await?;
     assert_eq!(d["softwareById"]["latestVersion"], "2.0", "{d:#}");
     assert_eq!(
         d["softwareById"]["discoveredVersions"]

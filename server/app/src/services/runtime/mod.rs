@@ -238,7 +238,9 @@ impl App {
                 && software.versions_script.is_some()
                 && let Some(c) = self
                     .store
-                    .get::<upkeep_core::versions::VersionsCache>(&software.id)
+                    .get_by_key::<upkeep_core::versions::VersionsCache>(
+                        &upkeep_store::records::versions_key(s.tenant_id, software.id),
+                    )
                     .await?
             {
                 out.insert(software.id, c);
@@ -432,6 +434,7 @@ impl App {
                 Effect::Finished => c.finished = true,
                 Effect::VersionsFound { software, versions } => {
                     c.versions.push(upkeep_core::versions::VersionsCache {
+                        tenant_id: s.tenant_id,
                         software_id: *software,
                         versions: versions.clone(),
                         fetched_at: now,

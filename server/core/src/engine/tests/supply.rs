@@ -120,6 +120,7 @@ fn a_failing_versions_script_leaves_the_static_versions_and_says_so() {
 fn a_fresh_cached_answer_spares_the_script_and_a_stale_one_does_not() {
     let sw = discovered_app();
     let cache = |minutes_ago: i64| VersionsCache {
+        tenant_id: Id::from_u128(9),
         software_id: sw.id,
         versions: vec![Discovered {
             version: "3.0".into(),

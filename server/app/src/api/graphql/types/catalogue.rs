@@ -92,10 +92,14 @@ impl View<Software> {
     async fn versions(&self) -> Vec<View<SoftwareVersion>> {
         self.versions.iter().cloned().map(View).collect()
     }
-    /// The newest version: of those the versions script printed last when it has answered,
-    /// else of the static ones.
-    async fn latest_version(&self, ctx: &Context<'_>) -> Result<Option<String>> {
-        if let Some(c) = self.versions_cache(ctx).await? {
+    /// The newest version: of those the versions script printed last (on a computer of the
+    /// tenant: see `discoveredVersions`) when it has answered, else of the static ones.
+    async fn latest_version(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+    ) -> Result<Option<String>> {
+        if let Some(c) = self.versions_cache(ctx, tenant_id).await? {
             return Ok(upkeep_core::versions::newest(&c.versions).map(String::from));
         }
         Ok(self.latest().map(|v| v.version.clone()))
@@ -138,32 +142,60 @@ impl View<Software> {
         }
         Ok(out)
     }
-    /// What the versions script printed last (empty before it ran, or without one).
-    async fn discovered_versions(&self, ctx: &Context<'_>) -> Result<Vec<DiscoveredVersion>> {
+    /// What the versions script printed last on a computer of the tenant (empty before it ran,
+    /// or without one). Answers are kept per tenant: the software's own tenant, else
+    /// `tenantId`, else the caller's tenant; an MSP role without `tenantId` reads none for
+    /// cross-tenant software.
+    async fn discovered_versions(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+    ) -> Result<Vec<DiscoveredVersion>> {
         Ok(self
-            .versions_cache(ctx)
+            .versions_cache(ctx, tenant_id)
             .await?
             .map(|c| c.versions.iter().map(Into::into).collect())
             .unwrap_or_default())
     }
-    /// When the versions script last answered.
-    async fn versions_fetched_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.versions_cache(ctx).await?.map(|c| c.fetched_at))
+    /// When the versions script last answered (for the tenant as in `discoveredVersions`).
+    async fn versions_fetched_at(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .versions_cache(ctx, tenant_id)
+            .await?
+            .map(|c| c.fetched_at))
     }
 }
 
 impl View<Software> {
+    /// The tenant's cached versions-script answer; another tenant's id reads as none.
     async fn versions_cache(
         &self,
         ctx: &Context<'_>,
+        tenant_id: Option<ID>,
     ) -> Result<Option<upkeep_core::versions::VersionsCache>> {
         if self.versions_script.is_none() {
             return Ok(None);
         }
         let c = Ctx::new(ctx)?;
+        let asked = match &tenant_id {
+            Some(t) => Some(crate::api::graphql::parse_id("tenantId", t)?),
+            None => None,
+        };
+        let tenant = match (self.tenant_id, asked, c.actor.scope()) {
+            (Some(own), _, _) => own,
+            (None, Some(t), scope) if scope.contains(Some(t)) => t,
+            (None, None, crate::auth::TenantScope::Tenant(t)) => t,
+            _ => return Ok(None),
+        };
         Ok(c.app
             .store
-            .get::<upkeep_core::versions::VersionsCache>(&self.id)
+            .get_by_key::<upkeep_core::versions::VersionsCache>(
+                &upkeep_store::records::versions_key(tenant, self.id),
+            )
             .await?)
     }
 }
