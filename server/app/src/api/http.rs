@@ -337,18 +337,7 @@ fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 /// listener is bound.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let loose = crate::datadir::tighten_permissions(&config.data_dir).with_context(|| {
-        format!(
-            "cannot restrict the data dir {} to its owner",
-            config.data_dir.display()
-        )
-    })?;
-    if loose > 0 {
-        tracing::warn!(dir = %config.data_dir.display(), paths = loose, "the data dir was readable by others; tightened to 0700 (directories) and 0600 (files)");
-    }
-    check_writable(&config.data_dir)?;
+    prepare_data_dir(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = jwt_secret(&config)?;
@@ -381,16 +370,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     ));
     bootstrap_admin(&app).await?;
     if let Some(dir) = &config.library {
-        let lib = crate::services::library::Library::load(dir)?;
-        let report = crate::services::library::import(
-            &app.store,
-            &lib,
-            None,
-            app.clock.now(),
-            &crate::ids::fresh,
-        )
-        .await?;
-        tracing::info!(dir = %dir.display(), %report, "library imported");
+        import_library(&app, dir).await?;
     }
     let tokens = app.agents.load_tokens(&app.store).await?;
     let recovered = app.recover_sessions().await?;
@@ -426,6 +406,38 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let task = tokio::spawn(supervise(app.clone(), tasks));
     tracing::info!("listening on http://{addr}");
     Ok(Running { addr, app, task })
+}
+
+/// The data dir exists, is its owner's only (tightened with a warning when it was not) and
+/// takes writes.
+fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let loose = crate::datadir::tighten_permissions(dir).with_context(|| {
+        format!(
+            "cannot restrict the data dir {} to its owner",
+            dir.display()
+        )
+    })?;
+    if loose > 0 {
+        tracing::warn!(dir = %dir.display(), paths = loose, "the data dir was readable by others; tightened to 0700 (directories) and 0600 (files)");
+    }
+    check_writable(dir)
+}
+
+/// `--library DIR`: the library imported into the MSP-level catalogue before anything serves.
+async fn import_library(app: &App, dir: &std::path::Path) -> anyhow::Result<()> {
+    let lib = crate::services::library::Library::load(dir)?;
+    let report = crate::services::library::import(
+        &app.store,
+        &lib,
+        None,
+        app.clock.now(),
+        &crate::ids::fresh,
+    )
+    .await?;
+    tracing::info!(dir = %dir.display(), %report, "library imported");
+    Ok(())
 }
 
 /// The accept loop: every connection is HTTP/1 with a header-read timeout (which also ends

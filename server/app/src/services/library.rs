@@ -460,31 +460,8 @@ pub async fn import(
     }
     let have = scope(store, tenant).await?;
     let mut report = Report::default();
-    let mut tasks: Vec<MaintenanceTask> = Vec::new();
-    let mut task_ids: BTreeMap<String, Id> =
-        have.tasks.iter().map(|(n, t)| (n.clone(), t.id)).collect();
-    for (file, t) in lib.tasks() {
-        let old = have.tasks.get(&t.name.to_lowercase());
-        let id = old.map_or_else(fresh_id, |o| o.id);
-        let rec = task_record(file, t, id, tenant, old.map_or(now, |o| o.created_at))?;
-        task_ids.insert(t.name.to_lowercase(), id);
-        note(&mut report, old, &rec, &rec.name);
-        if old.is_none_or(|o| !same(o, &rec)) {
-            tasks.push(rec);
-        }
-    }
-    let mut software_ids: BTreeMap<String, Id> = have
-        .software
-        .iter()
-        .map(|(n, s)| (n.clone(), s.id))
-        .collect();
-    for (_, s) in lib.software() {
-        let id = have
-            .software
-            .get(&s.name.to_lowercase())
-            .map_or_else(fresh_id, |o| o.id);
-        software_ids.insert(s.name.to_lowercase(), id);
-    }
+    let (tasks, task_ids) = import_tasks(lib, &have, tenant, now, fresh_id, &mut report)?;
+    let software_ids = software_ids(lib, &have, fresh_id);
     let mut all: BTreeMap<Id, Software> =
         have.software.values().map(|s| (s.id, s.clone())).collect();
     let mut software = Vec::new();
@@ -550,6 +527,53 @@ fn note<T: serde::Serialize>(r: &mut Report, old: Option<&T>, new: &T, name: &st
         Some(o) if same(o, new) => r.unchanged.push(name.to_string()),
         Some(_) => r.updated.push(name.to_string()),
     }
+}
+
+/// Every software id by lower-cased name: the scope's, and the library's (kept where the name
+/// is known, fresh where not).
+fn software_ids(
+    lib: &Library,
+    have: &Scope,
+    fresh_id: &(dyn Fn() -> Id + Sync),
+) -> BTreeMap<String, Id> {
+    let mut ids: BTreeMap<String, Id> = have
+        .software
+        .iter()
+        .map(|(n, s)| (n.clone(), s.id))
+        .collect();
+    for (_, s) in lib.software() {
+        let id = have
+            .software
+            .get(&s.name.to_lowercase())
+            .map_or_else(fresh_id, |o| o.id);
+        ids.insert(s.name.to_lowercase(), id);
+    }
+    ids
+}
+
+/// The task records an import writes (new or changed) and every task id by lower-cased name.
+fn import_tasks(
+    lib: &Library,
+    have: &Scope,
+    tenant: Option<Id>,
+    now: Time,
+    fresh_id: &(dyn Fn() -> Id + Sync),
+    report: &mut Report,
+) -> Result<(Vec<MaintenanceTask>, BTreeMap<String, Id>), LibraryError> {
+    let mut tasks: Vec<MaintenanceTask> = Vec::new();
+    let mut task_ids: BTreeMap<String, Id> =
+        have.tasks.iter().map(|(n, t)| (n.clone(), t.id)).collect();
+    for (file, t) in lib.tasks() {
+        let old = have.tasks.get(&t.name.to_lowercase());
+        let id = old.map_or_else(fresh_id, |o| o.id);
+        let rec = task_record(file, t, id, tenant, old.map_or(now, |o| o.created_at))?;
+        task_ids.insert(t.name.to_lowercase(), id);
+        note(report, old, &rec, &rec.name);
+        if old.is_none_or(|o| !same(o, &rec)) {
+            tasks.push(rec);
+        }
+    }
+    Ok((tasks, task_ids))
 }
 
 /// A prerequisite cycle among `all`, as names joined by arrows.
