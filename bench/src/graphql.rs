@@ -318,6 +318,7 @@ fn preload(
                             "mkdir -p /opt/app{i} && echo 1.0 > /opt/app{i}/version"
                         )),
                         upgrade_script: None,
+                        installer: None,
                     }],
                     uninstall_script: None,
                     configuration_task: None,
@@ -382,6 +383,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
                 ItemWhat::Software { software, .. } => vec![Step::Script {
                     label: format!("install {} 1.0", software.name),
                     script: software.versions[0].install_script.clone(),
+                    installer: None,
                 }],
                 ItemWhat::Task { .. } => vec![],
             },

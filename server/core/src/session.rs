@@ -169,8 +169,14 @@ pub struct Action {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Step {
-    /// Run a script that changes the computer.
-    Script { label: String, script: Script },
+    /// Run a script that changes the computer; with `installer`, the agent fetches and
+    /// verifies that file first and runs the script only when it matches.
+    Script {
+        label: String,
+        script: Script,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installer: Option<Installer>,
+    },
     /// Run a task's test; when it says "not compliant", run its set script.
     TestThenSet { task: TaskSnapshot },
 }

@@ -37,7 +37,11 @@ impl Machine<'_> {
             );
         }
         match self.s.actions[ai].steps[si].clone() {
-            Step::Script { label, script } => {
+            Step::Script {
+                label,
+                script,
+                installer,
+            } => {
                 self.log(format!("Running: {label}"));
                 self.dispatch(
                     JobPurpose::Step {
@@ -48,6 +52,12 @@ impl Machine<'_> {
                         label,
                         script: proto_script(&script, self.env.limits.step_timeout_seconds),
                         parameters: params,
+                        installer: installer.map(|i| proto::InstallerRef {
+                            sha256: i.sha256,
+                            size: i.size,
+                            url: i.url,
+                            file_name: i.file_name,
+                        }),
                     },
                 );
             }
@@ -135,6 +145,7 @@ impl Machine<'_> {
                     self.s.actions[ai].steps[si] = Step::Script {
                         label: format!("run {}", task.name),
                         script: set.clone(),
+                        installer: None,
                     };
                 }
                 None => {

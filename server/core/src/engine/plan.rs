@@ -403,6 +403,7 @@ fn plan_software_change(
                 Some(s) => a.steps.push(Step::Script {
                     label: format!("uninstall {}", sw.name),
                     script: s.clone(),
+                    installer: None,
                 }),
                 None => {
                     a.result_message = Some(format!("{} has no uninstall script", sw.name));
@@ -433,6 +434,7 @@ fn plan_software_change(
                 Some(s) => a.steps.push(Step::Script {
                     label: format!("uninstall {} {v}", sw.name),
                     script: s.clone(),
+                    installer: None,
                 }),
                 None => {
                     a.result_message = Some(format!(
@@ -491,6 +493,7 @@ fn push_upgrade(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
             a.steps.push(Step::Script {
                 label: format!("upgrade {} to {}", sw.name, e.version),
                 script,
+                installer: e.installer.clone(),
             });
         }
         None => {
@@ -509,6 +512,7 @@ fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
         Some(e) => a.steps.push(Step::Script {
             label: format!("install {} {}", sw.name, e.version),
             script: e.install_script.clone(),
+            installer: e.installer.clone(),
         }),
         None => {
             a.result_message = Some(format!(
@@ -545,6 +549,7 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
                 a.steps.push(Step::Script {
                     label: format!("run {}", task.name),
                     script: s.clone(),
+                    installer: None,
                 });
             }
             // Nothing could change it: the task only reports, like an audit.

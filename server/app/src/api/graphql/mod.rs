@@ -8,6 +8,7 @@ mod mutation;
 mod query;
 mod subscription;
 pub mod types;
+pub mod upload;
 pub mod ws;
 
 use crate::auth::{Actor, Principal};
