@@ -309,6 +309,11 @@ pub struct InstallerRef {
     pub file_name: Option<String>,
 }
 
+/// Longest an agent spends fetching a step's installer (all attempts and resumes together)
+/// before it fails the step; the server's lease of a step with an installer allows this on top
+/// of the script's time limit.
+pub const INSTALLER_DOWNLOAD_SECONDS: u32 = 1800;
+
 /// The message of a step that failed because its installer did not match its SHA-256: the
 /// start of [`JobOutcome::Failed`]'s `error`, followed by "expected <hex>, got <hex>".
 pub const INSTALLER_HASH_MISMATCH: &str = "installer hash mismatch";

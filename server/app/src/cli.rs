@@ -57,18 +57,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
-        Some(Command::Gc { data_dir }) => offline(async move {
-            match crate::api::backup::gc(&data_dir).await {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("upkeep-server gc: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
+        Some(Command::Gc { data_dir }) => offline(gc(data_dir)),
         Some(Command::Restore { data_dir, input }) => offline(async move {
             match crate::api::backup::restore(&data_dir, &input).await {
                 Ok((n, (files, bytes))) => {
@@ -85,6 +74,19 @@ pub fn main() -> ExitCode {
             }
         }),
         None => serve(cli.serve),
+    }
+}
+
+async fn gc(data_dir: std::path::PathBuf) -> ExitCode {
+    match crate::api::backup::gc(&data_dir).await {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upkeep-server gc: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

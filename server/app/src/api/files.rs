@@ -3,7 +3,6 @@
 //! (in `api::agent`, which owns the agent protocol) answers with.
 
 use crate::error::ApiError;
-use crate::permissions::Action;
 use crate::services::App;
 use crate::services::files::FileError;
 use axum::body::Body;
@@ -20,7 +19,8 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// The JSON error shape of the REST routes (`{"code", "error"}`, as the agent routes answer).
 fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
-    crate::api::agent::error(status, code, msg)
+    let body = serde_json::json!({ "code": code, "error": msg.into() });
+    (status, Json(body)).into_response()
 }
 
 fn api_error(e: &ApiError) -> Response {
@@ -46,7 +46,7 @@ async fn upload(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(e) => return api_error(&e),
     };
-    if let Err(e) = may_upload(&actor) {
+    if let Err(e) = crate::api::graphql::upload::may_upload(&actor) {
         return api_error(&e);
     }
     if let Some(r) = too_large(&app, req.headers()) {
@@ -67,17 +67,6 @@ async fn upload(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(e) => file_error(&e),
     }
-}
-
-/// Who may upload: whoever may manage the catalogue (create software), once any second factor
-/// the server requires is set up.
-pub fn may_upload(actor: &crate::auth::Actor) -> Result<(), ApiError> {
-    if actor.mfa_pending {
-        return Err(ApiError::Forbidden(
-            "this server requires MSP roles to use a second factor: enroll TOTP first".into(),
-        ));
-    }
-    actor.require_role(Action::ManageCatalogue)
 }
 
 /// 413 at once when the declared length is over the limit (the body is not read).

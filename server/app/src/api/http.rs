@@ -369,6 +369,8 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
 
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
+// long: start-up in its order (data dir, secrets, store, app, background tasks); split, the
+// order would be harder to see.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
     std::fs::create_dir_all(&config.data_dir)

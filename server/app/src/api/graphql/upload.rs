@@ -10,7 +10,6 @@
 //! before any byte of a file is read.
 
 use super::{ClientAddr, authenticate, shared_schema};
-use crate::api::files::may_upload;
 use crate::error::ApiError;
 use crate::services::App;
 use crate::services::files::{FileError, StoredFile};
@@ -62,6 +61,17 @@ pub async fn multipart_uploads(State(app): State<Arc<App>>, req: Request, next: 
         Ok(r) => r,
         Err(r) => r,
     }
+}
+
+/// Who may upload: whoever may manage the catalogue (create software), once any second factor
+/// the server requires is set up.
+pub fn may_upload(actor: &crate::auth::Actor) -> Result<(), ApiError> {
+    if actor.mfa_pending {
+        return Err(ApiError::Forbidden(
+            "this server requires MSP roles to use a second factor: enroll TOTP first".into(),
+        ));
+    }
+    actor.require_role(crate::permissions::Action::ManageCatalogue)
 }
 
 /// A GraphQL-shaped refusal, so that clients read `errors[0].extensions.code` as always.

@@ -26,7 +26,7 @@ impl CatalogueMutation {
         file: async_graphql::Upload,
     ) -> Result<crate::api::graphql::types::InstallerFile> {
         let c = Ctx::new(ctx)?;
-        crate::api::files::may_upload(c.actor)?;
+        crate::api::graphql::upload::may_upload(c.actor)?;
         let stored = ctx
             .data_opt::<crate::api::graphql::upload::UploadedFiles>()
             .and_then(|u| u.0.get(file.0))
