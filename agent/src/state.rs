@@ -476,6 +476,7 @@ mod tests {
                     timeout_seconds: 5,
                 },
                 parameters: BTreeMap::new(),
+                installer: None,
             },
         }
     }
