@@ -130,10 +130,10 @@ async fn uploaded_installers_reach_the_install_script_verified() -> Result<()> {
     let two = f.s.create_software(&f.admin, software_input(&f.tenant, "two", dir, json!({"sha256": hex(&b).to_uppercase(), "fileName": "tool-setup.bin", "size": b.len()}))).await?;
     let shown = f
         .s
-        .gql(&f.admin, "query($id: ID!) { software(id: $id) { versions { installer { sha256 size url fileName } } } }", json!({"id": two}))
+        .gql(&f.admin, "query($id: ID!) { softwareById(id: $id) { versions { installer { sha256 size url fileName } } } }", json!({"id": two}))
         .await?;
     assert_eq!(
-        shown["software"]["versions"][0]["installer"],
+        shown["softwareById"]["versions"][0]["installer"],
         json!({"sha256": hex(&b), "size": b.len(), "url": null, "fileName": "tool-setup.bin"})
     );
     deploy(&f, &one).await?;
@@ -377,12 +377,73 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .parse()?)
 }
 
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// The 1 GiB test file, chunk `i` of 1 MiB: one random MiB with its number in front.
+fn gib_chunk(base: &[u8], i: u32) -> Vec<u8> {
+    let mut c = base.to_vec();
+    c[..4].copy_from_slice(&i.to_be_bytes());
+    c
+}
+
+fn hex_of_gib() -> String {
+    let base = content(10, 1024 * 1024);
+    let mut h = Sha256::new();
+    for i in 0..1024u32 {
+        h.update(gib_chunk(&base, i));
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends the 1 GiB file over a raw connection, written chunk by chunk (never whole in this
+/// process either), as a raw body or a GraphQL multipart request; returns the JSON answer.
+async fn upload_gib(port: u16, token: &str, multipart: bool) -> Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let boundary = "gib-boundary-5c1e";
+    let (path, content_type, pre, post) = if multipart {
+        let ops = r#"{"query":"mutation($f: Upload!) { uploadInstaller(file: $f) { sha256 size } }","variables":{"f":null}}"#;
+        let pre = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{ops}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.f\"]}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"big.bin\"\r\n\r\n"
+        );
+        let post = format!("\r\n--{boundary}--\r\n");
+        (
+            "/graphql",
+            format!("multipart/form-data; boundary={boundary}"),
+            pre,
+            post,
+        )
+    } else {
+        (
+            "/api/v1/files",
+            "application/octet-stream".to_string(),
+            String::new(),
+            String::new(),
+        )
+    };
+    let len = pre.len() as u64 + GIB + post.len() as u64;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{pre}"
+    );
+    sock.write_all(head.as_bytes()).await?;
+    let base = content(10, 1024 * 1024);
+    for i in 0..1024u32 {
+        sock.write_all(&gib_chunk(&base, i)).await?;
+    }
+    sock.write_all(post.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(300), sock.read_to_end(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer);
+    ensure!(text.starts_with("HTTP/1.1 20"), "{text}");
+    Ok(serde_json::from_str(
+        text.split_once("\r\n\r\n").context("no body")?.1,
+    )?)
+}
+
 /// A 1 GiB upload through the server binary: streamed to disk, so the server's peak RSS stays
 /// far below the file's size (the bound is generous; the figure is printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gib_upload_streams_through_a_server_process() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const GIB: u64 = 1024 * 1024 * 1024;
     let data = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -404,44 +465,61 @@ async fn a_one_gib_upload_streams_through_a_server_process() -> Result<()> {
         let url = format!("http://127.0.0.1:{port}");
         let http = http_client()?;
         wait_for("the server", T, || async {
-            Ok(http.get(format!("{url}/healthz")).send().await.is_ok().then_some(()))
+            Ok(http
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .is_ok()
+                .then_some(()))
         })
         .await?;
-        let login = upkeep_testkit::gql_raw(&http, &url, None,
+        let login = upkeep_testkit::gql_raw(
+            &http,
+            &url,
+            None,
             "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
-            json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD})).await?;
-        let token = login["data"]["login"]["token"].as_str().with_context(|| format!("no token: {login}"))?.to_string();
+            json!({"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}),
+        )
+        .await?;
+        let token = login["data"]["login"]["token"]
+            .as_str()
+            .with_context(|| format!("no token: {login}"))?
+            .to_string();
         let before = peak_rss_kib(child.id())?;
 
-        let started = std::time::Instant::now();
-        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let head = format!("POST /api/v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n");
-        sock.write_all(head.as_bytes()).await?;
-        let chunk = content(10, 1024 * 1024);
-        let mut local = Sha256::new();
-        for i in 0..1024u32 {
-            let mut c = chunk.clone();
-            c[..4].copy_from_slice(&i.to_be_bytes());
-            local.update(&c);
-            sock.write_all(&c).await?;
+        let expected = hex_of_gib();
+        for multipart in [false, true] {
+            let started = std::time::Instant::now();
+            let answer = upload_gib(port, &token, multipart).await?;
+            let elapsed = started.elapsed();
+            let sha = if multipart {
+                answer["data"]["uploadInstaller"]["sha256"].clone()
+            } else {
+                answer["sha256"].clone()
+            };
+            assert_eq!(sha, json!(expected), "{answer}");
+            let peak = peak_rss_kib(child.id())?;
+            println!(
+                "1 GiB upload ({}): {:.1} s, server peak RSS {} MiB (before any upload {} MiB)",
+                if multipart {
+                    "GraphQL multipart"
+                } else {
+                    "POST /api/v1/files"
+                },
+                elapsed.as_secs_f64(),
+                peak / 1024,
+                before / 1024
+            );
+            ensure!(
+                peak < 256 * 1024,
+                "peak RSS {peak} KiB for a streamed upload"
+            );
         }
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(300), sock.read_to_end(&mut answer)).await??;
-        let elapsed = started.elapsed();
-        let text = String::from_utf8_lossy(&answer);
-        ensure!(text.starts_with("HTTP/1.1 201"), "{text}");
-        let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").context("no body")?.1)?;
-        let expected: String = local.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(body, json!({"sha256": expected, "size": GIB}));
-        let peak = peak_rss_kib(child.id())?;
-        println!(
-            "1 GiB upload: {:.1} s, server peak RSS {} MiB (before the upload {} MiB)",
-            elapsed.as_secs_f64(),
-            peak / 1024,
-            before / 1024
-        );
-        ensure!(peak < 256 * 1024, "peak RSS {peak} KiB for a streamed upload");
-        let stored = data.path().join("files").join(&expected[..2]).join(&expected);
+        let stored = data
+            .path()
+            .join("files")
+            .join(&expected[..2])
+            .join(&expected);
         assert_eq!(std::fs::metadata(stored)?.len(), GIB);
         Ok(())
     }

@@ -52,14 +52,13 @@ async fn upload(State(app): State<Arc<App>>, req: Request) -> Response {
     if let Some(r) = too_large(&app, req.headers()) {
         return r;
     }
-    let existed = |sha: &str| app.files.path_of(sha).is_some_and(|p| p.is_file());
     let body = req.into_body().into_data_stream();
     match app.files.put(body).await {
         Ok(f) => {
-            let status = if existed(&f.sha256) {
-                StatusCode::OK
-            } else {
+            let status = if f.created {
                 StatusCode::CREATED
+            } else {
+                StatusCode::OK
             };
             tracing::info!(sha256 = %f.sha256, bytes = f.size, by = %actor.display(), "installer file uploaded");
             let body = serde_json::json!({ "sha256": f.sha256, "size": f.size });

@@ -42,6 +42,8 @@ pub struct Files {
 pub struct StoredFile {
     pub sha256: String,
     pub size: u64,
+    /// This upload stored new bytes (`false`: the same file was stored already).
+    pub created: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +121,14 @@ impl Files {
         };
         let dir = self.dir.clone();
         let name = sha256.clone();
-        tokio::task::spawn_blocking(move || settle(&dir, &tmp, &name, size))
+        let created = tokio::task::spawn_blocking(move || settle(&dir, &tmp, &name, size))
             .await
             .map_err(|e| io::Error::other(e.to_string()))??;
-        Ok(StoredFile { sha256, size })
+        Ok(StoredFile {
+            sha256,
+            size,
+            created,
+        })
     }
 
     async fn write_tmp<S, B, E>(&self, tmp: &Path, body: S) -> Result<(String, u64), FileError>
@@ -220,7 +226,8 @@ fn path_in(dir: &Path, sha256: &str) -> Option<PathBuf> {
 
 /// Puts a synced upload at its name: the same bytes stored already stay (their time is
 /// renewed, so a new upload gets its grace period); then the directory entry is synced.
-fn settle(dir: &Path, tmp: &Path, sha256: &str, size: u64) -> io::Result<()> {
+/// Whether the file is new.
+fn settle(dir: &Path, tmp: &Path, sha256: &str, size: u64) -> io::Result<bool> {
     let target = path_in(dir, sha256).ok_or_else(|| io::Error::other("bad file name"))?;
     let parent = target
         .parent()
@@ -233,12 +240,13 @@ fn settle(dir: &Path, tmp: &Path, sha256: &str, size: u64) -> io::Result<()> {
                 .write(true)
                 .open(&target)?
                 .set_modified(SystemTime::now())?;
-            return Ok(());
+            return Ok(false);
         }
         // Missing, or damaged on disk: the fresh upload takes its place.
         _ => std::fs::rename(tmp, &target)?,
     }
-    std::fs::File::open(parent)?.sync_all()
+    std::fs::File::open(parent)?.sync_all()?;
+    Ok(true)
 }
 
 /// Every installer file under a `files/` layout: (sha256, size, modified).
@@ -384,8 +392,12 @@ mod tests {
         let a = files.put(chunks(&[b"hello ", b"you"])).await?;
         assert_eq!(a.size, 9);
         assert_eq!(a.sha256, hex::encode(Sha256::digest(b"hello you")));
+        assert!(a.created);
         let again = files.put(chunks(&[b"hello you"])).await?;
-        assert_eq!(again, a);
+        assert_eq!(
+            (&again.sha256, again.size, again.created),
+            (&a.sha256, 9, false)
+        );
         assert_eq!(files.usage().await?, (1, 9));
         let path = files.path_of(&a.sha256).expect("a valid name");
         assert_eq!(std::fs::read(&path)?, b"hello you");
