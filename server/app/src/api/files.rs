@@ -99,30 +99,40 @@ pub fn file_error(e: &FileError) -> Response {
     }
 }
 
-/// A byte range asked for with `Range: bytes=N-` or `bytes=N-M`, within a file of `size`
-/// bytes: `Ok(None)` for the whole file (no header, or one this server does not take, which
-/// RFC 9110 lets it ignore), `Err(())` for a start beyond the end (416).
-pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+/// What a `Range` header asks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// No header, or one this server does not take (suffix ranges, lists), which RFC 9110
+    /// lets it ignore: the whole file.
+    Whole,
+    /// Bytes `first..=last` (`bytes=N-` or `bytes=N-M`).
+    Part(u64, u64),
+    /// A start at or beyond the end: 416.
+    Unsatisfiable,
+}
+
+/// The [`Range`] a header value asks of a file of `size` bytes.
+pub fn parse_range(value: Option<&str>, size: u64) -> Range {
     let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
-        return Ok(None);
+        return Range::Whole;
     };
     let Some((first, last)) = spec.split_once('-') else {
-        return Ok(None);
+        return Range::Whole;
     };
     let Ok(first) = first.trim().parse::<u64>() else {
-        return Ok(None); // suffix ranges and lists: the whole file
+        return Range::Whole;
     };
     let last = match last.trim() {
         "" => size.saturating_sub(1),
         l => match l.parse::<u64>() {
             Ok(l) if l >= first => l.min(size.saturating_sub(1)),
-            _ => return Ok(None),
+            _ => return Range::Whole,
         },
     };
     if first >= size {
-        return Err(());
+        return Range::Unsatisfiable;
     }
-    Ok(Some((first, last)))
+    Range::Part(first, last)
 }
 
 /// The file at `path`, whole (200) or the range the request asks for (206 with
@@ -133,9 +143,9 @@ pub async fn serve(path: &std::path::Path, headers: &HeaderMap) -> std::io::Resu
     let size = file.metadata().await?.len();
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, first, last) = match parse_range(range, size) {
-        Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last),
-        Ok(None) => (StatusCode::OK, 0, size.saturating_sub(1)),
-        Err(()) => {
+        Range::Part(first, last) => (StatusCode::PARTIAL_CONTENT, first, last),
+        Range::Whole => (StatusCode::OK, 0, size.saturating_sub(1)),
+        Range::Unsatisfiable => {
             let mut r = refuse(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "RANGE_NOT_SATISFIABLE",
@@ -169,19 +179,19 @@ pub async fn serve(path: &std::path::Path, headers: &HeaderMap) -> std::io::Resu
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{Range, parse_range};
 
     #[test]
     fn ranges_from_an_offset_resume_and_odd_ones_get_the_whole_file() {
-        assert_eq!(parse_range(None, 10), Ok(None));
-        assert_eq!(parse_range(Some("bytes=4-"), 10), Ok(Some((4, 9))));
-        assert_eq!(parse_range(Some("bytes=0-"), 10), Ok(Some((0, 9))));
-        assert_eq!(parse_range(Some("bytes=2-5"), 10), Ok(Some((2, 5))));
-        assert_eq!(parse_range(Some("bytes=2-50"), 10), Ok(Some((2, 9))));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), Err(()));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(None));
-        assert_eq!(parse_range(Some("bytes=5-2"), 10), Ok(None));
-        assert_eq!(parse_range(Some("items=1-"), 10), Ok(None));
-        assert_eq!(parse_range(Some("bytes=0-"), 0), Err(()));
+        assert_eq!(parse_range(None, 10), Range::Whole);
+        assert_eq!(parse_range(Some("bytes=4-"), 10), Range::Part(4, 9));
+        assert_eq!(parse_range(Some("bytes=0-"), 10), Range::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=2-5"), 10), Range::Part(2, 5));
+        assert_eq!(parse_range(Some("bytes=2-50"), 10), Range::Part(2, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Range::Whole);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Range::Whole);
+        assert_eq!(parse_range(Some("items=1-"), 10), Range::Whole);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Range::Unsatisfiable);
     }
 }
