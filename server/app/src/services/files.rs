@@ -1,6 +1,7 @@
 //! The installer file store: uploaded files as plain files under `<data-dir>/files/`, each
 //! named by its SHA-256 (`files/ab/abcdef…`), so the same bytes are stored once however often
-//! they are uploaded, and a name says what the bytes must be.
+//! they are uploaded, and a name says what the bytes must be. A file uploaded again replaces
+//! the stored copy (and its time, so it gets a new grace period).
 //!
 //! Architecture invariant: a file appears under its name only complete, synced and hashed: an
 //! upload streams into `files/tmp/`, hashing as it goes, is synced, and is renamed to its hash;
@@ -121,7 +122,7 @@ impl Files {
         };
         let dir = self.dir.clone();
         let name = sha256.clone();
-        let created = tokio::task::spawn_blocking(move || settle(&dir, &tmp, &name, size))
+        let created = tokio::task::spawn_blocking(move || settle(&dir, &tmp, &name))
             .await
             .map_err(|e| io::Error::other(e.to_string()))??;
         Ok(StoredFile {
@@ -224,29 +225,19 @@ fn path_in(dir: &Path, sha256: &str) -> Option<PathBuf> {
     Installer::is_sha256(sha256).then(|| dir.join(&sha256[..2]).join(sha256))
 }
 
-/// Puts a synced upload at its name: the same bytes stored already stay (their time is
-/// renewed, so a new upload gets its grace period); then the directory entry is synced.
-/// Whether the file is new.
-fn settle(dir: &Path, tmp: &Path, sha256: &str, size: u64) -> io::Result<bool> {
+/// Puts a synced upload at its name, replacing any file there (the same bytes, or a copy
+/// damaged on disk, which a new upload so repairs; a reader of the old file keeps reading it),
+/// then syncs the directory entry. Whether the name is new.
+fn settle(dir: &Path, tmp: &Path, sha256: &str) -> io::Result<bool> {
     let target = path_in(dir, sha256).ok_or_else(|| io::Error::other("bad file name"))?;
     let parent = target
         .parent()
         .ok_or_else(|| io::Error::other("file without a directory"))?;
     std::fs::create_dir_all(parent)?;
-    match std::fs::metadata(&target) {
-        Ok(m) if m.len() == size => {
-            std::fs::remove_file(tmp)?;
-            std::fs::File::options()
-                .write(true)
-                .open(&target)?
-                .set_modified(SystemTime::now())?;
-            return Ok(false);
-        }
-        // Missing, or damaged on disk: the fresh upload takes its place.
-        _ => std::fs::rename(tmp, &target)?,
-    }
+    let existed = target.is_file();
+    std::fs::rename(tmp, &target)?;
     std::fs::File::open(parent)?.sync_all()?;
-    Ok(true)
+    Ok(!existed)
 }
 
 /// Every installer file under a `files/` layout: (sha256, size, modified).
@@ -402,6 +393,10 @@ mod tests {
         let path = files.path_of(&a.sha256).expect("a valid name");
         assert_eq!(std::fs::read(&path)?, b"hello you");
         assert!(path.starts_with(dir.path().join("files").join(&a.sha256[..2])));
+        // A copy damaged on disk is replaced by the next upload of the same bytes.
+        std::fs::write(&path, b"hello YOU")?;
+        files.put(chunks(&[b"hello you"])).await?;
+        assert_eq!(std::fs::read(&path)?, b"hello you");
 
         let big = files.put(chunks(&[b"0123456", b"89ab"])).await;
         assert!(
