@@ -419,6 +419,21 @@ mod tests {
         assert_eq!(e, "installer size mismatch: expected 10 bytes, got more");
     }
 
+    #[tokio::test]
+    async fn vendor_downloads_are_https_only() {
+        let client = Client::new("http://127.0.0.1:9", 5).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), 1024);
+        let inst = InstallerRef {
+            sha256: "ab".repeat(32),
+            size: Some(3),
+            url: Some("http://vendor.example/setup.msi".into()),
+            file_name: None,
+        };
+        let e = cache.get(&client, "t", &inst).await.unwrap_err();
+        assert!(e.contains("https:// only"), "{e}");
+    }
+
     #[test]
     fn the_least_recently_used_files_leave_the_cache_first() {
         let dir = tempfile::tempdir().unwrap();

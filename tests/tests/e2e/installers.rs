@@ -230,6 +230,21 @@ async fn agents_get_named_files_whole_or_from_an_offset() -> Result<()> {
     );
     let (status, body) = post_file(&s, Some(&token), a.clone()).await?;
     assert_eq!(status, 401, "an agent token is no user: {body}");
+    s.gql(&admin, "mutation($t: ID!) { createUser(input: {email: \"v@a.example\", password: \"viewer-password\", role: TENANT_VIEWER, tenantId: $t}) { id } }", json!({"t": tenant})).await?;
+    let viewer = s.login("v@a.example", "viewer-password").await?;
+    let (status, body) = post_file(&s, Some(&viewer), a.clone()).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let up = upload_multipart(&s, &viewer, "a.bin", &a).await?;
+    assert_eq!(up["errors"][0]["extensions"]["code"], "FORBIDDEN", "{up}");
+    assert_eq!(
+        s.metric("upkeep_installer_files").await?,
+        0.0,
+        "nothing stored for them"
+    );
     let (status, _) = post_file(&s, Some(&admin), a.clone()).await?;
     assert_eq!(status, 201);
 
@@ -338,7 +353,13 @@ async fn gc_removes_unnamed_files_and_backups_keep_the_rest() -> Result<()> {
     assert!(path(&named).is_file());
     assert!(!path(&loose).exists());
 
-    // A backup (through the running server) carries the file beside it; restore checks it.
+    // Without a running server, `gc` opens the store itself.
+    let mut s = s;
+    s.stop().await;
+    let line = upkeep_server::api::backup::gc(&s.data_dir).await?;
+    assert_eq!(line, "removed 0 files (0 bytes), kept 1");
+
+    // A backup carries the file beside it; restore checks it.
     let out = tempfile::tempdir()?;
     let backup = out.path().join("upkeep.backup");
     let (_, copied) = upkeep_server::api::backup::backup(&s.data_dir, &backup).await?;
