@@ -14,6 +14,10 @@
 //! - `/agent/v1/jobs/{jobId}/output`: [`OutputChunk`] → [`OutputAck`], with the agent token:
 //!   output of a step script while it runs (optional; the result still carries all of it).
 //!
+//! And two `GET` routes with the agent token: `/agent/v1/jobs/{jobId}` ([`JobStatus`]) and
+//! `/agent/v1/files/{sha256}`, the bytes of an [`InstallerRef`] held by the server (`Range:
+//! bytes=N-` answers 206 with `Content-Range`, so a broken download resumes).
+//!
 //! Errors answer 4xx with an [`ErrorBody`]: 401 for a missing or unknown agent token (checked
 //! before the body is read), 401/403 for a wrong or revoked enrollment key, 413 for a body over
 //! 1 MiB, 400/422 for a body that is not a valid message, 429 when a client is throttled.
@@ -269,6 +273,14 @@ pub enum JobKind {
         /// absent on other steps.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
+        /// A file the script needs (an install or upgrade's installer). The agent fetches it,
+        /// checks its size and SHA-256, and only then runs the script, with the file's path in
+        /// `UPKEEP_INSTALLER_FILE` (and `$InstallerFile` in PowerShell). A file that does not
+        /// match fails the job ([`JobOutcome::Failed`], "installer hash mismatch: expected …,
+        /// got …") and nothing runs. Absent for steps without one; an agent that predates the
+        /// field ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installer: Option<InstallerRef>,
     },
     /// Reboot the computer with the agent's configured reboot command. The agent reports the
     /// result once the command was started (or failed to start), before the machine goes down.
@@ -281,6 +293,34 @@ pub enum JobKind {
         message: String,
     },
 }
+
+/// An installer named by its content, for a [`JobKind::Step`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallerRef {
+    /// Lower-case hex SHA-256 of the file (64 characters): what the agent verifies, and the
+    /// name it fetches from the server (`GET /agent/v1/files/{sha256}`) when there is no `url`.
+    pub sha256: String,
+    /// The file's size in bytes, when known; a download of another size fails the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// A vendor's `https://` URL to fetch the file from instead of the server; agents refuse
+    /// any other scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The file's name as uploaded, for logs (the agent keeps the file under its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// Longest an agent spends fetching a step's installer (all attempts and resumes together)
+/// before it fails the step; the server's lease of a step with an installer allows this on top
+/// of the script's time limit.
+pub const INSTALLER_DOWNLOAD_SECONDS: u32 = 1800;
+
+/// The message of a step that failed because its installer did not match its SHA-256: the
+/// start of [`JobOutcome::Failed`]'s `error`, followed by "expected <hex>, got <hex>".
+pub const INSTALLER_HASH_MISMATCH: &str = "installer hash mismatch";
 
 /// One read-only script to run as part of a [`JobKind::Probe`] job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -533,13 +573,45 @@ mod tests {
                 },
                 parameters: BTreeMap::new(),
                 version: Some("1.2".into()),
+                installer: None,
             },
         };
         let json = serde_json::to_value(&job).unwrap();
+        assert!(json.get("installer").is_none(), "absent, for older agents");
         assert_eq!(json["kind"], "step");
         assert_eq!(json["script"]["language"], "shell");
         assert_eq!(json["version"], "1.2");
         assert_eq!(serde_json::from_value::<Job>(json).unwrap(), job);
+    }
+
+    #[test]
+    fn a_step_carries_its_installer_and_older_steps_still_read() {
+        let json = serde_json::json!({"id": "j", "sessionId": "s", "leaseSeconds": 5, "kind": "step",
+            "label": "install", "script": {"language": "shell", "body": "true", "timeoutSeconds": 5},
+            "installer": {"sha256": "ab", "size": 3, "fileName": "x.msi"}});
+        let job: Job = serde_json::from_value(json).unwrap();
+        let JobKind::Step { installer, .. } = &job.kind else {
+            panic!("not a step: {job:?}");
+        };
+        assert_eq!(
+            installer,
+            &Some(InstallerRef {
+                sha256: "ab".into(),
+                size: Some(3),
+                url: None,
+                file_name: Some("x.msi".into()),
+            })
+        );
+        let old = serde_json::json!({"id": "j", "sessionId": "s", "leaseSeconds": 5, "kind": "step",
+            "label": "install", "script": {"language": "shell", "body": "true", "timeoutSeconds": 5}});
+        let job: Job = serde_json::from_value(old).unwrap();
+        assert!(matches!(
+            job.kind,
+            JobKind::Step {
+                installer: None,
+                ..
+            }
+        ));
     }
 
     #[test]

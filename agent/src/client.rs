@@ -62,6 +62,8 @@ pub(crate) enum Offer {
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
+    /// For vendors' installer downloads: HTTPS only (redirects too), never the agent token.
+    vendor: reqwest::Client,
     base: Url,
 }
 
@@ -82,7 +84,60 @@ impl Client {
             .user_agent(concat!("upkeep-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {}", error_chain(&e)))?;
-        Ok(Self { http, base })
+        let vendor = reqwest::Client::builder()
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("upkeep-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {}", error_chain(&e)))?;
+        Ok(Self { http, vendor, base })
+    }
+
+    /// Starts fetching an installer from byte `offset` on (`Range: bytes=N-`): from the server
+    /// (`GET /agent/v1/files/{sha256}` with the agent token), or from the vendor's `url`
+    /// (HTTPS only, without the token). The answer's body is read by the caller, within
+    /// `limit` in all.
+    pub(crate) async fn file(
+        &self,
+        token: &str,
+        sha256: &str,
+        url: Option<&str>,
+        offset: u64,
+        limit: Duration,
+    ) -> Result<reqwest::Response, CallError> {
+        let request = match url {
+            Some(u) => {
+                let u = Url::parse(u).map_err(|e| CallError::Refused {
+                    status: 0,
+                    message: format!("the installer URL is not a URL: {e}"),
+                })?;
+                if u.scheme() != "https" {
+                    return Err(CallError::Refused {
+                        status: 0,
+                        message: "installers are downloaded over https:// only".to_owned(),
+                    });
+                }
+                self.vendor.get(u)
+            }
+            None => self
+                .http
+                .get(self.url(&["agent", "v1", "files", sha256]))
+                .bearer_auth(token),
+        };
+        let mut request = request.timeout(limit);
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let (status, retry_after) = (response.status(), retry_after(&response));
+        let body = response.bytes().await.unwrap_or_default();
+        Err(status_error(status, retry_after, &body))
     }
 
     pub(crate) async fn enroll(
@@ -189,12 +244,7 @@ impl Client {
             .await
             .map_err(|e| CallError::Transient(error_chain(&e)))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(&response);
         let body = response
             .bytes()
             .await
@@ -204,17 +254,31 @@ impl Client {
                 body: body.to_vec(),
             });
         }
-        let message = error_message(status, &body);
-        Err(match status {
-            StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
-            StatusCode::TOO_MANY_REQUESTS => CallError::Throttled { retry_after },
-            StatusCode::REQUEST_TIMEOUT => CallError::Transient(format!("{status}: {message}")),
-            s if s.is_client_error() => CallError::Refused {
-                status: s.as_u16(),
-                message,
-            },
-            s => CallError::Transient(format!("server error {}: {message}", s.as_u16())),
-        })
+        Err(status_error(status, retry_after, &body))
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A failed answer, sorted by what to do about it.
+fn status_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> CallError {
+    let message = error_message(status, body);
+    match status {
+        StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
+        StatusCode::TOO_MANY_REQUESTS => CallError::Throttled { retry_after },
+        StatusCode::REQUEST_TIMEOUT => CallError::Transient(format!("{status}: {message}")),
+        s if s.is_client_error() => CallError::Refused {
+            status: s.as_u16(),
+            message,
+        },
+        s => CallError::Transient(format!("server error {}: {message}", s.as_u16())),
     }
 }
 

@@ -53,7 +53,13 @@ pub struct AgentConfig {
     /// How long the server may hold an empty poll; the smaller of this and the server's own
     /// hint at enrollment is used, capped at the protocol maximum.
     pub poll_wait_seconds: u32,
+    /// Most bytes of verified installers kept in `<state-dir>/installers/`; the least recently
+    /// used go first.
+    pub cache_max_bytes: u64,
 }
+
+/// `--cache-max-mb` by default.
+pub const DEFAULT_CACHE_MAX_MB: u64 = 2048;
 
 impl AgentConfig {
     /// A configuration with the defaults of the command line for everything optional.
@@ -68,6 +74,7 @@ impl AgentConfig {
             reboot_pending_file: PathBuf::from(DEFAULT_REBOOT_PENDING_FILE),
             prompt_command: DEFAULT_PROMPT_COMMAND.to_owned(),
             poll_wait_seconds: DEFAULT_POLL_WAIT_SECONDS,
+            cache_max_bytes: DEFAULT_CACHE_MAX_MB * 1024 * 1024,
         }
     }
 }
@@ -113,6 +120,9 @@ pub struct Cli {
     /// Host name to report; defaults to the kernel's.
     #[arg(long, env = "UPKEEP_HOSTNAME", value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Most MiB of verified installers kept for later steps (least recently used go first).
+    #[arg(long, env = "UPKEEP_CACHE_MAX_MB", value_name = "MB", default_value_t = DEFAULT_CACHE_MAX_MB)]
+    pub cache_max_mb: u64,
 }
 
 impl From<Cli> for AgentConfig {
@@ -127,6 +137,7 @@ impl From<Cli> for AgentConfig {
             reboot_pending_file: cli.reboot_pending_file,
             prompt_command: cli.prompt_command,
             poll_wait_seconds: cli.poll_wait_seconds,
+            cache_max_bytes: cli.cache_max_mb.saturating_mul(1024 * 1024),
         }
     }
 }

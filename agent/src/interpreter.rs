@@ -2,6 +2,7 @@
 //! Pure (the OS and what is installed come in as arguments), so both systems' rules are
 //! tested everywhere.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::path::Path;
 use upkeep_agent_protocol::ScriptLanguage;
@@ -116,6 +117,48 @@ pub(crate) fn script_file_bytes(
     }
 }
 
+/// The script with `$InstallerFile` set from `UPKEEP_INSTALLER_FILE` first, for PowerShell
+/// (other languages read the environment variable). A PowerShell script that opens with a
+/// `param(...)` block keeps it first, as PowerShell requires; the line follows the block.
+pub(crate) fn with_installer_variable(language: ScriptLanguage, body: &str) -> Cow<'_, str> {
+    const LINE: &str = "$InstallerFile = $env:UPKEEP_INSTALLER_FILE\n";
+    if language != ScriptLanguage::Powershell {
+        return Cow::Borrowed(body);
+    }
+    match param_block_end(body) {
+        Some(end) => Cow::Owned(format!("{}\n{LINE}{}", &body[..end], &body[end..])),
+        None => Cow::Owned(format!("{LINE}{body}")),
+    }
+}
+
+/// Where a leading `param(...)` block ends (after its closing parenthesis), when the script
+/// starts with one (after blank lines, comments and attributes are not looked into).
+fn param_block_end(body: &str) -> Option<usize> {
+    let start = body.len() - body.trim_start().len();
+    let rest = &body[start..];
+    if !rest.get(..5)?.eq_ignore_ascii_case("param") {
+        return None;
+    }
+    let open = start + 5 + rest[5..].find('(')?;
+    if !body[start + 5..open].trim().is_empty() {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (i, c) in body[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(open + i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +256,22 @@ mod tests {
         assert_eq!(
             script_file_bytes(ScriptLanguage::Cmd, "echo ✓", cp437),
             "echo ✓".as_bytes()
+        );
+    }
+
+    #[test]
+    fn powershell_gets_installer_file_after_any_param_block() {
+        assert_eq!(
+            with_installer_variable(ScriptLanguage::Powershell, "Start-Process $InstallerFile"),
+            "$InstallerFile = $env:UPKEEP_INSTALLER_FILE\nStart-Process $InstallerFile"
+        );
+        assert_eq!(
+            with_installer_variable(ScriptLanguage::Powershell, "\nParam([string]$A = (1))\nrun"),
+            "\nParam([string]$A = (1))\n$InstallerFile = $env:UPKEEP_INSTALLER_FILE\n\nrun"
+        );
+        assert_eq!(
+            with_installer_variable(ScriptLanguage::Shell, "echo $UPKEEP_INSTALLER_FILE"),
+            "echo $UPKEEP_INSTALLER_FILE"
         );
     }
 

@@ -16,6 +16,7 @@
 //! - `state`: the state directory (credentials, job spool); the only module touching it.
 //! - `runner`: running scripts in process trees with time limits and bounded output.
 //! - `interpreter`: which program runs each script language on this OS.
+//! - `installer`: a step's installer, fetched (resuming), verified and cached.
 //! - `decode`: script output bytes as text (console code pages, UTF-16 on Windows).
 //! - `platform`: what differs between Unix and Windows (signals, permissions, process trees).
 //! - `service`: `upkeep-agent service install|uninstall|run` (the Windows service).
@@ -31,6 +32,7 @@ mod config;
 mod decode;
 mod helpers;
 mod host;
+mod installer;
 mod interpreter;
 mod inventory;
 mod pending;
@@ -181,6 +183,7 @@ pub async fn run(
         },
     };
 
+    let installers = installer::Cache::new(state.installers_dir(), config.cache_max_bytes);
     let mut agent = Agent {
         _lock: lock,
         config,
@@ -193,6 +196,7 @@ pub async fn run(
         inventory_cache: None,
         last_prune: Instant::now(),
         pending: pending::PendingReboot::new(config_pending_file),
+        installers,
     };
     agent.serve(&mut stop).await;
     info!("agent stopped");
@@ -214,6 +218,7 @@ struct Agent {
     inventory_cache: Option<(Instant, Inventory)>,
     last_prune: Instant,
     pending: pending::PendingReboot,
+    installers: installer::Cache,
 }
 
 impl Agent {
@@ -348,6 +353,10 @@ impl Agent {
                 format!("the agent could not record the job on disk, so it did not run it: {e}");
             return Some(self.finish(&job.id, &job.session_id, JobOutcome::Failed { error }));
         }
+        let installer = match self.fetch_installer(&job, stop).await {
+            Ok(path) => path,
+            Err(outcome) => return Some(self.finish(&job.id, &job.session_id, outcome)),
+        };
         let ctx = runner::JobContext {
             work_dir: self.state.work_dir(),
             job_id: &job.id,
@@ -356,6 +365,7 @@ impl Agent {
                 JobKind::Step { version, .. } => version.as_deref(),
                 _ => None,
             },
+            installer_file: installer.as_deref(),
         };
         let outcome = match &job.kind {
             JobKind::Probe { probes } => stop.unless_stopped(runner::run_probes(ctx, probes)).await,
@@ -417,6 +427,35 @@ impl Agent {
             _ => None,
         };
         Some(self.finish_noting(&job.id, &job.session_id, outcome, pending))
+    }
+
+    /// A step's installer, fetched and verified before anything runs (`None` for jobs without
+    /// one); `Err` is the job's outcome when it could not be had: a file that does not match
+    /// fails the job with nothing run. Job-status checks go on while it downloads.
+    async fn fetch_installer(
+        &self,
+        job: &Job,
+        stop: &mut Stop<'_>,
+    ) -> Result<Option<std::path::PathBuf>, JobOutcome> {
+        let JobKind::Step {
+            installer: Some(inst),
+            ..
+        } = &job.kind
+        else {
+            return Ok(None);
+        };
+        let token = self.credentials.agent_token.as_str();
+        let fetch = self.installers.get(&self.client, token, inst);
+        let error = match stop.unless_stopped(self.while_wanted(&job.id, fetch)).await {
+            Some(Some(Ok(path))) => return Ok(Some(path)),
+            Some(Some(Err(error))) => {
+                warn!(job_id = %job.id, session_id = %job.session_id, "installer not usable, nothing run: {error}");
+                error
+            }
+            Some(None) => upkeep_agent_protocol::STOPPED_BY_SERVER.to_owned(),
+            None => STOPPED_ERROR.to_owned(),
+        };
+        Err(JobOutcome::Failed { error })
     }
 
     /// Runs `work` while the server still wants job `job_id`, asking every few seconds;

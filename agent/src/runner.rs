@@ -43,7 +43,13 @@ pub(crate) struct JobContext<'a> {
     pub(crate) session_id: &'a str,
     /// The version an install or upgrade step brings (`UPKEEP_VERSION`).
     pub(crate) version: Option<&'a str>,
+    /// A step's verified installer: `UPKEEP_INSTALLER_FILE` (and `$InstallerFile` in
+    /// PowerShell).
+    pub(crate) installer_file: Option<&'a Path>,
 }
+
+/// The variable that names a step's verified installer file.
+pub(crate) const INSTALLER_FILE_VAR: &str = "UPKEEP_INSTALLER_FILE";
 
 /// Runs a probe job's probes one after another; one failing does not stop the others.
 pub(crate) async fn run_probes(ctx: JobContext<'_>, probes: &[Probe]) -> JobOutcome {
@@ -151,7 +157,11 @@ async fn run_with(
         ..Default::default()
     };
 
-    let body = interpreter::script_file_bytes(script.language, &script.body, platform::encode_oem);
+    let body = match ctx.installer_file {
+        Some(_) => interpreter::with_installer_variable(script.language, &script.body),
+        None => std::borrow::Cow::Borrowed(script.body.as_str()),
+    };
+    let body = interpreter::script_file_bytes(script.language, &body, platform::encode_oem);
     let file = match ScriptFile::write(ctx.work_dir, interpreter.extension, &body) {
         Ok(file) => file,
         Err(e) => {
@@ -233,10 +243,14 @@ fn script_command(
         .env("UPKEEP_JOB_ID", ctx.job_id)
         .env("UPKEEP_SESSION_ID", ctx.session_id)
         .envs(ctx.version.map(|v| ("UPKEEP_VERSION", v)))
+        .env_remove(INSTALLER_FILE_VAR)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(path) = ctx.installer_file {
+        command.env(INSTALLER_FILE_VAR, path);
+    }
     ProcessTree::prepare(&mut command);
     command
 }
@@ -543,6 +557,7 @@ mod tests {
             job_id: "j-1",
             session_id: "s-1",
             version: None,
+            installer_file: None,
         }
     }
 

@@ -13,6 +13,8 @@
 //!   for [`KEEP_DELIVERED`] so that a job offered again is answered with the very same result
 //!   instead of being run twice.
 //! - `work/`: script files of running jobs; emptied at start-up.
+//! - `installers/`: verified installer files by SHA-256 (and `<sha>.part` downloads to resume),
+//!   owned by `installer::Cache`: at most `--cache-max-mb`, least recently used removed first.
 //!
 //! - `jobs/<job>.corrupt`: a result file that could not be read (disk damage, hand edits); kept
 //!   for a person, and its job is never run.
@@ -129,6 +131,7 @@ pub(crate) struct StateDir {
     root: PathBuf,
     jobs: PathBuf,
     work: PathBuf,
+    installers: PathBuf,
 }
 
 impl StateDir {
@@ -138,8 +141,9 @@ impl StateDir {
             root: root.to_owned(),
             jobs: root.join("jobs"),
             work: root.join("work"),
+            installers: root.join("installers"),
         };
-        for path in [&dir.root, &dir.jobs, &dir.work] {
+        for path in [&dir.root, &dir.jobs, &dir.work, &dir.installers] {
             platform::create_private_dir(path)?;
         }
         Ok(dir)
@@ -152,6 +156,12 @@ impl StateDir {
     /// Where script files are written; private to the agent's user.
     pub(crate) fn work_dir(&self) -> &Path {
         &self.work
+    }
+
+    /// The installer cache (`installer::Cache` keeps its files, by hash); private like the
+    /// rest, and kept across restarts.
+    pub(crate) fn installers_dir(&self) -> &Path {
+        &self.installers
     }
 
     /// Takes the directory's lock, or `None` while another agent holds it. Two agents on one
@@ -467,6 +477,7 @@ mod tests {
                 },
                 parameters: BTreeMap::new(),
                 version: Some("1.2".into()),
+                installer: None,
             },
         }
     }

@@ -319,6 +319,7 @@ fn preload(
                             "mkdir -p /opt/app{i} && echo 1.0 > /opt/app{i}/version"
                         )),
                         upgrade_script: None,
+                        installer: None,
                     }],
                     uninstall_script: None,
                     configuration_task: None,
@@ -393,6 +394,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
                     label: format!("install {} 1.0", software.name),
                     script: software.versions[0].install_script.clone(),
                     version: Some("1.0".into()),
+                    installer: None,
                 }],
                 ItemWhat::Task { .. } => vec![],
             },

@@ -78,6 +78,7 @@ fn catalogue(computers: &[Computer]) -> Catalogue {
                 version: format!("{v}.{}", i % 10),
                 install_script: script(format!("install app{i} {v}")),
                 upgrade_script: Some(script(format!("upgrade app{i} {v}"))),
+                installer: None,
             })
             .collect();
         software.insert(

@@ -42,11 +42,12 @@ pub fn main() -> ExitCode {
         Some(Command::Check { data_dir }) => offline(crate::check::run(&data_dir)),
         Some(Command::Backup { data_dir, out }) => offline(async move {
             match crate::api::backup::backup(&data_dir, &out).await {
-                Ok(n) => {
+                Ok((n, (files, bytes))) => {
                     println!(
-                        "backup of {} written to {} ({n} bytes)",
+                        "backup of {} written to {} ({n} bytes); {files} new installer files ({bytes} bytes) copied to {}",
                         data_dir.display(),
-                        out.display()
+                        out.display(),
+                        crate::api::backup::files_dir_of(&out).display()
                     );
                     ExitCode::SUCCESS
                 }
@@ -61,10 +62,14 @@ pub fn main() -> ExitCode {
             data_dir,
             tenant,
         }) => offline(import_library(dir, data_dir, tenant)),
+        Some(Command::Gc { data_dir }) => offline(gc(data_dir)),
         Some(Command::Restore { data_dir, input }) => offline(async move {
             match crate::api::backup::restore(&data_dir, &input).await {
-                Ok(n) => {
-                    println!("restored {n} entries into {}", data_dir.display());
+                Ok((n, (files, bytes))) => {
+                    println!(
+                        "restored {n} entries and {files} installer files ({bytes} bytes) into {}",
+                        data_dir.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -105,6 +110,19 @@ async fn import_library(
         }
         Err(e) => {
             eprintln!("upkeep-server import-library: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn gc(data_dir: std::path::PathBuf) -> ExitCode {
+    match crate::api::backup::gc(&data_dir).await {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upkeep-server gc: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -46,6 +46,12 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Remove installer files that no software (and no unfinished session) names any more and
+    /// that were uploaded over an hour ago (asks the running server, if any).
+    Gc {
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+    },
     /// Restore a backup into a new, empty data dir (the server must not be running on it).
     Restore {
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
@@ -154,6 +160,9 @@ pub struct ServeConfig {
     /// language from the extension: .sh, .ps1, .py). Read once at start.
     #[arg(long = "preflight-script", env = "UPKEEP_PREFLIGHT_SCRIPTS", value_name = "FILE", value_parser = parse_preflight_script)]
     pub preflight_scripts: Vec<upkeep_core::domain::Script>,
+    /// Largest installer file `POST /api/v1/files` and `uploadInstaller` take, in MiB.
+    #[arg(long, env = "UPKEEP_MAX_UPLOAD_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_upload_mb: u64,
 }
 
 /// A `--preflight-script` file as a script, its language from its extension.
@@ -280,11 +289,17 @@ impl ServeConfig {
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
             preflight_scripts: vec![],
+            max_upload_mb: 4096,
         }
     }
 }
 
 impl ServeConfig {
+    /// `--max-upload-mb` in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_mb.saturating_mul(1024 * 1024)
+    }
+
     pub fn ws_init_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(self.ws_init_timeout_seconds))
     }

@@ -275,6 +275,7 @@ mod tests {
             },
             parameters: params,
             version: None,
+            installer: None,
         };
         let job = proto::Job {
             id: "j".into(),

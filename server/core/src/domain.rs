@@ -289,6 +289,38 @@ pub struct SoftwareVersion {
     pub version: String,
     pub install_script: Script,
     pub upgrade_script: Option<Script>,
+    /// The installer the agent fetches and verifies before the install or upgrade script
+    /// runs; absent in records written before installers existed.
+    #[serde(default)]
+    pub installer: Option<Installer>,
+}
+
+/// An installer file, named by its content: either one uploaded to the server's file store
+/// (`url: None`; agents fetch it from `/agent/v1/files/{sha256}`) or a vendor's download
+/// (`url: Some(https://…)`), which the agent fetches itself. Either way the agent checks
+/// `size` (when known) and `sha256` before it runs anything. A plain value, so that anything
+/// that names a download (a version, a versions script's line) can carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installer {
+    /// Lower-case hex SHA-256 of the file (64 characters).
+    pub sha256: String,
+    /// Bytes; `None` only for a vendor URL whose size was not given.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// The vendor's `https://` URL; `None` for a file in the server's store.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The file's name as uploaded or given, for people and for scripts that care about the
+    /// extension; the agent keeps the file under its hash.
+    #[serde(default)]
+    pub file_name: Option<String>,
+}
+
+impl Installer {
+    /// Whether `s` is a SHA-256 as installers are named: 64 lower-case hex digits.
+    pub fn is_sha256(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

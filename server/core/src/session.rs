@@ -245,12 +245,15 @@ pub struct Action {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Step {
     /// Run a script that changes the computer; `version` is the version an install or upgrade
-    /// brings (the script reads it as `UPKEEP_VERSION`).
+    /// brings (the script reads it as `UPKEEP_VERSION`); with `installer`, the agent fetches and
+    /// verifies that file first and runs the script only when it matches.
     Script {
         label: String,
         script: Script,
         #[serde(default)]
         version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installer: Option<Installer>,
     },
     /// Run a task's test; when it says "not compliant", run its set script.
     TestThenSet { task: TaskSnapshot },

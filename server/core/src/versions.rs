@@ -158,9 +158,29 @@ pub fn effective(
                 version: d.version.clone(),
                 install_script: install.clone(),
                 upgrade_script: sw.upgrade_script.clone(),
+                installer: download(d),
             })
             .collect(),
     )
+}
+
+/// The download a line names: its `https://` URL with the SHA-256 (and size) the agent checks
+/// before the script runs. A `sha256` without a `url` names nothing: a managed computer must not
+/// be able to point its agent at a file of the server's store by its hash.
+pub fn download(d: &Discovered) -> Option<crate::domain::Installer> {
+    let url = d.url.clone()?;
+    let file_name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.replace("%20", " "));
+    Some(crate::domain::Installer {
+        sha256: d.sha256.clone()?,
+        size: d.size,
+        url: Some(url),
+        file_name,
+    })
 }
 
 /// The newest of `found` (for people: "newest 2.1").
@@ -219,6 +239,20 @@ mod tests {
             .map(|i| format!("{{\"version\":\"1.{i}\"}}\n"))
             .collect();
         assert!(parse(&many).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn a_line_with_a_url_names_its_download() {
+        let v = parse(&format!(
+            "{{\"version\":\"2\",\"url\":\"https://x.example/a/Setup%202.msi?x=1\",\"sha256\":\"{H}\",\"size\":7}}\n{{\"version\":\"1\",\"sha256\":\"{H}\"}}\n"
+        ))
+        .unwrap();
+        let i = download(&v[0]).unwrap();
+        assert_eq!(
+            (i.sha256.as_str(), i.size, i.file_name.as_deref()),
+            (H, Some(7), Some("Setup 2.msi"))
+        );
+        assert_eq!(download(&v[1]), None);
     }
 
     #[test]

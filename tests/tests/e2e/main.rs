@@ -9,6 +9,7 @@ mod field_offline;
 mod field_output;
 mod foundation;
 mod hostile;
+mod installers;
 mod integrations;
 mod inventory;
 mod library;

@@ -54,6 +54,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/agent/v1/jobs/{job_id}/result", post(result))
         .route("/agent/v1/jobs/{job_id}/output", post(output))
         .route("/agent/v1/jobs/{job_id}", axum::routing::get(job_status))
+        .route("/agent/v1/files/{sha256}", axum::routing::get(file))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -377,6 +378,45 @@ async fn job_status(
                 "the job could not be read; retry",
             )
         }
+    }
+}
+
+/// `GET /agent/v1/files/{sha256}`: an installer file for a step, whole or from an offset
+/// (`Range: bytes=N-`, 206), when this computer may have it (`services::files::servable_to`);
+/// any other name is 404, whether or not the server holds it.
+async fn file(
+    State(app): State<Arc<App>>,
+    sha256: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    req: Request<Body>,
+) -> Response {
+    const ROUTE: &str = "/agent/v1/files/{sha256}";
+    let peer = peer_of(&req);
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let sha256 = sha256.map(|Path(s)| s).unwrap_or_default();
+    let not_found = || {
+        reject(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no file {}", log_value(&sha256)),
+            peer,
+            ROUTE,
+        )
+    };
+    let Some(path) = app.files.path_of(&sha256) else {
+        return not_found();
+    };
+    match crate::services::files::servable_to(&app, computer, &sha256).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(e) => return crate::api::files::internal(e),
+    }
+    match crate::api::files::serve(&path, req.headers()).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => not_found(),
+        Err(e) => crate::api::files::internal(e),
     }
 }
 

@@ -7,6 +7,11 @@
 //! Version 1 files (no sealing key) still restore. While the server runs it owns the
 //! store, so the CLI asks it over the Unix socket `<data-dir>/admin.sock` (mode 0600: only the
 //! server's user may ask); when no server runs, the CLI opens the store itself.
+//!
+//! Installer files are not in that file (they may be gigabytes, and they never change): they
+//! are copied beside it, into `<out>.files/` with the data dir's layout (`ab/abcdef…`), after
+//! the snapshot is taken; a file already there is not copied again. `restore` copies them back,
+//! checking each one's SHA-256 against its name. Copy the directory with the backup file.
 
 use anyhow::{Context, bail, ensure};
 use sha2::{Digest, Sha256};
@@ -149,30 +154,125 @@ pub async fn serve_socket(app: std::sync::Arc<crate::services::App>) {
         let app = app.clone();
         tokio::spawn(async move {
             let mut cmd = [0u8; 7];
-            if sock.read_exact(&mut cmd).await.is_err() || &cmd != b"backup\n" {
-                return;
-            }
-            let store = app.store.clone();
-            let dir = app.config.data_dir.clone();
-            let trees = store.snapshot().await;
-            let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-                let trees = trees?;
-                Ok(encode(&trees, &KeyFiles::read(&dir)))
-            })
-            .await;
-            match bytes {
-                Ok(Ok(b)) => {
-                    tracing::info!(bytes = b.len(), "online backup written");
-                    let _ = sock.write_all(&b).await;
+            let mut got = 0;
+            // `backup\n` or `gc\n`.
+            while got < cmd.len() && !cmd[..got].ends_with(b"\n") {
+                match sock.read(&mut cmd[got..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
                 }
-                _ => tracing::error!("online backup failed"),
+            }
+            match &cmd[..got] {
+                b"backup\n" => online_backup(&app, &mut sock).await,
+                b"gc\n" => {
+                    let now = app.clock.now().into();
+                    let answer =
+                        match crate::services::files::collect(&app.store, &app.files, now).await {
+                            Ok(r) => gc_line(&r),
+                            Err(e) => {
+                                tracing::error!(error = %e, "installer file collection failed");
+                                "error: the collection failed; see the server log\n".to_string()
+                            }
+                        };
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                }
+                _ => {}
             }
         });
     }
 }
 
-/// `upkeep-server backup --data-dir DIR --out FILE`.
-pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
+/// The one line `gc` answers: `removed N files (B bytes), kept K`.
+fn gc_line(r: &crate::services::files::GcReport) -> String {
+    format!(
+        "removed {} files ({} bytes), kept {}\n",
+        r.removed, r.removed_bytes, r.kept
+    )
+}
+
+async fn online_backup(app: &crate::services::App, sock: &mut tokio::net::UnixStream) {
+    use tokio::io::AsyncWriteExt;
+    let store = app.store.clone();
+    let dir = app.config.data_dir.clone();
+    let trees = store.snapshot().await;
+    let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let trees = trees?;
+        Ok(encode(&trees, &KeyFiles::read(&dir)))
+    })
+    .await;
+    match bytes {
+        Ok(Ok(b)) => {
+            tracing::info!(bytes = b.len(), "online backup written");
+            let _ = sock.write_all(&b).await;
+        }
+        _ => tracing::error!("online backup failed"),
+    }
+}
+
+/// `upkeep-server gc --data-dir DIR`: the running server collects on its own clock; without
+/// one, the store is opened here.
+pub async fn gc(data_dir: &Path) -> anyhow::Result<String> {
+    let sock = data_dir.join(SOCKET);
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+        s.write_all(b"gc\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .context("reading the answer of the running server")?;
+        ensure!(!answer.starts_with("error"), "{}", answer.trim());
+        return Ok(answer.trim().to_string());
+    }
+    let store = upkeep_store::open_embedded(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let files = crate::services::files::Files::new(data_dir, u64::MAX);
+    let r = crate::services::files::collect(&store, &files, std::time::SystemTime::now()).await?;
+    Ok(gc_line(&r).trim().to_string())
+}
+
+/// Where the installer files of the backup `file` go: `<file>.files/`.
+pub fn files_dir_of(file: &Path) -> std::path::PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".files");
+    s.into()
+}
+
+/// What a backup or restore copied of the installer files: (files, bytes).
+pub type Copied = (u64, u64);
+
+/// Copies every installer file under `from` (a `files/` layout) to `to`, skipping those already
+/// there with the same size; with `verify`, each file's SHA-256 must match its name.
+fn copy_files(from: &Path, to: &Path, verify: bool) -> anyhow::Result<Copied> {
+    let mut copied = (0, 0);
+    for (sha, size, _) in crate::services::files::list_dir(from)? {
+        let rel = Path::new(&sha[..2]).join(&sha);
+        let target = to.join(&rel);
+        if std::fs::metadata(&target).is_ok_and(|m| m.len() == size) {
+            continue;
+        }
+        if verify {
+            let mut f = std::fs::File::open(from.join(&rel))?;
+            let mut h = Sha256::new();
+            std::io::copy(&mut f, &mut h)?;
+            let got = hex::encode(h.finalize());
+            ensure!(
+                got == sha,
+                "the backup's file {sha} is damaged (its SHA-256 is {got})"
+            );
+        }
+        let dir = to.join(&sha[..2]);
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{sha}.tmp"));
+        std::fs::copy(from.join(&rel), &tmp)
+            .with_context(|| format!("cannot copy installer file {sha}"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        copied = (copied.0 + 1, copied.1 + size);
+    }
+    Ok(copied)
+}
+
+/// `upkeep-server backup --data-dir DIR --out FILE`: the backup's size, and the installer
+/// files copied to `<FILE>.files/`.
+pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<(usize, Copied)> {
     let sock = data_dir.join(SOCKET);
     let bytes = match std::os::unix::net::UnixStream::connect(&sock) {
         Ok(mut s) => {
@@ -211,11 +311,13 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<usize> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, out)?;
-    Ok(bytes.len())
+    let files = copy_files(&data_dir.join("files"), &files_dir_of(out), false)?;
+    Ok((bytes.len(), files))
 }
 
-/// `upkeep-server restore --data-dir DIR --in FILE`: into a new or empty data dir only.
-pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
+/// `upkeep-server restore --data-dir DIR --in FILE`: into a new or empty data dir only. The
+/// entries restored, and the installer files copied from `<FILE>.files/` (if there).
+pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<(usize, Copied)> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let (trees, keys) = decode(&bytes)?;
     std::fs::create_dir_all(data_dir)?;
@@ -247,7 +349,8 @@ pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<usize> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    Ok(trees.iter().map(|t| t.1.len()).sum())
+    let files = copy_files(&files_dir_of(input), &data_dir.join("files"), true)?;
+    Ok((trees.iter().map(|t| t.1.len()).sum(), files))
 }
 
 #[cfg(test)]

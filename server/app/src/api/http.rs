@@ -27,7 +27,12 @@ pub fn router(app: Arc<App>) -> Router {
         // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
         // body stream itself, so without this a request body of any size was buffered.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024 * 1024))
-        .layer(axum::middleware::map_response(graphql::errors_as_graphql));
+        .layer(axum::middleware::map_response(graphql::errors_as_graphql))
+        // Outside the 1 MiB limit: multipart uploads stream their files into the file store.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            graphql::upload::multipart_uploads,
+        ));
     if !app.config.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = app
             .config
@@ -52,6 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(crate::api::metrics::render))
         .merge(crate::api::agent::routes())
+        .merge(crate::api::files::routes())
         .merge(crate::api::postpone::routes())
         .merge(crate::api::console::routes());
     if app.clock.settable {
@@ -175,11 +181,14 @@ async fn body_deadline(
     }
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let limit = std::time::Duration::from_secs(app.config.body_read_timeout_seconds.into());
+    let upload = is_upload(&req);
     let (parts, body) = req.into_parts();
     let body = axum::body::Body::new(Deadline {
         inner: body,
         sleep: Box::pin(tokio::time::sleep(limit)),
         timed_out: timed_out.clone(),
+        limit,
+        progress: upload.then_some(0),
     });
     let resp = next
         .run(axum::extract::Request::from_parts(parts, body))
@@ -202,11 +211,34 @@ async fn body_deadline(
     resp
 }
 
+/// Bytes an upload must deliver within each `--body-read-timeout-seconds` to keep going: a
+/// large installer over a slow line takes as long as it needs, a trickle does not.
+const UPLOAD_PROGRESS_BYTES: u64 = 64 * 1024;
+
+/// Installer uploads (`POST /api/v1/files`, GraphQL multipart requests) get a deadline that
+/// moves with progress; every other body must arrive whole within the limit.
+fn is_upload(req: &axum::extract::Request) -> bool {
+    req.uri().path() == "/api/v1/files"
+        || req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/form-data")
+            })
+}
+
 /// A request body that fails once its time is up while it is still waiting for data.
 struct Deadline {
     inner: axum::body::Body,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     timed_out: Arc<std::sync::atomic::AtomicBool>,
+    limit: std::time::Duration,
+    /// Uploads: bytes since the deadline last moved; every [`UPLOAD_PROGRESS_BYTES`] moves it
+    /// to `limit` from now.
+    progress: Option<u64>,
 }
 
 impl http_body::Body for Deadline {
@@ -218,6 +250,16 @@ impl http_body::Body for Deadline {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(seen), std::task::Poll::Ready(Some(Ok(frame)))) = (self.progress, &r) {
+            let seen = seen + frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen >= UPLOAD_PROGRESS_BYTES {
+                let at = tokio::time::Instant::now() + self.limit;
+                self.sleep.as_mut().reset(at);
+                self.progress = Some(0);
+            } else {
+                self.progress = Some(seen);
+            }
+        }
         if r.is_pending() && self.sleep.as_mut().poll(cx).is_ready() {
             self.timed_out
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -335,6 +377,8 @@ fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Opens the store, recovers sessions, starts background loops and serves. Returns once the
 /// listener is bound.
+// long: start-up in its order (data dir, secrets, store, app, background tasks); split, the
+// order would be harder to see.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
     prepare_data_dir(&config.data_dir)?;
@@ -401,6 +445,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             Box::pin(crate::api::backup::serve_socket(app.clone())),
         ),
         ("api key usage", Box::pin(usage)),
+        (
+            "installer file gc",
+            Box::pin(crate::services::files::run_gc(app.clone())),
+        ),
         ("http", Box::pin(serve(listener, router, app.clone()))),
     ];
     let task = tokio::spawn(supervise(app.clone(), tasks));

@@ -70,6 +70,7 @@ pub async fn render(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     http_families(&app, &mut out);
     gauges(&app, &mut out);
     store_and_outbox_families(&app, &mut out).await;
+    file_families(&app, &mut out).await;
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -237,4 +238,17 @@ async fn store_and_outbox_families(app: &App, out: &mut String) {
         "# HELP upkeep_webhook_attempts_total Webhook delivery attempts.\n# TYPE upkeep_webhook_attempts_total counter\nupkeep_webhook_attempts_total {}",
         app.webhooks.attempts()
     );
+}
+
+/// Installer files held (a walk of the file store's directories), left out when unreadable.
+async fn file_families(app: &App, out: &mut String) {
+    match app.files.usage().await {
+        Ok((files, bytes)) => {
+            let _ = writeln!(
+                out,
+                "# HELP upkeep_installer_files Installer files stored.\n# TYPE upkeep_installer_files gauge\nupkeep_installer_files {files}\n# HELP upkeep_installer_file_bytes Bytes of the stored installer files.\n# TYPE upkeep_installer_file_bytes gauge\nupkeep_installer_file_bytes {bytes}"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "metrics: cannot list the installer files"),
+    }
 }

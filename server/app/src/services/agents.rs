@@ -242,6 +242,16 @@ impl Agents {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a step job leased to `computer` now names the installer `sha256` (the agent
+    /// fetches it while the job runs).
+    pub fn leases_installer(&self, computer: Id, sha256: &str) -> bool {
+        self.queues().leased.values().any(|l| {
+            l.computer == computer
+                && matches!(&l.queued.job.kind,
+                    proto::JobKind::Step { installer: Some(i), .. } if i.sha256 == sha256)
+        })
+    }
+
     /// Takes one chunk of a running step's output: rate, `seq`, cap, then masking (a secret
     /// split across chunks included). The job is one leased to `computer`, or `open`: its
     /// stored record, still unanswered (after a server restart the agent goes on running a

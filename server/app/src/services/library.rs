@@ -47,6 +47,21 @@ pub struct VersionEntry {
     pub install_script: ScriptEntry,
     #[serde(default)]
     pub upgrade_script: Option<ScriptEntry>,
+    /// A vendor download the agent fetches and verifies before the install script runs.
+    #[serde(default)]
+    pub installer: Option<InstallerEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstallerEntry {
+    /// `https://` only.
+    pub url: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub file_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,9 +355,35 @@ fn versions(file: &Path, s: &SoftwareEntry) -> Result<Vec<SoftwareVersion>, Libr
                 &format!("versions[{i}].upgradeScript"),
                 &v.upgrade_script,
             )?,
+            installer: match &v.installer {
+                Some(x) => Some(installer(file, i, x)?),
+                None => None,
+            },
         });
     }
     Ok(out)
+}
+
+fn installer(file: &Path, i: usize, x: &InstallerEntry) -> Result<Installer, LibraryError> {
+    let sha256 = x.sha256.to_ascii_lowercase();
+    if !Installer::is_sha256(&sha256) {
+        return Err(invalid(
+            file,
+            format!("versions[{i}].installer.sha256: 64 hex digits"),
+        ));
+    }
+    if !x.url.starts_with("https://") || x.url.len() > upkeep_core::versions::MAX_URL_CHARS {
+        return Err(invalid(
+            file,
+            format!("versions[{i}].installer.url: https:// only"),
+        ));
+    }
+    Ok(Installer {
+        sha256,
+        size: x.size,
+        url: Some(x.url.clone()),
+        file_name: x.file_name.clone(),
+    })
 }
 
 /// The software record an entry describes; `ids` finds a software id by name (prerequisites),

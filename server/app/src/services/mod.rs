@@ -7,6 +7,7 @@
 //! (`crate::api`); the API calls in, never the reverse.
 
 pub mod agents;
+pub mod files;
 pub mod fleet;
 pub mod library;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct App {
     pub webhooks: Arc<crate::services::webhooks::Webhooks>,
     pub public_url: crate::config::PublicUrl,
     pub accounts: crate::services::users::Accounts,
+    /// Installer files, stored by hash under the data dir.
+    pub files: crate::services::files::Files,
     /// Cancelled once, when the server stops: every background loop, held poll and open
     /// connection ends on it.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -115,6 +118,7 @@ impl App {
             shutdown,
             accounts: crate::services::users::Accounts::new(store.clone(), clock.clone()),
             credentials_changed: tokio::sync::watch::channel(0).0,
+            files: crate::services::files::Files::new(&config.data_dir, config.max_upload_bytes()),
             store,
             config,
             clock,

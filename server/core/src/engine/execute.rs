@@ -73,6 +73,7 @@ impl Machine<'_> {
                 label,
                 script,
                 version,
+                installer,
             } => {
                 self.log(format!("Running: {label}"));
                 self.dispatch(
@@ -85,6 +86,12 @@ impl Machine<'_> {
                         script: proto_script(&script, self.env.limits.step_timeout_seconds),
                         parameters: params,
                         version,
+                        installer: installer.map(|i| proto::InstallerRef {
+                            sha256: i.sha256,
+                            size: i.size,
+                            url: i.url,
+                            file_name: i.file_name,
+                        }),
                     },
                 );
             }
@@ -175,6 +182,7 @@ impl Machine<'_> {
                         label: format!("run {}", task.name),
                         script: set.clone(),
                         version: None,
+                        installer: None,
                     };
                 }
                 None => {

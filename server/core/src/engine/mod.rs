@@ -410,7 +410,14 @@ impl Machine<'_> {
             JobKind::Probe { probes } => {
                 probes.iter().map(|p| p.script.timeout_seconds).sum::<u32>() + slack
             }
-            JobKind::Step { script, .. } => script.timeout_seconds + slack,
+            JobKind::Step {
+                script, installer, ..
+            } => {
+                let download = installer
+                    .as_ref()
+                    .map_or(0, |_| proto::INSTALLER_DOWNLOAD_SECONDS);
+                script.timeout_seconds + download + slack
+            }
             JobKind::Reboot {} | JobKind::Prompt { .. } => slack,
         };
         self.s.pending_job = Some(PendingJob { id: job, purpose });

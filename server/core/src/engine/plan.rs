@@ -602,6 +602,7 @@ fn plan_software_change(
                     label: format!("uninstall {}", sw.name),
                     script: s.clone(),
                     version: None,
+                    installer: None,
                 }),
                 None => {
                     a.result_message = Some(format!("{} has no uninstall script", sw.name));
@@ -633,6 +634,7 @@ fn plan_software_change(
                     label: format!("uninstall {} {v}", sw.name),
                     script: s.clone(),
                     version: None,
+                    installer: None,
                 }),
                 None => {
                     a.result_message = Some(format!(
@@ -692,6 +694,7 @@ fn push_upgrade(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
                 label: format!("upgrade {} to {}", sw.name, e.version),
                 script,
                 version: Some(e.version.clone()),
+                installer: e.installer.clone(),
             });
         }
         None => {
@@ -711,6 +714,7 @@ fn push_install(a: &mut Action, sw: &SoftwareSnapshot, target: Option<&str>) {
             label: format!("install {} {}", sw.name, e.version),
             script: e.install_script.clone(),
             version: Some(e.version.clone()),
+            installer: e.installer.clone(),
         }),
         None => {
             a.result_message = Some(format!(
@@ -748,6 +752,7 @@ fn plan_task(a: &mut Action, task: &TaskSnapshot, mode: TaskMode, f: &Found) {
                     label: format!("run {}", task.name),
                     script: s.clone(),
                     version: None,
+                    installer: None,
                 });
             }
             // Nothing could change it: the task only reports, like an audit.

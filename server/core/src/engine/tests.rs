@@ -89,6 +89,7 @@ fn software(name: &str, versions: &[&str]) -> SoftwareSnapshot {
                 version: v.to_string(),
                 install_script: script(&format!("install {name} {v}")),
                 upgrade_script: None,
+                installer: None,
             })
             .collect(),
         uninstall_script: Some(script(&format!("uninstall {name}"))),
@@ -946,6 +947,77 @@ fn older_version_is_upgraded_with_the_upgrade_script() {
     run.answer(step_result(0));
     run.probes(&[("d0", installed("1.10.0"))]);
     assert_eq!(run.s.status, SessionStatus::Passed);
+}
+
+#[test]
+fn install_and_upgrade_steps_carry_their_version_installer_and_a_failed_fetch_fails_the_action() {
+    let installer = Installer {
+        sha256: "ab".repeat(32),
+        size: Some(3),
+        url: None,
+        file_name: Some("app.msi".into()),
+    };
+    let mut sw = app();
+    sw.versions[1].installer = Some(installer.clone());
+    for found in [absent(), installed("1.2.0")] {
+        let mut run = detected(
+            vec![sw_item(
+                sw.clone(),
+                DesiredSoftwareState::InstalledLatest,
+                None,
+            )],
+            &[("d0", found)],
+        );
+        let JobKind::Step {
+            installer: sent, ..
+        } = run.pending().2
+        else {
+            panic!("no step job pending");
+        };
+        assert_eq!(
+            sent,
+            Some(proto::InstallerRef {
+                sha256: installer.sha256.clone(),
+                size: Some(3),
+                url: None,
+                file_name: Some("app.msi".into()),
+            })
+        );
+        // What the agent answers when the file does not match: the action fails with it.
+        let error = format!(
+            "installer hash mismatch: expected {}, got {}",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        run.answer(JobOutcome::Failed {
+            error: error.clone(),
+        });
+        run.probes(&[("d0", absent())]);
+        let a = run.action(0);
+        assert_eq!(a.status, ActionStatus::Failed);
+        assert!(
+            a.result_message
+                .as_deref()
+                .is_some_and(|m| m.ends_with(&error)),
+            "{a:?}"
+        );
+    }
+    // Another version without one sends none.
+    let run = detected(
+        vec![sw_item(
+            sw,
+            DesiredSoftwareState::InstalledVersion,
+            Some("1.9.2"),
+        )],
+        &[("d0", absent())],
+    );
+    assert!(matches!(
+        run.pending().2,
+        JobKind::Step {
+            installer: None,
+            ..
+        }
+    ));
 }
 
 #[test]

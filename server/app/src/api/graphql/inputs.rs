@@ -378,11 +378,16 @@ impl ScriptInput {
     }
 }
 
+mod installer;
+pub use installer::{InstallerInput, check_stored};
+
 #[derive(InputObject)]
 pub struct SoftwareVersionInput {
     pub version: String,
     pub install_script: ScriptInput,
     pub upgrade_script: Option<ScriptInput>,
+    /// The file the agent fetches and verifies before the install or upgrade script runs.
+    pub installer: Option<InstallerInput>,
 }
 
 pub fn versions(v: &[SoftwareVersionInput]) -> ApiResult<Vec<SoftwareVersion>> {
@@ -417,6 +422,11 @@ pub fn versions(v: &[SoftwareVersionInput]) -> ApiResult<Vec<SoftwareVersion>> {
                 .upgrade_script
                 .as_ref()
                 .map(|s| s.validate(&format!("versions[{i}].upgradeScript")))
+                .transpose()?,
+            installer: x
+                .installer
+                .as_ref()
+                .map(|s| s.validate(&format!("versions[{i}].installer")))
                 .transpose()?,
         });
     }

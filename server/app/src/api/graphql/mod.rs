@@ -9,6 +9,7 @@ mod parameters;
 mod query;
 mod subscription;
 pub mod types;
+pub mod upload;
 pub mod ws;
 
 use crate::auth::{Actor, Principal};

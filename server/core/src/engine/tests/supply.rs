@@ -328,3 +328,46 @@ fn a_failed_prerequisite_skips_what_needs_it() {
     assert_eq!(run.s.status, SessionStatus::Failed);
     assert_eq!(run.action(1).status, ActionStatus::Skipped);
 }
+
+#[test]
+fn a_versions_line_with_a_download_hands_the_agent_its_installer() {
+    let sha = "ab".repeat(32);
+    let line = format!(
+        "{{\"version\":\"5.0\",\"url\":\"https://vendor.example/app-5.0.msi\",\"sha256\":\"{sha}\",\"size\":42}}\n"
+    );
+    let run = detected(
+        vec![sw_item(
+            discovered_app(),
+            DesiredSoftwareState::InstalledLatest,
+            None,
+        )],
+        &[("d0", absent()), ("v0", out(0, &line))],
+    );
+    match run.pending() {
+        (
+            _,
+            _,
+            JobKind::Step {
+                installer, version, ..
+            },
+        ) => {
+            assert_eq!(version.as_deref(), Some("5.0"));
+            let i = installer.expect("the line's download");
+            assert_eq!(
+                (
+                    i.sha256.as_str(),
+                    i.size,
+                    i.url.as_deref(),
+                    i.file_name.as_deref()
+                ),
+                (
+                    sha.as_str(),
+                    Some(42),
+                    Some("https://vendor.example/app-5.0.msi"),
+                    Some("app-5.0.msi")
+                )
+            );
+        }
+        other => panic!("no step pending: {other:?}"),
+    }
+}

@@ -18,6 +18,33 @@ pub struct CatalogueMutation;
 
 #[Object]
 impl CatalogueMutation {
+    /// Stores an installer file sent as a GraphQL multipart request (the file streams to disk
+    /// as it arrives; `POST /api/v1/files` does the same with the raw body). Name it in
+    /// `SoftwareVersionInput.installer` by its `sha256`. Files no software names are removed
+    /// an hour after their upload.
+    async fn upload_installer(
+        &self,
+        ctx: &Context<'_>,
+        file: async_graphql::Upload,
+    ) -> Result<crate::api::graphql::types::InstallerFile> {
+        let c = Ctx::new(ctx)?;
+        crate::api::graphql::upload::may_upload(c.actor)?;
+        let stored = ctx
+            .data_opt::<crate::api::graphql::upload::UploadedFiles>()
+            .and_then(|u| u.0.get(file.0))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "file",
+                    "send the file as a GraphQL multipart request (multipart/form-data)",
+                )
+            })?;
+        Ok(crate::api::graphql::types::InstallerFile {
+            sha256: stored.stored.sha256.clone(),
+            size: stored.stored.size as i64,
+            file_name: Some(stored.file_name.clone()),
+        })
+    }
+
     async fn create_software(
         &self,
         ctx: &Context<'_>,
@@ -33,7 +60,8 @@ impl CatalogueMutation {
             ),
             None => None,
         };
-        let versions = versions(&input.versions)?;
+        let mut versions = versions(&input.versions)?;
+        check_stored(&c.app.files, &mut versions).await?;
         let mut s = Software {
             id: crate::ids::fresh(),
             tenant_id: owner,
@@ -84,7 +112,9 @@ impl CatalogueMutation {
             s.detection_script = d.validate("detectionScript")?;
         }
         if let Some(v) = &input.versions {
-            s.versions = versions(v)?;
+            let mut v = versions(v)?;
+            check_stored(&c.app.files, &mut v).await?;
+            s.versions = v;
         }
         if let Some(u) = &input.uninstall_script {
             s.uninstall_script = Some(u.validate("uninstallScript")?);

@@ -48,6 +48,40 @@ impl View<SoftwareVersion> {
     async fn upgrade_script(&self) -> Option<ScriptView> {
         self.upgrade_script.as_ref().map(Into::into)
     }
+    /// The file the agent fetches and verifies before the install or upgrade script runs.
+    async fn installer(&self) -> Option<InstallerView> {
+        self.installer.as_ref().map(Into::into)
+    }
+}
+
+/// An installer as a version names it: a file uploaded to the server (`url` null) or a
+/// vendor's HTTPS download.
+#[derive(SimpleObject)]
+#[graphql(name = "Installer")]
+pub struct InstallerView {
+    pub sha256: String,
+    pub size: Option<i64>,
+    pub url: Option<String>,
+    pub file_name: Option<String>,
+}
+
+impl From<&Installer> for InstallerView {
+    fn from(i: &Installer) -> Self {
+        InstallerView {
+            sha256: i.sha256.clone(),
+            size: i.size.map(|s| s as i64),
+            url: i.url.clone(),
+            file_name: i.file_name.clone(),
+        }
+    }
+}
+
+/// A file stored by `uploadInstaller`.
+#[derive(SimpleObject)]
+pub struct InstallerFile {
+    pub sha256: String,
+    pub size: i64,
+    pub file_name: Option<String>,
 }
 
 /// A version a versions script printed.
