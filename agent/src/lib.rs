@@ -361,10 +361,7 @@ impl Agent {
             work_dir: self.state.work_dir(),
             job_id: &job.id,
             session_id: &job.session_id,
-            version: match &job.kind {
-                JobKind::Step { version, .. } => version.as_deref(),
-                _ => None,
-            },
+            version: step_version(&job.kind),
             installer_file: installer.as_deref(),
         };
         let outcome = match &job.kind {
@@ -796,6 +793,14 @@ fn prune(state: &StateDir) {
         Ok(0) => {}
         Ok(n) => info!("forgot {n} delivered result(s) older than 7 days"),
         Err(e) => warn!("cannot prune delivered results: {e}"),
+    }
+}
+
+/// The version an install or upgrade step brings (`UPKEEP_VERSION`).
+fn step_version(kind: &JobKind) -> Option<&str> {
+    match kind {
+        JobKind::Step { version, .. } => version.as_deref(),
+        _ => None,
     }
 }
 
