@@ -51,6 +51,8 @@ pub struct ParameterDefinition {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ParameterType,
+    /// Absent in a library file: not required.
+    #[serde(default)]
     pub required: bool,
     #[serde(default)]
     pub default: Option<String>,

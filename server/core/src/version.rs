@@ -102,6 +102,15 @@ fn fields(v: &str) -> impl Iterator<Item = Part<'_>> {
         })
 }
 
+/// Whether `v` can name a version in a catalogue: 1 to 64 characters, with a digit, no
+/// whitespace (`1.10.0`, `2.3.4-beta.1`).
+pub fn valid_text(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.chars().any(|c| c.is_ascii_digit())
+        && !v.chars().any(char::is_whitespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

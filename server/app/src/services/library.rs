@@ -14,7 +14,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use upkeep_core::domain::*;
-use upkeep_core::params::{ParameterDefinition, ParameterType};
+use upkeep_core::params::ParameterDefinition;
 use upkeep_store::records::{TENANT_SOFTWARE, TENANT_TASKS, tenant_key};
 use upkeep_store::{Db, IndexKey, TxError};
 
@@ -96,22 +96,6 @@ pub struct SoftwareEntry {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ParameterEntry {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ParameterType,
-    #[serde(default)]
-    pub required: bool,
-    #[serde(default)]
-    pub default: Option<String>,
-    #[serde(default)]
-    pub options: Vec<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskEntry {
     pub name: String,
     #[serde(default)]
@@ -124,7 +108,7 @@ pub struct TaskEntry {
     #[serde(default)]
     pub get_script: Option<ScriptEntry>,
     #[serde(default)]
-    pub parameters: Vec<ParameterEntry>,
+    pub parameters: Vec<ParameterDefinition>,
 }
 
 /// A library read from a directory: every entry with the file it came from.
@@ -324,11 +308,7 @@ fn versions(file: &Path, s: &SoftwareEntry) -> Result<Vec<SoftwareVersion>, Libr
     let mut out: Vec<SoftwareVersion> = Vec::new();
     for (i, v) in s.versions.iter().enumerate() {
         let ver = v.version.trim();
-        if ver.is_empty()
-            || ver.len() > 64
-            || !ver.chars().any(|c| c.is_ascii_digit())
-            || ver.chars().any(char::is_whitespace)
-        {
+        if !upkeep_core::version::valid_text(ver) {
             return Err(invalid(
                 file,
                 format!("versions[{i}]: '{ver}' is not a version like 1.10.0"),
@@ -431,19 +411,7 @@ fn task_record(
     tenant: Option<Id>,
     created_at: Time,
 ) -> Result<MaintenanceTask, LibraryError> {
-    let parameters: Vec<ParameterDefinition> = t
-        .parameters
-        .iter()
-        .map(|p| ParameterDefinition {
-            name: p.name.clone(),
-            kind: p.kind,
-            required: p.required,
-            default: p.default.clone(),
-            options: p.options.clone(),
-            description: p.description.clone(),
-        })
-        .collect();
-    upkeep_core::params::check_definitions(&parameters)
+    upkeep_core::params::check_definitions(&t.parameters)
         .map_err(|e| invalid(file, format!("parameters: {}", e.0)))?;
     Ok(MaintenanceTask {
         id,
@@ -452,7 +420,7 @@ fn task_record(
         test_script: script(file, "testScript", &t.test_script)?,
         set_script: opt_script(file, "setScript", &t.set_script)?,
         get_script: opt_script(file, "getScript", &t.get_script)?,
-        parameters,
+        parameters: t.parameters.clone(),
         created_at,
     })
 }

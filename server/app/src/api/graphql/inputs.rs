@@ -394,11 +394,7 @@ pub fn versions(v: &[SoftwareVersionInput]) -> ApiResult<Vec<SoftwareVersion>> {
     let mut out: Vec<SoftwareVersion> = Vec::new();
     for (i, x) in v.iter().enumerate() {
         let ver = x.version.trim();
-        if ver.is_empty()
-            || ver.len() > 64
-            || !ver.chars().any(|c| c.is_ascii_digit())
-            || ver.chars().any(char::is_whitespace)
-        {
+        if !upkeep_core::version::valid_text(ver) {
             return Err(ApiError::bad(
                 &format!("versions[{i}].version"),
                 format!("'{ver}' is not a version like 1.10.0"),
