@@ -675,6 +675,7 @@ async fn health_metrics_and_graphiql() -> anyhow::Result<()> {
     let gi = s
         .http
         .get(format!("{}/graphql", s.url))
+        .header("accept", "text/html")
         .send()
         .await?
         .text()

@@ -8,6 +8,7 @@ mod field_mail;
 mod field_offline;
 mod field_output;
 mod foundation;
+mod graphql_http;
 mod hostile;
 mod installers;
 mod integrations;

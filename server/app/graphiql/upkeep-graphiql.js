@@ -1,0 +1,59 @@
+// Starts GraphiQL on /graphql, with subscriptions over /graphql/ws (graphql-transport-ws).
+// The headers pane's headers go with every request and, for subscriptions, in the
+// connection_init payload ({"Authorization": "Bearer <token>"}).
+(function () {
+  'use strict';
+  var here = window.location;
+  var ws = (here.protocol === 'https:' ? 'wss://' : 'ws://') + here.host + '/graphql/ws';
+  var defaultQuery = [
+    '# Welcome to Upkeep\'s GraphQL API.',
+    '#',
+    '# 1. Run "Login" (the play button; pick it from the list) with your e-mail and password.',
+    '# 2. Put the token it answers into the Headers pane below:',
+    '#      { "Authorization": "Bearer <token>" }',
+    '#    (an API key "upk_…" works the same way).',
+    '# 3. Run "Start": who you are, and the first page of your computers.',
+    '#    Follow pageInfo.endCursor with computers(after: …) for the next page.',
+    '#',
+    '# The Docs pane (top left) describes every type and field. Subscriptions such as',
+    '# maintenanceSessionUpdates run here too, over /graphql/ws, with the same header.',
+    '',
+    'mutation Login {',
+    '  login(email: "admin@msp.example", password: "change me please") {',
+    '    token',
+    '  }',
+    '}',
+    '',
+    'query Start {',
+    '  me {',
+    '    email',
+    '    role',
+    '  }',
+    '  computers(first: 10) {',
+    '    edges {',
+    '      node {',
+    '        id',
+    '        name',
+    '        online',
+    '        compliance',
+    '      }',
+    '    }',
+    '    pageInfo {',
+    '      hasNextPage',
+    '      endCursor',
+    '    }',
+    '  }',
+    '}',
+    ''
+  ].join('\n');
+  var fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: ws });
+  ReactDOM.createRoot(document.getElementById('graphiql')).render(
+    React.createElement(GraphiQL, {
+      fetcher: fetcher,
+      defaultQuery: defaultQuery,
+      defaultEditorToolsVisibility: 'headers',
+      shouldPersistHeaders: true,
+      isHeadersEditorEnabled: true
+    })
+  );
+})();
