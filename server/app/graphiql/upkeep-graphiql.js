@@ -46,11 +46,14 @@
     '}',
     ''
   ].join('\n');
+  // A link may carry the query to open (/graphql?query=…), as GraphiQL links often do.
+  var linked = new URLSearchParams(here.search).get('query');
   var fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: ws });
   ReactDOM.createRoot(document.getElementById('graphiql')).render(
     React.createElement(GraphiQL, {
       fetcher: fetcher,
       defaultQuery: defaultQuery,
+      query: linked || undefined,
       defaultEditorToolsVisibility: 'headers',
       shouldPersistHeaders: true,
       isHeadersEditorEnabled: true
