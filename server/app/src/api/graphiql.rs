@@ -112,7 +112,8 @@ pub fn page() -> Response {
 
 async fn asset(Path(name): Path<String>) -> Response {
     let Some(a) = ASSETS.iter().find(|a| a.name == name) else {
-        return crate::api::agent::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such asset");
+        let body = serde_json::json!({"code": "NOT_FOUND", "message": "no such asset"});
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
     };
     let cache = if a.versioned {
         "public, max-age=31536000, immutable"

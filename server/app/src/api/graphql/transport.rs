@@ -398,10 +398,10 @@ fn outcome_json(o: &Outcome) -> Value {
     let mut v = serde_json::to_value(&o.response).unwrap_or_else(|_| {
         serde_json::json!({"errors": [{"message": "the response could not be encoded", "extensions": {"code": "INTERNAL"}}]})
     });
-    if let Some(obj) = v.as_object_mut() {
-        if !o.executed.get() {
-            obj.remove("data");
-        }
+    if let Some(obj) = v.as_object_mut()
+        && !o.executed.get()
+    {
+        obj.remove("data");
     }
     v
 }
@@ -539,7 +539,7 @@ mod tests {
             let r = from_post(&h, bad.as_bytes()).unwrap_err();
             assert_eq!(r.status(MediaType::Json), StatusCode::BAD_REQUEST, "{bad}");
         }
-        let many = format!("[{}]", vec![r#"{"query":"{a}"}"#; MAX_BATCH + 1].join(","));
+        let many = format!("[{}]", [r#"{"query":"{a}"}"#; MAX_BATCH + 1].join(","));
         assert!(from_post(&h, many.as_bytes()).is_err());
         assert!(matches!(
             from_post(&h, br#"[{"query":"{a}"},{"query":"{b}"}]"#),
