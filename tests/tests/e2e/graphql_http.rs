@@ -230,6 +230,20 @@ async fn get_runs_queries_refuses_mutations_and_browsers_get_graphiql() -> anyho
     let page = get(&s, "text/html,application/xhtml+xml,*/*;q=0.8", &[]).await?;
     assert_eq!(page.status(), 200);
     assert!(content_type(&page).starts_with("text/html"));
+    // Caches keep the page and the API's answers apart.
+    for r in [
+        &page,
+        &get(&s, "*/*", &[("query", "{ __typename }")]).await?,
+    ] {
+        let vary = r
+            .headers()
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(vary.to_ascii_lowercase().contains("accept"), "Vary: {vary}");
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::Extension(Arc::new(
             graphql::persisted::PersistedQueries::default(),
         )))
+        .layer(axum::middleware::map_response(graphql::vary_accept))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
         // body stream itself, so without this a request body of any size was buffered.

@@ -478,6 +478,16 @@ pub async fn ws_handler(
         .into_response()
 }
 
+/// `/graphql` answers differ by `Accept` (GraphiQL, or the negotiated media type): caches keep
+/// them apart.
+pub async fn vary_accept(mut resp: Response) -> Response {
+    resp.headers_mut().append(
+        axum::http::header::VARY,
+        axum::http::HeaderValue::from_static("accept"),
+    );
+    resp
+}
+
 /// Rewrites the transport-level refusals of `POST /graphql` (body too large, not a GraphQL
 /// request) that the body-limit layer and async-graphql-axum answer in plain text into the
 /// GraphQL error shape, so that clients always read `errors[0].extensions.code`.
