@@ -6,9 +6,9 @@ use super::enums::{
     Weekday,
 };
 use super::parse_id;
+use crate::api::graphql::scalars::DateTime;
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{ID, InputObject, Json};
-use chrono::{DateTime, Utc};
 use upkeep_core::calendar::cron::CronExpr;
 use upkeep_core::domain::*;
 use upkeep_core::types::{EmailAddress, Stored, Tag, TimeZone};
@@ -318,7 +318,7 @@ pub struct UpdatePersonInput {
 #[derive(InputObject, Default)]
 pub struct CreateEnrollmentKeyInput {
     pub label: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime>,
     pub max_uses: Option<i32>,
     #[graphql(validator(max_items = 100))]
     pub tags: Option<Vec<String>>,
@@ -666,7 +666,7 @@ pub struct StartMaintenanceSessionInput {
     #[graphql(validator(max_items = 10000))]
     pub computer_ids: Vec<ID>,
     pub detection_only: Option<bool>,
-    pub execute_at: Option<DateTime<Utc>>,
+    pub execute_at: Option<DateTime>,
     #[graphql(validator(max_items = 1000))]
     pub deployment_ids: Option<Vec<ID>>,
     pub options: Option<MaintenanceOptionsInput>,
@@ -734,8 +734,8 @@ pub struct MaintenanceSessionFilter {
     #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<SessionStatus>>,
     pub trigger: Option<SessionTrigger>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
+    pub created_after: Option<DateTime>,
+    pub created_before: Option<DateTime>,
 }
 
 #[derive(InputObject, Default)]
@@ -751,7 +751,7 @@ pub struct CreateApiKeyInput {
     pub name: String,
     pub role: UserRole,
     pub tenant_id: Option<ID>,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime>,
 }
 
 #[derive(InputObject)]
@@ -776,7 +776,7 @@ pub struct AuditEventFilter {
     /// The action, e.g. `createDeployment` or `loginFailed`.
     pub action: Option<String>,
     /// At or after this instant.
-    pub since: Option<DateTime<Utc>>,
+    pub since: Option<DateTime>,
     /// Before this instant.
-    pub until: Option<DateTime<Utc>>,
+    pub until: Option<DateTime>,
 }

@@ -5,9 +5,9 @@
 use super::ctx::Ctx;
 use super::enums::{ActionStatus, SessionStatus};
 use super::parse_id;
+use crate::api::graphql::scalars::DateTime;
 use crate::error::ApiError;
 use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription};
-use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -29,8 +29,8 @@ impl EventView {
     async fn sequence(&self) -> i64 {
         self.0.sequence as i64
     }
-    async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+    async fn at(&self) -> DateTime {
+        self.0.at.into()
     }
     /// The session's status when the event happened.
     async fn status(&self) -> SessionStatus {

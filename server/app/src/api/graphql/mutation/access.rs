@@ -93,7 +93,47 @@ impl AccessMutation {
         let token = app.keys.issue_api_token(&user, now)?;
         Ok(LoginResult {
             token,
-            expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS),
+            expires_at: (now + chrono::Duration::hours(auth::API_TOKEN_HOURS)).into(),
+            user: View(user),
+        })
+    }
+
+    /// A fresh token for the still-valid one in `Authorization`, of the same sign-in: the old
+    /// token keeps its own expiry. A sign-in ends 30 days after the password was given (then
+    /// `login` again); a password change or disablement ends it at once. Only for people's
+    /// tokens: API keys do not expire this way.
+    async fn refresh_token(&self, ctx: &Context<'_>) -> Result<LoginResult> {
+        let c = Ctx::own_account(ctx)?;
+        let auth::Principal::User {
+            id, signed_in_at, ..
+        } = c.actor.principal
+        else {
+            return Err(ApiError::Forbidden(
+                "refreshToken is for people's tokens; an API key is used as it is".into(),
+            )
+            .into());
+        };
+        let user = c
+            .app
+            .store
+            .get::<User>(&id)
+            .await?
+            .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?;
+        let now = c.app.clock.now();
+        let token = c.app.keys.refresh_api_token(&user, signed_in_at, now)?;
+        let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        c.app
+            .record_audit(crate::audit::login(
+                Some((user.id, user.tenant_id)),
+                user.email.text(),
+                "refreshToken",
+                ip,
+                now,
+            ))
+            .await;
+        Ok(LoginResult {
+            token,
+            expires_at: (now + chrono::Duration::hours(auth::API_TOKEN_HOURS)).into(),
             user: View(user),
         })
     }

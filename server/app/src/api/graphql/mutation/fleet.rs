@@ -30,7 +30,7 @@ impl FleetMutation {
         c.tenant_for_write(Some(tenant)).await?;
         let input = input.unwrap_or_default();
         let now = c.app.clock.now();
-        if input.expires_at.is_some_and(|e| e <= now) {
+        if input.expires_at.is_some_and(|e| e.0 <= now) {
             return Err(ApiError::bad("input.expiresAt", "must be in the future").into());
         }
         if input.max_uses.is_some_and(|m| m < 1) {
@@ -54,7 +54,7 @@ impl FleetMutation {
                 .map(|l| name("input.label", l))
                 .transpose()?,
             created_at: now,
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(Into::into),
             max_uses: input.max_uses.map(|m| m as u32),
             uses: 0,
             revoked: false,

@@ -52,7 +52,7 @@ impl IntegrationMutation {
             .into());
         }
         let now = c.app.clock.now();
-        if input.expires_at.is_some_and(|e| e <= now) {
+        if input.expires_at.is_some_and(|e| e.0 <= now) {
             return Err(ApiError::bad("expiresAt", "must be in the future").into());
         }
         let secret = auth::new_secret("upk_");
@@ -64,7 +64,7 @@ impl IntegrationMutation {
             secret_hash: auth::secret_hash(&secret),
             created_by: c.actor.user_id(),
             created_at: now,
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(Into::into),
             last_used_at: None,
             revoked: false,
         };

@@ -40,7 +40,7 @@ pub struct Mutation(
 #[derive(SimpleObject)]
 pub struct LoginResult {
     pub token: String,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: crate::api::graphql::scalars::DateTime,
     pub user: View<User>,
 }
 

@@ -5,8 +5,8 @@ use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{
     DeploymentOrder, DesiredSoftwareState, Enforcement, ScriptLanguage, TargetKind, TaskMode,
 };
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use upkeep_core::domain::*;
 
 #[derive(SimpleObject)]
@@ -196,11 +196,11 @@ impl View<Software> {
         &self,
         ctx: &Context<'_>,
         tenant_id: Option<ID>,
-    ) -> Result<Option<DateTime<Utc>>> {
+    ) -> Result<Option<DateTime>> {
         Ok(self
             .versions_cache(ctx, tenant_id)
             .await?
-            .map(|c| c.fetched_at))
+            .map(|c| c.fetched_at.into()))
     }
 }
 
@@ -344,8 +344,8 @@ impl View<Deployment> {
     async fn enabled(&self) -> bool {
         self.enabled
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
 }
 
@@ -393,8 +393,8 @@ impl View<Schedule> {
     async fn detection_only(&self) -> bool {
         self.detection_only
     }
-    async fn last_run_at(&self) -> Option<DateTime<Utc>> {
-        self.last_run_at
+    async fn last_run_at(&self) -> Option<DateTime> {
+        self.last_run_at.map(DateTime)
     }
     /// The next occurrences strictly after `after` (default: now), enabled or not. For a
     /// cross-tenant schedule without its own zone, `tenantId` picks whose zone (default UTC).
@@ -403,9 +403,9 @@ impl View<Schedule> {
         &self,
         ctx: &Context<'_>,
         #[graphql(default = 5)] count: i32,
-        after: Option<DateTime<Utc>>,
+        after: Option<DateTime>,
         tenant_id: Option<ID>,
-    ) -> Result<Vec<DateTime<Utc>>> {
+    ) -> Result<Vec<DateTime>> {
         let c = Ctx::new(ctx)?;
         if !(0..=1000).contains(&count) {
             return Err(crate::error::ApiError::bad("count", "must be between 0 and 1000").into());
@@ -422,10 +422,14 @@ impl View<Schedule> {
             .cron
             .get()
             .map_err(|e| crate::error::ApiError::internal(e))?;
-        Ok(cron.upcoming(
-            tz,
-            after.unwrap_or_else(|| c.app.clock.now()),
-            count as usize,
-        ))
+        Ok(cron
+            .upcoming(
+                tz,
+                after.map_or_else(|| c.app.clock.now(), Into::into),
+                count as usize,
+            )
+            .into_iter()
+            .map(DateTime)
+            .collect())
     }
 }

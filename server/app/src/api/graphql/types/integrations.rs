@@ -3,8 +3,8 @@
 use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{ActorKind, DeliveryStatus, UserRole, WebhookEvent};
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{Context, ID, Object, Result};
-use chrono::{DateTime, Utc};
 use upkeep_core::domain::*;
 
 #[Object(name = "ApiKey")]
@@ -21,19 +21,20 @@ impl View<ApiKey> {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
         opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.expires_at
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.expires_at.map(DateTime)
     }
     /// Kept in memory and written at most once a minute.
-    async fn last_used_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+    async fn last_used_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime>> {
         Ok(Ctx::new(ctx)?
             .app
             .accounts
             .api_key_last_used(self)
-            .or(self.last_used_at))
+            .or(self.last_used_at)
+            .map(DateTime))
     }
     async fn revoked(&self) -> bool {
         self.revoked
@@ -64,8 +65,8 @@ impl View<upkeep_core::webhook::Webhook> {
     async fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
 }
 
@@ -83,11 +84,11 @@ impl View<upkeep_core::webhook::Delivery> {
     async fn attempts(&self) -> u32 {
         self.attempts
     }
-    async fn last_attempt_at(&self) -> Option<DateTime<Utc>> {
-        self.last_attempt_at
+    async fn last_attempt_at(&self) -> Option<DateTime> {
+        self.last_attempt_at.map(DateTime)
     }
-    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
-        self.is_pending().then_some(self.next_attempt_at)
+    async fn next_attempt_at(&self) -> Option<DateTime> {
+        self.is_pending().then_some(self.next_attempt_at.into())
     }
     async fn response_status(&self) -> Option<i32> {
         self.response_status.map(i32::from)
@@ -95,8 +96,8 @@ impl View<upkeep_core::webhook::Delivery> {
     async fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
 }
 
@@ -105,8 +106,8 @@ impl View<upkeep_core::audit::AuditEvent> {
     async fn id(&self) -> ID {
         id(self.id)
     }
-    async fn at(&self) -> DateTime<Utc> {
-        self.at
+    async fn at(&self) -> DateTime {
+        self.at.into()
     }
     /// The mutation's name (`createDeployment`, `revokeApiKey`, …) or `enrollComputer`,
     /// `reenrollComputer`, `login`, `loginFailed`.
@@ -139,5 +140,71 @@ impl View<upkeep_core::audit::AuditEvent> {
     /// A short diff or description; secrets never appear in it.
     async fn summary(&self) -> &str {
         &self.summary
+    }
+}
+
+/// What kind of credential a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum ViewerKind {
+    /// A person's token from `login` or `refreshToken`.
+    User,
+    /// An API key (`upk_…`).
+    ApiKey,
+}
+
+/// Who the request's credential is (`Query.viewer`): the person or the API key, with the role
+/// and tenant it acts with. For an API key, the role and tenant are the key's own, not those
+/// of the person who made it.
+pub struct Viewer {
+    kind: ViewerKind,
+    role: upkeep_core::domain::UserRole,
+    tenant_id: Option<Id>,
+    principal: Id,
+}
+
+impl Viewer {
+    pub fn of(actor: &crate::auth::Actor) -> Viewer {
+        let (kind, principal) = match actor.principal {
+            crate::auth::Principal::User { id, .. } => (ViewerKind::User, id),
+            crate::auth::Principal::ApiKey { id, .. } => (ViewerKind::ApiKey, id),
+        };
+        Viewer {
+            kind,
+            role: actor.role,
+            tenant_id: actor.tenant_id,
+            principal,
+        }
+    }
+}
+
+#[Object]
+impl Viewer {
+    /// A person's token or an API key.
+    async fn kind(&self) -> ViewerKind {
+        self.kind
+    }
+    /// The role the credential acts with.
+    async fn role(&self) -> UserRole {
+        self.role.into()
+    }
+    /// The tenant the credential is limited to; `null` for MSP-wide credentials.
+    async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
+        opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
+    }
+    /// The person, when the credential is a person's token.
+    async fn user(&self, ctx: &Context<'_>) -> Result<Option<View<User>>> {
+        if self.kind != ViewerKind::User {
+            return Ok(None);
+        }
+        let c = Ctx::own_account(ctx)?;
+        Ok(c.app.store.get::<User>(&self.principal).await?.map(View))
+    }
+    /// The API key, when the credential is one.
+    async fn api_key(&self, ctx: &Context<'_>) -> Result<Option<View<ApiKey>>> {
+        if self.kind != ViewerKind::ApiKey {
+            return Ok(None);
+        }
+        let c = Ctx::own_account(ctx)?;
+        Ok(c.app.store.get::<ApiKey>(&self.principal).await?.map(View))
     }
 }

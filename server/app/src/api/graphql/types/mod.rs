@@ -8,6 +8,7 @@ mod people;
 mod sessions;
 
 pub use catalogue::*;
+pub use integrations::{Viewer, ViewerKind};
 pub use inventory::*;
 pub use people::*;
 pub use sessions::*;

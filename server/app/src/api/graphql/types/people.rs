@@ -3,8 +3,8 @@
 use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{Compliance, OnboardingStatus, UserRole, Weekday};
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use upkeep_core::domain::*;
 use upkeep_core::resolve;
 use upkeep_core::session::*;
@@ -51,8 +51,8 @@ impl View<Tenant> {
             .map(ScriptView::from)
             .collect()
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
 }
 
@@ -89,8 +89,8 @@ impl View<User> {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
         opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
     /// A disabled user cannot log in; their tokens and API keys do not work.
     async fn disabled(&self) -> bool {
@@ -152,12 +152,17 @@ impl View<Computer> {
         Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
     }
     /// When the agent last polled (kept in memory, written back every 30 s).
-    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime>> {
         let app = &Ctx::new(ctx)?.app;
         if let Some(t) = app.agents.last_seen(self.id) {
-            return Ok(Some(t));
+            return Ok(Some(t.into()));
         }
-        Ok(app.store.last_seen(&self.id).await?.or(self.last_seen_at))
+        Ok(app
+            .store
+            .last_seen(&self.id)
+            .await?
+            .or(self.last_seen_at)
+            .map(DateTime))
     }
     async fn os(&self) -> &str {
         &self.os
@@ -168,8 +173,8 @@ impl View<Computer> {
     async fn logged_on_user(&self) -> Option<&str> {
         self.logged_on_user.as_deref()
     }
-    async fn enrolled_at(&self) -> DateTime<Utc> {
-        self.enrolled_at
+    async fn enrolled_at(&self) -> DateTime {
+        self.enrolled_at.into()
     }
     /// From the last finished session; null before any.
     async fn compliance(&self) -> Option<Compliance> {

@@ -5,8 +5,8 @@ use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{
     ActionKind, ActionStatus, Compliance, SessionStatus, SessionTrigger,
 };
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{ComplexObject, Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
@@ -32,11 +32,11 @@ impl EnrollmentKeyView {
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.key.tenant_id).await.map(View)
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.key.created_at
+    async fn created_at(&self) -> DateTime {
+        self.key.created_at.into()
     }
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.key.expires_at
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.key.expires_at.map(DateTime)
     }
     async fn max_uses(&self) -> Option<u32> {
         self.key.max_uses
@@ -100,20 +100,20 @@ impl View<Session> {
     async fn created_by(&self) -> &str {
         &self.created_by
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
-    async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.started_at
+    async fn started_at(&self) -> Option<DateTime> {
+        self.started_at.map(DateTime)
     }
-    async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.finished_at
+    async fn finished_at(&self) -> Option<DateTime> {
+        self.finished_at.map(DateTime)
     }
-    async fn execute_at(&self) -> Option<DateTime<Utc>> {
-        self.execute_at
+    async fn execute_at(&self) -> Option<DateTime> {
+        self.execute_at.map(DateTime)
     }
-    async fn window_end(&self) -> Option<DateTime<Utc>> {
-        self.window_end
+    async fn window_end(&self) -> Option<DateTime> {
+        self.window_end.map(DateTime)
     }
     async fn postpone_count(&self) -> u32 {
         self.postpone_count
@@ -121,8 +121,8 @@ impl View<Session> {
     async fn reboot_required(&self) -> bool {
         self.reboot_required
     }
-    async fn rebooted_at(&self) -> Option<DateTime<Utc>> {
-        self.rebooted_at
+    async fn rebooted_at(&self) -> Option<DateTime> {
+        self.rebooted_at.map(DateTime)
     }
     async fn actions(&self) -> Vec<ActionView> {
         let items = std::sync::Arc::new(self.items.clone());
@@ -156,7 +156,7 @@ impl View<Session> {
             .filter_map(|e| {
                 e.log_line.clone().map(|l| LogLine {
                     sequence: e.sequence as i64,
-                    at: e.at,
+                    at: e.at.into(),
                     message: l,
                 })
             })
@@ -172,7 +172,7 @@ impl View<Session> {
 #[derive(SimpleObject)]
 pub struct LogLine {
     pub sequence: i64,
-    pub at: DateTime<Utc>,
+    pub at: DateTime,
     pub message: String,
 }
 
@@ -274,11 +274,11 @@ impl ActionView {
     async fn reboot_required(&self) -> bool {
         self.action.reboot_required
     }
-    async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.action.started_at
+    async fn started_at(&self) -> Option<DateTime> {
+        self.action.started_at.map(DateTime)
     }
-    async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.action.finished_at
+    async fn finished_at(&self) -> Option<DateTime> {
+        self.action.finished_at.map(DateTime)
     }
     /// What the action's last install, upgrade, uninstall or set script said (not the
     /// detection that verified it); `null` until one ran. Parameter values of 6 or more
