@@ -59,16 +59,23 @@ async fn list_tenant_kind<T: Owned>(
     Ok(out.into_iter().filter(|r| c.visible(r)).collect())
 }
 
+/// A maintenance mail as it would be sent.
 #[derive(SimpleObject)]
 pub struct EmailPreview {
+    /// The subject line.
     pub subject: String,
+    /// The HTML body.
     pub html: String,
+    /// The plain-text body.
     pub text: String,
 }
 
+/// How many sessions are in one status.
 #[derive(SimpleObject)]
 pub struct StatusCount {
+    /// The status.
     pub status: SessionStatus,
+    /// How many.
     pub count: i64,
 }
 

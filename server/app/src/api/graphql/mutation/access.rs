@@ -27,9 +27,11 @@ impl AccessMutation {
     async fn login(
         &self,
         ctx: &Context<'_>,
-        email: String,
-        password: String,
-        totp_code: Option<String>,
+        #[graphql(desc = "The user's e-mail address.")] email: String,
+        #[graphql(desc = "The user's password.")] password: String,
+        #[graphql(desc = "The current six-digit code, for users with TOTP on.")] totp_code: Option<
+            String,
+        >,
     ) -> Result<LoginResult> {
         let app = ctx.data::<std::sync::Arc<crate::services::App>>()?;
         // Refused before any work: no argon2 run, no store read, no throttle entry.
@@ -138,7 +140,13 @@ impl AccessMutation {
         })
     }
 
-    async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<View<User>> {
+    /// Adds a user (MSP_ADMIN, or TENANT_ADMIN within their tenant); roles above the creator's own
+    /// are refused.
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "What to create.")] input: CreateUserInput,
+    ) -> Result<View<User>> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         role_tenant(input.role.into(), tenant)?;
@@ -168,10 +176,11 @@ impl AccessMutation {
             .map_err(Into::into)
     }
 
+    /// Adds a tenant (MSP_ADMIN).
     async fn create_tenant(
         &self,
         ctx: &Context<'_>,
-        input: CreateTenantInput,
+        #[graphql(desc = "What to create.")] input: CreateTenantInput,
     ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::CreateTenants)?;
@@ -180,10 +189,12 @@ impl AccessMutation {
         Ok(View(t))
     }
 
+    /// Changes a tenant's name, branding and settings.
     async fn update_tenant(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The tenant's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateTenantInput,
     ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
@@ -194,10 +205,11 @@ impl AccessMutation {
         Ok(View(t))
     }
 
+    /// Adds a person to a tenant.
     async fn create_person(
         &self,
         ctx: &Context<'_>,
-        input: CreatePersonInput,
+        #[graphql(desc = "What to create.")] input: CreatePersonInput,
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &input.tenant_id)?;
@@ -219,10 +231,12 @@ impl AccessMutation {
         Ok(View(p))
     }
 
+    /// Changes a person.
     async fn update_person(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The person's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdatePersonInput,
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;

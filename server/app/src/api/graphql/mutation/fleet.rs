@@ -22,8 +22,8 @@ impl FleetMutation {
     async fn create_enrollment_key(
         &self,
         ctx: &Context<'_>,
-        tenant_id: ID,
-        input: Option<CreateEnrollmentKeyInput>,
+        #[graphql(desc = "The tenant computers enroll into.")] tenant_id: ID,
+        #[graphql(desc = "The key's options.")] input: Option<CreateEnrollmentKeyInput>,
     ) -> Result<EnrollmentKeyView> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &tenant_id)?;
@@ -82,7 +82,12 @@ impl FleetMutation {
         })
     }
 
-    async fn revoke_enrollment_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Stops an enrollment key from enrolling more computers (enrolled ones stay).
+    async fn revoke_enrollment_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The enrollment key's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let mut k: EnrollmentKey = c.load_for_write(parse_id("id", &id)?).await?;
         k.revoked = true;
@@ -90,10 +95,12 @@ impl FleetMutation {
         Ok(true)
     }
 
+    /// Renames, tags or excludes a computer, or gives it a primary person.
     async fn update_computer(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The computer's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateComputerInput,
     ) -> Result<View<Computer>> {
         let c = Ctx::new(ctx)?;
@@ -142,7 +149,11 @@ impl FleetMutation {
     }
 
     /// Revokes a computer's agent token: its agent is refused until it enrolls again.
-    async fn revoke_computer_agent(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn revoke_computer_agent(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The computer's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let comp: Computer = c.load_for_write(parse_id("id", &id)?).await?;
         c.app.revoke_agent(comp.id).await?;

@@ -25,7 +25,7 @@ impl SessionMutation {
     async fn start_maintenance_session(
         &self,
         ctx: &Context<'_>,
-        input: StartMaintenanceSessionInput,
+        #[graphql(desc = "What to create.")] input: StartMaintenanceSessionInput,
     ) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -106,7 +106,12 @@ impl SessionMutation {
             .collect())
     }
 
-    async fn cancel_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    /// Cancels an unfinished session: nothing more runs; actions done stay done.
+    async fn cancel_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The session's id.")] id: ID,
+    ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
@@ -117,7 +122,7 @@ impl SessionMutation {
     async fn cancel_maintenance_sessions(
         &self,
         ctx: &Context<'_>,
-        filter: CancelSessionsFilter,
+        #[graphql(desc = "Which unfinished sessions to cancel.")] filter: CancelSessionsFilter,
     ) -> Result<i32> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -154,7 +159,11 @@ impl SessionMutation {
     }
 
     /// Starts a new session like a finished one (same computer, options and deployments).
-    async fn rerun_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    async fn rerun_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The session's id.")] id: ID,
+    ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
         let s: Session = c.load(parse_id("id", &id)?).await?;
@@ -184,8 +193,8 @@ impl SessionMutation {
     async fn postpone_maintenance_session(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        hours: Option<i32>,
+        #[graphql(desc = "The session's id.")] id: ID,
+        #[graphql(desc = "How many hours to wait (1–720).")] hours: Option<i32>,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -212,7 +221,12 @@ impl SessionMutation {
     }
 
     /// Sends a branded test mail to `to` through the outbox.
-    async fn send_test_email(&self, ctx: &Context<'_>, tenant_id: ID, to: String) -> Result<bool> {
+    async fn send_test_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tenant whose branding and sender the mail uses.")] tenant_id: ID,
+        #[graphql(desc = "Where to send it.")] to: String,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?).await?;
         c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;

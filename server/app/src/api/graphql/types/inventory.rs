@@ -14,17 +14,27 @@ use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
 #[derive(SimpleObject)]
 #[graphql(name = "Inventory")]
 pub struct InventoryView {
+    /// The operating system's name.
     pub os_name: Option<String>,
+    /// Its version.
     pub os_version: Option<String>,
+    /// Its build, where there is one (Windows).
     pub os_build: Option<String>,
+    /// The CPU architecture (e.g. `x86_64`).
     pub architecture: Option<String>,
+    /// The computer's manufacturer.
     pub manufacturer: Option<String>,
+    /// The computer's model.
     pub model: Option<String>,
+    /// The serial number.
     pub serial_number: Option<String>,
     /// DNS or Windows domain, or the workgroup.
     pub domain: Option<String>,
+    /// Its IP addresses.
     pub ip_addresses: Vec<String>,
+    /// When it last started.
     pub last_boot_at: Option<DateTime>,
+    /// Users signed in when it reported.
     pub logged_on_users: Vec<String>,
     /// Free bytes on the system disk (a Float: GraphQL's Int has 32 bits); agents round it
     /// down to 256 MiB.
@@ -60,8 +70,11 @@ impl From<InventoryRecord> for InventoryView {
 #[derive(SimpleObject)]
 #[graphql(name = "InstalledSoftware")]
 pub struct InstalledSoftwareView {
+    /// Its name.
     pub name: String,
+    /// Its version, if known.
     pub version: Option<String>,
+    /// Its publisher, if known.
     pub publisher: Option<String>,
 }
 
