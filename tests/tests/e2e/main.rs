@@ -16,6 +16,7 @@ mod inventory;
 mod library;
 mod mail;
 mod ops;
+mod readme;
 mod reboots;
 mod schedules;
 mod security;

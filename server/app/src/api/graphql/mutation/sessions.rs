@@ -39,26 +39,8 @@ impl SessionMutation {
         let _idem_guard = match &idem {
             Some((key, hash)) => {
                 let g = c.app.runtime.create_lock_for_idempotency().await;
-                if let Some(prev) = c
-                    .app
-                    .store
-                    .get_by_key::<IdempotencyRecord>(key.as_bytes())
-                    .await?
-                    && c.app.clock.now() - prev.created_at < chrono::Duration::hours(24)
-                {
-                    if prev.request_hash.as_ref().is_some_and(|h| h != hash) {
-                        return Err(ApiError::Conflict(
-                            "idempotency key reused with a different request".into(),
-                        )
-                        .into());
-                    }
-                    let mut out = Vec::new();
-                    for id in prev.session_ids {
-                        if let Some(s) = c.find::<Session>(id).await? {
-                            out.push(s);
-                        }
-                    }
-                    return Ok(out.into_iter().map(View).collect());
+                if let Some(earlier) = earlier_answer(&c, key, hash).await? {
+                    return Ok(earlier);
                 }
                 Some(g)
             }
@@ -351,4 +333,30 @@ fn idempotency(
     let request = serde_json::to_string(&request).map_err(ApiError::internal)?;
     let hash = hex::encode(sha2::Sha256::digest(request.as_bytes()));
     Ok(Some((format!("{scope}\u{0}{k}"), hash)))
+}
+
+/// The answer of an earlier start with this scoped key within 24 hours (its sessions as they
+/// are now), or `CONFLICT` when that start had another request.
+async fn earlier_answer(c: &Ctx<'_>, key: &str, hash: &str) -> Result<Option<Vec<View<Session>>>> {
+    let Some(prev) = c
+        .app
+        .store
+        .get_by_key::<IdempotencyRecord>(key.as_bytes())
+        .await?
+        .filter(|p| c.app.clock.now() - p.created_at < chrono::Duration::hours(24))
+    else {
+        return Ok(None);
+    };
+    if prev.request_hash.as_deref().is_some_and(|h| h != hash) {
+        return Err(
+            ApiError::Conflict("idempotency key reused with a different request".into()).into(),
+        );
+    }
+    let mut out = Vec::new();
+    for id in prev.session_ids {
+        if let Some(s) = c.find::<Session>(id).await? {
+            out.push(View(s));
+        }
+    }
+    Ok(Some(out))
 }
