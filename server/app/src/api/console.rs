@@ -84,7 +84,10 @@ mod tests {
         assert_eq!(script.len(), 1, "one inline script");
         assert!(script[0].contains("function markFindings"));
         let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script[0]));
-        assert!(csp.contains(&format!("script-src 'sha256-{digest}';")), "{csp}");
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{digest}';")),
+            "{csp}"
+        );
         assert_eq!(blocks(INDEX, "style").len(), 1, "one inline style");
     }
 
