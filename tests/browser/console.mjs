@@ -21,7 +21,7 @@
 //   - the computer's page (its link in the session): inventory as the API reports it, the
 //     deployments that apply with the API's rule, its sessions;
 //   - "Run now" on the AD_HOC software starts a session limited to it; its action's script
-//     output shows, the secret masked;
+//     output shows, the secret masked; the sessions list filtered by status (failed, passed);
 //   - schedules: the schedule with its next run (the API's instant) in New York time;
 //   - the overview: the tenant's counts equal those computed from the API;
 //   - a narrow window (390 px) scrolls nothing sideways; every form control has a label.
@@ -309,6 +309,21 @@ try {
   assert(stdout.includes("licence ••••••") && !stdout.includes(OUTPUT_SECRET), `the action's output is not shown masked: ${JSON.stringify(stdout)}`);
   step(`"Run now" ran only Output check (session ${outId}); its script output shows, the secret masked`);
   await shot("console-action-output.png");
+
+  // The sessions list's "Show" choice: the query's status filter, kept in the link.
+  const showOnly = (group, ours) => until(`sessions shown for "${group}"`, ([g, mine, ours]) => {
+    const rows = [...document.querySelectorAll('[data-testid="session-row"]')];
+    const ids = rows.map((r) => r.dataset.sessionId);
+    const statuses = rows.map((r) => r.querySelector("[data-status]").dataset.status);
+    return location.hash.includes(`status=${g}`) && statuses.every((x) => x === g.toUpperCase()) &&
+      (ours ? mine.every((i) => ids.includes(i)) : !mine.some((i) => ids.includes(i)));
+  }, [group, [detectId, outId], ours]);
+  await page.locator(tid("filter-session-status")).selectOption("failed");
+  await showOnly("failed", false);
+  await page.locator(tid("filter-session-status")).selectOption("passed");
+  await showOnly("passed", true);
+  await page.locator(tid("filter-session-status")).selectOption("");
+  step("the sessions list shows only failed, then only passed sessions, and says so in the link");
 
   // Schedules: the next run, in New York time.
   await page.locator(tid("nav-schedules")).click();
