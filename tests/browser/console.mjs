@@ -25,6 +25,8 @@
 //   - schedules: the schedule with its next run (the API's instant) in New York time;
 //   - the overview: the tenant's counts equal those computed from the API;
 //   - a narrow window (390 px) scrolls nothing sideways; every form control has a label.
+//   - a tenant viewer (made here) reads the computer's page and the list without start or run
+//     buttons.
 // Exits non-zero on any failure, on an uncaught page error and on a console error (a CSP
 // violation shows up there), and on a request to another origin.
 //
@@ -119,11 +121,13 @@ page.on("request", (r) => {
   const u = new URL(r.url());
   if (!["data:", "about:"].includes(u.protocol) && u.host !== consoleUrl.host) pageProblems.push(`request to another origin: ${r.url()}`);
 });
-if (consoleHtml) {
+// CONSOLE_HTML: serves that file at /console to page p.
+async function useConsoleHtml(p) {
+  if (!consoleHtml) return;
   // The CSP names the built-in page's blocks by hash: put this file's hashes in instead.
   const hashes = (tag) => [...consoleHtml.matchAll(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`, "g"))]
     .map((m) => `'sha256-${createHash("sha256").update(m[1]).digest("base64")}'`).join(" ");
-  await page.route((u) => u.pathname === consoleUrl.pathname, async (route) => {
+  await p.route((u) => u.pathname === consoleUrl.pathname, async (route) => {
     const response = await route.fetch();
     const headers = { ...response.headers() };
     headers["content-security-policy"] = headers["content-security-policy"]
@@ -131,6 +135,7 @@ if (consoleHtml) {
     await route.fulfill({ response, headers, body: consoleHtml });
   });
 }
+await useConsoleHtml(page);
 
 async function shot(name) {
   const file = path.join(shotDir, name);
@@ -390,6 +395,29 @@ try {
     await shot(`console-narrow-${name}.png`);
   }
   step("a 390px window scrolls nothing sideways; every control is labelled");
+
+  // A tenant viewer reads the same pages but gets no buttons that start anything.
+  const viewerEmail = "viewer@contoso-dental.example", viewerPassword = "viewer password long enough 42";
+  await api(token, "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
+    { i: { email: viewerEmail, password: viewerPassword, role: "TENANT_VIEWER", tenantId: computer.tenant.id } });
+  const vctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, timezoneId: ZONE, locale: "en-US" });
+  const viewer = await vctx.newPage();
+  viewer.on("pageerror", (e) => pageProblems.push(`viewer page error: ${e.message}`));
+  viewer.on("console", (m) => { if (m.type() === "error") pageProblems.push(`viewer console error: ${m.text()}`); });
+  await useConsoleHtml(viewer);
+  await viewer.goto(`${consoleUrl.href}#/computers/${computer.id}`);
+  await viewer.locator(tid("email")).fill(viewerEmail);
+  await viewer.locator(tid("password")).fill(viewerPassword);
+  await viewer.locator(tid("login")).click();
+  await viewer.locator(tid("computer-name")).waitFor({ state: "visible", timeout: 15000 });
+  await viewer.locator(tid("resolution-row")).first().waitFor({ timeout: 15000 });
+  assert(!(await viewer.locator(tid("computer-start")).isVisible()), "a viewer sees Start session");
+  assert((await viewer.locator(tid("run-deployment")).count()) === 0, "a viewer sees Run now");
+  await viewer.evaluate(() => { location.hash = "#/computers"; });
+  await viewer.locator(`${tid("computer")}[data-computer-id="${computer.id}"]`).waitFor({ timeout: 15000 });
+  assert(!(await viewer.locator(tid("start-session")).isVisible()), "a viewer sees the start bar");
+  step("a tenant viewer reads the computer's page and the list, without start or run buttons");
+  await vctx.close();
 
   const banner = await bannerText();
   if (banner) throw new Error(`the console shows an error: ${banner}`);
