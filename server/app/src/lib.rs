@@ -16,6 +16,7 @@ pub mod net;
 pub mod permissions;
 pub mod secrets;
 pub mod services;
+pub mod time;
 pub mod totp;
 
 /// Sets up logging once (text or JSON lines), honouring `RUST_LOG`.

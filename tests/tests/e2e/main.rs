@@ -12,6 +12,7 @@ mod foundation;
 mod hostile;
 mod installers;
 mod integrations;
+mod integrators;
 mod inventory;
 mod library;
 mod mail;

@@ -7,6 +7,7 @@ mod inputs;
 mod mutation;
 mod parameters;
 mod query;
+pub mod scalars;
 mod subscription;
 pub mod types;
 pub mod upload;
@@ -50,7 +51,7 @@ pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
 
 /// The SDL portals build against (what `schema/schema.graphql` holds).
 pub fn sdl() -> String {
-    schema(None).sdl()
+    schema(None).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
@@ -277,6 +278,7 @@ pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor
         principal: Principal::User {
             id: user.id,
             email: user.email.text().to_string(),
+            signed_in_at: claims.signed_in_at(),
         },
         role: user.role,
         tenant_id: user.tenant_id,
@@ -296,6 +298,9 @@ pub async fn graphql_handler(
     match authenticate(&app, auth).await {
         Ok(Some(actor)) => req = req.data(actor),
         Ok(None) => {}
+        // A stale or bad credential does not stop operations that need none (`login`): the
+        // operations that need one answer why it was refused.
+        Err(ApiError::Unauthenticated(why)) => req = req.data(RefusedCredential(why)),
         Err(e) => {
             let err: async_graphql::Error = e.into();
             let mut resp = async_graphql::Response::from_errors(vec![
@@ -314,6 +319,10 @@ pub(crate) fn shared_schema() -> &'static UpkeepSchema {
     static SCHEMA: std::sync::OnceLock<UpkeepSchema> = std::sync::OnceLock::new();
     SCHEMA.get_or_init(|| schema(None))
 }
+
+/// Why the request's credential was refused (an expired token, a revoked key): what an
+/// operation that needs a signed-in caller answers.
+pub struct RefusedCredential(pub String);
 
 /// The caller's address, for login throttling.
 #[derive(Clone, Copy)]

@@ -18,10 +18,11 @@ pub struct ScheduleMutation;
 
 #[Object]
 impl ScheduleMutation {
+    /// Adds a schedule.
     async fn create_schedule(
         &self,
         ctx: &Context<'_>,
-        input: CreateScheduleInput,
+        #[graphql(desc = "What to create.")] input: CreateScheduleInput,
     ) -> Result<View<Schedule>> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
@@ -72,10 +73,12 @@ impl ScheduleMutation {
         Ok(View(s))
     }
 
+    /// Changes a schedule.
     async fn update_schedule(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateScheduleInput,
     ) -> Result<View<Schedule>> {
         let c = Ctx::new(ctx)?;
@@ -130,7 +133,12 @@ impl ScheduleMutation {
         Ok(View(s))
     }
 
-    async fn delete_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Removes a schedule; its running sessions go on.
+    async fn delete_schedule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageSchedules, s.tenant_id)?;
@@ -143,7 +151,11 @@ impl ScheduleMutation {
     }
 
     /// Starts the schedule's sessions now, whether or not it is enabled (trigger `SCHEDULE`).
-    async fn run_schedule_now(&self, ctx: &Context<'_>, id: ID) -> Result<Vec<View<Session>>> {
+    async fn run_schedule_now(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+    ) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
