@@ -419,6 +419,22 @@ try {
   step("a tenant viewer reads the computer's page and the list, without start or run buttons");
   await vctx.close();
 
+  // An API key signs in as itself: its name and the role it acts with.
+  const key = (await api(token, "mutation($t: ID) { createApiKey(input: {name: \"front desk wall screen\", role: TENANT_VIEWER, tenantId: $t}) { secret } }",
+    { t: computer.tenant.id })).createApiKey.secret;
+  const kctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, timezoneId: ZONE, locale: "en-US" });
+  const kpage = await kctx.newPage();
+  kpage.on("pageerror", (e) => pageProblems.push(`API key page error: ${e.message}`));
+  await useConsoleHtml(kpage);
+  await kpage.goto(`${consoleUrl.href}#/overview`);
+  await kpage.locator(tid("api-key")).fill(key);
+  await kpage.locator(tid("use-api-key")).click();
+  await kpage.locator(`${tid("tenant-row")}[data-tenant-id="${computer.tenant.id}"]`).waitFor({ timeout: 15000 });
+  const who = (await kpage.locator(tid("current-user")).innerText()).replace(/\s+/g, " ");
+  assert(who.includes("front desk wall screen") && who.includes("TENANT_VIEWER"), `the top bar says "${who}" for the API key`);
+  step(`an API key signs in as "${who}" and sees its tenant's overview`);
+  await kctx.close();
+
   const banner = await bannerText();
   if (banner) throw new Error(`the console shows an error: ${banner}`);
   if (pageProblems.length) throw new Error(pageProblems.join("\n"));

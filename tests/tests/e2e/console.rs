@@ -138,7 +138,10 @@ async fn the_console_is_served_with_a_policy_that_names_its_own_script() -> anyh
         .to_string();
     let html = r.text().await?;
     assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
-    assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     let script = html
         .split_once("<script>")
         .and_then(|(_, rest)| rest.split_once("</script>"))
@@ -147,6 +150,9 @@ async fn the_console_is_served_with_a_policy_that_names_its_own_script() -> anyh
     use base64::Engine;
     use sha2::Digest;
     let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
-    assert!(csp.contains(&format!("script-src 'sha256-{digest}'")), "{csp}");
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{digest}'")),
+        "{csp}"
+    );
     Ok(())
 }
