@@ -26,7 +26,8 @@
 //   - the overview: the tenant's counts equal those computed from the API;
 //   - a narrow window (390 px) scrolls nothing sideways; every form control has a label.
 //   - a tenant viewer (made here) reads the computer's page and the list without start or run
-//     buttons.
+//     buttons; an API key signs in by its name and role;
+//   - the token is renewed (refreshToken) before it expires (the page's clock jumps ahead).
 // Exits non-zero on any failure, on an uncaught page error and on a console error (a CSP
 // violation shows up there), and on a request to another origin.
 //
@@ -434,6 +435,31 @@ try {
   assert(who.includes("front desk wall screen") && who.includes("TENANT_VIEWER"), `the top bar says "${who}" for the API key`);
   step(`an API key signs in as "${who}" and sees its tenant's overview`);
   await kctx.close();
+
+  // An open console renews a person's token before it expires: its clock jumps to 10 minutes
+  // before the token's expiry; the tab then holds a new token that the server accepts.
+  const cctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, timezoneId: ZONE, locale: "en-US" });
+  await cctx.clock.install();
+  const cpage = await cctx.newPage();
+  cpage.on("pageerror", (e) => pageProblems.push(`refresh page error: ${e.message}`));
+  await useConsoleHtml(cpage);
+  await cpage.goto(`${consoleUrl.href}#/overview`);
+  await cpage.locator(tid("email")).fill(email);
+  await cpage.locator(tid("password")).fill(password);
+  await cpage.locator(tid("login")).click();
+  await cpage.locator(`${tid("tenant-row")}[data-tenant-id="${computer.tenant.id}"]`).waitFor({ timeout: 15000 });
+  const stored = () => cpage.evaluate(() => sessionStorage.getItem("upkeep.console.token"));
+  const old = await stored();
+  const expOf = (t) => JSON.parse(Buffer.from(t.split(".")[1], "base64url").toString()).exp * 1000;
+  await new Promise((r) => setTimeout(r, 1100)); // a new token differs from one of the same second
+  await cctx.clock.fastForward(Math.round(expOf(old) - Date.now() - 10 * 60000));
+  let renewed = old;
+  for (let i = 0; i < 75 && renewed === old; i++) { await new Promise((r) => setTimeout(r, 200)); renewed = await stored(); }
+  assert(renewed && renewed !== old && expOf(renewed) > expOf(old), "the console did not renew its token before expiry");
+  const asViewer = (await api(renewed, "{ viewer { kind user { email } } }")).viewer;
+  assert(asViewer.user?.email === email, `the renewed token is not the admin's: ${JSON.stringify(asViewer)}`);
+  step("the console renews its token before it expires (refreshToken)");
+  await cctx.close();
 
   const banner = await bannerText();
   if (banner) throw new Error(`the console shows an error: ${banner}`);

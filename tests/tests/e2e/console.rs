@@ -85,7 +85,7 @@ async fn every_console_operation_is_valid_against_the_schema() -> anyhow::Result
                 subscriptions.push((name.clone(), doc.clone()));
                 continue;
             }
-            "ME" | "SESSIONS" | "TENANTS" | "SCHEDULES" => (doc.clone(), json!({})),
+            "ME" | "SESSIONS" | "TENANTS" | "SCHEDULES" | "REFRESH" => (doc.clone(), json!({})),
             _ => (doc.clone(), json!({"id": MISSING})),
         };
         let body = s.gql_raw(Some(&admin), &query, vars).await?;
