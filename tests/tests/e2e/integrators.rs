@@ -295,3 +295,35 @@ async fn a_webhook_host_that_does_not_resolve_yet_is_accepted() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn option_defaults_are_in_the_schema_and_options_replace_as_a_whole() -> anyhow::Result<()> {
+    let sdl = upkeep_server::api::graphql::sdl();
+    for shown in [
+        "notifyBefore: Boolean = false",
+        "maxPostpones: Int = 3",
+        "rebootPreference: RebootPreference = NORMAL",
+        "offlineBehavior: OfflineBehavior = APPLY_ON_CONNECT",
+        "windowMinutes: Int = 120",
+        "enforcement: Enforcement = REQUIRED",
+    ] {
+        assert!(sdl.contains(shown), "the schema shows {shown}");
+    }
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Opts").await?;
+    let d = s
+        .gql(&admin, "mutation($t: ID) { createSchedule(input: {tenantId: $t, name: \"n\", target: {kind: ALL_COMPUTERS}, cron: \"0 2 * * *\", timeZone: \"UTC\", options: {notifyBefore: true, maxPostpones: 5}}) { id windowMinutes options { notifyBefore maxPostpones } } }", json!({"t": t}))
+        .await?;
+    assert_eq!(d["createSchedule"]["windowMinutes"], 120);
+    assert_eq!(d["createSchedule"]["options"]["maxPostpones"], 5);
+    let id = d["createSchedule"]["id"].as_str().unwrap();
+    let d = s
+        .gql(&admin, "mutation($id: ID!) { updateSchedule(id: $id, input: {options: {notifyAfter: true}}) { options { notifyBefore notifyAfter maxPostpones } } }", json!({"id": id}))
+        .await?;
+    assert_eq!(
+        d["updateSchedule"]["options"],
+        json!({"notifyBefore": false, "notifyAfter": true, "maxPostpones": 3})
+    );
+    Ok(())
+}

@@ -74,8 +74,10 @@ pub struct CreateTenantInput {
     /// The accent colour of its mails and pages (`#RRGGBB`).
     pub primary_color: Option<String>,
     /// True: a newly enrolled computer gets an `ONBOARDING` session at once (default false).
+    #[graphql(default_with = "Some(false)")]
     pub auto_onboarding: Option<bool>,
     /// True keeps all its computers out of maintenance (default false).
+    #[graphql(default_with = "Some(false)")]
     pub excluded_from_maintenance: Option<bool>,
     /// Its working hours: reboots wait until they are over.
     pub business_hours: Option<BusinessHoursInput>,
@@ -618,12 +620,16 @@ pub struct CreateDeploymentInput {
     /// Values of the task's parameters, by name (a JSON object).
     pub parameters: Option<Json<serde_json::Value>>,
     /// When it applies (default `REQUIRED`).
+    #[graphql(default_with = "Some(Enforcement::Required)")]
     pub enforcement: Option<Enforcement>,
     /// Where in a session it runs (default `UNORDERED`).
+    #[graphql(default_with = "Some(DeploymentOrder::Unordered)")]
     pub order: Option<DeploymentOrder>,
     /// Its place within `BEGINNING` or `END` (default 0; lower runs first).
+    #[graphql(default_with = "Some(0)")]
     pub position: Option<i32>,
     /// False keeps the deployment without applying it (default true).
+    #[graphql(default_with = "Some(true)")]
     pub enabled: Option<bool>,
 }
 
@@ -705,32 +711,46 @@ pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap
 #[derive(InputObject, Default, Clone)]
 pub struct MaintenanceOptionsInput {
     /// Mail the computer's person what will happen and when, after detection (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_before: Option<bool>,
     /// Mail the computer's person what happened (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_after: Option<bool>,
     /// Mail even when nothing is to do (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_when_compliant: Option<bool>,
     /// List each action in the mails (default true).
+    #[graphql(default_with = "Some(true)")]
     pub show_actions_in_email: Option<bool>,
     /// Offer the postpone link (default true).
+    #[graphql(default_with = "Some(true)")]
     pub allow_postpone: Option<bool>,
     /// How many times the person may postpone (default 3).
+    #[graphql(default_with = "Some(3)")]
     pub max_postpones: Option<i32>,
     /// How long one postpone waits, in hours (default 24).
+    #[graphql(default_with = "Some(24)")]
     pub postpone_hours: Option<i32>,
     /// Offer an "update now" link (default true).
+    #[graphql(default_with = "Some(true)")]
     pub allow_update_now: Option<bool>,
     /// Whether and how to reboot when an action needs it (default `NORMAL`).
+    #[graphql(default_with = "Some(RebootPreference::Normal)")]
     pub reboot_preference: Option<RebootPreference>,
     /// What happens when the computer is offline at execution (default `APPLY_ON_CONNECT`).
+    #[graphql(default_with = "Some(OfflineBehavior::ApplyOnConnect)")]
     pub offline_behavior: Option<OfflineBehavior>,
     /// With `SKIP`: minutes to wait for an offline computer (default 30).
+    #[graphql(default_with = "Some(30)")]
     pub offline_grace_minutes: Option<i32>,
     /// Let a reboot happen in the tenant's business hours (default false).
+    #[graphql(default_with = "Some(false)")]
     pub allow_reboot_during_business_hours: Option<bool>,
     /// PROMPT: minutes between telling the computer's users and rebooting (default 15).
+    #[graphql(default_with = "Some(15)")]
     pub reboot_prompt_minutes: Option<i32>,
     /// A failed preflight check runs again after this many minutes (default 15).
+    #[graphql(default_with = "Some(15)")]
     pub preflight_retry_minutes: Option<i32>,
 }
 
@@ -788,6 +808,7 @@ pub struct StartMaintenanceSessionInput {
     #[graphql(validator(max_items = 10000))]
     pub computer_ids: Vec<ID>,
     /// True: detect and report only (default false).
+    #[graphql(default_with = "Some(false)")]
     pub detection_only: Option<bool>,
     /// When to execute; leave out to execute right after detection. Not in the past.
     pub execute_at: Option<DateTime>,
@@ -812,17 +833,22 @@ pub struct CreateScheduleInput {
     pub target: TargetInput,
     /// A five-field cron expression, read in `timeZone` (e.g. `0 22 * * MON-FRI`).
     pub cron: String,
-    /// An IANA time zone (e.g. `Europe/Berlin`); default: the tenant's.
+    /// An IANA time zone (e.g. `Europe/Berlin`): required for a tenant's schedule; a
+    /// cross-tenant one leaves it out and runs in each tenant's own.
     pub time_zone: Option<String>,
     /// Detection and the before-mail happen this many minutes before each occurrence (default 0).
+    #[graphql(default_with = "Some(0)")]
     pub detection_lead_minutes: Option<i32>,
     /// Execution may start only within this many minutes after an occurrence (default 120).
+    #[graphql(default_with = "Some(120)")]
     pub window_minutes: Option<i32>,
     /// The sessions' options.
     pub options: Option<MaintenanceOptionsInput>,
     /// False keeps the schedule without running it (default true).
+    #[graphql(default_with = "Some(true)")]
     pub enabled: Option<bool>,
     /// True: sessions detect and report only (default false).
+    #[graphql(default_with = "Some(false)")]
     pub detection_only: Option<bool>,
     /// Checks run before this schedule's sessions change anything (after the server's and
     /// the tenant's).

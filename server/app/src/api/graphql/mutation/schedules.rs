@@ -110,8 +110,10 @@ impl ScheduleMutation {
         if let Some(m) = input.window_minutes {
             s.window_minutes = minutes("windowMinutes", m, 1, 7 * 24 * 60)?;
         }
+        // The options are replaced as a whole: a field left out takes its default (the schema
+        // shows each one).
         if let Some(o) = &input.options {
-            s.options = o.apply_to(s.options.clone())?;
+            s.options = o.validate()?;
         }
         if let Some(e) = input.enabled {
             if e && !s.enabled {
