@@ -22,6 +22,7 @@ pub enum Command {
     /// Verify the store: every index entry points at a record and back, no session in an
     /// impossible state. Exits non-zero on damage.
     Check {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
     },
@@ -29,8 +30,10 @@ pub enum Command {
     Schema,
     /// Write a consistent backup of the store (asks the running server, if any).
     Backup {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
+        /// The backup file to write (installer files go beside it, into `<out>.files/`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -39,7 +42,9 @@ pub enum Command {
     /// with --tenant. Entries are matched by name; the server must not be running on the data
     /// dir (use --library at start instead).
     ImportLibrary {
+        /// The library directory.
         dir: PathBuf,
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
         /// Import into this tenant's catalogue (its id) instead of the MSP-level one.
@@ -49,13 +54,16 @@ pub enum Command {
     /// Remove installer files that no software (and no unfinished session) names any more and
     /// that were uploaded over an hour ago (asks the running server, if any).
     Gc {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
     },
     /// Restore a backup into a new, empty data dir (the server must not be running on it).
     Restore {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
+        /// The backup file to read (with its `<in>.files/` beside it).
         #[arg(long = "in")]
         input: PathBuf,
     },
@@ -88,6 +96,7 @@ pub struct ServeConfig {
     /// On a store with no users, create this MSP admin.
     #[arg(long, env = "UPKEEP_ADMIN_EMAIL", requires = "admin_password")]
     pub admin_email: Option<String>,
+    /// The password of `--admin-email` (at least 12 characters).
     #[arg(long, env = "UPKEEP_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// HMAC key for API and postpone tokens (default: generated once into the data dir).

@@ -2,6 +2,7 @@
 //! scripts, a real SMTP listener. One module per capability; one test binary (one link).
 
 mod agents;
+mod console;
 mod control;
 mod crash;
 mod field_mail;
@@ -12,10 +13,12 @@ mod graphql_http;
 mod hostile;
 mod installers;
 mod integrations;
+mod integrators;
 mod inventory;
 mod library;
 mod mail;
 mod ops;
+mod readme;
 mod reboots;
 mod schedules;
 mod security;

@@ -8,6 +8,7 @@ mod mutation;
 mod parameters;
 pub mod persisted;
 mod query;
+pub mod scalars;
 mod subscription;
 pub mod transport;
 pub mod types;
@@ -51,7 +52,7 @@ pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
 
 /// The SDL portals build against (what `schema/schema.graphql` holds).
 pub fn sdl() -> String {
-    schema(None).sdl()
+    schema(None).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
@@ -337,6 +338,7 @@ pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor
         principal: Principal::User {
             id: user.id,
             email: user.email.text().to_string(),
+            signed_in_at: claims.signed_in_at(),
         },
         role: user.role,
         tenant_id: user.tenant_id,
@@ -378,17 +380,28 @@ pub async fn graphql_handler(
         Err(r) => return transport::refusal(media, &r),
     };
     let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
-    let actor = match authenticate(&app, auth).await {
-        Ok(actor) => actor,
+    let (actor, refused) = match authenticate(&app, auth).await {
+        Ok(actor) => (actor, None),
+        // A stale or bad credential does not stop operations that need none (`login`): the
+        // operations that need one answer why it was refused.
+        Err(ApiError::Unauthenticated(why)) => (None, Some(why)),
         Err(e) => return refuse_credential(media, e),
     };
     let run = |p: transport::Params| {
-        let (app, actor, persisted) = (app.clone(), actor.clone(), persisted.clone());
+        let (app, actor, refused, persisted) = (
+            app.clone(),
+            actor.clone(),
+            refused.clone(),
+            persisted.clone(),
+        );
         async move {
             let (mut req, executed) = p.into_request(&persisted)?;
             req = req.data(ClientAddr(peer)).data(app);
             if let Some(actor) = actor {
                 req = req.data(actor);
+            }
+            if let Some(why) = refused {
+                req = req.data(RefusedCredential(why));
             }
             let response = shared_schema().execute(req).await;
             Ok::<_, transport::Refused>(transport::Outcome { response, executed })
@@ -410,9 +423,17 @@ pub async fn graphql_handler(
     }
 }
 
-/// A credential that does not hold: a request error with the credential's own code (401 under
-/// `application/graphql-response+json`).
+/// A credential that could not be checked (the store failed) or is refused for another reason
+/// than being stale: a request error with the error's own code, and under
+/// `application/graphql-response+json` the matching status.
 fn refuse_credential(media: transport::MediaType, e: ApiError) -> Response {
+    use axum::http::StatusCode;
+    let status = match &e {
+        ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden(_) | ApiError::MfaRequired(_) => StatusCode::FORBIDDEN,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
     let err: async_graphql::Error = e.into();
     let mut resp = async_graphql::Response::from_errors(vec![
         err.into_server_error(async_graphql::Pos::default()),
@@ -427,7 +448,7 @@ fn refuse_credential(media: transport::MediaType, e: ApiError) -> Response {
         },
     );
     if media == transport::MediaType::GraphQLResponse {
-        *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        *r.status_mut() = status;
     }
     r
 }
@@ -438,6 +459,10 @@ pub(crate) fn shared_schema() -> &'static UpkeepSchema {
     static SCHEMA: std::sync::OnceLock<UpkeepSchema> = std::sync::OnceLock::new();
     SCHEMA.get_or_init(|| schema(None))
 }
+
+/// Why the request's credential was refused (an expired token, a revoked key): what an
+/// operation that needs a signed-in caller answers.
+pub struct RefusedCredential(pub String);
 
 /// The caller's address, for login throttling.
 #[derive(Clone, Copy)]

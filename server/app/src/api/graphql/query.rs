@@ -7,12 +7,12 @@ use super::inputs::*;
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
+use crate::api::graphql::scalars::DateTime;
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::sync::Arc;
 use upkeep_core::domain::*;
@@ -59,16 +59,23 @@ async fn list_tenant_kind<T: Owned>(
     Ok(out.into_iter().filter(|r| c.visible(r)).collect())
 }
 
+/// A maintenance mail as it would be sent.
 #[derive(SimpleObject)]
 pub struct EmailPreview {
+    /// The subject line.
     pub subject: String,
+    /// The HTML body.
     pub html: String,
+    /// The plain-text body.
     pub text: String,
 }
 
+/// How many sessions are in one status.
 #[derive(SimpleObject)]
 pub struct StatusCount {
+    /// The status.
     pub status: SessionStatus,
+    /// How many.
     pub count: i64,
 }
 
@@ -91,16 +98,22 @@ impl SessionTotal {
 
 #[Object]
 impl Query {
-    /// The signed-in user (or the user behind the API key).
-    async fn me(&self, ctx: &Context<'_>) -> Result<View<User>> {
+    /// The signed-in person; `null` when the caller is an API key (see `viewer`).
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<View<User>>> {
         let c = Ctx::own_account(ctx)?;
-        Ok(View(
-            c.app
-                .store
-                .get::<User>(&c.actor.user_id())
-                .await?
-                .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?,
-        ))
+        let crate::auth::Principal::User { id, .. } = c.actor.principal else {
+            return Ok(None);
+        };
+        Ok(Some(View(c.app.store.get::<User>(&id).await?.ok_or_else(
+            || ApiError::Unauthenticated("the user no longer exists".into()),
+        )?)))
+    }
+
+    /// Who the credential of this request is: a person's token or an API key, with the role
+    /// and tenant it acts with.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<super::types::Viewer> {
+        let c = Ctx::own_account(ctx)?;
+        Ok(super::types::Viewer::of(c.actor))
     }
 
     #[graphql(complexity = "super::page_cost(first, child_complexity)")]
@@ -333,8 +346,8 @@ impl Query {
             scope.contains(e.tenant_id)
                 && actor.is_none_or(|a| e.actor_id == Some(a))
                 && f.action.as_deref().is_none_or(|a| e.action == a)
-                && f.since.is_none_or(|s| e.at >= s)
-                && f.until.is_none_or(|u| e.at < u)
+                && f.since.is_none_or(|s| e.at >= s.0)
+                && f.until.is_none_or(|u| e.at < u.0)
         };
         type Audit = upkeep_core::audit::AuditEvent;
         let store = &c.app.store;
@@ -407,7 +420,7 @@ impl Query {
         &self,
         ctx: &Context<'_>,
         tenant_id: Option<ID>,
-        since: Option<DateTime<Utc>>,
+        since: Option<DateTime>,
     ) -> Result<Vec<StatusCount>> {
         let c = Ctx::new(ctx)?;
         let asked = tenant_id
@@ -429,7 +442,8 @@ impl Query {
                     .await
                     .into_iter()
                     .filter(|s| {
-                        scope.contains(Some(s.tenant_id)) && since.is_none_or(|t| s.created_at >= t)
+                        scope.contains(Some(s.tenant_id))
+                            && since.is_none_or(|t| s.created_at >= t.0)
                     })
                     .count()
             };
@@ -636,8 +650,8 @@ struct SessionQuery {
     schedule: Option<Id>,
     statuses: Option<Vec<SessionStatus>>,
     trigger: Option<SessionTrigger>,
-    after: Option<DateTime<Utc>>,
-    before: Option<DateTime<Utc>>,
+    after: Option<DateTime>,
+    before: Option<DateTime>,
 }
 
 impl SessionQuery {
@@ -686,8 +700,8 @@ impl SessionQuery {
                 .as_ref()
                 .is_none_or(|v| v.is_empty() || v.contains(&s.status.into()))
             && self.trigger.is_none_or(|t| s.trigger == t.into())
-            && self.after.is_none_or(|t| s.created_at >= t)
-            && self.before.is_none_or(|t| s.created_at < t)
+            && self.after.is_none_or(|t| s.created_at >= t.0)
+            && self.before.is_none_or(|t| s.created_at < t.0)
     }
 
     /// The matching sessions, newest first, strictly before the cursor `after`.
