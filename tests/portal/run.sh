@@ -3,6 +3,7 @@
 # binaries and runs `npm ci` here first):
 #
 #   audit.mjs    the reference GraphQL-over-HTTP audit (graphql-http): no error, no warning;
+#   sdl.mjs      the committed SDL prints (graphql-js) exactly as the served introspection;
 #   codegen      docs/codegen.ts over operations/*.graphql and schema/schema.graphql, then
 #                `tsc --strict --noEmit` over client.ts, which uses the generated types;
 #   apollo.mjs   Apollo Client: relayStylePagination over computers and maintenanceSessions,
@@ -67,6 +68,9 @@ done
 cd "$here"
 log "audit.mjs (graphql-http serverAudits)"
 node audit.mjs
+
+log "sdl.mjs (the committed SDL is the served one)"
+node sdl.mjs "$root/schema/schema.graphql"
 
 log "codegen (docs/codegen.ts) and tsc --strict"
 rm -rf generated
