@@ -733,9 +733,35 @@ pub struct MaintenanceSessionFilter {
     pub schedule_id: Option<ID>,
     #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<SessionStatus>>,
-    pub trigger: Option<SessionTrigger>,
+    /// Sessions started by any of these triggers (a single value is read as a list of one).
+    #[graphql(validator(max_items = 16))]
+    pub trigger: Option<Vec<SessionTrigger>>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+}
+
+/// Which computers to list (all given conditions hold).
+#[derive(InputObject, Default)]
+pub struct ComputerFilter {
+    /// Only this tenant's computers (for MSP roles; a tenant role sees its own anyway).
+    pub tenant_id: Option<ID>,
+    /// True: computers whose agent polls now; false: the others.
+    pub online: Option<bool>,
+    /// Computers whose compliance is one of these; a computer without a finished session
+    /// counts as `UNKNOWN`.
+    #[graphql(validator(max_items = 3))]
+    pub compliance: Option<Vec<super::enums::Compliance>>,
+    /// Computers with this tag (case-insensitively).
+    pub tag: Option<String>,
+    /// A text the OS contains, case-insensitively: the OS the agent reported at enrollment
+    /// (`os`) or its inventory's `osName`. A family (`windows`, `linux`) matches every
+    /// version of it; `Ubuntu 24.04` only those.
+    pub os: Option<String>,
+    /// A text the name, hostname or a tag contains, case-insensitively.
+    pub search: Option<String>,
+    /// Computers whose inventory lists a program whose name contains this,
+    /// case-insensitively (e.g. `firefox`).
+    pub installed_software: Option<String>,
 }
 
 #[derive(InputObject, Default)]

@@ -111,7 +111,7 @@ impl From<&upkeep_core::versions::Discovered> for DiscoveredVersion {
 
 #[Object(name = "Software")]
 impl View<Software> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {
@@ -236,7 +236,7 @@ impl View<Software> {
 
 #[Object(name = "MaintenanceTask")]
 impl View<MaintenanceTask> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {
@@ -274,7 +274,7 @@ impl View<Target> {
 
 #[Object(name = "Deployment")]
 impl View<Deployment> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
@@ -351,7 +351,7 @@ impl View<Deployment> {
 
 #[Object(name = "Schedule")]
 impl View<Schedule> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {

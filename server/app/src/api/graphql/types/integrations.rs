@@ -9,7 +9,7 @@ use upkeep_core::domain::*;
 
 #[Object(name = "ApiKey")]
 impl View<ApiKey> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {
@@ -42,7 +42,7 @@ impl View<ApiKey> {
 
 #[Object(name = "Webhook")]
 impl View<upkeep_core::webhook::Webhook> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
@@ -71,7 +71,7 @@ impl View<upkeep_core::webhook::Webhook> {
 
 #[Object(name = "WebhookDelivery")]
 impl View<upkeep_core::webhook::Delivery> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn event(&self) -> WebhookEvent {
@@ -102,7 +102,7 @@ impl View<upkeep_core::webhook::Delivery> {
 
 #[Object(name = "AuditEvent")]
 impl View<upkeep_core::audit::AuditEvent> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn at(&self) -> DateTime<Utc> {

@@ -11,7 +11,7 @@ use upkeep_core::session::*;
 
 #[Object(name = "Tenant")]
 impl View<Tenant> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {
@@ -77,7 +77,7 @@ impl From<&BusinessHours> for BusinessHoursView {
 
 #[Object(name = "User")]
 impl View<User> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn email(&self) -> &str {
@@ -104,7 +104,7 @@ impl View<User> {
 
 #[Object(name = "Person")]
 impl View<Person> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {
@@ -123,7 +123,7 @@ impl View<Person> {
 
 #[Object(name = "Computer")]
 impl View<Computer> {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn name(&self) -> &str {

@@ -23,7 +23,7 @@ pub struct EnrollmentKeyView {
 
 #[ComplexObject]
 impl EnrollmentKeyView {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.key.id)
     }
     async fn label(&self) -> Option<&str> {
@@ -60,8 +60,7 @@ impl EnrollmentKeyView {
 
 #[Object(name = "MaintenanceSession")]
 impl View<Session> {
-    #[graphql(name = "id")]
-    async fn gql_id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     async fn status(&self) -> SessionStatus {
@@ -198,7 +197,7 @@ pub struct ActionOutputView {
 
 #[Object(name = "MaintenanceAction")]
 impl ActionView {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.action.id)
     }
     async fn kind(&self) -> ActionKind {
