@@ -789,6 +789,19 @@ pub struct CreateWebhookInput {
     pub description: Option<String>,
 }
 
+/// Changes to a webhook; omitted fields stay as they are. The secret stays too (create a new
+/// webhook to rotate it).
+#[derive(InputObject)]
+pub struct UpdateWebhookInput {
+    /// The new target: https, and globally routable unless the server allows private targets.
+    pub url: Option<String>,
+    /// The events to deliver (at least one).
+    #[graphql(validator(max_items = 32))]
+    pub events: Option<Vec<WebhookEvent>>,
+    /// A note for people; an empty text removes it.
+    pub description: Option<String>,
+}
+
 pub fn opt_id(field: &str, v: &Option<ID>) -> ApiResult<Option<Id>> {
     v.as_ref().map(|i| parse_id(field, i)).transpose()
 }
