@@ -13,6 +13,7 @@ mod installers;
 mod integrations;
 mod inventory;
 mod library;
+mod lists;
 mod mail;
 mod ops;
 mod reboots;
