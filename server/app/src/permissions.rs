@@ -129,6 +129,7 @@ mod tests {
         let expected: &[(Action, [bool; 4])] = &[
             //                       MSP_ADMIN MSP_TECH TENANT_ADMIN TENANT_VIEWER
             (CreateTenants, [true, true, false, false]),
+            (DeleteTenants, [true, false, false, false]),
             (ConfigureTenant, [true, true, true, false]),
             (ManageComputers, [true, true, true, false]),
             (ManageCatalogue, [true, true, true, false]),
