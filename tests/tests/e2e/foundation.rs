@@ -429,7 +429,9 @@ fn fields_of(sdl: &str, header: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut text = text;
     while let Some(at) = text.find(" @deprecated(reason: \"") {
         let from = at + " @deprecated(reason: \"".len();
-        let end = text[from..].find("\")").map_or(text.len(), |e| from + e + 2);
+        let end = text[from..]
+            .find("\")")
+            .map_or(text.len(), |e| from + e + 2);
         text.replace_range(at..end, "");
     }
     let mut rest = text.as_str();

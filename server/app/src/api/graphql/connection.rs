@@ -271,12 +271,17 @@ pub fn page_sorted<T, V: OutputType + From<T>>(
 /// filtered: `walk(from, ascending)` streams the items strictly past `from` in that direction,
 /// `get(id)` reads one (`None` when gone or filtered out).
 pub struct IdOrdered<'a, T> {
-    pub walk: Box<dyn Fn(Option<Id>, bool) -> BoxStream<'a, ApiResult<T>> + Send + Sync + 'a>,
-    pub get: Box<
-        dyn Fn(Id) -> futures_util::future::BoxFuture<'a, ApiResult<Option<T>>> + Send + Sync + 'a,
-    >,
+    pub walk: Walk<'a, T>,
+    pub get: Get<'a, T>,
     pub id_of: fn(&T) -> Id,
 }
+
+/// `walk(from, ascending)` of [`IdOrdered`].
+pub type Walk<'a, T> =
+    Box<dyn Fn(Option<Id>, bool) -> BoxStream<'a, ApiResult<T>> + Send + Sync + 'a>;
+/// `get(id)` of [`IdOrdered`].
+pub type Get<'a, T> =
+    Box<dyn Fn(Id) -> futures_util::future::BoxFuture<'a, ApiResult<Option<T>>> + Send + Sync + 'a>;
 
 impl<T: Send> IdOrdered<'_, T> {
     /// The window's page in `order` (by id, ascending or descending), reading at most one

@@ -1,5 +1,9 @@
 //! Queries. Every list is a Relay connection limited to what the caller may see.
 
+// A connection field's Rust arguments are its GraphQL arguments: paging (four), order, filter
+// and the tenant are each one of their own.
+#![allow(clippy::too_many_arguments)]
+
 use super::connection::{self, Page, PageArgs, Position, Total};
 use super::ctx::Ctx;
 use super::enums::{ActionStatus, Compliance, MailKind, SessionStatus};
@@ -244,7 +248,6 @@ impl Query {
     /// Computers, filtered (`filter`; the older single arguments still work and combine
     /// with it) and ordered.
     #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
-    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
     async fn computers(
         &self,
         ctx: &Context<'_>,
