@@ -256,7 +256,7 @@ async fn computers_filter_on_online_compliance_tag_os_search_and_installed_softw
     let other = s.create_tenant(&admin, "Other").await?;
     let key = s.enrollment_key(&admin, &tenant).await?;
     let (_, win) = enroll(&s, &key, "win-1", "Microsoft Windows 11 Pro").await?;
-    let (lin_token, _) = enroll(&s, &key, "lin-1", "Debian GNU/Linux 12 (bookworm)").await?;
+    let (lin_token, lin) = enroll(&s, &key, "lin-1", "Debian GNU/Linux 12 (bookworm)").await?;
     enroll(&s, &key, "lin-2", "Ubuntu 24.04 LTS").await?;
     let other_key = s.enrollment_key(&admin, &other).await?;
     enroll(&s, &other_key, "lin-other", "Debian GNU/Linux 12").await?;
@@ -269,7 +269,7 @@ async fn computers_filter_on_online_compliance_tag_os_search_and_installed_softw
     let inventory = json!({"inventory": {
         "hostname": "lin-1", "os": "Debian GNU/Linux 12 (bookworm)", "agentVersion": "0",
         "machineId": "machine-lin-1",
-        "installedSoftware": [{"name": "Mozilla Firefox", "version": "128.0"}]
+        "installedSoftware": [{"name": "Mozilla Firefox", "version": "128.0"}, {"name": "curl"}, {"name": "bash"}]
     }});
     assert_eq!(poll(&s, &lin_token, inventory).await?, 200);
     let hosts = |f: Value| {
@@ -288,6 +288,22 @@ async fn computers_filter_on_online_compliance_tag_os_search_and_installed_softw
         Ok((hosts(json!({"installedSoftware": "firefox"})).await? == ["lin-1"]).then_some(()))
     })
     .await?;
+    // The inventory's programs page backward too, by name.
+    let programs = "query($c: ID!, $l: Int, $b: String) { computer(id: $c) { installedSoftware(last: $l, before: $b) { edges { node { name } } pageInfo { hasPreviousPage hasNextPage startCursor } } } }";
+    let d = s.gql(&admin, programs, json!({"c": lin, "l": 2})).await?;
+    let conn = &d["computer"]["installedSoftware"];
+    assert_eq!(names(conn, "name"), ["curl", "Mozilla Firefox"]);
+    assert_eq!(page_info(conn), (true, false));
+    let d = s
+        .gql(
+            &admin,
+            programs,
+            json!({"c": lin, "l": 5, "b": conn["pageInfo"]["startCursor"]}),
+        )
+        .await?;
+    let conn = &d["computer"]["installedSoftware"];
+    assert_eq!(names(conn, "name"), ["bash"]);
+    assert_eq!(page_info(conn), (false, true));
     let t = tenant.as_str();
     assert_eq!(
         hosts(json!({"tenantId": t, "online": true})).await?,
@@ -488,7 +504,7 @@ async fn node_finds_every_kind_and_hides_what_the_caller_may_not_see() -> anyhow
     let d = s
         .gql(
             &admin,
-            "mutation($t: ID!) { createWebhook(input: {tenantId: $t, url: \"http://127.0.0.1:9/hook\", events: [SESSION_FINISHED]}) { webhook { id } } }",
+            "mutation($t: ID!) { createWebhook(input: {tenantId: $t, url: \"http://127.0.0.1:9/hook\", events: [SESSION_CREATED]}) { webhook { id } } }",
             json!({"t": acme}),
         )
         .await?;
@@ -514,6 +530,21 @@ async fn node_finds_every_kind_and_hides_what_the_caller_may_not_see() -> anyhow
     let d = s.gql(&acme_admin, "{ me { id } }", json!({})).await?;
     let acme_admin_id = d["me"]["id"].as_str().context("me")?.to_string();
 
+    let d = s
+        .gql(
+            &admin,
+            "query($w: ID!) { webhookDeliveries(webhookId: $w) { edges { node { id } } } auditEvents(first: 1) { edges { node { id } } } }",
+            json!({"w": webhook}),
+        )
+        .await?;
+    let delivery = d["webhookDeliveries"]["edges"][0]["node"]["id"]
+        .as_str()
+        .context("a delivery of SESSION_CREATED")?
+        .to_string();
+    let audit = d["auditEvents"]["edges"][0]["node"]["id"]
+        .as_str()
+        .context("an audit event")?
+        .to_string();
     let node = "query($id: ID!) { node(id: $id) { __typename id } }";
     let kinds = [
         (&acme, "Tenant"),
@@ -524,6 +555,8 @@ async fn node_finds_every_kind_and_hides_what_the_caller_may_not_see() -> anyhow
         (&api_key, "ApiKey"),
         (&session, "MaintenanceSession"),
         (&acme_admin_id, "User"),
+        (&delivery, "WebhookDelivery"),
+        (&audit, "AuditEvent"),
     ];
     for (id, kind) in kinds {
         let d = s.gql(&admin, node, json!({"id": id})).await?;
@@ -540,7 +573,7 @@ async fn node_finds_every_kind_and_hides_what_the_caller_may_not_see() -> anyhow
     assert_eq!(d["node"]["name"], "pc-1");
     // Another tenant's objects read as absent; cross-tenant catalogue entries are visible.
     for id in [
-        &acme, &computer, &own, &person, &session, &webhook, &api_key,
+        &acme, &computer, &own, &person, &session, &webhook, &api_key, &delivery,
     ] {
         let d = s.gql(&beta_admin, node, json!({"id": id})).await?;
         assert!(d["node"].is_null(), "{id}: {d}");
@@ -550,8 +583,10 @@ async fn node_finds_every_kind_and_hides_what_the_caller_may_not_see() -> anyhow
     // A viewer sees the tenant's computers, not its webhooks (their URLs carry tokens).
     let d = s.gql(&acme_viewer, node, json!({"id": computer})).await?;
     assert_eq!(d["node"]["__typename"], "Computer");
-    let d = s.gql(&acme_viewer, node, json!({"id": webhook})).await?;
-    assert!(d["node"].is_null(), "{d}");
+    for id in [&webhook, &delivery, &audit] {
+        let d = s.gql(&acme_viewer, node, json!({"id": id})).await?;
+        assert!(d["node"].is_null(), "{id}: {d}");
+    }
     let d = s
         .gql(
             &admin,

@@ -72,7 +72,8 @@ impl Query {
     }
 
     /// Any object by its id (Relay): tenants, users, people, computers, software, tasks,
-    /// deployments, schedules, enrollment keys, sessions, API keys and webhooks. Null when
+    /// deployments, schedules, enrollment keys, sessions, API keys, webhooks and their
+    /// deliveries, audit events. Null when
     /// nothing has this id or the caller may not see it (the same answer).
     async fn node(
         &self,

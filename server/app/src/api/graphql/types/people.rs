@@ -192,25 +192,41 @@ impl View<Computer> {
     }
     /// Installed programs as the agent last listed them, by name; `search` keeps those whose
     /// name contains it (case-insensitively).
-    #[graphql(complexity = "crate::api::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::api::graphql::page_cost(first.or(last), child_complexity)")]
+    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
     async fn installed_software(
         &self,
         ctx: &Context<'_>,
         search: Option<String>,
+        #[graphql(
+            desc = "The first this many programs after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.endCursor`): the page starts after it."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many programs before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.startCursor`): the page ends before it."
+        )]
+        before: Option<String>,
     ) -> Result<crate::api::graphql::connection::Page<InstalledSoftwareView>> {
         let app = &Ctx::new(ctx)?.app;
         let record = app
             .store
             .get::<upkeep_core::inventory::InventoryRecord>(&self.id)
             .await?;
-        Ok(installed_page(
-            record.as_ref(),
-            search.as_deref(),
+        let args = crate::api::graphql::connection::PageArgs {
             first,
-            after.as_deref(),
-        )?)
+            after,
+            last,
+            before,
+        };
+        Ok(installed_page(record.as_ref(), search.as_deref(), &args)?)
     }
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance
