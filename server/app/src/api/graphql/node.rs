@@ -65,7 +65,7 @@ pub async fn find(c: &Ctx<'_>, id: Id) -> ApiResult<Option<Node>> {
     // their deliveries.
     let manages = |w: &Webhook| c.actor.require(Action::ManageWebhooks, w.tenant_id).is_ok();
     if let Some(w) = c.find::<Webhook>(id).await? {
-        return Ok(manages(&w).then(|| Node::Webhook(View(w))));
+        return Ok(manages(&w).then_some(Node::Webhook(View(w))));
     }
     if let Some(d) = c.app.store.get::<Delivery>(&id).await? {
         let w = c.find::<Webhook>(d.webhook_id).await?;
@@ -76,7 +76,7 @@ pub async fn find(c: &Ctx<'_>, id: Id) -> ApiResult<Option<Node>> {
     // The audit trail: as `auditEvents` reads it.
     if let Some(e) = c.app.store.get::<AuditEvent>(&id).await? {
         let may = c.actor.require_role(Action::ViewAudit).is_ok() && c.scope.contains(e.tenant_id);
-        return Ok(may.then(|| Node::AuditEvent(View(e))));
+        return Ok(may.then_some(Node::AuditEvent(View(e))));
     }
     Ok(None)
 }
