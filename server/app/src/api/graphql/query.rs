@@ -191,7 +191,11 @@ impl Query {
     }
 
     /// A user by id (NOT_FOUND when missing or not visible).
-    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<View<User>> {
+    async fn user(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<User>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -252,11 +256,27 @@ impl Query {
     async fn computers(
         &self,
         ctx: &Context<'_>,
-        #[graphql(deprecation = "use filter: { tenantId }")] tenant_id: Option<ID>,
-        #[graphql(deprecation = "use filter: { tag }")] tag: Option<String>,
-        #[graphql(deprecation = "use filter: { search }")] search: Option<String>,
-        #[graphql(deprecation = "use filter: { os }")] os: Option<String>,
-        #[graphql(deprecation = "use filter: { installedSoftware }")] software: Option<String>,
+        #[graphql(
+            deprecation = "use filter: { tenantId }",
+            desc = "Same as `filter.tenantId`."
+        )]
+        tenant_id: Option<ID>,
+        #[graphql(deprecation = "use filter: { tag }", desc = "Same as `filter.tag`.")] tag: Option<
+            String,
+        >,
+        #[graphql(
+            deprecation = "use filter: { search }",
+            desc = "Same as `filter.search`."
+        )]
+        search: Option<String>,
+        #[graphql(deprecation = "use filter: { os }", desc = "Same as `filter.os`.")] os: Option<
+            String,
+        >,
+        #[graphql(
+            deprecation = "use filter: { installedSoftware }",
+            desc = "Same as `filter.installedSoftware`."
+        )]
+        software: Option<String>,
         #[graphql(desc = "Which computers (all given conditions hold).")] filter: Option<
             ComputerFilter,
         >,
@@ -364,12 +384,21 @@ impl Query {
     }
 
     /// A software catalogue entry by id (NOT_FOUND when missing or not visible).
-    async fn software_item(&self, ctx: &Context<'_>, id: ID) -> Result<View<Software>> {
+    async fn software_item(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Software>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
+    /// A software catalogue entry by id: the old name of `softwareItem`.
     #[graphql(deprecation = "use softwareItem(id)")]
-    async fn software_by_id(&self, ctx: &Context<'_>, id: ID) -> Result<View<Software>> {
+    async fn software_by_id(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Software>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -912,7 +941,11 @@ impl Query {
     }
 
     /// An API key by id (NOT_FOUND when missing or not visible).
-    async fn api_key(&self, ctx: &Context<'_>, id: ID) -> Result<View<ApiKey>> {
+    async fn api_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<ApiKey>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -965,7 +998,11 @@ impl Query {
 
     /// A webhook by id (NOT_FOUND when missing, not visible, or the role may not manage
     /// webhooks).
-    async fn webhook(&self, ctx: &Context<'_>, id: ID) -> Result<View<Webhook>> {
+    async fn webhook(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Webhook>> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("id", &id)?).await?;
         c.actor

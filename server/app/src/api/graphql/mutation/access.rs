@@ -166,7 +166,7 @@ impl AccessMutation {
     async fn delete_tenant(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "Its id.")] id: ID,
         #[graphql(
             desc = "Delete the tenant with everything it owns, computers included (default false)."
         )]
@@ -234,7 +234,11 @@ impl AccessMutation {
 
     /// Deletes a person: computers they were the primary person of keep running without one;
     /// deployments and schedules that target only them go with them.
-    async fn delete_person(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn delete_person(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let p: Person = c.load_for_write(parse_id("id", &id)?).await?;
         c.actor

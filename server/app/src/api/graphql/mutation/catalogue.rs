@@ -319,7 +319,11 @@ impl CatalogueMutation {
 
     /// Deletes software and its deployments. Refused (`CONFLICT`, naming it) while other
     /// software depends on it or an unfinished session installs it.
-    async fn delete_software(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn delete_software(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let sw: Software = c.load_for_write(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageCatalogue, sw.tenant_id)?;
@@ -330,7 +334,11 @@ impl CatalogueMutation {
 
     /// Deletes a maintenance task and its deployments. Refused (`CONFLICT`, naming it) while
     /// software uses it as its configuration task or an unfinished session runs it.
-    async fn delete_maintenance_task(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn delete_maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let t: MaintenanceTask = c.load_for_write(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageCatalogue, t.tenant_id)?;

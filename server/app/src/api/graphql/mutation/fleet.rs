@@ -145,7 +145,11 @@ impl FleetMutation {
     /// deployments and schedules that target it alone. Its finished sessions stay as history
     /// (their `computer` reads null). Refused (`CONFLICT`) while a session of it is
     /// unfinished: cancel it first.
-    async fn delete_computer(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn delete_computer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let comp: Computer = c.load_for_write(parse_id("id", &id)?).await?;
         c.actor.require(

@@ -143,8 +143,8 @@ impl IntegrationMutation {
     async fn update_webhook(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        input: UpdateWebhookInput,
+        #[graphql(desc = "Its id.")] id: ID,
+        #[graphql(desc = "What changes.")] input: UpdateWebhookInput,
     ) -> Result<View<Webhook>> {
         let c = Ctx::new(ctx)?;
         let mut w: Webhook = c.load(parse_id("id", &id)?).await?;
