@@ -824,6 +824,8 @@ async fn deletes_take_what_exists_only_for_them_and_refuse_what_is_still_needed(
         "{body}"
     );
 
+    assert_eq!(s.app().store.check_indexes().await?, Vec::<String>::new());
+
     // Each delete is in the audit trail.
     for action in [
         "deleteComputer",
@@ -937,6 +939,28 @@ async fn tenants_need_force_to_go_with_their_computers_and_names_stay_unique() -
         )
         .await?;
     assert_eq!(d["auditEvents"]["totalCount"], 1);
+    // Every index entry still points at a record that lists it, and the unique claims of the
+    // machine and the name are released.
+    let store = &s.app().store;
+    assert_eq!(store.check_indexes().await?, Vec::<String>::new());
+    let acme_id: upkeep_core::domain::Id = acme.parse().map_err(|_| anyhow::anyhow!("id"))?;
+    let machine = upkeep_store::IndexKey::new(
+        upkeep_store::records::MACHINE_ID,
+        upkeep_store::records::machine_value(acme_id, "machine-pc-1"),
+    );
+    assert!(
+        store
+            .unique::<upkeep_core::domain::Computer>(&machine)
+            .await?
+            .is_none()
+    );
+    let name = upkeep_store::records::tenant_name_key("Acme");
+    assert!(
+        store
+            .unique::<upkeep_core::domain::Tenant>(&name)
+            .await?
+            .is_none()
+    );
     let mut s = s;
     s.restart().await?;
     let admin = s.admin().await?;
