@@ -896,6 +896,13 @@ async fn tenants_need_force_to_go_with_their_computers_and_names_stay_unique() -
         json!({"t": acme}),
     )
     .await?;
+    // A cross-tenant deployment aimed at Acme's computer alone.
+    let shared = s
+        .create_software(&admin, json!({"name": "Shared", "detectionScript": {"language": "SHELL", "body": "true"}, "versions": [{"version": "1", "installScript": {"language": "SHELL", "body": "true"}}]}))
+        .await?;
+    let aimed = s
+        .create_deployment(&admin, json!({"target": {"kind": "COMPUTER", "value": computer}, "softwareId": shared, "desiredState": "INSTALLED_LATEST"}))
+        .await?;
     let session = s.start_session(&admin, &computer, json!({})).await?;
 
     let delete = "mutation($id: ID!, $f: Boolean) { deleteTenant(id: $id, force: $f) }";
@@ -922,7 +929,19 @@ async fn tenants_need_force_to_go_with_their_computers_and_names_stay_unique() -
     assert_eq!(d["deleteTenant"], true);
 
     // Everything of it is gone, at once and after a restart.
-    assert_gone(&s, &admin, &[&acme, &computer, &own, &session]).await?;
+    assert_gone(&s, &admin, &[&acme, &computer, &own, &session, &aimed]).await?;
+    let d = s
+        .gql(
+            &admin,
+            "query($id: ID!) { node(id: $id) { id } }",
+            json!({"id": shared}),
+        )
+        .await?;
+    assert_eq!(
+        d["node"]["id"],
+        shared.as_str(),
+        "cross-tenant software stays"
+    );
     assert_eq!(poll(&s, &token, json!({})).await?, 401);
     let body = s
         .gql_raw(None, "mutation { login(email: \"admin@acme.example\", password: \"a long enough password 1\") { token } }", json!({}))

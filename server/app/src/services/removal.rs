@@ -169,6 +169,12 @@ impl Removal {
                 .filter(|d| d.software_id == Some(sw.id))
                 .map(|d| d.id)
                 .collect(),
+            versions: all(store.scan::<VersionsCache>(None))
+                .await?
+                .iter()
+                .filter(|v| v.software_id == sw.id)
+                .map(Record::key)
+                .collect(),
             ..Default::default()
         })
     }
@@ -246,9 +252,41 @@ impl Removal {
         r.tasks = ids(TENANT_TASKS).await?;
         r.deployments = ids(TENANT_DEPLOYMENTS).await?;
         r.schedules = ids(TENANT_SCHEDULES).await?;
+        r.cross_tenant_aims(store).await?;
         r.webhooks = ids(TENANT_WEBHOOKS).await?;
         r.tenant_history(store, t).await?;
         Ok(r)
+    }
+
+    /// Cross-tenant deployments and schedules aimed at one of the removed computers or people
+    /// go too (they can aim at any tenant's).
+    async fn cross_tenant_aims(&mut self, store: &Db) -> ApiResult<()> {
+        let k = tenant_key(None);
+        let aimed = |t: &Target| {
+            self.computers
+                .iter()
+                .any(|c| aims_at(t, TargetKind::Computer, c.id))
+                || self
+                    .persons
+                    .iter()
+                    .any(|p| aims_at(t, TargetKind::Person, *p))
+        };
+        let d =
+            all(store.by_index::<Deployment>(&IndexKey::new(TENANT_DEPLOYMENTS, &k), None)).await?;
+        let s = all(store.by_index::<Schedule>(&IndexKey::new(TENANT_SCHEDULES, &k), None)).await?;
+        let d: Vec<Id> = d
+            .iter()
+            .filter(|d| aimed(&d.target))
+            .map(|d| d.id)
+            .collect();
+        let s: Vec<Id> = s
+            .iter()
+            .filter(|s| aimed(&s.target))
+            .map(|s| s.id)
+            .collect();
+        self.deployments.extend(d);
+        self.schedules.extend(s);
+        Ok(())
     }
 
     /// A tenant's sessions with their events and output, webhook deliveries, versions cache.
