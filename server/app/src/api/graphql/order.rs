@@ -1,6 +1,9 @@
 //! `orderBy` of every connection: `<Type>Order { field: <Type>OrderField!, direction:
 //! OrderDirection! }`, and what each field sorts by.
 //!
+//! A cursor carries its item's sort key (base64, not encrypted): a field a caller may not
+//! read (a webhook's URL) is no order field.
+//!
 //! `CREATED_AT` is creation order everywhere: ids are UUIDv7 minted at creation, so it is the
 //! store's own key order and costs no sort. Other fields sort what the list read (see
 //! docs/PERFORMANCE.md).
@@ -193,13 +196,12 @@ order!(
     }
 );
 order!(
+    // Not by URL: only roles that manage webhooks read it, and a cursor carries its sort key.
     "webhooks",
     WebhookOrder,
     WebhookOrderField {
         /// Creation order (the default, ascending).
         CREATED_AT,
-        /// Their URL.
-        URL,
     }
 );
 order!(
@@ -312,13 +314,9 @@ pub fn api_key(f: ApiKeyOrderField, k: &ApiKey) -> Position {
 }
 
 pub fn webhook(f: WebhookOrderField, w: &upkeep_core::webhook::Webhook) -> Position {
-    at(
-        match f {
-            WebhookOrderField::URL => Some(SortKey::Text(w.url.clone())),
-            WebhookOrderField::CREATED_AT => None,
-        },
-        w.id,
-    )
+    match f {
+        WebhookOrderField::CREATED_AT => Position::by_id(w.id),
+    }
 }
 
 /// `LAST_SEEN_AT` needs presence, which the record does not hold: the list reads it first and
