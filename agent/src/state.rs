@@ -135,8 +135,11 @@ pub(crate) struct StateDir {
 }
 
 impl StateDir {
-    /// Creates the directories (mode 0700) when missing.
+    /// Creates the directories (mode 0700) when missing. A relative `root` is taken from the
+    /// working directory at start: scripts run in their own working directories and are
+    /// handed absolute paths.
     pub(crate) fn open(root: &Path) -> io::Result<Self> {
+        let root = &std::path::absolute(root)?;
         let dir = Self {
             root: root.to_owned(),
             jobs: root.join("jobs"),
@@ -635,5 +638,31 @@ mod tests {
         dir.mark_running(&step_job("../x"))?;
         assert_eq!(dir.recover_interrupted()?, vec!["../x".to_owned()]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod relative_root {
+    use super::StateDir;
+
+    #[test]
+    fn a_relative_state_dir_becomes_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let here = std::env::current_dir().unwrap();
+        let rel = tmp.path().strip_prefix("/").map_or_else(
+            |_| tmp.path().join("state"),
+            |p| {
+                let mut up = std::path::PathBuf::new();
+                for _ in here.components().skip(1) {
+                    up.push("..");
+                }
+                up.join(p).join("state")
+            },
+        );
+        assert!(rel.is_relative() || cfg!(windows));
+        let dir = StateDir::open(&rel).unwrap();
+        assert!(dir.root().is_absolute(), "{}", dir.root().display());
+        assert!(dir.work_dir().is_absolute());
+        assert!(tmp.path().join("state").join("work").is_dir());
     }
 }

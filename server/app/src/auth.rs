@@ -18,6 +18,9 @@ use upkeep_core::domain::{Id, Time, User, UserRole};
 
 /// How long a login token is valid.
 pub const API_TOKEN_HOURS: i64 = 12;
+/// How long a sign-in lasts through `refreshToken`: a chain of refreshed tokens ends this
+/// long after the password (and second factor) were last given.
+pub const SIGN_IN_DAYS: i64 = 30;
 const API_AUDIENCE: &str = "upkeep-api";
 pub const POSTPONE_AUDIENCE: &str = "upkeep-postpone";
 
@@ -123,6 +126,21 @@ pub struct ApiClaims {
     /// generations existed: 0).
     #[serde(default)]
     pub generation: u32,
+    /// When the user last gave their password (unix seconds); a refreshed token keeps it.
+    /// Absent in tokens from before refreshing existed: `iat` stands in.
+    #[serde(default)]
+    pub auth_time: i64,
+}
+
+impl ApiClaims {
+    /// When the sign-in this token belongs to happened.
+    pub fn signed_in_at(&self) -> i64 {
+        if self.auth_time > 0 {
+            self.auth_time
+        } else {
+            self.iat
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +186,27 @@ impl Keys {
 
     /// A login token for `user`, valid until its generation changes or it expires.
     pub fn issue_api_token(&self, user: &User, now: Time) -> Result<String, ApiError> {
+        self.sign_api_token(user, now, now.timestamp())
+    }
+
+    /// A fresh token for a still-valid one of the same sign-in (`signed_in_at`, unix seconds):
+    /// refused once the sign-in is [`SIGN_IN_DAYS`] old, so a stolen token cannot be kept
+    /// alive forever. The old token keeps its own expiry.
+    pub fn refresh_api_token(
+        &self,
+        user: &User,
+        signed_in_at: i64,
+        now: Time,
+    ) -> Result<String, ApiError> {
+        if now.timestamp() - signed_in_at > SIGN_IN_DAYS * 86_400 {
+            return Err(ApiError::Unauthenticated(format!(
+                "this sign-in is older than {SIGN_IN_DAYS} days; log in again"
+            )));
+        }
+        self.sign_api_token(user, now, signed_in_at)
+    }
+
+    fn sign_api_token(&self, user: &User, now: Time, auth_time: i64) -> Result<String, ApiError> {
         let claims = ApiClaims {
             sub: user.id.to_string(),
             role: user.role,
@@ -177,6 +216,7 @@ impl Keys {
             exp: (now + chrono::Duration::hours(API_TOKEN_HOURS)).timestamp(),
             aud: API_AUDIENCE.into(),
             generation: user.token_generation,
+            auth_time,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::internal(format_args!("signing token: {e}")))
@@ -236,6 +276,8 @@ pub enum Principal {
     User {
         id: Id,
         email: String,
+        /// When this sign-in began (unix seconds): `refreshToken` keeps it.
+        signed_in_at: i64,
     },
     ApiKey {
         id: Id,

@@ -22,6 +22,7 @@ pub enum Command {
     /// Verify the store: every index entry points at a record and back, no session in an
     /// impossible state. Exits non-zero on damage.
     Check {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
     },
@@ -29,8 +30,10 @@ pub enum Command {
     Schema,
     /// Write a consistent backup of the store (asks the running server, if any).
     Backup {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
+        /// The backup file to write (installer files go beside it, into `<out>.files/`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -39,7 +42,9 @@ pub enum Command {
     /// with --tenant. Entries are matched by name; the server must not be running on the data
     /// dir (use --library at start instead).
     ImportLibrary {
+        /// The library directory.
         dir: PathBuf,
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
         /// Import into this tenant's catalogue (its id) instead of the MSP-level one.
@@ -49,13 +54,16 @@ pub enum Command {
     /// Remove installer files that no software (and no unfinished session) names any more and
     /// that were uploaded over an hour ago (asks the running server, if any).
     Gc {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
     },
     /// Restore a backup into a new, empty data dir (the server must not be running on it).
     Restore {
+        /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
+        /// The backup file to read (with its `<in>.files/` beside it).
         #[arg(long = "in")]
         input: PathBuf,
     },
@@ -88,14 +96,21 @@ pub struct ServeConfig {
     /// On a store with no users, create this MSP admin.
     #[arg(long, env = "UPKEEP_ADMIN_EMAIL", requires = "admin_password")]
     pub admin_email: Option<String>,
+    /// The password of `--admin-email` (at least 12 characters).
     #[arg(long, env = "UPKEEP_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// HMAC key for API and postpone tokens (default: generated once into the data dir).
     #[arg(long, env = "UPKEEP_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Comma-separated browser origins allowed to call /graphql.
-    #[arg(long, env = "UPKEEP_CORS_ORIGINS", value_delimiter = ',')]
+    /// Comma-separated browser origins allowed to call /graphql (`https://portal.example`,
+    /// normalised: a trailing slash is dropped), or `*` alone for any origin (no credentials
+    /// are involved: the API takes bearer tokens, not cookies).
+    #[arg(long, env = "UPKEEP_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_cors_origin)]
     pub cors_origins: Vec<String>,
+    /// Comma-separated request headers browsers may send cross-origin, added to the defaults
+    /// (authorization, content-type, apollographql-client-name, apollographql-client-version).
+    #[arg(long, env = "UPKEEP_CORS_HEADERS", value_delimiter = ',', value_parser = parse_header_name)]
+    pub cors_headers: Vec<String>,
     /// Allow webhook URLs on loopback and private addresses.
     #[arg(long, env = "UPKEEP_ALLOW_PRIVATE_WEBHOOKS")]
     pub allow_private_webhooks: bool,
@@ -190,6 +205,39 @@ fn parse_preflight_script(path: &str) -> Result<upkeep_core::domain::Script, Str
     Ok(Script { language, body })
 }
 
+/// A CORS origin as browsers send it: `scheme://host[:port]` (no path, query or user; a
+/// trailing slash is dropped, scheme and host lowercased, a default port left out), or `*`.
+pub fn parse_cors_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(s.into());
+    }
+    let url = url::Url::parse(s).map_err(|e| {
+        format!("'{s}' is not an origin ({e}); write it as scheme://host[:port], e.g. https://portal.example")
+    })?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(format!(
+            "'{s}' is not an origin: write it as scheme://host[:port] (http or https, no path), e.g. https://portal.example"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// A request header name (`--cors-headers`), lowercased.
+fn parse_header_name(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    axum::http::HeaderName::from_bytes(s.as_bytes())
+        .map(|h| h.as_str().to_string())
+        .map_err(|_| format!("'{s}' is not a header name"))
+}
+
 fn parse_domain(s: &str) -> Result<String, String> {
     let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
     let ok = !d.is_empty()
@@ -273,6 +321,7 @@ impl ServeConfig {
             admin_password: None,
             jwt_secret: None,
             cors_origins: vec![],
+            cors_headers: vec![],
             allow_private_webhooks: false,
             max_concurrent_sessions: 500,
             test_clock: None,

@@ -16,14 +16,19 @@ pub mod net;
 pub mod permissions;
 pub mod secrets;
 pub mod services;
+pub mod time;
 pub mod totp;
 
 /// Sets up logging once (text or JSON lines), honouring `RUST_LOG`.
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    // Colours only for a person at a terminal: in the journal, a file or a pipe they are noise.
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         b.json().try_init()

@@ -56,6 +56,16 @@ pub enum SessionTrigger {
 }
 
 impl SessionTrigger {
+    /// The name the API and logs show (`MANUAL`, `SCHEDULE`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionTrigger::Manual => "MANUAL",
+            SessionTrigger::Schedule => "SCHEDULE",
+            SessionTrigger::Onboarding => "ONBOARDING",
+            SessionTrigger::Api => "API",
+        }
+    }
+
     /// Queue priority under the concurrency ceiling: lower starts first.
     pub fn priority(self) -> u8 {
         match self {

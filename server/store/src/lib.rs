@@ -66,6 +66,11 @@ pub enum StoreError {
     TooNew { found: u64, known: u64 },
     #[error("{0}")]
     Conflict(String),
+    /// Another process (a running server) holds the data directory.
+    #[error(
+        "the data directory {0} is in use by a running server: stop the server first (backup and gc ask it instead)"
+    )]
+    InUse(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

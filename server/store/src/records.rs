@@ -313,6 +313,10 @@ pub struct IdempotencyRecord {
     pub key: String,
     pub created_at: Time,
     pub session_ids: Vec<Id>,
+    /// SHA-256 (hex) of the call's input without its key: a repeat with the same key and a
+    /// different input is refused (absent in records from before: not compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
 }
 
 impl Record for IdempotencyRecord {

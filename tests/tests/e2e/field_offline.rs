@@ -355,7 +355,7 @@ async fn the_user_postpones_mail_by_mail_up_to_the_limit_then_updates_now() -> a
         (s["status"].as_str(), s["postponeCount"].as_i64()),
         (Some("POSTPONED"), Some(1))
     );
-    assert_eq!(s["executeAt"], "2026-06-01T15:00:00+00:00");
+    assert_eq!(s["executeAt"], "2026-06-01T15:00:00.000Z");
 
     // Mail 2: the new time, fresh links; mail 1's links are spent or replaced.
     let m2 = wait_mails(&smtp, 2).await?.remove(1);
@@ -369,7 +369,7 @@ async fn the_user_postpones_mail_by_mail_up_to_the_limit_then_updates_now() -> a
     assert_eq!(post(&f.s, &l2[0], "postpone").await?.0, 200);
     let s = f.s.session(&f.admin, &id).await?;
     assert_eq!(s["postponeCount"], 2);
-    assert_eq!(s["executeAt"], "2026-06-01T19:00:00+00:00");
+    assert_eq!(s["executeAt"], "2026-06-01T19:00:00.000Z");
 
     // Mail 3: the limit is reached — no postpone, only update now.
     let m3 = wait_mails(&smtp, 3).await?.remove(2);

@@ -689,6 +689,7 @@ async fn health_metrics_and_graphiql() -> anyhow::Result<()> {
     let gi = s
         .http
         .get(format!("{}/graphql", s.url))
+        .header("accept", "text/html")
         .send()
         .await?
         .text()
@@ -712,5 +713,66 @@ async fn health_metrics_and_graphiql() -> anyhow::Result<()> {
     let nf = s.http.get(format!("{}/nope", s.url)).send().await?;
     assert_eq!(nf.status(), 404);
     assert_eq!(nf.json::<serde_json::Value>().await?["code"], "NOT_FOUND");
+    Ok(())
+}
+
+/// Every type, field, argument, input field and enum value the schema serves says what it is:
+/// portal teams read the schema through their generated types and GraphiQL's docs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_of_the_schema_has_a_description() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let body = s
+        .gql_raw(
+            Some(&admin),
+            include_str!("introspection.graphql"),
+            json!({}),
+        )
+        .await?;
+    let data = &body["data"];
+    let described = |v: &serde_json::Value| {
+        v["description"]
+            .as_str()
+            .is_some_and(|d| !d.trim().is_empty())
+    };
+    let mut missing = Vec::new();
+    for t in data["__schema"]["types"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        // The spec's own types: its built-in scalars are described by the spec (and never
+        // printed in an SDL), introspection's `__` types by the spec too.
+        if name.starts_with("__") || ["ID", "String", "Int", "Float", "Boolean"].contains(&name) {
+            continue;
+        }
+        if !described(t) {
+            missing.push(name.to_string());
+        }
+        for f in t["fields"].as_array().into_iter().flatten() {
+            let field = f["name"].as_str().unwrap();
+            if !described(f) {
+                missing.push(format!("{name}.{field}"));
+            }
+            for a in f["args"].as_array().into_iter().flatten() {
+                if !described(a) {
+                    missing.push(format!("{name}.{field}({})", a["name"].as_str().unwrap()));
+                }
+            }
+        }
+        for (list, sep) in [("inputFields", "."), ("enumValues", "::")] {
+            for v in t[list].as_array().into_iter().flatten() {
+                if !described(v) {
+                    missing.push(format!("{name}{sep}{}", v["name"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+    if let Ok(path) = std::env::var("UPKEEP_LIST_UNDESCRIBED") {
+        std::fs::write(path, missing.join("\n")).expect("write list");
+    }
+    assert!(
+        missing.is_empty(),
+        "{} parts of the schema have no description: {}",
+        missing.len(),
+        missing.join(", ")
+    );
     Ok(())
 }

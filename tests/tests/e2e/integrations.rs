@@ -230,6 +230,14 @@ async fn a_receiver_down_across_a_restart_still_gets_the_event_once() -> anyhow:
     assert_eq!(rx.all().len(), 1, "once");
     let body: Value = serde_json::from_str(&rx.all()[0].body)?;
     assert_eq!(body["data"]["id"], id.as_str());
+    // The event sequence at the top, as in the data, and times with milliseconds and `Z`.
+    assert!(body["sequence"].as_u64().is_some_and(|n| n > 1), "{body}");
+    assert_eq!(body["sequence"], body["data"]["sequence"]);
+    let at = body["occurredAt"].as_str().unwrap();
+    assert!(
+        at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.',
+        "{at}"
+    );
     Ok(())
 }
 

@@ -2,20 +2,24 @@
 //! scripts, a real SMTP listener. One module per capability; one test binary (one link).
 
 mod agents;
+mod console;
 mod control;
 mod crash;
 mod field_mail;
 mod field_offline;
 mod field_output;
 mod foundation;
+mod graphql_http;
 mod hostile;
 mod installers;
 mod integrations;
+mod integrators;
 mod inventory;
 mod library;
 mod lists;
 mod mail;
 mod ops;
+mod readme;
 mod reboots;
 mod schedules;
 mod security;

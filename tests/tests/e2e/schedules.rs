@@ -38,9 +38,9 @@ async fn schedule_fires_across_a_dst_change_in_new_york() -> anyhow::Result<()> 
     assert_eq!(
         d["createSchedule"]["nextRuns"],
         json!([
-            "2026-03-08T07:00:00+00:00",
-            "2026-03-09T06:30:00+00:00",
-            "2026-03-10T06:30:00+00:00"
+            "2026-03-08T07:00:00.000Z",
+            "2026-03-09T06:30:00.000Z",
+            "2026-03-10T06:30:00.000Z"
         ])
     );
     s.set_clock(at("2026-03-08T06:59:00Z")).await?;
@@ -103,7 +103,7 @@ async fn a_missed_window_is_respected() -> anyhow::Result<()> {
     .await?;
     let id = list[0]["id"].as_str().unwrap().to_string();
     let sched = s.wait_status(&admin, &id, &["SCHEDULED"], T).await?;
-    assert_eq!(sched["executeAt"], "2026-06-01T12:00:00+00:00");
+    assert_eq!(sched["executeAt"], "2026-06-01T12:00:00.000Z");
     // The clock jumps past the window: the session must not execute late.
     s.set_clock(at("2026-06-01T12:45:00Z")).await?;
     admin = s.admin().await?;

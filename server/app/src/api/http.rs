@@ -21,8 +21,12 @@ pub fn router(app: Arc<App>) -> Router {
     let mut gql = Router::new()
         .route(
             "/graphql",
-            get(graphql::graphiql).post(graphql::graphql_handler),
+            get(graphql::graphql_handler).post(graphql::graphql_handler),
         )
+        .layer(axum::Extension(Arc::new(
+            graphql::persisted::PersistedQueries::default(),
+        )))
+        .layer(axum::middleware::map_response(graphql::vary_accept))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         // `DefaultBodyLimit` only binds axum's own extractors; async-graphql-axum reads the
         // body stream itself, so without this a request body of any size was buffered.
@@ -33,27 +37,13 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             graphql::upload::multipart_uploads,
         ));
-    if !app.config.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = app
-            .config
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
-            .collect();
-        gql = gql.layer(
-            tower_http::cors::CorsLayer::new()
-                .allow_origin(origins)
-                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([
-                    axum::http::header::AUTHORIZATION,
-                    axum::http::header::CONTENT_TYPE,
-                ])
-                .max_age(std::time::Duration::from_secs(600)),
-        );
+    if let Some(cors) = cors_layer(&app.config) {
+        gql = gql.layer(cors);
     }
     let mut r = Router::new()
         .merge(gql)
         .route("/graphql/ws", get(graphql::ws_handler))
+        .merge(crate::api::graphiql::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(crate::api::metrics::render))
         .merge(crate::api::agent::routes())
@@ -80,6 +70,59 @@ pub fn router(app: Arc<App>) -> Router {
         crate::api::metrics::track,
     ))
     .with_state(app)
+}
+
+/// Request headers a browser on another origin may always send: the credential and the
+/// body's type, and the ones Apollo Client adds to identify itself.
+pub const CORS_DEFAULT_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "apollographql-client-name",
+    "apollographql-client-version",
+];
+
+/// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+pub const CORS_MAX_AGE_SECONDS: u64 = 600;
+
+/// `/graphql` for portals on other origins (`--cors-origins`, `--cors-headers`): the listed
+/// origins (already normalised by the flag's parser), or any with `*`; never credentials (the
+/// API takes bearer tokens, not cookies).
+fn cors_layer(config: &ServeConfig) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if config.cors_origins.is_empty() {
+        return None;
+    }
+    let origins = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let headers: Vec<axum::http::HeaderName> = CORS_DEFAULT_HEADERS
+        .iter()
+        .copied()
+        .chain(config.cors_headers.iter().map(String::as_str))
+        .filter_map(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(headers)
+            .max_age(std::time::Duration::from_secs(CORS_MAX_AGE_SECONDS)),
+    )
+}
+
+/// `--cors-origins '*'` allows every origin, so it stands alone.
+fn check_cors(config: &ServeConfig) -> anyhow::Result<()> {
+    if config.cors_origins.len() > 1 && config.cors_origins.iter().any(|o| o == "*") {
+        anyhow::bail!("--cors-origins: '*' allows every origin; give it alone or list origins");
+    }
+    Ok(())
 }
 
 /// A handler that panicked (a bug) answers 500 like any internal error: logged once under an
@@ -381,6 +424,7 @@ fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 // order would be harder to see.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
+    check_cors(&config)?;
     prepare_data_dir(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod backup;
 pub mod console;
 pub mod files;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod metrics;

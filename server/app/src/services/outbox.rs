@@ -143,7 +143,10 @@ impl Outbox {
     ) {
         let now = self.clock.now();
         if let Some(reason) = self.withdrawn(&m).await {
-            tracing::info!(mail = %m.id, session = ?m.session_id, "mail withdrawn: {reason}");
+            match m.session_id {
+                Some(session) => tracing::info!(mail = %m.id, %session, "mail withdrawn: {reason}"),
+                None => tracing::info!(mail = %m.id, "mail withdrawn: {reason}"),
+            }
             m.status = MailStatus::Withdrawn { at: now, reason };
             if self
                 .store
@@ -174,7 +177,7 @@ impl Outbox {
                 m.status = MailStatus::Sent { at: now };
                 m.last_error = None;
                 self.sent.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(mail = %m.id, message_id = %m.message_id, to = ?m.to, "mail sent");
+                tracing::info!(mail = %m.id, message_id = %m.message_id, to = %m.to.join(", "), "mail sent");
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);

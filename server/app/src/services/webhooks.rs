@@ -99,14 +99,20 @@ impl Webhooks {
             .into_iter()
             .map(|w| {
                 let id = crate::ids::fresh();
-                let body = serde_json::json!({
+                let sequence = data.get("sequence").cloned();
+                let mut body = serde_json::json!({
                     "id": id.to_string(),
                     "event": event,
-                    "occurredAt": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "occurredAt": crate::time::rfc3339(now),
                     "tenantId": tenant.to_string(),
                     "data": data,
-                })
-                .to_string();
+                });
+                // Events about a session carry its event sequence at the top too: a receiver
+                // orders and deduplicates by it without knowing each event's data.
+                if let Some(sequence) = sequence {
+                    body["sequence"] = sequence;
+                }
+                let body = body.to_string();
                 Delivery {
                     id,
                     webhook_id: w.id,
@@ -154,7 +160,7 @@ impl Webhooks {
         data["sequence"] = serde_json::json!(s.last_sequence);
         data["message"] = serde_json::json!(message);
         if let Stage::RebootPrompted { reboot_at, .. } = s.stage {
-            data["rebootAt"] = serde_json::json!(reboot_at);
+            data["rebootAt"] = serde_json::json!(crate::time::rfc3339(reboot_at));
         }
         let mut out = self
             .deliveries(s.tenant_id, WebhookEvent::RebootPrompted, data)
@@ -499,13 +505,16 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<String, crate::
             })
         } else {
             let port = parsed.port_or_known_default().unwrap_or(80);
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| ApiError::bad("url", format!("cannot resolve {host}: {e}")))?
-                .collect();
-            if addrs.is_empty() {
-                return Err(ApiError::bad("url", format!("{host} has no address")));
-            }
+            // A name that does not resolve yet (a receiver set up after its webhook, split
+            // DNS) is accepted: every delivery is judged again, on the addresses it connects
+            // to. A name that resolves to a private address is refused now.
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(e) => {
+                    tracing::info!(host = %crate::logsafe::log_value(host), error = %e, "webhook host does not resolve yet");
+                    Vec::new()
+                }
+            };
             addrs
                 .iter()
                 .find(|a| !crate::net::is_global(a.ip()))

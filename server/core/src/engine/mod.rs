@@ -182,7 +182,7 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     /// A command (cancel, postpone, update now, run now) on a session that already ended.
-    #[error("the session already ended {0:?}")]
+    #[error("the session has already ended ({})", status_name(*.0))]
     Ended(SessionStatus),
     /// Postponing before detection finished, or a detection-only session.
     #[error("only a session waiting to execute can be postponed")]

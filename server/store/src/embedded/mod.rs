@@ -27,7 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Engine(e.to_string())
+        match e {
+            // sled's own text of an I/O error is Rust's debug form of it.
+            sled::Error::Io(io) => StoreError::Engine(format!("I/O error: {io}")),
+            e => StoreError::Engine(e.to_string()),
+        }
     }
 }
 
@@ -64,7 +68,18 @@ impl SledStore {
             .path(dir.join("store"))
             .flush_every_ms(Some(200))
             .cache_capacity(256 * 1024 * 1024)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled locks the directory: another process has it open (sled's error is an
+                // `Other` whose text names the lock).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock") =>
+                {
+                    StoreError::InUse(dir.display().to_string())
+                }
+                e => e.into(),
+            })?;
         let trees = Space::all()
             .map(|s| db.open_tree(s.name()))
             .collect::<Result<Vec<_>, _>>()?;

@@ -86,9 +86,12 @@ impl<'a> Ctx<'a> {
             .data::<Arc<App>>()
             .map_err(|_| ApiError::internal("application state missing"))?;
         let actor = ctx.data_opt::<Actor>().ok_or_else(|| {
-            ApiError::Unauthenticated(
-                "sign in: send Authorization: Bearer <token or API key>".into(),
-            )
+            match ctx.data_opt::<super::RefusedCredential>() {
+                Some(refused) => ApiError::Unauthenticated(refused.0.clone()),
+                None => ApiError::Unauthenticated(
+                    "sign in: send Authorization: Bearer <token or API key>".into(),
+                ),
+            }
         })?;
         Ok(Ctx {
             app,

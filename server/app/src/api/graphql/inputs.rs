@@ -6,9 +6,9 @@ use super::enums::{
     Weekday,
 };
 use super::parse_id;
+use crate::api::graphql::scalars::DateTime;
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{ID, InputObject, Json};
-use chrono::{DateTime, Utc};
 use upkeep_core::calendar::cron::CronExpr;
 use upkeep_core::domain::*;
 use upkeep_core::types::{EmailAddress, Stored, Tag, TimeZone};
@@ -16,11 +16,15 @@ use upkeep_core::types::{EmailAddress, Stored, Tag, TimeZone};
 // List inputs carry `max_items` bounds, checked by the schema before any resolver runs
 // (documented in docs/SECURITY.md); each list's own checks are linear in its length.
 
+/// A tenant's working hours.
 #[derive(InputObject)]
 pub struct BusinessHoursInput {
+    /// The working days (at most seven).
     #[graphql(validator(max_items = 7))]
     pub days: Vec<Weekday>,
+    /// Start of the working day, `HH:MM` (e.g. `08:00`) in the tenant's time zone.
     pub start: String,
+    /// End of the working day, `HH:MM` (e.g. `17:30`), after `start`.
     pub end: String,
 }
 
@@ -54,17 +58,30 @@ impl BusinessHoursInput {
     }
 }
 
+/// A new tenant (a customer of the MSP).
 #[derive(InputObject)]
 pub struct CreateTenantInput {
+    /// The tenant's name, unique.
     pub name: String,
+    /// The name mails and pages show (default: `name`).
     pub company_name: Option<String>,
+    /// An IANA time zone for its mails and schedules (default `UTC`).
     pub time_zone: Option<String>,
+    /// The sender of its mails (a domain the server may send for).
     pub mail_from: Option<String>,
+    /// An https URL of the logo its mails and pages show.
     pub logo_url: Option<String>,
+    /// The accent colour of its mails and pages (`#RRGGBB`).
     pub primary_color: Option<String>,
+    /// True: a newly enrolled computer gets an `ONBOARDING` session at once (default false).
+    #[graphql(default_with = "Some(false)")]
     pub auto_onboarding: Option<bool>,
+    /// True keeps all its computers out of maintenance (default false).
+    #[graphql(default_with = "Some(false)")]
     pub excluded_from_maintenance: Option<bool>,
+    /// Its working hours: reboots wait until they are over.
     pub business_hours: Option<BusinessHoursInput>,
+    /// Addresses that get a blind copy of every maintenance mail.
     #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
     /// Checks run on the computer before a session of this tenant changes anything.
@@ -72,17 +89,28 @@ pub struct CreateTenantInput {
     pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
+/// Changes to a tenant; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdateTenantInput {
+    /// Its name (unique).
     pub name: Option<String>,
+    /// The name its mails and pages show.
     pub company_name: Option<String>,
+    /// An IANA time zone.
     pub time_zone: Option<String>,
+    /// The sender of its mails.
     pub mail_from: Option<String>,
+    /// An https URL of its logo.
     pub logo_url: Option<String>,
+    /// The accent colour (`#RRGGBB`).
     pub primary_color: Option<String>,
+    /// True: newly enrolled computers get an onboarding session.
     pub auto_onboarding: Option<bool>,
+    /// True keeps all its computers out of maintenance.
     pub excluded_from_maintenance: Option<bool>,
+    /// Its working hours.
     pub business_hours: Option<BusinessHoursInput>,
+    /// Addresses that get a blind copy of every maintenance mail (replaces them).
     #[graphql(validator(max_items = 20))]
     pub mail_bcc: Option<Vec<String>>,
     /// Checks run on the computer before a session of this tenant changes anything.
@@ -258,18 +286,25 @@ impl UpdateTenantInput {
     }
 }
 
+/// A new user of the API and console.
 #[derive(InputObject)]
 pub struct CreateUserInput {
+    /// The user's sign-in e-mail address.
     pub email: String,
+    /// At least 12 characters.
     pub password: String,
+    /// The user's role: at most the creator's own.
     pub role: UserRole,
+    /// The tenant, for tenant roles.
     pub tenant_id: Option<ID>,
 }
 
 /// Only the fields given change. Moving a user to an MSP role takes them out of their tenant.
 #[derive(InputObject)]
 pub struct UpdateUserInput {
+    /// Their role: at most the changer's own.
     pub role: Option<UserRole>,
+    /// Their tenant, for tenant roles.
     pub tenant_id: Option<ID>,
     /// A disabled user cannot log in; their tokens and API keys stop working at once.
     pub disabled: Option<bool>,
@@ -298,40 +333,60 @@ pub fn valid_password(field: &str, p: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A new person: someone who uses computers and gets their maintenance mails.
 #[derive(InputObject)]
 pub struct CreatePersonInput {
+    /// The person's tenant.
     pub tenant_id: ID,
+    /// The person's name, as mails address them.
     pub name: String,
+    /// Where maintenance mails go.
     pub email: String,
+    /// Sign-in names (`user` or `DOMAIN\\user`) by which a computer's logged-on user is matched to
+    /// this person.
     #[graphql(validator(max_items = 50))]
     pub usernames: Option<Vec<String>>,
 }
 
+/// Changes to a person; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdatePersonInput {
+    /// Their name.
     pub name: Option<String>,
+    /// Where their mails go.
     pub email: Option<String>,
+    /// Sign-in names matched to them (replaces them all).
     #[graphql(validator(max_items = 50))]
     pub usernames: Option<Vec<String>>,
 }
 
+/// Options of a new enrollment key.
 #[derive(InputObject, Default)]
 pub struct CreateEnrollmentKeyInput {
+    /// What the key is for (e.g. `Office laptops`).
     pub label: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
+    /// When the key stops enrolling; leave out for no expiry.
+    pub expires_at: Option<DateTime>,
+    /// How many computers may enroll with it; leave out for no limit.
     pub max_uses: Option<i32>,
+    /// Tags every computer enrolled with this key gets.
     #[graphql(validator(max_items = 100))]
     pub tags: Option<Vec<String>>,
+    /// The person every computer enrolled with this key gets as primary person.
     pub primary_person_id: Option<ID>,
 }
 
+/// Changes to a computer; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdateComputerInput {
+    /// A display name.
     pub name: Option<String>,
+    /// Its tags (replaces them all).
     #[graphql(validator(max_items = 100))]
     pub tags: Option<Vec<String>>,
     /// Empty string clears the primary person.
     pub primary_person_id: Option<ID>,
+    /// True keeps it out of maintenance.
     pub excluded_from_maintenance: Option<bool>,
 }
 
@@ -348,9 +403,12 @@ pub fn usernames(v: &[String]) -> ApiResult<Vec<String>> {
     Ok(tags(v)?.iter().map(|t| t.text().to_string()).collect())
 }
 
+/// A script an agent runs.
 #[derive(InputObject)]
 pub struct ScriptInput {
+    /// What runs it.
     pub language: ScriptLanguage,
+    /// The script's text (at most 256 KiB).
     pub body: String,
 }
 
@@ -381,10 +439,14 @@ impl ScriptInput {
 mod installer;
 pub use installer::{InstallerInput, check_stored};
 
+/// A version of a software.
 #[derive(InputObject)]
 pub struct SoftwareVersionInput {
+    /// The version, e.g. `1.10.0` (compared numerically field by field).
     pub version: String,
+    /// Installs this version.
     pub install_script: ScriptInput,
+    /// Upgrades to this version; leave out when the install script upgrades too.
     pub upgrade_script: Option<ScriptInput>,
     /// The file the agent fetches and verifies before the install or upgrade script runs.
     pub installer: Option<InstallerInput>,
@@ -429,16 +491,22 @@ pub fn versions(v: &[SoftwareVersionInput]) -> ApiResult<Vec<SoftwareVersion>> {
     Ok(out)
 }
 
+/// A new software: how to detect it and how to install, upgrade and uninstall each version.
 #[derive(InputObject)]
 pub struct CreateSoftwareInput {
+    /// The software's name, unique in its tenant.
     pub name: String,
+    /// The tenant; leave out for a cross-tenant software (MSP roles only).
     pub tenant_id: Option<ID>,
+    /// Prints the installed version (or nothing when not installed) and exits 0.
     pub detection_script: ScriptInput,
     /// Static versions, each with its install script. May be empty when `versionsScript` is
     /// given.
     #[graphql(validator(max_items = 200))]
     pub versions: Vec<SoftwareVersionInput>,
+    /// Removes the software (for `UNINSTALLED`).
     pub uninstall_script: Option<ScriptInput>,
+    /// A maintenance task run after each install or upgrade.
     pub configuration_task_id: Option<ID>,
     /// Prints the available versions, one JSON object per line:
     /// `{"version","url","sha256","size","releasedAt"}` (all but `version` optional; a `url`
@@ -460,18 +528,23 @@ pub struct CreateSoftwareInput {
     pub depends_on_ids: Option<Vec<ID>>,
 }
 
+/// Changes to a software; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdateSoftwareInput {
+    /// Its name.
     pub name: Option<String>,
+    /// The detection script.
     pub detection_script: Option<ScriptInput>,
     /// Replaces the whole version list.
     #[graphql(validator(max_items = 200))]
     pub versions: Option<Vec<SoftwareVersionInput>>,
+    /// The uninstall script.
     pub uninstall_script: Option<ScriptInput>,
     /// Empty string clears it.
     pub configuration_task_id: Option<ID>,
     /// `null` removes it.
     pub versions_script: async_graphql::MaybeUndefined<ScriptInput>,
+    /// How long a versions script's answer is reused.
     pub versions_cache_minutes: Option<i32>,
     /// `null` removes it.
     pub install_script: async_graphql::MaybeUndefined<ScriptInput>,
@@ -482,11 +555,16 @@ pub struct UpdateSoftwareInput {
     pub depends_on_ids: Option<Vec<ID>>,
 }
 
+/// A new maintenance task: a test script and the set script that makes the test pass.
 #[derive(InputObject)]
 pub struct CreateMaintenanceTaskInput {
+    /// The task's name, unique in its tenant.
     pub name: String,
+    /// The tenant; leave out for a cross-tenant task (MSP roles only).
     pub tenant_id: Option<ID>,
+    /// Exit 0: compliant; exit 1: not compliant; anything else: the test failed.
     pub test_script: ScriptInput,
+    /// Run when the test says not compliant (ENFORCE); leave out for a test-only task.
     pub set_script: Option<ScriptInput>,
     /// Prints the current value (first line of stdout), shown on the session's action.
     pub get_script: Option<ScriptInput>,
@@ -498,9 +576,13 @@ pub struct CreateMaintenanceTaskInput {
 /// Fields left out keep their value. Sessions already started keep the task as it was.
 #[derive(InputObject)]
 pub struct UpdateMaintenanceTaskInput {
+    /// Its name.
     pub name: Option<String>,
+    /// The test script.
     pub test_script: Option<ScriptInput>,
+    /// The set script.
     pub set_script: Option<ScriptInput>,
+    /// Prints the current value (shown as `currentValue`); `null` removes it.
     pub get_script: Option<ScriptInput>,
     /// Replaces the definitions. Deployments are not rewritten: one that no longer satisfies
     /// them fails its item (naming the parameter) when a session starts.
@@ -508,38 +590,69 @@ pub struct UpdateMaintenanceTaskInput {
     pub parameters: Option<Vec<super::parameters::ParameterDefinitionInput>>,
 }
 
+/// Which computers a deployment or schedule applies to.
 #[derive(InputObject)]
 pub struct TargetInput {
+    /// What kind of target.
     pub kind: TargetKind,
+    /// `COMPUTER`: a computer id; `PERSON`: a person id; `TAG`: a tag; leave out for
+    /// `ALL_COMPUTERS`.
     pub value: Option<String>,
 }
 
+/// A new deployment: what one target should have (a software in a state, or a maintenance task).
 #[derive(InputObject)]
 pub struct CreateDeploymentInput {
+    /// The tenant; leave out for a cross-tenant deployment (MSP roles only).
     pub tenant_id: Option<ID>,
+    /// Which computers it applies to.
     pub target: TargetInput,
+    /// The software to keep in `desiredState` (give this or `maintenanceTaskId`).
     pub software_id: Option<ID>,
+    /// The state the software should be in; required with `softwareId`.
     pub desired_state: Option<DesiredSoftwareState>,
+    /// The version for `INSTALLED_VERSION` and `INSTALLED_AT_LEAST`.
     pub version: Option<String>,
+    /// The maintenance task to run (give this or `softwareId`).
     pub maintenance_task_id: Option<ID>,
+    /// How the task runs (default `ENFORCE`).
     pub task_mode: Option<TaskMode>,
+    /// Values of the task's parameters, by name (a JSON object).
     pub parameters: Option<Json<serde_json::Value>>,
+    /// When it applies (default `REQUIRED`).
+    #[graphql(default_with = "Some(Enforcement::Required)")]
     pub enforcement: Option<Enforcement>,
+    /// Where in a session it runs (default `UNORDERED`).
+    #[graphql(default_with = "Some(DeploymentOrder::Unordered)")]
     pub order: Option<DeploymentOrder>,
+    /// Its place within `BEGINNING` or `END` (default 0; lower runs first).
+    #[graphql(default_with = "Some(0)")]
     pub position: Option<i32>,
+    /// False keeps the deployment without applying it (default true).
+    #[graphql(default_with = "Some(true)")]
     pub enabled: Option<bool>,
 }
 
+/// Changes to a deployment; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdateDeploymentInput {
+    /// Which computers it applies to.
     pub target: Option<TargetInput>,
+    /// The software's desired state.
     pub desired_state: Option<DesiredSoftwareState>,
+    /// The version for `INSTALLED_VERSION` and `INSTALLED_AT_LEAST`.
     pub version: Option<String>,
+    /// How the task runs.
     pub task_mode: Option<TaskMode>,
+    /// The task's parameter values (replaces them all).
     pub parameters: Option<Json<serde_json::Value>>,
+    /// When it applies.
     pub enforcement: Option<Enforcement>,
+    /// Where in a session it runs.
     pub order: Option<DeploymentOrder>,
+    /// Its place within `BEGINNING` or `END`.
     pub position: Option<i32>,
+    /// False keeps it without applying it.
     pub enabled: Option<bool>,
 }
 
@@ -594,23 +707,50 @@ pub fn parameters(v: &serde_json::Value) -> ApiResult<std::collections::BTreeMap
     Ok(out)
 }
 
+/// Options of sessions; fields left out take their defaults (see each field).
 #[derive(InputObject, Default, Clone)]
 pub struct MaintenanceOptionsInput {
+    /// Mail the computer's person what will happen and when, after detection (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_before: Option<bool>,
+    /// Mail the computer's person what happened (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_after: Option<bool>,
+    /// Mail even when nothing is to do (default false).
+    #[graphql(default_with = "Some(false)")]
     pub notify_when_compliant: Option<bool>,
+    /// List each action in the mails (default true).
+    #[graphql(default_with = "Some(true)")]
     pub show_actions_in_email: Option<bool>,
+    /// Offer the postpone link (default true).
+    #[graphql(default_with = "Some(true)")]
     pub allow_postpone: Option<bool>,
+    /// How many times the person may postpone (default 3).
+    #[graphql(default_with = "Some(3)")]
     pub max_postpones: Option<i32>,
+    /// How long one postpone waits, in hours (default 24).
+    #[graphql(default_with = "Some(24)")]
     pub postpone_hours: Option<i32>,
+    /// Offer an "update now" link (default true).
+    #[graphql(default_with = "Some(true)")]
     pub allow_update_now: Option<bool>,
+    /// Whether and how to reboot when an action needs it (default `NORMAL`).
+    #[graphql(default_with = "Some(RebootPreference::Normal)")]
     pub reboot_preference: Option<RebootPreference>,
+    /// What happens when the computer is offline at execution (default `APPLY_ON_CONNECT`).
+    #[graphql(default_with = "Some(OfflineBehavior::ApplyOnConnect)")]
     pub offline_behavior: Option<OfflineBehavior>,
+    /// With `SKIP`: minutes to wait for an offline computer (default 30).
+    #[graphql(default_with = "Some(30)")]
     pub offline_grace_minutes: Option<i32>,
+    /// Let a reboot happen in the tenant's business hours (default false).
+    #[graphql(default_with = "Some(false)")]
     pub allow_reboot_during_business_hours: Option<bool>,
     /// PROMPT: minutes between telling the computer's users and rebooting (default 15).
+    #[graphql(default_with = "Some(15)")]
     pub reboot_prompt_minutes: Option<i32>,
     /// A failed preflight check runs again after this many minutes (default 15).
+    #[graphql(default_with = "Some(15)")]
     pub preflight_retry_minutes: Option<i32>,
 }
 
@@ -661,31 +801,54 @@ impl MaintenanceOptionsInput {
     }
 }
 
+/// What `startMaintenanceSession` starts.
 #[derive(InputObject)]
 pub struct StartMaintenanceSessionInput {
+    /// The computers: one session each, in this order (at most 10 000).
     #[graphql(validator(max_items = 10000))]
     pub computer_ids: Vec<ID>,
+    /// True: detect and report only (default false).
+    #[graphql(default_with = "Some(false)")]
     pub detection_only: Option<bool>,
-    pub execute_at: Option<DateTime<Utc>>,
+    /// When to execute; leave out to execute right after detection. Not in the past.
+    pub execute_at: Option<DateTime>,
+    /// Limit the session to these deployments (`AD_HOC` ones included).
     #[graphql(validator(max_items = 1000))]
     pub deployment_ids: Option<Vec<ID>>,
+    /// The sessions' options.
     pub options: Option<MaintenanceOptionsInput>,
     /// A repeat with the same key from the same caller within 24 hours returns the first
     /// call's sessions and starts nothing.
     pub idempotency_key: Option<String>,
 }
 
+/// A new schedule: runs maintenance sessions on its target at each cron occurrence.
 #[derive(InputObject)]
 pub struct CreateScheduleInput {
+    /// The tenant; leave out for a cross-tenant schedule (MSP roles only).
     pub tenant_id: Option<ID>,
+    /// The schedule's name.
     pub name: String,
+    /// Which computers get a session.
     pub target: TargetInput,
+    /// A five-field cron expression, read in `timeZone` (e.g. `0 22 * * MON-FRI`).
     pub cron: String,
+    /// An IANA time zone (e.g. `Europe/Berlin`): required for a tenant's schedule; a
+    /// cross-tenant one leaves it out and runs in each tenant's own.
     pub time_zone: Option<String>,
+    /// Detection and the before-mail happen this many minutes before each occurrence (default 0).
+    #[graphql(default_with = "Some(0)")]
     pub detection_lead_minutes: Option<i32>,
+    /// Execution may start only within this many minutes after an occurrence (default 120).
+    #[graphql(default_with = "Some(120)")]
     pub window_minutes: Option<i32>,
+    /// The sessions' options.
     pub options: Option<MaintenanceOptionsInput>,
+    /// False keeps the schedule without running it (default true).
+    #[graphql(default_with = "Some(true)")]
     pub enabled: Option<bool>,
+    /// True: sessions detect and report only (default false).
+    #[graphql(default_with = "Some(false)")]
     pub detection_only: Option<bool>,
     /// Checks run before this schedule's sessions change anything (after the server's and
     /// the tenant's).
@@ -693,16 +856,26 @@ pub struct CreateScheduleInput {
     pub preflight_scripts: Option<Vec<ScriptInput>>,
 }
 
+/// Changes to a schedule; only the fields given change.
 #[derive(InputObject)]
 pub struct UpdateScheduleInput {
+    /// Its name.
     pub name: Option<String>,
+    /// Which computers get a session.
     pub target: Option<TargetInput>,
+    /// The five-field cron expression.
     pub cron: Option<String>,
+    /// An IANA time zone.
     pub time_zone: Option<String>,
+    /// Minutes between detection and each occurrence.
     pub detection_lead_minutes: Option<i32>,
+    /// Minutes after an occurrence in which execution may start.
     pub window_minutes: Option<i32>,
+    /// The sessions' options (replaces them).
     pub options: Option<MaintenanceOptionsInput>,
+    /// False keeps it without running it.
     pub enabled: Option<bool>,
+    /// True: detect and report only.
     pub detection_only: Option<bool>,
     /// Checks run before this schedule's sessions change anything (after the server's and
     /// the tenant's).
@@ -726,18 +899,25 @@ pub fn cron(field: &str, s: &str) -> ApiResult<Stored<CronExpr>> {
         .map_err(|e| ApiError::bad(field, e.0))
 }
 
+/// Which sessions `maintenanceSessions` lists; every given field must match.
 #[derive(InputObject, Default)]
 pub struct MaintenanceSessionFilter {
+    /// Only this tenant's sessions.
     pub tenant_id: Option<ID>,
+    /// Only this computer's sessions.
     pub computer_id: Option<ID>,
+    /// Only sessions this schedule started.
     pub schedule_id: Option<ID>,
+    /// Only sessions in one of these statuses.
     #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<SessionStatus>>,
     /// Sessions started by any of these triggers (a single value is read as a list of one).
     #[graphql(validator(max_items = 16))]
     pub trigger: Option<Vec<SessionTrigger>>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
+    /// Only sessions created at or after this instant.
+    pub created_after: Option<DateTime>,
+    /// Only sessions created before this instant.
+    pub created_before: Option<DateTime>,
 }
 
 /// Which computers to list (all given conditions hold).
@@ -764,28 +944,42 @@ pub struct ComputerFilter {
     pub installed_software: Option<String>,
 }
 
+/// Which unfinished sessions `cancelMaintenanceSessions` cancels; every given field must match.
 #[derive(InputObject, Default)]
 pub struct CancelSessionsFilter {
+    /// Only sessions of this tenant.
     pub tenant_id: Option<ID>,
+    /// Only sessions started by this schedule.
     pub schedule_id: Option<ID>,
+    /// Only sessions in one of these statuses (unfinished ones).
     #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<SessionStatus>>,
 }
 
+/// A new API key.
 #[derive(InputObject)]
 pub struct CreateApiKeyInput {
+    /// Who uses the key (e.g. `PSA`), 1–100 characters.
     pub name: String,
+    /// The role the key acts with: at most the creator's own.
     pub role: UserRole,
+    /// Limit the key to this tenant (required for tenant roles).
     pub tenant_id: Option<ID>,
-    pub expires_at: Option<DateTime<Utc>>,
+    /// When the key stops working; leave out for no expiry.
+    pub expires_at: Option<DateTime>,
 }
 
+/// A new webhook: signed JSON POSTs to an integration when events happen.
 #[derive(InputObject)]
 pub struct CreateWebhookInput {
+    /// Only this tenant's events; leave out for every tenant (MSP roles only).
     pub tenant_id: Option<ID>,
+    /// Where events are POSTed (`https://…`).
     pub url: String,
+    /// The events to send.
     #[graphql(validator(max_items = 32))]
     pub events: Vec<WebhookEvent>,
+    /// What the webhook is for.
     pub description: Option<String>,
 }
 
@@ -809,13 +1003,14 @@ pub fn opt_id(field: &str, v: &Option<ID>) -> ApiResult<Option<Id>> {
 /// Which audit records to list (all given conditions hold).
 #[derive(InputObject, Default)]
 pub struct AuditEventFilter {
+    /// Only events of this tenant.
     pub tenant_id: Option<ID>,
     /// A user's or API key's id.
     pub actor_id: Option<ID>,
     /// The action, e.g. `createDeployment` or `loginFailed`.
     pub action: Option<String>,
     /// At or after this instant.
-    pub since: Option<DateTime<Utc>>,
+    pub since: Option<DateTime>,
     /// Before this instant.
-    pub until: Option<DateTime<Utc>>,
+    pub until: Option<DateTime>,
 }

@@ -193,8 +193,8 @@ impl SessionQuery {
                 .trigger
                 .as_ref()
                 .map(|v| v.iter().map(|&t| t.into()).collect()),
-            after: f.created_after,
-            before: f.created_before,
+            after: f.created_after.map(|d| d.0),
+            before: f.created_before.map(|d| d.0),
         })
     }
 
@@ -316,8 +316,8 @@ impl AuditQuery {
             scope: c.scope.narrow(asked),
             actor: opt_id("filter.actorId", &f.actor_id)?,
             action: f.action,
-            since: f.since,
-            until: f.until,
+            since: f.since.map(|d| d.0),
+            until: f.until.map(|d| d.0),
         })
     }
 

@@ -9,8 +9,11 @@ mod mutation;
 mod node;
 mod order;
 mod parameters;
+pub mod persisted;
 mod query;
+pub mod scalars;
 mod subscription;
+pub mod transport;
 pub mod types;
 pub mod upload;
 pub mod ws;
@@ -18,12 +21,11 @@ pub mod ws;
 use crate::auth::{Actor, Principal};
 use crate::error::ApiError;
 use crate::services::App;
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{ID, Schema};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLProtocol;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use upkeep_core::domain::*;
@@ -53,7 +55,7 @@ pub fn schema(app: Option<Arc<App>>) -> UpkeepSchema {
 
 /// The SDL portals build against (what `schema/schema.graphql` holds).
 pub fn sdl() -> String {
-    schema(None).sdl()
+    schema(None).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 pub fn parse_id(field: &str, id: &ID) -> Result<Id, ApiError> {
@@ -114,6 +116,9 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
         mut request: async_graphql::Request,
         next: async_graphql::extensions::NextPrepareRequest<'_>,
     ) -> async_graphql::ServerResult<async_graphql::Request> {
+        // Taken out while the parsed document borrows the request.
+        let variables = std::mem::take(&mut request.variables);
+        let operation_name = request.operation_name.take();
         let doc = request.parsed_query()?;
         if doc.operations.iter().count() > MAX_OPERATIONS {
             return Err(async_graphql::ServerError::new(
@@ -121,7 +126,13 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
                 None,
             ));
         }
-        match expanded_size(doc) {
+        if let Some(e) = missing_required_variable(doc, operation_name.as_deref(), &variables) {
+            return Err(e);
+        }
+        let size = expanded_size(doc);
+        request.variables = variables;
+        request.operation_name = operation_name;
+        match size {
             Some(n) if n <= MAX_EXPANDED_FIELDS => next.run(ctx, request).await,
             _ => Err(async_graphql::ServerError::new(
                 format!(
@@ -158,7 +169,22 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
     ) -> async_graphql::Response {
         let mut resp = next.run(ctx).await;
         crate::error::add_codes(&mut resp);
+        transport::strip_empty_locations(&mut resp);
         resp
+    }
+
+    /// Marks the request as executed (see [`transport::Executed`]): what fails before this
+    /// point is a request error, answered without `data`.
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        if let Some(e) = ctx.data_opt::<transport::Executed>() {
+            e.mark();
+        }
+        next.run(ctx, operation_name).await
     }
 
     fn subscribe<'s>(
@@ -171,10 +197,45 @@ impl async_graphql::extensions::Extension for LimitCodesExt {
         next.run(ctx, stream)
             .map(|mut r| {
                 crate::error::add_codes(&mut r);
+                transport::strip_empty_locations(&mut r);
                 r
             })
             .boxed()
     }
+}
+
+/// A required variable (`$x: T!` without a default) that the request leaves out or sends as
+/// null: a request error before execution, as the spec has it (async-graphql would only notice
+/// when a resolver reads the argument, after other fields ran).
+fn missing_required_variable(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &async_graphql::Variables,
+) -> Option<async_graphql::ServerError> {
+    use async_graphql::parser::types::DocumentOperations;
+    let op = match (&doc.operations, operation_name) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => {
+            ops.iter().find(|(n, _)| n.as_str() == name)?.1
+        }
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
+        _ => return None,
+    };
+    op.node.variable_definitions.iter().find_map(|def| {
+        let d = &def.node;
+        let given = variables
+            .get(&d.name.node)
+            .is_some_and(|v| !matches!(v, async_graphql::Value::Null));
+        (!d.var_type.node.nullable && d.default_value.is_none() && !given).then(|| {
+            async_graphql::ServerError::new(
+                format!(
+                    "variable ${} of type {} is required: send it in variables",
+                    d.name.node, d.var_type.node
+                ),
+                Some(def.pos),
+            )
+        })
+    })
 }
 
 /// Most selections a document may make with its fragments expanded (the standard introspection
@@ -280,6 +341,7 @@ pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor
         principal: Principal::User {
             id: user.id,
             email: user.email.text().to_string(),
+            signed_in_at: claims.signed_in_at(),
         },
         role: user.role,
         tenant_id: user.tenant_id,
@@ -287,28 +349,111 @@ pub async fn authenticate(app: &App, value: Option<&str>) -> Result<Option<Actor
     }))
 }
 
+/// `GET` and `POST /graphql` (see [`transport`] for the rules): a browser navigating here
+/// (`Accept: text/html`) gets GraphiQL; everything else is GraphQL over HTTP.
 pub async fn graphql_handler(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(persisted): axum::Extension<Arc<persisted::PersistedQueries>>,
+    method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-    req: GraphQLRequest,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let schema = shared_schema();
-    let mut req = req.into_inner().data(ClientAddr(peer)).data(app.clone());
+    use transport::Body;
+    let get = method == Method::GET || method == Method::HEAD;
+    if get && transport::wants_html(&headers) {
+        return crate::api::graphiql::page();
+    }
+    let Some(media) = transport::negotiate(&headers) else {
+        return transport::not_acceptable();
+    };
+    let parsed = if get {
+        transport::from_query_string(uri.query().unwrap_or(""))
+            .and_then(|p| transport::refuse_on_get(&p).map(|()| Body::Single(p)))
+    } else {
+        match body {
+            Ok(bytes) => transport::from_post(&headers, &bytes),
+            // Too large (413) or cut short: `errors_as_graphql` gives it the GraphQL shape.
+            Err(rejection) => return rejection.into_response(),
+        }
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(r) => return transport::refusal(media, &r),
+    };
     let auth = headers.get("authorization").and_then(|h| h.to_str().ok());
-    match authenticate(&app, auth).await {
-        Ok(Some(actor)) => req = req.data(actor),
-        Ok(None) => {}
-        Err(e) => {
-            let err: async_graphql::Error = e.into();
-            let mut resp = async_graphql::Response::from_errors(vec![
-                err.into_server_error(async_graphql::Pos::default()),
-            ]);
-            crate::error::add_codes(&mut resp);
-            return GraphQLResponse::from(resp).into_response();
+    let (actor, refused) = match authenticate(&app, auth).await {
+        Ok(actor) => (actor, None),
+        // A stale or bad credential does not stop operations that need none (`login`): the
+        // operations that need one answer why it was refused.
+        Err(ApiError::Unauthenticated(why)) => (None, Some(why)),
+        Err(e) => return refuse_credential(media, e),
+    };
+    let run = |p: transport::Params| {
+        let (app, actor, refused, persisted) = (
+            app.clone(),
+            actor.clone(),
+            refused.clone(),
+            persisted.clone(),
+        );
+        async move {
+            let (mut req, executed) = p.into_request(&persisted)?;
+            req = req.data(ClientAddr(peer)).data(app);
+            if let Some(actor) = actor {
+                req = req.data(actor);
+            }
+            if let Some(why) = refused {
+                req = req.data(RefusedCredential(why));
+            }
+            let response = shared_schema().execute(req).await;
+            Ok::<_, transport::Refused>(transport::Outcome { response, executed })
+        }
+    };
+    match parsed {
+        Body::Single(p) => match run(p).await {
+            Ok(outcome) => transport::answer(media, outcome),
+            Err(r) => transport::refusal(media, &r),
+        },
+        Body::Batch(ps) => {
+            // One after the other, in order: a batch may hold mutations.
+            let mut items = Vec::with_capacity(ps.len());
+            for p in ps {
+                items.push(run(p).await);
+            }
+            transport::answer_batch(media, items)
         }
     }
-    GraphQLResponse::from(schema.execute(req).await).into_response()
+}
+
+/// A credential that could not be checked (the store failed) or is refused for another reason
+/// than being stale: a request error with the error's own code, and under
+/// `application/graphql-response+json` the matching status.
+fn refuse_credential(media: transport::MediaType, e: ApiError) -> Response {
+    use axum::http::StatusCode;
+    let status = match &e {
+        ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden(_) | ApiError::MfaRequired(_) => StatusCode::FORBIDDEN,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let err: async_graphql::Error = e.into();
+    let mut resp = async_graphql::Response::from_errors(vec![
+        err.into_server_error(async_graphql::Pos::default()),
+    ]);
+    crate::error::add_codes(&mut resp);
+    transport::strip_empty_locations(&mut resp);
+    let mut r = transport::answer(
+        media,
+        transport::Outcome {
+            response: resp,
+            executed: transport::Executed::default(),
+        },
+    );
+    if media == transport::MediaType::GraphQLResponse {
+        *r.status_mut() = status;
+    }
+    r
 }
 
 /// One schema for the process; the application state travels with each request (so a stopped
@@ -318,19 +463,13 @@ pub(crate) fn shared_schema() -> &'static UpkeepSchema {
     SCHEMA.get_or_init(|| schema(None))
 }
 
+/// Why the request's credential was refused (an expired token, a revoked key): what an
+/// operation that needs a signed-in caller answers.
+pub struct RefusedCredential(pub String);
+
 /// The caller's address, for login throttling.
 #[derive(Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-pub async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Upkeep GraphiQL")
-            .finish(),
-    )
-}
 
 /// WebSocket subscriptions. Answers with the subprotocol it then speaks: the client's first
 /// offered one that the server supports (see STACK.md P3); the connection itself is
@@ -367,6 +506,16 @@ pub async fn ws_handler(
         .into_response()
 }
 
+/// `/graphql` answers differ by `Accept` (GraphiQL, or the negotiated media type): caches keep
+/// them apart.
+pub async fn vary_accept(mut resp: Response) -> Response {
+    resp.headers_mut().append(
+        axum::http::header::VARY,
+        axum::http::HeaderValue::from_static("accept"),
+    );
+    resp
+}
+
 /// Rewrites the transport-level refusals of `POST /graphql` (body too large, not a GraphQL
 /// request) that the body-limit layer and async-graphql-axum answer in plain text into the
 /// GraphQL error shape, so that clients always read `errors[0].extensions.code`.
@@ -376,7 +525,9 @@ pub async fn errors_as_graphql(resp: Response) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with("application/graphql-response+json")
+        });
     if !status.is_client_error() || is_json {
         return resp;
     }

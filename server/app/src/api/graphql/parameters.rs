@@ -16,6 +16,7 @@ use upkeep_core::params::{self, ParameterDefinition, SECRET_MASK};
 pub struct ParameterDefinitionInput {
     /// A letter, then letters, digits or `_` (at most 64); unique ignoring case.
     pub name: String,
+    /// Its type.
     #[graphql(name = "type")]
     pub kind: ParameterType,
     /// A deployment must give a value unless there is a default.
@@ -26,6 +27,7 @@ pub struct ParameterDefinitionInput {
     /// SELECT only: the values allowed.
     #[graphql(validator(max_items = 100))]
     pub options: Option<Vec<String>>,
+    /// What it is for.
     pub description: Option<String>,
 }
 
@@ -49,18 +51,23 @@ pub fn definitions(
     Ok(defs)
 }
 
+/// A parameter of a maintenance task: its scripts read the value as `UPKEEP_PARAM_<NAME>`.
 #[Object(name = "ParameterDefinition")]
 impl View<ParameterDefinition> {
+    /// The parameter's name (`A-Z`, `0-9`, `_`).
     async fn name(&self) -> &str {
         &self.name
     }
+    /// Its type.
     #[graphql(name = "type")]
     async fn kind(&self) -> ParameterType {
         self.kind.into()
     }
+    /// True: a deployment must give a value (or the default is used).
     async fn required(&self) -> bool {
         self.required
     }
+    /// The value used when a deployment gives none (never shown for `SECRET`).
     async fn default(&self) -> Option<&str> {
         self.default.as_deref()
     }
@@ -68,6 +75,7 @@ impl View<ParameterDefinition> {
     async fn options(&self) -> &[String] {
         &self.options
     }
+    /// What it is for.
     async fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }

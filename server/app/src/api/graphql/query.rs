@@ -13,12 +13,12 @@ use super::order::{self, *};
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
+use crate::api::graphql::scalars::DateTime;
 use crate::auth::TenantScope;
 use crate::error::ApiError;
 use crate::services::App;
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use futures_util::stream::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use upkeep_core::domain::*;
@@ -29,16 +29,23 @@ use upkeep_store::records::*;
 
 pub struct Query;
 
+/// A maintenance mail as it would be sent.
 #[derive(SimpleObject)]
 pub struct EmailPreview {
+    /// The subject line.
     pub subject: String,
+    /// The HTML body.
     pub html: String,
+    /// The plain-text body.
     pub text: String,
 }
 
+/// How many sessions are in one status.
 #[derive(SimpleObject)]
 pub struct StatusCount {
+    /// The status.
     pub status: SessionStatus,
+    /// How many.
     pub count: i64,
 }
 
@@ -59,16 +66,22 @@ impl SessionTotal {
 
 #[Object]
 impl Query {
-    /// The signed-in user (or the user behind the API key).
-    async fn me(&self, ctx: &Context<'_>) -> Result<View<User>> {
+    /// The signed-in person; `null` when the caller is an API key (see `viewer`).
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<View<User>>> {
         let c = Ctx::own_account(ctx)?;
-        Ok(View(
-            c.app
-                .store
-                .get::<User>(&c.actor.user_id())
-                .await?
-                .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?,
-        ))
+        let crate::auth::Principal::User { id, .. } = c.actor.principal else {
+            return Ok(None);
+        };
+        Ok(Some(View(c.app.store.get::<User>(&id).await?.ok_or_else(
+            || ApiError::Unauthenticated("the user no longer exists".into()),
+        )?)))
+    }
+
+    /// Who the credential of this request is: a person's token or an API key, with the role
+    /// and tenant it acts with.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<super::types::Viewer> {
+        let c = Ctx::own_account(ctx)?;
+        Ok(super::types::Viewer::of(c.actor))
     }
 
     /// Any object by its id (Relay): tenants, users, people, computers, software, tasks,
@@ -726,7 +739,7 @@ impl Query {
         &self,
         ctx: &Context<'_>,
         tenant_id: Option<ID>,
-        since: Option<DateTime<Utc>>,
+        since: Option<DateTime>,
     ) -> Result<Vec<StatusCount>> {
         let c = Ctx::new(ctx)?;
         let asked = tenant_id
@@ -748,7 +761,8 @@ impl Query {
                     .await
                     .into_iter()
                     .filter(|s| {
-                        scope.contains(Some(s.tenant_id)) && since.is_none_or(|t| s.created_at >= t)
+                        scope.contains(Some(s.tenant_id))
+                            && since.is_none_or(|t| s.created_at >= t.0)
                     })
                     .count()
             };

@@ -5,9 +5,9 @@
 use super::ctx::Ctx;
 use super::enums::{ActionStatus, SessionStatus};
 use super::parse_id;
+use crate::api::graphql::scalars::DateTime;
 use crate::error::ApiError;
 use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription};
-use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -20,8 +20,10 @@ pub struct Subscription;
 
 pub struct EventView(pub Arc<SessionEvent>);
 
+/// A step of a session as it happens: a status change, an action step or a log line.
 #[Object(name = "MaintenanceSessionEvent")]
 impl EventView {
+    /// The session.
     async fn session_id(&self) -> ID {
         ID(self.0.session_id.to_string())
     }
@@ -29,8 +31,9 @@ impl EventView {
     async fn sequence(&self) -> i64 {
         self.0.sequence as i64
     }
-    async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+    /// When it happened.
+    async fn at(&self) -> DateTime {
+        self.0.at.into()
     }
     /// The session's status when the event happened.
     async fn status(&self) -> SessionStatus {
@@ -46,17 +49,22 @@ impl EventView {
             _ => None,
         }
     }
+    /// The log line it wrote, if any.
     async fn log_line(&self) -> Option<&str> {
         self.0.log_line.as_deref()
     }
 }
 
+/// A change to one action within a session event: the action and its new status.
 #[derive(async_graphql::SimpleObject)]
 pub struct ActionChange {
+    /// The action's id (`MaintenanceAction.id`).
     pub id: ID,
+    /// The action's status after this event.
     pub status: ActionStatus,
 }
 
+/// Live updates, over WebSocket (`/graphql/ws`, graphql-transport-ws).
 #[GqlSubscription]
 impl Subscription {
     /// Every status change, action step and log line of matching sessions, in order. With
@@ -66,8 +74,11 @@ impl Subscription {
     async fn maintenance_session_updates(
         &self,
         ctx: &Context<'_>,
-        session_id: Option<ID>,
-        tenant_id: Option<ID>,
+        #[graphql(desc = "Only this session's events.")] session_id: Option<ID>,
+        #[graphql(desc = "Only this tenant's sessions.")] tenant_id: Option<ID>,
+        #[graphql(
+            desc = "With `sessionId`: first replay, in order, every stored event after this sequence, then go on live."
+        )]
         after_sequence: Option<i64>,
     ) -> Result<impl Stream<Item = Result<EventView>>> {
         let c = Ctx::new(ctx)?;

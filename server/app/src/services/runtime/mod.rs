@@ -540,7 +540,7 @@ impl App {
             self.metrics
                 .sessions_finished
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(session = %s.id, computer = %s.computer_id, status = ?s.status, reason = ?s.status_reason, "session finished");
+            tracing::info!(session = %s.id, computer = %s.computer_id, status = upkeep_core::engine::status_name(s.status), reason = s.status_reason.as_deref().unwrap_or(""), "session finished");
         }
     }
 

@@ -151,8 +151,8 @@ impl App {
 
     /// Creates sessions for several computers and takes their first steps.
     ///
-    /// The sessions, their `created` events and the idempotency record (when `idempotency_key`
-    /// is given) are written in one transaction per [`START_CHUNK`] sessions and flushed once
+    /// The sessions, their `created` events and the idempotency record (when `idempotency`,
+    /// a scoped key and the request's hash, is given) are written in one transaction per [`START_CHUNK`] sessions and flushed once
     /// before anything is published; the first steps then run side by side, so their flushes
     /// share fsyncs. A computer that already has an unfinished session (or appears twice)
     /// fails the whole call with `CONFLICT` before anything is written (`Busy::Fail`), or is
@@ -161,7 +161,7 @@ impl App {
         self: &Arc<Self>,
         reqs: Vec<StartRequest>,
         busy: Busy,
-        idempotency_key: Option<String>,
+        idempotency: Option<(String, String)>,
     ) -> ApiResult<Vec<Session>> {
         let mut planned = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -196,10 +196,11 @@ impl App {
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
-            let record = idempotency_key.map(|key| IdempotencyRecord {
+            let record = idempotency.map(|(key, request_hash)| IdempotencyRecord {
                 key,
                 created_at: now,
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+                request_hash: Some(request_hash),
             });
             self.write_starts(&new, record.as_ref()).await?;
             self.store.flush().await?;
@@ -452,8 +453,8 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         action_id: None,
         action_status: None,
         log_line: Some(format!(
-            "Session created ({:?}) by {} for {} with {} deployment(s)",
-            s.trigger,
+            "Session created ({}) by {} for {} with {} deployment(s)",
+            s.trigger.name(),
             s.created_by,
             req.computer.name,
             s.items.len()

@@ -19,7 +19,9 @@ const MAX_FILE_NAME: usize = 255;
 pub struct InstallerInput {
     /// 64 hex digits.
     pub sha256: String,
+    /// The file name scripts see (default: from the upload or the URL).
     pub file_name: Option<String>,
+    /// A vendor's `https://` URL (with `sha256` and `size`); leave out for an uploaded file.
     pub url: Option<String>,
     /// Bytes; required with `url`, checked against the stored file without.
     pub size: Option<i64>,

@@ -30,9 +30,11 @@ impl AccessMutation {
     async fn login(
         &self,
         ctx: &Context<'_>,
-        email: String,
-        password: String,
-        totp_code: Option<String>,
+        #[graphql(desc = "The user's e-mail address.")] email: String,
+        #[graphql(desc = "The user's password.")] password: String,
+        #[graphql(desc = "The current six-digit code, for users with TOTP on.")] totp_code: Option<
+            String,
+        >,
     ) -> Result<LoginResult> {
         let app = ctx.data::<std::sync::Arc<crate::services::App>>()?;
         // Refused before any work: no argon2 run, no store read, no throttle entry.
@@ -96,12 +98,58 @@ impl AccessMutation {
         let token = app.keys.issue_api_token(&user, now)?;
         Ok(LoginResult {
             token,
-            expires_at: now + chrono::Duration::hours(auth::API_TOKEN_HOURS),
+            expires_at: (now + chrono::Duration::hours(auth::API_TOKEN_HOURS)).into(),
             user: View(user),
         })
     }
 
-    async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<View<User>> {
+    /// A fresh token for the still-valid one in `Authorization`, of the same sign-in: the old
+    /// token keeps its own expiry. A sign-in ends 30 days after the password was given (then
+    /// `login` again); a password change or disablement ends it at once. Only for people's
+    /// tokens: API keys do not expire this way.
+    async fn refresh_token(&self, ctx: &Context<'_>) -> Result<LoginResult> {
+        let c = Ctx::own_account(ctx)?;
+        let auth::Principal::User {
+            id, signed_in_at, ..
+        } = c.actor.principal
+        else {
+            return Err(ApiError::Forbidden(
+                "refreshToken is for people's tokens; an API key is used as it is".into(),
+            )
+            .into());
+        };
+        let user = c
+            .app
+            .store
+            .get::<User>(&id)
+            .await?
+            .ok_or_else(|| ApiError::Unauthenticated("the user no longer exists".into()))?;
+        let now = c.app.clock.now();
+        let token = c.app.keys.refresh_api_token(&user, signed_in_at, now)?;
+        let ip = ctx.data_opt::<ClientAddr>().map(|a| a.0.ip());
+        c.app
+            .record_audit(crate::audit::login(
+                Some((user.id, user.tenant_id)),
+                user.email.text(),
+                "refreshToken",
+                ip,
+                now,
+            ))
+            .await;
+        Ok(LoginResult {
+            token,
+            expires_at: (now + chrono::Duration::hours(auth::API_TOKEN_HOURS)).into(),
+            user: View(user),
+        })
+    }
+
+    /// Adds a user (MSP_ADMIN, or TENANT_ADMIN within their tenant); roles above the creator's own
+    /// are refused.
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "What to create.")] input: CreateUserInput,
+    ) -> Result<View<User>> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
         role_tenant(input.role.into(), tenant)?;
@@ -131,10 +179,11 @@ impl AccessMutation {
             .map_err(Into::into)
     }
 
+    /// Adds a tenant (MSP_ADMIN).
     async fn create_tenant(
         &self,
         ctx: &Context<'_>,
-        input: CreateTenantInput,
+        #[graphql(desc = "What to create.")] input: CreateTenantInput,
     ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::CreateTenants)?;
@@ -143,10 +192,12 @@ impl AccessMutation {
         Ok(View(t))
     }
 
+    /// Changes a tenant's name, branding and settings.
     async fn update_tenant(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The tenant's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateTenantInput,
     ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
@@ -186,10 +237,11 @@ impl AccessMutation {
         Ok(true)
     }
 
+    /// Adds a person to a tenant.
     async fn create_person(
         &self,
         ctx: &Context<'_>,
-        input: CreatePersonInput,
+        #[graphql(desc = "What to create.")] input: CreatePersonInput,
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &input.tenant_id)?;
@@ -211,10 +263,12 @@ impl AccessMutation {
         Ok(View(p))
     }
 
+    /// Changes a person.
     async fn update_person(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The person's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdatePersonInput,
     ) -> Result<View<Person>> {
         let c = Ctx::new(ctx)?;

@@ -24,8 +24,8 @@ impl AccountMutation {
     async fn update_user(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        input: UpdateUserInput,
+        #[graphql(desc = "The user's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")] input: UpdateUserInput,
     ) -> Result<View<User>> {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
@@ -68,7 +68,11 @@ impl AccountMutation {
 
     /// Deletes a user and frees their e-mail; their tokens and API keys stop working at once.
     /// Nobody deletes themselves or the last enabled MSP_ADMIN (`CONFLICT`).
-    async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn delete_user(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The user's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let id = parse_id("id", &id)?;
         c.load::<User>(id).await?;
@@ -94,8 +98,8 @@ impl AccountMutation {
     async fn change_password(
         &self,
         ctx: &Context<'_>,
-        current_password: String,
-        new_password: String,
+        #[graphql(desc = "The password now.")] current_password: String,
+        #[graphql(desc = "The new password (at least 12 characters).")] new_password: String,
     ) -> Result<bool> {
         let c = Ctx::own_account(ctx)?;
         let id = own_user(&c)?;
@@ -156,7 +160,11 @@ impl AccountMutation {
 
     /// Turns TOTP on with a code from the secret `enrollTotp` gave; from then on `login` needs
     /// `totpCode`.
-    async fn confirm_totp(&self, ctx: &Context<'_>, code: String) -> Result<bool> {
+    async fn confirm_totp(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The current six-digit code from the authenticator app.")] code: String,
+    ) -> Result<bool> {
         let c = Ctx::own_account(ctx)?;
         let id = own_user(&c)?;
         let now = c.app.clock.now();
@@ -183,7 +191,11 @@ impl AccountMutation {
     }
 
     /// Turns TOTP off; needs a current code.
-    async fn disable_totp(&self, ctx: &Context<'_>, code: String) -> Result<bool> {
+    async fn disable_totp(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The current six-digit code.")] code: String,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let id = own_user(&c)?;
         let now = c.app.clock.now();

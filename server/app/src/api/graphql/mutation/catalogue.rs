@@ -26,6 +26,7 @@ impl CatalogueMutation {
     async fn upload_installer(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "The installer (multipart request, GraphQL multipart request spec).")]
         file: async_graphql::Upload,
     ) -> Result<crate::api::graphql::types::InstallerFile> {
         let c = Ctx::new(ctx)?;
@@ -46,10 +47,11 @@ impl CatalogueMutation {
         })
     }
 
+    /// Adds a software to the catalogue.
     async fn create_software(
         &self,
         ctx: &Context<'_>,
-        input: CreateSoftwareInput,
+        #[graphql(desc = "What to create.")] input: CreateSoftwareInput,
     ) -> Result<View<Software>> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id).await?;
@@ -98,10 +100,12 @@ impl CatalogueMutation {
         Ok(View(s))
     }
 
+    /// Changes a software.
     async fn update_software(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The software's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateSoftwareInput,
     ) -> Result<View<Software>> {
         let c = Ctx::new(ctx)?;
@@ -147,10 +151,11 @@ impl CatalogueMutation {
         Ok(View(s))
     }
 
+    /// Adds a maintenance task to the catalogue.
     async fn create_maintenance_task(
         &self,
         ctx: &Context<'_>,
-        input: CreateMaintenanceTaskInput,
+        #[graphql(desc = "What to create.")] input: CreateMaintenanceTaskInput,
     ) -> Result<View<MaintenanceTask>> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id).await?;
@@ -176,10 +181,12 @@ impl CatalogueMutation {
         Ok(View(t))
     }
 
+    /// Changes a maintenance task.
     async fn update_maintenance_task(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The maintenance task's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateMaintenanceTaskInput,
     ) -> Result<View<MaintenanceTask>> {
         let c = Ctx::new(ctx)?;
@@ -203,10 +210,11 @@ impl CatalogueMutation {
         Ok(View(t))
     }
 
+    /// Says what a target should have: a software in a desired state, or a task.
     async fn create_deployment(
         &self,
         ctx: &Context<'_>,
-        input: CreateDeploymentInput,
+        #[graphql(desc = "What to create.")] input: CreateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id).await?;
@@ -264,10 +272,12 @@ impl CatalogueMutation {
         Ok(View(d))
     }
 
+    /// Changes a deployment.
     async fn update_deployment(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The deployment's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
@@ -347,7 +357,12 @@ impl CatalogueMutation {
         Ok(true)
     }
 
-    async fn delete_deployment(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Removes a deployment; running sessions keep their plan.
+    async fn delete_deployment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The deployment's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let d: Deployment = c.load_for_write(parse_id("id", &id)?).await?;
         if d.tenant_id.is_none() {

@@ -22,15 +22,15 @@ impl FleetMutation {
     async fn create_enrollment_key(
         &self,
         ctx: &Context<'_>,
-        tenant_id: ID,
-        input: Option<CreateEnrollmentKeyInput>,
+        #[graphql(desc = "The tenant computers enroll into.")] tenant_id: ID,
+        #[graphql(desc = "The key's options.")] input: Option<CreateEnrollmentKeyInput>,
     ) -> Result<EnrollmentKeyView> {
         let c = Ctx::new(ctx)?;
         let tenant = parse_id("tenantId", &tenant_id)?;
         c.tenant_for_write(Some(tenant)).await?;
         let input = input.unwrap_or_default();
         let now = c.app.clock.now();
-        if input.expires_at.is_some_and(|e| e <= now) {
+        if input.expires_at.is_some_and(|e| e.0 <= now) {
             return Err(ApiError::bad("input.expiresAt", "must be in the future").into());
         }
         if input.max_uses.is_some_and(|m| m < 1) {
@@ -54,7 +54,7 @@ impl FleetMutation {
                 .map(|l| name("input.label", l))
                 .transpose()?,
             created_at: now,
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(Into::into),
             max_uses: input.max_uses.map(|m| m as u32),
             uses: 0,
             revoked: false,
@@ -82,7 +82,12 @@ impl FleetMutation {
         })
     }
 
-    async fn revoke_enrollment_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Stops an enrollment key from enrolling more computers (enrolled ones stay).
+    async fn revoke_enrollment_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The enrollment key's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let mut k: EnrollmentKey = c.load_for_write(parse_id("id", &id)?).await?;
         k.revoked = true;
@@ -90,10 +95,12 @@ impl FleetMutation {
         Ok(true)
     }
 
+    /// Renames, tags or excludes a computer, or gives it a primary person.
     async fn update_computer(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The computer's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateComputerInput,
     ) -> Result<View<Computer>> {
         let c = Ctx::new(ctx)?;
@@ -163,7 +170,11 @@ impl FleetMutation {
     }
 
     /// Revokes a computer's agent token: its agent is refused until it enrolls again.
-    async fn revoke_computer_agent(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    async fn revoke_computer_agent(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The computer's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let comp: Computer = c.load_for_write(parse_id("id", &id)?).await?;
         c.app.revoke_agent(comp.id).await?;

@@ -19,10 +19,11 @@ pub struct IntegrationMutation;
 
 #[Object]
 impl IntegrationMutation {
+    /// Makes an API key; its secret is in this answer only.
     async fn create_api_key(
         &self,
         ctx: &Context<'_>,
-        input: CreateApiKeyInput,
+        #[graphql(desc = "What to create.")] input: CreateApiKeyInput,
     ) -> Result<CreatedApiKey> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
@@ -52,7 +53,7 @@ impl IntegrationMutation {
             .into());
         }
         let now = c.app.clock.now();
-        if input.expires_at.is_some_and(|e| e <= now) {
+        if input.expires_at.is_some_and(|e| e.0 <= now) {
             return Err(ApiError::bad("expiresAt", "must be in the future").into());
         }
         let secret = auth::new_secret("upk_");
@@ -64,7 +65,7 @@ impl IntegrationMutation {
             secret_hash: auth::secret_hash(&secret),
             created_by: c.actor.user_id(),
             created_at: now,
-            expires_at: input.expires_at,
+            expires_at: input.expires_at.map(Into::into),
             last_used_at: None,
             revoked: false,
         };
@@ -84,7 +85,12 @@ impl IntegrationMutation {
         })
     }
 
-    async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Ends an API key at once.
+    async fn revoke_api_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The API key's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let mut k: ApiKey = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::ManageApiKeys)?;
@@ -102,10 +108,11 @@ impl IntegrationMutation {
         Ok(true)
     }
 
+    /// Adds a webhook; its signing secret is in this answer only.
     async fn create_webhook(
         &self,
         ctx: &Context<'_>,
-        input: CreateWebhookInput,
+        #[graphql(desc = "What to create.")] input: CreateWebhookInput,
     ) -> Result<CreatedWebhook> {
         let c = Ctx::new(ctx)?;
         let owner = c.owner_for_new(&input.tenant_id).await?;
@@ -172,7 +179,12 @@ impl IntegrationMutation {
         Ok(View(w))
     }
 
-    async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Removes a webhook; its pending deliveries are dropped.
+    async fn delete_webhook(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The webhook's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageWebhooks, w.tenant_id)?;

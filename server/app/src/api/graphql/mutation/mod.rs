@@ -25,6 +25,7 @@ use upkeep_store::{Record, TxError};
 
 // Every mutation, in the order of the schema: each part is one file of this module (a doc
 // comment here would become the type's description in the SDL).
+/// Changes. Each runs as the caller and is written (with its audit record) before it answers.
 #[derive(async_graphql::MergedObject, Default)]
 pub struct Mutation(
     access::AccessMutation,
@@ -37,10 +38,14 @@ pub struct Mutation(
     session_start::SessionStartMutation,
 );
 
+/// A token for `Authorization: Bearer <token>`.
 #[derive(SimpleObject)]
 pub struct LoginResult {
+    /// The token (a JWT, valid 12 hours; `refreshToken` renews it).
     pub token: String,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// When the token expires.
+    pub expires_at: crate::api::graphql::scalars::DateTime,
+    /// The signed-in user.
     pub user: View<User>,
 }
 
@@ -53,15 +58,19 @@ pub struct TotpEnrollment {
     pub otpauth_url: String,
 }
 
+/// A new API key and its secret.
 #[derive(SimpleObject)]
 pub struct CreatedApiKey {
+    /// The key.
     pub api_key: View<ApiKey>,
     /// `upk_…`: shown only here; Upkeep keeps only its hash.
     pub secret: String,
 }
 
+/// A new webhook and its signing secret.
 #[derive(SimpleObject)]
 pub struct CreatedWebhook {
+    /// The webhook.
     pub webhook: View<Webhook>,
     /// The HMAC key for `Upkeep-Signature`: shown only here.
     pub secret: String,

@@ -18,10 +18,11 @@ pub struct ScheduleMutation;
 
 #[Object]
 impl ScheduleMutation {
+    /// Adds a schedule.
     async fn create_schedule(
         &self,
         ctx: &Context<'_>,
-        input: CreateScheduleInput,
+        #[graphql(desc = "What to create.")] input: CreateScheduleInput,
     ) -> Result<View<Schedule>> {
         let c = Ctx::new(ctx)?;
         let tenant = opt_id("tenantId", &input.tenant_id)?;
@@ -72,10 +73,12 @@ impl ScheduleMutation {
         Ok(View(s))
     }
 
+    /// Changes a schedule.
     async fn update_schedule(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+        #[graphql(desc = "The changes; fields left out stay as they are.")]
         input: UpdateScheduleInput,
     ) -> Result<View<Schedule>> {
         let c = Ctx::new(ctx)?;
@@ -107,8 +110,10 @@ impl ScheduleMutation {
         if let Some(m) = input.window_minutes {
             s.window_minutes = minutes("windowMinutes", m, 1, 7 * 24 * 60)?;
         }
+        // The options are replaced as a whole: a field left out takes its default (the schema
+        // shows each one).
         if let Some(o) = &input.options {
-            s.options = o.apply_to(s.options.clone())?;
+            s.options = o.validate()?;
         }
         if let Some(e) = input.enabled {
             if e && !s.enabled {
@@ -130,7 +135,12 @@ impl ScheduleMutation {
         Ok(View(s))
     }
 
-    async fn delete_schedule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+    /// Removes a schedule; its running sessions go on.
+    async fn delete_schedule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ManageSchedules, s.tenant_id)?;
@@ -143,7 +153,11 @@ impl ScheduleMutation {
     }
 
     /// Starts the schedule's sessions now, whether or not it is enabled (trigger `SCHEDULE`).
-    async fn run_schedule_now(&self, ctx: &Context<'_>, id: ID) -> Result<Vec<View<Session>>> {
+    async fn run_schedule_now(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The schedule's id.")] id: ID,
+    ) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
         let s: Schedule = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;

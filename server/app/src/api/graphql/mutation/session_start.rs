@@ -23,7 +23,7 @@ impl SessionStartMutation {
     async fn run_maintenance_session_now(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The session's id.")] id: ID,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("id", &id)?).await?;
@@ -46,7 +46,7 @@ impl SessionStartMutation {
     async fn start_onboarding_session(
         &self,
         ctx: &Context<'_>,
-        computer_id: ID,
+        #[graphql(desc = "The computer.")] computer_id: ID,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         let comp: Computer = c.load(parse_id("computerId", &computer_id)?).await?;

@@ -25,7 +25,7 @@ impl SessionMutation {
     async fn start_maintenance_session(
         &self,
         ctx: &Context<'_>,
-        input: StartMaintenanceSessionInput,
+        #[graphql(desc = "What to create.")] input: StartMaintenanceSessionInput,
     ) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -35,36 +35,30 @@ impl SessionMutation {
         if input.computer_ids.len() > 10_000 {
             return Err(ApiError::bad("computerIds", "at most 10000 computers per call").into());
         }
-        let idem_key = match &input.idempotency_key {
-            Some(k) if k.is_empty() || k.len() > 200 => {
-                return Err(ApiError::bad("idempotencyKey", "must be 1–200 characters").into());
-            }
-            Some(k) => Some(format!("{}\u{0}{k}", c.actor.user_id())),
-            None => None,
-        };
-        let _idem_guard = match &idem_key {
-            Some(k) => {
+        let idem = idempotency(&c, &input)?;
+        let _idem_guard = match &idem {
+            Some((key, hash)) => {
                 let g = c.app.runtime.create_lock_for_idempotency().await;
-                if let Some(prev) = c
-                    .app
-                    .store
-                    .get_by_key::<IdempotencyRecord>(k.as_bytes())
-                    .await?
-                    && c.app.clock.now() - prev.created_at < chrono::Duration::hours(24)
-                {
-                    let mut out = Vec::new();
-                    for id in prev.session_ids {
-                        if let Some(s) = c.find::<Session>(id).await? {
-                            out.push(s);
-                        }
-                    }
-                    return Ok(out.into_iter().map(View).collect());
+                if let Some(earlier) = earlier_answer(&c, key, hash).await? {
+                    return Ok(earlier);
                 }
                 Some(g)
             }
             None => None,
         };
         let options = input.options.clone().unwrap_or_default().validate()?;
+        if let Some(at) = input.execute_at
+            && at.0 < c.app.clock.now() - chrono::Duration::minutes(1)
+        {
+            return Err(ApiError::bad(
+                "executeAt",
+                format!(
+                    "{} is in the past; leave executeAt out to run now",
+                    crate::time::rfc3339(at.0)
+                ),
+            )
+            .into());
+        }
         let named = named_deployments(&c, input.deployment_ids.as_deref()).await?;
         // Validate every computer before starting any.
         let computers = startable_computers(&c, &input.computer_ids).await?;
@@ -78,7 +72,7 @@ impl SessionMutation {
                 computer: comp,
                 trigger: trigger.into(),
                 detection_only: input.detection_only.unwrap_or(false),
-                execute_at: input.execute_at,
+                execute_at: input.execute_at.map(Into::into),
                 window_end: None,
                 deployment_ids: named.clone(),
                 options: options.clone(),
@@ -87,14 +81,19 @@ impl SessionMutation {
             })
             .collect();
         Ok(c.app
-            .start_sessions(reqs, Busy::Fail, idem_key)
+            .start_sessions(reqs, Busy::Fail, idem)
             .await?
             .into_iter()
             .map(View)
             .collect())
     }
 
-    async fn cancel_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    /// Cancels an unfinished session: nothing more runs; actions done stay done.
+    async fn cancel_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The session's id.")] id: ID,
+    ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::RunSessions)?;
@@ -105,7 +104,7 @@ impl SessionMutation {
     async fn cancel_maintenance_sessions(
         &self,
         ctx: &Context<'_>,
-        filter: CancelSessionsFilter,
+        #[graphql(desc = "Which unfinished sessions to cancel.")] filter: CancelSessionsFilter,
     ) -> Result<i32> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -142,7 +141,11 @@ impl SessionMutation {
     }
 
     /// Starts a new session like a finished one (same computer, options and deployments).
-    async fn rerun_maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    async fn rerun_maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The session's id.")] id: ID,
+    ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
         let s: Session = c.load(parse_id("id", &id)?).await?;
@@ -172,8 +175,8 @@ impl SessionMutation {
     async fn postpone_maintenance_session(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        hours: Option<i32>,
+        #[graphql(desc = "The session's id.")] id: ID,
+        #[graphql(desc = "How many hours to wait (1–720).")] hours: Option<i32>,
     ) -> Result<View<Session>> {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::RunSessions)?;
@@ -200,7 +203,12 @@ impl SessionMutation {
     }
 
     /// Sends a branded test mail to `to` through the outbox.
-    async fn send_test_email(&self, ctx: &Context<'_>, tenant_id: ID, to: String) -> Result<bool> {
+    async fn send_test_email(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tenant whose branding and sender the mail uses.")] tenant_id: ID,
+        #[graphql(desc = "Where to send it.")] to: String,
+    ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
         let tenant: Tenant = c.load(parse_id("tenantId", &tenant_id)?).await?;
         c.actor.require(Action::ConfigureTenant, Some(tenant.id))?;
@@ -297,4 +305,58 @@ async fn startable_computers(c: &Ctx<'_>, ids: &[ID]) -> ApiResult<Vec<Computer>
         computers.push(comp);
     }
     Ok(computers)
+}
+
+/// The idempotency key of a start, scoped to its caller (each API key has a space of its own,
+/// and each person), with the SHA-256 of the request it was given for (the input without the
+/// key, as GraphQL sees it).
+fn idempotency(
+    c: &Ctx<'_>,
+    input: &StartMaintenanceSessionInput,
+) -> Result<Option<(String, String)>> {
+    use async_graphql::InputType as _;
+    use sha2::Digest as _;
+    let Some(k) = &input.idempotency_key else {
+        return Ok(None);
+    };
+    if k.is_empty() || k.len() > 200 {
+        return Err(ApiError::bad("idempotencyKey", "must be 1–200 characters").into());
+    }
+    let scope = match &c.actor.principal {
+        crate::auth::Principal::User { id, .. } => format!("user:{id}"),
+        crate::auth::Principal::ApiKey { id, .. } => format!("key:{id}"),
+    };
+    let mut request = input.to_value();
+    if let async_graphql::Value::Object(fields) = &mut request {
+        fields.shift_remove("idempotencyKey");
+    }
+    let request = serde_json::to_string(&request).map_err(ApiError::internal)?;
+    let hash = hex::encode(sha2::Sha256::digest(request.as_bytes()));
+    Ok(Some((format!("{scope}\u{0}{k}"), hash)))
+}
+
+/// The answer of an earlier start with this scoped key within 24 hours (its sessions as they
+/// are now), or `CONFLICT` when that start had another request.
+async fn earlier_answer(c: &Ctx<'_>, key: &str, hash: &str) -> Result<Option<Vec<View<Session>>>> {
+    let Some(prev) = c
+        .app
+        .store
+        .get_by_key::<IdempotencyRecord>(key.as_bytes())
+        .await?
+        .filter(|p| c.app.clock.now() - p.created_at < chrono::Duration::hours(24))
+    else {
+        return Ok(None);
+    };
+    if prev.request_hash.as_deref().is_some_and(|h| h != hash) {
+        return Err(
+            ApiError::Conflict("idempotency key reused with a different request".into()).into(),
+        );
+    }
+    let mut out = Vec::new();
+    for id in prev.session_ids {
+        if let Some(s) = c.find::<Session>(id).await? {
+            out.push(View(s));
+        }
+    }
+    Ok(Some(out))
 }

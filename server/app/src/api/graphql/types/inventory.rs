@@ -5,10 +5,10 @@
 use crate::api::graphql::connection::{
     ListOrder, Page, PageArgs, Position, SortKey, Total, slice_sorted,
 };
+use crate::api::graphql::scalars::DateTime;
 use crate::error::ApiResult;
 use async_graphql::SimpleObject;
 use async_graphql::connection::{Connection, Edge};
-use chrono::{DateTime, Utc};
 use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
 
 /// What the computer's agent last reported about it. Fields are null (or empty) when the
@@ -16,17 +16,27 @@ use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
 #[derive(SimpleObject)]
 #[graphql(name = "Inventory")]
 pub struct InventoryView {
+    /// The operating system's name.
     pub os_name: Option<String>,
+    /// Its version.
     pub os_version: Option<String>,
+    /// Its build, where there is one (Windows).
     pub os_build: Option<String>,
+    /// The CPU architecture (e.g. `x86_64`).
     pub architecture: Option<String>,
+    /// The computer's manufacturer.
     pub manufacturer: Option<String>,
+    /// The computer's model.
     pub model: Option<String>,
+    /// The serial number.
     pub serial_number: Option<String>,
     /// DNS or Windows domain, or the workgroup.
     pub domain: Option<String>,
+    /// Its IP addresses.
     pub ip_addresses: Vec<String>,
-    pub last_boot_at: Option<DateTime<Utc>>,
+    /// When it last started.
+    pub last_boot_at: Option<DateTime>,
+    /// Users signed in when it reported.
     pub logged_on_users: Vec<String>,
     /// Free bytes on the system disk (a Float: GraphQL's Int has 32 bits); agents round it
     /// down to 256 MiB.
@@ -34,7 +44,7 @@ pub struct InventoryView {
     /// How many installed programs the agent listed (null when it could not list them).
     pub installed_software_count: Option<i32>,
     /// When this report was stored.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: DateTime,
 }
 
 impl From<InventoryRecord> for InventoryView {
@@ -50,10 +60,10 @@ impl From<InventoryRecord> for InventoryView {
             serial_number: r.serial_number,
             domain: r.domain,
             ip_addresses: r.ip_addresses,
-            last_boot_at: r.last_boot_at,
+            last_boot_at: r.last_boot_at.map(DateTime),
             logged_on_users: r.logged_on_users,
             free_disk_bytes: r.free_disk_bytes.map(|b| b as f64),
-            updated_at: r.updated_at,
+            updated_at: r.updated_at.into(),
         }
     }
 }
@@ -62,8 +72,11 @@ impl From<InventoryRecord> for InventoryView {
 #[derive(SimpleObject)]
 #[graphql(name = "InstalledSoftware")]
 pub struct InstalledSoftwareView {
+    /// Its name.
     pub name: String,
+    /// Its version, if known.
     pub version: Option<String>,
+    /// Its publisher, if known.
     pub publisher: Option<String>,
 }
 

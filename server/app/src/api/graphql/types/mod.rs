@@ -8,6 +8,7 @@ mod people;
 mod sessions;
 
 pub use catalogue::*;
+pub use integrations::{Viewer, ViewerKind};
 pub use inventory::*;
 pub use people::*;
 pub use sessions::*;
@@ -36,22 +37,37 @@ impl<T> From<T> for View<T> {
 }
 
 // `MaintenanceOptions` as the API shows them (no description: the SDL has none).
+/// How a session notifies, may be postponed, reboots and treats an offline computer.
 #[derive(SimpleObject)]
 #[graphql(name = "MaintenanceOptions")]
 pub struct MaintenanceOptionsView {
+    /// Mail the computer's person what will happen and when, after detection.
     pub notify_before: bool,
+    /// Mail the computer's person what happened, when the session ends.
     pub notify_after: bool,
+    /// Mail even when nothing is to do.
     pub notify_when_compliant: bool,
+    /// List each action in the mails.
     pub show_actions_in_email: bool,
+    /// Offer the postpone link in the before-mail.
     pub allow_postpone: bool,
+    /// How many times the person may postpone.
     pub max_postpones: u32,
+    /// How long one postpone waits, in hours.
     pub postpone_hours: u32,
+    /// Offer an "update now" link in the before-mail.
     pub allow_update_now: bool,
+    /// Whether and how the computer reboots when an action needs it.
     pub reboot_preference: RebootPreference,
+    /// What happens when the computer is offline at execution.
     pub offline_behavior: OfflineBehavior,
+    /// With `SKIP`: minutes to wait for an offline computer before cancelling.
     pub offline_grace_minutes: u32,
+    /// True lets a reboot happen in the tenant's business hours.
     pub allow_reboot_during_business_hours: bool,
+    /// With `PROMPT`: minutes between telling the users and rebooting.
     pub reboot_prompt_minutes: u32,
+    /// A failed preflight check runs again after this many minutes.
     pub preflight_retry_minutes: u32,
 }
 

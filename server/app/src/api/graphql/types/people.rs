@@ -3,44 +3,56 @@
 use super::*;
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{Compliance, OnboardingStatus, UserRole, Weekday};
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use upkeep_core::domain::*;
 use upkeep_core::resolve;
 use upkeep_core::session::*;
 
+/// A customer of the MSP: its computers, people, branding and settings.
 #[Object(name = "Tenant")]
 impl View<Tenant> {
+    /// The tenant's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
+    /// Its name (unique).
     async fn name(&self) -> &str {
         &self.name
     }
+    /// The name its mails and pages show.
     async fn company_name(&self) -> Option<&str> {
         self.company_name.as_deref()
     }
+    /// Its IANA time zone.
     async fn time_zone(&self) -> &str {
         self.time_zone.text()
     }
+    /// The sender of its mails.
     async fn mail_from(&self) -> Option<&str> {
         self.mail_from.as_deref()
     }
+    /// The logo its mails and pages show.
     async fn logo_url(&self) -> Option<&str> {
         self.logo_url.as_deref()
     }
+    /// The accent colour of its mails and pages.
     async fn primary_color(&self) -> Option<&str> {
         self.primary_color.as_deref()
     }
+    /// True: a newly enrolled computer gets an onboarding session at once.
     async fn auto_onboarding(&self) -> bool {
         self.auto_onboarding
     }
+    /// True: no session starts on its computers.
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance
     }
+    /// Its working hours: reboots wait until they are over.
     async fn business_hours(&self) -> Option<BusinessHoursView> {
         self.business_hours.as_ref().map(BusinessHoursView::from)
     }
+    /// Addresses that get a blind copy of every maintenance mail.
     async fn mail_bcc(&self) -> Vec<&str> {
         self.mail_bcc.iter().map(|a| a.text()).collect()
     }
@@ -51,16 +63,21 @@ impl View<Tenant> {
             .map(ScriptView::from)
             .collect()
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    /// When it was made.
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
 }
 
+/// When a tenant's people work: reboots are kept out of these hours unless a session allows them.
 #[derive(SimpleObject)]
 #[graphql(name = "BusinessHours")]
 pub struct BusinessHoursView {
+    /// The working days.
     pub days: Vec<Weekday>,
+    /// Start of the working day, `HH:MM` in the tenant's time zone.
     pub start: String,
+    /// End of the working day, `HH:MM` in the tenant's time zone.
     pub end: String,
 }
 
@@ -75,22 +92,28 @@ impl From<&BusinessHours> for BusinessHoursView {
     }
 }
 
+/// Someone who signs in to the API and console.
 #[Object(name = "User")]
 impl View<User> {
+    /// The user's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
+    /// Their sign-in address.
     async fn email(&self) -> &str {
         self.email.text()
     }
+    /// Their role.
     async fn role(&self) -> UserRole {
         self.role.into()
     }
+    /// Their tenant; `null` for MSP roles.
     async fn tenant(&self, ctx: &Context<'_>) -> Result<Option<View<Tenant>>> {
         opt_tenant(ctx, self.tenant_id).await.map(|o| o.map(View))
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    /// When they were added.
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
     /// A disabled user cannot log in; their tokens and API keys do not work.
     async fn disabled(&self) -> bool {
@@ -102,45 +125,61 @@ impl View<User> {
     }
 }
 
+/// Someone who uses computers: they get the maintenance mails of the computers they are primary
+/// person of.
 #[Object(name = "Person")]
 impl View<Person> {
+    /// The person's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
+    /// Their name.
     async fn name(&self) -> &str {
         &self.name
     }
+    /// Where their mails go.
     async fn email(&self) -> &str {
         self.email.text()
     }
+    /// Sign-in names by which a computer's logged-on user is matched to them.
     async fn usernames(&self) -> &[String] {
         &self.usernames
     }
+    /// Their tenant.
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.tenant_id).await.map(View)
     }
 }
 
+/// A managed computer with an enrolled agent.
 #[Object(name = "Computer")]
 impl View<Computer> {
+    /// The computer's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
+    /// Its display name (the hostname unless renamed).
     async fn name(&self) -> &str {
         &self.name
     }
+    /// The hostname the agent reported.
     async fn hostname(&self) -> &str {
         &self.hostname
     }
+    /// The machine's stable id as the agent read it (e.g. `/etc/machine-id`, the Windows
+    /// MachineGuid): a re-enrolled machine is recognised by it.
     async fn machine_id(&self) -> &str {
         &self.machine_id
     }
+    /// The tenant the computer belongs to.
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.tenant_id).await.map(View)
     }
+    /// Its tags: deployments and schedules may target them.
     async fn tags(&self) -> Vec<&str> {
         self.tags.iter().map(|t| t.text()).collect()
     }
+    /// The person who uses it: they get its maintenance mails.
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.primary_person_id {
             Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p).await?.map(View)),
@@ -152,24 +191,33 @@ impl View<Computer> {
         Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
     }
     /// When the agent last polled (kept in memory, written back every 30 s).
-    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime>> {
         let app = &Ctx::new(ctx)?.app;
         if let Some(t) = app.agents.last_seen(self.id) {
-            return Ok(Some(t));
+            return Ok(Some(t.into()));
         }
-        Ok(app.store.last_seen(&self.id).await?.or(self.last_seen_at))
+        Ok(app
+            .store
+            .last_seen(&self.id)
+            .await?
+            .or(self.last_seen_at)
+            .map(DateTime))
     }
+    /// The operating system the agent reported.
     async fn os(&self) -> &str {
         &self.os
     }
+    /// The version of its agent.
     async fn agent_version(&self) -> &str {
         &self.agent_version
     }
+    /// The user signed in at the computer when the agent last reported, if any.
     async fn logged_on_user(&self) -> Option<&str> {
         self.logged_on_user.as_deref()
     }
-    async fn enrolled_at(&self) -> DateTime<Utc> {
-        self.enrolled_at
+    /// When its agent enrolled.
+    async fn enrolled_at(&self) -> DateTime {
+        self.enrolled_at.into()
     }
     /// From the last finished session; null before any.
     async fn compliance(&self) -> Option<Compliance> {
@@ -197,7 +245,9 @@ impl View<Computer> {
     async fn installed_software(
         &self,
         ctx: &Context<'_>,
-        search: Option<String>,
+        #[graphql(desc = "Only programs whose name contains this (ignoring case).")] search: Option<
+            String,
+        >,
         #[graphql(
             desc = "The first this many programs after `after` (default 50; at most 500, a larger value reads as 500)."
         )]
@@ -228,6 +278,7 @@ impl View<Computer> {
         };
         Ok(installed_page(record.as_ref(), search.as_deref(), &args)?)
     }
+    /// True when the computer is kept out of maintenance: no session starts on it.
     async fn excluded_from_maintenance(&self) -> bool {
         self.excluded_from_maintenance
     }
@@ -285,7 +336,12 @@ impl View<Computer> {
     }
     /// This computer's sessions, newest first.
     #[graphql(complexity = "crate::api::graphql::page_cost(first, child_complexity)")]
-    async fn sessions(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<View<Session>>> {
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many of its latest sessions to return (default 50, at most 500).")]
+        first: Option<i32>,
+    ) -> Result<Vec<View<Session>>> {
         let c = Ctx::new(ctx)?;
         let n = crate::api::graphql::connection::page_size(first)?;
         Ok(c.app

@@ -5,12 +5,13 @@ use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::{
     ActionKind, ActionStatus, Compliance, SessionStatus, SessionTrigger,
 };
+use crate::api::graphql::scalars::DateTime;
 use async_graphql::{ComplexObject, Context, ID, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 
+/// A key agents enroll with into one tenant.
 #[derive(SimpleObject)]
 #[graphql(complex, name = "EnrollmentKey")]
 pub struct EnrollmentKeyView {
@@ -23,33 +24,43 @@ pub struct EnrollmentKeyView {
 
 #[ComplexObject]
 impl EnrollmentKeyView {
+    /// The key's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.key.id)
     }
+    /// What the key is for.
     async fn label(&self) -> Option<&str> {
         self.key.label.as_deref()
     }
+    /// The tenant computers enroll into.
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.key.tenant_id).await.map(View)
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.key.created_at
+    /// When it was made.
+    async fn created_at(&self) -> DateTime {
+        self.key.created_at.into()
     }
-    async fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.key.expires_at
+    /// When it stops enrolling; `null`: never.
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.key.expires_at.map(DateTime)
     }
+    /// How many computers may enroll with it; `null`: no limit.
     async fn max_uses(&self) -> Option<u32> {
         self.key.max_uses
     }
+    /// How many computers enrolled with it.
     async fn uses(&self) -> u32 {
         self.key.uses
     }
+    /// True once revoked: it no longer enrolls.
     async fn revoked(&self) -> bool {
         self.key.revoked
     }
+    /// Tags every computer enrolled with it gets.
     async fn tags(&self) -> Vec<&str> {
         self.key.tags.iter().map(|t| t.text()).collect()
     }
+    /// The primary person every computer enrolled with it gets.
     async fn primary_person(&self, ctx: &Context<'_>) -> Result<Option<View<Person>>> {
         match self.key.primary_person_id {
             Some(p) => Ok(Ctx::new(ctx)?.find::<Person>(p).await?.map(View)),
@@ -58,71 +69,93 @@ impl EnrollmentKeyView {
     }
 }
 
+/// One run that brings one computer into compliance: detect, plan, notify, execute, detect again,
+/// report.
 #[Object(name = "MaintenanceSession")]
 impl View<Session> {
+    /// The session's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
+    /// Where it stands.
     async fn status(&self) -> SessionStatus {
         self.status.into()
     }
+    /// Why it is in its status, in a sentence (e.g. `2 of 7 actions failed`).
     async fn status_reason(&self) -> Option<&str> {
         self.status_reason.as_deref()
     }
+    /// `COMPLIANT` when every action's item is.
     async fn compliance(&self) -> Option<Compliance> {
         self.compliance.map(Into::into)
     }
+    /// What started it.
     async fn trigger(&self) -> SessionTrigger {
         self.trigger.into()
     }
+    /// True: it detects and reports, and changes nothing.
     async fn detection_only(&self) -> bool {
         self.detection_only
     }
+    /// The computer it maintains.
     async fn computer(&self, ctx: &Context<'_>) -> Result<Option<View<Computer>>> {
         Ok(Ctx::new(ctx)?
             .find::<Computer>(self.computer_id)
             .await?
             .map(View))
     }
+    /// The computer's tenant.
     async fn tenant(&self, ctx: &Context<'_>) -> Result<View<Tenant>> {
         tenant(ctx, self.tenant_id).await.map(View)
     }
+    /// The schedule that started it, if any.
     async fn schedule(&self, ctx: &Context<'_>) -> Result<Option<View<Schedule>>> {
         match self.schedule_id {
             Some(s) => Ok(Ctx::new(ctx)?.find::<Schedule>(s).await?.map(View)),
             None => Ok(None),
         }
     }
+    /// Its options.
     async fn options(&self) -> MaintenanceOptionsView {
         (&self.options).into()
     }
+    /// Who started it: an e-mail address, an API key or a schedule.
     async fn created_by(&self) -> &str {
         &self.created_by
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    /// When it was created.
+    async fn created_at(&self) -> DateTime {
+        self.created_at.into()
     }
-    async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.started_at
+    /// When detection started.
+    async fn started_at(&self) -> Option<DateTime> {
+        self.started_at.map(DateTime)
     }
-    async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.finished_at
+    /// When it ended.
+    async fn finished_at(&self) -> Option<DateTime> {
+        self.finished_at.map(DateTime)
     }
-    async fn execute_at(&self) -> Option<DateTime<Utc>> {
-        self.execute_at
+    /// When execution is due; `null`: right after detection.
+    async fn execute_at(&self) -> Option<DateTime> {
+        self.execute_at.map(DateTime)
     }
-    async fn window_end(&self) -> Option<DateTime<Utc>> {
-        self.window_end
+    /// Execution may not start after this (scheduled sessions).
+    async fn window_end(&self) -> Option<DateTime> {
+        self.window_end.map(DateTime)
     }
+    /// How many times it was postponed.
     async fn postpone_count(&self) -> u32 {
         self.postpone_count
     }
+    /// True when an action asked for a reboot.
     async fn reboot_required(&self) -> bool {
         self.reboot_required
     }
-    async fn rebooted_at(&self) -> Option<DateTime<Utc>> {
-        self.rebooted_at
+    /// When the computer came back after the session's reboot.
+    async fn rebooted_at(&self) -> Option<DateTime> {
+        self.rebooted_at.map(DateTime)
     }
+    /// What it does, one action per software or task.
     async fn actions(&self) -> Vec<ActionView> {
         let items = std::sync::Arc::new(self.items.clone());
         self.actions
@@ -140,8 +173,10 @@ impl View<Session> {
     async fn logs(
         &self,
         ctx: &Context<'_>,
-        after_sequence: Option<i64>,
-        first: Option<i32>,
+        #[graphql(desc = "Only lines of events after this sequence.")] after_sequence: Option<i64>,
+        #[graphql(desc = "How many lines to return (default 1000, at most 5000).")] first: Option<
+            i32,
+        >,
     ) -> Result<Vec<LogLine>> {
         let c = Ctx::new(ctx)?;
         let n = first.map(|f| f.clamp(0, 5000) as usize).unwrap_or(1000);
@@ -155,7 +190,7 @@ impl View<Session> {
             .filter_map(|e| {
                 e.log_line.clone().map(|l| LogLine {
                     sequence: e.sequence as i64,
-                    at: e.at,
+                    at: e.at.into(),
                     message: l,
                 })
             })
@@ -168,10 +203,14 @@ impl View<Session> {
     }
 }
 
+/// A line of a session's log.
 #[derive(SimpleObject)]
 pub struct LogLine {
+    /// The session event it belongs to (rises by one per event).
     pub sequence: i64,
-    pub at: DateTime<Utc>,
+    /// When it was written.
+    pub at: DateTime,
+    /// The line.
     pub message: String,
 }
 
@@ -192,23 +231,30 @@ pub struct ActionOutputView {
     pub stderr: String,
     /// `null` when the script could not start, timed out or was killed.
     pub exit_code: Option<i32>,
+    /// True when stdout or stderr was longer than 64 KiB and was cut.
     pub truncated: bool,
 }
 
+/// One thing a session does for one software or task on its computer.
 #[Object(name = "MaintenanceAction")]
 impl ActionView {
+    /// The action's id.
     pub(crate) async fn id(&self) -> ID {
         id(self.action.id)
     }
+    /// What it does.
     async fn kind(&self) -> ActionKind {
         self.action.kind.into()
     }
+    /// Where it stands.
     async fn status(&self) -> ActionStatus {
         self.action.status.into()
     }
+    /// Its item's compliance: from detection, then from re-detection after execution.
     async fn compliance(&self) -> Compliance {
         self.action.compliance.into()
     }
+    /// The software, for software actions.
     async fn software(&self, ctx: &Context<'_>) -> Result<Option<View<Software>>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Software { software, .. }) => Ok(Ctx::new(ctx)?
@@ -218,6 +264,7 @@ impl ActionView {
             _ => Ok(None),
         }
     }
+    /// The task, for task actions.
     async fn maintenance_task(&self, ctx: &Context<'_>) -> Result<Option<View<MaintenanceTask>>> {
         match self.session.get(self.action.item).map(|i| &i.what) {
             Some(ItemWhat::Task { task, .. }) => Ok(Ctx::new(ctx)?
@@ -235,6 +282,7 @@ impl ActionView {
             None => String::new(),
         }
     }
+    /// The deployment it comes from.
     async fn deployment(&self, ctx: &Context<'_>) -> Result<Option<View<Deployment>>> {
         match self.session.get(self.action.item) {
             Some(i) => Ok(Ctx::new(ctx)?
@@ -244,9 +292,11 @@ impl ActionView {
             None => Ok(None),
         }
     }
+    /// The version it installs or upgrades to.
     async fn desired_version(&self) -> Option<&str> {
         self.action.desired_version.as_deref()
     }
+    /// The version detection found (`null`: not installed).
     async fn detected_version(&self) -> Option<&str> {
         self.action.detected_version.as_deref()
     }
@@ -258,6 +308,7 @@ impl ActionView {
     async fn detected_version_after(&self) -> Option<&str> {
         self.action.detected_version_after.as_deref()
     }
+    /// What its script or re-detection said, in a sentence.
     async fn result_message(&self) -> Option<&str> {
         self.action.result_message.as_deref()
     }
@@ -270,14 +321,17 @@ impl ActionView {
     async fn reason(&self) -> &str {
         &self.action.reason
     }
+    /// True when its script asked for a reboot (exit 3010 or 1641 on Windows, 194 elsewhere).
     async fn reboot_required(&self) -> bool {
         self.action.reboot_required
     }
-    async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.action.started_at
+    /// When it started running.
+    async fn started_at(&self) -> Option<DateTime> {
+        self.action.started_at.map(DateTime)
     }
-    async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.action.finished_at
+    /// When it finished.
+    async fn finished_at(&self) -> Option<DateTime> {
+        self.action.finished_at.map(DateTime)
     }
     /// What the action's last install, upgrade, uninstall or set script said (not the
     /// detection that verified it); `null` until one ran. Parameter values of 6 or more
