@@ -6,8 +6,8 @@
 //! another list or another `orderBy` is refused instead of read wrongly.
 
 use crate::error::{ApiError, ApiResult};
-use async_graphql::connection::{Connection, Edge};
-use async_graphql::{OutputType, SimpleObject};
+use async_graphql::connection::PageInfo;
+use async_graphql::{ComplexObject, ObjectType, OutputType, SimpleObject, TypeName};
 use base64::Engine as _;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,54 @@ pub struct Total {
     pub total_count: usize,
 }
 
-pub type Page<T> = Connection<String, T, Total>;
+/// A page of a list: `<Node>Connection` in the schema. Ours rather than async-graphql's
+/// `Connection`, which carries no description.
+pub type Page<T, E = Total> = Conn<T, E>;
+
+/// A page of a list (a Relay connection): its edges, each with a cursor to page from, its nodes
+/// alone, and where it stands in the list.
+#[derive(SimpleObject)]
+#[graphql(name_type, complex)]
+pub struct Conn<T: OutputType, E: ObjectType> {
+    /// Whether items lie before and after this page, and the cursors of its first and last.
+    pub page_info: PageInfo,
+    /// The items of this page, each with its cursor.
+    pub edges: Vec<PageEdge<T>>,
+    #[graphql(flatten)]
+    pub extra: E,
+}
+
+#[ComplexObject]
+impl<T: OutputType, E: ObjectType> Conn<T, E> {
+    /// The items of this page (the edges' nodes, without cursors).
+    async fn nodes(&self) -> Vec<&T> {
+        self.edges.iter().map(|e| &e.node).collect()
+    }
+}
+
+impl<T: OutputType, E: ObjectType> TypeName for Conn<T, E> {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        format!("{}Connection", T::type_name()).into()
+    }
+}
+
+// `<Node>Edge` in the schema.
+/// One item of a page, with its cursor.
+#[derive(SimpleObject)]
+#[graphql(name_type)]
+pub struct PageEdge<T: OutputType> {
+    /// Where this item stands: give it as `after` or `before` to page from here (it stays
+    /// good when the item is deleted).
+    pub cursor: String,
+    /// The item.
+    pub node: T,
+}
+
+impl<T: OutputType> TypeName for PageEdge<T> {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        format!("{}Edge", T::type_name()).into()
+    }
+}
 
 /// `first`/`last` when none is given: the default page.
 pub fn page_size(first: Option<i32>) -> ApiResult<usize> {
@@ -201,19 +248,30 @@ pub struct Slice<T> {
 
 impl<T> Slice<T> {
     /// The connection of this page, with `extra` as its additional fields.
-    pub fn into_connection<V: OutputType + From<T>, E: async_graphql::ObjectType>(
+    pub fn into_connection<V: OutputType + From<T>, E: ObjectType>(
         self,
         order: &ListOrder,
         pos: impl Fn(&T) -> Position,
         extra: E,
-    ) -> Connection<String, V, E> {
-        let mut c = Connection::with_additional_fields(self.has_previous, self.has_next, extra);
-        c.edges.extend(
-            self.items
-                .into_iter()
-                .map(|n| Edge::new(order.cursor(&pos(&n)), V::from(n))),
-        );
-        c
+    ) -> Page<V, E> {
+        let edges: Vec<PageEdge<V>> = self
+            .items
+            .into_iter()
+            .map(|n| PageEdge {
+                cursor: order.cursor(&pos(&n)),
+                node: V::from(n),
+            })
+            .collect();
+        Conn {
+            page_info: PageInfo {
+                has_previous_page: self.has_previous,
+                has_next_page: self.has_next,
+                start_cursor: edges.first().map(|e| e.cursor.clone()),
+                end_cursor: edges.last().map(|e| e.cursor.clone()),
+            },
+            edges,
+            extra,
+        }
     }
 }
 

@@ -17,7 +17,6 @@ use crate::api::graphql::scalars::DateTime;
 use crate::auth::TenantScope;
 use crate::error::ApiError;
 use crate::services::App;
-use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use futures_util::stream::{StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -64,6 +63,8 @@ impl SessionTotal {
     }
 }
 
+/// What can be read: the caller's own account, every list (each a Relay connection limited to
+/// what the caller may see), objects by id, previews.
 #[Object]
 impl Query {
     /// The signed-in person; `null` when the caller is an API key (see `viewer`).
@@ -152,7 +153,12 @@ impl Query {
         )?)
     }
 
-    async fn tenant(&self, ctx: &Context<'_>, id: ID) -> Result<View<Tenant>> {
+    /// A tenant by id (NOT_FOUND when missing or not visible).
+    async fn tenant(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
         Ok(View(c.load(parse_id("id", &id)?).await?))
     }
@@ -162,6 +168,7 @@ impl Query {
     async fn users(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             UserOrder,
@@ -217,6 +224,7 @@ impl Query {
     async fn persons(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             PersonOrder,
@@ -259,7 +267,12 @@ impl Query {
         )?)
     }
 
-    async fn person(&self, ctx: &Context<'_>, id: ID) -> Result<View<Person>> {
+    /// A person by id (NOT_FOUND when missing or not visible).
+    async fn person(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Person>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -345,7 +358,12 @@ impl Query {
         )?)
     }
 
-    async fn computer(&self, ctx: &Context<'_>, id: ID) -> Result<View<Computer>> {
+    /// A computer by id (NOT_FOUND when missing or not visible).
+    async fn computer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Computer>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -354,6 +372,7 @@ impl Query {
     async fn software(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             SoftwareOrder,
@@ -420,6 +439,7 @@ impl Query {
     async fn maintenance_tasks(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             MaintenanceTaskOrder,
@@ -462,7 +482,12 @@ impl Query {
         )?)
     }
 
-    async fn maintenance_task(&self, ctx: &Context<'_>, id: ID) -> Result<View<MaintenanceTask>> {
+    /// A maintenance task by id (NOT_FOUND when missing or not visible).
+    async fn maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<MaintenanceTask>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -471,6 +496,7 @@ impl Query {
     async fn deployments(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             DeploymentListOrder,
@@ -514,7 +540,12 @@ impl Query {
         )?)
     }
 
-    async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<View<Deployment>> {
+    /// A deployment by id (NOT_FOUND when missing or not visible).
+    async fn deployment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Deployment>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -523,6 +554,7 @@ impl Query {
     async fn schedules(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             ScheduleOrder,
@@ -565,7 +597,12 @@ impl Query {
         )?)
     }
 
-    async fn schedule(&self, ctx: &Context<'_>, id: ID) -> Result<View<Schedule>> {
+    /// A schedule by id (NOT_FOUND when missing or not visible).
+    async fn schedule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Schedule>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -574,6 +611,7 @@ impl Query {
     async fn enrollment_keys(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             EnrollmentKeyOrder,
@@ -632,7 +670,9 @@ impl Query {
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
-        filter: Option<AuditEventFilter>,
+        #[graphql(desc = "Which events (all given conditions hold).")] filter: Option<
+            AuditEventFilter,
+        >,
         #[graphql(desc = "The order (default: newest first).")] order_by: Option<AuditEventOrder>,
         #[graphql(
             desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
@@ -677,7 +717,9 @@ impl Query {
     async fn maintenance_sessions(
         &self,
         ctx: &Context<'_>,
-        filter: Option<MaintenanceSessionFilter>,
+        #[graphql(desc = "Which sessions (all given conditions hold).")] filter: Option<
+            MaintenanceSessionFilter,
+        >,
         #[graphql(
             desc = "The order (default: newest first). `CREATED_AT` reads the store in its own order; `FINISHED_AT` and `STATUS` read every matching session to sort them (narrow the filter on large stores)."
         )]
@@ -698,7 +740,7 @@ impl Query {
             desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
         )]
         before: Option<String>,
-    ) -> Result<Connection<String, View<Session>, SessionTotal>> {
+    ) -> Result<Page<View<Session>, SessionTotal>> {
         let c = Ctx::new(ctx)?;
         let f = filter.unwrap_or_default();
         let (field, o) = order::resolve(
@@ -729,7 +771,12 @@ impl Query {
         Ok(slice.into_connection(&o, |s| lists::session_position(field, s), total))
     }
 
-    async fn maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    /// A maintenance session by id (NOT_FOUND when missing or not visible).
+    async fn maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Session>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -738,8 +785,11 @@ impl Query {
     async fn maintenance_session_status_counts(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
-        since: Option<DateTime>,
+        #[graphql(desc = "Only sessions created at or after this instant.")] since: Option<
+            DateTime,
+        >,
     ) -> Result<Vec<StatusCount>> {
         let c = Ctx::new(ctx)?;
         let asked = tenant_id
@@ -780,7 +830,7 @@ impl Query {
     async fn preview_maintenance(
         &self,
         ctx: &Context<'_>,
-        computer_id: ID,
+        #[graphql(desc = "The computer.")] computer_id: ID,
     ) -> Result<Vec<super::types::ActionView>> {
         let c = Ctx::new(ctx)?;
         let computer: Computer = c.load(parse_id("computerId", &computer_id)?).await?;
@@ -853,8 +903,8 @@ impl Query {
     async fn email_preview(
         &self,
         ctx: &Context<'_>,
-        session_id: ID,
-        kind: MailKind,
+        #[graphql(desc = "The session whose mail to render.")] session_id: ID,
+        #[graphql(desc = "Which of its mails.")] kind: MailKind,
     ) -> Result<EmailPreview> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("sessionId", &session_id)?).await?;
@@ -912,6 +962,7 @@ impl Query {
     async fn api_keys(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             ApiKeyOrder,
@@ -968,6 +1019,7 @@ impl Query {
     async fn webhooks(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
         #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
             WebhookOrder,
@@ -1029,7 +1081,7 @@ impl Query {
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
-        webhook_id: ID,
+        #[graphql(desc = "The webhook.")] webhook_id: ID,
         #[graphql(desc = "The order (default: newest first).")] order_by: Option<
             WebhookDeliveryOrder,
         >,

@@ -8,7 +8,6 @@ use crate::api::graphql::connection::{
 use crate::api::graphql::scalars::DateTime;
 use crate::error::ApiResult;
 use async_graphql::SimpleObject;
-use async_graphql::connection::{Connection, Edge};
 use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
 
 /// What the computer's agent last reported about it. Fields are null (or empty) when the
@@ -80,6 +79,13 @@ pub struct InstalledSoftwareView {
     pub publisher: Option<String>,
 }
 
+/// A program with its place in the agent's report (which only separates exact duplicates).
+impl From<(usize, InstalledProgram)> for InstalledSoftwareView {
+    fn from((_, p): (usize, InstalledProgram)) -> Self {
+        p.into()
+    }
+}
+
 impl From<InstalledProgram> for InstalledSoftwareView {
     fn from(p: InstalledProgram) -> Self {
         InstalledSoftwareView {
@@ -114,16 +120,5 @@ pub fn installed_page(
     let w = args.window(&order)?;
     let total = all.len();
     let slice = slice_sorted(all, pos, &order, &w);
-    let mut c = Connection::with_additional_fields(
-        slice.has_previous,
-        slice.has_next,
-        Total { total_count: total },
-    );
-    c.edges.extend(
-        slice
-            .items
-            .into_iter()
-            .map(|x| Edge::new(order.cursor(&pos(&x)), InstalledSoftwareView::from(x.1))),
-    );
-    Ok(c)
+    Ok(slice.into_connection(&order, pos, Total { total_count: total }))
 }
