@@ -1014,3 +1014,45 @@ async fn assert_gone(s: &TestServer, admin: &str, ids: &[&str]) -> anyhow::Resul
     assert_eq!(names(&d["tenants"], "name"), ["GAMMA", "Beta"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_cursor_outlives_its_session() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let a = s.create_tenant(&admin, "A").await?;
+    let b = s.create_tenant(&admin, "B").await?;
+    let (_, a1) = enroll(&s, &s.enrollment_key(&admin, &a).await?, "a-1", "Linux").await?;
+    let (_, b1) = enroll(&s, &s.enrollment_key(&admin, &b).await?, "b-1", "Linux").await?;
+    let cancel = "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { status } }";
+    let mut ids = Vec::new();
+    for c in [&a1, &b1, &a1] {
+        let id = s.start_session(&admin, c, json!({})).await?;
+        s.gql(&admin, cancel, json!({"id": id})).await?;
+        ids.push(id);
+    }
+    let (older, gone, newer) = (&ids[0], &ids[1], &ids[2]);
+    let d = s.gql(&admin, SESSIONS, json!({"f": 2})).await?;
+    let page = &d["maintenanceSessions"];
+    assert_eq!(names(page, "id"), [newer.as_str(), gone.as_str()]);
+    let cursor = page["pageInfo"]["endCursor"].clone();
+    // The session the cursor points at goes with its tenant.
+    s.gql(
+        &admin,
+        "mutation($id: ID!) { deleteTenant(id: $id, force: true) }",
+        json!({"id": b}),
+    )
+    .await?;
+    let d = s
+        .gql(&admin, SESSIONS, json!({"f": 5, "a": cursor}))
+        .await?;
+    let page = &d["maintenanceSessions"];
+    assert_eq!(names(page, "id"), [older.as_str()]);
+    assert_eq!(page_info(page), (true, false));
+    let d = s
+        .gql(&admin, SESSIONS, json!({"l": 5, "b": cursor}))
+        .await?;
+    let page = &d["maintenanceSessions"];
+    assert_eq!(names(page, "id"), [newer.as_str()]);
+    assert_eq!(page_info(page), (false, true));
+    Ok(())
+}
