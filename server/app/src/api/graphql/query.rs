@@ -4,7 +4,7 @@
 // and the tenant are each one of their own.
 #![allow(clippy::too_many_arguments)]
 
-use super::connection::{self, Page, PageArgs, Position, Total};
+use super::connection::{self, Page, PageArgs, Position};
 use super::ctx::Ctx;
 use super::enums::{ActionStatus, Compliance, MailKind, SessionStatus};
 use super::inputs::*;
@@ -46,6 +46,22 @@ pub struct StatusCount {
     pub status: SessionStatus,
     /// How many.
     pub count: i64,
+}
+
+/// `totalCount` of an audit page, computed only when asked for (it reads the whole trail the
+/// filter covers).
+pub struct AuditTotal {
+    app: Arc<App>,
+    query: lists::AuditQuery,
+}
+
+#[Object]
+impl AuditTotal {
+    /// How many events match, on every page (cursors and page size aside); counted only when
+    /// asked for.
+    async fn total_count(&self) -> Result<usize> {
+        Ok(self.query.count(&self.app.store).await?)
+    }
 }
 
 /// `totalCount` of a sessions page, computed only when asked for.
@@ -690,7 +706,7 @@ impl Query {
             desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
         )]
         before: Option<String>,
-    ) -> Result<Page<View<upkeep_core::audit::AuditEvent>>> {
+    ) -> Result<Page<View<upkeep_core::audit::AuditEvent>, AuditTotal>> {
         let c = Ctx::new(ctx)?;
         c.actor
             .require_role(crate::permissions::Action::ViewAudit)?;
@@ -707,9 +723,12 @@ impl Query {
         }
         .window(&o)?;
         let q = lists::AuditQuery::new(&c, filter.unwrap_or_default())?;
-        let total = q.count(&c.app.store).await?;
         let slice = q.id_ordered(&c.app.store).slice(&o, &w).await?;
-        Ok(slice.into_connection(&o, |e| Position::by_id(e.id), Total { total_count: total }))
+        let total = AuditTotal {
+            app: c.app.clone(),
+            query: q,
+        };
+        Ok(slice.into_connection(&o, |e| Position::by_id(e.id), total))
     }
 
     /// Sessions, filtered; newest first unless `orderBy` says otherwise.
