@@ -14,6 +14,8 @@ use upkeep_core::domain::UserRole;
 pub enum Action {
     /// Create tenants.
     CreateTenants,
+    /// Delete a tenant (with `force`, everything it owns).
+    DeleteTenants,
     /// Change a tenant's settings: branding, time zone, business hours, mail, exclusion.
     ConfigureTenant,
     /// People, computers, enrollment keys, agent revocation.
@@ -37,8 +39,9 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::CreateTenants,
+        Action::DeleteTenants,
         Action::ConfigureTenant,
         Action::ManageComputers,
         Action::ManageCatalogue,
@@ -55,6 +58,7 @@ impl Action {
     pub fn describe(self) -> &'static str {
         match self {
             Action::CreateTenants => "create tenants",
+            Action::DeleteTenants => "delete tenants",
             Action::ConfigureTenant => "change tenant settings",
             Action::ManageComputers => "manage computers, people and enrollment keys",
             Action::ManageCatalogue => "manage software, tasks and deployments",
@@ -125,6 +129,7 @@ mod tests {
         let expected: &[(Action, [bool; 4])] = &[
             //                       MSP_ADMIN MSP_TECH TENANT_ADMIN TENANT_VIEWER
             (CreateTenants, [true, true, false, false]),
+            (DeleteTenants, [true, false, false, false]),
             (ConfigureTenant, [true, true, true, false]),
             (ManageComputers, [true, true, true, false]),
             (ManageCatalogue, [true, true, true, false]),

@@ -34,6 +34,8 @@ pub const PENDING_DELIVERIES: u8 = 24;
 pub const ACTIVE_SESSIONS: u8 = 25;
 pub const TENANT_AUDIT: u8 = 26;
 pub const ACTOR_AUDIT: u8 = 27;
+/// Unique: a tenant's name, trimmed and in lower case (`tenant_name_key`).
+pub const TENANT_NAME: u8 = 28;
 
 /// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
 pub const NO_TENANT: [u8; 16] = [0; 16];
@@ -47,6 +49,12 @@ pub fn tag_value(tenant: Id, tag: &str) -> Vec<u8> {
     let mut v = tenant.as_bytes().to_vec();
     v.extend_from_slice(upkeep_core::types::Tag::key_of(tag).as_bytes());
     v
+}
+
+/// The unique index value of a tenant name: names differing only in case or surrounding
+/// blanks are the same name.
+pub fn tenant_name_key(name: &str) -> IndexKey {
+    IndexKey::new(TENANT_NAME, name.trim().to_lowercase())
 }
 
 pub fn machine_value(tenant: Id, machine_id: &str) -> Vec<u8> {

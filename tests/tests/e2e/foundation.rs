@@ -397,7 +397,11 @@ fn has_field(sdl: &str, ty: &str, field: &str) -> bool {
 
 /// `(field name, [(arg, type)])` of an SDL type block.
 fn fields_of(sdl: &str, header: &str) -> Vec<(String, Vec<(String, String)>)> {
-    let start = sdl.find(&format!("{header} {{")).expect("type in SDL");
+    // `type X {` or `type X implements Node {`.
+    let start = sdl
+        .find(&format!("{header} {{"))
+        .or_else(|| sdl.find(&format!("{header} implements ")))
+        .expect("type in SDL");
     let body = &sdl[start..];
     let end = body.find("\n}").expect("end of type");
     let mut out = Vec::new();
@@ -420,6 +424,16 @@ fn fields_of(sdl: &str, header: &str) -> Vec<(String, Vec<(String, String)>)> {
         })
         .collect::<Vec<_>>()
         .join(" ");
+    // Deprecated arguments carry `@deprecated(reason: "…")`: parentheses and braces that are
+    // not the field's own.
+    let mut text = text;
+    while let Some(at) = text.find(" @deprecated(reason: \"") {
+        let from = at + " @deprecated(reason: \"".len();
+        let end = text[from..]
+            .find("\")")
+            .map_or(text.len(), |e| from + e + 2);
+        text.replace_range(at..end, "");
+    }
     let mut rest = text.as_str();
     while let Some(colon_or_paren) = rest.find(['(', ':']) {
         let name = rest[..colon_or_paren]

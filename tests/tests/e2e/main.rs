@@ -16,6 +16,7 @@ mod integrations;
 mod integrators;
 mod inventory;
 mod library;
+mod lists;
 mod mail;
 mod ops;
 mod readme;

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod library;
 pub mod metrics;
 pub mod outbox;
+pub mod removal;
 pub mod runtime;
 pub mod scheduler;
 pub mod users;

@@ -911,12 +911,37 @@ pub struct MaintenanceSessionFilter {
     /// Only sessions in one of these statuses.
     #[graphql(validator(max_items = 16))]
     pub status: Option<Vec<SessionStatus>>,
-    /// Only sessions with this trigger.
-    pub trigger: Option<SessionTrigger>,
+    /// Sessions started by any of these triggers (a single value is read as a list of one).
+    #[graphql(validator(max_items = 16))]
+    pub trigger: Option<Vec<SessionTrigger>>,
     /// Only sessions created at or after this instant.
     pub created_after: Option<DateTime>,
     /// Only sessions created before this instant.
     pub created_before: Option<DateTime>,
+}
+
+/// Which computers to list (all given conditions hold).
+#[derive(InputObject, Default)]
+pub struct ComputerFilter {
+    /// Only this tenant's computers (for MSP roles; a tenant role sees its own anyway).
+    pub tenant_id: Option<ID>,
+    /// True: computers whose agent polls now; false: the others.
+    pub online: Option<bool>,
+    /// Computers whose compliance is one of these; a computer without a finished session
+    /// counts as `UNKNOWN`.
+    #[graphql(validator(max_items = 3))]
+    pub compliance: Option<Vec<super::enums::Compliance>>,
+    /// Computers with this tag (case-insensitively).
+    pub tag: Option<String>,
+    /// A text the OS contains, case-insensitively: the OS the agent reported at enrollment
+    /// (`os`) or its inventory's `osName`. A family (`windows`, `linux`) matches every
+    /// version of it; `Ubuntu 24.04` only those.
+    pub os: Option<String>,
+    /// A text the name, hostname or a tag contains, case-insensitively.
+    pub search: Option<String>,
+    /// Computers whose inventory lists a program whose name contains this,
+    /// case-insensitively (e.g. `firefox`).
+    pub installed_software: Option<String>,
 }
 
 /// Which unfinished sessions `cancelMaintenanceSessions` cancels; every given field must match.
@@ -955,6 +980,19 @@ pub struct CreateWebhookInput {
     #[graphql(validator(max_items = 32))]
     pub events: Vec<WebhookEvent>,
     /// What the webhook is for.
+    pub description: Option<String>,
+}
+
+/// Changes to a webhook; omitted fields stay as they are. The secret stays too (create a new
+/// webhook to rotate it).
+#[derive(InputObject)]
+pub struct UpdateWebhookInput {
+    /// The new target: https, and globally routable unless the server allows private targets.
+    pub url: Option<String>,
+    /// The events to deliver (at least one).
+    #[graphql(validator(max_items = 32))]
+    pub events: Option<Vec<WebhookEvent>>,
+    /// A note for people; an empty text removes it.
     pub description: Option<String>,
 }
 

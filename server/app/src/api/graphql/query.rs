@@ -1,63 +1,32 @@
 //! Queries. Every list is a Relay connection limited to what the caller may see.
 
-use super::connection::{self, Page};
-use super::ctx::{Ctx, Owned};
-use super::enums::{ActionStatus, Compliance, MailKind, SessionStatus, SessionTrigger};
+// A connection field's Rust arguments are its GraphQL arguments: paging (four), order, filter
+// and the tenant are each one of their own.
+#![allow(clippy::too_many_arguments)]
+
+use super::connection::{self, Page, PageArgs, Position};
+use super::ctx::Ctx;
+use super::enums::{ActionStatus, Compliance, MailKind, SessionStatus};
 use super::inputs::*;
+use super::lists;
+use super::order::{self, *};
 use super::parse_id;
 use super::types::EnrollmentKeyView;
 use super::types::View;
 use crate::api::graphql::scalars::DateTime;
 use crate::auth::TenantScope;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiError;
 use crate::services::App;
-use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
-use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures_util::stream::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_core::webhook::{Delivery, Webhook};
+use upkeep_store::IndexKey;
 use upkeep_store::records::*;
-use upkeep_store::{Db, IndexKey};
 
 pub struct Query;
-
-/// Lists a tenant-indexed kind: one tenant's (plus cross-tenant ones when `with_cross`), or for
-/// MSP roles without a tenant, everything.
-async fn list_tenant_kind<T: Owned>(
-    c: &Ctx<'_>,
-    index: u8,
-    tenant: Option<&ID>,
-    with_cross: bool,
-) -> ApiResult<Vec<T>> {
-    let asked = tenant.map(|t| parse_id("tenantId", t)).transpose()?;
-    let mut out = Vec::new();
-    match c.scope.narrow(asked) {
-        TenantScope::Nothing => {}
-        TenantScope::All => {
-            let mut records = std::pin::pin!(c.app.store.scan::<T>(None));
-            while let Some(r) = records.next().await {
-                out.push(r?);
-            }
-        }
-        TenantScope::Tenant(t) => {
-            let mut keys = vec![tenant_key(Some(t))];
-            if with_cross {
-                keys.push(tenant_key(None));
-            }
-            for k in keys {
-                let mut records =
-                    std::pin::pin!(c.app.store.by_index::<T>(&IndexKey::new(index, k), None));
-                while let Some(r) = records.next().await {
-                    out.push(r?);
-                }
-            }
-            out.sort_by_key(|r| r.key());
-        }
-    }
-    Ok(out.into_iter().filter(|r| c.visible(r)).collect())
-}
 
 /// A maintenance mail as it would be sent.
 #[derive(SimpleObject)]
@@ -79,23 +48,39 @@ pub struct StatusCount {
     pub count: i64,
 }
 
+/// `totalCount` of an audit page, computed only when asked for (it reads the whole trail the
+/// filter covers).
+pub struct AuditTotal {
+    app: Arc<App>,
+    query: lists::AuditQuery,
+}
+
+#[Object]
+impl AuditTotal {
+    /// How many events match, on every page (cursors and page size aside); counted only when
+    /// asked for.
+    async fn total_count(&self) -> Result<usize> {
+        Ok(self.query.count(&self.app.store).await?)
+    }
+}
+
 /// `totalCount` of a sessions page, computed only when asked for.
 pub struct SessionTotal {
     app: Arc<App>,
-    query: SessionQuery,
+    query: lists::SessionQuery,
 }
 
 #[Object]
 impl SessionTotal {
+    /// How many sessions match, on every page (cursors and page size aside); counted only
+    /// when asked for.
     async fn total_count(&self) -> Result<usize> {
-        Ok(self
-            .query
-            .stream(&self.app.store, None)
-            .try_fold(0, |n, _| std::future::ready(Ok(n + 1)))
-            .await?)
+        Ok(self.query.count(&self.app.store).await?)
     }
 }
 
+/// What can be read: the caller's own account, every list (each a Relay connection limited to
+/// what the caller may see), objects by id, previews.
 #[Object]
 impl Query {
     /// The signed-in person; `null` when the caller is an API key (see `viewer`).
@@ -116,14 +101,50 @@ impl Query {
         Ok(super::types::Viewer::of(c.actor))
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// Any object by its id (Relay): tenants, users, people, computers, software, tasks,
+    /// deployments, schedules, enrollment keys, sessions, API keys, webhooks and their
+    /// deliveries, audit events. Null when
+    /// nothing has this id or the caller may not see it (the same answer).
+    async fn node(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The `id` of any object.")] id: ID,
+    ) -> Result<Option<super::node::Node>> {
+        let c = Ctx::new(ctx)?;
+        Ok(super::node::find(&c, parse_id("id", &id)?).await?)
+    }
+
+    /// Tenants the caller sees.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn tenants(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            TenantOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Tenant>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "tenants",
+            TenantOrder::pair(order_by),
+            (TenantOrderField::CREATED_AT, OrderDirection::Asc),
+        );
         let all: Vec<Tenant> = match c.scope {
             TenantScope::Tenant(t) => c.find::<Tenant>(t).await?.into_iter().collect(),
             TenantScope::Nothing => vec![],
@@ -135,172 +156,506 @@ impl Query {
                 .await
                 .map_err(ApiError::from)?,
         };
-        Ok(connection::from_vec(all, |t| t.id, first, after)?)
+        Ok(connection::page_sorted(
+            all,
+            |x| order::tenant(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    async fn tenant(&self, ctx: &Context<'_>, id: ID) -> Result<View<Tenant>> {
+    /// A tenant by id (NOT_FOUND when missing or not visible).
+    async fn tenant(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Tenant>> {
         let c = Ctx::new(ctx)?;
         Ok(View(c.load(parse_id("id", &id)?).await?))
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// Users (people who sign in) the caller sees.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            UserOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<User>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false).await?;
-        Ok(connection::from_vec(all, |u| u.id, first, after)?)
+        let (field, o) = order::resolve(
+            "users",
+            UserOrder::pair(order_by),
+            (UserOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all = lists::tenant_kind::<User>(&c, TENANT_USERS, tenant_id.as_ref(), false).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::user(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
-    async fn persons(
+    /// A user by id (NOT_FOUND when missing or not visible).
+    async fn user(
         &self,
         ctx: &Context<'_>,
-        tenant_id: Option<ID>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> Result<Page<View<Person>>> {
-        let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false).await?;
-        Ok(connection::from_vec(all, |p| p.id, first, after)?)
-    }
-
-    async fn person(&self, ctx: &Context<'_>, id: ID) -> Result<View<Person>> {
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<User>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
-    /// Computers, filtered by tag and by a search over name, hostname and tags.
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
-    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
+    /// People of the tenants the caller sees (end users of computers, who get mails).
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
+    async fn persons(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
+        tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            PersonOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
+        first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
+        after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
+    ) -> Result<Page<View<Person>>> {
+        let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "persons",
+            PersonOrder::pair(order_by),
+            (PersonOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all =
+            lists::tenant_kind::<Person>(&c, TENANT_PERSONS, tenant_id.as_ref(), false).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::person(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
+    }
+
+    /// A person by id (NOT_FOUND when missing or not visible).
+    async fn person(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Person>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
+    }
+
+    /// Computers, filtered (`filter`; the older single arguments still work and combine
+    /// with it) and ordered.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn computers(
         &self,
         ctx: &Context<'_>,
-        tenant_id: Option<ID>,
-        tag: Option<String>,
-        search: Option<String>,
         #[graphql(
-            desc = "keeps computers whose OS (as reported) contains this, case-insensitively"
+            deprecation = "use filter: { tenantId }",
+            desc = "Same as `filter.tenantId`."
         )]
-        os: Option<String>,
-        #[graphql(desc = "keeps computers with an installed program whose name contains this")]
+        tenant_id: Option<ID>,
+        #[graphql(deprecation = "use filter: { tag }", desc = "Same as `filter.tag`.")] tag: Option<
+            String,
+        >,
+        #[graphql(
+            deprecation = "use filter: { search }",
+            desc = "Same as `filter.search`."
+        )]
+        search: Option<String>,
+        #[graphql(deprecation = "use filter: { os }", desc = "Same as `filter.os`.")] os: Option<
+            String,
+        >,
+        #[graphql(
+            deprecation = "use filter: { installedSoftware }",
+            desc = "Same as `filter.installedSoftware`."
+        )]
         software: Option<String>,
+        #[graphql(desc = "Which computers (all given conditions hold).")] filter: Option<
+            ComputerFilter,
+        >,
+        #[graphql(desc = "The order (default: enrollment order, oldest first).")] order_by: Option<
+            ComputerOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Computer>>> {
         let c = Ctx::new(ctx)?;
-        let all =
-            list_tenant_kind::<Computer>(&c, TENANT_COMPUTERS, tenant_id.as_ref(), false).await?;
-        let all = filter_by_inventory(&c, all, os.as_deref(), software.as_deref()).await?;
-        let needle = search.as_deref().map(str::to_lowercase);
-        let filtered: Vec<Computer> = all
-            .into_iter()
-            .filter(|x| {
-                tag.as_deref()
-                    .is_none_or(|t| x.tags.iter().any(|y| y.is(t)))
-            })
-            .filter(|x| {
-                needle.as_deref().is_none_or(|n| {
-                    x.name.to_lowercase().contains(n)
-                        || x.hostname.to_lowercase().contains(n)
-                        || x.tags.iter().any(|t| t.key().contains(n))
-                })
-            })
-            .collect();
-        Ok(connection::from_vec(filtered, |x| x.id, first, after)?)
+        let mut f = filter.unwrap_or_default();
+        f.tenant_id = f.tenant_id.or(tenant_id);
+        f.tag = f.tag.or(tag);
+        f.search = f.search.or(search);
+        f.os = f.os.or(os);
+        f.installed_software = f.installed_software.or(software);
+        let (field, o) = order::resolve(
+            "computers",
+            ComputerOrder::pair(order_by),
+            (ComputerOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all = lists::computers(&c, &f).await?;
+        let args = PageArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        if field == ComputerOrderField::LAST_SEEN_AT {
+            let keys = lists::last_seen_keys(&c, &all).await?;
+            let pos = |x: &Computer| order::at(keys.get(&x.id).cloned(), x.id);
+            return Ok(connection::page_sorted(all, pos, &o, &args)?);
+        }
+        Ok(connection::page_sorted(
+            all,
+            |x| order::computer(field, x),
+            &o,
+            &args,
+        )?)
     }
 
-    async fn computer(&self, ctx: &Context<'_>, id: ID) -> Result<View<Computer>> {
+    /// A computer by id (NOT_FOUND when missing or not visible).
+    async fn computer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Computer>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// The software catalogue: cross-tenant entries and the tenant's own.
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn software(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            SoftwareOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Software>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "software",
+            SoftwareOrder::pair(order_by),
+            (SoftwareOrderField::CREATED_AT, OrderDirection::Asc),
+        );
         let all =
-            list_tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true).await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+            lists::tenant_kind::<Software>(&c, TENANT_SOFTWARE, tenant_id.as_ref(), true).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::software(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    async fn software_by_id(&self, ctx: &Context<'_>, id: ID) -> Result<View<Software>> {
+    /// A software catalogue entry by id (NOT_FOUND when missing or not visible).
+    async fn software_item(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Software>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// A software catalogue entry by id: the old name of `softwareItem`.
+    #[graphql(deprecation = "use softwareItem(id)")]
+    async fn software_by_id(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Software>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
+    }
+
+    /// Maintenance tasks: cross-tenant entries and the tenant's own.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn maintenance_tasks(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            MaintenanceTaskOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<MaintenanceTask>>> {
         let c = Ctx::new(ctx)?;
-        let all =
-            list_tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true).await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+        let (field, o) = order::resolve(
+            "maintenanceTasks",
+            MaintenanceTaskOrder::pair(order_by),
+            (MaintenanceTaskOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all = lists::tenant_kind::<MaintenanceTask>(&c, TENANT_TASKS, tenant_id.as_ref(), true)
+            .await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::task(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    async fn maintenance_task(&self, ctx: &Context<'_>, id: ID) -> Result<View<MaintenanceTask>> {
+    /// A maintenance task by id (NOT_FOUND when missing or not visible).
+    async fn maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<MaintenanceTask>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// Deployments the caller sees.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn deployments(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            DeploymentListOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Deployment>>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)
-            .await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+        let (field, o) = order::resolve(
+            "deployments",
+            DeploymentListOrder::pair(order_by),
+            (DeploymentOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all =
+            lists::tenant_kind::<Deployment>(&c, TENANT_DEPLOYMENTS, tenant_id.as_ref(), false)
+                .await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::deployment(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<View<Deployment>> {
+    /// A deployment by id (NOT_FOUND when missing or not visible).
+    async fn deployment(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Deployment>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// Schedules the caller sees.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn schedules(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            ScheduleOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Schedule>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "schedules",
+            ScheduleOrder::pair(order_by),
+            (ScheduleOrderField::CREATED_AT, OrderDirection::Asc),
+        );
         let all =
-            list_tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false).await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+            lists::tenant_kind::<Schedule>(&c, TENANT_SCHEDULES, tenant_id.as_ref(), false).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::schedule(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    async fn schedule(&self, ctx: &Context<'_>, id: ID) -> Result<View<Schedule>> {
+    /// A schedule by id (NOT_FOUND when missing or not visible).
+    async fn schedule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Schedule>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
     /// Enrollment keys, without their secrets.
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn enrollment_keys(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            EnrollmentKeyOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<EnrollmentKeyView>> {
         let c = Ctx::new(ctx)?;
-        let all = list_tenant_kind::<EnrollmentKey>(
+        let (field, o) = order::resolve(
+            "enrollmentKeys",
+            EnrollmentKeyOrder::pair(order_by),
+            (EnrollmentKeyOrderField::CREATED_AT, OrderDirection::Asc),
+        );
+        let all = lists::tenant_kind::<EnrollmentKey>(
             &c,
             TENANT_ENROLLMENT_KEYS,
             tenant_id.as_ref(),
@@ -311,106 +666,136 @@ impl Query {
             .into_iter()
             .map(|key| EnrollmentKeyView { key, secret: None })
             .collect();
-        Ok(connection::from_vec(views, |v| v.key.id, first, after)?)
+        let pos = |v: &EnrollmentKeyView| order::enrollment_key(field, &v.key);
+        Ok(connection::page_sorted(
+            views,
+            pos,
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
     /// The audit trail, newest first: every change to configuration or access, logins and
     /// enrollments. MSP admins read all of it; tenant admins their tenant's.
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
-        filter: Option<AuditEventFilter>,
+        #[graphql(desc = "Which events (all given conditions hold).")] filter: Option<
+            AuditEventFilter,
+        >,
+        #[graphql(desc = "The order (default: newest first).")] order_by: Option<AuditEventOrder>,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
-    ) -> Result<Page<View<upkeep_core::audit::AuditEvent>>> {
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
+    ) -> Result<Page<View<upkeep_core::audit::AuditEvent>, AuditTotal>> {
         let c = Ctx::new(ctx)?;
         c.actor
             .require_role(crate::permissions::Action::ViewAudit)?;
-        let f = filter.unwrap_or_default();
-        let asked = opt_id("filter.tenantId", &f.tenant_id)?;
-        let scope = c.scope.narrow(asked);
-        if scope == TenantScope::Nothing {
-            return Ok(connection::build(
-                std::iter::empty(),
-                |e: &upkeep_core::audit::AuditEvent| e.id,
-                0,
-                0,
-                false,
-            )?);
+        let (_, o) = order::resolve(
+            "auditEvents",
+            AuditEventOrder::pair(order_by),
+            (AuditEventOrderField::CREATED_AT, OrderDirection::Desc),
+        );
+        let w = PageArgs {
+            first,
+            after,
+            last,
+            before,
         }
-        let actor = opt_id("filter.actorId", &f.actor_id)?;
-        let n = connection::page_size(first)?;
-        let after = connection::parse_cursor(after.as_deref())?;
-        let keep = |e: &upkeep_core::audit::AuditEvent| {
-            scope.contains(e.tenant_id)
-                && actor.is_none_or(|a| e.actor_id == Some(a))
-                && f.action.as_deref().is_none_or(|a| e.action == a)
-                && f.since.is_none_or(|s| e.at >= s.0)
-                && f.until.is_none_or(|u| e.at < u.0)
-        };
-        type Audit = upkeep_core::audit::AuditEvent;
-        let store = &c.app.store;
-        let scan = |before: Option<Id>| -> BoxStream<'_, upkeep_store::Result<Audit>> {
-            let before = before.map(|b| b.as_bytes().to_vec());
-            match scope {
-                TenantScope::Tenant(t) => {
-                    let idx = IndexKey::new(TENANT_AUDIT, tenant_key(Some(t)));
-                    Box::pin(store.by_index_rev::<Audit>(&idx, before.as_deref()))
-                }
-                TenantScope::All | TenantScope::Nothing => {
-                    Box::pin(store.scan_rev::<Audit>(before.as_deref()))
-                }
-            }
-        };
-        let mut total = 0usize;
-        let mut all = scan(None);
-        while let Some(e) = all.try_next().await? {
-            if keep(&e) {
-                total += 1;
-            }
-        }
-        let items = scan(after)
-            .try_filter(|e| std::future::ready(keep(e)))
-            .map_err(ApiError::from);
-        Ok(connection::build_stream(items, |e| e.id, n, total, after.is_some()).await?)
-    }
-
-    /// Sessions, newest first, filtered.
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
-    async fn maintenance_sessions(
-        &self,
-        ctx: &Context<'_>,
-        filter: Option<MaintenanceSessionFilter>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> Result<Connection<String, View<Session>, SessionTotal>> {
-        let c = Ctx::new(ctx)?;
-        let f = filter.unwrap_or_default();
-        let n = connection::page_size(first)?;
-        let after = connection::parse_cursor(after.as_deref())?;
-        let q = SessionQuery::new(&c, &f)?;
-        let mut nodes: Vec<Session> = q
-            .stream(&c.app.store, after)
-            .take(n + 1)
-            .try_collect()
-            .await?;
-        let has_next = nodes.len() > n;
-        nodes.truncate(n);
-        let total = SessionTotal {
+        .window(&o)?;
+        let q = lists::AuditQuery::new(&c, filter.unwrap_or_default())?;
+        let slice = q.id_ordered(&c.app.store).slice(&o, &w).await?;
+        let total = AuditTotal {
             app: c.app.clone(),
             query: q,
         };
-        let mut conn = Connection::with_additional_fields(after.is_some(), has_next, total);
-        conn.edges.extend(
-            nodes
-                .into_iter()
-                .map(|s| Edge::new(s.id.to_string(), View(s))),
-        );
-        Ok(conn)
+        Ok(slice.into_connection(&o, |e| Position::by_id(e.id), total))
     }
 
-    async fn maintenance_session(&self, ctx: &Context<'_>, id: ID) -> Result<View<Session>> {
+    /// Sessions, filtered; newest first unless `orderBy` says otherwise.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
+    async fn maintenance_sessions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Which sessions (all given conditions hold).")] filter: Option<
+            MaintenanceSessionFilter,
+        >,
+        #[graphql(
+            desc = "The order (default: newest first). `CREATED_AT` reads the store in its own order; `FINISHED_AT` and `STATUS` read every matching session to sort them (narrow the filter on large stores)."
+        )]
+        order_by: Option<MaintenanceSessionOrder>,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
+        first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
+        after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
+    ) -> Result<Page<View<Session>, SessionTotal>> {
+        let c = Ctx::new(ctx)?;
+        let f = filter.unwrap_or_default();
+        let (field, o) = order::resolve(
+            "maintenanceSessions",
+            MaintenanceSessionOrder::pair(order_by),
+            (
+                MaintenanceSessionOrderField::CREATED_AT,
+                OrderDirection::Desc,
+            ),
+        );
+        let args = PageArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        let q = lists::SessionQuery::new(&c, &f)?;
+        let slice = if field == MaintenanceSessionOrderField::CREATED_AT {
+            let w = args.window(&o)?;
+            q.id_ordered(&c.app.store).slice(&o, &w).await?
+        } else {
+            q.sorted_page(&c.app.store, field, &o, &args).await?
+        };
+        let total = SessionTotal {
+            app: c.app.clone(),
+            query: q.clone(),
+        };
+        Ok(slice.into_connection(&o, |s| lists::session_position(field, s), total))
+    }
+
+    /// A maintenance session by id (NOT_FOUND when missing or not visible).
+    async fn maintenance_session(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Session>> {
         Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
     }
 
@@ -419,8 +804,11 @@ impl Query {
     async fn maintenance_session_status_counts(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
-        since: Option<DateTime>,
+        #[graphql(desc = "Only sessions created at or after this instant.")] since: Option<
+            DateTime,
+        >,
     ) -> Result<Vec<StatusCount>> {
         let c = Ctx::new(ctx)?;
         let asked = tenant_id
@@ -461,7 +849,7 @@ impl Query {
     async fn preview_maintenance(
         &self,
         ctx: &Context<'_>,
-        computer_id: ID,
+        #[graphql(desc = "The computer.")] computer_id: ID,
     ) -> Result<Vec<super::types::ActionView>> {
         let c = Ctx::new(ctx)?;
         let computer: Computer = c.load(parse_id("computerId", &computer_id)?).await?;
@@ -534,8 +922,8 @@ impl Query {
     async fn email_preview(
         &self,
         ctx: &Context<'_>,
-        session_id: ID,
-        kind: MailKind,
+        #[graphql(desc = "The session whose mail to render.")] session_id: ID,
+        #[graphql(desc = "Which of its mails.")] kind: MailKind,
     ) -> Result<EmailPreview> {
         let c = Ctx::new(ctx)?;
         let s: Session = c.load(parse_id("sessionId", &session_id)?).await?;
@@ -588,174 +976,177 @@ impl Query {
         })
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// API keys the caller sees (never their secrets).
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn api_keys(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            ApiKeyOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<ApiKey>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "apiKeys",
+            ApiKeyOrder::pair(order_by),
+            (ApiKeyOrderField::CREATED_AT, OrderDirection::Asc),
+        );
         let all =
-            list_tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false).await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+            lists::tenant_kind::<ApiKey>(&c, TENANT_API_KEYS, tenant_id.as_ref(), false).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::api_key(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// An API key by id (NOT_FOUND when missing or not visible).
+    async fn api_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<ApiKey>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
+    }
+
+    /// Webhooks the caller may manage.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn webhooks(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only this tenant's (MSP roles; a tenant role always gets its own).")]
         tenant_id: Option<ID>,
+        #[graphql(desc = "The order (default: creation order, oldest first).")] order_by: Option<
+            WebhookOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Webhook>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "webhooks",
+            WebhookOrder::pair(order_by),
+            (WebhookOrderField::CREATED_AT, OrderDirection::Asc),
+        );
         let all =
-            list_tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false).await?;
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+            lists::tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false).await?;
+        Ok(connection::page_sorted(
+            all,
+            |x| order::webhook(field, x),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
 
-    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
+    /// A webhook by id (NOT_FOUND when missing, not visible, or the role may not manage
+    /// webhooks).
+    async fn webhook(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<Webhook>> {
+        let c = Ctx::new(ctx)?;
+        let w: Webhook = c.load(parse_id("id", &id)?).await?;
+        c.actor
+            .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)?;
+        Ok(View(w))
+    }
+
+    /// A webhook's deliveries, newest first.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
-        webhook_id: ID,
+        #[graphql(desc = "The webhook.")] webhook_id: ID,
+        #[graphql(desc = "The order (default: newest first).")] order_by: Option<
+            WebhookDeliveryOrder,
+        >,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list in the same `orderBy` (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
     ) -> Result<Page<View<Delivery>>> {
         let c = Ctx::new(ctx)?;
         let w: Webhook = c.load(parse_id("webhookId", &webhook_id)?).await?;
         c.actor
             .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)?;
-        let mut all: Vec<Delivery> = c
+        let (_, o) = order::resolve(
+            "webhookDeliveries",
+            WebhookDeliveryOrder::pair(order_by),
+            (WebhookDeliveryOrderField::CREATED_AT, OrderDirection::Desc),
+        );
+        let all: Vec<Delivery> = c
             .app
             .store
             .by_index::<Delivery>(&IndexKey::new(WEBHOOK_DELIVERIES, w.id.as_bytes()), None)
             .try_collect::<Vec<_>>()
             .await
             .map_err(ApiError::from)?;
-        all.reverse();
-        Ok(connection::from_vec(all, |x| x.id, first, after)?)
+        Ok(connection::page_sorted(
+            all,
+            |x| Position::by_id(x.id),
+            &o,
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
     }
-}
-
-/// A sessions query: the most selective index for the filter, then the remaining conditions.
-#[derive(Clone)]
-struct SessionQuery {
-    index: Option<IndexKey>,
-    /// The caller's scope narrowed to the tenant it asked for.
-    scope: TenantScope,
-    computer: Option<Id>,
-    schedule: Option<Id>,
-    statuses: Option<Vec<SessionStatus>>,
-    trigger: Option<SessionTrigger>,
-    after: Option<DateTime>,
-    before: Option<DateTime>,
-}
-
-impl SessionQuery {
-    fn new(c: &Ctx<'_>, f: &MaintenanceSessionFilter) -> ApiResult<SessionQuery> {
-        let asked = opt_id("filter.tenantId", &f.tenant_id)?;
-        let scope = c.scope.narrow(asked);
-        let computer = opt_id("filter.computerId", &f.computer_id)?;
-        let schedule = opt_id("filter.scheduleId", &f.schedule_id)?;
-        let index = if let Some(cid) = computer {
-            Some(IndexKey::new(COMPUTER_SESSIONS, cid.as_bytes()))
-        } else if let Some(sid) = schedule {
-            Some(IndexKey::new(SCHEDULE_SESSIONS, sid.as_bytes()))
-        } else if let TenantScope::Tenant(t) = scope {
-            Some(IndexKey::new(TENANT_SESSIONS, t.as_bytes()))
-        } else if let Some([one]) = f.status.as_deref() {
-            Some(IndexKey::new(
-                STATUS_SESSIONS,
-                [upkeep_core::session::SessionStatus::from(*one).code()],
-            ))
-        } else if f.status.as_ref().is_some_and(|s| {
-            s.iter()
-                .all(|&x| !upkeep_core::session::SessionStatus::from(x).is_terminal())
-        }) {
-            Some(IndexKey::new(ACTIVE_SESSIONS, []))
-        } else {
-            None
-        };
-        Ok(SessionQuery {
-            index,
-            scope,
-            computer,
-            schedule,
-            statuses: f.status.clone(),
-            trigger: f.trigger,
-            after: f.created_after,
-            before: f.created_before,
-        })
-    }
-
-    fn keep(&self, s: &Session) -> bool {
-        self.scope.contains(Some(s.tenant_id))
-            && self.computer.is_none_or(|x| s.computer_id == x)
-            && self.schedule.is_none_or(|x| s.schedule_id == Some(x))
-            && self
-                .statuses
-                .as_ref()
-                .is_none_or(|v| v.is_empty() || v.contains(&s.status.into()))
-            && self.trigger.is_none_or(|t| s.trigger == t.into())
-            && self.after.is_none_or(|t| s.created_at >= t.0)
-            && self.before.is_none_or(|t| s.created_at < t.0)
-    }
-
-    /// The matching sessions, newest first, strictly before the cursor `after`.
-    fn stream<'a>(&'a self, store: &'a Db, after: Option<Id>) -> BoxStream<'a, ApiResult<Session>> {
-        if self.scope == TenantScope::Nothing {
-            return Box::pin(futures_util::stream::empty());
-        }
-        let before = after.map(|a| a.as_bytes().to_vec());
-        let all: BoxStream<'a, upkeep_store::Result<Session>> = match &self.index {
-            Some(idx) => Box::pin(store.by_index_rev::<Session>(idx, before.as_deref())),
-            None => Box::pin(store.scan_rev::<Session>(before.as_deref())),
-        };
-        Box::pin(
-            all.map_err(ApiError::from)
-                .try_filter(move |s| std::future::ready(self.keep(s))),
-        )
-    }
-}
-
-/// `computers(os, software)`: the OS filter reads the computer's own `os` and its inventory's
-/// OS name; the software filter its inventory's programs.
-async fn filter_by_inventory(
-    c: &Ctx<'_>,
-    all: Vec<Computer>,
-    os: Option<&str>,
-    software: Option<&str>,
-) -> ApiResult<Vec<Computer>> {
-    let os = os.map(str::to_lowercase).filter(|s| !s.is_empty());
-    let software = software.filter(|s| !s.is_empty());
-    if os.is_none() && software.is_none() {
-        return Ok(all);
-    }
-    let mut kept = Vec::new();
-    for computer in all {
-        let inventory = c
-            .app
-            .store
-            .get::<upkeep_core::inventory::InventoryRecord>(&computer.id)
-            .await?;
-        let os_ok = os.as_deref().is_none_or(|n| {
-            computer.os.to_lowercase().contains(n)
-                || inventory
-                    .as_ref()
-                    .and_then(|i| i.os_name.as_deref())
-                    .is_some_and(|o| o.to_lowercase().contains(n))
-        });
-        let software_ok = software.is_none_or(|n| {
-            inventory
-                .as_ref()
-                .is_some_and(|i| i.programs(Some(n)).next().is_some())
-        });
-        if os_ok && software_ok {
-            kept.push(computer);
-        }
-    }
-    Ok(kept)
 }

@@ -8,12 +8,15 @@ use crate::api::graphql::parse_id;
 use crate::api::graphql::types::View;
 use crate::auth::{self};
 use crate::error::ApiError;
+use crate::error::ApiResult;
 use crate::logsafe::log_value;
 use crate::permissions::Action;
+use crate::services::removal::Removal;
 use async_graphql::{Context, ID, Object, Result};
 use upkeep_core::domain::*;
 use upkeep_core::types::Stored;
 use upkeep_store::IndexKey;
+use upkeep_store::TxError;
 use upkeep_store::records::*;
 
 #[derive(Default)]
@@ -185,7 +188,7 @@ impl AccessMutation {
         let c = Ctx::new(ctx)?;
         c.actor.require_role(Action::CreateTenants)?;
         let t = input.into_tenant(c.app.clock.now(), &c.app.config.mail_from_domains)?;
-        c.save(&t).await?;
+        save_tenant(&c, &t, None).await?;
         Ok(View(t))
     }
 
@@ -200,9 +203,38 @@ impl AccessMutation {
         let c = Ctx::new(ctx)?;
         let mut t: Tenant = c.load(parse_id("id", &id)?).await?;
         c.actor.require(Action::ConfigureTenant, Some(t.id))?;
+        let old_name = t.name.clone();
         input.apply(&mut t, &c.app.config.mail_from_domains)?;
-        c.save(&t).await?;
+        save_tenant(&c, &t, Some(&old_name)).await?;
         Ok(View(t))
+    }
+
+    /// Deletes a tenant (MSP_ADMIN only). Refused (`CONFLICT`) while it has computers, unless
+    /// `force: true`: then its computers, people, users, API keys, enrollment keys, its own
+    /// software and tasks, deployments, schedules, webhooks and sessions go with it, in one
+    /// transaction. Always refused while one of its sessions is unfinished. Audit records
+    /// stay.
+    async fn delete_tenant(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+        #[graphql(
+            desc = "Delete the tenant with everything it owns, computers included (default false)."
+        )]
+        force: Option<bool>,
+    ) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let t: Tenant = c.load(parse_id("id", &id)?).await?;
+        c.actor.require_role(Action::DeleteTenants)?;
+        let r = Removal::tenant(&c.app.store, &t, force.unwrap_or(false)).await?;
+        r.apply(&c.app.store, |tx| {
+            tx.get::<Tenant, ApiError>(&t.id)?
+                .ok_or_else(|| TxError::Abort(ApiError::not_found("tenant", t.id)))
+                .map(|_| ())
+        })
+        .await?;
+        r.forget(c.app);
+        Ok(true)
     }
 
     /// Adds a person to a tenant.
@@ -253,4 +285,56 @@ impl AccessMutation {
         c.save(&p).await?;
         Ok(View(p))
     }
+
+    /// Deletes a person: computers they were the primary person of keep running without one;
+    /// deployments and schedules that target only them go with them.
+    async fn delete_person(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let p: Person = c.load_for_write(parse_id("id", &id)?).await?;
+        c.actor
+            .require(Action::ManageComputers, Some(p.tenant_id))?;
+        let r = Removal::person(&c.app.store, &p).await?;
+        r.apply(&c.app.store, |_| Ok(())).await?;
+        Ok(true)
+    }
+}
+
+/// Writes a tenant, claiming its name (trimmed, case-insensitive) and releasing its old one:
+/// a name another tenant has is `CONFLICT`.
+async fn save_tenant(c: &Ctx<'_>, t: &Tenant, old_name: Option<&str>) -> ApiResult<()> {
+    use futures_util::TryStreamExt;
+    let key = tenant_name_key(&t.name);
+    let taken = || {
+        ApiError::Conflict(format!(
+            "a tenant named \"{}\" exists already",
+            t.name.trim()
+        ))
+    };
+    // Tenants stored before names were claimed hold no claim: compare with them too.
+    let same = |o: &Tenant| o.id != t.id && tenant_name_key(&o.name) == key;
+    let mut all = std::pin::pin!(c.app.store.scan::<Tenant>(None));
+    while let Some(o) = all.try_next().await? {
+        if same(&o) {
+            return Err(taken());
+        }
+    }
+    c.app
+        .store
+        .write(|tx| {
+            if let Some(old) = old_name.map(tenant_name_key).filter(|o| *o != key) {
+                crate::services::removal::release_owned(tx, &old, t.id)?;
+            }
+            if !tx.claim_unique(&key, t.id.as_bytes())? {
+                return Err(TxError::Abort(taken()));
+            }
+            tx.put(t)?;
+            Ok(())
+        })
+        .await?;
+    c.app.store.flush().await?;
+    Ok(())
 }

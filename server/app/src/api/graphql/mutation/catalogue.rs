@@ -10,6 +10,7 @@ use crate::api::graphql::parse_id;
 use crate::api::graphql::types::View;
 use crate::error::ApiError;
 use crate::permissions::Action;
+use crate::services::removal::Removal;
 use async_graphql::{Context, ID, Object, Result};
 use upkeep_core::domain::*;
 
@@ -324,6 +325,36 @@ impl CatalogueMutation {
         validate_deployment(&d)?;
         c.save(&d).await?;
         Ok(View(d))
+    }
+
+    /// Deletes software and its deployments. Refused (`CONFLICT`, naming it) while other
+    /// software depends on it or an unfinished session installs it.
+    async fn delete_software(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let sw: Software = c.load_for_write(parse_id("id", &id)?).await?;
+        c.actor.require(Action::ManageCatalogue, sw.tenant_id)?;
+        let r = Removal::software(&c.app.store, &sw).await?;
+        r.apply(&c.app.store, |_| Ok(())).await?;
+        Ok(true)
+    }
+
+    /// Deletes a maintenance task and its deployments. Refused (`CONFLICT`, naming it) while
+    /// software uses it as its configuration task or an unfinished session runs it.
+    async fn delete_maintenance_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let t: MaintenanceTask = c.load_for_write(parse_id("id", &id)?).await?;
+        c.actor.require(Action::ManageCatalogue, t.tenant_id)?;
+        let r = Removal::task(&c.app.store, &t).await?;
+        r.apply(&c.app.store, |_| Ok(())).await?;
+        Ok(true)
     }
 
     /// Removes a deployment; running sessions keep their plan.

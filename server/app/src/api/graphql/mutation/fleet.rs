@@ -148,6 +148,27 @@ impl FleetMutation {
         Ok(View(comp))
     }
 
+    /// Deletes a computer: its agent is refused at once, its inventory goes, and so do the
+    /// deployments and schedules that target it alone. Its finished sessions stay as history
+    /// (their `computer` reads null). Refused (`CONFLICT`) while a session of it is
+    /// unfinished: cancel it first.
+    async fn delete_computer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<bool> {
+        let c = Ctx::new(ctx)?;
+        let comp: Computer = c.load_for_write(parse_id("id", &id)?).await?;
+        c.actor.require(
+            crate::permissions::Action::ManageComputers,
+            Some(comp.tenant_id),
+        )?;
+        let r = crate::services::removal::Removal::computer(&c.app.store, comp).await?;
+        r.apply(&c.app.store, |_| Ok(())).await?;
+        r.forget(c.app);
+        Ok(true)
+    }
+
     /// Revokes a computer's agent token: its agent is refused until it enrolls again.
     async fn revoke_computer_agent(
         &self,

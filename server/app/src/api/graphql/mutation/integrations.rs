@@ -146,6 +146,39 @@ impl IntegrationMutation {
         })
     }
 
+    /// Changes a webhook's URL, events or description (the secret stays).
+    async fn update_webhook(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+        #[graphql(desc = "What changes.")] input: UpdateWebhookInput,
+    ) -> Result<View<Webhook>> {
+        let c = Ctx::new(ctx)?;
+        let mut w: Webhook = c.load(parse_id("id", &id)?).await?;
+        c.actor.require(Action::ManageWebhooks, w.tenant_id)?;
+        if let Some(u) = &input.url {
+            w.url = crate::services::webhooks::check_url(
+                &url("url", u)?,
+                c.app.config.allow_private_webhooks,
+            )
+            .await?;
+        }
+        if let Some(events) = &input.events {
+            if events.is_empty() {
+                return Err(ApiError::bad("events", "subscribe to at least one event").into());
+            }
+            w.events = events.iter().map(|&e| e.into()).collect();
+        }
+        if let Some(d) = &input.description {
+            w.description = Some(d.trim())
+                .filter(|d| !d.is_empty())
+                .map(|d| name("description", d))
+                .transpose()?;
+        }
+        c.save(&w).await?;
+        Ok(View(w))
+    }
+
     /// Removes a webhook; its pending deliveries are dropped.
     async fn delete_webhook(
         &self,

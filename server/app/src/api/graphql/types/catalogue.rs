@@ -135,7 +135,7 @@ impl From<&upkeep_core::versions::Discovered> for DiscoveredVersion {
 #[Object(name = "Software")]
 impl View<Software> {
     /// The software's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its name.
@@ -280,7 +280,7 @@ impl View<Software> {
 #[Object(name = "MaintenanceTask")]
 impl View<MaintenanceTask> {
     /// The task's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its name.
@@ -327,7 +327,7 @@ impl View<Target> {
 #[Object(name = "Deployment")]
 impl View<Deployment> {
     /// The deployment's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its tenant; `null` for a cross-tenant deployment.
@@ -418,7 +418,7 @@ impl View<Deployment> {
 #[Object(name = "Schedule")]
 impl View<Schedule> {
     /// The schedule's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its name.

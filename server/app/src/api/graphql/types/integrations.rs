@@ -12,7 +12,7 @@ use upkeep_core::domain::*;
 #[Object(name = "ApiKey")]
 impl View<ApiKey> {
     /// The API key's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// A name saying who uses the key (e.g. the PSA's name).
@@ -54,7 +54,7 @@ impl View<ApiKey> {
 #[Object(name = "Webhook")]
 impl View<upkeep_core::webhook::Webhook> {
     /// The webhook's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its tenant; `null`: every tenant's events.
@@ -89,7 +89,7 @@ impl View<upkeep_core::webhook::Webhook> {
 #[Object(name = "WebhookDelivery")]
 impl View<upkeep_core::webhook::Delivery> {
     /// The delivery's id (header `Upkeep-Delivery`; the same on every retry).
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// The event.
@@ -130,7 +130,7 @@ impl View<upkeep_core::webhook::Delivery> {
 #[Object(name = "AuditEvent")]
 impl View<upkeep_core::audit::AuditEvent> {
     /// The event's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// When it happened.

@@ -2,11 +2,12 @@
 //! `Computer.installedSoftware`): read from its own record, written when the agent's report
 //! changes.
 
-use crate::api::graphql::connection::{Page, Total, page_size};
+use crate::api::graphql::connection::{
+    ListOrder, Page, PageArgs, Position, SortKey, Total, slice_sorted,
+};
 use crate::api::graphql::scalars::DateTime;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use async_graphql::SimpleObject;
-use async_graphql::connection::{Connection, Edge};
 use upkeep_core::inventory::{InstalledProgram, InventoryRecord};
 
 /// What the computer's agent last reported about it. Fields are null (or empty) when the
@@ -78,6 +79,13 @@ pub struct InstalledSoftwareView {
     pub publisher: Option<String>,
 }
 
+/// A program with its place in the agent's report (which only separates exact duplicates).
+impl From<(usize, InstalledProgram)> for InstalledSoftwareView {
+    fn from((_, p): (usize, InstalledProgram)) -> Self {
+        p.into()
+    }
+}
+
 impl From<InstalledProgram> for InstalledSoftwareView {
     fn from(p: InstalledProgram) -> Self {
         InstalledSoftwareView {
@@ -88,38 +96,29 @@ impl From<InstalledProgram> for InstalledSoftwareView {
     }
 }
 
-/// `installedSoftware(search, first, after)`: the programs whose name contains `search`, by
-/// name; the cursor is a position in that list.
+/// `installedSoftware(search, first, after, last, before)`: the programs whose name contains
+/// `search`, by name (then version); a cursor is a position in that order, so it outlives an
+/// inventory that changed meanwhile.
 pub fn installed_page(
     record: Option<&InventoryRecord>,
     search: Option<&str>,
-    first: Option<i32>,
-    after: Option<&str>,
+    args: &PageArgs,
 ) -> ApiResult<Page<InstalledSoftwareView>> {
-    let first = page_size(first)?;
-    let start = match after {
-        Some(a) => {
-            a.parse::<usize>()
-                .map_err(|_| ApiError::bad("after", "is not a cursor from this API"))?
-                + 1
-        }
-        None => 0,
-    };
-    let all: Vec<&InstalledProgram> = record
-        .map(|r| r.programs(search).collect())
+    let order = ListOrder::new("installedSoftware", "NAME", false);
+    let all: Vec<(usize, InstalledProgram)> = record
+        .map(|r| r.programs(search).cloned().enumerate().collect())
         .unwrap_or_default();
+    // Name and version decide; the position in the report only separates exact duplicates.
+    let pos = |(i, p): &(usize, InstalledProgram)| Position {
+        key: SortKey::Text(format!(
+            "{}\u{0}{}",
+            p.name.to_lowercase(),
+            p.version.as_deref().unwrap_or("")
+        )),
+        id: upkeep_core::domain::Id::from_u128(*i as u128),
+    };
+    let w = args.window(&order)?;
     let total = all.len();
-    let end = start.saturating_add(first).min(total);
-    let mut c =
-        Connection::with_additional_fields(start > 0, end < total, Total { total_count: total });
-    if start < total {
-        c.edges
-            .extend(all[start..end].iter().enumerate().map(|(i, p)| {
-                Edge::new(
-                    (start + i).to_string(),
-                    InstalledSoftwareView::from((*p).clone()),
-                )
-            }));
-    }
-    Ok(c)
+    let slice = slice_sorted(all, pos, &order, &w);
+    Ok(slice.into_connection(&order, pos, Total { total_count: total }))
 }

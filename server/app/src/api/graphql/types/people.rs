@@ -13,7 +13,7 @@ use upkeep_core::session::*;
 #[Object(name = "Tenant")]
 impl View<Tenant> {
     /// The tenant's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its name (unique).
@@ -96,7 +96,7 @@ impl From<&BusinessHours> for BusinessHoursView {
 #[Object(name = "User")]
 impl View<User> {
     /// The user's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Their sign-in address.
@@ -130,7 +130,7 @@ impl View<User> {
 #[Object(name = "Person")]
 impl View<Person> {
     /// The person's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Their name.
@@ -155,7 +155,7 @@ impl View<Person> {
 #[Object(name = "Computer")]
 impl View<Computer> {
     /// The computer's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Its display name (the hostname unless renamed).
@@ -240,27 +240,43 @@ impl View<Computer> {
     }
     /// Installed programs as the agent last listed them, by name; `search` keeps those whose
     /// name contains it (case-insensitively).
-    #[graphql(complexity = "crate::api::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::api::graphql::page_cost(first.or(last), child_complexity)")]
+    #[allow(clippy::too_many_arguments)] // each is a GraphQL argument of its own
     async fn installed_software(
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Only programs whose name contains this (ignoring case).")] search: Option<
             String,
         >,
-        #[graphql(desc = "How many to return (at most 500; default 50).")] first: Option<i32>,
-        #[graphql(desc = "The `endCursor` of the page before.")] after: Option<String>,
+        #[graphql(
+            desc = "The first this many programs after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
+        first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.endCursor`): the page starts after it."
+        )]
+        after: Option<String>,
+        #[graphql(
+            desc = "The last this many programs before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.startCursor`): the page ends before it."
+        )]
+        before: Option<String>,
     ) -> Result<crate::api::graphql::connection::Page<InstalledSoftwareView>> {
         let app = &Ctx::new(ctx)?.app;
         let record = app
             .store
             .get::<upkeep_core::inventory::InventoryRecord>(&self.id)
             .await?;
-        Ok(installed_page(
-            record.as_ref(),
-            search.as_deref(),
+        let args = crate::api::graphql::connection::PageArgs {
             first,
-            after.as_deref(),
-        )?)
+            after,
+            last,
+            before,
+        };
+        Ok(installed_page(record.as_ref(), search.as_deref(), &args)?)
     }
     /// True when the computer is kept out of maintenance: no session starts on it.
     async fn excluded_from_maintenance(&self) -> bool {

@@ -25,7 +25,7 @@ pub struct EnrollmentKeyView {
 #[ComplexObject]
 impl EnrollmentKeyView {
     /// The key's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.key.id)
     }
     /// What the key is for.
@@ -74,8 +74,7 @@ impl EnrollmentKeyView {
 #[Object(name = "MaintenanceSession")]
 impl View<Session> {
     /// The session's id.
-    #[graphql(name = "id")]
-    async fn gql_id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.id)
     }
     /// Where it stands.
@@ -240,7 +239,7 @@ pub struct ActionOutputView {
 #[Object(name = "MaintenanceAction")]
 impl ActionView {
     /// The action's id.
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         id(self.action.id)
     }
     /// What it does.
