@@ -317,6 +317,38 @@ async fn automatic_persisted_queries_register_then_run_by_hash() -> anyhow::Resu
         (status, v["errors"][0]["message"].clone()),
         (400, json!("PersistedQueryNotFound"))
     );
+    // A registered mutation does not run over GET by its hash: the resolved document is
+    // checked too (405, and nothing changes).
+    let mutation = "mutation($n: String!) { createTenant(input: {name: $n}) { id } }";
+    let mext = json!({"persistedQuery": {"version": 1, "sha256Hash": sha256(mutation)}});
+    let v: Value =
+        ask(json!({"query": mutation, "variables": {"n": "ByPost"}, "extensions": mext}))
+            .await?
+            .json()
+            .await?;
+    assert!(v["data"]["createTenant"]["id"].is_string(), "{v}");
+    let r = s
+        .http
+        .get(graphql_url(
+            &s,
+            &[
+                ("extensions", &mext.to_string()),
+                ("variables", r#"{"n": "ByGet"}"#),
+            ],
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 405);
+    let v: Value = r.json().await?;
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "METHOD_NOT_ALLOWED",
+        "{v}"
+    );
+    let d = s
+        .gql(&admin, "{ tenants { nodes { name } } }", json!({}))
+        .await?;
+    assert!(!d.to_string().contains("ByGet"), "{d}");
     Ok(())
 }
 

@@ -327,3 +327,24 @@ async fn option_defaults_are_in_the_schema_and_options_replace_as_a_whole() -> a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_lists_no_webhooks_as_it_reads_none() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Hooks").await?;
+    s.gql(&admin, "mutation($t: ID) { createWebhook(input: {tenantId: $t, url: \"https://psa.example/hook\", events: [SESSION_FINISHED], description: \"PSA\"}) { webhook { id } } }", json!({"t": t}))
+        .await?;
+    let k = s
+        .gql(&admin, "mutation($t: ID) { createApiKey(input: {name: \"view\", role: TENANT_VIEWER, tenantId: $t}) { secret } }", json!({"t": t}))
+        .await?;
+    let viewer = k["createApiKey"]["secret"].as_str().unwrap();
+    let q = "{ webhooks { totalCount nodes { id events description } } }";
+    assert_eq!(
+        s.gql(&admin, q, json!({})).await?["webhooks"]["totalCount"],
+        1
+    );
+    let seen = s.gql(viewer, q, json!({})).await?;
+    assert_eq!(seen["webhooks"]["totalCount"], 0, "{seen}");
+    Ok(())
+}

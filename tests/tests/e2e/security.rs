@@ -627,13 +627,10 @@ async fn nested_fields_obey_tenant_isolation() -> Result<()> {
         as_viewer["computer"]["deploymentResolution"][0]["winner"].is_null(),
         "{text}"
     );
+    // Webhooks are an integration's setup: a viewer lists none (as `webhook(id)` refuses).
     assert_eq!(
         as_viewer["webhooks"]["edges"].as_array().map(Vec::len),
-        Some(1),
-        "{text}"
-    );
-    assert!(
-        as_viewer["webhooks"]["edges"][0]["node"]["url"].is_null(),
+        Some(0),
         "{text}"
     );
     Ok(())

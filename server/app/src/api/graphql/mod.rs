@@ -398,7 +398,7 @@ pub async fn graphql_handler(
             persisted.clone(),
         );
         async move {
-            let (mut req, executed) = p.into_request(&persisted)?;
+            let (mut req, executed) = p.into_request(&persisted, get)?;
             req = req.data(ClientAddr(peer)).data(app);
             if let Some(actor) = actor {
                 req = req.data(actor);

@@ -1066,8 +1066,15 @@ impl Query {
             WebhookOrder::pair(order_by),
             (WebhookOrderField::CREATED_AT, OrderDirection::Asc),
         );
-        let all =
+        let mut all =
             lists::tenant_kind::<Webhook>(&c, TENANT_WEBHOOKS, tenant_id.as_ref(), false).await?;
+        // As `webhook(id)` and `node(id)`: only those the caller may manage (a viewer reads
+        // none; their events and descriptions are an integration's setup).
+        all.retain(|w| {
+            c.actor
+                .require(crate::permissions::Action::ManageWebhooks, w.tenant_id)
+                .is_ok()
+        });
         Ok(connection::page_sorted(
             all,
             |x| order::webhook(field, x),

@@ -360,14 +360,19 @@ impl Executed {
 
 impl Params {
     /// The request async-graphql runs: a persisted query resolved (or registered), the
-    /// variables and extensions as sent, and the [`Executed`] marker.
+    /// variables and extensions as sent, and the [`Executed`] marker. Over `GET` (`get`), the
+    /// resolved document must be a query: a hash-only request names its document only here.
     pub fn into_request(
         mut self,
         persisted: &PersistedQueries,
+        get: bool,
     ) -> Result<(async_graphql::Request, Executed), Refused> {
         persisted
             .resolve(&mut self.query, &mut self.extensions)
             .map_err(Refused::persisted)?;
+        if get {
+            refuse_on_get(&self)?;
+        }
         let Some(query) = self.query.filter(|q| !q.trim().is_empty()) else {
             return Err(Refused::bad_request(
                 "the query parameter is missing: send {\"query\": \"{ … }\"}",
