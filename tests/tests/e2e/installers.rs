@@ -361,7 +361,7 @@ async fn gc_removes_unnamed_files_and_backups_keep_the_rest() -> Result<()> {
     let mut tries = 0;
     let line = loop {
         match upkeep_server::api::backup::gc(&s.data_dir).await {
-            Err(e) if tries < 100 && format!("{e:#}").contains("could not acquire lock") => {
+            Err(e) if tries < 100 && format!("{e:#}").contains("in use by a running server") => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
