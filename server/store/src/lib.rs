@@ -20,11 +20,11 @@
 mod audit_diff;
 mod codec;
 mod embedded;
-mod postgres;
 mod index;
 mod interface;
 #[cfg(test)]
 mod memory;
+mod postgres;
 mod snapshot;
 mod tx;
 mod typed;

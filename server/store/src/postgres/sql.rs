@@ -67,7 +67,10 @@ pub(super) async fn write_all(
     t: &deadpool_postgres::Transaction<'_>,
     writes: impl Iterator<Item = ((Space, Vec<u8>), Option<Vec<u8>>)>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (mut set, mut del) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    let (mut set, mut del) = (
+        (Vec::new(), Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    );
     for ((space, key), value) in writes {
         match value {
             Some(v) => {

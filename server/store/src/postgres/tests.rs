@@ -45,7 +45,10 @@ async fn increment(store: &Db, runs: &AtomicU64) {
         tx.insert(COUNTER, b"counter", &(n + 1).to_be_bytes())?;
         Ok(())
     };
-    store.transact(&mut body).await.expect("the increment commits");
+    store
+        .transact(&mut body)
+        .await
+        .expect("the increment commits");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -114,10 +117,23 @@ async fn ranges_order_keys_as_memcmp() {
     store.apply_batch(space, batch.collect()).await.unwrap();
     keys.sort();
     let read = |r: Vec<(Vec<u8>, Vec<u8>)>| r.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-    let all = read(store.read_range(space, &KeyRange::all(), 100).await.unwrap());
+    let all = read(
+        store
+            .read_range(space, &KeyRange::all(), 100)
+            .await
+            .unwrap(),
+    );
     assert_eq!(all, keys, "forwards in memcmp order");
-    let back = read(store.read_range(space, &KeyRange::all().rev(), 3).await.unwrap());
-    assert_eq!(back, vec![keys[9].clone(), keys[8].clone(), keys[7].clone()]);
+    let back = read(
+        store
+            .read_range(space, &KeyRange::all().rev(), 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        back,
+        vec![keys[9].clone(), keys[8].clone(), keys[7].clone()]
+    );
     let ff = KeyRange::prefix(&[0xff]);
     assert_eq!(ff.end, Bound::Unbounded);
     let high = read(store.read_range(space, &ff, 100).await.unwrap());
@@ -126,14 +142,20 @@ async fn ranges_order_keys_as_memcmp() {
     let z = read(store.read_range(space, &zero, 100).await.unwrap());
     assert_eq!(z, vec![vec![0x00, 0xff]]);
     assert_eq!(store.count_range(space, &zero).await.unwrap(), 1);
-    assert_eq!(store.count_range(space, &KeyRange::all()).await.unwrap(), 10);
+    assert_eq!(
+        store.count_range(space, &KeyRange::all()).await.unwrap(),
+        10
+    );
     let inclusive = KeyRange {
         start: Bound::Included(vec![0x00, 0xff]),
         end: Bound::Included(vec![0x80]),
         reverse: true,
     };
     let mid = read(store.read_range(space, &inclusive, 100).await.unwrap());
-    assert_eq!(mid, vec![vec![0x80], vec![0x7f, 0xff], vec![0x01], vec![0x00, 0xff]]);
+    assert_eq!(
+        mid,
+        vec![vec![0x80], vec![0x7f, 0xff], vec![0x01], vec![0x00, 0xff]]
+    );
 }
 
 #[tokio::test]

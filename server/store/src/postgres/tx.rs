@@ -17,8 +17,8 @@
 //! growing, jittered pause.
 
 use super::{PgStore, sql};
-use crate::interface::{Body, BodyError, Space, StoreTx, TransactError, TxFault};
 use crate::StoreError;
+use crate::interface::{Body, BodyError, Space, StoreTx, TransactError, TxFault};
 use std::cell::Cell;
 use std::collections::HashMap;
 use tokio_postgres::IsolationLevel;
@@ -54,7 +54,8 @@ pub(super) async fn transact(store: &PgStore, body: &mut Body<'_>) -> Result<(),
 async fn pause(attempt: u32) {
     use std::hash::BuildHasher;
     let ceiling = (1u64 << attempt.min(7)).min(100);
-    let jitter = std::collections::hash_map::RandomState::new().hash_one(attempt) % (ceiling * 1000);
+    let jitter =
+        std::collections::hash_map::RandomState::new().hash_one(attempt) % (ceiling * 1000);
     tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
 }
 
@@ -88,7 +89,11 @@ macro_rules! try_db {
 
 /// One attempt: a transaction, the body run until it needs no more reads, its writes, COMMIT.
 async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactError> {
-    let mut client = store.pool.get().await.map_err(|e| TransactError::Store(e.into()))?;
+    let mut client = store
+        .pool
+        .get()
+        .await
+        .map_err(|e| TransactError::Store(e.into()))?;
     let t = try_db!(
         client
             .build_transaction()
@@ -105,7 +110,9 @@ async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactE
             missing: Cell::new(None),
         };
         let r = body(&mut view);
-        let View { writes, missing, .. } = view;
+        let View {
+            writes, missing, ..
+        } = view;
         // A miss decides the run whatever the body made of the conflict it was shown.
         if let Some((space, key)) = missing.into_inner() {
             let row = try_db!(t.query_opt(&get, &[&space.name(), &key]).await);
@@ -162,7 +169,8 @@ impl StoreTx for View<'_> {
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, TxFault> {
         let old = self.get(space, key)?;
-        self.writes.insert((space, key.to_vec()), Some(value.to_vec()));
+        self.writes
+            .insert((space, key.to_vec()), Some(value.to_vec()));
         Ok(old)
     }
 
