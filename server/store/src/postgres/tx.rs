@@ -1,12 +1,17 @@
 //! Transactions on PostgreSQL.
 //!
-//! A body is synchronous and may run more than once (see `interface.rs`). It runs against a
-//! read-through cache of one SERIALIZABLE transaction: a key the cache lacks ends the run (the
-//! body sees a conflict), is read inside the transaction, and the body runs again from the
-//! start with it cached. So every read reaches the database within the transaction, no runtime
-//! thread is ever blocked (this works on any tokio runtime, current-thread too), and a body
-//! that reads N keys costs N round trips, as reading them one by one would. The body's writes
-//! stay in an overlay (its own reads see them) and go out in two statements before COMMIT.
+//! A body is synchronous and may run more than once (see `interface.rs`). Its reads reach the
+//! database inside one SERIALIZABLE transaction, in one of two ways:
+//! - on a multi-thread runtime (the server's), directly: the worker thread hands its other
+//!   tasks away with `block_in_place` and waits for the query (`Handle::block_on`), so the
+//!   body runs once however many keys it reads;
+//! - on a current-thread runtime (`upkeep-server check`, plain `#[tokio::test]`), where
+//!   `block_in_place` would panic, read-through: a key not read yet ends the run (the body
+//!   sees a conflict), is read inside the transaction, and the body runs again with it
+//!   cached. No thread is blocked, but a body that reads N keys runs N + 1 times.
+//!
+//! Either way the body's writes stay in an overlay (its own reads see them) and go out in two
+//! statements before COMMIT.
 //!
 //! Why SERIALIZABLE rather than REPEATABLE READ with row locks: a body also reads keys that do
 //! not exist (a unique claim, an idempotency key), and there is no row to lock for those.
@@ -19,7 +24,7 @@
 use super::{PgStore, sql};
 use crate::StoreError;
 use crate::interface::{Body, BodyError, Space, StoreTx, TransactError, TxFault};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
@@ -102,21 +107,42 @@ async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactE
             .await
     );
     let get = try_db!(t.prepare_cached(sql::GET).await);
-    let mut cache: HashMap<Key, Option<Vec<u8>>> = HashMap::new();
+    let direct = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let cache: RefCell<HashMap<Key, Option<Vec<u8>>>> = RefCell::new(HashMap::new());
     let writes = loop {
-        let mut view = View {
-            cache: &cache,
-            writes: HashMap::new(),
-            missing: Cell::new(None),
+        // The view borrows the cache and the transaction: it ends before the next await.
+        let (r, writes, missing, failed) = {
+            let mut view = View {
+                cache: &cache,
+                direct: direct.as_ref().map(|rt| Direct {
+                    t: &t,
+                    get: &get,
+                    rt,
+                }),
+                writes: HashMap::new(),
+                missing: Cell::new(None),
+                failed: Cell::new(None),
+            };
+            let r = body(&mut view);
+            (
+                r,
+                view.writes,
+                view.missing.into_inner(),
+                view.failed.into_inner(),
+            )
         };
-        let r = body(&mut view);
-        let View {
-            writes, missing, ..
-        } = view;
-        // A miss decides the run whatever the body made of the conflict it was shown.
-        if let Some((space, key)) = missing.into_inner() {
+        // A failed read or a miss decides the run, whatever the body made of the conflict it
+        // was shown.
+        if let Some(e) = failed {
+            try_db!(Err(e));
+        }
+        if let Some((space, key)) = missing {
             let row = try_db!(t.query_opt(&get, &[&space.name(), &key]).await);
-            cache.insert((space, key), row.map(|r| r.get(0)));
+            cache
+                .borrow_mut()
+                .insert((space, key), row.map(|r| r.get(0)));
             continue;
         }
         match r {
@@ -137,12 +163,43 @@ async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactE
     Ok(Attempt::Done)
 }
 
+/// Reading inside the body on a multi-thread runtime: the worker hands its other tasks away
+/// (`block_in_place`) and waits for the query, so a body runs once however much it reads.
+struct Direct<'a> {
+    t: &'a deadpool_postgres::Transaction<'a>,
+    get: &'a tokio_postgres::Statement,
+    rt: &'a tokio::runtime::Handle,
+}
+
 /// What a body sees: its own writes, then what was read from the transaction.
 struct View<'a> {
-    cache: &'a HashMap<Key, Option<Vec<u8>>>,
+    cache: &'a RefCell<HashMap<Key, Option<Vec<u8>>>>,
+    direct: Option<Direct<'a>>,
     writes: HashMap<Key, Option<Vec<u8>>>,
     /// The first key this run needed and the cache lacked (`get` has only `&self`).
     missing: Cell<Option<Key>>,
+    /// The first read that failed (the body was shown a conflict).
+    failed: Cell<Option<tokio_postgres::Error>>,
+}
+
+impl View<'_> {
+    fn fetch(&self, d: &Direct<'_>, k: Key) -> Result<Option<Vec<u8>>, TxFault> {
+        let read = tokio::task::block_in_place(|| {
+            d.rt.block_on(d.t.query_opt(d.get, &[&k.0.name(), &k.1]))
+        });
+        match read {
+            Ok(row) => {
+                let v: Option<Vec<u8>> = row.map(|r| r.get(0));
+                self.cache.borrow_mut().insert(k, v.clone());
+                Ok(v)
+            }
+            Err(e) => {
+                let first = self.failed.take().unwrap_or(e);
+                self.failed.set(Some(first));
+                Err(TxFault::Conflict)
+            }
+        }
+    }
 }
 
 impl StoreTx for View<'_> {
@@ -154,14 +211,19 @@ impl StoreTx for View<'_> {
             ))));
         }
         let k = (space, key.to_vec());
-        if let Some(v) = self.writes.get(&k).or_else(|| self.cache.get(&k)) {
+        if let Some(v) = self.writes.get(&k) {
             return Ok(v.clone());
+        }
+        if let Some(v) = self.cache.borrow().get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some(d) = &self.direct {
+            return self.fetch(d, k);
         }
         let first = self.missing.take().unwrap_or(k);
         self.missing.set(Some(first));
         Err(TxFault::Conflict)
     }
-
     fn insert(
         &mut self,
         space: Space,
