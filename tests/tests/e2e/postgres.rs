@@ -79,3 +79,31 @@ async fn check_refuses_a_bad_or_unreachable_database_url_clearly() -> anyhow::Re
     assert!(!err.contains("panicked"), "{err}");
     Ok(())
 }
+
+#[test]
+fn serve_refuses_a_bad_or_unreachable_database_url_with_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().to_str().unwrap();
+    for (url, says) in [
+        ("mysql://127.0.0.1/x", "must start with postgres://"),
+        (
+            "postgres://postgres@127.0.0.1:1/nothing",
+            "cannot open the PostgreSQL store",
+        ),
+    ] {
+        let out = std::process::Command::new(bin("upkeep-server-under-test"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir", data])
+            .args(["--database-url", url])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // (A warning about the temp dir's permissions may come first.)
+        let err: Vec<&str> = stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
+        assert_eq!(err.len(), 1, "{url}: {stderr}");
+        assert!(
+            err[0].starts_with("upkeep-server:") && err[0].contains(says),
+            "{stderr}"
+        );
+    }
+}

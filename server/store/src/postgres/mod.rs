@@ -57,7 +57,17 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Engine(format!("cannot get a PostgreSQL connection: {e}"))
+        // The pool's text leaves out why (connection refused, bad password): add its causes.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let c_text = c.to_string();
+            if !text.contains(&c_text) {
+                text = format!("{text}: {c_text}");
+            }
+            cause = c.source();
+        }
+        StoreError::Engine(format!("cannot get a PostgreSQL connection: {text}"))
     }
 }
 
@@ -75,8 +85,12 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // A server that does not answer is an error after a while, not a hang.
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
             .build()
             .map_err(|e| StoreError::Engine(format!("cannot build the connection pool: {e}")))?;
         let store = PgStore {
