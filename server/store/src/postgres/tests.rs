@@ -255,3 +255,28 @@ async fn a_bad_url_or_an_unreachable_server_is_a_clear_error() {
         .unwrap();
     assert!(err.to_string().contains("PostgreSQL"), "{err}");
 }
+
+/// Replicas starting together on a fresh database: the advisory lock lets one apply each
+/// migration and the others find it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_opening_a_fresh_database_at_once_migrate_it_once() {
+    let db = ScratchDatabase::create().await.unwrap();
+    let url = db.url().to_string();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { super::PgStore::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every replica opens"));
+    }
+    let client = stores[0].pool.get().await.unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM upkeep_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
