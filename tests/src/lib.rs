@@ -418,7 +418,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(hostname: &str) -> Result<Fixture> {
-        let s = TestServer::start().await?;
+        Self::start_on(TestServer::start().await?, hostname).await
+    }
+
+    /// The fixture on a server started by the caller (e.g. on PostgreSQL).
+    pub async fn start_on(s: TestServer, hostname: &str) -> Result<Fixture> {
         let admin = s.admin().await?;
         let tenant = s.create_tenant(&admin, "Acme").await?;
         let key = s.enrollment_key(&admin, &tenant).await?;

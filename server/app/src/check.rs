@@ -35,14 +35,19 @@ pub async fn problems(store: &Db) -> upkeep_store::Result<Vec<String>> {
     Ok(out)
 }
 
-pub async fn run(data_dir: &Path) -> ExitCode {
-    let store = match upkeep_store::open_embedded(data_dir) {
+/// Checks the store of `data_dir`, or the PostgreSQL store at `database_url` when given.
+pub async fn run(data_dir: &Path, database_url: Option<&str>) -> ExitCode {
+    let opened = match database_url {
+        Some(url) => upkeep_store::open_postgres(url)
+            .await
+            .map_err(|e| format!("cannot open the PostgreSQL store: {e}")),
+        None => upkeep_store::open_embedded(data_dir)
+            .map_err(|e| format!("cannot open {}: {e}", data_dir.display())),
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "upkeep-server check: cannot open {}: {e}",
-                data_dir.display()
-            );
+            eprintln!("upkeep-server check: {e}");
             return ExitCode::from(2);
         }
     };

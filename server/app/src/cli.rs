@@ -39,7 +39,10 @@ pub fn main() -> ExitCode {
             print!("{}", crate::api::graphql::sdl());
             ExitCode::SUCCESS
         }
-        Some(Command::Check { data_dir }) => offline(crate::check::run(&data_dir)),
+        Some(Command::Check {
+            data_dir,
+            database_url,
+        }) => offline(async move { crate::check::run(&data_dir, database_url.as_deref()).await }),
         Some(Command::Backup { data_dir, out }) => offline(async move {
             match crate::api::backup::backup(&data_dir, &out).await {
                 Ok((n, (files, bytes))) => {

@@ -25,6 +25,9 @@ pub enum Command {
         /// The server's data directory.
         #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
         data_dir: PathBuf,
+        /// Check the PostgreSQL store at this URL instead of the data directory's.
+        #[arg(long, env = "UPKEEP_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
+        database_url: Option<String>,
     },
     /// Write the GraphQL schema (SDL) to stdout.
     Schema,
@@ -74,9 +77,14 @@ pub struct ServeConfig {
     /// Address to bind; port 0 picks a free port.
     #[arg(long, env = "UPKEEP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the sled store and generated secrets live.
+    /// Where the sled store and generated secrets live (with --database-url: the secrets,
+    /// outbox files and installers only).
     #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
     pub data_dir: PathBuf,
+    /// Keep the store in PostgreSQL (`postgres://user:pass@host:5432/db`) instead of the
+    /// embedded store in the data directory: cluster mode, in progress (README).
+    #[arg(long, env = "UPKEEP_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
+    pub database_url: Option<String>,
     /// Base of links in e-mails (default: http://<listen address>).
     #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = PublicUrl::parse)]
     pub public_url: Option<PublicUrl>,
@@ -301,6 +309,14 @@ fn parse_smtp_url(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_database_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_string())
+    } else {
+        Err("the database URL must start with postgres:// or postgresql://".into())
+    }
+}
+
 fn parse_mailbox(s: &str) -> Result<String, String> {
     s.parse::<lettre::message::Mailbox>()
         .map(|_| s.to_string())
@@ -312,6 +328,7 @@ impl ServeConfig {
         ServeConfig {
             listen: "127.0.0.1:0".parse().expect("literal address"),
             data_dir,
+            database_url: None,
             public_url: None,
             smtp_url: None,
             mail_from: "upkeep@localhost".into(),

@@ -24,12 +24,16 @@ mod index;
 mod interface;
 #[cfg(test)]
 mod memory;
+mod postgres;
 mod snapshot;
 mod tx;
 mod typed;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+/// Fresh PostgreSQL databases for tests (feature `conformance`).
+#[cfg(any(test, feature = "conformance"))]
+pub use postgres::scratch;
 
 pub use codec::FORMAT_VERSION;
 pub use index::IndexKey;
@@ -48,6 +52,13 @@ pub type Db = Arc<dyn Store>;
 /// process may hold a directory at a time.
 pub fn open_embedded(dir: &Path) -> Result<Db> {
     Ok(Arc::new(embedded::SledStore::open(dir)?))
+}
+
+/// Connects to the PostgreSQL database at `url` (`postgres://user@host:port/db`), applies its
+/// pending migrations under an advisory lock and returns the handle. Any number of processes
+/// may open one database (cluster mode).
+pub async fn open_postgres(url: &str) -> Result<Db> {
+    Ok(Arc::new(postgres::PgStore::open(url).await?))
 }
 
 /// The store's schema version. Bump it and add a step to [`migrate`] when a stored shape

@@ -13,6 +13,7 @@ use upkeep_agent_protocol as proto;
 use upkeep_server::api::http::Running;
 use upkeep_server::config::ServeConfig;
 use upkeep_server::services::App;
+use upkeep_store::scratch::ScratchDatabase;
 
 static SERVER_RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 
@@ -42,6 +43,9 @@ pub struct TestServer {
     pub config: ServeConfig,
     /// The temp data dir, when the server made it: removed after the server is dropped.
     _dir: Option<TempDir>,
+    /// The fresh PostgreSQL database of a server started with [`TestServer::start_on_postgres`]:
+    /// dropped after the server (fields drop in order).
+    pub database: Option<Arc<ScratchDatabase>>,
 }
 
 impl TestServer {
@@ -53,6 +57,24 @@ impl TestServer {
         let dir = tempfile::Builder::new().prefix("upkeep-").tempdir()?;
         let mut s = Self::start_config(config(dir.path())).await?;
         s._dir = Some(dir);
+        Ok(s)
+    }
+
+    /// Like [`TestServer::start_in_temp_dir`], with the store in a fresh PostgreSQL database
+    /// (`--database-url`; the data dir keeps only secrets and files). The database is dropped
+    /// with the server.
+    pub async fn start_on_postgres(
+        config: impl FnOnce(&Path) -> ServeConfig,
+    ) -> Result<TestServer> {
+        let database = Arc::new(ScratchDatabase::create().await?);
+        let url = database.url().to_string();
+        let mut s = Self::start_in_temp_dir(|dir| {
+            let mut c = config(dir);
+            c.database_url = Some(url);
+            c
+        })
+        .await?;
+        s.database = Some(database);
         Ok(s)
     }
 
@@ -70,6 +92,7 @@ impl TestServer {
             http: client::http_client()?,
             config,
             _dir: None,
+            database: None,
         })
     }
 

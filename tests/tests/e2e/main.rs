@@ -19,6 +19,7 @@ mod library;
 mod lists;
 mod mail;
 mod ops;
+mod postgres;
 mod readme;
 mod reboots;
 mod schedules;

@@ -429,8 +429,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = jwt_secret(&config)?;
-    let store = upkeep_store::open_embedded(&config.data_dir)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = match &config.database_url {
+        Some(url) => upkeep_store::open_postgres(url)
+            .await
+            .context("cannot open the PostgreSQL store (--database-url)")?,
+        None => upkeep_store::open_embedded(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    };
+    tracing::info!(engine = store.engine(), "store opened");
     // sled creates its files with the process's umask.
     crate::datadir::tighten_permissions(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -1,0 +1,85 @@
+//! A fresh PostgreSQL database for one test, dropped when the value is (also when the test
+//! panics). The server the tests use is `UPKEEP_TEST_PG_ADMIN_URL`, by default
+//! `postgres://postgres@127.0.0.1/postgres` (the project's machines and CI run it).
+
+use crate::{Result, StoreError};
+
+/// A database `upkeep_t_<random>` that exists while this value lives.
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+/// The administrative URL the scratch databases are made from.
+pub fn admin_url() -> String {
+    std::env::var("UPKEEP_TEST_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/postgres".into())
+}
+
+async fn admin(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            StoreError::Engine(format!(
+                "cannot reach PostgreSQL at {url} for a test database ({e}); is it running? \
+                 (pg_isready -h 127.0.0.1)"
+            ))
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+impl ScratchDatabase {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> Result<ScratchDatabase> {
+        use std::hash::BuildHasher;
+        let admin_url = admin_url();
+        let client = admin(&admin_url).await?;
+        let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        let name = format!("upkeep_t_{random:016x}");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        Ok(ScratchDatabase {
+            url: format!("{base}/{name}"),
+            admin: admin_url,
+            name,
+        })
+    }
+
+    /// The database's URL, for `--database-url`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        // Drop cannot await: a thread with its own runtime drops the database (closing what
+        // is still connected to it) and is waited for.
+        let (admin_url, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let client = admin(&admin_url).await.map_err(|e| e.to_string())?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop the test database {}: {e}", self.name);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The PostgreSQL engine against a real server, each test on a fresh database.
+
+use super::scratch::ScratchDatabase;
+use crate::interface::{BodyError, KeyRange, Space, TxFault};
+use crate::{Db, IndexKey, Kind};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+async fn fresh() -> (ScratchDatabase, Db) {
+    let db = ScratchDatabase::create().await.expect("a scratch database");
+    let store = crate::open_postgres(db.url()).await.expect("open");
+    (db, store)
+}
+
+/// On a current-thread runtime: transaction bodies read through and rerun.
+#[tokio::test]
+async fn the_postgres_engine_passes_the_conformance_check_and_restores() {
+    let (_a, store) = fresh().await;
+    assert_eq!(store.engine(), "postgres");
+    crate::conformance::check(store.clone()).await;
+    let (_b, empty) = fresh().await;
+    crate::conformance::check_restore(store, empty).await;
+}
+
+/// On a multi-thread runtime: transaction bodies read directly (`block_in_place`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_engine_passes_the_conformance_check_on_a_multi_thread_runtime() {
+    let (_a, store) = fresh().await;
+    crate::conformance::check(store).await;
+}
+
+#[tokio::test]
+async fn a_sled_snapshot_restores_into_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = crate::open_embedded(dir.path()).unwrap();
+    crate::conformance::check(sled.clone()).await;
+    let (_db, pg) = fresh().await;
+    crate::conformance::check_restore(sled, pg).await;
+}
+
+const COUNTER: Space = Space::Records(Kind::Tenant);
+
+/// Reads the counter, adds one, writes it: a lost update if two writers commit from one read.
+async fn increment(store: &Db, runs: &AtomicU64) {
+    let mut body = |tx: &mut dyn crate::StoreTx| -> Result<(), BodyError> {
+        runs.fetch_add(1, Ordering::Relaxed);
+        let n = match tx.get(COUNTER, b"counter")? {
+            Some(v) => u64::from_be_bytes(v.try_into().map_err(|_| BodyError::Abort)?),
+            None => 0,
+        };
+        tx.insert(COUNTER, b"counter", &(n + 1).to_be_bytes())?;
+        Ok(())
+    };
+    store
+        .transact(&mut body)
+        .await
+        .expect("the increment commits");
+}
+
+/// Two writers increment one key N times each: every increment lands (conflicts rerun).
+/// Returns how many times the bodies ran.
+async fn two_writers_increment(n: u64) -> u64 {
+    let (_db, store) = fresh().await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (store, runs) = (store.clone(), runs.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                increment(&store, &runs).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v = store.read(COUNTER, b"counter").await.unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(v.try_into().unwrap()), 2 * n);
+    runs.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_of_one_key_lose_nothing() {
+    assert!(two_writers_increment(100).await >= 200);
+}
+
+#[tokio::test]
+async fn concurrent_increments_lose_nothing_on_a_current_thread_runtime_too() {
+    // Each increment runs at least twice there (once to miss the key, once with it read).
+    assert!(two_writers_increment(50).await >= 200);
+}
+
+/// A unique value claimed by eight writers at once (each reads a key that does not exist yet)
+/// goes to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_one_unique_value_have_one_winner() {
+    let (_db, store) = fresh().await;
+    let idx = IndexKey::new(crate::records::USER_EMAIL, "same@example.com");
+    let mut tasks = Vec::new();
+    for i in 0u8..8 {
+        let (store, idx) = (store.clone(), idx.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(|tx| tx.claim_unique::<()>(&idx, &[i]))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test]
+async fn ranges_order_keys_as_memcmp() {
+    let (_db, store) = fresh().await;
+    let space = Space::Records(Kind::Event);
+    let mut keys: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        vec![0x00, 0x00],
+        vec![0x00, 0xff],
+        vec![0x01],
+        vec![0x7f, 0xff],
+        vec![0x80],
+        vec![0xff],
+        vec![0xff, 0x00],
+        vec![0xff, 0xff, 0xff],
+    ];
+    let batch = keys.iter().rev().map(|k| (k.clone(), Some(k.clone())));
+    store.apply_batch(space, batch.collect()).await.unwrap();
+    keys.sort();
+    let read = |r: Vec<(Vec<u8>, Vec<u8>)>| r.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let all = read(
+        store
+            .read_range(space, &KeyRange::all(), 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(all, keys, "forwards in memcmp order");
+    let back = read(
+        store
+            .read_range(space, &KeyRange::all().rev(), 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        back,
+        vec![keys[9].clone(), keys[8].clone(), keys[7].clone()]
+    );
+    let ff = KeyRange::prefix(&[0xff]);
+    assert_eq!(ff.end, Bound::Unbounded);
+    let high = read(store.read_range(space, &ff, 100).await.unwrap());
+    assert_eq!(high, keys[7..].to_vec(), "a 0xff prefix runs to the end");
+    let zero = KeyRange::prefix(&[0x00]).past(&[0x00, 0x00]);
+    let z = read(store.read_range(space, &zero, 100).await.unwrap());
+    assert_eq!(z, vec![vec![0x00, 0xff]]);
+    assert_eq!(store.count_range(space, &zero).await.unwrap(), 1);
+    assert_eq!(
+        store.count_range(space, &KeyRange::all()).await.unwrap(),
+        10
+    );
+    let inclusive = KeyRange {
+        start: Bound::Included(vec![0x00, 0xff]),
+        end: Bound::Included(vec![0x80]),
+        reverse: true,
+    };
+    let mid = read(store.read_range(space, &inclusive, 100).await.unwrap());
+    assert_eq!(
+        mid,
+        vec![vec![0x80], vec![0x7f, 0xff], vec![0x01], vec![0x00, 0xff]]
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_database_keeps_its_data_and_applies_no_migration_twice() {
+    let db = ScratchDatabase::create().await.unwrap();
+    let store = crate::open_postgres(db.url()).await.unwrap();
+    let mut body = |tx: &mut dyn crate::StoreTx| -> Result<(), BodyError> {
+        tx.insert(COUNTER, b"kept", b"value")?;
+        Ok(())
+    };
+    store.transact(&mut body).await.unwrap();
+    store.flush().await.unwrap();
+    let (writes, _) = store.op_counts();
+    assert_eq!(writes, 1);
+    assert_eq!(store.flush_counts().0, 1, "one commit");
+    drop(store);
+    let again = super::PgStore::open(db.url()).await.unwrap();
+    let mut client = again.pool.get().await.unwrap();
+    assert_eq!(
+        super::migrate::run(&mut client).await.unwrap(),
+        Vec::<i32>::new(),
+        "nothing left to apply"
+    );
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM upkeep_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    drop(client);
+    let again: Db = Arc::new(again);
+    assert_eq!(
+        again.read(COUNTER, b"kept").await.unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_store_schema_is_refused() {
+    let (db, store) = fresh().await;
+    let v = (crate::SCHEMA_VERSION + 1).to_be_bytes().to_vec();
+    store
+        .apply_batch(Space::Meta, vec![(b"schema_version".to_vec(), Some(v))])
+        .await
+        .unwrap();
+    drop(store);
+    let err = crate::open_postgres(db.url()).await.err().expect("refused");
+    assert!(matches!(err, crate::StoreError::TooNew { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_body_that_aborts_or_writes_outside_transactions_changes_nothing() {
+    let (_db, store) = fresh().await;
+    let mut meta = |tx: &mut dyn crate::StoreTx| -> Result<(), BodyError> {
+        tx.insert(Space::Meta, b"x", b"y")?;
+        Ok(())
+    };
+    assert!(matches!(
+        store.transact(&mut meta).await,
+        Err(crate::TransactError::Store(_))
+    ));
+    let mut abort = |tx: &mut dyn crate::StoreTx| -> Result<(), BodyError> {
+        tx.insert(COUNTER, b"a", b"b")?;
+        Err(BodyError::Fault(TxFault::Store(crate::StoreError::Engine(
+            "no".into(),
+        ))))
+    };
+    assert!(store.transact(&mut abort).await.is_err());
+    assert_eq!(store.read(COUNTER, b"a").await.unwrap(), None);
+    assert_eq!(store.read(Space::Meta, b"x").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_bad_url_or_an_unreachable_server_is_a_clear_error() {
+    let err = crate::open_postgres("mysql://nope").await.err().unwrap();
+    assert!(err.to_string().contains("not a PostgreSQL URL"), "{err}");
+    let err = crate::open_postgres("postgres://postgres@127.0.0.1:1/x")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("PostgreSQL"), "{err}");
+}
+
+/// Replicas starting together on a fresh database: the advisory lock lets one apply each
+/// migration and the others find it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_opening_a_fresh_database_at_once_migrate_it_once() {
+    let db = ScratchDatabase::create().await.unwrap();
+    let url = db.url().to_string();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { super::PgStore::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every replica opens"));
+    }
+    let client = stores[0].pool.get().await.unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM upkeep_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
