@@ -428,7 +428,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     prepare_data_dir(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secret = jwt_secret(&config)?;
     let store = match &config.database_url {
         Some(url) => upkeep_store::open_postgres(url)
             .await
@@ -437,6 +436,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     };
     tracing::info!(engine = store.engine(), "store opened");
+    // Generated keys: in the data dir, or with PostgreSQL in the store, shared by replicas.
+    let secret = match (&config.jwt_secret, &config.database_url) {
+        (None, Some(_)) => crate::secrets::shared::jwt_secret(&store, &config.data_dir).await?,
+        _ => jwt_secret(&config)?,
+    };
     // sled creates its files with the process's umask.
     crate::datadir::tighten_permissions(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -452,7 +456,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => Clock::system(),
     };
     // SECRET parameters' key (`secret.key`), made at the first start.
-    let sealing = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
+    let sealing = match &config.database_url {
+        Some(_) => crate::secrets::shared::sealing_key(&store, &config.data_dir).await?,
+        None => crate::secrets::SecretBox::load_or_create(&config.data_dir)?,
+    };
     let app = Arc::new(App::new(
         store,
         config.clone(),

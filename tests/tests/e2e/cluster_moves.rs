@@ -1,0 +1,138 @@
+//! Moving into cluster mode: `upkeep-server migrate` from an embedded store into PostgreSQL,
+//! and the generated keys shared by replicas through the database.
+
+use serde_json::json;
+use std::time::Duration;
+use upkeep_store::scratch::ScratchDatabase;
+use upkeep_tests::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn migrate(from: &std::path::Path, url: &str) -> anyhow::Result<(bool, String, String)> {
+    let out = std::process::Command::new(bin("upkeep-server-under-test"))
+        .arg("migrate")
+        .arg("--from-data-dir")
+        .arg(from)
+        .args(["--to-database-url", url])
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_store_migrates_into_postgres_and_a_server_there_serves_it() -> anyhow::Result<()> {
+    let mut f = Fixture::start("mig-1").await?;
+    let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
+    let done =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
+    let db = ScratchDatabase::create().await?;
+
+    // While the server runs, the data dir is in use: refused, nothing copied.
+    let (ok, _, err) = migrate(&f.s.data_dir, db.url())?;
+    assert!(!ok && err.contains("in use by a running server"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    f.s.stop().await;
+    let (ok, out, err) = migrate(&f.s.data_dir, db.url())?;
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains("migrated ") && out.contains("counts match"),
+        "{out}"
+    );
+    assert!(out.contains("files/"), "says what to copy by hand: {out}");
+    // A second run finds the database in use.
+    let (ok, _, err) = migrate(&f.s.data_dir, db.url())?;
+    assert!(!ok && err.contains("already holds Upkeep data"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A server on PostgreSQL with a data dir of its own: the keys came through the database,
+    // so the old token still works and the same data is there.
+    let pg = TestServer::start_in_temp_dir(|dir| {
+        let mut c = test_config(dir);
+        c.database_url = Some(db.url().to_string());
+        c
+    })
+    .await?;
+    let again = pg.session(&f.admin, &id).await?;
+    assert_eq!(again["status"], done["status"]);
+    assert_eq!(again["lastSequence"], done["lastSequence"]);
+    assert_eq!(pg.computer_id(&f.admin, "mig-1").await?, f.computer);
+    let d = pg
+        .gql(
+            &f.admin,
+            "{ tenants { edges { node { id name } } } }",
+            json!({}),
+        )
+        .await?;
+    assert_eq!(
+        d["tenants"]["edges"][0]["node"]["id"],
+        f.tenant.as_str(),
+        "{d}"
+    );
+    drop(pg);
+
+    let check = std::process::Command::new(bin("upkeep-server-under-test"))
+        .args(["check", "--database-url", db.url()])
+        .output()?;
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && out.contains("store OK"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_a_dir_without_a_store_clearly() -> anyhow::Result<()> {
+    let db = ScratchDatabase::create().await?;
+    let empty = tempfile::tempdir()?;
+    let (ok, _, err) = migrate(empty.path(), db.url())?;
+    assert!(!ok && err.contains("holds no embedded store"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_share_the_generated_keys() -> anyhow::Result<()> {
+    let db = ScratchDatabase::create().await?;
+    let on_db = |dir: &std::path::Path| {
+        let mut c = test_config(dir);
+        c.database_url = Some(db.url().to_string());
+        c
+    };
+    let a = TestServer::start_in_temp_dir(on_db).await?;
+    let b = TestServer::start_in_temp_dir(on_db).await?;
+    assert_ne!(a.data_dir, b.data_dir);
+    // A token from one replica is accepted by the other.
+    let token = a.admin().await?;
+    let tenant = b.create_tenant(&token, "Shared").await?;
+    let d = a
+        .gql(&token, "{ tenants { edges { node { id } } } }", json!({}))
+        .await?;
+    assert_eq!(d["tenants"]["edges"][0]["node"]["id"], tenant.as_str());
+    // A SECRET value sealed by one replica opens on the other.
+    let sealed = a.app().secrets.seal("password", "hunter2")?;
+    assert_eq!(b.app().secrets.open("password", &sealed)?, "hunter2");
+    // The keys are in the database, not in a data dir.
+    for s in [&a, &b] {
+        assert!(!s.data_dir.join("secret.key").exists());
+        assert!(!s.data_dir.join("jwt-secret").exists());
+    }
+    // --jwt-secret still wins: a replica given another key refuses the shared one's tokens.
+    let c = TestServer::start_in_temp_dir(|dir| {
+        let mut c = on_db(dir);
+        c.jwt_secret = Some("x".repeat(40));
+        c
+    })
+    .await?;
+    let code = c
+        .gql_err(
+            Some(&token),
+            "{ tenants { edges { node { id } } } }",
+            json!({}),
+        )
+        .await?;
+    assert_eq!(code, "UNAUTHENTICATED");
+    Ok(())
+}
