@@ -2,6 +2,7 @@
 //! and the generated keys shared by replicas through the database.
 
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use upkeep_store::scratch::ScratchDatabase;
 use upkeep_tests::*;
@@ -134,5 +135,36 @@ async fn replicas_on_one_database_share_the_generated_keys() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(code, "UNAUTHENTICATED");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
+    let mut s = TestServer::start_on_postgres(test_config).await?;
+    let health = |s: &TestServer| {
+        let (http, url) = (s.http.clone(), format!("{}/healthz", s.url));
+        async move {
+            let r = http.get(url).send().await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.text().await?))
+        }
+    };
+    assert_eq!(health(&s).await?, (200, "ok".to_string()));
+    // The database is dropped under the running server (its connections are terminated).
+    let db = s.database.take().expect("a scratch database");
+    drop(Arc::try_unwrap(db).ok().expect("held once"));
+    let (status, body) = health(&s).await?;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(body["code"], "STORE_UNAVAILABLE", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable")
+    );
+    // The embedded default answers as before.
+    let sled = TestServer::start().await?;
+    assert_eq!(health(&sled).await?, (200, "ok".to_string()));
     Ok(())
 }
