@@ -168,3 +168,54 @@ async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
     assert_eq!(health(&sled).await?, (200, "ok".to_string()));
     Ok(())
 }
+
+/// A SECRET parameter sealed by the replica that stored the deployment is opened for the agent
+/// by the replica the agent polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_stored_through_one_replica_reaches_an_agent_of_another() -> anyhow::Result<()> {
+    const SECRET: &str = "Tr0ub4dor-r3plica-7Kz";
+    let db = ScratchDatabase::create().await?;
+    let on_db = |dir: &std::path::Path| {
+        let mut c = test_config(dir);
+        c.database_url = Some(db.url().to_string());
+        c
+    };
+    let a = TestServer::start_in_temp_dir(on_db).await?;
+    let b = TestServer::start_in_temp_dir(on_db).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Acme").await?;
+    let key = a.enrollment_key(&admin, &tenant).await?;
+    let _agent = TestAgent::start(&b.url, &key, "replica-pc").await?;
+    let computer = b.computer_id(&admin, "replica-pc").await?;
+    b.wait_online(&admin, &computer).await?;
+
+    let work = tempfile::tempdir()?;
+    let got = work.path().join("got");
+    let marker = work.path().join("set.done");
+    let sh = |body: String| json!({"language": "SHELL", "body": body});
+    let task = a
+        .gql(
+            &admin,
+            "mutation($i: CreateMaintenanceTaskInput!) { createMaintenanceTask(input: $i) { id } }",
+            json!({"i": {
+                "name": "Local admin password",
+                "tenantId": tenant,
+                "testScript": sh(format!("test -f '{}'", marker.display())),
+                "setScript": sh(format!(
+                    "printf '%s' \"$UPKEEP_PARAM_PASSWORD\" > '{}'; touch '{}'",
+                    got.display(),
+                    marker.display()
+                )),
+                "parameters": [{"name": "password", "type": "SECRET", "required": true}],
+            }}),
+        )
+        .await?;
+    let task = task["createMaintenanceTask"]["id"].as_str().unwrap_or("");
+    a.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task, "parameters": {"password": SECRET}}))
+        .await?;
+    let id = b.start_session(&admin, &computer, json!({})).await?;
+    let done = b.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(std::fs::read_to_string(&got)?, SECRET);
+    Ok(())
+}
