@@ -43,6 +43,10 @@ pub fn main() -> ExitCode {
             data_dir,
             database_url,
         }) => offline(async move { crate::check::run(&data_dir, database_url.as_deref()).await }),
+        Some(Command::Migrate {
+            from_data_dir,
+            to_database_url,
+        }) => offline(async move { crate::migrate::run(&from_data_dir, &to_database_url).await }),
         Some(Command::Backup { data_dir, out }) => offline(async move {
             match crate::api::backup::backup(&data_dir, &out).await {
                 Ok((n, (files, bytes))) => {
@@ -66,21 +70,7 @@ pub fn main() -> ExitCode {
             tenant,
         }) => offline(import_library(dir, data_dir, tenant)),
         Some(Command::Gc { data_dir }) => offline(gc(data_dir)),
-        Some(Command::Restore { data_dir, input }) => offline(async move {
-            match crate::api::backup::restore(&data_dir, &input).await {
-                Ok((n, (files, bytes))) => {
-                    println!(
-                        "restored {n} entries and {files} installer files ({bytes} bytes) into {}",
-                        data_dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("upkeep-server restore: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
+        Some(Command::Restore { data_dir, input }) => offline(restore(data_dir, input)),
         None => serve(cli.serve),
     }
 }
@@ -113,6 +103,22 @@ async fn import_library(
         }
         Err(e) => {
             eprintln!("upkeep-server import-library: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn restore(data_dir: std::path::PathBuf, input: std::path::PathBuf) -> ExitCode {
+    match crate::api::backup::restore(&data_dir, &input).await {
+        Ok((n, (files, bytes))) => {
+            println!(
+                "restored {n} entries and {files} installer files ({bytes} bytes) into {}",
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upkeep-server restore: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -29,6 +29,17 @@ pub enum Command {
         #[arg(long, env = "UPKEEP_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
         database_url: Option<String>,
     },
+    /// Copy the embedded store of a data dir into an empty PostgreSQL database (cluster mode)
+    /// and check that every space's key count matches. The server must not be running on the
+    /// data dir.
+    Migrate {
+        /// The data directory whose embedded store is copied.
+        #[arg(long)]
+        from_data_dir: PathBuf,
+        /// The empty PostgreSQL database to copy into.
+        #[arg(long, hide_env_values = true, value_parser = parse_database_url)]
+        to_database_url: String,
+    },
     /// Write the GraphQL schema (SDL) to stdout.
     Schema,
     /// Write a consistent backup of the store (asks the running server, if any).
@@ -77,8 +88,8 @@ pub struct ServeConfig {
     /// Address to bind; port 0 picks a free port.
     #[arg(long, env = "UPKEEP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the sled store and generated secrets live (with --database-url: the secrets,
-    /// outbox files and installers only).
+    /// Where the sled store and generated secrets live (with --database-url: outbox files and
+    /// installers only; the generated secrets are kept in the database).
     #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
     pub data_dir: PathBuf,
     /// Keep the store in PostgreSQL (`postgres://user:pass@host:5432/db`) instead of the
@@ -107,7 +118,8 @@ pub struct ServeConfig {
     /// The password of `--admin-email` (at least 12 characters).
     #[arg(long, env = "UPKEEP_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
-    /// HMAC key for API and postpone tokens (default: generated once into the data dir).
+    /// HMAC key for API and postpone tokens (default: generated once into the data dir, or
+    /// with --database-url into the database, shared by every server on it).
     #[arg(long, env = "UPKEEP_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Comma-separated browser origins allowed to call /graphql (`https://portal.example`,

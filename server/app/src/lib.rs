@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod logsafe;
 pub mod mail;
+pub mod migrate;
 pub mod net;
 pub mod permissions;
 pub mod secrets;

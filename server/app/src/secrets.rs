@@ -19,9 +19,11 @@ use upkeep_agent_protocol as proto;
 use upkeep_core::output::Secrets;
 use upkeep_core::params::{SEALED_PREFIX, is_sealed};
 
+pub mod shared;
+
 /// The key file's name in the data dir.
 pub const KEY_FILE: &str = "secret.key";
-const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A sealed value that does not open (another key, or a changed record), or a value that
@@ -32,6 +34,15 @@ pub enum SealError {
     Open(String),
     #[error("the SECRET parameter '{0}' could not be encrypted")]
     Seal(String),
+}
+
+/// A fresh random key.
+pub(crate) fn random_key() -> anyhow::Result<Vec<u8>> {
+    let mut b = vec![0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("no random bytes for {KEY_FILE}"))?;
+    Ok(b)
 }
 
 pub struct SecretBox {
@@ -50,10 +61,7 @@ impl SecretBox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
-                let mut b = vec![0u8; KEY_LEN];
-                SystemRandom::new()
-                    .fill(&mut b)
-                    .map_err(|_| anyhow::anyhow!("no random bytes for {KEY_FILE}"))?;
+                let b = random_key()?;
                 let tmp = dir.join(format!("{KEY_FILE}.tmp"));
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -79,7 +87,7 @@ impl SecretBox {
         Self::from_key(&bytes)
     }
 
-    fn from_key(bytes: &[u8]) -> anyhow::Result<SecretBox> {
+    pub(crate) fn from_key(bytes: &[u8]) -> anyhow::Result<SecretBox> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes)
             .map_err(|_| anyhow::anyhow!("{KEY_FILE} is not a key"))?;
         Ok(SecretBox {

@@ -52,6 +52,27 @@ pub async fn check(store: Db) {
         Vec::<String>::new(),
         "indexes are in step with records"
     );
+    claims(&store).await;
+}
+
+/// The first claim of a key wins; later ones get its value. The key is removed afterwards.
+async fn claims(store: &Db) {
+    let key = b"conformance:claim";
+    let first = store
+        .claim(Space::Meta, key, b"one".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(first, b"one");
+    let second = store
+        .claim(Space::Meta, key, b"two".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(second, b"one", "a later claim gets the first value");
+    assert_eq!(store.read(Space::Meta, key).await.unwrap().unwrap(), b"one");
+    store
+        .apply_batch(Space::Meta, vec![(key.to_vec(), None)])
+        .await
+        .unwrap();
 }
 
 async fn records_and_indexes(store: &Db) {

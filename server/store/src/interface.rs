@@ -230,6 +230,21 @@ pub trait Store: Send + Sync + 'static {
         entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<()>;
 
+    /// Sets `key` of a space outside transactions (in practice [`Space::Meta`]) to `value`
+    /// unless it holds one already, and returns what it holds afterwards: the first claim
+    /// wins, and every later one gets the winner's value. The default reads and then writes,
+    /// right for an engine one process holds; an engine several processes share (PostgreSQL)
+    /// claims atomically.
+    async fn claim(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+        if let Some(held) = self.read(space, key).await? {
+            return Ok(held);
+        }
+        self.apply_batch(space, vec![(key.to_vec(), Some(value.clone()))])
+            .await?;
+        self.flush().await?;
+        Ok(value)
+    }
+
     /// Makes everything written so far durable. Callers that acknowledge something to the
     /// outside await it first.
     async fn flush(&self) -> Result<()>;

@@ -39,11 +39,26 @@ pub struct KeyFiles {
 }
 
 impl KeyFiles {
-    fn read(data_dir: &Path) -> KeyFiles {
-        let read = |name: &str| std::fs::read(data_dir.join(name)).unwrap_or_default();
+    /// The keys a server uses: from the snapshot's meta space, where a server on PostgreSQL
+    /// keeps them (`crate::secrets::shared`), else the data dir's key files.
+    fn read(data_dir: &Path, trees: &Trees) -> KeyFiles {
+        use crate::secrets::shared::{JWT_KEY, SEALING_KEY};
+        let meta = |key: &[u8]| {
+            trees
+                .iter()
+                .filter(|(name, _)| name == "meta")
+                .flat_map(|(_, entries)| entries)
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let read = |name: &str, key: &[u8]| match meta(key) {
+            held if !held.is_empty() => held,
+            _ => std::fs::read(data_dir.join(name)).unwrap_or_default(),
+        };
         KeyFiles {
-            jwt_secret: read("jwt-secret"),
-            sealing_key: read(crate::secrets::KEY_FILE),
+            jwt_secret: read("jwt-secret", JWT_KEY),
+            sealing_key: read(crate::secrets::KEY_FILE, SEALING_KEY),
         }
     }
 }
@@ -197,7 +212,7 @@ async fn online_backup(app: &crate::services::App, sock: &mut tokio::net::UnixSt
     let trees = store.snapshot().await;
     let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let trees = trees?;
-        Ok(encode(&trees, &KeyFiles::read(&dir)))
+        Ok(encode(&trees, &KeyFiles::read(&dir, &trees)))
     })
     .await;
     match bytes {
@@ -291,7 +306,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<(usize, Copie
                 )
             })?;
             let trees = store.snapshot().await?;
-            encode(&trees, &KeyFiles::read(data_dir))
+            encode(&trees, &KeyFiles::read(data_dir, &trees))
         }
     };
     // A backup holds everything the data dir does (password hashes, the JWT key): 0600.
@@ -356,6 +371,32 @@ pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<(usize, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_kept_in_the_store_go_into_the_backup() {
+        use crate::secrets::shared::{JWT_KEY, SEALING_KEY};
+        let dir = tempfile::tempdir().unwrap();
+        let trees: Trees = vec![(
+            "meta".into(),
+            vec![
+                (JWT_KEY.to_vec(), b"j".repeat(40)),
+                (SEALING_KEY.to_vec(), vec![9; 32]),
+            ],
+        )];
+        let keys = KeyFiles::read(dir.path(), &trees);
+        assert_eq!(keys.jwt_secret, b"j".repeat(40));
+        assert_eq!(keys.sealing_key, vec![9; 32]);
+        // The store's key wins over a stale file; without one, the file is read.
+        std::fs::write(dir.path().join("jwt-secret"), b"f".repeat(40)).unwrap();
+        assert_eq!(
+            KeyFiles::read(dir.path(), &trees).jwt_secret,
+            b"j".repeat(40)
+        );
+        assert_eq!(
+            KeyFiles::read(dir.path(), &vec![]).jwt_secret,
+            b"f".repeat(40)
+        );
+    }
 
     #[test]
     fn round_trip_and_damage_is_detected() {

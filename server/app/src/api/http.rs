@@ -44,7 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(gql)
         .route("/graphql/ws", get(graphql::ws_handler))
         .merge(crate::api::graphiql::routes())
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(crate::api::metrics::render))
         .merge(crate::api::agent::routes())
         .merge(crate::api::files::routes())
@@ -328,6 +328,35 @@ struct ClockBody {
 }
 
 /// Test clocks only: moves the server's clock (`{"now": "2026-03-08T06:00:00Z"}`).
+/// How long `/healthz` waits for the database in cluster mode.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /healthz`: "ok". In cluster mode (PostgreSQL) only when a cheap read of the store
+/// answers within [`HEALTH_TIMEOUT`]; otherwise 503 with a JSON body (the cause is logged). The embedded
+/// store is in this process: nothing to ask.
+async fn healthz(State(app): State<Arc<App>>) -> axum::response::Response {
+    if app.config.database_url.is_none() {
+        return "ok".into_response();
+    }
+    let read = app.store.read(upkeep_store::Space::Meta, b"schema_version");
+    let why = match tokio::time::timeout(HEALTH_TIMEOUT, read).await {
+        Ok(Ok(_)) => return "ok".into_response(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {}s", HEALTH_TIMEOUT.as_secs()),
+    };
+    // The cause goes to the log only: /healthz answers anyone.
+    tracing::warn!(error = %why, "health check: the database is unreachable");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({
+            "status": "unavailable",
+            "code": "STORE_UNAVAILABLE",
+            "message": "the database is unreachable (see the server log)",
+        })),
+    )
+        .into_response()
+}
+
 async fn set_clock(State(app): State<Arc<App>>, Json(b): Json<ClockBody>) -> impl IntoResponse {
     app.clock.set(b.now);
     app.credentials_may_have_ended();
@@ -428,7 +457,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     prepare_data_dir(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secret = jwt_secret(&config)?;
     let store = match &config.database_url {
         Some(url) => upkeep_store::open_postgres(url)
             .await
@@ -437,6 +465,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     };
     tracing::info!(engine = store.engine(), "store opened");
+    // Generated keys: in the data dir, or with PostgreSQL in the store, shared by replicas.
+    let secret = match (&config.jwt_secret, &config.database_url) {
+        (None, Some(_)) => crate::secrets::shared::jwt_secret(&store, &config.data_dir).await?,
+        _ => jwt_secret(&config)?,
+    };
     // sled creates its files with the process's umask.
     crate::datadir::tighten_permissions(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -452,7 +485,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => Clock::system(),
     };
     // SECRET parameters' key (`secret.key`), made at the first start.
-    let sealing = crate::secrets::SecretBox::load_or_create(&config.data_dir)?;
+    let sealing = match &config.database_url {
+        Some(_) => crate::secrets::shared::sealing_key(&store, &config.data_dir).await?,
+        None => crate::secrets::SecretBox::load_or_create(&config.data_dir)?,
+    };
     let app = Arc::new(App::new(
         store,
         config.clone(),

@@ -182,6 +182,18 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn claim(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let client = self.pool.get().await?;
+        // Two statements, so that the read sees a claim another process committed meanwhile
+        // (READ COMMITTED: each statement reads what was committed when it began).
+        client
+            .execute(sql::CLAIM, &[&space.name(), &key, &value])
+            .await?;
+        let row = client.query_one(sql::GET, &[&space.name(), &key]).await?;
+        Ok(row.get(0))
+    }
+
     /// Nothing to do: every transaction and batch was durable when its COMMIT returned.
     async fn flush(&self) -> Result<()> {
         Ok(())

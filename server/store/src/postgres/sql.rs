@@ -6,6 +6,9 @@ use tokio_postgres::types::ToSql;
 
 pub(super) const GET: &str = "SELECT value FROM upkeep_kv WHERE space = $1 AND key = $2";
 pub(super) const SCAN: &str = "SELECT key, value FROM upkeep_kv WHERE space = $1 ORDER BY key";
+/// Sets a key unless it is set ([`crate::Store::claim`]).
+pub(super) const CLAIM: &str = "INSERT INTO upkeep_kv (space, key, value) VALUES ($1, $2, $3) \
+    ON CONFLICT (space, key) DO NOTHING";
 const UPSERT: &str = "INSERT INTO upkeep_kv (space, key, value) \
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
     ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value";

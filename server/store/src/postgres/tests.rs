@@ -280,3 +280,23 @@ async fn replicas_opening_a_fresh_database_at_once_migrate_it_once() {
         .get(0);
     assert_eq!(rows, 1);
 }
+
+/// Claims from two stores on one database at once: one value wins, and both see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_of_one_key_agree_on_the_first() {
+    let (db, a) = fresh().await;
+    let b = crate::open_postgres(db.url()).await.expect("open");
+    for round in 0..20u8 {
+        let key = [b'k', round];
+        let (x, y) = tokio::join!(
+            a.claim(Space::Meta, &key, vec![1, round]),
+            b.claim(Space::Meta, &key, vec![2, round])
+        );
+        let (x, y) = (x.expect("claim a"), y.expect("claim b"));
+        assert_eq!(x, y, "round {round}");
+        assert!(x == vec![1, round] || x == vec![2, round]);
+        // A later claim changes nothing.
+        let again = a.claim(Space::Meta, &key, vec![3]).await.expect("claim");
+        assert_eq!(again, x);
+    }
+}
