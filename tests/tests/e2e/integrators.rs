@@ -348,3 +348,62 @@ async fn a_viewer_lists_no_webhooks_as_it_reads_none() -> anyhow::Result<()> {
     assert_eq!(seen["webhooks"]["totalCount"], 0, "{seen}");
     Ok(())
 }
+
+/// A delete racing a start: either the start wins (and the delete is refused while the session
+/// runs) or the delete wins (and the start answers NOT_FOUND) — never a session left on a
+/// computer that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_computer_deleted_while_a_session_starts_leaves_no_orphan() -> anyhow::Result<()> {
+    use futures_util::TryStreamExt;
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "Race").await?;
+    let key = s.enrollment_key(&admin, &t).await?;
+    let start = "mutation($c: ID!) { startMaintenanceSession(input: {computerIds: [$c], detectionOnly: true}) { id } }";
+    let delete = "mutation($c: ID!) { deleteComputer(id: $c) }";
+    for i in 0..20 {
+        let (_, c) = s
+            .enroll_raw(&key, &format!("race-{i}"), &format!("m-race-{i}"))
+            .await?;
+        let vars = json!({"c": c});
+        let (started, deleted) = tokio::join!(
+            s.gql_raw(Some(&admin), start, vars.clone()),
+            s.gql_raw(Some(&admin), delete, vars.clone())
+        );
+        let (started, deleted) = (started?, deleted?);
+        let start_ok = started["errors"].is_null();
+        let delete_ok = deleted["data"]["deleteComputer"] == true;
+        assert!(start_ok != delete_ok || !start_ok, "{started} {deleted}");
+        if !start_ok {
+            assert_eq!(
+                started["errors"][0]["extensions"]["code"], "NOT_FOUND",
+                "{started}"
+            );
+        }
+        if !delete_ok {
+            assert_eq!(
+                deleted["errors"][0]["extensions"]["code"], "CONFLICT",
+                "{deleted}"
+            );
+        }
+    }
+    let sessions: Vec<upkeep_core::session::Session> = s
+        .app()
+        .store
+        .scan::<upkeep_core::session::Session>(None)
+        .try_collect()
+        .await?;
+    for session in sessions.iter().filter(|x| !x.status.is_terminal()) {
+        let computer = s
+            .app()
+            .store
+            .get::<upkeep_core::domain::Computer>(&session.computer_id)
+            .await?;
+        assert!(
+            computer.is_some(),
+            "session {} runs on a deleted computer",
+            session.id
+        );
+    }
+    Ok(())
+}

@@ -8,7 +8,10 @@
 //! deleted tenant's sessions go with it.
 //!
 //! Everything to delete is gathered by reads first (a transaction cannot scan), then removed
-//! in one transaction that checks again the records the decision rested on.
+//! in one transaction that checks again the records the decision rested on. Deletes of
+//! computers and tenants hold off session starts from their check to their commit
+//! (`hold_session_starts`; a start reads its computer again under the same lock), so no session
+//! starts on a computer between "it has none unfinished" and its removal.
 
 use crate::error::{ApiError, ApiResult};
 use futures_util::TryStreamExt;

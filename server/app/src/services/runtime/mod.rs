@@ -65,6 +65,12 @@ impl SessionRuntime {
     }
 
     /// Serialises idempotent starts, so two concurrent calls with one key start one set.
+    /// Holds off session starts: a delete of a computer or tenant checks for unfinished
+    /// sessions and removes under it, and a start reads its computer again under it.
+    pub async fn hold_session_starts(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.create_lock.lock().await
+    }
+
     pub async fn create_lock_for_idempotency(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.idempotency_lock.lock().await
     }

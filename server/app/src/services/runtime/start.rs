@@ -242,6 +242,14 @@ impl App {
         seen: &mut std::collections::HashSet<Id>,
         busy: Busy,
     ) -> ApiResult<bool> {
+        // Read again under the start lock, which a delete holds too: a computer deleted since
+        // the caller read it gets no session.
+        if self.store.get::<Computer>(&computer.id).await?.is_none() {
+            return match busy {
+                Busy::Fail => Err(ApiError::not_found("computer", computer.id)),
+                Busy::Skip => Ok(true),
+            };
+        }
         let Some(msg) = self.busy(computer, seen).await else {
             return Ok(false);
         };

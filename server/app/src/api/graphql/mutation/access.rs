@@ -226,6 +226,7 @@ impl AccessMutation {
         let c = Ctx::new(ctx)?;
         let t: Tenant = c.load(parse_id("id", &id)?).await?;
         c.actor.require_role(Action::DeleteTenants)?;
+        let _starts = c.app.runtime.hold_session_starts().await;
         let r = Removal::tenant(&c.app.store, &t, force.unwrap_or(false)).await?;
         r.apply(&c.app.store, |tx| {
             tx.get::<Tenant, ApiError>(&t.id)?

@@ -163,6 +163,7 @@ impl FleetMutation {
             crate::permissions::Action::ManageComputers,
             Some(comp.tenant_id),
         )?;
+        let _starts = c.app.runtime.hold_session_starts().await;
         let r = crate::services::removal::Removal::computer(&c.app.store, comp).await?;
         r.apply(&c.app.store, |_| Ok(())).await?;
         r.forget(c.app);
