@@ -7,7 +7,9 @@ pub mod smtp;
 pub mod wine;
 pub mod ws;
 
-pub use upkeep_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestServer, http_client, wait_for};
+pub use upkeep_testkit::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, ScratchCluster, TestServer, http_client, nats_url, wait_for,
+};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};

@@ -93,9 +93,18 @@ pub struct ServeConfig {
     #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
     pub data_dir: PathBuf,
     /// Keep the store in PostgreSQL (`postgres://user:pass@host:5432/db`) instead of the
-    /// embedded store in the data directory: cluster mode, in progress (README).
+    /// embedded store in the data directory: cluster mode, with --nats-url (README).
     #[arg(long, env = "UPKEEP_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub database_url: Option<String>,
+    /// NATS server with JetStream (`nats://host:4222`) that replicas on one database use to
+    /// tell each other about session events, agent jobs and presence. Cluster mode takes
+    /// --database-url and --nats-url together.
+    #[arg(long, env = "UPKEEP_NATS_URL", hide_env_values = true, value_parser = parse_nats_url)]
+    pub nats_url: Option<String>,
+    /// Prefix of this deployment's NATS subjects and JetStream streams (letters, digits, `_`),
+    /// so several deployments (or tests) can share one NATS server.
+    #[arg(long, env = "UPKEEP_NATS_PREFIX", default_value = "upkeep", value_parser = parse_nats_prefix)]
+    pub nats_prefix: String,
     /// Base of links in e-mails (default: http://<listen address>).
     #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = PublicUrl::parse)]
     pub public_url: Option<PublicUrl>,
@@ -329,6 +338,22 @@ fn parse_database_url(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_nats_url(s: &str) -> Result<String, String> {
+    if s.starts_with("nats://") || s.starts_with("tls://") {
+        Ok(s.to_string())
+    } else {
+        Err("the NATS URL must start with nats:// or tls://".into())
+    }
+}
+
+fn parse_nats_prefix(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(s.to_string())
+    } else {
+        Err("the NATS prefix must be 1 to 32 letters, digits or '_'".into())
+    }
+}
+
 fn parse_mailbox(s: &str) -> Result<String, String> {
     s.parse::<lettre::message::Mailbox>()
         .map(|_| s.to_string())
@@ -341,6 +366,8 @@ impl ServeConfig {
             listen: "127.0.0.1:0".parse().expect("literal address"),
             data_dir,
             database_url: None,
+            nats_url: None,
+            nats_prefix: "upkeep".into(),
             public_url: None,
             smtp_url: None,
             mail_from: "upkeep@localhost".into(),

@@ -8,11 +8,13 @@
 //! `bench/src`.
 
 mod client;
+mod cluster;
 mod server;
 
 pub use client::{
     CLIENT_TIMEOUT, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
 };
+pub use cluster::{ScratchCluster, nats_url};
 pub use server::{TestServer, server_runtime, set_server_runtime};
 
 use anyhow::{Result, bail};

@@ -46,6 +46,9 @@ pub struct TestServer {
     /// The fresh PostgreSQL database of a server started with [`TestServer::start_on_postgres`]:
     /// dropped after the server (fields drop in order).
     pub database: Option<Arc<ScratchDatabase>>,
+    /// The fresh database and NATS prefix of a server started with
+    /// [`TestServer::start_on_cluster`] (dropped after the server).
+    pub cluster: Option<Arc<crate::ScratchCluster>>,
 }
 
 impl TestServer {
@@ -60,21 +63,39 @@ impl TestServer {
         Ok(s)
     }
 
-    /// Like [`TestServer::start_in_temp_dir`], with the store in a fresh PostgreSQL database
-    /// (`--database-url`; the data dir keeps only secrets and files). The database is dropped
-    /// with the server.
-    pub async fn start_on_postgres(
-        config: impl FnOnce(&Path) -> ServeConfig,
-    ) -> Result<TestServer> {
-        let database = Arc::new(ScratchDatabase::create().await?);
-        let url = database.url().to_string();
+    /// Like [`TestServer::start_in_temp_dir`], in cluster mode: the store in a fresh
+    /// PostgreSQL database (`--database-url`; the data dir keeps only outbox files and
+    /// installers) and NATS under a prefix of its own (`--nats-url`). Both are removed with the
+    /// server. Start more replicas of it with [`TestServer::start_replica`].
+    pub async fn start_on_cluster(config: impl FnOnce(&Path) -> ServeConfig) -> Result<TestServer> {
+        let cluster = Arc::new(crate::ScratchCluster::create().await?);
         let mut s = Self::start_in_temp_dir(|dir| {
             let mut c = config(dir);
-            c.database_url = Some(url);
+            cluster.apply(&mut c);
             c
         })
         .await?;
-        s.database = Some(database);
+        s.cluster = Some(cluster);
+        Ok(s)
+    }
+
+    /// Another replica of this cluster-mode server: same database and NATS prefix, a data dir
+    /// of its own, `config` for the rest.
+    pub async fn start_replica(
+        &self,
+        config: impl FnOnce(&Path) -> ServeConfig,
+    ) -> Result<TestServer> {
+        let cluster = self
+            .cluster
+            .clone()
+            .context("start_replica needs a server started with start_on_cluster")?;
+        let mut s = Self::start_in_temp_dir(|dir| {
+            let mut c = config(dir);
+            cluster.apply(&mut c);
+            c
+        })
+        .await?;
+        s.cluster = Some(cluster);
         Ok(s)
     }
 
@@ -93,6 +114,7 @@ impl TestServer {
             config,
             _dir: None,
             database: None,
+            cluster: None,
         })
     }
 

@@ -30,7 +30,8 @@ async fn a_sled_store_migrates_into_postgres_and_a_server_there_serves_it() -> a
     let done =
         f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
             .await?;
-    let db = ScratchDatabase::create().await?;
+    let cluster = ScratchCluster::create().await?;
+    let db = &cluster.database;
 
     // While the server runs, the data dir is in use: refused, nothing copied.
     let (ok, _, err) = migrate(&f.s.data_dir, db.url())?;
@@ -54,7 +55,7 @@ async fn a_sled_store_migrates_into_postgres_and_a_server_there_serves_it() -> a
     // so the old token still works and the same data is there.
     let pg = TestServer::start_in_temp_dir(|dir| {
         let mut c = test_config(dir);
-        c.database_url = Some(db.url().to_string());
+        cluster.apply(&mut c);
         c
     })
     .await?;
@@ -96,10 +97,10 @@ async fn migrate_refuses_a_dir_without_a_store_clearly() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_database_share_the_generated_keys() -> anyhow::Result<()> {
-    let db = ScratchDatabase::create().await?;
+    let cluster = ScratchCluster::create().await?;
     let on_db = |dir: &std::path::Path| {
         let mut c = test_config(dir);
-        c.database_url = Some(db.url().to_string());
+        cluster.apply(&mut c);
         c
     };
     let a = TestServer::start_in_temp_dir(on_db).await?;
@@ -140,7 +141,7 @@ async fn replicas_on_one_database_share_the_generated_keys() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
-    let mut s = TestServer::start_on_postgres(test_config).await?;
+    let mut s = TestServer::start_on_cluster(test_config).await?;
     let health = |s: &TestServer| {
         let (http, url) = (s.http.clone(), format!("{}/healthz", s.url));
         async move {
@@ -150,9 +151,11 @@ async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
         }
     };
     assert_eq!(health(&s).await?, (200, "ok".to_string()));
+    let ready = s.http.get(format!("{}/readyz", s.url)).send().await?;
+    assert_eq!(ready.status().as_u16(), 200, "start-up work is done");
     // The database is dropped under the running server (its connections are terminated).
-    let db = s.database.take().expect("a scratch database");
-    drop(Arc::try_unwrap(db).ok().expect("held once"));
+    let cluster = s.cluster.take().expect("a scratch cluster");
+    drop(Arc::try_unwrap(cluster).ok().expect("held once"));
     let (status, body) = health(&s).await?;
     assert_eq!(status, 503, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body)?;
@@ -163,6 +166,8 @@ async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
             .unwrap_or("")
             .contains("unreachable")
     );
+    let ready = s.http.get(format!("{}/readyz", s.url)).send().await?;
+    assert_eq!(ready.status().as_u16(), 503, "not ready without a database");
     // The embedded default answers as before.
     let sled = TestServer::start().await?;
     assert_eq!(health(&sled).await?, (200, "ok".to_string()));
@@ -174,10 +179,10 @@ async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_stored_through_one_replica_reaches_an_agent_of_another() -> anyhow::Result<()> {
     const SECRET: &str = "Tr0ub4dor-r3plica-7Kz";
-    let db = ScratchDatabase::create().await?;
+    let cluster = ScratchCluster::create().await?;
     let on_db = |dir: &std::path::Path| {
         let mut c = test_config(dir);
-        c.database_url = Some(db.url().to_string());
+        cluster.apply(&mut c);
         c
     };
     let a = TestServer::start_in_temp_dir(on_db).await?;

@@ -9,7 +9,7 @@ const T: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_runs_end_to_end_on_postgres_and_the_store_checks_ok() -> anyhow::Result<()> {
-    let s = TestServer::start_on_postgres(test_config).await?;
+    let s = TestServer::start_on_cluster(test_config).await?;
     let url = s.config.database_url.clone().expect("a database URL");
     let mut f = Fixture::start_on(s, "pg-1").await?;
     let sw = create_file_software(
@@ -81,21 +81,39 @@ async fn check_refuses_a_bad_or_unreachable_database_url_clearly() -> anyhow::Re
 }
 
 #[test]
-fn serve_refuses_a_bad_or_unreachable_database_url_with_one_clear_line() {
+fn serve_refuses_a_bad_or_unreachable_database_or_nats_url_with_one_clear_line() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().to_str().unwrap();
-    for (url, says) in [
-        ("mysql://127.0.0.1/x", "must start with postgres://"),
+    let nats = nats_url();
+    for (url, nats, says) in [
+        (
+            "mysql://127.0.0.1/x",
+            nats.as_str(),
+            "must start with postgres://",
+        ),
         (
             "postgres://postgres@127.0.0.1:1/nothing",
+            nats.as_str(),
             "cannot open the PostgreSQL store",
         ),
+        (
+            "postgres://postgres@127.0.0.1/test",
+            "",
+            "--database-url and --nats-url together",
+        ),
+        (
+            "postgres://postgres@127.0.0.1/test",
+            "http://127.0.0.1:4222",
+            "must start with nats://",
+        ),
     ] {
-        let out = std::process::Command::new(bin("upkeep-server-under-test"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir", data])
-            .args(["--database-url", url])
-            .output()
-            .expect("run");
+        let mut cmd = std::process::Command::new(bin("upkeep-server-under-test"));
+        cmd.args(["--listen", "127.0.0.1:0", "--data-dir", data])
+            .args(["--database-url", url]);
+        if !nats.is_empty() {
+            cmd.args(["--nats-url", nats]);
+        }
+        let out = cmd.output().expect("run");
         assert!(!out.status.success(), "{url}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         // (A warning about the temp dir's permissions may come first.)

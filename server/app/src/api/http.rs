@@ -7,6 +7,7 @@ use crate::config::PublicUrl;
 use crate::config::ServeConfig;
 use crate::mail::render::Templates;
 use crate::services::App;
+use crate::services::cluster::Bus;
 use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -45,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/graphql/ws", get(graphql::ws_handler))
         .merge(crate::api::graphiql::routes())
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(crate::api::metrics::render))
         .merge(crate::api::agent::routes())
         .merge(crate::api::files::routes())
@@ -335,23 +337,60 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// answers within [`HEALTH_TIMEOUT`]; otherwise 503 with a JSON body (the cause is logged). The embedded
 /// store is in this process: nothing to ask.
 async fn healthz(State(app): State<Arc<App>>) -> axum::response::Response {
-    if app.config.database_url.is_none() {
-        return "ok".into_response();
+    match unhealthy(&app).await {
+        None => "ok".into_response(),
+        Some(answer) => answer,
     }
+}
+
+/// `GET /readyz`: like `/healthz`, and 503 `STARTING` until start-up work (recovering
+/// sessions, jobs and agent tokens) is done. A load balancer sends traffic only to ready
+/// replicas.
+async fn readyz(State(app): State<Arc<App>>) -> axum::response::Response {
+    if let Some(answer) = unhealthy(&app).await {
+        return answer;
+    }
+    if !app.ready.load(std::sync::atomic::Ordering::Acquire) {
+        return unavailable("STARTING", "the server is still starting");
+    }
+    "ok".into_response()
+}
+
+/// `None` when the parts this process depends on answer; else the 503 to send. The embedded
+/// store is in this process: nothing to ask.
+async fn unhealthy(app: &App) -> Option<axum::response::Response> {
+    if let Some(bus) = &app.cluster
+        && !bus.connected()
+    {
+        tracing::warn!("health check: NATS is unreachable");
+        return Some(unavailable(
+            "NATS_UNAVAILABLE",
+            "NATS is unreachable (see the server log)",
+        ));
+    }
+    // The embedded store is in this process: nothing more to ask.
+    app.config.database_url.as_ref()?;
     let read = app.store.read(upkeep_store::Space::Meta, b"schema_version");
     let why = match tokio::time::timeout(HEALTH_TIMEOUT, read).await {
-        Ok(Ok(_)) => return "ok".into_response(),
+        Ok(Ok(_)) => return None,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no answer within {}s", HEALTH_TIMEOUT.as_secs()),
     };
     // The cause goes to the log only: /healthz answers anyone.
     tracing::warn!(error = %why, "health check: the database is unreachable");
+    Some(unavailable(
+        "STORE_UNAVAILABLE",
+        "the database is unreachable (see the server log)",
+    ))
+}
+
+fn unavailable(code: &str, message: &str) -> axum::response::Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(serde_json::json!({
             "status": "unavailable",
-            "code": "STORE_UNAVAILABLE",
-            "message": "the database is unreachable (see the server log)",
+            "code": code,
+            "message": message,
         })),
     )
         .into_response()
@@ -454,6 +493,10 @@ fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     crate::install_tls_provider();
     check_cors(&config)?;
+    anyhow::ensure!(
+        config.database_url.is_some() == config.nats_url.is_some(),
+        "cluster mode takes --database-url and --nats-url together (one node: neither)"
+    );
     prepare_data_dir(&config.data_dir)?;
     let templates =
         Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -489,15 +532,29 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Some(_) => crate::secrets::shared::sealing_key(&store, &config.data_dir).await?,
         None => crate::secrets::SecretBox::load_or_create(&config.data_dir)?,
     };
-    let app = Arc::new(App::new(
-        store,
-        config.clone(),
-        clock,
-        Keys::new(&secret),
-        templates,
-        public_url,
-        sealing,
-    ));
+    let cluster = match &config.nats_url {
+        Some(url) => Some(Arc::new(
+            Bus::connect(url, &config.nats_prefix, crate::ids::fresh()).await?,
+        )),
+        None => None,
+    };
+    // Other replicas' notes from now on, read once the state below is loaded.
+    let inbox = match &cluster {
+        Some(bus) => Some(bus.subscribe().await?),
+        None => None,
+    };
+    let app = Arc::new(
+        App::new(
+            store,
+            config.clone(),
+            clock,
+            Keys::new(&secret),
+            templates,
+            public_url,
+            sealing,
+        )
+        .with_cluster(cluster),
+    );
     bootstrap_admin(&app).await?;
     if let Some(dir) = &config.library {
         import_library(&app, dir).await?;
@@ -517,7 +574,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         }
     };
     let router = router(app.clone());
-    let tasks: Vec<(&'static str, futures_util::future::BoxFuture<'static, ()>)> = vec![
+    let mut tasks: Vec<(&'static str, futures_util::future::BoxFuture<'static, ()>)> = vec![
         ("timers", Box::pin(app.clone().run_timers())),
         ("presence", Box::pin(app.clone().run_presence())),
         (
@@ -537,6 +594,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ),
         ("http", Box::pin(serve(listener, router, app.clone()))),
     ];
+    if let (Some(bus), Some(inbox)) = (app.cluster.clone(), inbox) {
+        tasks.push((
+            "cluster sender",
+            Box::pin(bus.run_sender(app.shutdown.clone())),
+        ));
+        tasks.push((
+            "cluster inbox",
+            Box::pin(app.clone().run_cluster_inbox(inbox)),
+        ));
+    }
+    app.ready.store(true, std::sync::atomic::Ordering::Release);
     let task = tokio::spawn(supervise(app.clone(), tasks));
     tracing::info!("listening on http://{addr}");
     Ok(Running { addr, app, task })

@@ -7,6 +7,7 @@
 //! (`crate::api`); the API calls in, never the reverse.
 
 pub mod agents;
+pub mod cluster;
 pub mod files;
 pub mod fleet;
 pub mod library;
@@ -66,6 +67,10 @@ pub struct App {
     /// Bumped whenever a credential may have ended (a key revoked, a user deleted, disabled or
     /// given a new password, the clock moved): open WebSockets check theirs again at once.
     pub credentials_changed: tokio::sync::watch::Sender<u64>,
+    /// Cluster mode's connection to the other replicas (`--nats-url`); `None` on one node.
+    pub cluster: Option<Arc<crate::services::cluster::Bus>>,
+    /// Set once start-up work (recovery of sessions, jobs and tokens) is done: `/readyz`.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -126,6 +131,51 @@ impl App {
             keys,
             templates,
             public_url,
+            cluster: None,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// In cluster mode: the connection to the other replicas.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::services::cluster::Bus>>) -> App {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Publishes a stored session event: to this replica's subscribers, and in cluster mode to
+    /// every other replica's. Call only after the event was committed.
+    pub fn publish_event(&self, e: SessionEvent) {
+        self.metrics
+            .session_events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(bus) = &self.cluster {
+            bus.send(crate::services::cluster::Note::Event(e.clone()));
+        }
+        let _ = self.events.send(Arc::new(e));
+    }
+
+    /// Acts on a note from another replica (see `services::cluster`).
+    pub async fn on_cluster_note(self: &Arc<Self>, note: crate::services::cluster::Note) {
+        use crate::services::cluster::Note;
+        match note {
+            Note::Event(e) => {
+                let _ = self.events.send(Arc::new(e));
+            }
+            Note::Job(_) | Note::Session { .. } | Note::Seen { .. } => {}
+        }
+    }
+
+    /// Reads other replicas' notes until the server stops.
+    pub async fn run_cluster_inbox(self: Arc<Self>, mut inbox: crate::services::cluster::Inbox) {
+        loop {
+            let note = tokio::select! {
+                n = inbox.next() => match n { Some(n) => n, None => {
+                    tracing::error!("the cluster inbox ended");
+                    return;
+                } },
+                _ = self.shutdown.cancelled() => return,
+            };
+            self.on_cluster_note(note).await;
         }
     }
 

@@ -525,10 +525,7 @@ impl App {
             self.agents.enqueue(j);
         }
         for e in c.events {
-            self.metrics
-                .session_events
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.events.send(Arc::new(e));
+            self.publish_event(e);
         }
         if !c.mails.is_empty() {
             self.outbox.wake();

@@ -208,7 +208,7 @@ impl App {
             let mut sessions = Vec::with_capacity(new.len());
             for (s, created, deliveries) in new {
                 self.runtime.note(&s);
-                let _ = self.events.send(Arc::new(created));
+                self.publish_event(created);
                 webhooks |= !deliveries.is_empty();
                 sessions.push(s);
             }
