@@ -177,6 +177,12 @@ pub struct ServeConfig {
     /// allows `me`, `enrollTotp`, `confirmTotp` and `changePassword`.
     #[arg(long, env = "UPKEEP_REQUIRE_MFA_FOR_MSP_ROLES")]
     pub require_mfa_for_msp_roles: bool,
+    /// Comma-separated addresses or networks of reverse proxies in front of this server (nginx,
+    /// a TLS terminator: `127.0.0.1,10.0.0.0/8`). Only for connections from these is the client's
+    /// address taken from `X-Forwarded-For` (its rightmost address that is not a proxy), so login
+    /// and enrollment throttles count clients, not the proxy.
+    #[arg(long, env = "UPKEEP_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::proxy::Cidr::parse)]
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
     /// Open client connections at most; more are closed at once (and a warning is logged).
     #[arg(long, env = "UPKEEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -391,6 +397,7 @@ impl ServeConfig {
             library: None,
             metrics_token: None,
             max_connections: 10_000,
+            trusted_proxies: vec![],
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
             preflight_scripts: vec![],

@@ -15,6 +15,7 @@ pub mod mail;
 pub mod migrate;
 pub mod net;
 pub mod permissions;
+pub mod proxy;
 pub mod secrets;
 pub mod services;
 pub mod time;

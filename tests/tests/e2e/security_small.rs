@@ -528,3 +528,47 @@ async fn a_newline_in_a_login_email_cannot_forge_a_log_line() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Behind a trusted proxy (`--trusted-proxies`) the enrollment throttle counts the clients the
+/// proxy forwards, not the proxy; from any other peer `X-Forwarded-For` changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_throttles_count_forwarded_clients() -> anyhow::Result<()> {
+    // The status of the last of `n` enrollments with unknown keys.
+    let enroll_from = |s: &TestServer, xff: &'static str, n: usize| {
+        let (http, url) = (s.http.clone(), format!("{}/agent/v1/enroll", s.url));
+        async move {
+            let mut last = 0;
+            for i in 0..n {
+                last = http
+                    .post(&url)
+                    .header("x-forwarded-for", xff)
+                    .json(&json!({"protocolVersion": 1, "enrollmentKey": format!("upe_wrong{i}"), "hostname": "pc", "machineId": format!("m{i}"), "os": "Linux", "agentVersion": "0"}))
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16();
+            }
+            anyhow::Ok(last)
+        }
+    };
+    let proxied = TestServer::start_in_temp_dir(|dir| {
+        let mut c = test_config(dir);
+        c.trusted_proxies = vec![upkeep_server::proxy::Cidr::parse("127.0.0.1").unwrap()];
+        c
+    })
+    .await?;
+    assert_eq!(enroll_from(&proxied, "203.0.113.1", 25).await?, 429);
+    // Another client through the same proxy is not throttled by the first one's failures, and
+    // the first cannot escape its throttle by writing a header of its own to the left.
+    assert_eq!(enroll_from(&proxied, "203.0.113.2", 1).await?, 401);
+    assert_eq!(
+        enroll_from(&proxied, "198.51.100.1, 203.0.113.1", 1).await?,
+        429
+    );
+
+    // Without trusted proxies the header is ignored: the loopback peer is one client.
+    let direct = TestServer::start().await?;
+    assert_eq!(enroll_from(&direct, "203.0.113.1", 25).await?, 429);
+    assert_eq!(enroll_from(&direct, "203.0.113.2", 1).await?, 429);
+    Ok(())
+}

@@ -661,6 +661,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
     // Every connection task holds a sender; when all are gone, every connection has ended.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut refusals = Refusals::default();
+    let trusted: Arc<[crate::proxy::Cidr]> = app.config.trusted_proxies.clone().into();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -685,6 +686,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<App>)
         let service = ConnService {
             router: router.clone(),
             peer,
+            trusted: trusted.clone(),
         };
         let conn = http1.serve_connection(io, service).with_upgrades();
         let shutdown = app.shutdown.clone();
@@ -805,12 +807,14 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-/// The router as one connection's hyper service: each request carries the peer address as
-/// `ConnectInfo` (login throttling and enrollment read it).
+/// The router as one connection's hyper service: each request carries the client's address as
+/// `ConnectInfo` (login throttling and enrollment read it): the peer, or behind a trusted proxy
+/// the address it forwarded (`crate::proxy`).
 #[derive(Clone)]
 struct ConnService {
     router: Router,
     peer: SocketAddr,
+    trusted: Arc<[crate::proxy::Cidr]>,
 }
 
 impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnService {
@@ -820,8 +824,9 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Con
         <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
 
     fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let client = crate::proxy::client_addr(&self.trusted, self.peer, req.headers());
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer));
+            .insert(axum::extract::ConnectInfo(client));
         // `Router` is always ready; `poll_ready` need not be called first.
         tower_service::Service::call(&mut self.router.clone(), req)
     }
