@@ -2,6 +2,7 @@
 //! sessions and computers as GraphQL shows them, real agents running real `sh` scripts, an SMTP
 //! sink on loopback and a subscription client. Modelled on zero2prod's `spawn_app`.
 
+pub mod crash;
 pub mod hook;
 pub mod smtp;
 pub mod wine;
