@@ -17,6 +17,7 @@
 //!   open inside one transaction holding an advisory lock, recorded in `upkeep_migrations`.
 
 mod migrate;
+mod reconnect;
 #[cfg(any(test, feature = "conformance"))]
 pub mod scratch;
 mod sql;
@@ -27,6 +28,7 @@ mod tx;
 use crate::interface::{Body, KeyRange, Space, TransactError};
 use crate::{Result, Snapshot, Store, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use reconnect::retrying;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_postgres::IsolationLevel;
 
@@ -120,10 +122,13 @@ impl Store for PgStore {
 
     async fn read(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(sql::GET).await?;
-        let row = client.query_opt(&stmt, &[&space.name(), &key]).await?;
-        Ok(row.map(|r| r.get(0)))
+        retrying(|| async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(sql::GET).await?;
+            let row = client.query_opt(&stmt, &[&space.name(), &key]).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
     }
 
     async fn read_range(
@@ -136,21 +141,27 @@ impl Store for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let q = sql::Range::new(space, range, "key, value", Some(&limit));
-        let stmt = client.prepare_cached(&q.sql).await?;
-        let rows = client.query(&stmt, &q.params()).await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        retrying(|| async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&q.sql).await?;
+            let rows = client.query(&stmt, &q.params()).await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     async fn count_range(&self, space: Space, range: &KeyRange) -> Result<u64> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let client = self.pool.get().await?;
         let q = sql::Range::new(space, range, "count(*)", None);
-        let stmt = client.prepare_cached(&q.sql).await?;
-        let n: i64 = client.query_one(&stmt, &q.params()).await?.get(0);
-        Ok(n as u64)
+        retrying(|| async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&q.sql).await?;
+            let n: i64 = client.query_one(&stmt, &q.params()).await?.get(0);
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn transact(&self, body: &mut Body<'_>) -> Result<(), TransactError> {
@@ -164,34 +175,42 @@ impl Store for PgStore {
         entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<()> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let mut client = self.pool.get().await?;
-        let t = client.transaction().await?;
-        let started = std::time::Instant::now();
         // One statement touches a key once: the last entry for a key wins, as in order.
         let entries: Vec<_> = entries
             .into_iter()
             .collect::<std::collections::BTreeMap<_, _>>()
             .into_iter()
             .collect();
-        for chunk in entries.chunks(1000) {
-            let writes = chunk.iter().map(|(k, v)| ((space, k.clone()), v.clone()));
-            sql::write_all(&t, writes).await?;
-        }
-        t.commit().await?;
-        self.committed(started);
-        Ok(())
+        // Setting keys to given values: running it again after a lost COMMIT changes nothing.
+        retrying(|| async {
+            let mut client = self.pool.get().await?;
+            let t = client.transaction().await?;
+            let started = std::time::Instant::now();
+            for chunk in entries.chunks(1000) {
+                let writes = chunk.iter().map(|(k, v)| ((space, k.clone()), v.clone()));
+                sql::write_all(&t, writes).await?;
+            }
+            t.commit().await?;
+            self.committed(started);
+            Ok(())
+        })
+        .await
     }
 
     async fn claim(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let client = self.pool.get().await?;
-        // Two statements, so that the read sees a claim another process committed meanwhile
-        // (READ COMMITTED: each statement reads what was committed when it began).
-        client
-            .execute(sql::CLAIM, &[&space.name(), &key, &value])
-            .await?;
-        let row = client.query_one(sql::GET, &[&space.name(), &key]).await?;
-        Ok(row.get(0))
+        // Insert-if-absent and read: safe to run again after a lost connection.
+        retrying(|| async {
+            let client = self.pool.get().await?;
+            // Two statements, so that the read sees a claim another process committed
+            // meanwhile (READ COMMITTED: each statement reads what was committed when it began).
+            client
+                .execute(sql::CLAIM, &[&space.name(), &key, &value])
+                .await?;
+            let row = client.query_one(sql::GET, &[&space.name(), &key]).await?;
+            Ok(row.get(0))
+        })
+        .await
     }
 
     /// Nothing to do: every transaction and batch was durable when its COMMIT returned.

@@ -17,7 +17,7 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/postgres".into())
 }
 
-async fn admin(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn admin(url: &str) -> Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|e| {

@@ -300,3 +300,65 @@ async fn concurrent_claims_of_one_key_agree_on_the_first() {
         assert_eq!(again, x);
     }
 }
+
+/// Cuts every connection of the store's database, as a PostgreSQL restart does (SQLSTATE
+/// 57P01 to each backend), from a separate admin connection.
+async fn cut_connections(store: &super::PgStore) -> u64 {
+    let client = store.pool.get().await.unwrap();
+    let name: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let admin = super::scratch::admin(&super::scratch::admin_url())
+        .await
+        .unwrap();
+    let rows = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    rows.len() as u64
+}
+
+/// Reads, batches, claims and transactions after every pooled connection was cut go through on
+/// fresh connections (before the fix, each failed once per dead pooled connection with
+/// "connection closed" or "terminating connection due to administrator command").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ride_out_connections_cut_under_them() {
+    let db = ScratchDatabase::create().await.unwrap();
+    let store = Arc::new(super::PgStore::open(db.url()).await.unwrap());
+    let dyn_store: Db = store.clone();
+    let runs = AtomicU64::new(0);
+    // Fill the pool with several open connections, then cut them all.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let s = dyn_store.clone();
+            tokio::spawn(async move { s.read(Space::Meta, b"schema_version").await })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().expect("read");
+    }
+    for round in 0..3 {
+        assert!(cut_connections(&store).await > 0, "round {round}");
+        dyn_store
+            .read(Space::Meta, b"schema_version")
+            .await
+            .expect("a read after the cut");
+        increment(&dyn_store, &runs).await;
+        dyn_store
+            .apply_batch(Space::Meta, vec![(b"k".to_vec(), Some(vec![round]))])
+            .await
+            .expect("a batch after the cut");
+        dyn_store
+            .claim(Space::Meta, &[b'c', round], vec![round])
+            .await
+            .expect("a claim after the cut");
+    }
+    let n = dyn_store.read(COUNTER, b"counter").await.unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(n.try_into().unwrap()), 3);
+}

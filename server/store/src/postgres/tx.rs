@@ -39,13 +39,26 @@ enum Attempt {
     Done,
     /// A serialization failure or a conflict the body reported: run again.
     Retry,
+    /// The connection or the database went away before COMMIT was sent (nothing was applied):
+    /// run again once it is back (`reconnect.rs`), keeping the error for when it is not.
+    Lost(StoreError),
 }
 
 pub(super) async fn transact(store: &PgStore, body: &mut Body<'_>) -> Result<(), TransactError> {
-    for attempt in 0..ATTEMPTS {
+    let mut backoff = super::reconnect::Backoff::new();
+    let mut attempt = 0;
+    while attempt < ATTEMPTS {
         match once(store, body).await {
             Ok(Attempt::Done) => return Ok(()),
-            Ok(Attempt::Retry) => pause(attempt).await,
+            Ok(Attempt::Retry) => {
+                pause(attempt).await;
+                attempt += 1;
+            }
+            Ok(Attempt::Lost(e)) => {
+                if !backoff.wait().await {
+                    return Err(TransactError::Store(e));
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -74,11 +87,23 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-/// `Retry` for a retryable database error, the error itself otherwise.
+/// `Retry` for a retryable database error, `Lost` for a lost connection, the error itself
+/// otherwise. Not for COMMIT (see [`commit`]).
 fn db<T>(r: Result<T, tokio_postgres::Error>) -> Result<Result<T, Attempt>, TransactError> {
     match r {
         Ok(v) => Ok(Ok(v)),
         Err(e) if retryable(&e) => Ok(Err(Attempt::Retry)),
+        Err(e) if super::reconnect::lost(&e) => Ok(Err(Attempt::Lost(e.into()))),
+        Err(e) => Err(TransactError::Store(e.into())),
+    }
+}
+
+/// COMMIT: a serialization failure means nothing was applied (run again); a lost connection
+/// leaves the outcome unknown, so it is the caller's error, never run again here.
+async fn commit(t: deadpool_postgres::Transaction<'_>) -> Result<Attempt, TransactError> {
+    match t.commit().await {
+        Ok(()) => Ok(Attempt::Done),
+        Err(e) if retryable(&e) => Ok(Attempt::Retry),
         Err(e) => Err(TransactError::Store(e.into())),
     }
 }
@@ -94,11 +119,11 @@ macro_rules! try_db {
 
 /// One attempt: a transaction, the body run until it needs no more reads, its writes, COMMIT.
 async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactError> {
-    let mut client = store
-        .pool
-        .get()
-        .await
-        .map_err(|e| TransactError::Store(e.into()))?;
+    let mut client = match store.pool.get().await {
+        Ok(c) => c,
+        Err(e) if super::reconnect::pool_lost(&e) => return Ok(Attempt::Lost(e.into())),
+        Err(e) => return Err(TransactError::Store(e.into())),
+    };
     let t = try_db!(
         client
             .build_transaction()
@@ -153,14 +178,15 @@ async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactE
         }
     };
     if writes.is_empty() {
-        try_db!(t.commit().await);
-        return Ok(Attempt::Done);
+        return commit(t).await;
     }
     let started = std::time::Instant::now();
     try_db!(sql::write_all(&t, writes.into_iter()).await);
-    try_db!(t.commit().await);
-    store.committed(started);
-    Ok(Attempt::Done)
+    let done = commit(t).await?;
+    if matches!(done, Attempt::Done) {
+        store.committed(started);
+    }
+    Ok(done)
 }
 
 /// Reading inside the body on a multi-thread runtime: the worker hands its other tasks away
