@@ -96,6 +96,11 @@ pub struct ServeConfig {
     /// embedded store in the data directory: cluster mode, with --nats-url (README).
     #[arg(long, env = "UPKEEP_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub database_url: Option<String>,
+    /// Where installer files are kept (default `<data-dir>/files`). In cluster mode give every
+    /// replica the same directory on shared storage (NFS, CephFS, …): an installer uploaded
+    /// through one replica is checked and served by all of them.
+    #[arg(long, env = "UPKEEP_FILES_DIR")]
+    pub files_dir: Option<PathBuf>,
     /// NATS server with JetStream (`nats://host:4222`) that replicas on one database use to
     /// tell each other about session events, agent jobs and presence. Cluster mode takes
     /// --database-url and --nats-url together.
@@ -367,6 +372,13 @@ fn parse_mailbox(s: &str) -> Result<String, String> {
 }
 
 impl ServeConfig {
+    /// Where installer files live: `--files-dir`, else `<data-dir>/files`.
+    pub fn files_dir(&self) -> PathBuf {
+        self.files_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("files"))
+    }
+
     pub fn for_tests(data_dir: PathBuf) -> ServeConfig {
         ServeConfig {
             listen: "127.0.0.1:0".parse().expect("literal address"),
@@ -374,6 +386,7 @@ impl ServeConfig {
             database_url: None,
             nats_url: None,
             nats_prefix: "upkeep".into(),
+            files_dir: None,
             public_url: None,
             smtp_url: None,
             mail_from: "upkeep@localhost".into(),

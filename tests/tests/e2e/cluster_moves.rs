@@ -224,3 +224,65 @@ async fn a_secret_stored_through_one_replica_reaches_an_agent_of_another() -> an
     assert_eq!(std::fs::read_to_string(&got)?, SECRET);
     Ok(())
 }
+
+/// Installer files with `--files-dir` shared by replicas: uploaded through one replica, named by
+/// software written through another and fetched by an agent of that other. Without a shared
+/// directory the second replica does not have the file and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_files_dir_serve_each_others_uploads() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let shared = tempfile::tempdir()?;
+    let with_shared = |dir: &std::path::Path| {
+        let mut c = test_config(dir);
+        c.files_dir = Some(shared.path().to_path_buf());
+        c
+    };
+    let a = TestServer::start_on_cluster(with_shared).await?;
+    let b = a.start_replica(with_shared).await?;
+    let lone = a.start_replica(test_config).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Files").await?;
+
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let r = a
+        .http
+        .post(format!("{}/api/v1/files", a.url))
+        .bearer_auth(&admin)
+        .body(bytes.clone())
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 201);
+
+    let work = tempfile::tempdir()?;
+    let got = work.path().join("got");
+    let input = |name: &str| {
+        json!({"name": name, "tenantId": tenant,
+            "detectionScript": {"language": "SHELL", "body": format!("cat '{}' 2>/dev/null; exit 0", work.path().join("v").display())},
+            "versions": [{"version": "1.0", "installer": {"sha256": sha},
+                "installScript": {"language": "SHELL", "body": format!(
+                    "sha256sum \"$UPKEEP_INSTALLER_FILE\" | cut -d' ' -f1 > '{}'; echo 1.0 > '{}'",
+                    got.display(), work.path().join("v").display())}}]})
+    };
+    let q = "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }";
+    // A replica with a files dir of its own has not seen the upload.
+    assert_eq!(
+        lone.gql_err(Some(&admin), q, json!({"i": input("lone")}))
+            .await?,
+        "BAD_USER_INPUT"
+    );
+    let sw = b.create_software(&admin, input("shared")).await?;
+    b.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_ANY"})).await?;
+    let key = b.enrollment_key(&admin, &tenant).await?;
+    let _agent = TestAgent::start(&b.url, &key, "files-pc").await?;
+    let computer = b.computer_id(&admin, "files-pc").await?;
+    b.wait_online(&admin, &computer).await?;
+    let id = b.start_session(&admin, &computer, json!({})).await?;
+    let done = b.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    assert_eq!(done["status"], "PASSED", "{done:#}");
+    assert_eq!(std::fs::read_to_string(&got)?.trim(), sha);
+    Ok(())
+}

@@ -66,14 +66,18 @@ pub struct GcReport {
 }
 
 impl Files {
+    /// The file store in `<data_dir>/files`.
     pub fn new(data_dir: &Path, max_bytes: u64) -> Files {
-        Files {
-            dir: data_dir.join("files"),
-            max_bytes,
-        }
+        Files::in_dir(data_dir.join("files"), max_bytes)
     }
 
-    /// The directory holding the files (`<data-dir>/files`).
+    /// The file store in `dir` (`--files-dir`: in cluster mode a directory every replica
+    /// shares).
+    pub fn in_dir(dir: PathBuf, max_bytes: u64) -> Files {
+        Files { dir, max_bytes }
+    }
+
+    /// The directory holding the files (`<data-dir>/files` or `--files-dir`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

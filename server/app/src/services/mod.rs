@@ -124,7 +124,10 @@ impl App {
             shutdown,
             accounts: crate::services::users::Accounts::new(store.clone(), clock.clone()),
             credentials_changed: tokio::sync::watch::channel(0).0,
-            files: crate::services::files::Files::new(&config.data_dir, config.max_upload_bytes()),
+            files: crate::services::files::Files::in_dir(
+                config.files_dir(),
+                config.max_upload_bytes(),
+            ),
             store,
             config,
             clock,
