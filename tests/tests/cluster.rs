@@ -197,10 +197,27 @@ async fn run(
         }
         if k == 3 {
             nats.kill()?;
+            // Health says so while NATS is away (CONTRACT: 200 only when the store and NATS
+            // are reachable).
+            let health = format!("{}/healthz", replicas[0].url());
+            wait_for("/healthz to report NATS gone", T, || async {
+                let r = remote.http.get(&health).send().await?;
+                let (status, body) = (r.status().as_u16(), r.text().await?);
+                Ok((status == 503 && body.contains("NATS_UNAVAILABLE")).then_some(()))
+            })
+            .await?;
             tokio::time::sleep(Duration::from_millis(rng.range(100, 1500))).await;
             nats.start().await?;
             println!("NATS restarted");
         }
+    }
+    for p in replicas.iter() {
+        let health = format!("{}/healthz", p.url());
+        wait_for("/healthz after the restarts", T, || async {
+            let r = remote.http.get(&health).send().await?;
+            Ok(r.status().is_success().then_some(()))
+        })
+        .await?;
     }
     let mut done = Vec::new();
     for d in drivers {
