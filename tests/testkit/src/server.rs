@@ -69,14 +69,7 @@ impl TestServer {
     /// server. Start more replicas of it with [`TestServer::start_replica`].
     pub async fn start_on_cluster(config: impl FnOnce(&Path) -> ServeConfig) -> Result<TestServer> {
         let cluster = Arc::new(crate::ScratchCluster::create().await?);
-        let mut s = Self::start_in_temp_dir(|dir| {
-            let mut c = config(dir);
-            cluster.apply(&mut c);
-            c
-        })
-        .await?;
-        s.cluster = Some(cluster);
-        Ok(s)
+        Self::start_in(cluster, config).await
     }
 
     /// Another replica of this cluster-mode server: same database and NATS prefix, a data dir
@@ -89,6 +82,14 @@ impl TestServer {
             .cluster
             .clone()
             .context("start_replica needs a server started with start_on_cluster")?;
+        Self::start_in(cluster, config).await
+    }
+
+    /// Starts a replica of `cluster` on a fresh temp data dir, `config` for the rest.
+    async fn start_in(
+        cluster: Arc<crate::ScratchCluster>,
+        config: impl FnOnce(&Path) -> ServeConfig,
+    ) -> Result<TestServer> {
         let mut s = Self::start_in_temp_dir(|dir| {
             let mut c = config(dir);
             cluster.apply(&mut c);
