@@ -241,6 +241,17 @@ impl TestAgent {
         Ok(a)
     }
 
+    /// Like [`TestAgent::start_in`], with `tweak` adjusting the agent's configuration.
+    pub fn start_in_with(
+        server_url: &str,
+        key: Option<&str>,
+        state_dir: &Path,
+        hostname: &str,
+        tweak: impl FnOnce(&mut upkeep_agent::AgentConfig),
+    ) -> Result<TestAgent> {
+        Self::start_configured(server_url, key, state_dir, hostname, tweak)
+    }
+
     fn start_configured(
         server_url: &str,
         key: Option<&str>,

@@ -53,6 +53,62 @@ pub async fn check(store: Db) {
         "indexes are in step with records"
     );
     claims(&store).await;
+    leases_by_end(&store).await;
+}
+
+/// Leased jobs are found by when their lease ends, soonest first, and only those ended by the
+/// instant asked; a queued or done job is never listed. The jobs are removed afterwards.
+async fn leases_by_end(store: &Db) {
+    use upkeep_core::session::{JobRecord, JobState};
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default();
+    // The job kind through its wire form: this crate does not name the protocol crate.
+    let probe: serde_json::Value = serde_json::json!({"kind": "probe", "probes": []});
+    let job = |n: u128, state: JobState| JobRecord {
+        id: Id::from_u128(0x3000 + n),
+        session_id: Id::from_u128(0x4000),
+        computer_id: Id::from_u128(0x5000),
+        job: serde_json::from_value(probe.clone()).unwrap(),
+        lease_seconds: 60,
+        created_at: at(0),
+        state,
+        attempts: 1,
+    };
+    // Keys in the opposite order of the lease ends: the index, not the key, orders them.
+    let jobs = [
+        job(1, JobState::Leased { until: at(30) }),
+        job(2, JobState::Leased { until: at(20) }),
+        job(3, JobState::Leased { until: at(10) }),
+        job(4, JobState::Queued),
+        job(5, JobState::Done { at: at(5) }),
+    ];
+    store
+        .write(|tx| {
+            for j in &jobs {
+                tx.put::<_, ()>(j)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let ended = |t| store.leases_ended_by(t, 10);
+    assert_eq!(ended(at(9)).await.unwrap(), Vec::<Id>::new());
+    assert_eq!(ended(at(20)).await.unwrap(), vec![jobs[2].id, jobs[1].id]);
+    assert_eq!(store.leases_ended_by(at(40), 1).await.unwrap(), vec![jobs[2].id]);
+    // A lease given back (queued again) leaves the index with its old end.
+    let mut back = jobs[2].clone();
+    back.state = JobState::Queued;
+    store.write(|tx| tx.put::<_, ()>(&back)).await.unwrap();
+    assert_eq!(ended(at(40)).await.unwrap(), vec![jobs[1].id, jobs[0].id]);
+    assert_eq!(store.check_indexes().await.unwrap(), Vec::<String>::new());
+    store
+        .write(|tx| {
+            for j in &jobs {
+                tx.delete::<JobRecord, ()>(j.id.as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
 }
 
 /// The first claim of a key wins; later ones get its value. The key is removed afterwards.

@@ -36,6 +36,9 @@ pub const TENANT_AUDIT: u8 = 26;
 pub const ACTOR_AUDIT: u8 = 27;
 /// Unique: a tenant's name, trimmed and in lower case (`tenant_name_key`).
 pub const TENANT_NAME: u8 = 28;
+/// Jobs handed out to an agent in cluster mode, by when their lease ends (`leased_jobs_key`):
+/// any replica finds the leases that ran out from here.
+pub const LEASED_JOBS: u8 = 29;
 
 /// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
 pub const NO_TENANT: [u8; 16] = [0; 16];
@@ -262,8 +265,19 @@ impl Record for JobRecord {
 fn job_index_keys(computer: Id, state: &JobState) -> Vec<IndexKey> {
     match state {
         JobState::Done { .. } => vec![],
-        _ => vec![IndexKey::new(OPEN_JOBS, computer.as_bytes())],
+        JobState::Queued => vec![IndexKey::new(OPEN_JOBS, computer.as_bytes())],
+        JobState::Leased { until } => vec![
+            IndexKey::new(OPEN_JOBS, computer.as_bytes()),
+            leased_jobs_key(*until),
+        ],
     }
+}
+
+/// The `LEASED_JOBS` value of a lease ending at `until`: its milliseconds, big-endian, so that
+/// index entries sort by when their lease ends (see [`crate::Db`]'s `leases_ended_by`).
+pub fn leased_jobs_key(until: Time) -> IndexKey {
+    let ms = u64::try_from(until.timestamp_millis()).unwrap_or(0);
+    IndexKey::new(LEASED_JOBS, ms.to_be_bytes())
 }
 
 impl Record for OutboxMail {

@@ -161,6 +161,26 @@ impl dyn Store {
             .await
     }
 
+    /// Up to `limit` jobs whose lease (cluster mode: `JobState::Leased`) ended at or before
+    /// `now`, soonest ended first: one range read over the `LEASED_JOBS` entries, which sort by
+    /// the lease's end.
+    pub async fn leases_ended_by(&self, now: Time, limit: usize) -> Result<Vec<Id>> {
+        use crate::records::{LEASED_JOBS, leased_jobs_key};
+        let first = IndexKey::new(LEASED_JOBS, 0u64.to_be_bytes()).prefix();
+        let plen = first.len();
+        let past = leased_jobs_key(now + chrono::Duration::milliseconds(1)).prefix();
+        let range = KeyRange {
+            start: std::ops::Bound::Included(first),
+            end: std::ops::Bound::Excluded(past),
+            reverse: false,
+        };
+        let entries = self.read_range(Space::Index, &range, limit).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, _)| Id::from_slice(k.get(plen..)?))
+            .collect())
+    }
+
     /// The record that claimed a unique index value (see [`crate::Tx::claim_unique`]).
     pub async fn unique<T: Record>(&self, index: &IndexKey) -> Result<Option<T>> {
         match self.read(Space::Index, &index.unique_marker()).await? {

@@ -2,6 +2,7 @@
 //! scripts, a real SMTP listener. One module per capability; one test binary (one link).
 
 mod agents;
+mod cluster_agents;
 mod cluster_moves;
 mod console;
 mod control;

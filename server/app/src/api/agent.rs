@@ -188,9 +188,10 @@ async fn enroll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     }
 }
 
-/// Authenticates an agent call from its header alone (before the body is read).
-#[allow(clippy::result_large_err)] // the error is the finished 401 answer
-fn authenticate(
+/// Authenticates an agent call from its header alone (before the body is read): 401 for an
+/// unknown token; in cluster mode 429 when unknown tokens come faster than the store may be
+/// asked about them (`services::agent_tokens`).
+async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
@@ -205,21 +206,44 @@ fn authenticate(
             route,
         ));
     };
-    app.agents.computer_for_token(token).ok_or_else(|| {
-        reject(
+    match app.agent_for_token(token).await {
+        Ok(TokenCheck::Agent(c)) => Ok(c),
+        Ok(TokenCheck::Unknown) => Err(reject(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "unknown or revoked agent token; enroll again",
             peer,
             route,
-        )
-    })
+        )),
+        Ok(TokenCheck::Busy) => {
+            let mut r = reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "THROTTLED",
+                "too many unknown agent tokens; retry later",
+                peer,
+                route,
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            Err(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "agent token not looked up");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the agent token could not be checked; retry",
+            ))
+        }
+    }
 }
 
 async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     const ROUTE: &str = "/agent/v1/poll";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -257,7 +281,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     if came_online || reboot_pending_changed {
         app.computer_came_online(computer, came_online);
     }
-    let mut jobs = app.agents.take_jobs(computer);
+    let mut jobs = app.hand_out(computer).await;
     let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
     if jobs.is_empty() && wait > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
@@ -280,7 +304,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                     ROUTE,
                 );
             }
-            jobs = app.agents.take_jobs(computer);
+            jobs = app.hand_out(computer).await;
             if !jobs.is_empty()
                 || tokio::time::Instant::now() >= deadline
                 || app.shutdown.is_cancelled()
@@ -349,7 +373,7 @@ async fn job_status(
 ) -> Response {
     const ROUTE: &str = "/agent/v1/jobs/{jobId}";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -391,7 +415,7 @@ async fn file(
 ) -> Response {
     const ROUTE: &str = "/agent/v1/files/{sha256}";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -429,7 +453,7 @@ async fn result(
 ) -> Response {
     const ROUTE: &str = "/agent/v1/jobs/{jobId}/result";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -475,7 +499,7 @@ async fn output(
 ) -> Response {
     const ROUTE: &str = "/agent/v1/jobs/{jobId}/output";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE) {
+    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -13,6 +13,13 @@
 //! computer twice. Leases live in memory: after a server restart every unfinished job is
 //! offered again, and the agent, which remembers what it ran, re-sends its result instead of
 //! running it again.
+//!
+//! Cluster mode (several replicas, `App.cluster`): what one replica holds here is its own view.
+//! Tokens missing from memory are looked up in the store (`agent_tokens` bounds that); a job is
+//! queued on every replica (`Note::Job`) and claimed in the store at hand-out, so one replica
+//! hands it out (`take_queued` + `lease_claimed`); leases end by the store's `LEASED_JOBS`
+//! index, not by the in-memory expiry; presence merges what other replicas saw
+//! (`Note::Seen`, [`Agents::seen_elsewhere`]).
 
 use crate::auth::secret_hash;
 use futures_util::{StreamExt, TryStreamExt};
@@ -27,7 +34,7 @@ use upkeep_store::records::*;
 use upkeep_store::{Db, IndexKey};
 
 /// Probe jobs are handed out at most this often before they count as lost.
-const MAX_PROBE_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_PROBE_ATTEMPTS: u32 = 3;
 /// What the server asks agents to use as their long-poll wait.
 pub const POLL_WAIT_SECONDS: u32 = 25;
 
@@ -41,6 +48,10 @@ pub struct Agents {
     polls: std::sync::atomic::AtomicU64,
     /// Opens SECRET parameters when a job is handed out, and masks them in streamed output.
     secrets: Arc<crate::secrets::SecretBox>,
+    /// Cluster mode: computers other replicas saw polling, when it was heard and their time.
+    elsewhere: Mutex<HashMap<Id, (Instant, Time)>>,
+    /// Cluster mode: tokens found unknown in the store, and the look-up budget.
+    pub misses: super::agent_tokens::TokenMisses,
 }
 
 struct Presence {
@@ -58,6 +69,8 @@ struct Presence {
     reboot_pending: bool,
     /// Token bucket against runaway pollers.
     bucket: (f64, Instant),
+    /// Cluster mode: told to the other replicas since the last poll (`take_to_announce`).
+    announced: bool,
 }
 
 #[derive(Default)]
@@ -143,6 +156,7 @@ impl Agents {
             inventory_hash: None,
             reboot_pending: false,
             bucket: (40.0, Instant::now()),
+            announced: false,
         });
         let (tokens, at) = entry.bucket;
         let refill = (tokens + at.elapsed().as_secs_f64() * 20.0).min(40.0);
@@ -154,6 +168,7 @@ impl Agents {
         entry.last_poll = Instant::now();
         entry.last_seen = now;
         entry.dirty = true;
+        entry.announced = false;
         let inventory_changed = match inventory.map(inventory_hash) {
             Some(hash) if entry.inventory_hash != Some(hash) => {
                 entry.inventory_hash = Some(hash);
@@ -223,6 +238,8 @@ impl Agents {
             streams: Mutex::new(HashMap::new()),
             offline_after,
             polls: Default::default(),
+            elsewhere: Mutex::new(HashMap::new()),
+            misses: super::agent_tokens::TokenMisses::new(Instant::now()),
         }
     }
 
@@ -365,21 +382,93 @@ impl Agents {
         }
     }
 
+    /// Cluster mode: forgets every token of `computer` held in memory (another replica
+    /// revoked or replaced it; the store has the one that is valid now), and wakes its held
+    /// polls so they check their token again.
+    pub fn drop_tokens_of(&self, computer: Id) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, c| *c != computer);
+        if let Some(p) = self.presence().get(&computer) {
+            p.notify.notify_waiters();
+        }
+    }
+
     pub fn is_online(&self, computer: Id) -> bool {
         self.presence()
             .get(&computer)
             .is_some_and(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            || self.online_elsewhere(computer)
+    }
+
+    /// Cluster mode: another replica said it saw the computer poll within `offline_after`.
+    fn online_elsewhere(&self, computer: Id) -> bool {
+        self.elsewhere()
+            .get(&computer)
+            .is_some_and(|(heard, _)| heard.elapsed() < self.offline_after)
     }
 
     pub fn online_count(&self) -> usize {
         let p = self.presence();
-        p.values()
-            .filter(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
-            .count()
+        let mut online: std::collections::HashSet<Id> = p
+            .iter()
+            .filter(|(_, p)| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            .map(|(id, _)| *id)
+            .collect();
+        drop(p);
+        online.extend(
+            self.elsewhere()
+                .iter()
+                .filter(|(_, (heard, _))| heard.elapsed() < self.offline_after)
+                .map(|(id, _)| *id),
+        );
+        online.len()
     }
 
     pub fn last_seen(&self, computer: Id) -> Option<Time> {
-        self.presence().get(&computer).map(|p| p.last_seen)
+        let here = self.presence().get(&computer).map(|p| p.last_seen);
+        let there = self.elsewhere().get(&computer).map(|(_, t)| *t);
+        here.max(there)
+    }
+
+    fn elsewhere(&self) -> std::sync::MutexGuard<'_, HashMap<Id, (Instant, Time)>> {
+        self.elsewhere.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cluster mode: the computers to tell other replicas about (`Note::Seen`): those that
+    /// polled since the last call, and those holding a poll here now.
+    pub fn take_to_announce(&self) -> Vec<(Id, Time)> {
+        let mut p = self.presence();
+        p.iter_mut()
+            .filter(|(_, v)| !v.announced || v.holding > 0)
+            .map(|(k, v)| {
+                v.announced = true;
+                (*k, v.last_seen)
+            })
+            .collect()
+    }
+
+    /// Cluster mode: another replica saw `computers` poll. Returns those that were offline in
+    /// this replica's view until now (their sessions look again).
+    pub fn seen_elsewhere(&self, computers: &[(Id, Time)]) -> Vec<Id> {
+        let was_offline: Vec<Id> = computers
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| !self.is_online(*c))
+            .collect();
+        let now = Instant::now();
+        let mut e = self.elsewhere();
+        for (c, t) in computers {
+            let entry = e.entry(*c).or_insert((now, *t));
+            *entry = (now, entry.1.max(*t));
+        }
+        // What no replica has mentioned for a long while is forgotten (bounded memory).
+        if e.len() > 1024 {
+            let keep = self.offline_after * 10;
+            e.retain(|_, (heard, _)| heard.elapsed() < keep);
+        }
+        was_offline
     }
 
     /// Queues a job for its computer and wakes a held poll.
@@ -452,6 +541,102 @@ impl Agents {
             );
         }
         out
+    }
+
+    /// Cluster mode: queues a job another replica stored (or offered again), unless this
+    /// replica holds it already.
+    pub fn enqueue_once(&self, j: &JobRecord) {
+        let js = j.id.to_string();
+        let held = {
+            let q = self.queues();
+            q.leased.contains_key(&j.id)
+                || q
+                    .queued
+                    .get(&j.computer_id)
+                    .is_some_and(|v| v.iter().any(|x| x.job.id == js))
+        };
+        if !held {
+            self.enqueue(j);
+        }
+    }
+
+    /// Cluster mode: the ids of the jobs queued for `computer`, left queued: the caller claims
+    /// them in the store first ([`Agents::lease_claimed`]).
+    pub(crate) fn queued_for(&self, computer: Id) -> Vec<Id> {
+        self.queues().queued.get(&computer).map_or_else(Vec::new, |list| {
+            list.iter()
+                .filter_map(|j| j.job.id.parse::<Id>().ok())
+                .collect()
+        })
+    }
+
+    /// Cluster mode: hands out the jobs of `computer` this replica claimed in the store
+    /// (`claimed`, with their attempts so far), leasing them here like [`Agents::take_jobs`];
+    /// the other ids of `offered` leave the queue (another replica handed them out, or they
+    /// ended).
+    pub(crate) fn lease_claimed(
+        &self,
+        computer: Id,
+        offered: &[Id],
+        claimed: &[(Id, u32)],
+    ) -> Vec<proto::Job> {
+        let mut q = self.queues();
+        let Some(list) = q.queued.get_mut(&computer) else {
+            return vec![];
+        };
+        let mut taken = Vec::new();
+        list.retain(|j| {
+            let Ok(id) = j.job.id.parse::<Id>() else {
+                return false;
+            };
+            if !offered.contains(&id) {
+                return true;
+            }
+            if let Some((_, attempts)) = claimed.iter().find(|(c, _)| *c == id) {
+                taken.push(QueuedJob {
+                    job: j.job.clone(),
+                    attempts: *attempts,
+                });
+            }
+            false
+        });
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(taken.len());
+        for j in taken {
+            let until = now + Duration::from_secs(u64::from(j.job.lease_seconds));
+            let Ok(id) = j.job.id.parse::<Id>() else {
+                continue;
+            };
+            out.push(self.secrets.open_job(j.job.clone()));
+            q.lease_order.insert((until, id));
+            q.leased.insert(
+                id,
+                LeasedJob {
+                    computer,
+                    queued: j,
+                    until,
+                },
+            );
+        }
+        out
+    }
+
+    /// Cluster mode: forgets the in-memory leases that ran out, without offering or failing
+    /// anything (the store's `LEASED_JOBS` sweep decides, once, on one replica).
+    pub(crate) fn drop_ended_leases(&self) {
+        let now = Instant::now();
+        let mut q = self.queues();
+        let ended: Vec<(Instant, Id)> = q
+            .lease_order
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
+        for (t, id) in ended {
+            q.lease_order.remove(&(t, id));
+            q.leased.remove(&id);
+            self.streams().remove(&id);
+        }
     }
 
     /// Marks a job answered (removes its lease); true when it was leased to `computer` or

@@ -18,6 +18,15 @@ use upkeep_store::records::*;
 use upkeep_store::{IndexKey, TxError};
 
 use super::agents::*;
+use super::cluster::Note;
+
+/// What an agent token names (see [`App::agent_for_token`]).
+pub(crate) enum TokenCheck {
+    Agent(Id),
+    Unknown,
+    /// Cluster mode: not looked up, the budget for unknown tokens is spent (answer 429).
+    Busy,
+}
 
 /// What agents report about themselves ends up in names, mails and logs: control characters
 /// become spaces.
@@ -215,6 +224,12 @@ impl App {
         if let Some(lost) = own {
             self.agents.set_token(Some(lost), None, computer.id);
         }
+        if !is_new {
+            // Other replicas may hold the token this one replaced.
+            self.tell_replicas(Note::AgentToken {
+                computer: computer.id,
+            });
+        }
         if delivered {
             self.webhooks.wake();
         }
@@ -274,6 +289,7 @@ impl App {
             .await?;
         self.store.flush().await?;
         self.agents.set_token(old.as_deref(), None, computer);
+        self.tell_replicas(Note::AgentToken { computer });
         Ok(())
     }
 
@@ -281,6 +297,7 @@ impl App {
     /// offline.
     pub async fn run_presence(self: Arc<Self>) {
         let mut last_flush = Instant::now();
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -288,6 +305,10 @@ impl App {
                     self.write_last_seen().await;
                     return;
                 }
+            }
+            if self.cluster.is_some() {
+                self.cluster_presence_tick(&mut ticks).await;
+                continue;
             }
             for (job, reoffered) in self.agents.expire_leases() {
                 if reoffered {
@@ -306,6 +327,179 @@ impl App {
                 last_flush = Instant::now();
             }
         }
+    }
+
+    /// One half-second of the presence loop in cluster mode: agents seen here are told to the
+    /// other replicas each second (`Note::Seen`), `lastSeenAt` is written back every 30 s, and
+    /// leases that ran out are ended from the store every 2 s (in-memory leases only go).
+    async fn cluster_presence_tick(self: &Arc<Self>, ticks: &mut u64) {
+        *ticks += 1;
+        self.agents.drop_ended_leases();
+        if (*ticks).is_multiple_of(2) {
+            let computers = self.agents.take_to_announce();
+            if !computers.is_empty() {
+                self.tell_replicas(Note::Seen { computers });
+            }
+        }
+        if (*ticks).is_multiple_of(4) {
+            self.sweep_leases().await;
+        }
+        if (*ticks).is_multiple_of(60) {
+            self.write_last_seen().await;
+        }
+    }
+
+    /// Cluster mode: ends the leases that ran out, as the store's `LEASED_JOBS` index lists
+    /// them. Each is claimed in one transaction (`end_lease`), so of replicas sweeping at once
+    /// one ends it: a probe is offered again (to every replica), another job is lost.
+    pub async fn sweep_leases(self: &Arc<Self>) {
+        // Leases end by the wall clock every replica shares, not the test clock.
+        let now = chrono::Utc::now();
+        let ended = match self.store.leases_ended_by(now, 256).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "leases not swept");
+                return;
+            }
+        };
+        for job in ended {
+            match self.end_lease(job, now).await {
+                Ok(Some((j, true))) => {
+                    tracing::info!(job = %job, "lease ran out; probe job offered again");
+                    self.agents.forget_job(job);
+                    self.offer_job(&j);
+                }
+                Ok(Some((_, false))) => {
+                    tracing::warn!(job = %job, "lease ran out; job failed");
+                    let app = self.clone();
+                    tokio::spawn(async move {
+                        app.job_lost(job, "the agent did not report back within the job's lease")
+                            .await
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job = %job, error = %e, "lease not ended"),
+            }
+        }
+    }
+
+    /// Claims the end of `job`'s lease if it ran out by `now`: a probe with hand-outs left goes
+    /// back to `Queued` (true); any other job keeps a short lease of this replica's while its
+    /// loss is applied (false), which marks it done; should this replica stop first, that
+    /// lease runs out too and another replica ends it. `None`: not leased, or not ended.
+    async fn end_lease(&self, job: Id, now: Time) -> Result<Option<(JobRecord, bool)>, ApiError> {
+        let ended = self
+            .store
+            .write(|tx| {
+                let Some(mut j) = tx.get::<JobRecord, ApiError>(&job)? else {
+                    return Ok(None);
+                };
+                let JobState::Leased { until } = j.state else {
+                    return Ok(None);
+                };
+                if until > now {
+                    return Ok(None);
+                }
+                let again = matches!(j.job, proto::JobKind::Probe { .. })
+                    && j.attempts < MAX_PROBE_ATTEMPTS;
+                j.state = if again {
+                    JobState::Queued
+                } else {
+                    JobState::Leased {
+                        until: now + chrono::Duration::seconds(60),
+                    }
+                };
+                tx.put(&j)?;
+                Ok(Some((j, again)))
+            })
+            .await?;
+        self.store.flush().await?;
+        Ok(ended)
+    }
+
+    /// The computer an agent token names. Memory first; in cluster mode a token missing there
+    /// (enrolled through another replica) is looked up in the store, unless it was found
+    /// unknown a moment ago or the look-up budget is spent (`agent_tokens`).
+    pub(crate) async fn agent_for_token(&self, token: &str) -> Result<TokenCheck, ApiError> {
+        use crate::services::agent_tokens::Miss;
+        if let Some(c) = self.agents.computer_for_token(token) {
+            return Ok(TokenCheck::Agent(c));
+        }
+        if self.cluster.is_none() {
+            // One node: memory holds every valid token.
+            return Ok(TokenCheck::Unknown);
+        }
+        let hash = secret_hash(token);
+        match self.agents.misses.on_miss(&hash, Instant::now()) {
+            Miss::KnownUnknown => return Ok(TokenCheck::Unknown),
+            Miss::OverBudget => return Ok(TokenCheck::Busy),
+            Miss::LookUp => {}
+        }
+        let found: Option<Computer> = self
+            .store
+            .unique(&IndexKey::new(AGENT_TOKEN, &hash))
+            .await?;
+        match found {
+            Some(c) if c.agent_token_hash.as_deref() == Some(hash.as_str()) => {
+                self.agents.set_token(None, Some(&hash), c.id);
+                Ok(TokenCheck::Agent(c.id))
+            }
+            _ => {
+                self.agents.misses.found_unknown(hash, Instant::now());
+                Ok(TokenCheck::Unknown)
+            }
+        }
+    }
+
+    /// The jobs to hand out to `computer` in answer to its poll. One node: the queue's. Cluster
+    /// mode: those of the queue this replica claims in the store (`Queued` → `Leased`, one
+    /// transaction), so a job queued on every replica is handed out once; the rest leave the
+    /// queue. A claim that fails leaves the queue as it was (the next poll tries again).
+    pub(crate) async fn hand_out(&self, computer: Id) -> Vec<proto::Job> {
+        if self.cluster.is_none() {
+            return self.agents.take_jobs(computer);
+        }
+        let offered = self.agents.queued_for(computer);
+        if offered.is_empty() {
+            return vec![];
+        }
+        match self.claim_jobs(computer, &offered).await {
+            Ok(claimed) => self.agents.lease_claimed(computer, &offered, &claimed),
+            Err(e) => {
+                tracing::warn!(computer = %computer, error = %e, "jobs not claimed; offered at the next poll");
+                vec![]
+            }
+        }
+    }
+
+    /// Cluster mode: claims the `offered` jobs still queued in the store for `computer`;
+    /// returns them with their hand-outs so far.
+    async fn claim_jobs(&self, computer: Id, offered: &[Id]) -> Result<Vec<(Id, u32)>, ApiError> {
+        // Leases end by the wall clock every replica shares, not the test clock.
+        let now = chrono::Utc::now();
+        let claimed = self
+            .store
+            .write(|tx| {
+                let mut won = Vec::new();
+                for id in offered {
+                    let Some(mut j) = tx.get::<JobRecord, ApiError>(id)? else {
+                        continue;
+                    };
+                    if j.computer_id != computer || j.state != JobState::Queued {
+                        continue;
+                    }
+                    j.state = JobState::Leased {
+                        until: now + chrono::Duration::seconds(i64::from(j.lease_seconds)),
+                    };
+                    j.attempts += 1;
+                    tx.put(&j)?;
+                    won.push((j.id, j.attempts));
+                }
+                Ok(won)
+            })
+            .await?;
+        self.store.flush().await?;
+        Ok(claimed)
     }
 
     async fn write_last_seen(&self) {
@@ -391,9 +585,24 @@ impl App {
         }
         // `apply` marks the job done in the same transaction as the session's step, and
         // flushes before we acknowledge.
-        self.apply(rec.session_id, Event::JobDone { job, outcome })
-            .await?;
-        Ok(true)
+        match self
+            .apply(rec.session_id, Event::JobDone { job, outcome })
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Cluster mode: another replica applied an answer to this job first (checked in
+            // the step's transaction): this one is the repeat.
+            Err(_) if self.cluster.is_some() && self.job_answered(job).await? => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn job_answered(&self, job: Id) -> Result<bool, ApiError> {
+        Ok(self
+            .store
+            .get::<JobRecord>(&job)
+            .await?
+            .is_some_and(|r| matches!(r.state, JobState::Done { .. })))
     }
 
     fn runtime_result_lock(&self, job: Id) -> &tokio::sync::Mutex<()> {

@@ -6,6 +6,7 @@
 //! Architecture invariant: nothing here names axum or async-graphql types of the API layer
 //! (`crate::api`); the API calls in, never the reverse.
 
+pub mod agent_tokens;
 pub mod agents;
 pub mod cluster;
 pub mod files;
@@ -157,6 +158,21 @@ impl App {
         let _ = self.events.send(Arc::new(e));
     }
 
+    /// Tells the other replicas (cluster mode; nothing on one node). Call only after what
+    /// `note` tells of was committed.
+    pub fn tell_replicas(&self, note: crate::services::cluster::Note) {
+        if let Some(bus) = &self.cluster {
+            bus.send(note);
+        }
+    }
+
+    /// Queues a stored job for its agent here and, in cluster mode, on every replica (the
+    /// agent may poll any; the store's claim at hand-out makes one of them hand it out).
+    pub fn offer_job(&self, j: &upkeep_core::session::JobRecord) {
+        self.agents.enqueue(j);
+        self.tell_replicas(crate::services::cluster::Note::Job(j.clone()));
+    }
+
     /// Acts on a note from another replica (see `services::cluster`).
     pub async fn on_cluster_note(self: &Arc<Self>, note: crate::services::cluster::Note) {
         use crate::services::cluster::Note;
@@ -164,7 +180,14 @@ impl App {
             Note::Event(e) => {
                 let _ = self.events.send(Arc::new(e));
             }
-            Note::Job(_) | Note::Session { .. } | Note::Seen { .. } => {}
+            Note::Job(j) => self.agents.enqueue_once(&j),
+            Note::Seen { computers } => {
+                for c in self.agents.seen_elsewhere(&computers) {
+                    self.computer_came_online(c, true);
+                }
+            }
+            Note::AgentToken { computer } => self.agents.drop_tokens_of(computer),
+            Note::Session { .. } => {}
         }
     }
 

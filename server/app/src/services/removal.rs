@@ -412,6 +412,7 @@ impl Removal {
         for c in &self.computers {
             app.agents
                 .set_token(c.agent_token_hash.as_deref(), None, c.id);
+            app.tell_replicas(crate::services::cluster::Note::AgentToken { computer: c.id });
         }
         for k in &self.api_keys {
             app.accounts.forget_api_key(&k.secret_hash);

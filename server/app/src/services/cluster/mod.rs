@@ -43,6 +43,9 @@ pub enum Note {
     Session { id: Id },
     /// Agents that polled the sender, and when: presence is right whichever replica they poll.
     Seen { computers: Vec<(Id, Time)> },
+    /// A computer's agent token was revoked or replaced: replicas drop what they hold of it in
+    /// memory (the store has the valid one).
+    AgentToken { computer: Id },
 }
 
 impl Note {
@@ -52,6 +55,7 @@ impl Note {
             Note::Job(_) => "job",
             Note::Session { .. } => "session",
             Note::Seen { .. } => "seen",
+            Note::AgentToken { .. } => "agent_token",
         };
         format!("{prefix}.bus.{kind}")
     }

@@ -290,6 +290,7 @@ impl App {
         let now = self.clock.now();
         let mut c = Committed::default();
         c.abandoned.extend(settle);
+        c.answered = settle;
         let mut notes = Vec::new();
         // Held until this step is stored (see `group_mails`).
         let _group_guard = self
@@ -480,8 +481,21 @@ impl App {
                 settled.push(Encoded::new(&j)?);
             }
         }
+        // Cluster mode: another replica may have applied the same answer (a result posted to
+        // two replicas, a lease ended while the result came in). Checked inside the
+        // transaction, so of two such steps one commits and the other changes nothing.
+        let answered = cref.answered.filter(|_| self.cluster.is_some());
         self.store
             .write(|tx| {
+                if let Some(job) = answered
+                    && tx
+                        .get::<JobRecord, ApiError>(&job)?
+                        .is_some_and(|j| matches!(j.state, JobState::Done { .. }))
+                {
+                    return Err(TxError::Abort(ApiError::Conflict(format!(
+                        "job {job} was answered already"
+                    ))));
+                }
                 tx.put_encoded(&session)?;
                 for e in &events {
                     tx.put_encoded(e)?;
@@ -522,7 +536,7 @@ impl App {
             self.agents.forget_job(*id);
         }
         for j in &c.jobs {
-            self.agents.enqueue(j);
+            self.offer_job(j);
         }
         for e in c.events {
             self.publish_event(e);
@@ -639,6 +653,8 @@ fn mail_word(k: upkeep_core::mail::MailKind) -> &'static str {
 struct Committed {
     jobs: Vec<JobRecord>,
     abandoned: Vec<Id>,
+    /// The job whose answer (result or loss) this step applies.
+    answered: Option<Id>,
     events: Vec<SessionEvent>,
     mails: Vec<upkeep_core::mail::OutboxMail>,
     deliveries: Vec<upkeep_core::webhook::Delivery>,

@@ -127,7 +127,7 @@ impl App {
         self.store.flush().await?;
         if let Some(j) = job {
             tracing::info!(computer = %computer, job = %j.id, "held reboot sent");
-            self.agents.enqueue(&j);
+            self.offer_job(&j);
         }
         Ok(())
     }
@@ -248,7 +248,7 @@ impl App {
         match &outcome {
             (RebootNow::Sent, Some(j)) => {
                 tracing::info!(computer = %session.computer_id, job = %j.id, "reboot now (end user's link)");
-                self.agents.enqueue(j);
+                self.offer_job(j);
             }
             (RebootNow::WhenOnline, _) => self.runtime.note_held_reboot(session.computer_id, now),
             _ => {}
