@@ -93,7 +93,10 @@ async fn leases_by_end(store: &Db) {
     let ended = |t| store.leases_ended_by(t, 10);
     assert_eq!(ended(at(9)).await.unwrap(), Vec::<Id>::new());
     assert_eq!(ended(at(20)).await.unwrap(), vec![jobs[2].id, jobs[1].id]);
-    assert_eq!(store.leases_ended_by(at(40), 1).await.unwrap(), vec![jobs[2].id]);
+    assert_eq!(
+        store.leases_ended_by(at(40), 1).await.unwrap(),
+        vec![jobs[2].id]
+    );
     // A lease given back (queued again) leaves the index with its old end.
     let mut back = jobs[2].clone();
     back.state = JobState::Queued;

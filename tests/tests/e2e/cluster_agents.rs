@@ -43,8 +43,7 @@ async fn wait_offline(s: &TestServer, admin: &str, id: &str) -> anyhow::Result<(
 /// A real agent enrolled through A polls B: A sees it online, a session driven on A reaches it
 /// through the poll it holds on B, and every job is handed out once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_enrolled_on_one_replica_runs_a_session_driven_on_another() -> anyhow::Result<()>
-{
+async fn an_agent_enrolled_on_one_replica_runs_a_session_driven_on_another() -> anyhow::Result<()> {
     let a = TestServer::start_on_cluster(test_config).await?;
     let b = a.start_replica(test_config).await?;
     let admin = a.admin().await?;
@@ -109,8 +108,8 @@ async fn an_agent_enrolled_on_one_replica_runs_a_session_driven_on_another() -> 
 /// polls held on both; the same result posted to both is applied once; a revocation on A is
 /// refused by B; random tokens get 401, and 429 past the look-up budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_is_handed_out_once_and_its_result_applied_once_across_replicas()
--> anyhow::Result<()> {
+async fn a_job_is_handed_out_once_and_its_result_applied_once_across_replicas() -> anyhow::Result<()>
+{
     let a = TestServer::start_on_cluster(test_config).await?;
     let b = a.start_replica(test_config).await?;
     let admin = a.admin().await?;
@@ -195,9 +194,11 @@ async fn a_job_is_handed_out_once_and_its_result_applied_once_across_replicas()
         )
         .await?;
     assert_eq!(r["revokeComputerAgent"], true);
-    wait_for("B to refuse the revoked token", Duration::from_secs(20), || async {
-        Ok((poll(&b, &token, 0).await?.0 == 401).then_some(()))
-    })
+    wait_for(
+        "B to refuse the revoked token",
+        Duration::from_secs(20),
+        || async { Ok((poll(&b, &token, 0).await?.0 == 401).then_some(())) },
+    )
     .await?;
 
     // Random tokens: 401 each, as JSON; past the look-up budget, 429.
@@ -273,7 +274,10 @@ async fn a_gone_replica_does_not_take_its_agents_offline() -> anyhow::Result<()>
     });
     // Over three times `offline_after` (3 s), A never says offline.
     for _ in 0..20 {
-        assert!(online(&a, &admin, &computer).await?, "offline on A while polling C");
+        assert!(
+            online(&a, &admin, &computer).await?,
+            "offline on A while polling C"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     polling.abort();

@@ -123,7 +123,10 @@ mod tests {
         let m = TokenMisses::with_limits(t0, Duration::from_secs(60), 16, 50.0);
         assert_eq!(m.on_miss("h1", t0), Miss::LookUp);
         m.found_unknown("h1".into(), t0);
-        assert_eq!(m.on_miss("h1", t0 + Duration::from_secs(59)), Miss::KnownUnknown);
+        assert_eq!(
+            m.on_miss("h1", t0 + Duration::from_secs(59)),
+            Miss::KnownUnknown
+        );
         assert_eq!(m.on_miss("h1", t0 + Duration::from_secs(60)), Miss::LookUp);
         // Another hash is not refused by the first one's entry.
         assert_eq!(m.on_miss("h2", t0), Miss::LookUp);

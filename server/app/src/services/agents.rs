@@ -543,77 +543,69 @@ impl Agents {
         out
     }
 
-    /// Cluster mode: queues a job another replica stored (or offered again), unless this
-    /// replica holds it already.
+    /// Cluster mode: queues a job another replica stored (or offered again: the store holds
+    /// it `Queued`, so a lease of it held here is over), unless it is queued here already.
     pub fn enqueue_once(&self, j: &JobRecord) {
         let js = j.id.to_string();
-        let held = {
-            let q = self.queues();
-            q.leased.contains_key(&j.id)
-                || q
-                    .queued
-                    .get(&j.computer_id)
-                    .is_some_and(|v| v.iter().any(|x| x.job.id == js))
+        let queued = {
+            let mut q = self.queues();
+            if let Some(l) = q.leased.remove(&j.id) {
+                q.lease_order.remove(&(l.until, j.id));
+            }
+            q.queued
+                .get(&j.computer_id)
+                .is_some_and(|v| v.iter().any(|x| x.job.id == js))
         };
-        if !held {
+        if !queued {
             self.enqueue(j);
         }
     }
 
-    /// Cluster mode: the ids of the jobs queued for `computer`, left queued: the caller claims
-    /// them in the store first ([`Agents::lease_claimed`]).
-    pub(crate) fn queued_for(&self, computer: Id) -> Vec<Id> {
-        self.queues().queued.get(&computer).map_or_else(Vec::new, |list| {
-            list.iter()
-                .filter_map(|j| j.job.id.parse::<Id>().ok())
-                .collect()
-        })
+    /// Cluster mode: the jobs queued for `computer`, left queued: the caller claims them in
+    /// the store first, then hands out what it won ([`Agents::lease_claimed`]).
+    pub(crate) fn queued_for(&self, computer: Id) -> Vec<proto::Job> {
+        self.queues()
+            .queued
+            .get(&computer)
+            .map_or_else(Vec::new, |list| {
+                list.iter().map(|j| j.job.clone()).collect()
+            })
     }
 
-    /// Cluster mode: hands out the jobs of `computer` this replica claimed in the store
-    /// (`claimed`, with their attempts so far), leasing them here like [`Agents::take_jobs`];
-    /// the other ids of `offered` leave the queue (another replica handed them out, or they
-    /// ended).
+    /// Cluster mode: takes the `offered` jobs out of `computer`'s queue and hands out those
+    /// this replica claimed in the store (`claimed`, with their hand-outs so far), leasing them
+    /// here like [`Agents::take_jobs`]; the others were handed out by another replica, or
+    /// ended.
     pub(crate) fn lease_claimed(
         &self,
         computer: Id,
-        offered: &[Id],
+        offered: Vec<proto::Job>,
         claimed: &[(Id, u32)],
     ) -> Vec<proto::Job> {
         let mut q = self.queues();
-        let Some(list) = q.queued.get_mut(&computer) else {
-            return vec![];
-        };
-        let mut taken = Vec::new();
-        list.retain(|j| {
-            let Ok(id) = j.job.id.parse::<Id>() else {
-                return false;
-            };
-            if !offered.contains(&id) {
-                return true;
-            }
-            if let Some((_, attempts)) = claimed.iter().find(|(c, _)| *c == id) {
-                taken.push(QueuedJob {
-                    job: j.job.clone(),
-                    attempts: *attempts,
-                });
-            }
-            false
-        });
+        if let Some(list) = q.queued.get_mut(&computer) {
+            list.retain(|j| !offered.iter().any(|o| o.id == j.job.id));
+        }
         let now = Instant::now();
-        let mut out = Vec::with_capacity(taken.len());
-        for j in taken {
-            let until = now + Duration::from_secs(u64::from(j.job.lease_seconds));
-            let Ok(id) = j.job.id.parse::<Id>() else {
+        let mut out = Vec::new();
+        for job in offered {
+            let Ok(id) = job.id.parse::<Id>() else {
                 continue;
             };
-            out.push(self.secrets.open_job(j.job.clone()));
+            let Some((_, attempts)) = claimed.iter().find(|(c, _)| *c == id) else {
+                continue;
+            };
+            let until = now + Duration::from_secs(u64::from(job.lease_seconds));
+            out.push(self.secrets.open_job(job.clone()));
             q.lease_order.insert((until, id));
             q.leased.insert(
                 id,
                 LeasedJob {
                     computer,
-                    queued: j,
+                    queued: QueuedJob {
+                        job,
+                        attempts: *attempts,
+                    },
                     until,
                 },
             );
@@ -707,4 +699,84 @@ fn inventory_hash(inventory: &proto::Inventory) -> u64 {
         .unwrap_or_default()
         .hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u128, computer: Id) -> JobRecord {
+        JobRecord {
+            id: Id::from_u128(n),
+            session_id: Id::from_u128(100),
+            computer_id: computer,
+            job: proto::JobKind::Probe { probes: vec![] },
+            lease_seconds: 60,
+            created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            state: JobState::Queued,
+            attempts: 0,
+        }
+    }
+
+    fn agents(dir: &std::path::Path) -> Agents {
+        let secrets = crate::secrets::SecretBox::load_or_create(dir).expect("secret key");
+        Agents::new(Duration::from_secs(3), Arc::new(secrets))
+    }
+
+    /// Cluster hand-out: only the jobs this replica claimed are handed out (and leased here);
+    /// every offered one leaves the queue; a job queued again by another replica's note
+    /// replaces a stale lease of it, once.
+    #[test]
+    fn only_claimed_jobs_are_handed_out_and_a_repeated_note_queues_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = agents(dir.path());
+        let c = Id::from_u128(7);
+        let (j1, j2) = (job(1, c), job(2, c));
+        a.enqueue_once(&j1);
+        a.enqueue_once(&j1);
+        a.enqueue_once(&j2);
+        let offered = a.queued_for(c);
+        assert_eq!(offered.len(), 2, "a repeated note queues once");
+        let out = a.lease_claimed(c, offered, &[(j2.id, 1)]);
+        assert_eq!(
+            out.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+            vec![j2.id.to_string()]
+        );
+        assert_eq!(a.jobs_held_for(c), 1, "j2 leased here; j1 left the queue");
+        // j2 is offered again (its lease ended elsewhere): the stale lease goes, it is queued.
+        a.enqueue_once(&j2);
+        assert_eq!(a.queued_for(c).len(), 1);
+        assert_eq!(a.jobs_held_for(c), 1);
+    }
+
+    /// Presence other replicas report makes a computer online here, and the merge says which
+    /// computers were offline until then; what this replica saw is announced once, then only
+    /// while a poll is held.
+    #[test]
+    fn presence_merges_what_other_replicas_saw() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = agents(dir.path());
+        let (c1, c2) = (Id::from_u128(1), Id::from_u128(2));
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        assert!(!a.is_online(c1));
+        assert_eq!(a.seen_elsewhere(&[(c1, t)]), vec![c1]);
+        assert!(a.is_online(c1));
+        assert_eq!(a.last_seen(c1), Some(t));
+        assert_eq!(
+            a.seen_elsewhere(&[(c1, t)]),
+            Vec::<Id>::new(),
+            "already online"
+        );
+        assert_eq!(a.online_count(), 1);
+        assert!(a.polled(c2, t, None, None).is_some());
+        assert_eq!(a.take_to_announce(), vec![(c2, t)]);
+        assert_eq!(a.take_to_announce(), vec![], "announced once");
+        a.set_holding(c2, 1);
+        assert_eq!(
+            a.take_to_announce(),
+            vec![(c2, t)],
+            "while its poll is held"
+        );
+        assert_eq!(a.online_count(), 2);
+    }
 }

@@ -463,8 +463,9 @@ impl App {
         if offered.is_empty() {
             return vec![];
         }
-        match self.claim_jobs(computer, &offered).await {
-            Ok(claimed) => self.agents.lease_claimed(computer, &offered, &claimed),
+        let ids: Vec<Id> = offered.iter().filter_map(|j| j.id.parse().ok()).collect();
+        match self.claim_jobs(computer, &ids).await {
+            Ok(claimed) => self.agents.lease_claimed(computer, offered, &claimed),
             Err(e) => {
                 tracing::warn!(computer = %computer, error = %e, "jobs not claimed; offered at the next poll");
                 vec![]
