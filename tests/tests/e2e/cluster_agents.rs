@@ -284,3 +284,71 @@ async fn a_gone_replica_does_not_take_its_agents_offline() -> anyhow::Result<()>
     wait_offline(&a, &admin, &computer).await?;
     Ok(())
 }
+
+/// A probe whose agent never answers: its lease runs out in the store, any replica ends it
+/// once, and it is offered again on the other replica; after three hand-outs it is lost and
+/// the session fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_runs_out_is_ended_once_from_the_store() -> anyhow::Result<()> {
+    let short = |dir: &std::path::Path| {
+        let mut c = test_config(dir);
+        c.job_timeout_seconds = Some(2);
+        c.lease_slack_seconds = 1;
+        c
+    };
+    let a = TestServer::start_on_cluster(short).await?;
+    let b = a.start_replica(short).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Acme").await?;
+    let key = a.enrollment_key(&admin, &tenant).await?;
+    let work = tempfile::tempdir()?;
+    let sw = create_file_software(&a, &admin, Some(&tenant), "tool", work.path(), &["1.0"]).await?;
+    a.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    let (token, computer) = a.enroll_raw(&key, "l-1", "m-l-1").await?;
+    assert_eq!(poll(&a, &token, 0).await?.0, 200);
+    let id = a
+        .start_session(&admin, &computer, json!({"detectionOnly": true}))
+        .await?;
+    // The first hand-out through B, every later one through A: each polled, never answered.
+    let mut handed: Vec<(&str, String)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while handed.len() < 3 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "three hand-outs within {T:?}: {handed:?}"
+        );
+        let (name, s) = if handed.is_empty() {
+            ("B", &b)
+        } else {
+            ("A", &a)
+        };
+        for j in raw_poll(&s.http, &s.url, &token, 2).await? {
+            handed.push((name, j["id"].as_str().unwrap_or_default().to_string()));
+        }
+    }
+    assert_eq!(handed.len(), 3, "{handed:?}");
+    assert!(handed.iter().all(|(_, j)| *j == handed[0].1), "{handed:?}");
+    assert_eq!(
+        handed.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        vec!["B", "A", "A"]
+    );
+    let done = a.wait_status(&admin, &id, &["FAILED", "PASSED"], T).await?;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    let job: upkeep_core::session::JobRecord = a
+        .app()
+        .store
+        .get(
+            &handed[0]
+                .1
+                .parse::<upkeep_core::domain::Id>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        )
+        .await?
+        .expect("the job record");
+    assert_eq!(job.attempts, 3, "{job:?}");
+    assert!(
+        matches!(job.state, upkeep_core::session::JobState::Done { .. }),
+        "{job:?}"
+    );
+    Ok(())
+}
