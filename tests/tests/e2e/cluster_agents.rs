@@ -352,3 +352,68 @@ async fn a_lease_that_runs_out_is_ended_once_from_the_store() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Two replicas applying the same job's answer at the same instant (both read the session
+/// before either commits): the step's transaction finds the job answered and one of them
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_applying_one_answer_at_once_apply_it_once() -> anyhow::Result<()> {
+    use upkeep_agent_protocol as proto;
+    let a = TestServer::start_on_cluster(test_config).await?;
+    let b = a.start_replica(test_config).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Acme").await?;
+    let key = a.enrollment_key(&admin, &tenant).await?;
+    let work = tempfile::tempdir()?;
+    let sw = create_file_software(&a, &admin, Some(&tenant), "tool", work.path(), &["1.0"]).await?;
+    a.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    let (token, computer) = a.enroll_raw(&key, "o-1", "m-o-1").await?;
+    assert_eq!(poll(&a, &token, 0).await?.0, 200);
+    let id = a
+        .start_session(&admin, &computer, json!({"detectionOnly": true}))
+        .await?;
+    let mut jobs = Vec::new();
+    while jobs.is_empty() {
+        jobs = raw_poll(&b.http, &b.url, &token, 5).await?;
+    }
+    let job: proto::Job = serde_json::from_value(jobs[0].clone())?;
+    let proto::JobKind::Probe { probes } = &job.kind else {
+        anyhow::bail!("a probe job first: {job:?}");
+    };
+    let outcome = proto::JobOutcome::Probe {
+        results: probes
+            .iter()
+            .map(|p| proto::ProbeResult {
+                probe_id: p.probe_id.clone(),
+                outcome: proto::ScriptOutcome {
+                    exit_code: Some(0),
+                    ..Default::default()
+                },
+            })
+            .collect(),
+    };
+    let (session, job_id) = (
+        id.parse::<upkeep_core::domain::Id>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        job.id
+            .parse::<upkeep_core::domain::Id>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    );
+    let done = |o: proto::JobOutcome| upkeep_core::engine::Event::JobDone {
+        job: job_id,
+        outcome: o,
+    };
+    let (on_a, on_b) = tokio::join!(
+        a.app().apply(session, done(outcome.clone())),
+        b.app().apply(session, done(outcome.clone())),
+    );
+    assert!(
+        on_a.is_ok() ^ on_b.is_ok(),
+        "one applies, one changes nothing: A {:?}, B {:?}",
+        on_a.map(|s| s.last_sequence),
+        on_b.map(|s| s.last_sequence)
+    );
+    let s = a.wait_status(&admin, &id, &["PASSED", "FAILED"], T).await?;
+    assert_eq!(s["status"], "PASSED", "{s:#}");
+    Ok(())
+}
