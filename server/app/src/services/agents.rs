@@ -1,7 +1,9 @@
 //! The agent gateway: the only code that speaks the agent protocol. Enrollment, long-polls,
 //! job leases and results.
 //!
-//! Architecture invariant: a poll without work reads and writes nothing in the store.
+//! Architecture invariant: a poll without work reads and writes nothing in the store (in
+//! cluster mode, except one bounded look-up of a token this replica has not seen yet:
+//! `agent_tokens`).
 //!
 //! Polls are answered from memory: agent tokens (as hashes), presence and queued jobs live in
 //! [`Agents`]; a poll without work reads and writes nothing in the store. `lastSeenAt` is
