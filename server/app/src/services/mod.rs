@@ -43,6 +43,8 @@ pub struct App {
     pub keys: Keys,
     /// Seals SECRET parameter values and opens them for the agent (`crate::secrets`).
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// Signs each session's record when it ends (`attestation`).
+    pub attestation: Arc<crate::attestation::Signer>,
     pub templates: Templates,
     pub agents: Agents,
     pub runtime: SessionRuntime,
@@ -82,6 +84,7 @@ impl App {
         templates: Templates,
         public_url: crate::config::PublicUrl,
         secrets: crate::secrets::SecretBox,
+        attestation: crate::attestation::Signer,
     ) -> App {
         let secrets = Arc::new(secrets);
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
@@ -109,6 +112,7 @@ impl App {
             webhooks,
             agents: Agents::new(offline_after, secrets.clone()),
             secrets,
+            attestation: Arc::new(attestation),
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
             events: broadcast::channel(8192).0,
