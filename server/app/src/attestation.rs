@@ -137,7 +137,9 @@ pub fn verify_signature(a: &Attestation) -> Result<(), VerifyError> {
     let key = B64
         .decode(&a.public_key)
         .map_err(|_| VerifyError::Signature)?;
-    let signature = B64.decode(&a.signature).map_err(|_| VerifyError::Signature)?;
+    let signature = B64
+        .decode(&a.signature)
+        .map_err(|_| VerifyError::Signature)?;
     UnparsedPublicKey::new(&ED25519, key)
         .verify(&a.message(), &signature)
         .map_err(|_| VerifyError::Signature)
@@ -269,8 +271,8 @@ mod tests {
             Err(VerifyError::Chain(_))
         ));
         // A forger who recomputes the head cannot sign it.
-        let (head, _) = upkeep_core::attest::chain(r.attestation.session_id, &changed.events)
-            .unwrap();
+        let (head, _) =
+            upkeep_core::attest::chain(r.attestation.session_id, &changed.events).unwrap();
         changed.attestation.chain_head = upkeep_core::attest::hex(&head);
         assert!(matches!(
             verify_record(&changed, None),

@@ -205,7 +205,10 @@ fn rotate_attestation_key(data_dir: &std::path::Path) -> ExitCode {
     match crate::attestation::rotate(data_dir) {
         Ok((old, new)) => {
             if let Some(old) = old {
-                println!("retired public key {old} (kept in {})", crate::attestation::RETIRED_FILE);
+                println!(
+                    "retired public key {old} (kept in {})",
+                    crate::attestation::RETIRED_FILE
+                );
             }
             println!("new public key {new}");
             ExitCode::SUCCESS

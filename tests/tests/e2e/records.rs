@@ -26,13 +26,12 @@ fn text(o: &Output) -> String {
 }
 
 async fn export(f: &Fixture, session: &str) -> Result<(u16, Value)> {
-    let r = f
-        .s
-        .http
-        .get(format!("{}/api/v1/sessions/{session}/record", f.s.url))
-        .bearer_auth(&f.admin)
-        .send()
-        .await?;
+    let r =
+        f.s.http
+            .get(format!("{}/api/v1/sessions/{session}/record", f.s.url))
+            .bearer_auth(&f.admin)
+            .send()
+            .await?;
     Ok((r.status().as_u16(), r.json().await?))
 }
 
@@ -48,7 +47,11 @@ fn verify(file: &Path, key: Option<&str>) -> Result<Output> {
 fn check(f: &Fixture) -> Result<Output> {
     match &f.s.config.database_url {
         Some(url) => server_cli(&["check", "--database-url", url]),
-        None => server_cli(&["check", "--data-dir", f.s.data_dir.to_str().context("path")?]),
+        None => server_cli(&[
+            "check",
+            "--data-dir",
+            f.s.data_dir.to_str().context("path")?,
+        ]),
     }
 }
 
@@ -74,7 +77,9 @@ async fn finished_session(f: &Fixture) -> Result<String> {
     )
     .await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
-    let s = f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T).await?;
+    let s =
+        f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
+            .await?;
     ensure!(s["status"] == "PASSED", "the session: {s}");
     Ok(id)
 }
@@ -95,15 +100,26 @@ async fn a_signed_record_verifies_offline_and_one_changed_byte_is_caught() -> Re
     assert_eq!(a["algorithm"], "Ed25519");
     assert_eq!(a["chainHead"].as_str().map(str::len), Some(64), "{a}");
     let covered = a["lastSequence"].as_i64().context("lastSequence")?;
-    assert!(covered >= 3, "a session that ran a task has several events: {a}");
-    assert!(covered <= d["maintenanceSession"]["lastSequence"].as_i64().unwrap_or(0));
+    assert!(
+        covered >= 3,
+        "a session that ran a task has several events: {a}"
+    );
+    assert!(
+        covered
+            <= d["maintenanceSession"]["lastSequence"]
+                .as_i64()
+                .unwrap_or(0)
+    );
     let public_key = a["publicKey"].as_str().context("publicKey")?.to_string();
 
     // The exported record verifies offline, with the key it names and with the trusted key.
     let (status, record) = export(&f, &id).await?;
     assert_eq!(status, 200, "{record}");
-    assert_eq!(record["attestation"]["chainHead"], a["chainHead"]);
-    assert_eq!(record["events"].as_array().map(Vec::len), Some(covered as usize));
+    assert_eq!(record["attestation"]["chain_head"], a["chainHead"]);
+    assert_eq!(
+        record["events"].as_array().map(Vec::len),
+        Some(covered as usize)
+    );
     let file = f.dir.path().join("record.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&record)?)?;
     let ok = verify(&file, None)?;
@@ -116,13 +132,21 @@ async fn a_signed_record_verifies_offline_and_one_changed_byte_is_caught() -> Re
     assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
 
     // One character of a log line changed in the exported file: refused.
-    let edited = std::fs::read_to_string(&file)?.replacen("stamping the machine", "stamping the mAchine", 1);
-    ensure!(edited.contains("mAchine"), "the record holds the task's output line");
+    let edited =
+        std::fs::read_to_string(&file)?.replacen("stamping the machine", "stamping the mAchine", 1);
+    ensure!(
+        edited.contains("mAchine"),
+        "the record holds the task's output line"
+    );
     let edited_file = f.dir.path().join("edited.json");
     std::fs::write(&edited_file, edited)?;
     let caught = verify(&edited_file, None)?;
     assert_eq!(caught.status.code(), Some(1), "{}", text(&caught));
-    assert!(text(&caught).contains("does NOT verify"), "{}", text(&caught));
+    assert!(
+        text(&caught).contains("does NOT verify"),
+        "{}",
+        text(&caught)
+    );
 
     // The store is sound before anything is changed.
     f.s.stop().await;
@@ -132,7 +156,11 @@ async fn a_signed_record_verifies_offline_and_one_changed_byte_is_caught() -> Re
     // One byte of one stored event changed behind the server's back.
     let sequence = edit_one_stored_byte(&f, &id, "stamping").await?;
     let damaged = check(&f)?;
-    assert!(!damaged.status.success(), "check must catch the edit: {}", text(&damaged));
+    assert!(
+        !damaged.status.success(),
+        "check must catch the edit: {}",
+        text(&damaged)
+    );
     assert!(
         text(&damaged).contains(&format!("session {id}: the signed record does not verify")),
         "{}",
@@ -169,7 +197,10 @@ async fn edit_one_stored_byte(f: &Fixture, session: &str, needle: &str) -> Resul
         let Some(mut bytes) = store.read(Space::Records(Kind::Event), &key).await? else {
             break;
         };
-        let Some(at) = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()) else {
+        let Some(at) = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+        else {
             continue;
         };
         bytes[at] = bytes[at].to_ascii_uppercase();
@@ -186,9 +217,8 @@ async fn edit_one_stored_byte(f: &Fixture, session: &str, needle: &str) -> Resul
 async fn records_are_for_finished_sessions_and_signed_in_users() -> Result<()> {
     let f = Fixture::start("records-2").await?;
     // A change to make tomorrow: a session that has not ended yet.
-    let task = f
-        .s
-        .gql(
+    let task =
+        f.s.gql(
             &f.admin,
             "mutation($i: CreateMaintenanceTaskInput!) { createMaintenanceTask(input: $i) { id } }",
             json!({"i": {"name": "Later", "tenantId": f.tenant,
@@ -196,31 +226,41 @@ async fn records_are_for_finished_sessions_and_signed_in_users() -> Result<()> {
                 "setScript": {"language": "SHELL", "body": "true"}}}),
         )
         .await?["createMaintenanceTask"]["id"]
-        .as_str()
-        .context("task id")?
-        .to_string();
+            .as_str()
+            .context("task id")?
+            .to_string();
     f.s.create_deployment(
         &f.admin,
         json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task}),
     )
     .await?;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let id = f
-        .s
-        .start_session(&f.admin, &f.computer, json!({"executeAt": tomorrow}))
-        .await?;
+    let id =
+        f.s.start_session(&f.admin, &f.computer, json!({"executeAt": tomorrow}))
+            .await?;
     let (status, body) = export(&f, &id).await?;
-    assert_eq!((status, body["code"].as_str()), (409, Some("NOT_FINISHED")), "{body}");
-    let r = f
-        .s
-        .http
-        .get(format!("{}/api/v1/sessions/{id}/record", f.s.url))
-        .send()
-        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("NOT_FINISHED")),
+        "{body}"
+    );
+    let r =
+        f.s.http
+            .get(format!("{}/api/v1/sessions/{id}/record", f.s.url))
+            .send()
+            .await?;
     assert_eq!(r.status().as_u16(), 401);
     let (status, body) = export(&f, "not-an-id").await?;
-    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_USER_INPUT")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("BAD_USER_INPUT")),
+        "{body}"
+    );
     let (status, body) = export(&f, "01a230f4-7cf7-71b2-9321-ac4407d9babb").await?;
-    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
     Ok(())
 }

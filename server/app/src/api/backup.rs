@@ -93,7 +93,9 @@ pub fn encode(trees: &Trees, keys: &KeyFiles) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, KeyFiles)> {
     ensure!(
         bytes.len() > MAGIC.len() + 36
-            && [MAGIC, MAGIC_V2, MAGIC_V1].iter().any(|m| bytes.starts_with(m)),
+            && [MAGIC, MAGIC_V2, MAGIC_V1]
+                .iter()
+                .any(|m| bytes.starts_with(m)),
         "not an Upkeep backup"
     );
     let v1 = bytes.starts_with(MAGIC_V1);

@@ -545,8 +545,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             Keys::new(&secret),
             templates,
             public_url,
-            sealing,
-            attestation,
+            crate::services::ServerKeys {
+                sealing,
+                attestation,
+            },
         )
         .with_cluster(cluster),
     );

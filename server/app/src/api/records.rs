@@ -23,7 +23,11 @@ fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn record(State(app): State<Arc<App>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn record(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
@@ -39,9 +43,19 @@ async fn record(State(app): State<Arc<App>>, Path(id): Path<String>, headers: He
         Err(e) => return refuse(e.status(), e.code(), e.to_string()),
     };
     let Ok(id) = id.parse::<upkeep_core::domain::Id>() else {
-        return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the id is not a session id");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "the id is not a session id",
+        );
     };
-    let not_found = || refuse(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no session {id}"));
+    let not_found = || {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no session {id}"),
+        )
+    };
     let session = match app.store.get::<Session>(&id).await {
         Ok(Some(s)) if visible_in(actor.scope(), &s) => s,
         Ok(_) => return not_found(),
@@ -53,7 +67,10 @@ async fn record(State(app): State<Arc<App>>, Path(id): Path<String>, headers: He
             return refuse(
                 StatusCode::CONFLICT,
                 "NOT_FINISHED",
-                format!("session {id} has no signed record: it is {:?} (records are signed when a session ends)", session.status),
+                format!(
+                    "session {id} has no signed record: it is {:?} (records are signed when a session ends)",
+                    session.status
+                ),
             );
         }
         Err(e) => return store_error(e),

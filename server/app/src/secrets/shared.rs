@@ -56,10 +56,7 @@ pub async fn copy_from_data_dir(store: &Db, data_dir: &Path) -> anyhow::Result<u
     for (file, key) in [
         (JWT_FILE, JWT_KEY),
         (super::KEY_FILE, SEALING_KEY),
-        (
-            crate::attestation::KEY_FILE,
-            crate::attestation::SHARED_KEY,
-        ),
+        (crate::attestation::KEY_FILE, crate::attestation::SHARED_KEY),
     ] {
         if let Some(bytes) = read_file(data_dir, file)? {
             keys.push((key.to_vec(), Some(bytes)));

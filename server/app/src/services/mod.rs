@@ -75,6 +75,15 @@ pub struct App {
     pub ready: std::sync::atomic::AtomicBool,
 }
 
+/// The keys a server generates at its first start (or finds in the store in cluster mode),
+/// beside the JWT key.
+pub struct ServerKeys {
+    /// SECRET parameters' key.
+    pub sealing: crate::secrets::SecretBox,
+    /// The key session records are signed with.
+    pub attestation: crate::attestation::Signer,
+}
+
 impl App {
     pub fn new(
         store: Db,
@@ -83,9 +92,12 @@ impl App {
         keys: Keys,
         templates: Templates,
         public_url: crate::config::PublicUrl,
-        secrets: crate::secrets::SecretBox,
-        attestation: crate::attestation::Signer,
+        generated: ServerKeys,
     ) -> App {
+        let ServerKeys {
+            sealing: secrets,
+            attestation,
+        } = generated;
         let secrets = Arc::new(secrets);
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
