@@ -32,6 +32,51 @@ pub async fn problems(store: &Db) -> upkeep_store::Result<Vec<String>> {
             ));
         }
     }
+    out.extend(attestation_problems(store).await?);
+    Ok(out)
+}
+
+/// Every stored attestation against its session's stored events: a changed, missing or added
+/// event, or a signature that does not hold, is reported.
+async fn attestation_problems(store: &Db) -> upkeep_store::Result<Vec<String>> {
+    use upkeep_core::attest::Attestation;
+    use upkeep_core::session::SessionEvent;
+    let mut out = Vec::new();
+    let mut attestations = std::pin::pin!(store.scan::<Attestation>(None));
+    while let Some(a) = attestations.next().await {
+        let a = match a {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(format!("an attestation cannot be read: {e}"));
+                continue;
+            }
+        };
+        let mut events = Vec::new();
+        let mut scan =
+            std::pin::pin!(store.scan_prefix::<SessionEvent>(a.session_id.as_bytes(), None));
+        let mut unreadable = None;
+        while let Some(e) = scan.next().await {
+            match e {
+                Ok(e) if e.sequence <= a.last_sequence => events.push(e),
+                Ok(_) => break,
+                Err(e) => {
+                    unreadable = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = unreadable {
+            out.push(format!(
+                "session {}: an event cannot be read, so its signed record does not verify: {e}",
+                a.session_id
+            ));
+        } else if let Err(e) = crate::attestation::verify(&a, &events) {
+            out.push(format!(
+                "session {}: the signed record does not verify: {e}",
+                a.session_id
+            ));
+        }
+    }
     Ok(out)
 }
 

@@ -70,6 +70,10 @@ pub fn main() -> ExitCode {
             tenant,
         }) => offline(import_library(dir, data_dir, tenant)),
         Some(Command::Gc { data_dir }) => offline(gc(data_dir)),
+        Some(Command::VerifyRecord { file, public_key }) => {
+            crate::attestation::verify_record_file(&file, public_key.as_deref())
+        }
+        Some(Command::RotateAttestationKey { data_dir }) => rotate_attestation_key(&data_dir),
         Some(Command::Restore { data_dir, input }) => offline(restore(data_dir, input)),
         None => serve(cli.serve),
     }
@@ -187,5 +191,31 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn rotate_attestation_key(data_dir: &std::path::Path) -> ExitCode {
+    if crate::api::backup::server_running(data_dir) {
+        eprintln!(
+            "upkeep-server rotate-attestation-key: a server is running on {}; stop it first",
+            data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match crate::attestation::rotate(data_dir) {
+        Ok((old, new)) => {
+            if let Some(old) = old {
+                println!(
+                    "retired public key {old} (kept in {})",
+                    crate::attestation::RETIRED_FILE
+                );
+            }
+            println!("new public key {new}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upkeep-server rotate-attestation-key: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

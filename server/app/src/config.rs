@@ -42,6 +42,25 @@ pub enum Command {
     },
     /// Write the GraphQL schema (SDL) to stdout.
     Schema,
+    /// Verify an exported session record (`GET /api/v1/sessions/{id}/record`) offline: its
+    /// events hash to the signed chain head and the signature holds. Exits 0 when it verifies,
+    /// 1 when it does not, 2 when the file cannot be read.
+    VerifyRecord {
+        /// The record file (JSON).
+        file: PathBuf,
+        /// Require the record to be signed by this public key (base64url, as
+        /// `Attestation.publicKey` shows it) instead of trusting the key the record names.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Make a new key for signing session records; the old one's public key is kept in
+    /// `attestation-keys.retired` (records signed with it still verify). The server must not be
+    /// running on the data dir. Embedded store only (in cluster mode the key is in the database).
+    RotateAttestationKey {
+        /// The server's data directory.
+        #[arg(long, env = "UPKEEP_DATA_DIR", default_value = "./upkeep-data")]
+        data_dir: PathBuf,
+    },
     /// Write a consistent backup of the store (asks the running server, if any).
     Backup {
         /// The server's data directory.

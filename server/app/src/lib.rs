@@ -1,6 +1,7 @@
 //! Upkeep: a maintenance-session server for MSPs. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod api;
+pub mod attestation;
 pub mod audit;
 pub mod auth;
 pub mod check;

@@ -59,20 +59,8 @@ impl SecretBox {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
                 let b = random_key()?;
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                f.write_all(&b)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
+                crate::datadir::write_private(&path, &b)?;
                 b
             }
             Err(e) => {

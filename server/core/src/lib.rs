@@ -5,6 +5,7 @@
 //! runtime, store or API framework (see `Cargo.toml`). The caller passes `now` and an id
 //! source ([`engine::Env`]); the same inputs give the same outputs, byte for byte.
 
+pub mod attest;
 pub mod audit;
 pub mod calendar;
 pub mod cron;

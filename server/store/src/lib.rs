@@ -111,9 +111,10 @@ pub enum Kind {
     Output,
     Inventory,
     Versions,
+    Attestation,
 }
 
-pub(crate) const KINDS: [Kind; 21] = [
+pub(crate) const KINDS: [Kind; 22] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -135,6 +136,7 @@ pub(crate) const KINDS: [Kind; 21] = [
     Kind::Output,
     Kind::Inventory,
     Kind::Versions,
+    Kind::Attestation,
 ];
 
 impl Kind {
@@ -162,6 +164,7 @@ impl Kind {
             Kind::Output => "ActionOutput",
             Kind::Inventory => "Inventory",
             Kind::Versions => "SoftwareVersionsCache",
+            Kind::Attestation => "Attestation",
         }
     }
 
@@ -188,6 +191,7 @@ impl Kind {
             Kind::Output => "action_outputs",
             Kind::Inventory => "inventories",
             Kind::Versions => "versions_cache",
+            Kind::Attestation => "attestations",
         }
     }
 }

@@ -378,6 +378,14 @@ impl Record for upkeep_core::versions::VersionsCache {
     }
 }
 
+/// A session's attestation, keyed by the session's id (one per session, written when it ends).
+impl Record for upkeep_core::attest::Attestation {
+    const KIND: Kind = Kind::Attestation;
+    fn key(&self) -> Vec<u8> {
+        self.session_id.as_bytes().to_vec()
+    }
+}
+
 /// The key of a tenant's versions cache entry for one software.
 pub fn versions_key(tenant: Id, software: Id) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
@@ -411,6 +419,7 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Output => of::<upkeep_core::output::OutputRecord>(value),
         Kind::Inventory => of::<upkeep_core::inventory::InventoryRecord>(value),
         Kind::Versions => of::<upkeep_core::versions::VersionsCache>(value),
+        Kind::Attestation => of::<upkeep_core::attest::Attestation>(value),
     }
 }
 

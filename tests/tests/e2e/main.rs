@@ -24,6 +24,7 @@ mod ops;
 mod postgres;
 mod readme;
 mod reboots;
+mod records;
 mod schedules;
 mod security;
 mod security_net;

@@ -2,9 +2,10 @@
 //!
 //! A backup is a consistent snapshot of every store tree (writers are held off while it is
 //! copied) plus the JWT secret and the key SECRET parameters are sealed with (`secret.key`:
-//! without it a restored server could not open them), in one file: `UPKEEP-BACKUP 2\n`, then
-//! length-prefixed sections (`u32` BE lengths), then a SHA-256 of everything before it.
-//! Version 1 files (no sealing key) still restore. While the server runs it owns the
+//! without it a restored server could not open them) and the key session records are signed
+//! with (`attestation.key`), in one file: `UPKEEP-BACKUP 3\n`, then length-prefixed sections
+//! (`u32` BE lengths), then a SHA-256 of everything before it. Version 1 files (no sealing
+//! key) and version 2 files (no signing key) still restore. While the server runs it owns the
 //! store, so the CLI asks it over the Unix socket `<data-dir>/admin.sock` (mode 0600: only the
 //! server's user may ask); when no server runs, the CLI opens the store itself.
 //!
@@ -18,7 +19,9 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
 
-const MAGIC: &[u8] = b"UPKEEP-BACKUP 2\n";
+const MAGIC: &[u8] = b"UPKEEP-BACKUP 3\n";
+/// Backups made before signed session records: no signing key section.
+const MAGIC_V2: &[u8] = b"UPKEEP-BACKUP 2\n";
 /// Backups made before SECRET parameters: no sealing key section.
 const MAGIC_V1: &[u8] = b"UPKEEP-BACKUP 1\n";
 const END: u32 = u32::MAX;
@@ -36,12 +39,14 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
 pub struct KeyFiles {
     pub jwt_secret: Vec<u8>,
     pub sealing_key: Vec<u8>,
+    pub attestation_key: Vec<u8>,
 }
 
 impl KeyFiles {
     /// The keys a server uses: from the snapshot's meta space, where a server on PostgreSQL
     /// keeps them (`crate::secrets::shared`), else the data dir's key files.
     fn read(data_dir: &Path, trees: &Trees) -> KeyFiles {
+        use crate::attestation::SHARED_KEY as ATTESTATION_KEY;
         use crate::secrets::shared::{JWT_KEY, SEALING_KEY};
         let meta = |key: &[u8]| {
             trees
@@ -59,6 +64,7 @@ impl KeyFiles {
         KeyFiles {
             jwt_secret: read("jwt-secret", JWT_KEY),
             sealing_key: read(crate::secrets::KEY_FILE, SEALING_KEY),
+            attestation_key: read(crate::attestation::KEY_FILE, ATTESTATION_KEY),
         }
     }
 }
@@ -68,6 +74,7 @@ pub fn encode(trees: &Trees, keys: &KeyFiles) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     put(&mut out, &keys.jwt_secret);
     put(&mut out, &keys.sealing_key);
+    put(&mut out, &keys.attestation_key);
     for (name, entries) in trees {
         put(&mut out, name.as_bytes());
         out.extend_from_slice(&(entries.len() as u64).to_be_bytes());
@@ -85,10 +92,14 @@ pub fn encode(trees: &Trees, keys: &KeyFiles) -> Vec<u8> {
 /// Decodes and verifies a backup file.
 pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, KeyFiles)> {
     ensure!(
-        bytes.len() > MAGIC.len() + 36 && (bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1)),
+        bytes.len() > MAGIC.len() + 36
+            && [MAGIC, MAGIC_V2, MAGIC_V1]
+                .iter()
+                .any(|m| bytes.starts_with(m)),
         "not an Upkeep backup"
     );
     let v1 = bytes.starts_with(MAGIC_V1);
+    let v3 = bytes.starts_with(MAGIC);
     let (body, digest) = bytes.split_at(bytes.len() - 32);
     ensure!(
         Sha256::digest(body)[..] == *digest,
@@ -116,6 +127,12 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, KeyFiles)> {
         let n = read_u32(&mut pos)? as usize;
         read_bytes(&mut pos, n)?
     };
+    let attestation_key = if v3 {
+        let n = read_u32(&mut pos)? as usize;
+        read_bytes(&mut pos, n)?
+    } else {
+        Vec::new()
+    };
     let mut trees = Vec::new();
     loop {
         let n = read_u32(&mut pos)?;
@@ -142,6 +159,7 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<(Trees, KeyFiles)> {
         KeyFiles {
             jwt_secret,
             sealing_key,
+            attestation_key,
         },
     ))
 }
@@ -222,6 +240,11 @@ async fn online_backup(app: &crate::services::App, sock: &mut tokio::net::UnixSt
         }
         _ => tracing::error!("online backup failed"),
     }
+}
+
+/// Whether a server answers on `data_dir`'s admin socket.
+pub fn server_running(data_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(data_dir.join(SOCKET)).is_ok()
 }
 
 /// `upkeep-server gc --data-dir DIR`: the running server collects on its own clock; without
@@ -350,19 +373,12 @@ pub async fn restore(data_dir: &Path, input: &Path) -> anyhow::Result<(usize, Co
     for (name, bytes) in [
         ("jwt-secret", &keys.jwt_secret),
         (crate::secrets::KEY_FILE, &keys.sealing_key),
+        (crate::attestation::KEY_FILE, &keys.attestation_key),
     ] {
         if bytes.is_empty() {
             continue;
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(data_dir.join(name))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        crate::datadir::write_private(&data_dir.join(name), bytes)?;
     }
     let files = copy_files(&files_dir_of(input), &data_dir.join("files"), true)?;
     Ok((trees.iter().map(|t| t.1.len()).sum(), files))
@@ -407,6 +423,7 @@ mod tests {
         let keys = KeyFiles {
             jwt_secret: b"secret".to_vec(),
             sealing_key: vec![7; 32],
+            attestation_key: vec![8; 85],
         };
         let b = encode(&trees, &keys);
         let (t, k) = decode(&b).unwrap();
@@ -422,6 +439,17 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(k.jwt_secret, b"secret");
         assert!(k.sealing_key.is_empty());
+        assert!(k.attestation_key.is_empty());
+        // So does a version 2 backup (no signing key).
+        let mut v2 = MAGIC_V2.to_vec();
+        put(&mut v2, b"secret");
+        put(&mut v2, &[7; 32]);
+        v2.extend_from_slice(&END.to_be_bytes());
+        let digest = Sha256::digest(&v2);
+        v2.extend_from_slice(&digest);
+        let (_, k) = decode(&v2).unwrap();
+        assert_eq!(k.sealing_key, vec![7; 32]);
+        assert!(k.attestation_key.is_empty());
         let mut bad = b.clone();
         bad[20] ^= 1;
         assert!(decode(&bad).unwrap_err().to_string().contains("damaged"));

@@ -50,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(crate::api::metrics::render))
         .merge(crate::api::agent::routes())
         .merge(crate::api::files::routes())
+        .merge(crate::api::records::routes())
         .merge(crate::api::postpone::routes())
         .merge(crate::api::console::routes());
     if app.clock.settable {
@@ -458,20 +459,8 @@ fn jwt_secret(config: &ServeConfig) -> anyhow::Result<Vec<u8>> {
             path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let secret = crate::auth::new_secret("").into_bytes();
-            let tmp = config.data_dir.join("jwt-secret.tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            f.write_all(&secret)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            crate::datadir::write_private(&path, &secret)?;
             Ok(secret)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -532,6 +521,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Some(_) => crate::secrets::shared::sealing_key(&store, &config.data_dir).await?,
         None => crate::secrets::SecretBox::load_or_create(&config.data_dir)?,
     };
+    // The key that signs session records (`attestation.key`), made at the first start.
+    let attestation = match &config.database_url {
+        Some(_) => crate::attestation::Signer::shared(&store, &config.data_dir).await?,
+        None => crate::attestation::Signer::load_or_create(&config.data_dir)?,
+    };
     let cluster = match &config.nats_url {
         Some(url) => Some(Arc::new(
             Bus::connect(url, &config.nats_prefix, crate::ids::fresh()).await?,
@@ -551,7 +545,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             Keys::new(&secret),
             templates,
             public_url,
-            sealing,
+            crate::services::ServerKeys {
+                sealing,
+                attestation,
+            },
         )
         .with_cluster(cluster),
     );

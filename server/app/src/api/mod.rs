@@ -13,3 +13,4 @@ pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod postpone;
+pub mod records;

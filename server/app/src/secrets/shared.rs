@@ -53,7 +53,11 @@ pub async fn sealing_key(store: &Db, data_dir: &Path) -> anyhow::Result<super::S
 /// the data dir's. Returns how many files there were.
 pub async fn copy_from_data_dir(store: &Db, data_dir: &Path) -> anyhow::Result<usize> {
     let mut keys = Vec::new();
-    for (file, key) in [(JWT_FILE, JWT_KEY), (super::KEY_FILE, SEALING_KEY)] {
+    for (file, key) in [
+        (JWT_FILE, JWT_KEY),
+        (super::KEY_FILE, SEALING_KEY),
+        (crate::attestation::KEY_FILE, crate::attestation::SHARED_KEY),
+    ] {
         if let Some(bytes) = read_file(data_dir, file)? {
             keys.push((key.to_vec(), Some(bytes)));
         }

@@ -44,6 +44,8 @@ pub struct App {
     pub keys: Keys,
     /// Seals SECRET parameter values and opens them for the agent (`crate::secrets`).
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// Signs each session's record when it ends (`attestation`).
+    pub attestation: Arc<crate::attestation::Signer>,
     pub templates: Templates,
     pub agents: Agents,
     pub runtime: SessionRuntime,
@@ -74,6 +76,15 @@ pub struct App {
     pub ready: std::sync::atomic::AtomicBool,
 }
 
+/// The keys a server generates at its first start (or finds in the store in cluster mode),
+/// beside the JWT key.
+pub struct ServerKeys {
+    /// SECRET parameters' key.
+    pub sealing: crate::secrets::SecretBox,
+    /// The key session records are signed with.
+    pub attestation: crate::attestation::Signer,
+}
+
 impl App {
     pub fn new(
         store: Db,
@@ -82,8 +93,12 @@ impl App {
         keys: Keys,
         templates: Templates,
         public_url: crate::config::PublicUrl,
-        secrets: crate::secrets::SecretBox,
+        generated: ServerKeys,
     ) -> App {
+        let ServerKeys {
+            sealing: secrets,
+            attestation,
+        } = generated;
         let secrets = Arc::new(secrets);
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
@@ -110,6 +125,7 @@ impl App {
             webhooks,
             agents: Agents::new(offline_after, secrets.clone()),
             secrets,
+            attestation: Arc::new(attestation),
             runtime: SessionRuntime::new(max),
             metrics: Metrics::default(),
             events: broadcast::channel(8192).0,

@@ -485,6 +485,10 @@ impl App {
         // two replicas, a lease ended while the result came in). Checked inside the
         // transaction, so of two such steps one commits and the other changes nothing.
         let answered = cref.answered.filter(|_| self.cluster.is_some());
+        let attestation = match c.finished {
+            true => self.attest(s, &c.events, now).await?,
+            false => None,
+        };
         self.store
             .write(|tx| {
                 if let Some(job) = answered
@@ -497,6 +501,9 @@ impl App {
                     ))));
                 }
                 tx.put_encoded(&session)?;
+                if let Some(a) = &attestation {
+                    tx.put(a)?;
+                }
                 for e in &events {
                     tx.put_encoded(e)?;
                 }
@@ -529,6 +536,27 @@ impl App {
             .await?;
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// The signed chain of a session that ends in this step: its stored events and this step's.
+    /// Only a step of this session (which holds its lock) adds events, so reading them before
+    /// the step's transaction is reading what the transaction extends.
+    async fn attest(
+        &self,
+        s: &Session,
+        new: &[SessionEvent],
+        now: Time,
+    ) -> ApiResult<Option<upkeep_core::attest::Attestation>> {
+        use futures_util::TryStreamExt as _;
+        let mut events: Vec<SessionEvent> = self.events_after(s.id, 0).try_collect().await?;
+        events.extend(new.iter().cloned());
+        match self.attestation.attest(s.id, s.tenant_id, &events, now) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) => {
+                tracing::error!(session = %s.id, error = %e, "the session's events do not form a chain; not signed");
+                Ok(None)
+            }
+        }
     }
 
     fn after_commit(&self, s: &Session, c: Committed) {

@@ -201,6 +201,48 @@ impl View<Session> {
     async fn last_sequence(&self) -> i64 {
         self.last_sequence as i64
     }
+    /// The signed head of the session's event chain: null until the session has ended.
+    /// `GET /api/v1/sessions/{id}/record` exports the events with it, and
+    /// `upkeep-server verify-record` checks such a record offline.
+    async fn attestation(&self, ctx: &Context<'_>) -> Result<Option<AttestationView>> {
+        let c = Ctx::new(ctx)?;
+        Ok(c.app
+            .store
+            .get::<upkeep_core::attest::Attestation>(&self.id)
+            .await?
+            .map(AttestationView))
+    }
+}
+
+/// A session's events hashed into a chain whose head the server signed when the session ended.
+pub struct AttestationView(pub upkeep_core::attest::Attestation);
+
+#[Object(name = "Attestation")]
+impl AttestationView {
+    /// The signature algorithm: `Ed25519`.
+    async fn algorithm(&self) -> &str {
+        &self.0.algorithm
+    }
+    /// The public key that verifies the signature (32 bytes, base64url without padding).
+    async fn public_key(&self) -> &str {
+        &self.0.public_key
+    }
+    /// SHA-256 chain head over events 1..=`lastSequence` (lower-case hex).
+    async fn chain_head(&self) -> &str {
+        &self.0.chain_head
+    }
+    /// The Ed25519 signature of the head, the session id and `lastSequence` (base64url).
+    async fn signature(&self) -> &str {
+        &self.0.signature
+    }
+    /// The last event the chain covers (events after it, if any, are not attested).
+    async fn last_sequence(&self) -> i64 {
+        self.0.last_sequence as i64
+    }
+    /// When it was signed.
+    async fn signed_at(&self) -> DateTime {
+        self.0.signed_at.into()
+    }
 }
 
 /// A line of a session's log.
