@@ -9,8 +9,8 @@ pub mod wine;
 pub mod ws;
 
 pub use upkeep_testkit::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, ScratchCluster, TestServer, check_args, cluster_args, cluster_mode,
-    embedded_only, http_client, if_cluster_mode, nats_url, wait_for,
+    ADMIN_EMAIL, ADMIN_PASSWORD, ScratchCluster, TestServer, check_args, cluster_args,
+    cluster_mode, embedded_only, http_client, if_cluster_mode, nats_url, wait_for,
 };
 
 use anyhow::{Context, Result};

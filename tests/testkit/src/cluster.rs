@@ -63,7 +63,11 @@ pub fn cluster_args(cluster: Option<&ScratchCluster>) -> Vec<String> {
 /// else its data dir.
 pub fn check_args(cluster: Option<&ScratchCluster>, data_dir: &std::path::Path) -> Vec<String> {
     match cluster {
-        Some(c) => vec!["check".into(), "--database-url".into(), c.database.url().into()],
+        Some(c) => vec![
+            "check".into(),
+            "--database-url".into(),
+            c.database.url().into(),
+        ],
         None => vec![
             "check".into(),
             "--data-dir".into(),

@@ -15,7 +15,8 @@ pub use client::{
     CLIENT_TIMEOUT, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
 };
 pub use cluster::{
-    ScratchCluster, check_args, cluster_args, cluster_mode, embedded_only, if_cluster_mode, nats_url,
+    ScratchCluster, check_args, cluster_args, cluster_mode, embedded_only, if_cluster_mode,
+    nats_url,
 };
 pub use server::{TestServer, server_runtime, set_server_runtime};
 

@@ -116,13 +116,11 @@ impl TestServer {
 
     /// In the cluster pass, a fresh cluster for a server whose `config` names no database.
     async fn pass_cluster(config: &ServeConfig) -> Result<Option<Arc<crate::ScratchCluster>>> {
-        Ok(
-            if crate::cluster_mode() && config.database_url.is_none() {
-                Some(Arc::new(crate::ScratchCluster::create().await?))
-            } else {
-                None
-            },
-        )
+        Ok(if crate::cluster_mode() && config.database_url.is_none() {
+            Some(Arc::new(crate::ScratchCluster::create().await?))
+        } else {
+            None
+        })
     }
 
     /// Starts on `config` (its data dir is the caller's); in the cluster pass on a fresh

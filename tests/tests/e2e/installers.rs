@@ -361,7 +361,10 @@ async fn gc_removes_unnamed_files_and_backups_keep_the_rest() -> Result<()> {
         let e = upkeep_server::api::backup::gc(&s.data_dir)
             .await
             .expect_err("gc on a stopped replica's data dir");
-        assert!(format!("{e:#}").contains("holds no embedded store"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("holds no embedded store"),
+            "{e:#}"
+        );
         assert!(!s.data_dir.join("store").exists());
         return Ok(());
     }

@@ -125,7 +125,13 @@ async fn offline_commands_refuse_a_replica_data_dir() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let out_file = tmp.path().join("upkeep.backup");
     for args in [
-        vec!["backup", "--data-dir", &data, "--out", out_file.to_str().unwrap()],
+        vec![
+            "backup",
+            "--data-dir",
+            &data,
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
         vec!["gc", "--data-dir", &data],
         vec!["check", "--data-dir", &data],
     ] {
