@@ -4,7 +4,7 @@
 //! Message-ID after a crash is allowed, a second Message-ID is not) and `check` finds the store
 //! sound. The harness is `upkeep_tests::crash` (shared with the cluster test).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

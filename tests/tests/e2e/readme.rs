@@ -267,7 +267,7 @@ async fn the_readme_walk_through_runs_as_written() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let cluster = if_cluster_mode().await?;
+    let cluster = upkeep_tests::if_cluster_mode().await?;
     let store_env = cluster
         .as_ref()
         .map(|c| {
