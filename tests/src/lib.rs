@@ -310,7 +310,9 @@ pub async fn create_file_software(
     let f = file.display();
     let versions: Vec<Value> = versions
         .iter()
-        .map(|v| json!({"version": v, "installScript": {"language": "SHELL", "body": format!("echo {v} > '{f}'")}}))
+        // Written beside and renamed into place: computers of one test share the file, and one's
+        // detection must never read another's half-written (truncated) install.
+        .map(|v| json!({"version": v, "installScript": {"language": "SHELL", "body": format!("echo {v} > '{f}.'$$ && mv '{f}.'$$ '{f}'")}}))
         .collect();
     s.create_software(
         token,
