@@ -203,4 +203,27 @@ mod tests {
         assert!(prefix_made_at("upkeep").is_none());
         assert!(prefix_made_at("tenant_a").is_none());
     }
+
+    /// A stream whose prefix was made two hours ago (a killed run's) is removed by the sweep; a
+    /// fresh test's stays.
+    #[tokio::test]
+    async fn the_sweep_removes_test_streams_older_than_an_hour_only() {
+        use upkeep_server::services::cluster::{Bus, deployments, remove_deployment};
+        let url = nats_url();
+        let fresh = fresh_prefix();
+        let two_hours_ago = u64::from_str_radix(&fresh[1..13], 16).expect("hex") - 7_200_000;
+        let old = format!("t{two_hours_ago:012x}{}", &fresh[13..]);
+        assert_eq!(old.len(), 32);
+        for prefix in [&old, &fresh] {
+            Bus::connect(&url, prefix, upkeep_server::ids::fresh())
+                .await
+                .expect("a stream");
+        }
+        assert!(deployments(&url).await.expect("list").contains(&old));
+        sweep_streams(&url).await.expect("sweep");
+        let left = deployments(&url).await.expect("list");
+        assert!(!left.contains(&old), "the old stream is still there");
+        assert!(left.contains(&fresh), "the fresh stream was removed");
+        remove_deployment(&url, &fresh).await.expect("remove");
+    }
 }
