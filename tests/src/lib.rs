@@ -9,7 +9,8 @@ pub mod wine;
 pub mod ws;
 
 pub use upkeep_testkit::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, ScratchCluster, TestServer, http_client, nats_url, wait_for,
+    ADMIN_EMAIL, ADMIN_PASSWORD, ScratchCluster, TestServer, check_args, cluster_args,
+    cluster_mode, embedded_only, http_client, if_cluster_mode, nats_url, wait_for,
 };
 
 use anyhow::{Context, Result};
@@ -320,7 +321,9 @@ pub async fn create_file_software(
     let f = file.display();
     let versions: Vec<Value> = versions
         .iter()
-        .map(|v| json!({"version": v, "installScript": {"language": "SHELL", "body": format!("echo {v} > '{f}'")}}))
+        // Written beside and renamed into place: computers of one test share the file, and one's
+        // detection must never read another's half-written (truncated) install.
+        .map(|v| json!({"version": v, "installScript": {"language": "SHELL", "body": format!("echo {v} > '{f}.'$$ && mv '{f}.'$$ '{f}'")}}))
         .collect();
     s.create_software(
         token,

@@ -86,8 +86,12 @@ pub async fn run(data_dir: &Path, database_url: Option<&str>) -> ExitCode {
         Some(url) => upkeep_store::open_postgres(url)
             .await
             .map_err(|e| format!("cannot open the PostgreSQL store: {e}")),
-        None => upkeep_store::open_embedded(data_dir)
-            .map_err(|e| format!("cannot open {}: {e}", data_dir.display())),
+        None => crate::datadir::ensure_embedded_store(data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                upkeep_store::open_embedded(data_dir)
+                    .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))
+            }),
     };
     let store = match opened {
         Ok(s) => s,

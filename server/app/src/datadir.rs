@@ -58,3 +58,16 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()>
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// Refuses a data dir without an embedded store (no `store/` directory) before an offline
+/// command opens it, which would create an empty store there and then back up, collect or check
+/// nothing: a typo'd path, or a cluster replica's data dir (its store is in PostgreSQL).
+pub fn ensure_embedded_store(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        data_dir.join("store").is_dir(),
+        "{} holds no embedded store (no store/ directory); a cluster replica's data is in \
+         PostgreSQL: back it up with pg_dump and check it with --database-url",
+        data_dir.display()
+    );
+    Ok(())
+}

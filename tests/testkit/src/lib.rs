@@ -14,7 +14,10 @@ mod server;
 pub use client::{
     CLIENT_TIMEOUT, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
 };
-pub use cluster::{ScratchCluster, nats_url};
+pub use cluster::{
+    ScratchCluster, check_args, cluster_args, cluster_mode, embedded_only, if_cluster_mode,
+    nats_url,
+};
 pub use server::{TestServer, server_runtime, set_server_runtime};
 
 use anyhow::{Result, bail};

@@ -53,12 +53,20 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts on a fresh temp data dir; `config` builds the configuration for it (e.g.
-    /// [`crate::config`], or a caller's own defaults on top of it).
+    /// [`crate::config`], or a caller's own defaults on top of it). In the cluster pass
+    /// ([`crate::cluster_mode`]) on a fresh [`crate::ScratchCluster`] too, unless `config`
+    /// names a database itself.
     pub async fn start_in_temp_dir(
         config: impl FnOnce(&Path) -> ServeConfig,
     ) -> Result<TestServer> {
+        Self::start_in(None, config).await
+    }
+
+    /// On a fresh temp data dir with the embedded store in either pass: for tests whose
+    /// subject is a sled data dir (e.g. moving one into PostgreSQL).
+    pub async fn start_embedded(config: impl FnOnce(&Path) -> ServeConfig) -> Result<TestServer> {
         let dir = tempfile::Builder::new().prefix("upkeep-").tempdir()?;
-        let mut s = Self::start_config(config(dir.path())).await?;
+        let mut s = Self::start_as_given(config(dir.path())).await?;
         s._dir = Some(dir);
         Ok(s)
     }
@@ -69,7 +77,7 @@ impl TestServer {
     /// server. Start more replicas of it with [`TestServer::start_replica`].
     pub async fn start_on_cluster(config: impl FnOnce(&Path) -> ServeConfig) -> Result<TestServer> {
         let cluster = Arc::new(crate::ScratchCluster::create().await?);
-        Self::start_in(cluster, config).await
+        Self::start_in(Some(cluster), config).await
     }
 
     /// Another replica of this cluster-mode server: same database and NATS prefix, a data dir
@@ -82,26 +90,54 @@ impl TestServer {
             .cluster
             .clone()
             .context("start_replica needs a server started with start_on_cluster")?;
-        Self::start_in(cluster, config).await
+        Self::start_in(Some(cluster), config).await
     }
 
-    /// Starts a replica of `cluster` on a fresh temp data dir, `config` for the rest.
+    /// Starts on a fresh temp data dir, `config` for the rest, in `cluster` if given (else a
+    /// fresh one in the cluster pass when `config` names no database).
     async fn start_in(
-        cluster: Arc<crate::ScratchCluster>,
+        cluster: Option<Arc<crate::ScratchCluster>>,
         config: impl FnOnce(&Path) -> ServeConfig,
     ) -> Result<TestServer> {
-        let mut s = Self::start_in_temp_dir(|dir| {
-            let mut c = config(dir);
-            cluster.apply(&mut c);
-            c
-        })
-        .await?;
-        s.cluster = Some(cluster);
+        let dir = tempfile::Builder::new().prefix("upkeep-").tempdir()?;
+        let mut config = config(dir.path());
+        let cluster = match cluster {
+            Some(c) => Some(c),
+            None => Self::pass_cluster(&config).await?,
+        };
+        if let Some(c) = &cluster {
+            c.apply(&mut config);
+        }
+        let mut s = Self::start_as_given(config).await?;
+        s._dir = Some(dir);
+        s.cluster = cluster;
         Ok(s)
     }
 
-    /// Starts on `config` (its data dir is the caller's).
-    pub async fn start_config(config: ServeConfig) -> Result<TestServer> {
+    /// In the cluster pass, a fresh cluster for a server whose `config` names no database.
+    async fn pass_cluster(config: &ServeConfig) -> Result<Option<Arc<crate::ScratchCluster>>> {
+        Ok(if crate::cluster_mode() && config.database_url.is_none() {
+            Some(Arc::new(crate::ScratchCluster::create().await?))
+        } else {
+            None
+        })
+    }
+
+    /// Starts on `config` (its data dir is the caller's); in the cluster pass on a fresh
+    /// cluster too, unless `config` names a database.
+    pub async fn start_config(mut config: ServeConfig) -> Result<TestServer> {
+        let cluster = Self::pass_cluster(&config).await?;
+        if let Some(c) = &cluster {
+            c.apply(&mut config);
+        }
+        let mut s = Self::start_as_given(config).await?;
+        s.cluster = cluster;
+        Ok(s)
+    }
+
+    /// Starts on exactly `config`, in either pass: for tests that choose the store
+    /// themselves.
+    pub async fn start_as_given(config: ServeConfig) -> Result<TestServer> {
         let running = server_runtime()
             .spawn(upkeep_server::api::http::start(config.clone()))
             .await??;

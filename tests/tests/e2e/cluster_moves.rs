@@ -25,7 +25,8 @@ fn migrate(from: &std::path::Path, url: &str) -> anyhow::Result<(bool, String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_store_migrates_into_postgres_and_a_server_there_serves_it() -> anyhow::Result<()> {
-    let mut f = Fixture::start("mig-1").await?;
+    // The source is a sled data dir in either pass.
+    let mut f = Fixture::start_on(TestServer::start_embedded(test_config).await?, "mig-1").await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
     let done =
         f.s.wait_status(&f.admin, &id, &["PASSED", "FAILED"], T)
@@ -169,7 +170,7 @@ async fn healthz_answers_503_once_the_database_is_gone() -> anyhow::Result<()> {
     let ready = s.http.get(format!("{}/readyz", s.url)).send().await?;
     assert_eq!(ready.status().as_u16(), 503, "not ready without a database");
     // The embedded default answers as before.
-    let sled = TestServer::start().await?;
+    let sled = TestServer::start_embedded(test_config).await?;
     assert_eq!(health(&sled).await?, (200, "ok".to_string()));
     Ok(())
 }

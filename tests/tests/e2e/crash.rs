@@ -4,7 +4,7 @@
 //! Message-ID after a crash is allowed, a second Message-ID is not) and `check` finds the store
 //! sound. The harness is `upkeep_tests::crash` (shared with the cluster test).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,7 +26,9 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() -> Result<()> {
         smtp.url(),
         dir.path().join("server.log"),
     );
-    let r = run(&mut server, &smtp, dir.path(), seed).await;
+    let cluster = if_cluster_mode().await?;
+    server.extra = cluster_args(cluster.as_ref());
+    let r = run(&mut server, &smtp, dir.path(), seed, cluster.as_ref()).await;
     if r.is_err() {
         println!(
             "seed {seed}; last lines of the server's log:\n{}",
@@ -37,7 +39,13 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() -> Result<()> {
     r
 }
 
-async fn run(server: &mut ServerProcess, smtp: &SmtpSink, dir: &Path, seed: u64) -> Result<()> {
+async fn run(
+    server: &mut ServerProcess,
+    smtp: &SmtpSink,
+    dir: &Path,
+    seed: u64,
+    cluster: Option<&ScratchCluster>,
+) -> Result<()> {
     let started = Instant::now();
     let mut rng = Rng(seed);
     upkeep_server::install_tls_provider();
@@ -86,11 +94,7 @@ async fn run(server: &mut ServerProcess, smtp: &SmtpSink, dir: &Path, seed: u64)
 
     // The store the crashes left behind is sound.
     let check = Command::new(bin("upkeep-server-under-test"))
-        .args([
-            "check",
-            "--data-dir",
-            server.data.to_str().context("data dir")?,
-        ])
+        .args(check_args(cluster, &server.data))
         .output()?;
     assert!(
         check.status.success(),

@@ -356,6 +356,18 @@ async fn gc_removes_unnamed_files_and_backups_keep_the_rest() -> Result<()> {
     // Without a running server, `gc` opens the store itself.
     let mut s = s;
     s.stop().await;
+    if s.cluster.is_some() {
+        // A replica's data dir holds no store to open: refused, and none is made there.
+        let e = upkeep_server::api::backup::gc(&s.data_dir)
+            .await
+            .expect_err("gc on a stopped replica's data dir");
+        assert!(
+            format!("{e:#}").contains("holds no embedded store"),
+            "{e:#}"
+        );
+        assert!(!s.data_dir.join("store").exists());
+        return Ok(());
+    }
     // The stopped in-process server's last tasks may still hold the store's lock for a moment
     // (a real server's process ends with its lock).
     let mut tries = 0;
@@ -477,6 +489,7 @@ async fn upload_gib(port: u16, token: &str, multipart: bool) -> Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gib_upload_streams_through_a_server_process() -> Result<()> {
     let data = tempfile::tempdir()?;
+    let cluster = if_cluster_mode().await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -489,6 +502,7 @@ async fn a_one_gib_upload_streams_through_a_server_process() -> Result<()> {
             "--admin-password",
             ADMIN_PASSWORD,
         ])
+        .args(cluster_args(cluster.as_ref()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

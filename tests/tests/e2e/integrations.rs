@@ -184,10 +184,19 @@ async fn webhook_delivers_a_signed_outcome_and_retries_with_the_same_id() -> any
         .map(|r| r.header("Upkeep-Delivery").map(String::from))
         .collect();
     assert_eq!(unique.len(), 1, "counted once");
-    let d = h.s.gql(&h.admin, "query($w: ID!) { webhookDeliveries(webhookId: $w) { totalCount edges { node { event status attempts responseStatus } } } }", json!({"w": hook_id})).await?;
+    // The receiver has answered; the server stores the outcome just after, so look until it has.
+    let want = json!({"event": "SESSION_FINISHED", "status": "DELIVERED", "attempts": 2, "responseStatus": 200});
+    let last = std::sync::Mutex::new(Value::Null);
+    let stored = wait_for("the delivery's outcome to be stored", T, || async {
+        let d = h.s.gql(&h.admin, "query($w: ID!) { webhookDeliveries(webhookId: $w) { totalCount edges { node { event status attempts responseStatus } } } }", json!({"w": hook_id})).await?;
+        let node = d["webhookDeliveries"]["edges"][0]["node"].clone();
+        *last.lock().expect("lock") = node.clone();
+        Ok((node["status"] != "PENDING").then_some(node))
+    })
+    .await;
     assert_eq!(
-        d["webhookDeliveries"]["edges"][0]["node"],
-        json!({"event": "SESSION_FINISHED", "status": "DELIVERED", "attempts": 2, "responseStatus": 200})
+        stored.unwrap_or_else(|e| panic!("{e}: {}", last.lock().expect("lock"))),
+        want
     );
     Ok(())
 }

@@ -6,6 +6,12 @@ use upkeep_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_running_and_restore_round_trip() -> anyhow::Result<()> {
+    if embedded_only(
+        "backup and restore copy a data dir's sled store; a cluster is backed up with pg_dump \
+         (a stopped replica's data dir is refused: offline_commands_refuse_a_replica_data_dir)",
+    ) {
+        return Ok(());
+    }
     let s = TestServer::start().await?;
     let admin = s.admin().await?;
     let t = s.create_tenant(&admin, "Backed up").await?;
@@ -103,6 +109,46 @@ async fn backup_while_running_and_restore_round_trip() -> anyhow::Result<()> {
         .output()?;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("damaged"));
+    Ok(())
+}
+
+/// `backup`, `gc` and `check` on the data dir of a stopped cluster replica (its store is in
+/// PostgreSQL, so it has no `store/`) refuse in one clear line instead of making an empty sled
+/// store there and backing up, collecting or checking nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_commands_refuse_a_replica_data_dir() -> anyhow::Result<()> {
+    let mut s = TestServer::start_on_cluster(test_config).await?;
+    let admin = s.admin().await?;
+    s.create_tenant(&admin, "In PostgreSQL").await?;
+    s.stop().await;
+    let data = s.data_dir.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir()?;
+    let out_file = tmp.path().join("upkeep.backup");
+    for args in [
+        vec![
+            "backup",
+            "--data-dir",
+            &data,
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        vec!["gc", "--data-dir", &data],
+        vec!["check", "--data-dir", &data],
+    ] {
+        let out = Command::new(bin("upkeep-server-under-test"))
+            .args(&args)
+            .env_remove("UPKEEP_DATABASE_URL")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("holds no embedded store") && err.contains("pg_dump"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(!s.data_dir.join("store").exists(), "{args:?} made a store");
+    }
+    assert!(!out_file.exists());
     Ok(())
 }
 

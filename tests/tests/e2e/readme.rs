@@ -74,6 +74,9 @@ struct Reader {
     token: Option<String>,
     vars: HashMap<String, String>,
     background: Background,
+    /// In the cluster pass: the scratch cluster as `UPKEEP_*` settings, so the server the
+    /// README starts runs on it as written.
+    store_env: Vec<(String, String)>,
 }
 
 impl Reader {
@@ -129,10 +132,11 @@ impl Reader {
         // Anything else is a command a reader runs and looks at; a reader looks again a little
         // later when what it shows is not there yet (a mail still being written).
         let (scratch, home) = (self.scratch.clone(), self.home.clone());
+        let store_env = &self.store_env;
         wait_for(&format!("README line {}: `{command}`", b.line), T, || {
             let (scratch, home) = (scratch.clone(), home.clone());
             async move {
-                let out = sh(command, &scratch, &home).output()?;
+                let out = sh(command, &scratch, &home, store_env).output()?;
                 Ok(out.status.success().then_some(()))
             }
         })
@@ -141,7 +145,7 @@ impl Reader {
 
     fn spawn(&mut self, command: &str, name: &str) -> Result<()> {
         let log = std::fs::File::create(self.scratch.join(format!("{name}.log")))?;
-        let child = sh(command, &self.scratch, &self.home)
+        let child = sh(command, &self.scratch, &self.home, &self.store_env)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
@@ -232,8 +236,9 @@ impl Reader {
     }
 }
 
-/// `sh -c` in the scratch directory, with the scratch home and no UPKEEP_* settings of ours.
-fn sh(command: &str, dir: &Path, home: &Path) -> Command {
+/// `sh -c` in the scratch directory, with the scratch home and no UPKEEP_* settings of ours but
+/// `store_env`.
+fn sh(command: &str, dir: &Path, home: &Path, store_env: &[(String, String)]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c").arg(command).current_dir(dir).env("HOME", home);
     for (k, _) in std::env::vars_os() {
@@ -241,6 +246,7 @@ fn sh(command: &str, dir: &Path, home: &Path) -> Command {
             c.env_remove(k);
         }
     }
+    c.envs(store_env.iter().map(|(k, v)| (k, v)));
     c.stdin(Stdio::null());
     c
 }
@@ -261,6 +267,19 @@ async fn the_readme_walk_through_runs_as_written() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let cluster = upkeep_tests::if_cluster_mode().await?;
+    let store_env = cluster
+        .as_ref()
+        .map(|c| {
+            [
+                ("UPKEEP_DATABASE_URL", c.database.url().to_string()),
+                ("UPKEEP_NATS_URL", c.nats_url.clone()),
+                ("UPKEEP_NATS_PREFIX", c.prefix.clone()),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .to_vec()
+        })
+        .unwrap_or_default();
     let mut reader = Reader {
         scratch: scratch.clone(),
         home: home.clone(),
@@ -270,6 +289,7 @@ async fn the_readme_walk_through_runs_as_written() -> Result<()> {
         token: None,
         vars: HashMap::new(),
         background: Background(Vec::new()),
+        store_env,
     };
     for b in &blocks {
         let done = match b.lang.as_str() {
@@ -300,17 +320,21 @@ async fn the_readme_walk_through_runs_as_written() -> Result<()> {
         "1.0.0"
     );
     assert!(scratch.join("run/agent1").is_dir());
-    // `check` on the data dir of the running server says what to do, in words.
+    // `check` on the data dir of the running server says what to do, in words (in the cluster
+    // pass the data dir holds no store, and it says that).
     let check = Command::new(bin("upkeep-server-under-test"))
         .args(["check", "--data-dir", "upkeep-data"])
+        .env_remove("UPKEEP_DATABASE_URL")
         .current_dir(&scratch)
         .output()?;
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success());
-    assert!(
-        said.contains("stop the server first") && !said.contains("Os {"),
-        "{said}"
-    );
+    let want = if cluster.is_some() {
+        "holds no embedded store"
+    } else {
+        "stop the server first"
+    };
+    assert!(said.contains(want) && !said.contains("Os {"), "{said}");
     // The logs a service writes (to a file here, as to the journal) are plain text: no colour
     // codes, no Rust debug forms.
     for name in ["server", "agent"] {

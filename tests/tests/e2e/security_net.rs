@@ -202,6 +202,12 @@ async fn connections_beyond_the_limit_are_closed_until_one_frees() -> Result<()>
 
 #[test]
 fn webhooks_never_reach_the_servers_own_network() -> Result<()> {
+    if embedded_only(
+        "the server runs in a network namespace with loopback only, out of reach of the \
+         machine's PostgreSQL and NATS; the SSRF guard does not depend on the store",
+    ) {
+        return Ok(());
+    }
     let bin = bin("upkeep-ssrf-under-test");
     ensure!(bin.exists(), "{} was not built", bin.display());
     let out = std::process::Command::new("unshare")

@@ -324,7 +324,8 @@ struct Process {
 }
 
 impl Process {
-    fn start(data: &Path) -> anyhow::Result<Process> {
+    /// `store`: the cluster flags in the cluster pass ([`cluster_args`]).
+    fn start(data: &Path, store: Vec<String>) -> anyhow::Result<Process> {
         let mut child = std::process::Command::new("sh")
             .args(["-c", "umask 000; exec \"$0\" \"$@\""])
             .arg(bin("upkeep-server-under-test"))
@@ -336,6 +337,7 @@ impl Process {
                 "--admin-password",
                 ADMIN_PASSWORD,
             ])
+            .args(store)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -424,7 +426,8 @@ async fn the_data_dir_is_private_whatever_the_umask() -> anyhow::Result<()> {
         std::fs::Permissions::from_mode(0o666),
     )?;
 
-    let p = Process::start(&data)?;
+    let cluster = if_cluster_mode().await?;
+    let p = Process::start(&data, cluster_args(cluster.as_ref()))?;
     let warnings: Vec<String> = p
         .lines()
         .into_iter()
@@ -501,7 +504,8 @@ async fn the_data_dir_is_private_whatever_the_umask() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_a_login_email_cannot_forge_a_log_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let p = Process::start(&dir.path().join("data"))?;
+    let cluster = if_cluster_mode().await?;
+    let p = Process::start(&dir.path().join("data"), cluster_args(cluster.as_ref()))?;
     let r: Value = http_client()?
         .post(format!("{}/graphql", p.url))
         .json(&json!({"query": LOGIN, "variables": {"e": "nobody@x.example\nFORGED INFO admin logged in", "p": "whatever it is"}}))

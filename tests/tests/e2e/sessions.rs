@@ -444,6 +444,7 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let port = free_port()?;
+    let cluster = if_cluster_mode().await?;
     let spawn = || {
         std::process::Command::new(bin("upkeep-server-under-test"))
             .args([
@@ -456,6 +457,7 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
                 "--admin-password",
                 ADMIN_PASSWORD,
             ])
+            .args(cluster_args(cluster.as_ref()))
             .env("UPKEEP_OFFLINE_AFTER_SECONDS", "3")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -571,7 +573,7 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     child.kill()?;
     child.wait()?;
     let check = std::process::Command::new(bin("upkeep-server-under-test"))
-        .args(["check", "--data-dir", data.to_str().unwrap()])
+        .args(check_args(cluster.as_ref(), &data))
         .output()?;
     assert!(
         check.status.success(),

@@ -276,7 +276,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    async fn start(data: &Path, log: &Path) -> Result<ServerProcess> {
+    async fn start(data: &Path, log: &Path, store: Vec<String>) -> Result<ServerProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -290,6 +290,7 @@ impl ServerProcess {
                 "--admin-password",
                 ADMIN_PASSWORD,
             ])
+            .args(store)
             .env("RUST_LOG", "debug")
             .env("UPKEEP_OFFLINE_AFTER_SECONDS", "3")
             .stdin(Stdio::null())
@@ -354,7 +355,13 @@ async fn a_secret_reaches_the_script_and_nowhere_else() -> Result<()> {
     let data = tmp.path().join("data");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work)?;
-    let mut server = ServerProcess::start(&data, &tmp.path().join("server.log")).await?;
+    let cluster = if_cluster_mode().await?;
+    let mut server = ServerProcess::start(
+        &data,
+        &tmp.path().join("server.log"),
+        cluster_args(cluster.as_ref()),
+    )
+    .await?;
     let http = http_client()?;
     let url = server.url.clone();
     let gql_raw = |token: Option<String>, q: &'static str, v: Value| {
@@ -564,8 +571,26 @@ async fn a_secret_reaches_the_script_and_nowhere_else() -> Result<()> {
         "the log was captured (debug level)"
     );
     assert!(!log.contains(SECRET), "the secret is in the server's log");
+    if let Some(c) = &cluster {
+        // The store is the database: every record, and the generated keys.
+        let store = upkeep_store::open_postgres(c.database.url()).await?;
+        let snapshot = store.snapshot().await?;
+        ensure!(snapshot.len() > 3, "the store's spaces: {}", snapshot.len());
+        for (space, entries) in &snapshot {
+            for (k, v) in entries {
+                assert!(
+                    !v.windows(SECRET.len()).any(|w| w == SECRET.as_bytes())
+                        && !k.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "the secret is in space {space} in the clear"
+                );
+            }
+        }
+    }
     let files = files_under(&data)?;
-    ensure!(files.len() > 3, "the store's files: {files:?}");
+    ensure!(
+        cluster.is_some() || files.len() > 3,
+        "the store's files: {files:?}"
+    );
     for file in files {
         let bytes = std::fs::read(&file)?;
         assert!(
@@ -574,8 +599,10 @@ async fn a_secret_reaches_the_script_and_nowhere_else() -> Result<()> {
             file.display()
         );
     }
-    use std::os::unix::fs::PermissionsExt;
-    let key = std::fs::metadata(data.join("secret.key"))?;
-    assert_eq!((key.len(), key.permissions().mode() & 0o777), (32, 0o600));
+    if cluster.is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::metadata(data.join("secret.key"))?;
+        assert_eq!((key.len(), key.permissions().mode() & 0o777), (32, 0o600));
+    }
     Ok(())
 }

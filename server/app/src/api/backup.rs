@@ -259,6 +259,7 @@ pub async fn gc(data_dir: &Path) -> anyhow::Result<String> {
         ensure!(!answer.starts_with("error"), "{}", answer.trim());
         return Ok(answer.trim().to_string());
     }
+    crate::datadir::ensure_embedded_store(data_dir)?;
     let store = upkeep_store::open_embedded(data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let files = crate::services::files::Files::new(data_dir, u64::MAX);
@@ -322,6 +323,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<(usize, Copie
             b
         }
         Err(_) => {
+            crate::datadir::ensure_embedded_store(data_dir)?;
             let store = upkeep_store::open_embedded(data_dir).with_context(|| {
                 format!(
                     "cannot open the store in {} (is a server running without its admin socket?)",

@@ -4,7 +4,11 @@
 
 use crate::{Result, StoreError};
 
-/// A database `upkeep_t_<random>` that exists while this value lives.
+/// The name every scratch database starts with; then the Unix second it was made and a random
+/// part: `upkeep_t_<seconds>_<random>`, so [`sweep_leftovers`] can tell a killed run's ones.
+const PREFIX: &str = "upkeep_t_";
+
+/// A database `upkeep_t_<seconds>_<random>` that exists while this value lives.
 pub struct ScratchDatabase {
     admin: String,
     name: String,
@@ -39,7 +43,7 @@ impl ScratchDatabase {
         let admin_url = admin_url();
         let client = admin(&admin_url).await?;
         let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-        let name = format!("upkeep_t_{random:016x}");
+        let name = format!("{PREFIX}{}_{random:016x}", unix_seconds());
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await?;
@@ -57,6 +61,43 @@ impl ScratchDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Drops the scratch databases made more than `older_than` ago: what test runs that were killed
+/// (no `Drop`) left behind. Returns how many were dropped. Names without a time (an older
+/// naming) are left alone: they may belong to a run that is still going.
+pub async fn sweep_leftovers(older_than: std::time::Duration) -> Result<usize> {
+    let client = admin(&admin_url()).await?;
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&PREFIX],
+        )
+        .await?;
+    let now = unix_seconds();
+    let mut dropped = 0;
+    for row in rows {
+        let name: String = row.get(0);
+        let made = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(secs, _)| secs.parse::<u64>().ok());
+        if let Some(made) = made
+            && now.saturating_sub(made) > older_than.as_secs()
+        {
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
 }
 
 impl Drop for ScratchDatabase {

@@ -362,3 +362,49 @@ async fn calls_ride_out_connections_cut_under_them() {
     let n = dyn_store.read(COUNTER, b"counter").await.unwrap().unwrap();
     assert_eq!(u64::from_be_bytes(n.try_into().unwrap()), 3);
 }
+
+/// What a killed run left behind (a scratch database named two hours ago) is dropped by the
+/// sweep; a database made now, and one of the older naming without a time, are kept.
+#[tokio::test]
+async fn the_sweep_drops_scratch_databases_older_than_its_age_only() {
+    let admin = super::scratch::admin(&super::scratch::admin_url())
+        .await
+        .expect("admin");
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        - 7200;
+    let tag = std::process::id();
+    let old = format!("upkeep_t_{two_hours_ago}_{tag:016x}");
+    let untimed = format!("upkeep_t_{tag:016x}dead");
+    for name in [&old, &untimed] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create");
+    }
+    let (young, _store) = fresh().await;
+    let dropped = super::scratch::sweep_leftovers(std::time::Duration::from_secs(3600))
+        .await
+        .expect("sweep");
+    assert!(dropped >= 1, "{dropped}");
+    let exists = |name: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .expect("query")
+                .is_some()
+        }
+    };
+    assert!(!exists(old.clone()).await, "{old} is still there");
+    assert!(exists(untimed.clone()).await, "{untimed} was dropped");
+    let young_name = young.url().rsplit('/').next().expect("name").to_string();
+    assert!(exists(young_name).await, "the young database was dropped");
+    admin
+        .batch_execute(&format!("DROP DATABASE {untimed}"))
+        .await
+        .expect("drop");
+}

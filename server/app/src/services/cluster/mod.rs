@@ -267,6 +267,24 @@ fn stream_name(prefix: &str) -> String {
     format!("{}_BUS", prefix.to_ascii_uppercase())
 }
 
+/// The prefixes of every deployment with a stream on the NATS server at `url` (lower case, as
+/// given to `--nats-prefix`): tests sweep their leftovers with it.
+pub async fn deployments(url: &str) -> anyhow::Result<Vec<String>> {
+    let client = async_nats::connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let mut names = jetstream.stream_names();
+    let mut prefixes = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| anyhow::anyhow!("cannot list the streams: {e}"))?;
+        if let Some(prefix) = name.strip_suffix("_BUS") {
+            prefixes.push(prefix.to_ascii_lowercase());
+        }
+    }
+    Ok(prefixes)
+}
+
 /// Deletes a deployment's stream (tests and the bench clean up their prefixes with it).
 pub async fn remove_deployment(url: &str, prefix: &str) -> anyhow::Result<()> {
     let client = async_nats::connect(url)
