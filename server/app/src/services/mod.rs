@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod removal;
 pub mod runtime;
 pub mod scheduler;
+pub mod sequence;
 pub mod users;
 pub mod webhooks;
 
@@ -141,6 +142,9 @@ impl App {
 
     /// In cluster mode: the connection to the other replicas.
     pub fn with_cluster(mut self, cluster: Option<Arc<crate::services::cluster::Bus>>) -> App {
+        if cluster.is_some() {
+            self.runtime.share();
+        }
         self.cluster = cluster;
         self
     }
@@ -164,7 +168,12 @@ impl App {
             Note::Event(e) => {
                 let _ = self.events.send(Arc::new(e));
             }
-            Note::Job(_) | Note::Session { .. } | Note::Seen { .. } => {}
+            Note::Session { id } => {
+                // Off the inbox: the session's lock may be held by a step for a while.
+                let app = self.clone();
+                tokio::spawn(async move { app.session_changed_elsewhere(id).await });
+            }
+            Note::Job(_) | Note::Seen { .. } => {}
         }
     }
 

@@ -84,12 +84,14 @@ impl Subscription {
         let c = Ctx::new(ctx)?;
         let app = c.app.clone();
         let scope = c.scope;
-        let session: Option<Id> = match &session_id {
+        // The session as read before subscribing: in cluster mode its `last_sequence` is where
+        // the live stream's gap check starts (`services::sequence`).
+        let (session, read_upto) = match &session_id {
             Some(s) => {
                 let s: Session = c.load(parse_id("sessionId", s)?).await?;
-                Some(s.id)
+                (Some(s.id), Some(s.last_sequence))
             }
-            None => None,
+            None => (None, None),
         };
         let tenant: Option<Id> = match &tenant_id {
             Some(t) => Some(
@@ -120,13 +122,31 @@ impl Subscription {
         // spawned: a slow client only delays its own stream, and one that goes away drops it.
         let replayed_upto = replay.last().map(|e| (e.session_id, e.sequence));
         let replayed = futures_util::stream::iter(replay.into_iter().map(|e| Ok((true, e))));
-        let live = BroadcastStream::new(rx).map(|r| r.map(|e| (false, e)));
         let wanted = move |e: &SessionEvent| {
             session.is_none_or(|s| s == e.session_id)
                 && tenant.is_none_or(|t| t == e.tenant_id)
                 && scope.contains(Some(e.tenant_id))
                 && !replayed_upto.is_some_and(|(s, n)| s == e.session_id && e.sequence <= n)
         };
+        let live = BroadcastStream::new(rx)
+            .filter(move |r| std::future::ready(r.as_ref().map_or(true, |e| wanted(e))));
+        // In cluster mode events come from every replica: each once, in order, gaps filled
+        // from the store (`services::sequence`). On one node the channel is already that.
+        let live = if app.cluster.is_some() {
+            let mut seen = crate::services::sequence::Sequencer::default();
+            if let Some(s) = session {
+                let upto = match (replayed_upto, after_sequence) {
+                    (Some((_, n)), _) => n,
+                    (None, Some(n)) => n.max(0) as u64,
+                    (None, None) => read_upto.unwrap_or(0),
+                };
+                seen.seen(s, upto);
+            }
+            app.in_sequence(live, seen).boxed()
+        } else {
+            live.boxed()
+        };
+        let live = live.map(|r| r.map(|e| (false, e)));
         let stream = replayed
             .chain(live)
             .scan(false, move |ended, item| {
@@ -135,7 +155,7 @@ impl Subscription {
                 }
                 let out = match item {
                     Ok((true, e)) => Some(Ok(EventView(e))),
-                    Ok((false, e)) => wanted(&e).then(|| Ok(EventView(e))),
+                    Ok((false, e)) => Some(Ok(EventView(e))),
                     Err(BroadcastStreamRecvError::Lagged(n)) => {
                         *ended = true;
                         Some(Err(ApiError::Conflict(format!(
