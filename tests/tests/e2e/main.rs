@@ -3,6 +3,7 @@
 
 mod agents;
 mod cluster_moves;
+mod cluster_sessions;
 mod console;
 mod control;
 mod crash;

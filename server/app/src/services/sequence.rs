@@ -8,13 +8,16 @@ use crate::services::App;
 use futures_util::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use upkeep_core::domain::Id;
+use upkeep_core::domain::{Id, Time};
 use upkeep_core::session::SessionEvent;
 
 /// Per session, the last sequence one subscriber was given.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sequencer {
     last: HashMap<Id, u64>,
+    /// When the subscriber subscribed: the first event it hears of a session it has not seen
+    /// may come after others it missed, which are filled in from then on.
+    since: Time,
 }
 
 /// What to do with a live event.
@@ -22,13 +25,21 @@ pub struct Sequencer {
 pub enum Admit {
     /// Given already (or older than what was): dropped.
     Repeat,
-    /// The next one of its session (or the first this subscriber sees).
+    /// The next one of its session (or the first this subscriber sees, from before it
+    /// subscribed).
     Next,
     /// Events after `after` are missing before it: read them from the store first.
     Gap { after: u64 },
 }
 
 impl Sequencer {
+    pub fn new(since: Time) -> Sequencer {
+        Sequencer {
+            last: HashMap::new(),
+            since,
+        }
+    }
+
     /// A subscriber that has seen `session` up to `sequence` (a replay, or the session as read
     /// when it subscribed).
     pub fn seen(&mut self, session: Id, sequence: u64) {
@@ -40,7 +51,9 @@ impl Sequencer {
         match self.last.get(&e.session_id) {
             Some(&l) if e.sequence <= l => Admit::Repeat,
             Some(&l) if e.sequence > l + 1 => Admit::Gap { after: l },
-            _ => Admit::Next,
+            Some(_) => Admit::Next,
+            None if e.sequence > 1 && e.at > self.since => Admit::Gap { after: 0 },
+            None => Admit::Next,
         }
     }
 }
@@ -66,11 +79,14 @@ impl App {
                     Ok(e) => e,
                     Err(l) => return vec![Err(l)],
                 };
-                let admit = seen.lock().unwrap_or_else(|p| p.into_inner()).admit(&e);
+                let (admit, since) = {
+                    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    (seen.admit(&e), seen.since)
+                };
                 let out = match admit {
                     Admit::Repeat => return vec![],
                     Admit::Next => vec![Ok(e.clone())],
-                    Admit::Gap { after } => app.fill_gap(&e, after).await,
+                    Admit::Gap { after } => app.fill_gap(&e, after, since).await,
                 };
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -81,14 +97,24 @@ impl App {
         .flat_map(futures_util::stream::iter)
     }
 
-    /// The stored events of `e`'s session after `after` up to `e` itself, in order (just `e`
-    /// when the store cannot be read: better late order than a lost event).
-    async fn fill_gap<L>(&self, e: &Arc<SessionEvent>, after: u64) -> Vec<Result<Arc<SessionEvent>, L>> {
+    /// The stored events of `e`'s session after `after` (and not before `since`) up to `e`
+    /// itself, in order (just `e` when the store cannot be read: better late order than a lost
+    /// event).
+    async fn fill_gap<L>(
+        &self,
+        e: &Arc<SessionEvent>,
+        after: u64,
+        since: Time,
+    ) -> Vec<Result<Arc<SessionEvent>, L>> {
         let mut out = Vec::new();
         let mut stored = std::pin::pin!(self.events_after(e.session_id, after));
         while let Some(s) = stored.next().await {
             match s {
-                Ok(s) if s.sequence < e.sequence => out.push(Ok(Arc::new(s))),
+                Ok(s) if s.sequence < e.sequence => {
+                    if after > 0 || s.at >= since {
+                        out.push(Ok(Arc::new(s)));
+                    }
+                }
                 Ok(_) => break,
                 Err(err) => {
                     tracing::warn!(session = %e.session_id, error = %err, "cannot fill a subscriber's gap from the store");
@@ -105,12 +131,16 @@ impl App {
 mod tests {
     use super::*;
 
+    fn t(s: i64) -> Time {
+        chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default()
+    }
+
     fn event(session: u128, sequence: u64) -> SessionEvent {
         SessionEvent {
             session_id: Id::from_u128(session),
             tenant_id: Id::from_u128(0),
             sequence,
-            at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            at: t(0),
             status: upkeep_core::session::SessionStatus::Pending,
             action_id: None,
             action_status: None,
@@ -120,8 +150,12 @@ mod tests {
 
     #[test]
     fn repeats_are_dropped_and_gaps_found_per_session() {
-        let mut s = Sequencer::default();
-        assert_eq!(s.admit(&event(1, 4)), Admit::Next, "first seen");
+        let mut s = Sequencer::new(t(0));
+        assert_eq!(
+            s.admit(&event(1, 4)),
+            Admit::Next,
+            "first seen, from before"
+        );
         s.seen(Id::from_u128(1), 4);
         assert_eq!(s.admit(&event(1, 4)), Admit::Repeat);
         assert_eq!(s.admit(&event(1, 3)), Admit::Repeat);
@@ -131,5 +165,16 @@ mod tests {
         s.seen(Id::from_u128(1), 7);
         s.seen(Id::from_u128(1), 6);
         assert_eq!(s.admit(&event(1, 6)), Admit::Repeat, "never goes back");
+    }
+
+    #[test]
+    fn a_session_first_heard_of_late_is_filled_from_the_subscription_on() {
+        let s = Sequencer::new(t(0));
+        let mut late = event(3, 5);
+        late.at = t(1);
+        assert_eq!(s.admit(&late), Admit::Gap { after: 0 });
+        let mut first = event(3, 1);
+        first.at = t(1);
+        assert_eq!(s.admit(&first), Admit::Next);
     }
 }

@@ -424,7 +424,10 @@ async fn two_steps_planned_from_one_revision_store_only_one() {
     assert_eq!(lost.len(), 1);
     let (_, found, runs) = lost[0];
     assert_eq!(found, 1, "the loser found the winner's revision");
-    assert!(runs >= 2, "the loser's transaction failed and ran again ({runs})");
+    assert!(
+        runs >= 2,
+        "the loser's transaction failed and ran again ({runs})"
+    );
     let stored = store.get::<Session>(&id).await.unwrap().unwrap();
     assert_eq!(stored.revision, 1);
     assert_eq!(stored.created_by, won[0]);

@@ -133,7 +133,7 @@ impl Subscription {
         // In cluster mode events come from every replica: each once, in order, gaps filled
         // from the store (`services::sequence`). On one node the channel is already that.
         let live = if app.cluster.is_some() {
-            let mut seen = crate::services::sequence::Sequencer::default();
+            let mut seen = crate::services::sequence::Sequencer::new(app.clock.now());
             if let Some(s) = session {
                 let upto = match (replayed_upto, after_sequence) {
                     (Some((_, n)), _) => n,

@@ -274,7 +274,14 @@ impl App {
             return Ok(s);
         }
         let committed = match self
-            .commit(&mut s, &effects, before_status, settle, decided_before, guard)
+            .commit(
+                &mut s,
+                &effects,
+                before_status,
+                settle,
+                decided_before,
+                guard,
+            )
             .await
         {
             Ok(c) => c,

@@ -197,12 +197,14 @@ impl App {
             }
             link_mail_siblings(&mut new, &people);
             loop {
-                let record = idempotency.as_ref().map(|(key, request_hash)| IdempotencyRecord {
-                    key: key.clone(),
-                    created_at: now,
-                    session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
-                    request_hash: Some(request_hash.clone()),
-                });
+                let record = idempotency
+                    .as_ref()
+                    .map(|(key, request_hash)| IdempotencyRecord {
+                        key: key.clone(),
+                        created_at: now,
+                        session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+                        request_hash: Some(request_hash.clone()),
+                    });
                 match self.write_starts(&new, record.as_ref()).await {
                     Ok(()) => break,
                     Err(StartAbort::Api(e)) => return Err(e),
