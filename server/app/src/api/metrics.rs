@@ -120,6 +120,7 @@ fn http_families(app: &App, out: &mut String) {
 }
 
 /// One-value gauges and counters: sessions, agents, store operations, events, mails.
+// long: one table, a row per metric; splitting it would only split the list.
 fn gauges(app: &App, out: &mut String) {
     let m = &app.metrics;
     let (writes, reads) = app.store.op_counts();

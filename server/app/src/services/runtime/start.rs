@@ -196,33 +196,8 @@ impl App {
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
-            loop {
-                let record = idempotency
-                    .as_ref()
-                    .map(|(key, request_hash)| IdempotencyRecord {
-                        key: key.clone(),
-                        created_at: now,
-                        session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
-                        request_hash: Some(request_hash.clone()),
-                    });
-                match self.write_starts(&new, record.as_ref()).await {
-                    Ok(()) => break,
-                    Err(StartAbort::Api(e)) => return Err(e),
-                    // Cluster mode: another replica started a session on these meanwhile.
-                    Err(StartAbort::Busy(computers)) => match busy {
-                        Busy::Fail => {
-                            return Err(ApiError::Conflict(format!(
-                                "computer {} already has an unfinished maintenance session",
-                                computers[0]
-                            )));
-                        }
-                        Busy::Skip => {
-                            tracing::info!(computers = ?computers, "sessions not started: their computers have unfinished sessions");
-                            new.retain(|(s, _, _)| !computers.contains(&s.computer_id));
-                        }
-                    },
-                }
-            }
+            self.write_starts_unless_busy(&mut new, idempotency.as_ref(), busy, now)
+                .await?;
             self.store.flush().await?;
             let mut webhooks = false;
             let mut sessions = Vec::with_capacity(new.len());
@@ -339,6 +314,42 @@ impl App {
             all.extend(s.preflight_scripts);
         }
         Ok(all)
+    }
+
+    /// Writes the call's sessions ([`App::write_starts`]). In cluster mode a computer another
+    /// replica started a session on meanwhile fails the call (`Busy::Fail`) or is left out and
+    /// the rest written again (`Busy::Skip`).
+    async fn write_starts_unless_busy(
+        &self,
+        new: &mut Vec<(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)>,
+        idempotency: Option<&(String, String)>,
+        busy: Busy,
+        now: Time,
+    ) -> ApiResult<()> {
+        loop {
+            let record = idempotency.map(|(key, request_hash)| IdempotencyRecord {
+                key: key.clone(),
+                created_at: now,
+                session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+                request_hash: Some(request_hash.clone()),
+            });
+            match self.write_starts(new, record.as_ref()).await {
+                Ok(()) => return Ok(()),
+                Err(StartAbort::Api(e)) => return Err(e),
+                Err(StartAbort::Busy(computers)) => match busy {
+                    Busy::Fail => {
+                        return Err(ApiError::Conflict(format!(
+                            "computer {} already has an unfinished maintenance session",
+                            computers[0]
+                        )));
+                    }
+                    Busy::Skip => {
+                        tracing::info!(computers = ?computers, "sessions not started: their computers have unfinished sessions");
+                        new.retain(|(s, _, _)| !computers.contains(&s.computer_id));
+                    }
+                },
+            }
+        }
     }
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
