@@ -444,6 +444,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         preflight_message: None,
         pre_rebooted_at: None,
         prompted: false,
+        revision: 0,
     }
 }
 

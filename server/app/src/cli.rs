@@ -203,7 +203,9 @@ fn rotate_attestation_key(data_dir: &std::path::Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Err(e) = crate::datadir::ensure_embedded_store(data_dir) {
-        eprintln!("upkeep-server rotate-attestation-key: {e:#} (in cluster mode the key is in the database)");
+        eprintln!(
+            "upkeep-server rotate-attestation-key: {e:#} (in cluster mode the key is in the database)"
+        );
         return ExitCode::FAILURE;
     }
     match crate::attestation::rotate(data_dir) {

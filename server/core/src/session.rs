@@ -408,6 +408,11 @@ pub struct Session {
     /// The reboot prompt was sent.
     #[serde(default)]
     pub prompted: bool,
+    /// Bumped by every stored step. In cluster mode a step is stored only if the revision it
+    /// was planned from is still the stored one, so two replicas never both apply a step of
+    /// one session (`runtime::write_step`). 0 in records written before it existed.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Session {
@@ -486,6 +491,7 @@ impl Session {
             preflight_message: None,
             pre_rebooted_at: None,
             prompted: false,
+            revision: 0,
         }
     }
 }

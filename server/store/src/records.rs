@@ -39,6 +39,17 @@ pub const TENANT_NAME: u8 = 28;
 /// Jobs handed out to an agent in cluster mode, by when their lease ends (`leased_jobs_key`):
 /// any replica finds the leases that ran out from here.
 pub const LEASED_JOBS: u8 = 29;
+/// Unique, cluster mode: a computer's id → its unfinished session's key, claimed in the
+/// transaction that starts the session and released by the step that finishes it, so two
+/// replicas never start two sessions on one computer.
+pub const COMPUTER_ACTIVE_SESSION: u8 = 30;
+/// Unique, cluster mode: a running slot's number (u32, big-endian) → the key of the session
+/// holding it, claimed by the step that moves a session into the stages that need a slot and
+/// released by the step that leaves them: the concurrency ceiling counted across replicas.
+pub const RUNNING_SLOT: u8 = 31;
+/// Unique, cluster mode: a session's id → the running slot it holds (u32, big-endian), the
+/// way back from [`RUNNING_SLOT`] for the step that releases it.
+pub const SESSION_SLOT: u8 = 32;
 
 /// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
 pub const NO_TENANT: [u8; 16] = [0; 16];

@@ -138,6 +138,11 @@ impl<T: Record> Encoded<T> {
             _kind: std::marker::PhantomData,
         })
     }
+
+    /// Whether two encodings are byte for byte the same record.
+    pub fn same_bytes(&self, other: &Encoded<T>) -> bool {
+        self.key == other.key && self.bytes == other.bytes
+    }
 }
 
 tokio::task_local! {

@@ -120,10 +120,11 @@ fn http_families(app: &App, out: &mut String) {
 }
 
 /// One-value gauges and counters: sessions, agents, store operations, events, mails.
+// long: one table, a row per metric; splitting it would only split the list.
 fn gauges(app: &App, out: &mut String) {
     let m = &app.metrics;
     let (writes, reads) = app.store.op_counts();
-    let gauges: [(&str, &str, &str, u64); 12] = [
+    let gauges: [(&str, &str, &str, u64); 13] = [
         (
             "upkeep_agent_polls_total",
             "counter",
@@ -147,6 +148,12 @@ fn gauges(app: &App, out: &mut String) {
             "counter",
             "Session events published.",
             m.session_events.load(Ordering::Relaxed),
+        ),
+        (
+            "upkeep_session_steps_stale_total",
+            "counter",
+            "Session steps dropped because another replica stored a step of the session first.",
+            m.session_steps_stale.load(Ordering::Relaxed),
         ),
         (
             "upkeep_sessions_finished_total",

@@ -14,6 +14,9 @@ pub struct Metrics {
     durations: Mutex<BTreeMap<String, Histogram>>,
     pub session_events: AtomicU64,
     pub sessions_finished: AtomicU64,
+    /// Steps planned from a session another replica had moved on meanwhile (cluster mode):
+    /// not stored, the session re-read.
+    pub session_steps_stale: AtomicU64,
     pub job_results: AtomicU64,
 }
 

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod removal;
 pub mod runtime;
 pub mod scheduler;
+pub mod sequence;
 pub mod users;
 pub mod webhooks;
 
@@ -158,6 +159,9 @@ impl App {
 
     /// In cluster mode: the connection to the other replicas.
     pub fn with_cluster(mut self, cluster: Option<Arc<crate::services::cluster::Bus>>) -> App {
+        if cluster.is_some() {
+            self.runtime.share();
+        }
         self.cluster = cluster;
         self
     }
@@ -203,7 +207,11 @@ impl App {
                 }
             }
             Note::AgentToken { computer } => self.agents.drop_tokens_of(computer),
-            Note::Session { .. } => {}
+            Note::Session { id } => {
+                // Off the inbox: the session's lock may be held by a step for a while.
+                let app = self.clone();
+                tokio::spawn(async move { app.session_changed_elsewhere(id).await });
+            }
         }
     }
 

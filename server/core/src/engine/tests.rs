@@ -182,6 +182,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         preflight_message: None,
         pre_rebooted_at: None,
         prompted: false,
+        revision: 0,
     }
 }
 

@@ -408,3 +408,73 @@ async fn the_sweep_drops_scratch_databases_older_than_its_age_only() {
         .await
         .expect("drop");
 }
+
+/// Issue 19's "two replicas never apply two steps of one session at once", on the engine: two
+/// writers plan a step from one stored revision of a session and both read it before either
+/// writes. Each checks in its transaction that the stored revision is still the planned one
+/// (as `runtime::shared::Guard` does) and stores the next. SERIALIZABLE fails one of the two
+/// overlapping transactions; it runs again, finds the winner's revision and gives up: exactly
+/// one step is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_steps_planned_from_one_revision_store_only_one() {
+    use crate::tx::{TxError, WriteError};
+    use std::sync::atomic::AtomicBool;
+    use upkeep_core::domain::Id;
+    use upkeep_core::session::Session;
+    let (_db, store) = fresh().await;
+    let id = Id::from_u128(7);
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let s = Session::for_tests(id, Id::from_u128(8), at);
+    store
+        .write(|tx| tx.put::<_, ()>(&s))
+        .await
+        .unwrap_or_else(|_| panic!("the session is stored"));
+    let both_read = Arc::new(std::sync::Barrier::new(2));
+    let mut writers = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let (store, both_read) = (store.clone(), both_read.clone());
+        writers.push(tokio::spawn(async move {
+            let planned = store.get::<Session>(&id).await.unwrap().unwrap();
+            let (runs, waited) = (AtomicU64::new(0), AtomicBool::new(false));
+            let r = store
+                .write(|tx| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let stored: Session = tx.get(&id)?.ok_or(TxError::Abort(u64::MAX))?;
+                    if stored.revision != planned.revision {
+                        return Err(TxError::Abort(stored.revision));
+                    }
+                    if !waited.swap(true, Ordering::Relaxed) {
+                        tokio::task::block_in_place(|| both_read.wait());
+                    }
+                    let mut next = planned.clone();
+                    next.revision += 1;
+                    next.created_by = name.to_string();
+                    tx.put(&next)?;
+                    Ok(())
+                })
+                .await;
+            (name, r, runs.load(Ordering::Relaxed))
+        }));
+    }
+    let mut won = Vec::new();
+    let mut lost = Vec::new();
+    for w in writers {
+        let (name, r, runs) = w.await.unwrap();
+        match r {
+            Ok(()) => won.push(name),
+            Err(WriteError::Abort(found)) => lost.push((name, found, runs)),
+            Err(WriteError::Store(e)) => panic!("{name}: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one step is stored: {won:?} {lost:?}");
+    assert_eq!(lost.len(), 1);
+    let (_, found, runs) = lost[0];
+    assert_eq!(found, 1, "the loser found the winner's revision");
+    assert!(
+        runs >= 2,
+        "the loser's transaction failed and ran again ({runs})"
+    );
+    let stored = store.get::<Session>(&id).await.unwrap().unwrap();
+    assert_eq!(stored.revision, 1);
+    assert_eq!(stored.created_by, won[0]);
+}

@@ -71,6 +71,7 @@ impl Subscription {
     /// `afterSequence` (requires `sessionId`), stored events after it are replayed first. A
     /// subscriber that falls too far behind gets an error and can resubscribe with the last
     /// sequence it saw.
+    // long: the order of subscribing, replaying and going live is the point; kept together.
     async fn maintenance_session_updates(
         &self,
         ctx: &Context<'_>,
@@ -84,12 +85,14 @@ impl Subscription {
         let c = Ctx::new(ctx)?;
         let app = c.app.clone();
         let scope = c.scope;
-        let session: Option<Id> = match &session_id {
+        // The session as read before subscribing: in cluster mode its `last_sequence` is where
+        // the live stream's gap check starts (`services::sequence`).
+        let (session, read_upto) = match &session_id {
             Some(s) => {
                 let s: Session = c.load(parse_id("sessionId", s)?).await?;
-                Some(s.id)
+                (Some(s.id), Some(s.last_sequence))
             }
-            None => None,
+            None => (None, None),
         };
         let tenant: Option<Id> = match &tenant_id {
             Some(t) => Some(
@@ -119,14 +122,21 @@ impl Subscription {
         // subscriber that falls too far behind gets one error and the stream ends. Nothing is
         // spawned: a slow client only delays its own stream, and one that goes away drops it.
         let replayed_upto = replay.last().map(|e| (e.session_id, e.sequence));
-        let replayed = futures_util::stream::iter(replay.into_iter().map(|e| Ok((true, e))));
-        let live = BroadcastStream::new(rx).map(|r| r.map(|e| (false, e)));
+        let replayed = futures_util::stream::iter(replay.into_iter().map(Ok));
         let wanted = move |e: &SessionEvent| {
             session.is_none_or(|s| s == e.session_id)
                 && tenant.is_none_or(|t| t == e.tenant_id)
                 && scope.contains(Some(e.tenant_id))
                 && !replayed_upto.is_some_and(|(s, n)| s == e.session_id && e.sequence <= n)
         };
+        let live = BroadcastStream::new(rx)
+            .filter(move |r| std::future::ready(r.as_ref().map_or(true, |e| wanted(e))));
+        let start = match (replayed_upto, after_sequence) {
+            (Some((_, n)), _) => n,
+            (None, Some(n)) => n.max(0) as u64,
+            (None, None) => read_upto.unwrap_or(0),
+        };
+        let live = in_sequence(&app, live, session.map(|s| (s, start)));
         let stream = replayed
             .chain(live)
             .scan(false, move |ended, item| {
@@ -134,8 +144,7 @@ impl Subscription {
                     return std::future::ready(None);
                 }
                 let out = match item {
-                    Ok((true, e)) => Some(Ok(EventView(e))),
-                    Ok((false, e)) => wanted(&e).then(|| Ok(EventView(e))),
+                    Ok(e) => Some(Ok(EventView(e))),
                     Err(BroadcastStreamRecvError::Lagged(n)) => {
                         *ended = true;
                         Some(Err(ApiError::Conflict(format!(
@@ -149,4 +158,25 @@ impl Subscription {
             .filter_map(std::future::ready);
         Ok(stream)
     }
+}
+
+/// In cluster mode events come from every replica: each once, in order, gaps filled from the
+/// store (`services::sequence`), `seen` (a session and the sequence it was seen up to) as the
+/// start. On one node the channel is already that.
+fn in_sequence<S>(
+    app: &Arc<crate::services::App>,
+    live: S,
+    seen: Option<(Id, u64)>,
+) -> futures_util::stream::BoxStream<'static, Result<Arc<SessionEvent>, BroadcastStreamRecvError>>
+where
+    S: Stream<Item = Result<Arc<SessionEvent>, BroadcastStreamRecvError>> + Send + 'static,
+{
+    if app.cluster.is_none() {
+        return live.boxed();
+    }
+    let mut sequencer = crate::services::sequence::Sequencer::new(app.clock.now());
+    if let Some((s, n)) = seen {
+        sequencer.seen(s, n);
+    }
+    app.in_sequence(live, sequencer).boxed()
 }

@@ -12,9 +12,11 @@
 mod group_mail;
 pub mod mailer;
 mod reboot;
+mod shared;
 mod start;
 
 pub use reboot::RebootNow;
+use shared::StepError;
 pub use start::{Busy, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
@@ -30,6 +32,8 @@ use upkeep_store::records::ACTIVE_SESSIONS;
 use upkeep_store::{Encoded, IndexKey, TxError};
 
 const LOCK_STRIPES: usize = 256;
+/// How many times a step is planned again after other replicas moved its session first.
+const STEP_ATTEMPTS: usize = 8;
 
 pub struct SessionRuntime {
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -39,6 +43,10 @@ pub struct SessionRuntime {
     pub(crate) create_lock: tokio::sync::Mutex<()>,
     idempotency_lock: tokio::sync::Mutex<()>,
     mail_locks: group_mail::MailLocks,
+    /// Cluster mode: replicas share the store, so a step checks the session's revision, the
+    /// running slots and the computer's start marker in its transaction (`shared.rs`).
+    shared: bool,
+    max_running: usize,
 }
 
 impl SessionRuntime {
@@ -51,7 +59,14 @@ impl SessionRuntime {
             create_lock: tokio::sync::Mutex::new(()),
             idempotency_lock: tokio::sync::Mutex::new(()),
             mail_locks: group_mail::MailLocks::default(),
+            shared: false,
+            max_running,
         }
+    }
+
+    /// Cluster mode: steps and starts guard themselves in the shared store (see `shared`).
+    pub fn share(&mut self) {
+        self.shared = true;
     }
 
     fn lock_for(&self, id: Id) -> &tokio::sync::Mutex<()> {
@@ -101,6 +116,12 @@ impl SessionRuntime {
         self.st().note(s)
     }
 
+    /// A session as stored, whoever stored it: like `note`, and one in a slot-holding stage
+    /// holds a slot here too (cluster mode: the board then counts every replica's sessions).
+    fn learn(&self, s: &Session) -> Option<Id> {
+        self.st().recover(s)
+    }
+
     fn stepping(&self, id: Id) {
         self.st().stepping(id);
     }
@@ -132,12 +153,55 @@ impl App {
 
     /// Applies `event` to session `id`: engine step, persist, flush, then publish. Returns the
     /// new session. Engine refusals come back as API errors.
+    ///
+    /// In cluster mode a step is stored only if no other replica stored one since it read the
+    /// session (`shared::Guard`): a stale tick is dropped (the other replica's step was that
+    /// tick), any other event is planned again from the stored session, [`STEP_ATTEMPTS`]
+    /// times at most; a step that found every running slot taken is planned again without one.
     pub async fn apply(self: &Arc<Self>, id: Id, event: Event) -> ApiResult<Session> {
         let _guard = self.runtime.lock_for(id).lock().await;
+        let mut no_slot = false;
+        for _ in 0..STEP_ATTEMPTS {
+            match self.step_once(id, event.clone(), no_slot).await {
+                Ok(s) => return Ok(s),
+                Err(StepError::Api(e)) => return Err(e),
+                Err(StepError::NoSlot) => no_slot = true,
+                Err(StepError::Stale) => {
+                    self.metrics
+                        .session_steps_stale
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if matches!(event, Event::Tick) {
+                        return self
+                            .store
+                            .get::<Session>(&id)
+                            .await?
+                            .ok_or_else(|| ApiError::not_found("maintenance session", id));
+                    }
+                }
+            }
+        }
+        tracing::warn!(session = %id, "a session step kept conflicting with other replicas");
+        Err(ApiError::Conflict(format!(
+            "maintenance session {id} kept changing on other replicas; try again"
+        )))
+    }
+
+    /// One attempt of [`App::apply`], under the session's lock. `no_slot`: a running slot was
+    /// not to be had in the shared store, so the engine is told none is free.
+    // long: one engine step from reading the session to publishing it, with every way out
+    // giving back what the step reserved; splitting it would scatter that bookkeeping.
+    async fn step_once(
+        self: &Arc<Self>,
+        id: Id,
+        event: Event,
+        no_slot: bool,
+    ) -> Result<Session, StepError> {
         self.runtime.stepping(id);
         let Some(mut s) = self.store.get::<Session>(&id).await? else {
-            return Err(ApiError::not_found("maintenance session", id));
+            return Err(ApiError::not_found("maintenance session", id).into());
         };
+        let guard = self.runtime.shared.then(|| shared::Guard::of(&s));
+        let unchanged = guard.as_ref().map(|_| Encoded::new(&s)).transpose()?;
         let before_status = s.status;
         let decided_before = [
             group_mail::decided(&s, upkeep_core::mail::MailKind::Before),
@@ -157,7 +221,7 @@ impl App {
             now: self.clock.now(),
             online: self.agents.is_online(s.computer_id),
             slot_available: if slot_needed {
-                self.runtime.try_slot(id)
+                !no_slot && self.runtime.try_slot(id)
             } else {
                 true
             },
@@ -174,26 +238,50 @@ impl App {
             Err(e) => {
                 // Give back a slot reserved for a step that did not happen.
                 let _ = self.runtime.note(&s);
-                return Err(ApiError::Refused(e));
+                return Err(ApiError::Refused(e).into());
             }
         };
         if effects.is_empty() && s.status == before_status && settle.is_none() {
             // Nothing happened (a tick while waiting); keep the wake time current.
-            // Persisted without a flush: nothing was acknowledged or published.
-            if let Err(e) = self
-                .store
-                .write(|tx| tx.put(&s).map_err(|e: TxError<ApiError>| e))
-                .await
-            {
-                self.renote_stored(id).await;
-                return Err(e.into());
+            // Persisted without a flush: nothing was acknowledged or published. In cluster
+            // mode a session that did not change at all is not written (nor announced).
+            let same = match &unchanged {
+                Some(before) => before.same_bytes(&Encoded::new(&s)?),
+                None => false,
+            };
+            if !same {
+                if let Some(g) = &guard {
+                    s.revision = g.next();
+                }
+                let r = self
+                    .store
+                    .write(|tx| {
+                        if let Some(g) = &guard {
+                            g.check(tx, &s, self.runtime.max_running)?;
+                        }
+                        tx.put(&s)?;
+                        Ok::<_, TxError<StepError>>(())
+                    })
+                    .await;
+                if let Err(e) = r {
+                    self.renote_stored(id).await;
+                    return Err(e.into());
+                }
+                self.announce_session(s.id);
             }
             let wake = self.runtime.note(&s);
-            self.spawn_tick(wake);
+            self.spawn_tick(wake.filter(|w| !(no_slot && *w == id)));
             return Ok(s);
         }
         let committed = match self
-            .commit(&mut s, &effects, before_status, settle, decided_before)
+            .commit(
+                &mut s,
+                &effects,
+                before_status,
+                settle,
+                decided_before,
+                guard,
+            )
             .await
         {
             Ok(c) => c,
@@ -204,7 +292,7 @@ impl App {
         };
         let wake = self.runtime.note(&s);
         self.after_commit(&s, committed);
-        self.spawn_tick(wake);
+        self.spawn_tick(wake.filter(|w| !(no_slot && *w == id)));
         Ok(s)
     }
 
@@ -259,8 +347,53 @@ impl App {
     /// a slot reserved for the step), and the session is woken again later.
     async fn renote_stored(self: &Arc<Self>, id: Id) {
         if let Ok(Some(stored)) = self.store.get::<Session>(&id).await {
-            let wake = self.runtime.note(&stored);
+            // In cluster mode the stored session may hold a slot another replica claimed.
+            let wake = if self.runtime.shared {
+                self.runtime.learn(&stored)
+            } else {
+                self.runtime.note(&stored)
+            };
             self.spawn_tick(wake);
+        }
+    }
+
+    /// Cluster mode: tells the other replicas that session `id` changed. Call only after the
+    /// change was stored.
+    fn announce_session(&self, id: Id) {
+        if let Some(bus) = &self.cluster {
+            bus.send(crate::services::cluster::Note::Session { id });
+        }
+    }
+
+    /// Cluster mode: another replica stored a change of session `id`. The board learns it from
+    /// the store (slot, queue, timer, computer): every replica knows every unfinished session,
+    /// so its timers fire and a freed slot wakes the queue's head wherever the note lands, and
+    /// a session of a replica that died goes on. A session waiting for its computer is ticked
+    /// at once by a replica whose agent gateway sees that computer online.
+    pub async fn session_changed_elsewhere(self: &Arc<Self>, id: Id) {
+        let stored = {
+            // Under the session's lock: a step of this replica notes after storing, so the
+            // board never goes back to an older state.
+            let _guard = self.runtime.lock_for(id).lock().await;
+            match self.store.get::<Session>(&id).await {
+                Ok(Some(s)) => {
+                    let wake = self.runtime.learn(&s);
+                    self.spawn_tick(wake);
+                    s
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cannot read a session another replica changed");
+                    return;
+                }
+            }
+        };
+        if !stored.status.is_terminal()
+            && !stored.queued
+            && stored.offline_since.is_some()
+            && self.agents.is_online(stored.computer_id)
+        {
+            self.spawn_tick(Some(id));
         }
     }
 
@@ -286,7 +419,8 @@ impl App {
         before: SessionStatus,
         settle: Option<Id>,
         decided_before: [bool; 2],
-    ) -> ApiResult<Committed> {
+        guard: Option<shared::Guard>,
+    ) -> Result<Committed, StepError> {
         let now = self.clock.now();
         let mut c = Committed::default();
         c.abandoned.extend(settle);
@@ -323,7 +457,10 @@ impl App {
                     .extend(self.webhooks.reboot_prompted(s, message).await?);
             }
         }
-        self.write_step(s, &c, now).await?;
+        if let Some(g) = &guard {
+            s.revision = g.next();
+        }
+        self.write_step(s, &c, now, guard.as_ref()).await?;
         Ok(c)
     }
 
@@ -464,7 +601,13 @@ impl App {
     }
 
     /// Writes the step in one transaction and flushes.
-    async fn write_step(&self, s: &Session, c: &Committed, now: Time) -> ApiResult<()> {
+    async fn write_step(
+        &self,
+        s: &Session,
+        c: &Committed,
+        now: Time,
+        guard: Option<&shared::Guard>,
+    ) -> Result<(), StepError> {
         let s_ref = s;
         let cref = c;
         // Encoded before the transaction (see `store::Encoded`). The settled jobs are read here
@@ -493,12 +636,15 @@ impl App {
             .write(|tx| {
                 if let Some(job) = answered
                     && tx
-                        .get::<JobRecord, ApiError>(&job)?
+                        .get::<JobRecord, StepError>(&job)?
                         .is_some_and(|j| matches!(j.state, JobState::Done { .. }))
                 {
-                    return Err(TxError::Abort(ApiError::Conflict(format!(
+                    return Err(TxError::Abort(StepError::Api(ApiError::Conflict(format!(
                         "job {job} was answered already"
-                    ))));
+                    )))));
+                }
+                if let Some(g) = guard {
+                    g.check(tx, s_ref, self.runtime.max_running)?;
                 }
                 tx.put_encoded(&session)?;
                 if let Some(a) = &attestation {
@@ -526,12 +672,12 @@ impl App {
                     tx.put(v)?;
                 }
                 if cref.finished
-                    && let Some(mut comp) = tx.get::<Computer, ApiError>(&s_ref.computer_id)?
+                    && let Some(mut comp) = tx.get::<Computer, StepError>(&s_ref.computer_id)?
                 {
                     s_ref.finish_on(&mut comp);
                     tx.put(&comp)?;
                 }
-                Ok::<_, TxError<ApiError>>(())
+                Ok::<_, TxError<StepError>>(())
             })
             .await?;
         self.store.flush().await?;
@@ -569,6 +715,7 @@ impl App {
         for e in c.events {
             self.publish_event(e);
         }
+        self.announce_session(s.id);
         if !c.mails.is_empty() {
             self.outbox.wake();
         }

@@ -196,13 +196,8 @@ impl App {
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
-            let record = idempotency.map(|(key, request_hash)| IdempotencyRecord {
-                key,
-                created_at: now,
-                session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
-                request_hash: Some(request_hash),
-            });
-            self.write_starts(&new, record.as_ref()).await?;
+            self.write_starts_unless_busy(&mut new, idempotency.as_ref(), busy, now)
+                .await?;
             self.store.flush().await?;
             let mut webhooks = false;
             let mut sessions = Vec::with_capacity(new.len());
@@ -321,13 +316,49 @@ impl App {
         Ok(all)
     }
 
+    /// Writes the call's sessions ([`App::write_starts`]). In cluster mode a computer another
+    /// replica started a session on meanwhile fails the call (`Busy::Fail`) or is left out and
+    /// the rest written again (`Busy::Skip`).
+    async fn write_starts_unless_busy(
+        &self,
+        new: &mut Vec<(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)>,
+        idempotency: Option<&(String, String)>,
+        busy: Busy,
+        now: Time,
+    ) -> ApiResult<()> {
+        loop {
+            let record = idempotency.map(|(key, request_hash)| IdempotencyRecord {
+                key: key.clone(),
+                created_at: now,
+                session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
+                request_hash: Some(request_hash.clone()),
+            });
+            match self.write_starts(new, record.as_ref()).await {
+                Ok(()) => return Ok(()),
+                Err(StartAbort::Api(e)) => return Err(e),
+                Err(StartAbort::Busy(computers)) => match busy {
+                    Busy::Fail => {
+                        return Err(ApiError::Conflict(format!(
+                            "computer {} already has an unfinished maintenance session",
+                            computers[0]
+                        )));
+                    }
+                    Busy::Skip => {
+                        tracing::info!(computers = ?computers, "sessions not started: their computers have unfinished sessions");
+                        new.retain(|(s, _, _)| !computers.contains(&s.computer_id));
+                    }
+                },
+            }
+        }
+    }
+
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
     /// record, in transactions of [`START_CHUNK`] sessions.
     async fn write_starts(
         &self,
         new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
         record: Option<&IdempotencyRecord>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), StartAbort> {
         // No sessions still writes the idempotency record (a call that started nothing).
         let chunks: Vec<&[_]> = if new.is_empty() {
             vec![&[]]
@@ -341,6 +372,18 @@ impl App {
             let record = if i == last { record } else { None };
             self.store
                 .write(|tx| {
+                    if self.runtime.shared {
+                        // One unfinished session per computer across replicas.
+                        let mut busy = Vec::new();
+                        for (s, _, _) in chunk {
+                            if !super::shared::claim_computer(tx, s)? {
+                                busy.push(s.computer_id);
+                            }
+                        }
+                        if !busy.is_empty() {
+                            return Err(TxError::Abort(StartAbort::Busy(busy)));
+                        }
+                    }
                     for (s, created, deliveries) in chunk {
                         tx.put(s)?;
                         tx.put(created)?;
@@ -351,9 +394,13 @@ impl App {
                     if let Some(r) = record {
                         tx.put(r)?;
                     }
-                    Ok::<_, TxError<ApiError>>(())
+                    Ok::<_, TxError<StartAbort>>(())
                 })
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    upkeep_store::WriteError::Abort(a) => a,
+                    upkeep_store::WriteError::Store(e) => StartAbort::Api(e.into()),
+                })?;
         }
         Ok(())
     }
@@ -395,6 +442,13 @@ fn link_mail_siblings<A, B>(new: &mut [(Session, A, B)], people: &[(Id, Option<I
 
 /// A tenant's time zone and preflight checks, as a session starts with them.
 type TenantFacts = (Stored<TimeZone>, Vec<Script>);
+
+/// Why a start transaction did not commit.
+enum StartAbort {
+    Api(ApiError),
+    /// Cluster mode: these computers' start markers name unfinished sessions.
+    Busy(Vec<Id>),
+}
 
 /// What [`App::start_sessions`] does with a computer that already has an unfinished session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,6 +505,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         preflight_message: None,
         pre_rebooted_at: None,
         prompted: false,
+        revision: 0,
     };
     let created = SessionEvent {
         session_id: s.id,
