@@ -26,6 +26,9 @@ use upkeep_core::session::{JobRecord, SessionEvent};
 /// Notes waiting to be published; past this, new ones are dropped (and counted): the store
 /// still has what they tell of.
 const SEND_QUEUE: usize = 65_536;
+/// Notes read from the stream and not yet taken by the inbox's reader; the reader waits
+/// beyond it (the stream keeps them).
+const INBOX_QUEUE: usize = 4096;
 /// How long a published note stays in the stream for replicas that were away.
 const HISTORY: Duration = Duration::from_secs(3600);
 /// The stream's size bound (oldest notes go first).
@@ -216,7 +219,29 @@ impl Bus {
 
     /// Subscribes to other replicas' notes from now on. Call before loading state from the
     /// store, then read the inbox once loading is done.
+    ///
+    /// The inbox outlives NATS restarts and lost consumers: it remembers the stream sequence
+    /// of the last note it read and, when reading fails (the server restarted and forgot the
+    /// consumer, the connection broke), opens a new consumer from the next sequence, so no
+    /// note in the stream's history is skipped.
     pub async fn subscribe(self: &Arc<Self>) -> anyhow::Result<Inbox> {
+        let stream = self
+            .jetstream
+            .get_stream(stream_name(&self.prefix))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the JetStream stream: {e}"))?;
+        // Everything published from now on: the sequence after the stream's last one.
+        let next = stream.cached_info().state.last_sequence + 1;
+        let messages = self.open_consumer(next).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(INBOX_QUEUE);
+        tokio::spawn(self.clone().read_notes(messages, next, tx));
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+
+    async fn open_consumer(
+        &self,
+        from: u64,
+    ) -> anyhow::Result<async_nats::jetstream::consumer::pull::Ordered> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let stream = self
             .jetstream
@@ -225,41 +250,78 @@ impl Bus {
             .map_err(|e| anyhow::anyhow!("cannot open the JetStream stream: {e}"))?;
         let consumer = stream
             .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::New,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
                 ..Default::default()
             })
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the JetStream stream: {e}"))?;
-        let messages = consumer
+        consumer
             .messages()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot read the JetStream stream: {e}"))?;
-        let me = self.clone();
-        Ok(messages
-            .filter_map(move |m| {
-                let me = me.clone();
-                async move {
-                    let m = match m {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading cluster notes");
-                            return None;
-                        }
-                    };
-                    match serde_json::from_slice::<Envelope>(&m.payload) {
-                        Ok(env) if env.origin == me.replica => None,
-                        Ok(env) => {
-                            me.received.fetch_add(1, Ordering::Relaxed);
-                            Some(env.note)
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "an unreadable cluster note was skipped");
-                            None
-                        }
+            .map_err(|e| anyhow::anyhow!("cannot read the JetStream stream: {e}"))
+    }
+
+    /// Feeds `tx` with other replicas' notes from stream sequence `next` on, reopening the
+    /// consumer from where it stopped whenever reading fails, until the inbox is dropped.
+    async fn read_notes(
+        self: Arc<Self>,
+        mut messages: async_nats::jetstream::consumer::pull::Ordered,
+        mut next: u64,
+        tx: tokio::sync::mpsc::Sender<Note>,
+    ) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            while let Some(m) = messages.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, next, "reading cluster notes failed; reopening from the next one");
+                        break;
                     }
+                };
+                pause = Duration::from_millis(100);
+                if let Ok(info) = m.info() {
+                    next = info.stream_sequence + 1;
                 }
-            })
-            .boxed())
+                if let Some(note) = self.open_envelope(&m.payload)
+                    && tx.send(note).await.is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                match self.open_consumer(next).await {
+                    Ok(m) => {
+                        tracing::info!(next, "reading cluster notes again");
+                        messages = m;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reopen the cluster notes yet"),
+                }
+            }
+        }
+    }
+
+    /// A note from another replica (`None` for this replica's own and for unreadable ones).
+    fn open_envelope(&self, payload: &[u8]) -> Option<Note> {
+        match serde_json::from_slice::<Envelope>(payload) {
+            Ok(env) if env.origin == self.replica => None,
+            Ok(env) => {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                Some(env.note)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable cluster note was skipped");
+                None
+            }
+        }
     }
 }
 
