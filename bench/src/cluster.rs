@@ -142,7 +142,12 @@ impl Deployment {
     fn log_tails(&self) -> String {
         let mut out = String::new();
         for s in [&self.sled, &self.one].into_iter().chain(&self.three) {
-            out.push_str(&format!("--- {} ({})\n{}\n", s.name, s.log.display(), s.log_tail(5)));
+            out.push_str(&format!(
+                "--- {} ({})\n{}\n",
+                s.name,
+                s.log.display(),
+                s.log_tail(5)
+            ));
         }
         out
     }
@@ -233,6 +238,8 @@ fn cpu_figures(what: &str, t: Target, cpu: &CpuUse, ops: f64, per: f64) -> Vec<F
 
 /// Polls: a fleet per store enrolled and polled once each, then interleaved rounds of
 /// `waitSeconds: 0` polls over 64 connections, as in `polls`.
+// long: fleets, warm-up, interleaved rounds and figures share the per-target state; split, each
+// piece would take most of it as arguments.
 async fn poll_phase(
     dep: &Deployment,
     quick: bool,
@@ -279,8 +286,8 @@ async fn poll_phase(
     for t in Target::ALL {
         let tokens = tokens_of(t)?;
         if t != Target::Nginx1 {
-            let (once, _) = polls::drive(&client, &poll_url(t), &tokens, CONNECTIONS, Pass::Each)
-                .await?;
+            let (once, _) =
+                polls::drive(&client, &poll_url(t), &tokens, CONNECTIONS, Pass::Each).await?;
             if once.errors > 0 {
                 note(
                     S,
@@ -307,8 +314,8 @@ async fn poll_phase(
             let parts = dep.parts(t);
             let before = parts.read()?;
             let tokens = tokens_of(t)?;
-            let r = polls::drive(&client, &poll_url(t), &tokens, CONNECTIONS, Pass::For(half))
-                .await?;
+            let r =
+                polls::drive(&client, &poll_url(t), &tokens, CONNECTIONS, Pass::For(half)).await?;
             let cpu = CpuUse::between(&before, &parts.read()?);
             runs[i].0.add(r);
             runs[i].1.add(&cpu);
@@ -323,7 +330,8 @@ async fn poll_phase(
     ));
     for (t, (run, cpu)) in Target::ALL.into_iter().zip(runs.iter_mut()) {
         let k = t.key();
-        figures.push(Figure::new(S, format!("polls_per_s_{k}"), run.rate(), "1/s").against(sled_rate));
+        figures
+            .push(Figure::new(S, format!("polls_per_s_{k}"), run.rate(), "1/s").against(sled_rate));
         figures.push(Figure::new(
             S,
             format!("poll_p50_ms_{k}"),
@@ -374,7 +382,8 @@ async fn session_phase(
                 let k = t.key();
                 let rate = b.sessions_per_s();
                 let base = *sled_rate.get_or_insert(rate);
-                figures.push(Figure::new(S, format!("sessions_per_s_{k}"), rate, "1/s").against(base));
+                figures
+                    .push(Figure::new(S, format!("sessions_per_s_{k}"), rate, "1/s").against(base));
                 figures.push(Figure::new(
                     S,
                     format!("result_p50_ms_{k}"),

@@ -81,7 +81,10 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         },
     )
     .await?;
-    let ws_url = format!("{}/graphql/ws", fleet.endpoint.url.replacen("http", "ws", 1));
+    let ws_url = format!(
+        "{}/graphql/ws",
+        fleet.endpoint.url.replacen("http", "ws", 1)
+    );
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     note(S, format!("connecting {} subscribers", size.subscribers));

@@ -68,7 +68,12 @@ impl ServerProcess {
         let child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
-            .args(["--admin-email", ADMIN_EMAIL, "--admin-password", ADMIN_PASSWORD])
+            .args([
+                "--admin-email",
+                ADMIN_EMAIL,
+                "--admin-password",
+                ADMIN_PASSWORD,
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -88,7 +93,10 @@ impl ServerProcess {
                 bail!("{name} exited at start ({status}):\n{}", p.log_tail(20));
             }
             if Instant::now() > deadline {
-                bail!("{name} did not come up within {START_TIMEOUT:?}:\n{}", p.log_tail(20));
+                bail!(
+                    "{name} did not come up within {START_TIMEOUT:?}:\n{}",
+                    p.log_tail(20)
+                );
             }
             if p.port == 0 {
                 p.port = listening_port(&std::fs::read_to_string(&p.log)?).unwrap_or(0);
@@ -217,7 +225,10 @@ impl Nginx {
                     );
                 }
                 if Instant::now() > deadline {
-                    bail!("nginx did not answer on port {port}:\n{}", tail(&error_log, 10));
+                    bail!(
+                        "nginx did not answer on port {port}:\n{}",
+                        tail(&error_log, 10)
+                    );
                 }
                 if let Ok(r) = http
                     .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -530,10 +541,15 @@ mod tests {
     fn nginx_config_spreads_over_every_replica_without_stickiness() {
         let c = nginx_config(Path::new("/tmp/x"), &[(9000, &[1, 2, 3]), (9001, &[4])]);
         for port in [1, 2, 3, 4] {
-            assert!(c.contains(&format!("server 127.0.0.1:{port} max_fails")), "{c}");
+            assert!(
+                c.contains(&format!("server 127.0.0.1:{port} max_fails")),
+                "{c}"
+            );
         }
         assert!(c.contains("listen 127.0.0.1:9000;") && c.contains("listen 127.0.0.1:9001;"));
-        assert!(c.contains("proxy_pass http://upkeep0;") && c.contains("proxy_pass http://upkeep1;"));
+        assert!(
+            c.contains("proxy_pass http://upkeep0;") && c.contains("proxy_pass http://upkeep1;")
+        );
         assert!(c.contains("proxy_set_header Upgrade $http_upgrade;"));
         assert!(!c.contains("ip_hash") && !c.contains("sticky") && !c.contains("hash "));
         assert!(!c.contains("daemon"), "daemon off is given with -g");

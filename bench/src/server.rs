@@ -19,12 +19,7 @@ pub const ENROLL_CONCURRENCY: usize = 64;
 
 /// `count` software entries with one version ("1.0") and trivial scripts, each deployed to
 /// every computer of `tenant` as INSTALLED_LATEST.
-pub async fn deploy_software(
-    s: &Endpoint,
-    token: &str,
-    tenant: &str,
-    count: usize,
-) -> Result<()> {
+pub async fn deploy_software(s: &Endpoint, token: &str, tenant: &str, count: usize) -> Result<()> {
     for i in 0..count {
         let sw = s
             .create_software(
@@ -114,12 +109,7 @@ pub async fn status_counts(s: &Endpoint, token: &str) -> Result<HashMap<String, 
 }
 
 /// Waits until `n` sessions are PASSED; fails when any ends otherwise or `timeout` passes.
-pub async fn wait_passed(
-    s: &Endpoint,
-    token: &str,
-    n: u64,
-    timeout: Duration,
-) -> Result<Duration> {
+pub async fn wait_passed(s: &Endpoint, token: &str, n: u64, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
         let counts = status_counts(s, token).await?;

@@ -222,8 +222,7 @@ pub async fn burst(scenario: &str, fleet: &mut Fleet, quick: bool) -> Result<Bur
     calls?;
     // Ten times what a healthy run takes; a stuck server is reported, not waited for.
     let timeout = Duration::from_secs(if quick { 30 } else { 90 });
-    let waited =
-        crate::server::wait_passed(&fleet.endpoint, &fleet.admin, n as u64, timeout).await;
+    let waited = crate::server::wait_passed(&fleet.endpoint, &fleet.admin, n as u64, timeout).await;
     let elapsed = t0.elapsed();
     // A simulated agent that stopped (the server refused one of its calls) explains a stall.
     fleet.check_agents()?;

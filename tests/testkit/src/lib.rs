@@ -12,8 +12,7 @@ mod cluster;
 mod server;
 
 pub use client::{
-    Endpoint,
-    CLIENT_TIMEOUT, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
+    CLIENT_TIMEOUT, Endpoint, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
 };
 pub use cluster::{ScratchCluster, nats_url};
 pub use server::{TestServer, server_runtime, set_server_runtime};
