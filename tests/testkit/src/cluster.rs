@@ -23,10 +23,11 @@ impl ScratchCluster {
         Ok(ScratchCluster {
             database: ScratchDatabase::create().await?,
             nats_url: nats_url(),
-            // A fresh UUIDv7's hex: unique per test, and sortable by when it was made.
+            // A fresh UUIDv7's hex: unique per test, and sortable by when it was made; cut to
+            // the 32 characters `--nats-prefix` takes (server processes get it as a flag).
             prefix: format!(
                 "t{}",
-                upkeep_server::ids::fresh().to_string().replace('-', "")
+                &upkeep_server::ids::fresh().to_string().replace('-', "")[..31]
             ),
         })
     }
