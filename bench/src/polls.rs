@@ -70,17 +70,18 @@ impl Tokens {
         vec![b'x'; n * TOKEN_LEN]
     }
 
-    /// Enrolls as many agents as `table` has room for through `endpoint`, 64 at a time;
-    /// returns their tokens and how long enrollment took.
+    /// Enrolls as many agents as `table` has room for through `endpoint`, `concurrency` at a
+    /// time; returns their tokens and how long enrollment took.
     pub async fn enroll(
         endpoint: &Endpoint,
         key: &str,
         table: Vec<u8>,
+        concurrency: usize,
     ) -> Result<(Tokens, Duration)> {
         let n = table.len() / TOKEN_LEN;
         let table = Arc::new(Mutex::new(table));
         let t = table.clone();
-        let took = enroll_fleet(endpoint, key, n, ENROLL_CONCURRENCY, move |i, r| {
+        let took = enroll_fleet(endpoint, key, n, concurrency, move |i, r| {
             if r.agent_token.len() == TOKEN_LEN
                 && let Ok(mut t) = t.lock()
             {
@@ -107,7 +108,8 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let table = Tokens::table(size.agents);
     let rss_before = rss_bytes()?;
     note(S, format!("enrolling {} agents", size.agents));
-    let (tokens, took) = Tokens::enroll(&server.endpoint(), &key, table).await?;
+    let (tokens, took) =
+        Tokens::enroll(&server.endpoint(), &key, table, ENROLL_CONCURRENCY).await?;
     let rss_enrolled = rss_bytes()?;
     let tokens = Arc::new(tokens);
     // One poll each: every agent now has its presence entry, as an idle fleet does.

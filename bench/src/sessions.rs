@@ -40,7 +40,15 @@ impl Fleet {
         // The server's defaults, including `--max-concurrent-sessions` (500): with 1 000
         // computers half the sessions wait in the queue for a slot.
         let server = TestServer::start_in_temp_dir(upkeep_testkit::config).await?;
-        let mut fleet = Fleet::on(server.endpoint(), "Fleet", scenario, n, opts).await?;
+        let mut fleet = Fleet::on(
+            server.endpoint(),
+            "Fleet",
+            scenario,
+            n,
+            opts,
+            ENROLL_CONCURRENCY,
+        )
+        .await?;
         fleet.server = Some(server);
         Ok(fleet)
     }
@@ -55,6 +63,7 @@ impl Fleet {
         scenario: &str,
         n: usize,
         opts: AgentOptions,
+        enroll_concurrency: usize,
     ) -> Result<Fleet> {
         let admin = endpoint.admin().await?;
         let tenant = endpoint.create_tenant(&admin, name).await?;
@@ -66,7 +75,7 @@ impl Fleet {
             n
         ]));
         let e = enrolled.clone();
-        enroll_fleet(&endpoint, &key, n, ENROLL_CONCURRENCY, move |i, r| {
+        enroll_fleet(&endpoint, &key, n, enroll_concurrency, move |i, r| {
             if let Ok(mut e) = e.lock() {
                 e[i] = (r.computer_id, r.agent_token);
             }
