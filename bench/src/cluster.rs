@@ -213,6 +213,13 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         note(S, format!("server logs:\n{}", dep.log_tails()));
     }
     drop(dep);
+    let retries = crate::server::ENROLL_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    figures.push(Figure::new(
+        S,
+        "enrollments_retried",
+        retries as f64,
+        "calls",
+    ));
     if failures.is_empty() {
         return Ok(figures);
     }

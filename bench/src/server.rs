@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use upkeep_agent_protocol as proto;
 use upkeep_testkit::Endpoint;
 
+/// Enrollments answered 500 and retried, since the process started.
+pub static ENROLL_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Enrollment calls the bench keeps in flight at once while building a fleet.
 pub const ENROLL_CONCURRENCY: usize = 64;
 
@@ -74,7 +77,21 @@ pub async fn enroll_fleet(
                     os: "Debian GNU/Linux 12 (bookworm)".into(),
                     agent_version: "0.1.0".into(),
                 };
-                keep(i, upkeep_testkit::enroll(&http, &url, &req).await?);
+                // A 500 is retried a few times: on PostgreSQL concurrent enrollments can fail
+                // (serialization conflicts, predicate-lock memory); each retry is counted.
+                let mut attempt = 0;
+                let answer = loop {
+                    match upkeep_testkit::enroll(&http, &url, &req).await {
+                        Ok(a) => break a,
+                        Err(e) if attempt < 10 && format!("{e:#}").contains("500") => {
+                            attempt += 1;
+                            ENROLL_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                keep(i, answer);
                 i += concurrency;
             }
             Ok::<_, anyhow::Error>(())
