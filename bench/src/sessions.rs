@@ -219,6 +219,12 @@ pub async fn burst(scenario: &str, fleet: &mut Fleet, quick: bool) -> Result<Bur
         scenario,
         format!("starting {n} sessions of {DEPLOYMENTS} deployments"),
     );
+    // Counts are of the whole store: another fleet's sessions may have passed on it before.
+    let passed_before = crate::server::status_counts(&fleet.endpoint, &fleet.admin)
+        .await?
+        .get("PASSED")
+        .copied()
+        .unwrap_or(0);
     let results_before = fleet.stats.results.load(Ordering::Relaxed);
     let throttled_before = fleet.stats.throttled.load(Ordering::Relaxed);
     // Every session is started before any agent answers (a schedule firing for the whole
@@ -231,7 +237,13 @@ pub async fn burst(scenario: &str, fleet: &mut Fleet, quick: bool) -> Result<Bur
     calls?;
     // Ten times what a healthy run takes; a stuck server is reported, not waited for.
     let timeout = Duration::from_secs(if quick { 30 } else { 90 });
-    let waited = crate::server::wait_passed(&fleet.endpoint, &fleet.admin, n as u64, timeout).await;
+    let waited = crate::server::wait_passed(
+        &fleet.endpoint,
+        &fleet.admin,
+        passed_before + n as u64,
+        timeout,
+    )
+    .await;
     let elapsed = t0.elapsed();
     // A simulated agent that stopped (the server refused one of its calls) explains a stall.
     fleet.check_agents()?;
