@@ -81,7 +81,10 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         },
     )
     .await?;
-    let ws_url = format!("{}/graphql/ws", fleet.server.url.replacen("http", "ws", 1));
+    let ws_url = format!(
+        "{}/graphql/ws",
+        fleet.endpoint.url.replacen("http", "ws", 1)
+    );
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     note(S, format!("connecting {} subscribers", size.subscribers));
@@ -124,7 +127,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         fleet.start_sessions(std::slice::from_ref(c)).await?;
     }
     let waited = crate::server::wait_passed(
-        &fleet.server,
+        &fleet.endpoint,
         &fleet.admin,
         size.sessions as u64,
         Duration::from_secs(300),

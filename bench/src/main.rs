@@ -2,18 +2,22 @@
 //!
 //! ```text
 //! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|all> [--quick]
+//! cargo build --release -p upkeep-server -p upkeep-bench && target/release/upkeep-bench cluster [--quick]
 //! ```
 //!
 //! Each scenario starts the real server in this process (`upkeep_server::api::http::start`, temp
 //! data dir, loopback listener) and measures it over HTTP and WebSocket only; fixtures may be
-//! written beforehand through the server's store. Figures are JSON lines on stdout, progress
-//! notes on stderr. `RUST_LOG` turns on the server's log.
+//! written beforehand through the server's store. `cluster` (not part of `all`: it needs
+//! PostgreSQL, NATS, nginx and the release server binary) runs server processes instead. Figures
+//! are JSON lines on stdout, progress notes on stderr. `RUST_LOG` turns on the server's log.
 
 mod agent;
+mod cluster;
 mod fanout;
 mod graphql;
 mod plan;
 mod polls;
+mod processes;
 mod report;
 mod server;
 mod sessions;
@@ -28,10 +32,14 @@ use std::time::Instant;
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
 const SCENARIOS: [&str; 5] = ["polls", "sessions", "fanout", "plan", "graphql"];
 
+/// Scenarios `all` leaves out: they need parts beyond this process (PostgreSQL, NATS, nginx).
+const SEPARATE: [&str; 1] = ["cluster"];
+
 fn usage() -> String {
     format!(
-        "usage: upkeep-bench <{}|all> [--quick]",
-        SCENARIOS.join("|")
+        "usage: upkeep-bench <{}|all|{}> [--quick]",
+        SCENARIOS.join("|"),
+        SEPARATE.join("|")
     )
 }
 
@@ -64,7 +72,9 @@ async fn bench() -> Result<()> {
                 println!("{}", usage());
                 return Ok(());
             }
-            s if scenario.is_none() && (s == "all" || SCENARIOS.contains(&s)) => {
+            s if scenario.is_none()
+                && (s == "all" || SCENARIOS.contains(&s) || SEPARATE.contains(&s)) =>
+            {
                 scenario = Some(s.to_string())
             }
             other => bail!("unknown argument '{other}'\n{}", usage()),
@@ -112,6 +122,7 @@ async fn run(scenario: &str, quick: bool) -> Result<Vec<Figure>> {
         "sessions" => sessions::run(quick).await,
         "fanout" => fanout::run(quick).await,
         "graphql" => graphql::run(quick).await,
+        "cluster" => cluster::run(quick).await,
         other => bail!("unknown scenario '{other}'"),
     }
 }

@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use upkeep_agent_protocol as proto;
-use upkeep_testkit::{TestServer, http_client};
+use upkeep_testkit::{Endpoint, TestServer, http_client};
 
 const S: &str = "polls";
 pub const CONNECTIONS: usize = 64;
@@ -53,7 +53,7 @@ impl Size {
 }
 
 /// Agent tokens packed into one buffer allocated before the memory baseline.
-struct Tokens {
+pub struct Tokens {
     bytes: Vec<u8>,
     n: usize,
 }
@@ -62,6 +62,39 @@ impl Tokens {
     fn get(&self, i: usize) -> &str {
         let i = i % self.n;
         std::str::from_utf8(&self.bytes[i * TOKEN_LEN..(i + 1) * TOKEN_LEN]).unwrap_or("")
+    }
+
+    /// Room for `n` tokens, written with a non-zero byte so every page is resident before a
+    /// memory reading taken after it.
+    pub fn table(n: usize) -> Vec<u8> {
+        vec![b'x'; n * TOKEN_LEN]
+    }
+
+    /// Enrolls as many agents as `table` has room for through `endpoint`, `concurrency` at a
+    /// time; returns their tokens and how long enrollment took.
+    pub async fn enroll(
+        endpoint: &Endpoint,
+        key: &str,
+        table: Vec<u8>,
+        concurrency: usize,
+    ) -> Result<(Tokens, Duration)> {
+        let n = table.len() / TOKEN_LEN;
+        let table = Arc::new(Mutex::new(table));
+        let t = table.clone();
+        let took = enroll_fleet(endpoint, key, n, concurrency, move |i, r| {
+            if r.agent_token.len() == TOKEN_LEN
+                && let Ok(mut t) = t.lock()
+            {
+                t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
+            }
+        })
+        .await?;
+        let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        let tokens = Tokens { bytes, n };
+        if n > 0 && (tokens.get(0).len() != TOKEN_LEN || tokens.get(0).starts_with('x')) {
+            bail!("agent tokens are not {TOKEN_LEN} characters");
+        }
+        Ok((tokens, took))
     }
 }
 
@@ -72,34 +105,13 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let tenant = server.create_tenant(&admin, "Polls").await?;
     let key = server.enrollment_key(&admin, &tenant).await?;
 
-    // Written with a non-zero byte so every page is resident before the first reading.
-    let table = Arc::new(Mutex::new(vec![b'x'; size.agents * TOKEN_LEN]));
+    let table = Tokens::table(size.agents);
     let rss_before = rss_bytes()?;
     note(S, format!("enrolling {} agents", size.agents));
-    let t = table.clone();
-    let took = enroll_fleet(
-        &server,
-        &key,
-        size.agents,
-        ENROLL_CONCURRENCY,
-        move |i, r| {
-            if r.agent_token.len() == TOKEN_LEN
-                && let Ok(mut t) = t.lock()
-            {
-                t[i * TOKEN_LEN..(i + 1) * TOKEN_LEN].copy_from_slice(r.agent_token.as_bytes());
-            }
-        },
-    )
-    .await?;
+    let (tokens, took) =
+        Tokens::enroll(&server.endpoint(), &key, table, ENROLL_CONCURRENCY).await?;
     let rss_enrolled = rss_bytes()?;
-    let bytes = std::mem::take(&mut *table.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    let tokens = Arc::new(Tokens {
-        bytes,
-        n: size.agents,
-    });
-    if tokens.get(0).len() != TOKEN_LEN || tokens.get(0).starts_with('x') {
-        bail!("agent tokens are not {TOKEN_LEN} characters");
-    }
+    let tokens = Arc::new(tokens);
     // One poll each: every agent now has its presence entry, as an idle fleet does.
     let client = http_client()?;
     let url = format!("{}/agent/v1/poll", server.url);
@@ -242,26 +254,29 @@ async fn wait_for_writeback(server: &TestServer) -> Result<()> {
 }
 
 #[derive(Default)]
-struct Run {
-    count: u64,
-    errors: u64,
-    elapsed: Duration,
-    lat: Latencies,
+pub struct Run {
+    pub count: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub lat: Latencies,
+    /// The status (or transport error) of the first poll that failed.
+    pub first_error: Option<String>,
 }
 
 impl Run {
-    fn add(&mut self, (r, elapsed): (Run, Duration)) {
+    pub fn add(&mut self, (r, elapsed): (Run, Duration)) {
         self.count += r.count;
         self.errors += r.errors;
         self.elapsed += elapsed;
         self.lat.merge(r.lat);
+        self.first_error = self.first_error.take().or(r.first_error);
     }
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
 }
 
-enum Pass {
+pub enum Pass {
     /// Poll every agent once.
     Each,
     /// Poll round-robin for this long.
@@ -269,7 +284,7 @@ enum Pass {
 }
 
 /// `conns` workers, each one keep-alive connection, polling one agent after another.
-async fn drive(
+pub async fn drive(
     client: &reqwest::Client,
     url: &str,
     tokens: &Arc<Tokens>,
@@ -298,13 +313,14 @@ async fn drive(
                     .body(POLL_BODY)
                     .send()
                     .await?;
-                let ok = resp.status() == reqwest::StatusCode::OK;
+                let status = resp.status();
                 let _ = resp.bytes().await?;
                 run.lat.record(sent.elapsed());
-                if ok {
+                if status == reqwest::StatusCode::OK {
                     run.count += 1;
                 } else {
                     run.errors += 1;
+                    run.first_error.get_or_insert_with(|| status.to_string());
                 }
                 i += conns;
             }
@@ -317,6 +333,7 @@ async fn drive(
         total.count += r.count;
         total.errors += r.errors;
         total.lat.merge(r.lat);
+        total.first_error = total.first_error.take().or(r.first_error);
     }
     Ok((total, started.elapsed()))
 }

@@ -2,12 +2,14 @@
 //! run can be piped into `jq` or appended to a log; progress notes go to stderr.
 
 use serde_json::json;
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// One published number.
 pub struct Figure {
     pub scenario: &'static str,
-    pub metric: &'static str,
+    /// Fixed for most scenarios; `cluster` names the target in it (`polls_per_s_nginx3`).
+    pub metric: Cow<'static, str>,
     pub value: f64,
     pub unit: &'static str,
     /// The same measurement of the reference (bare handler), where there is one.
@@ -17,13 +19,13 @@ pub struct Figure {
 impl Figure {
     pub fn new(
         scenario: &'static str,
-        metric: &'static str,
+        metric: impl Into<Cow<'static, str>>,
         value: f64,
         unit: &'static str,
     ) -> Self {
         Figure {
             scenario,
-            metric,
+            metric: metric.into(),
             value,
             unit,
             baseline: None,

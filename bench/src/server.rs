@@ -1,9 +1,10 @@
 //! What the scenarios do with the server beyond the kit's client (`upkeep-testkit`): deploy
-//! the bench's software, enroll a fleet, and wait for its sessions. The server itself is the
-//! kit's [`TestServer`]: the real `upkeep_server::api::http::start` on `127.0.0.1:0` with a temp
-//! data dir, in this process, on a runtime of its own (`main` sets it; see
-//! [`upkeep_testkit::set_server_runtime`]). Everything measured goes over loopback HTTP or
-//! WebSocket.
+//! the bench's software, enroll a fleet, and wait for its sessions, all through an [`Endpoint`]
+//! (a URL). Most scenarios run the kit's `TestServer`: the real
+//! `upkeep_server::api::http::start` on `127.0.0.1:0` with a temp data dir, in this process, on
+//! a runtime of its own (`main` sets it; see [`upkeep_testkit::set_server_runtime`]); `cluster`
+//! runs server processes and nginx (`processes.rs`). Everything measured goes over loopback HTTP
+//! or WebSocket.
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -11,19 +12,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upkeep_agent_protocol as proto;
-use upkeep_testkit::TestServer;
+use upkeep_testkit::Endpoint;
+
+/// Enrollments answered 500 and retried, since the process started.
+pub static ENROLL_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Enrollment calls the bench keeps in flight at once while building a fleet.
 pub const ENROLL_CONCURRENCY: usize = 64;
 
 /// `count` software entries with one version ("1.0") and trivial scripts, each deployed to
 /// every computer of `tenant` as INSTALLED_LATEST.
-pub async fn deploy_software(
-    s: &TestServer,
-    token: &str,
-    tenant: &str,
-    count: usize,
-) -> Result<()> {
+pub async fn deploy_software(s: &Endpoint, token: &str, tenant: &str, count: usize) -> Result<()> {
     for i in 0..count {
         let sw = s
             .create_software(
@@ -53,7 +52,7 @@ pub async fn deploy_software(
 /// Enrolls `count` agents over `/agent/v1/enroll`, `concurrency` at a time, and hands each
 /// answer to `keep`; returns how long it took.
 pub async fn enroll_fleet(
-    s: &TestServer,
+    s: &Endpoint,
     key: &str,
     count: usize,
     concurrency: usize,
@@ -78,7 +77,21 @@ pub async fn enroll_fleet(
                     os: "Debian GNU/Linux 12 (bookworm)".into(),
                     agent_version: "0.1.0".into(),
                 };
-                keep(i, upkeep_testkit::enroll(&http, &url, &req).await?);
+                // A 500 is retried a few times: on PostgreSQL concurrent enrollments can fail
+                // (serialization conflicts, predicate-lock memory); each retry is counted.
+                let mut attempt = 0;
+                let answer = loop {
+                    match upkeep_testkit::enroll(&http, &url, &req).await {
+                        Ok(a) => break a,
+                        Err(e) if attempt < 10 && format!("{e:#}").contains("500") => {
+                            attempt += 1;
+                            ENROLL_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                keep(i, answer);
                 i += concurrency;
             }
             Ok::<_, anyhow::Error>(())
@@ -91,7 +104,7 @@ pub async fn enroll_fleet(
 }
 
 /// Counts of sessions per status (all tenants).
-pub async fn status_counts(s: &TestServer, token: &str) -> Result<HashMap<String, u64>> {
+pub async fn status_counts(s: &Endpoint, token: &str) -> Result<HashMap<String, u64>> {
     let d = s
         .gql(
             token,
@@ -113,12 +126,7 @@ pub async fn status_counts(s: &TestServer, token: &str) -> Result<HashMap<String
 }
 
 /// Waits until `n` sessions are PASSED; fails when any ends otherwise or `timeout` passes.
-pub async fn wait_passed(
-    s: &TestServer,
-    token: &str,
-    n: u64,
-    timeout: Duration,
-) -> Result<Duration> {
+pub async fn wait_passed(s: &Endpoint, token: &str, n: u64, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
         let counts = status_counts(s, token).await?;

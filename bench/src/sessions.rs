@@ -7,14 +7,14 @@
 //! before the server acknowledges it.
 
 use crate::agent::{self, AgentOptions, FleetStats};
-use crate::report::{Figure, note};
+use crate::report::{Figure, Latencies, note};
 use crate::server::{ENROLL_CONCURRENCY, deploy_software, enroll_fleet};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use upkeep_testkit::TestServer;
+use upkeep_testkit::{Endpoint, TestServer};
 
 const S: &str = "sessions";
 pub const DEPLOYMENTS: usize = 10;
@@ -23,7 +23,10 @@ const START_BATCH: usize = 100;
 
 /// A tenant with enrolled, polling simulated agents and its deployments.
 pub struct Fleet {
-    pub server: TestServer,
+    /// Where the agents and the bench's calls go.
+    pub endpoint: Endpoint,
+    /// The server of this process the fleet started, if it started one.
+    pub server: Option<TestServer>,
     pub admin: String,
     pub tenant: String,
     pub computers: Vec<String>,
@@ -32,23 +35,47 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts a server, enrolls `n` agents (HTTP), deploys `DEPLOYMENTS` software entries to
-    /// all of them and waits until every agent has polled.
+    /// Starts a server in this process and a fleet of `n` agents on it ([`Fleet::on`]).
     pub async fn start(scenario: &str, n: usize, opts: AgentOptions) -> Result<Fleet> {
         // The server's defaults, including `--max-concurrent-sessions` (500): with 1 000
         // computers half the sessions wait in the queue for a slot.
         let server = TestServer::start_in_temp_dir(upkeep_testkit::config).await?;
-        let admin = server.admin().await?;
-        let tenant = server.create_tenant(&admin, "Fleet").await?;
-        let key = server.enrollment_key(&admin, &tenant).await?;
-        deploy_software(&server, &admin, &tenant, DEPLOYMENTS).await?;
+        let mut fleet = Fleet::on(
+            server.endpoint(),
+            "Fleet",
+            scenario,
+            n,
+            opts,
+            ENROLL_CONCURRENCY,
+        )
+        .await?;
+        fleet.server = Some(server);
+        Ok(fleet)
+    }
+
+    /// On the server(s) behind `endpoint`: creates a tenant named `name` (names are unique),
+    /// enrolls `n` agents (HTTP),
+    /// deploys `DEPLOYMENTS` software entries to all of them, and waits until every agent has
+    /// polled.
+    pub async fn on(
+        endpoint: Endpoint,
+        name: &str,
+        scenario: &str,
+        n: usize,
+        opts: AgentOptions,
+        enroll_concurrency: usize,
+    ) -> Result<Fleet> {
+        let admin = endpoint.admin().await?;
+        let tenant = endpoint.create_tenant(&admin, name).await?;
+        let key = endpoint.enrollment_key(&admin, &tenant).await?;
+        deploy_software(&endpoint, &admin, &tenant, DEPLOYMENTS).await?;
         note(scenario, format!("enrolling {n} agents"));
         let enrolled = Arc::new(std::sync::Mutex::new(vec![
             (String::new(), String::new());
             n
         ]));
         let e = enrolled.clone();
-        enroll_fleet(&server, &key, n, ENROLL_CONCURRENCY, move |i, r| {
+        enroll_fleet(&endpoint, &key, n, enroll_concurrency, move |i, r| {
             if let Ok(mut e) = e.lock() {
                 e[i] = (r.computer_id, r.agent_token);
             }
@@ -64,34 +91,34 @@ impl Fleet {
             computers.push(computer);
             agents.push(tokio::spawn(agent::run(
                 http.clone(),
-                server.url.clone(),
+                endpoint.url.clone(),
                 token,
                 opts.clone(),
                 i as u64,
                 stats.clone(),
             )));
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stats.ready.load(Ordering::Relaxed) < n as u64 {
-            if Instant::now() > deadline {
-                bail!(
-                    "only {} of {n} agents polled",
-                    stats.ready.load(Ordering::Relaxed)
-                );
-            }
-            if let Some(a) = agents.iter().find(|a| a.is_finished()) {
-                bail!("an agent stopped: {:?}", a);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Fleet {
-            server,
+        let mut fleet = Fleet {
+            endpoint,
+            server: None,
             admin,
             tenant,
             computers,
             stats,
             agents,
-        })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.stats.ready.load(Ordering::Relaxed) < n as u64 {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} agents polled",
+                    fleet.stats.ready.load(Ordering::Relaxed)
+                );
+            }
+            fleet.check_agents()?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(fleet)
     }
 
     /// Starts sessions for `computers` in calls of `START_BATCH` computers, all calls at once
@@ -99,8 +126,8 @@ impl Fleet {
     pub async fn start_sessions(&self, computers: &[String]) -> Result<()> {
         let mut calls = Vec::new();
         for batch in computers.chunks(START_BATCH) {
-            let http = self.server.http.clone();
-            let url = self.server.url.clone();
+            let http = self.endpoint.http.clone();
+            let url = self.endpoint.url.clone();
             let admin = self.admin.clone();
             let ids = batch.to_vec();
             let call = tokio::spawn(async move {
@@ -151,66 +178,112 @@ impl Fleet {
         for a in &self.agents {
             a.abort();
         }
-        self.server.stop().await;
+        if let Some(s) = &mut self.server {
+            s.stop().await;
+        }
     }
 }
 
-pub async fn run(quick: bool) -> Result<Vec<Figure>> {
-    let n = if quick { 100 } else { 1000 };
-    let mut fleet = Fleet::start(
-        S,
-        n,
-        AgentOptions {
-            think: Duration::ZERO,
-            wait_seconds: 25,
-        },
-    )
-    .await?;
+/// What one burst of sessions took.
+pub struct Burst {
+    pub sessions: usize,
+    /// From the first start call until every session PASSED.
+    pub elapsed: Duration,
+    /// The start calls alone.
+    pub started: Duration,
+    pub results: u64,
+    pub result_latency: Latencies,
+    pub throttled: u64,
+}
+
+impl Burst {
+    pub fn sessions_per_s(&self) -> f64 {
+        self.sessions as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The fleet the `sessions` load runs on: `n` agents that answer every job at once.
+pub fn fleet_size(quick: bool) -> usize {
+    if quick { 100 } else { 1000 }
+}
+
+pub const AGENTS: AgentOptions = AgentOptions {
+    think: Duration::ZERO,
+    wait_seconds: 25,
+};
+
+/// Starts a session on every computer of `fleet` at once and waits until all PASSED.
+pub async fn burst(scenario: &str, fleet: &mut Fleet, quick: bool) -> Result<Burst> {
+    let n = fleet.computers.len();
     note(
-        S,
+        scenario,
         format!("starting {n} sessions of {DEPLOYMENTS} deployments"),
     );
+    // Counts are of the whole store: another fleet's sessions may have passed on it before.
+    let passed_before = crate::server::status_counts(&fleet.endpoint, &fleet.admin)
+        .await?
+        .get("PASSED")
+        .copied()
+        .unwrap_or(0);
     let results_before = fleet.stats.results.load(Ordering::Relaxed);
+    let throttled_before = fleet.stats.throttled.load(Ordering::Relaxed);
     // Every session is started before any agent answers (a schedule firing for the whole
     // fleet): the first 500 then run side by side while the rest wait for a slot.
     fleet.stats.hold_results(true);
     let t0 = Instant::now();
-    fleet.start_sessions(&fleet.computers).await?;
+    let calls = fleet.start_sessions(&fleet.computers).await;
     let started = t0.elapsed();
     fleet.stats.hold_results(false);
+    calls?;
     // Ten times what a healthy run takes; a stuck server is reported, not waited for.
     let timeout = Duration::from_secs(if quick { 30 } else { 90 });
-    let waited = crate::server::wait_passed(&fleet.server, &fleet.admin, n as u64, timeout).await;
+    let waited = crate::server::wait_passed(
+        &fleet.endpoint,
+        &fleet.admin,
+        passed_before + n as u64,
+        timeout,
+    )
+    .await;
     let elapsed = t0.elapsed();
     // A simulated agent that stopped (the server refused one of its calls) explains a stall.
     fleet.check_agents()?;
     waited?;
-    let results = fleet.stats.results.load(Ordering::Relaxed) - results_before;
-    let mut lat = std::mem::take(
+    let result_latency = std::mem::take(
         &mut *fleet
             .stats
             .result_latency
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?,
     );
-    let throttled = fleet.stats.throttled.load(Ordering::Relaxed);
-    let flushes = fleet.server.metric("upkeep_store_flushes_total").await?;
-    let flush_s = fleet
-        .server
-        .metric("upkeep_store_flush_seconds_total")
-        .await?;
+    Ok(Burst {
+        sessions: n,
+        elapsed,
+        started,
+        results: fleet.stats.results.load(Ordering::Relaxed) - results_before,
+        result_latency,
+        throttled: fleet.stats.throttled.load(Ordering::Relaxed) - throttled_before,
+    })
+}
+
+pub async fn run(quick: bool) -> Result<Vec<Figure>> {
+    let n = fleet_size(quick);
+    let mut fleet = Fleet::start(S, n, AGENTS).await?;
+    let mut b = burst(S, &mut fleet, quick).await?;
+    let server = fleet.endpoint.clone();
+    let flushes = server.metric("upkeep_store_flushes_total").await?;
+    let flush_s = server.metric("upkeep_store_flush_seconds_total").await?;
     fleet.stop().await;
-    let secs = elapsed.as_secs_f64();
+    let secs = b.elapsed.as_secs_f64();
     Ok(vec![
         Figure::new(S, "computers", n as f64, "computers"),
-        Figure::new(S, "sessions_per_s", n as f64 / secs, "1/s"),
+        Figure::new(S, "sessions_per_s", b.sessions_per_s(), "1/s"),
         Figure::new(S, "actions_per_s", (n * DEPLOYMENTS) as f64 / secs, "1/s"),
         Figure::new(S, "elapsed_s", secs, "s"),
-        Figure::new(S, "start_calls_s", started.as_secs_f64(), "s"),
-        Figure::new(S, "job_results_per_s", results as f64 / secs, "1/s"),
-        Figure::new(S, "result_p50_ms", lat.quantile_ms(0.50), "ms"),
-        Figure::new(S, "result_p99_ms", lat.quantile_ms(0.99), "ms"),
-        Figure::new(S, "polls_throttled", throttled as f64, "polls"),
+        Figure::new(S, "start_calls_s", b.started.as_secs_f64(), "s"),
+        Figure::new(S, "job_results_per_s", b.results as f64 / secs, "1/s"),
+        Figure::new(S, "result_p50_ms", b.result_latency.quantile_ms(0.50), "ms"),
+        Figure::new(S, "result_p99_ms", b.result_latency.quantile_ms(0.99), "ms"),
+        Figure::new(S, "polls_throttled", b.throttled as f64, "polls"),
         // Over the whole run, enrollment included: how well fsyncs are shared.
         Figure::new(S, "store_flushes", flushes, "fsyncs"),
         Figure::new(

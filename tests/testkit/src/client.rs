@@ -118,3 +118,142 @@ pub async fn enroll(
     }
     Ok(resp.json().await?)
 }
+
+/// A server as a client sees it: a base URL (a server of this process, a server process, one
+/// replica, or a load balancer in front of several) and the HTTP client that reaches it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Endpoint {
+    /// `url` through a fresh [`http_client`].
+    pub fn new(url: impl Into<String>) -> Result<Endpoint> {
+        Ok(Endpoint {
+            url: url.into(),
+            http: http_client()?,
+        })
+    }
+
+    /// Runs a GraphQL operation and returns the whole response.
+    pub async fn gql_raw(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value> {
+        gql_raw(&self.http, &self.url, token, query, variables).await
+    }
+
+    /// Runs an operation that must succeed; returns `data`.
+    pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Result<Value> {
+        gql(&self.http, &self.url, token, query, variables).await
+    }
+
+    /// Runs an operation that must fail; returns the first error's `extensions.code`.
+    pub async fn gql_err(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Result<String> {
+        let body = self.gql_raw(token, query, variables).await?;
+        let Some(err) = body["errors"].get(0) else {
+            bail!("expected an error, got {body}")
+        };
+        Ok(err["extensions"]["code"]
+            .as_str()
+            .unwrap_or("<no code>")
+            .to_string())
+    }
+
+    /// Logs in; returns the session token.
+    pub async fn login(&self, email: &str, password: &str) -> Result<String> {
+        let d = self
+            .gql_raw(
+                None,
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({"e": email, "p": password}),
+            )
+            .await?;
+        d["data"]["login"]["token"]
+            .as_str()
+            .map(String::from)
+            .with_context(|| format!("login failed: {d}"))
+    }
+
+    /// Logs the MSP admin in.
+    pub async fn admin(&self) -> Result<String> {
+        self.login(crate::ADMIN_EMAIL, crate::ADMIN_PASSWORD).await
+    }
+
+    /// Creates a tenant in Europe/Berlin; returns its id.
+    pub async fn create_tenant(&self, token: &str, name: &str) -> Result<String> {
+        let d = self
+            .gql(token, "mutation($n: String!) { createTenant(input: {name: $n, timeZone: \"Europe/Berlin\"}) { id } }", json!({"n": name}))
+            .await?;
+        id_of(&d["createTenant"], "tenant")
+    }
+
+    /// A new enrollment key of `tenant`.
+    pub async fn enrollment_key(&self, token: &str, tenant: &str) -> Result<String> {
+        let d = self
+            .gql(
+                token,
+                "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { id key } }",
+                json!({"t": tenant}),
+            )
+            .await?;
+        Ok(d["createEnrollmentKey"]["key"]
+            .as_str()
+            .context("enrollment key")?
+            .to_string())
+    }
+
+    /// `createSoftware(input)`; returns the software's id.
+    pub async fn create_software(&self, token: &str, input: Value) -> Result<String> {
+        let d = self
+            .gql(
+                token,
+                "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+                json!({ "i": input }),
+            )
+            .await?;
+        id_of(&d["createSoftware"], "software")
+    }
+
+    /// `createDeployment(input)`; returns the deployment's id.
+    pub async fn create_deployment(&self, token: &str, input: Value) -> Result<String> {
+        let d = self
+            .gql(
+                token,
+                "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }",
+                json!({ "i": input }),
+            )
+            .await?;
+        id_of(&d["createDeployment"], "deployment")
+    }
+
+    /// Enrolls one machine over the agent protocol (no agent runs).
+    pub async fn enroll(&self, request: &proto::EnrollRequest) -> Result<proto::EnrollResponse> {
+        enroll(&self.http, &self.url, request).await
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics_text(&self) -> Result<String> {
+        metrics_text(&self.http, &self.url).await
+    }
+
+    /// One value of `/metrics` (a metric without labels).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        metric(&self.http, &self.url, name).await
+    }
+}
+
+fn id_of(created: &Value, what: &str) -> Result<String> {
+    Ok(created["id"]
+        .as_str()
+        .with_context(|| format!("{what} id"))?
+        .to_string())
+}

@@ -12,7 +12,7 @@ mod cluster;
 mod server;
 
 pub use client::{
-    CLIENT_TIMEOUT, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
+    CLIENT_TIMEOUT, Endpoint, enroll, gql, gql_raw, http_client, metric, metrics_text, wait_healthy,
 };
 pub use cluster::{
     ScratchCluster, check_args, cluster_args, cluster_mode, embedded_only, if_cluster_mode,

@@ -1,10 +1,10 @@
 //! The server under test: the real `upkeep_server::api::http::start` on `127.0.0.1:0`, in this
 //! process, talked to over loopback like any client would.
 
-use crate::client;
-use crate::{ADMIN_EMAIL, ADMIN_PASSWORD, wait_for};
-use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use crate::client::{self, Endpoint};
+use crate::wait_for;
+use anyhow::{Context, Result};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -203,6 +203,14 @@ impl TestServer {
         &self.running.as_ref().expect("server running").app
     }
 
+    /// This server as a client sees it (its URL changes when it restarts on another port).
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self.url.clone(),
+            http: self.http.clone(),
+        }
+    }
+
     /// Runs a GraphQL operation and returns the whole response.
     pub async fn gql_raw(
         &self,
@@ -210,12 +218,12 @@ impl TestServer {
         query: &str,
         variables: Value,
     ) -> Result<Value> {
-        client::gql_raw(&self.http, &self.url, token, query, variables).await
+        self.endpoint().gql_raw(token, query, variables).await
     }
 
     /// Runs an operation that must succeed; returns `data`.
     pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Result<Value> {
-        client::gql(&self.http, &self.url, token, query, variables).await
+        self.endpoint().gql(token, query, variables).await
     }
 
     /// Runs an operation that must fail; returns the first error's `extensions.code`.
@@ -225,81 +233,37 @@ impl TestServer {
         query: &str,
         variables: Value,
     ) -> Result<String> {
-        let body = self.gql_raw(token, query, variables).await?;
-        let Some(err) = body["errors"].get(0) else {
-            bail!("expected an error, got {body}")
-        };
-        Ok(err["extensions"]["code"]
-            .as_str()
-            .unwrap_or("<no code>")
-            .to_string())
+        self.endpoint().gql_err(token, query, variables).await
     }
 
     /// Logs in; returns the session token.
     pub async fn login(&self, email: &str, password: &str) -> Result<String> {
-        let d = self
-            .gql_raw(
-                None,
-                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
-                json!({"e": email, "p": password}),
-            )
-            .await?;
-        d["data"]["login"]["token"]
-            .as_str()
-            .map(String::from)
-            .with_context(|| format!("login failed: {d}"))
+        self.endpoint().login(email, password).await
     }
 
     /// Logs the MSP admin in.
     pub async fn admin(&self) -> Result<String> {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+        self.endpoint().admin().await
     }
 
     /// Creates a tenant in Europe/Berlin; returns its id.
     pub async fn create_tenant(&self, token: &str, name: &str) -> Result<String> {
-        let d = self
-            .gql(token, "mutation($n: String!) { createTenant(input: {name: $n, timeZone: \"Europe/Berlin\"}) { id } }", json!({"n": name}))
-            .await?;
-        id_of(&d["createTenant"], "tenant")
+        self.endpoint().create_tenant(token, name).await
     }
 
     /// A new enrollment key of `tenant`.
     pub async fn enrollment_key(&self, token: &str, tenant: &str) -> Result<String> {
-        let d = self
-            .gql(
-                token,
-                "mutation($t: ID!) { createEnrollmentKey(tenantId: $t) { id key } }",
-                json!({"t": tenant}),
-            )
-            .await?;
-        Ok(d["createEnrollmentKey"]["key"]
-            .as_str()
-            .context("enrollment key")?
-            .to_string())
+        self.endpoint().enrollment_key(token, tenant).await
     }
 
     /// `createSoftware(input)`; returns the software's id.
     pub async fn create_software(&self, token: &str, input: Value) -> Result<String> {
-        let d = self
-            .gql(
-                token,
-                "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
-                json!({ "i": input }),
-            )
-            .await?;
-        id_of(&d["createSoftware"], "software")
+        self.endpoint().create_software(token, input).await
     }
 
     /// `createDeployment(input)`; returns the deployment's id.
     pub async fn create_deployment(&self, token: &str, input: Value) -> Result<String> {
-        let d = self
-            .gql(
-                token,
-                "mutation($i: CreateDeploymentInput!) { createDeployment(input: $i) { id } }",
-                json!({ "i": input }),
-            )
-            .await?;
-        id_of(&d["createDeployment"], "deployment")
+        self.endpoint().create_deployment(token, input).await
     }
 
     /// Enrolls one machine over the agent protocol (no agent runs).
@@ -324,11 +288,4 @@ impl Drop for TestServer {
             r.app.shutdown.cancel();
         }
     }
-}
-
-fn id_of(created: &Value, what: &str) -> Result<String> {
-    Ok(created["id"]
-        .as_str()
-        .with_context(|| format!("{what} id"))?
-        .to_string())
 }
