@@ -15,7 +15,7 @@ mod reboot;
 mod start;
 
 pub use reboot::RebootNow;
-pub use start::{Busy, StartRequest};
+pub use start::{Busy, StartGuard, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;

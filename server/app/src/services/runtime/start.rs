@@ -7,8 +7,13 @@ use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_core::types::{Stored, TimeZone};
-use upkeep_store::TxError;
 use upkeep_store::records::IdempotencyRecord;
+use upkeep_store::{Tx, TxError};
+
+/// A check and change that must commit in the same transaction as a call's first sessions, or
+/// the call starts nothing: a schedule occurrence's cursor move (`services::scheduler`), so
+/// that of several replicas firing one occurrence, one starts its sessions.
+pub type StartGuard = dyn Fn(&mut Tx<'_>) -> Result<(), TxError<ApiError>> + Send + Sync;
 
 /// Everything a new session is made from (the API, schedules and onboarding all come here).
 #[derive(Debug, Clone)]
@@ -163,6 +168,20 @@ impl App {
         busy: Busy,
         idempotency: Option<(String, String)>,
     ) -> ApiResult<Vec<Session>> {
+        self.start_sessions_guarded(reqs, busy, idempotency, None)
+            .await
+    }
+
+    /// [`App::start_sessions`], with `guard` applied in the transaction that writes the first
+    /// sessions (also when there are none): when it aborts, nothing is written or started and
+    /// its error is returned.
+    pub async fn start_sessions_guarded(
+        self: &Arc<Self>,
+        reqs: Vec<StartRequest>,
+        busy: Busy,
+        idempotency: Option<(String, String)>,
+        guard: Option<&StartGuard>,
+    ) -> ApiResult<Vec<Session>> {
         let mut planned = Vec::with_capacity(reqs.len());
         for req in reqs {
             let items = self
@@ -202,7 +221,7 @@ impl App {
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
                 request_hash: Some(request_hash),
             });
-            self.write_starts(&new, record.as_ref()).await?;
+            self.write_starts(&new, record.as_ref(), guard).await?;
             self.store.flush().await?;
             let mut webhooks = false;
             let mut sessions = Vec::with_capacity(new.len());
@@ -322,11 +341,12 @@ impl App {
     }
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
-    /// record, in transactions of [`START_CHUNK`] sessions.
+    /// record, in transactions of [`START_CHUNK`] sessions; `guard` goes with the first.
     async fn write_starts(
         &self,
         new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
         record: Option<&IdempotencyRecord>,
+        guard: Option<&StartGuard>,
     ) -> ApiResult<()> {
         // No sessions still writes the idempotency record (a call that started nothing).
         let chunks: Vec<&[_]> = if new.is_empty() {
@@ -339,8 +359,12 @@ impl App {
             // The idempotency record lands with the last sessions it names: a retry after a
             // crash either finds it (and every session) or starts afresh.
             let record = if i == last { record } else { None };
+            let guard = if i == 0 { guard } else { None };
             self.store
                 .write(|tx| {
+                    if let Some(guard) = guard {
+                        guard(tx)?;
+                    }
                     for (s, created, deliveries) in chunk {
                         tx.put(s)?;
                         tx.put(created)?;
