@@ -3,6 +3,7 @@
 
 mod agents;
 mod cluster_moves;
+mod cluster_once;
 mod console;
 mod control;
 mod crash;

@@ -285,7 +285,7 @@ impl crate::services::scheduler::Sessions for Arc<App> {
     async fn start(
         &self,
         reqs: Vec<crate::services::runtime::StartRequest>,
-        guard: Option<&crate::services::runtime::StartGuard>,
+        guard: Option<&crate::services::runtime::StartGuard<'_>>,
     ) -> ApiResult<Vec<Session>> {
         self.start_sessions_guarded(reqs, crate::services::runtime::Busy::Skip, None, guard)
             .await

@@ -47,7 +47,7 @@ pub trait Sessions: Send + Sync {
     async fn start(
         &self,
         reqs: Vec<StartRequest>,
-        guard: Option<&StartGuard>,
+        guard: Option<&StartGuard<'_>>,
     ) -> ApiResult<Vec<upkeep_core::session::Session>>;
 }
 
@@ -220,7 +220,7 @@ impl Scheduler {
         let id = s.id;
         // Set by the guard's last run when it found the cursor moved.
         let moved = AtomicBool::new(false);
-        let guard: &StartGuard = &|tx| {
+        let guard: &StartGuard<'_> = &|tx| {
             moved.store(false, Ordering::Relaxed);
             let Some(mut stored) = tx.get::<Schedule, ApiError>(&id)? else {
                 return Err(TxError::Abort(ApiError::not_found("schedule", id)));

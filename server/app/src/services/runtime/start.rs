@@ -13,7 +13,7 @@ use upkeep_store::{Tx, TxError};
 /// A check and change that must commit in the same transaction as a call's first sessions, or
 /// the call starts nothing: a schedule occurrence's cursor move (`services::scheduler`), so
 /// that of several replicas firing one occurrence, one starts its sessions.
-pub type StartGuard = dyn Fn(&mut Tx<'_>) -> Result<(), TxError<ApiError>> + Send + Sync;
+pub type StartGuard<'a> = dyn Fn(&mut Tx<'_>) -> Result<(), TxError<ApiError>> + Send + Sync + 'a;
 
 /// Everything a new session is made from (the API, schedules and onboarding all come here).
 #[derive(Debug, Clone)]
@@ -180,7 +180,7 @@ impl App {
         reqs: Vec<StartRequest>,
         busy: Busy,
         idempotency: Option<(String, String)>,
-        guard: Option<&StartGuard>,
+        guard: Option<&StartGuard<'_>>,
     ) -> ApiResult<Vec<Session>> {
         let mut planned = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -346,7 +346,7 @@ impl App {
         &self,
         new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
         record: Option<&IdempotencyRecord>,
-        guard: Option<&StartGuard>,
+        guard: Option<&StartGuard<'_>>,
     ) -> ApiResult<()> {
         // No sessions still writes the idempotency record (a call that started nothing).
         let chunks: Vec<&[_]> = if new.is_empty() {
