@@ -44,11 +44,11 @@ pub struct Claimant {
 }
 
 impl Claimant {
-    /// The lease to write for an item whose current lease is `current`, or `None` when another
-    /// replica's lease still holds. A replica's own lease is renewed; a run-out one is taken
-    /// over.
+    /// The lease to write for an item whose current lease is `current`, or `None` while a
+    /// lease still holds — another replica's, or this one's own (two passes of one replica,
+    /// the loop's and a caller's, must not both send an item). A run-out lease is taken over.
     pub fn claim(&self, current: Option<&Lease>, now: Time) -> Option<Lease> {
-        if self.held_by_other(current, now) {
+        if current.is_some_and(|l| l.live(now)) {
             return None;
         }
         Some(Lease {
@@ -121,10 +121,11 @@ mod tests {
     }
 
     #[test]
-    fn a_replicas_own_lease_is_renewed() {
+    fn a_replicas_own_live_lease_refuses_its_second_claim() {
         let mine = me().claim(None, at(0)).expect("claimed");
         assert!(!me().held_by_other(Some(&mine), at(10)));
-        assert_eq!(me().claim(Some(&mine), at(10)).map(|l| l.until), Some(at(70)));
+        assert_eq!(me().claim(Some(&mine), at(10)), None);
+        assert_eq!(me().claim(Some(&mine), at(60)).map(|l| l.until), Some(at(120)));
     }
 
     #[test]
