@@ -115,7 +115,8 @@ mod tests {
         // The end is exclusive: at `until` the lease is over and the item is taken over.
         assert!(!held.live(at(160)));
         assert_eq!(
-            me().claim(Some(&held), at(160)).map(|l| (l.holder, l.until)),
+            me().claim(Some(&held), at(160))
+                .map(|l| (l.holder, l.until)),
             Some((Id::from_u128(1), at(220)))
         );
     }
@@ -125,7 +126,10 @@ mod tests {
         let mine = me().claim(None, at(0)).expect("claimed");
         assert!(!me().held_by_other(Some(&mine), at(10)));
         assert_eq!(me().claim(Some(&mine), at(10)), None);
-        assert_eq!(me().claim(Some(&mine), at(60)).map(|l| l.until), Some(at(120)));
+        assert_eq!(
+            me().claim(Some(&mine), at(60)).map(|l| l.until),
+            Some(at(120))
+        );
     }
 
     #[test]

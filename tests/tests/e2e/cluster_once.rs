@@ -76,7 +76,12 @@ async fn a_schedule_occurrence_fires_once_for_the_fleet() -> anyhow::Result<()> 
                 json!({ "t": tenant }),
             )
             .await?;
-        schedules.push(d["createSchedule"]["id"].as_str().unwrap_or_default().to_string());
+        schedules.push(
+            d["createSchedule"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     // Every replica's scheduler takes its first look (the cursors are set once).
     for s in &replicas {
@@ -104,19 +109,29 @@ async fn a_schedule_occurrence_fires_once_for_the_fleet() -> anyhow::Result<()> 
                 json!({ "s": sched }),
             )
             .await?;
-        let edges = d["maintenanceSessions"]["edges"].as_array().cloned().unwrap_or_default();
+        let edges = d["maintenanceSessions"]["edges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(edges.len(), 2, "schedule {sched}: {d}");
         for e in edges {
             assert_eq!(e["node"]["trigger"], "SCHEDULE", "{e}");
             let computer = e["node"]["computer"]["id"].as_str().unwrap_or_default();
-            *sessions_per_computer.entry(computer.to_string()).or_default() += 1;
+            *sessions_per_computer
+                .entry(computer.to_string())
+                .or_default() += 1;
         }
     }
     let want: HashMap<String, usize> = computers.iter().map(|c| (c.clone(), 1)).collect();
     assert_eq!(sessions_per_computer, want);
     // The store agrees: six sessions, and each schedule's cursor moved past 10:00 once.
     let all: Vec<upkeep_core::session::Session> = stored(c).await?;
-    assert_eq!(all.len(), 6, "{:?}", all.iter().map(|s| s.computer_id).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        6,
+        "{:?}",
+        all.iter().map(|s| s.computer_id).collect::<Vec<_>>()
+    );
     for s in stored::<upkeep_core::domain::Schedule>(a).await? {
         assert_eq!(
             s.next_fire.values().copied().collect::<Vec<_>>(),
@@ -124,7 +139,10 @@ async fn a_schedule_occurrence_fires_once_for_the_fleet() -> anyhow::Result<()> 
             "{}",
             s.name
         );
-        assert!(s.last_run_at.is_some_and(|t| t >= at("2026-06-01T10:00:00Z")));
+        assert!(
+            s.last_run_at
+                .is_some_and(|t| t >= at("2026-06-01T10:00:00Z"))
+        );
     }
     Ok(())
 }
@@ -149,11 +167,16 @@ async fn three_outboxes_send_each_mail_and_webhook_delivery_once() -> anyhow::Re
     .await?;
 
     // The SMTP server refuses for a while: every mail is tried, fails and waits for its retry.
-    sink.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    sink.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let q = "mutation($t: ID!, $to: String!) { sendTestEmail(tenantId: $t, to: $to) }";
     for (i, s) in replicas.iter().cycle().take(6).enumerate() {
-        s.gql(&admin, q, json!({ "t": tenant, "to": format!("ops{i}@msp.example") }))
-            .await?;
+        s.gql(
+            &admin,
+            q,
+            json!({ "t": tenant, "to": format!("ops{i}@msp.example") }),
+        )
+        .await?;
     }
     // Three enrollments, three deliveries; the receiver answers the first three requests 500.
     let key = b.enrollment_key(&admin, &tenant).await?;
@@ -161,16 +184,22 @@ async fn three_outboxes_send_each_mail_and_webhook_delivery_once() -> anyhow::Re
         s.enroll_raw(&key, &format!("pc-{i}"), &format!("machine-{i}"))
             .await?;
     }
-    wait_for("every mail tried once and every delivery answered 500", T, || async {
-        let mails: Vec<OutboxMail> = stored(a).await?;
-        let tried = mails.len() == 6 && mails.iter().all(|m| m.attempts >= 1 && m.lease.is_none());
-        Ok((tried && hooks.all().len() >= 3).then_some(()))
-    })
+    wait_for(
+        "every mail tried once and every delivery answered 500",
+        T,
+        || async {
+            let mails: Vec<OutboxMail> = stored(a).await?;
+            let tried =
+                mails.len() == 6 && mails.iter().all(|m| m.attempts >= 1 && m.lease.is_none());
+            Ok((tried && hooks.all().len() >= 3).then_some(()))
+        },
+    )
     .await?;
 
     // The receivers are back. Past every retry's time, all three replicas' workers run at
     // once, besides their loops.
-    sink.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     set_clocks(&replicas, at("2026-06-01T09:30:00Z")).await?;
     let mails = futures_util::future::join_all(replicas.iter().map(|s| s.app().outbox.send_due()));
     let deliveries =
@@ -179,13 +208,19 @@ async fn three_outboxes_send_each_mail_and_webhook_delivery_once() -> anyhow::Re
     for r in mails.into_iter().chain(deliveries) {
         r.map_err(anyhow::Error::msg)?;
     }
-    wait_for("every mail sent and every delivery delivered", T, || async {
-        let mails: Vec<OutboxMail> = stored(c).await?;
-        let deliveries: Vec<Delivery> = stored(c).await?;
-        Ok((mails.iter().all(|m| matches!(m.status, MailStatus::Sent { .. }))
-            && deliveries.iter().all(|d| !d.is_pending()))
-        .then_some((mails, deliveries)))
-    })
+    wait_for(
+        "every mail sent and every delivery delivered",
+        T,
+        || async {
+            let mails: Vec<OutboxMail> = stored(c).await?;
+            let deliveries: Vec<Delivery> = stored(c).await?;
+            Ok((mails
+                .iter()
+                .all(|m| matches!(m.status, MailStatus::Sent { .. }))
+                && deliveries.iter().all(|d| !d.is_pending()))
+            .then_some((mails, deliveries)))
+        },
+    )
     .await
     .map(|(mails, deliveries)| {
         assert_eq!(mails.len(), 6);
@@ -211,7 +246,8 @@ async fn three_outboxes_send_each_mail_and_webhook_delivery_once() -> anyhow::Re
     let all = hooks.all();
     let mut ok: HashMap<String, usize> = HashMap::new();
     for r in all.iter().filter(|r| r.answered == 200) {
-        *ok.entry(r.header("Upkeep-Delivery").unwrap_or_default().to_string()).or_default() += 1;
+        *ok.entry(r.header("Upkeep-Delivery").unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     assert_eq!(ok.len(), 3, "{all:?}");
     assert!(ok.values().all(|n| *n == 1), "{ok:?}");
@@ -265,14 +301,23 @@ async fn a_mail_held_by_a_killed_replica_is_sent_by_another_once_its_lease_ran_o
     // Another replica takes the mail over once the lease ran out, and sends it once.
     let sent = wait_for("the mail to be sent by another replica", T, || async {
         let mails: Vec<OutboxMail> = stored(&replicas[0]).await?;
-        Ok(mails.into_iter().find(|m| matches!(m.status, MailStatus::Sent { .. })))
+        Ok(mails
+            .into_iter()
+            .find(|m| matches!(m.status, MailStatus::Sent { .. })))
     })
     .await?;
     let MailStatus::Sent { at: sent_at } = sent.status else {
         unreachable!("matched above")
     };
-    assert!(sent_at >= lease_of.until, "sent at {sent_at}, lease until {}", lease_of.until);
-    assert_eq!(sent.attempts, 1, "the killed replica's attempt was never recorded");
+    assert!(
+        sent_at >= lease_of.until,
+        "sent at {sent_at}, lease until {}",
+        lease_of.until
+    );
+    assert_eq!(
+        sent.attempts, 1,
+        "the killed replica's attempt was never recorded"
+    );
     assert!(sent.lease.is_none());
     let received = sink.received();
     assert_eq!(received.len(), 1, "{received:?}");

@@ -160,7 +160,8 @@ impl Outbox {
             .await;
         for m in pending {
             if m.next_attempt_at > now {
-                next_due = Some(next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)));
+                next_due =
+                    Some(next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)));
                 continue;
             }
             if let Some(m) = self.claim(m).await {
@@ -207,7 +208,11 @@ impl Outbox {
     /// Records the result of an attempt on `m` (its lease dropped) with `deliveries`, and
     /// flushes. In cluster mode only while the mail is still pending and this replica's result
     /// may stand ([`Claimant::may_settle`]). Returns whether it was recorded.
-    async fn record(&self, m: &mut OutboxMail, deliveries: &[upkeep_core::webhook::Delivery]) -> bool {
+    async fn record(
+        &self,
+        m: &mut OutboxMail,
+        deliveries: &[upkeep_core::webhook::Delivery],
+    ) -> bool {
         m.lease = None;
         let (claims, now, finishes) = (self.claims, self.clock.now(), !m.is_pending());
         let m = &*m;
@@ -216,7 +221,9 @@ impl Outbox {
                 let Some(current) = tx.get::<OutboxMail, ApiError>(&m.id)? else {
                     return Ok(false);
                 };
-                if !current.is_pending() || !claims.may_settle(current.lease.as_ref(), now, finishes) {
+                if !current.is_pending()
+                    || !claims.may_settle(current.lease.as_ref(), now, finishes)
+                {
                     return Ok(false);
                 }
             }

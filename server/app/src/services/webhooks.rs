@@ -294,7 +294,8 @@ impl Webhooks {
         let mut due = Vec::new();
         for d in sendable(pending, &|id| in_flight(id) || elsewhere.contains(&id)) {
             if d.next_attempt_at > now {
-                next_due = Some(next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)));
+                next_due =
+                    Some(next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)));
             } else {
                 due.push(d);
             }
@@ -430,7 +431,9 @@ impl Webhooks {
                 let Some(current) = tx.get::<Delivery, crate::error::ApiError>(&d.id)? else {
                     return Ok(());
                 };
-                if !current.is_pending() || !claims.may_settle(current.lease.as_ref(), now, finishes) {
+                if !current.is_pending()
+                    || !claims.may_settle(current.lease.as_ref(), now, finishes)
+                {
                     return Ok(());
                 }
             }
