@@ -153,7 +153,10 @@ async fn three_outboxes_send_each_mail_and_webhook_delivery_once() -> anyhow::Re
     let hooks = HookReceiver::start(&[500, 500, 500]).await?;
     let url = sink.url();
     let replicas = three_replicas(at("2026-06-01T09:00:00Z"), |c| {
-        c.smtp_url = Some(url.clone())
+        c.smtp_url = Some(url.clone());
+        // The clocks jump 30 minutes below: a lease taken before the jump (an attempt still
+        // in flight on a slow machine) must outlast it, as it would outlast a real send.
+        c.claim_lease_seconds = 3600;
     })
     .await?;
     let [a, b, c] = &replicas;
