@@ -1,7 +1,7 @@
 //! A minimal SMTP server on loopback that records what it receives, for tests. Real TCP, real
 //! SMTP dialogue (EHLO/MAIL/RCPT/DATA with dot-unstuffing), so lettre talks to it as to any MTA.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -19,6 +19,9 @@ pub struct SmtpSink {
     pub mails: Arc<Mutex<Vec<ReceivedMail>>>,
     /// While true, every transaction is refused with 451 (a temporary failure).
     pub failing: Arc<AtomicBool>,
+    /// Connections still to be held: accepted, never greeted, kept open until the sink stops
+    /// (a sender stuck mid-send).
+    holding: Arc<AtomicUsize>,
     stop: Arc<tokio::sync::Notify>,
 }
 
@@ -33,6 +36,7 @@ impl SmtpSink {
             addr: listener.local_addr()?,
             mails: Default::default(),
             failing: Default::default(),
+            holding: Default::default(),
             stop: Default::default(),
         };
         let s = sink.clone();
@@ -63,7 +67,24 @@ impl SmtpSink {
         self.stop.notify_waiters();
     }
 
+    /// The next `n` connections are held: accepted and never greeted, so their sender waits
+    /// (until its own timeout, or until it is gone).
+    pub fn hold_next(&self, n: usize) {
+        self.holding.store(n, Ordering::SeqCst);
+    }
+
     async fn session(&self, sock: tokio::net::TcpStream) -> anyhow::Result<()> {
+        let held = self
+            .holding
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if held {
+            // Read (and drop) whatever comes until the sender goes away.
+            let mut sock = sock;
+            let mut buf = [0u8; 512];
+            while tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await? > 0 {}
+            return Ok(());
+        }
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r);
         w.write_all(b"220 sink ESMTP\r\n").await?;

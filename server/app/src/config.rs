@@ -129,6 +129,11 @@ pub struct ServeConfig {
     /// so several deployments (or tests) can share one NATS server.
     #[arg(long, env = "UPKEEP_NATS_PREFIX", default_value = "upkeep", value_parser = parse_nats_prefix)]
     pub nats_prefix: String,
+    /// Cluster mode: seconds a replica holds a mail or webhook delivery it is sending before
+    /// another replica may take it over (the lease of a replica that died). Longer than any
+    /// one send (SMTP and webhook attempts time out at 30 s and 10 s).
+    #[arg(long, env = "UPKEEP_CLAIM_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    pub claim_lease_seconds: u32,
     /// Base of links in e-mails (default: http://<listen address>).
     #[arg(long, env = "UPKEEP_PUBLIC_URL", value_parser = PublicUrl::parse)]
     pub public_url: Option<PublicUrl>,
@@ -405,6 +410,7 @@ impl ServeConfig {
             database_url: None,
             nats_url: None,
             nats_prefix: "upkeep".into(),
+            claim_lease_seconds: 60,
             files_dir: None,
             public_url: None,
             smtp_url: None,

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod exclusion;
 pub mod inventory;
+pub mod lease;
 pub mod localtime;
 pub mod mail;
 pub mod output;

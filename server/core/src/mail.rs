@@ -48,6 +48,9 @@ pub struct OutboxMail {
     pub next_attempt_at: Time,
     pub last_error: Option<String>,
     pub status: MailStatus,
+    /// In cluster mode: the replica sending it now ([`crate::lease`]). Never set on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::Lease>,
 }
 
 impl OutboxMail {

@@ -59,6 +59,10 @@ pub struct Delivery {
     pub session_id: Option<Id>,
     #[serde(default)]
     pub sequence: Option<u64>,
+    /// In cluster mode: the replica attempting it now ([`crate::lease`]). Never set on one
+    /// node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::Lease>,
 }
 
 impl Delivery {
@@ -130,6 +134,7 @@ mod ordering_tests {
             created_at: chrono::DateTime::UNIX_EPOCH,
             session_id: session,
             sequence: session.map(|_| sequence),
+            lease: None,
         }
     }
 

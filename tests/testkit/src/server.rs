@@ -162,6 +162,15 @@ impl TestServer {
         }
     }
 
+    /// Stops the server the way SIGKILL would, as far as one can in-process
+    /// (`Running::kill`): its tasks are aborted where they stand, nothing is flushed, and what
+    /// it held (a mail's or delivery's lease) stays held. The data dir stays.
+    pub async fn kill(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = server_runtime().spawn(r.kill()).await;
+        }
+    }
+
     /// Stops gracefully and starts again on the same data dir and port.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await;

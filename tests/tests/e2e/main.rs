@@ -4,6 +4,7 @@
 mod agents;
 mod cluster_agents;
 mod cluster_moves;
+mod cluster_once;
 mod cluster_sessions;
 mod console;
 mod control;

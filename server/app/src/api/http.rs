@@ -418,6 +418,16 @@ impl Running {
         let _ = self.task.await;
         let _ = self.app.store.flush().await;
     }
+
+    /// Stops the way SIGKILL would, as far as one process can do it to a server inside it
+    /// (tests): every supervised task is aborted where it stands — nothing is flushed, nothing
+    /// recorded, a lease it held stays held — then the token stops what lives outside them
+    /// (open connections, held polls).
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.app.shutdown.cancel();
+    }
 }
 
 /// Runs the server's long-lived tasks in one `JoinSet` until `app.shutdown` is cancelled and

@@ -75,6 +75,8 @@ pub struct App {
     pub cluster: Option<Arc<crate::services::cluster::Bus>>,
     /// Set once start-up work (recovery of sessions, jobs and tokens) is done: `/readyz`.
     pub ready: std::sync::atomic::AtomicBool,
+    /// This process's id as a holder of leases (fresh at every start).
+    pub replica: Id,
 }
 
 /// The keys a server generates at its first start (or finds in the store in cluster mode),
@@ -104,11 +106,24 @@ impl App {
         let offline_after = Duration::from_secs(u64::from(config.offline_after_seconds));
         let max = config.max_concurrent_sessions as usize;
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let replica = crate::ids::fresh();
+        // Cluster mode: mails and webhook deliveries are claimed per item before sending, so
+        // that of the replicas running the outboxes one sends each (`upkeep_core::lease`).
+        let claims = config
+            .database_url
+            .is_some()
+            .then(|| upkeep_core::lease::Claimant {
+                holder: replica,
+                length: chrono::Duration::seconds(i64::from(config.claim_lease_seconds)),
+            });
         let webhooks = crate::services::webhooks::Webhooks::new(
             store.clone(),
             clock.clone(),
-            config.allow_private_webhooks,
-            shutdown.clone(),
+            crate::services::webhooks::WebhooksConfig {
+                allow_private: config.allow_private_webhooks,
+                claims,
+                shutdown: shutdown.clone(),
+            },
         );
         let webhooks = Arc::new(webhooks);
         let outbox = crate::services::outbox::Outbox::new(
@@ -118,6 +133,7 @@ impl App {
                 smtp_url: config.smtp_url.clone(),
                 data_dir: config.data_dir.clone(),
                 webhooks: webhooks.clone(),
+                claims,
                 shutdown: shutdown.clone(),
             },
         );
@@ -154,6 +170,7 @@ impl App {
             public_url,
             cluster: None,
             ready: std::sync::atomic::AtomicBool::new(false),
+            replica,
         }
     }
 
@@ -315,8 +332,9 @@ impl crate::services::scheduler::Sessions for Arc<App> {
     async fn start(
         &self,
         reqs: Vec<crate::services::runtime::StartRequest>,
+        guard: Option<&crate::services::runtime::StartGuard<'_>>,
     ) -> ApiResult<Vec<Session>> {
-        self.start_sessions(reqs, crate::services::runtime::Busy::Skip, None)
+        self.start_sessions_guarded(reqs, crate::services::runtime::Busy::Skip, None, guard)
             .await
     }
 }

@@ -3,6 +3,12 @@
 //! Architecture invariant: only this worker talks SMTP, and only mail already written to the
 //! outbox is sent (a mail is a store record before its first attempt; a repeat after a crash is
 //! the same bytes with the same Message-ID).
+//!
+//! In cluster mode every replica runs this worker over the one store; a replica claims each
+//! mail with a lease in its record before sending it and records the result (dropping the
+//! lease) after, so one replica sends it (`upkeep_core::lease`; a replica killed between the
+//! SMTP server's acceptance and that commit leaves it to be sent again, with the same
+//! Message-ID).
 
 use crate::clock::Clock;
 use crate::error::{ApiError, ApiResult};
@@ -17,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use upkeep_core::domain::*;
+use upkeep_core::lease::Claimant;
 use upkeep_core::mail::{MailKind, MailStatus, OutboxMail};
 use upkeep_core::session::*;
 use upkeep_store::records::PENDING_MAIL;
@@ -34,17 +41,23 @@ pub struct Outbox {
     webhooks: Arc<Webhooks>,
     smtp_url: Option<String>,
     data_dir: PathBuf,
+    /// Cluster mode: this replica claims each mail before sending it.
+    claims: Option<Claimant>,
     wakeup: Notify,
     shutdown: CancellationToken,
     sent: AtomicU64,
     failures: AtomicU64,
 }
 
+type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
 /// What the outbox needs besides the store and the clock.
 pub struct OutboxConfig {
     pub smtp_url: Option<String>,
     pub data_dir: PathBuf,
     pub webhooks: Arc<Webhooks>,
+    /// Cluster mode: claim each mail with a lease before sending it.
+    pub claims: Option<Claimant>,
     pub shutdown: CancellationToken,
 }
 
@@ -56,6 +69,7 @@ impl Outbox {
             webhooks: config.webhooks,
             smtp_url: config.smtp_url,
             data_dir: config.data_dir,
+            claims: config.claims,
             wakeup: Notify::new(),
             shutdown: config.shutdown,
             sent: AtomicU64::new(0),
@@ -92,38 +106,28 @@ impl Outbox {
             .await
     }
 
+    /// The SMTP transport of `--smtp-url` (`None`: mails become `.eml` files).
+    fn transport(&self) -> Result<Option<Transport>, String> {
+        match &self.smtp_url {
+            Some(url) => match Transport::from_url(url) {
+                Ok(b) => Ok(Some(b.timeout(Some(Duration::from_secs(30))).build())),
+                Err(e) => Err(e.to_string()),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// Background loop: sends due mails, retrying failures with backoff.
     pub async fn run(self: Arc<Self>) {
-        let transport = match &self.smtp_url {
-            Some(url) => match AsyncSmtpTransport::<Tokio1Executor>::from_url(url) {
-                Ok(b) => Some(b.timeout(Some(Duration::from_secs(30))).build()),
-                Err(e) => {
-                    tracing::error!(error = %e, "invalid SMTP URL; mail stays queued");
-                    return;
-                }
-            },
-            None => None,
+        let transport = match self.transport() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid SMTP URL; mail stays queued");
+                return;
+            }
         };
         loop {
-            let now = self.clock.now();
-            let mut next_due: Option<Time> = None;
-            let pending: Vec<OutboxMail> = self
-                .store
-                .by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None)
-                .filter_map(|m| std::future::ready(m.ok()))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect();
-            for m in pending {
-                if m.next_attempt_at > now {
-                    next_due = Some(
-                        next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)),
-                    );
-                    continue;
-                }
-                self.send_one(transport.as_ref(), m).await;
-            }
+            let next_due = self.pass(transport.as_ref()).await;
             let wait = next_due
                 .map(|t| (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(30))
@@ -136,11 +140,108 @@ impl Outbox {
         }
     }
 
-    async fn send_one(
+    /// One pass now, as the loop makes it: every due mail is sent (or claimed by another
+    /// replica). Tests drive the worker with it.
+    pub async fn send_due(&self) -> Result<(), String> {
+        let transport = self.transport()?;
+        self.pass(transport.as_ref()).await;
+        Ok(())
+    }
+
+    /// Sends the mails due now; returns when the next one falls due.
+    async fn pass(&self, transport: Option<&Transport>) -> Option<Time> {
+        let now = self.clock.now();
+        let mut next_due: Option<Time> = None;
+        let pending: Vec<OutboxMail> = self
+            .store
+            .by_index::<OutboxMail>(&IndexKey::new(PENDING_MAIL, []), None)
+            .filter_map(|m| std::future::ready(m.ok()))
+            .collect::<Vec<_>>()
+            .await;
+        for m in pending {
+            if m.next_attempt_at > now {
+                next_due =
+                    Some(next_due.map_or(m.next_attempt_at, |n: Time| n.min(m.next_attempt_at)));
+                continue;
+            }
+            if let Some(m) = self.claim(m).await {
+                self.send_one(transport, m).await;
+            }
+        }
+        next_due
+    }
+
+    /// Cluster mode: claims `m` for this replica (a lease in its record, written in one
+    /// transaction that finds no other live lease) and returns it as claimed; `None` when
+    /// another replica holds it or it is no longer due. On one node: `m` as it is.
+    async fn claim(&self, m: OutboxMail) -> Option<OutboxMail> {
+        let Some(claims) = self.claims else {
+            return Some(m);
+        };
+        let now = self.clock.now();
+        if claims.held_by_other(m.lease.as_ref(), now) {
+            return None;
+        }
+        let claimed = self
+            .store
+            .write(|tx| {
+                let Some(mut current) = tx.get::<OutboxMail, ApiError>(&m.id)? else {
+                    return Ok(None);
+                };
+                if !current.is_pending() || current.next_attempt_at > now {
+                    return Ok(None);
+                }
+                let Some(lease) = claims.claim(current.lease.as_ref(), now) else {
+                    return Ok(None);
+                };
+                current.lease = Some(lease);
+                tx.put(&current)?;
+                Ok::<_, TxError<ApiError>>(Some(current))
+            })
+            .await;
+        claimed.unwrap_or_else(|e| {
+            tracing::warn!(mail = %m.id, error = %e, "could not claim a mail; left for the next pass");
+            None
+        })
+    }
+
+    /// Records the result of an attempt on `m` (its lease dropped) with `deliveries`, and
+    /// flushes. In cluster mode only while the mail is still pending and this replica's result
+    /// may stand ([`Claimant::may_settle`]). Returns whether it was recorded.
+    async fn record(
         &self,
-        transport: Option<&AsyncSmtpTransport<Tokio1Executor>>,
-        mut m: OutboxMail,
-    ) {
+        m: &mut OutboxMail,
+        deliveries: &[upkeep_core::webhook::Delivery],
+    ) -> bool {
+        m.lease = None;
+        let (claims, now, finishes) = (self.claims, self.clock.now(), !m.is_pending());
+        let m = &*m;
+        let r = self.store.write(|tx| {
+            if let Some(claims) = &claims {
+                let Some(current) = tx.get::<OutboxMail, ApiError>(&m.id)? else {
+                    return Ok(false);
+                };
+                if !current.is_pending()
+                    || !claims.may_settle(current.lease.as_ref(), now, finishes)
+                {
+                    return Ok(false);
+                }
+            }
+            tx.put(m)?;
+            for d in deliveries {
+                tx.put(d)?;
+            }
+            Ok::<_, TxError<ApiError>>(true)
+        });
+        let recorded = r.await.unwrap_or_else(|e| {
+            tracing::error!(mail = %m.id, error = %e, "could not record mail state");
+            false
+        });
+        let _ = self.store.flush().await;
+        recorded
+    }
+
+    async fn send_one(&self, transport: Option<&Transport>, mut m: OutboxMail) {
         let now = self.clock.now();
         if let Some(reason) = self.withdrawn(&m).await {
             match m.session_id {
@@ -148,15 +249,7 @@ impl Outbox {
                 None => tracing::info!(mail = %m.id, "mail withdrawn: {reason}"),
             }
             m.status = MailStatus::Withdrawn { at: now, reason };
-            if self
-                .store
-                .write(|tx| tx.put(&m).map_err(|e: TxError<ApiError>| e))
-                .await
-                .is_err()
-            {
-                tracing::error!(mail = %m.id, "could not record mail state");
-            }
-            let _ = self.store.flush().await;
+            self.record(&mut m, &[]).await;
             return;
         }
         let result = match build_message(&m) {
@@ -200,18 +293,7 @@ impl Outbox {
                 .await.unwrap_or_default(),
             _ => vec![],
         };
-        let r = self.store.write(|tx| {
-            tx.put(&m)?;
-            for d in &deliveries {
-                tx.put(d)?;
-            }
-            Ok::<_, TxError<ApiError>>(())
-        });
-        if r.await.is_err() {
-            tracing::error!(mail = %m.id, "could not record mail state");
-        }
-        let _ = self.store.flush().await;
-        if !deliveries.is_empty() {
+        if self.record(&mut m, &deliveries).await && !deliveries.is_empty() {
             self.webhooks.wake();
         }
     }

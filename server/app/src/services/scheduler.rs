@@ -15,7 +15,7 @@
 
 use crate::clock::Clock;
 use crate::error::{ApiError, ApiResult};
-use crate::services::runtime::StartRequest;
+use crate::services::runtime::{StartGuard, StartRequest};
 use chrono::Duration;
 use chrono_tz::Tz;
 use futures_util::{StreamExt, TryStreamExt};
@@ -27,7 +27,7 @@ use upkeep_core::session::SessionTrigger;
 use upkeep_store::records::*;
 use upkeep_store::{Db, IndexKey, TxError};
 
-use upkeep_core::calendar::{self, Tick};
+use upkeep_core::calendar::{self, CursorMove, Tick};
 pub use upkeep_core::calendar::{OWN_ZONE, business_hours_end};
 
 /// The zone a schedule runs in for `tenant` (see `upkeep_core::calendar::zone_for`).
@@ -42,9 +42,13 @@ pub trait Sessions: Send + Sync {
     /// The computer's unfinished session, if it has one.
     fn active_session_of(&self, computer: Id) -> Option<Id>;
     async fn cancel(&self, session: Id, reason: &str) -> ApiResult<()>;
-    /// Starts sessions in one batch, skipping computers that are busy.
-    async fn start(&self, reqs: Vec<StartRequest>)
-    -> ApiResult<Vec<upkeep_core::session::Session>>;
+    /// Starts sessions in one batch, skipping computers that are busy; `guard` commits with the
+    /// first sessions or stops the batch (see `App::start_sessions_guarded`).
+    async fn start(
+        &self,
+        reqs: Vec<StartRequest>,
+        guard: Option<&StartGuard<'_>>,
+    ) -> ApiResult<Vec<upkeep_core::session::Session>>;
 }
 
 /// The scheduler service: its store handle, clock and pass lock; it reaches sessions only
@@ -127,46 +131,114 @@ impl Scheduler {
         let lead = Duration::minutes(i64::from(s.detection_lead_minutes));
         let window = Duration::minutes(i64::from(s.window_minutes));
         let at = |cursor| calendar::tick(expr, tz, cursor, since, lead, window, now);
-        let mut tick = at(s.next_fire.get(&key).copied());
+        let mut cursor = s.next_fire.get(&key).copied();
+        let mut tick = at(cursor);
         if let Tick::Start { first } = tick {
             // The first occurrence is remembered, then judged like any other at once.
-            self.save_cursor(s.id, &key, first, None).await?;
-            tick = at(Some(first));
+            let first_look = CursorMove {
+                key: key.clone(),
+                from: None,
+                to: first,
+                ran: None,
+            };
+            if !self.move_cursor(s.id, &first_look).await? {
+                return Ok(());
+            }
+            cursor = Some(first);
+            tick = at(cursor);
         }
+        let step = |to, ran| CursorMove {
+            key: key.clone(),
+            from: cursor,
+            to,
+            ran,
+        };
         match tick {
             Tick::Never | Tick::Wait | Tick::Start { .. } => Ok(()),
             Tick::Missed { occurrence, next } => {
-                tracing::warn!(schedule = %s.id, tenant = %tenant.id, %occurrence, "occurrence missed: its window closed while the server was not running; skipped");
-                self.save_cursor(s.id, &key, next, None).await
+                if self.move_cursor(s.id, &step(next, None)).await? {
+                    tracing::warn!(schedule = %s.id, tenant = %tenant.id, %occurrence, "occurrence missed: its window closed while the server was not running; skipped");
+                }
+                Ok(())
             }
             Tick::Fire { occurrence, next } => {
-                // The cursor is persisted first: a crash after this point loses this
-                // occurrence's remaining starts rather than running them twice.
-                self.save_cursor(s.id, &key, next, Some(now)).await?;
-                let started = self
-                    .fire(sessions, s, tenant, occurrence, "schedule")
-                    .await?;
-                tracing::info!(schedule = %s.id, tenant = %tenant.id, %occurrence, sessions = started.len(), "schedule fired");
-                Ok(())
+                let cursor = step(next, Some(now));
+                match self
+                    .fire_occurrence(sessions, s, tenant, occurrence, &cursor)
+                    .await
+                {
+                    Ok(Some(started)) => {
+                        tracing::info!(schedule = %s.id, tenant = %tenant.id, %occurrence, sessions = started.len(), "schedule fired");
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        tracing::debug!(schedule = %s.id, tenant = %tenant.id, %occurrence, "occurrence fired by another replica");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // As on one node before: an occurrence that cannot start is skipped,
+                        // not tried again on every pass through its window.
+                        self.move_cursor(s.id, &cursor).await?;
+                        Err(e)
+                    }
+                }
             }
         }
     }
 
-    async fn save_cursor(&self, id: Id, key: &str, next: Time, ran: Option<Time>) -> ApiResult<()> {
-        self.store
+    /// Applies `m` to the stored schedule in one transaction: `false` (nothing written) when
+    /// the cursor was no longer where it was read, or the schedule is gone.
+    async fn move_cursor(&self, id: Id, m: &CursorMove) -> ApiResult<bool> {
+        let moved = self
+            .store
             .write(|tx| {
                 let Some(mut s) = tx.get::<Schedule, ApiError>(&id)? else {
-                    return Ok(());
+                    return Ok(false);
                 };
-                s.next_fire.insert(key.to_string(), next);
-                if ran.is_some() {
-                    s.last_run_at = ran;
+                if m.apply(&mut s).is_err() {
+                    return Ok(false);
                 }
                 tx.put(&s)?;
-                Ok::<_, TxError<ApiError>>(())
+                Ok::<_, TxError<ApiError>>(true)
             })
             .await?;
-        Ok(())
+        Ok(moved)
+    }
+
+    /// Fires occurrence `o` of `s` for `tenant` with `cursor` moved in the transaction of its
+    /// first sessions. `None`: the cursor had moved (another replica fired it) and nothing
+    /// started.
+    async fn fire_occurrence(
+        &self,
+        sessions: &dyn Sessions,
+        s: &Schedule,
+        tenant: &Tenant,
+        occurrence: Time,
+        cursor: &CursorMove,
+    ) -> ApiResult<Option<Vec<upkeep_core::session::Session>>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let id = s.id;
+        // Set by the guard's last run when it found the cursor moved.
+        let moved = AtomicBool::new(false);
+        let guard: &StartGuard<'_> = &|tx| {
+            moved.store(false, Ordering::Relaxed);
+            let Some(mut stored) = tx.get::<Schedule, ApiError>(&id)? else {
+                return Err(TxError::Abort(ApiError::not_found("schedule", id)));
+            };
+            if let Err(e) = cursor.apply(&mut stored) {
+                moved.store(true, Ordering::Relaxed);
+                return Err(TxError::Abort(ApiError::Conflict(e.to_string())));
+            }
+            tx.put(&stored)
+        };
+        let reqs = self
+            .requests(sessions, s, tenant, occurrence, "schedule")
+            .await?;
+        match sessions.start(reqs, Some(guard)).await {
+            Ok(started) => Ok(Some(started)),
+            Err(_) if moved.load(Ordering::Relaxed) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts the sessions of one occurrence `o` of `s` for `tenant`'s computers. With
@@ -179,7 +251,23 @@ impl Scheduler {
         occurrence: Time,
         by: &str,
     ) -> ApiResult<Vec<upkeep_core::session::Session>> {
+        let reqs = self.requests(sessions, s, tenant, occurrence, by).await?;
+        // One batch: written together, flushed once, first steps side by side.
+        sessions.start(reqs, None).await
+    }
+
+    /// What one occurrence `o` of `s` starts for `tenant`'s computers (superseded sessions of
+    /// earlier occurrences are cancelled here).
+    async fn requests(
+        &self,
+        sessions: &dyn Sessions,
+        s: &Schedule,
+        tenant: &Tenant,
+        occurrence: Time,
+        by: &str,
+    ) -> ApiResult<Vec<StartRequest>> {
         let now = self.clock.now();
+        let window_end = occurrence + Duration::minutes(i64::from(s.window_minutes));
         let computers = self.schedule_targets(s, tenant).await?;
         let n = computers.len();
         let immediate = by != "schedule";
@@ -199,11 +287,15 @@ impl Scheduler {
                 continue;
             }
             if let Some(active) = sessions.active_session_of(c.id) {
+                // A session of this very occurrence (another replica fired it) is not
+                // superseded by it.
                 let same_schedule = self
                     .store
                     .get::<upkeep_core::session::Session>(&active)
                     .await?
-                    .is_some_and(|x| x.schedule_id == Some(s.id));
+                    .is_some_and(|x| {
+                        x.schedule_id == Some(s.id) && x.window_end != Some(window_end)
+                    });
                 if same_schedule && !immediate {
                     let _ = sessions
                         .cancel(active, "a newer occurrence of its schedule (superseded)")
@@ -217,10 +309,7 @@ impl Scheduler {
                 (None, None)
             } else {
                 let at = calendar::spread(occurrence, s.window_minutes, i, n);
-                (
-                    if at > now { Some(at) } else { None },
-                    Some(occurrence + Duration::minutes(i64::from(s.window_minutes))),
-                )
+                (if at > now { Some(at) } else { None }, Some(window_end))
             };
             let req = StartRequest {
                 computer: c.clone(),
@@ -235,8 +324,7 @@ impl Scheduler {
             };
             reqs.push(req);
         }
-        // One batch: written together, flushed once, first steps side by side.
-        sessions.start(reqs).await
+        Ok(reqs)
     }
 
     /// The computers a schedule targets in `tenant`, resolved now.

@@ -1,6 +1,11 @@
 //! Webhooks: signed JSON POSTs about sessions and computers to PSA integrations. A delivery is
 //! written to the store with the step that causes it, before the first attempt, and retried
 //! with backoff by one worker; the delivery id stays the same on every retry.
+//!
+//! In cluster mode every replica runs the worker over the one store; a replica claims each
+//! delivery with a lease in its record before attempting it and records the result (dropping
+//! the lease) after, so one replica attempts it at a time, and a delivery leased elsewhere holds
+//! back its session's later ones as one in flight here does (`upkeep_core::lease`).
 
 use crate::clock::Clock;
 use crate::error::ApiResult;
@@ -14,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use upkeep_core::domain::*;
+use upkeep_core::lease::Claimant;
 use upkeep_core::session::{ActionStatus, Session, SessionStatus, Stage};
 use upkeep_core::webhook::{
     Delivery, DeliveryStatus, GIVE_UP_AFTER_HOURS, Webhook, WebhookEvent, backoff, sendable,
@@ -36,6 +42,8 @@ pub struct Webhooks {
     store: Db,
     clock: Clock,
     allow_private: bool,
+    /// Cluster mode: this replica claims each delivery before attempting it.
+    claims: Option<Claimant>,
     /// Wakes the worker when a delivery was queued.
     wakeup: Notify,
     shutdown: CancellationToken,
@@ -43,19 +51,24 @@ pub struct Webhooks {
     attempts: AtomicU64,
 }
 
+/// What the webhook service needs besides the store and the clock.
+pub struct WebhooksConfig {
+    /// `--allow-private-webhooks`.
+    pub allow_private: bool,
+    /// Cluster mode: claim each delivery with a lease before attempting it.
+    pub claims: Option<Claimant>,
+    pub shutdown: CancellationToken,
+}
+
 impl Webhooks {
-    pub fn new(
-        store: Db,
-        clock: Clock,
-        allow_private: bool,
-        shutdown: CancellationToken,
-    ) -> Webhooks {
+    pub fn new(store: Db, clock: Clock, config: WebhooksConfig) -> Webhooks {
         Webhooks {
             store,
             clock,
-            allow_private,
+            allow_private: config.allow_private,
+            claims: config.claims,
             wakeup: Notify::new(),
-            shutdown,
+            shutdown: config.shutdown,
             attempts: AtomicU64::new(0),
         }
     }
@@ -127,6 +140,7 @@ impl Webhooks {
                     created_at: now,
                     session_id: None,
                     sequence: None,
+                    lease: None,
                 }
             })
             .collect())
@@ -197,7 +211,8 @@ impl Webhooks {
     }
 
     /// Background loop: sends due deliveries, a few at a time, each with a time limit, so a
-    /// slow receiver never holds up anything else.
+    /// slow receiver never holds up anything else. Attempts run in a `JoinSet` of the loop:
+    /// when the loop ends, so do they.
     pub async fn run(self: Arc<Self>) {
         let client = match webhook_client(self.allow_private) {
             Ok(c) => c,
@@ -208,29 +223,15 @@ impl Webhooks {
         };
         let limit = Arc::new(tokio::sync::Semaphore::new(8));
         let mut in_flight = std::collections::HashSet::new();
+        let mut attempts = tokio::task::JoinSet::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Id>();
         loop {
+            while attempts.try_join_next().is_some() {}
             while let Ok(id) = done_rx.try_recv() {
                 in_flight.remove(&id);
             }
-            let now = self.clock.now();
-            let mut next_due: Option<Time> = None;
-            let idx = IndexKey::new(PENDING_DELIVERIES, []);
-            let pending: Vec<Delivery> = self
-                .store
-                .by_index::<Delivery>(&idx, None)
-                .filter_map(|d| std::future::ready(d.ok()))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect();
-            for d in sendable(pending, &|id| in_flight.contains(&id)) {
-                if d.next_attempt_at > now {
-                    next_due = Some(
-                        next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)),
-                    );
-                    continue;
-                }
+            let (due, next_due) = self.due(&|id| in_flight.contains(&id)).await;
+            for d in due {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
@@ -238,10 +239,11 @@ impl Webhooks {
                 let hooks = self.clone();
                 let client = client.clone();
                 let done = done_tx.clone();
-                tokio::spawn(async move {
-                    hooks.attempt_delivery(&client, d.clone()).await;
+                attempts.spawn(async move {
+                    let id = d.id;
+                    hooks.claim_and_attempt(&client, d).await;
                     drop(permit);
-                    let _ = done.send(d.id);
+                    let _ = done.send(id);
                     hooks.wake();
                 });
             }
@@ -255,6 +257,88 @@ impl Webhooks {
                 _ = self.shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// One pass now, as the loop makes it, waiting for its attempts: every due delivery is
+    /// attempted (or claimed by another replica). Tests drive the worker with it.
+    pub async fn send_due(&self) -> Result<(), String> {
+        let client = webhook_client(self.allow_private).map_err(|e| e.to_string())?;
+        let (due, _) = self.due(&|_| false).await;
+        futures_util::stream::iter(due)
+            .for_each_concurrent(8, |d| self.claim_and_attempt(&client, d))
+            .await;
+        Ok(())
+    }
+
+    /// The deliveries to attempt now, in order ([`sendable`]), and when the next one falls due.
+    /// A delivery in flight here (`in_flight`) or leased by another replica holds back its
+    /// session's later deliveries to the same webhook.
+    async fn due(&self, in_flight: &(dyn Fn(Id) -> bool + Sync)) -> (Vec<Delivery>, Option<Time>) {
+        let now = self.clock.now();
+        let idx = IndexKey::new(PENDING_DELIVERIES, []);
+        let pending: Vec<Delivery> = self
+            .store
+            .by_index::<Delivery>(&idx, None)
+            .filter_map(|d| std::future::ready(d.ok()))
+            .collect::<Vec<_>>()
+            .await;
+        let elsewhere: std::collections::HashSet<Id> = match &self.claims {
+            Some(c) => pending
+                .iter()
+                .filter(|d| c.held_by_other(d.lease.as_ref(), now))
+                .map(|d| d.id)
+                .collect(),
+            None => Default::default(),
+        };
+        let mut next_due: Option<Time> = None;
+        let mut due = Vec::new();
+        for d in sendable(pending, &|id| in_flight(id) || elsewhere.contains(&id)) {
+            if d.next_attempt_at > now {
+                next_due =
+                    Some(next_due.map_or(d.next_attempt_at, |n: Time| n.min(d.next_attempt_at)));
+            } else {
+                due.push(d);
+            }
+        }
+        (due, next_due)
+    }
+
+    /// Claims `d` (cluster mode), then attempts it.
+    async fn claim_and_attempt(&self, client: &reqwest::Client, d: Delivery) {
+        if let Some(d) = self.claim(d).await {
+            self.attempt_delivery(client, d).await;
+        }
+    }
+
+    /// Cluster mode: claims `d` for this replica (a lease in its record, written in one
+    /// transaction that finds no other live lease) and returns it as claimed; `None` when
+    /// another replica holds it or it is no longer due. On one node: `d` as it is.
+    async fn claim(&self, d: Delivery) -> Option<Delivery> {
+        let Some(claims) = self.claims else {
+            return Some(d);
+        };
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .write(|tx| {
+                let Some(mut current) = tx.get::<Delivery, crate::error::ApiError>(&d.id)? else {
+                    return Ok(None);
+                };
+                if !current.is_pending() || current.next_attempt_at > now {
+                    return Ok(None);
+                }
+                let Some(lease) = claims.claim(current.lease.as_ref(), now) else {
+                    return Ok(None);
+                };
+                current.lease = Some(lease);
+                tx.put(&current)?;
+                Ok::<_, TxError<crate::error::ApiError>>(Some(current))
+            })
+            .await;
+        claimed.unwrap_or_else(|e| {
+            tracing::warn!(delivery = %d.id, error = %e, "could not claim a webhook delivery; left for the next pass");
+            None
+        })
     }
 
     async fn attempt_delivery(&self, client: &reqwest::Client, mut d: Delivery) {
@@ -334,10 +418,30 @@ impl Webhooks {
         })
     }
 
+    /// Records the result of an attempt (the lease dropped) and flushes. In cluster mode only
+    /// while the delivery is still stored and pending and this replica's result may stand
+    /// ([`Claimant::may_settle`]).
     async fn save_delivery(&self, d: &Delivery) {
-        let r = self.store.write(|tx| tx.put(d).map_err(|e: TxError<()>| e));
-        if r.await.is_err() {
-            tracing::error!(delivery = %d.id, "could not save webhook delivery state");
+        let mut d = d.clone();
+        d.lease = None;
+        let (claims, now, finishes) = (self.claims, self.clock.now(), !d.is_pending());
+        let d = &d;
+        let r = self.store.write(|tx| {
+            if let Some(claims) = &claims {
+                let Some(current) = tx.get::<Delivery, crate::error::ApiError>(&d.id)? else {
+                    return Ok(());
+                };
+                if !current.is_pending()
+                    || !claims.may_settle(current.lease.as_ref(), now, finishes)
+                {
+                    return Ok(());
+                }
+            }
+            tx.put(d)?;
+            Ok::<_, TxError<crate::error::ApiError>>(())
+        });
+        if let Err(e) = r.await {
+            tracing::error!(delivery = %d.id, error = %e, "could not save webhook delivery state");
         }
         let _ = self.store.flush().await;
     }

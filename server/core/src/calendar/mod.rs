@@ -65,9 +65,51 @@ pub enum Tick {
     /// The occurrence's window closed unseen (the server was down): skip to `next`, the first
     /// occurrence whose window is still open, and fire nothing.
     Missed { occurrence: Time, next: Time },
-    /// Fire `occurrence`; the cursor moves to `next` first (a crash after that loses this
-    /// occurrence's remaining starts rather than running them twice).
+    /// Fire `occurrence`; the cursor moves to `next` in the same transaction that writes the
+    /// occurrence's first sessions ([`CursorMove`]), so it fires once however many replicas
+    /// tick.
     Fire { occurrence: Time, next: Time },
+}
+
+/// Moving one schedule's cursor (for one zone) from where a replica read it to the next
+/// occurrence. Applied inside the store transaction that acts on the occurrence: when another
+/// replica moved the cursor first, the move fails and this replica does nothing with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorMove {
+    /// The key in `Schedule::next_fire` ([`cursor_key`]).
+    pub key: String,
+    /// The cursor as read (`None` before the first look).
+    pub from: Option<Time>,
+    pub to: Time,
+    /// When the occurrence fired (`Schedule::last_run_at`), if it fires.
+    pub ran: Option<Time>,
+}
+
+/// The cursor was no longer where it was read: another replica (or pass) acted on this
+/// occurrence first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the schedule's cursor moved from {expected:?} to {found:?} meanwhile")]
+pub struct CursorMoved {
+    pub expected: Option<Time>,
+    pub found: Option<Time>,
+}
+
+impl CursorMove {
+    /// Applies the move to the schedule as stored now.
+    pub fn apply(&self, s: &mut Schedule) -> Result<(), CursorMoved> {
+        let found = s.next_fire.get(&self.key).copied();
+        if found != self.from {
+            return Err(CursorMoved {
+                expected: self.from,
+                found,
+            });
+        }
+        s.next_fire.insert(self.key.clone(), self.to);
+        if self.ran.is_some() {
+            s.last_run_at = self.ran;
+        }
+        Ok(())
+    }
 }
 
 /// The scheduler's rule for one schedule and zone.
@@ -204,6 +246,49 @@ mod tests {
             Ok(chrono_tz::UTC),
             "no tenant: UTC by definition"
         );
+    }
+
+    #[test]
+    fn a_cursor_moves_only_from_where_it_was_read() {
+        let (_, mut s) = stored("UTC", "0 2 * * *");
+        let first = CursorMove {
+            key: OWN_ZONE.into(),
+            from: None,
+            to: at("2026-11-02T02:00:00Z"),
+            ran: None,
+        };
+        assert_eq!(first.apply(&mut s), Ok(()));
+        // A second first look (another replica's) finds the cursor set and changes nothing.
+        let late = CursorMove {
+            to: at("2026-11-09T02:00:00Z"),
+            ..first.clone()
+        };
+        assert_eq!(
+            late.apply(&mut s),
+            Err(CursorMoved {
+                expected: None,
+                found: Some(at("2026-11-02T02:00:00Z"))
+            })
+        );
+        let fire = CursorMove {
+            key: OWN_ZONE.into(),
+            from: Some(at("2026-11-02T02:00:00Z")),
+            to: at("2026-11-03T02:00:00Z"),
+            ran: Some(at("2026-11-02T01:30:00Z")),
+        };
+        assert_eq!(fire.apply(&mut s), Ok(()));
+        assert_eq!(s.last_run_at, Some(at("2026-11-02T01:30:00Z")));
+        // The same occurrence fired by a replica that read the old cursor: refused, nothing
+        // changes.
+        let before = (s.next_fire.clone(), s.last_run_at);
+        assert!(fire.apply(&mut s).is_err());
+        assert_eq!((s.next_fire.clone(), s.last_run_at), before);
+        // Another zone's cursor is its own.
+        let other = CursorMove {
+            key: "tenant".into(),
+            ..first
+        };
+        assert_eq!(other.apply(&mut s), Ok(()));
     }
 
     #[test]

@@ -331,6 +331,7 @@ impl App {
             next_attempt_at: now,
             last_error: None,
             status: MailStatus::Pending,
+            lease: None,
         }
     }
 }

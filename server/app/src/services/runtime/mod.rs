@@ -17,7 +17,7 @@ mod start;
 
 pub use reboot::RebootNow;
 use shared::StepError;
-pub use start::{Busy, StartRequest};
+pub use start::{Busy, StartGuard, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;

@@ -7,8 +7,13 @@ use std::sync::Arc;
 use upkeep_core::domain::*;
 use upkeep_core::session::*;
 use upkeep_core::types::{Stored, TimeZone};
-use upkeep_store::TxError;
 use upkeep_store::records::IdempotencyRecord;
+use upkeep_store::{Tx, TxError};
+
+/// A check and change that must commit in the same transaction as a call's first sessions, or
+/// the call starts nothing: a schedule occurrence's cursor move (`services::scheduler`), so
+/// that of several replicas firing one occurrence, one starts its sessions.
+pub type StartGuard<'a> = dyn Fn(&mut Tx<'_>) -> Result<(), TxError<ApiError>> + Send + Sync + 'a;
 
 /// Everything a new session is made from (the API, schedules and onboarding all come here).
 #[derive(Debug, Clone)]
@@ -163,6 +168,20 @@ impl App {
         busy: Busy,
         idempotency: Option<(String, String)>,
     ) -> ApiResult<Vec<Session>> {
+        self.start_sessions_guarded(reqs, busy, idempotency, None)
+            .await
+    }
+
+    /// [`App::start_sessions`], with `guard` applied in the transaction that writes the first
+    /// sessions (also when there are none): when it aborts, nothing is written or started and
+    /// its error is returned.
+    pub async fn start_sessions_guarded(
+        self: &Arc<Self>,
+        reqs: Vec<StartRequest>,
+        busy: Busy,
+        idempotency: Option<(String, String)>,
+        guard: Option<&StartGuard<'_>>,
+    ) -> ApiResult<Vec<Session>> {
         let mut planned = Vec::with_capacity(reqs.len());
         for req in reqs {
             let items = self
@@ -196,7 +215,7 @@ impl App {
                 new.push((s, created, deliveries));
             }
             link_mail_siblings(&mut new, &people);
-            self.write_starts_unless_busy(&mut new, idempotency.as_ref(), busy, now)
+            self.write_starts_unless_busy(&mut new, idempotency.as_ref(), busy, now, guard)
                 .await?;
             self.store.flush().await?;
             let mut webhooks = false;
@@ -325,6 +344,7 @@ impl App {
         idempotency: Option<&(String, String)>,
         busy: Busy,
         now: Time,
+        guard: Option<&StartGuard<'_>>,
     ) -> ApiResult<()> {
         loop {
             let record = idempotency.map(|(key, request_hash)| IdempotencyRecord {
@@ -333,7 +353,7 @@ impl App {
                 session_ids: new.iter().map(|(s, _, _)| s.id).collect(),
                 request_hash: Some(request_hash.clone()),
             });
-            match self.write_starts(new, record.as_ref()).await {
+            match self.write_starts(new, record.as_ref(), guard).await {
                 Ok(()) => return Ok(()),
                 Err(StartAbort::Api(e)) => return Err(e),
                 Err(StartAbort::Busy(computers)) => match busy {
@@ -353,11 +373,12 @@ impl App {
     }
 
     /// Writes a call's new sessions, their `created` events and deliveries, and the idempotency
-    /// record, in transactions of [`START_CHUNK`] sessions.
+    /// record, in transactions of [`START_CHUNK`] sessions; `guard` goes with the first.
     async fn write_starts(
         &self,
         new: &[(Session, SessionEvent, Vec<upkeep_core::webhook::Delivery>)],
         record: Option<&IdempotencyRecord>,
+        guard: Option<&StartGuard<'_>>,
     ) -> Result<(), StartAbort> {
         // No sessions still writes the idempotency record (a call that started nothing).
         let chunks: Vec<&[_]> = if new.is_empty() {
@@ -370,8 +391,16 @@ impl App {
             // The idempotency record lands with the last sessions it names: a retry after a
             // crash either finds it (and every session) or starts afresh.
             let record = if i == last { record } else { None };
+            let guard = if i == 0 { guard } else { None };
             self.store
                 .write(|tx| {
+                    if let Some(guard) = guard {
+                        guard(tx).map_err(|e| match e {
+                            TxError::Abort(a) => TxError::Abort(StartAbort::Api(a)),
+                            TxError::Store(e) => TxError::Store(e),
+                            TxError::Conflict => TxError::Conflict,
+                        })?;
+                    }
                     if self.runtime.shared {
                         // One unfinished session per computer across replicas.
                         let mut busy = Vec::new();
