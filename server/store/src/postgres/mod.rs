@@ -77,9 +77,18 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), applies pending migrations and
     /// checks the store's schema version.
     pub(crate) async fn open(url: &str) -> Result<PgStore> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Engine(format!("the database URL is not a PostgreSQL URL: {e}"))
         })?;
+        // Every wait has an end: a session left idle inside a transaction (a client that hung
+        // or died mid-way) is ended by the server after a minute instead of pinning its locks
+        // for every other writer, and a statement waits at most 30 s for a lock (the
+        // transaction then runs again, `tx.rs`). The URL's own `options` come first.
+        let own = config.get_options().unwrap_or_default().to_string();
+        config.options(
+            format!("{own} -c idle_in_transaction_session_timeout=60000 -c lock_timeout=30000")
+                .trim(),
+        );
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,

@@ -478,3 +478,27 @@ async fn two_steps_planned_from_one_revision_store_only_one() {
     assert_eq!(stored.revision, 1);
     assert_eq!(stored.created_by, won[0]);
 }
+
+/// Every connection of the pool bounds its waits: a session idle inside a transaction is ended
+/// by the server after a minute, a lock is waited for at most 30 s; options the URL gives are
+/// kept.
+#[tokio::test]
+async fn every_connection_bounds_idle_transactions_and_lock_waits() {
+    let db = ScratchDatabase::create().await.expect("a scratch database");
+    let url = format!("{}?options=-c%20application_name%3Dupkeep-test", db.url());
+    let store = super::PgStore::open(&url).await.expect("open");
+    let client = store.pool.get().await.expect("a connection");
+    let show = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect("show");
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "1min");
+    assert_eq!(show("lock_timeout").await, "30s");
+    assert_eq!(show("application_name").await, "upkeep-test");
+}

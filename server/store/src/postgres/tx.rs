@@ -84,6 +84,11 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
             || *c == SqlState::T_R_DEADLOCK_DETECTED
             || *c == SqlState::UNIQUE_VIOLATION
+            // The shared lock table is full ("out of shared memory": SERIALIZABLE's predicate
+            // locks of every database on the server); it frees as other transactions end.
+            || *c == SqlState::OUT_OF_MEMORY
+            // `lock_timeout` (set on every connection, `mod.rs`) ran out.
+            || *c == SqlState::LOCK_NOT_AVAILABLE
     )
 }
 
