@@ -89,6 +89,8 @@ pub struct ServerKeys {
 }
 
 impl App {
+    // long: the composition root: every service is built here from the same config, store,
+    // clock and stop token, one field each; splitting it would only move the list.
     pub fn new(
         store: Db,
         config: ServeConfig,

@@ -601,6 +601,8 @@ impl App {
     }
 
     /// Writes the step in one transaction and flushes.
+    // long: one transaction's worth of records, each kind a line or two, with the cluster
+    // checks that must run inside it first; splitting it would split the transaction's story.
     async fn write_step(
         &self,
         s: &Session,
