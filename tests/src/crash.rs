@@ -392,7 +392,7 @@ pub async fn set_up_fleet(
 }
 
 /// Waits until the computer named `hostname` is enrolled and online; returns its id.
-async fn wait_online(remote: &Remote, hostname: &str) -> Result<String> {
+pub async fn wait_online(remote: &Remote, hostname: &str) -> Result<String> {
     wait_for(&format!("computer {hostname}"), T, || async {
         let d = remote
             .gql(

@@ -55,25 +55,36 @@ fn check(f: &Fixture) -> Result<Output> {
     }
 }
 
-/// A session with a task that runs and logs, finished PASSED; its id.
-async fn finished_session(f: &Fixture) -> Result<String> {
-    let marker = f.dir.path().join("stamped");
-    let task = f
-        .s
-        .gql(
+/// A task (test and set scripts) deployed to every computer of the fixture's tenant.
+async fn deploy_task(f: &Fixture, name: &str, test: String, set: String) -> Result<()> {
+    let task =
+        f.s.gql(
             &f.admin,
             "mutation($i: CreateMaintenanceTaskInput!) { createMaintenanceTask(input: $i) { id } }",
-            json!({"i": {"name": "Stamp", "tenantId": f.tenant,
-                "testScript": {"language": "SHELL", "body": format!("test -f '{}'", marker.display())},
-                "setScript": {"language": "SHELL", "body": format!("echo stamping the machine; touch '{}'", marker.display())}}}),
+            json!({"i": {"name": name, "tenantId": f.tenant,
+                "testScript": {"language": "SHELL", "body": test},
+                "setScript": {"language": "SHELL", "body": set}}}),
         )
         .await?["createMaintenanceTask"]["id"]
-        .as_str()
-        .context("task id")?
-        .to_string();
+            .as_str()
+            .context("task id")?
+            .to_string();
     f.s.create_deployment(
         &f.admin,
         json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A session with a task that runs and logs, finished PASSED; its id.
+async fn finished_session(f: &Fixture) -> Result<String> {
+    let marker = f.dir.path().join("stamped");
+    deploy_task(
+        f,
+        "Stamp",
+        format!("test -f '{}'", marker.display()),
+        format!("echo stamping the machine; touch '{}'", marker.display()),
     )
     .await?;
     let id = f.s.start_session(&f.admin, &f.computer, json!({})).await?;
@@ -217,23 +228,7 @@ async fn edit_one_stored_byte(f: &Fixture, session: &str, needle: &str) -> Resul
 async fn records_are_for_finished_sessions_and_signed_in_users() -> Result<()> {
     let f = Fixture::start("records-2").await?;
     // A change to make tomorrow: a session that has not ended yet.
-    let task =
-        f.s.gql(
-            &f.admin,
-            "mutation($i: CreateMaintenanceTaskInput!) { createMaintenanceTask(input: $i) { id } }",
-            json!({"i": {"name": "Later", "tenantId": f.tenant,
-                "testScript": {"language": "SHELL", "body": "exit 1"},
-                "setScript": {"language": "SHELL", "body": "true"}}}),
-        )
-        .await?["createMaintenanceTask"]["id"]
-            .as_str()
-            .context("task id")?
-            .to_string();
-    f.s.create_deployment(
-        &f.admin,
-        json!({"tenantId": f.tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task}),
-    )
-    .await?;
+    deploy_task(&f, "Later", "exit 1".into(), "true".into()).await?;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let id =
         f.s.start_session(&f.admin, &f.computer, json!({"executeAt": tomorrow}))

@@ -335,22 +335,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<(usize, Copie
         }
     };
     // A backup holds everything the data dir does (password hashes, the JWT key): 0600.
-    let tmp = out.with_extension("tmp");
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(&bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, out)?;
+    crate::datadir::write_private(out, &bytes)?;
     let files = copy_files(&data_dir.join("files"), &files_dir_of(out), false)?;
     Ok((bytes.len(), files))
 }

@@ -17,8 +17,27 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/api/v1/files", post(upload))
 }
 
+/// The user or API key a REST request is signed in as, or the 401 (or error) to answer.
+pub async fn signed_in(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Actor, Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match crate::api::graphql::authenticate(app, auth).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "sign in: send Authorization: Bearer <token or API key>",
+        )),
+        Err(e) => Err(api_error(&e)),
+    }
+}
+
 /// The JSON error shape of the REST routes (`{"code", "error"}`, as the agent routes answer).
-fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
+pub fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
     let body = serde_json::json!({ "code": code, "error": msg.into() });
     (status, Json(body)).into_response()
 }
@@ -31,20 +50,9 @@ fn api_error(e: &ApiError) -> Response {
 /// arrives and never held whole; answers `{"sha256", "size"}` (201 when new, 200 when the same
 /// bytes were stored already).
 async fn upload(State(app): State<Arc<App>>, req: Request) -> Response {
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
-    let actor = match crate::api::graphql::authenticate(&app, auth).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "sign in: send Authorization: Bearer <token or API key>",
-            );
-        }
-        Err(e) => return api_error(&e),
+    let actor = match signed_in(&app, req.headers()).await {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     if let Err(e) = crate::api::graphql::upload::may_upload(&actor) {
         return api_error(&e);

@@ -2,6 +2,7 @@
 //! their chain (`attestation`), as one JSON document that `upkeep-server verify-record` checks
 //! offline. Whoever may read the session may export its record.
 
+use crate::api::files::refuse;
 use crate::api::graphql::ctx::visible_in;
 use crate::services::App;
 use axum::extract::{Path, State};
@@ -18,29 +19,14 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/api/v1/sessions/{id}/record", get(record))
 }
 
-fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "code": code, "error": msg.into() });
-    (status, Json(body)).into_response()
-}
-
 async fn record(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
-    let actor = match crate::api::graphql::authenticate(&app, auth).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "sign in: send Authorization: Bearer <token or API key>",
-            );
-        }
-        Err(e) => return refuse(e.status(), e.code(), e.to_string()),
+    let actor = match crate::api::files::signed_in(&app, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Ok(id) = id.parse::<upkeep_core::domain::Id>() else {
         return refuse(
