@@ -214,9 +214,9 @@ impl View<Session> {
     }
 }
 
-/// A session's events hashed into a chain whose head the server signed when the session ended.
 pub struct AttestationView(pub upkeep_core::attest::Attestation);
 
+/// A session's events hashed into a chain whose head the server signed when the session ended.
 #[Object(name = "Attestation")]
 impl AttestationView {
     /// The signature algorithm: `Ed25519`.
