@@ -365,7 +365,11 @@ async fn a_stored_job_no_note_told_of_is_handed_out_at_the_next_poll() -> anyhow
     let key = a.enrollment_key(&admin, &tenant).await?;
     let (token, computer) = a.enroll_raw(&key, "n-1", "m-n-1").await?;
     let (status, body) = poll(&b, &token, 0).await?;
-    assert_eq!((status, body["jobs"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
+    assert_eq!(
+        (status, body["jobs"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{body}"
+    );
     // Written straight to the store: no replica queued it or told the others.
     let job = JobRecord {
         id: upkeep_core::domain::Id::from_u128(0x5eed_0001),
@@ -396,7 +400,10 @@ async fn a_stored_job_no_note_told_of_is_handed_out_at_the_next_poll() -> anyhow
     let (_, again) = poll(&a, &token, 0).await?;
     assert_eq!(again["jobs"].as_array().map(Vec::len), Some(0), "{again}");
     let stored: JobRecord = a.app().store.get(&job.id).await?.expect("the job record");
-    assert!(matches!(stored.state, JobState::Leased { .. }), "{stored:?}");
+    assert!(
+        matches!(stored.state, JobState::Leased { .. }),
+        "{stored:?}"
+    );
     assert_eq!(stored.attempts, 1);
     Ok(())
 }

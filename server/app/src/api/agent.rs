@@ -243,6 +243,8 @@ async fn authenticate(
 /// How soon a held poll tries again to claim jobs whose claim failed.
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
+// long: the poll from the door to the answer (auth, presence, hand-out, the held wait with its
+// claim retry); split, each piece would need most of the others' state.
 async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     const ROUTE: &str = "/agent/v1/poll";
     let peer = peer_of(&req);

@@ -604,6 +604,7 @@ impl App {
     }
 
     /// Writes the step in one transaction and flushes.
+    // long: every record a step writes, in the one transaction that must hold them all.
     async fn write_step(
         &self,
         s: &Session,
