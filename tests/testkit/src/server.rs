@@ -33,6 +33,20 @@ pub fn server_runtime() -> tokio::runtime::Handle {
         .unwrap_or_else(tokio::runtime::Handle::current)
 }
 
+/// With `UPKEEP_TEST_LOG` set (a `RUST_LOG`-style filter, e.g. `upkeep_server=debug`), the
+/// servers' tracing goes to the test's output (`-- --nocapture` shows it); otherwise nothing.
+fn log_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("UPKEEP_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// A server under test. Dropping it shuts it down without waiting; [`TestServer::stop`] waits.
 pub struct TestServer {
     pub url: String,
@@ -138,6 +152,7 @@ impl TestServer {
     /// Starts on exactly `config`, in either pass: for tests that choose the store
     /// themselves.
     pub async fn start_as_given(config: ServeConfig) -> Result<TestServer> {
+        log_to_test_output();
         let running = server_runtime()
             .spawn(upkeep_server::api::http::start(config.clone()))
             .await??;

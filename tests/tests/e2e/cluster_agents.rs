@@ -353,6 +353,61 @@ async fn a_lease_that_runs_out_is_ended_once_from_the_store() -> anyhow::Result<
     Ok(())
 }
 
+/// A job stored for a computer without a note reaching the replica it polls (a late or lost
+/// note) is queued there from the store at the agent's next poll and handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_no_note_told_of_is_handed_out_at_the_next_poll() -> anyhow::Result<()> {
+    use upkeep_core::session::{JobRecord, JobState};
+    let a = TestServer::start_on_cluster(test_config).await?;
+    let b = a.start_replica(test_config).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Acme").await?;
+    let key = a.enrollment_key(&admin, &tenant).await?;
+    let (token, computer) = a.enroll_raw(&key, "n-1", "m-n-1").await?;
+    let (status, body) = poll(&b, &token, 0).await?;
+    assert_eq!(
+        (status, body["jobs"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{body}"
+    );
+    // Written straight to the store: no replica queued it or told the others.
+    let job = JobRecord {
+        id: upkeep_core::domain::Id::from_u128(0x5eed_0001),
+        session_id: upkeep_core::domain::Id::from_u128(0x5eed_0002),
+        computer_id: computer.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        job: upkeep_agent_protocol::JobKind::Probe { probes: vec![] },
+        lease_seconds: 60,
+        created_at: chrono::Utc::now(),
+        state: JobState::Queued,
+        attempts: 0,
+    };
+    a.app()
+        .store
+        .write(|tx| {
+            tx.put(&job)?;
+            Ok::<_, upkeep_store::TxError<std::convert::Infallible>>(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (status, body) = poll(&b, &token, 0).await?;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["jobs"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|j| j["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![job.id.to_string()], "{body}");
+    // Claimed in the store by B: A, polled next, does not hand it out again.
+    let (_, again) = poll(&a, &token, 0).await?;
+    assert_eq!(again["jobs"].as_array().map(Vec::len), Some(0), "{again}");
+    let stored: JobRecord = a.app().store.get(&job.id).await?.expect("the job record");
+    assert!(
+        matches!(stored.state, JobState::Leased { .. }),
+        "{stored:?}"
+    );
+    assert_eq!(stored.attempts, 1);
+    Ok(())
+}
+
 /// Two replicas applying the same job's answer at the same instant (both read the session
 /// before either commits): the step's transaction finds the job answered and one of them
 /// changes nothing.

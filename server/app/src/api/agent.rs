@@ -240,6 +240,11 @@ async fn authenticate(
     }
 }
 
+/// How soon a held poll tries again to claim jobs whose claim failed.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+// long: the poll from the door to the answer (auth, presence, hand-out, the held wait with its
+// claim retry); split, each piece would need most of the others' state.
 async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     const ROUTE: &str = "/agent/v1/poll";
     let peer = peer_of(&req);
@@ -281,7 +286,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     if came_online || reboot_pending_changed {
         app.computer_came_online(computer, came_online);
     }
+    app.queue_stored_jobs(computer).await;
     let mut jobs = app.hand_out(computer).await;
+    tracing::debug!(replica = %app.replica_tag(), jobs = jobs.len(), wait = r.wait_seconds, "poll");
     let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
     if jobs.is_empty() && wait > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
@@ -289,9 +296,15 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         let _hold = Holding::new(&app, computer);
         loop {
             let notified = notify.notified();
+            // Jobs still queued here after a hand-out are ones whose claim failed (the store
+            // did not answer): tried again shortly, as no new job may come to wake this poll.
+            let retry = match app.agents.jobs_queued_for(computer) {
+                0 => deadline,
+                _ => deadline.min(tokio::time::Instant::now() + CLAIM_RETRY),
+            };
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(retry) => {}
                 _ = app.shutdown.cancelled() => {}
             }
             // A token revoked while its poll was held gets no work through that poll.
@@ -305,6 +318,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 );
             }
             jobs = app.hand_out(computer).await;
+            tracing::debug!(replica = %app.replica_tag(), jobs = jobs.len(), "held poll woke");
             if !jobs.is_empty()
                 || tokio::time::Instant::now() >= deadline
                 || app.shutdown.is_cancelled()

@@ -503,6 +503,11 @@ impl Agents {
             + q.leased.values().filter(|l| l.computer == computer).count()
     }
 
+    /// Jobs queued for `computer`'s next poll here.
+    pub fn jobs_queued_for(&self, computer: Id) -> usize {
+        self.queues().queued.get(&computer).map_or(0, VecDeque::len)
+    }
+
     pub fn forget_job(&self, job: Id) {
         self.streams().remove(&job);
         let mut q = self.queues();
@@ -561,6 +566,24 @@ impl Agents {
         if !queued {
             self.enqueue(j);
         }
+    }
+
+    /// Cluster mode: queues a job the store holds `Queued` unless it is queued or leased here
+    /// (a lease here of a job the store holds queued is being claimed or ended; its note
+    /// decides). True when it was queued now.
+    pub fn enqueue_if_missing(&self, j: &JobRecord) -> bool {
+        let js = j.id.to_string();
+        let known = {
+            let q = self.queues();
+            q.leased.contains_key(&j.id)
+                || q.queued
+                    .get(&j.computer_id)
+                    .is_some_and(|v| v.iter().any(|x| x.job.id == js))
+        };
+        if !known {
+            self.enqueue(j);
+        }
+        !known
     }
 
     /// Cluster mode: the jobs queued for `computer`, left queued: the caller claims them in

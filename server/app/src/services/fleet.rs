@@ -465,10 +465,38 @@ impl App {
         }
         let ids: Vec<Id> = offered.iter().filter_map(|j| j.id.parse().ok()).collect();
         match self.claim_jobs(computer, &ids).await {
-            Ok(claimed) => self.agents.lease_claimed(computer, offered, &claimed),
+            Ok(claimed) => {
+                tracing::debug!(replica = %self.replica_tag(), offered = ?ids, claimed = ?claimed, "hand out");
+                self.agents.lease_claimed(computer, offered, &claimed)
+            }
             Err(e) => {
                 tracing::warn!(computer = %computer, error = %e, "jobs not claimed; offered at the next poll");
                 vec![]
+            }
+        }
+    }
+
+    /// Cluster mode, at the start of a poll: queues here the jobs the store holds `Queued` for
+    /// `computer` that no note brought (a note is a doorbell; a late or lost one must not
+    /// leave a job unseen until the replica restarts). One index read per poll.
+    pub(crate) async fn queue_stored_jobs(&self, computer: Id) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let idx = IndexKey::new(OPEN_JOBS, computer.as_bytes());
+        let mut jobs = std::pin::pin!(self.store.by_index::<JobRecord>(&idx, None));
+        while let Some(j) = jobs.next().await {
+            match j {
+                Ok(j) if j.state == JobState::Queued && j.computer_id == computer => {
+                    if self.agents.enqueue_if_missing(&j) {
+                        tracing::debug!(replica = %self.replica_tag(), job = %j.id, "a stored job no note brought was queued");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(computer = %computer, error = %e, "open jobs not read");
+                    return;
+                }
             }
         }
     }
@@ -586,10 +614,11 @@ impl App {
         }
         // `apply` marks the job done in the same transaction as the session's step, and
         // flushes before we acknowledge.
-        match self
+        let r = self
             .apply(rec.session_id, Event::JobDone { job, outcome })
-            .await
-        {
+            .await;
+        tracing::debug!(replica = %self.replica_tag(), job = %job, ok = ?r.as_ref().map(|s| (s.status, s.revision)), err = ?r.as_ref().err(), "job result applied");
+        match r {
             Ok(_) => Ok(true),
             // Cluster mode: another replica applied an answer to this job first (checked in
             // the step's transaction): this one is the repeat.

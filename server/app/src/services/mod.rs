@@ -208,8 +208,17 @@ impl App {
     /// Queues a stored job for its agent here and, in cluster mode, on every replica (the
     /// agent may poll any; the store's claim at hand-out makes one of them hand it out).
     pub fn offer_job(&self, j: &upkeep_core::session::JobRecord) {
+        tracing::debug!(replica = %self.replica_tag(), job = %j.id, session = %j.session_id, "job offered");
         self.agents.enqueue(j);
         self.tell_replicas(crate::services::cluster::Note::Job(j.clone()));
+    }
+
+    /// This replica's id on the bus, for log lines ("-" on one node).
+    pub fn replica_tag(&self) -> String {
+        self.cluster.as_ref().map_or_else(
+            || "-".to_string(),
+            |b| b.replica.to_string()[28..].to_string(),
+        )
     }
 
     /// Acts on a note from another replica (see `services::cluster`).
@@ -219,7 +228,10 @@ impl App {
             Note::Event(e) => {
                 let _ = self.events.send(Arc::new(e));
             }
-            Note::Job(j) => self.agents.enqueue_once(&j),
+            Note::Job(j) => {
+                tracing::debug!(replica = %self.replica_tag(), job = %j.id, state = ?j.state, "job note");
+                self.agents.enqueue_once(&j)
+            }
             Note::Seen { computers } => {
                 for c in self.agents.seen_elsewhere(&computers) {
                     self.computer_came_online(c, true);

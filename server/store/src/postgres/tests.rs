@@ -502,3 +502,45 @@ async fn every_connection_bounds_idle_transactions_and_lock_waits() {
     assert_eq!(show("lock_timeout").await, "30s");
     assert_eq!(show("application_name").await, "upkeep-test");
 }
+
+/// Two writers joined in one `block_on` future (a test's body; the start of `serve`), not in
+/// spawned tasks, write one key; one of them reads many keys first. Reading inside the body
+/// with a nested `block_on` used to eat the wake-up of the other writer's finished write: it
+/// never committed, and the reader waited on its row lock for good. Every pair must finish
+/// (the race is narrow, so many pairs run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_joined_outside_a_task_both_finish() {
+    use upkeep_core::domain::Id;
+    use upkeep_core::session::Session;
+    let (_db, store) = fresh().await;
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let write = |id: Id, reads: u128| {
+        let store = store.clone();
+        async move {
+            store
+                .write(|tx| {
+                    for n in 0..reads {
+                        let _: Option<Session> = tx.get(&Id::from_u128(100_000 + n))?;
+                    }
+                    tx.put(&Session::for_tests(id, Id::from_u128(1), at))?;
+                    Ok::<_, crate::tx::TxError<()>>(())
+                })
+                .await
+                .is_ok()
+        }
+    };
+    let pairs = async {
+        for i in 0..200u128 {
+            let id = Id::from_u128(10 + i);
+            let (a, b) = tokio::join!(write(id, 1), write(id, 40));
+            assert!(a && b, "pair {i}: {a} {b}");
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+            panic!("joined writers hung on each other")
+        }
+        () = pairs => {}
+    }
+}

@@ -137,9 +137,15 @@ async fn once(store: &PgStore, body: &mut Body<'_>) -> Result<Attempt, TransactE
             .await
     );
     let get = try_db!(t.prepare_cached(sql::GET).await);
+    // Only inside a spawned task. Outside one (a `block_on` future: a test's body, the start
+    // of `serve`) the nested `Handle::block_on` parks on the thread's own parker and eats the
+    // wake-up meant for the outer future: a sibling future (`join!`) whose own transaction
+    // finished its writes was never polled again, kept its row locks, and the other
+    // transaction waited on them for good. Such callers read through `missing` instead.
     let direct = tokio::runtime::Handle::try_current()
         .ok()
-        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .filter(|_| tokio::task::try_id().is_some());
     let cache: RefCell<HashMap<Key, Option<Vec<u8>>>> = RefCell::new(HashMap::new());
     let writes = loop {
         // The view borrows the cache and the transaction: it ends before the next await.

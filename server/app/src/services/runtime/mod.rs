@@ -162,7 +162,9 @@ impl App {
         let _guard = self.runtime.lock_for(id).lock().await;
         let mut no_slot = false;
         for _ in 0..STEP_ATTEMPTS {
-            match self.step_once(id, event.clone(), no_slot).await {
+            let r = self.step_once(id, event.clone(), no_slot).await;
+            tracing::debug!(replica = %self.replica_tag(), session = %id, event = ?std::mem::discriminant(&event), ok = ?r.as_ref().ok().map(|s| (s.status, &s.stage, s.revision, s.wake_at, s.offline_since)), err = ?r.as_ref().err(), "step");
+            match r {
                 Ok(s) => return Ok(s),
                 Err(StepError::Api(e)) => return Err(e),
                 Err(StepError::NoSlot) => no_slot = true,
@@ -378,6 +380,7 @@ impl App {
             match self.store.get::<Session>(&id).await {
                 Ok(Some(s)) => {
                     let wake = self.runtime.learn(&s);
+                    tracing::debug!(replica = %self.replica_tag(), session = %id, revision = s.revision, wake = ?wake, "session changed elsewhere");
                     self.spawn_tick(wake);
                     s
                 }
@@ -708,6 +711,7 @@ impl App {
     }
 
     fn after_commit(&self, s: &Session, c: Committed) {
+        tracing::debug!(replica = %self.replica_tag(), session = %s.id, jobs = ?c.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), abandoned = ?c.abandoned, "step committed");
         for id in &c.abandoned {
             self.agents.forget_job(*id);
         }
