@@ -187,9 +187,15 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
     }
     let (w1, r1) = s.app().store.op_counts();
     // Background loops read a little every second; 300 polls reading or writing even once each
-    // would show as hundreds.
+    // would show as hundreds. In cluster mode a poll reads its computer's queued jobs once (one
+    // index read: a job whose note was lost is still handed out), and never writes.
+    let poll_reads = if upkeep_testkit::cluster_mode() {
+        300
+    } else {
+        0
+    };
     assert!(
-        w1 - w0 < 20 && r1 - r0 < 60,
+        w1 - w0 < 20 && r1 - r0 < 60 + poll_reads,
         "polls touched the store: {} writes, {} reads",
         w1 - w0,
         r1 - r0
