@@ -174,6 +174,9 @@ mod tests {
     use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
     use std::sync::{Arc, Mutex};
 
+    /// Held by the tests that log internal errors (see the first one).
+    static INTERNAL_LOGS: Mutex<()> = Mutex::new(());
+
     /// The server log of one test.
     #[derive(Clone, Default)]
     struct Log(Arc<Mutex<Vec<u8>>>);
@@ -214,7 +217,14 @@ mod tests {
     }
 
     #[tokio::test]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "a current-thread test; the lock only keeps the other logging test apart"
+    )]
     async fn a_store_error_is_logged_under_an_id_and_the_client_sees_only_the_id() {
+        // Not beside the other test that logs internal errors: tracing caches a callsite's
+        // interest process-wide, and that test hits the same `error!` with no subscriber.
+        let _one_at_a_time = INTERNAL_LOGS.lock().unwrap_or_else(|e| e.into_inner());
         let log = Log::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(log.clone())
@@ -249,6 +259,7 @@ mod tests {
 
     #[test]
     fn every_internal_error_gets_its_own_id() {
+        let _one_at_a_time = INTERNAL_LOGS.lock().unwrap_or_else(|e| e.into_inner());
         let (ApiError::Internal(a), ApiError::Internal(b)) =
             (ApiError::internal("a"), ApiError::internal("b"))
         else {
