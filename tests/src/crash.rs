@@ -107,6 +107,9 @@ impl ServerProcess {
             ])
             .args(&self.extra)
             .env("UPKEEP_OFFLINE_AFTER_SECONDS", "3")
+            // Cluster mode claims each mail with a lease; one held by a killed process is sent
+            // by the next once it runs out: 5 s here, not the default minute.
+            .env("UPKEEP_CLAIM_LEASE_SECONDS", "5")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
