@@ -3106,5 +3106,6 @@ fn a_step_result_stores_its_output_masked_and_streamed_output_is_logged_for_its_
 }
 
 mod before_execution;
+mod plan_golden;
 mod supply;
 mod task_model;
