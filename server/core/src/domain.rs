@@ -420,13 +420,19 @@ impl Target {
         let v = self.value.as_deref().unwrap_or("");
         match self.kind {
             TargetKind::AllComputers => true,
-            TargetKind::Computer => v == computer.id.to_string(),
+            // Compared as text, as before, without formatting an id per computer (resolution
+            // runs for every computer of a schedule).
+            TargetKind::Computer => id_text_is(computer.id, v),
             TargetKind::Tag => computer.tags.iter().any(|t| t.is(v)),
-            TargetKind::Person => computer
-                .primary_person_id
-                .is_some_and(|p| p.to_string() == v),
+            TargetKind::Person => computer.primary_person_id.is_some_and(|p| id_text_is(p, v)),
         }
     }
+}
+
+/// Whether `text` is `id` as `Display` writes it (lower-case, hyphenated).
+fn id_text_is(id: Id, text: &str) -> bool {
+    text.len() == uuid::fmt::Hyphenated::LENGTH
+        && id.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == text
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

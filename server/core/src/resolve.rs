@@ -4,7 +4,6 @@
 //! Pure and deterministic.
 
 use crate::domain::*;
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
 pub struct Resolution<'a> {
@@ -29,61 +28,82 @@ fn rank(d: &Deployment) -> (u8, bool, Id) {
     (d.target.kind.specificity(), d.tenant_id.is_some(), d.id)
 }
 
-fn target_name(k: TargetKind) -> &'static str {
-    match k {
-        TargetKind::AllComputers => "ALL_COMPUTERS",
-        TargetKind::Computer => "COMPUTER",
-        TargetKind::Tag => "TAG",
-        TargetKind::Person => "PERSON",
+/// Why the winner won, as text. The texts are fixed (four target kinds), so they are
+/// literals: resolution runs for every computer of a schedule, and formatting the same few
+/// sentences again for each showed in the planning profile.
+fn rule(winner: &Deployment, second: Option<&Deployment>) -> &'static str {
+    use TargetKind::*;
+    let w = winner.target.kind;
+    let Some(second) = second else {
+        return match w {
+            AllComputers => "only matching deployment (ALL_COMPUTERS)",
+            Computer => "only matching deployment (COMPUTER)",
+            Tag => "only matching deployment (TAG)",
+            Person => "only matching deployment (PERSON)",
+        };
+    };
+    let (wr, sr) = (rank(winner), rank(second));
+    if wr.0 != sr.0 {
+        return match (w, second.target.kind) {
+            (AllComputers, AllComputers) => "ALL_COMPUTERS beats ALL_COMPUTERS",
+            (AllComputers, Computer) => "ALL_COMPUTERS beats COMPUTER",
+            (AllComputers, Tag) => "ALL_COMPUTERS beats TAG",
+            (AllComputers, Person) => "ALL_COMPUTERS beats PERSON",
+            (Computer, AllComputers) => "COMPUTER beats ALL_COMPUTERS",
+            (Computer, Computer) => "COMPUTER beats COMPUTER",
+            (Computer, Tag) => "COMPUTER beats TAG",
+            (Computer, Person) => "COMPUTER beats PERSON",
+            (Tag, AllComputers) => "TAG beats ALL_COMPUTERS",
+            (Tag, Computer) => "TAG beats COMPUTER",
+            (Tag, Tag) => "TAG beats TAG",
+            (Tag, Person) => "TAG beats PERSON",
+            (Person, AllComputers) => "PERSON beats ALL_COMPUTERS",
+            (Person, Computer) => "PERSON beats COMPUTER",
+            (Person, Tag) => "PERSON beats TAG",
+            (Person, Person) => "PERSON beats PERSON",
+        };
+    }
+    if wr.1 != sr.1 {
+        return match w {
+            AllComputers => "tenant deployment beats cross-tenant (ALL_COMPUTERS each)",
+            Computer => "tenant deployment beats cross-tenant (COMPUTER each)",
+            Tag => "tenant deployment beats cross-tenant (TAG each)",
+            Person => "tenant deployment beats cross-tenant (PERSON each)",
+        };
+    }
+    match w {
+        AllComputers => "newest of equally specific deployments (ALL_COMPUTERS)",
+        Computer => "newest of equally specific deployments (COMPUTER)",
+        Tag => "newest of equally specific deployments (TAG)",
+        Person => "newest of equally specific deployments (PERSON)",
     }
 }
 
 /// Resolves `deployments` (any tenant's; others are ignored) for `computer`, one entry per
 /// software or task that some enabled deployment targets at it, ordered by subject.
 pub fn resolve<'a>(computer: &Computer, deployments: &'a [Deployment]) -> Vec<Resolution<'a>> {
-    let mut by_subject: BTreeMap<Subject, Vec<&Deployment>> = BTreeMap::new();
-    for d in deployments {
-        let in_scope = d.tenant_id.is_none_or(|t| t == computer.tenant_id);
-        if in_scope && d.enabled && d.target.matches(computer) {
-            by_subject.entry(d.subject()).or_default().push(d);
-        }
-    }
-    by_subject
-        .into_iter()
-        .map(|(subject, mut ds)| {
-            ds.sort_by_key(|d| std::cmp::Reverse(rank(d)));
-            let winner = ds[0];
-            let rule = match ds.get(1) {
-                None => format!(
-                    "only matching deployment ({})",
-                    target_name(winner.target.kind)
-                ),
-                Some(second) => {
-                    let (w, s) = (rank(winner), rank(second));
-                    if w.0 != s.0 {
-                        format!(
-                            "{} beats {}",
-                            target_name(winner.target.kind),
-                            target_name(second.target.kind)
-                        )
-                    } else if w.1 != s.1 {
-                        format!(
-                            "tenant deployment beats cross-tenant ({} each)",
-                            target_name(winner.target.kind)
-                        )
-                    } else {
-                        format!(
-                            "newest of equally specific deployments ({})",
-                            target_name(winner.target.kind)
-                        )
-                    }
-                }
-            };
+    // One vector sorted by (subject, best first) instead of a map of vectors: one allocation
+    // per computer instead of one per subject. The sort is stable, as the per-subject sort
+    // was, so equal ranks keep the deployments' order.
+    let mut matching: Vec<(Subject, std::cmp::Reverse<(u8, bool, Id)>, &Deployment)> = deployments
+        .iter()
+        .filter(|d| {
+            d.tenant_id.is_none_or(|t| t == computer.tenant_id)
+                && d.enabled
+                && d.target.matches(computer)
+        })
+        .map(|d| (d.subject(), std::cmp::Reverse(rank(d)), d))
+        .collect();
+    matching.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    matching
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|ds| {
+            let winner = ds[0].2;
             Resolution {
-                subject,
+                subject: ds[0].0,
                 winner,
-                shadowed: ds[1..].to_vec(),
-                rule,
+                shadowed: ds[1..].iter().map(|d| d.2).collect(),
+                rule: rule(winner, ds.get(1).map(|d| d.2)).to_string(),
             }
         })
         .collect()

@@ -295,6 +295,12 @@ impl Stored<Tag> {
 
     /// Whether this tag is the one `text` names (case-insensitively, as the index compares).
     pub fn is(&self, text: &str) -> bool {
+        let mine = self.text();
+        if mine.is_ascii() && text.is_ascii() {
+            // The same answer as comparing the lower-cased texts, without allocating them
+            // (resolution asks this for every tag target and computer).
+            return mine.eq_ignore_ascii_case(text);
+        }
         self.key() == Tag::key_of(text)
     }
 }

@@ -27,7 +27,7 @@ pub fn freeze_items<E>(
             }
             continue;
         }
-        let d = &r.winner;
+        let d = r.winner;
         let what = match r.subject {
             Subject::Software(sid) => {
                 let Some(software) = software(sid)? else {
@@ -71,7 +71,7 @@ pub fn freeze_items<E>(
             parameters,
             invalid,
             what,
-            rule: r.rule.clone(),
+            rule: r.rule,
             prerequisites: vec![],
             needed_by: None,
         });
@@ -130,7 +130,12 @@ fn with_prerequisites<E>(
             } if installs(*desired) => prerequisite_chain(sw, software)?,
             _ => vec![],
         };
-        let needer = item_software_name(&item);
+        // Named only when the item has prerequisites (most have none).
+        let needer = if chain.is_empty() {
+            String::new()
+        } else {
+            item_software_name(&item)
+        };
         for dep in chain.iter().filter(|d| !excepted.contains(&d.id)) {
             if out.iter().any(|o| software_of(o) == Some(dep.id)) {
                 continue;
@@ -212,6 +217,9 @@ fn prerequisite_chain<E>(
             }
         }
         Ok(())
+    }
+    if sw.depends_on.is_empty() {
+        return Ok(Vec::new()); // most software: no set to allocate
     }
     let mut seen = std::collections::BTreeSet::from([sw.id]);
     let mut out = Vec::new();
@@ -340,13 +348,13 @@ fn last_line(s: &str) -> Option<String> {
 /// Is the software in its desired state given the installed version? An installed version
 /// that detection printed without a version in it (`version::detected` is `None`) is unknown:
 /// it meets no version requirement, so an install or upgrade is planned.
+/// `latest` is `latest(sw)`, computed once by the caller (planning asks twice per item).
 fn software_state_ok(
-    sw: &SoftwareSnapshot,
+    latest: Option<&str>,
     desired: DesiredSoftwareState,
     version: Option<&str>,
     installed: Option<&str>,
 ) -> bool {
-    let latest = latest(sw);
     let unknown = installed.is_some_and(|v| crate::version::detected(v).is_none());
     let needs_version = match desired {
         DesiredSoftwareState::InstalledLatest | DesiredSoftwareState::UpdateIfFound => {
@@ -401,47 +409,74 @@ fn version_entry<'a>(sw: &'a SoftwareSnapshot, v: &str) -> Option<&'a SoftwareVe
 /// software has a configuration task and is installed, that task's test. Used after execution
 /// (verification) and by detection-only sessions.
 pub fn compliance(item: &PlanItem, f: &Found) -> Compliance {
-    if f.detection_error.is_some() {
-        return Compliance::Unknown;
-    }
-    match &item.what {
+    let ok = match &item.what {
         ItemWhat::Software {
             software,
             desired,
             version,
+        } => software_state_ok(
+            latest(software),
+            *desired,
+            version.as_deref(),
+            f.version.as_deref(),
+        ),
+        ItemWhat::Task { .. } => true,
+    };
+    compliance_given(item, f, ok)
+}
+
+/// [`compliance`] with the software state already decided (`ok`; ignored for a task).
+fn compliance_given(item: &PlanItem, f: &Found, ok: bool) -> Compliance {
+    if f.detection_error.is_some() {
+        return Compliance::Unknown;
+    }
+    let test = || match (f.test, &f.test_error) {
+        (Some(true), _) => Compliance::Compliant,
+        (Some(false), _) => Compliance::NonCompliant,
+        _ => Compliance::Unknown,
+    };
+    match &item.what {
+        ItemWhat::Software {
+            software, desired, ..
         } => {
-            if !software_state_ok(software, *desired, version.as_deref(), f.version.as_deref()) {
+            if !ok {
                 return Compliance::NonCompliant;
             }
             if f.version.is_some()
                 && software.configuration_task.is_some()
                 && *desired != DesiredSoftwareState::Uninstalled
             {
-                return match (f.test, &f.test_error) {
-                    (Some(true), _) => Compliance::Compliant,
-                    (Some(false), _) => Compliance::NonCompliant,
-                    _ => Compliance::Unknown,
-                };
+                return test();
             }
             Compliance::Compliant
         }
-        ItemWhat::Task { .. } => match (f.test, &f.test_error) {
-            (Some(true), _) => Compliance::Compliant,
-            (Some(false), _) => Compliance::NonCompliant,
-            _ => Compliance::Unknown,
-        },
+        ItemWhat::Task { .. } => test(),
     }
 }
 
 /// The action for one item: its kind, the steps that execution runs, and a reason a technician
 /// understands.
 pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
+    // A software item's latest version and state, decided once: planning runs for every item
+    // of every computer, and the version comparisons were the larger part of it.
+    let (latest, ok) = match &item.what {
+        ItemWhat::Software {
+            software,
+            desired,
+            version,
+        } => {
+            let latest = latest(software);
+            let ok = software_state_ok(latest, *desired, version.as_deref(), f.version.as_deref());
+            (latest, ok)
+        }
+        ItemWhat::Task { .. } => (None, true),
+    };
     let mut a = Action {
         id,
         item: item_index,
         kind: ActionKind::NoAction,
         status: ActionStatus::Pending,
-        compliance: compliance(item, f),
+        compliance: compliance_given(item, f, ok),
         desired_version: None,
         detected_version: f.version.clone(),
         detected_version_before: f.version.clone(),
@@ -486,7 +521,17 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
             software,
             desired,
             version,
-        } => plan_software(&mut a, software, *desired, version.as_deref(), f),
+        } => plan_software(
+            &mut a,
+            software,
+            SoftwareWish {
+                desired: *desired,
+                version: version.as_deref(),
+                latest,
+                ok,
+            },
+            f,
+        ),
         ItemWhat::Task { task, mode } => {
             plan_task(&mut a, task, *mode, f);
             match (&f.current_value, &f.get_error) {
@@ -502,36 +547,36 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
     a
 }
 
-fn plan_software(
-    a: &mut Action,
-    sw: &SoftwareSnapshot,
+/// What a software item wants, with what `plan` already decided about it.
+struct SoftwareWish<'a> {
     desired: DesiredSoftwareState,
-    version: Option<&str>,
-    f: &Found,
-) {
+    version: Option<&'a str>,
+    /// `latest(sw)`.
+    latest: Option<&'a str>,
+    /// `software_state_ok` for what detection found.
+    ok: bool,
+}
+
+fn plan_software(a: &mut Action, sw: &SoftwareSnapshot, wish: SoftwareWish<'_>, f: &Found) {
+    let SoftwareWish {
+        desired,
+        version,
+        latest,
+        ok,
+    } = wish;
     let installed = f.version.as_deref();
-    let latest = latest(sw).map(String::from);
-    let target: Option<String> = match desired {
-        DesiredSoftwareState::InstalledVersion => version.map(String::from),
+    let target: Option<&str> = match desired {
+        DesiredSoftwareState::InstalledVersion => version,
         DesiredSoftwareState::Uninstalled | DesiredSoftwareState::Ignore => None,
-        _ => latest.clone(),
+        _ => latest,
     };
-    a.desired_version = target.clone();
-    let latest_s = latest.as_deref().unwrap_or("none");
-    let ok = software_state_ok(sw, desired, version, installed);
+    a.desired_version = target.map(String::from);
+    let latest_s = latest.unwrap_or("none");
     if ok {
         explain_compliant(a, sw, desired, version, installed, latest_s, f);
         return;
     }
-    plan_software_change(
-        a,
-        sw,
-        desired,
-        version,
-        installed,
-        target.as_deref(),
-        latest_s,
-    );
+    plan_software_change(a, sw, desired, version, installed, target, latest_s);
 }
 
 /// The reason of a software action with nothing to change, and the configuration task's test
