@@ -19,6 +19,7 @@
 
 mod audit_diff;
 mod codec;
+mod counts;
 mod embedded;
 mod index;
 mod interface;
@@ -36,6 +37,7 @@ pub mod conformance;
 pub use postgres::scratch;
 
 pub use codec::FORMAT_VERSION;
+pub use counts::SHARDS as COUNT_SHARDS;
 pub use index::IndexKey;
 pub use interface::{Body, BodyError, KeyRange, Space, Store, StoreTx, TransactError, TxFault};
 pub use snapshot::Snapshot;
@@ -63,7 +65,11 @@ pub async fn open_postgres(url: &str) -> Result<Db> {
 
 /// The store's schema version. Bump it and add a step to [`migrate`] when a stored shape
 /// changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 2: session counters (`counts.rs`); a store of schema 1 gets them counted from its sessions
+/// when it is opened (each engine's migration, in its open), and a schema-1 build refuses
+/// the store afterwards, so no older replica writes sessions without counting them.
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -219,7 +225,8 @@ pub trait Record: Serialize + DeserializeOwned {
 /// Steps from an older store schema to [`SCHEMA_VERSION`]. Version 0 is an empty store.
 fn migrate(from: u64) -> Result<()> {
     match from {
-        0 | SCHEMA_VERSION => Ok(()),
+        // 1 → 2: the engine counts the sessions (`counts::tally`) in its migration.
+        0 | 1 | SCHEMA_VERSION => Ok(()),
         other => Err(StoreError::Corrupt(format!(
             "no migration from store schema {other}"
         ))),

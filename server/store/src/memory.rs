@@ -185,6 +185,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_schema_1_sled_store_gets_its_sessions_counted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::open_embedded(dir.path()).unwrap();
+        crate::conformance::as_schema_1(&store).await;
+        drop(store);
+        let again = crate::open_embedded(dir.path()).unwrap();
+        crate::conformance::check_upgraded(&again).await;
+    }
+
+    #[tokio::test]
     async fn a_snapshot_restores_into_the_other_engine() {
         let dir = tempfile::tempdir().unwrap();
         let sled = crate::open_embedded(dir.path()).unwrap();

@@ -36,6 +36,9 @@ impl dyn Store {
                 .collect();
             self.apply_batch(space, batch).await?;
         }
+        // A backup of a schema-1 store has no session counters (and a copied one may be
+        // older than its sessions): they are counted from the restored sessions.
+        self.rebuild_counts().await?;
         self.flush().await
     }
 }

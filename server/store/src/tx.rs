@@ -124,14 +124,18 @@ pub struct Encoded<T> {
     key: Vec<u8>,
     bytes: Vec<u8>,
     entries: Vec<Vec<u8>>,
+    /// The session counter this record adds to (`counts.rs`), if its kind is counted.
+    counter: Option<Vec<u8>>,
     _kind: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: Record> Encoded<T> {
     pub fn new(record: &T) -> Result<Encoded<T>> {
         let key = record.key();
-        let entries = record.index_keys().iter().map(|i| i.entry(&key)).collect();
+        let index_keys = record.index_keys();
+        let entries = index_keys.iter().map(|i| i.entry(&key)).collect();
         Ok(Encoded {
+            counter: crate::counts::counter_key(T::KIND, &key, &index_keys),
             bytes: codec::encode(record)?,
             key,
             entries,
@@ -235,16 +239,28 @@ impl Tx<'_> {
         let key = e.key.as_slice();
         let old = self.raw.insert(Space::Records(T::KIND), key, &e.bytes)?;
         self.note_change(T::KIND, key, old.as_deref(), Some(&e.bytes));
+        let mut old_counter = None;
         if let Some(old) = old {
-            for i in T::stored_index_keys(&old)? {
+            let old_keys = T::stored_index_keys(&old)?;
+            for i in &old_keys {
                 let entry = i.entry(key);
                 if !e.entries.contains(&entry) {
                     self.raw.remove(Space::Index, &entry)?;
                 }
             }
+            old_counter = crate::counts::counter_key(T::KIND, key, &old_keys);
         }
         for entry in &e.entries {
             self.raw.insert(Space::Index, entry, &[])?;
+        }
+        // Counts change with the record, in this transaction (`counts.rs`).
+        if old_counter != e.counter {
+            if let Some(c) = &old_counter {
+                crate::counts::adjust(self.raw, c, -1)?;
+            }
+            if let Some(c) = &e.counter {
+                crate::counts::adjust(self.raw, c, 1)?;
+            }
         }
         Ok(())
     }
@@ -255,8 +271,12 @@ impl Tx<'_> {
             Some(old) => {
                 self.note_change(T::KIND, key, Some(&old), None);
                 let old: T = codec::decode(&old)?;
-                for i in old.index_keys() {
+                let old_keys = old.index_keys();
+                for i in &old_keys {
                     self.raw.remove(Space::Index, &i.entry(key))?;
+                }
+                if let Some(c) = crate::counts::counter_key(T::KIND, key, &old_keys) {
+                    crate::counts::adjust(self.raw, &c, -1)?;
                 }
                 Ok(Some(old))
             }

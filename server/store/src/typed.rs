@@ -216,9 +216,16 @@ impl dyn Store {
     pub async fn check_indexes(&self) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let mut expected = std::collections::BTreeSet::new();
+        let mut counts = std::collections::BTreeMap::new();
+        let mut counters = std::collections::BTreeMap::new();
         for kind in crate::KINDS {
             let mut records = std::pin::pin!(self.scan_raw(Space::Records(kind), KeyRange::all()));
             while let Some((k, v)) = records.try_next().await? {
+                if kind == crate::Kind::Session
+                    && let Err(e) = crate::counts::count_into(&mut counts, &k, &v)
+                {
+                    problems.push(format!("sessions: record {}: {e}", hex::encode(&k)));
+                }
                 match crate::index::entries_of(kind, &k, &v) {
                     Ok(entries) => expected.extend(entries),
                     Err(e) => problems.push(format!(
@@ -231,9 +238,13 @@ impl dyn Store {
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut index = std::pin::pin!(self.scan_raw(Space::Index, KeyRange::all()));
-        while let Some((k, _)) = index.try_next().await? {
+        while let Some((k, v)) = index.try_next().await? {
             if k.first() == Some(&1) {
                 continue; // unique markers are checked by their owners' lookups
+            }
+            if crate::counts::is_counter(&k) {
+                counters.insert(k, v);
+                continue;
             }
             if !expected.contains(&k) {
                 problems.push(format!(
@@ -246,6 +257,7 @@ impl dyn Store {
         for e in expected.difference(&seen) {
             problems.push(format!("index entry {} is missing", hex::encode(e)));
         }
+        problems.extend(crate::counts::problems(&counts, &counters));
         Ok(problems)
     }
 }

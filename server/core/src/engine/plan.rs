@@ -91,6 +91,40 @@ pub fn freeze_items<E>(
     with_prerequisites(items, &excepted, &mut software)
 }
 
+/// [`freeze_items`] for many computers at once (a schedule firing for a fleet), on up to
+/// `threads` threads (`std::thread::scope`; no runtime), each taking an equal run of
+/// `computers`. The result is in `computers`' order and the same as calling `freeze_items`
+/// for each; the first error (in that order) is returned.
+pub fn freeze_many<E: Send>(
+    computers: &[Computer],
+    applicable: &[Deployment],
+    software: impl Fn(Id) -> Result<Option<SoftwareSnapshot>, E> + Sync,
+    task: impl Fn(Id) -> Result<Option<TaskSnapshot>, E> + Sync,
+    threads: usize,
+) -> Result<Vec<Vec<PlanItem>>, E> {
+    let one = |c: &Computer| freeze_items(c, applicable, &software, &task);
+    let threads = threads.clamp(1, computers.len().max(1));
+    if threads == 1 {
+        return computers.iter().map(one).collect();
+    }
+    let per = computers.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Vec<PlanItem>>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = computers
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(computers.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
 /// Most prerequisites one software may bring in, transitively (a chain gone wrong, not a
 /// real catalogue).
 pub const MAX_PREREQUISITES: usize = 32;

@@ -124,8 +124,32 @@ impl SledStore {
             });
         }
         crate::migrate(found)?;
+        if found == 1 {
+            self.count_sessions()?;
+        }
         meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
         meta.flush()?;
+        Ok(())
+    }
+
+    /// Schema 1 → 2: the session counters (`counts.rs`), counted from the stored sessions
+    /// while the store is opened (nothing else writes yet), before the new version is written.
+    fn count_sessions(&self) -> Result<()> {
+        let mut counts = std::collections::BTreeMap::new();
+        for kv in self.tree(Space::Records(crate::Kind::Session)).iter() {
+            let (k, v) = kv?;
+            crate::counts::count_into(&mut counts, &k, &v)?;
+        }
+        let index = self.tree(Space::Index);
+        let mut batch = sled::Batch::default();
+        for kv in index.scan_prefix([crate::counts::COUNTER]) {
+            batch.remove(kv?.0);
+        }
+        for (k, n) in counts {
+            batch.insert(k, &n.to_be_bytes());
+        }
+        index.apply_batch(batch)?;
+        index.flush()?;
         Ok(())
     }
 

@@ -73,6 +73,9 @@ async fn store_schema(t: &deadpool_postgres::Transaction<'_>) -> Result<()> {
         });
     }
     crate::migrate(found)?;
+    if found == 1 {
+        count_sessions(t).await?;
+    }
     t.execute(
         "INSERT INTO upkeep_kv (space, key, value) VALUES ('meta', $1, $2)
          ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
@@ -80,6 +83,51 @@ async fn store_schema(t: &deadpool_postgres::Transaction<'_>) -> Result<()> {
             &b"schema_version".as_slice(),
             &SCHEMA_VERSION.to_be_bytes().as_slice(),
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Schema 1 → 2: the session counters (`counts.rs`), counted from the stored sessions inside
+/// the migration's transaction, under its advisory lock: replicas starting together count
+/// once, and none serves before the counters are there.
+async fn count_sessions(t: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    let space = crate::Space::Records(crate::Kind::Session).name();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut after: Vec<u8> = Vec::new();
+    loop {
+        let rows = t
+            .query(
+                "SELECT key, value FROM upkeep_kv WHERE space = $1 AND key > $2 \
+                 ORDER BY key LIMIT 1000",
+                &[&space, &after],
+            )
+            .await?;
+        for r in &rows {
+            let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+            crate::counts::count_into(&mut counts, &k, &v)?;
+        }
+        match rows.last() {
+            Some(r) if rows.len() == 1000 => after = r.get(0),
+            _ => break,
+        }
+    }
+    t.execute(
+        "DELETE FROM upkeep_kv WHERE space = 'index' AND key >= $1 AND key < $2",
+        &[
+            &vec![crate::counts::COUNTER],
+            &vec![crate::counts::COUNTER + 1],
+        ],
+    )
+    .await?;
+    let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = counts
+        .into_iter()
+        .map(|(k, n)| (k, n.to_be_bytes().to_vec()))
+        .unzip();
+    t.execute(
+        "INSERT INTO upkeep_kv (space, key, value) \
+         SELECT 'index', * FROM unnest($1::bytea[], $2::bytea[])",
+        &[&keys, &values],
     )
     .await?;
     Ok(())

@@ -31,6 +31,16 @@ async fn the_postgres_engine_passes_the_conformance_check_on_a_multi_thread_runt
 }
 
 #[tokio::test]
+async fn a_schema_1_database_gets_its_sessions_counted_when_opened() {
+    let db = ScratchDatabase::create().await.unwrap();
+    let store = crate::open_postgres(db.url()).await.unwrap();
+    crate::conformance::as_schema_1(&store).await;
+    drop(store);
+    let again = crate::open_postgres(db.url()).await.unwrap();
+    crate::conformance::check_upgraded(&again).await;
+}
+
+#[tokio::test]
 async fn a_sled_snapshot_restores_into_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let sled = crate::open_embedded(dir.path()).unwrap();

@@ -421,14 +421,26 @@ fn freeze_items_gives_the_same_items_as_before() {
         })
         .collect();
     let mut digest = Digest::new();
-    for c in &computers {
-        let items = freeze_items::<std::convert::Infallible>(
-            c,
-            &deployments,
-            |s| Ok(software.iter().find(|x| x.id == s).cloned()),
-            |t| Ok(tasks.iter().find(|x| x.id == t).cloned()),
-        )
-        .unwrap_or_else(|e| match e {});
+    let lookup_software = |s| Ok(software.iter().find(|x| x.id == s).cloned());
+    let lookup_task = |t| Ok(tasks.iter().find(|x| x.id == t).cloned());
+    let many = crate::engine::plan::freeze_many::<std::convert::Infallible>(
+        &computers,
+        &deployments,
+        lookup_software,
+        lookup_task,
+        3,
+    )
+    .unwrap_or_else(|e| match e {});
+    assert_eq!(many.len(), computers.len());
+    for (c, from_many) in computers.iter().zip(&many) {
+        let items =
+            freeze_items::<std::convert::Infallible>(c, &deployments, lookup_software, lookup_task)
+                .unwrap_or_else(|e| match e {});
+        // On threads, the same items as one by one.
+        assert_eq!(
+            serde_json::to_string(from_many).unwrap(),
+            serde_json::to_string(&items).unwrap()
+        );
         for item in &items {
             digest.line(&serde_json::to_string(item).unwrap());
         }
