@@ -81,6 +81,8 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     note(S, "querying with 1 connection, then 8");
     let (_, mut one) = drive(&srv, &admin, 1, size.measure).await?;
     let (rate8, mut eight) = drive(&srv, &admin, 8, size.measure).await?;
+    note(S, "counting: /metrics and maintenanceSessionStatusCounts");
+    let mut counts = Counts::measure(&srv, &admin, size.sessions).await?;
     srv.stop().await;
     // The same store again, now that the server itself opened and closed it once.
     note(S, "restarting");
@@ -98,7 +100,92 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "p99_ms", one.quantile_ms(0.99), "ms"),
         Figure::new(S, "queries_per_s_8conns", rate8, "1/s"),
         Figure::new(S, "p99_ms_8conns", eight.quantile_ms(0.99), "ms"),
+        Figure::new(S, "metrics_p50_ms", counts.metrics.quantile_ms(0.50), "ms"),
+        Figure::new(S, "metrics_p99_ms", counts.metrics.quantile_ms(0.99), "ms"),
+        Figure::new(S, "counts_p50_ms", counts.all.quantile_ms(0.50), "ms"),
+        Figure::new(S, "counts_p99_ms", counts.all.quantile_ms(0.99), "ms"),
+        Figure::new(
+            S,
+            "counts_tenant_p99_ms",
+            counts.tenant.quantile_ms(0.99),
+            "ms",
+        ),
     ])
+}
+
+/// Latencies of the counts: a `/metrics` scrape, `maintenanceSessionStatusCounts` over all
+/// tenants and for one tenant, each 200 times back to back after a warm-up, on one
+/// connection. The counts must add up to the preloaded sessions.
+struct Counts {
+    metrics: Latencies,
+    all: Latencies,
+    tenant: Latencies,
+}
+
+const COUNTS: &str =
+    "query($t: ID) { maintenanceSessionStatusCounts(tenantId: $t) { status count } }";
+
+impl Counts {
+    async fn measure(srv: &TestServer, token: &str, sessions: usize) -> Result<Counts> {
+        let d = srv.gql(token, COUNTS, json!({})).await?;
+        let total: i64 = d["maintenanceSessionStatusCounts"]
+            .as_array()
+            .context("no counts")?
+            .iter()
+            .filter_map(|c| c["count"].as_i64())
+            .sum();
+        if total != sessions as i64 {
+            bail!("the counts add up to {total}, not the {sessions} sessions preloaded");
+        }
+        let passed = srv.metrics_text().await?;
+        if !passed.contains(&format!(
+            "upkeep_sessions_by_status{{status=\"PASSED\"}} {sessions}"
+        )) {
+            bail!("/metrics does not count {sessions} PASSED sessions");
+        }
+        let tenant = d_tenant(srv, token).await?;
+        let client = http_client()?;
+        let url = format!("{}/graphql", srv.url);
+        let all_body = json!({"query": COUNTS}).to_string();
+        let tenant_body = json!({"query": COUNTS, "variables": {"t": tenant}}).to_string();
+        let mut out = Counts {
+            metrics: Latencies::default(),
+            all: Latencies::default(),
+            tenant: Latencies::default(),
+        };
+        for round in 0..220 {
+            let t = Instant::now();
+            srv.metrics_text().await?;
+            let m = t.elapsed();
+            let t = Instant::now();
+            one_query(&client, &url, token, &all_body).await?;
+            let a = t.elapsed();
+            let t = Instant::now();
+            one_query(&client, &url, token, &tenant_body).await?;
+            let o = t.elapsed();
+            if round >= 20 {
+                out.metrics.record(m);
+                out.all.record(a);
+                out.tenant.record(o);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Some tenant's id.
+async fn d_tenant(srv: &TestServer, token: &str) -> Result<String> {
+    let d = srv
+        .gql(
+            token,
+            "{ tenants(first: 1) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await?;
+    d["tenants"]["edges"][0]["node"]["id"]
+        .as_str()
+        .map(String::from)
+        .context("no tenant")
 }
 
 /// Starts a server on `config`'s data dir and times it until `/healthz` answers.

@@ -181,6 +181,52 @@ fn plan_items(cat: &Catalogue, computer: &Computer) -> Vec<PlanItem> {
     .unwrap_or_else(|e| match e {})
 }
 
+/// The same work on every core: resolution and freezing through `freeze_many` (as for a
+/// schedule firing for the fleet), then each computer's items planned, the computers split over
+/// the threads (as the server's runtime steps many sessions at once). Returns the thread count,
+/// the resolution time and the total.
+fn on_all_cores(
+    cat: &Catalogue,
+    computers: &[Computer],
+    expected: usize,
+) -> (usize, std::time::Duration, std::time::Duration) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = Instant::now();
+    let all = upkeep_core::engine::plan::freeze_many::<std::convert::Infallible>(
+        computers,
+        &cat.deployments,
+        |s| Ok(cat.software.get(&s).cloned()),
+        |t| Ok(cat.tasks.get(&t).cloned()),
+        threads,
+    )
+    .unwrap_or_else(|e| match e {});
+    let resolve = t.elapsed();
+    assert_eq!(all.iter().map(Vec::len).sum::<usize>(), expected);
+    let per = all.len().div_ceil(threads);
+    let steps: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = all
+            .chunks(per)
+            .enumerate()
+            .map(|(part, chunk)| {
+                scope.spawn(move || {
+                    let mut steps = 0;
+                    for (k, items) in chunk.iter().enumerate() {
+                        let ci = part * per + k;
+                        for (i, item) in items.iter().enumerate() {
+                            let a = plan(i, item, &found(ci, i), upkeep_server::ids::fresh());
+                            steps += a.steps.len();
+                        }
+                    }
+                    steps
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    std::hint::black_box(steps);
+    (threads, resolve, t.elapsed())
+}
+
 pub fn run() -> Result<Vec<Figure>> {
     let tenant = upkeep_server::ids::fresh();
     let computers: Vec<Computer> = (0..COMPUTERS)
@@ -234,7 +280,29 @@ pub fn run() -> Result<Vec<Figure>> {
     }
     let total = t.elapsed();
     std::hint::black_box(steps);
+    let (threads, par_resolve, par_total) = on_all_cores(&cat, &computers, resolved);
+    note(
+        S,
+        format!(
+            "one thread {:.0} ms; {threads} threads {:.0} ms",
+            total.as_secs_f64() * 1000.0,
+            par_total.as_secs_f64() * 1000.0
+        ),
+    );
     Ok(vec![
+        Figure::new(S, "threads", threads as f64, "threads"),
+        Figure::new(
+            S,
+            "resolve_ms_all_cores",
+            par_resolve.as_secs_f64() * 1000.0,
+            "ms",
+        ),
+        Figure::new(
+            S,
+            "total_ms_all_cores",
+            par_total.as_secs_f64() * 1000.0,
+            "ms",
+        ),
         Figure::new(S, "computers", COMPUTERS as f64, "computers"),
         Figure::new(
             S,

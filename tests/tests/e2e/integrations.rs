@@ -303,6 +303,166 @@ async fn idempotent_starts_and_status_counts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `maintenanceSessionStatusCounts` (per tenant scope) and `/metrics`' sessions by status, as
+/// `(status, count)` pairs of the non-zero counts.
+async fn counts(
+    s: &TestServer,
+    token: &str,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let d = s
+        .gql(
+            token,
+            "query($t: ID) { maintenanceSessionStatusCounts(tenantId: $t) { status count } }",
+            json!({ "t": tenant }),
+        )
+        .await?;
+    Ok(d["maintenanceSessionStatusCounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["count"] != 0)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_string(),
+                c["count"].as_i64().unwrap(),
+            )
+        })
+        .collect())
+}
+
+fn pairs(p: &[(&str, i64)]) -> Vec<(String, i64)> {
+    p.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+async fn metric_counts(s: &TestServer) -> anyhow::Result<Vec<(String, i64)>> {
+    let text = s.metrics_text().await?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("upkeep_sessions_by_status{status=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(st, n)| (st.to_string(), n.trim().parse::<i64>().unwrap_or(-1)))
+        .filter(|(_, n)| *n != 0)
+        .collect())
+}
+
+/// What the counts must say, and as whom to ask.
+struct Expected {
+    admin: String,
+    tenant_user: String,
+    hooked_id: String,
+    other_id: String,
+    hooked: Vec<(String, i64)>,
+    others: Vec<(String, i64)>,
+    all: Vec<(String, i64)>,
+}
+
+impl Expected {
+    async fn check(&self, s: &TestServer) -> anyhow::Result<()> {
+        let sorted = |mut v: Vec<(String, i64)>| {
+            v.sort();
+            v
+        };
+        let admin = &self.admin;
+        assert_eq!(counts(s, admin, Some(&self.hooked_id)).await?, self.hooked);
+        assert_eq!(
+            sorted(counts(s, admin, Some(&self.other_id)).await?),
+            self.others
+        );
+        assert_eq!(sorted(counts(s, admin, None).await?), self.all);
+        // A tenant user gets its own tenant's, and nothing of another tenant's.
+        for asked in [None, Some(self.other_id.as_str())] {
+            assert_eq!(
+                sorted(counts(s, &self.tenant_user, asked).await?),
+                self.others
+            );
+        }
+        assert_eq!(
+            counts(s, &self.tenant_user, Some(&self.hooked_id)).await?,
+            Vec::new()
+        );
+        let lower =
+            |v: &[(String, i64)]| sorted(v.iter().map(|(st, n)| (st.to_lowercase(), *n)).collect());
+        assert_eq!(
+            lower(&metric_counts(s).await?),
+            lower(&self.all),
+            "/metrics counts the same"
+        );
+        Ok(())
+    }
+}
+
+/// Counts follow sessions as they start, finish and are cancelled, per tenant (a tenant user
+/// sees only its own), in `/metrics` too, and are the same after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_follow_starts_cancels_and_finishes_and_survive_a_restart()
+-> anyhow::Result<()> {
+    let mut h = hooked(TestServer::start().await?).await?;
+    let admin = h.admin.clone();
+    let other = h.s.create_tenant(&admin, "Other").await?;
+    let key = h.s.enrollment_key(&admin, &other).await?;
+    let (_, waiting) = h.s.enroll_raw(&key, "o-1", "m-o-1").await?;
+    let (_, gone) = h.s.enroll_raw(&key, "o-2", "m-o-2").await?;
+    h.s.gql(&admin, "mutation($t: ID!) { createUser(input: {email: \"to@o.example\", password: \"tenant-other-pw\", role: TENANT_ADMIN, tenantId: $t}) { id } }", json!({"t": other})).await?;
+    let tenant_user = h.s.login("to@o.example", "tenant-other-pw").await?;
+    assert_eq!(counts(&h.s, &admin, None).await?, pairs(&[]));
+    // Tenant "Hooked": a session runs to PASSED.
+    let passed =
+        h.s.start_session(&admin, &h.computer, json!({"detectionOnly": true}))
+            .await?;
+    h.s.wait_status(&admin, &passed, &["PASSED"], T).await?;
+    // Tenant "Other": its computers have no agent, so their sessions wait; one is cancelled.
+    h.s.start_session(&admin, &waiting, json!({})).await?;
+    let cancelled = h.s.start_session(&admin, &gone, json!({})).await?;
+    let others = counts(&h.s, &admin, Some(&other)).await?;
+    assert!(
+        others.len() == 1 && others[0].1 == 2,
+        "two waiting sessions: {others:?}"
+    );
+    let waits = others[0].0.clone();
+    h.s.gql(
+        &admin,
+        "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }",
+        json!({"id": cancelled}),
+    )
+    .await?;
+    h.s.wait_status(&admin, &cancelled, &["CANCELLED"], T)
+        .await?;
+    let hooked = pairs(&[("PASSED", 1)]);
+    let mut others = vec![(waits.clone(), 1), ("CANCELLED".to_string(), 1)];
+    let order = |v: &mut Vec<(String, i64)>| v.sort();
+    order(&mut others);
+    let mut all = vec![
+        (waits, 1),
+        ("PASSED".to_string(), 1),
+        ("CANCELLED".to_string(), 1),
+    ];
+    order(&mut all);
+    let expected = Expected {
+        admin: admin.clone(),
+        tenant_user,
+        hooked_id: h.tenant.clone(),
+        other_id: other.clone(),
+        hooked,
+        others,
+        all,
+    };
+    expected.check(&h.s).await?;
+    // `since` is served by reading the sessions; it agrees.
+    let since = h.s.gql(&admin, "query($t: ID) { maintenanceSessionStatusCounts(tenantId: $t, since: \"2000-01-01T00:00:00Z\") { status count } }", json!({"t": h.tenant})).await?;
+    let since_passed = since["maintenanceSessionStatusCounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "PASSED")
+        .unwrap()["count"]
+        .clone();
+    assert_eq!(since_passed, 1);
+    h.s.restart().await?;
+    expected.check(&h.s).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflight_only_for_allowed_origins() -> anyhow::Result<()> {
     let s =

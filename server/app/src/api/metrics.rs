@@ -220,15 +220,16 @@ async fn store_and_outbox_families(app: &App, out: &mut String) {
     );
     // A count the store cannot give is left out (and logged), never reported as 0: an empty
     // outbox and a broken store must not look alike to an alert.
-    for st in upkeep_core::session::SessionStatus::ALL {
-        let idx = upkeep_store::IndexKey::new(upkeep_store::records::STATUS_SESSIONS, [st.code()]);
-        match app.store.index_count(&idx).await {
-            Ok(n) => {
+    // From the store's session counters: a few entries, not one per session.
+    match app.store.session_counts(None).await {
+        Ok(counts) => {
+            for st in upkeep_core::session::SessionStatus::ALL {
+                let n = counts.get(&st.code()).copied().unwrap_or(0);
                 let status = upkeep_core::engine::status_name(st);
                 let _ = writeln!(out, "upkeep_sessions_by_status{{status=\"{status}\"}} {n}");
             }
-            Err(e) => tracing::error!(error = %e, "metrics: cannot count sessions by status"),
         }
+        Err(e) => tracing::error!(error = %e, "metrics: cannot count sessions by status"),
     }
     let _ = writeln!(
         out,
