@@ -488,12 +488,11 @@ fn compliance_given(item: &PlanItem, f: &Found, ok: bool) -> Compliance {
     }
 }
 
-/// The action for one item: its kind, the steps that execution runs, and a reason a technician
-/// understands.
-pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
-    // A software item's latest version and state, decided once: planning runs for every item
-    // of every computer, and the version comparisons were the larger part of it.
-    let (latest, ok) = match &item.what {
+/// A software item's latest version and whether its state is as desired, decided once per
+/// action: planning runs for every item of every computer, and the version comparisons were
+/// the larger part of it. `(None, true)` for a task.
+fn decided<'a>(item: &'a PlanItem, f: &Found) -> (Option<&'a str>, bool) {
+    match &item.what {
         ItemWhat::Software {
             software,
             desired,
@@ -504,7 +503,13 @@ pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
             (latest, ok)
         }
         ItemWhat::Task { .. } => (None, true),
-    };
+    }
+}
+
+/// The action for one item: its kind, the steps that execution runs, and a reason a technician
+/// understands.
+pub fn plan(item_index: usize, item: &PlanItem, f: &Found, id: Id) -> Action {
+    let (latest, ok) = decided(item, f);
     let mut a = Action {
         id,
         item: item_index,
