@@ -79,13 +79,16 @@ fn rule(winner: &Deployment, second: Option<&Deployment>) -> &'static str {
     }
 }
 
+/// A deployment's rank, sorting the winner first.
+type BestFirst = std::cmp::Reverse<(u8, bool, Id)>;
+
 /// Resolves `deployments` (any tenant's; others are ignored) for `computer`, one entry per
 /// software or task that some enabled deployment targets at it, ordered by subject.
 pub fn resolve<'a>(computer: &Computer, deployments: &'a [Deployment]) -> Vec<Resolution<'a>> {
     // One vector sorted by (subject, best first) instead of a map of vectors: one allocation
     // per computer instead of one per subject. The sort is stable, as the per-subject sort
     // was, so equal ranks keep the deployments' order.
-    let mut matching: Vec<(Subject, std::cmp::Reverse<(u8, bool, Id)>, &Deployment)> = deployments
+    let mut matching: Vec<(Subject, BestFirst, &Deployment)> = deployments
         .iter()
         .filter(|d| {
             d.tenant_id.is_none_or(|t| t == computer.tenant_id)
@@ -94,7 +97,7 @@ pub fn resolve<'a>(computer: &Computer, deployments: &'a [Deployment]) -> Vec<Re
         })
         .map(|d| (d.subject(), std::cmp::Reverse(rank(d)), d))
         .collect();
-    matching.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    matching.sort_by_key(|a| (a.0, a.1));
     matching
         .chunk_by(|a, b| a.0 == b.0)
         .map(|ds| {

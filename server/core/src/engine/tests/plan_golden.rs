@@ -68,7 +68,9 @@ fn sw(ids: &mut Ids, name: &str, versions: &[&str]) -> SoftwareSnapshot {
             .map(|(i, v)| SoftwareVersion {
                 version: v.to_string(),
                 install_script: script(&format!("install {name} {v}")),
-                upgrade_script: (i % 2 == 0).then(|| script(&format!("upgrade {name} {v}"))),
+                upgrade_script: i
+                    .is_multiple_of(2)
+                    .then(|| script(&format!("upgrade {name} {v}"))),
                 installer: None,
             })
             .collect(),
@@ -264,7 +266,7 @@ fn computer(ids: &mut Ids, tenant: Id, i: usize, person: Id) -> Computer {
             ],
             _ => vec![crate::types::Stored::read("lab")],
         },
-        primary_person_id: (i % 3 == 0).then_some(person),
+        primary_person_id: i.is_multiple_of(3).then_some(person),
         os: String::new(),
         agent_version: String::new(),
         last_seen_at: None,
@@ -404,7 +406,7 @@ fn freeze_items_gives_the_same_items_as_before() {
                     },
                 )]
                 .into(),
-                enforcement: if i % 5 == 0 {
+                enforcement: if i.is_multiple_of(5) {
                     Enforcement::Onboarding
                 } else {
                     Enforcement::Required
