@@ -163,15 +163,24 @@ pub struct Outcome {
 pub enum Event {
     /// Time passed, or the current wave's sessions were read again (every session of the
     /// wave, finished or not).
-    Observe { now: Time, sessions: Vec<Outcome> },
+    Observe {
+        now: Time,
+        sessions: Vec<Outcome>,
+    },
     /// The driver chose the computers of the wave [`Effect::StartWave`] named.
     WaveStarted {
         now: Time,
         wave: usize,
         computers: Vec<Id>,
     },
-    Resume { now: Time, by: String },
-    Abort { now: Time, by: String },
+    Resume {
+        now: Time,
+        by: String,
+    },
+    Abort {
+        now: Time,
+        by: String,
+    },
 }
 
 /// What the driver must do once the changed rollout is stored.

@@ -91,7 +91,9 @@ async fn rollouts(store: &Db) {
     let cas = |to: RolloutStatus| {
         let id = r.id;
         move |tx: &mut crate::Tx<'_>| {
-            let mut stored = tx.get::<Rollout, &str>(&id)?.ok_or(TxError::Abort("gone"))?;
+            let mut stored = tx
+                .get::<Rollout, &str>(&id)?
+                .ok_or(TxError::Abort("gone"))?;
             if stored.revision != 0 {
                 return Err(TxError::Abort("moved"));
             }
@@ -109,8 +111,15 @@ async fn rollouts(store: &Db) {
         "a change from a stale revision is refused"
     );
     let stored = store.get::<Rollout>(&r.id).await.unwrap().unwrap();
-    assert_eq!((stored.status, stored.revision), (RolloutStatus::Completed, 1));
-    assert_eq!(store.index_count(&active).await.unwrap(), 0, "a finished rollout is not active");
+    assert_eq!(
+        (stored.status, stored.revision),
+        (RolloutStatus::Completed, 1)
+    );
+    assert_eq!(
+        store.index_count(&active).await.unwrap(),
+        0,
+        "a finished rollout is not active"
+    );
     store
         .write(|tx| tx.delete::<Rollout, ()>(r.id.as_bytes()))
         .await

@@ -91,11 +91,12 @@ async fn create(f: &Fleet, extra: Value) -> anyhow::Result<Value> {
     if let (Some(i), Some(e)) = (input.as_object_mut(), extra.as_object()) {
         i.extend(e.clone());
     }
-    let d = f
-        .s
-        .gql(
+    let d =
+        f.s.gql(
             &f.admin,
-            &format!("mutation($i: CreateRolloutInput!) {{ createRollout(input: $i) {{ {ROLLOUT} }} }}"),
+            &format!(
+                "mutation($i: CreateRolloutInput!) {{ createRollout(input: $i) {{ {ROLLOUT} }} }}"
+            ),
             json!({"i": input}),
         )
         .await?;
@@ -103,9 +104,8 @@ async fn create(f: &Fleet, extra: Value) -> anyhow::Result<Value> {
 }
 
 async fn rollout(f: &Fleet, id: &str) -> anyhow::Result<Value> {
-    let d = f
-        .s
-        .gql(
+    let d =
+        f.s.gql(
             &f.admin,
             &format!("query($id: ID!) {{ rollout(id: $id) {{ {ROLLOUT} }} }}"),
             json!({"id": id}),
@@ -131,7 +131,12 @@ async fn sessions_of(f: &Fleet, computer: &str) -> anyhow::Result<usize> {
 }
 
 /// The first error of an operation that must fail.
-async fn first_error(s: &TestServer, token: &str, query: &str, vars: Value) -> anyhow::Result<Value> {
+async fn first_error(
+    s: &TestServer,
+    token: &str,
+    query: &str,
+    vars: Value,
+) -> anyhow::Result<Value> {
     let r = s.gql_raw(Some(token), query, vars).await?;
     anyhow::ensure!(r["errors"][0].is_object(), "no error: {r:#}");
     Ok(r["errors"][0].clone())
@@ -164,7 +169,10 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
     assert_eq!(canary["status"], "HALTED");
     assert_eq!(canary["failureRate"], 1.0);
     assert_eq!(canary["sessions"][0]["status"], "FAILED");
-    assert_eq!(canary["sessions"][0]["computer"]["id"], f.computers[0].as_str());
+    assert_eq!(
+        canary["sessions"][0]["computer"]["id"],
+        f.computers[0].as_str()
+    );
     assert!(
         halted["statusReason"]
             .as_str()
@@ -175,7 +183,11 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
     assert_eq!(halted["waves"][1]["status"], "PENDING");
     assert_eq!(halted["waves"][1]["sessions"], json!([]));
     for c in &f.computers[1..] {
-        assert_eq!(sessions_of(&f, c).await?, 0, "wave 2's computer {c} got no session");
+        assert_eq!(
+            sessions_of(&f, c).await?,
+            0,
+            "wave 2's computer {c} got no session"
+        );
     }
     let got = wait_for("the ROLLOUT_HALTED webhook", T, || async {
         Ok(rx.all().into_iter().find(|r| r.answered == 200))
@@ -219,11 +231,13 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
     }
     // A finished rollout neither resumes nor aborts.
     for op in ["resumeRollout", "abortRollout"] {
-        let e = first_error(&f.s, &f.admin,
-                &format!("mutation($id: ID!) {{ {op}(id: $id) {{ id }} }}"),
-                json!({"id": id}),
-            )
-            .await?;
+        let e = first_error(
+            &f.s,
+            &f.admin,
+            &format!("mutation($id: ID!) {{ {op}(id: $id) {{ id }} }}"),
+            json!({"id": id}),
+        )
+        .await?;
         assert_eq!(e["extensions"]["code"], "CONFLICT", "{op}: {e:#}");
     }
 
@@ -233,9 +247,8 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
     let second = create(&f, json!({})).await?;
     let second = second["id"].as_str().unwrap_or_default().to_string();
     wait_rollout(&f, &second, "HALTED").await?;
-    let aborted = f
-        .s
-        .gql(
+    let aborted =
+        f.s.gql(
             &f.admin,
             "mutation($id: ID!) { abortRollout(id: $id) { status statusReason waves { status } } }",
             json!({"id": second}),
@@ -244,13 +257,24 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
     let aborted = &aborted["abortRollout"];
     assert_eq!(aborted["status"], "ABORTED");
     assert_eq!(aborted["waves"][1]["status"], "ABORTED");
-    assert!(aborted["statusReason"].as_str().unwrap_or("").starts_with("aborted by"));
-    assert_eq!(sessions_of(&f, &f.computers[1]).await?, 1, "nothing new started");
-    let e = first_error(&f.s, &f.admin,
-            "mutation($id: ID!) { resumeRollout(id: $id) { id } }",
-            json!({"id": second}),
-        )
-        .await?;
+    assert!(
+        aborted["statusReason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("aborted by")
+    );
+    assert_eq!(
+        sessions_of(&f, &f.computers[1]).await?,
+        1,
+        "nothing new started"
+    );
+    let e = first_error(
+        &f.s,
+        &f.admin,
+        "mutation($id: ID!) { resumeRollout(id: $id) { id } }",
+        json!({"id": second}),
+    )
+    .await?;
     assert_eq!(e["extensions"]["code"], "CONFLICT");
     let listed = f
         .s
@@ -261,13 +285,16 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
         )
         .await?;
     assert_eq!(listed["rollouts"]["totalCount"], 1);
-    assert_eq!(listed["rollouts"]["edges"][0]["node"]["id"], second.as_str());
+    assert_eq!(
+        listed["rollouts"]["edges"][0]["node"]["id"],
+        second.as_str()
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passing_rollout_waits_between_waves_across_a_restart_and_completes()
--> anyhow::Result<()> {
+async fn a_passing_rollout_waits_between_waves_across_a_restart_and_completes() -> anyhow::Result<()>
+{
     let start: chrono::DateTime<chrono::Utc> = "2026-06-01T10:00:00Z".parse()?;
     let s = TestServer::start_with(|c| c.test_clock = Some(start)).await?;
     let mut f = fleet(s).await?;
@@ -302,7 +329,10 @@ async fn a_passing_rollout_waits_between_waves_across_a_restart_and_completes()
     got.sort();
     let mut want: Vec<&str> = f.computers[1..].iter().map(String::as_str).collect();
     want.sort();
-    assert_eq!(got, want, "the rest wave takes every computer not in the canary");
+    assert_eq!(
+        got, want,
+        "the rest wave takes every computer not in the canary"
+    );
     assert!(
         rest["sessions"]
             .as_array()
@@ -317,35 +347,94 @@ async fn bad_rollout_input_is_refused_by_field() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
     let admin = s.admin().await?;
     let tenant = s.create_tenant(&admin, "Bad").await?;
-    let sw = create_file_software(&s, &admin, Some(&tenant), "Notepad", tempfile::tempdir()?.path(), &["1.0"]).await?;
+    let sw = create_file_software(
+        &s,
+        &admin,
+        Some(&tenant),
+        "Notepad",
+        tempfile::tempdir()?.path(),
+        &["1.0"],
+    )
+    .await?;
     let dep = s
         .create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"}))
         .await?;
     let canary = json!({"name": "canary", "target": {"kind": "TAG", "value": "canary"}});
     let cases = [
-        (json!({"deploymentId": dep, "waves": []}), "BAD_USER_INPUT", "waves"),
-        (json!({"deploymentId": dep, "waves": [{"name": "x"}]}), "BAD_USER_INPUT", "waves[0]"),
-        (json!({"deploymentId": dep, "waves": [{"name": "x", "percent": 0}]}), "BAD_USER_INPUT", "waves[0].percent"),
-        (json!({"deploymentId": dep, "waves": [{"name": "x", "percent": 10, "target": {"kind": "ALL_COMPUTERS"}}]}), "BAD_USER_INPUT", "waves[0]"),
-        (json!({"deploymentId": dep, "waves": [canary, {"name": "Canary", "percent": 100}]}), "BAD_USER_INPUT", "waves[1].name"),
-        (json!({"deploymentId": dep, "waves": [canary], "haltWhenFailureRateAbove": 1.5}), "BAD_USER_INPUT", "haltWhenFailureRateAbove"),
-        (json!({"deploymentId": dep, "waves": [canary], "minSessionsPerWave": -1}), "BAD_USER_INPUT", "minSessionsPerWave"),
-        (json!({"deploymentId": dep, "waves": [canary], "waitMinutesBetweenWaves": 99999}), "BAD_USER_INPUT", "waitMinutesBetweenWaves"),
-        (json!({"deploymentId": "nope", "waves": [canary]}), "BAD_USER_INPUT", "deploymentId"),
-        (json!({"deploymentId": tenant, "waves": [canary]}), "BAD_USER_INPUT", "deploymentId"),
+        (
+            json!({"deploymentId": dep, "waves": []}),
+            "BAD_USER_INPUT",
+            "waves",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [{"name": "x"}]}),
+            "BAD_USER_INPUT",
+            "waves[0]",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [{"name": "x", "percent": 0}]}),
+            "BAD_USER_INPUT",
+            "waves[0].percent",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [{"name": "x", "percent": 10, "target": {"kind": "ALL_COMPUTERS"}}]}),
+            "BAD_USER_INPUT",
+            "waves[0]",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [canary, {"name": "Canary", "percent": 100}]}),
+            "BAD_USER_INPUT",
+            "waves[1].name",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [canary], "haltWhenFailureRateAbove": 1.5}),
+            "BAD_USER_INPUT",
+            "haltWhenFailureRateAbove",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [canary], "minSessionsPerWave": -1}),
+            "BAD_USER_INPUT",
+            "minSessionsPerWave",
+        ),
+        (
+            json!({"deploymentId": dep, "waves": [canary], "waitMinutesBetweenWaves": 99999}),
+            "BAD_USER_INPUT",
+            "waitMinutesBetweenWaves",
+        ),
+        (
+            json!({"deploymentId": "nope", "waves": [canary]}),
+            "BAD_USER_INPUT",
+            "deploymentId",
+        ),
+        (
+            json!({"deploymentId": tenant, "waves": [canary]}),
+            "BAD_USER_INPUT",
+            "deploymentId",
+        ),
     ];
     for (input, code, field) in cases {
-        let e = first_error(&s, &admin,
-                "mutation($i: CreateRolloutInput!) { createRollout(input: $i) { id } }",
-                json!({"i": input}),
-            )
-            .await?;
+        let e = first_error(
+            &s,
+            &admin,
+            "mutation($i: CreateRolloutInput!) { createRollout(input: $i) { id } }",
+            json!({"i": input}),
+        )
+        .await?;
         assert_eq!(e["extensions"]["code"], code, "{input}: {e:#}");
         assert_eq!(e["extensions"]["field"], field, "{input}: {e:#}");
     }
-    for q in ["query { rollout(id: \"nope\") { id } }", "mutation { abortRollout(id: \"0190a0a0-0000-7000-8000-000000000000\") { id } }"] {
+    for q in [
+        "query { rollout(id: \"nope\") { id } }",
+        "mutation { abortRollout(id: \"0190a0a0-0000-7000-8000-000000000000\") { id } }",
+    ] {
         let e = first_error(&s, &admin, q, json!({})).await?;
-        assert!(matches!(e["extensions"]["code"].as_str(), Some("BAD_USER_INPUT" | "NOT_FOUND")), "{q}: {e:#}");
+        assert!(
+            matches!(
+                e["extensions"]["code"].as_str(),
+                Some("BAD_USER_INPUT" | "NOT_FOUND")
+            ),
+            "{q}: {e:#}"
+        );
     }
     Ok(())
 }

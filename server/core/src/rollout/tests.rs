@@ -107,7 +107,10 @@ fn a_new_rollout_starts_its_first_wave() {
     assert_eq!(r.waves[0].status, WaveStatus::Running);
     // Observing again with its session running changes nothing.
     let before = r.clone();
-    assert_eq!(observe(&mut r, 1, vec![out(1, SessionStatus::Executing)]), vec![]);
+    assert_eq!(
+        observe(&mut r, 1, vec![out(1, SessionStatus::Executing)]),
+        vec![]
+    );
     assert_eq!(r, before);
 }
 
@@ -125,9 +128,17 @@ fn a_failing_canary_halts_before_the_next_wave() {
     assert_eq!(r.status, RolloutStatus::Halted);
     assert_eq!(r.waves[0].status, WaveStatus::Halted);
     assert_eq!(r.waves[0].failure_rate(), Some(1.0));
-    assert!(r.status_reason.as_deref().unwrap().contains("wave canary failed"));
+    assert!(
+        r.status_reason
+            .as_deref()
+            .unwrap()
+            .contains("wave canary failed")
+    );
     // Halted: time passing starts nothing.
-    assert_eq!(observe(&mut r, 500, vec![out(1, SessionStatus::Failed)]), vec![]);
+    assert_eq!(
+        observe(&mut r, 500, vec![out(1, SessionStatus::Failed)]),
+        vec![]
+    );
     assert_eq!(r.waves[1].status, WaveStatus::Pending);
 }
 
@@ -135,7 +146,12 @@ fn a_failing_canary_halts_before_the_next_wave() {
 fn a_wave_halts_early_while_others_still_run() {
     let mut r = two_waves(0);
     r.min_sessions_per_wave = 2;
-    started(&mut r, 0, 0, vec![Id::from_u128(1), Id::from_u128(2), Id::from_u128(3)]);
+    started(
+        &mut r,
+        0,
+        0,
+        vec![Id::from_u128(1), Id::from_u128(2), Id::from_u128(3)],
+    );
     // One failure out of one decided: not enough evidence yet.
     let e = observe(
         &mut r,
@@ -165,7 +181,10 @@ fn a_wave_halts_early_while_others_still_run() {
 fn a_passing_rollout_waits_between_waves_and_completes() {
     let mut r = two_waves(30);
     started(&mut r, 0, 0, vec![Id::from_u128(1)]);
-    assert_eq!(observe(&mut r, 60, vec![out(1, SessionStatus::Passed)]), vec![]);
+    assert_eq!(
+        observe(&mut r, 60, vec![out(1, SessionStatus::Passed)]),
+        vec![]
+    );
     assert_eq!(r.status, RolloutStatus::Waiting);
     assert_eq!(r.next_wave_at, Some(at(60 + 30 * 60)));
     assert_eq!(observe(&mut r, 60 + 29 * 60, vec![]), vec![]);
@@ -173,13 +192,21 @@ fn a_passing_rollout_waits_between_waves_and_completes() {
         observe(&mut r, 60 + 30 * 60, vec![]),
         vec![Effect::StartWave(1)]
     );
-    started(&mut r, 60 + 30 * 60, 1, vec![Id::from_u128(2), Id::from_u128(3)]);
+    started(
+        &mut r,
+        60 + 30 * 60,
+        1,
+        vec![Id::from_u128(2), Id::from_u128(3)],
+    );
     assert_eq!(r.status, RolloutStatus::Running);
     assert_eq!(r.current, 1);
     let e = observe(
         &mut r,
         4000,
-        vec![out(2, SessionStatus::Passed), out(3, SessionStatus::Cancelled)],
+        vec![
+            out(2, SessionStatus::Passed),
+            out(3, SessionStatus::Cancelled),
+        ],
     );
     assert_eq!(e, vec![]);
     assert_eq!(r.status, RolloutStatus::Completed);
@@ -203,7 +230,12 @@ fn a_wave_with_too_few_finished_sessions_halts() {
     started(&mut r, 0, 0, vec![]);
     let e = observe(&mut r, 1, vec![]);
     assert_eq!(e, vec![Effect::Halted { failing: vec![] }]);
-    assert!(r.status_reason.as_deref().unwrap().contains("fewer than the 1 required"));
+    assert!(
+        r.status_reason
+            .as_deref()
+            .unwrap()
+            .contains("fewer than the 1 required")
+    );
     // With no minimum an empty wave passes.
     let mut r = two_waves(0);
     r.min_sessions_per_wave = 0;
@@ -259,7 +291,10 @@ fn abort_ends_the_rollout_and_cancels_what_runs() {
     assert_eq!(e, vec![Effect::CancelUnfinished]);
     assert_eq!(r.status, RolloutStatus::Aborted);
     assert!(r.waves.iter().all(|w| w.status == WaveStatus::Aborted));
-    assert_eq!(observe(&mut r, 2, vec![out(1, SessionStatus::Passed)]), vec![]);
+    assert_eq!(
+        observe(&mut r, 2, vec![out(1, SessionStatus::Passed)]),
+        vec![]
+    );
     assert_eq!(
         step(
             &mut r,

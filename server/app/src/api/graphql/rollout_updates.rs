@@ -13,28 +13,31 @@ pub fn stream(app: Arc<App>, first: Rollout) -> impl Stream<Item = View<Rollout>
     let rx = app.rollouts.subscribe();
     let id = first.id;
     let state = (app, rx, Some(first), None::<u64>, false);
-    futures_util::stream::unfold(state, move |(app, mut rx, mut pending, mut sent, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            if let Some(r) = pending.take()
-                && sent != Some(r.revision)
-            {
-                sent = Some(r.revision);
-                let done = r.status.is_final();
-                return Some((View(r), (app, rx, None, sent, done)));
+    futures_util::stream::unfold(
+        state,
+        move |(app, mut rx, mut pending, mut sent, done)| async move {
+            if done {
+                return None;
             }
-            tokio::select! {
-                got = rx.recv() => match got {
-                    Ok(changed) if changed != id => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    _ => {}
-                },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = app.shutdown.cancelled() => return None,
+            loop {
+                if let Some(r) = pending.take()
+                    && sent != Some(r.revision)
+                {
+                    sent = Some(r.revision);
+                    let done = r.status.is_final();
+                    return Some((View(r), (app, rx, None, sent, done)));
+                }
+                tokio::select! {
+                    got = rx.recv() => match got {
+                        Ok(changed) if changed != id => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        _ => {}
+                    },
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = app.shutdown.cancelled() => return None,
+                }
+                pending = app.store.get::<Rollout>(&id).await.ok().flatten();
             }
-            pending = app.store.get::<Rollout>(&id).await.ok().flatten();
-        }
-    })
+        },
+    )
 }

@@ -132,7 +132,11 @@ impl RolloutMutation {
 }
 
 /// The waves, checked: 1–20, names unique, each a target or a percent.
-async fn waves(c: &Ctx<'_>, input: &[RolloutWaveInput], tenant: Option<Id>) -> ApiResult<Vec<Wave>> {
+async fn waves(
+    c: &Ctx<'_>,
+    input: &[RolloutWaveInput],
+    tenant: Option<Id>,
+) -> ApiResult<Vec<Wave>> {
     if input.is_empty() || input.len() > 20 {
         return Err(ApiError::bad("waves", "give 1 to 20 waves"));
     }
@@ -141,13 +145,19 @@ async fn waves(c: &Ctx<'_>, input: &[RolloutWaveInput], tenant: Option<Id>) -> A
         let field = format!("waves[{i}]");
         let n = name(&format!("{field}.name"), &w.name)?;
         if out.iter().any(|o| o.name.eq_ignore_ascii_case(&n)) {
-            return Err(ApiError::bad(&format!("{field}.name"), format!("{n} names two waves")));
+            return Err(ApiError::bad(
+                &format!("{field}.name"),
+                format!("{n} names two waves"),
+            ));
         }
         let selector = match (&w.target, w.percent) {
             (Some(t), None) => WaveSelector::Target(target(c, t, tenant).await?),
             (None, Some(p)) if (1..=100).contains(&p) => WaveSelector::Percent(p as u32),
             (None, Some(_)) => {
-                return Err(ApiError::bad(&format!("{field}.percent"), "must be 1 to 100"));
+                return Err(ApiError::bad(
+                    &format!("{field}.percent"),
+                    "must be 1 to 100",
+                ));
             }
             _ => {
                 return Err(ApiError::bad(&field, "give either target or percent"));
