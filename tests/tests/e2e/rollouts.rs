@@ -317,7 +317,26 @@ async fn a_passing_rollout_waits_between_waves_across_a_restart_and_completes() 
     f.s.wait_online(&f.admin, &f.computers[1]).await?;
     f.s.wait_online(&f.admin, &f.computers[2]).await?;
     assert_eq!(rollout(&f, &id).await?["status"], "WAITING");
+    let mut updates = upkeep_tests::ws::Subscription::start(
+        &f.s.url,
+        "graphql-transport-ws",
+        &f.admin,
+        "subscription($id: ID!) { rolloutUpdates(id: $id) { status waves { status } } }",
+        json!({"id": id}),
+    )
+    .await?;
+    let now = updates.next_data(T).await?;
+    assert_eq!(
+        now["rolloutUpdates"]["status"], "WAITING",
+        "the state first"
+    );
     f.s.set_clock(start + chrono::Duration::minutes(61)).await?;
+    let mut seen = vec![];
+    while seen.last() != Some(&json!("COMPLETED")) {
+        let u = updates.next_data(T).await?;
+        seen.push(u["rolloutUpdates"]["status"].clone());
+    }
+    assert!(seen.contains(&json!("RUNNING")), "{seen:?}");
     let done = wait_rollout(&f, &id, "COMPLETED").await?;
     assert_eq!(done["statusReason"], "all 2 waves passed");
     let rest = &done["waves"][1];
