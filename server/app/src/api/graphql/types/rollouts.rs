@@ -116,13 +116,14 @@ impl View<Rollout> {
     }
 }
 
-/// One wave of a rollout.
+// A wave with where it stands in its rollout (the description is on the impl).
 pub struct WaveView {
     rollout: Id,
     index: u32,
     wave: Wave,
 }
 
+/// One wave of a rollout: which computers it takes, its sessions and how they did.
 #[Object(name = "RolloutWave")]
 impl WaveView {
     /// Its name.
