@@ -532,6 +532,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         pre_rebooted_at: None,
         prompted: false,
         revision: 0,
+        rollout: None,
     }
 }
 

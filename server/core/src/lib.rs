@@ -20,6 +20,7 @@ pub mod output;
 pub mod params;
 pub mod queue;
 pub mod resolve;
+pub mod rollout;
 pub mod session;
 pub mod types;
 pub mod version;

@@ -413,6 +413,17 @@ pub struct Session {
     /// one session (`runtime::write_step`). 0 in records written before it existed.
     #[serde(default)]
     pub revision: u64,
+    /// The rollout (and its wave) that started this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRef>,
+}
+
+/// A session's place in a rollout (`rollout::Rollout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRef {
+    pub id: Id,
+    /// The wave's position (0-based).
+    pub wave: u32,
 }
 
 impl Session {
@@ -492,6 +503,7 @@ impl Session {
             pre_rebooted_at: None,
             prompted: false,
             revision: 0,
+            rollout: None,
         }
     }
 }

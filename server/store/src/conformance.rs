@@ -57,6 +57,77 @@ pub async fn check(store: Db) {
     );
     claims(&store).await;
     leases_by_end(&store).await;
+    rollouts(&store).await;
+}
+
+/// Rollouts: listed by tenant and, while `RUNNING` or `WAITING`, as active; a change stored
+/// only from the revision it was made from (the driver's compare-and-set), so of two writers
+/// from one revision one wins. The rollout is removed afterwards.
+async fn rollouts(store: &Db) {
+    use crate::records::{ACTIVE_ROLLOUTS, TENANT_ROLLOUTS};
+    use upkeep_core::rollout::{Rollout, RolloutStatus, Wave, WaveSelector};
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    let r = Rollout {
+        id: Id::from_u128(0x6000),
+        tenant_id: Some(Id::from_u128(0x6001)),
+        deployment_id: Id::from_u128(0x6002),
+        waves: vec![Wave::new("all".into(), WaveSelector::Percent(100))],
+        halt_above: 0.1,
+        min_sessions_per_wave: 1,
+        wait_minutes: 0,
+        options: Default::default(),
+        status: RolloutStatus::Running,
+        status_reason: None,
+        current: 0,
+        next_wave_at: None,
+        created_by: "conformance".into(),
+        created_at: at,
+        updated_at: at,
+        revision: 0,
+    };
+    store.write(|tx| tx.put::<_, ()>(&r)).await.unwrap();
+    let active = IndexKey::new(ACTIVE_ROLLOUTS, []);
+    let by_tenant = IndexKey::new(TENANT_ROLLOUTS, tenant_key(r.tenant_id));
+    let listed: Vec<Rollout> = store.by_index(&active, None).try_collect().await.unwrap();
+    assert_eq!(listed, vec![r.clone()], "a running rollout is active");
+    assert_eq!(store.index_count(&by_tenant).await.unwrap(), 1);
+    let cas = |to: RolloutStatus| {
+        let id = r.id;
+        move |tx: &mut crate::Tx<'_>| {
+            let mut stored = tx
+                .get::<Rollout, &str>(&id)?
+                .ok_or(TxError::Abort("gone"))?;
+            if stored.revision != 0 {
+                return Err(TxError::Abort("moved"));
+            }
+            stored.status = to;
+            stored.revision += 1;
+            tx.put(&stored)
+        }
+    };
+    store.write(cas(RolloutStatus::Completed)).await.unwrap();
+    assert!(
+        matches!(
+            store.write(cas(RolloutStatus::Aborted)).await,
+            Err(WriteError::Abort("moved"))
+        ),
+        "a change from a stale revision is refused"
+    );
+    let stored = store.get::<Rollout>(&r.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.revision),
+        (RolloutStatus::Completed, 1)
+    );
+    assert_eq!(
+        store.index_count(&active).await.unwrap(),
+        0,
+        "a finished rollout is not active"
+    );
+    store
+        .write(|tx| tx.delete::<Rollout, ()>(r.id.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(store.index_count(&by_tenant).await.unwrap(), 0);
 }
 
 /// Leased jobs are found by when their lease ends, soonest first, and only those ended by the

@@ -118,9 +118,10 @@ pub enum Kind {
     Inventory,
     Versions,
     Attestation,
+    Rollout,
 }
 
-pub(crate) const KINDS: [Kind; 22] = [
+pub(crate) const KINDS: [Kind; 23] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -143,6 +144,7 @@ pub(crate) const KINDS: [Kind; 22] = [
     Kind::Inventory,
     Kind::Versions,
     Kind::Attestation,
+    Kind::Rollout,
 ];
 
 impl Kind {
@@ -171,6 +173,7 @@ impl Kind {
             Kind::Inventory => "Inventory",
             Kind::Versions => "SoftwareVersionsCache",
             Kind::Attestation => "Attestation",
+            Kind::Rollout => "Rollout",
         }
     }
 
@@ -198,6 +201,7 @@ impl Kind {
             Kind::Inventory => "inventories",
             Kind::Versions => "versions_cache",
             Kind::Attestation => "attestations",
+            Kind::Rollout => "rollouts",
         }
     }
 }

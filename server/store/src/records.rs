@@ -50,6 +50,12 @@ pub const RUNNING_SLOT: u8 = 31;
 /// Unique, cluster mode: a session's id → the running slot it holds (u32, big-endian), the
 /// way back from [`RUNNING_SLOT`] for the step that releases it.
 pub const SESSION_SLOT: u8 = 32;
+/// A rollout's tenant (`tenant_key`) → its rollouts.
+pub const TENANT_ROLLOUTS: u8 = 40;
+/// Rollouts that are `RUNNING` or `WAITING` (empty value): what the driver looks at.
+pub const ACTIVE_ROLLOUTS: u8 = 41;
+/// A rollout's id → the sessions it started.
+pub const ROLLOUT_SESSIONS: u8 = 42;
 
 /// The all-zero id stands for "no tenant" (cross-tenant records) in tenant indexes.
 pub const NO_TENANT: [u8; 16] = [0; 16];
@@ -198,6 +204,7 @@ impl Record for Session {
             self.status,
             self.tenant_id,
             self.schedule_id,
+            self.rollout.map(|r| r.id),
         )
     }
     /// Every step rewrites its session: reading back only the indexed fields of the old value
@@ -209,6 +216,8 @@ impl Record for Session {
             computer_id: Id,
             schedule_id: Option<Id>,
             status: upkeep_core::session::SessionStatus,
+            #[serde(default)]
+            rollout: Option<upkeep_core::session::RolloutRef>,
         }
         let v: Indexed = codec::decode(bytes)?;
         Ok(session_index_keys(
@@ -216,6 +225,7 @@ impl Record for Session {
             v.status,
             v.tenant_id,
             v.schedule_id,
+            v.rollout.map(|r| r.id),
         ))
     }
 }
@@ -225,6 +235,7 @@ fn session_index_keys(
     status: upkeep_core::session::SessionStatus,
     tenant: Id,
     schedule: Option<Id>,
+    rollout: Option<Id>,
 ) -> Vec<IndexKey> {
     let mut v = vec![
         IndexKey::new(COMPUTER_SESSIONS, computer.as_bytes()),
@@ -234,10 +245,27 @@ fn session_index_keys(
     if let Some(s) = schedule {
         v.push(IndexKey::new(SCHEDULE_SESSIONS, s.as_bytes()));
     }
+    if let Some(r) = rollout {
+        v.push(IndexKey::new(ROLLOUT_SESSIONS, r.as_bytes()));
+    }
     if !status.is_terminal() {
         v.push(IndexKey::new(ACTIVE_SESSIONS, []));
     }
     v
+}
+
+impl Record for upkeep_core::rollout::Rollout {
+    const KIND: Kind = Kind::Rollout;
+    fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+    fn index_keys(&self) -> Vec<IndexKey> {
+        let mut v = vec![IndexKey::new(TENANT_ROLLOUTS, tenant_key(self.tenant_id))];
+        if self.status.is_active() {
+            v.push(IndexKey::new(ACTIVE_ROLLOUTS, []));
+        }
+        v
+    }
 }
 
 /// Events are keyed (session id, sequence) so a session's log is one ordered prefix scan.
@@ -431,6 +459,7 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Inventory => of::<upkeep_core::inventory::InventoryRecord>(value),
         Kind::Versions => of::<upkeep_core::versions::VersionsCache>(value),
         Kind::Attestation => of::<upkeep_core::attest::Attestation>(value),
+        Kind::Rollout => of::<upkeep_core::rollout::Rollout>(value),
     }
 }
 
@@ -458,6 +487,7 @@ mod tests {
                     Session::for_tests(Id::from_u128(1), Id::from_u128(2), chrono::Utc::now());
                 s.status = status;
                 s.schedule_id = schedule;
+                s.rollout = schedule.map(|id| upkeep_core::session::RolloutRef { id, wave: 1 });
                 let mut bytes = vec![crate::FORMAT_VERSION];
                 bytes.extend(serde_json::to_vec(&s).unwrap());
                 assert_eq!(Session::stored_index_keys(&bytes).unwrap(), s.index_keys());

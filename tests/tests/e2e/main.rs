@@ -27,6 +27,7 @@ mod postgres;
 mod readme;
 mod reboots;
 mod records;
+mod rollouts;
 mod schedules;
 mod security;
 mod security_net;

@@ -588,6 +588,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             "scheduler",
             Box::pin(app.scheduler.clone().run(Arc::new(app.clone()))),
         ),
+        (
+            "rollouts",
+            Box::pin(app.rollouts.clone().run(Arc::new(app.clone()))),
+        ),
         ("outbox", Box::pin(app.outbox.clone().run())),
         ("webhooks", Box::pin(app.webhooks.clone().run())),
         (

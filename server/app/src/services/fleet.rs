@@ -261,6 +261,7 @@ impl App {
                         options: MaintenanceOptions::default(),
                         schedule_id: None,
                         created_by: "onboarding".into(),
+                        rollout: None,
                     };
                     if let Err(e) = app.start_session(req).await {
                         tracing::warn!(computer = %c.id, error = %e, "onboarding session not started");

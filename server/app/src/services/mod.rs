@@ -15,6 +15,7 @@ pub mod library;
 pub mod metrics;
 pub mod outbox;
 pub mod removal;
+pub mod rollouts;
 pub mod runtime;
 pub mod scheduler;
 pub mod sequence;
@@ -61,6 +62,8 @@ pub struct App {
     pub outbox: Arc<crate::services::outbox::Outbox>,
     pub scheduler: Arc<crate::services::scheduler::Scheduler>,
     pub webhooks: Arc<crate::services::webhooks::Webhooks>,
+    /// Rollouts of a deployment in waves (`services::rollouts`).
+    pub rollouts: Arc<crate::services::rollouts::Rollouts>,
     pub public_url: crate::config::PublicUrl,
     pub accounts: crate::services::users::Accounts,
     /// Installer files, stored by hash under the data dir.
@@ -139,8 +142,15 @@ impl App {
                 shutdown: shutdown.clone(),
             },
         );
+        let rollouts = Arc::new(crate::services::rollouts::Rollouts::new(
+            store.clone(),
+            clock.clone(),
+            webhooks.clone(),
+            shutdown.clone(),
+        ));
         App {
             outbox: Arc::new(outbox),
+            rollouts,
             webhooks,
             agents: Agents::new(offline_after, secrets.clone()),
             secrets,

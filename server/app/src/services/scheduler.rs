@@ -321,6 +321,7 @@ impl Scheduler {
                 options: s.options.clone(),
                 schedule_id: Some(s.id),
                 created_by: format!("{by} {}", s.name),
+                rollout: None,
             };
             reqs.push(req);
         }

@@ -82,9 +82,14 @@ impl Webhooks {
         self.attempts.load(Ordering::Relaxed)
     }
 
-    async fn hooks_for(&self, tenant: Id, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
+    /// Webhooks of `tenant` and the cross-tenant ones (only those for `None`) that want `event`.
+    async fn hooks_for(&self, tenant: Option<Id>, event: WebhookEvent) -> ApiResult<Vec<Webhook>> {
         let mut out = Vec::new();
-        for key in [tenant_key(Some(tenant)), tenant_key(None)] {
+        let keys = match tenant {
+            Some(t) => vec![tenant_key(Some(t)), tenant_key(None)],
+            None => vec![tenant_key(None)],
+        };
+        for key in keys {
             let mut webhooks = std::pin::pin!(
                 self.store
                     .by_index::<Webhook>(&IndexKey::new(TENANT_WEBHOOKS, key), None)
@@ -105,6 +110,36 @@ impl Webhooks {
         event: WebhookEvent,
         data: serde_json::Value,
     ) -> ApiResult<Vec<Delivery>> {
+        self.deliveries_in(Some(tenant), event, data).await
+    }
+
+    /// `ROLLOUT_HALTED` for `r`, naming the wave's failing sessions.
+    pub async fn rollout_halted(
+        &self,
+        r: &upkeep_core::rollout::Rollout,
+        failing: &[Id],
+    ) -> ApiResult<Vec<Delivery>> {
+        let w = &r.waves[r.current];
+        let data = serde_json::json!({
+            "rolloutId": r.id.to_string(),
+            "deploymentId": r.deployment_id.to_string(),
+            "status": upkeep_core::rollout::status_name(r.status),
+            "wave": w.name,
+            "failureRate": w.failure_rate(),
+            "reason": r.status_reason,
+            "failingSessions": failing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        });
+        self.deliveries_in(r.tenant_id, WebhookEvent::RolloutHalted, data)
+            .await
+    }
+
+    /// Deliveries of `event` to the webhooks of `tenant` (`None`: the cross-tenant ones).
+    pub async fn deliveries_in(
+        &self,
+        tenant: Option<Id>,
+        event: WebhookEvent,
+        data: serde_json::Value,
+    ) -> ApiResult<Vec<Delivery>> {
         let now = self.clock.now();
         Ok(self
             .hooks_for(tenant, event)
@@ -117,7 +152,7 @@ impl Webhooks {
                     "id": id.to_string(),
                     "event": event,
                     "occurredAt": crate::time::rfc3339(now),
-                    "tenantId": tenant.to_string(),
+                    "tenantId": tenant.map(|t| t.to_string()),
                     "data": data,
                 });
                 // Events about a session carry its event sequence at the top too: a receiver

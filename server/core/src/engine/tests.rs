@@ -183,6 +183,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         pre_rebooted_at: None,
         prompted: false,
         revision: 0,
+        rollout: None,
     }
 }
 

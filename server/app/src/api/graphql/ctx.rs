@@ -47,6 +47,7 @@ owned!(Session, "maintenance session", |s| Some(s.tenant_id));
 owned!(ApiKey, "API key", |k| k.tenant_id);
 owned!(User, "user", |u| u.tenant_id);
 owned!(upkeep_core::webhook::Webhook, "webhook", |w| w.tenant_id);
+owned!(upkeep_core::rollout::Rollout, "rollout", |r| r.tenant_id);
 
 /// May a caller with `scope` read this record? Catalogue kinds' cross-tenant entries are
 /// readable in every scope.

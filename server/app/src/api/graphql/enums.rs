@@ -325,6 +325,9 @@ pub enum WebhookEvent {
     /// PROMPT: the computer's users were told of a coming reboot (`data.message`,
     /// `data.rebootAt`); a tray app may show it and postpone the session.
     RebootPrompted,
+    /// A rollout halted: a wave failed too often (`data.rolloutId`, `data.wave`,
+    /// `data.failureRate`, `data.reason`, `data.failingSessions`).
+    RolloutHalted,
 }
 
 /// Where a webhook delivery stands.

@@ -11,6 +11,7 @@ mod order;
 mod parameters;
 pub mod persisted;
 mod query;
+mod rollout_updates;
 pub mod scalars;
 mod subscription;
 pub mod transport;

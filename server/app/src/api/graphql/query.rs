@@ -613,6 +613,63 @@ impl Query {
         )?)
     }
 
+    /// Rollouts, newest first.
+    #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
+    async fn rollouts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Which rollouts.")] filter: Option<super::types::RolloutFilter>,
+        #[graphql(
+            desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
+        )]
+        first: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.endCursor`): the page starts after it, even when its item is gone."
+        )]
+        after: Option<String>,
+        #[graphql(
+            desc = "The last this many items before `before` (at most 500, a larger value reads as 500). Give `first` or `last`, not both."
+        )]
+        last: Option<i32>,
+        #[graphql(
+            desc = "A cursor of this list (`pageInfo.startCursor`): the page ends before it, even when its item is gone."
+        )]
+        before: Option<String>,
+    ) -> Result<Page<View<upkeep_core::rollout::Rollout>>> {
+        let c = Ctx::new(ctx)?;
+        let filter = filter.unwrap_or_default();
+        let all = lists::tenant_kind::<upkeep_core::rollout::Rollout>(
+            &c,
+            TENANT_ROLLOUTS,
+            filter.tenant_id.as_ref(),
+            false,
+        )
+        .await?
+        .into_iter()
+        .filter(|r| filter.status.is_none_or(|s| r.status == s.into()))
+        .collect();
+        Ok(connection::page_sorted(
+            all,
+            |r| Position::by_id(r.id),
+            &connection::ListOrder::new("rollouts", "CREATED_AT", true),
+            &PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )?)
+    }
+
+    /// A rollout by id (NOT_FOUND when missing or not visible).
+    async fn rollout(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Its id.")] id: ID,
+    ) -> Result<View<upkeep_core::rollout::Rollout>> {
+        Ok(View(Ctx::new(ctx)?.load(parse_id("id", &id)?).await?))
+    }
+
     /// A schedule by id (NOT_FOUND when missing or not visible).
     async fn schedule(
         &self,

@@ -5,6 +5,7 @@
 use super::ctx::Ctx;
 use super::enums::{ActionStatus, SessionStatus};
 use super::parse_id;
+use super::types::View;
 use crate::api::graphql::scalars::DateTime;
 use crate::error::ApiError;
 use async_graphql::{Context, ID, Object, Result, Subscription as GqlSubscription};
@@ -67,6 +68,18 @@ pub struct ActionChange {
 /// Live updates, over WebSocket (`/graphql/ws`, graphql-transport-ws).
 #[GqlSubscription]
 impl Subscription {
+    /// A rollout as it changes: its state now, then again after every stored change, until it
+    /// is `COMPLETED` or `ABORTED`.
+    async fn rollout_updates(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rollout.")] id: ID,
+    ) -> Result<impl Stream<Item = View<upkeep_core::rollout::Rollout>>> {
+        let c = Ctx::new(ctx)?;
+        let first: upkeep_core::rollout::Rollout = c.load(parse_id("id", &id)?).await?;
+        Ok(super::rollout_updates::stream(c.app.clone(), first))
+    }
+
     /// Every status change, action step and log line of matching sessions, in order. With
     /// `afterSequence` (requires `sessionId`), stored events after it are replayed first. A
     /// subscriber that falls too far behind gets an error and can resubscribe with the last

@@ -734,6 +734,11 @@ impl App {
         {
             self.runtime.note_held_reboot(s.computer_id, due);
         }
+        if c.finished
+            && let Some(r) = s.rollout
+        {
+            self.rollouts.poke(r.id);
+        }
         if c.finished {
             self.metrics
                 .sessions_finished

@@ -27,6 +27,8 @@ pub struct StartRequest {
     pub options: MaintenanceOptions,
     pub schedule_id: Option<Id>,
     pub created_by: String,
+    /// The rollout wave starting it (`services::rollouts`).
+    pub rollout: Option<RolloutRef>,
 }
 
 impl App {
@@ -535,6 +537,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
         pre_rebooted_at: None,
         prompted: false,
         revision: 0,
+        rollout: req.rollout,
     };
     let created = SessionEvent {
         session_id: s.id,

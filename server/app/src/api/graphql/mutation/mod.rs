@@ -6,6 +6,7 @@ mod accounts;
 mod catalogue;
 mod fleet;
 mod integrations;
+mod rollouts;
 mod schedules;
 mod session_start;
 mod sessions;
@@ -36,6 +37,7 @@ pub struct Mutation(
     integrations::IntegrationMutation,
     accounts::AccountMutation,
     session_start::SessionStartMutation,
+    rollouts::RolloutMutation,
 );
 
 /// A token for `Authorization: Bearer <token>`.

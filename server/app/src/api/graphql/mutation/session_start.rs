@@ -65,6 +65,7 @@ impl SessionStartMutation {
             options: MaintenanceOptions::default(),
             schedule_id: None,
             created_by: c.actor.display(),
+            rollout: None,
         };
         Ok(View(c.app.start_session(req).await?))
     }

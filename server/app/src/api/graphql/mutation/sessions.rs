@@ -78,6 +78,7 @@ impl SessionMutation {
                 options: options.clone(),
                 schedule_id: None,
                 created_by: c.actor.display(),
+                rollout: None,
             })
             .collect();
         Ok(c.app
@@ -166,6 +167,7 @@ impl SessionMutation {
             options: s.options.clone(),
             schedule_id: s.schedule_id,
             created_by: format!("{} (rerun of {})", c.actor.display(), s.id),
+            rollout: None,
         };
         Ok(View(c.app.start_session(req).await?))
     }

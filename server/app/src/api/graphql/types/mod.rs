@@ -5,12 +5,14 @@ mod catalogue;
 mod integrations;
 mod inventory;
 mod people;
+mod rollouts;
 mod sessions;
 
 pub use catalogue::*;
 pub use integrations::{Viewer, ViewerKind};
 pub use inventory::*;
 pub use people::*;
+pub use rollouts::*;
 pub use sessions::*;
 
 use super::ctx::Ctx;
