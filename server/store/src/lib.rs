@@ -112,9 +112,10 @@ pub enum Kind {
     Inventory,
     Versions,
     Attestation,
+    Detection,
 }
 
-pub(crate) const KINDS: [Kind; 22] = [
+pub(crate) const KINDS: [Kind; 23] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -137,6 +138,7 @@ pub(crate) const KINDS: [Kind; 22] = [
     Kind::Inventory,
     Kind::Versions,
     Kind::Attestation,
+    Kind::Detection,
 ];
 
 impl Kind {
@@ -165,6 +167,7 @@ impl Kind {
             Kind::Inventory => "Inventory",
             Kind::Versions => "SoftwareVersionsCache",
             Kind::Attestation => "Attestation",
+            Kind::Detection => "Detection",
         }
     }
 
@@ -192,6 +195,7 @@ impl Kind {
             Kind::Inventory => "inventories",
             Kind::Versions => "versions_cache",
             Kind::Attestation => "attestations",
+            Kind::Detection => "detections",
         }
     }
 }
