@@ -18,6 +18,7 @@ mod start;
 pub use reboot::RebootNow;
 use shared::StepError;
 pub use start::{Busy, StartGuard, StartRequest};
+pub(crate) use start::task_snapshot;
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
@@ -587,6 +588,18 @@ impl App {
                         fetched_at: now,
                     })
                 }
+                Effect::Detected(found) => {
+                    c.detections.extend(found.iter().filter_map(|(subject, f)| {
+                        upkeep_core::impact::Detection::of(
+                            s.tenant_id,
+                            s.computer_id,
+                            s.id,
+                            now,
+                            *subject,
+                            f,
+                        )
+                    }))
+                }
                 Effect::Output { action, output } => {
                     if let Some(a) = s.actions.get(*action) {
                         c.outputs.push(upkeep_core::output::OutputRecord {
@@ -675,6 +688,9 @@ impl App {
                 }
                 for v in &cref.versions {
                     tx.put(v)?;
+                }
+                for d in &cref.detections {
+                    tx.put(d)?;
                 }
                 if cref.finished
                     && let Some(mut comp) = tx.get::<Computer, StepError>(&s_ref.computer_id)?
@@ -842,5 +858,7 @@ struct Committed {
     outputs: Vec<upkeep_core::output::OutputRecord>,
     /// What versions scripts printed in this step, for the cache.
     versions: Vec<upkeep_core::versions::VersionsCache>,
+    /// What detection found in this step: the computer's last detections.
+    detections: Vec<upkeep_core::impact::Detection>,
     finished: bool,
 }
