@@ -31,9 +31,7 @@ use report::Figure;
 use std::time::Instant;
 
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
-const SCENARIOS: [&str; 6] = [
-    "polls", "sessions", "fanout", "plan", "preview", "graphql",
-];
+const SCENARIOS: [&str; 6] = ["polls", "sessions", "fanout", "plan", "preview", "graphql"];
 
 /// Scenarios `all` leaves out: they need parts beyond this process (PostgreSQL, NATS, nginx).
 const SEPARATE: [&str; 1] = ["cluster"];

@@ -45,12 +45,17 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         "desiredState": "INSTALLED_VERSION", "version": "1.0"}}});
     let first = srv.gql(&admin, QUERY, vars.clone()).await?;
     let p = &first["previewDeploymentChange"];
-    let planned = p["computers"]["totalCount"].as_u64().context("totalCount")?;
+    let planned = p["computers"]["totalCount"]
+        .as_u64()
+        .context("totalCount")?;
     let stale = p["stale"].as_array().map_or(0, Vec::len);
     if planned as usize + stale != computers {
         bail!("expected {computers} computers planned or stale, got {planned} + {stale}: {p}");
     }
-    note(S, format!("{planned} planned, {stale} stale; timing {rounds} previews"));
+    note(
+        S,
+        format!("{planned} planned, {stale} stale; timing {rounds} previews"),
+    );
     let client = http_client()?;
     let body = json!({"query": QUERY, "variables": vars}).to_string();
     let url = format!("{}/graphql", srv.url);

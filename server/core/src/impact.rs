@@ -13,7 +13,9 @@
 
 use crate::domain::*;
 use crate::engine::plan::{self, Found};
-use crate::session::{ActionKind, ItemWhat, PlanItem, SessionTrigger, SoftwareSnapshot, TaskSnapshot};
+use crate::session::{
+    ActionKind, ItemWhat, PlanItem, SessionTrigger, SoftwareSnapshot, TaskSnapshot,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -272,38 +274,19 @@ impl Preview {
                 continue;
             }
             let previous = b.map(|b| before[b].deployment_id);
-            let Some(a) = a else {
-                actions.push(self.left_alone(*subject, previous, &winners_after));
-                continue;
-            };
-            let mut item = after[a].clone();
-            if item.invalid.is_none() {
-                item.invalid = secret_error(&item);
+            match a {
+                None => actions.push(self.left_alone(*subject, previous, &winners_after)),
+                Some(a) => {
+                    let mut item = after[a].clone();
+                    if item.invalid.is_none() {
+                        item.invalid = secret_error(&item);
+                    }
+                    match self.plan_item(computer.tenant_id, a, item, previous, &detection) {
+                        Ok(action) => actions.push(action),
+                        Err(why) => stale.push(why),
+                    }
+                }
             }
-            self.apply_cached_versions(computer.tenant_id, &mut item);
-            let name = item_name(&item);
-            let Some(d) = detection(*subject) else {
-                stale.push((format!("{name}: never detected"), None));
-                continue;
-            };
-            if self.now.signed_duration_since(d.at) > self.stale_after {
-                stale.push((
-                    format!("{name}: last detected {}", d.at.format("%Y-%m-%d")),
-                    Some(d.at),
-                ));
-                continue;
-            }
-            let planned = plan::plan(a, &item, &d.found(), Id::from_u128(0));
-            actions.push(ImpactAction {
-                subject: *subject,
-                kind: planned.kind,
-                reason: planned.reason,
-                desired_version: planned.desired_version,
-                detected_version: planned.detected_version,
-                detected_at: Some(d.at),
-                deployment: Some(item.deployment_id),
-                previous_deployment: previous,
-            });
         }
         if !stale.is_empty() {
             return Outcome::Stale(StaleComputer {
@@ -327,6 +310,41 @@ impl Preview {
             actions,
             shadowed,
             unshadowed,
+        })
+    }
+
+    /// The action for item `index` of the plan after the change, from the computer's detection
+    /// of it; `Err` says why there is none to plan from (missing, or older than allowed).
+    fn plan_item<'d>(
+        &self,
+        tenant: Id,
+        index: usize,
+        mut item: PlanItem,
+        previous: Option<Id>,
+        detection: &impl Fn(Subject) -> Option<&'d Detection>,
+    ) -> Result<ImpactAction, (String, Option<Time>)> {
+        self.apply_cached_versions(tenant, &mut item);
+        let subject = item.subject();
+        let name = item_name(&item);
+        let Some(d) = detection(subject) else {
+            return Err((format!("{name}: never detected"), None));
+        };
+        if self.now.signed_duration_since(d.at) > self.stale_after {
+            return Err((
+                format!("{name}: last detected {}", d.at.format("%Y-%m-%d")),
+                Some(d.at),
+            ));
+        }
+        let planned = plan::plan(index, &item, &d.found(), Id::from_u128(0));
+        Ok(ImpactAction {
+            subject,
+            kind: planned.kind,
+            reason: planned.reason,
+            desired_version: planned.desired_version,
+            detected_version: planned.detected_version,
+            detected_at: Some(d.at),
+            deployment: Some(item.deployment_id),
+            previous_deployment: previous,
         })
     }
 

@@ -101,7 +101,11 @@ async fn detections_by_subject(store: &Db) {
     };
     let tenant1 = read(detection_key(sw, Some(Id::from_u128(1)), None)).await;
     assert_eq!(tenant1.len(), 2, "one per computer: {tenant1:?}");
-    assert_eq!(tenant1[0].version.as_deref(), Some("2.0"), "the newest stays");
+    assert_eq!(
+        tenant1[0].version.as_deref(),
+        Some("2.0"),
+        "the newest stays"
+    );
     assert_eq!(read(detection_key(sw, None, None)).await.len(), 3);
     store
         .write(|tx| {

@@ -142,11 +142,18 @@ async fn the_preview_plans_what_the_sessions_then_do() -> anyhow::Result<()> {
     let a4 = TestAgent::start(&f.s.url, &key, "impact-4").await?;
     let c4 = f.s.computer_id(&f.admin, "impact-4").await?;
     for c in [&c1, &c2, &c3, &c4] {
-        f.s.gql(&f.admin, "mutation($id: ID!) { updateComputer(id: $id, input: {tags: [\"office\"]}) { id } }", json!({"id": c})).await?;
+        f.s.gql(
+            &f.admin,
+            "mutation($id: ID!) { updateComputer(id: $id, input: {tags: [\"office\"]}) { id } }",
+            json!({"id": c}),
+        )
+        .await?;
     }
 
     let create = json!({"tenantId": f.tenant, "target": {"kind": "TAG", "value": "office"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"});
-    let p = f.s.gql(&f.admin, PREVIEW, json!({"i": {"create": create}})).await?;
+    let p =
+        f.s.gql(&f.admin, PREVIEW, json!({"i": {"create": create}}))
+            .await?;
     let p = &p["previewDeploymentChange"];
     assert_eq!(p["staleAfterDays"], 14, "the default");
     let preview = planned(p);
@@ -177,11 +184,20 @@ async fn the_preview_plans_what_the_sessions_then_do() -> anyhow::Result<()> {
         "the TAG deployment beats the ALL_COMPUTERS one"
     );
     let first = &p["computers"]["edges"][0]["node"];
-    assert_eq!(first["actions"][0]["previousDeployment"]["id"], base.as_str());
+    assert_eq!(
+        first["actions"][0]["previousDeployment"]["id"],
+        base.as_str()
+    );
     assert!(first["actions"][0]["detectedAt"].is_string());
     assert!(first["actions"][0]["deploymentId"].is_string());
     // The preview wrote nothing.
-    let d = f.s.gql(&f.admin, "query($t: ID) { deployments(tenantId: $t) { totalCount } }", json!({"t": f.tenant})).await?;
+    let d =
+        f.s.gql(
+            &f.admin,
+            "query($t: ID) { deployments(tenantId: $t) { totalCount } }",
+            json!({"t": f.tenant}),
+        )
+        .await?;
     assert_eq!(d["deployments"]["totalCount"], 1);
 
     // Apply it: the sessions plan what the preview said, computer by computer.
@@ -192,24 +208,40 @@ async fn the_preview_plans_what_the_sessions_then_do() -> anyhow::Result<()> {
     // After those sessions (their verification is the latest detection), previewing an update
     // to UNINSTALLED plans an uninstall everywhere; apply it and compare again.
     let update = json!({"id": created, "input": {"desiredState": "UNINSTALLED"}});
-    let p = f.s.gql(&f.admin, PREVIEW, json!({"i": {"update": update}})).await?;
+    let p =
+        f.s.gql(&f.admin, PREVIEW, json!({"i": {"update": update}}))
+            .await?;
     let p = &p["previewDeploymentChange"];
     let preview = planned(p);
-    assert_eq!(counts(p), BTreeMap::from([("UNINSTALL".into(), 3)]), "{p:#}");
+    assert_eq!(
+        counts(p),
+        BTreeMap::from([("UNINSTALL".into(), 3)]),
+        "{p:#}"
+    );
     assert_eq!(p["shadows"], json!([]));
     f.s.gql(&f.admin, "mutation($id: ID!) { updateDeployment(id: $id, input: {desiredState: UNINSTALLED}) { id } }", json!({"id": created})).await?;
     let ran = run_sessions(&f, &[&c1, &c2, &c3], json!({})).await?;
     assert_eq!(ran, preview, "sessions against the preview");
 
     // Deleting it unshadows the baseline, which leaves the now absent tool alone.
-    let p = f.s.gql(&f.admin, PREVIEW, json!({"i": {"delete": created}, "d": 30})).await?;
+    let p =
+        f.s.gql(
+            &f.admin,
+            PREVIEW,
+            json!({"i": {"delete": created}, "d": 30}),
+        )
+        .await?;
     let p = &p["previewDeploymentChange"];
     assert_eq!(p["staleAfterDays"], 30);
     assert_eq!(
         p["unshadows"],
         json!([{"deployment": {"id": base}, "computers": 3}])
     );
-    assert_eq!(counts(p), BTreeMap::from([("NO_ACTION".into(), 3)]), "{p:#}");
+    assert_eq!(
+        counts(p),
+        BTreeMap::from([("NO_ACTION".into(), 3)]),
+        "{p:#}"
+    );
     drop((a2, a3, a4));
     Ok(())
 }
@@ -255,7 +287,9 @@ async fn bad_previews_are_refused_with_a_code() -> anyhow::Result<()> {
     );
     // A viewer may not make the change, so may not preview it.
     f.s.gql(&f.admin, "mutation($t: ID) { createUser(input: {email: \"viewer@acme.example\", password: \"viewer password 1\", role: TENANT_VIEWER, tenantId: $t}) { id } }", json!({"t": f.tenant})).await?;
-    let viewer = f.s.login("viewer@acme.example", "viewer password 1").await?;
+    let viewer =
+        f.s.login("viewer@acme.example", "viewer password 1")
+            .await?;
     assert_eq!(
         err(json!({"i": {"create": create}}), Some(viewer)).await?,
         "FORBIDDEN"

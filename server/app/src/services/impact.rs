@@ -100,7 +100,12 @@ impl App {
 
     /// One tenant's computers: those the change may reach, with their detections of the
     /// preview's subjects (one range read per subject).
-    async fn preview_tenant(&self, preview: &Preview, tenant: Id, out: &mut Impact) -> ApiResult<()> {
+    async fn preview_tenant(
+        &self,
+        preview: &Preview,
+        tenant: Id,
+        out: &mut Impact,
+    ) -> ApiResult<()> {
         let computers: Vec<Computer> = self
             .store
             .by_index::<Computer>(&IndexKey::new(TENANT_COMPUTERS, tenant.as_bytes()), None)
@@ -169,7 +174,10 @@ impl App {
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect(),
-            tasks: tasks.into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
+            tasks: tasks
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
             versions: HashMap::new(),
         })
     }

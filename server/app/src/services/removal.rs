@@ -113,7 +113,11 @@ async fn subjects_of(store: &Db, tenant: Id) -> ApiResult<Vec<Subject>> {
 }
 
 /// The keys of a software's or task's detections, in one tenant or all.
-async fn detections_of(store: &Db, subject: Subject, tenant: Option<Id>) -> ApiResult<Vec<Vec<u8>>> {
+async fn detections_of(
+    store: &Db,
+    subject: Subject,
+    tenant: Option<Id>,
+) -> ApiResult<Vec<Vec<u8>>> {
     let prefix = detection_key(subject, tenant, None);
     let found: Vec<Detection> = store.scan_prefix(&prefix, None).try_collect().await?;
     Ok(found.iter().map(Record::key).collect())

@@ -123,7 +123,11 @@ fn detected(c: &Computer, sw: u128, version: Option<&str>, days_ago: i64) -> Det
 fn run(p: &Preview, c: &Computer, found: &[Detection]) -> Outcome {
     p.computer(
         c,
-        |s| found.iter().find(|d| d.subject == s && d.computer_id == c.id),
+        |s| {
+            found
+                .iter()
+                .find(|d| d.subject == s && d.computer_id == c.id)
+        },
         |_| None,
     )
 }
@@ -240,7 +244,13 @@ fn an_update_that_changes_nothing_a_plan_decides_reaches_no_one() {
     )
     .unwrap();
     assert_eq!(run(&p, &pc, &[]), Outcome::Unaffected);
-    let unknown = Preview::new(&Change::Delete(id(77)), &[d], Catalogue::default(), now(), 14);
+    let unknown = Preview::new(
+        &Change::Delete(id(77)),
+        &[d],
+        Catalogue::default(),
+        now(),
+        14,
+    );
     assert_eq!(unknown.unwrap_err(), UnknownDeployment(id(77)));
 }
 
@@ -306,7 +316,14 @@ fn failed_detections_are_not_kept() {
         version: Some("1.0".into()),
         ..Found::default()
     };
-    let d = Detection::of(id(1), id(2), id(3), now(), Subject::Software(id(4)), &installed)
-        .unwrap();
+    let d = Detection::of(
+        id(1),
+        id(2),
+        id(3),
+        now(),
+        Subject::Software(id(4)),
+        &installed,
+    )
+    .unwrap();
     assert_eq!(d.found(), installed);
 }

@@ -75,10 +75,7 @@ pub async fn preview(
             ));
         }
     };
-    let impact = c
-        .app
-        .preview_change(&change, tenant, c.scope, days)
-        .await?;
+    let impact = c.app.preview_change(&change, tenant, c.scope, days).await?;
     Ok(ImpactPreview {
         impact: Arc::new(impact),
         stale_after_days: days,
@@ -263,7 +260,10 @@ impl ImpactActionView {
     }
 }
 
-fn shadow_counts(planned: &[ComputerImpact], pick: fn(&ComputerImpact) -> &[Id]) -> Vec<ImpactShadow> {
+fn shadow_counts(
+    planned: &[ComputerImpact],
+    pick: fn(&ComputerImpact) -> &[Id],
+) -> Vec<ImpactShadow> {
     let mut n: BTreeMap<Id, i64> = BTreeMap::new();
     for c in planned {
         for d in pick(c) {

@@ -934,8 +934,7 @@ impl Query {
         )]
         stale_after_days: Option<i32>,
     ) -> Result<super::impact::ImpactPreview> {
-        let days = stale_after_days
-            .unwrap_or(upkeep_core::impact::DEFAULT_STALE_AFTER_DAYS as i32);
+        let days = stale_after_days.unwrap_or(upkeep_core::impact::DEFAULT_STALE_AFTER_DAYS as i32);
         Ok(super::impact::preview(&Ctx::new(ctx)?, input, days).await?)
     }
 

@@ -17,8 +17,8 @@ mod start;
 
 pub use reboot::RebootNow;
 use shared::StepError;
-pub use start::{Busy, StartGuard, StartRequest};
 pub(crate) use start::task_snapshot;
+pub use start::{Busy, StartGuard, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
@@ -588,18 +588,7 @@ impl App {
                         fetched_at: now,
                     })
                 }
-                Effect::Detected(found) => {
-                    c.detections.extend(found.iter().filter_map(|(subject, f)| {
-                        upkeep_core::impact::Detection::of(
-                            s.tenant_id,
-                            s.computer_id,
-                            s.id,
-                            now,
-                            *subject,
-                            f,
-                        )
-                    }))
-                }
+                Effect::Detected(found) => c.detections.extend(detections(s, found, now)),
                 Effect::Output { action, output } => {
                     if let Some(a) = s.actions.get(*action) {
                         c.outputs.push(upkeep_core::output::OutputRecord {
@@ -847,6 +836,20 @@ fn mail_word(k: upkeep_core::mail::MailKind) -> &'static str {
 }
 
 #[derive(Default)]
+/// The computer's last detections from what a step's detection found (failed ones left out).
+fn detections(
+    s: &Session,
+    found: &[(Subject, upkeep_core::engine::plan::Found)],
+    now: Time,
+) -> Vec<upkeep_core::impact::Detection> {
+    found
+        .iter()
+        .filter_map(|(subject, f)| {
+            upkeep_core::impact::Detection::of(s.tenant_id, s.computer_id, s.id, now, *subject, f)
+        })
+        .collect()
+}
+
 struct Committed {
     jobs: Vec<JobRecord>,
     abandoned: Vec<Id>,

@@ -324,7 +324,10 @@ pub(in crate::api::graphql) async fn new_deployment(
         (&software_id, &version, input.desired_state)
         && sw.version(v).is_none()
     {
-        return Err(ApiError::bad("version", format!("{} has no version {v}", sw.name)));
+        return Err(ApiError::bad(
+            "version",
+            format!("{} has no version {v}", sw.name),
+        ));
     }
     let d = Deployment {
         id: crate::ids::fresh(),
