@@ -242,7 +242,32 @@ async fn the_preview_plans_what_the_sessions_then_do() -> anyhow::Result<()> {
         BTreeMap::from([("NO_ACTION".into(), 3)]),
         "{p:#}"
     );
+
+    // A deleted computer takes its detections along, and so does a deleted tenant.
     drop((a2, a3, a4));
+    let gone =
+        f.s.gql(
+            &f.admin,
+            "mutation($c: ID!) { deleteComputer(id: $c) }",
+            json!({"c": c3}),
+        )
+        .await?;
+    assert_eq!(gone["deleteComputer"], true);
+    let p =
+        f.s.gql(&f.admin, PREVIEW, json!({"i": {"delete": created}}))
+            .await?;
+    assert_eq!(
+        p["previewDeploymentChange"]["unshadows"][0]["computers"], 2,
+        "{p:#}"
+    );
+    let gone =
+        f.s.gql(
+            &f.admin,
+            "mutation($t: ID!) { deleteTenant(id: $t, force: true) }",
+            json!({"t": f.tenant}),
+        )
+        .await?;
+    assert_eq!(gone["deleteTenant"], true);
     Ok(())
 }
 
@@ -294,5 +319,13 @@ async fn bad_previews_are_refused_with_a_code() -> anyhow::Result<()> {
         err(json!({"i": {"create": create}}), Some(viewer)).await?,
         "FORBIDDEN"
     );
+    let gone =
+        f.s.gql(
+            &f.admin,
+            "mutation($s: ID!) { deleteSoftware(id: $s) }",
+            json!({"s": sw}),
+        )
+        .await?;
+    assert_eq!(gone["deleteSoftware"], true);
     Ok(())
 }

@@ -835,7 +835,6 @@ fn mail_word(k: upkeep_core::mail::MailKind) -> &'static str {
     }
 }
 
-#[derive(Default)]
 /// The computer's last detections from what a step's detection found (failed ones left out).
 fn detections(
     s: &Session,
@@ -850,6 +849,7 @@ fn detections(
         .collect()
 }
 
+#[derive(Default)]
 struct Committed {
     jobs: Vec<JobRecord>,
     abandoned: Vec<Id>,
