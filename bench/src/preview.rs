@@ -200,7 +200,7 @@ fn preload(dir: &std::path::Path, computers: usize) -> Result<(Id, Id)> {
                     name: format!("pc-{i:05}"),
                     hostname: format!("pc-{i:05}"),
                     machine_id: format!("machine-{id}"),
-                    tags: if i % 2 == 0 {
+                    tags: if i.is_multiple_of(2) {
                         vec![upkeep_core::types::Stored::read("office")]
                     } else {
                         vec![]
