@@ -189,7 +189,7 @@ async fn d_tenant(srv: &TestServer, token: &str) -> Result<String> {
 }
 
 /// Starts a server on `config`'s data dir and times it until `/healthz` answers.
-async fn start_timed(
+pub(crate) async fn start_timed(
     config: &upkeep_server::config::ServeConfig,
 ) -> Result<(TestServer, Duration)> {
     // sled lets go of its lock when its last handle is gone; retry until it has (only the

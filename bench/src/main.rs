@@ -1,7 +1,7 @@
 //! `upkeep-bench`: load and performance figures for upkeep-server (see `docs/PERFORMANCE.md`).
 //!
 //! ```text
-//! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|all> [--quick]
+//! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|preview|all> [--quick]
 //! cargo build --release -p upkeep-server -p upkeep-bench && target/release/upkeep-bench cluster [--quick]
 //! ```
 //!
@@ -17,6 +17,7 @@ mod fanout;
 mod graphql;
 mod plan;
 mod polls;
+mod preview;
 mod processes;
 mod report;
 mod server;
@@ -30,7 +31,7 @@ use report::Figure;
 use std::time::Instant;
 
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
-const SCENARIOS: [&str; 5] = ["polls", "sessions", "fanout", "plan", "graphql"];
+const SCENARIOS: [&str; 6] = ["polls", "sessions", "fanout", "plan", "preview", "graphql"];
 
 /// Scenarios `all` leaves out: they need parts beyond this process (PostgreSQL, NATS, nginx).
 const SEPARATE: [&str; 1] = ["cluster"];
@@ -118,6 +119,7 @@ async fn bench() -> Result<()> {
 async fn run(scenario: &str, quick: bool) -> Result<Vec<Figure>> {
     match scenario {
         "plan" => plan::run(),
+        "preview" => preview::run(quick).await,
         "polls" => polls::run(quick).await,
         "sessions" => sessions::run(quick).await,
         "fanout" => fanout::run(quick).await,

@@ -504,7 +504,8 @@ fn yes() -> bool {
 }
 
 /// What a deployment is about: the thing that "most specific wins" is decided per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Subject {
     Software(Id),
     Task(Id),

@@ -12,6 +12,7 @@ pub mod cron;
 pub mod domain;
 pub mod engine;
 pub mod exclusion;
+pub mod impact;
 pub mod inventory;
 pub mod lease;
 pub mod localtime;

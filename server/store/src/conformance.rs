@@ -58,6 +58,7 @@ pub async fn check(store: Db) {
     claims(&store).await;
     leases_by_end(&store).await;
     rollouts(&store).await;
+    detections_by_subject(&store).await;
 }
 
 /// Rollouts: listed by tenant and, while `RUNNING` or `WAITING`, as active; a change stored
@@ -128,6 +129,67 @@ async fn rollouts(store: &Db) {
         .await
         .unwrap();
     assert_eq!(store.index_count(&by_tenant).await.unwrap(), 0);
+}
+
+/// A computer's last detection of a software is replaced by the next one, and a preview reads
+/// one subject's detections per tenant (or across tenants) in one prefix range.
+async fn detections_by_subject(store: &Db) {
+    use crate::records::detection_key;
+    use upkeep_core::domain::Subject;
+    use upkeep_core::impact::Detection;
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    let d = |sw: u128, tenant: u128, computer: u128, version: &str| Detection {
+        tenant_id: Id::from_u128(tenant),
+        computer_id: Id::from_u128(computer),
+        subject: Subject::Software(Id::from_u128(sw)),
+        session_id: Id::from_u128(0x9000),
+        at,
+        version: Some(version.into()),
+        test: None,
+        test_error: None,
+        current_value: None,
+    };
+    let all = [
+        d(0x7001, 1, 0x10, "1.0"),
+        d(0x7001, 1, 0x11, "1.0"),
+        d(0x7001, 2, 0x20, "1.0"),
+        d(0x7002, 1, 0x10, "3.0"),
+        d(0x7001, 1, 0x10, "2.0"),
+    ];
+    store
+        .write(|tx| {
+            for x in &all {
+                tx.put(x)?;
+            }
+            Ok::<_, TxError<()>>(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("detections written"));
+    let sw = Subject::Software(Id::from_u128(0x7001));
+    let read = |prefix: Vec<u8>| async move {
+        store
+            .scan_prefix::<Detection>(&prefix, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    };
+    let tenant1 = read(detection_key(sw, Some(Id::from_u128(1)), None)).await;
+    assert_eq!(tenant1.len(), 2, "one per computer: {tenant1:?}");
+    assert_eq!(
+        tenant1[0].version.as_deref(),
+        Some("2.0"),
+        "the newest stays"
+    );
+    assert_eq!(read(detection_key(sw, None, None)).await.len(), 3);
+    store
+        .write(|tx| {
+            for x in &all {
+                tx.delete::<Detection, ()>(&crate::Record::key(x))?;
+            }
+            Ok::<_, TxError<()>>(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("detections removed"));
 }
 
 /// Leased jobs are found by when their lease ends, soonest first, and only those ended by the

@@ -119,9 +119,10 @@ pub enum Kind {
     Versions,
     Attestation,
     Rollout,
+    Detection,
 }
 
-pub(crate) const KINDS: [Kind; 23] = [
+pub(crate) const KINDS: [Kind; 24] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -145,6 +146,7 @@ pub(crate) const KINDS: [Kind; 23] = [
     Kind::Versions,
     Kind::Attestation,
     Kind::Rollout,
+    Kind::Detection,
 ];
 
 impl Kind {
@@ -174,6 +176,7 @@ impl Kind {
             Kind::Versions => "SoftwareVersionsCache",
             Kind::Attestation => "Attestation",
             Kind::Rollout => "Rollout",
+            Kind::Detection => "Detection",
         }
     }
 
@@ -202,6 +205,7 @@ impl Kind {
             Kind::Versions => "versions_cache",
             Kind::Attestation => "attestations",
             Kind::Rollout => "rollouts",
+            Kind::Detection => "detections",
         }
     }
 }

@@ -425,6 +425,27 @@ impl Record for upkeep_core::attest::Attestation {
     }
 }
 
+/// One per computer and software or task: what its last detection found (impact previews
+/// plan from it). Keyed subject, tenant, computer, so a preview reads one subject's detections
+/// across a tenant (or every tenant) in one range.
+impl Record for upkeep_core::impact::Detection {
+    const KIND: Kind = Kind::Detection;
+    fn key(&self) -> Vec<u8> {
+        detection_key(self.subject, Some(self.tenant_id), Some(self.computer_id))
+    }
+}
+
+/// The key of a detection, or (with `tenant` or `computer` left out) the prefix of a subject's
+/// (and tenant's) detections.
+pub fn detection_key(subject: Subject, tenant: Option<Id>, computer: Option<Id>) -> Vec<u8> {
+    let (Subject::Software(s) | Subject::Task(s)) = subject;
+    let mut k = s.as_bytes().to_vec();
+    for part in [tenant, computer].into_iter().map_while(|p| p) {
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
 /// The key of a tenant's versions cache entry for one software.
 pub fn versions_key(tenant: Id, software: Id) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
@@ -460,6 +481,7 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Versions => of::<upkeep_core::versions::VersionsCache>(value),
         Kind::Attestation => of::<upkeep_core::attest::Attestation>(value),
         Kind::Rollout => of::<upkeep_core::rollout::Rollout>(value),
+        Kind::Detection => of::<upkeep_core::impact::Detection>(value),
     }
 }
 

@@ -15,6 +15,7 @@ mod field_output;
 mod foundation;
 mod graphql_http;
 mod hostile;
+mod impact;
 mod installers;
 mod integrations;
 mod integrators;

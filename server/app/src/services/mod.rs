@@ -11,6 +11,7 @@ pub mod agents;
 pub mod cluster;
 pub mod files;
 pub mod fleet;
+pub mod impact;
 pub mod library;
 pub mod metrics;
 pub mod outbox;

@@ -16,6 +16,7 @@
 use crate::error::{ApiError, ApiResult};
 use futures_util::TryStreamExt;
 use upkeep_core::domain::*;
+use upkeep_core::impact::Detection;
 use upkeep_core::inventory::InventoryRecord;
 use upkeep_core::session::{ItemWhat, Session, SessionEvent};
 use upkeep_core::versions::VersionsCache;
@@ -42,6 +43,8 @@ pub struct Removal {
     events: Vec<Vec<u8>>,
     outputs: Vec<Vec<u8>>,
     versions: Vec<Vec<u8>>,
+    /// Last detections (`impact::Detection`) of removed computers, software and tasks.
+    detections: Vec<Vec<u8>>,
     /// Computers that keep existing but lose their primary person.
     unlink_person: Vec<Id>,
 }
@@ -81,6 +84,45 @@ async fn targeted(store: &Db, tenant: Id) -> ApiResult<(Vec<Deployment>, Vec<Sch
     Ok((d, s))
 }
 
+/// Every software and task a tenant's computers may have been detected for: the tenant's own
+/// and the cross-tenant ones.
+async fn subjects_of(store: &Db, tenant: Id) -> ApiResult<Vec<Subject>> {
+    let mut out = Vec::new();
+    for k in [tenant_key(Some(tenant)), tenant_key(None)] {
+        let ids = |i: u8| {
+            store
+                .index_scan(&IndexKey::new(i, &k), None)
+                .try_collect::<Vec<Vec<u8>>>()
+        };
+        out.extend(
+            ids(TENANT_SOFTWARE)
+                .await?
+                .iter()
+                .filter_map(|k| Id::from_slice(k))
+                .map(Subject::Software),
+        );
+        out.extend(
+            ids(TENANT_TASKS)
+                .await?
+                .iter()
+                .filter_map(|k| Id::from_slice(k))
+                .map(Subject::Task),
+        );
+    }
+    Ok(out)
+}
+
+/// The keys of a software's or task's detections, in one tenant or all.
+async fn detections_of(
+    store: &Db,
+    subject: Subject,
+    tenant: Option<Id>,
+) -> ApiResult<Vec<Vec<u8>>> {
+    let prefix = detection_key(subject, tenant, None);
+    let found: Vec<Detection> = store.scan_prefix(&prefix, None).try_collect().await?;
+    Ok(found.iter().map(Record::key).collect())
+}
+
 fn aims_at(t: &Target, kind: TargetKind, id: Id) -> bool {
     t.kind == kind && t.value.as_deref() == Some(id.to_string().as_str())
 }
@@ -97,7 +139,15 @@ impl Removal {
             return Err(busy("the computer", s));
         }
         let (d, s) = targeted(store, c.tenant_id).await?;
+        let mut detections = Vec::new();
+        for subject in subjects_of(store, c.tenant_id).await? {
+            let key = detection_key(subject, Some(c.tenant_id), Some(c.id));
+            if store.get_by_key::<Detection>(&key).await?.is_some() {
+                detections.push(key);
+            }
+        }
         Ok(Removal {
+            detections,
             deployments: d
                 .iter()
                 .filter(|d| aims_at(&d.target, TargetKind::Computer, c.id))
@@ -165,6 +215,7 @@ impl Removal {
             return Err(busy("the software", s));
         }
         Ok(Removal {
+            detections: detections_of(store, Subject::Software(sw.id), None).await?,
             software: vec![sw.id],
             deployments: all(store.scan::<Deployment>(None))
                 .await?
@@ -208,6 +259,7 @@ impl Removal {
             return Err(busy("the task", s));
         }
         Ok(Removal {
+            detections: detections_of(store, Subject::Task(t.id), None).await?,
             tasks: vec![t.id],
             deployments: all(store.scan::<Deployment>(None))
                 .await?
@@ -258,6 +310,10 @@ impl Removal {
         r.cross_tenant_aims(store).await?;
         r.webhooks = ids(TENANT_WEBHOOKS).await?;
         r.tenant_history(store, t).await?;
+        for subject in subjects_of(store, t).await? {
+            r.detections
+                .extend(detections_of(store, subject, Some(t)).await?);
+        }
         Ok(r)
     }
 
@@ -402,6 +458,9 @@ impl Removal {
         }
         for k in &self.versions {
             tx.delete::<VersionsCache, ApiError>(k)?;
+        }
+        for k in &self.detections {
+            tx.delete::<Detection, ApiError>(k)?;
         }
         Ok(())
     }

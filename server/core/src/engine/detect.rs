@@ -80,6 +80,7 @@ impl Machine<'_> {
             }
         };
         self.plan_actions(&results);
+        self.note_detected(&results);
         let compliance = self.s.compliance_of_actions();
         self.s.compliance = Some(compliance);
         if self.s.detection_only {
@@ -99,6 +100,22 @@ impl Machine<'_> {
         if self.s.options.notify_before && !self.s.before_mail_sent {
             self.s.before_mail_sent = true;
             self.out.push(Effect::Mail(crate::mail::MailKind::Before));
+        }
+    }
+
+    /// What detection (or verification) found, per item whose probes ran: the computer's last
+    /// detection of each software and task (`Effect::Detected`).
+    pub(super) fn note_detected(&mut self, results: &BTreeMap<String, ScriptOutcome>) {
+        let found: Vec<_> = self
+            .s
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.invalid.is_none())
+            .map(|(i, item)| (item.subject(), plan::found(i, results)))
+            .collect();
+        if !found.is_empty() {
+            self.out.push(Effect::Detected(found));
         }
     }
 

@@ -174,6 +174,9 @@ pub enum Effect {
         software: Id,
         versions: Vec<crate::versions::Discovered>,
     },
+    /// Detection (or verification) found these, per item's software or task: kept per computer
+    /// as its last detection (`impact::Detection`), which impact previews plan from.
+    Detected(Vec<(Subject, plan::Found)>),
 }
 
 /// Why the engine refused an event. Callers pick their answer from the variant (the postpone

@@ -7,6 +7,20 @@ use crate::version::compare;
 use std::collections::BTreeMap;
 use upkeep_agent_protocol::{ProbeResult, ScriptOutcome};
 
+/// Whether a deployment takes part in a session started by `trigger`: the `named` ones when a
+/// start names deployments (`AD_HOC` ones included), else the `REQUIRED` ones, and the
+/// `ONBOARDING` ones in an onboarding session.
+pub fn applies(d: &Deployment, trigger: SessionTrigger, named: Option<&[Id]>) -> bool {
+    match named {
+        Some(ids) => ids.contains(&d.id),
+        None => match d.enforcement {
+            Enforcement::Required => true,
+            Enforcement::Onboarding => trigger == SessionTrigger::Onboarding,
+            Enforcement::AdHoc => false,
+        },
+    }
+}
+
 /// The plan items of a session: `applicable` deployments resolved for `computer` (exceptions
 /// dropped), each frozen with the snapshot of its software or task (`software` and `task` look
 /// them up; an item whose subject is gone is left out), in run order: onboarding deployments
@@ -262,7 +276,7 @@ fn prerequisite_chain<E>(
 }
 
 /// What detection found for one plan item.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Found {
     /// Installed version (software), `None` when not installed.
     pub version: Option<String>,

@@ -25,6 +25,9 @@ impl Machine<'_> {
                 None
             }
         };
+        if let Some(r) = &results {
+            self.note_detected(r);
+        }
         let now = self.now();
         for i in 0..self.s.actions.len() {
             let item = self.s.items[self.s.actions[i].item].clone();

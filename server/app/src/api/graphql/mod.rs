@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod ctx;
 pub mod enums;
+mod impact;
 mod inputs;
 mod lists;
 mod mutation;

@@ -987,6 +987,27 @@ impl Query {
         Ok(out)
     }
 
+    /// What a deployment change would do across the fleet, without running anything: per
+    /// computer it reaches, the action the next session would plan for each software or task
+    /// whose plan changes (from the computer's last detection), counts per tenant and kind, the
+    /// deployments it would shadow or unshadow, and the computers whose detection is missing or
+    /// older than `staleAfterDays` (listed, not guessed). The change is checked as its mutation
+    /// checks it: the roles that may make it may preview it.
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn preview_deployment_change(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The change: exactly one of create, update or delete.")]
+        input: super::impact::DeploymentChangeInput,
+        #[graphql(
+            desc = "Detections older than this many days are not planned from (1 to 3650; default 14)."
+        )]
+        stale_after_days: Option<i32>,
+    ) -> Result<super::impact::ImpactPreview> {
+        let days = stale_after_days.unwrap_or(upkeep_core::impact::DEFAULT_STALE_AFTER_DAYS as i32);
+        Ok(super::impact::preview(&Ctx::new(ctx)?, input, days).await?)
+    }
+
     /// Renders a session's before- or after-mail without sending it.
     #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
     async fn email_preview(

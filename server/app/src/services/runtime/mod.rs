@@ -17,6 +17,7 @@ mod start;
 
 pub use reboot::RebootNow;
 use shared::StepError;
+pub(crate) use start::task_snapshot;
 pub use start::{Busy, StartGuard, StartRequest};
 
 use crate::error::{ApiError, ApiResult};
@@ -587,6 +588,7 @@ impl App {
                         fetched_at: now,
                     })
                 }
+                Effect::Detected(found) => c.detections.extend(detections(s, found, now)),
                 Effect::Output { action, output } => {
                     if let Some(a) = s.actions.get(*action) {
                         c.outputs.push(upkeep_core::output::OutputRecord {
@@ -675,6 +677,9 @@ impl App {
                 }
                 for v in &cref.versions {
                     tx.put(v)?;
+                }
+                for d in &cref.detections {
+                    tx.put(d)?;
                 }
                 if cref.finished
                     && let Some(mut comp) = tx.get::<Computer, StepError>(&s_ref.computer_id)?
@@ -835,6 +840,20 @@ fn mail_word(k: upkeep_core::mail::MailKind) -> &'static str {
     }
 }
 
+/// The computer's last detections from what a step's detection found (failed ones left out).
+fn detections(
+    s: &Session,
+    found: &[(Subject, upkeep_core::engine::plan::Found)],
+    now: Time,
+) -> Vec<upkeep_core::impact::Detection> {
+    found
+        .iter()
+        .filter_map(|(subject, f)| {
+            upkeep_core::impact::Detection::of(s.tenant_id, s.computer_id, s.id, now, *subject, f)
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Committed {
     jobs: Vec<JobRecord>,
@@ -847,5 +866,7 @@ struct Committed {
     outputs: Vec<upkeep_core::output::OutputRecord>,
     /// What versions scripts printed in this step, for the cache.
     versions: Vec<upkeep_core::versions::VersionsCache>,
+    /// What detection found in this step: the computer's last detections.
+    detections: Vec<upkeep_core::impact::Detection>,
     finished: bool,
 }

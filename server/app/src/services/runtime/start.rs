@@ -44,14 +44,7 @@ impl App {
         let all = self.catalogue_deployments_for(computer.tenant_id).await?;
         let applicable: Vec<Deployment> = all
             .into_iter()
-            .filter(|d| match named {
-                Some(ids) => ids.contains(&d.id),
-                None => match d.enforcement {
-                    Enforcement::Required => true,
-                    Enforcement::Onboarding => trigger == SessionTrigger::Onboarding,
-                    Enforcement::AdHoc => false,
-                },
-            })
+            .filter(|d| upkeep_core::engine::plan::applies(d, trigger, named))
             .collect();
         // The planner is pure: read what it may ask for first.
         let mut software = std::collections::HashMap::new();
@@ -92,7 +85,7 @@ impl App {
 
     /// Adds the snapshots of every prerequisite the loaded software needs, transitively (the
     /// planner is pure and asks only for what was read; `MAX_PREREQUISITES` bounds a chain).
-    async fn load_prerequisites(
+    pub(crate) async fn load_prerequisites(
         &self,
         software: &mut std::collections::HashMap<Id, Option<SoftwareSnapshot>>,
     ) -> ApiResult<()> {
@@ -122,7 +115,7 @@ impl App {
         Ok(())
     }
 
-    async fn software_snapshot(&self, sw: Software) -> ApiResult<SoftwareSnapshot> {
+    pub(crate) async fn software_snapshot(&self, sw: Software) -> ApiResult<SoftwareSnapshot> {
         let configuration_task = match sw.configuration_task_id {
             Some(t) => self
                 .store
@@ -558,7 +551,7 @@ fn new_session(req: StartRequest, items: Vec<PlanItem>, now: Time) -> (Session, 
     (s, created)
 }
 
-fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
+pub(crate) fn task_snapshot(t: MaintenanceTask) -> TaskSnapshot {
     TaskSnapshot {
         id: t.id,
         name: t.name,

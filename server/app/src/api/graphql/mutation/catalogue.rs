@@ -217,57 +217,7 @@ impl CatalogueMutation {
         #[graphql(desc = "What to create.")] input: CreateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
-        let owner = c.owner_for_new(&input.tenant_id).await?;
-        if owner.is_none() {
-            c.actor
-                .require(Action::ManageCrossTenantDeployments, None)?;
-        }
-        let software_id = match &input.software_id {
-            Some(s) => Some(catalogue_ref::<Software>(&c, "softwareId", s, owner).await?),
-            None => None,
-        };
-        let task = match &input.maintenance_task_id {
-            Some(t) => {
-                Some(catalogue_ref::<MaintenanceTask>(&c, "maintenanceTaskId", t, owner).await?)
-            }
-            None => None,
-        };
-        let given = input
-            .parameters
-            .as_ref()
-            .map(|p| parameters(&p.0))
-            .transpose()?
-            .unwrap_or_default();
-        let values = deployment_values(&c.app.secrets, task.as_ref(), given, None)?;
-        let version = input
-            .version
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(String::from);
-        if let (Some(sw), Some(v), Some(DesiredSoftwareState::InstalledVersion)) =
-            (&software_id, &version, input.desired_state)
-            && sw.version(v).is_none()
-        {
-            return Err(ApiError::bad("version", format!("{} has no version {v}", sw.name)).into());
-        }
-        let d = Deployment {
-            id: crate::ids::fresh(),
-            tenant_id: owner,
-            target: target(&c, &input.target, owner).await?,
-            software_id: software_id.map(|s| s.id),
-            desired_state: input.desired_state.map(Into::into),
-            version,
-            maintenance_task_id: task.map(|t| t.id),
-            task_mode: input.task_mode.unwrap_or(TaskMode::Enforce).into(),
-            parameters: values,
-            enforcement: input.enforcement.unwrap_or(Enforcement::Required).into(),
-            order: input.order.unwrap_or(DeploymentOrder::Unordered).into(),
-            position: input.position.unwrap_or(0),
-            enabled: input.enabled.unwrap_or(true),
-            created_at: c.app.clock.now(),
-        };
-        validate_deployment(&d)?;
+        let d = new_deployment(&c, &input).await?;
         c.save(&d).await?;
         Ok(View(d))
     }
@@ -281,48 +231,7 @@ impl CatalogueMutation {
         input: UpdateDeploymentInput,
     ) -> Result<View<Deployment>> {
         let c = Ctx::new(ctx)?;
-        let mut d: Deployment = c.load_for_write(parse_id("id", &id)?).await?;
-        if d.tenant_id.is_none() {
-            c.actor
-                .require(Action::ManageCrossTenantDeployments, None)?;
-        }
-        if let Some(t) = &input.target {
-            d.target = target(&c, t, d.tenant_id).await?;
-        }
-        if let Some(s) = input.desired_state {
-            d.desired_state = Some(s.into());
-        }
-        if let Some(v) = &input.version {
-            d.version = Some(v.trim().to_string()).filter(|v| !v.is_empty());
-        }
-        if let Some(m) = input.task_mode {
-            d.task_mode = m.into();
-        }
-        if let Some(p) = &input.parameters {
-            let task = match d.maintenance_task_id {
-                Some(t) => c.app.store.get::<MaintenanceTask>(&t).await?,
-                None => None,
-            };
-            d.parameters = deployment_values(
-                &c.app.secrets,
-                task.as_ref(),
-                parameters(&p.0)?,
-                Some(&d.parameters),
-            )?;
-        }
-        if let Some(e) = input.enforcement {
-            d.enforcement = e.into();
-        }
-        if let Some(o) = input.order {
-            d.order = o.into();
-        }
-        if let Some(p) = input.position {
-            d.position = p;
-        }
-        if let Some(e) = input.enabled {
-            d.enabled = e;
-        }
-        validate_deployment(&d)?;
+        let d = changed_deployment(&c, &id, &input).await?;
         c.save(&d).await?;
         Ok(View(d))
     }
@@ -364,11 +273,7 @@ impl CatalogueMutation {
         #[graphql(desc = "The deployment's id.")] id: ID,
     ) -> Result<bool> {
         let c = Ctx::new(ctx)?;
-        let d: Deployment = c.load_for_write(parse_id("id", &id)?).await?;
-        if d.tenant_id.is_none() {
-            c.actor
-                .require(Action::ManageCrossTenantDeployments, None)?;
-        }
+        let d = deployment_to_delete(&c, &id).await?;
         c.app
             .store
             .write(|tx| {
@@ -379,4 +284,127 @@ impl CatalogueMutation {
         c.app.store.flush().await?;
         Ok(true)
     }
+}
+
+// What `createDeployment`, `updateDeployment` and `deleteDeployment` would write, checked as
+// they check it (and by the same rules who may): `previewDeploymentChange` previews exactly it.
+
+/// The deployment `createDeployment` would store for `input`.
+pub(in crate::api::graphql) async fn new_deployment(
+    c: &Ctx<'_>,
+    input: &CreateDeploymentInput,
+) -> ApiResult<Deployment> {
+    let owner = c.owner_for_new(&input.tenant_id).await?;
+    if owner.is_none() {
+        c.actor
+            .require(Action::ManageCrossTenantDeployments, None)?;
+    }
+    let software_id = match &input.software_id {
+        Some(s) => Some(catalogue_ref::<Software>(c, "softwareId", s, owner).await?),
+        None => None,
+    };
+    let task = match &input.maintenance_task_id {
+        Some(t) => Some(catalogue_ref::<MaintenanceTask>(c, "maintenanceTaskId", t, owner).await?),
+        None => None,
+    };
+    let given = input
+        .parameters
+        .as_ref()
+        .map(|p| parameters(&p.0))
+        .transpose()?
+        .unwrap_or_default();
+    let values = deployment_values(&c.app.secrets, task.as_ref(), given, None)?;
+    let version = input
+        .version
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from);
+    if let (Some(sw), Some(v), Some(DesiredSoftwareState::InstalledVersion)) =
+        (&software_id, &version, input.desired_state)
+        && sw.version(v).is_none()
+    {
+        return Err(ApiError::bad(
+            "version",
+            format!("{} has no version {v}", sw.name),
+        ));
+    }
+    let d = Deployment {
+        id: crate::ids::fresh(),
+        tenant_id: owner,
+        target: target(c, &input.target, owner).await?,
+        software_id: software_id.map(|s| s.id),
+        desired_state: input.desired_state.map(Into::into),
+        version,
+        maintenance_task_id: task.map(|t| t.id),
+        task_mode: input.task_mode.unwrap_or(TaskMode::Enforce).into(),
+        parameters: values,
+        enforcement: input.enforcement.unwrap_or(Enforcement::Required).into(),
+        order: input.order.unwrap_or(DeploymentOrder::Unordered).into(),
+        position: input.position.unwrap_or(0),
+        enabled: input.enabled.unwrap_or(true),
+        created_at: c.app.clock.now(),
+    };
+    validate_deployment(&d)?;
+    Ok(d)
+}
+
+/// Deployment `id` as `updateDeployment` would store it with `input`.
+pub(in crate::api::graphql) async fn changed_deployment(
+    c: &Ctx<'_>,
+    id: &ID,
+    input: &UpdateDeploymentInput,
+) -> ApiResult<Deployment> {
+    let mut d = deployment_to_delete(c, id).await?;
+    if let Some(t) = &input.target {
+        d.target = target(c, t, d.tenant_id).await?;
+    }
+    if let Some(s) = input.desired_state {
+        d.desired_state = Some(s.into());
+    }
+    if let Some(v) = &input.version {
+        d.version = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+    }
+    if let Some(m) = input.task_mode {
+        d.task_mode = m.into();
+    }
+    if let Some(p) = &input.parameters {
+        let task = match d.maintenance_task_id {
+            Some(t) => c.app.store.get::<MaintenanceTask>(&t).await?,
+            None => None,
+        };
+        d.parameters = deployment_values(
+            &c.app.secrets,
+            task.as_ref(),
+            parameters(&p.0)?,
+            Some(&d.parameters),
+        )?;
+    }
+    if let Some(e) = input.enforcement {
+        d.enforcement = e.into();
+    }
+    if let Some(o) = input.order {
+        d.order = o.into();
+    }
+    if let Some(p) = input.position {
+        d.position = p;
+    }
+    if let Some(e) = input.enabled {
+        d.enabled = e;
+    }
+    validate_deployment(&d)?;
+    Ok(d)
+}
+
+/// Deployment `id`, if the caller may change (or delete) it.
+pub(in crate::api::graphql) async fn deployment_to_delete(
+    c: &Ctx<'_>,
+    id: &ID,
+) -> ApiResult<Deployment> {
+    let d: Deployment = c.load_for_write(parse_id("id", id)?).await?;
+    if d.tenant_id.is_none() {
+        c.actor
+            .require(Action::ManageCrossTenantDeployments, None)?;
+    }
+    Ok(d)
 }

@@ -12,6 +12,8 @@ mod session_start;
 mod sessions;
 mod supply;
 
+pub(super) use catalogue::{changed_deployment, deployment_to_delete, new_deployment};
+
 use crate::api::graphql::ctx::Ctx;
 use crate::api::graphql::enums::TargetKind;
 use crate::api::graphql::inputs::*;
