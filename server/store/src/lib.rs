@@ -35,7 +35,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub use postgres::scratch;
 
-pub use codec::FORMAT_VERSION;
+pub use codec::{FORMAT_VERSION, decode as decode_record};
 pub use index::IndexKey;
 pub use interface::{Body, BodyError, KeyRange, Space, Store, StoreTx, TransactError, TxFault};
 pub use snapshot::Snapshot;
