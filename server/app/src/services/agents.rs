@@ -24,7 +24,7 @@
 //! (`Note::Seen`, [`Agents::seen_elsewhere`]).
 
 use crate::auth::secret_digest;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use upkeep_agent_protocol::{self as proto};
 use upkeep_core::domain::*;
 use upkeep_core::session::{JobRecord, JobState};
 use upkeep_store::records::*;
-use upkeep_store::{Db, IndexKey};
+use upkeep_store::Db;
 
 /// Probe jobs are handed out at most this often before they count as lost.
 pub(crate) const MAX_PROBE_ATTEMPTS: u32 = 3;
