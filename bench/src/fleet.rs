@@ -119,7 +119,12 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "startup_ms", startup.as_secs_f64() * 1000.0, "ms"),
         Figure::new(S, "rss_empty_server", mib(rss_empty), "MiB"),
         Figure::new(S, "rss_fleet_server_steady", mib(rss_steady), "MiB"),
-        Figure::new(S, "rss_tokens_per_agent", per(rss_empty, rss_loaded), "bytes"),
+        Figure::new(
+            S,
+            "rss_tokens_per_agent",
+            per(rss_empty, rss_loaded),
+            "bytes",
+        ),
         Figure::new(
             S,
             "rss_presence_per_agent",
@@ -144,12 +149,7 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
         Figure::new(S, "p50_ms", first.due.quantile_ms(0.50), "ms"),
         Figure::new(S, "p99_ms", first.due.quantile_ms(0.99), "ms"),
         Figure::new(S, "p999_ms", first.due.quantile_ms(0.999), "ms"),
-        Figure::new(
-            S,
-            "p99_ms_from_send",
-            first.service.quantile_ms(0.99),
-            "ms",
-        ),
+        Figure::new(S, "p99_ms_from_send", first.service.quantile_ms(0.99), "ms"),
     ])
 }
 
@@ -342,7 +342,8 @@ pub fn preload(dir: &Path, agents: usize) -> Result<Tokens> {
             note(S, format!("{end} computers written"));
         }
     }
-    rt.block_on(store.flush()).context("flushing the preloaded store")?;
+    rt.block_on(store.flush())
+        .context("flushing the preloaded store")?;
     Ok(tokens)
 }
 

@@ -52,7 +52,10 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let seconds = if quick { 3 } else { 10 };
     let bin = server_binary()?;
     let dir = tempfile::Builder::new().prefix("upkeep-bench-").tempdir()?;
-    note(S, format!("preloading {AGENTS} agents; starting upkeep-server"));
+    note(
+        S,
+        format!("preloading {AGENTS} agents; starting upkeep-server"),
+    );
     let tokens = {
         let data = dir.path().join("upkeep");
         tokio::task::spawn_blocking(move || preload(&data, AGENTS)).await??
@@ -76,7 +79,10 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     wrk_run(&wrk, &script, &upkeep_url, 1).await?;
     let (mut base, mut real) = (Vec::new(), Vec::new());
     for round in 1..=2 {
-        note(S, format!("round {round}: nginx, then upkeep ({seconds} s each)"));
+        note(
+            S,
+            format!("round {round}: nginx, then upkeep ({seconds} s each)"),
+        );
         base.push(wrk_run(&wrk, &script, &nginx_url, seconds).await?);
         real.push(wrk_run(&wrk, &script, &upkeep_url, seconds).await?);
     }
@@ -85,7 +91,8 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     if let Some(r) = real.iter().chain(&base).find(|r| r.errors > 0) {
         bail!("wrk saw {} failed or non-2xx answers", r.errors);
     }
-    let mean = |v: &[WrkResult], f: fn(&WrkResult) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let mean =
+        |v: &[WrkResult], f: fn(&WrkResult) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let rps = |r: &WrkResult| r.requests_per_s;
     let p50 = |r: &WrkResult| r.p50_ms;
     let p99 = |r: &WrkResult| r.p99_ms;

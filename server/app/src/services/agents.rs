@@ -32,8 +32,8 @@ use tokio::sync::Notify;
 use upkeep_agent_protocol::{self as proto};
 use upkeep_core::domain::*;
 use upkeep_core::session::{JobRecord, JobState};
-use upkeep_store::records::*;
 use upkeep_store::Db;
+use upkeep_store::records::*;
 
 /// Probe jobs are handed out at most this often before they count as lost.
 pub(crate) const MAX_PROBE_ATTEMPTS: u32 = 3;
@@ -166,12 +166,7 @@ impl Agents {
     /// Notes a poll at `now`: presence, the token bucket against runaway pollers (`None`: too
     /// fast, refuse it) and whether the inventory changed. A poll that will `wait` for jobs
     /// gets the computer's waker (made now if it had none).
-    pub fn polled(
-        &self,
-        computer: Id,
-        now: Time,
-        poll: PollFacts<'_>,
-    ) -> Option<Polled> {
+    pub fn polled(&self, computer: Id, now: Time, poll: PollFacts<'_>) -> Option<Polled> {
         self.polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let at = self.now_ms();
@@ -215,7 +210,11 @@ impl Agents {
         let reboot_pending_changed =
             reboot_pending.is_some_and(|p| std::mem::replace(&mut entry.reboot_pending, p) != p);
         Some(Polled {
-            notify: if poll.wait { entry.notify.clone() } else { None },
+            notify: if poll.wait {
+                entry.notify.clone()
+            } else {
+                None
+            },
             came_online,
             inventory_changed,
             reboot_pending_changed,
@@ -421,7 +420,9 @@ impl Agents {
             let hash = std::str::from_utf8(&hash).ok().and_then(token_digest);
             match (hash, Id::from_slice(&computer)) {
                 (Some(h), Some(c)) => loaded.push((h, c)),
-                _ => tracing::warn!("an agent token claim that is not a SHA-256 hex digest and a computer id was skipped"),
+                _ => tracing::warn!(
+                    "an agent token claim that is not a SHA-256 hex digest and a computer id was skipped"
+                ),
             }
         }
         let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
@@ -464,7 +465,11 @@ impl Agents {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, c| *c != computer);
-        if let Some(n) = self.presence().get(&computer).and_then(|p| p.notify.as_ref()) {
+        if let Some(n) = self
+            .presence()
+            .get(&computer)
+            .and_then(|p| p.notify.as_ref())
+        {
             n.notify_waiters();
         }
     }

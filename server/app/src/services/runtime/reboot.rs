@@ -42,10 +42,10 @@ impl App {
     /// Anything else is decoded and looked at. A million computers: ~1 s less start-up.
     pub(super) async fn recover_held_reboots(&self) -> anyhow::Result<()> {
         use upkeep_store::{KeyRange, Space};
-        let mut computers = std::pin::pin!(
-            self.store
-                .scan_raw(Space::Records(upkeep_store::Kind::Computer), KeyRange::all())
-        );
+        let mut computers = std::pin::pin!(self.store.scan_raw(
+            Space::Records(upkeep_store::Kind::Computer),
+            KeyRange::all()
+        ));
         while let Some(raw) = computers.next().await {
             let (_, v) = raw?;
             if v.ends_with(NONE_HELD) {
@@ -313,7 +313,11 @@ mod tests {
             held_reboot: None,
         };
         let json = serde_json::to_vec(&c).expect("encodes");
-        assert!(json.ends_with(NONE_HELD), "{}", String::from_utf8_lossy(&json));
+        assert!(
+            json.ends_with(NONE_HELD),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
         c.held_reboot = Some(HeldReboot {
             session_id: Id::from_u128(3),
             due_at: at,
