@@ -1,20 +1,25 @@
 //! `upkeep-bench`: load and performance figures for upkeep-server (see `docs/PERFORMANCE.md`).
 //!
 //! ```text
-//! cargo run --release -p upkeep-bench -- <polls|sessions|graphql|fanout|plan|preview|all> [--quick]
+//! cargo build --release -p upkeep-server -p upkeep-bench
+//! target/release/upkeep-bench <polls|fleet|nginx|sessions|graphql|fanout|plan|preview|all> [--quick]
 //! cargo build --release -p upkeep-server -p upkeep-bench && target/release/upkeep-bench cluster [--quick]
 //! ```
 //!
-//! Each scenario starts the real server in this process (`upkeep_server::api::http::start`, temp
+//! Most scenarios start the real server in this process (`upkeep_server::api::http::start`, temp
 //! data dir, loopback listener) and measures it over HTTP and WebSocket only; fixtures may be
-//! written beforehand through the server's store. `cluster` (not part of `all`: it needs
+//! written beforehand through the server's store. `fleet` and `nginx` run the release server
+//! binary as a process of its own (its memory is read apart; `nginx` also runs wrk and nginx).
+//! `cluster` (not part of `all`: it needs
 //! PostgreSQL, NATS, nginx and the release server binary) runs server processes instead. Figures
 //! are JSON lines on stdout, progress notes on stderr. `RUST_LOG` turns on the server's log.
 
 mod agent;
 mod cluster;
 mod fanout;
+mod fleet;
 mod graphql;
+mod nginx;
 mod plan;
 mod polls;
 mod preview;
@@ -31,7 +36,11 @@ use report::Figure;
 use std::time::Instant;
 
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
-const SCENARIOS: [&str; 6] = ["polls", "sessions", "fanout", "plan", "preview", "graphql"];
+// `fleet` and `nginx` run the release `upkeep-server` binary as a process (beside this one,
+// or `UPKEEP_BENCH_SERVER`); `nginx` is skipped with a note when wrk or nginx is missing.
+const SCENARIOS: [&str; 8] = [
+    "polls", "fleet", "nginx", "sessions", "fanout", "plan", "preview", "graphql",
+];
 
 /// Scenarios `all` leaves out: they need parts beyond this process (PostgreSQL, NATS, nginx).
 const SEPARATE: [&str; 1] = ["cluster"];
@@ -121,6 +130,8 @@ async fn run(scenario: &str, quick: bool) -> Result<Vec<Figure>> {
         "plan" => plan::run(),
         "preview" => preview::run(quick).await,
         "polls" => polls::run(quick).await,
+        "fleet" => fleet::run(quick).await,
+        "nginx" => nginx::run(quick).await,
         "sessions" => sessions::run(quick).await,
         "fanout" => fanout::run(quick).await,
         "graphql" => graphql::run(quick).await,

@@ -114,13 +114,22 @@ impl Latencies {
 
 /// Resident set size of this process, in bytes (Linux `/proc/self/status`, `VmRSS`).
 pub fn rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+    rss_at("/proc/self/status")
+}
+
+/// Resident set size of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    rss_at(&format!("/proc/{pid}/status"))
+}
+
+fn rss_at(path: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(path)?;
     let kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in {path}"))?;
     Ok(kib * 1024)
 }
 

@@ -100,7 +100,13 @@ pub async fn burn_password_time(password: &str) {
 /// 256-bit random, so a fast hash is enough; a lookup by hash cannot leak timing about the
 /// secret.
 pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(secret_digest(secret))
+}
+
+/// The SHA-256 of a secret as raw bytes: what in-memory tables key by (32 bytes, not the 64
+/// of the hex form the store keeps).
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// A fresh random secret: `prefix` + 43 base64url characters (256 bits).

@@ -59,6 +59,7 @@ pub async fn check(store: Db) {
     leases_by_end(&store).await;
     rollouts(&store).await;
     detections_by_subject(&store).await;
+    whole_index_reads(&store).await;
 }
 
 /// Rollouts: listed by tenant and, while `RUNNING` or `WAITING`, as active; a change stored
@@ -190,6 +191,71 @@ async fn detections_by_subject(store: &Db) {
         })
         .await
         .unwrap_or_else(|_| panic!("detections removed"));
+}
+
+/// `index_entries` lists every (value, primary key) of one index across all its values, and
+/// `unique_claims` every claimed (value, owner) of a unique index, in key order; neither
+/// strays into a neighbouring index. The records are removed afterwards.
+async fn whole_index_reads(store: &Db) {
+    let (t1, t2) = (Id::from_u128(0x3001), Id::from_u128(0x3002));
+    let users = [user(30, Some(t2)), user(31, Some(t1)), user(32, Some(t1))];
+    store
+        .write(|tx| {
+            for u in &users {
+                tx.put::<_, ()>(u)?;
+                tx.claim_unique(&IndexKey::new(USER_EMAIL, u.email.text()), &u.key_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // Earlier checks left other tenants' users: keep to these two tenants.
+    let ours = |v: &[u8]| v == t1.as_bytes() || v == t2.as_bytes();
+    let all: Vec<(Vec<u8>, Vec<u8>)> = store
+        .index_entries(TENANT_USERS)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(all.is_sorted(), "in key order");
+    let entries: Vec<_> = all.into_iter().filter(|(v, _)| ours(v)).collect();
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = users
+        .iter()
+        .map(|u| (tenant_key(u.tenant_id), u.key_bytes()))
+        .collect();
+    expected.sort();
+    assert_eq!(entries, expected, "every tenant's users, in key order");
+    let emails: Vec<Vec<u8>> = users
+        .iter()
+        .map(|u| u.email.text().as_bytes().to_vec())
+        .collect();
+    let claims: Vec<(Vec<u8>, Vec<u8>)> = store
+        .unique_claims(USER_EMAIL)
+        .try_filter(|(v, _)| std::future::ready(emails.contains(v)))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = users
+        .iter()
+        .map(|u| (u.email.text().as_bytes().to_vec(), u.key_bytes()))
+        .collect();
+    expected.sort();
+    assert_eq!(claims, expected, "every claimed email with its owner");
+    store
+        .write(|tx| {
+            for u in &users {
+                tx.release_unique::<()>(&IndexKey::new(USER_EMAIL, u.email.text()))?;
+                tx.delete::<User, ()>(u.id.as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let left: Vec<(Vec<u8>, Vec<u8>)> = store
+        .index_entries(TENANT_USERS)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!left.iter().any(|(v, _)| ours(v)), "{left:?}");
 }
 
 /// Leased jobs are found by when their lease ends, soonest first, and only those ended by the

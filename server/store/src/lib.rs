@@ -36,7 +36,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub use postgres::scratch;
 
-pub use codec::FORMAT_VERSION;
+pub use codec::{FORMAT_VERSION, decode as decode_record};
 pub use counts::SHARDS as COUNT_SHARDS;
 pub use index::IndexKey;
 pub use interface::{Body, BodyError, KeyRange, Space, Store, StoreTx, TransactError, TxFault};

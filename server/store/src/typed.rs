@@ -189,6 +189,31 @@ impl dyn Store {
         }
     }
 
+    /// Every (value, primary key) listed in `index`, over all its values, in key order: one
+    /// range read for what would otherwise be a read per value (start-up's open jobs of every
+    /// computer).
+    pub fn index_entries<'s>(
+        &'s self,
+        index: u8,
+    ) -> impl Stream<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + use<'s> {
+        self.scan_raw(Space::Index, KeyRange::prefix(&[0, index]))
+            .and_then(|(k, _)| async move {
+                split_index_key(&k).map(|(value, primary)| (value.to_vec(), primary.to_vec()))
+            })
+    }
+
+    /// Every (value, primary key) claimed in the unique index `index` (see
+    /// [`crate::Tx::claim_unique`]), in value order: start-up's agent tokens in one range read.
+    pub fn unique_claims<'s>(
+        &'s self,
+        index: u8,
+    ) -> impl Stream<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + use<'s> {
+        self.scan_raw(Space::Index, KeyRange::prefix(&[1, index]))
+            .and_then(|(k, primary)| async move {
+                split_index_key(&k).map(|(value, _)| (value.to_vec(), primary))
+            })
+    }
+
     /// Records when agents last polled, in one batch (not a transaction over the records: a
     /// lost write-back only makes `lastSeenAt` older).
     pub async fn put_last_seen(&self, seen: &[(Id, Time)]) -> Result<()> {
@@ -259,5 +284,20 @@ impl dyn Store {
         }
         problems.extend(crate::counts::problems(&counts, &counters));
         Ok(problems)
+    }
+}
+
+/// An index key's value and what follows it (`IndexKey::prefix`: marker, index, value length
+/// as u16 big-endian, value, then the primary key of an entry).
+fn split_index_key(k: &[u8]) -> Result<(&[u8], &[u8])> {
+    let len = k
+        .get(2..4)
+        .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+    match len {
+        Some(len) if k.len() >= 4 + len => Ok(k[4..].split_at(len)),
+        _ => Err(StoreError::Corrupt(format!(
+            "index key {} is cut short",
+            hex::encode(k)
+        ))),
     }
 }

@@ -244,6 +244,46 @@ async fn polls_do_not_touch_the_store_and_computers_go_offline() -> anyhow::Resu
     Ok(())
 }
 
+/// Start-up loads agent tokens from the store's token claims: after a restart every current
+/// token polls, a token replaced by a re-enrollment does not, and the table holds one token
+/// per computer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_agent_tokens_and_only_those_survive_a_restart() -> anyhow::Result<()> {
+    let mut s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let t = s.create_tenant(&admin, "A").await?;
+    let key = s.enrollment_key(&admin, &t).await?;
+    let (first, _) = s.enroll_raw(&key, "h1", "m-1").await?;
+    let (second, _) = s.enroll_raw(&key, "h2", "m-2").await?;
+    let (replaced, _) = s.enroll_raw(&key, "h3", "m-3").await?;
+    // A re-install of m-3: a new token; the old one is released.
+    let (third, _) = s.enroll_raw(&key, "h3", "m-3").await?;
+    s.restart().await?;
+    let poll = |token: &str, wait: u32| {
+        s.http
+            .post(format!("{}/agent/v1/poll", s.url))
+            .bearer_auth(token)
+            .json(&json!({"protocolVersion": 1, "waitSeconds": wait}))
+            .send()
+    };
+    for token in [&first, &second, &third] {
+        let r = poll(token, 0).await?;
+        assert_eq!(r.status(), 200, "{}", r.text().await?);
+    }
+    let r = poll(&replaced, 0).await?;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["code"],
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(s.metric("upkeep_agent_tokens").await?, 3.0);
+    // A poll that waits (its computer had only polls that did not) is held and answered.
+    let r = poll(&first, 1).await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await?["jobs"], json!([]));
+    Ok(())
+}
+
 /// A job whose agent vanishes: a probe job is offered again (here to the agent when it comes
 /// back); a step job is failed when its lease runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,14 +262,18 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         return refused; // before anything of the poll is taken
     }
     // Presence, rate limit and inventory change detection, all in memory.
+    let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
+    let facts = PollFacts {
+        inventory: r.inventory.as_ref(),
+        reboot_pending: r.reboot_pending,
+        wait: wait > 0,
+    };
     let Some(Polled {
         notify,
         came_online,
         inventory_changed,
         reboot_pending_changed,
-    }) = app
-        .agents
-        .polled(computer, now, r.inventory.as_ref(), r.reboot_pending)
+    }) = app.agents.polled(computer, now, facts)
     else {
         return reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -289,8 +293,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     app.queue_stored_jobs(computer).await;
     let mut jobs = app.hand_out(computer).await;
     tracing::debug!(replica = %app.replica_tag(), jobs = jobs.len(), wait = r.wait_seconds, "poll");
-    let wait = r.wait_seconds.min(proto::MAX_WAIT_SECONDS);
-    if jobs.is_empty() && wait > 0 {
+    if let Some(notify) = notify.filter(|_| jobs.is_empty()) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
         // Released on drop: hyper drops this future when the agent hangs up mid-poll.
         let _hold = Holding::new(&app, computer);

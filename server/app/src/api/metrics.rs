@@ -124,12 +124,24 @@ fn http_families(app: &App, out: &mut String) {
 fn gauges(app: &App, out: &mut String) {
     let m = &app.metrics;
     let (writes, reads) = app.store.op_counts();
-    let gauges: [(&str, &str, &str, u64); 13] = [
+    let gauges: [(&str, &str, &str, u64); 15] = [
         (
             "upkeep_agent_polls_total",
             "counter",
             "Agent polls answered.",
             app.agents.polls_total(),
+        ),
+        (
+            "upkeep_agent_tokens",
+            "gauge",
+            "Agent tokens held in memory.",
+            app.agents.token_count() as u64,
+        ),
+        (
+            "upkeep_agent_last_seen_written_total",
+            "counter",
+            "Computers whose lastSeenAt was written back to the store.",
+            app.agents.written_back_total(),
         ),
         (
             "upkeep_agents_online",

@@ -23,8 +23,8 @@
 //! index, not by the in-memory expiry; presence merges what other replicas saw
 //! (`Note::Seen`, [`Agents::seen_elsewhere`]).
 
-use crate::auth::secret_hash;
-use futures_util::{StreamExt, TryStreamExt};
+use crate::auth::secret_digest;
+use futures_util::TryStreamExt;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -32,8 +32,8 @@ use tokio::sync::Notify;
 use upkeep_agent_protocol::{self as proto};
 use upkeep_core::domain::*;
 use upkeep_core::session::{JobRecord, JobState};
+use upkeep_store::Db;
 use upkeep_store::records::*;
-use upkeep_store::{Db, IndexKey};
 
 /// Probe jobs are handed out at most this often before they count as lost.
 pub(crate) const MAX_PROBE_ATTEMPTS: u32 = 3;
@@ -41,13 +41,18 @@ pub(crate) const MAX_PROBE_ATTEMPTS: u32 = 3;
 pub const POLL_WAIT_SECONDS: u32 = 25;
 
 pub struct Agents {
-    tokens: RwLock<HashMap<String, Id>>,
+    /// Agent token digests (SHA-256, 32 raw bytes: half the size of the stored hex) → computer.
+    tokens: RwLock<HashMap<[u8; 32], Id>>,
     presence: Mutex<HashMap<Id, Presence>>,
+    /// The instant presence times count from ([`Presence`] keeps milliseconds since it).
+    epoch: Instant,
     jobs: Mutex<JobQueues>,
     /// Output streamed by running step jobs, per job; only leased step jobs have an entry.
     streams: Mutex<HashMap<Id, OutputState>>,
     offline_after: Duration,
     polls: std::sync::atomic::AtomicU64,
+    /// `lastSeenAt` values written back to the store since start-up.
+    seen_written: std::sync::atomic::AtomicU64,
     /// Opens SECRET parameters when a job is handed out, and masks them in streamed output.
     secrets: Arc<crate::secrets::SecretBox>,
     /// Cluster mode: computers other replicas saw polling, when it was heard and their time.
@@ -56,24 +61,37 @@ pub struct Agents {
     pub misses: super::agent_tokens::TokenMisses,
 }
 
+/// One computer's presence: 56 bytes, one per registered agent that polled (a million on a
+/// big box), so times are milliseconds since [`Agents::epoch`], not `Instant`s (16 bytes
+/// each), and the waker is made only for a poll that waits.
 struct Presence {
-    last_poll: Instant,
+    /// Milliseconds since the epoch of the last poll, or [`NEVER`].
+    last_poll: u64,
+    /// Token bucket against runaway pollers: when it was last refilled (ms since the epoch).
+    bucket_at: u64,
+    /// A hash of the last inventory taken (not the inventory: a software list is large, and
+    /// only a change matters here); 0 before any.
+    inventory_hash: u64,
+    /// Wakes a held poll when a job is queued; made by the first poll that waits.
+    notify: Option<Arc<Notify>>,
     last_seen: Time,
+    /// Token bucket: tokens left.
+    bucket: f32,
     /// Long-polls currently held open.
     holding: u32,
-    notify: Arc<Notify>,
     /// `last_seen` not yet written to the store.
     dirty: bool,
-    /// A hash of the last inventory taken (not the inventory: a software list is large, and
-    /// only a change matters here).
-    inventory_hash: Option<u64>,
     /// What the agent last said about a pending reboot (poll or probe result).
     reboot_pending: bool,
-    /// Token bucket against runaway pollers.
-    bucket: (f64, Instant),
     /// Cluster mode: told to the other replicas since the last poll (`take_to_announce`).
     announced: bool,
 }
+
+/// `Presence::last_poll` of a computer that has not polled since the server started.
+const NEVER: u64 = u64::MAX;
+/// Polls per second an agent may keep up, and the burst.
+const POLLS_PER_SECOND: f32 = 20.0;
+const POLL_BURST: f32 = 40.0;
 
 #[derive(Default)]
 struct JobQueues {
@@ -125,8 +143,8 @@ pub(crate) enum ChunkVerdict {
 
 /// What a poll changed (see [`Agents::polled`]).
 pub struct Polled {
-    /// Woken when a job is queued for the computer.
-    pub notify: Arc<Notify>,
+    /// Woken when a job is queued for the computer (asked for with `wait`).
+    pub notify: Option<Arc<Notify>>,
     /// The computer was offline until this poll.
     pub came_online: bool,
     /// The poll carried an inventory different from the last one.
@@ -135,53 +153,68 @@ pub struct Polled {
     pub reboot_pending_changed: bool,
 }
 
+/// What a poll says that presence keeps (see [`Agents::polled`]).
+#[derive(Default, Clone, Copy)]
+pub struct PollFacts<'a> {
+    pub inventory: Option<&'a proto::Inventory>,
+    pub reboot_pending: Option<bool>,
+    /// The poll will wait for jobs (`waitSeconds` > 0).
+    pub wait: bool,
+}
+
 impl Agents {
     /// Notes a poll at `now`: presence, the token bucket against runaway pollers (`None`: too
-    /// fast, refuse it) and whether the inventory changed.
-    pub fn polled(
-        &self,
-        computer: Id,
-        now: Time,
-        inventory: Option<&proto::Inventory>,
-        reboot_pending: Option<bool>,
-    ) -> Option<Polled> {
+    /// fast, refuse it) and whether the inventory changed. A poll that will `wait` for jobs
+    /// gets the computer's waker (made now if it had none).
+    pub fn polled(&self, computer: Id, now: Time, poll: PollFacts<'_>) -> Option<Polled> {
         self.polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let at = self.now_ms();
         let mut p = self.presence();
-        let offline_after = self.offline_after;
         let entry = p.entry(computer).or_insert_with(|| Presence {
-            last_poll: Instant::now() - offline_after - Duration::from_secs(1),
+            last_poll: NEVER,
+            bucket_at: at,
+            inventory_hash: 0,
+            notify: None,
             last_seen: now,
+            bucket: POLL_BURST,
             holding: 0,
-            notify: Arc::new(Notify::new()),
             dirty: false,
-            inventory_hash: None,
             reboot_pending: false,
-            bucket: (40.0, Instant::now()),
             announced: false,
         });
-        let (tokens, at) = entry.bucket;
-        let refill = (tokens + at.elapsed().as_secs_f64() * 20.0).min(40.0);
+        let refill = (entry.bucket
+            + at.saturating_sub(entry.bucket_at) as f32 / 1000.0 * POLLS_PER_SECOND)
+            .min(POLL_BURST);
         if refill < 1.0 {
             return None;
         }
-        entry.bucket = (refill - 1.0, Instant::now());
-        let came_online = entry.holding == 0 && entry.last_poll.elapsed() >= offline_after;
-        entry.last_poll = Instant::now();
+        entry.bucket = refill - 1.0;
+        entry.bucket_at = at;
+        let came_online = entry.holding == 0 && self.since(entry.last_poll) >= self.offline_after;
+        entry.last_poll = at;
         entry.last_seen = now;
         entry.dirty = true;
         entry.announced = false;
-        let inventory_changed = match inventory.map(inventory_hash) {
-            Some(hash) if entry.inventory_hash != Some(hash) => {
-                entry.inventory_hash = Some(hash);
+        let inventory_changed = match poll.inventory.map(inventory_hash) {
+            Some(hash) if entry.inventory_hash != hash => {
+                entry.inventory_hash = hash;
                 true
             }
             _ => false,
         };
+        if poll.wait && entry.notify.is_none() {
+            entry.notify = Some(Arc::new(Notify::new()));
+        }
+        let reboot_pending = poll.reboot_pending;
         let reboot_pending_changed =
             reboot_pending.is_some_and(|p| std::mem::replace(&mut entry.reboot_pending, p) != p);
         Some(Polled {
-            notify: entry.notify.clone(),
+            notify: if poll.wait {
+                entry.notify.clone()
+            } else {
+                None
+            },
             came_online,
             inventory_changed,
             reboot_pending_changed,
@@ -206,11 +239,12 @@ impl Agents {
     /// report that could not be stored).
     pub fn forget_inventory(&self, computer: Id) {
         if let Some(p) = self.presence().get_mut(&computer) {
-            p.inventory_hash = None;
+            p.inventory_hash = 0;
         }
     }
 
-    /// `lastSeenAt` values not yet written to the store, marked written.
+    /// `lastSeenAt` values not yet written to the store, marked written (see
+    /// [`Agents::written_back`]).
     pub fn take_unwritten_seen(&self) -> Vec<(Id, Time)> {
         let mut p = self.presence();
         p.iter_mut()
@@ -227,7 +261,7 @@ impl Agents {
         let mut p = self.presence();
         if let Some(e) = p.get_mut(&computer) {
             e.holding = e.holding.saturating_add_signed(delta);
-            e.last_poll = Instant::now();
+            e.last_poll = self.now_ms();
         }
     }
 
@@ -236,10 +270,12 @@ impl Agents {
             secrets,
             tokens: RwLock::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             jobs: Mutex::new(JobQueues::default()),
             streams: Mutex::new(HashMap::new()),
             offline_after,
             polls: Default::default(),
+            seen_written: Default::default(),
             elsewhere: Mutex::new(HashMap::new()),
             misses: super::agent_tokens::TokenMisses::new(Instant::now()),
         }
@@ -247,6 +283,30 @@ impl Agents {
 
     pub fn polls_total(&self) -> u64 {
         self.polls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `n` `lastSeenAt` values written back.
+    pub fn written_back(&self, n: usize) {
+        self.seen_written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `lastSeenAt` values written back since start-up.
+    pub fn written_back_total(&self) -> u64 {
+        self.seen_written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the epoch, now.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// How long ago `at` (ms since the epoch) was; a very long time for [`NEVER`].
+    fn since(&self, at: u64) -> Duration {
+        match at {
+            NEVER => Duration::MAX,
+            at => Duration::from_millis(self.now_ms().saturating_sub(at)),
+        }
     }
 
     fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Presence>> {
@@ -350,16 +410,23 @@ impl Agents {
         }
     }
 
-    /// Loads every computer's token hash (start-up).
+    /// Loads every computer's token hash (start-up) from the `AGENT_TOKEN` claims: one range
+    /// read of (hash, computer id) pairs, not a decode of every computer record (a million
+    /// computers load in well under a second this way).
     pub async fn load_tokens(&self, store: &Db) -> upkeep_store::Result<usize> {
         let mut loaded = Vec::new();
-        let mut computers = std::pin::pin!(store.scan::<Computer>(None));
-        while let Some(c) = computers.try_next().await? {
-            if let Some(h) = c.agent_token_hash {
-                loaded.push((h, c.id));
+        let mut claims = std::pin::pin!(store.unique_claims(AGENT_TOKEN));
+        while let Some((hash, computer)) = claims.try_next().await? {
+            let hash = std::str::from_utf8(&hash).ok().and_then(token_digest);
+            match (hash, Id::from_slice(&computer)) {
+                (Some(h), Some(c)) => loaded.push((h, c)),
+                _ => tracing::warn!(
+                    "an agent token claim that is not a SHA-256 hex digest and a computer id was skipped"
+                ),
             }
         }
         let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        t.reserve(loaded.len());
         t.extend(loaded);
         Ok(t.len())
     }
@@ -370,18 +437,24 @@ impl Agents {
         self.tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&secret_hash(token))
+            .get(&secret_digest(token))
             .copied()
     }
 
+    /// Replaces `old` by `new` (token hashes as stored: SHA-256 in hex) for `computer`.
     pub(crate) fn set_token(&self, old: Option<&str>, new: Option<&str>, computer: Id) {
         let mut t = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(o) = old {
-            t.remove(o);
+        if let Some(o) = old.and_then(token_digest) {
+            t.remove(&o);
         }
-        if let Some(n) = new {
-            t.insert(n.to_string(), computer);
+        if let Some(n) = new.and_then(token_digest) {
+            t.insert(n, computer);
         }
+    }
+
+    /// How many agent tokens are held in memory.
+    pub fn token_count(&self) -> usize {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Cluster mode: forgets every token of `computer` held in memory (another replica
@@ -392,15 +465,19 @@ impl Agents {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, c| *c != computer);
-        if let Some(p) = self.presence().get(&computer) {
-            p.notify.notify_waiters();
+        if let Some(n) = self
+            .presence()
+            .get(&computer)
+            .and_then(|p| p.notify.as_ref())
+        {
+            n.notify_waiters();
         }
     }
 
     pub fn is_online(&self, computer: Id) -> bool {
         self.presence()
             .get(&computer)
-            .is_some_and(|p| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            .is_some_and(|p| p.holding > 0 || self.since(p.last_poll) < self.offline_after)
             || self.online_elsewhere(computer)
     }
 
@@ -415,7 +492,7 @@ impl Agents {
         let p = self.presence();
         let mut online: std::collections::HashSet<Id> = p
             .iter()
-            .filter(|(_, p)| p.holding > 0 || p.last_poll.elapsed() < self.offline_after)
+            .filter(|(_, p)| p.holding > 0 || self.since(p.last_poll) < self.offline_after)
             .map(|(id, _)| *id)
             .collect();
         drop(p);
@@ -489,8 +566,12 @@ impl Agents {
                 job,
                 attempts: j.attempts,
             });
-        if let Some(p) = self.presence().get(&j.computer_id) {
-            p.notify.notify_one();
+        if let Some(n) = self
+            .presence()
+            .get(&j.computer_id)
+            .and_then(|p| p.notify.as_ref())
+        {
+            n.notify_one();
         }
     }
 
@@ -666,23 +747,15 @@ impl Agents {
         }
     }
 
-    /// Re-queues every unfinished job from the store (start-up).
+    /// Re-queues every unfinished job from the store (start-up): one range read of the
+    /// `OPEN_JOBS` index over every computer (not a scan of the computers and a read per
+    /// computer, which cost seconds with a million of them), then each open job's record.
     pub async fn requeue_open_jobs(&self, store: &Db) -> upkeep_store::Result<usize> {
         let mut n = 0;
-        let computers: Vec<Id> = store
-            .scan::<Computer>(None)
-            .filter_map(|c| std::future::ready(c.ok()))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        for c in computers {
-            let mut jobs = std::pin::pin!(
-                store.by_index::<JobRecord>(&IndexKey::new(OPEN_JOBS, c.as_bytes()), None)
-            );
-            while let Some(j) = jobs.next().await {
-                self.enqueue(&j?);
+        let mut entries = std::pin::pin!(store.index_entries(OPEN_JOBS));
+        while let Some((_, job)) = entries.try_next().await? {
+            if let Some(j) = store.get_by_key::<JobRecord>(&job).await? {
+                self.enqueue(&j);
                 n += 1;
             }
         }
@@ -715,6 +788,13 @@ impl Agents {
         }
         out
     }
+}
+
+/// A stored token hash (64 hex digits) as the 32 bytes the token table keys by.
+fn token_digest(hex_hash: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).ok()?;
+    Some(out)
 }
 
 fn inventory_hash(inventory: &proto::Inventory) -> u64 {
@@ -793,7 +873,7 @@ mod tests {
             "already online"
         );
         assert_eq!(a.online_count(), 1);
-        assert!(a.polled(c2, t, None, None).is_some());
+        assert!(a.polled(c2, t, PollFacts::default()).is_some());
         assert_eq!(a.take_to_announce(), vec![(c2, t)]);
         assert_eq!(a.take_to_announce(), vec![], "announced once");
         a.set_holding(c2, 1);

@@ -20,6 +20,9 @@ use upkeep_store::{IndexKey, TxError};
 use super::agents::*;
 use super::cluster::Note;
 
+/// Computers per `lastSeenAt` write-back batch.
+const LAST_SEEN_BATCH: usize = 4096;
+
 /// What an agent token names (see [`App::agent_for_token`]).
 pub(crate) enum TokenCheck {
     Agent(Id),
@@ -532,13 +535,19 @@ impl App {
         Ok(claimed)
     }
 
+    /// Writes back every `lastSeenAt` that changed, [`LAST_SEEN_BATCH`] computers per batch
+    /// with a yield between batches: a million agents are 24 MB of entries, which in one batch
+    /// held a worker (and every poll queued behind it) for seconds and left its buffers
+    /// behind in the allocator.
     async fn write_last_seen(&self) {
         let dirty = self.agents.take_unwritten_seen();
-        if dirty.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.put_last_seen(&dirty).await {
-            tracing::warn!(error = %e, "could not write lastSeenAt");
+        for batch in dirty.chunks(LAST_SEEN_BATCH) {
+            if let Err(e) = self.store.put_last_seen(batch).await {
+                tracing::warn!(error = %e, "could not write lastSeenAt");
+                return;
+            }
+            self.agents.written_back(batch.len());
+            tokio::task::yield_now().await;
         }
     }
 
