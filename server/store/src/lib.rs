@@ -25,6 +25,7 @@ mod interface;
 #[cfg(test)]
 mod memory;
 mod postgres;
+mod session_split;
 mod snapshot;
 mod tx;
 mod typed;
@@ -112,9 +113,11 @@ pub enum Kind {
     Inventory,
     Versions,
     Attestation,
+    /// A session's frozen plan, under the session's id (`session_split.rs`).
+    SessionPlan,
 }
 
-pub(crate) const KINDS: [Kind; 22] = [
+pub(crate) const KINDS: [Kind; 23] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -137,6 +140,7 @@ pub(crate) const KINDS: [Kind; 22] = [
     Kind::Inventory,
     Kind::Versions,
     Kind::Attestation,
+    Kind::SessionPlan,
 ];
 
 impl Kind {
@@ -165,6 +169,7 @@ impl Kind {
             Kind::Inventory => "Inventory",
             Kind::Versions => "SoftwareVersionsCache",
             Kind::Attestation => "Attestation",
+            Kind::SessionPlan => "MaintenanceSessionPlan",
         }
     }
 
@@ -192,6 +197,7 @@ impl Kind {
             Kind::Inventory => "inventories",
             Kind::Versions => "versions_cache",
             Kind::Attestation => "attestations",
+            Kind::SessionPlan => "session_plans",
         }
     }
 }
@@ -213,6 +219,32 @@ pub trait Record: Serialize + DeserializeOwned {
         Self: Sized,
     {
         Ok(codec::decode::<Self>(bytes)?.index_keys())
+    }
+    /// A kind whose records keep a second part under the same key, in the space of this kind
+    /// (sessions: their frozen plan, written only when it changes; `session_split.rs`). Reads
+    /// join the parts; puts write the second part only when its digest changed; deletes remove
+    /// both.
+    const DETACHED: Option<Kind> = None;
+    /// The stored bytes: the record's own and, for a kind with a [`Record::DETACHED`] part,
+    /// that part's with its digest.
+    fn encode_parts(&self) -> Result<(Vec<u8>, Option<(Vec<u8>, String)>)> {
+        Ok((codec::encode(self)?, None))
+    }
+    /// The record from its stored bytes and its detached part's, if stored.
+    fn decode_parts(main: &[u8], detached: Option<&[u8]>) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let _ = detached;
+        codec::decode(main)
+    }
+    /// The digest of the detached part a stored value names (`None`: none, or unknown).
+    fn stored_detached_digest(main: &[u8]) -> Result<Option<String>>
+    where
+        Self: Sized,
+    {
+        let _ = main;
+        Ok(None)
     }
 }
 

@@ -218,6 +218,17 @@ impl Record for Session {
             v.schedule_id,
         ))
     }
+    const DETACHED: Option<Kind> = Some(Kind::SessionPlan);
+    fn encode_parts(&self) -> Result<(Vec<u8>, Option<(Vec<u8>, String)>), StoreError> {
+        let p = crate::session_split::encode(self)?;
+        Ok((p.hot, Some((p.plan, p.digest))))
+    }
+    fn decode_parts(main: &[u8], detached: Option<&[u8]>) -> Result<Self, StoreError> {
+        crate::session_split::decode(main, detached)
+    }
+    fn stored_detached_digest(main: &[u8]) -> Result<Option<String>, StoreError> {
+        crate::session_split::stored_digest(main)
+    }
 }
 
 fn session_index_keys(
@@ -431,6 +442,11 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Inventory => of::<upkeep_core::inventory::InventoryRecord>(value),
         Kind::Versions => of::<upkeep_core::versions::VersionsCache>(value),
         Kind::Attestation => of::<upkeep_core::attest::Attestation>(value),
+        // Not indexed: read only with its session (and checked to decode).
+        Kind::SessionPlan => {
+            codec::decode::<serde_json::Value>(value)?;
+            Ok(vec![])
+        }
     }
 }
 

@@ -123,6 +123,8 @@ pub enum WriteError<E> {
 pub struct Encoded<T> {
     key: Vec<u8>,
     bytes: Vec<u8>,
+    /// The [`Record::DETACHED`] part and its digest (which `bytes` names).
+    detached: Option<(Vec<u8>, String)>,
     entries: Vec<Vec<u8>>,
     _kind: std::marker::PhantomData<fn() -> T>,
 }
@@ -131,15 +133,18 @@ impl<T: Record> Encoded<T> {
     pub fn new(record: &T) -> Result<Encoded<T>> {
         let key = record.key();
         let entries = record.index_keys().iter().map(|i| i.entry(&key)).collect();
+        let (bytes, detached) = record.encode_parts()?;
         Ok(Encoded {
-            bytes: codec::encode(record)?,
+            bytes,
+            detached,
             key,
             entries,
             _kind: std::marker::PhantomData,
         })
     }
 
-    /// Whether two encodings are byte for byte the same record.
+    /// Whether two encodings are byte for byte the same record (the main part names the
+    /// detached part's digest).
     pub fn same_bytes(&self, other: &Encoded<T>) -> bool {
         self.key == other.key && self.bytes == other.bytes
     }
@@ -220,7 +225,13 @@ impl Tx<'_> {
 
     pub fn get_by_key<T: Record, E>(&self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
         match self.raw.get(Space::Records(T::KIND), key)? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
+            Some(v) => {
+                let detached = match T::DETACHED {
+                    Some(kind) => self.raw.get(Space::Records(kind), key)?,
+                    None => None,
+                };
+                Ok(Some(T::decode_parts(&v, detached.as_deref())?))
+            }
             None => Ok(None),
         }
     }
@@ -235,6 +246,15 @@ impl Tx<'_> {
         let key = e.key.as_slice();
         let old = self.raw.insert(Space::Records(T::KIND), key, &e.bytes)?;
         self.note_change(T::KIND, key, old.as_deref(), Some(&e.bytes));
+        if let (Some(kind), Some((part, digest))) = (T::DETACHED, &e.detached) {
+            let stored = match &old {
+                Some(old) => T::stored_detached_digest(old)?,
+                None => None,
+            };
+            if stored.as_deref() != Some(digest.as_str()) {
+                self.raw.insert(Space::Records(kind), key, part)?;
+            }
+        }
         if let Some(old) = old {
             for i in T::stored_index_keys(&old)? {
                 let entry = i.entry(key);
@@ -254,6 +274,9 @@ impl Tx<'_> {
         match self.raw.remove(Space::Records(T::KIND), key)? {
             Some(old) => {
                 self.note_change(T::KIND, key, Some(&old), None);
+                if let Some(kind) = T::DETACHED {
+                    self.raw.remove(Space::Records(kind), key)?;
+                }
                 let old: T = codec::decode(&old)?;
                 for i in old.index_keys() {
                     self.raw.remove(Space::Index, &i.entry(key))?;
