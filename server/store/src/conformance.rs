@@ -204,6 +204,22 @@ async fn sessions_in_two_parts(store: &Db) {
     let back: Session = store.get(&s.id).await.unwrap().expect("read back");
     assert_eq!(json_of(&back), json_of(&s), "the changed plan is stored");
 
+    // A process's plan cache: the same session read twice, then again after another writer
+    // changed its plan (another digest: read again).
+    let cache = crate::PlanCache::default();
+    for _ in 0..2 {
+        let c = store.get_session_cached(&s.id, &cache).await.unwrap();
+        assert_eq!(json_of(&c.expect("cached read")), json_of(&s));
+    }
+    s.items[0].rule = "changed again".into();
+    put(s.clone()).await;
+    let c = store.get_session_cached(&s.id, &cache).await.unwrap();
+    assert_eq!(
+        json_of(&c.expect("cached read")),
+        json_of(&s),
+        "a rewritten plan is read again"
+    );
+
     // A record from before the split: the whole session in its own record, no plan record.
     let mut old = planned_session();
     old.id = Id::from_u128(0x6100);
@@ -222,6 +238,8 @@ async fn sessions_in_two_parts(store: &Db) {
         .unwrap()
         .expect("an old record reads");
     assert_eq!(json_of(&back), json_of(&old), "an old record reads whole");
+    let cached = store.get_session_cached(&old.id, &cache).await.unwrap();
+    assert_eq!(json_of(&cached.expect("cached read")), json_of(&old));
     let listed: Vec<Session> = store.scan::<Session>(None).try_collect().await.unwrap();
     assert_eq!(listed.len(), 2, "scans read both formats");
     assert!(

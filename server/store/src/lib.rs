@@ -39,6 +39,7 @@ pub use postgres::scratch;
 pub use codec::FORMAT_VERSION;
 pub use index::IndexKey;
 pub use interface::{Body, BodyError, KeyRange, Space, Store, StoreTx, TransactError, TxFault};
+pub use session_split::PlanCache;
 pub use snapshot::Snapshot;
 pub use tx::{Encoded, Tx, TxError, WriteError, audited};
 

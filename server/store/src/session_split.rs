@@ -27,7 +27,7 @@ struct PlanRef<'a> {
 }
 
 /// The plan part as read.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct PlanOwned {
     items: Vec<PlanItem>,
     #[serde(default)]
@@ -59,22 +59,109 @@ pub(crate) fn encode(s: &Session) -> Result<Parts, StoreError> {
 pub(crate) fn decode(hot: &[u8], plan: Option<&[u8]>) -> Result<Session, StoreError> {
     let mut s: Session = codec::decode(hot)?;
     if let Some(plan) = plan {
-        let p: PlanOwned = codec::decode(plan)?;
-        if !p.steps.is_empty() && p.steps.len() != s.actions.len() {
+        codec::decode::<PlanOwned>(plan)?.join(&mut s)?;
+    }
+    Ok(s)
+}
+
+impl PlanOwned {
+    fn join(self, s: &mut Session) -> Result<(), StoreError> {
+        if !self.steps.is_empty() && self.steps.len() != s.actions.len() {
             return Err(StoreError::Corrupt(format!(
                 "session {}: its plan has steps for {} actions, the session has {}",
                 s.id,
-                p.steps.len(),
+                self.steps.len(),
                 s.actions.len()
             )));
         }
-        s.items = p.items;
-        s.preflight = p.preflight;
-        for (a, steps) in s.actions.iter_mut().zip(p.steps) {
+        s.items = self.items;
+        s.preflight = self.preflight;
+        for (a, steps) in s.actions.iter_mut().zip(self.steps) {
             a.steps = steps;
         }
+        Ok(())
     }
-    Ok(s)
+}
+
+/// Decoded plans of the sessions a process steps, by session and plan digest, so that a step
+/// reads and decodes only the hot record (`Db::get_session_cached`). A digest names one plan's
+/// bytes, so an entry is never stale: a plan another process rewrote has another digest and is
+/// read again.
+#[derive(Default)]
+pub struct PlanCache {
+    plans: std::sync::Mutex<std::collections::HashMap<Id, (String, std::sync::Arc<PlanOwned>)>>,
+}
+
+/// Entries a [`PlanCache`] holds at most; past it, it starts over (active sessions come back
+/// one read each).
+const PLAN_CACHE_MAX: usize = 20_000;
+
+impl PlanCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Id, (String, std::sync::Arc<PlanOwned>)>>
+    {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the session's plan (the session finished).
+    pub fn forget(&self, session: Id) {
+        self.lock().remove(&session);
+    }
+
+    fn get(&self, session: Id, digest: &str) -> Option<std::sync::Arc<PlanOwned>> {
+        match self.lock().get(&session) {
+            Some((d, p)) if d == digest => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, session: Id, digest: String, plan: std::sync::Arc<PlanOwned>) {
+        let mut plans = self.lock();
+        if plans.len() >= PLAN_CACHE_MAX {
+            plans.clear();
+        }
+        plans.insert(session, (digest, plan));
+    }
+}
+
+impl dyn crate::Store {
+    /// A session, as [`get`](crate::Store) reads it, with its plan taken from `cache` when the
+    /// cache holds the plan the stored session names (else read, decoded and kept there).
+    pub async fn get_session_cached(
+        &self,
+        id: &Id,
+        cache: &PlanCache,
+    ) -> Result<Option<Session>, StoreError> {
+        use crate::{Kind, Space};
+        let Some(hot) = self
+            .read(Space::Records(Kind::Session), id.as_bytes())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut s: Session = codec::decode(&hot)?;
+        let digest = stored_digest(&hot)?;
+        if let Some(d) = &digest
+            && let Some(plan) = cache.get(*id, d)
+        {
+            PlanOwned::clone(&plan).join(&mut s)?;
+            return Ok(Some(s));
+        }
+        let Some(bytes) = self
+            .read(Space::Records(Kind::SessionPlan), id.as_bytes())
+            .await?
+        else {
+            // Stored before the split: whole in its hot record.
+            return Ok(Some(s));
+        };
+        let plan: PlanOwned = codec::decode(&bytes)?;
+        if let Some(d) = digest {
+            cache.put(*id, d, std::sync::Arc::new(plan.clone()));
+        }
+        plan.join(&mut s)?;
+        Ok(Some(s))
+    }
 }
 
 /// The plan digest a stored hot record names (`None`: a record from before the split).

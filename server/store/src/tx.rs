@@ -236,6 +236,16 @@ impl Tx<'_> {
         }
     }
 
+    /// A record without its [`Record::DETACHED`] part (a session without its plan: items,
+    /// preflight checks and actions' steps empty), for checks of what the record's own part
+    /// holds (a session's revision) without reading the rest.
+    pub fn get_own_part<T: Record, E>(&self, id: &Id) -> Result<Option<T>, TxError<E>> {
+        match self.raw.get(Space::Records(T::KIND), id.as_bytes())? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Inserts or replaces a record and brings its index entries in step.
     pub fn put<T: Record, E>(&mut self, record: &T) -> Result<(), TxError<E>> {
         self.put_encoded(&Encoded::new(record)?)
@@ -255,15 +265,20 @@ impl Tx<'_> {
                 self.raw.insert(Space::Records(kind), key, part)?;
             }
         }
+        // Only the entries that change are written: a session step that keeps its status
+        // touches none of its five index entries.
+        let mut kept = Vec::new();
         if let Some(old) = old {
             for i in T::stored_index_keys(&old)? {
                 let entry = i.entry(key);
-                if !e.entries.contains(&entry) {
+                if e.entries.contains(&entry) {
+                    kept.push(entry);
+                } else {
                     self.raw.remove(Space::Index, &entry)?;
                 }
             }
         }
-        for entry in &e.entries {
+        for entry in e.entries.iter().filter(|n| !kept.contains(n)) {
             self.raw.insert(Space::Index, entry, &[])?;
         }
         Ok(())
