@@ -138,6 +138,7 @@ fn json_of(s: &upkeep_core::session::Session) -> serde_json::Value {
 /// Sessions are stored as a small hot record and a plan record (`session_split.rs`): read
 /// back whole; the plan is rewritten only when it changed; a record from before the split (all
 /// in the session's own record) reads whole and is split by its next put; a delete removes both.
+// long: one session's life in the store, each check starting from what the one before left.
 async fn sessions_in_two_parts(store: &Db) {
     use upkeep_core::session::{ActionStatus, Session, SessionStatus, Step};
     let plans = Space::Records(Kind::SessionPlan);
@@ -220,7 +221,30 @@ async fn sessions_in_two_parts(store: &Db) {
         "a rewritten plan is read again"
     );
 
-    // A record from before the split: the whole session in its own record, no plan record.
+    sessions_from_before_the_split(store, &cache).await;
+
+    // Deleting a session removes both parts.
+    for k in [key, Id::from_u128(0x6100).as_bytes().to_vec()] {
+        store
+            .write(|tx| {
+                tx.delete::<Session, ()>(&k)?;
+                Ok::<_, TxError<()>>(())
+            })
+            .await
+            .unwrap_or_else(|_| panic!("deleted"));
+        assert_eq!(
+            store.read(plans, &k).await.unwrap(),
+            None,
+            "the plan went too"
+        );
+    }
+}
+
+/// A record from before the split: the whole session in its own record, no plan record. It
+/// reads whole (also through a plan cache and in scans) and its next put splits it.
+async fn sessions_from_before_the_split(store: &Db, cache: &crate::PlanCache) {
+    use upkeep_core::session::Session;
+    let plans = Space::Records(Kind::SessionPlan);
     let mut old = planned_session();
     old.id = Id::from_u128(0x6100);
     let old_key = old.id.as_bytes().to_vec();
@@ -238,7 +262,7 @@ async fn sessions_in_two_parts(store: &Db) {
         .unwrap()
         .expect("an old record reads");
     assert_eq!(json_of(&back), json_of(&old), "an old record reads whole");
-    let cached = store.get_session_cached(&old.id, &cache).await.unwrap();
+    let cached = store.get_session_cached(&old.id, cache).await.unwrap();
     assert_eq!(json_of(&cached.expect("cached read")), json_of(&old));
     let listed: Vec<Session> = store.scan::<Session>(None).try_collect().await.unwrap();
     assert_eq!(listed.len(), 2, "scans read both formats");
@@ -247,29 +271,19 @@ async fn sessions_in_two_parts(store: &Db) {
             .iter()
             .all(|l| l.items.len() == 1 && l.actions[0].steps.len() == 1)
     );
-    put(back).await;
+    store
+        .write(|tx| {
+            tx.put(&back)?;
+            Ok::<_, TxError<()>>(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a session is stored"));
     assert!(
         store.read(plans, &old_key).await.unwrap().is_some(),
         "its next put splits it"
     );
     let back: Session = store.get(&old.id).await.unwrap().expect("read back");
     assert_eq!(json_of(&back), json_of(&old));
-
-    // Deleting a session removes both parts.
-    for k in [&key, &old_key] {
-        store
-            .write(|tx| {
-                tx.delete::<Session, ()>(k)?;
-                Ok::<_, TxError<()>>(())
-            })
-            .await
-            .unwrap_or_else(|_| panic!("deleted"));
-        assert_eq!(
-            store.read(plans, k).await.unwrap(),
-            None,
-            "the plan went too"
-        );
-    }
 }
 
 /// Leased jobs are found by when their lease ends, soonest first, and only those ended by the

@@ -243,6 +243,7 @@ struct HotAction<'a> {
 }
 
 impl<'a> HotSession<'a> {
+    // long: every field of `Session` named once on each side, on purpose (see the type).
     fn of(s: &'a Session, plan_digest: &'a str) -> HotSession<'a> {
         let Session {
             id,
