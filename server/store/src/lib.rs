@@ -203,6 +203,10 @@ impl Kind {
     }
 }
 
+/// A record's stored bytes and, for a kind with a [`Record::DETACHED`] part, that part's bytes
+/// with its digest.
+pub type StoredParts = (Vec<u8>, Option<(Vec<u8>, String)>);
+
 /// A record type the store can keep.
 pub trait Record: Serialize + DeserializeOwned {
     const KIND: Kind;
@@ -228,7 +232,7 @@ pub trait Record: Serialize + DeserializeOwned {
     const DETACHED: Option<Kind> = None;
     /// The stored bytes: the record's own and, for a kind with a [`Record::DETACHED`] part,
     /// that part's with its digest.
-    fn encode_parts(&self) -> Result<(Vec<u8>, Option<(Vec<u8>, String)>)> {
+    fn encode_parts(&self) -> Result<StoredParts> {
         Ok((codec::encode(self)?, None))
     }
     /// The record from its stored bytes and its detached part's, if stored.

@@ -219,7 +219,7 @@ impl Record for Session {
         ))
     }
     const DETACHED: Option<Kind> = Some(Kind::SessionPlan);
-    fn encode_parts(&self) -> Result<(Vec<u8>, Option<(Vec<u8>, String)>), StoreError> {
+    fn encode_parts(&self) -> Result<crate::StoredParts, StoreError> {
         let p = crate::session_split::encode(self)?;
         Ok((p.hot, Some((p.plan, p.digest))))
     }
