@@ -243,7 +243,9 @@ pub struct Action {
     pub reason: String,
     pub started_at: Option<Time>,
     pub finished_at: Option<Time>,
-    /// What execution runs, in order; filled by planning.
+    /// What execution runs, in order; filled by planning. Stored with the plan, not with the
+    /// hot state.
+    #[serde(default)]
     pub steps: Vec<Step>,
     /// Next step to run.
     pub next_step: usize,
@@ -355,6 +357,9 @@ pub struct Session {
     pub reboot_required: bool,
     pub rebooted_at: Option<Time>,
     pub compliance: Option<Compliance>,
+    /// The frozen plan. Stored apart from the rest (`upkeep-store`'s session plan record,
+    /// written only when it changes), so the hot state a step rewrites stays small.
+    #[serde(default)]
     pub items: Vec<PlanItem>,
     pub actions: Vec<Action>,
     pub stage: Stage,

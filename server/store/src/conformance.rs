@@ -60,6 +60,7 @@ pub async fn check(store: Db) {
     rollouts(&store).await;
     detections_by_subject(&store).await;
     whole_index_reads(&store).await;
+    sessions_in_two_parts(&store).await;
 }
 
 /// Rollouts: listed by tenant and, while `RUNNING` or `WAITING`, as active; a change stored
@@ -256,6 +257,235 @@ async fn whole_index_reads(store: &Db) {
         .await
         .unwrap();
     assert!(!left.iter().any(|(v, _)| ours(v)), "{left:?}");
+}
+
+/// A session with one plan item (a software with its scripts) and one planned action.
+fn planned_session() -> upkeep_core::session::Session {
+    use upkeep_core::domain::*;
+    use upkeep_core::session::*;
+    let script = |body: &str| Script {
+        language: ScriptLanguage::Shell,
+        body: body.into(),
+    };
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    let mut s = Session::for_tests(Id::from_u128(0x6000), Id::from_u128(0x6001), at);
+    s.items.push(PlanItem {
+        deployment_id: Id::from_u128(0x6002),
+        order: DeploymentOrder::Unordered,
+        position: 0,
+        enforcement: Enforcement::Required,
+        parameters: Default::default(),
+        invalid: None,
+        what: ItemWhat::Software {
+            software: SoftwareSnapshot {
+                id: Id::from_u128(0x6003),
+                name: "Editor".into(),
+                detection_script: script("echo detect"),
+                versions: vec![SoftwareVersion {
+                    version: "1.0".into(),
+                    install_script: script("echo install"),
+                    upgrade_script: None,
+                    installer: None,
+                }],
+                uninstall_script: None,
+                configuration_task: None,
+                versions_script: None,
+                versions_cache_minutes: 0,
+                install_script: None,
+                upgrade_script: None,
+                depends_on: vec![],
+                versions_note: None,
+            },
+            desired: DesiredSoftwareState::InstalledLatest,
+            version: None,
+        },
+        rule: "all computers".into(),
+        prerequisites: vec![],
+        needed_by: None,
+    });
+    s.preflight.push(script("echo preflight"));
+    s.actions.push(Action {
+        id: Id::from_u128(0x6004),
+        item: 0,
+        kind: ActionKind::Install,
+        status: ActionStatus::Pending,
+        compliance: Compliance::NonCompliant,
+        desired_version: Some("1.0".into()),
+        detected_version: None,
+        detected_version_before: None,
+        detected_version_after: None,
+        result_message: None,
+        current_value: None,
+        reason: "not installed".into(),
+        started_at: None,
+        finished_at: None,
+        steps: vec![Step::Script {
+            label: "install 1.0".into(),
+            script: script("echo install"),
+            version: Some("1.0".into()),
+            installer: None,
+        }],
+        next_step: 0,
+        step_failed: false,
+        reboot_required: false,
+    });
+    s
+}
+
+/// The JSON of a session, for comparing what was stored with what is read back.
+fn json_of(s: &upkeep_core::session::Session) -> serde_json::Value {
+    serde_json::to_value(s).unwrap()
+}
+
+/// Sessions are stored as a small hot record and a plan record (`session_split.rs`): read
+/// back whole; the plan is rewritten only when it changed; a record from before the split (all
+/// in the session's own record) reads whole and is split by its next put; a delete removes both.
+// long: one session's life in the store, each check starting from what the one before left.
+async fn sessions_in_two_parts(store: &Db) {
+    use upkeep_core::session::{ActionStatus, Session, SessionStatus, Step};
+    let plans = Space::Records(Kind::SessionPlan);
+    let mut s = planned_session();
+    let key = s.id.as_bytes().to_vec();
+    let put = |s: Session| async move {
+        store
+            .write(|tx| {
+                tx.put(&s)?;
+                Ok::<_, TxError<()>>(())
+            })
+            .await
+            .unwrap_or_else(|_| panic!("a session is stored"));
+    };
+    put(s.clone()).await;
+    let hot = store
+        .read(Space::Records(Kind::Session), &key)
+        .await
+        .unwrap();
+    let hot = hot.expect("the hot record is stored");
+    let hot_text = String::from_utf8_lossy(&hot);
+    assert!(
+        !hot_text.contains("echo"),
+        "no script in the hot record: {hot_text}"
+    );
+    assert!(
+        store.read(plans, &key).await.unwrap().is_some(),
+        "the plan is stored"
+    );
+    let back: Session = store.get(&s.id).await.unwrap().expect("read back");
+    assert_eq!(json_of(&back), json_of(&s), "read back whole");
+
+    // The plan as stored is replaced by a marked copy: puts that do not change the plan must
+    // leave it there (they do not write the plan), and reads join it.
+    let mut marked = s.clone();
+    marked.items[0].rule = "marker".into();
+    let marked_plan = crate::session_split::encode(&marked).unwrap().plan;
+    store
+        .apply_batch(plans, vec![(key.clone(), Some(marked_plan.clone()))])
+        .await
+        .unwrap();
+    for n in 1..=10u64 {
+        s.status = SessionStatus::Executing;
+        s.last_sequence = n;
+        s.revision = n;
+        s.actions[0].status = ActionStatus::Running;
+        s.actions[0].next_step = 1;
+        put(s.clone()).await;
+    }
+    assert_eq!(
+        store.read(plans, &key).await.unwrap(),
+        Some(marked_plan),
+        "steps that do not change the plan do not write it"
+    );
+    let back: Session = store.get(&s.id).await.unwrap().expect("read back");
+    assert_eq!(back.items[0].rule, "marker");
+    assert_eq!(back.last_sequence, 10);
+    assert_eq!(back.actions[0].status, ActionStatus::Running);
+    assert!(matches!(back.actions[0].steps[..], [Step::Script { .. }]));
+
+    // A changed plan is written.
+    s.items[0].rule = "changed".into();
+    put(s.clone()).await;
+    let back: Session = store.get(&s.id).await.unwrap().expect("read back");
+    assert_eq!(json_of(&back), json_of(&s), "the changed plan is stored");
+
+    // A process's plan cache: the same session read twice, then again after another writer
+    // changed its plan (another digest: read again).
+    let cache = crate::PlanCache::default();
+    for _ in 0..2 {
+        let c = store.get_session_cached(&s.id, &cache).await.unwrap();
+        assert_eq!(json_of(&c.expect("cached read")), json_of(&s));
+    }
+    s.items[0].rule = "changed again".into();
+    put(s.clone()).await;
+    let c = store.get_session_cached(&s.id, &cache).await.unwrap();
+    assert_eq!(
+        json_of(&c.expect("cached read")),
+        json_of(&s),
+        "a rewritten plan is read again"
+    );
+
+    sessions_from_before_the_split(store, &cache).await;
+
+    // Deleting a session removes both parts.
+    for k in [key, Id::from_u128(0x6100).as_bytes().to_vec()] {
+        store
+            .write(|tx| {
+                tx.delete::<Session, ()>(&k)?;
+                Ok::<_, TxError<()>>(())
+            })
+            .await
+            .unwrap_or_else(|_| panic!("deleted"));
+        assert_eq!(
+            store.read(plans, &k).await.unwrap(),
+            None,
+            "the plan went too"
+        );
+    }
+}
+
+/// A record from before the split: the whole session in its own record, no plan record. It
+/// reads whole (also through a plan cache and in scans) and its next put splits it.
+async fn sessions_from_before_the_split(store: &Db, cache: &crate::PlanCache) {
+    use upkeep_core::session::Session;
+    let plans = Space::Records(Kind::SessionPlan);
+    let mut old = planned_session();
+    old.id = Id::from_u128(0x6100);
+    let old_key = old.id.as_bytes().to_vec();
+    let whole = crate::codec::encode(&old).unwrap();
+    store
+        .apply_batch(
+            Space::Records(Kind::Session),
+            vec![(old_key.clone(), Some(whole))],
+        )
+        .await
+        .unwrap();
+    let back: Session = store
+        .get(&old.id)
+        .await
+        .unwrap()
+        .expect("an old record reads");
+    assert_eq!(json_of(&back), json_of(&old), "an old record reads whole");
+    let cached = store.get_session_cached(&old.id, cache).await.unwrap();
+    assert_eq!(json_of(&cached.expect("cached read")), json_of(&old));
+    let listed: Vec<Session> = store.scan::<Session>(None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 2, "scans read both formats");
+    assert!(
+        listed
+            .iter()
+            .all(|l| l.items.len() == 1 && l.actions[0].steps.len() == 1)
+    );
+    store
+        .write(|tx| {
+            tx.put(&back)?;
+            Ok::<_, TxError<()>>(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a session is stored"));
+    assert!(
+        store.read(plans, &old_key).await.unwrap().is_some(),
+        "its next put splits it"
+    );
+    let back: Session = store.get(&old.id).await.unwrap().expect("read back");
+    assert_eq!(json_of(&back), json_of(&old));
 }
 
 /// Leased jobs are found by when their lease ends, soonest first, and only those ended by the

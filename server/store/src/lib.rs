@@ -26,6 +26,7 @@ mod interface;
 #[cfg(test)]
 mod memory;
 mod postgres;
+mod session_split;
 mod snapshot;
 mod tx;
 mod typed;
@@ -40,6 +41,7 @@ pub use codec::{FORMAT_VERSION, decode as decode_record};
 pub use counts::SHARDS as COUNT_SHARDS;
 pub use index::IndexKey;
 pub use interface::{Body, BodyError, KeyRange, Space, Store, StoreTx, TransactError, TxFault};
+pub use session_split::PlanCache;
 pub use snapshot::Snapshot;
 pub use tx::{Encoded, Tx, TxError, WriteError, audited};
 
@@ -120,9 +122,11 @@ pub enum Kind {
     Attestation,
     Rollout,
     Detection,
+    /// A session's frozen plan, under the session's id (`session_split.rs`).
+    SessionPlan,
 }
 
-pub(crate) const KINDS: [Kind; 24] = [
+pub(crate) const KINDS: [Kind; 25] = [
     Kind::User,
     Kind::Tenant,
     Kind::Person,
@@ -147,6 +151,7 @@ pub(crate) const KINDS: [Kind; 24] = [
     Kind::Attestation,
     Kind::Rollout,
     Kind::Detection,
+    Kind::SessionPlan,
 ];
 
 impl Kind {
@@ -177,6 +182,7 @@ impl Kind {
             Kind::Attestation => "Attestation",
             Kind::Rollout => "Rollout",
             Kind::Detection => "Detection",
+            Kind::SessionPlan => "MaintenanceSessionPlan",
         }
     }
 
@@ -206,9 +212,14 @@ impl Kind {
             Kind::Attestation => "attestations",
             Kind::Rollout => "rollouts",
             Kind::Detection => "detections",
+            Kind::SessionPlan => "session_plans",
         }
     }
 }
+
+/// A record's stored bytes and, for a kind with a [`Record::DETACHED`] part, that part's bytes
+/// with its digest.
+pub type StoredParts = (Vec<u8>, Option<(Vec<u8>, String)>);
 
 /// A record type the store can keep.
 pub trait Record: Serialize + DeserializeOwned {
@@ -227,6 +238,32 @@ pub trait Record: Serialize + DeserializeOwned {
         Self: Sized,
     {
         Ok(codec::decode::<Self>(bytes)?.index_keys())
+    }
+    /// A kind whose records keep a second part under the same key, in the space of this kind
+    /// (sessions: their frozen plan, written only when it changes; `session_split.rs`). Reads
+    /// join the parts; puts write the second part only when its digest changed; deletes remove
+    /// both.
+    const DETACHED: Option<Kind> = None;
+    /// The stored bytes: the record's own and, for a kind with a [`Record::DETACHED`] part,
+    /// that part's with its digest.
+    fn encode_parts(&self) -> Result<StoredParts> {
+        Ok((codec::encode(self)?, None))
+    }
+    /// The record from its stored bytes and its detached part's, if stored.
+    fn decode_parts(main: &[u8], detached: Option<&[u8]>) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let _ = detached;
+        codec::decode(main)
+    }
+    /// The digest of the detached part a stored value names (`None`: none, or unknown).
+    fn stored_detached_digest(main: &[u8]) -> Result<Option<String>>
+    where
+        Self: Sized,
+    {
+        let _ = main;
+        Ok(None)
     }
 }
 

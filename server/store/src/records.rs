@@ -228,6 +228,17 @@ impl Record for Session {
             v.rollout.map(|r| r.id),
         ))
     }
+    const DETACHED: Option<Kind> = Some(Kind::SessionPlan);
+    fn encode_parts(&self) -> Result<crate::StoredParts, StoreError> {
+        let p = crate::session_split::encode(self)?;
+        Ok((p.hot, Some((p.plan, p.digest))))
+    }
+    fn decode_parts(main: &[u8], detached: Option<&[u8]>) -> Result<Self, StoreError> {
+        crate::session_split::decode(main, detached)
+    }
+    fn stored_detached_digest(main: &[u8]) -> Result<Option<String>, StoreError> {
+        crate::session_split::stored_digest(main)
+    }
 }
 
 fn session_index_keys(
@@ -482,6 +493,11 @@ pub fn index_keys_of(kind: Kind, value: &[u8]) -> Result<Vec<IndexKey>, StoreErr
         Kind::Attestation => of::<upkeep_core::attest::Attestation>(value),
         Kind::Rollout => of::<upkeep_core::rollout::Rollout>(value),
         Kind::Detection => of::<upkeep_core::impact::Detection>(value),
+        // Not indexed: read only with its session (and checked to decode).
+        Kind::SessionPlan => {
+            codec::decode::<serde_json::Value>(value)?;
+            Ok(vec![])
+        }
     }
 }
 

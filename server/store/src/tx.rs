@@ -123,6 +123,8 @@ pub enum WriteError<E> {
 pub struct Encoded<T> {
     key: Vec<u8>,
     bytes: Vec<u8>,
+    /// The [`Record::DETACHED`] part and its digest (which `bytes` names).
+    detached: Option<(Vec<u8>, String)>,
     entries: Vec<Vec<u8>>,
     /// The session counter this record adds to (`counts.rs`), if its kind is counted.
     counter: Option<Vec<u8>>,
@@ -134,16 +136,19 @@ impl<T: Record> Encoded<T> {
         let key = record.key();
         let index_keys = record.index_keys();
         let entries = index_keys.iter().map(|i| i.entry(&key)).collect();
+        let (bytes, detached) = record.encode_parts()?;
         Ok(Encoded {
             counter: crate::counts::counter_key(T::KIND, &key, &index_keys),
-            bytes: codec::encode(record)?,
+            bytes,
+            detached,
             key,
             entries,
             _kind: std::marker::PhantomData,
         })
     }
 
-    /// Whether two encodings are byte for byte the same record.
+    /// Whether two encodings are byte for byte the same record (the main part names the
+    /// detached part's digest).
     pub fn same_bytes(&self, other: &Encoded<T>) -> bool {
         self.key == other.key && self.bytes == other.bytes
     }
@@ -224,6 +229,22 @@ impl Tx<'_> {
 
     pub fn get_by_key<T: Record, E>(&self, key: &[u8]) -> Result<Option<T>, TxError<E>> {
         match self.raw.get(Space::Records(T::KIND), key)? {
+            Some(v) => {
+                let detached = match T::DETACHED {
+                    Some(kind) => self.raw.get(Space::Records(kind), key)?,
+                    None => None,
+                };
+                Ok(Some(T::decode_parts(&v, detached.as_deref())?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A record without its [`Record::DETACHED`] part (a session without its plan: items,
+    /// preflight checks and actions' steps empty), for checks of what the record's own part
+    /// holds (a session's revision) without reading the rest.
+    pub fn get_own_part<T: Record, E>(&self, id: &Id) -> Result<Option<T>, TxError<E>> {
+        match self.raw.get(Space::Records(T::KIND), id.as_bytes())? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -239,18 +260,32 @@ impl Tx<'_> {
         let key = e.key.as_slice();
         let old = self.raw.insert(Space::Records(T::KIND), key, &e.bytes)?;
         self.note_change(T::KIND, key, old.as_deref(), Some(&e.bytes));
+        if let (Some(kind), Some((part, digest))) = (T::DETACHED, &e.detached) {
+            let stored = match &old {
+                Some(old) => T::stored_detached_digest(old)?,
+                None => None,
+            };
+            if stored.as_deref() != Some(digest.as_str()) {
+                self.raw.insert(Space::Records(kind), key, part)?;
+            }
+        }
+        // Only the entries that change are written: a session step that keeps its status
+        // touches none of its five index entries.
+        let mut kept = Vec::new();
         let mut old_counter = None;
         if let Some(old) = old {
             let old_keys = T::stored_index_keys(&old)?;
             for i in &old_keys {
                 let entry = i.entry(key);
-                if !e.entries.contains(&entry) {
+                if e.entries.contains(&entry) {
+                    kept.push(entry);
+                } else {
                     self.raw.remove(Space::Index, &entry)?;
                 }
             }
             old_counter = crate::counts::counter_key(T::KIND, key, &old_keys);
         }
-        for entry in &e.entries {
+        for entry in e.entries.iter().filter(|n| !kept.contains(n)) {
             self.raw.insert(Space::Index, entry, &[])?;
         }
         // Counts change with the record, in this transaction (`counts.rs`).
@@ -270,6 +305,9 @@ impl Tx<'_> {
         match self.raw.remove(Space::Records(T::KIND), key)? {
             Some(old) => {
                 self.note_change(T::KIND, key, Some(&old), None);
+                if let Some(kind) = T::DETACHED {
+                    self.raw.remove(Space::Records(kind), key)?;
+                }
                 let old: T = codec::decode(&old)?;
                 let old_keys = old.index_keys();
                 for i in &old_keys {

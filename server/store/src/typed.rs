@@ -2,7 +2,7 @@
 //! index lookups as streams read in pages, counts, unique values, presence write-backs.
 
 use crate::{IndexKey, KeyRange, Record, Result, Space, Store, StoreError, codec};
-use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
+use futures_util::stream::{self, Stream, TryStreamExt};
 use upkeep_core::domain::{Id, Time};
 
 /// The first page a scan reads; each further page is twice as large, up to [`PAGE_MAX`], so a
@@ -17,8 +17,19 @@ impl dyn Store {
 
     pub async fn get_by_key<T: Record>(&self, key: &[u8]) -> Result<Option<T>> {
         match self.read(Space::Records(T::KIND), key).await? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
+            Some(v) => Ok(Some(self.joined(key, &v).await?)),
             None => Ok(None),
+        }
+    }
+
+    /// A stored value decoded, with its [`Record::DETACHED`] part read and joined.
+    async fn joined<T: Record>(&self, key: &[u8], value: &[u8]) -> Result<T> {
+        match T::DETACHED {
+            Some(kind) => {
+                let detached = self.read(Space::Records(kind), key).await?;
+                T::decode_parts(value, detached.as_deref())
+            }
+            None => codec::decode(value),
         }
     }
 
@@ -48,7 +59,7 @@ impl dyn Store {
         range: KeyRange,
     ) -> impl Stream<Item = Result<T>> + Send + use<'s, T> {
         self.scan_raw(Space::Records(T::KIND), range)
-            .map(|r| r.and_then(|(_, v)| codec::decode(&v)))
+            .and_then(move |(k, v)| async move { self.joined(&k, &v).await })
     }
 
     /// Every record of a kind, in key order, starting strictly after `after`.

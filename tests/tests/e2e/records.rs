@@ -259,3 +259,97 @@ async fn records_are_for_finished_sessions_and_signed_in_users() -> Result<()> {
     );
     Ok(())
 }
+
+/// Rewrites `session` in the stopped server's store the way it was stored before sessions were
+/// split (the whole session in its own record, no plan record).
+async fn store_unsplit(f: &Fixture, session: &str) -> Result<()> {
+    use upkeep_store::{Kind, Space};
+    let store = match &f.s.config.database_url {
+        Some(url) => upkeep_store::open_postgres(url).await?,
+        None => upkeep_store::open_embedded(&f.s.data_dir)?,
+    };
+    let id: upkeep_core::domain::Id = session.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let whole: upkeep_core::session::Session = store.get(&id).await?.context("the session")?;
+    ensure!(
+        !whole.items.is_empty(),
+        "the session has a plan to move back"
+    );
+    let mut bytes = vec![upkeep_store::FORMAT_VERSION];
+    bytes.extend(serde_json::to_vec(&whole)?);
+    let key = id.as_bytes().to_vec();
+    store
+        .apply_batch(
+            Space::Records(Kind::Session),
+            vec![(key.clone(), Some(bytes))],
+        )
+        .await?;
+    store
+        .apply_batch(Space::Records(Kind::SessionPlan), vec![(key, None)])
+        .await?;
+    store.flush().await?;
+    Ok(())
+}
+
+/// A data dir (or database) written before sessions were split into hot state and plan still
+/// opens: a finished session reads the same, exports and checks; an unfinished one is
+/// recovered, and its next write splits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stored_before_the_plan_split_still_read_and_run() -> Result<()> {
+    let mut f = Fixture::start("records-3").await?;
+    let done = finished_session(&f).await?;
+    // A change to make tomorrow: the second session waits for it.
+    deploy_task(&f, "Later", "exit 1".into(), "true".into()).await?;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let waiting =
+        f.s.start_session(&f.admin, &f.computer, json!({"executeAt": tomorrow}))
+            .await?;
+    f.s.wait_status(&f.admin, &waiting, &["SCHEDULED"], T)
+        .await?;
+    let view = "query($id: ID!) { maintenanceSession(id: $id) { status lastSequence actions { kind status reason } } }";
+    let before_done = f.s.gql(&f.admin, view, json!({"id": done})).await?;
+    let before_waiting = f.s.gql(&f.admin, view, json!({"id": waiting})).await?;
+    f.s.stop().await;
+    store_unsplit(&f, &done).await?;
+    store_unsplit(&f, &waiting).await?;
+
+    f.s.start_again().await?;
+    f.admin = f.s.admin().await?;
+    assert_eq!(
+        f.s.gql(&f.admin, view, json!({"id": done})).await?,
+        before_done
+    );
+    assert_eq!(
+        f.s.gql(&f.admin, view, json!({"id": waiting})).await?,
+        before_waiting
+    );
+    let (status, record) = export(&f, &done).await?;
+    assert_eq!(status, 200, "{record}");
+    let file = f.dir.path().join("old-format.json");
+    std::fs::write(&file, serde_json::to_vec(&record)?)?;
+    let ok = verify(&file, None)?;
+    assert!(ok.status.success(), "{}", text(&ok));
+    // The recovered session steps on: cancelled, with its plan intact.
+    f.s.gql(
+        &f.admin,
+        "mutation($id: ID!) { cancelMaintenanceSession(id: $id) { id } }",
+        json!({"id": waiting}),
+    )
+    .await?;
+    let after = f.s.gql(&f.admin, view, json!({"id": waiting})).await?;
+    assert_eq!(
+        after["maintenanceSession"]["status"], "CANCELLED",
+        "{after}"
+    );
+    assert_eq!(
+        after["maintenanceSession"]["actions"]
+            .as_array()
+            .map(Vec::len),
+        before_waiting["maintenanceSession"]["actions"]
+            .as_array()
+            .map(Vec::len)
+    );
+    f.s.stop().await;
+    let sound = check(&f)?;
+    assert!(sound.status.success(), "{}", text(&sound));
+    Ok(())
+}

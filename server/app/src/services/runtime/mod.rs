@@ -44,6 +44,9 @@ pub struct SessionRuntime {
     pub(crate) create_lock: tokio::sync::Mutex<()>,
     idempotency_lock: tokio::sync::Mutex<()>,
     mail_locks: group_mail::MailLocks,
+    /// The decoded plans of sessions being stepped: a step reads and decodes only the hot
+    /// record of its session.
+    plans: upkeep_store::PlanCache,
     /// Cluster mode: replicas share the store, so a step checks the session's revision, the
     /// running slots and the computer's start marker in its transaction (`shared.rs`).
     shared: bool,
@@ -60,6 +63,7 @@ impl SessionRuntime {
             create_lock: tokio::sync::Mutex::new(()),
             idempotency_lock: tokio::sync::Mutex::new(()),
             mail_locks: group_mail::MailLocks::default(),
+            plans: upkeep_store::PlanCache::default(),
             shared: false,
             max_running,
         }
@@ -200,7 +204,11 @@ impl App {
         no_slot: bool,
     ) -> Result<Session, StepError> {
         self.runtime.stepping(id);
-        let Some(mut s) = self.store.get::<Session>(&id).await? else {
+        let Some(mut s) = self
+            .store
+            .get_session_cached(&id, &self.runtime.plans)
+            .await?
+        else {
             return Err(ApiError::not_found("maintenance session", id).into());
         };
         let guard = self.runtime.shared.then(|| shared::Guard::of(&s));
@@ -745,6 +753,7 @@ impl App {
             self.rollouts.poke(r.id);
         }
         if c.finished {
+            self.runtime.plans.forget(s.id);
             self.metrics
                 .sessions_finished
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

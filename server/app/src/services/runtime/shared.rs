@@ -94,7 +94,7 @@ impl Guard {
         s: &Session,
         max_running: usize,
     ) -> Result<(), TxError<StepError>> {
-        match tx.get::<Session, StepError>(&s.id)? {
+        match tx.get_own_part::<Session, StepError>(&s.id)? {
             Some(stored) if stored.revision == self.planned_from => {}
             _ => return Err(TxError::Abort(StepError::Stale)),
         }
