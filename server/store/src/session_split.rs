@@ -49,10 +49,20 @@ pub(crate) fn encode(s: &Session) -> Result<Parts, StoreError> {
         preflight: &s.preflight,
         steps: s.actions.iter().map(|a| a.steps.as_slice()).collect(),
     })?;
-    let digest = hex::encode(&sha2::Sha256::digest(&plan)[..16]);
+    let digest = part_digest(&plan);
     let hot = codec::encode(&HotSession::of(s, &digest))?;
     Ok(Parts { hot, plan, digest })
 }
+
+/// The digest a hot record names its plan by (SHA-256, first 16 bytes, hex). Readers outside a
+/// transaction read the two parts one after the other; comparing this with the hot record's
+/// `plan_digest` tells a pair taken from two different writes.
+pub(crate) fn part_digest(plan: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(plan)[..16])
+}
+
+/// How often a reader reads a session's two parts again when a write came between them.
+pub(crate) const JOIN_ATTEMPTS: usize = 8;
 
 /// The session from its hot record and, when stored, its plan record (absent: a record
 /// written before the split, whole in itself).
@@ -134,33 +144,47 @@ impl dyn crate::Store {
         cache: &PlanCache,
     ) -> Result<Option<Session>, StoreError> {
         use crate::{Kind, Space};
-        let Some(hot) = self
-            .read(Space::Records(Kind::Session), id.as_bytes())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut s: Session = codec::decode(&hot)?;
-        let digest = stored_digest(&hot)?;
-        if let Some(d) = &digest
-            && let Some(plan) = cache.get(*id, d)
-        {
-            PlanOwned::clone(&plan).join(&mut s)?;
+        let mut last = None;
+        for _ in 0..JOIN_ATTEMPTS {
+            let Some(hot) = self
+                .read(Space::Records(Kind::Session), id.as_bytes())
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mut s: Session = codec::decode(&hot)?;
+            let digest = stored_digest(&hot)?;
+            if let Some(d) = &digest
+                && let Some(plan) = cache.get(*id, d)
+            {
+                PlanOwned::clone(&plan).join(&mut s)?;
+                return Ok(Some(s));
+            }
+            let Some(bytes) = self
+                .read(Space::Records(Kind::SessionPlan), id.as_bytes())
+                .await?
+            else {
+                // Stored before the split: whole in its hot record.
+                return Ok(Some(s));
+            };
+            if let Some(d) = digest {
+                if part_digest(&bytes) != d {
+                    // A write came between the two reads: this plan is not the hot record's.
+                    last = Some(d);
+                    continue;
+                }
+                let plan: PlanOwned = codec::decode(&bytes)?;
+                cache.put(*id, d, std::sync::Arc::new(plan.clone()));
+                plan.join(&mut s)?;
+            } else {
+                codec::decode::<PlanOwned>(&bytes)?.join(&mut s)?;
+            }
             return Ok(Some(s));
         }
-        let Some(bytes) = self
-            .read(Space::Records(Kind::SessionPlan), id.as_bytes())
-            .await?
-        else {
-            // Stored before the split: whole in its hot record.
-            return Ok(Some(s));
-        };
-        let plan: PlanOwned = codec::decode(&bytes)?;
-        if let Some(d) = digest {
-            cache.put(*id, d, std::sync::Arc::new(plan.clone()));
-        }
-        plan.join(&mut s)?;
-        Ok(Some(s))
+        Err(StoreError::Corrupt(format!(
+            "session {id}: its plan never matched the digest its record names ({})",
+            last.unwrap_or_default()
+        )))
     }
 }
 
@@ -218,6 +242,8 @@ struct HotSession<'a> {
     pre_rebooted_at: &'a Option<Time>,
     prompted: &'a bool,
     revision: &'a u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: &'a Option<RolloutRef>,
     plan_digest: &'a str,
 }
 
@@ -287,6 +313,7 @@ impl<'a> HotSession<'a> {
             pre_rebooted_at,
             prompted,
             revision,
+            rollout,
         } = s;
         HotSession {
             id,
@@ -328,6 +355,7 @@ impl<'a> HotSession<'a> {
             pre_rebooted_at,
             prompted,
             revision,
+            rollout,
             plan_digest,
         }
     }

@@ -23,14 +23,33 @@ impl dyn Store {
     }
 
     /// A stored value decoded, with its [`Record::DETACHED`] part read and joined.
+    ///
+    /// The two parts are read one after the other, outside a transaction: a write between the
+    /// reads would pair the record with another version's part. The record names its part's
+    /// digest, so such a pair is seen and both are read again.
     async fn joined<T: Record>(&self, key: &[u8], value: &[u8]) -> Result<T> {
-        match T::DETACHED {
-            Some(kind) => {
-                let detached = self.read(Space::Records(kind), key).await?;
-                T::decode_parts(value, detached.as_deref())
+        let Some(kind) = T::DETACHED else {
+            return codec::decode(value);
+        };
+        let mut value = value.to_vec();
+        for _ in 0..crate::session_split::JOIN_ATTEMPTS {
+            let detached = self.read(Space::Records(kind), key).await?;
+            let named = T::stored_detached_digest(&value)?;
+            let moved = matches!((&named, &detached),
+                (Some(d), Some(part)) if crate::session_split::part_digest(part) != *d);
+            if !moved {
+                return T::decode_parts(&value, detached.as_deref());
             }
-            None => codec::decode(value),
+            match self.read(Space::Records(T::KIND), key).await? {
+                Some(v) => value = v,
+                // Deleted meanwhile: the record as first read, without a part that is not its.
+                None => return T::decode_parts(&value, None),
+            }
         }
+        Err(StoreError::Corrupt(format!(
+            "{}: its detached part never matched the digest the record names",
+            T::KIND.target_name()
+        )))
     }
 
     /// The entries of `range`, read in growing pages.

@@ -289,6 +289,19 @@ async fn a_failing_canary_halts_the_rollout_before_the_next_wave() -> anyhow::Re
         listed["rollouts"]["edges"][0]["node"]["id"],
         second.as_str()
     );
+    // Deleting the tenant takes its rollouts with it (none left to drive or to list).
+    let gone =
+        f.s.gql(
+            &f.admin,
+            "mutation($t: ID!) { deleteTenant(id: $t, force: true) }",
+            json!({"t": f.tenant}),
+        )
+        .await?;
+    assert_eq!(gone["deleteTenant"], true);
+    let left =
+        f.s.gql(&f.admin, "{ rollouts { totalCount } }", json!({}))
+            .await?;
+    assert_eq!(left["rollouts"]["totalCount"], 0, "{left:#}");
     Ok(())
 }
 

@@ -45,6 +45,8 @@ pub struct Removal {
     versions: Vec<Vec<u8>>,
     /// Last detections (`impact::Detection`) of removed computers, software and tasks.
     detections: Vec<Vec<u8>>,
+    /// A removed tenant's rollouts (`rollout::Rollout`).
+    rollouts: Vec<Id>,
     /// Computers that keep existing but lose their primary person.
     unlink_person: Vec<Id>,
 }
@@ -309,6 +311,7 @@ impl Removal {
         r.schedules = ids(TENANT_SCHEDULES).await?;
         r.cross_tenant_aims(store).await?;
         r.webhooks = ids(TENANT_WEBHOOKS).await?;
+        r.rollouts = ids(TENANT_ROLLOUTS).await?;
         r.tenant_history(store, t).await?;
         for subject in subjects_of(store, t).await? {
             r.detections
@@ -450,6 +453,7 @@ impl Removal {
         gone::<Webhook>(tx, &self.webhooks)?;
         gone::<Delivery>(tx, &self.deliveries)?;
         gone::<Session>(tx, &self.sessions)?;
+        gone::<upkeep_core::rollout::Rollout>(tx, &self.rollouts)?;
         for k in &self.events {
             tx.delete::<SessionEvent, ApiError>(k)?;
         }
