@@ -107,6 +107,7 @@ pub struct ImpactShadow {
     computers: i64,
 }
 
+/// A deployment the change would make stop or start winning, and on how many computers.
 #[Object]
 impl ImpactShadow {
     /// The deployment (`null` if the caller may not see it).
@@ -125,6 +126,7 @@ pub struct ImpactStaleComputer {
     index: usize,
 }
 
+/// A computer whose data is missing or too old to plan from: listed, not guessed.
 #[Object]
 impl ImpactStaleComputer {
     /// The computer.
@@ -155,6 +157,7 @@ impl ImpactComputer {
     }
 }
 
+/// A computer the change reaches, with what would be done on it.
 #[Object]
 impl ImpactComputer {
     /// The computer.
@@ -210,6 +213,7 @@ impl ImpactActionView {
     }
 }
 
+/// What the next session would do for one software or task the change alters.
 #[Object(name = "ImpactAction")]
 impl ImpactActionView {
     /// The software (`null` for a task).
@@ -278,6 +282,8 @@ fn shadow_counts(
         .collect()
 }
 
+/// What a deployment change would do, per tenant and computer, planned from each computer's
+/// last detection (nothing runs, nothing is written).
 #[Object]
 impl ImpactPreview {
     /// Actions per tenant and kind (install, upgrade, uninstall, run task, none) over the

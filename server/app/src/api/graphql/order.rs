@@ -68,6 +68,16 @@ macro_rules! order {
 }
 
 order!(
+    "rollouts",
+    RolloutOrder,
+    RolloutOrderField {
+        /// Creation order (the default, descending: newest first).
+        CREATED_AT,
+        /// When it last changed (a wave started or ended, a halt, a resume).
+        UPDATED_AT,
+    }
+);
+order!(
     "tenants",
     TenantOrder,
     TenantOrderField {
@@ -279,6 +289,16 @@ pub fn deployment(f: DeploymentOrderField, d: &Deployment) -> Position {
             DeploymentOrderField::CREATED_AT => None,
         },
         d.id,
+    )
+}
+
+pub fn rollout(f: RolloutOrderField, r: &upkeep_core::rollout::Rollout) -> Position {
+    at(
+        match f {
+            RolloutOrderField::UPDATED_AT => Some(SortKey::time(Some(r.updated_at))),
+            RolloutOrderField::CREATED_AT => None,
+        },
+        r.id,
     )
 }
 

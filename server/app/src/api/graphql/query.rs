@@ -613,12 +613,15 @@ impl Query {
         )?)
     }
 
-    /// Rollouts, newest first.
+    /// Rollouts the caller sees.
     #[graphql(complexity = "super::page_cost(first.or(last), child_complexity)")]
     async fn rollouts(
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Which rollouts.")] filter: Option<super::types::RolloutFilter>,
+        #[graphql(desc = "The order (default: creation order, newest first).")] order_by: Option<
+            RolloutOrder,
+        >,
         #[graphql(
             desc = "The first this many items after `after` (default 50; at most 500, a larger value reads as 500)."
         )]
@@ -637,6 +640,11 @@ impl Query {
         before: Option<String>,
     ) -> Result<Page<View<upkeep_core::rollout::Rollout>>> {
         let c = Ctx::new(ctx)?;
+        let (field, o) = order::resolve(
+            "rollouts",
+            RolloutOrder::pair(order_by),
+            (RolloutOrderField::CREATED_AT, OrderDirection::Desc),
+        );
         let filter = filter.unwrap_or_default();
         let all = lists::tenant_kind::<upkeep_core::rollout::Rollout>(
             &c,
@@ -650,8 +658,8 @@ impl Query {
         .collect();
         Ok(connection::page_sorted(
             all,
-            |r| Position::by_id(r.id),
-            &connection::ListOrder::new("rollouts", "CREATED_AT", true),
+            |r| order::rollout(field, r),
+            &o,
             &PageArgs {
                 first,
                 after,
