@@ -338,7 +338,7 @@ pub fn preload(dir: &Path, agents: usize) -> Result<Tokens> {
             }
             Ok(())
         })?;
-        if end % 200_000 == 0 {
+        if end.is_multiple_of(200_000) {
             note(S, format!("{end} computers written"));
         }
     }
