@@ -11,12 +11,11 @@
 //! skipped, with a note, when `wrk` or nginx is missing.
 
 use crate::fleet::preload;
-use crate::processes::{ServerProcess, nginx_binary, server_binary};
+use crate::processes::{self, Nginx, ServerProcess, nginx_binary, server_binary};
 use crate::report::{Figure, note};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 const S: &str = "nginx";
 const AGENTS: usize = 10_000;
@@ -70,10 +69,10 @@ pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     let script = dir.path().join("poll.lua");
     std::fs::write(&script, lua_script(&token_file))?;
     let server = ServerProcess::start(&bin, dir.path(), "upkeep", &[]).await?;
-    let fixed = FixedNginx::start(&nginx, &dir.path().join("nginx")).await?;
+    let fixed = fixed_nginx(&nginx, &dir.path().join("nginx")).await?;
 
     let upkeep_url = format!("{}/agent/v1/poll", server.url());
-    let nginx_url = format!("http://127.0.0.1:{}/agent/v1/poll", fixed.port);
+    let nginx_url = format!("http://127.0.0.1:{}/agent/v1/poll", fixed.ports[0]);
     // Warm both, then interleaved rounds.
     wrk_run(&wrk, &script, &nginx_url, 1).await?;
     wrk_run(&wrk, &script, &upkeep_url, 1).await?;
@@ -210,104 +209,30 @@ fn duration_ms(v: &str) -> Option<f64> {
     }
 }
 
-/// nginx answering every request with a fixed 200, as a child with its own prefix dir.
-struct FixedNginx {
-    child: std::process::Child,
-    bin: PathBuf,
-    prefix: PathBuf,
-    port: u16,
-}
-
-impl FixedNginx {
-    async fn start(bin: &Path, prefix: &Path) -> Result<FixedNginx> {
-        std::fs::create_dir_all(prefix)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let p = prefix.display();
-        let conf = format!(
-            "worker_processes auto;\n\
-             pid {p}/nginx.pid;\n\
-             error_log {p}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n\
-             access_log off;\n\
-             keepalive_requests 100000000;\n\
-             client_body_temp_path {p}/client_body;\n\
-             proxy_temp_path {p}/proxy;\n\
-             fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n\
-             scgi_temp_path {p}/scgi;\n\
-             server {{\n\
-             listen 127.0.0.1:{port};\n\
-             location / {{ default_type application/json; return 200 '{{\"jobs\":[]}}'; }}\n\
-             }}\n}}\n"
-        );
-        let conf_path = prefix.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(prefix.join("stderr.log"))?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut n = FixedNginx {
-            child,
-            bin: bin.into(),
-            prefix: prefix.into(),
-            port,
-        };
-        let http = upkeep_testkit::http_client()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = n.child.try_wait()? {
-                bail!(
-                    "nginx exited at start ({status}): {}",
-                    std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
-                );
-            }
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/")).send().await
-                && r.status().is_success()
-            {
-                return Ok(n);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("nginx did not answer on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for FixedNginx {
-    fn drop(&mut self) {
-        // `-s stop` (SIGTERM to the master) stops the workers too; SIGKILL would leave them.
-        let _ = Command::new(&self.bin)
-            .arg("-p")
-            .arg(&self.prefix)
-            .arg("-c")
-            .arg(self.prefix.join("nginx.conf"))
-            .args(["-s", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// nginx answering every request with a fixed 200 (the poll's empty answer), started in
+/// `prefix` as the cluster scenario's proxy is (`processes::Nginx`).
+async fn fixed_nginx(bin: &Path, prefix: &Path) -> Result<Nginx> {
+    let port = processes::free_port()?;
+    let p = prefix.display();
+    let conf = format!(
+        "worker_processes auto;\n\
+         pid {p}/nginx.pid;\n\
+         error_log {p}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+         access_log off;\n\
+         keepalive_requests 100000000;\n\
+         client_body_temp_path {p}/client_body;\n\
+         proxy_temp_path {p}/proxy;\n\
+         fastcgi_temp_path {p}/fastcgi;\n\
+         uwsgi_temp_path {p}/uwsgi;\n\
+         scgi_temp_path {p}/scgi;\n\
+         server {{\n\
+         listen 127.0.0.1:{port};\n\
+         location / {{ default_type application/json; return 200 '{{\"jobs\":[]}}'; }}\n\
+         }}\n}}\n"
+    );
+    Nginx::launch(bin, prefix, &conf, vec![port], "/").await
 }
 
 #[cfg(test)]

@@ -181,24 +181,37 @@ impl Nginx {
     /// Starts nginx in `prefix` with one listener per group of upstream ports, and waits until
     /// every listener answers `/healthz` through its upstream.
     pub async fn start(bin: &Path, prefix: &Path, groups: &[Vec<u16>]) -> Result<Nginx> {
-        std::fs::create_dir_all(prefix)?;
         let ports = groups
             .iter()
             .map(|_| free_port())
             .collect::<Result<Vec<_>>>()?;
-        let conf = prefix.join("nginx.conf");
         let listeners: Vec<(u16, &[u16])> = ports
             .iter()
             .zip(groups)
             .map(|(p, g)| (*p, g.as_slice()))
             .collect();
-        std::fs::write(&conf, nginx_config(prefix, &listeners))?;
+        let conf = nginx_config(prefix, &listeners);
+        Nginx::launch(bin, prefix, &conf, ports, "/healthz").await
+    }
+
+    /// Starts nginx in `prefix` with configuration `conf` (which listens on `ports`), and waits
+    /// until every port answers `probe` with a success.
+    pub async fn launch(
+        bin: &Path,
+        prefix: &Path,
+        conf: &str,
+        ports: Vec<u16>,
+        probe: &str,
+    ) -> Result<Nginx> {
+        std::fs::create_dir_all(prefix)?;
+        let conf_path = prefix.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
         let error_log = prefix.join("error.log");
         let child = Command::new(bin)
             .arg("-p")
             .arg(prefix)
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf_path)
             .arg("-e")
             .arg(&error_log)
             .args(["-g", "daemon off;"])
@@ -231,7 +244,7 @@ impl Nginx {
                     );
                 }
                 if let Ok(r) = http
-                    .get(format!("http://127.0.0.1:{port}/healthz"))
+                    .get(format!("http://127.0.0.1:{port}{probe}"))
                     .send()
                     .await
                     && r.status().is_success()
@@ -284,7 +297,7 @@ impl Drop for Nginx {
 
 /// A free loopback port (nginx needs a number; the small race with other programs binding
 /// one is caught when nginx fails to start).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
