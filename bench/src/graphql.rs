@@ -507,6 +507,7 @@ fn session(id: Id, tenant: Id, computer: Id, created: Time, items: &[PlanItem]) 
         execute_at: None,
         window_end: None,
         postpone_count: 0,
+        end_user_postpones: 0,
         reboot_required: false,
         rebooted_at: None,
         compliance: Some(Compliance::Compliant),

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// so that callers (the postpone page) choose their answer by variant, not by text.
     #[error("{}", refused_text(.0))]
     Refused(EngineError),
+    /// The server is doing as much of this as it will at once: retry later (`THROTTLED`,
+    /// HTTP 429).
+    #[error("{0}")]
+    Busy(String),
     /// Only the id is kept: the detail was logged by [`ApiError::internal`].
     #[error("{0}")]
     Internal(InternalError),
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Refused(e) if e.is_conflict() => "CONFLICT",
             ApiError::Refused(_) => "BAD_USER_INPUT",
+            ApiError::Busy(_) => "THROTTLED",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -85,6 +90,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Refused(e) if e.is_conflict() => StatusCode::CONFLICT,
             ApiError::Refused(_) => StatusCode::BAD_REQUEST,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

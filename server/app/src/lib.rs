@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod net;
 pub mod permissions;
 pub mod proxy;
+pub mod report;
 pub mod secrets;
 pub mod services;
 pub mod time;

@@ -20,6 +20,7 @@ pub mod mail;
 pub mod output;
 pub mod params;
 pub mod queue;
+pub mod report;
 pub mod resolve;
 pub mod rollout;
 pub mod session;

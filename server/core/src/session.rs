@@ -354,6 +354,9 @@ pub struct Session {
     /// End of the maintenance window (scheduled sessions): execution starts only before it.
     pub window_end: Option<Time>,
     pub postpone_count: u32,
+    /// How many of `postpone_count` end users made through their e-mail links.
+    #[serde(default)]
+    pub end_user_postpones: u32,
     pub reboot_required: bool,
     pub rebooted_at: Option<Time>,
     pub compliance: Option<Compliance>,
@@ -483,6 +486,7 @@ impl Session {
             execute_at: None,
             window_end: None,
             postpone_count: 0,
+            end_user_postpones: 0,
             reboot_required: false,
             rebooted_at: None,
             compliance: None,

@@ -853,6 +853,7 @@ fn session(n: u128, tenant: Id, status: SessionStatus) -> Session {
         execute_at: None,
         window_end: None,
         postpone_count: 0,
+        end_user_postpones: 0,
         reboot_required: false,
         rebooted_at: None,
         compliance: None,

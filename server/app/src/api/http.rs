@@ -51,6 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::api::agent::routes())
         .merge(crate::api::files::routes())
         .merge(crate::api::records::routes())
+        .merge(crate::api::reports::routes())
         .merge(crate::api::postpone::routes())
         .merge(crate::api::console::routes());
     if app.clock.settable {

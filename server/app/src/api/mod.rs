@@ -14,3 +14,4 @@ pub mod http;
 pub mod metrics;
 pub mod postpone;
 pub mod records;
+pub mod reports;

@@ -13,9 +13,13 @@
 //! - A rendered subject never contains control characters (no header injection through a
 //!   computer or company name).
 
+mod report_view;
 mod samples;
 mod views;
 
+pub use report_view::{
+    AttestationRow, ComputerRow, FailureRow, Figure, PostponeRow, ReportView, SoftwareRow, TaskRow,
+};
 pub use views::{
     ActionOutcome, ActionView, Brand, ComputerLink, PlannedChange, PostponePageView, PostponeState,
     RebootExpectation, SessionMailView, TestMailView, sanitize_color,
@@ -92,6 +96,11 @@ const BUILTIN: &[(&str, Kind, &str)] = &[
         "test.subject.hbs",
         Kind::Text,
         include_str!("../../../../templates/test.subject.hbs"),
+    ),
+    (
+        "tenant-report.html.hbs",
+        Kind::Html,
+        include_str!("../../../../templates/tenant-report.html.hbs"),
     ),
     (
         "postpone.html.hbs",
@@ -256,6 +265,12 @@ impl Templates {
         self.render_html("postpone.html", &data)
     }
 
+    /// The monthly report as a standalone HTML document.
+    pub fn render_report_page(&self, view: &ReportView) -> Result<String, TemplateError> {
+        let data = to_context("tenant-report", view)?;
+        self.render_html("tenant-report.html", &data)
+    }
+
     fn render_html(&self, name: &str, data: &serde_json::Value) -> Result<String, TemplateError> {
         // Comments and inline-partial definitions leave blank lines before `<!DOCTYPE html>`.
         self.html
@@ -299,6 +314,10 @@ impl Templates {
         for view in sample_page_views() {
             let data = to_context("postpone", &view)?;
             self.smoke_render(&self.html, "postpone.html", &data)?;
+        }
+        for view in samples::sample_report_views() {
+            let data = to_context("tenant-report", &view)?;
+            self.smoke_render(&self.html, "tenant-report.html", &data)?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod library;
 pub mod metrics;
 pub mod outbox;
 pub mod removal;
+pub mod reports;
 pub mod rollouts;
 pub mod runtime;
 pub mod scheduler;
@@ -81,6 +82,9 @@ pub struct App {
     pub ready: std::sync::atomic::AtomicBool,
     /// This process's id as a holder of leases (fresh at every start).
     pub replica: Id,
+    /// Monthly reports being built (`services::reports`): each reads a month of a tenant's
+    /// sessions, so only a few at once.
+    pub reports: tokio::sync::Semaphore,
 }
 
 /// The keys a server generates at its first start (or finds in the store in cluster mode),
@@ -184,6 +188,7 @@ impl App {
             cluster: None,
             ready: std::sync::atomic::AtomicBool::new(false),
             replica,
+            reports: tokio::sync::Semaphore::new(crate::services::reports::REPORTS_AT_ONCE),
         }
     }
 

@@ -335,12 +335,18 @@ impl Machine<'_> {
                 return Ok(());
             }
             Event::Postpone { hours, by, token } => {
+                let by_link = token.is_some();
                 self.use_token(token)?;
                 match self.s.stage {
                     Stage::RebootPrompted { before, .. } => {
                         self.postpone_prompted_reboot(hours, &by, before)?
                     }
-                    _ => self.postpone(hours, &by)?,
+                    _ => {
+                        self.postpone(hours, &by)?;
+                        if by_link {
+                            self.s.end_user_postpones += 1;
+                        }
+                    }
                 }
             }
             Event::UpdateNow { by, token } => {

@@ -158,6 +158,7 @@ fn session(items: Vec<PlanItem>, options: MaintenanceOptions) -> Session {
         execute_at: None,
         window_end: None,
         postpone_count: 0,
+        end_user_postpones: 0,
         reboot_required: false,
         rebooted_at: None,
         compliance: None,
@@ -2392,6 +2393,8 @@ fn postpone_moves_execution_by_postpone_hours() {
     });
     assert_eq!(run.s.execute_at, Some(mins(120 + 26 * 60)));
     assert_eq!(run.s.postpone_count, 2);
+    // Only the postpone through the e-mail link was the end user's.
+    assert_eq!(run.s.end_user_postpones, 1);
 
     // The old time passes: still postponed.
     let effects = run.tick_with(env_at(mins(130)));

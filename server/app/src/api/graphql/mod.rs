@@ -12,6 +12,7 @@ mod order;
 mod parameters;
 pub mod persisted;
 mod query;
+mod report;
 mod rollout_updates;
 pub mod scalars;
 mod subscription;

@@ -1016,6 +1016,22 @@ impl Query {
         Ok(super::impact::preview(&Ctx::new(ctx)?, input, days).await?)
     }
 
+    /// A tenant's monthly report: its computers and their compliance at the month's end,
+    /// sessions by outcome, software installed and updated, tasks remediated, failures and what
+    /// was done about them, postpones by end users and the month's signed session records. The
+    /// same report as PDF and HTML at `pdfUrl` and `htmlUrl`. Whoever may read the tenant may
+    /// read its report; `THROTTLED` while the server builds as many reports as it will at once.
+    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    async fn tenant_report(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tenant.")] tenant_id: ID,
+        #[graphql(desc = "The month, YYYY-MM (\"2026-11\"), in the tenant's time zone.")]
+        month: String,
+    ) -> Result<super::report::TenantReport> {
+        super::report::tenant_report(&Ctx::new(ctx)?, &tenant_id, &month).await
+    }
+
     /// Renders a session's before- or after-mail without sending it.
     #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
     async fn email_preview(

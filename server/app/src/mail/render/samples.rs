@@ -128,3 +128,87 @@ pub(super) fn sample_page_views() -> Vec<PostponePageView> {
     }
     views
 }
+
+/// A full report (a row in every list, omitted rows, a month in progress) and an empty one.
+pub(super) fn sample_report_views() -> Vec<ReportView> {
+    let full = ReportView {
+        brand: sample_brand(),
+        title: "Maintenance report, November 2026".into(),
+        month: "2026-11".into(),
+        period: "1 November 2026 – 20 November 2026 (month in progress)".into(),
+        complete: false,
+        time_zone: "Europe/Berlin".into(),
+        generated_at: "2026-11-20 09:00 CET".into(),
+        summary: vec![Figure {
+            label: "Compliant computers".into(),
+            value: "1 of 2 (50 %)".into(),
+        }],
+        computers: vec![ComputerRow {
+            name: "RECEPTION-PC".into(),
+            os: "Windows 11".into(),
+            compliance: "Compliant".into(),
+            state: "ok",
+            as_of: "2026-11-19 22:00 CET".into(),
+            sessions: 3,
+        }],
+        computers_omitted: 1,
+        software: vec![SoftwareRow {
+            name: "Sample App".into(),
+            installed: 1,
+            updated: 2,
+            removed: 0,
+            computers: 3,
+            versions: "1.10.0".into(),
+        }],
+        tasks: vec![TaskRow {
+            name: "Sample Task".into(),
+            remediated: 2,
+            computers: 2,
+        }],
+        failures: vec![FailureRow {
+            when: "2026-11-03 22:10 CET".into(),
+            computer: "RECEPTION-PC".into(),
+            item: "Sample App".into(),
+            message: "exit code 1".into(),
+            resolution: "Open".into(),
+            resolved: false,
+            session: "0193a1b2-0000-7000-8000-000000000001".into(),
+        }],
+        failures_omitted: 1,
+        postpones: vec![PostponeRow {
+            computer: "RECEPTION-PC".into(),
+            by_end_user: 1,
+            total: 1,
+            finished: "2026-11-04 22:30 CET".into(),
+            outcome: "Passed".into(),
+        }],
+        postpones_by_end_users: 1,
+        attestations: vec![AttestationRow {
+            session: "0193a1b2-0000-7000-8000-000000000001".into(),
+            computer: "RECEPTION-PC".into(),
+            finished: "2026-11-04 22:30 CET".into(),
+            outcome: "Passed".into(),
+            chain_head: "ab".repeat(32),
+        }],
+        attestations_omitted: 1,
+        signing_keys: vec!["11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into()],
+    };
+    let empty = ReportView {
+        brand: Brand::default(),
+        complete: true,
+        summary: vec![],
+        computers: vec![],
+        computers_omitted: 0,
+        software: vec![],
+        tasks: vec![],
+        failures: vec![],
+        failures_omitted: 0,
+        postpones: vec![],
+        postpones_by_end_users: 0,
+        attestations: vec![],
+        attestations_omitted: 0,
+        signing_keys: vec![],
+        ..full.clone()
+    };
+    vec![full, empty]
+}

@@ -1,0 +1,111 @@
+//! Monthly tenant reports (`tenantReport`, `GET /api/v1/tenants/{id}/reports/{yyyy-mm}.pdf` and
+//! `.html`): reads the tenant's computers, its sessions that finished before the month's end
+//! (newest first, back to [`LOOKBACK_DAYS`] before the month's start) and the month's
+//! attestations, and asks `upkeep_core::report` what they say. Writes nothing.
+//!
+//! A report reads a month of a tenant's sessions: at most [`App::reports`] permits build at
+//! once, and a caller that waits longer than [`WAIT`] for one is told to retry (`THROTTLED`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::services::App;
+use futures_util::TryStreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+use upkeep_core::attest::Attestation;
+use upkeep_core::domain::{Computer, Tenant, Time};
+use upkeep_core::report::{LOOKBACK_DAYS, Month, ReportInput, SessionFacts, TenantReport};
+use upkeep_core::session::Session;
+use upkeep_store::IndexKey;
+use upkeep_store::records::{TENANT_COMPUTERS, TENANT_SESSIONS};
+
+/// Reports built at once, server-wide.
+pub const REPORTS_AT_ONCE: usize = 2;
+
+/// How long a caller waits for a permit before it is told to retry.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A tenant's month, with what the documents show beside it.
+pub struct Report {
+    pub tenant: Tenant,
+    pub report: TenantReport,
+    pub generated_at: Time,
+    pub zone: chrono_tz::Tz,
+}
+
+impl App {
+    /// The report of `tenant` for `month` ("2026-11"): `BAD_USER_INPUT` on `month` for a
+    /// malformed month or one that has not begun in the tenant's time zone.
+    pub async fn tenant_report(&self, tenant: Tenant, month: &str) -> ApiResult<Report> {
+        let month: Month = month
+            .parse()
+            .map_err(|e: upkeep_core::report::MonthError| ApiError::bad("month", e.to_string()))?;
+        let zone = App::tenant_zone(&tenant);
+        let now = self.clock.now();
+        let (from, end) = month.bounds(zone);
+        if from > now {
+            return Err(ApiError::bad(
+                "month",
+                format!("{} has not begun", month.title()),
+            ));
+        }
+        let _permit = match tokio::time::timeout(WAIT, self.reports.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ApiError::Busy(
+                    "other reports are being built: retry in a minute".into(),
+                ));
+            }
+        };
+        let to = end.min(now);
+        let computers: Vec<Computer> = self
+            .store
+            .by_index::<Computer>(&IndexKey::new(TENANT_COMPUTERS, tenant.id.as_bytes()), None)
+            .try_collect()
+            .await?;
+        let sessions = self.finished_sessions(&tenant, from, to).await?;
+        let mut attestations = HashMap::new();
+        for s in sessions.iter().filter(|s| s.finished_at >= Some(from)) {
+            if let Some(a) = self.store.get::<Attestation>(&s.id).await? {
+                attestations.insert(s.id, a);
+            }
+        }
+        let report = upkeep_core::report::build(&ReportInput {
+            month,
+            tz: zone,
+            now,
+            computers: &computers,
+            sessions: &sessions,
+            attestations: &attestations,
+        });
+        Ok(Report {
+            tenant,
+            report,
+            generated_at: now,
+            zone,
+        })
+    }
+
+    /// The tenant's sessions that finished before `to`, created at most [`LOOKBACK_DAYS`]
+    /// before `from`: newest first through the tenant's index (keys order by creation), kept
+    /// as the few facts a report needs.
+    async fn finished_sessions(
+        &self,
+        tenant: &Tenant,
+        from: Time,
+        to: Time,
+    ) -> ApiResult<Vec<SessionFacts>> {
+        let floor = from - chrono::Duration::days(LOOKBACK_DAYS);
+        let index = IndexKey::new(TENANT_SESSIONS, tenant.id.as_bytes());
+        let mut stream = std::pin::pin!(self.store.by_index_rev::<Session>(&index, None));
+        let mut out = Vec::new();
+        while let Some(s) = stream.try_next().await? {
+            if s.created_at < floor {
+                break;
+            }
+            if s.status.is_terminal() && s.finished_at.is_some_and(|f| f < to) {
+                out.push(SessionFacts::of(&s));
+            }
+        }
+        Ok(out)
+    }
+}
