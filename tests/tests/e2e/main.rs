@@ -28,6 +28,7 @@ mod postgres;
 mod readme;
 mod reboots;
 mod records;
+mod reports;
 mod rollouts;
 mod schedules;
 mod security;
