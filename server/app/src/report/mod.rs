@@ -141,11 +141,10 @@ fn summary(r: &Report) -> Vec<Figure> {
     let rep = &r.report;
     let c = rep.compliance;
     let total = c.total();
-    let percent = if total == 0 {
-        String::new()
-    } else {
-        format!(" ({} %)", c.compliant * 100 / total)
-    };
+    let percent = (c.compliant * 100)
+        .checked_div(total)
+        .map(|p| format!(" ({p} %)"))
+        .unwrap_or_default();
     let count = |s: SessionStatus| {
         rep.outcomes
             .iter()

@@ -9,8 +9,8 @@
 
 use crate::mail::render::ReportView;
 use printpdf::{
-    Color, FontId, Mm, Op, ParsedFont, PdfDocument, PdfFontHandle, PdfPage, PdfSaveOptions, Point,
-    Pt, Rect, Rgb, TextItem,
+    Color, FontId, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
+    PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem,
 };
 use std::sync::LazyLock;
 
@@ -404,7 +404,10 @@ fn push_rect(ops: &mut Vec<Op>, (x, y, w, h): (f32, f32, f32, f32), color: Rgbf)
     ops.extend([
         Op::SetFillColor { col: rgb(color) },
         Op::DrawRectangle {
-            rectangle: Rect::from_xywh(Pt(x), Pt(y), Pt(w), Pt(h)),
+            rectangle: Rect {
+                mode: Some(PaintMode::Fill),
+                ..Rect::from_xywh(Pt(x), Pt(y), Pt(w), Pt(h))
+            },
         },
     ]);
 }

@@ -130,6 +130,7 @@ pub(super) fn sample_page_views() -> Vec<PostponePageView> {
 }
 
 /// A full report (a row in every list, omitted rows, a month in progress) and an empty one.
+// long: one literal view naming every field once, on purpose (strict mode checks them all).
 pub(super) fn sample_report_views() -> Vec<ReportView> {
     let full = ReportView {
         brand: sample_brand(),

@@ -71,6 +71,19 @@ fn the_pdf_reads_back_with_its_text_in_any_latin_or_cyrillic_script() {
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
+    // The brand bar, the table rules and fills are painted (a rectangle path that is only
+    // ended, `re n`, draws nothing: the company's name would be white on white).
+    let doc = lopdf::Document::load_mem(&pdf).unwrap();
+    let first = *doc.get_pages().values().next().unwrap();
+    let content = lopdf::content::Content::decode(&doc.get_page_content(first)).unwrap();
+    let ops: Vec<&str> = content
+        .operations
+        .iter()
+        .map(|o| o.operator.as_str())
+        .collect();
+    let painted = ops.windows(2).filter(|w| w == &["re", "f"]).count();
+    assert!(painted >= 3, "{ops:?}");
+    assert!(!ops.windows(2).any(|w| w == ["re", "n"]), "{ops:?}");
     // The chain head wraps inside its cell, but every digit is there.
     let compact: String = text.split_whitespace().collect();
     assert!(compact.contains(&"0123456789abcdef".repeat(4)), "{text}");
