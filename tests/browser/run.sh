@@ -5,8 +5,9 @@
 # Starts upkeep-server-under-test on a free loopback port with a fresh data dir and no SMTP URL
 # (mails become .eml files in <data-dir>/outbox-files/), sets up a branded tenant, a person, a
 # software with a deployment and an enrollment key (setup.mjs), starts one agent, waits until
-# its computer is online and gives it the person, then runs console.mjs (operator console) and
-# postpone.mjs (the end user's postpone page). Exits non-zero when anything fails.
+# its computer is online and gives it the person, then runs console.mjs (operator console),
+# postpone.mjs (the end user's postpone page) and report.mjs (the tenant's monthly report page).
+# Exits non-zero when anything fails.
 #
 # Env: SCREENSHOT_DIR (default <tmp>/shots), CARGO_TARGET_DIR (default <repo>/target),
 # CHROMIUM_PATH, TIMEOUT_MS (passed on to the node scripts), KEEP_TMP=1 keeps the temp dir.
@@ -98,6 +99,8 @@ log "console.mjs"
 node console.mjs
 log "postpone.mjs"
 node postpone.mjs
+log "report.mjs"
+node report.mjs
 
 status=0
 log "all browser tests passed"

@@ -12,6 +12,7 @@ use printpdf::{
     Color, FontId, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
     PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem,
 };
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 const REGULAR_TTF: &[u8] = include_bytes!("../../../../templates/fonts/DejaVuSans.ttf");
@@ -48,11 +49,11 @@ pub fn render(view: &ReportView) -> Result<Vec<u8>, PdfError> {
     doc.metadata.info.subject = format!("{} {}", view.brand.company_name, view.period);
     let mut w = Writer {
         regular: Face {
-            id: doc.add_font(regular),
+            id: FontId::new(),
             font: regular,
         },
         bold: Face {
-            id: doc.add_font(bold),
+            id: FontId::new(),
             font: bold,
         },
         brand: brand_colors(view),
@@ -64,7 +65,7 @@ pub fn render(view: &ReportView) -> Result<Vec<u8>, PdfError> {
     w.pages.push(std::mem::take(&mut w.ops));
     let total = w.pages.len();
     let footer = format!("{} · {}", view.title, view.brand.company_name);
-    let pages = std::mem::take(&mut w.pages)
+    let pages: Vec<PdfPage> = std::mem::take(&mut w.pages)
         .into_iter()
         .enumerate()
         .map(|(i, mut ops)| {
@@ -72,9 +73,74 @@ pub fn render(view: &ReportView) -> Result<Vec<u8>, PdfError> {
             PdfPage::new(Mm::from(Pt(PAGE_W)), Mm::from(Pt(PAGE_H)), ops)
         })
         .collect();
+    // The faces go in with only the glyphs the pages use.
+    for face in [&w.regular, &w.bold] {
+        let font = subset(face.font, &used_chars(&pages, &face.id));
+        doc.resources
+            .fonts
+            .map
+            .insert(face.id.clone(), printpdf::PdfFont::new(font));
+    }
     Ok(doc
         .with_pages(pages)
         .save(&PdfSaveOptions::default(), &mut Vec::new()))
+}
+
+/// The characters the pages show in the font `id`.
+fn used_chars(pages: &[PdfPage], id: &FontId) -> BTreeSet<char> {
+    let mut used = BTreeSet::new();
+    for page in pages {
+        let mut current = false;
+        for op in &page.ops {
+            match op {
+                Op::SetFont {
+                    font: PdfFontHandle::External(f),
+                    ..
+                } => current = f == id,
+                Op::ShowText { items } if current => {
+                    for item in items {
+                        if let TextItem::Text(t) = item {
+                            used.extend(t.chars());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    used
+}
+
+/// `font` cut down to the glyphs of `chars` (and `.notdef`): printpdf embeds a face whole
+/// without its `text_layout` feature, and DejaVu Sans is 700 KB a face. The whole face when
+/// the cut fails (a larger file, never a broken one).
+fn subset(font: &ParsedFont, chars: &BTreeSet<char>) -> ParsedFont {
+    use allsorts::binary::read::ReadScope;
+    use allsorts::font_data::FontData;
+    use allsorts::subset::{CmapTarget, SubsetProfile};
+    let mut glyphs: Vec<u16> = chars
+        .iter()
+        .filter_map(|c| font.lookup_glyph_index(*c as u32))
+        .collect();
+    glyphs.push(0);
+    glyphs.sort_unstable();
+    glyphs.dedup();
+    let bytes = &font.original_bytes;
+    let cut = ReadScope::new(bytes)
+        .read::<FontData<'_>>()
+        .ok()
+        .and_then(|data| data.table_provider(0).ok())
+        .and_then(|provider| {
+            allsorts::subset::subset(
+                &provider,
+                &glyphs,
+                &SubsetProfile::Minimal,
+                CmapTarget::Unicode,
+            )
+            .ok()
+        })
+        .and_then(|b| ParsedFont::from_bytes(&b, 0, &mut Vec::new()));
+    cut.unwrap_or_else(|| font.clone())
 }
 
 fn sections(w: &mut Writer<'_>, v: &ReportView) {
