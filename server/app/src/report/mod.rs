@@ -194,10 +194,14 @@ fn summary(r: &Report) -> Vec<Figure> {
         ),
         fig(
             "Failures",
-            format!(
-                "{}, {resolved} resolved within the month",
-                rep.failures_total
-            ),
+            if rep.failures_total == 0 {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{}, {resolved} resolved within the month",
+                    rep.failures_total
+                )
+            },
         ),
         fig(
             "Postponed by end users",
