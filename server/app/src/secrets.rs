@@ -209,6 +209,11 @@ impl SecretBox {
     }
 }
 
+/// Does `job` carry any parameter (so anything its output could need masked)?
+pub fn job_has_parameters(job: &proto::JobKind) -> bool {
+    job_parameters(job).iter().any(|p| !p.is_empty())
+}
+
 fn job_parameters(job: &proto::JobKind) -> Vec<&BTreeMap<String, String>> {
     match job {
         proto::JobKind::Probe { probes } => probes.iter().map(|p| &p.parameters).collect(),

@@ -7,8 +7,8 @@
 //! Rules, so the same month always gives the same document once it has ended:
 //! - A session is the month's when it *finished* in it (`finished_at` in `[from, to)`).
 //! - A computer's compliance at the month's end is that of its last session that finished
-//!   before the end and was not cancelled; for the current month, with no such session read,
-//!   the computer's own (`Computer.compliance`, which is the same thing, kept up to date).
+//!   before the end and was not cancelled (the caller reads, for each computer, at least that
+//!   session: [`ReportInput::sessions`]); "unknown" when there is none.
 //! - A failure is "resolved" by a later session of the month on the same computer in which the
 //!   same deployment's action ended compliant (or, for a session that failed as a whole, any
 //!   later passed session): resolutions after the month's end are not the month's.
@@ -129,7 +129,8 @@ pub struct ReportInput<'a> {
     /// The tenant's computers.
     pub computers: &'a [Computer],
     /// The tenant's finished sessions (those that finished after the report's end are
-    /// skipped), as [`SessionFacts::of`] keeps them.
+    /// skipped), as [`SessionFacts::of`] keeps them: every one that finished in the month, and
+    /// for each computer its last one before the report's end that was not cancelled.
     pub sessions: &'a [SessionFacts],
     /// Attestations by session id.
     pub attestations: &'a HashMap<Id, Attestation>,
@@ -153,6 +154,8 @@ pub struct TenantReport {
     pub tasks: Vec<TaskLine>,
     pub failures: Vec<FailureLine>,
     pub failures_total: u64,
+    /// Of `failures_total`, those a later session of the month set right.
+    pub failures_resolved: u64,
     pub postpones: Vec<PostponeLine>,
     /// Postpones end users made through their e-mail links, over all the month's sessions.
     pub postpones_by_end_users: u64,
@@ -342,8 +345,8 @@ pub fn build(input: &ReportInput<'_>) -> TenantReport {
         }
     }
     month.sort_by_key(|s| (s.finished_at, s.id));
-    let (computers, compliance) = computer_lines(input, &month, &last, complete, to);
-    let (failures, failures_total) = failures(&month, &name_of);
+    let (computers, compliance) = computer_lines(input, &month, &last, to);
+    let (failures, failures_total, failures_resolved) = failures(&month, &name_of);
     let (postpones, postpones_by_end_users) = postpones(&month, &name_of);
     let (attestations, attestations_total, signing_keys) =
         attestation_lines(&month, input.attestations, &name_of);
@@ -359,6 +362,7 @@ pub fn build(input: &ReportInput<'_>) -> TenantReport {
         tasks: tasks(&month),
         failures,
         failures_total,
+        failures_resolved,
         postpones,
         postpones_by_end_users,
         attestations,
@@ -371,7 +375,6 @@ fn computer_lines(
     input: &ReportInput<'_>,
     month: &[&SessionFacts],
     last: &HashMap<Id, (Time, Compliance)>,
-    complete: bool,
     to: Time,
 ) -> (Vec<ComputerLine>, ComplianceCounts) {
     let mut per: HashMap<Id, u64> = HashMap::new();
@@ -386,8 +389,6 @@ fn computer_lines(
         .map(|c| {
             let (as_of, compliance) = match last.get(&c.id) {
                 Some((t, k)) => (Some(*t), Some(*k)),
-                // The current month: the computer's own compliance is its last session's.
-                None if !complete => (None, c.compliance),
                 None => (None, None),
             };
             match compliance {
@@ -510,55 +511,73 @@ fn failed(a: &ActionFacts) -> bool {
 }
 
 /// Failed actions (and sessions that failed with no failed action), newest first, each with the
-/// later session of the month that set it right.
-fn failures(month: &[&SessionFacts], name_of: &dyn Fn(Id) -> String) -> (Vec<FailureLine>, u64) {
+/// later session of the month that set it right; with the total and how many were set right.
+fn failures(
+    month: &[&SessionFacts],
+    name_of: &dyn Fn(Id) -> String,
+) -> (Vec<FailureLine>, u64, u64) {
+    // Each computer's sessions in order, so a failure looks only at its own computer's later
+    // sessions.
+    let mut by_computer: HashMap<Id, Vec<&SessionFacts>> = HashMap::new();
+    for s in month {
+        by_computer.entry(s.computer_id).or_default().push(s);
+    }
     let mut out = Vec::new();
-    for (i, s) in month.iter().enumerate() {
-        let at = s.finished_at.unwrap_or(s.created_at);
-        let later = &month[i + 1..];
-        let mut any = false;
-        for a in s.actions.iter().filter(|a| failed(a)) {
-            any = true;
-            let fixed = later.iter().find(|l| {
-                l.computer_id == s.computer_id
-                    && l.actions.iter().any(|b| {
-                        b.compliance == Compliance::Compliant
-                            && !failed(b)
-                            && b.deployment_id == a.deployment_id
-                    })
-            });
-            out.push(FailureLine {
-                session_id: s.id,
-                computer_id: s.computer_id,
-                computer_name: name_of(s.computer_id),
-                item: Some(a.name.clone()),
-                at,
-                message: a
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| format!("{:?}", a.status).to_uppercase()),
-                resolved_by: fixed.and_then(|l| Some((l.id, l.finished_at?))),
-            });
-        }
-        if s.status == SessionStatus::Failed && !any {
-            let fixed = later
-                .iter()
-                .find(|l| l.computer_id == s.computer_id && l.status == SessionStatus::Passed);
-            out.push(FailureLine {
-                session_id: s.id,
-                computer_id: s.computer_id,
-                computer_name: name_of(s.computer_id),
-                item: None,
-                at,
-                message: s.status_reason.clone().unwrap_or_else(|| "failed".into()),
-                resolved_by: fixed.and_then(|l| Some((l.id, l.finished_at?))),
-            });
+    for sessions in by_computer.values() {
+        for (i, s) in sessions.iter().enumerate() {
+            failures_of(s, &sessions[i + 1..], name_of, &mut out);
         }
     }
+    out.sort_by_key(|f| std::cmp::Reverse((f.at, f.session_id)));
     let total = out.len() as u64;
-    out.reverse();
+    let resolved = out.iter().filter(|f| f.resolved_by.is_some()).count() as u64;
     out.truncate(MAX_ROWS);
-    (out, total)
+    (out, total, resolved)
+}
+
+/// The failures of session `s`, given the same computer's later sessions of the month.
+fn failures_of(
+    s: &SessionFacts,
+    later: &[&SessionFacts],
+    name_of: &dyn Fn(Id) -> String,
+    out: &mut Vec<FailureLine>,
+) {
+    let at = s.finished_at.unwrap_or(s.created_at);
+    let done = |l: &&&SessionFacts| Some((l.id, l.finished_at?));
+    let line = |item: Option<String>, message: String, fixed: Option<(Id, Time)>| FailureLine {
+        session_id: s.id,
+        computer_id: s.computer_id,
+        computer_name: name_of(s.computer_id),
+        item,
+        at,
+        message,
+        resolved_by: fixed,
+    };
+    let mut any = false;
+    for a in s.actions.iter().filter(|a| failed(a)) {
+        any = true;
+        let fixed = later.iter().find(|l| {
+            l.actions.iter().any(|b| {
+                b.compliance == Compliance::Compliant
+                    && !failed(b)
+                    && b.deployment_id == a.deployment_id
+            })
+        });
+        let message = a
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", a.status).to_uppercase());
+        out.push(line(
+            Some(a.name.clone()),
+            message,
+            fixed.and_then(|l| done(&l)),
+        ));
+    }
+    if s.status == SessionStatus::Failed && !any {
+        let fixed = later.iter().find(|l| l.status == SessionStatus::Passed);
+        let message = s.status_reason.clone().unwrap_or_else(|| "failed".into());
+        out.push(line(None, message, fixed.and_then(|l| done(&l))));
+    }
 }
 
 fn postpones(month: &[&SessionFacts], name_of: &dyn Fn(Id) -> String) -> (Vec<PostponeLine>, u64) {

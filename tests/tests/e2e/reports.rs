@@ -211,6 +211,21 @@ async fn a_month_of_real_sessions_reads_the_same_in_the_report_its_pdf_and_its_p
         code, "NOT_FOUND",
         "another tenant's report does not exist for its users"
     );
+    let pdf = format!(
+        "{}/api/v1/tenants/{}/reports/2026-11.pdf",
+        m.s.url, m.tenant
+    );
+    let r = m.s.http.get(&pdf).bearer_auth(&viewer).send().await?;
+    assert_eq!(r.status(), 404, "nor over REST");
+    // Before the tenant existed: refused.
+    let code =
+        m.s.gql_err(
+            Some(&m.admin),
+            REPORT,
+            json!({"t": m.tenant, "m": "2026-10"}),
+        )
+        .await?;
+    assert_eq!(code, "BAD_USER_INPUT");
     Ok(())
 }
 

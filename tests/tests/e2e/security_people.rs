@@ -694,5 +694,32 @@ async fn required_mfa_limits_msp_users_without_totp_to_enrolling() -> anyhow::Re
             .await?,
         "FORBIDDEN"
     );
+    // Nor does the password alone open a REST route: a tenant's report, a session's record, an
+    // upload.
+    let month = t0().format("%Y-%m");
+    for (method, path) in [
+        ("GET", format!("/api/v1/tenants/{a}/reports/{month}.pdf")),
+        ("GET", format!("/api/v1/tenants/{a}/reports/{month}.html")),
+        ("GET", format!("/api/v1/sessions/{a}/record")),
+        ("POST", "/api/v1/files".to_string()),
+    ] {
+        let url = format!("{}{path}", s.url);
+        let req = match method {
+            "GET" => s.http.get(&url),
+            _ => s.http.post(&url).body("installer bytes"),
+        };
+        let r = req.bearer_auth(&tech).send().await?;
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let body: Value = r.json().await?;
+        assert_eq!(body["code"], "FORBIDDEN", "{method} {path}");
+    }
+    // With the second factor, the admin fetches the same report.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/tenants/{a}/reports/{month}.pdf", s.url))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
     Ok(())
 }

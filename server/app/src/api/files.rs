@@ -26,6 +26,13 @@ pub async fn signed_in(
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
     match crate::api::graphql::authenticate(app, auth).await {
+        // As GraphQL holds it (`Ctx::new`): an MSP user who must still enroll TOTP reaches
+        // nothing but their own account, so a password alone opens no REST route either.
+        Ok(Some(a)) if a.mfa_pending => Err(refuse(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "this server requires MSP roles to use a second factor: enroll TOTP first (enrollTotp, then confirmTotp)",
+        )),
         Ok(Some(a)) => Ok(a),
         Ok(None) => Err(refuse(
             StatusCode::UNAUTHORIZED,

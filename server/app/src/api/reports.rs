@@ -61,7 +61,8 @@ async fn report(
         Ok(_) => return error(&ApiError::not_found("tenant", id)),
         Err(e) => return error(&ApiError::from(e)),
     };
-    let r = match app.tenant_report(tenant, month).await {
+    // The permit is held until the document is drawn.
+    let (r, _permit) = match app.tenant_report(tenant, month).await {
         Ok(r) => r,
         Err(e) => return error(&e),
     };
@@ -131,5 +132,10 @@ fn file_name(t: &Tenant, month: &str, format: Format) -> String {
 }
 
 fn error(e: &ApiError) -> Response {
-    refuse(e.status(), e.code(), e.to_string())
+    let mut r = refuse(e.status(), e.code(), e.to_string());
+    if e.status() == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    r
 }

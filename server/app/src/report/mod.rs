@@ -157,11 +157,7 @@ fn summary(r: &Report) -> Vec<Figure> {
         .iter()
         .map(|s| s.installed + s.updated + s.removed)
         .sum();
-    let resolved = rep
-        .failures
-        .iter()
-        .filter(|f| f.resolved_by.is_some())
-        .count();
+    let resolved = rep.failures_resolved;
     let fig = |label: &str, value: String| Figure {
         label: label.to_owned(),
         value,

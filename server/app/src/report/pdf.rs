@@ -27,6 +27,8 @@ const BOTTOM: f32 = 58.0;
 const CONTENT_W: f32 = PAGE_W - 2.0 * MARGIN;
 const TABLE_SIZE: f32 = 7.5;
 const CELL_PAD: f32 = 3.0;
+/// Most lines of one table cell (a page holds about 70).
+const MAX_CELL_LINES: usize = 40;
 
 /// The faces, parsed once per process.
 static FACES: LazyLock<Option<(ParsedFont, ParsedFont)>> = LazyLock::new(|| {
@@ -588,7 +590,15 @@ impl Writer<'_> {
                 .map(|((text, _), c)| {
                     let width = c.share * CONTENT_W - 2.0 * CELL_PAD;
                     let shown = self.regular.clean(text);
-                    self.regular.wrap(&shown, TABLE_SIZE, width)
+                    let mut lines = self.regular.wrap(&shown, TABLE_SIZE, width);
+                    // A row always fits on a page: a cell longer than that is cut.
+                    if lines.len() > MAX_CELL_LINES {
+                        lines.truncate(MAX_CELL_LINES);
+                        if let Some(last) = lines.last_mut() {
+                            last.push('…');
+                        }
+                    }
+                    lines
                 })
                 .collect();
             let lines = wrapped.iter().map(Vec::len).max().unwrap_or(1);

@@ -605,18 +605,23 @@ impl App {
             .job_results
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Secrets are masked at the door: neither the engine, nor the store, nor a log line
-        // sees what a script printed of them.
-        let shown: Vec<String> = match self
-            .store
-            .get::<upkeep_core::session::Session>(&rec.session_id)
-            .await?
-        {
-            Some(s) => s
-                .items
-                .iter()
-                .flat_map(upkeep_core::session::PlanItem::shown_values)
-                .collect(),
-            None => vec![],
+        // sees what a script printed of them. Only a job with parameters has any: the
+        // session (its plan from the runtime's cache) is read for those alone.
+        let shown: Vec<String> = if crate::secrets::job_has_parameters(&rec.job) {
+            match self
+                .store
+                .get_session_cached(&rec.session_id, &self.runtime.plans)
+                .await?
+            {
+                Some(s) => s
+                    .items
+                    .iter()
+                    .flat_map(upkeep_core::session::PlanItem::shown_values)
+                    .collect(),
+                None => vec![],
+            }
+        } else {
+            vec![]
         };
         let outcome = self.secrets.mask_outcome(&rec.job, outcome, &shown);
         if self.held_reboot_result(&rec, Some(&outcome)).await? {

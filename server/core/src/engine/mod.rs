@@ -336,17 +336,18 @@ impl Machine<'_> {
             }
             Event::Postpone { hours, by, token } => {
                 let by_link = token.is_some();
+                let count = self.s.postpone_count;
                 self.use_token(token)?;
                 match self.s.stage {
                     Stage::RebootPrompted { before, .. } => {
                         self.postpone_prompted_reboot(hours, &by, before)?
                     }
-                    _ => {
-                        self.postpone(hours, &by)?;
-                        if by_link {
-                            self.s.end_user_postpones += 1;
-                        }
-                    }
+                    _ => self.postpone(hours, &by)?,
+                }
+                // A postpone of the maintenance (also one a reboot prompt led to) through the
+                // end user's link.
+                if by_link && self.s.postpone_count > count {
+                    self.s.end_user_postpones += 1;
                 }
             }
             Event::UpdateNow { by, token } => {

@@ -163,12 +163,13 @@ fn a_month_is_bounded_by_local_midnights() {
     assert_eq!(to, Utc.with_ymd_and_hms(2026, 3, 31, 22, 0, 0).unwrap());
     let (_, to) = "2026-12".parse::<Month>().unwrap().bounds(Tz::UTC);
     assert_eq!(to, Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
-    // A zone whose midnight a DST change skipped (Santiago, 2026-09-06 00:00 does not exist).
-    let (from, _) = "2026-09"
+    // A month whose first midnight a DST change skipped: Asunción went from 00:00 (UTC-4) to
+    // 01:00 (UTC-3) on 1 October 2023; the month starts at that 01:00.
+    let (from, _) = "2023-10"
         .parse::<Month>()
         .unwrap()
-        .bounds(Tz::America__Santiago);
-    assert!(from < Utc.with_ymd_and_hms(2026, 9, 2, 0, 0, 0).unwrap());
+        .bounds(Tz::America__Asuncion);
+    assert_eq!(from, Utc.with_ymd_and_hms(2023, 10, 1, 4, 0, 0).unwrap());
 }
 
 #[test]
@@ -237,11 +238,13 @@ fn sessions_count_in_the_month_they_finished_in_and_compliance_is_at_its_end() {
     assert_eq!(r.failures[0].item, None);
     assert_eq!(r.failures[0].resolved_by, None);
 
-    // While the month lasts, a computer with no session read keeps its own compliance.
+    // While the month lasts: to now, and a computer whose sessions the caller did not pass is
+    // unknown (its own `compliance` field is not read).
     let r = report(&pcs, &sessions[1..2], at(20, 0));
     assert!(!r.complete);
     assert_eq!(r.to, at(20, 0));
-    assert_eq!(r.compliance.compliant, 2, "{:?}", r.computers);
+    assert_eq!(r.compliance.compliant, 1, "{:?}", r.computers);
+    assert_eq!(r.compliance.unknown, 2, "{:?}", r.computers);
 }
 
 #[test]
@@ -309,6 +312,7 @@ fn changes_remediations_failures_and_their_fixes() {
         (Some("Disk cleanup"), "exit code 1: disk full")
     );
     assert_eq!(f.resolved_by, Some((id(2), at(4, 9))));
+    assert_eq!((r.failures_total, r.failures_resolved), (1, 1));
     assert_eq!(r.postpones_by_end_users, 1);
     assert_eq!((r.postpones[0].total, r.postpones[0].by_end_user), (2, 1));
 
@@ -344,4 +348,21 @@ fn attestations_are_listed_with_the_keys_that_signed_them() {
     assert_eq!(r.attestations_total, 1);
     assert_eq!(r.attestations[0].chain_head, "ab".repeat(32));
     assert_eq!(r.signing_keys, vec!["key-1".to_string()]);
+}
+
+#[test]
+fn lists_stop_at_max_rows_and_the_totals_count_everything() {
+    let n = MAX_ROWS as u128 + 3;
+    let pcs: Vec<Computer> = (0..n)
+        .map(|i| computer(i, &format!("pc-{i:05}"), None))
+        .collect();
+    let sessions: Vec<Session> = (0..n)
+        .map(|i| session(100_000 + i, i, at(5, 9), SessionStatus::Failed))
+        .collect();
+    let r = report(&pcs, &sessions, at(20, 0));
+    assert_eq!(r.computers.len(), MAX_ROWS);
+    assert_eq!(r.compliance.total(), n as u64);
+    assert_eq!(r.compliance.non_compliant, n as u64);
+    assert_eq!(r.failures.len(), MAX_ROWS);
+    assert_eq!((r.failures_total, r.failures_resolved), (n as u64, 0));
 }

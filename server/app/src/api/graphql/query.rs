@@ -1021,7 +1021,8 @@ impl Query {
     /// was done about them, postpones by end users and the month's signed session records. The
     /// same report as PDF and HTML at `pdfUrl` and `htmlUrl`. Whoever may read the tenant may
     /// read its report; `THROTTLED` while the server builds as many reports as it will at once.
-    #[graphql(complexity = "super::EXPENSIVE_FIELD_COST + child_complexity")]
+    /// One report per request: the field costs half the complexity budget.
+    #[graphql(complexity = "super::MAX_COMPLEXITY / 2 + child_complexity")]
     async fn tenant_report(
         &self,
         ctx: &Context<'_>,

@@ -46,7 +46,7 @@ pub struct SessionRuntime {
     mail_locks: group_mail::MailLocks,
     /// The decoded plans of sessions being stepped: a step reads and decodes only the hot
     /// record of its session.
-    plans: upkeep_store::PlanCache,
+    pub(crate) plans: upkeep_store::PlanCache,
     /// Cluster mode: replicas share the store, so a step checks the session's revision, the
     /// running slots and the computer's start marker in its transaction (`shared.rs`).
     shared: bool,
