@@ -209,6 +209,9 @@ fn n(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// What maintenance did to one tenant's computers in one calendar month of the tenant's time
+/// zone: the same report as the PDF and HTML documents at `pdfUrl` and `htmlUrl`. Lists are
+/// cut at 5 000 lines (newest first); the totals beside them count everything.
 #[Object]
 impl TenantReport {
     /// The tenant.
