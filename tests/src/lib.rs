@@ -422,6 +422,55 @@ pub async fn raw_post(
     Ok((status, json))
 }
 
+/// A server that sends its mail to `smtp` and runs on a test clock starting at `clock`, and its
+/// admin's token.
+pub async fn mailing_server(
+    smtp: &smtp::SmtpSink,
+    clock: chrono::DateTime<chrono::Utc>,
+) -> Result<(TestServer, String)> {
+    let url = smtp.url();
+    let s = TestServer::start_with(move |c| {
+        c.smtp_url = Some(url);
+        c.test_clock = Some(clock);
+    })
+    .await?;
+    let admin = s.admin().await?;
+    Ok((s, admin))
+}
+
+/// An online computer of `tenant` with a real agent, whose primary person is a new person
+/// (`name`, `email`): the computer's id, the person's id and the agent.
+pub async fn personal_computer(
+    s: &TestServer,
+    admin: &str,
+    tenant: &str,
+    hostname: &str,
+    (name, email): (&str, &str),
+) -> Result<(String, String, TestAgent)> {
+    let p = s
+        .gql(
+            admin,
+            "mutation($t: ID!, $n: String!, $e: String!) { createPerson(input: {tenantId: $t, name: $n, email: $e}) { id } }",
+            json!({"t": tenant, "n": name, "e": email}),
+        )
+        .await?;
+    let person = p["createPerson"]["id"]
+        .as_str()
+        .context("person id")?
+        .to_string();
+    let key = s.enrollment_key(admin, tenant).await?;
+    let agent = TestAgent::start(&s.url, &key, hostname).await?;
+    let computer = s.computer_id(admin, hostname).await?;
+    s.gql(
+        admin,
+        "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p}) { id } }",
+        json!({"c": computer, "p": person}),
+    )
+    .await?;
+    s.wait_online(admin, &computer).await?;
+    Ok((computer, person, agent))
+}
+
 /// A server with one tenant ("Acme") and one enrolled, online computer whose real agent runs
 /// scripts; `dir` is a temp dir for the scripts' marker files.
 pub struct Fixture {

@@ -175,6 +175,14 @@ pub struct ServeConfig {
     /// Sessions running at once; more wait PENDING ("queued").
     #[arg(long, env = "UPKEEP_MAX_CONCURRENT_SESSIONS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_sessions: u32,
+    /// Monthly reports built at once (each reads a month of a tenant's sessions); a caller
+    /// kept waiting 30 s gets THROTTLED. 0 turns reports off.
+    #[arg(long, env = "UPKEEP_MAX_CONCURRENT_REPORTS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub max_concurrent_reports: u32,
+    /// Impact previews (`previewDeploymentChange`) computed at once (each plans the whole
+    /// fleet the change may reach); a caller kept waiting 10 s gets THROTTLED. 0 turns them off.
+    #[arg(long, env = "UPKEEP_MAX_CONCURRENT_PREVIEWS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub max_concurrent_previews: u32,
     /// Testing only: start the server's clock at this RFC 3339 instant and let tests move it
     /// with `POST /debug/clock` (never use in production).
     #[arg(long, env = "UPKEEP_TEST_CLOCK", hide = true)]
@@ -424,6 +432,8 @@ impl ServeConfig {
             cors_headers: vec![],
             allow_private_webhooks: false,
             max_concurrent_sessions: 500,
+            max_concurrent_reports: 2,
+            max_concurrent_previews: 2,
             test_clock: None,
             offline_after_seconds: 75,
             job_timeout_seconds: None,

@@ -19,13 +19,7 @@ struct Fixture {
 }
 
 async fn fixture(smtp: SmtpSink) -> anyhow::Result<Fixture> {
-    let url = smtp.url();
-    let s = TestServer::start_with(move |c| {
-        c.smtp_url = Some(url);
-        c.test_clock = Some(chrono::Utc::now());
-    })
-    .await?;
-    let admin = s.admin().await?;
+    let (s, admin) = mailing_server(&smtp, chrono::Utc::now()).await?;
     let t = s
         .gql(
             &admin,
@@ -34,13 +28,20 @@ async fn fixture(smtp: SmtpSink) -> anyhow::Result<Fixture> {
         )
         .await?;
     let tenant = t["createTenant"]["id"].as_str().unwrap().to_string();
-    let p = s.gql(&admin, "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Ann O'Neil\", email: \"ann@acme.example\"}) { id } }", json!({"t": tenant})).await?;
-    let person = p["createPerson"]["id"].as_str().unwrap().to_string();
-    let key = s.enrollment_key(&admin, &tenant).await?;
-    let agent = TestAgent::start(&s.url, &key, "ann-laptop").await?;
-    let computer = s.computer_id(&admin, "ann-laptop").await?;
-    s.gql(&admin, "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p, name: \"Ann's <laptop>\"}) { id } }", json!({"c": computer, "p": person})).await?;
-    s.wait_online(&admin, &computer).await?;
+    let (computer, _, agent) = personal_computer(
+        &s,
+        &admin,
+        &tenant,
+        "ann-laptop",
+        ("Ann O'Neil", "ann@acme.example"),
+    )
+    .await?;
+    s.gql(
+        &admin,
+        "mutation($c: ID!) { updateComputer(id: $c, input: {name: \"Ann's <laptop>\"}) { id } }",
+        json!({"c": computer}),
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let sw = create_file_software(
         &s,

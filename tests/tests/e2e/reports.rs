@@ -43,13 +43,7 @@ struct Month {
 /// that remediates and a task that fails until `dir/allow` exists.
 async fn month() -> Result<Month> {
     let smtp = SmtpSink::start().await?;
-    let url = smtp.url();
-    let s = TestServer::start_with(move |c| {
-        c.smtp_url = Some(url);
-        c.test_clock = Some(start());
-    })
-    .await?;
-    let admin = s.admin().await?;
+    let (s, admin) = mailing_server(&smtp, start()).await?;
     let t = s
         .gql(
             &admin,
@@ -61,13 +55,14 @@ async fn month() -> Result<Month> {
         .as_str()
         .context("tenant")?
         .to_string();
-    let p = s.gql(&admin, "mutation($t: ID!) { createPerson(input: {tenantId: $t, name: \"Ann\", email: \"ann@praxis.example\"}) { id } }", json!({"t": tenant})).await?;
-    let person = p["createPerson"]["id"].as_str().context("person")?;
-    let key = s.enrollment_key(&admin, &tenant).await?;
-    let agent = TestAgent::start(&s.url, &key, "empfang-pc").await?;
-    let computer = s.computer_id(&admin, "empfang-pc").await?;
-    s.gql(&admin, "mutation($c: ID!, $p: ID!) { updateComputer(id: $c, input: {primaryPersonId: $p}) { id } }", json!({"c": computer, "p": person})).await?;
-    s.wait_online(&admin, &computer).await?;
+    let (computer, _, agent) = personal_computer(
+        &s,
+        &admin,
+        &tenant,
+        "empfang-pc",
+        ("Ann", "ann@praxis.example"),
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let sw =
         create_file_software(&s, &admin, Some(&tenant), "Editor", dir.path(), &["1.0"]).await?;
@@ -382,5 +377,67 @@ async fn documents(m: &Month, r: &Value, failed: &str) -> Result<()> {
     let resp = m.s.http.get(&future).bearer_auth(&m.admin).send().await?;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.json::<Value>().await?["code"], "BAD_USER_INPUT");
+    Ok(())
+}
+
+/// With no turns to give (`--max-concurrent-reports 0`, `--max-concurrent-previews 0`), the
+/// costly work is refused at once, clearly: `THROTTLED` in GraphQL, 429 with `Retry-After` over
+/// REST; nothing else on the server is affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_previews_beyond_their_turns_are_throttled() -> Result<()> {
+    let s = TestServer::start_with(|c| {
+        c.max_concurrent_reports = 0;
+        c.max_concurrent_previews = 0;
+    })
+    .await?;
+    let admin = s.admin().await?;
+    // In UTC, so that this month is the tenant's first whatever the hour.
+    let tenant = s
+        .gql(
+            &admin,
+            r#"mutation { createTenant(input: {name: "Acme", timeZone: "UTC"}) { id } }"#,
+            json!({}),
+        )
+        .await?["createTenant"]["id"]
+        .as_str()
+        .context("tenant")?
+        .to_string();
+    let month = Utc::now().format("%Y-%m").to_string();
+    let code = s
+        .gql_err(Some(&admin), REPORT, json!({"t": tenant, "m": month}))
+        .await?;
+    assert_eq!(code, "THROTTLED");
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{tenant}/reports/{month}.pdf",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_eq!(r.json::<Value>().await?["code"], "THROTTLED");
+    let task = s
+        .gql(
+            &admin,
+            "mutation($i: CreateMaintenanceTaskInput!) { createMaintenanceTask(input: $i) { id } }",
+            json!({"i": {"name": "Stamp", "tenantId": tenant,
+                "testScript": {"language": "SHELL", "body": "true"}}}),
+        )
+        .await?["createMaintenanceTask"]["id"]
+        .clone();
+    let code = s
+        .gql_err(
+            Some(&admin),
+            "query($i: DeploymentChangeInput!) { previewDeploymentChange(input: $i) { counts { count } } }",
+            json!({"i": {"create": {"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "maintenanceTaskId": task}}}),
+        )
+        .await?;
+    assert_eq!(code, "THROTTLED");
+    // The rest of the server answers as ever.
+    s.gql(&admin, "{ tenants { totalCount } }", json!({}))
+        .await?;
     Ok(())
 }

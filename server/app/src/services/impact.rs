@@ -36,6 +36,7 @@ impl App {
         scope: TenantScope,
         stale_after_days: u32,
     ) -> ApiResult<Impact> {
+        let _turn = self.previews.acquire().await?;
         let deployments = match tenant {
             Some(t) => self.catalogue_deployments_for(t).await?,
             None => self.store.scan::<Deployment>(None).try_collect().await?,

@@ -83,8 +83,46 @@ pub struct App {
     /// This process's id as a holder of leases (fresh at every start).
     pub replica: Id,
     /// Monthly reports being built (`services::reports`): each reads a month of a tenant's
-    /// sessions, so only a few at once.
-    pub reports: tokio::sync::Semaphore,
+    /// sessions, so only `--max-concurrent-reports` at once.
+    pub reports: crate::services::Permits,
+    /// Impact previews being computed (`services::impact`): each plans every computer the
+    /// change may reach, so only `--max-concurrent-previews` at once.
+    pub previews: crate::services::Permits,
+}
+
+/// A bound on one kind of costly work (reports, previews): at most `n` at once; a caller waits
+/// up to `wait` for a turn, then gets `THROTTLED` (HTTP 429). With `n` = 0 the work is turned
+/// off and every caller gets `THROTTLED` at once.
+pub struct Permits {
+    semaphore: tokio::sync::Semaphore,
+    off: bool,
+    wait: Duration,
+    busy: &'static str,
+}
+
+impl Permits {
+    pub fn new(n: u32, wait: Duration, busy: &'static str) -> Permits {
+        Permits {
+            semaphore: tokio::sync::Semaphore::new(n as usize),
+            off: n == 0,
+            wait,
+            busy,
+        }
+    }
+
+    /// A turn, held until the permit is dropped.
+    pub async fn acquire(&self) -> crate::error::ApiResult<tokio::sync::SemaphorePermit<'_>> {
+        let busy = || crate::error::ApiError::Busy(self.busy.into());
+        if self.off {
+            return Err(crate::error::ApiError::Busy(
+                "this server is configured to do none of this (0 at once)".into(),
+            ));
+        }
+        match tokio::time::timeout(self.wait, self.semaphore.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(busy()),
+        }
+    }
 }
 
 /// The keys a server generates at its first start (or finds in the store in cluster mode),
@@ -153,6 +191,16 @@ impl App {
             webhooks.clone(),
             shutdown.clone(),
         ));
+        let reports = Permits::new(
+            config.max_concurrent_reports,
+            Duration::from_secs(30),
+            "other reports are being built: retry in a minute",
+        );
+        let previews = Permits::new(
+            config.max_concurrent_previews,
+            Duration::from_secs(10),
+            "other previews are being computed: retry in a moment",
+        );
         App {
             outbox: Arc::new(outbox),
             rollouts,
@@ -188,7 +236,8 @@ impl App {
             cluster: None,
             ready: std::sync::atomic::AtomicBool::new(false),
             replica,
-            reports: tokio::sync::Semaphore::new(crate::services::reports::REPORTS_AT_ONCE),
+            reports,
+            previews,
         }
     }
 

@@ -3,14 +3,14 @@
 //! (newest first, back to [`LOOKBACK_DAYS`] before the month's start) and the month's
 //! attestations, and asks `upkeep_core::report` what they say. Writes nothing.
 //!
-//! A report reads a month of a tenant's sessions: at most [`App::reports`] permits build at
-//! once, and a caller that waits longer than [`WAIT`] for one is told to retry (`THROTTLED`).
+//! A report reads a month of a tenant's sessions: at most `--max-concurrent-reports` build at
+//! once ([`App::reports`]), and a caller that waits longer than 30 s is told to retry
+//! (`THROTTLED`).
 
 use crate::error::{ApiError, ApiResult};
 use crate::services::App;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 use tokio::sync::SemaphorePermit;
 use upkeep_core::attest::Attestation;
 use upkeep_core::domain::{Computer, Id, Tenant, Time};
@@ -18,12 +18,6 @@ use upkeep_core::report::{LOOKBACK_DAYS, Month, ReportInput, SessionFacts, Tenan
 use upkeep_core::session::Session;
 use upkeep_store::IndexKey;
 use upkeep_store::records::{COMPUTER_SESSIONS, TENANT_COMPUTERS, TENANT_SESSIONS};
-
-/// Reports built at once, server-wide.
-pub const REPORTS_AT_ONCE: usize = 2;
-
-/// How long a caller waits for a permit before it is told to retry.
-const WAIT: Duration = Duration::from_secs(30);
 
 /// A tenant's month, with what the documents show beside it.
 pub struct Report {
@@ -65,14 +59,7 @@ impl App {
                 format!("the tenant was created in {}", created.title()),
             ));
         }
-        let permit = match tokio::time::timeout(WAIT, self.reports.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(ApiError::Busy(
-                    "other reports are being built: retry in a minute".into(),
-                ));
-            }
-        };
+        let permit = self.reports.acquire().await?;
         let to = end.min(now);
         let computers: Vec<Computer> = self
             .store
