@@ -49,8 +49,15 @@ pub fn refuse(status: StatusCode, code: &str, msg: impl Into<String>) -> Respons
     (status, Json(body)).into_response()
 }
 
-fn api_error(e: &ApiError) -> Response {
-    refuse(e.status(), e.code(), e.to_string())
+/// An [`ApiError`] as a REST answer: its status and code in the JSON error shape, and
+/// `Retry-After` on a 429 (`THROTTLED`).
+pub fn api_error(e: &ApiError) -> Response {
+    let mut r = refuse(e.status(), e.code(), e.to_string());
+    if e.status() == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    r
 }
 
 /// `POST /api/v1/files`: who may create software may upload; the body is the file, read as it

@@ -82,6 +82,5 @@ async fn record(
 }
 
 fn store_error(e: upkeep_store::StoreError) -> Response {
-    let e = crate::error::ApiError::from(e);
-    refuse(e.status(), e.code(), e.to_string())
+    crate::api::files::api_error(&crate::error::ApiError::from(e))
 }

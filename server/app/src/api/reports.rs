@@ -3,7 +3,7 @@
 //! as on the other REST routes (a bearer token or API key). The PDF is drawn on a blocking
 //! thread; both answers are `no-store` (they hold the tenant's data).
 
-use crate::api::files::refuse;
+use crate::api::files::{api_error as error, refuse};
 use crate::api::graphql::ctx::visible_in;
 use crate::error::ApiError;
 use crate::services::App;
@@ -129,13 +129,4 @@ fn file_name(t: &Tenant, month: &str, format: Format) -> String {
     } else {
         format!("{slug}-report-{month}.{ext}")
     }
-}
-
-fn error(e: &ApiError) -> Response {
-    let mut r = refuse(e.status(), e.code(), e.to_string());
-    if e.status() == StatusCode::TOO_MANY_REQUESTS {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-    }
-    r
 }

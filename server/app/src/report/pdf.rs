@@ -346,13 +346,12 @@ fn col(title: &'static str, share: f32) -> Column {
     Column { title, share }
 }
 
-/// The brand colour and the text colour on it, from the view's sanitized `#rrggbb`.
+/// The brand colour and the text colour on it, as the HTML page has them.
 fn brand_colors(v: &ReportView) -> (Rgbf, Rgbf) {
-    let ctx = serde_json::to_value(&v.brand).unwrap_or_default();
-    let get = |k: &str| ctx.get(k).and_then(|c| c.as_str()).and_then(parse_hex);
+    let (primary, on) = v.brand.colors();
     (
-        get("primaryColor").unwrap_or((0.145, 0.388, 0.922)),
-        get("onPrimaryColor").unwrap_or((1.0, 1.0, 1.0)),
+        parse_hex(&primary).unwrap_or((0.145, 0.388, 0.922)),
+        parse_hex(on).unwrap_or((1.0, 1.0, 1.0)),
     )
 }
 

@@ -41,6 +41,16 @@ impl Brand {
     }
 }
 
+impl Brand {
+    /// The brand colour as a valid `#rrggbb`, and the text colour that reads on it (what the
+    /// templates get as `primaryColor` and `onPrimaryColor`).
+    pub fn colors(&self) -> (String, &'static str) {
+        let primary = sanitize_color(&self.primary_color);
+        let (on_primary, _) = derived_colors(&primary);
+        (primary, on_primary)
+    }
+}
+
 impl Default for Brand {
     /// A neutral brand for pages where no tenant is known (a forged postpone link).
     fn default() -> Brand {
