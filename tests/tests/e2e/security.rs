@@ -817,7 +817,11 @@ async fn review_findings_stay_closed() -> Result<()> {
     // the pongs cannot hold it open).
     let mut ws = ws_connect(&s).await?;
     for _ in 0..20 {
-        send(&mut ws, json!({"type": "ping"})).await?;
+        // The server may close before the last of them: a write then fails (broken pipe), and
+        // its close frame is still there to read.
+        if send(&mut ws, json!({"type": "ping"})).await.is_err() {
+            break;
+        }
     }
     assert_eq!(close_code(&mut ws, T).await?, 1008);
 
