@@ -165,6 +165,21 @@ impl Deployment {
     }
 }
 
+/// nginx, PostgreSQL and NATS are there (`all` goes on without this scenario when one is not).
+async fn parts_reachable() -> Result<()> {
+    nginx_binary()?;
+    drop(
+        ScratchCluster::create()
+            .await
+            .context("PostgreSQL is not reachable (UPKEEP_TEST_DATABASE_URL or 127.0.0.1:5432)")?,
+    );
+    let nats = upkeep_testkit::nats_url();
+    tokio::net::TcpStream::connect(nats.trim_start_matches("nats://"))
+        .await
+        .with_context(|| format!("NATS is not reachable at {nats}"))?;
+    Ok(())
+}
+
 /// The scenario's temp dir: removed at the end unless `UPKEEP_BENCH_KEEP=1`.
 struct Scratch {
     _dir: Option<tempfile::TempDir>,
@@ -194,7 +209,10 @@ type Failures = Vec<String>;
 
 pub async fn run(quick: bool) -> Result<Vec<Figure>> {
     // Before anything starts: a missing part is said at once.
-    nginx_binary()?;
+    if let Err(e) = parts_reachable().await {
+        note(S, format!("SKIPPED: {e:#}"));
+        return Ok(vec![]);
+    }
     server_binary()?;
     let scratch = Scratch::create()?;
     let mut figures = Vec::new();

@@ -2,16 +2,15 @@
 //!
 //! ```text
 //! cargo build --release -p upkeep-server -p upkeep-bench
-//! target/release/upkeep-bench <polls|fleet|nginx|sessions|graphql|fanout|plan|preview|all> [--quick]
-//! cargo build --release -p upkeep-server -p upkeep-bench && target/release/upkeep-bench cluster [--quick]
+//! target/release/upkeep-bench <polls|fleet|nginx|sessions|graphql|fanout|plan|preview|cluster|all> [--quick]
 //! ```
 //!
 //! Most scenarios start the real server in this process (`upkeep_server::api::http::start`, temp
 //! data dir, loopback listener) and measures it over HTTP and WebSocket only; fixtures may be
 //! written beforehand through the server's store. `fleet` and `nginx` run the release server
 //! binary as a process of its own (its memory is read apart; `nginx` also runs wrk and nginx).
-//! `cluster` (not part of `all`: it needs
-//! PostgreSQL, NATS, nginx and the release server binary) runs server processes instead. Figures
+//! `cluster` needs PostgreSQL, NATS and nginx beside the release server binary, and runs
+//! server processes only (skipped with a note when nginx is missing). Figures
 //! are JSON lines on stdout, progress notes on stderr. `RUST_LOG` turns on the server's log.
 
 mod agent;
@@ -36,20 +35,17 @@ use report::Figure;
 use std::time::Instant;
 
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
-// `fleet` and `nginx` run the release `upkeep-server` binary as a process (beside this one,
-// or `UPKEEP_BENCH_SERVER`); `nginx` is skipped with a note when wrk or nginx is missing.
-const SCENARIOS: [&str; 8] = [
-    "polls", "fleet", "nginx", "sessions", "fanout", "plan", "preview", "graphql",
+// `fleet`, `nginx` and `cluster` run the release `upkeep-server` binary as a process (beside
+// this one, or `UPKEEP_BENCH_SERVER`); `nginx` and `cluster` are skipped with a note when wrk
+// or nginx is missing; `cluster` needs PostgreSQL and NATS (see `upkeep_testkit::cluster`).
+const SCENARIOS: [&str; 9] = [
+    "polls", "fleet", "nginx", "sessions", "fanout", "plan", "preview", "cluster", "graphql",
 ];
-
-/// Scenarios `all` leaves out: they need parts beyond this process (PostgreSQL, NATS, nginx).
-const SEPARATE: [&str; 1] = ["cluster"];
 
 fn usage() -> String {
     format!(
-        "usage: upkeep-bench <{}|all|{}> [--quick]",
-        SCENARIOS.join("|"),
-        SEPARATE.join("|")
+        "usage: upkeep-bench <{}|all> [--quick]",
+        SCENARIOS.join("|")
     )
 }
 
@@ -82,9 +78,7 @@ async fn bench() -> Result<()> {
                 println!("{}", usage());
                 return Ok(());
             }
-            s if scenario.is_none()
-                && (s == "all" || SCENARIOS.contains(&s) || SEPARATE.contains(&s)) =>
-            {
+            s if scenario.is_none() && (s == "all" || SCENARIOS.contains(&s)) => {
                 scenario = Some(s.to_string())
             }
             other => bail!("unknown argument '{other}'\n{}", usage()),

@@ -142,6 +142,11 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
     }
@@ -152,6 +157,18 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The number after ` field=` on the first line of the server's log that says `message`
+/// (its text-format log: `... store opened engine="sled" ms=2600`).
+pub fn log_field(log: &str, message: &str, field: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let rest = line.split(&format!(" {field}=")).nth(1)?;
+    rest.split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 /// The port in the server's "listening on http://127.0.0.1:PORT" log line.

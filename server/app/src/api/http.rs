@@ -491,6 +491,7 @@ fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 // long: start-up in its order (data dir, secrets, store, app, background tasks); split, the
 // order would be harder to see.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let begun = std::time::Instant::now();
     crate::install_tls_provider();
     check_cors(&config)?;
     anyhow::ensure!(
@@ -507,7 +508,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => upkeep_store::open_embedded(&config.data_dir)
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     };
-    tracing::info!(engine = store.engine(), "store opened");
+    tracing::info!(
+        engine = store.engine(),
+        ms = begun.elapsed().as_millis() as u64,
+        "store opened"
+    );
     // Generated keys: in the data dir, or with PostgreSQL in the store, shared by replicas.
     let secret = match (&config.jwt_secret, &config.database_url) {
         (None, Some(_)) => crate::secrets::shared::jwt_secret(&store, &config.data_dir).await?,
@@ -567,9 +572,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if let Some(dir) = &config.library {
         import_library(&app, dir).await?;
     }
+    let t = std::time::Instant::now();
     let tokens = app.agents.load_tokens(&app.store).await?;
+    let tokens_ms = t.elapsed().as_millis() as u64;
+    if app.cluster.is_none() {
+        app.agents.reserve_presence();
+    }
     let recovered = app.recover_sessions().await?;
-    tracing::info!(agents = tokens, sessions = recovered, "store loaded");
+    tracing::info!(
+        agents = tokens,
+        tokens_ms,
+        sessions = recovered,
+        ms = begun.elapsed().as_millis() as u64,
+        "store loaded"
+    );
     let usage = {
         let app = app.clone();
         async move {

@@ -44,6 +44,13 @@ pub struct Agents {
     /// Agent token digests (SHA-256, 32 raw bytes: half the size of the stored hex) → computer.
     tokens: RwLock<HashMap<[u8; 32], Id>>,
     presence: Mutex<HashMap<Id, Presence>>,
+    /// Computers whose `last_seen` is not written back yet, each once, in the order they
+    /// became so, with when (ms since the epoch): the write-back takes them from the front as
+    /// they come due ([`Agents::take_unwritten_seen`]) without walking the presence map.
+    /// Locked after `presence` when both are held.
+    unwritten: Mutex<VecDeque<(Id, u64)>>,
+    /// When a failed write-back was last logged (see [`Agents::write_back_failed_warn`]).
+    write_back_warned: Mutex<Option<Instant>>,
     /// The instant presence times count from ([`Presence`] keeps milliseconds since it).
     epoch: Instant,
     jobs: Mutex<JobQueues>,
@@ -194,7 +201,13 @@ impl Agents {
         let came_online = entry.holding == 0 && self.since(entry.last_poll) >= self.offline_after;
         entry.last_poll = at;
         entry.last_seen = now;
-        entry.dirty = true;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.unwritten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((computer, at));
+        }
         entry.announced = false;
         let inventory_changed = match poll.inventory.map(inventory_hash) {
             Some(hash) if entry.inventory_hash != hash => {
@@ -243,17 +256,49 @@ impl Agents {
         }
     }
 
-    /// `lastSeenAt` values not yet written to the store, marked written (see
-    /// [`Agents::written_back`]).
-    pub fn take_unwritten_seen(&self) -> Vec<(Id, Time)> {
+    /// Up to `limit` `lastSeenAt` values not yet written to the store that became so at
+    /// least `age` ago (all of them for `Duration::ZERO`), oldest first, marked written (see
+    /// [`Agents::written_back`]). Each value is the latest poll's, however many came since.
+    ///
+    /// Costs what it takes, not the fleet: the presence map is not walked, and neither lock
+    /// is held for more than `limit` entries, so a million agents polling are not held up by
+    /// their own write-back.
+    pub fn take_unwritten_seen(&self, age: Duration, limit: usize) -> Vec<(Id, Time)> {
+        // Nothing changed `age` before the epoch: nothing is due yet then.
+        let due_by = u64::try_from(age.as_millis())
+            .ok()
+            .and_then(|age| self.now_ms().checked_sub(age));
+        let due: Vec<Id> = {
+            let mut q = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q
+                .iter()
+                .take(limit)
+                .take_while(|(_, since)| due_by.is_some_and(|by| *since <= by))
+                .count();
+            q.drain(..n).map(|(c, _)| c).collect()
+        };
         let mut p = self.presence();
-        p.iter_mut()
-            .filter(|(_, v)| v.dirty)
-            .map(|(k, v)| {
+        due.into_iter()
+            .filter_map(|c| {
+                let v = p.get_mut(&c)?;
                 v.dirty = false;
-                (*k, v.last_seen)
+                Some((c, v.last_seen))
             })
             .collect()
+    }
+
+    /// A write-back failed: true when it is to be logged (once a minute at most; the presence
+    /// loop tries every half second).
+    pub fn write_back_failed_warn(&self) -> bool {
+        let mut last = self
+            .write_back_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// A long-poll of `computer` began (`delta` 1) or ended (-1).
@@ -270,6 +315,8 @@ impl Agents {
             secrets,
             tokens: RwLock::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(VecDeque::new()),
+            write_back_warned: Mutex::new(None),
             epoch: Instant::now(),
             jobs: Mutex::new(JobQueues::default()),
             streams: Mutex::new(HashMap::new()),
@@ -431,6 +478,20 @@ impl Agents {
         Ok(t.len())
     }
 
+    /// One node, at start-up: room for every agent's presence (and its place in the
+    /// write-back queue) now. Growing the map while a fleet comes online moves every entry
+    /// under the lock at each doubling (~70 MB at a million), holding up every poll meanwhile.
+    /// Not in cluster mode: each replica sees only the agents the balancer sends it.
+    pub fn reserve_presence(&self) {
+        let n = self.token_count();
+        let mut p = self.presence();
+        let more = n.saturating_sub(p.len());
+        p.reserve(more);
+        let mut q = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let more = n.saturating_sub(q.len());
+        q.reserve(more);
+    }
+
     pub(crate) fn computer_for_token(&self, token: &str) -> Option<Id> {
         // The map is keyed by the token's SHA-256: looking it up compares digests, not the
         // secret, so timing reveals nothing about valid tokens.
@@ -488,21 +549,22 @@ impl Agents {
             .is_some_and(|(heard, _)| heard.elapsed() < self.offline_after)
     }
 
+    /// Computers polling here or (cluster mode) heard of from other replicas, each once.
+    /// Counts without collecting: a scrape of `/metrics` with a million agents holds the
+    /// presence lock for one pass over the map, not for building a set of them.
     pub fn online_count(&self) -> usize {
         let p = self.presence();
-        let mut online: std::collections::HashSet<Id> = p
+        let online_here =
+            |p: &Presence| p.holding > 0 || self.since(p.last_poll) < self.offline_after;
+        let here = p.values().filter(|v| online_here(v)).count();
+        let elsewhere = self
+            .elsewhere()
             .iter()
-            .filter(|(_, p)| p.holding > 0 || self.since(p.last_poll) < self.offline_after)
-            .map(|(id, _)| *id)
-            .collect();
-        drop(p);
-        online.extend(
-            self.elsewhere()
-                .iter()
-                .filter(|(_, (heard, _))| heard.elapsed() < self.offline_after)
-                .map(|(id, _)| *id),
-        );
-        online.len()
+            .filter(|(id, (heard, _))| {
+                heard.elapsed() < self.offline_after && !p.get(id).is_some_and(online_here)
+            })
+            .count();
+        here + elsewhere
     }
 
     pub fn last_seen(&self, computer: Id) -> Option<Time> {
@@ -852,6 +914,34 @@ mod tests {
         a.enqueue_once(&j2);
         assert_eq!(a.queued_for(c).len(), 1);
         assert_eq!(a.jobs_held_for(c), 1);
+    }
+
+    /// A poll's `lastSeenAt` is written back once it is due, once however many polls came
+    /// meanwhile, with the latest poll's time; a poll after the write-back queues it again.
+    #[test]
+    fn last_seen_is_taken_once_when_due_with_the_latest_poll() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = agents(dir.path());
+        let (c1, c2) = (Id::from_u128(1), Id::from_u128(2));
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let later = t + chrono::Duration::seconds(5);
+        assert!(a.polled(c1, t, PollFacts::default()).is_some());
+        assert!(a.polled(c2, t, PollFacts::default()).is_some());
+        assert!(a.polled(c1, later, PollFacts::default()).is_some());
+        assert_eq!(
+            a.take_unwritten_seen(Duration::from_secs(30), 10),
+            vec![],
+            "not due for 30 s"
+        );
+        assert_eq!(a.take_unwritten_seen(Duration::ZERO, 1), vec![(c1, later)]);
+        assert_eq!(a.take_unwritten_seen(Duration::ZERO, 10), vec![(c2, t)]);
+        assert_eq!(
+            a.take_unwritten_seen(Duration::ZERO, 10),
+            vec![],
+            "taken once"
+        );
+        assert!(a.polled(c2, later, PollFacts::default()).is_some());
+        assert_eq!(a.take_unwritten_seen(Duration::ZERO, 10), vec![(c2, later)]);
     }
 
     /// Presence other replicas report makes a computer online here, and the merge says which

@@ -22,6 +22,12 @@ use super::cluster::Note;
 
 /// Computers per `lastSeenAt` write-back batch.
 const LAST_SEEN_BATCH: usize = 4096;
+/// How long a changed `lastSeenAt` waits before it is written back: polls in between cost no
+/// write (the store's value is at most this much behind; presence has the live one).
+const LAST_SEEN_DELAY: Duration = Duration::from_secs(30);
+/// Batches one presence tick writes at most (256 Ki computers; ~8 400 are due per tick with a
+/// million agents polling once a minute).
+const LAST_SEEN_BATCHES_PER_TICK: usize = 64;
 
 /// What an agent token names (see [`App::agent_for_token`]).
 pub(crate) enum TokenCheck {
@@ -300,13 +306,12 @@ impl App {
     /// Background loop: expires leases, writes coalesced `lastSeenAt`, notices computers going
     /// offline.
     pub async fn run_presence(self: Arc<Self>) {
-        let mut last_flush = Instant::now();
         let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = self.shutdown.cancelled() => {
-                    self.write_last_seen().await;
+                    self.write_last_seen(true).await;
                     return;
                 }
             }
@@ -326,15 +331,12 @@ impl App {
                         .await
                 });
             }
-            if last_flush.elapsed() >= Duration::from_secs(30) {
-                self.write_last_seen().await;
-                last_flush = Instant::now();
-            }
+            self.write_last_seen(false).await;
         }
     }
 
     /// One half-second of the presence loop in cluster mode: agents seen here are told to the
-    /// other replicas each second (`Note::Seen`), `lastSeenAt` is written back every 30 s, and
+    /// other replicas each second (`Note::Seen`), `lastSeenAt` is written back as it comes due, and
     /// leases that ran out are ended from the store every 2 s (in-memory leases only go).
     async fn cluster_presence_tick(self: &Arc<Self>, ticks: &mut u64) {
         *ticks += 1;
@@ -348,9 +350,7 @@ impl App {
         if (*ticks).is_multiple_of(4) {
             self.sweep_leases().await;
         }
-        if (*ticks).is_multiple_of(60) {
-            self.write_last_seen().await;
-        }
+        self.write_last_seen(false).await;
     }
 
     /// Cluster mode: ends the leases that ran out, as the store's `LEASED_JOBS` index lists
@@ -535,15 +535,32 @@ impl App {
         Ok(claimed)
     }
 
-    /// Writes back every `lastSeenAt` that changed, [`LAST_SEEN_BATCH`] computers per batch
-    /// with a yield between batches: a million agents are 24 MB of entries, which in one batch
-    /// held a worker (and every poll queued behind it) for seconds and left its buffers
-    /// behind in the allocator.
-    async fn write_last_seen(&self) {
-        let dirty = self.agents.take_unwritten_seen();
-        for batch in dirty.chunks(LAST_SEEN_BATCH) {
-            if let Err(e) = self.store.put_last_seen(batch).await {
-                tracing::warn!(error = %e, "could not write lastSeenAt");
+    /// Writes back the `lastSeenAt` values that changed at least [`LAST_SEEN_DELAY`] ago
+    /// (every one of them with `all`, at shutdown), [`LAST_SEEN_BATCH`] computers per batch
+    /// with a yield between batches. Called every half second, it writes each computer at most
+    /// once per delay, as its polls come in: a million agents polling once a minute are
+    /// ~8 400 entries per call, not a burst of half a million every 30 s that held up the polls
+    /// behind it.
+    async fn write_last_seen(&self, all: bool) {
+        let age = if all { Duration::ZERO } else { LAST_SEEN_DELAY };
+        // A tick writes at most this many batches (a million at shutdown), so a slow store
+        // does not hold the presence loop (leases, cluster presence) for long.
+        let batches = if all {
+            usize::MAX
+        } else {
+            LAST_SEEN_BATCHES_PER_TICK
+        };
+        for _ in 0..batches {
+            let batch = self.agents.take_unwritten_seen(age, LAST_SEEN_BATCH);
+            if batch.is_empty() {
+                return;
+            }
+            if let Err(e) = self.store.put_last_seen(&batch).await {
+                // The batch is dropped (each computer is queued again by its next poll); said
+                // at most once a minute while the store refuses.
+                if self.agents.write_back_failed_warn() {
+                    tracing::warn!(error = %e, computers = batch.len(), "could not write lastSeenAt");
+                }
                 return;
             }
             self.agents.written_back(batch.len());

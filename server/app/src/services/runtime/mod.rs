@@ -148,8 +148,16 @@ impl App {
             self.runtime.st().recover(&s);
             ids.push(s.id);
         }
+        let t = std::time::Instant::now();
         self.agents.requeue_open_jobs(&self.store).await?;
-        self.recover_held_reboots().await?;
+        tracing::info!(
+            sessions = ids.len(),
+            open_jobs_ms = t.elapsed().as_millis() as u64,
+            "sessions and open jobs recovered"
+        );
+        // Held reboots wait for the end of business hours: their timers may come back a few
+        // seconds after the server serves (a million computers are read for them, ~3 s).
+        tokio::spawn(self.clone().recover_held_reboots_in_background());
         for id in &ids {
             self.tick(*id).await;
         }
@@ -804,7 +812,7 @@ impl App {
     /// so), or that said something new about a pending reboot: its session looks again.
     pub fn computer_came_online(self: &Arc<Self>, computer: Id, logged: bool) {
         if logged {
-            tracing::info!(computer = %computer, "computer online");
+            tracing::debug!(computer = %computer, "computer online");
         }
         self.spawn_tick(self.runtime.active_session_of(computer));
     }

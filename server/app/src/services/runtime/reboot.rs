@@ -40,7 +40,8 @@ impl App {
     /// decoded: serde writes `held_reboot` last, so such a record ends with
     /// `"held_reboot":null}` (a string value cannot end it that way: its quotes are escaped).
     /// Anything else is decoded and looked at. A million computers: ~1 s less start-up.
-    pub(super) async fn recover_held_reboots(&self) -> anyhow::Result<()> {
+    pub(super) async fn recover_held_reboots(&self) -> anyhow::Result<usize> {
+        let mut held = 0;
         use upkeep_store::{KeyRange, Space};
         let mut computers = std::pin::pin!(self.store.scan_raw(
             Space::Records(upkeep_store::Kind::Computer),
@@ -51,14 +52,52 @@ impl App {
             if v.ends_with(NONE_HELD) {
                 continue;
             }
-            let c: Computer = upkeep_store::decode_record(&v)?;
+            // One record that does not decode must not cost every other computer its reboot.
+            let c: Computer = match upkeep_store::decode_record(&v) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "a stored computer does not decode; its held reboot, if any, is not recovered");
+                    continue;
+                }
+            };
             if let Some(h) = &c.held_reboot
                 && h.job_id.is_none()
             {
                 self.runtime.note_held_reboot(c.id, h.due_at);
+                held += 1;
             }
         }
-        Ok(())
+        Ok(held)
+    }
+
+    /// [`App::recover_held_reboots`] beside serving, from start-up: a store error is tried
+    /// again a minute later (until it works or the server stops), never leaving held reboots
+    /// without their timers until a restart.
+    pub(super) async fn recover_held_reboots_in_background(self: Arc<Self>) {
+        loop {
+            let t = std::time::Instant::now();
+            let outcome = tokio::select! {
+                r = self.recover_held_reboots() => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match outcome {
+                Ok(held) => {
+                    tracing::info!(
+                        held,
+                        ms = t.elapsed().as_millis() as u64,
+                        "held reboots recovered"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "held reboots not recovered; trying again in a minute")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Sends the held reboots that are due (timer loop).

@@ -190,7 +190,7 @@ impl View<Computer> {
     async fn online(&self, ctx: &Context<'_>) -> Result<bool> {
         Ok(Ctx::new(ctx)?.app.agents.is_online(self.id))
     }
-    /// When the agent last polled (kept in memory, written back every 30 s).
+    /// When the agent last polled (kept in memory, written back about 30 s after it changes).
     async fn last_seen_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime>> {
         let app = &Ctx::new(ctx)?.app;
         if let Some(t) = app.agents.last_seen(self.id) {
