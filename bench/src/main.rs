@@ -10,7 +10,7 @@
 //! written beforehand through the server's store. `fleet` and `nginx` run the release server
 //! binary as a process of its own (its memory is read apart; `nginx` also runs wrk and nginx).
 //! `cluster` needs PostgreSQL, NATS and nginx beside the release server binary, and runs
-//! server processes only (skipped with a note when nginx is missing). Figures
+//! server processes only (skipped with a note when one of the three is missing). Figures
 //! are JSON lines on stdout, progress notes on stderr. `RUST_LOG` turns on the server's log.
 
 mod agent;
@@ -36,8 +36,8 @@ use std::time::Instant;
 
 // `graphql` last: its 10 GB fixture keeps the disk and page cache busy for a while after it.
 // `fleet`, `nginx` and `cluster` run the release `upkeep-server` binary as a process (beside
-// this one, or `UPKEEP_BENCH_SERVER`); `nginx` and `cluster` are skipped with a note when wrk
-// or nginx is missing; `cluster` needs PostgreSQL and NATS (see `upkeep_testkit::cluster`).
+// this one, or `UPKEEP_BENCH_SERVER`); `nginx` is skipped with a note when wrk or nginx is
+// missing, `cluster` when nginx, PostgreSQL or NATS is (see `cluster::parts_reachable`).
 const SCENARIOS: [&str; 9] = [
     "polls", "fleet", "nginx", "sessions", "fanout", "plan", "preview", "cluster", "graphql",
 ];

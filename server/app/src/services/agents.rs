@@ -49,8 +49,6 @@ pub struct Agents {
     /// they come due ([`Agents::take_unwritten_seen`]) without walking the presence map.
     /// Locked after `presence` when both are held.
     unwritten: Mutex<VecDeque<(Id, u64)>>,
-    /// When a failed write-back was last logged (see [`Agents::write_back_failed_warn`]).
-    write_back_warned: Mutex<Option<Instant>>,
     /// The instant presence times count from ([`Presence`] keeps milliseconds since it).
     epoch: Instant,
     jobs: Mutex<JobQueues>,
@@ -287,20 +285,6 @@ impl Agents {
             .collect()
     }
 
-    /// A write-back failed: true when it is to be logged (once a minute at most; the presence
-    /// loop tries every half second).
-    pub fn write_back_failed_warn(&self) -> bool {
-        let mut last = self
-            .write_back_warned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
-    }
-
     /// A long-poll of `computer` began (`delta` 1) or ended (-1).
     pub fn set_holding(&self, computer: Id, delta: i32) {
         let mut p = self.presence();
@@ -316,7 +300,6 @@ impl Agents {
             tokens: RwLock::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(VecDeque::new()),
-            write_back_warned: Mutex::new(None),
             epoch: Instant::now(),
             jobs: Mutex::new(JobQueues::default()),
             streams: Mutex::new(HashMap::new()),

@@ -307,37 +307,51 @@ impl App {
     /// offline.
     pub async fn run_presence(self: Arc<Self>) {
         let mut ticks = 0u64;
+        // When a failed write-back was last logged: once a minute while the store refuses.
+        let mut warned: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = self.shutdown.cancelled() => {
-                    self.write_last_seen(true).await;
+                    if let Err(e) = self.write_last_seen(true).await {
+                        tracing::warn!(error = %e, "could not write lastSeenAt at shutdown");
+                    }
                     return;
                 }
             }
             if self.cluster.is_some() {
                 self.cluster_presence_tick(&mut ticks).await;
+            } else {
+                self.expire_leases();
+            }
+            if let Err(e) = self.write_last_seen(false).await
+                && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                warned = Some(Instant::now());
+                tracing::warn!(error = %e, "could not write lastSeenAt");
+            }
+        }
+    }
+
+    /// One node: leases that ran out end here (a probe is offered again, another job is lost).
+    fn expire_leases(self: &Arc<Self>) {
+        for (job, reoffered) in self.agents.expire_leases() {
+            if reoffered {
+                tracing::info!(job = %job, "lease ran out; probe job offered again");
                 continue;
             }
-            for (job, reoffered) in self.agents.expire_leases() {
-                if reoffered {
-                    tracing::info!(job = %job, "lease ran out; probe job offered again");
-                    continue;
-                }
-                tracing::warn!(job = %job, "lease ran out; job failed");
-                let app = self.clone();
-                tokio::spawn(async move {
-                    app.job_lost(job, "the agent did not report back within the job's lease")
-                        .await
-                });
-            }
-            self.write_last_seen(false).await;
+            tracing::warn!(job = %job, "lease ran out; job failed");
+            let app = self.clone();
+            tokio::spawn(async move {
+                app.job_lost(job, "the agent did not report back within the job's lease")
+                    .await
+            });
         }
     }
 
     /// One half-second of the presence loop in cluster mode: agents seen here are told to the
-    /// other replicas each second (`Note::Seen`), `lastSeenAt` is written back as it comes due, and
-    /// leases that ran out are ended from the store every 2 s (in-memory leases only go).
+    /// other replicas each second (`Note::Seen`) and leases that ran out are ended from the
+    /// store every 2 s (in-memory leases only go); `run_presence` writes `lastSeenAt` back.
     async fn cluster_presence_tick(self: &Arc<Self>, ticks: &mut u64) {
         *ticks += 1;
         self.agents.drop_ended_leases();
@@ -350,7 +364,6 @@ impl App {
         if (*ticks).is_multiple_of(4) {
             self.sweep_leases().await;
         }
-        self.write_last_seen(false).await;
     }
 
     /// Cluster mode: ends the leases that ran out, as the store's `LEASED_JOBS` index lists
@@ -541,7 +554,10 @@ impl App {
     /// once per delay, as its polls come in: a million agents polling once a minute are
     /// ~8 400 entries per call, not a burst of half a million every 30 s that held up the polls
     /// behind it.
-    async fn write_last_seen(&self, all: bool) {
+    ///
+    /// A failed batch is dropped (each computer is queued again by its next poll) and ends
+    /// the call with the store's error.
+    async fn write_last_seen(&self, all: bool) -> Result<(), upkeep_store::StoreError> {
         let age = if all { Duration::ZERO } else { LAST_SEEN_DELAY };
         // A tick writes at most this many batches (a million at shutdown), so a slow store
         // does not hold the presence loop (leases, cluster presence) for long.
@@ -553,19 +569,13 @@ impl App {
         for _ in 0..batches {
             let batch = self.agents.take_unwritten_seen(age, LAST_SEEN_BATCH);
             if batch.is_empty() {
-                return;
+                break;
             }
-            if let Err(e) = self.store.put_last_seen(&batch).await {
-                // The batch is dropped (each computer is queued again by its next poll); said
-                // at most once a minute while the store refuses.
-                if self.agents.write_back_failed_warn() {
-                    tracing::warn!(error = %e, computers = batch.len(), "could not write lastSeenAt");
-                }
-                return;
-            }
+            self.store.put_last_seen(&batch).await?;
             self.agents.written_back(batch.len());
             tokio::task::yield_now().await;
         }
+        Ok(())
     }
 
     async fn job_lost(self: &Arc<Self>, job: Id, reason: &str) {
