@@ -55,9 +55,34 @@ impl Rng {
 
 /// A free loopback port.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::AtomicU32;
+    // Below the kernel's ephemeral range, where `bind(0)` (every in-process test server) and
+    // outgoing connections never land: a port checked free here cannot be taken by another
+    // test before the spawned server binds it (with ports from `bind(0)` it could, and the
+    // test then talked to another test's server). Distinct per call within this process;
+    // processes start at different places.
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(u32::from(u16::MAX));
+    if high <= LOW + 1_000 {
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port below the ephemeral range")
 }
 
 /// The server under test as a separate process, so it can be SIGKILLed. Killed on drop.

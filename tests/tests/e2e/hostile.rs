@@ -1260,3 +1260,77 @@ async fn a_megabyte_of_script_output_is_capped() -> Result<()> {
     );
     Ok(())
 }
+
+/// An agent body is checked in order: JSON at all (400), then its `protocolVersion` (400
+/// `UNSUPPORTED_PROTOCOL` for another version, 400 when missing or not a whole number, also
+/// for JSON that is not an object), then the message's shape (422); the version is found
+/// however its key is escaped, and the last of a repeated key counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_body_is_checked_for_json_then_version_then_shape() -> Result<()> {
+    let s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Bodies").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let (token, _) = s.enroll_raw(&key, "body-check", "body-check").await?;
+    let cases: &[(&str, u16, &str)] = &[
+        ("{\"protocolVersion\":1,", 400, "BAD_REQUEST"),
+        ("not json", 400, "BAD_REQUEST"),
+        ("{\"waitSeconds\":0}", 400, "BAD_REQUEST"),
+        ("[1,0]", 400, "BAD_REQUEST"),
+        ("1", 400, "BAD_REQUEST"),
+        (
+            "{\"protocolVersion\":1.0,\"waitSeconds\":0}",
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "{\"protocolVersion\":\"1\",\"waitSeconds\":0}",
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "{\"protocolVersion\":2,\"waitSeconds\":0}",
+            400,
+            "UNSUPPORTED_PROTOCOL",
+        ),
+        (
+            "{\"protocol\\u0056ersion\":2,\"waitSeconds\":0}",
+            400,
+            "UNSUPPORTED_PROTOCOL",
+        ),
+        (
+            "{\"protocolVersion\":1,\"protocolVersion\":2}",
+            400,
+            "UNSUPPORTED_PROTOCOL",
+        ),
+        (
+            "{\"protocolVersion\":1,\"waitSeconds\":\"soon\"}",
+            422,
+            "INVALID_MESSAGE",
+        ),
+        (
+            "{\"nested\":[[{\"a\":{}}]],\"protocolVersion\":1,\"waitSeconds\":0}",
+            200,
+            "",
+        ),
+        ("{\"protocol\\u0056ersion\":1,\"waitSeconds\":0}", 200, ""),
+    ];
+    for (body, status, code) in cases {
+        let r = s
+            .http
+            .post(format!("{}/agent/v1/poll", s.url))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(*body)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), *status, "{body}");
+        let v: Value = r.json().await?;
+        if *status == 200 {
+            assert!(v["jobs"].is_array(), "{body}: {v}");
+        } else {
+            assert_eq!(v["code"], *code, "{body}: {v}");
+        }
+    }
+    Ok(())
+}

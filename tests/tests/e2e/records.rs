@@ -193,15 +193,30 @@ async fn a_signed_record_verifies_offline_and_one_changed_byte_is_caught() -> Re
     Ok(())
 }
 
+/// The stopped server's store. sled releases the data dir's lock when the server's last handle
+/// drops, which on a loaded machine can come a moment after `stop` returns: a lock still held
+/// is waited for (as `TestServer::start_again` does).
+async fn stopped_store(f: &Fixture) -> Result<upkeep_store::Db> {
+    if let Some(url) = &f.s.config.database_url {
+        return Ok(upkeep_store::open_postgres(url).await?);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match upkeep_store::open_embedded(&f.s.data_dir) {
+            Err(upkeep_store::StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Opens the stopped server's store and changes one byte of the first event of `session` whose
 /// stored JSON contains `needle` (a letter of it, so the JSON still reads). Returns that
 /// event's sequence.
 async fn edit_one_stored_byte(f: &Fixture, session: &str, needle: &str) -> Result<u64> {
     use upkeep_store::{Kind, Space};
-    let store = match &f.s.config.database_url {
-        Some(url) => upkeep_store::open_postgres(url).await?,
-        None => upkeep_store::open_embedded(&f.s.data_dir)?,
-    };
+    let store = stopped_store(f).await?;
     let session: upkeep_core::domain::Id = session.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     for sequence in 1..=64u64 {
         let key = upkeep_store::records::event_key(session, sequence);
@@ -264,10 +279,7 @@ async fn records_are_for_finished_sessions_and_signed_in_users() -> Result<()> {
 /// split (the whole session in its own record, no plan record).
 async fn store_unsplit(f: &Fixture, session: &str) -> Result<()> {
     use upkeep_store::{Kind, Space};
-    let store = match &f.s.config.database_url {
-        Some(url) => upkeep_store::open_postgres(url).await?,
-        None => upkeep_store::open_embedded(&f.s.data_dir)?,
-    };
+    let store = stopped_store(f).await?;
     let id: upkeep_core::domain::Id = session.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let whole: upkeep_core::session::Session = store.get(&id).await?.context("the session")?;
     ensure!(

@@ -443,7 +443,7 @@ async fn websocket_refuses_missing_credentials() -> anyhow::Result<()> {
 async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let port = free_port()?;
+    let port = upkeep_tests::crash::free_port()?;
     let cluster = if_cluster_mode().await?;
     let spawn = || {
         std::process::Command::new(bin("upkeep-server-under-test"))
@@ -581,12 +581,6 @@ async fn sigkill_during_a_step_finishes_after_restart() -> anyhow::Result<()> {
         String::from_utf8_lossy(&check.stdout)
     );
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A GraphQL client for a server in another process.

@@ -84,7 +84,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             ));
         }
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+    // The version first (a body of another version may have another shape), then the message,
+    // both straight from the bytes: no JSON tree is built per poll.
+    let VersionProbe(version) = serde_json::from_slice(&bytes).map_err(|e| {
         reject(
             StatusCode::BAD_REQUEST,
             "BAD_REQUEST",
@@ -93,7 +95,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             route,
         )
     })?;
-    match v.get("protocolVersion").and_then(|v| v.as_u64()) {
+    match version {
         Some(v) if v == u64::from(proto::PROTOCOL_VERSION) => {}
         Some(v) => {
             return Err(reject(
@@ -114,7 +116,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             ));
         }
     }
-    serde_json::from_value(v).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         reject(
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_MESSAGE",
@@ -123,6 +125,88 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             route,
         )
     })
+}
+
+/// A body's `protocolVersion` when it is a JSON object with an unsigned integer there (`None`
+/// for any other JSON); the rest of the body is skipped, not kept.
+struct VersionProbe(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for VersionProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(VersionProbeVisitor)
+    }
+}
+
+struct VersionProbeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for VersionProbeVisitor {
+    type Value = VersionProbe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VersionProbe, A::Error> {
+        use serde::de::IgnoredAny;
+        let mut version = None;
+        while let Some(key) = map.next_key::<IsVersionKey>()? {
+            if key.0 {
+                // The last one counts, as in a JSON object read whole.
+                version = map.next_value::<serde_json::Value>()?.as_u64();
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(VersionProbe(version))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<VersionProbe, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<VersionProbe, E> {
+        Ok(VersionProbe(None))
+    }
+}
+
+/// Whether an object key is `protocolVersion` (read without keeping it).
+struct IsVersionKey(bool);
+
+impl<'de> serde::Deserialize<'de> for IsVersionKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = IsVersionKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<IsVersionKey, E> {
+                Ok(IsVersionKey(k == "protocolVersion"))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 fn peer_of(req: &Request<Body>) -> Option<SocketAddr> {
@@ -248,12 +332,13 @@ const CLAIM_RETRY: Duration = Duration::from_secs(1);
 async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     const ROUTE: &str = "/agent/v1/poll";
     let peer = peer_of(&req);
-    let computer = match authenticate(&app, req.headers(), peer, ROUTE).await {
+    let (parts, body) = req.into_parts();
+    let computer = match authenticate(&app, &parts.headers, peer, ROUTE).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let token = bearer(req.headers()).unwrap_or_default().to_string();
-    let r: proto::PollRequest = match read_json(req.into_body(), ROUTE, peer).await {
+    let token = bearer(&parts.headers).unwrap_or_default();
+    let r: proto::PollRequest = match read_json(body, ROUTE, peer).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -311,7 +396,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 _ = app.shutdown.cancelled() => {}
             }
             // A token revoked while its poll was held gets no work through that poll.
-            if app.agents.computer_for_token(&token) != Some(computer) {
+            if app.agents.computer_for_token(token) != Some(computer) {
                 return reject(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHENTICATED",

@@ -14,15 +14,11 @@ use std::time::Instant;
 
 /// Middleware: counts requests and their durations per matched route.
 pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let start = Instant::now();
     let resp = next.run(req).await;
     app.metrics.observe(
-        &route,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),
     );

@@ -10,14 +10,20 @@ pub const BUCKETS: [f64; 12] = [
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    durations: Mutex<BTreeMap<String, Histogram>>,
+    /// Per matched route: one lock and, once a route has been seen, no allocation per request.
+    routes: Mutex<BTreeMap<String, RouteStats>>,
     pub session_events: AtomicU64,
     pub sessions_finished: AtomicU64,
     /// Steps planned from a session another replica had moved on meanwhile (cluster mode):
     /// not stored, the session re-read.
     pub session_steps_stale: AtomicU64,
     pub job_results: AtomicU64,
+}
+
+#[derive(Default)]
+struct RouteStats {
+    by_status: BTreeMap<u16, u64>,
+    durations: Histogram,
 }
 
 #[derive(Default, Clone)]
@@ -30,29 +36,36 @@ pub struct Histogram {
 impl Metrics {
     /// Requests so far by (matched route, status).
     pub fn requests(&self) -> BTreeMap<(String, u16), u64> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .flat_map(|(route, r)| {
+                r.by_status
+                    .iter()
+                    .map(move |(status, n)| ((route.clone(), *status), *n))
+            })
+            .collect()
     }
 
     /// Request durations so far by matched route.
     pub fn durations(&self) -> BTreeMap<String, Histogram> {
-        self.durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .map(|(route, r)| (route.clone(), r.durations.clone()))
+            .collect()
     }
 
     pub fn observe(&self, route: &str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-        let h = d.entry(route.to_string()).or_default();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), RouteStats::default());
+        }
+        let Some(r) = routes.get_mut(route) else {
+            return;
+        };
+        *r.by_status.entry(status).or_default() += 1;
+        let h = &mut r.durations;
         for (i, b) in BUCKETS.iter().enumerate() {
             if seconds <= *b {
                 h.counts[i] += 1;
