@@ -309,7 +309,9 @@ impl Agent {
                 Some(record)
             }
             Ok(JobState::Running) => {
-                error!(
+                // Normal after a server restart: it offers its open jobs again, in case the
+                // answer that handed this one out was lost.
+                info!(
                     job_id,
                     session_id, "job is offered while it runs; not starting it twice"
                 );

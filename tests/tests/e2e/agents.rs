@@ -399,3 +399,72 @@ async fn result_survives_a_server_outage() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A job handed out in a poll answer the agent never read (the server died first) is offered
+/// again once the server is back, not after its whole lease: the agent never runs a job id
+/// twice, so offering it again is safe. On one node a restart re-queues every open job; in
+/// cluster mode the store holds the job leased, and before the fix only `Queued` jobs were
+/// claimed, so the session waited out the lease (seen in the random-SIGKILL test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_out_lost_with_the_server_is_offered_again_after_a_restart() -> anyhow::Result<()> {
+    let mut s = TestServer::start().await?;
+    let admin = s.admin().await?;
+    let tenant = s.create_tenant(&admin, "Lost").await?;
+    let key = s.enrollment_key(&admin, &tenant).await?;
+    let sw = s
+        .gql(
+            &admin,
+            "mutation($i: CreateSoftwareInput!) { createSoftware(input: $i) { id } }",
+            json!({"i": {"name": "app", "tenantId": tenant,
+                "detectionScript": {"language": "SHELL", "body": "exit 0"},
+                "versions": [{"version": "1.0", "installScript": {"language": "SHELL", "body": "true"}}]}}),
+        )
+        .await?["createSoftware"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    s.create_deployment(&admin, json!({"tenantId": tenant, "target": {"kind": "ALL_COMPUTERS"}, "softwareId": sw, "desiredState": "INSTALLED_LATEST"})).await?;
+    let (token, computer) = s.enroll_raw(&key, "lost-answer", "lost-answer").await?;
+    let http = s.http.clone();
+    let poll = |url: String| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let v: serde_json::Value = http
+                .post(format!("{url}/agent/v1/poll"))
+                .bearer_auth(&token)
+                .json(&json!({"protocolVersion": 1, "waitSeconds": 2}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let ids: Vec<String> = v["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|j| j["id"].as_str().map(str::to_string))
+                .collect();
+            anyhow::Ok(ids)
+        }
+    };
+    poll(s.url.clone()).await?; // online
+    s.start_session(&admin, &computer, json!({})).await?;
+    // The first hand-out: its answer is "lost" (read here, never run).
+    let lost = wait_for("a job to be handed out", Duration::from_secs(20), || {
+        let p = poll(s.url.clone());
+        async move { Ok(p.await?.into_iter().next()) }
+    })
+    .await?;
+    s.restart().await?;
+    let again = wait_for(
+        "the job to be offered again",
+        Duration::from_secs(20),
+        || {
+            let p = poll(s.url.clone());
+            async move { Ok(p.await?.into_iter().next()) }
+        },
+    )
+    .await?;
+    assert_eq!(again, lost, "the same job, offered again");
+    Ok(())
+}

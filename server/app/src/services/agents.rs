@@ -109,6 +109,10 @@ struct JobQueues {
 struct QueuedJob {
     job: proto::Job,
     attempts: u32,
+    /// Cluster mode: the store held it leased when it was queued here (recovered at start-up):
+    /// its hand-out may have been lost with the replica that made it, so it is claimed again
+    /// for its own computer, not only when `Queued` (the agent never runs a job id twice).
+    reoffer: bool,
 }
 
 struct LeasedJob {
@@ -610,6 +614,7 @@ impl Agents {
             .push_back(QueuedJob {
                 job,
                 attempts: j.attempts,
+                reoffer: matches!(j.state, JobState::Leased { .. }),
             });
         if let Some(n) = self
             .presence()
@@ -714,12 +719,13 @@ impl Agents {
 
     /// Cluster mode: the jobs queued for `computer`, left queued: the caller claims them in
     /// the store first, then hands out what it won ([`Agents::lease_claimed`]).
-    pub(crate) fn queued_for(&self, computer: Id) -> Vec<proto::Job> {
+    /// With each, whether it may be claimed while the store holds it leased (`QueuedJob::reoffer`).
+    pub(crate) fn queued_for(&self, computer: Id) -> Vec<(proto::Job, bool)> {
         self.queues()
             .queued
             .get(&computer)
             .map_or_else(Vec::new, |list| {
-                list.iter().map(|j| j.job.clone()).collect()
+                list.iter().map(|j| (j.job.clone(), j.reoffer)).collect()
             })
     }
 
@@ -756,6 +762,7 @@ impl Agents {
                     queued: QueuedJob {
                         job,
                         attempts: *attempts,
+                        reoffer: false,
                     },
                     until,
                 },
@@ -887,6 +894,11 @@ mod tests {
         a.enqueue_once(&j2);
         let offered = a.queued_for(c);
         assert_eq!(offered.len(), 2, "a repeated note queues once");
+        assert!(
+            offered.iter().all(|(_, reoffer)| !reoffer),
+            "queued jobs are claimed only while queued in the store"
+        );
+        let offered = offered.into_iter().map(|(j, _)| j).collect();
         let out = a.lease_claimed(c, offered, &[(j2.id, 1)]);
         assert_eq!(
             out.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),

@@ -476,11 +476,15 @@ impl App {
         if self.cluster.is_none() {
             return self.agents.take_jobs(computer);
         }
-        let offered = self.agents.queued_for(computer);
-        if offered.is_empty() {
+        let queued = self.agents.queued_for(computer);
+        if queued.is_empty() {
             return vec![];
         }
-        let ids: Vec<Id> = offered.iter().filter_map(|j| j.id.parse().ok()).collect();
+        let ids: Vec<(Id, bool)> = queued
+            .iter()
+            .filter_map(|(j, reoffer)| Some((j.id.parse().ok()?, *reoffer)))
+            .collect();
+        let offered: Vec<proto::Job> = queued.into_iter().map(|(j, _)| j).collect();
         match self.claim_jobs(computer, &ids).await {
             Ok(claimed) => {
                 tracing::debug!(replica = %self.replica_tag(), offered = ?ids, claimed = ?claimed, "hand out");
@@ -518,20 +522,31 @@ impl App {
         }
     }
 
-    /// Cluster mode: claims the `offered` jobs still queued in the store for `computer`;
-    /// returns them with their hand-outs so far.
-    async fn claim_jobs(&self, computer: Id, offered: &[Id]) -> Result<Vec<(Id, u32)>, ApiError> {
+    /// Cluster mode: claims the `offered` jobs still queued in the store for `computer`, and
+    /// those marked to be offered again (recovered at start-up) also when leased: a replica
+    /// killed between its claim and the agent reading the answer would otherwise leave the
+    /// step waiting out the whole lease. Returns them with their hand-outs so far.
+    async fn claim_jobs(
+        &self,
+        computer: Id,
+        offered: &[(Id, bool)],
+    ) -> Result<Vec<(Id, u32)>, ApiError> {
         // Leases end by the wall clock every replica shares, not the test clock.
         let now = chrono::Utc::now();
         let claimed = self
             .store
             .write(|tx| {
                 let mut won = Vec::new();
-                for id in offered {
+                for (id, reoffer) in offered {
                     let Some(mut j) = tx.get::<JobRecord, ApiError>(id)? else {
                         continue;
                     };
-                    if j.computer_id != computer || j.state != JobState::Queued {
+                    let claimable = match j.state {
+                        JobState::Queued => true,
+                        JobState::Leased { .. } => *reoffer,
+                        JobState::Done { .. } => false,
+                    };
+                    if j.computer_id != computer || !claimable {
                         continue;
                     }
                     j.state = JobState::Leased {
