@@ -309,9 +309,7 @@ impl Agent {
                 Some(record)
             }
             Ok(JobState::Running) => {
-                // Normal after a server restart: it offers its open jobs again, in case the
-                // answer that handed this one out was lost.
-                info!(
+                error!(
                     job_id,
                     session_id, "job is offered while it runs; not starting it twice"
                 );

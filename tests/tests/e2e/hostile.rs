@@ -1264,7 +1264,8 @@ async fn a_megabyte_of_script_output_is_capped() -> Result<()> {
 /// An agent body is checked in order: JSON at all (400), then its `protocolVersion` (400
 /// `UNSUPPORTED_PROTOCOL` for another version, 400 when missing or not a whole number, also
 /// for JSON that is not an object), then the message's shape (422); the version is found
-/// however its key is escaped, and the last of a repeated key counts.
+/// however its key is escaped, the last of a repeated `protocolVersion` is the one checked,
+/// and a repeated field of the message is refused (422: which one counts is ambiguous).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_body_is_checked_for_json_then_version_then_shape() -> Result<()> {
     let s = TestServer::start().await?;
@@ -1305,6 +1306,16 @@ async fn an_agent_body_is_checked_for_json_then_version_then_shape() -> Result<(
         ),
         (
             "{\"protocolVersion\":1,\"waitSeconds\":\"soon\"}",
+            422,
+            "INVALID_MESSAGE",
+        ),
+        (
+            "{\"protocolVersion\":1,\"waitSeconds\":0,\"waitSeconds\":5}",
+            422,
+            "INVALID_MESSAGE",
+        ),
+        (
+            "{\"protocolVersion\":2,\"protocolVersion\":1,\"waitSeconds\":0}",
             422,
             "INVALID_MESSAGE",
         ),

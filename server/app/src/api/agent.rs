@@ -379,6 +379,9 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     let mut jobs = app.hand_out(computer).await;
     tracing::debug!(replica = %app.replica_tag(), jobs = jobs.len(), wait = r.wait_seconds, "poll");
     if let Some(notify) = notify.filter(|_| jobs.is_empty()) {
+        // A held poll keeps only its token, not the request's headers and extensions.
+        let token = token.to_owned();
+        drop(parts);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
         // Released on drop: hyper drops this future when the agent hangs up mid-poll.
         let _hold = Holding::new(&app, computer);
@@ -396,7 +399,7 @@ async fn poll(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
                 _ = app.shutdown.cancelled() => {}
             }
             // A token revoked while its poll was held gets no work through that poll.
-            if app.agents.computer_for_token(token) != Some(computer) {
+            if app.agents.computer_for_token(&token) != Some(computer) {
                 return reject(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHENTICATED",

@@ -109,10 +109,12 @@ struct JobQueues {
 struct QueuedJob {
     job: proto::Job,
     attempts: u32,
-    /// Cluster mode: the store held it leased when it was queued here (recovered at start-up):
-    /// its hand-out may have been lost with the replica that made it, so it is claimed again
-    /// for its own computer, not only when `Queued` (the agent never runs a job id twice).
-    reoffer: bool,
+    /// Cluster mode: the lease the store held when this replica recovered the job at its
+    /// start. The hand-out may have been lost with the replica that made it, so the job is
+    /// claimed again for its own computer while the store still holds that same lease,
+    /// unexpired (the agent never runs a job id twice); a lease that ran out is the sweep's,
+    /// and one renewed since is another replica's.
+    reoffer: Option<Time>,
 }
 
 struct LeasedJob {
@@ -601,6 +603,11 @@ impl Agents {
 
     /// Queues a job for its computer and wakes a held poll.
     pub fn enqueue(&self, j: &JobRecord) {
+        self.enqueue_with(j, None);
+    }
+
+    /// Queues `j` for its computer; `reoffer`: see [`QueuedJob::reoffer`].
+    fn enqueue_with(&self, j: &JobRecord, reoffer: Option<Time>) {
         let job = proto::Job {
             id: j.id.to_string(),
             session_id: j.session_id.to_string(),
@@ -614,7 +621,7 @@ impl Agents {
             .push_back(QueuedJob {
                 job,
                 attempts: j.attempts,
-                reoffer: matches!(j.state, JobState::Leased { .. }),
+                reoffer,
             });
         if let Some(n) = self
             .presence()
@@ -719,8 +726,8 @@ impl Agents {
 
     /// Cluster mode: the jobs queued for `computer`, left queued: the caller claims them in
     /// the store first, then hands out what it won ([`Agents::lease_claimed`]).
-    /// With each, whether it may be claimed while the store holds it leased (`QueuedJob::reoffer`).
-    pub(crate) fn queued_for(&self, computer: Id) -> Vec<(proto::Job, bool)> {
+    /// With each, the lease under which it may be claimed again (`QueuedJob::reoffer`).
+    pub(crate) fn queued_for(&self, computer: Id) -> Vec<(proto::Job, Option<Time>)> {
         self.queues()
             .queued
             .get(&computer)
@@ -762,7 +769,7 @@ impl Agents {
                     queued: QueuedJob {
                         job,
                         attempts: *attempts,
-                        reoffer: false,
+                        reoffer: None,
                     },
                     until,
                 },
@@ -807,7 +814,11 @@ impl Agents {
         let mut entries = std::pin::pin!(store.index_entries(OPEN_JOBS));
         while let Some((_, job)) = entries.try_next().await? {
             if let Some(j) = store.get_by_key::<JobRecord>(&job).await? {
-                self.enqueue(&j);
+                let lease = match j.state {
+                    JobState::Leased { until } => Some(until),
+                    _ => None,
+                };
+                self.enqueue_with(&j, lease);
                 n += 1;
             }
         }
@@ -895,7 +906,7 @@ mod tests {
         let offered = a.queued_for(c);
         assert_eq!(offered.len(), 2, "a repeated note queues once");
         assert!(
-            offered.iter().all(|(_, reoffer)| !reoffer),
+            offered.iter().all(|(_, reoffer)| reoffer.is_none()),
             "queued jobs are claimed only while queued in the store"
         );
         let offered = offered.into_iter().map(|(j, _)| j).collect();

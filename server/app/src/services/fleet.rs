@@ -480,7 +480,7 @@ impl App {
         if queued.is_empty() {
             return vec![];
         }
-        let ids: Vec<(Id, bool)> = queued
+        let ids: Vec<(Id, Option<Time>)> = queued
             .iter()
             .filter_map(|(j, reoffer)| Some((j.id.parse().ok()?, *reoffer)))
             .collect();
@@ -523,13 +523,14 @@ impl App {
     }
 
     /// Cluster mode: claims the `offered` jobs still queued in the store for `computer`, and
-    /// those marked to be offered again (recovered at start-up) also when leased: a replica
+    /// those recovered at start-up under a lease the store still holds unexpired (a replica
     /// killed between its claim and the agent reading the answer would otherwise leave the
-    /// step waiting out the whole lease. Returns them with their hand-outs so far.
+    /// step waiting out the whole lease). Returns them with their hand-outs so far: claiming a
+    /// lease again is the same hand-out offered again, not another attempt.
     async fn claim_jobs(
         &self,
         computer: Id,
-        offered: &[(Id, bool)],
+        offered: &[(Id, Option<Time>)],
     ) -> Result<Vec<(Id, u32)>, ApiError> {
         // Leases end by the wall clock every replica shares, not the test clock.
         let now = chrono::Utc::now();
@@ -541,18 +542,22 @@ impl App {
                     let Some(mut j) = tx.get::<JobRecord, ApiError>(id)? else {
                         continue;
                     };
-                    let claimable = match j.state {
-                        JobState::Queued => true,
-                        JobState::Leased { .. } => *reoffer,
-                        JobState::Done { .. } => false,
+                    let again = match j.state {
+                        JobState::Queued => false,
+                        JobState::Leased { until } if *reoffer == Some(until) && until > now => {
+                            true
+                        }
+                        JobState::Leased { .. } | JobState::Done { .. } => continue,
                     };
-                    if j.computer_id != computer || !claimable {
+                    if j.computer_id != computer {
                         continue;
                     }
                     j.state = JobState::Leased {
                         until: now + chrono::Duration::seconds(i64::from(j.lease_seconds)),
                     };
-                    j.attempts += 1;
+                    if !again {
+                        j.attempts += 1;
+                    }
                     tx.put(&j)?;
                     won.push((j.id, j.attempts));
                 }
