@@ -584,6 +584,15 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum JobState {
     Queued,
-    Leased { until: Time },
-    Done { at: Time },
+    Leased {
+        until: Time,
+        /// The sweep's short lease while it records that the agent never answered (the lease
+        /// before it ran out): the job is no longer to be handed out, not even again to its
+        /// own computer after a restart. Absent (false) in every other lease.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        losing: bool,
+    },
+    Done {
+        at: Time,
+    },
 }

@@ -541,9 +541,27 @@ async fn leases_by_end(store: &Db) {
     };
     // Keys in the opposite order of the lease ends: the index, not the key, orders them.
     let jobs = [
-        job(1, JobState::Leased { until: at(30) }),
-        job(2, JobState::Leased { until: at(20) }),
-        job(3, JobState::Leased { until: at(10) }),
+        job(
+            1,
+            JobState::Leased {
+                until: at(30),
+                losing: false,
+            },
+        ),
+        job(
+            2,
+            JobState::Leased {
+                until: at(20),
+                losing: false,
+            },
+        ),
+        job(
+            3,
+            JobState::Leased {
+                until: at(10),
+                losing: true,
+            },
+        ),
         job(4, JobState::Queued),
         job(5, JobState::Done { at: at(5) }),
     ];

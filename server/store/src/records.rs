@@ -316,7 +316,7 @@ fn job_index_keys(computer: Id, state: &JobState) -> Vec<IndexKey> {
     match state {
         JobState::Done { .. } => vec![],
         JobState::Queued => vec![IndexKey::new(OPEN_JOBS, computer.as_bytes())],
-        JobState::Leased { until } => vec![
+        JobState::Leased { until, .. } => vec![
             IndexKey::new(OPEN_JOBS, computer.as_bytes()),
             leased_jobs_key(*until),
         ],

@@ -472,3 +472,59 @@ async fn two_replicas_applying_one_answer_at_once_apply_it_once() -> anyhow::Res
     assert_eq!(s["status"], "PASSED", "{s:#}");
     Ok(())
 }
+
+/// A replica that starts offers again, to their own computer, the jobs it finds leased in the
+/// store (their hand-out may have died with another replica), but not a job under the sweep's
+/// short lease while its loss is recorded (`losing`): that one is done for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_offers_leased_jobs_again_but_not_one_being_failed() -> anyhow::Result<()>
+{
+    use upkeep_core::session::{JobRecord, JobState};
+    let a = TestServer::start_on_cluster(test_config).await?;
+    let admin = a.admin().await?;
+    let tenant = a.create_tenant(&admin, "Acme").await?;
+    let key = a.enrollment_key(&admin, &tenant).await?;
+    let (token, computer) = a.enroll_raw(&key, "r-1", "m-r-1").await?;
+    let computer: upkeep_core::domain::Id =
+        computer.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let job = |n: u128, losing: bool| JobRecord {
+        id: upkeep_core::domain::Id::from_u128(0x1ea5_0000 + n),
+        session_id: upkeep_core::domain::Id::from_u128(0x1ea5_1000 + n),
+        computer_id: computer,
+        job: upkeep_agent_protocol::JobKind::Probe { probes: vec![] },
+        lease_seconds: 60,
+        created_at: chrono::Utc::now(),
+        state: JobState::Leased {
+            until: chrono::Utc::now() + chrono::Duration::seconds(50),
+            losing,
+        },
+        attempts: 1,
+    };
+    let (lost_answer, being_failed) = (job(1, false), job(2, true));
+    // Written straight to the store, as a replica killed after its claims would leave them.
+    a.app()
+        .store
+        .write(|tx| {
+            tx.put(&lost_answer)?;
+            tx.put(&being_failed)?;
+            Ok::<_, upkeep_store::TxError<std::convert::Infallible>>(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let b = a.start_replica(test_config).await?;
+    let (status, body) = poll(&b, &token, 0).await?;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["jobs"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|j| j["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![lost_answer.id.to_string()], "{body}");
+    let stored: JobRecord = b
+        .app()
+        .store
+        .get(&lost_answer.id)
+        .await?
+        .expect("the job record");
+    assert_eq!(stored.attempts, 1, "offered again, not another attempt");
+    Ok(())
+}

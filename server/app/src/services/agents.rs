@@ -815,7 +815,11 @@ impl Agents {
         while let Some((_, job)) = entries.try_next().await? {
             if let Some(j) = store.get_by_key::<JobRecord>(&job).await? {
                 let lease = match j.state {
-                    JobState::Leased { until } => Some(until),
+                    // Not the sweep's lease while a loss is recorded: that job is done for.
+                    JobState::Leased {
+                        until,
+                        losing: false,
+                    } => Some(until),
                     _ => None,
                 };
                 self.enqueue_with(&j, lease);

@@ -411,7 +411,7 @@ impl App {
                 let Some(mut j) = tx.get::<JobRecord, ApiError>(&job)? else {
                     return Ok(None);
                 };
-                let JobState::Leased { until } = j.state else {
+                let JobState::Leased { until, .. } = j.state else {
                     return Ok(None);
                 };
                 if until > now {
@@ -424,6 +424,7 @@ impl App {
                 } else {
                     JobState::Leased {
                         until: now + chrono::Duration::seconds(60),
+                        losing: true,
                     }
                 };
                 tx.put(&j)?;
@@ -544,9 +545,10 @@ impl App {
                     };
                     let again = match j.state {
                         JobState::Queued => false,
-                        JobState::Leased { until } if *reoffer == Some(until) && until > now => {
-                            true
-                        }
+                        JobState::Leased {
+                            until,
+                            losing: false,
+                        } if *reoffer == Some(until) && until > now => true,
                         JobState::Leased { .. } | JobState::Done { .. } => continue,
                     };
                     if j.computer_id != computer {
@@ -554,6 +556,7 @@ impl App {
                     }
                     j.state = JobState::Leased {
                         until: now + chrono::Duration::seconds(i64::from(j.lease_seconds)),
+                        losing: false,
                     };
                     if !again {
                         j.attempts += 1;
