@@ -22,6 +22,14 @@ async fn poll(s: &TestServer, token: &str, wait: u32) -> anyhow::Result<(u16, Va
     Ok((status, r.json().await?))
 }
 
+/// The ids of the jobs a poll answer hands out.
+fn job_ids(body: &Value) -> Vec<&str> {
+    body["jobs"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|j| j["id"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 async fn online(s: &TestServer, admin: &str, id: &str) -> anyhow::Result<bool> {
     let d = s
         .gql(
@@ -391,10 +399,7 @@ async fn a_stored_job_no_note_told_of_is_handed_out_at_the_next_poll() -> anyhow
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let (status, body) = poll(&b, &token, 0).await?;
     assert_eq!(status, 200, "{body}");
-    let ids: Vec<&str> = body["jobs"]
-        .as_array()
-        .map(|v| v.iter().filter_map(|j| j["id"].as_str()).collect())
-        .unwrap_or_default();
+    let ids = job_ids(&body);
     assert_eq!(ids, vec![job.id.to_string()], "{body}");
     // Claimed in the store by B: A, polled next, does not hand it out again.
     let (_, again) = poll(&a, &token, 0).await?;
@@ -514,10 +519,7 @@ async fn a_starting_replica_offers_leased_jobs_again_but_not_one_being_failed() 
     let b = a.start_replica(test_config).await?;
     let (status, body) = poll(&b, &token, 0).await?;
     assert_eq!(status, 200, "{body}");
-    let ids: Vec<&str> = body["jobs"]
-        .as_array()
-        .map(|v| v.iter().filter_map(|j| j["id"].as_str()).collect())
-        .unwrap_or_default();
+    let ids = job_ids(&body);
     assert_eq!(ids, vec![lost_answer.id.to_string()], "{body}");
     let stored: JobRecord = b
         .app()

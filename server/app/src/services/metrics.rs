@@ -26,6 +26,20 @@ struct RouteStats {
     durations: Histogram,
 }
 
+impl RouteStats {
+    fn observe(&mut self, status: u16, seconds: f64) {
+        *self.by_status.entry(status).or_default() += 1;
+        let h = &mut self.durations;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+}
+
 #[derive(Default, Clone)]
 pub struct Histogram {
     pub counts: [u64; BUCKETS.len()],
@@ -58,20 +72,12 @@ impl Metrics {
 
     pub fn observe(&self, route: &str, status: u16, seconds: f64) {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if !routes.contains_key(route) {
-            routes.insert(route.to_string(), RouteStats::default());
+        match routes.get_mut(route) {
+            Some(r) => r.observe(status, seconds),
+            None => routes
+                .entry(route.to_string())
+                .or_default()
+                .observe(status, seconds),
         }
-        let Some(r) = routes.get_mut(route) else {
-            return;
-        };
-        *r.by_status.entry(status).or_default() += 1;
-        let h = &mut r.durations;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
     }
 }
